@@ -1,0 +1,1 @@
+"""Result caching: cache policies, cache keys and the LMDB result store."""

@@ -1,0 +1,1 @@
+"""The engine: tasks, flows, states, futures, contexts and the task-run function."""

@@ -1,0 +1,55 @@
+"""How many runs of a ``.map()`` one Dask task executes.
+
+A chunk should take about ``map.chunk-seconds`` (0.2 s): long enough that Dask's
+1–3 ms per task is noise, short enough that heavy elements still spread over every
+worker. The per-run time of each task is measured from the envelopes the client
+reads (a moving average per task key). Before any measurement the chunks of a map
+grow geometrically from 1, and never exceed a quarter of an even share per thread, so
+an unknown, heavy function still keeps every thread busy.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import TYPE_CHECKING
+
+from daskflow import config
+
+if TYPE_CHECKING:
+    from daskflow.engine.run import ChunkResult
+    from daskflow.engine.tasks import Task
+    from daskflow.runners.base import TaskRunner
+
+_seconds_per_run: dict[str, float] = {}
+_lock = threading.Lock()
+
+
+def observe(task: Task, result: ChunkResult) -> None:
+    """Feed the measured time per run of a finished chunk into the task's average."""
+    if not result.n or not len(result.ends):
+        return
+    per_run = max(0.0, result.ends[-1] - result.started) / result.n
+    with _lock:
+        old = _seconds_per_run.get(task.task_key)
+        _seconds_per_run[task.task_key] = per_run if old is None else 0.5 * old + 0.5 * per_run
+
+
+def plan(task: Task, n: int, runner: TaskRunner, chunksize: int | None = None) -> list[tuple[int, int]]:
+    """Chunk bounds ``[(lo, hi), ...]`` covering ``range(n)``."""
+    if n == 0:
+        return []
+    if chunksize:
+        return [(lo, min(lo + chunksize, n)) for lo in range(0, n, chunksize)]
+    threads = runner.total_threads()
+    cap = max(1, min(int(config.get("map.max-chunksize") or 10_000), math.ceil(n / (4 * threads))))
+    per_run = _seconds_per_run.get(task.task_key)
+    if per_run is not None:
+        size = max(1, min(cap, int(float(config.get("map.chunk-seconds") or 0.2) / max(per_run, 1e-9))))
+        return [(lo, min(lo + size, n)) for lo in range(0, n, size)]
+    bounds, lo, size = [], 0, 1
+    while lo < n:
+        hi = min(lo + size, n)
+        bounds.append((lo, hi))
+        lo, size = hi, min(cap, size * 2)
+    return bounds

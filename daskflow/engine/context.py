@@ -1,0 +1,71 @@
+"""Run contexts: which flow run and which task run the current code belongs to.
+
+Held in ``contextvars`` so threads and asyncio tasks each see their own. A chunk of a
+``.map()`` sets one ``TaskRunContext`` and moves its ``index`` from run to run instead
+of building a context per element.
+"""
+
+from __future__ import annotations
+
+import uuid
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from daskflow.engine.flows import Flow
+    from daskflow.engine.tasks import Task
+    from daskflow.runners.base import TaskRunner
+
+# Element i of a fan-out gets run id base + i*_STRIDE (mod 2**128): unique, cheap, and
+# spread over the high bits so that id prefixes stay distinguishable.
+_STRIDE = 0x9E3779B97F4A7C15F39CC0605CEDC835
+_MASK = (1 << 128) - 1
+
+
+def new_run_base() -> int:
+    """A random 128-bit base from which the run ids of one submission are derived."""
+    return uuid.uuid4().int
+
+
+def run_id(base: int, index: int = 0) -> str:
+    """The id of run ``index`` of the submission with id base ``base``."""
+    return str(uuid.UUID(int=(base + index * _STRIDE) & _MASK))
+
+
+@dataclass(eq=False)
+class FlowRunContext:
+    flow: Flow
+    flow_run_id: str
+    runner: TaskRunner
+    parameters: dict[str, Any]
+    submitted: list[Any] = field(default_factory=list)  # futures and future lists
+    parent: FlowRunContext | None = None
+
+
+@dataclass(eq=False, slots=True)
+class TaskRunContext:
+    task: Task
+    base: int
+    start: int
+    index: int = 0
+    flow_run_id: str | None = None
+    run_count: int = 1
+    name: str = ""
+
+    @property
+    def task_run_id(self) -> str:
+        return run_id(self.base, self.start + self.index)
+
+
+flow_run_ctx: ContextVar[FlowRunContext | None] = ContextVar("daskflow_flow_run", default=None)
+task_run_ctx: ContextVar[TaskRunContext | None] = ContextVar("daskflow_task_run", default=None)
+
+
+def current_flow_run_id() -> str | None:
+    """The id of the flow run the caller belongs to, if any (also inside its tasks)."""
+    task = task_run_ctx.get()
+    if task is not None:
+        return task.flow_run_id
+    flow = flow_run_ctx.get()
+    return flow.flow_run_id if flow is not None else None

@@ -1,0 +1,281 @@
+"""Futures of task runs.
+
+A submission becomes one or more *chunks* (one Dask task each). ``Chunk`` is the
+client's record of one: the runner's handle, and the fetched ``ChunkResult`` once it
+is known. A ``TaskRunFuture`` is a (chunk, index) pair; ``MapFutures`` is the future
+list of a ``.map()`` and makes element futures only when they are asked for, so a
+10^6-element map holds a few hundred chunk records, not 10^6 objects.
+"""
+
+from __future__ import annotations
+
+import bisect
+import queue
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, TypeVar, overload
+
+from daskflow.engine import states as st
+from daskflow.engine.context import run_id
+
+if TYPE_CHECKING:
+    from daskflow.engine.run import ChunkResult
+    from daskflow.engine.tasks import Task
+    from daskflow.runners.base import TaskRunner
+
+R = TypeVar("R")
+
+
+class Chunk:
+    """The client's record of one submitted chunk of runs."""
+
+    __slots__ = ("task", "base", "start", "n", "handle", "runner", "result", "observed", "submitted", "__weakref__")
+
+    def __init__(self, task: Task, base: int, start: int, n: int, handle: Any, runner: TaskRunner | None,
+                 result: ChunkResult | None = None) -> None:
+        self.task = task
+        self.base = base
+        self.start = start
+        self.n = n
+        self.handle = handle
+        self.runner = runner
+        self.result = result
+        self.observed: bool | set[int] = False
+        self.submitted = time.time()
+
+    def done(self) -> bool:
+        return self.result is not None or (self.handle is not None and self.handle.done())
+
+    def outcome(self, timeout: float | None = None) -> ChunkResult:
+        """The chunk's envelope, fetched once (waiting up to ``timeout`` seconds)."""
+        if self.result is None:
+            self.result = self.runner.fetch(self, timeout)  # type: ignore[union-attr]
+            self.handle = None  # let the runner release the data
+        return self.result
+
+    def observe(self, index: int | None = None) -> None:
+        if index is None or self.n == 1:
+            self.observed = True
+        elif self.observed is not True:
+            if self.observed is False:
+                self.observed = set()
+            self.observed.add(index)
+
+    def unobserved_failures(self) -> list[int]:
+        res = self.result
+        if res is None or not res.n_failed or self.observed is True:
+            return []
+        seen = self.observed or set()
+        from daskflow.engine.run import NOT_READY, OK_CODES
+
+        return [i for i, c in enumerate(res.codes) if c not in OK_CODES and c != NOT_READY and i not in seen]
+
+    def add_done_callback(self, fn: Callable[[Chunk], None]) -> None:
+        if self.result is not None:
+            fn(self)
+        else:
+            self.handle.add_done_callback(lambda _: fn(self))
+
+
+class TaskRunFuture(Generic[R]):
+    """The future of one task run.
+
+    Example:
+        >>> fut = add.submit(1, 2)     # doctest: +SKIP
+        >>> fut.result(), fut.state.name  # doctest: +SKIP
+        (3, 'Completed')
+    """
+
+    __slots__ = ("_chunk", "_index")
+
+    def __init__(self, chunk: Chunk, index: int = 0) -> None:
+        self._chunk = chunk
+        self._index = index
+
+    @property
+    def task_run_id(self) -> str:
+        return run_id(self._chunk.base, self._chunk.start + self._index)
+
+    @property
+    def task(self) -> Task:
+        return self._chunk.task
+
+    def done(self) -> bool:
+        return self._chunk.done()
+
+    @property
+    def state(self) -> st.State:
+        """The latest known state: Pending until the run's final state is known."""
+        chunk = self._chunk
+        chunk.observe(self._index)
+        if chunk.result is None:
+            if not chunk.handle.done():
+                return st.State(st.StateType.PENDING, timestamp=chunk.submitted)
+            chunk.outcome()
+        return chunk.result.state(self._index)  # type: ignore[union-attr]
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait until the run is final (or ``timeout`` seconds passed); never raises for failure."""
+        try:
+            self._chunk.outcome(timeout)
+        except TimeoutError:
+            pass
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
+        """The run's value; raises its exception if it failed (``raise_on_failure``)."""
+        self._chunk.observe(self._index)
+        res = self._chunk.outcome(timeout)
+        return res.state(self._index).result(raise_on_failure)
+
+    def add_done_callback(self, fn: Callable[[TaskRunFuture[R]], None]) -> None:
+        """Call ``fn(future)`` once the run is final (at once if it already is)."""
+        self._chunk.add_done_callback(lambda _: fn(self))
+
+    def cancel(self) -> bool:
+        """Cancel the run if it has not started; True if it will not run."""
+        return self._chunk.runner.cancel(self._chunk) if self._chunk.runner else False  # type: ignore[return-value]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TaskRunFuture) and other._chunk is self._chunk and other._index == self._index
+
+    def __hash__(self) -> int:
+        return hash((id(self._chunk), self._index))
+
+    def __repr__(self) -> str:
+        return f"TaskRunFuture({self._chunk.task.name!r}, task_run_id={self.task_run_id!r})"
+
+
+class MapFutures(Sequence, Generic[R]):
+    """The futures of a ``.map()``: a read-only sequence with ``result()`` and ``wait()``."""
+
+    def __init__(self, chunks: list[Chunk]) -> None:
+        self.chunks = chunks
+        self._starts = [c.start for c in chunks]
+        self._n = sum(c.n for c in chunks)
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> TaskRunFuture[R]: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[TaskRunFuture[R]]: ...
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._n))]
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError("map future index out of range")
+        chunk = self.chunks[bisect.bisect_right(self._starts, i) - 1]
+        return TaskRunFuture(chunk, i - chunk.start)
+
+    def __iter__(self) -> Iterator[TaskRunFuture[R]]:
+        for chunk in self.chunks:
+            for j in range(chunk.n):
+                yield TaskRunFuture(chunk, j)
+
+    def __repr__(self) -> str:
+        name = self.chunks[0].task.name if self.chunks else "?"
+        return f"MapFutures({name!r}, runs={self._n}, chunks={len(self.chunks)})"
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait until every run is final (or ``timeout`` seconds passed)."""
+        _fetch_all(self.chunks, timeout, raise_timeout=False)
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> list[R]:
+        """Every run's value in order; raises the first failure (``raise_on_failure``)."""
+        _fetch_all(self.chunks, timeout)
+        out: list = []
+        for chunk in self.chunks:
+            chunk.observed = True
+            res = chunk.outcome()
+            if res.n_failed:
+                for i in range(res.n):
+                    out.append(res.state(i).result(raise_on_failure))
+            else:
+                out.extend(res.get_values())
+        return out
+
+    @property
+    def states(self) -> list[st.State]:
+        _fetch_all(self.chunks, None)
+        return [c.result.state(i) for c in self.chunks for i in range(c.n)]  # type: ignore[union-attr]
+
+
+def _fetch_all(chunks: Iterable[Chunk], timeout: float | None, raise_timeout: bool = True) -> None:
+    """Fetch the envelopes of many chunks with one gather per runner."""
+    pending: dict[int, tuple[TaskRunner, list[Chunk]]] = {}
+    for chunk in chunks:
+        if chunk.result is None:
+            pending.setdefault(id(chunk.runner), (chunk.runner, []))[1].append(chunk)  # type: ignore[arg-type]
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        for runner, group in pending.values():
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            runner.fetch_many(group, left)
+    except TimeoutError:
+        if raise_timeout:
+            raise
+
+
+def _unique_chunks(futures: Iterable[Any]) -> dict[int, Chunk]:
+    chunks: dict[int, Chunk] = {}
+    for fut in futures:
+        if isinstance(fut, MapFutures):
+            chunks.update((id(c), c) for c in fut.chunks)
+        else:
+            chunks[id(fut._chunk)] = fut._chunk
+    return chunks
+
+
+def _flatten(futures: Iterable[Any]) -> list[TaskRunFuture]:
+    out: list[TaskRunFuture] = []
+    for fut in futures:
+        if isinstance(fut, MapFutures):
+            out.extend(fut)
+        else:
+            out.append(fut)
+    return out
+
+
+def wait(futures: Iterable[Any], timeout: float | None = None) -> tuple[set[TaskRunFuture], set[TaskRunFuture]]:
+    """Wait for runs to be final; return ``(done, not_done)`` as sets of futures.
+
+    Example:
+        >>> done, not_done = wait([a.submit(), b.submit()], timeout=5)  # doctest: +SKIP
+    """
+    futures = _flatten(futures)
+    _fetch_all(_unique_chunks(futures).values(), timeout, raise_timeout=False)
+    done = {f for f in futures if f._chunk.result is not None}
+    return done, set(futures) - done
+
+
+def as_completed(futures: Iterable[Any], timeout: float | None = None) -> Iterator[TaskRunFuture]:
+    """Yield futures as their runs become final, in completion order.
+
+    Example:
+        >>> for fut in as_completed(double.map(range(10))):  # doctest: +SKIP
+        ...     print(fut.result())
+    """
+    futures = _flatten(futures)
+    by_chunk: dict[int, list[TaskRunFuture]] = {}
+    for fut in futures:
+        by_chunk.setdefault(id(fut._chunk), []).append(fut)
+    done: queue.SimpleQueue[Chunk] = queue.SimpleQueue()
+    lock = threading.Lock()
+    for key, group in by_chunk.items():
+        group[0]._chunk.add_done_callback(done.put)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for _ in range(len(by_chunk)):
+        left = None if deadline is None else deadline - time.monotonic()
+        try:
+            chunk = done.get(timeout=left if left is None else max(0.0, left))
+        except queue.Empty:
+            raise TimeoutError(f"{len(futures)} futures did not all finish within {timeout}s") from None
+        with lock:
+            chunk.outcome()
+        yield from by_chunk[id(chunk)]

@@ -1,0 +1,139 @@
+"""Argument annotations (``unmapped``, ``quote``, ``allow_failure``) and future references.
+
+Futures found in a run's arguments (also inside lists, tuples, sets and dicts) are
+replaced by ``Ref`` placeholders before the arguments are serialized; the run's
+chunk depends on the futures' chunks, and ``resolve`` puts the upstream values back
+where the placeholders stood, on whichever machine the run executes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+T = TypeVar("T")
+
+ATOMS = frozenset({int, float, str, bytes, bool, type(None), complex})
+
+
+class _Annotation(Generic[T]):
+    __slots__ = ("value",)
+
+    def __init__(self, value: T) -> None:
+        self.value = value
+
+    def unwrap(self) -> T:
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.value!r})"
+
+    def __reduce__(self):
+        return type(self), (self.value,)
+
+
+class unmapped(_Annotation[T]):
+    """Broadcast a value to every run of a ``.map()`` instead of iterating over it.
+
+    Example:
+        >>> add.map([1, 2, 3], unmapped([10, 20]))  # doctest: +SKIP
+    """
+
+
+class quote(_Annotation[T]):
+    """Pass a value as it is: not iterated by ``.map()``, futures inside not resolved."""
+
+
+class allow_failure(_Annotation[T]):
+    """Run the downstream even if this upstream future failed; it receives the exception.
+
+    Example:
+        >>> cleanup.submit(allow_failure(risky.submit()))  # doctest: +SKIP
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """Placeholder for a future's value: ``dep`` indexes the run's upstream chunks."""
+
+    dep: int
+    index: int
+    allow_failure: bool = False
+
+
+def collect_refs(obj: Any, deps: dict[int, int], chunks: list[Any], allow: bool = False) -> Any:
+    """Replace futures in ``obj`` by ``Ref``s; register their chunks in ``deps``/``chunks``.
+
+    ``deps`` maps ``id(chunk)`` to its position in ``chunks``.
+    """
+    from daskflow.engine.futures import TaskRunFuture
+
+    kind = type(obj)
+    if kind in ATOMS:
+        return obj
+    if isinstance(obj, TaskRunFuture):
+        chunk = obj._chunk
+        chunk.observed = True
+        pos = deps.get(id(chunk))
+        if pos is None:
+            pos = deps[id(chunk)] = len(chunks)
+            chunks.append(chunk)
+        return Ref(pos, obj._index, allow)
+    if kind is allow_failure:
+        return collect_refs(obj.value, deps, chunks, True)
+    if kind is quote:
+        return obj.value
+    if kind is unmapped:
+        return collect_refs(obj.value, deps, chunks, allow)
+    if kind in (list, tuple, set, frozenset):
+        return kind(collect_refs(v, deps, chunks, allow) for v in obj)
+    if kind is dict:
+        return {k: collect_refs(v, deps, chunks, allow) for k, v in obj.items()}
+    return obj
+
+
+def has_refs(obj: Any) -> bool:
+    kind = type(obj)
+    if kind in ATOMS:
+        return False
+    if kind is Ref:
+        return True
+    if kind in (list, tuple, set, frozenset):
+        return any(has_refs(v) for v in obj)
+    if kind is dict:
+        return any(has_refs(v) for v in obj.values())
+    return False
+
+
+class UpstreamNotCompleted(Exception):
+    """Raised by ``resolve`` when an upstream run (not allowed to fail) did not complete."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def resolve(obj: Any, deps: list[Any]) -> Any:
+    """Put upstream values back in place of the ``Ref``s in ``obj``.
+
+    ``deps`` holds the upstream ``ChunkResult``s in ``Ref.dep`` order.
+    """
+    kind = type(obj)
+    if kind in ATOMS:
+        return obj
+    if kind is Ref:
+        chunk = deps[obj.dep]
+        ok, value = chunk.element(obj.index)
+        if ok:
+            return value
+        if obj.allow_failure:
+            return value  # the upstream's exception object
+        raise UpstreamNotCompleted(
+            f"upstream task run {chunk.run_name(obj.index)!r} ({chunk.run_id(obj.index)}) "
+            f"did not complete: {chunk.describe(obj.index)}"
+        )
+    if kind in (list, tuple, set, frozenset):
+        return kind(resolve(v, deps) for v in obj)
+    if kind is dict:
+        return {k: resolve(v, deps) for k, v in obj.items()}
+    return obj

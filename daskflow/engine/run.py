@@ -1,0 +1,438 @@
+"""The task-run function: executes one run, or a chunk of runs, wherever it lands.
+
+What happens, in order, for every run of a chunk:
+
+1. *Inputs.* The chunk's arguments arrive as one pickled blob of columns (one per
+   parameter: a list of per-run values, a value broadcast to every run, or the values
+   of an aligned upstream chunk). ``Ref`` placeholders left where futures stood are
+   replaced by upstream values; if an upstream run did not complete (and the argument
+   is not ``allow_failure``), the run ends ``NotReady`` without executing.
+2. *Execute.* Runs of a task with nothing to manage (no retries, timeout, hooks,
+   cache, async body) take the fast path: a tight loop that calls the function and
+   records a state code and an end time per run, with no per-run objects. Every other
+   run goes through ``attempts``, a generator that owns the lifecycle (Running,
+   Retrying, hooks, retry delays) and asks its driver to call the body; the sync driver
+   here and the async driver for awaited direct calls share it, so sync and async
+   tasks have one engine.
+3. *Envelope.* The chunk returns a ``ChunkResult`` and never raises: per-run state
+   codes, values (pickled together as one blob when the chunk holds many runs),
+   exceptions and extra state history for the runs that had some. Whether a failure
+   fails a downstream run is decided by daskflow from the envelope, not by Dask's
+   error propagation; a Dask-level error (a lost worker) means the engine crashed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import random
+import threading
+import time
+import traceback
+from array import array
+from dataclasses import dataclass, field
+from itertools import repeat
+from typing import TYPE_CHECKING, Any, Callable, Generator
+
+import cloudpickle
+
+from daskflow.engine import states as st
+from daskflow.engine.context import TaskRunContext, run_id, task_run_ctx
+from daskflow.engine.inputs import Ref, UpstreamNotCompleted, resolve
+from daskflow.exceptions import ParameterSerializationError, TaskRunTimeoutError, UpstreamFailed
+
+if TYPE_CHECKING:
+    from daskflow.engine.tasks import Task
+
+# Final state codes kept per run in a chunk's envelope.
+COMPLETED, CACHED, FAILED, NOT_READY, TIMED_OUT, CRASHED, CANCELLED = range(7)
+CODE_STATES: dict[int, tuple[st.StateType, str]] = {
+    COMPLETED: (st.StateType.COMPLETED, "Completed"),
+    CACHED: (st.StateType.COMPLETED, "Cached"),
+    FAILED: (st.StateType.FAILED, "Failed"),
+    NOT_READY: (st.StateType.FAILED, "NotReady"),
+    TIMED_OUT: (st.StateType.FAILED, "TimedOut"),
+    CRASHED: (st.StateType.CRASHED, "Crashed"),
+    CANCELLED: (st.StateType.CANCELLED, "Cancelled"),
+}
+OK_CODES = (COMPLETED, CACHED)
+
+
+class Unpicklable:
+    """Stands in for an argument that could not be serialized; its run fails."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def __reduce__(self):
+        return Unpicklable, (self.message,)
+
+
+@dataclass(slots=True)
+class ChunkSpec:
+    """Everything a worker needs to execute runs ``start .. start+n`` of one submission."""
+
+    task: Task
+    base: int
+    start: int
+    n: int
+    columns: Any  # pickled list of ("m", values) | ("b", value) | ("a", dep) ; or the list itself
+    refs: bool = False  # mapped values hold Refs to resolve run by run
+    wait_refs: tuple[Ref, ...] = ()
+    flow_run_id: str | None = None
+
+
+@dataclass(slots=True)
+class ChunkResult:
+    """The envelope of a chunk: final state code and value or exception of every run."""
+
+    task_name: str
+    base: int
+    start: int
+    n: int
+    codes: bytearray
+    values: list | None
+    blob: bytes | None = None
+    errors: dict[int, BaseException] = field(default_factory=dict)
+    messages: dict[int, str] = field(default_factory=dict)
+    tracebacks: dict[int, str] = field(default_factory=dict)
+    history: dict[int, list] = field(default_factory=dict)  # runs with retries
+    run_counts: dict[int, int] = field(default_factory=dict)
+    started: float = 0.0
+    ends: array = field(default_factory=lambda: array("d"))
+    worker: str | None = None
+    n_failed: int = 0
+
+    # -- reading, on the client or in a downstream chunk --------------------------------
+    def get_values(self) -> list:
+        if self.values is None:
+            self.values = cloudpickle.loads(self.blob) if self.blob is not None else [None] * self.n
+            self.blob = None
+        return self.values
+
+    def ok(self, i: int) -> bool:
+        return self.codes[i] in OK_CODES
+
+    def element(self, i: int) -> tuple[bool, Any]:
+        """``(True, value)`` for a completed run, else ``(False, exception)``."""
+        if self.codes[i] in OK_CODES:
+            return True, self.get_values()[i]
+        return False, self.exception(i)
+
+    def exception(self, i: int) -> BaseException:
+        exc = self.errors.get(i)
+        if exc is not None:
+            return exc
+        return self.state(i).exception()
+
+    def run_id(self, i: int) -> str:
+        return run_id(self.base, self.start + i)
+
+    def run_name(self, i: int) -> str:
+        return f"{self.task_name}-{self.start + i}"
+
+    def describe(self, i: int) -> str:
+        code = self.codes[i]
+        return f"{CODE_STATES[code][1]}: {self.messages.get(i) or _describe(self.errors.get(i))}"
+
+    def state(self, i: int) -> st.State:
+        code = self.codes[i]
+        type_, name = CODE_STATES[code]
+        ts = self.ends[i] if i < len(self.ends) else time.time()
+        if code in OK_CODES:
+            return st.State(type_, name, data=self.get_values()[i], timestamp=ts)
+        exc = self.errors.get(i)
+        message = self.messages.get(i) or _describe(exc)
+        if exc is None and code == NOT_READY:
+            exc = UpstreamFailed(f"task run {self.run_name(i)!r} did not run: {message}")
+        return st.State(type_, name, message=message, data=exc, timestamp=ts)
+
+    # -- writing, on the worker -------------------------------------------------------
+    def fail(self, i: int, code: int, exc: BaseException | None, message: str = "") -> None:
+        self.codes[i] = code
+        self.n_failed += 1
+        if exc is not None:
+            self.errors[i] = exc
+            self.tracebacks[i] = "".join(traceback.format_exception(exc))
+        if message:
+            self.messages[i] = message
+
+    @classmethod
+    def all_failed(cls, task_name: str, base: int, start: int, n: int, code: int,
+                   exc: BaseException | None, message: str) -> ChunkResult:
+        res = cls(task_name, base, start, n, bytearray([code]) * n, [None] * n)
+        res.n_failed = n
+        now = time.time()
+        res.started = now
+        res.ends = array("d", [now]) * n
+        for i in range(n):
+            if exc is not None:
+                res.errors[i] = exc
+            res.messages[i] = message
+        return res
+
+    def seal(self) -> ChunkResult:
+        """Make the envelope safe to pickle: values as one blob, exceptions picklable."""
+        for i, exc in list(self.errors.items()):
+            try:
+                cloudpickle.dumps(exc)
+            except Exception:
+                self.errors[i] = RuntimeError(f"{type(exc).__name__}: {exc} (exception not picklable)")
+        if self.n > 1 and self.values is not None:
+            values = self.values
+            try:
+                self.blob = cloudpickle.dumps(values, protocol=5)
+            except Exception:
+                self.blob = cloudpickle.dumps(self._drop_unpicklable(values), protocol=5)
+            self.values = None
+        return self
+
+    def _drop_unpicklable(self, values: list) -> list:
+        values = list(values)
+        for i, value in enumerate(values):
+            try:
+                cloudpickle.dumps(value)
+            except Exception as exc:
+                values[i] = None
+                err = TypeError(f"the result of task run {self.run_name(i)!r} cannot be serialized: {exc}")
+                self.fail(i, FAILED, err)
+        return values
+
+
+def _describe(exc: BaseException | None) -> str:
+    return "" if exc is None else f"{type(exc).__name__}: {exc}"
+
+
+# ---------------------------------------------------------------------------------------
+# Entry points
+
+
+def run_chunk(spec: ChunkSpec, deps: list[ChunkResult] = ()) -> ChunkResult:  # type: ignore[assignment]
+    """Run a chunk on a worker: deserialize its columns, run every run, seal the envelope."""
+    columns = spec.columns
+    if isinstance(columns, bytes):
+        columns = cloudpickle.loads(columns)
+    result = run_rows(spec.task, spec.base, spec.start, spec.n, columns, list(deps),
+                      spec.refs, spec.wait_refs, spec.flow_run_id)
+    result.worker = _worker_address()
+    return result.seal()
+
+
+def run_rows(task: Task, base: int, start: int, n: int, columns: list, deps: list,
+             refs: bool, wait_refs: tuple, flow_run_id: str | None) -> ChunkResult:
+    """Run ``n`` runs of ``task`` whose arguments are the rows of ``columns``."""
+    res = ChunkResult(task.name, base, start, n, bytearray(n), [None] * n)
+    res.started = time.time()
+    try:
+        for ref in wait_refs:
+            resolve(ref, deps)
+        iterables, refs = _iterables(columns, deps, n, refs)
+    except UpstreamNotCompleted as exc:
+        return ChunkResult.all_failed(task.name, base, start, n, NOT_READY, None, exc.message)
+    ctx = TaskRunContext(task, base, start, flow_run_id=flow_run_id)
+    token = task_run_ctx.set(ctx)
+    try:
+        rows = zip(*iterables) if iterables else repeat((), n)
+        if task._fast and not refs:
+            _run_fast(task.fn, rows, res, ctx)
+        else:
+            _run_slow(task, rows, res, ctx, deps if refs else None)
+    finally:
+        task_run_ctx.reset(token)
+    return res
+
+
+def _iterables(columns: list, deps: list, n: int, refs: bool) -> tuple[list, bool]:
+    out = []
+    for kind, payload in columns:
+        if kind == "m":
+            out.append(payload)
+        elif kind == "b":
+            out.append(repeat(resolve(payload, deps), n))
+        else:  # "a": the values of an aligned upstream chunk
+            up: ChunkResult = deps[payload]
+            if up.n_failed:
+                refs = True
+                out.append([Ref(payload, i) if not up.ok(i) else v for i, v in enumerate(up.get_values())])
+            else:
+                out.append(up.get_values())
+    return out, refs
+
+
+def _run_fast(fn: Callable, rows: Any, res: ChunkResult, ctx: TaskRunContext) -> None:
+    """The hot loop: no per-run objects, one state code and one end time per run."""
+    values, clock = res.values, time.time
+    ends = array("d", bytes(8 * res.n))
+    i = 0
+    for i, args in enumerate(rows):  # noqa: B007
+        ctx.index = i
+        try:
+            values[i] = fn(*args)  # type: ignore[index]
+        except Exception as exc:
+            res.fail(i, FAILED, exc)
+        ends[i] = clock()
+    res.ends = ends
+
+
+def _run_slow(task: Task, rows: Any, res: ChunkResult, ctx: TaskRunContext, deps: list | None) -> None:
+    ends = array("d", bytes(8 * res.n))
+    for i, row in enumerate(rows):
+        ctx.index, ctx.run_count = i, 1
+        code, value, history = run_one(task, ctx, row, deps)
+        if code in OK_CODES:
+            res.values[i] = value  # type: ignore[index]
+            res.codes[i] = code
+        elif isinstance(value, BaseException):
+            res.fail(i, code, value)
+        else:
+            res.fail(i, code, None, value)
+        if history:
+            res.history[i] = history
+        if ctx.run_count > 1:
+            res.run_counts[i] = ctx.run_count
+        ends[i] = time.time()
+    res.ends = ends
+
+
+def run_one(task: Task, ctx: TaskRunContext, row: tuple, deps: list | None) -> tuple[int, Any, list | None]:
+    """Run one run through its whole lifecycle; returns (code, value or exception, history)."""
+    if deps is not None:
+        try:
+            row = resolve(row, deps)
+        except UpstreamNotCompleted as exc:
+            return NOT_READY, exc.message, None
+    for value in row:
+        if type(value) is Unpicklable:
+            return FAILED, ParameterSerializationError(value.message), None
+    args, kwargs = task._split_row(row)
+    ctx.name = task._run_name(args, kwargs)
+    engine = attempts(task, ctx, args, kwargs)
+    if task.is_async:
+        return asyncio.run(drive_async(engine, task, args, kwargs))
+    return drive_sync(engine, task, args, kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# The lifecycle, shared by the sync and async drivers
+
+CALL = "call"
+SLEEP = "sleep"
+Engine = Generator[tuple[str, float], tuple[bool, Any], tuple[int, Any, list | None]]
+
+
+def attempts(task: Task, ctx: TaskRunContext, args: tuple, kwargs: dict) -> Engine:
+    """Own one run's lifecycle; yield ``(CALL, timeout)`` or ``(SLEEP, seconds)`` to the driver."""
+    history: list | None = None
+    opts = task.options
+    first_start = time.time()
+    while True:
+        if ctx.run_count > 1:
+            history = history or [("RUNNING", "Running", first_start, "")]
+            history.append(("RUNNING", "Retrying", time.time(), f"attempt {ctx.run_count}"))
+        task._fire("on_running", ctx, args, kwargs, st.Running())
+        ok, value = yield CALL, opts.timeout_seconds or 0.0
+        if ok:
+            task._fire("on_completion", ctx, args, kwargs, st.Completed(value))
+            return COMPLETED, value, history
+        exc = value
+        code = TIMED_OUT if isinstance(exc, TaskRunTimeoutError) else FAILED
+        failed = st.State(CODE_STATES[code][0], CODE_STATES[code][1], message=_describe(exc), data=exc)
+        if ctx.run_count <= opts.retries and task._should_retry(ctx, args, kwargs, failed):
+            delay = task._retry_delay(ctx.run_count)
+            history = history or [("RUNNING", "Running", first_start, "")]
+            history.append(("SCHEDULED", "AwaitingRetry", time.time(), f"{_describe(exc)}; retry in {delay:g}s"))
+            ctx.run_count += 1
+            if delay > 0:
+                yield SLEEP, delay
+            continue
+        task._fire("on_failure", ctx, args, kwargs, failed)
+        return code, exc, history
+
+
+def drive_sync(engine: Engine, task: Task, args: tuple, kwargs: dict) -> tuple[int, Any, list | None]:
+    try:
+        op, arg = next(engine)
+        while True:
+            if op == SLEEP:
+                time.sleep(arg)
+                op, arg = next(engine)
+                continue
+            try:
+                outcome = (True, _call_sync(task.fn, args, kwargs, arg, task.name))
+            except Exception as exc:
+                outcome = (False, exc)
+            op, arg = engine.send(outcome)
+    except StopIteration as stop:
+        return stop.value
+
+
+async def drive_async(engine: Engine, task: Task, args: tuple, kwargs: dict) -> tuple[int, Any, list | None]:
+    try:
+        op, arg = next(engine)
+        while True:
+            if op == SLEEP:
+                await asyncio.sleep(arg)
+                op, arg = next(engine)
+                continue
+            try:
+                outcome = (True, await _call_async(task.fn, args, kwargs, arg, task.name))
+            except Exception as exc:
+                outcome = (False, exc)
+            op, arg = engine.send(outcome)
+    except StopIteration as stop:
+        return stop.value
+
+
+def _call_sync(fn: Callable, args: tuple, kwargs: dict, timeout: float, name: str) -> Any:
+    if not timeout:
+        return fn(*args, **kwargs)
+    # A sync body cannot be interrupted: it runs in a helper thread that the run stops
+    # waiting for at the deadline (the thread finishes in the background).
+    box: list = []
+
+    def target() -> None:
+        try:
+            box.append((True, fn(*args, **kwargs)))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+            box.append((False, exc))
+
+    ctx = contextvars.copy_context()
+    thread = threading.Thread(target=ctx.run, args=(target,), name=f"daskflow-{name}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not box:
+        raise TaskRunTimeoutError(f"task {name!r} timed out after {timeout:g}s")
+    ok, value = box[0]
+    if ok:
+        return value
+    raise value
+
+
+async def _call_async(fn: Callable, args: tuple, kwargs: dict, timeout: float, name: str) -> Any:
+    if not timeout:
+        return await fn(*args, **kwargs)
+    try:
+        return await asyncio.wait_for(fn(*args, **kwargs), timeout)
+    except asyncio.TimeoutError:
+        raise TaskRunTimeoutError(f"task {name!r} timed out after {timeout:g}s") from None
+
+
+def jittered(delay: float, factor: float | None) -> float:
+    if not factor:
+        return delay
+    return max(0.0, delay + random.uniform(-factor * delay, factor * delay))
+
+
+def _worker_address() -> str | None:
+    import sys
+
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import get_worker
+
+    try:
+        return get_worker().address
+    except ValueError:  # not on a Dask worker
+        return None

@@ -1,0 +1,305 @@
+"""From a call to runs: direct calls run inline; ``.submit()``/``.map()`` build chunks.
+
+A submission binds the arguments to the task's signature, swaps futures for ``Ref``
+placeholders (their chunks become the Dask dependencies), splits a ``.map()`` into
+chunks (sized by ``chunking``), serializes each chunk's columns as one blob when the
+runner needs it, and hands all chunks to the runner in one call.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING, Any, Iterable
+
+import cloudpickle
+
+from daskflow.engine import chunking
+from daskflow.engine.context import flow_run_ctx, new_run_base, task_run_ctx
+from daskflow.engine.futures import Chunk, MapFutures, TaskRunFuture
+from daskflow.engine.inputs import ATOMS, allow_failure, collect_refs, quote, unmapped
+from daskflow.engine.run import (
+    FAILED, NOT_READY, ChunkResult, ChunkSpec, Unpicklable, attempts, drive_async, run_rows,
+)
+from daskflow.exceptions import MappingLengthMismatch, MappingMissingIterable
+
+if TYPE_CHECKING:
+    from daskflow.engine.states import State
+    from daskflow.engine.tasks import Task
+    from daskflow.runners.base import TaskRunner
+
+
+def current_runner() -> TaskRunner:
+    """The runner of the current flow run; inside a Dask task, that cluster; else the default."""
+    ctx = flow_run_ctx.get()
+    if ctx is not None:
+        return ctx.runner
+    from daskflow.runners import default_runner, worker_runner
+    from daskflow.runners.dask import in_dask_task
+
+    return worker_runner() if in_dask_task() else default_runner()
+
+
+def _register(chunks: list[Chunk]) -> None:
+    ctx = flow_run_ctx.get()
+    if ctx is not None:
+        ctx.submitted.extend(chunks)
+
+
+def _flow_run_id() -> str | None:
+    tctx = task_run_ctx.get()
+    if tctx is not None:
+        return tctx.flow_run_id
+    ctx = flow_run_ctx.get()
+    return ctx.flow_run_id if ctx is not None else None
+
+
+# -- direct calls -------------------------------------------------------------------------
+
+
+def _prepare_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None):
+    params = task._bind(args, kwargs)
+    deps: dict[int, int] = {}
+    ups: list[Chunk] = []
+    row = tuple(collect_refs(v, deps, ups) for v in params.values())
+    waits = tuple(collect_refs(f, deps, ups) for f in (wait_for or ()))
+    envelopes = [c.outcome() for c in ups]
+    return row, waits, envelopes, bool(ups)
+
+
+def call_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None, return_state: bool) -> Any:
+    """Run one run in the calling thread; return its value (or its final State)."""
+    row, waits, envelopes, refs = _prepare_inline(task, args, kwargs, wait_for)
+    res = run_rows(task, new_run_base(), 0, 1, [("m", [v]) for v in row], envelopes, refs, waits,
+                   _flow_run_id())
+    state = res.state(0)
+    return state if return_state else state.result()
+
+
+async def call_inline_async(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
+                            return_state: bool) -> Any:
+    """The awaitable form of ``call_inline`` for async tasks inside a running event loop."""
+    from daskflow.engine.context import TaskRunContext
+    from daskflow.engine.inputs import UpstreamNotCompleted, resolve
+    from daskflow.engine.run import run_id
+
+    row, waits, envelopes, refs = _prepare_inline(task, args, kwargs, wait_for)
+    base = new_run_base()
+    res = ChunkResult(task.name, base, 0, 1, bytearray(1), [None])
+    try:
+        for ref in waits:
+            resolve(ref, envelopes)
+        row = resolve(row, envelopes) if refs else row
+    except UpstreamNotCompleted as exc:
+        res.fail(0, NOT_READY, None, exc.message)
+        state = res.state(0)
+        return state if return_state else state.result()
+    ctx = TaskRunContext(task, base, 0, flow_run_id=_flow_run_id())
+    token = task_run_ctx.set(ctx)
+    try:
+        a, kw = task._split_row(row)
+        code, value, history = await drive_async(attempts(task, ctx, a, kw), task, a, kw)
+    finally:
+        task_run_ctx.reset(token)
+    if code in (0, 1):
+        res.values[0] = value  # type: ignore[index]
+        res.codes[0] = code
+    else:
+        res.fail(0, code, value if isinstance(value, BaseException) else None, "" if isinstance(value, BaseException) else value)
+    if history:
+        res.history[0] = history
+    state = res.state(0)
+    return state if return_state else state.result()
+
+
+# -- submit -------------------------------------------------------------------------------
+
+
+def submit_run(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None) -> TaskRunFuture:
+    """Submit one run; its future is returned before it starts."""
+    runner = current_runner()
+    params = task._bind(args, kwargs)
+    deps: dict[int, int] = {}
+    ups: list[Chunk] = []
+    row = tuple(collect_refs(v, deps, ups) for v in params.values())
+    refs = bool(ups)
+    waits = tuple(collect_refs(f, deps, ups) for f in (wait_for or ()))
+    columns = [("m", [v]) for v in row]
+    base = new_run_base()
+    blob = _serialize(task, list(params), columns, runner) if runner.serializes else columns
+    if isinstance(blob, ChunkResult):  # an argument could not be serialized
+        chunk = Chunk(task, base, 0, 1, None, runner, blob)
+        blob.base = base
+    else:
+        spec = ChunkSpec(task, base, 0, 1, blob, refs, waits, _flow_run_id())
+        handle = runner.submit_chunks([spec], [_dep_inputs(ups, runner)], [_key(task)])[0]
+        chunk = Chunk(task, base, 0, 1, handle, runner)
+    _register([chunk])
+    return TaskRunFuture(chunk, 0)
+
+
+def _key(task: Task) -> str:
+    return f"{task.name}-{uuid.uuid4().hex}"
+
+
+def _dep_inputs(ups: list[Chunk], runner: TaskRunner) -> list[Any]:
+    """Upstream handles for the runner; envelopes for chunks of another runner."""
+    return [c.result if c.result is not None else c.handle if c.runner is runner else c.outcome() for c in ups]
+
+
+def _serialize(task: Task, names: list[str], columns: list, runner: TaskRunner) -> bytes | ChunkResult:
+    """Pickle a chunk's columns; an argument that cannot be pickled fails its runs only."""
+    try:
+        return cloudpickle.dumps(columns, protocol=5)
+    except Exception:
+        pass
+    fixed = []
+    for name, (kind, payload) in zip(names, columns):
+        if kind == "m":
+            payload = [_picklable(task, name, v) for v in payload]
+        elif kind == "b":
+            payload = _picklable(task, name, payload)
+        fixed.append((kind, payload))
+    return cloudpickle.dumps(fixed, protocol=5)
+
+
+def _picklable(task: Task, name: str, value: Any) -> Any:
+    try:
+        cloudpickle.dumps(value)
+        return value
+    except Exception as exc:
+        return Unpicklable(
+            f"task {task.name!r}: argument {name!r} cannot be serialized to run on Dask "
+            f"({type(value).__name__}: {exc}); pass a picklable value or create it inside the task"
+        )
+
+
+# -- map ----------------------------------------------------------------------------------
+
+
+def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
+               chunksize: int | None) -> MapFutures:
+    """Submit one run per element, in chunks, as one graph submission."""
+    if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
+        raise ValueError(f"task {task.name!r}: chunksize must be an int >= 1, got {chunksize!r}")
+    runner = current_runner()
+    params = task._bind(args, kwargs)
+    names = list(params)
+    kinds, n, aligned = _plan_columns(task, params)
+    if aligned is not None and aligned.chunks and aligned.chunks[0].runner is not runner:
+        aligned = None
+    if aligned is not None:
+        bounds = [(c.start, c.start + c.n) for c in aligned.chunks]
+    else:
+        bounds = chunking.plan(task, n, runner, chunksize)
+    plain_broadcasts = {name for name, (kind, value) in kinds.items() if kind == "b" and not _holds_futures(value)}
+    base = new_run_base()
+    specs, dep_lists, keys = [], [], []
+    flow_run_id = _flow_run_id()
+    wait_items = list(wait_for or ())
+    for ci, (lo, hi) in enumerate(bounds):
+        deps: dict[int, int] = {}
+        ups: list[Chunk] = []
+        waits = tuple(collect_refs(f, deps, ups) for f in wait_items)
+        columns, refs = [], False
+        for name in names:
+            kind, value = kinds[name]
+            if kind == "b":
+                plain = isinstance(value, _Quoted) or name in plain_broadcasts
+                payload = value.value if isinstance(value, _Quoted) else value
+                columns.append(("b", payload if plain else collect_refs(value, deps, ups)))
+            elif isinstance(value, MapFutures):
+                if value is aligned:
+                    up = aligned.chunks[ci]
+                    up.observed = True
+                    pos = deps.setdefault(id(up), len(ups))
+                    if pos == len(ups):
+                        ups.append(up)
+                    columns.append(("a", pos))
+                else:
+                    columns.append(("m", [collect_refs(f, deps, ups) for f in value[lo:hi]]))
+                    refs = True
+            else:
+                part = value[lo:hi]
+                if not all(type(v) in ATOMS for v in part):
+                    before = len(ups)
+                    part = [collect_refs(v, deps, ups) for v in part]
+                    refs = refs or len(ups) > before
+                columns.append(("m", part))
+        blob = _serialize(task, names, columns, runner) if runner.serializes else columns
+        specs.append(ChunkSpec(task, base, lo, hi - lo, blob, refs, waits, flow_run_id))
+        dep_lists.append(_dep_inputs(ups, runner))
+        keys.append(_key(task))
+    handles = runner.submit_chunks(specs, dep_lists, keys) if specs else []
+    chunks = [Chunk(task, base, s.start, s.n, h, runner) for s, h in zip(specs, handles)]
+    _register(chunks)
+    return MapFutures(chunks)
+
+
+class _Quoted:
+    """A broadcast value to pass as it is (from ``quote``): futures inside stay futures."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _plan_columns(task: Task, params: dict[str, Any]) -> tuple[dict[str, tuple[str, Any]], int, MapFutures | None]:
+    """Decide which parameters are mapped (split) and which are broadcast."""
+    kinds: dict[str, tuple[str, Any]] = {}
+    lengths: dict[str, int] = {}
+    maps: list[MapFutures] = []
+    for name, value in params.items():
+        if isinstance(value, unmapped):
+            kinds[name] = ("b", value.value)
+        elif isinstance(value, quote):
+            kinds[name] = ("b", _Quoted(value.value))
+        elif isinstance(value, allow_failure) or isinstance(value, (str, bytes, bytearray, dict)):
+            kinds[name] = ("b", value)
+        elif isinstance(value, MapFutures):
+            kinds[name] = ("m", value)
+            lengths[name] = len(value)
+            maps.append(value)
+        elif isinstance(value, TaskRunFuture):
+            resolved = value.result()
+            if _is_iterable(resolved):
+                seq = list(resolved)
+                kinds[name], lengths[name] = ("m", seq), len(seq)
+            else:
+                kinds[name] = ("b", value)
+        elif _is_iterable(value):
+            seq = value if isinstance(value, (list, tuple, range)) else list(value)
+            kinds[name], lengths[name] = ("m", seq), len(seq)
+        else:
+            kinds[name] = ("b", value)
+    if not lengths:
+        raise MappingMissingIterable(
+            f"task {task.name!r}: .map() needs at least one iterable argument; got only "
+            f"broadcast values for {list(params)}. Use .submit() for a single run."
+        )
+    if len(set(lengths.values())) > 1:
+        detail = ", ".join(f"{k}={v}" for k, v in lengths.items())
+        raise MappingLengthMismatch(
+            f"task {task.name!r}: .map() iterables have different lengths ({detail}); "
+            "wrap arguments to pass whole to every run in unmapped(...)"
+        )
+    n = next(iter(lengths.values()))
+    aligned = maps[0] if len(maps) == 1 else None
+    return kinds, n, aligned
+
+
+def _holds_futures(value: Any) -> bool:
+    ups: list[Chunk] = []
+    collect_refs(value, {}, ups)
+    return bool(ups)
+
+
+def _is_iterable(value: Any) -> bool:
+    if isinstance(value, (str, bytes, bytearray, dict)):
+        return False
+    try:
+        iter(value)
+    except TypeError:
+        return False
+    return True
+

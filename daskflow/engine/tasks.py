@@ -1,0 +1,351 @@
+"""``Task``: a decorated function whose every call is a task run.
+
+A task holds the user's function and a frozen ``TaskOptions``; ``with_options``
+returns a copy with some options changed. Calling forms:
+
+- ``t(x)`` runs inline in the caller and returns the value (or the final ``State``
+  with ``return_state=True``); an ``async def`` task called inside a running event
+  loop returns an awaitable instead.
+- ``t.submit(x)`` returns a ``TaskRunFuture``; ``t.map(xs)`` a ``MapFutures``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import inspect
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generic, Iterable, ParamSpec, TypeVar, overload
+
+import xxhash
+
+from daskflow.engine.retries import normalize_delays
+from daskflow.engine.run import jittered
+from daskflow.exceptions import ReservedArgumentError
+
+if TYPE_CHECKING:
+    from daskflow.engine.context import TaskRunContext
+    from daskflow.engine.futures import MapFutures, TaskRunFuture
+    from daskflow.engine.states import State
+
+P = ParamSpec("P")
+R = TypeVar("R")
+logger = logging.getLogger("daskflow")
+
+RESERVED = frozenset({"return_state", "wait_for"})
+HOOKS = ("on_completion", "on_failure", "on_running", "on_commit", "on_rollback")
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """Every option of a task, validated once, at decoration time."""
+
+    name: str
+    description: str | None = None
+    tags: frozenset[str] = frozenset()
+    version: str | None = None
+    retries: int = 0
+    retry_delay_seconds: Any = 0
+    retry_jitter_factor: float | None = None
+    retry_condition_fn: Callable | None = None
+    timeout_seconds: float | None = None
+    cache_policy: Any = None
+    cache_key_fn: Callable | None = None
+    cache_expiration: datetime.timedelta | None = None
+    refresh_cache: bool = False
+    persist_result: bool | None = None
+    result_serializer: Any = None
+    task_run_name: str | Callable | None = None
+    log_prints: bool = False
+    on_completion: tuple[Callable, ...] = ()
+    on_failure: tuple[Callable, ...] = ()
+    on_running: tuple[Callable, ...] = ()
+    on_commit: tuple[Callable, ...] = ()
+    on_rollback: tuple[Callable, ...] = ()
+    delays: tuple[float, ...] = field(default=(0.0,), repr=False)
+
+    def __post_init__(self) -> None:
+        name = self.name
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise ValueError(f"task {name!r}: retries must be an int >= 0, got {self.retries!r}")
+        if self.retry_jitter_factor is not None and self.retry_jitter_factor < 0:
+            raise ValueError(f"task {name!r}: retry_jitter_factor must be >= 0, got {self.retry_jitter_factor!r}")
+        if self.timeout_seconds is not None and not self.timeout_seconds > 0:
+            raise ValueError(f"task {name!r}: timeout_seconds must be > 0, got {self.timeout_seconds!r}")
+        if self.retry_condition_fn is not None and not callable(self.retry_condition_fn):
+            raise TypeError(f"task {name!r}: retry_condition_fn must be callable")
+        if self.cache_key_fn is not None and not callable(self.cache_key_fn):
+            raise TypeError(f"task {name!r}: cache_key_fn must be callable")
+        for hook in HOOKS:
+            value = getattr(self, hook)
+            hooks = tuple(value) if isinstance(value, (list, tuple)) else (value,) if value else ()
+            for h in hooks:
+                if not callable(h):
+                    raise TypeError(f"task {name!r}: {hook} hooks must be callables, got {h!r}")
+            object.__setattr__(self, hook, hooks)
+        object.__setattr__(self, "tags", frozenset(self.tags or ()))
+        object.__setattr__(self, "delays", normalize_delays(self.retry_delay_seconds, self.retries, name))
+
+
+@dataclass(slots=True)
+class TaskRun:
+    """The record of one task run that hooks and ``retry_condition_fn`` receive."""
+
+    id: str
+    name: str
+    task_key: str
+    flow_run_id: str | None
+    run_count: int
+    parameters: dict[str, Any]
+
+
+def compute_task_key(name: str, fn: Callable) -> str:
+    """``"{name}-{8 hex}"``: stable across processes and machines for the same function."""
+    qualname = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
+    return f"{name}-{xxhash.xxh3_64_hexdigest(f'{name}|{qualname}'.encode())[:8]}"
+
+
+class Task(Generic[P, R]):
+    """A function whose every call is a task run with a state, retries and a cache.
+
+    Example:
+        >>> @task(retries=2)
+        ... def add(x: int, y: int) -> int:
+        ...     return x + y
+        >>> add(1, 2)
+        3
+    """
+
+    def __init__(self, fn: Callable[P, R], options: TaskOptions | None = None, **kwargs: Any) -> None:
+        if not callable(fn):
+            raise TypeError(f"@task needs a callable, got {type(fn).__name__}: {fn!r}")
+        if options is None:
+            kwargs.setdefault("name", getattr(fn, "__name__", type(fn).__name__))
+            options = TaskOptions(**kwargs)
+        self.fn = fn
+        self.options = options
+        self.name = options.name
+        self.task_key = compute_task_key(self.name, fn)
+        self.is_async = inspect.iscoroutinefunction(fn)
+        sig = inspect.signature(fn)
+        clash = RESERVED.intersection(sig.parameters)
+        if clash:
+            raise ReservedArgumentError(
+                f"task {self.name!r}: parameter name(s) {sorted(clash)} are reserved by daskflow; rename them"
+            )
+        self._signature = sig
+        self._names = tuple(sig.parameters)
+        kinds = [p.kind for p in sig.parameters.values()]
+        self._positional = all(
+            k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds
+        )
+        self._kinds = kinds
+        self._fast = not (
+            options.retries or options.timeout_seconds or self.is_async or options.log_prints
+            or options.on_completion or options.on_failure or options.on_running
+            or options.task_run_name or self.caches or not self._positional
+        )
+
+    def __getstate__(self) -> dict:
+        return {"fn": self.fn, "options": self.options}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["fn"], state["options"])  # type: ignore[misc]
+
+    def __repr__(self) -> str:
+        return f"Task(name={self.name!r}, key={self.task_key!r})"
+
+    def __getattr__(self, name: str) -> Any:
+        # options read as attributes: task.retries, task.cache_policy, ...
+        if name.startswith("_") or name == "options":
+            raise AttributeError(name)
+        try:
+            return getattr(self.options, name)
+        except AttributeError:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}") from None
+
+    @property
+    def caches(self) -> bool:
+        o = self.options
+        from daskflow.cache.policies import is_caching
+
+        return is_caching(o.cache_policy, o.cache_key_fn, o.persist_result)
+
+    def with_options(self, **changes: Any) -> Task[P, R]:
+        """A copy of this task with some options changed.
+
+        Example:
+            >>> slow_add = add.with_options(name="slow-add", retries=5)  # doctest: +SKIP
+        """
+        unknown = set(changes) - {f.name for f in dataclasses.fields(TaskOptions)}
+        if unknown:
+            raise TypeError(f"task {self.name!r}: unknown option(s) {sorted(unknown)}")
+        if "retries" in changes and "retry_delay_seconds" not in changes:
+            changes["retry_delay_seconds"] = self.options.retry_delay_seconds
+        return Task(self.fn, dataclasses.replace(self.options, **changes))
+
+    # -- hook decorators ------------------------------------------------------------
+    def _add_hook(self, kind: str, fn: Callable) -> Callable:
+        options = dataclasses.replace(self.options, **{kind: (*getattr(self.options, kind), fn)})
+        self.__init__(self.fn, options)  # type: ignore[misc]
+        return fn
+
+    def on_completion(self, fn: Callable) -> Callable:
+        return self._add_hook("on_completion", fn)
+
+    def on_failure(self, fn: Callable) -> Callable:
+        return self._add_hook("on_failure", fn)
+
+    def on_running(self, fn: Callable) -> Callable:
+        return self._add_hook("on_running", fn)
+
+    def on_commit(self, fn: Callable) -> Callable:
+        return self._add_hook("on_commit", fn)
+
+    def on_rollback(self, fn: Callable) -> Callable:
+        return self._add_hook("on_rollback", fn)
+
+    # -- calling ----------------------------------------------------------------------
+    @overload
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    def __call__(self, *args: Any, return_state: bool = False, wait_for: Iterable[Any] | None = None,
+                 **kwargs: Any) -> Any:
+        from daskflow.engine.submit import call_inline, call_inline_async
+
+        if self.is_async and _loop_running():
+            return call_inline_async(self, args, kwargs, wait_for, return_state)
+        return call_inline(self, args, kwargs, wait_for, return_state)
+
+    def submit(self, *args: Any, wait_for: Iterable[Any] | None = None, **kwargs: Any) -> TaskRunFuture[R]:
+        """Start a run on the current task runner and return its future at once.
+
+        Example:
+            >>> future = add.submit(1, 2)  # doctest: +SKIP
+            >>> future.result()            # doctest: +SKIP
+            3
+        """
+        from daskflow.engine.submit import submit_run
+
+        return submit_run(self, args, kwargs, wait_for)
+
+    def map(self, *args: Any, wait_for: Iterable[Any] | None = None, chunksize: int | None = None,
+            **kwargs: Any) -> MapFutures[R]:
+        """Start one run per element of the iterable arguments; broadcast the rest.
+
+        ``unmapped(x)``, strings, bytes and non-iterables are passed whole to every run.
+        ``chunksize`` fixes how many runs one Dask task executes (default: adaptive).
+
+        Example:
+            >>> futures = add.map([1, 2, 3], unmapped(10))  # doctest: +SKIP
+            >>> futures.result()                           # doctest: +SKIP
+            [11, 12, 13]
+        """
+        from daskflow.engine.submit import submit_map
+
+        return submit_map(self, args, kwargs, wait_for, chunksize)
+
+    # -- used by the engine -------------------------------------------------------------
+    def _bind(self, args: tuple, kwargs: dict) -> dict[str, Any]:
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"task {self.name!r}: {exc}") from None
+        bound.apply_defaults()
+        return bound.arguments
+
+    def _split_row(self, row: tuple) -> tuple[tuple, dict]:
+        """Positional args and kwargs for a row of parameter values in signature order."""
+        if self._positional:
+            return row, {}
+        args: list = []
+        kwargs: dict = {}
+        for kind, name, value in zip(self._kinds, self._names, row):
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                args.extend(value)
+            elif kind is inspect.Parameter.VAR_KEYWORD:
+                kwargs.update(value)
+            elif kind is inspect.Parameter.KEYWORD_ONLY:
+                kwargs[name] = value
+            else:
+                args.append(value)
+        return tuple(args), kwargs
+
+    def _parameters(self, args: tuple, kwargs: dict) -> dict[str, Any]:
+        bound = self._signature.bind(*args, **kwargs)
+        return dict(bound.arguments)
+
+    def _run_name(self, args: tuple, kwargs: dict) -> str:
+        template = self.options.task_run_name
+        if template is None:
+            return ""
+        if callable(template):
+            return str(template())
+        return template.format(**self._parameters(args, kwargs))
+
+    def _task_run(self, ctx: TaskRunContext, args: tuple, kwargs: dict) -> TaskRun:
+        return TaskRun(ctx.task_run_id, ctx.name or f"{self.name}-{ctx.start + ctx.index}", self.task_key,
+                       ctx.flow_run_id, ctx.run_count, self._parameters(args, kwargs))
+
+    def _fire(self, kind: str, ctx: TaskRunContext, args: tuple, kwargs: dict, state: State) -> None:
+        hooks = getattr(self.options, kind)
+        if not hooks:
+            return
+        task_run = self._task_run(ctx, args, kwargs)
+        for hook in hooks:
+            try:
+                hook(self, task_run, state)
+            except Exception:
+                logger.exception("%s hook %r of task %r raised; the run's state is unchanged",
+                                 kind, getattr(hook, "__name__", hook), self.name)
+
+    def _should_retry(self, ctx: TaskRunContext, args: tuple, kwargs: dict, state: State) -> bool:
+        condition = self.options.retry_condition_fn
+        if condition is None:
+            return True
+        try:
+            return bool(condition(self, self._task_run(ctx, args, kwargs), state))
+        except Exception:
+            logger.exception("retry_condition_fn of task %r raised; not retrying", self.name)
+            return False
+
+    def _retry_delay(self, run_count: int) -> float:
+        delays = self.options.delays
+        delay = delays[min(run_count - 1, len(delays) - 1)]
+        return jittered(delay, self.options.retry_jitter_factor)
+
+
+def _loop_running() -> bool:
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+@overload
+def task(__fn: Callable[P, R]) -> Task[P, R]: ...
+
+
+@overload
+def task(**options: Any) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+
+def task(__fn: Callable | None = None, **options: Any) -> Any:
+    """Turn a function into a ``Task``; usable bare (``@task``) or with options.
+
+    Example:
+        >>> @task(name="double", retries=3, retry_delay_seconds=[1, 2, 4])
+        ... def double(x):
+        ...     return 2 * x
+        >>> double(21)
+        42
+    """
+    if __fn is not None:
+        return Task(__fn, **options)
+    if options.get("name") is not None and not isinstance(options["name"], str):
+        raise TypeError(f"@task(name=...) must be a string, got {options['name']!r}")
+    return lambda fn: Task(fn, **options)

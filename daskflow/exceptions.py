@@ -1,0 +1,67 @@
+"""Errors daskflow raises, each also an instance of the builtin users already catch.
+
+::
+
+    DaskflowError
+    ├── MappingLengthMismatch (ValueError)     .map() iterables of different lengths
+    ├── MappingMissingIterable (TypeError)     .map() with nothing to iterate over
+    ├── ReservedArgumentError (TypeError)      a task function uses return_state / wait_for
+    ├── ParameterSerializationError (TypeError) an argument cannot be pickled for a Dask run
+    ├── UnfinishedRun (RuntimeError)           .result() of a run with no final value (NotReady)
+    ├── UpstreamFailed (UnfinishedRun)         ... because an upstream run did not complete
+    ├── TaskRunTimeoutError (TimeoutError)     a run passed its timeout_seconds
+    ├── CrashedRun (RuntimeError)              the process running a run died (KilledWorker)
+    ├── CancelledRun (RuntimeError)            the run was cancelled
+    ├── RunnerShutdown (RuntimeError)          a future of a task runner that was shut down
+    └── MissingContextError (RuntimeError)     get_run_logger() outside of a run
+"""
+
+from __future__ import annotations
+
+
+class DaskflowError(Exception):
+    """Base class of every error daskflow raises on its own account."""
+
+
+class MappingLengthMismatch(DaskflowError, ValueError):
+    """The iterables given to ``.map()`` have different lengths."""
+
+
+class MappingMissingIterable(DaskflowError, TypeError):
+    """``.map()`` was called without any iterable argument."""
+
+
+class ReservedArgumentError(DaskflowError, TypeError):
+    """A task function declares a parameter whose name daskflow reserves."""
+
+
+class ParameterSerializationError(DaskflowError, TypeError):
+    """An argument of a run cannot be serialized to travel to a Dask worker."""
+
+
+class UnfinishedRun(DaskflowError, RuntimeError):
+    """The result of a run that never reached a final value was requested."""
+
+
+class UpstreamFailed(UnfinishedRun):
+    """A run did not start because an upstream run it depends on did not complete."""
+
+
+class TaskRunTimeoutError(DaskflowError, TimeoutError):
+    """A task run passed its ``timeout_seconds``."""
+
+
+class CrashedRun(DaskflowError, RuntimeError):
+    """The process running a task run died, or the engine failed (not user code)."""
+
+
+class CancelledRun(DaskflowError, RuntimeError):
+    """A task run was cancelled before it finished."""
+
+
+class RunnerShutdown(DaskflowError, RuntimeError):
+    """A future was used after its task runner was shut down."""
+
+
+class MissingContextError(DaskflowError, RuntimeError):
+    """A run-only API (such as ``get_run_logger``) was called outside of a run."""

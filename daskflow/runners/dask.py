@@ -1,0 +1,219 @@
+"""``DaskTaskRunner``: runs chunks of task runs as Dask tasks.
+
+How a submission becomes Dask work, and why:
+
+- The client is made lazily, on the first submission: with an address (the argument,
+  or the ``daskflow.scheduler-address`` setting / ``DASKFLOW_SCHEDULER_ADDRESS``) it
+  connects to a running scheduler through a client shared by every runner of this
+  process with that address, so flows do not pay a connection each; without one it
+  starts a ``LocalCluster`` (one single-threaded worker process per core, bound to
+  127.0.0.1, a dashboard only if bokeh is installed) that it owns and closes on
+  ``shutdown()``. Code already running inside a Dask task uses that worker's client.
+- All chunks of one ``.submit()``/``.map()`` go in one ``client.map`` call: one graph
+  message. Each chunk's Dask key is ``"{task name}-{uuid hex}"`` so the dashboard
+  groups by task name and Dask never merges two runs. Upstream chunks are passed as
+  Dask futures inside the argument list, so Dask orders the graph and moves the data.
+- The chunk function returns an envelope and never raises; an error on the Dask side
+  (KilledWorker, a cancelled key) is turned into Crashed/Cancelled states by the base
+  runner. Waiting from inside a Dask task secedes from the worker's thread pool, so a
+  task that submits and waits for other tasks does not deadlock the cluster.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from daskflow import config
+from daskflow.engine.run import ChunkResult, ChunkSpec, run_chunk
+from daskflow.runners.base import TaskRunner
+
+if TYPE_CHECKING:
+    from distributed import Client, LocalCluster
+
+_shared_clients: dict[str, Client] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_client(address: str, client_kwargs: dict | None = None) -> Client:
+    """One client per scheduler address per process, closed at interpreter exit."""
+    from distributed import Client
+
+    with _shared_lock:
+        client = _shared_clients.get(address)
+        if client is None or client.status in ("closing", "closed"):
+            client = Client(address, set_as_default=False, **(client_kwargs or {}))
+            _shared_clients[address] = client
+        return client
+
+
+@atexit.register
+def _close_shared_clients() -> None:
+    for client in list(_shared_clients.values()):
+        try:
+            client.close(timeout=2)
+        except Exception:
+            pass
+    _shared_clients.clear()
+
+
+def in_dask_task() -> bool:
+    """True in a thread that is executing a Dask task on a worker."""
+    import sys
+
+    if "distributed" not in sys.modules:
+        return False
+    from distributed.worker import thread_state
+
+    return getattr(thread_state, "key", None) is not None
+
+
+class DaskTaskRunner(TaskRunner):
+    """Run tasks on Dask: an embedded LocalCluster by default, or a running scheduler.
+
+    Args:
+        address: a scheduler address (``"tcp://127.0.0.1:8786"``); default: the
+            ``DASKFLOW_SCHEDULER_ADDRESS`` setting, else an embedded LocalCluster.
+        cluster_kwargs: passed to ``LocalCluster`` (``n_workers``, ``memory_limit``...).
+        client_kwargs: passed to ``distributed.Client``.
+
+    Example:
+        >>> @flow(task_runner=DaskTaskRunner(address="tcp://127.0.0.1:8786"))  # doctest: +SKIP
+        ... def pipeline(): ...
+    """
+
+    def __init__(self, address: str | None = None, cluster_kwargs: dict | None = None,
+                 client_kwargs: dict | None = None) -> None:
+        self.address = address
+        self.cluster_kwargs = dict(cluster_kwargs or {})
+        self.client_kwargs = dict(client_kwargs or {})
+        self._client: Client | None = None
+        self._cluster: LocalCluster | None = None
+        self._threads: tuple[float, int] | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"DaskTaskRunner(address={self.address or config.get('scheduler-address')!r})"
+
+    def duplicate(self) -> DaskTaskRunner:
+        return DaskTaskRunner(self.address, self.cluster_kwargs, self.client_kwargs)
+
+    @property
+    def client(self) -> Client:
+        """The Dask client, started on first use."""
+        if self._client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._start()
+                    self.closed = False
+        return self._client
+
+    def _start(self) -> Client:
+        address = self.address or config.get("scheduler-address")
+        if address:
+            return shared_client(address, self.client_kwargs)
+        if in_dask_task():
+            from distributed import get_client
+
+            return get_client()
+        from distributed import Client, LocalCluster
+
+        kwargs = {
+            "n_workers": config.get("local-cluster.n-workers") or os.cpu_count() or 1,
+            "threads_per_worker": config.get("local-cluster.threads-per-worker") or 1,
+            "processes": True,
+            "host": "127.0.0.1",
+            "dashboard_address": "127.0.0.1:0" if _has_bokeh() else None,
+        }
+        kwargs.update(self.cluster_kwargs)
+        self._cluster = LocalCluster(**kwargs)
+        client = Client(self._cluster, set_as_default=False, **self.client_kwargs)
+        if self._cluster.dashboard_link and kwargs["dashboard_address"]:
+            import logging
+
+            logging.getLogger("daskflow").info("Dask dashboard: %s", self._cluster.dashboard_link)
+        return client
+
+    @property
+    def dashboard_link(self) -> str | None:
+        return self._client.dashboard_link if self._client is not None else None
+
+    def total_threads(self) -> int:
+        now = time.monotonic()
+        if self._threads is None or now - self._threads[0] > 5:
+            self._threads = (now, max(1, sum(self.client.nthreads().values())))
+        return self._threads[1]
+
+    def submit_chunks(self, specs: list[ChunkSpec], deps: list[list[Any]], keys: list[str]) -> list[Any]:
+        return self.client.map(run_chunk, specs, deps, key=keys, pure=False)
+
+    def cancel(self, chunk: Any) -> bool:
+        if chunk.handle is None or chunk.handle.done():
+            return False
+        chunk.handle.cancel()
+        return True
+
+    def _wait(self, handles: list[Any], timeout: float | None) -> None:
+        from distributed.client import _wait as dask_wait
+
+        if all(h.done() for h in handles):
+            return
+        seceded = in_dask_task()
+        if seceded:
+            from distributed import secede
+
+            secede()
+        try:
+            handles[0].client.sync(dask_wait, handles, timeout=timeout)
+        except TimeoutError:
+            raise TimeoutError(f"task runs did not finish within {timeout}s") from None
+        finally:
+            if seceded:
+                from distributed import rejoin
+
+                rejoin()
+
+    def _gather(self, handles: list[Any]) -> list[ChunkResult | BaseException]:
+        ok = [h for h in handles if h.status == "finished"]
+        values = dict(zip((h.key for h in ok), self.client.gather(ok, errors="skip"))) if ok else {}
+        out: list = []
+        for h in handles:
+            if h.key in values:
+                out.append(values[h.key])
+            elif h.status == "cancelled":
+                from concurrent.futures import CancelledError
+
+                out.append(CancelledError(f"{h.key} was cancelled"))
+            else:
+                try:
+                    out.append(h.exception(timeout=5) or RuntimeError(f"{h.key} was lost"))
+                except Exception as exc:  # noqa: BLE001
+                    out.append(exc)
+        return out
+
+    def shutdown(self) -> None:
+        with self._lock:
+            client, cluster = self._client, self._cluster
+            self._client = self._cluster = None
+            self.closed = True
+        if cluster is not None:
+            import logging
+
+            # Closing our own cluster drops its results on purpose; don't warn about it.
+            quiet = logging.getLogger("distributed.scheduler")
+            level = quiet.level
+            quiet.setLevel(logging.ERROR)
+            try:
+                client.close()  # type: ignore[union-attr]
+                cluster.close()
+            finally:
+                quiet.setLevel(level)
+
+
+def _has_bokeh() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bokeh") is not None

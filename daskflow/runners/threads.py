@@ -1,0 +1,104 @@
+"""``ThreadPoolTaskRunner``: runs chunks in a local thread pool, without Dask."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import os
+import threading
+from typing import Any
+
+from daskflow.engine.run import ChunkResult, ChunkSpec, run_chunk
+from daskflow.runners.base import TaskRunner
+
+
+class ThreadPoolTaskRunner(TaskRunner):
+    """Run tasks in threads of this process: no cluster, no serialization.
+
+    Example:
+        >>> @flow(task_runner=ThreadPoolTaskRunner(max_workers=4))  # doctest: +SKIP
+        ... def pipeline(): ...
+    """
+
+    serializes = False
+
+    def __init__(self, max_workers: int | None = None) -> None:
+        self.max_workers = max_workers or min(32, (os.cpu_count() or 1) + 4)
+        self._pool: cf.ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"ThreadPoolTaskRunner(max_workers={self.max_workers})"
+
+    def duplicate(self) -> ThreadPoolTaskRunner:
+        return ThreadPoolTaskRunner(self.max_workers)
+
+    @property
+    def pool(self) -> cf.ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self.closed = False
+                self._pool = cf.ThreadPoolExecutor(self.max_workers, thread_name_prefix="daskflow")
+            return self._pool
+
+    def total_threads(self) -> int:
+        return self.max_workers
+
+    def submit_chunks(self, specs: list[ChunkSpec], deps: list[list[Any]], keys: list[str]) -> list[Any]:
+        return [self._submit_after(spec, dep) for spec, dep in zip(specs, deps)]
+
+    def _submit_after(self, spec: ChunkSpec, deps: list[Any]) -> cf.Future:
+        """Start the chunk once its upstream handles are done (no pool thread blocks on them)."""
+        out: cf.Future = cf.Future()
+        waiting = [d for d in deps if isinstance(d, cf.Future)]
+        remaining = [len(waiting)]
+        lock = threading.Lock()
+
+        def start(_: Any = None) -> None:
+            if waiting:
+                with lock:
+                    remaining[0] -= 1
+                    if remaining[0] > 0:
+                        return
+            envelopes = [d.result() if isinstance(d, cf.Future) else d for d in deps]
+            if not out.set_running_or_notify_cancel():
+                return
+            inner = self.pool.submit(run_chunk, spec, envelopes)
+            inner.add_done_callback(lambda f: _copy(f, out))
+
+        if not waiting:
+            start()
+        for d in waiting:
+            d.add_done_callback(start)
+        return out
+
+    def cancel(self, chunk: Any) -> bool:
+        return chunk.handle is not None and chunk.handle.cancel()
+
+    def _wait(self, handles: list[Any], timeout: float | None) -> None:
+        _, not_done = cf.wait(handles, timeout)
+        if not_done:
+            raise TimeoutError(f"{len(not_done)} task runs did not finish within {timeout}s")
+
+    def _gather(self, handles: list[Any]) -> list[ChunkResult | BaseException]:
+        out: list = []
+        for h in handles:
+            try:
+                out.append(h.result())
+            except BaseException as exc:  # noqa: BLE001 - becomes a Crashed/Cancelled envelope
+                out.append(exc)
+        return out
+
+    def shutdown(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+        self.closed = True
+
+
+def _copy(src: cf.Future, dst: cf.Future) -> None:
+    exc = src.exception()
+    if exc is not None:
+        dst.set_exception(exc)
+    else:
+        dst.set_result(src.result())

@@ -1,0 +1,22 @@
+"""Public face of run states: ``State``, ``StateType`` and their constructors."""
+
+from daskflow.engine.states import (
+    Cached,
+    Cancelled,
+    Completed,
+    Crashed,
+    Failed,
+    NotReady,
+    Pending,
+    Retrying,
+    Running,
+    Scheduled,
+    State,
+    StateType,
+    TimedOut,
+)
+
+__all__ = [
+    "Cached", "Cancelled", "Completed", "Crashed", "Failed", "NotReady", "Pending",
+    "Retrying", "Running", "Scheduled", "State", "StateType", "TimedOut",
+]
