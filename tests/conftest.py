@@ -27,6 +27,9 @@ def cluster():
         lc = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                           dashboard_address=None)
     yield lc
+    from daskflow.runners.dask import _close_shared_clients
+
+    _close_shared_clients()
     lc.close()
 
 

@@ -66,7 +66,7 @@ def collect_refs(obj: Any, deps: dict[int, int], chunks: list[Any], allow: bool 
 
     ``deps`` maps ``id(chunk)`` to its position in ``chunks``.
     """
-    from daskflow.engine.futures import TaskRunFuture
+    from daskflow.engine.futures import MapFutures, TaskRunFuture
 
     kind = type(obj)
     if kind in ATOMS:
@@ -79,6 +79,8 @@ def collect_refs(obj: Any, deps: dict[int, int], chunks: list[Any], allow: bool 
             pos = deps[id(chunk)] = len(chunks)
             chunks.append(chunk)
         return Ref(pos, obj._index, allow)
+    if kind is MapFutures:  # a whole fan-out as one argument: the list of its values
+        return [collect_refs(f, deps, chunks, allow) for f in obj]
     if kind is allow_failure:
         return collect_refs(obj.value, deps, chunks, True)
     if kind is quote:
