@@ -92,6 +92,9 @@ def remote_cluster(tmp_path_factory):
         client.close()
         yield address
     finally:
+        from daskflow.runners.dask import _close_shared_clients
+
+        _close_shared_clients()
         for p in procs[::-1]:
             p.terminate()
         for p in procs:

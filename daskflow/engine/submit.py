@@ -125,14 +125,10 @@ def submit_run(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None)
     waits = tuple(collect_refs(f, deps, ups) for f in (wait_for or ()))
     columns = [("m", [v]) for v in row]
     base = new_run_base()
-    blob = _serialize(task, list(params), columns, runner) if runner.serializes else columns
-    if isinstance(blob, ChunkResult):  # an argument could not be serialized
-        chunk = Chunk(task, base, 0, 1, None, runner, blob)
-        blob.base = base
-    else:
-        spec = ChunkSpec(task, base, 0, 1, blob, refs, waits, _flow_run_id())
-        handle = runner.submit_chunks([spec], [_dep_inputs(ups, runner)], [_key(task)])[0]
-        chunk = Chunk(task, base, 0, 1, handle, runner)
+    blob, clean = _serialize(task, list(params), columns, runner)
+    spec = ChunkSpec(task, base, 0, 1, blob, refs or not clean, waits, _flow_run_id())
+    handle = runner.submit_chunks([spec], [_dep_inputs(ups, runner)], [_key(task)])[0]
+    chunk = Chunk(task, base, 0, 1, handle, runner)
     _register([chunk])
     return TaskRunFuture(chunk, 0)
 
@@ -146,10 +142,16 @@ def _dep_inputs(ups: list[Chunk], runner: TaskRunner) -> list[Any]:
     return [c.result if c.result is not None else c.handle if c.runner is runner else c.outcome() for c in ups]
 
 
-def _serialize(task: Task, names: list[str], columns: list, runner: TaskRunner) -> bytes | ChunkResult:
-    """Pickle a chunk's columns; an argument that cannot be pickled fails its runs only."""
+def _serialize(task: Task, names: list[str], columns: list, runner: TaskRunner) -> tuple[Any, bool]:
+    """Pickle a chunk's columns (if the runner needs it); returns (blob, clean).
+
+    An argument that cannot be pickled is replaced by an ``Unpicklable`` marker that
+    fails its run only (``clean`` is then False, so the chunk checks run by run).
+    """
+    if not runner.serializes:
+        return columns, True
     try:
-        return cloudpickle.dumps(columns, protocol=5)
+        return cloudpickle.dumps(columns, protocol=5), True
     except Exception:
         pass
     fixed = []
@@ -159,7 +161,7 @@ def _serialize(task: Task, names: list[str], columns: list, runner: TaskRunner) 
         elif kind == "b":
             payload = _picklable(task, name, payload)
         fixed.append((kind, payload))
-    return cloudpickle.dumps(fixed, protocol=5)
+    return cloudpickle.dumps(fixed, protocol=5), False
 
 
 def _picklable(task: Task, name: str, value: Any) -> Any:
@@ -225,8 +227,8 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
                     part = [collect_refs(v, deps, ups) for v in part]
                     refs = refs or len(ups) > before
                 columns.append(("m", part))
-        blob = _serialize(task, names, columns, runner) if runner.serializes else columns
-        specs.append(ChunkSpec(task, base, lo, hi - lo, blob, refs, waits, flow_run_id))
+        blob, clean = _serialize(task, names, columns, runner)
+        specs.append(ChunkSpec(task, base, lo, hi - lo, blob, refs or not clean, waits, flow_run_id))
         dep_lists.append(_dep_inputs(ups, runner))
         keys.append(_key(task))
     handles = runner.submit_chunks(specs, dep_lists, keys) if specs else []
