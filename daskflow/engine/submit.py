@@ -57,11 +57,10 @@ def _flow_run_id() -> str | None:
 
 
 def _prepare_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None):
-    params = task._bind(args, kwargs)
     deps: dict[int, int] = {}
     ups: list[Chunk] = []
-    row = tuple(collect_refs(v, deps, ups) for v in params.values())
-    waits = tuple(collect_refs(f, deps, ups) for f in (wait_for or ()))
+    row = tuple([v if type(v) in ATOMS else collect_refs(v, deps, ups) for v in task._row(args, kwargs)])
+    waits = tuple(collect_refs(f, deps, ups) for f in wait_for) if wait_for else ()
     envelopes = [c.outcome() for c in ups]
     return row, waits, envelopes, bool(ups)
 
@@ -117,15 +116,14 @@ async def call_inline_async(task: Task, args: tuple, kwargs: dict, wait_for: Ite
 def submit_run(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None) -> TaskRunFuture:
     """Submit one run; its future is returned before it starts."""
     runner = current_runner()
-    params = task._bind(args, kwargs)
     deps: dict[int, int] = {}
     ups: list[Chunk] = []
-    row = tuple(collect_refs(v, deps, ups) for v in params.values())
+    row = tuple([v if type(v) in ATOMS else collect_refs(v, deps, ups) for v in task._row(args, kwargs)])
     refs = bool(ups)
     waits = tuple(collect_refs(f, deps, ups) for f in (wait_for or ()))
     columns = [("m", [v]) for v in row]
     base = new_run_base()
-    blob, clean = _serialize(task, list(params), columns, runner)
+    blob, clean = _serialize(task, list(task._names), columns, runner)
     spec = ChunkSpec(task, base, 0, 1, blob, refs or not clean, waits, _flow_run_id())
     handle = runner.submit_chunks([spec], [_dep_inputs(ups, runner)], [_key(task)])[0]
     chunk = Chunk(task, base, 0, 1, handle, runner)

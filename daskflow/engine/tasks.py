@@ -141,6 +141,11 @@ class Task(Generic[P, R]):
             k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds
         )
         self._kinds = kinds
+        empty = inspect.Parameter.empty
+        self._defaults = tuple(p.default for p in sig.parameters.values())
+        self._min_args = sum(1 for d in self._defaults if d is empty) if self._positional else -1
+        if self._positional and empty in self._defaults[self._min_args:]:
+            self._min_args = -1  # a default before a required parameter: use the slow bind
         self._fast = not (
             options.retries or options.timeout_seconds or self.is_async or options.log_prints
             or options.on_completion or options.on_failure or options.on_running
@@ -247,6 +252,12 @@ class Task(Generic[P, R]):
         return submit_map(self, args, kwargs, wait_for, chunksize)
 
     # -- used by the engine -------------------------------------------------------------
+    def _row(self, args: tuple, kwargs: dict) -> tuple:
+        """Parameter values in signature order (defaults applied)."""
+        if not kwargs and 0 <= self._min_args <= len(args) <= len(self._names):
+            return args + self._defaults[len(args):]
+        return tuple(self._bind(args, kwargs).values())
+
     def _bind(self, args: tuple, kwargs: dict) -> dict[str, Any]:
         try:
             bound = self._signature.bind(*args, **kwargs)
