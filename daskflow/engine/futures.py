@@ -122,6 +122,16 @@ class TaskRunFuture(Generic[R]):
         except TimeoutError:
             pass
 
+    def history(self) -> list[st.State]:
+        """Every state the run went through, oldest first (waits for the final one)."""
+        chunk = self._chunk
+        return chunk.outcome().states(self._index, chunk.submitted)
+
+    @property
+    def run_count(self) -> int:
+        """How many times the run's body was attempted (waits for the final state)."""
+        return self._chunk.outcome().run_count(self._index)
+
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
         """The run's value; raises its exception if it failed (``raise_on_failure``)."""
         self._chunk.observe(self._index)

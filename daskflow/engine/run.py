@@ -149,6 +149,27 @@ class ChunkResult:
             exc = UpstreamFailed(f"task run {self.run_name(i)!r} did not run: {message}")
         return st.State(type_, name, message=message, data=exc, timestamp=ts)
 
+    def started_at(self, i: int) -> float:
+        """When run i started: runs of a chunk execute one after the other."""
+        return self.ends[i - 1] if 0 < i <= len(self.ends) else self.started
+
+    def states(self, i: int, submitted: float | None = None) -> list[st.State]:
+        """Run i's state history, oldest first: Pending, Running, [AwaitingRetry, Retrying]..., final."""
+        out = [] if submitted is None else [st.State(st.StateType.PENDING, timestamp=submitted)]
+        final = self.state(i)
+        extra = self.history.get(i)
+        if extra:
+            out.extend(st.State(st.StateType[t], name, message=msg, timestamp=ts) for t, name, ts, msg in extra)
+        elif self.codes[i] not in (NOT_READY, CRASHED, CANCELLED) or i in self.run_counts:
+            out.append(st.State(st.StateType.RUNNING, timestamp=self.started_at(i)))
+        out.append(final)
+        return out
+
+    def run_count(self, i: int) -> int:
+        if self.codes[i] in (NOT_READY, CANCELLED):
+            return 0
+        return self.run_counts.get(i, 1)
+
     # -- writing, on the worker -------------------------------------------------------
     def fail(self, i: int, code: int, exc: BaseException | None, message: str = "") -> None:
         self.codes[i] = code
@@ -356,7 +377,7 @@ def drive_sync(engine: Engine, task: Task, args: tuple, kwargs: dict) -> tuple[i
         op, arg = next(engine)
         while True:
             if op == SLEEP:
-                time.sleep(arg)
+                _sleep_off_slot(arg)
                 op, arg = next(engine)
                 continue
             try:
@@ -383,6 +404,34 @@ async def drive_async(engine: Engine, task: Task, args: tuple, kwargs: dict) -> 
             op, arg = engine.send(outcome)
     except StopIteration as stop:
         return stop.value
+
+
+def _sleep_off_slot(seconds: float) -> None:
+    """Sleep before a retry; on a Dask worker, longer waits give the worker slot away.
+
+    The thread secedes from the worker's pool (the worker starts other tasks at once)
+    and rejoins it after the delay, waiting for a free slot like a new task would.
+    """
+    if seconds < 1.0 or not in_dask_task():
+        time.sleep(seconds)
+        return
+    from distributed import rejoin, secede
+
+    secede()
+    try:
+        time.sleep(seconds)
+    finally:
+        rejoin()
+
+
+def in_dask_task() -> bool:
+    import sys
+
+    if "distributed" not in sys.modules:
+        return False
+    from distributed.worker import thread_state
+
+    return getattr(thread_state, "key", None) is not None
 
 
 def _call_sync(fn: Callable, args: tuple, kwargs: dict, timeout: float, name: str) -> Any:

@@ -28,7 +28,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from daskflow import config
-from daskflow.engine.run import ChunkResult, ChunkSpec, run_chunk
+from daskflow.engine.run import ChunkResult, ChunkSpec, in_dask_task, run_chunk
 from daskflow.runners.base import TaskRunner
 
 if TYPE_CHECKING:
@@ -60,15 +60,6 @@ def _close_shared_clients() -> None:
     _shared_clients.clear()
 
 
-def in_dask_task() -> bool:
-    """True in a thread that is executing a Dask task on a worker."""
-    import sys
-
-    if "distributed" not in sys.modules:
-        return False
-    from distributed.worker import thread_state
-
-    return getattr(thread_state, "key", None) is not None
 
 
 class DaskTaskRunner(TaskRunner):

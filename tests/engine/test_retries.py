@@ -1,0 +1,226 @@
+"""Retries, timeouts, hooks and run names, on every runner; counted with files."""
+
+import asyncio
+import time
+
+import pytest
+
+from daskflow import exponential_backoff, flow, task
+from daskflow.exceptions import TaskRunTimeoutError
+
+
+def count(path):
+    with open(path, "a") as fh:
+        fh.write("x")
+    with open(path) as fh:
+        return len(fh.read())
+
+
+def test_retries_until_success_with_history(runner, tmp_path):
+    counter = tmp_path / "n"
+
+    @task(retries=3)
+    def flaky():
+        if count(counter) < 3:
+            raise RuntimeError("not yet")
+        return "ok"
+
+    @flow(task_runner=runner)
+    def f():
+        fut = flaky.submit()
+        return fut.result(), fut.run_count, [s.name for s in fut.history()]
+
+    value, run_count, names = f()
+    assert value == "ok" and run_count == 3
+    assert names == ["Pending", "Running", "AwaitingRetry", "Retrying", "AwaitingRetry", "Retrying", "Completed"]
+
+
+def test_retries_exhausted_fail_with_last_error(runner, tmp_path):
+    counter = tmp_path / "n"
+
+    @task(retries=2)
+    def always(i):
+        raise ValueError(f"attempt {count(counter)}")
+
+    @flow(task_runner=runner)
+    def f():
+        states = always.map([1, 2], chunksize=2).states
+        return [(s.name, s.message) for s in states]
+
+    assert [name for name, _ in f()] == ["Failed", "Failed"]
+    assert counter.read_text() == "x" * 6  # 2 runs x 3 attempts
+
+
+def test_retry_condition_fn_stops_retries(runner, tmp_path):
+    counter = tmp_path / "n"
+    seen = []
+
+    def only_value_errors(task, task_run, state):
+        seen.append((task.name, task_run.run_count, state.name))
+        return isinstance(state.data, ValueError)
+
+    @task(retries=5, retry_condition_fn=only_value_errors)
+    def picky():
+        n = count(counter)
+        raise (ValueError if n < 2 else KeyError)(n)
+
+    state = picky(return_state=True)
+    assert state.is_failed() and isinstance(state.data, KeyError)
+    assert counter.read_text() == "xx"
+
+
+def test_retry_delays_list_and_backoff():
+    t = task(retries=4, retry_delay_seconds=[0.1, 0.2])(lambda: None)
+    assert [t._retry_delay(i) for i in (1, 2, 3, 4)] == [0.1, 0.2, 0.2, 0.2]
+    b = task(retries=3, retry_delay_seconds=exponential_backoff(1))(lambda: None)
+    assert b.options.delays == (1.0, 2.0, 4.0)
+    j = task(retries=1, retry_delay_seconds=10, retry_jitter_factor=0.5)(lambda: None)
+    assert all(5 <= j._retry_delay(1) <= 15 for _ in range(50))
+
+
+def test_retry_delay_is_waited(tmp_path):
+    counter = tmp_path / "n"
+
+    @task(retries=1, retry_delay_seconds=0.3)
+    def once():
+        if count(counter) == 1:
+            raise RuntimeError("first")
+        return "second"
+
+    t0 = time.perf_counter()
+    assert once() == "second"
+    assert time.perf_counter() - t0 >= 0.3
+
+
+def test_long_retry_delay_frees_the_worker_slot(dask_runner, tmp_path):
+    # Two single-thread workers: while two runs wait 3 s to retry, other runs still execute.
+    marker = tmp_path / "m"
+
+    @task(retries=1, retry_delay_seconds=3)
+    def slow_retry(i):
+        if count(marker) <= 2:
+            raise RuntimeError("retry me")
+        return i
+
+    @task
+    def quick(i):
+        return time.time()
+
+    @flow(task_runner=dask_runner)
+    def f():
+        waits = slow_retry.map([1, 2], chunksize=1)
+        t0 = time.time()
+        quick_done = quick.map(range(4), chunksize=1, wait_for=[]).result()
+        waits.wait()
+        return t0, max(quick_done), [fut.run_count for fut in waits]
+
+    t0, last_quick, run_counts = f()
+    assert last_quick - t0 < 2.5, "quick runs had to wait for the sleeping retries"
+    assert run_counts == [2, 2]
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_timeout_ends_run_timed_out_at_deadline(runner, kind):
+    if kind == "sync":
+        @task(timeout_seconds=0.5)
+        def sleepy():
+            time.sleep(5)
+    else:
+        @task(timeout_seconds=0.5)
+        async def sleepy():
+            await asyncio.sleep(5)
+
+    @flow(task_runner=runner)
+    def f():
+        t0 = time.perf_counter()
+        fut = sleepy.submit()
+        fut.wait()
+        return fut.state.name, type(fut.state.data).__name__, time.perf_counter() - t0
+
+    name, error, elapsed = f()
+    assert name == "TimedOut" and error == "TaskRunTimeoutError"
+    assert elapsed < 3.0
+
+
+def test_timeout_is_retried(tmp_path):
+    counter = tmp_path / "n"
+
+    @task(timeout_seconds=0.3, retries=1)
+    def slow_then_fast():
+        if count(counter) == 1:
+            time.sleep(3)
+        return "fast"
+
+    state = slow_then_fast(return_state=True)
+    assert state.result() == "fast"
+    with pytest.raises(TaskRunTimeoutError):
+        task(timeout_seconds=0.2)(lambda: time.sleep(2))()
+
+
+def test_hooks_fire_on_their_states(runner, tmp_path):
+    log = tmp_path / "hooks"
+
+    def record(kind):
+        def hook(task, task_run, state):
+            with open(log, "a") as fh:
+                fh.write(f"{kind}:{task.name}:{task_run.run_count}:{state.name}\n")
+        return hook
+
+    counter = tmp_path / "n"
+
+    @task(retries=1, on_running=[record("running")], on_completion=[record("completion")],
+          on_failure=[record("failure")])
+    def flaky():
+        if count(counter) == 1:
+            raise RuntimeError("again")
+        return 1
+
+    @task(on_failure=[record("failure")])
+    def broken():
+        raise RuntimeError("no")
+
+    @broken.on_completion
+    def never(task, task_run, state):
+        raise AssertionError("not called")
+
+    @flow(task_runner=runner)
+    def f():
+        flaky.submit().wait()
+        broken.submit().wait()
+
+    f()
+    assert log.read_text().splitlines() == [
+        "running:flaky:1:Running", "running:flaky:2:Running", "completion:flaky:2:Completed",
+        "failure:broken:1:Failed",
+    ]
+
+
+def test_hook_that_raises_does_not_change_state(caplog):
+    def bad_hook(task, task_run, state):
+        raise RuntimeError("hook bug")
+
+    @task(on_completion=[bad_hook])
+    def fine():
+        return 5
+
+    assert fine() == 5
+    assert any("hook" in r.getMessage() for r in caplog.records)
+
+
+def test_task_run_name_template_and_callable():
+    names = []
+
+    def grab(task, task_run, state):
+        names.append(task_run.name)
+
+    @task(task_run_name="load-{path}-{n}", on_completion=[grab])
+    def load(path, n=2):
+        return path
+
+    @task(task_run_name=lambda: "custom", on_completion=[grab])
+    def other():
+        return 1
+
+    load("a.csv")
+    other()
+    assert names == ["load-a.csv-2", "custom"]
