@@ -96,35 +96,39 @@ class Flow(Generic[P, R]):
     def _run(self, parameters: dict[str, Any], return_state: bool) -> Any:
         ctx, owned = self._enter(parameters)
         token = flow_run_ctx.set(ctx)
+        interrupted = False
         try:
             try:
                 value = self.fn(**parameters) if not self.is_async else asyncio.run(self.fn(**parameters))
                 state = self._finish(ctx, value)
             except BaseException as exc:
                 state = self._crash(ctx, exc)
-                if not isinstance(exc, Exception):
+                interrupted = not isinstance(exc, Exception)
+                if interrupted:
                     raise
         finally:
             flow_run_ctx.reset(token)
             if owned:
-                ctx.runner.shutdown()
+                ctx.runner.shutdown(wait=not interrupted)
         return state if return_state else state.result()
 
     async def _run_async(self, parameters: dict[str, Any], return_state: bool) -> Any:
         ctx, owned = self._enter(parameters)
         token = flow_run_ctx.set(ctx)
+        interrupted = False
         try:
             try:
                 value = await self.fn(**parameters)
                 state = self._finish(ctx, value)
             except BaseException as exc:
                 state = self._crash(ctx, exc)
-                if not isinstance(exc, Exception):
+                interrupted = not isinstance(exc, Exception)
+                if interrupted:
                     raise
         finally:
             flow_run_ctx.reset(token)
             if owned:
-                ctx.runner.shutdown()
+                ctx.runner.shutdown(wait=not interrupted)
         return state if return_state else state.result()
 
     def _finish(self, ctx: FlowRunContext, value: Any) -> st.State:
@@ -136,9 +140,7 @@ class Flow(Generic[P, R]):
 
     def _crash(self, ctx: FlowRunContext, exc: BaseException) -> st.State:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
-            for chunk in ctx.submitted:
-                if chunk.result is None and chunk.runner is not None:
-                    chunk.runner.cancel(chunk)
+            cancel_unfinished(ctx.submitted, f"flow {self.name!r} was interrupted")
             return st.Cancelled(exc, message=f"flow {self.name!r} was interrupted")
         try:
             _fetch_all(ctx.submitted, None)
@@ -156,6 +158,21 @@ class Flow(Generic[P, R]):
         if lines:
             shown = "\n".join(lines[:20]) + (f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else "")
             logger.warning("flow %r: %d failed task run(s) were never resolved:\n%s", self.name, len(lines), shown)
+
+
+def cancel_unfinished(chunks: list[Chunk], reason: str) -> None:
+    """Cancel every run not final yet; their futures read Cancelled from now on."""
+    from daskflow.engine.run import CANCELLED, ChunkResult
+    from daskflow.exceptions import CancelledRun
+
+    for chunk in chunks:
+        if chunk.result is None:
+            if chunk.runner is not None:
+                chunk.runner.cancel(chunk)
+            err = CancelledRun(f"task {chunk.task.name!r}: {reason}")
+            chunk.result = ChunkResult.all_failed(chunk.task.name, chunk.base, chunk.start, chunk.n, CANCELLED,
+                                                  err, str(err))
+            chunk.observed = True
 
 
 def _state_of(value: Any) -> st.State:

@@ -45,7 +45,8 @@ class TaskRunner(abc.ABC):
         """A fresh, unstarted runner with the same settings (one per flow run)."""
         return self
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait: bool = True) -> None:
+        """Release the runner's resources; ``wait=False`` does not wait for running work."""
         self.closed = True
 
     def __enter__(self) -> TaskRunner:

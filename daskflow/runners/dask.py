@@ -185,7 +185,7 @@ class DaskTaskRunner(TaskRunner):
                     out.append(exc)
         return out
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait: bool = True) -> None:
         with self._lock:
             client, cluster = self._client, self._cluster
             self._client = self._cluster = None

@@ -53,17 +53,27 @@ class ThreadPoolTaskRunner(TaskRunner):
         remaining = [len(waiting)]
         lock = threading.Lock()
 
+        def job(envelopes: list) -> None:
+            if not out.set_running_or_notify_cancel():
+                return  # cancelled while queued
+            try:
+                out.set_result(run_chunk(spec, envelopes))
+            except BaseException as exc:  # noqa: BLE001 - becomes a Crashed envelope
+                out.set_exception(exc)
+
         def start(_: Any = None) -> None:
             if waiting:
                 with lock:
                     remaining[0] -= 1
                     if remaining[0] > 0:
                         return
-            envelopes = [d.result() if isinstance(d, cf.Future) else d for d in deps]
-            if not out.set_running_or_notify_cancel():
+            try:
+                envelopes = [d.result() if isinstance(d, cf.Future) else d for d in deps]
+            except BaseException as exc:  # an upstream chunk crashed or was cancelled
+                if out.set_running_or_notify_cancel():
+                    out.set_exception(exc)
                 return
-            inner = self.pool.submit(run_chunk, spec, envelopes)
-            inner.add_done_callback(lambda f: _copy(f, out))
+            self.pool.submit(job, envelopes)
 
         if not waiting:
             start()
@@ -88,17 +98,10 @@ class ThreadPoolTaskRunner(TaskRunner):
                 out.append(exc)
         return out
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait: bool = True) -> None:
         with self._lock:
             if self._pool is not None:
-                self._pool.shutdown(wait=True)
+                self._pool.shutdown(wait=wait, cancel_futures=not wait)
                 self._pool = None
         self.closed = True
 
-
-def _copy(src: cf.Future, dst: cf.Future) -> None:
-    exc = src.exception()
-    if exc is not None:
-        dst.set_exception(exc)
-    else:
-        dst.set_result(src.result())
