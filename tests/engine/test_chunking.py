@@ -1,0 +1,106 @@
+"""Chunked .map(): sizes, alignment of map-over-map, per-run isolation."""
+
+import time
+
+import dask.config
+
+from daskflow import flow, task
+from daskflow.engine import chunking
+from daskflow.runners import ThreadPoolTaskRunner
+
+
+@task
+def inc(x):
+    return x + 1
+
+
+@task
+def where(i):
+    from distributed import get_worker
+
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 0.05:  # busy: keeps the worker thread occupied
+        pass
+    return get_worker().address
+
+
+def test_plan_grows_then_caps_for_unmeasured_task():
+    t = task(name="fresh-task")(lambda x: x)
+    bounds = chunking.plan(t, 1000, ThreadPoolTaskRunner(2))
+    sizes = [hi - lo for lo, hi in bounds]
+    assert sizes[:5] == [1, 2, 4, 8, 16]
+    assert max(sizes) == 125  # 1000 / (4 x 2 threads)
+    assert bounds[0][0] == 0 and bounds[-1][1] == 1000
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+
+
+def test_plan_uses_measured_time_per_run():
+    t = task(name="measured")(lambda x: x)
+    chunking._seconds_per_run[t.task_key] = 0.2
+    assert {hi - lo for lo, hi in chunking.plan(t, 32, ThreadPoolTaskRunner(2))} == {1}
+    chunking._seconds_per_run[t.task_key] = 1e-6
+    with dask.config.set({"daskflow.map.max-chunksize": 5000}):
+        sizes = {hi - lo for lo, hi in chunking.plan(t, 100_000, ThreadPoolTaskRunner(2))}
+    assert sizes == {5000}
+
+
+def test_explicit_chunksize():
+    bounds = chunking.plan(inc, 10, ThreadPoolTaskRunner(2), chunksize=4)
+    assert bounds == [(0, 4), (4, 8), (8, 10)]
+
+
+def test_every_element_is_its_own_run(runner):
+    @task
+    def maybe(x):
+        if x % 7 == 3:
+            raise ValueError(x)
+        return x
+
+    @flow(task_runner=runner)
+    def f():
+        futs = maybe.map(range(50), chunksize=25)
+        states = futs.states
+        ids = {fut.task_run_id for fut in futs}
+        return [s.name for s in states], len(ids), len(futs.chunks)
+
+    names, unique_ids, chunks = f()
+    assert chunks == 2 and unique_ids == 50
+    assert names == ["Failed" if x % 7 == 3 else "Completed" for x in range(50)]
+
+
+def test_map_over_map_lines_up_chunks_without_client_round_trip(dask_runner):
+    @flow(task_runner=dask_runner)
+    def f():
+        first = inc.map(range(1000))
+        second = inc.map(first)
+        values = second.result()
+        fetched_upstream = [c.result is not None for c in first.chunks]
+        bounds = ([(c.start, c.n) for c in first.chunks], [(c.start, c.n) for c in second.chunks])
+        return values, fetched_upstream, bounds
+
+    values, fetched, (b1, b2) = f()
+    assert values == [x + 2 for x in range(1000)]
+    assert b1 == b2
+    assert not any(fetched), "the downstream map read upstream values through the client"
+
+
+def test_heavy_elements_spread_over_all_workers(dask_runner):
+    @flow(task_runner=dask_runner)
+    def f():
+        return where.map(range(16)).result()
+
+    assert len(set(f())) == 2
+
+
+def test_adaptive_size_after_measurement(dask_runner):
+    @task
+    def tiny(x):
+        return x
+
+    @flow(task_runner=dask_runner)
+    def f():
+        tiny.map(range(20_000)).result()  # measures
+        return len(tiny.map(range(20_000)).chunks)
+
+    # measured at well under a microsecond per run: the cap (n / (4 x 2 threads)) applies
+    assert f() == 8
