@@ -170,7 +170,22 @@ class ChunkResult:
             return 0
         return self.run_counts.get(i, 1)
 
-    # -- writing, on the worker -------------------------------------------------------
+    # -- writing, on the worker ---------------------------------------------------------
+    def record(self, i: int, outcome: tuple[int, Any, list | None], run_count: int) -> None:
+        """Store run i's outcome ``(code, value or exception or message, history)``."""
+        code, value, history = outcome
+        if code in OK_CODES:
+            self.values[i] = value  # type: ignore[index]
+            self.codes[i] = code
+        elif isinstance(value, BaseException):
+            self.fail(i, code, value)
+        else:
+            self.fail(i, code, None, value)
+        if history:
+            self.history[i] = history
+        if run_count > 1:
+            self.run_counts[i] = run_count
+
     def fail(self, i: int, code: int, exc: BaseException | None, message: str = "") -> None:
         self.codes[i] = code
         self.n_failed += 1
@@ -301,38 +316,66 @@ def _run_slow(task: Task, rows: Any, res: ChunkResult, ctx: TaskRunContext, deps
     ends = array("d", bytes(8 * res.n))
     for i, row in enumerate(rows):
         ctx.index, ctx.run_count = i, 1
-        code, value, history = run_one(task, ctx, row, deps)
-        if code in OK_CODES:
-            res.values[i] = value  # type: ignore[index]
-            res.codes[i] = code
-        elif isinstance(value, BaseException):
-            res.fail(i, code, value)
-        else:
-            res.fail(i, code, None, value)
-        if history:
-            res.history[i] = history
-        if ctx.run_count > 1:
-            res.run_counts[i] = ctx.run_count
+        res.record(i, run_one(task, ctx, row, deps), ctx.run_count)
         ends[i] = time.time()
     res.ends = ends
 
 
-def run_one(task: Task, ctx: TaskRunContext, row: tuple, deps: list | None) -> tuple[int, Any, list | None]:
-    """Run one run through its whole lifecycle; returns (code, value or exception, history)."""
+class _EndsEarly(Exception):
+    """A run that ends before its body is called (NotReady, unserializable input)."""
+
+    def __init__(self, code: int, value: Any) -> None:
+        self.outcome = (code, value, None)
+
+
+def _inputs(task: Task, ctx: TaskRunContext, row: tuple, deps: list | None) -> tuple[tuple, dict]:
+    """Resolve a run's upstream values; its positional and keyword arguments."""
     if deps is not None:
         try:
             row = resolve(row, deps)
         except UpstreamNotCompleted as exc:
-            return NOT_READY, exc.message, None
+            raise _EndsEarly(NOT_READY, exc.message) from None
     for value in row:
         if type(value) is Unpicklable:
-            return FAILED, ParameterSerializationError(value.message), None
+            raise _EndsEarly(FAILED, ParameterSerializationError(value.message))
     args, kwargs = task._split_row(row)
     ctx.name = task._run_name(args, kwargs)
+    return args, kwargs
+
+
+def run_one(task: Task, ctx: TaskRunContext, row: tuple, deps: list | None) -> tuple[int, Any, list | None]:
+    """Run one run through its whole lifecycle; returns (code, value or exception, history)."""
+    try:
+        args, kwargs = _inputs(task, ctx, row, deps)
+    except _EndsEarly as early:
+        return early.outcome
     engine = attempts(task, ctx, args, kwargs)
     if task.is_async:
         return asyncio.run(drive_async(engine, task, args, kwargs))
     return drive_sync(engine, task, args, kwargs)
+
+
+async def arun_single(task: Task, base: int, row: tuple, deps: list, refs: bool, wait_refs: tuple,
+                      flow_run_id: str | None) -> ChunkResult:
+    """``run_rows`` for one run of an async task, awaited in the caller's event loop."""
+    res = ChunkResult(task.name, base, 0, 1, bytearray(1), [None])
+    res.started = time.time()
+    ctx = TaskRunContext(task, base, 0, flow_run_id=flow_run_id)
+    token = task_run_ctx.set(ctx)
+    try:
+        for ref in wait_refs:
+            resolve(ref, deps)
+        args, kwargs = _inputs(task, ctx, row, deps if refs else None)
+        outcome = await drive_async(attempts(task, ctx, args, kwargs), task, args, kwargs)
+    except UpstreamNotCompleted as exc:
+        outcome = (NOT_READY, exc.message, None)
+    except _EndsEarly as early:
+        outcome = early.outcome
+    finally:
+        task_run_ctx.reset(token)
+    res.record(0, outcome, ctx.run_count)
+    res.ends = array("d", [time.time()])
+    return res
 
 
 # ---------------------------------------------------------------------------------------

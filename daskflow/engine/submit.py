@@ -17,13 +17,10 @@ from daskflow.engine import chunking
 from daskflow.engine.context import flow_run_ctx, new_run_base, task_run_ctx
 from daskflow.engine.futures import Chunk, MapFutures, TaskRunFuture
 from daskflow.engine.inputs import ATOMS, allow_failure, collect_refs, quote, unmapped
-from daskflow.engine.run import (
-    FAILED, NOT_READY, ChunkResult, ChunkSpec, Unpicklable, attempts, drive_async, run_rows,
-)
+from daskflow.engine.run import ChunkSpec, Unpicklable, arun_single, run_rows
 from daskflow.exceptions import MappingLengthMismatch, MappingMissingIterable
 
 if TYPE_CHECKING:
-    from daskflow.engine.states import State
     from daskflow.engine.tasks import Task
     from daskflow.runners.base import TaskRunner
 
@@ -77,35 +74,8 @@ def call_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None
 async def call_inline_async(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
                             return_state: bool) -> Any:
     """The awaitable form of ``call_inline`` for async tasks inside a running event loop."""
-    from daskflow.engine.context import TaskRunContext
-    from daskflow.engine.inputs import UpstreamNotCompleted, resolve
-    from daskflow.engine.run import run_id
-
     row, waits, envelopes, refs = _prepare_inline(task, args, kwargs, wait_for)
-    base = new_run_base()
-    res = ChunkResult(task.name, base, 0, 1, bytearray(1), [None])
-    try:
-        for ref in waits:
-            resolve(ref, envelopes)
-        row = resolve(row, envelopes) if refs else row
-    except UpstreamNotCompleted as exc:
-        res.fail(0, NOT_READY, None, exc.message)
-        state = res.state(0)
-        return state if return_state else state.result()
-    ctx = TaskRunContext(task, base, 0, flow_run_id=_flow_run_id())
-    token = task_run_ctx.set(ctx)
-    try:
-        a, kw = task._split_row(row)
-        code, value, history = await drive_async(attempts(task, ctx, a, kw), task, a, kw)
-    finally:
-        task_run_ctx.reset(token)
-    if code in (0, 1):
-        res.values[0] = value  # type: ignore[index]
-        res.codes[0] = code
-    else:
-        res.fail(0, code, value if isinstance(value, BaseException) else None, "" if isinstance(value, BaseException) else value)
-    if history:
-        res.history[0] = history
+    res = await arun_single(task, new_run_base(), row, envelopes, refs, waits, _flow_run_id())
     state = res.state(0)
     return state if return_state else state.result()
 

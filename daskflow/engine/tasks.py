@@ -16,7 +16,7 @@ import datetime
 import inspect
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generic, Iterable, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, ParamSpec, TypeVar, overload
 
 import xxhash
 
