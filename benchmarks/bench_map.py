@@ -76,7 +76,7 @@ def main() -> None:
     from daskflow.runners import ThreadPoolTaskRunner
     from daskflow.runners.dask import DaskTaskRunner
 
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0")
     client = Client(cluster)
     dask_runner = DaskTaskRunner(address=cluster.scheduler_address)
     threads = ThreadPoolTaskRunner(2)

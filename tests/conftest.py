@@ -25,7 +25,7 @@ def cluster():
 
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
         lc = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                          dashboard_address=None)
+                          dashboard_address="127.0.0.1:0")
     yield lc
     from daskflow.runners.dask import _close_shared_clients
 

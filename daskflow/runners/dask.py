@@ -117,12 +117,12 @@ class DaskTaskRunner(TaskRunner):
             "threads_per_worker": config.get("local-cluster.threads-per-worker") or 1,
             "processes": True,
             "host": "127.0.0.1",
-            "dashboard_address": "127.0.0.1:0" if _has_bokeh() else None,
+            "dashboard_address": "127.0.0.1:0",  # a free port; pages need bokeh
         }
         kwargs.update(self.cluster_kwargs)
         self._cluster = LocalCluster(**kwargs)
         client = Client(self._cluster, set_as_default=False, **self.client_kwargs)
-        if self._cluster.dashboard_link and kwargs["dashboard_address"]:
+        if _has_bokeh():
             import logging
 
             logging.getLogger("daskflow").info("Dask dashboard: %s", self._cluster.dashboard_link)
