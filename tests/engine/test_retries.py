@@ -224,3 +224,34 @@ def test_task_run_name_template_and_callable():
     load("a.csv")
     other()
     assert names == ["load-a.csv-2", "custom"]
+
+
+def test_retries_timeouts_and_hooks_on_remote_scheduler(remote_cluster, tmp_path):
+    from daskflow.runners.dask import DaskTaskRunner
+
+    counter = tmp_path / "n"
+    hooks = tmp_path / "hooks"
+
+    def on_done(task, task_run, state):
+        with open(hooks, "a") as fh:
+            fh.write(f"{task_run.run_count}:{state.name}\n")
+
+    @task(retries=2, on_completion=[on_done])
+    def flaky(i):
+        if count(counter) <= 2:
+            raise RuntimeError("again")
+        return i
+
+    @task(timeout_seconds=0.5)
+    def stuck():
+        time.sleep(5)
+
+    @flow(task_runner=DaskTaskRunner(address=remote_cluster))
+    def f():
+        fut = flaky.submit(7)
+        late = stuck.submit()
+        late.wait()
+        return fut.result(), fut.run_count, late.state.name
+
+    assert f() == (7, 3, "TimedOut")
+    assert hooks.read_text() == "3:Completed\n"
