@@ -11,10 +11,11 @@ It ends by logging one warning that lists failed runs nobody looked at.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import uuid
-from typing import Any, Callable, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Callable, Generic, Iterator, ParamSpec, TypeVar, overload
 
 from daskflow.engine import states as st
 from daskflow.engine.context import FlowRunContext, flow_run_ctx, task_run_ctx
@@ -93,43 +94,35 @@ class Flow(Generic[P, R]):
         ctx = FlowRunContext(self, str(uuid.uuid4()), runner, dict(parameters), parent=parent)
         return ctx, owned
 
-    def _run(self, parameters: dict[str, Any], return_state: bool) -> Any:
+    @contextlib.contextmanager
+    def _flow_run(self, parameters: dict[str, Any]) -> Iterator[tuple[FlowRunContext, list[st.State]]]:
+        """One flow run around the body: context, final state on error, runner shutdown."""
         ctx, owned = self._enter(parameters)
         token = flow_run_ctx.set(ctx)
+        final: list[st.State] = []
         interrupted = False
         try:
-            try:
-                value = self.fn(**parameters) if not self.is_async else asyncio.run(self.fn(**parameters))
-                state = self._finish(ctx, value)
-            except BaseException as exc:
-                state = self._crash(ctx, exc)
-                interrupted = not isinstance(exc, Exception)
-                if interrupted:
-                    raise
+            yield ctx, final
+        except BaseException as exc:
+            final.append(self._crash(ctx, exc))
+            interrupted = not isinstance(exc, Exception)
+            if interrupted:
+                raise
         finally:
             flow_run_ctx.reset(token)
             if owned:
                 ctx.runner.shutdown(wait=not interrupted)
-        return state if return_state else state.result()
+
+    def _run(self, parameters: dict[str, Any], return_state: bool) -> Any:
+        with self._flow_run(parameters) as (ctx, final):
+            value = asyncio.run(self.fn(**parameters)) if self.is_async else self.fn(**parameters)
+            final.append(self._finish(ctx, value))
+        return final[0] if return_state else final[0].result()
 
     async def _run_async(self, parameters: dict[str, Any], return_state: bool) -> Any:
-        ctx, owned = self._enter(parameters)
-        token = flow_run_ctx.set(ctx)
-        interrupted = False
-        try:
-            try:
-                value = await self.fn(**parameters)
-                state = self._finish(ctx, value)
-            except BaseException as exc:
-                state = self._crash(ctx, exc)
-                interrupted = not isinstance(exc, Exception)
-                if interrupted:
-                    raise
-        finally:
-            flow_run_ctx.reset(token)
-            if owned:
-                ctx.runner.shutdown(wait=not interrupted)
-        return state if return_state else state.result()
+        with self._flow_run(parameters) as (ctx, final):
+            final.append(self._finish(ctx, await self.fn(**parameters)))
+        return final[0] if return_state else final[0].result()
 
     def _finish(self, ctx: FlowRunContext, value: Any) -> st.State:
         """Wait for every submitted run, then derive the flow's state from its value."""

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import cloudpickle
 
 from daskflow.engine import chunking
-from daskflow.engine.context import flow_run_ctx, new_run_base, task_run_ctx
+from daskflow.engine.context import current_flow_run_id, flow_run_ctx, new_run_base
 from daskflow.engine.futures import Chunk, MapFutures, TaskRunFuture
 from daskflow.engine.inputs import ATOMS, allow_failure, collect_refs, quote, unmapped
 from daskflow.engine.run import ChunkSpec, Unpicklable, arun_single, run_rows
@@ -42,14 +42,6 @@ def _register(chunks: list[Chunk]) -> None:
         ctx.submitted.extend(chunks)
 
 
-def _flow_run_id() -> str | None:
-    tctx = task_run_ctx.get()
-    if tctx is not None:
-        return tctx.flow_run_id
-    ctx = flow_run_ctx.get()
-    return ctx.flow_run_id if ctx is not None else None
-
-
 # -- direct calls -------------------------------------------------------------------------
 
 
@@ -66,7 +58,7 @@ def call_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None
     """Run one run in the calling thread; return its value (or its final State)."""
     row, waits, envelopes, refs = _prepare_inline(task, args, kwargs, wait_for)
     res = run_rows(task, new_run_base(), 0, 1, [("m", [v]) for v in row], envelopes, refs, waits,
-                   _flow_run_id())
+                   current_flow_run_id())
     state = res.state(0)
     return state if return_state else state.result()
 
@@ -75,7 +67,7 @@ async def call_inline_async(task: Task, args: tuple, kwargs: dict, wait_for: Ite
                             return_state: bool) -> Any:
     """The awaitable form of ``call_inline`` for async tasks inside a running event loop."""
     row, waits, envelopes, refs = _prepare_inline(task, args, kwargs, wait_for)
-    res = await arun_single(task, new_run_base(), row, envelopes, refs, waits, _flow_run_id())
+    res = await arun_single(task, new_run_base(), row, envelopes, refs, waits, current_flow_run_id())
     state = res.state(0)
     return state if return_state else state.result()
 
@@ -94,7 +86,7 @@ def submit_run(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None)
     columns = [("m", [v]) for v in row]
     base = new_run_base()
     blob, clean = _serialize(task, list(task._names), columns, runner)
-    spec = ChunkSpec(task, base, 0, 1, blob, refs or not clean, waits, _flow_run_id())
+    spec = ChunkSpec(task, base, 0, 1, blob, refs or not clean, waits, current_flow_run_id())
     handle = runner.submit_chunks([spec], [_dep_inputs(ups, runner)], [_key(task)])[0]
     chunk = Chunk(task, base, 0, 1, handle, runner)
     _register([chunk])
@@ -164,7 +156,7 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
     plain_broadcasts = {name for name, (kind, value) in kinds.items() if kind == "b" and not _holds_futures(value)}
     base = new_run_base()
     specs, dep_lists, keys = [], [], []
-    flow_run_id = _flow_run_id()
+    flow_run_id = current_flow_run_id()
     wait_items = list(wait_for or ())
     for ci, (lo, hi) in enumerate(bounds):
         deps: dict[int, int] = {}
