@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generator
 import cloudpickle
 
 from daskflow.engine import states as st
+from daskflow.engine.states import _describe
 from daskflow.engine.context import TaskRunContext, run_id, task_run_ctx
 from daskflow.engine.inputs import Ref, UpstreamNotCompleted, resolve
 from daskflow.exceptions import ParameterSerializationError, TaskRunTimeoutError, UpstreamFailed
@@ -235,10 +236,6 @@ class ChunkResult:
                 err = TypeError(f"the result of task run {self.run_name(i)!r} cannot be serialized: {exc}")
                 self.fail(i, FAILED, err)
         return values
-
-
-def _describe(exc: BaseException | None) -> str:
-    return "" if exc is None else f"{type(exc).__name__}: {exc}"
 
 
 # ---------------------------------------------------------------------------------------
