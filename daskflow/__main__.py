@@ -1,0 +1,3 @@
+from daskflow.cli import main
+
+main()

@@ -1,0 +1,63 @@
+import multiprocessing
+import os
+import stat
+
+import lmdb
+
+from daskflow._lmdb import close_env, open_env
+
+
+def test_open_env_once_per_process_and_private(tmp_path):
+    path = tmp_path / "env"
+    env = open_env(path, dbs=("t",))
+    assert open_env(path) is env
+    env.write(lambda txn: txn.put(b"k", b"v", db=env.db("t")))
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
+    for name in ("data.mdb", "lock.mdb"):
+        assert stat.S_IMODE(os.stat(path / name).st_mode) == 0o600
+    close_env(path)
+
+
+def test_write_grows_a_full_map(tmp_path):
+    env = open_env(tmp_path / "small", dbs=("t",), map_size=1 << 20)
+    big = b"x" * (600 << 10)
+    for i in range(8):  # 4.8 MB into a 1 MB map
+        env.write(lambda txn, i=i: txn.put(str(i).encode(), big, db=env.db("t")))
+    assert env.env.info()["map_size"] >= 8 << 20
+    assert env.read(lambda txn: len(txn.get(b"7", db=env.db("t")))) == len(big)
+    close_env(tmp_path / "small")
+
+
+def _grow_in_child(path):
+    env = open_env(path, dbs=("t",))
+    env.write(lambda txn: txn.put(b"big", b"y" * (3 << 20), db=env.db("t")))
+
+
+def test_other_process_adopts_growth(tmp_path):
+    path = tmp_path / "shared"
+    env = open_env(path, dbs=("t",), map_size=1 << 20)
+    env.write(lambda txn: txn.put(b"a", b"1", db=env.db("t")))
+    ctx = multiprocessing.get_context("spawn")
+    p = ctx.Process(target=_grow_in_child, args=(str(path),))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0
+    # our next transactions see the grown map and the child's data
+    assert env.read(lambda txn: len(txn.get(b"big", db=env.db("t")))) == 3 << 20
+    env.write(lambda txn: txn.put(b"b", b"2" * (2 << 20), db=env.db("t")))
+    close_env(path)
+
+
+def test_failed_write_commits_nothing(tmp_path):
+    env = open_env(tmp_path / "atomic", dbs=("t",))
+
+    def half(txn):
+        txn.put(b"one", b"1", db=env.db("t"))
+        raise RuntimeError("boom")
+
+    try:
+        env.write(half)
+    except RuntimeError:
+        pass
+    assert env.read(lambda txn: txn.get(b"one", db=env.db("t"))) is None
+    close_env(tmp_path / "atomic")
