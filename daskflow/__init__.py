@@ -19,6 +19,15 @@ from daskflow.engine.tasks import Task, task
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # serve() needs distributed; `import daskflow` must not import it.
+    if name == "serve":
+        from daskflow.background import serve
+
+        return serve
+    raise AttributeError(f"module 'daskflow' has no attribute {name!r}")
+
 __all__ = [
     "Flow",
     "MapFutures",
@@ -29,6 +38,7 @@ __all__ = [
     "exponential_backoff",
     "flow",
     "quote",
+    "serve",
     "task",
     "unmapped",
     "wait",
