@@ -111,6 +111,23 @@ def _link(address: str | None = None) -> _Link:
     return link
 
 
+def disconnect(address: str) -> None:
+    """Flush and close this process's connection to the server at ``address`` (if any)."""
+    from daskflow.runners import dask as dask_runner
+
+    with _links_lock:
+        link = _links.pop(address, None)
+    if link is not None:
+        try:
+            link.flush()
+        except Exception:  # noqa: BLE001 - the server may be gone
+            pass
+    with dask_runner._shared_lock:
+        client = dask_runner._shared_clients.pop(address, None)
+    if client is not None:
+        client.close(timeout=2)
+
+
 @atexit.register
 def _flush_links() -> None:
     for link in list(_links.values()):
