@@ -57,7 +57,7 @@ class Proc:
 
 
 def env_for(home: pathlib.Path, address: str | None = None) -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS / "runners")]),
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS / "runners"), str(ROOT / "benchmarks")]),
                DASKFLOW_HOME=str(home), PYTHONUNBUFFERED="1")
     env.pop("DASKFLOW_SCHEDULER_ADDRESS", None)
     if address:
@@ -65,8 +65,8 @@ def env_for(home: pathlib.Path, address: str | None = None) -> dict[str, str]:
     return env
 
 
-def start_server(home: pathlib.Path, port: int = 0) -> tuple[Proc, str]:
-    proc = Proc(["server", "start", "--port", str(port)], env_for(home), home.parent / "server.log")
+def start_server(home: pathlib.Path, port: int = 0, **env: str) -> tuple[Proc, str]:
+    proc = Proc(["server", "start", "--port", str(port)], {**env_for(home), **env}, home.parent / "server.log")
     line = proc.expect("daskflow server at ")
     return proc, line.split()[3]
 

@@ -14,7 +14,7 @@ import daskflow.background as bg
 from daskflow.background import store
 from daskflow.background.client import disconnect
 from daskflow import flow
-from daskflow.exceptions import NoBackgroundServer, ParameterSerializationError, ResultNotPersisted
+from daskflow.exceptions import CrashedRun, NoBackgroundServer, ParameterSerializationError, ResultNotPersisted
 from daskflow.runners import ThreadPoolTaskRunner
 
 SERVED = ["bg_tasks:add", "bg_tasks:whoami", "bg_tasks:not_persisted", "bg_tasks:boom", "bg_tasks:flaky",
@@ -157,6 +157,25 @@ def test_killed_task_worker_run_is_taken_by_another_worker(tmp_path, monkeypatch
             assert any("worker was lost" in h["message"] for h in rec["history"])
         finally:
             second.stop()
+    finally:
+        disconnect(address)
+        assert server.stop() == 0
+
+
+def test_run_dask_gives_up_on_ends_crashed_not_running(tmp_path, monkeypatch):
+    home = tmp_path / "srv"
+    server, address = start_server(home, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0")
+    monkeypatch.setenv("DASKFLOW_SCHEDULER_ADDRESS", address)
+    worker, _ = start_worker(home, address, "bg_tasks:stall_once")
+    try:
+        fut = bg_tasks.stall_once.delay(str(tmp_path / "started"))
+        _wait_for(lambda: fut.state.name == "Running", 30)
+        worker.stop(signal.SIGKILL)
+        fut.wait(timeout=30)
+        assert fut.state.is_crashed()
+        with pytest.raises(CrashedRun, match="KilledWorker|outside of the task's code"):
+            fut.result()
+        assert not store.queued(store.open_store(home / "background")), "a final run leaves the queue"
     finally:
         disconnect(address)
         assert server.stop() == 0
