@@ -15,6 +15,7 @@
     ├── RunnerShutdown (RuntimeError)          a future of a task runner that was shut down
     ├── NoBackgroundServer (RuntimeError)      .delay() / serve() with no reachable daskflow server
     ├── ResultNotPersisted (UnfinishedRun)     .result() of a background run whose value was not kept
+    ├── UnknownRun (KeyError)                  a background run id the server does not know
     └── MissingContextError (RuntimeError)     get_run_logger() outside of a run
 """
 
@@ -75,3 +76,7 @@ class NoBackgroundServer(DaskflowError, RuntimeError):
 
 class ResultNotPersisted(UnfinishedRun):
     """A background run completed, but its task does not persist results (``persist_result``)."""
+
+
+class UnknownRun(DaskflowError, KeyError):
+    """A background run id that the server (or the local store) does not know."""

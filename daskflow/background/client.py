@@ -30,7 +30,8 @@ from daskflow import config
 from daskflow.background import store
 from daskflow.engine import states as st
 from daskflow.engine.context import current_flow_run_id, new_run_base, run_id
-from daskflow.exceptions import NoBackgroundServer, ParameterSerializationError, ResultNotPersisted, UnfinishedRun
+from daskflow.exceptions import (NoBackgroundServer, ParameterSerializationError, ResultNotPersisted, UnfinishedRun,
+                                 UnknownRun)
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -308,6 +309,10 @@ def _wait(group: dict[str, Any], address: str | None, timeout: float | None) -> 
     if address is None:
         return {rid: v for rid, v in store.read_records(ids, results=True).items() if store.is_final(v[0])}
     raw = _call(address, "daskflow_bg_wait", timeout, run_ids=ids, timeout=timeout)
+    unknown = raw.pop("unknown", None)
+    if unknown:
+        raise UnknownRun(f"the daskflow server at {address} has no background run "
+                         f"{', '.join(unknown[:3])}{' ...' if len(unknown) > 3 else ''}")
     return {rid: (store.unpack(rec), blob) for rid, (rec, blob) in raw.items()}
 
 
@@ -361,7 +366,9 @@ def result(task_run_id: str, timeout: float | None = None, raise_on_failure: boo
     fut: BackgroundFuture = BackgroundFuture(task_run_id, config.get("scheduler-address") or None)
     if fut._fetch(timeout) is None:
         if fut.address is None:
-            raise UnfinishedRun(f"background run {task_run_id} has no final state in {store.path()}")
+            if not store.read_records([task_run_id]):
+                raise UnknownRun(f"no background run {task_run_id} in {store.path()}")
+            raise UnfinishedRun(f"background run {task_run_id} has no final state yet in {store.path()}")
         raise TimeoutError(f"background run {task_run_id} is not final after {timeout}s")
     return _result(*fut._final, raise_on_failure)  # type: ignore[misc]
 

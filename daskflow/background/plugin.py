@@ -41,6 +41,7 @@ logger = logging.getLogger("daskflow.background")
 OP = "daskflow-bg"
 PLUGIN_NAME = "daskflow-background"
 _STOP = ("stop",)
+ARRIVAL_GRACE = 10.0  # seconds a reader waits for a run id the store does not know yet
 
 
 class BackgroundPlugin(SchedulerPlugin):
@@ -62,6 +63,7 @@ class BackgroundPlugin(SchedulerPlugin):
         self.env = store.open_store(self.path)
         self.keys: dict[str, str] = {}  # Dask key -> run id, for runs submitted here
         self.waiters: dict[str, list[asyncio.Future]] = {}
+        self.arrivals: dict[str, list[asyncio.Future]] = {}  # readers of runs not enqueued yet
         self.client: Any = None
         self._backlog: list[dict] = []
         self.writer = _Writer(self)
@@ -156,6 +158,11 @@ class BackgroundPlugin(SchedulerPlugin):
     def _committed(self, submits: list[dict], finals: list[tuple]) -> None:
         """Called on the event loop after the writer committed a batch."""
         self._submit(submits)
+        if self.arrivals:
+            for e in submits:
+                for fut in self.arrivals.pop(e["id"], ()):
+                    if not fut.done():
+                        fut.set_result(True)
         for rid, rec, blob in finals:
             for fut in self.waiters.pop(rid, ()):
                 if not fut.done():
@@ -163,10 +170,23 @@ class BackgroundPlugin(SchedulerPlugin):
 
     # -- handlers for readers (event loop) ------------------------------------------------
     async def _wait(self, run_ids: list[str], timeout: float | None = None) -> dict:
-        """Final records (and result blobs) of ``run_ids``, waiting up to ``timeout`` seconds."""
+        """Final records (and result blobs) of ``run_ids``, waiting up to ``timeout`` seconds.
+
+        A run id the store does not know gets a few seconds to arrive (its enqueue may
+        still be on its way); then it is reported under ``"unknown"``.
+        """
+        start = time.monotonic()
         known = store.read_records(run_ids, self.env, results=True)
-        out = {rid: (store.pack(rec), blob) for rid, (rec, blob) in known.items() if store.is_final(rec)}
-        pending = [rid for rid in run_ids if rid not in out]
+        out: dict = {rid: (store.pack(rec), blob) for rid, (rec, blob) in known.items() if store.is_final(rec)}
+        missing = [rid for rid in run_ids if rid not in known]
+        if missing:
+            grace = ARRIVAL_GRACE if timeout is None else min(ARRIVAL_GRACE, timeout)
+            unknown = await self._await_arrival(missing, grace)
+            if unknown:
+                out["unknown"] = unknown
+            if timeout is not None:
+                timeout = max(0.0, timeout - (time.monotonic() - start))
+        pending = [rid for rid in run_ids if rid not in out and rid not in out.get("unknown", ())]
         if not pending or timeout == 0:
             return out
         futs = {}
@@ -187,6 +207,29 @@ class BackgroundPlugin(SchedulerPlugin):
             rec, blob = fut.result()
             out[futs[fut]] = (store.pack(rec), blob)
         return out
+
+    async def _await_arrival(self, run_ids: list[str], grace: float) -> list[str]:
+        """Wait up to ``grace`` s for runs to be enqueued; the ids that never were."""
+        futs = {}
+        for rid in run_ids:
+            fut = self.loop.create_future()
+            self.arrivals.setdefault(rid, []).append(fut)
+            futs[fut] = rid
+        # enqueued between our read and now? (their commit ran on this loop already)
+        now_known = store.read_records(run_ids, self.env)
+        for fut, rid in futs.items():
+            if rid in now_known and not fut.done():
+                fut.set_result(True)
+        if not all(f.done() for f in futs):
+            await asyncio.wait(list(futs), timeout=grace)
+        unknown = [rid for fut, rid in futs.items() if not fut.done()]
+        for fut, rid in futs.items():
+            lst = self.arrivals.get(rid)
+            if lst and fut in lst:
+                lst.remove(fut)
+                if not lst:
+                    del self.arrivals[rid]
+        return unknown
 
     def _get(self, run_ids: list[str]) -> dict:
         """The latest known records of ``run_ids`` (no results)."""

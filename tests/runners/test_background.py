@@ -14,7 +14,8 @@ import daskflow.background as bg
 from daskflow.background import store
 from daskflow.background.client import disconnect
 from daskflow import flow
-from daskflow.exceptions import CrashedRun, NoBackgroundServer, ParameterSerializationError, ResultNotPersisted
+from daskflow.exceptions import (CrashedRun, NoBackgroundServer, ParameterSerializationError, ResultNotPersisted,
+                                 UnknownRun)
 from daskflow.runners import ThreadPoolTaskRunner
 
 SERVED = ["bg_tasks:add", "bg_tasks:whoami", "bg_tasks:not_persisted", "bg_tasks:boom", "bg_tasks:flaky",
@@ -135,6 +136,16 @@ def test_result_by_run_id_from_a_later_process_without_distributed(bg_server):
     out = subprocess.run([sys.executable, "-c", code], env=env_for(bg_server["home"]),
                          capture_output=True, text=True, timeout=60, check=True).stdout
     assert out.split() == ["11", "False"]
+
+
+def test_result_of_an_unknown_run_id_is_a_clear_error(bg_server, monkeypatch):
+    bogus = "00000000-0000-0000-0000-000000000001"
+    with pytest.raises(UnknownRun, match=bogus):
+        bg.result(bogus, timeout=0.5)
+    monkeypatch.delenv("DASKFLOW_SCHEDULER_ADDRESS")
+    monkeypatch.setenv("DASKFLOW_HOME", str(bg_server["home"]))
+    with pytest.raises(UnknownRun, match=bogus):
+        bg.result(bogus)
 
 
 def test_killed_task_worker_run_is_taken_by_another_worker(tmp_path, monkeypatch):
