@@ -176,17 +176,20 @@ class BackgroundPlugin(SchedulerPlugin):
         still be on its way); then it is reported under ``"unknown"``.
         """
         start = time.monotonic()
-        known = store.read_records(run_ids, self.env, results=True)
-        out: dict = {rid: (store.pack(rec), blob) for rid, (rec, blob) in known.items() if store.is_final(rec)}
-        missing = [rid for rid in run_ids if rid not in known]
+        unknown: list[str] = []
+        missing = [rid for rid in run_ids if rid not in store.read_records(run_ids, self.env)]
         if missing:
             grace = ARRIVAL_GRACE if timeout is None else min(ARRIVAL_GRACE, timeout)
             unknown = await self._await_arrival(missing, grace)
-            if unknown:
-                out["unknown"] = unknown
             if timeout is not None:
                 timeout = max(0.0, timeout - (time.monotonic() - start))
-        pending = [rid for rid in run_ids if rid not in out and rid not in out.get("unknown", ())]
+        # No await from this read until the waiters are registered: a final state
+        # committed in between would otherwise be missed.
+        known = store.read_records(run_ids, self.env, results=True)
+        out: dict = {rid: (store.pack(rec), blob) for rid, (rec, blob) in known.items() if store.is_final(rec)}
+        if unknown:
+            out["unknown"] = unknown
+        pending = [rid for rid in run_ids if rid not in out and rid not in unknown]
         if not pending or timeout == 0:
             return out
         futs = {}
