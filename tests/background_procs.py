@@ -19,7 +19,8 @@ class Proc:
 
     def __init__(self, args: list[str], env: dict[str, str], log: pathlib.Path) -> None:
         self.log = open(log, "ab")
-        self.popen = subprocess.Popen([sys.executable, "-m", "daskflow", *args], env=env, stdout=subprocess.PIPE,
+        argv = args if args[0] == "-c" else ["-m", "daskflow", *args]
+        self.popen = subprocess.Popen([sys.executable, *argv], env=env, stdout=subprocess.PIPE,
                                       stderr=self.log, text=True)
         self.lines: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self.out: list[str] = []
@@ -71,8 +72,10 @@ def start_server(home: pathlib.Path, port: int = 0, **env: str) -> tuple[Proc, s
     return proc, line.split()[3]
 
 
-def start_worker(home: pathlib.Path, address: str, *targets: str, nthreads: int = 1) -> tuple[Proc, str]:
-    proc = Proc(["worker", *targets, "--nthreads", str(nthreads)], env_for(home, address),
-                home.parent / "worker.log")
+def start_worker(home: pathlib.Path, address: str, *targets: str, nthreads: int = 1,
+                 python: str | None = None) -> tuple[Proc, str]:
+    """`daskflow worker TARGETS` (or, with ``python``, that code, e.g. a ``serve(...)`` call)."""
+    args = ["-c", python] if python else ["worker", *targets, "--nthreads", str(nthreads)]
+    proc = Proc(args, env_for(home, address), home.parent / "worker.log")
     line = proc.expect("daskflow task worker ")
     return proc, line.split()[3]

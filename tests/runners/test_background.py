@@ -47,6 +47,27 @@ def test_delay_without_server_raises_how_to_start_one(monkeypatch):
         bg_tasks.add.delay(1, 2)
 
 
+def test_delay_to_an_unreachable_server_raises_how_to_start_one(monkeypatch):
+    import dask.config
+
+    monkeypatch.setenv("DASKFLOW_SCHEDULER_ADDRESS", "tcp://127.0.0.1:9")  # nothing listens there
+    with dask.config.set({"daskflow.background.connect-timeout": "1s"}):
+        with pytest.raises(NoBackgroundServer, match="no daskflow server answers.*daskflow server start"):
+            bg_tasks.add.delay(1, 2)
+
+
+def test_delay_enqueue_costs_well_under_a_millisecond(bg_server):
+    import time
+
+    bg_tasks.add.delay(0, 0)  # connect first
+    n = 500
+    t0 = time.perf_counter()
+    futures = bg.BackgroundFutures(bg_tasks.add.delay(i, 1) for i in range(n))
+    per_call = (time.perf_counter() - t0) / n
+    assert per_call < 1e-3, f"{per_call * 1e6:.0f} µs per .delay()"
+    assert futures.result(timeout=60) == [i + 1 for i in range(n)]
+
+
 def test_delay_runs_on_a_task_worker_with_the_full_lifecycle(bg_server):
     fut = bg_tasks.add.delay(1, y=2)
     assert fut.result(timeout=30) == 3
@@ -120,7 +141,8 @@ def test_runs_wait_scheduled_until_a_worker_serves_their_task(bg_server):
     fut = bg_tasks.lonely.delay(4)
     fut.wait(timeout=1.0)  # nobody serves `lonely`: the run must not finish
     assert fut.state.name == "Scheduled"
-    worker, address = start_worker(bg_server["home"], bg_server["address"], "bg_tasks:lonely")
+    serve = "import bg_tasks; from daskflow import serve; serve(bg_tasks.lonely, limit=2)"
+    worker, address = start_worker(bg_server["home"], bg_server["address"], python=serve)
     try:
         assert fut.result(timeout=30) == 40
         assert fut.record()["worker"] == address
