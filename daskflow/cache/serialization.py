@@ -141,18 +141,21 @@ def read_header(record: bytes | bytearray | memoryview) -> dict:
     return _header(record)[0]
 
 
-def decode(record: bytearray, secret: bytes) -> tuple[dict, Any]:
+def decode(record: bytearray | memoryview, secret: bytes) -> tuple[dict, Any]:
     """``({"c": created, "e": expires}, value)`` of a verified record; raises ``DamagedRecord``.
 
-    ``record`` should be a bytearray: arrays in the value are writable views of it.
-    This is the hot path of a cached rerun (10^5 records): no more work than needed.
+    Arrays in the value are writable views of ``record`` (copied first into a bytearray
+    if it is not one). This is the hot path of a cached rerun (10^5 records): no more work than needed.
     """
-    if len(record) < _FIXED + _HEAD.size or record[:4] != MAGIC:
-        raise DamagedRecord("not a daskflow cache record")
     view = memoryview(record)
-    if not hmac.compare_digest(mac(secret, view[_FIXED - 4:]), record[4:_FIXED - 4]):
+    if len(view) < _FIXED + _HEAD.size or view[:4] != MAGIC:
+        raise DamagedRecord("not a daskflow cache record")
+    if not hmac.compare_digest(mac(secret, view[_FIXED - 4:]), view[4:_FIXED - 4]):
         raise DamagedRecord("bad signature (written with another secret, or altered)")
     hlen, created, expires, ser_code, nbufs, plen, klen = _FULL.unpack_from(record, _FIXED - 4)
+    if nbufs and not isinstance(record, bytearray):  # e.g. a view of the LMDB map: copy once
+        record = bytearray(record)
+        view = memoryview(record)
     start = _FIXED + hlen
     start += _pad(start)
     try:

@@ -66,25 +66,29 @@ class ResultStore(abc.ABC):
         if not wanted:
             return {}
         records = self.get_many([k for _, k in wanted])
+        return self._decode_all(((i, k, r) for (i, k), r in zip(wanted, records)), now)
+
+    def _decode_all(self, records: Any, now: float | None) -> dict[int, Any]:
         now = time.time() if now is None else now
         hits: dict[int, Any] = {}
         damaged: list[str] = []
-        for (i, key), record in zip(wanted, records):
+        decode, secret = ser.decode, self.secret
+        for i, key, record in records:
             if record is None:
                 continue
             try:
-                header, value = ser.decode(record, self.secret)
+                header, value = decode(record, secret)
             except ser.DamagedRecord as exc:
                 damaged.append(f"{_display(key)}: {exc}")
                 continue
-            expires = header.get("e")
+            expires = header["e"]
             if expires is not None and expires <= now:
                 continue
             hits[i] = value
         if damaged:
             more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
             warnings.warn(f"damaged cache entry treated as a miss: {damaged[0]}{more}; it will be "
-                          "overwritten when the run completes", CacheWarning, stacklevel=2)
+                          "overwritten when the run completes", CacheWarning, stacklevel=3)
         return hits
 
 
@@ -118,6 +122,20 @@ class LMDBResultStore(ResultStore):
             get = txn.get
             # one copy out of the map, into a bytearray that loaded arrays then share
             return [None if (v := get(k, db=db)) is None else bytearray(v) for k in keys]
+
+        return self._read(read)
+
+    def load_many(self, keys: list[bytes | None], now: float | None = None) -> dict[int, Any]:
+        # Decoded inside the read transaction, straight from the map: only values with
+        # out-of-band buffers (arrays) are copied out, once, into a bytearray they share.
+        db = self.env.db(ENTRIES)
+        wanted = [(i, k) for i, k in enumerate(keys) if k is not None]
+        if not wanted:
+            return {}
+
+        def read(txn: Any) -> dict[int, Any]:
+            get = txn.get
+            return self._decode_all(((i, k, get(k, db=db)) for i, k in wanted), now)
 
         return self._read(read)
 
