@@ -238,91 +238,136 @@ def fire(task: Task, kind: str, txn: Any) -> None:
 def run_managed(task: Task, rows: Any, res: ChunkResult, ctx: TaskRunContext, deps: list | None,
                 spec: CacheSpec | None) -> None:
     """Run a chunk of a managed task: lookups, runs, one write, commit hooks."""
-    from daskflow.engine import run as R
-    from daskflow.engine.inputs import UpstreamNotCompleted, resolve
-
-    local = spec is None
-    if spec is None:
-        spec = new_spec(task)
-    n = res.n
-    ends = array("d", bytes(8 * n))
-    items: list[tuple[int, tuple]] = []
-    for i, row in enumerate(rows):
-        if deps is not None:
-            try:
-                row = resolve(row, deps)
-            except UpstreamNotCompleted as exc:
-                res.record(i, (R.NOT_READY, exc.message, None), 1)
-                ends[i] = time.time()
-                continue
-        items.append((i, row))
-
-    keys: list = [None] * n
-    hits: dict[int, Any] = {}
-    store = None
-    if spec.plan is not None:
-        store = get_store(spec.home)  # type: ignore[arg-type]
-        if spec.keys is not None:
-            keys = spec.keys
-        else:
-            keys = _worker_keys(task, spec.plan, items, ctx, keys)
-        if spec.lookup:
-            found = store.load_many([keys[i] for i, _ in items])
-            hits = {items[pos][0]: value for pos, value in found.items()}
-
-    token = _home_var.set(spec.home) if spec.home else None
-    staged: list[tuple[bytes, bytes]] = []
+    chunk = _Managed(task, res, ctx, deps, spec)
+    token = _home_var.set(chunk.spec.home) if chunk.spec.home else None
     try:
-        for i, row in items:
-            ctx.index, ctx.run_count = i, 1
-            try:
-                args, kwargs = R._inputs(task, ctx, row, None)
-            except R._EndsEarly as early:
-                res.record(i, early.outcome, 1)
-                ends[i] = time.time()
-                continue
-            if i in hits:
-                res.record(i, (R.CACHED, hits[i], None), 1)
-                if task.options.on_completion:
-                    from daskflow.engine import states as st
+        for i, row in chunk.prepare(rows):
+            args = chunk.start(i, row)
+            if args is not None:
+                from daskflow.engine import run as R
 
-                    task._fire("on_completion", ctx, args, kwargs, st.Completed(hits[i], name="Cached"))
-            else:
-                engine = R.attempts(task, ctx, args, kwargs)
+                engine = R.attempts(task, ctx, *args)
                 if task.is_async:
-                    outcome = asyncio.run(R.drive_async(engine, task, args, kwargs))
+                    outcome = asyncio.run(R.drive_async(engine, task, *args))
                 else:
-                    outcome = R.drive_sync(engine, task, args, kwargs)
-                res.record(i, outcome, ctx.run_count)
-                if outcome[0] == R.COMPLETED and keys[i] is not None:
-                    record = _encode(task, spec, store, outcome[1], ctx)
-                    if record is not None:
-                        staged.append((keys[i], record))
-            ends[i] = time.time()
+                    outcome = R.drive_sync(engine, task, *args)
+                chunk.done(i, outcome)
     finally:
         if token is not None:
             _home_var.reset(token)
-    res.ends = ends
+    chunk.finish()
 
-    if spec.stage:
-        res.cache_records = staged
-        if local:
-            from daskflow.engine.transactions import current_transaction
 
-            txn = current_transaction()
-            if txn is not None:
-                txn.add_result(task, res)
-        return
-    if staged:
+async def arun_managed(task: Task, res: ChunkResult, ctx: TaskRunContext, row: tuple, deps: list | None) -> None:
+    """``run_managed`` for one awaited run of an async task in the caller's event loop."""
+    from daskflow.engine import run as R
+
+    chunk = _Managed(task, res, ctx, deps, None)
+    for i, row in chunk.prepare([row]):
+        args = chunk.start(i, row)
+        if args is not None:
+            chunk.done(i, await R.drive_async(R.attempts(task, ctx, *args), task, *args))
+    chunk.finish()
+
+
+class _Managed:
+    """One chunk's cache work: ``prepare`` (resolve, keys, one read), per run ``start``/``done``,
+    ``finish`` (one write, or staging in a transaction block; commit hooks)."""
+
+    def __init__(self, task: Task, res: ChunkResult, ctx: TaskRunContext, deps: list | None,
+                 spec: CacheSpec | None) -> None:
+        self.local = spec is None
+        self.spec = spec if spec is not None else new_spec(task)
+        self.task, self.res, self.ctx, self.deps = task, res, ctx, deps
+        self.ends = array("d", bytes(8 * res.n))
+        self.keys: list = [None] * res.n
+        self.hits: dict[int, Any] = {}
+        self.store: Any = None
+        self.staged: list[tuple[bytes, bytes]] = []
+
+    def prepare(self, rows: Any) -> list[tuple[int, tuple]]:
+        from daskflow.engine.inputs import UpstreamNotCompleted, resolve
+        from daskflow.engine.run import NOT_READY
+
+        items: list[tuple[int, tuple]] = []
+        for i, row in enumerate(rows):
+            if self.deps is not None:
+                try:
+                    row = resolve(row, self.deps)
+                except UpstreamNotCompleted as exc:
+                    self.res.record(i, (NOT_READY, exc.message, None), 1)
+                    self.ends[i] = time.time()
+                    continue
+            items.append((i, row))
+        spec = self.spec
+        if spec.plan is not None:
+            self.store = get_store(spec.home)  # type: ignore[arg-type]
+            if spec.keys is not None:
+                self.keys = spec.keys
+            else:
+                self.keys = _worker_keys(self.task, spec.plan, items, self.ctx, self.keys)
+            if spec.lookup:
+                found = self.store.load_many([self.keys[i] for i, _ in items])
+                self.hits = {items[pos][0]: value for pos, value in found.items()}
+        return items
+
+    def start(self, i: int, row: tuple) -> tuple[tuple, dict] | None:
+        """``(args, kwargs)`` of a run to execute; None when it ended here (hit, bad input)."""
+        from daskflow.engine import run as R
+
+        ctx = self.ctx
+        ctx.index, ctx.run_count = i, 1
         try:
-            store.put_many(staged)  # type: ignore[union-attr]
-        except Exception as exc:  # the results stay valid; only the cache misses them
-            warnings.warn(f"task {task.name!r}: {len(staged)} results could not be written to the cache: "
-                          f"{type(exc).__name__}: {exc}", CacheWarning, stacklevel=2)
-    if task.options.on_commit:
-        for i in range(n):
-            if res.codes[i] in R.OK_CODES:
-                fire(task, "on_commit", _run_txn(keys[i]))
+            args, kwargs = R._inputs(self.task, ctx, row, None)
+        except R._EndsEarly as early:
+            self.res.record(i, early.outcome, 1)
+            self.ends[i] = time.time()
+            return None
+        if i not in self.hits:
+            return args, kwargs
+        value = self.hits[i]
+        self.res.record(i, (R.CACHED, value, None), 1)
+        if self.task.options.on_completion:
+            from daskflow.engine import states as st
+
+            self.task._fire("on_completion", ctx, args, kwargs, st.Completed(value, name="Cached"))
+        self.ends[i] = time.time()
+        return None
+
+    def done(self, i: int, outcome: tuple[int, Any, list | None]) -> None:
+        from daskflow.engine.run import COMPLETED
+
+        self.res.record(i, outcome, self.ctx.run_count)
+        if outcome[0] == COMPLETED and self.keys[i] is not None:
+            record = _encode(self.task, self.spec, self.store, outcome[1], self.ctx)
+            if record is not None:
+                self.staged.append((self.keys[i], record))
+        self.ends[i] = time.time()
+
+    def finish(self) -> None:
+        from daskflow.engine.run import OK_CODES
+
+        task, res, staged = self.task, self.res, self.staged
+        res.ends = self.ends
+        if self.spec.stage:
+            res.cache_records = staged
+            if self.local:
+                from daskflow.engine.transactions import current_transaction
+
+                txn = current_transaction()
+                if txn is not None:
+                    txn.add_result(task, res)
+            return
+        if staged:
+            try:
+                self.store.put_many(staged)
+            except Exception as exc:  # the results stay valid; only the cache misses them
+                warnings.warn(f"task {task.name!r}: {len(staged)} results could not be written to the cache: "
+                              f"{type(exc).__name__}: {exc}", CacheWarning, stacklevel=3)
+        if task.options.on_commit:
+            for i in range(res.n):
+                if res.codes[i] in OK_CODES:
+                    fire(task, "on_commit", _run_txn(self.keys[i]))
 
 
 def _worker_keys(task: Task, plan: KeyPlan, items: list, ctx: TaskRunContext, keys: list) -> list:

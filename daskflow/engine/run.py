@@ -368,6 +368,11 @@ async def arun_single(task: Task, base: int, row: tuple, deps: list, refs: bool,
     try:
         for ref in wait_refs:
             resolve(ref, deps)
+        if task._managed:  # a cache or commit hooks
+            from daskflow.cache.runtime import arun_managed
+
+            await arun_managed(task, res, ctx, row, deps if refs else None)
+            return res
         args, kwargs = _inputs(task, ctx, row, deps if refs else None)
         outcome = await drive_async(attempts(task, ctx, args, kwargs), task, args, kwargs)
     except UpstreamNotCompleted as exc:

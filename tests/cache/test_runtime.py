@@ -256,3 +256,20 @@ def test_cache_hook_only_tasks_keep_results_and_noncaching_tasks_stay_fast():
 
     assert plain._fast and not plain._managed
     assert task(cache_policy=INPUTS)(lambda x: x)._managed
+
+
+def test_cache_async_task_awaited_in_a_running_loop(counter):
+    import asyncio
+
+    @task(cache_policy=INPUTS - "counter")
+    async def fetch(x, counter):
+        _mark(counter, x)
+        return x + 1
+
+    async def main():
+        a = await fetch(1, counter)
+        state = await fetch(1, counter, return_state=True)
+        return a, state.name
+
+    assert asyncio.run(main()) == (2, "Cached")
+    assert executed(counter) == 1
