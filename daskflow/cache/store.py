@@ -68,6 +68,16 @@ class ResultStore(abc.ABC):
         records = self.get_many([k for _, k in wanted])
         return self._decode_all(((i, k, r) for (i, k), r in zip(wanted, records)), now)
 
+    def headers(self) -> list[tuple[bytes, dict | None, int]]:
+        """``(key, header or None if unreadable, record size)`` of every entry (for listings)."""
+        out = []
+        for key, record in self.iterate():
+            try:
+                out.append((key, ser.read_header(record), len(record)))
+            except ser.DamagedRecord:
+                out.append((key, None, len(record)))
+        return out
+
     def _decode_all(self, records: Any, now: float | None) -> dict[int, Any]:
         now = time.time() if now is None else now
         hits: dict[int, Any] = {}
@@ -172,6 +182,22 @@ class LMDBResultStore(ResultStore):
         db = self.env.db(ENTRIES)
         # Copied out in one read transaction: a long-lived reader would pin old pages.
         return iter(self.env.read(lambda txn: list(txn.cursor(db=db).iternext())))
+
+    def headers(self) -> list[tuple[bytes, dict | None, int]]:
+        # Headers parsed from views of the map: a listing never copies the values.
+        db = self.env.db(ENTRIES)
+
+        def read(txn: Any) -> list:
+            out = []
+            for key, record in txn.cursor(db=db).iternext():
+                try:
+                    header = ser.read_header(record)
+                except ser.DamagedRecord:
+                    header = None
+                out.append((bytes(key), header, len(record)))
+            return out
+
+        return self._read(read)
 
     def is_committed(self, txn_key: str) -> bool:
         db = self.env.db(TXNS)

@@ -1,7 +1,7 @@
 """`daskflow cache ls | stats | clear | prune`: inspect and maintain the result cache.
 
-These commands read the LMDB store directly (headers only: no value is unpickled) and
-never import distributed. ``-o json`` prints machine-readable output.
+These commands read the LMDB store directly (headers only, parsed from views of the
+map: no value is copied or unpickled) and never import distributed. ``-o json`` prints machine-readable output.
 """
 
 from __future__ import annotations
@@ -26,22 +26,18 @@ def _store() -> Any:
 
 def _entries(task: str | None = None) -> list[dict]:
     from daskflow.cache.keys import display
-    from daskflow.cache.serialization import DamagedRecord, read_header
 
     now = time.time()
     out = []
-    for key, record in _store().iterate():
-        try:
-            header = read_header(record)
-        except DamagedRecord:
-            header = {"t": "?", "c": None, "e": None, "s": "?"}
+    for key, header, size in _store().headers():
+        header = header or {"t": "?", "c": None, "e": None, "s": "damaged"}
         task_key = header.get("t") or "?"
         if task is not None and task not in (task_key, task_key.rsplit("-", 1)[0]):
             continue
         expires = header.get("e")
         out.append({"key": display(key), "task_key": task_key, "created": _iso(header.get("c")),
                     "expires": _iso(expires), "expired": expires is not None and expires <= now,
-                    "serializer": header.get("s"), "bytes": len(record), "_raw": key})
+                    "serializer": header.get("s"), "bytes": size, "_raw": key})
     return out
 
 
