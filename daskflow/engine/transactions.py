@@ -60,9 +60,7 @@ class Transaction:
     @classmethod
     def committed_run(cls, key: str | None) -> Transaction:
         """The implicit transaction of one run outside any block (already committed)."""
-        txn = cls.__new__(cls)
-        txn.__init__(None)
-        txn.key = key
+        txn = cls(key)
         txn.state = COMMITTED
         return txn
 

@@ -206,3 +206,44 @@ def ser_rec(store):
     from daskflow.cache import serialization as ser
 
     return ser.encode("x", "t-0", None, None, store.secret)
+
+
+def test_transaction_hooks_of_non_caching_tasks_run_on_the_client(runner):
+    events = []
+
+    @task
+    def extract(x):
+        return x
+
+    @extract.on_commit
+    def _c(txn):
+        events.append(("commit", txn.get("who")))
+
+    @extract.on_rollback
+    def _r(txn):
+        events.append(("rollback", txn.get("who")))
+
+    @task
+    def load(x):
+        raise OSError("disk full")
+
+    @flow(task_runner=runner)
+    def good():
+        with transaction() as txn:
+            txn.set("who", "good")
+            extract.map([1, 2]).wait()
+        return list(events)
+
+    # on a Dask worker the hooks would run in another process: they fire here, at block exit
+    assert good() == [("commit", "good"), ("commit", "good")]
+
+    @flow(task_runner=runner)
+    def bad():
+        with transaction() as txn:
+            txn.set("who", "bad")
+            extract.submit(3).wait()
+            load.submit(4).result()
+
+    with pytest.raises(OSError, match="disk full"):
+        bad()
+    assert events[2:] == [("rollback", "bad")]
