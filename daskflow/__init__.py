@@ -16,6 +16,7 @@ from daskflow.engine.futures import MapFutures, TaskRunFuture, as_completed, wai
 from daskflow.engine.inputs import allow_failure, quote, unmapped
 from daskflow.engine.retries import exponential_backoff
 from daskflow.engine.tasks import Task, task
+from daskflow.engine.transactions import transaction
 
 __version__ = "0.1.0"
 
@@ -40,6 +41,7 @@ __all__ = [
     "quote",
     "serve",
     "task",
+    "transaction",
     "unmapped",
     "wait",
 ]

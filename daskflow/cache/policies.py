@@ -1,14 +1,179 @@
-"""Cache policies (placeholder until the cache lands): which tasks cache at all."""
+"""Cache policies: which parts of a run make up its cache key.
+
+A policy is a set of *parts*, each contributing to the key: ``INPUTS`` (the run's
+parameters), ``TASK_SOURCE`` (the task function's source code), ``FLOW_PARAMETERS``
+(the enclosing flow run's parameters) and ``RUN_ID`` (the enclosing flow run's id, so
+a result is reused only inside one flow run). Parts compose with ``+`` and the order
+does not matter (``INPUTS + TASK_SOURCE`` and ``TASK_SOURCE + INPUTS`` give the same
+keys). ``INPUTS - "name"`` leaves a parameter out of the key (a client, a lock, a
+logger...). ``NO_CACHE`` disables caching and absorbs whatever it is added to.
+
+Policies only *describe* keys; ``daskflow.cache.keys`` computes them, so the client
+and the workers compute the same key with the same code.
+"""
 
 from __future__ import annotations
 
+import datetime
+from dataclasses import dataclass
 from typing import Any
+
+__all__ = ["CachePolicy", "Inputs", "TaskSource", "FlowParameters", "RunId", "NoCache", "CompoundPolicy",
+           "INPUTS", "TASK_SOURCE", "FLOW_PARAMETERS", "RUN_ID", "NO_CACHE", "DEFAULT", "SERIALIZERS"]
+
+#: ``result_serializer`` values a task may name (default: cloudpickle).
+SERIALIZERS = ("cloudpickle", "pickle", "json")
+
+
+class CachePolicy:
+    """Base class of cache policies: compose with ``+``, exclude inputs with ``-``.
+
+    Example:
+        >>> from daskflow.cache import INPUTS, TASK_SOURCE
+        >>> policy = INPUTS - "client" + TASK_SOURCE
+    """
+
+    is_no_cache = False
+    _order = 0  # position of the part in a key: keys do not depend on how parts were added
+
+    def parts(self) -> tuple[CachePolicy, ...]:
+        return (self,)
+
+    def __add__(self, other: Any) -> CachePolicy:
+        if not isinstance(other, CachePolicy):
+            return NotImplemented
+        return _combine(self.parts() + other.parts())
+
+    def __sub__(self, name: Any) -> CachePolicy:
+        raise TypeError(f"{self!r} has no inputs to exclude {name!r} from; use (INPUTS - {name!r}) + {self!r}")
+
+
+@dataclass(frozen=True, repr=False)
+class Inputs(CachePolicy):
+    """Key on the run's parameters, except those in ``exclude``."""
+
+    exclude: frozenset[str] = frozenset()
+    _order = 1
+
+    def __sub__(self, name: Any) -> Inputs:
+        if not isinstance(name, str):
+            raise TypeError(f"INPUTS - ...: exclude parameters by name (a str), got {name!r}")
+        return Inputs(self.exclude | {name})
+
+    def __repr__(self) -> str:
+        return "INPUTS" + "".join(f" - {n!r}" for n in sorted(self.exclude))
+
+
+@dataclass(frozen=True, repr=False)
+class TaskSource(CachePolicy):
+    """Key on the source code of the task's function: editing it invalidates the cache."""
+
+    _order = 2
+
+    def __repr__(self) -> str:
+        return "TASK_SOURCE"
+
+
+@dataclass(frozen=True, repr=False)
+class FlowParameters(CachePolicy):
+    """Key on the parameters of the enclosing flow run (none outside a flow)."""
+
+    _order = 3
+
+    def __repr__(self) -> str:
+        return "FLOW_PARAMETERS"
+
+
+@dataclass(frozen=True, repr=False)
+class RunId(CachePolicy):
+    """Key on the enclosing flow run's id: results are reused within one flow run only.
+
+    Outside a flow the task run's own id is used, so such runs never hit.
+    """
+
+    _order = 4
+
+    def __repr__(self) -> str:
+        return "RUN_ID"
+
+
+@dataclass(frozen=True, repr=False)
+class NoCache(CachePolicy):
+    """Never cache (and never read the cache)."""
+
+    is_no_cache = True
+    _order = 5
+
+    def __repr__(self) -> str:
+        return "NO_CACHE"
+
+
+@dataclass(frozen=True, repr=False)
+class CompoundPolicy(CachePolicy):
+    """Several parts; built by ``+``, not by hand."""
+
+    members: tuple[CachePolicy, ...] = ()
+
+    def parts(self) -> tuple[CachePolicy, ...]:
+        return self.members
+
+    def __sub__(self, name: Any) -> CachePolicy:
+        if not any(isinstance(p, Inputs) for p in self.members):
+            return super().__sub__(name)
+        return _combine(tuple(p - name if isinstance(p, Inputs) else p for p in self.members))
+
+    def __repr__(self) -> str:
+        return " + ".join(repr(p) for p in self.members)
+
+
+def _combine(parts: tuple[CachePolicy, ...]) -> CachePolicy:
+    if any(p.is_no_cache for p in parts):
+        return NO_CACHE
+    merged: dict[type, CachePolicy] = {}
+    for p in parts:
+        old = merged.get(type(p))
+        if isinstance(p, Inputs) and isinstance(old, Inputs):
+            p = Inputs(old.exclude | p.exclude)
+        merged[type(p)] = p
+    ordered = tuple(sorted(merged.values(), key=lambda p: p._order))
+    return ordered[0] if len(ordered) == 1 else CompoundPolicy(ordered)
+
+
+INPUTS = Inputs()
+TASK_SOURCE = TaskSource()
+FLOW_PARAMETERS = FlowParameters()
+RUN_ID = RunId()
+NO_CACHE = NoCache()
+DEFAULT = INPUTS + TASK_SOURCE + RUN_ID
 
 
 def is_caching(cache_policy: Any, cache_key_fn: Any, persist_result: bool | None) -> bool:
-    """As in Prefect: a task caches with a policy or key function, or persist_result=True."""
+    """As in Prefect: a task caches with a policy or key function, or persist_result=True.
+
+    ``persist_result=False`` turns caching off whatever the policy says.
+    """
+    if persist_result is False:
+        return False
     if cache_key_fn is not None:
         return True
     if cache_policy is not None:
         return getattr(cache_policy, "is_no_cache", False) is False
     return bool(persist_result)
+
+
+def effective_policy(cache_policy: Any, persist_result: bool | None) -> CachePolicy:
+    """The policy a caching task without a ``cache_key_fn`` uses."""
+    return cache_policy if cache_policy is not None else DEFAULT
+
+
+def validate(task_name: str, cache_policy: Any, cache_expiration: Any, result_serializer: Any) -> None:
+    """Clear errors at decoration time for cache options of the wrong kind."""
+    if cache_policy is not None and not isinstance(cache_policy, CachePolicy):
+        raise TypeError(f"task {task_name!r}: cache_policy must be a daskflow.cache policy "
+                        f"(INPUTS, TASK_SOURCE, ..., combined with +), got {cache_policy!r}")
+    if cache_expiration is not None and not isinstance(cache_expiration, datetime.timedelta):
+        raise TypeError(f"task {task_name!r}: cache_expiration must be a datetime.timedelta, "
+                        f"got {cache_expiration!r}")
+    if result_serializer is not None and result_serializer not in SERIALIZERS:
+        raise ValueError(f"task {task_name!r}: result_serializer must be one of {SERIALIZERS}, "
+                         f"got {result_serializer!r}")

@@ -1,7 +1,134 @@
-"""`daskflow` commands of this group (filled in by their issue)."""
+"""`daskflow cache ls | stats | clear | prune`: inspect and maintain the result cache.
+
+These commands read the LMDB store directly (headers only, parsed from views of the
+map: no value is copied or unpickled) and never import distributed. ``-o json`` prints machine-readable output.
+"""
 
 from __future__ import annotations
 
+import datetime
+import json
+import time
+from typing import Any
+
 import click
 
-COMMANDS: list[click.Command] = []
+output_option = click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
+                             show_default=True, help="Output format.")
+
+
+def _store() -> Any:
+    from daskflow import config
+    from daskflow.cache.store import get_store
+
+    return get_store(config.home())
+
+
+def _entries(task: str | None = None) -> list[dict]:
+    from daskflow.cache.keys import display
+
+    now = time.time()
+    out = []
+    for key, header, size in _store().headers():
+        header = header or {"t": "?", "c": None, "e": None, "s": "damaged"}
+        task_key = header.get("t") or "?"
+        if task is not None and task not in (task_key, task_key.rsplit("-", 1)[0]):
+            continue
+        expires = header.get("e")
+        out.append({"key": display(key), "task_key": task_key, "created": _iso(header.get("c")),
+                    "expires": _iso(expires), "expired": expires is not None and expires <= now,
+                    "serializer": header.get("s"), "bytes": size, "_raw": key})
+    return out
+
+
+def _iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _public(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+
+
+def _table(rows: list[dict], columns: list[str]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns)
+    for r in rows:
+        table.add_row(*("" if r.get(c) is None else str(r.get(c)) for c in columns))
+    Console().print(table)
+
+
+@click.group()
+def cache() -> None:
+    """Inspect and maintain the result cache ($DASKFLOW_HOME/cache)."""
+
+
+@cache.command("ls")
+@click.option("--task", "task_name", default=None, help="Only entries of this task (name or task key).")
+@output_option
+def ls(task_name: str | None, output: str) -> None:
+    """List cache entries: key, task, created, expires, size."""
+    rows = _public(_entries(task_name))
+    if output == "json":
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        _table(rows, ["key", "task_key", "created", "expires", "bytes"])
+
+
+@cache.command()
+@output_option
+def stats(output: str) -> None:
+    """Entries, expired entries, bytes per task and on disk."""
+    rows = _entries()
+    store = _store()
+    data = store.path / "data.mdb"
+    tasks: dict[str, dict[str, int]] = {}
+    for r in rows:
+        t = tasks.setdefault(r["task_key"], {"entries": 0, "bytes": 0})
+        t["entries"] += 1
+        t["bytes"] += r["bytes"]
+    info = {"path": str(store.path), "entries": len(rows), "expired": sum(r["expired"] for r in rows),
+            "bytes": sum(r["bytes"] for r in rows), "file_bytes": data.stat().st_size if data.exists() else 0,
+            "tasks": tasks}
+    if output == "json":
+        click.echo(json.dumps(info, indent=2))
+        return
+    for k in ("path", "entries", "expired", "bytes", "file_bytes"):
+        click.echo(f"{k:>10}: {info[k]}")
+    _table([{"task_key": k, **v} for k, v in sorted(tasks.items())], ["task_key", "entries", "bytes"])
+
+
+@cache.command()
+@click.option("--task", "task_name", default=None, help="Only entries of this task (name or task key).")
+@output_option
+def clear(task_name: str | None, output: str) -> None:
+    """Delete cache entries (all, or one task's)."""
+    store = _store()
+    if task_name is None:
+        keys = [k for k, _ in store.iterate()]
+        store.clear_txns()
+    else:
+        keys = [r["_raw"] for r in _entries(task_name)]
+    removed = store.delete(keys)
+    _report({"removed": removed}, output, f"removed {removed} entries")
+
+
+@cache.command()
+@output_option
+def prune(output: str) -> None:
+    """Delete expired entries and reclaim their space (run it while no pipeline runs)."""
+    store = _store()
+    removed = store.delete([r["_raw"] for r in _entries() if r["expired"]])
+    before, after = store.compact()
+    _report({"removed": removed, "bytes_before": before, "bytes_after": after}, output,
+            f"removed {removed} expired entries; {before} -> {after} bytes on disk")
+
+
+def _report(info: dict, output: str, text: str) -> None:
+    click.echo(json.dumps(info) if output == "json" else text)
+
+
+COMMANDS: list[click.Command] = [cache]

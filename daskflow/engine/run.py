@@ -83,6 +83,7 @@ class ChunkSpec:
     refs: bool = False  # mapped values hold Refs to resolve run by run
     wait_refs: tuple[Ref, ...] = ()
     flow_run_id: str | None = None
+    cache: Any = None  # a cache.runtime.CacheSpec for tasks that cache or have commit hooks
 
 
 @dataclass(slots=True)
@@ -105,6 +106,7 @@ class ChunkResult:
     ends: array = field(default_factory=lambda: array("d"))
     worker: str | None = None
     n_failed: int = 0
+    cache_records: list | None = None  # signed records staged in a transaction() block
 
     # -- reading, on the client or in a downstream chunk --------------------------------
     def get_values(self) -> list:
@@ -161,13 +163,13 @@ class ChunkResult:
         extra = self.history.get(i)
         if extra:
             out.extend(st.State(st.StateType[t], name, message=msg, timestamp=ts) for t, name, ts, msg in extra)
-        elif self.codes[i] not in (NOT_READY, CRASHED, CANCELLED) or i in self.run_counts:
+        elif self.codes[i] not in (NOT_READY, CRASHED, CANCELLED, CACHED) or i in self.run_counts:
             out.append(st.State(st.StateType.RUNNING, timestamp=self.started_at(i)))
         out.append(final)
         return out
 
     def run_count(self, i: int) -> int:
-        if self.codes[i] in (NOT_READY, CANCELLED):
+        if self.codes[i] in (NOT_READY, CANCELLED, CACHED):
             return 0
         return self.run_counts.get(i, 1)
 
@@ -248,13 +250,13 @@ def run_chunk(spec: ChunkSpec, deps: list[ChunkResult] = ()) -> ChunkResult:  # 
     if isinstance(columns, bytes):
         columns = cloudpickle.loads(columns)
     result = run_rows(spec.task, spec.base, spec.start, spec.n, columns, list(deps),
-                      spec.refs, spec.wait_refs, spec.flow_run_id)
+                      spec.refs, spec.wait_refs, spec.flow_run_id, spec.cache)
     result.worker = _worker_address()
     return result.seal()
 
 
 def run_rows(task: Task, base: int, start: int, n: int, columns: list, deps: list,
-             refs: bool, wait_refs: tuple, flow_run_id: str | None) -> ChunkResult:
+             refs: bool, wait_refs: tuple, flow_run_id: str | None, cache: Any = None) -> ChunkResult:
     """Run ``n`` runs of ``task`` whose arguments are the rows of ``columns``."""
     res = ChunkResult(task.name, base, start, n, bytearray(n), [None] * n)
     res.started = time.time()
@@ -270,6 +272,10 @@ def run_rows(task: Task, base: int, start: int, n: int, columns: list, deps: lis
         rows = zip(*iterables) if iterables else repeat((), n)
         if task._fast and not refs:
             _run_fast(task.fn, rows, res, ctx)
+        elif task._managed:  # a cache or commit hooks: lookups, batched writes, transactions
+            from daskflow.cache.runtime import run_managed
+
+            run_managed(task, rows, res, ctx, deps if refs else None, cache)
         else:
             _run_slow(task, rows, res, ctx, deps if refs else None)
     finally:
@@ -362,6 +368,11 @@ async def arun_single(task: Task, base: int, row: tuple, deps: list, refs: bool,
     try:
         for ref in wait_refs:
             resolve(ref, deps)
+        if task._managed:  # a cache or commit hooks
+            from daskflow.cache.runtime import arun_managed
+
+            await arun_managed(task, res, ctx, row, deps if refs else None)
+            return res
         args, kwargs = _inputs(task, ctx, row, deps if refs else None)
         outcome = await drive_async(attempts(task, ctx, args, kwargs), task, args, kwargs)
     except UpstreamNotCompleted as exc:

@@ -18,6 +18,7 @@ from daskflow.engine.context import current_flow_run_id, flow_run_ctx, new_run_b
 from daskflow.engine.futures import Chunk, MapFutures, TaskRunFuture
 from daskflow.engine.inputs import ATOMS, allow_failure, collect_refs, quote, unmapped
 from daskflow.engine.run import ChunkSpec, Unpicklable, arun_single, run_rows
+from daskflow.engine.transactions import current_transaction
 from daskflow.exceptions import MappingLengthMismatch, MappingMissingIterable
 
 if TYPE_CHECKING:
@@ -40,6 +41,9 @@ def _register(chunks: list[Chunk]) -> None:
     ctx = flow_run_ctx.get()
     if ctx is not None:
         ctx.submitted.extend(chunks)
+    txn = current_transaction()
+    if txn is not None:
+        txn.track(chunks)
 
 
 # -- direct calls -------------------------------------------------------------------------
@@ -85,8 +89,17 @@ def submit_run(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None)
     waits = tuple(collect_refs(f, deps, ups) for f in (wait_for or ()))
     columns = [("m", [v]) for v in row]
     base = new_run_base()
+    cache = None
+    if task._managed:  # the cache may already hold this run: then nothing is submitted
+        from daskflow.cache.runtime import for_single
+
+        cache, known = for_single(task, row, base, refs or bool(waits))
+        if known is not None:
+            chunk = Chunk(task, base, 0, 1, None, runner, result=known)
+            _register([chunk])
+            return TaskRunFuture(chunk, 0)
     blob, clean = _serialize(task, list(task._names), columns, runner)
-    spec = ChunkSpec(task, base, 0, 1, blob, refs or not clean, waits, current_flow_run_id())
+    spec = ChunkSpec(task, base, 0, 1, blob, refs or not clean, waits, current_flow_run_id(), cache)
     handle = runner.submit_chunks([spec], [_dep_inputs(ups, runner)], [_key(task)])[0]
     chunk = Chunk(task, base, 0, 1, handle, runner)
     _register([chunk])
@@ -155,6 +168,12 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
         bounds = chunking.plan(task, n, runner, chunksize)
     plain_broadcasts = {name for name, (kind, value) in kinds.items() if kind == "b" and not _holds_futures(value)}
     base = new_run_base()
+    cache = None
+    if task._managed:  # cached runs are answered here and not submitted
+        from daskflow.cache.runtime import for_map
+
+        cache = for_map(task, names, kinds, n, bounds, base, bool(wait_for), aligned)
+        bounds = cache.bounds  # type: ignore[union-attr]
     specs, dep_lists, keys = [], [], []
     flow_run_id = current_flow_run_id()
     wait_items = list(wait_for or ())
@@ -188,11 +207,14 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
                     refs = refs or len(ups) > before
                 columns.append(("m", part))
         blob, clean = _serialize(task, names, columns, runner)
-        specs.append(ChunkSpec(task, base, lo, hi - lo, blob, refs or not clean, waits, flow_run_id))
+        specs.append(ChunkSpec(task, base, lo, hi - lo, blob, refs or not clean, waits, flow_run_id,
+                               cache.spec_for(lo, hi) if cache is not None else None))
         dep_lists.append(_dep_inputs(ups, runner))
         keys.append(_key(task))
     handles = runner.submit_chunks(specs, dep_lists, keys) if specs else []
     chunks = [Chunk(task, base, s.start, s.n, h, runner) for s, h in zip(specs, handles)]
+    if cache is not None:
+        chunks = cache.merge(task, base, chunks, runner)
     _register(chunks)
     return MapFutures(chunks)
 

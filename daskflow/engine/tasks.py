@@ -88,6 +88,9 @@ class TaskOptions:
             object.__setattr__(self, hook, hooks)
         object.__setattr__(self, "tags", frozenset(self.tags or ()))
         object.__setattr__(self, "delays", normalize_delays(self.retry_delay_seconds, self.retries, name))
+        from daskflow.cache.policies import validate
+
+        validate(name, self.cache_policy, self.cache_expiration, self.result_serializer)
 
 
 @dataclass(slots=True)
@@ -148,10 +151,12 @@ class Task(Generic[P, R]):
         self._min_args = sum(1 for d in self._defaults if d is empty) if self._positional else -1
         if self._positional and empty in self._defaults[self._min_args:]:
             self._min_args = -1  # a default before a required parameter: use the slow bind
+        # cache or commit/rollback hooks: runs go through daskflow.cache.runtime
+        self._managed = bool(self.caches or options.on_commit or options.on_rollback)
         self._fast = not (
             options.retries or options.timeout_seconds or self.is_async or options.log_prints
             or options.on_completion or options.on_failure or options.on_running
-            or options.task_run_name or self.caches or not self._positional
+            or options.task_run_name or self._managed or not self._positional
         )
 
     def __getstate__(self) -> dict:

@@ -1,0 +1,407 @@
+"""The cache around runs: lookups on the client or the worker, batched writes, commit hooks.
+
+Only *managed* tasks come here (a cache, or ``on_commit``/``on_rollback`` hooks); every
+other task keeps the engine's fast path and pays nothing.
+
+- **Client, before submission** (``for_map``/``for_single``): when every input is
+  concrete (no futures) the client computes all keys of the submission and reads them
+  in one LMDB transaction. Hits become chunks whose envelope is already known (no Dask
+  work at all); the rest are submitted with their keys, so workers do not recompute
+  them. Inputs holding futures leave the lookup to the worker.
+- **Worker** (``run_managed``, also inline calls): resolve inputs, compute the missing
+  keys with the same ``KeyPlan``, one read for the chunk, run the misses through the
+  engine's lifecycle, then one write transaction for the whole chunk. Inside a
+  ``transaction()`` block nothing is written: the signed records travel back in the
+  envelope and the block commits them at exit.
+
+Workers of the session cluster do not see the client's later environment changes, so
+the client ships the daskflow home in the ``CacheSpec``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+import warnings
+from array import array
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from daskflow.cache import serialization as ser
+from daskflow.cache.keys import KeyPlan, NotConcrete, Unhashable, display, make_plan
+from daskflow.cache.store import CacheWarning, get_store
+
+if TYPE_CHECKING:
+    from daskflow.engine.context import TaskRunContext
+    from daskflow.engine.futures import Chunk
+    from daskflow.engine.run import ChunkResult
+    from daskflow.engine.tasks import Task
+
+logger = logging.getLogger("daskflow")
+_MAX_SEGMENTS = 8  # a partly cached chunk splits into at most this many chunks
+_home_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("daskflow_cache_home", default=None)
+
+
+@dataclass(slots=True)
+class CacheSpec:
+    """What a chunk of a managed task needs to know about the cache (in its ``ChunkSpec``)."""
+
+    home: str | None  # the daskflow home holding the cache; None: the task does not cache
+    plan: KeyPlan | None
+    keys: list | None = None  # keys precomputed by the client, one per run of the chunk
+    lookup: bool = True  # read the cache before running (False: refresh, or known misses)
+    stage: bool = False  # inside a transaction() block: return records, write nothing
+    expires_in: float | None = None
+    serializer: str | None = None
+
+    def part(self, lo: int, hi: int, lookup: bool) -> CacheSpec:
+        keys = None if self.keys is None else self.keys[lo:hi]
+        return CacheSpec(self.home, self.plan, keys, lookup and self.lookup, self.stage, self.expires_in,
+                         self.serializer)
+
+
+def _in_block() -> bool:
+    from daskflow.engine.transactions import current_transaction
+
+    return current_transaction() is not None
+
+
+def new_spec(task: Task, home: str | None = None) -> CacheSpec:
+    """The cache spec of a submission (or inline call) of a managed task, made here and now."""
+    stage = _in_block()
+    if not task.caches:
+        return CacheSpec(None, None, lookup=False, stage=stage)
+    from daskflow import config
+    from daskflow.engine.context import current_flow_run_id, flow_run_ctx
+
+    flow = flow_run_ctx.get()
+    opts = task.options
+    plan = make_plan(task, current_flow_run_id(), flow.parameters if flow is not None else None)
+    if plan.problem:
+        _warn(task, plan.problem)
+    home = home or _home_var.get() or str(config.home())
+    expires = opts.cache_expiration.total_seconds() if opts.cache_expiration is not None else None
+    return CacheSpec(home, plan, None, not opts.refresh_cache, stage, expires, opts.result_serializer)
+
+
+def _warn(task: Task, what: str) -> None:
+    warnings.warn(f"task {task.name!r}: {what}; the run executes uncached", CacheWarning, stacklevel=4)
+
+
+def _warn_unhashable(task: Task, exc: Unhashable) -> None:
+    name = exc.param or "?"
+    warnings.warn(
+        f"task {task.name!r}: parameter {name!r} ({exc.what}) cannot be hashed into a cache key, so "
+        f"the run executes uncached. Leave it out of the key with cache_policy=INPUTS - {name!r} "
+        "(plus the other parts you need), or set cache_policy=NO_CACHE.",
+        CacheWarning, stacklevel=4)
+
+
+# ---------------------------------------------------------------------------------------
+# Client side
+
+
+class MapCache:
+    """The cache decisions of one ``.map()``: which bounds to submit, which are already known."""
+
+    def __init__(self, spec: CacheSpec, bounds: list[tuple[int, int]], known: dict[int, ChunkResult]) -> None:
+        self.spec = spec
+        self.bounds = bounds  # to submit
+        self.known = known  # lo -> envelope of a fully cached range
+        self._lookup: set[int] = set()  # submitted ranges the worker must still look up
+
+    def spec_for(self, lo: int, hi: int) -> CacheSpec:
+        return self.spec.part(lo, hi, lookup=self.spec.keys is None or lo in self._lookup)
+
+    def merge(self, task: Task, base: int, chunks: list[Chunk], runner: Any) -> list[Chunk]:
+        """Submitted chunks and cached ones, in element order."""
+        if not self.known:
+            return chunks
+        from daskflow.engine.futures import Chunk
+
+        out = chunks + [Chunk(task, base, lo, res.n, None, runner, result=res) for lo, res in self.known.items()]
+        out.sort(key=lambda c: c.start)
+        return out
+
+
+def for_map(task: Task, names: list[str], kinds: dict[str, tuple[str, Any]], n: int,
+            bounds: list[tuple[int, int]], base: int, has_waits: bool, aligned: Any) -> MapCache | None:
+    """Look a map's runs up on the client when its inputs are concrete; plan what to submit."""
+    if not task._managed:
+        return None
+    spec = new_spec(task)
+    cache = MapCache(spec, bounds, {})
+    if spec.plan is None or not spec.lookup or has_waits or aligned is not None or spec.plan.problem:
+        return cache
+    if task.options.on_completion or task.options.on_running:
+        return cache  # their hooks fire where the run is decided: on the worker
+    from daskflow.engine.context import run_id
+    from daskflow.engine.submit import _Quoted
+
+    columns = []
+    for name in names:
+        kind, value = kinds[name]
+        if kind == "b" and isinstance(value, _Quoted):
+            value = value.value
+        if kind == "m" and not isinstance(value, (list, tuple, range)):
+            return cache  # a MapFutures: resolved on the worker
+        columns.append((kind, value))
+    try:
+        keys, bad = spec.plan.keys_for(task, columns, n, lambda i: run_id(base, i))
+    except NotConcrete:
+        return cache
+    if bad is not None:
+        _warn_unhashable(task, bad)
+    spec.keys = keys
+    hits = get_store(spec.home).load_many(keys)  # type: ignore[arg-type]
+    if not hits:
+        return cache
+    _commit_hooks_outside_block(task, spec, keys, hits)
+    submit: list[tuple[int, int]] = []
+    for lo, hi in bounds:
+        segments = _segments(lo, hi, hits)
+        if len(segments) > _MAX_SEGMENTS:
+            submit.append((lo, hi))
+            cache._lookup.add(lo)
+            continue
+        for s_lo, s_hi, hit in segments:
+            if hit:
+                cache.known[s_lo] = cached_envelope(task, base, s_lo, [hits[i] for i in range(s_lo, s_hi)])
+            else:
+                submit.append((s_lo, s_hi))
+    cache.bounds = submit
+    return cache
+
+
+def _segments(lo: int, hi: int, hits: dict[int, Any]) -> list[tuple[int, int, bool]]:
+    out: list[tuple[int, int, bool]] = []
+    start, state = lo, lo in hits
+    for i in range(lo + 1, hi):
+        s = i in hits
+        if s != state:
+            out.append((start, i, state))
+            start, state = i, s
+    out.append((start, hi, state))
+    return out
+
+
+def for_single(task: Task, row: tuple, base: int, has_deps: bool) -> tuple[CacheSpec | None, ChunkResult | None]:
+    """``(spec, envelope)`` of one ``.submit()``: the envelope when the cache already has it."""
+    if not task._managed:
+        return None, None
+    from daskflow.engine.context import run_id
+
+    cache = for_map(task, list(task._names), {n: ("b", v) for n, v in zip(task._names, row)}, 1, [(0, 1)],
+                    base, has_deps, None)
+    if cache is None:
+        return None, None
+    known = cache.known.get(0)
+    return (None if known is not None else cache.spec_for(0, 1)), known
+
+
+def cached_envelope(task: Task, base: int, start: int, values: list) -> ChunkResult:
+    from daskflow.engine.run import CACHED, ChunkResult
+
+    n = len(values)
+    res = ChunkResult(task.name, base, start, n, bytearray([CACHED]) * n, values)
+    res.started = now = time.time()
+    res.ends = array("d", [now]) * n
+    return res
+
+
+def _commit_hooks_outside_block(task: Task, spec: CacheSpec, keys: list, hits: dict[int, Any]) -> None:
+    if task.options.on_commit and not spec.stage:
+        for i in sorted(hits):
+            fire(task, "on_commit", _run_txn(keys[i]))
+
+
+def _run_txn(key: bytes | None) -> Any:
+    from daskflow.engine.transactions import Transaction
+
+    return Transaction.committed_run(display(key) if key is not None else None)
+
+
+def fire(task: Task, kind: str, txn: Any) -> None:
+    for hook in getattr(task.options, kind):
+        try:
+            hook(txn)
+        except Exception:
+            logger.exception("%s hook %r of task %r raised", kind, getattr(hook, "__name__", hook), task.name)
+
+
+# ---------------------------------------------------------------------------------------
+# Worker side (and inline calls)
+
+
+def run_managed(task: Task, rows: Any, res: ChunkResult, ctx: TaskRunContext, deps: list | None,
+                spec: CacheSpec | None) -> None:
+    """Run a chunk of a managed task: lookups, runs, one write, commit hooks."""
+    chunk = _Managed(task, res, ctx, deps, spec)
+    token = _home_var.set(chunk.spec.home) if chunk.spec.home else None
+    try:
+        for i, row in chunk.prepare(rows):
+            args = chunk.start(i, row)
+            if args is not None:
+                from daskflow.engine import run as R
+
+                engine = R.attempts(task, ctx, *args)
+                if task.is_async:
+                    outcome = asyncio.run(R.drive_async(engine, task, *args))
+                else:
+                    outcome = R.drive_sync(engine, task, *args)
+                chunk.done(i, outcome)
+    finally:
+        if token is not None:
+            _home_var.reset(token)
+    chunk.finish()
+
+
+async def arun_managed(task: Task, res: ChunkResult, ctx: TaskRunContext, row: tuple, deps: list | None) -> None:
+    """``run_managed`` for one awaited run of an async task in the caller's event loop."""
+    from daskflow.engine import run as R
+
+    chunk = _Managed(task, res, ctx, deps, None)
+    for i, row in chunk.prepare([row]):
+        args = chunk.start(i, row)
+        if args is not None:
+            chunk.done(i, await R.drive_async(R.attempts(task, ctx, *args), task, *args))
+    chunk.finish()
+
+
+class _Managed:
+    """One chunk's cache work: ``prepare`` (resolve, keys, one read), per run ``start``/``done``,
+    ``finish`` (one write, or staging in a transaction block; commit hooks)."""
+
+    def __init__(self, task: Task, res: ChunkResult, ctx: TaskRunContext, deps: list | None,
+                 spec: CacheSpec | None) -> None:
+        self.local = spec is None
+        self.spec = spec if spec is not None else new_spec(task)
+        self.task, self.res, self.ctx, self.deps = task, res, ctx, deps
+        self.ends = array("d", bytes(8 * res.n))
+        self.keys: list = [None] * res.n
+        self.hits: dict[int, Any] = {}
+        self.store: Any = None
+        self.staged: list[tuple[bytes, bytes]] = []
+
+    def prepare(self, rows: Any) -> list[tuple[int, tuple]]:
+        from daskflow.engine.inputs import UpstreamNotCompleted, resolve
+        from daskflow.engine.run import NOT_READY
+
+        items: list[tuple[int, tuple]] = []
+        for i, row in enumerate(rows):
+            if self.deps is not None:
+                try:
+                    row = resolve(row, self.deps)
+                except UpstreamNotCompleted as exc:
+                    self.res.record(i, (NOT_READY, exc.message, None), 1)
+                    self.ends[i] = time.time()
+                    continue
+            items.append((i, row))
+        spec = self.spec
+        if spec.plan is not None:
+            self.store = get_store(spec.home)  # type: ignore[arg-type]
+            if spec.keys is not None:
+                self.keys = spec.keys
+            else:
+                self.keys = _worker_keys(self.task, spec.plan, items, self.ctx, self.keys)
+            if spec.lookup:
+                found = self.store.load_many([self.keys[i] for i, _ in items])
+                self.hits = {items[pos][0]: value for pos, value in found.items()}
+        return items
+
+    def start(self, i: int, row: tuple) -> tuple[tuple, dict] | None:
+        """``(args, kwargs)`` of a run to execute; None when it ended here (hit, bad input)."""
+        from daskflow.engine import run as R
+
+        ctx = self.ctx
+        ctx.index, ctx.run_count = i, 1
+        try:
+            args, kwargs = R._inputs(self.task, ctx, row, None)
+        except R._EndsEarly as early:
+            self.res.record(i, early.outcome, 1)
+            self.ends[i] = time.time()
+            return None
+        if i not in self.hits:
+            return args, kwargs
+        value = self.hits[i]
+        self.res.record(i, (R.CACHED, value, None), 1)
+        if self.task.options.on_completion:
+            from daskflow.engine import states as st
+
+            self.task._fire("on_completion", ctx, args, kwargs, st.Completed(value, name="Cached"))
+        self.ends[i] = time.time()
+        return None
+
+    def done(self, i: int, outcome: tuple[int, Any, list | None]) -> None:
+        from daskflow.engine.run import COMPLETED
+
+        self.res.record(i, outcome, self.ctx.run_count)
+        if outcome[0] == COMPLETED and self.keys[i] is not None:
+            record = _encode(self.task, self.spec, self.store, outcome[1], self.ctx)
+            if record is not None:
+                self.staged.append((self.keys[i], record))
+        self.ends[i] = time.time()
+
+    def finish(self) -> None:
+        from daskflow.engine.run import OK_CODES
+
+        task, res, staged = self.task, self.res, self.staged
+        res.ends = self.ends
+        if self.spec.stage:
+            res.cache_records = staged
+            if self.local:
+                from daskflow.engine.transactions import current_transaction
+
+                txn = current_transaction()
+                if txn is not None:
+                    txn.add_result(task, res)
+            return
+        if staged:
+            try:
+                self.store.put_many(staged)
+            except Exception as exc:  # the results stay valid; only the cache misses them
+                warnings.warn(f"task {task.name!r}: {len(staged)} results could not be written to the cache: "
+                              f"{type(exc).__name__}: {exc}", CacheWarning, stacklevel=3)
+        if task.options.on_commit:
+            for i in range(res.n):
+                if res.codes[i] in OK_CODES:
+                    fire(task, "on_commit", _run_txn(self.keys[i]))
+
+
+def _worker_keys(task: Task, plan: KeyPlan, items: list, ctx: TaskRunContext, keys: list) -> list:
+    from daskflow.engine.run import Unpicklable
+
+    warned = False
+    for i, row in items:
+        if any(type(v) is Unpicklable for v in row):
+            continue  # the run fails anyway
+        try:
+            keys[i] = plan.key(task, row, lambda i=i: _run_id(ctx, i))
+        except Unhashable as exc:
+            if not warned:
+                _warn_unhashable(task, exc)
+                warned = True
+        except NotConcrete as exc:
+            if not warned:
+                _warn_unhashable(task, Unhashable(f"a {exc}", None))
+                warned = True
+    return keys
+
+
+def _run_id(ctx: TaskRunContext, i: int) -> str:
+    from daskflow.engine.context import run_id
+
+    return run_id(ctx.base, ctx.start + i)
+
+
+def _encode(task: Task, spec: CacheSpec, store: Any, value: Any, ctx: TaskRunContext) -> bytes | None:
+    expires = time.time() + spec.expires_in if spec.expires_in is not None else None
+    try:
+        return ser.encode(value, task.task_key, expires, spec.serializer, store.secret)
+    except Exception as exc:
+        warnings.warn(f"task {task.name!r}: the result of run {task.name}-{ctx.start + ctx.index} cannot be "
+                      f"serialized for the cache ({type(exc).__name__}: {exc}); it is not cached",
+                      CacheWarning, stacklevel=2)
+        return None

@@ -1,0 +1,172 @@
+"""Cache records: a signed header and a payload that loads numpy arrays without copies.
+
+Layout of one record (all integers little-endian)::
+
+    b"DFC1" | MAC (32 bytes) | u32 header length | header | padding
+    | pickle bytes | padding | buffer 0 | padding | buffer 1 ...
+
+The header (fixed-size struct fields, then the task key) holds ``created``,
+``expires`` (0: never), the task key, the serializer and the offsets of the pickle and of every out-of-band buffer (pickle protocol 5). Buffers
+start on 64-byte boundaries, so an array loads as a view of the record's one bytearray
+(the copy out of LMDB is the only copy). The MAC (keyed BLAKE2b, a standard MAC like
+HMAC but ~3x cheaper per small record) covers everything after itself, with a secret
+private to the daskflow home: unpickling runs code, so a record that was not
+written by this home's owner is never loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import pathlib
+import pickle
+import struct
+import sys
+import time
+from typing import Any
+
+import cloudpickle
+
+MAGIC = b"DFC1"
+_MAC = 32
+_FIXED = len(MAGIC) + _MAC + 4
+_ALIGN = 64
+
+
+class DamagedRecord(Exception):
+    """A record that cannot be read (truncated, bad signature, unloadable payload)."""
+
+
+def load_secret(home: str | os.PathLike) -> bytes:
+    """The home's 32-byte signing secret, created once (0600) by whichever process comes first."""
+    path = pathlib.Path(home) / "secret.key"
+    try:
+        data = path.read_bytes()
+        if len(data) == 32:
+            return data
+    except FileNotFoundError:
+        pass
+    pathlib.Path(home).mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".secret.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, os.urandom(32))
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)  # atomic and fails if another process won the race
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)
+    return path.read_bytes()
+
+
+def _pad(n: int) -> int:
+    return -n % _ALIGN
+
+
+_SERIALIZERS = ("cloudpickle", "pickle", "json")
+_HEAD = struct.Struct("<ddBHQH")  # created, expires (0: never), serializer, n buffers, pickle length, key length
+_FULL = struct.Struct("<IddBHQH")  # the header length, then _HEAD
+_BUF = struct.Struct("<QQ")  # offset, length of an out-of-band buffer
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
+
+
+def mac(secret: bytes, body: Any) -> bytes:
+    """Keyed BLAKE2b: a standard MAC (RFC 7693), 3x cheaper than HMAC-SHA256 for small records."""
+    return hashlib.blake2b(body, key=secret, digest_size=_MAC).digest()
+
+
+def _dumps(value: Any, serializer: str, buffers: list) -> bytes:
+    if serializer == "json":
+        return json.dumps(value).encode()
+    if serializer == "pickle" or type(value) in _PLAIN:  # cloudpickle's per-call cost is 8x pickle's
+        return pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and type(value) is numpy.ndarray and not value.dtype.hasobject:
+        return pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    return cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+
+
+def encode(value: Any, task_key: str, expires: float | None, serializer: str | None, secret: bytes,
+           created: float | None = None) -> bytes:
+    """A signed record holding ``value``; raises if the value cannot be serialized."""
+    buffers: list[pickle.PickleBuffer] = []
+    serializer = serializer or "cloudpickle"
+    payload = _dumps(value, serializer, buffers)
+    raws = [b.raw() for b in buffers]
+    offsets, pos = [], len(payload)
+    for raw in raws:
+        pos += _pad(pos)
+        offsets.append((pos, raw.nbytes))
+        pos += raw.nbytes
+    tk = task_key.encode()
+    header = b"".join([_HEAD.pack(created or time.time(), expires or 0.0, _SERIALIZERS.index(serializer),
+                                  len(raws), len(payload), len(tk)), tk,
+                       *(_BUF.pack(off, n) for off, n in offsets)])
+    start = _FIXED + len(header)
+    parts = [struct.pack("<I", len(header)), header, bytes(_pad(start)), payload]
+    end = len(payload)
+    for (off, _), raw in zip(offsets, raws):
+        parts.append(bytes(off - end))
+        parts.append(raw)
+        end = off + raw.nbytes
+    body = b"".join(parts)
+    return MAGIC + mac(secret, body) + body
+
+
+def _header(record: Any) -> tuple[dict, int]:
+    if len(record) < _FIXED + _HEAD.size or record[:4] != MAGIC:
+        raise DamagedRecord("not a daskflow cache record")
+    try:
+        (hlen,) = struct.unpack_from("<I", record, len(MAGIC) + _MAC)
+        created, expires, ser_code, nbufs, plen, klen = _HEAD.unpack_from(record, _FIXED)
+        pos = _FIXED + _HEAD.size
+        task_key = bytes(record[pos:pos + klen]).decode()
+        pos += klen
+        bufs = [_BUF.unpack_from(record, pos + i * _BUF.size) for i in range(nbufs)]
+        header = {"c": created, "e": expires or None, "t": task_key, "s": _SERIALIZERS[ser_code],
+                  "p": plen, "b": bufs}
+    except (struct.error, IndexError, UnicodeDecodeError) as exc:
+        raise DamagedRecord(f"unreadable header: {exc}") from None
+    start = _FIXED + hlen
+    return header, start + _pad(start)
+
+
+def read_header(record: bytes | bytearray | memoryview) -> dict:
+    """The header of a record (not verified: for listings, never for loading)."""
+    return _header(record)[0]
+
+
+def decode(record: bytearray | memoryview, secret: bytes) -> tuple[dict, Any]:
+    """``({"c": created, "e": expires}, value)`` of a verified record; raises ``DamagedRecord``.
+
+    Arrays in the value are writable views of ``record`` (copied first into a bytearray
+    if it is not one). This is the hot path of a cached rerun (10^5 records): no more work than needed.
+    """
+    view = memoryview(record)
+    if len(view) < _FIXED + _HEAD.size or view[:4] != MAGIC:
+        raise DamagedRecord("not a daskflow cache record")
+    if not hmac.compare_digest(mac(secret, view[_FIXED - 4:]), view[4:_FIXED - 4]):
+        raise DamagedRecord("bad signature (written with another secret, or altered)")
+    hlen, created, expires, ser_code, nbufs, plen, klen = _FULL.unpack_from(record, _FIXED - 4)
+    if nbufs and not isinstance(record, bytearray):  # e.g. a view of the LMDB map: copy once
+        record = bytearray(record)
+        view = memoryview(record)
+    start = _FIXED + hlen
+    start += _pad(start)
+    try:
+        if ser_code == 2:
+            value = json.loads(bytes(view[start:start + plen]))
+        elif not nbufs:
+            value = pickle.loads(view[start:start + plen])
+        else:
+            at = _FIXED + _HEAD.size + klen
+            spans = [_BUF.unpack_from(record, at + i * _BUF.size) for i in range(nbufs)]
+            value = pickle.loads(view[start:start + plen], buffers=[view[start + o:start + o + n] for o, n in spans])
+    except Exception as exc:
+        raise DamagedRecord(f"payload cannot be loaded: {type(exc).__name__}: {exc}") from None
+    return {"c": created, "e": expires or None}, value

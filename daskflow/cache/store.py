@@ -1,0 +1,249 @@
+"""The result store: signed cache records by key, behind a small interface.
+
+``ResultStore`` is what the engine and the CLI use: ``get_many`` (one read for a whole
+chunk or map), ``put_many`` (one atomic write for a chunk or a ``transaction()``
+block, with an optional transaction marker), ``delete`` and ``iterate``. The only
+implementation today is ``LMDBResultStore`` at ``$DASKFLOW_HOME/cache``, shared by the
+client and every LocalCluster worker process of the host. A store hosted by the
+cluster (for clusters spanning hosts) would implement the same five methods.
+
+Reading verifies the signature and loads the value; a damaged or forged record is a
+miss with one warning per read, never an exception.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import pathlib
+import shutil
+import threading
+import time
+import warnings
+from typing import Any, Iterator
+
+import msgpack
+
+from daskflow import _lmdb
+from daskflow.cache import serialization as ser
+
+ENTRIES, TXNS = "entries", "txns"
+
+
+class CacheWarning(UserWarning):
+    """A cache problem that made a run execute (or a value load) without the cache."""
+
+
+class ResultStore(abc.ABC):
+    """Where cache records live. Keys are bytes; records are signed ``serialization`` blobs."""
+
+    @abc.abstractmethod
+    def get_many(self, keys: list[bytes]) -> list[bytearray | None]:
+        """The raw records of ``keys`` (None where missing), read in one transaction."""
+
+    @abc.abstractmethod
+    def put_many(self, items: list[tuple[bytes, bytes]], txn_key: str | None = None) -> None:
+        """Write every record (and the transaction marker) atomically: all or nothing."""
+
+    @abc.abstractmethod
+    def delete(self, keys: list[bytes]) -> int:
+        """Remove records; returns how many existed."""
+
+    @abc.abstractmethod
+    def iterate(self) -> Iterator[tuple[bytes, bytes]]:
+        """Every ``(key, record)``; records are copies, safe to keep."""
+
+    @abc.abstractmethod
+    def is_committed(self, txn_key: str) -> bool:
+        """Whether a ``transaction(key=txn_key)`` block was committed."""
+
+    secret: bytes
+
+    # -- shared: values rather than records -----------------------------------------
+    def load_many(self, keys: list[bytes | None], now: float | None = None) -> dict[int, Any]:
+        """``{position: value}`` of the keys that hit (fresh, verified, loadable)."""
+        wanted = [(i, k) for i, k in enumerate(keys) if k is not None]
+        if not wanted:
+            return {}
+        records = self.get_many([k for _, k in wanted])
+        return self._decode_all(((i, k, r) for (i, k), r in zip(wanted, records)), now)
+
+    def headers(self) -> list[tuple[bytes, dict | None, int]]:
+        """``(key, header or None if unreadable, record size)`` of every entry (for listings)."""
+        out = []
+        for key, record in self.iterate():
+            try:
+                out.append((key, ser.read_header(record), len(record)))
+            except ser.DamagedRecord:
+                out.append((key, None, len(record)))
+        return out
+
+    def _decode_all(self, records: Any, now: float | None) -> dict[int, Any]:
+        now = time.time() if now is None else now
+        hits: dict[int, Any] = {}
+        damaged: list[str] = []
+        decode, secret = ser.decode, self.secret
+        for i, key, record in records:
+            if record is None:
+                continue
+            try:
+                header, value = decode(record, secret)
+            except ser.DamagedRecord as exc:
+                damaged.append(f"{_display(key)}: {exc}")
+                continue
+            expires = header["e"]
+            if expires is not None and expires <= now:
+                continue
+            hits[i] = value
+        if damaged:
+            more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
+            warnings.warn(f"damaged cache entry treated as a miss: {damaged[0]}{more}; it will be "
+                          "overwritten when the run completes", CacheWarning, stacklevel=3)
+        return hits
+
+
+def _display(key: bytes) -> str:
+    from daskflow.cache.keys import display
+
+    try:
+        return display(key)
+    except Exception:
+        return repr(key)
+
+
+class LMDBResultStore(ResultStore):
+    """The result store in an LMDB environment at ``{home}/cache``.
+
+    Example:
+        >>> store = get_store(config.home())  # doctest: +SKIP
+        >>> store.put_many([(key, record)])   # doctest: +SKIP
+    """
+
+    def __init__(self, home: str | os.PathLike) -> None:
+        self.home = pathlib.Path(home)
+        self.path = self.home / "cache"
+        self.secret = ser.load_secret(self.home)
+        self.env = _lmdb.open_env(self.path, dbs=(ENTRIES, TXNS))
+
+    def get_many(self, keys: list[bytes]) -> list[bytearray | None]:
+        db = self.env.db(ENTRIES)
+
+        def read(txn: Any) -> list:
+            get = txn.get
+            # one copy out of the map, into a bytearray that loaded arrays then share
+            return [None if (v := get(k, db=db)) is None else bytearray(v) for k in keys]
+
+        return self._read(read)
+
+    def load_many(self, keys: list[bytes | None], now: float | None = None) -> dict[int, Any]:
+        # Decoded inside the read transaction, straight from the map: only values with
+        # out-of-band buffers (arrays) are copied out, once, into a bytearray they share.
+        db = self.env.db(ENTRIES)
+        wanted = [(i, k) for i, k in enumerate(keys) if k is not None]
+        if not wanted:
+            return {}
+
+        def read(txn: Any) -> dict[int, Any]:
+            get = txn.get
+            return self._decode_all(((i, k, get(k, db=db)) for i, k in wanted), now)
+
+        return self._read(read)
+
+    def _read(self, fn: Any) -> Any:
+        """A read transaction whose values are views of the map (copied before it ends)."""
+        env = self.env
+
+        def attempt() -> Any:
+            with env.env.begin(buffers=True) as txn:
+                return fn(txn)
+
+        return env._retry(attempt)
+
+    def put_many(self, items: list[tuple[bytes, bytes]], txn_key: str | None = None) -> None:
+        if not items and txn_key is None:
+            return
+        entries, txns = self.env.db(ENTRIES), self.env.db(TXNS)
+        marker = msgpack.packb({"committed": time.time(), "entries": len(items)}) if txn_key else None
+
+        def write(txn: Any) -> None:
+            put = txn.put
+            for key, record in items:
+                put(key, record, db=entries)
+            if marker is not None:
+                put(txn_key.encode(), marker, db=txns)  # type: ignore[union-attr]
+
+        self.env.write(write)
+
+    def delete(self, keys: list[bytes]) -> int:
+        db = self.env.db(ENTRIES)
+        return self.env.write(lambda txn: sum(1 for k in keys if txn.delete(k, db=db)))
+
+    def iterate(self) -> Iterator[tuple[bytes, bytes]]:
+        db = self.env.db(ENTRIES)
+        # Copied out in one read transaction: a long-lived reader would pin old pages.
+        return iter(self.env.read(lambda txn: list(txn.cursor(db=db).iternext())))
+
+    def headers(self) -> list[tuple[bytes, dict | None, int]]:
+        # Headers parsed from views of the map: a listing never copies the values.
+        db = self.env.db(ENTRIES)
+
+        def read(txn: Any) -> list:
+            out = []
+            for key, record in txn.cursor(db=db).iternext():
+                try:
+                    header = ser.read_header(record)
+                except ser.DamagedRecord:
+                    header = None
+                out.append((bytes(key), header, len(record)))
+            return out
+
+        return self._read(read)
+
+    def is_committed(self, txn_key: str) -> bool:
+        db = self.env.db(TXNS)
+        return self.env.read(lambda txn: txn.get(txn_key.encode(), db=db)) is not None
+
+    def clear_txns(self) -> None:
+        db = self.env.db(TXNS)
+        self.env.write(lambda txn: txn.drop(db, delete=False))
+
+    def compact(self) -> tuple[int, int]:
+        """Rewrite the environment without free pages; returns (bytes before, bytes after).
+
+        Run it when no pipeline is using the cache: other processes keep the old file open.
+        """
+        data = self.path / "data.mdb"
+        before = data.stat().st_size
+        tmp = self.home / f".cache-compact-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.env.copy_compact(tmp)
+        _lmdb.close_env(self.path)
+        os.chmod(tmp / "data.mdb", 0o600)
+        os.replace(tmp / "data.mdb", data)
+        shutil.rmtree(tmp, ignore_errors=True)
+        _stores.pop((str(self.home), os.getpid()), None)
+        self.env = _lmdb.open_env(self.path, dbs=(ENTRIES, TXNS))
+        return before, data.stat().st_size
+
+
+_stores: dict[tuple[str, int], LMDBResultStore] = {}
+_lock = threading.Lock()
+
+
+def get_store(home: str | os.PathLike) -> LMDBResultStore:
+    """This process's store of the daskflow home ``home`` (opened once per process)."""
+    key = (str(home), os.getpid())
+    store = _stores.get(key)
+    if store is None:
+        with _lock:
+            store = _stores.get(key)
+            if store is None:
+                store = _stores[key] = LMDBResultStore(home)
+    return store
+
+
+def close_store(home: str | os.PathLike) -> None:
+    """Forget this process's handle (tests; the CLI after replacing files)."""
+    store = _stores.pop((str(home), os.getpid()), None)
+    if store is not None:
+        _lmdb.close_env(store.path)

@@ -1,0 +1,191 @@
+"""Transactions: the cache records of a block of runs are committed all together, or not at all.
+
+``with transaction(key=None) as txn:`` collects every run started in the block
+(inline calls, ``.submit()``, ``.map()``). Runs of caching tasks do not write the cache
+while the block is open: workers return their signed records in the chunk envelope,
+inline runs hand theirs to the block. At a clean exit the block waits for its runs;
+if all completed it writes every record (and, with a ``key``, a committed marker) in
+one LMDB write transaction, then calls the runs' ``on_commit`` hooks in run order.
+If the body raised or a run of the block did not complete, nothing is written and the
+``on_rollback`` hooks of the runs that completed fire newest first; the error
+propagates (the body's, or the first failed run's).
+
+Outside a block every run is its own transaction: its record is written with its
+chunk's, and its ``on_commit`` hooks fire as soon as it succeeded (cached or not).
+Hooks receive the transaction: ``txn.key``, ``txn.set(name, value)``, ``txn.get(name)``.
+A nested block hands its runs to the enclosing one, which commits them.
+
+Example:
+    >>> with transaction(key="load-2024-06") as txn:  # doctest: +SKIP
+    ...     if not txn.is_committed():
+    ...         write_table(extract())
+"""
+
+from __future__ import annotations
+
+import contextvars
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from daskflow.engine.futures import Chunk
+    from daskflow.engine.run import ChunkResult
+    from daskflow.engine.tasks import Task
+
+__all__ = ["Transaction", "current_transaction", "transaction"]
+
+_current: contextvars.ContextVar[Transaction | None] = contextvars.ContextVar("daskflow_txn", default=None)
+
+ACTIVE, COMMITTED, ROLLED_BACK = "ACTIVE", "COMMITTED", "ROLLED_BACK"
+
+
+def current_transaction() -> Transaction | None:
+    """The innermost open ``transaction()`` block of this thread/task, if any."""
+    return _current.get()
+
+
+class Transaction:
+    """A block of runs whose cache records commit atomically. Made by ``transaction()``."""
+
+    def __init__(self, key: str | None = None) -> None:
+        if key is not None and not isinstance(key, str):
+            raise TypeError(f"transaction(key=...) must be a str or None, got {key!r}")
+        self.key = key
+        self.state = ACTIVE
+        self.parent: Transaction | None = None
+        self._values: dict[str, Any] = {}
+        self._members: list[tuple[Task, Any]] = []  # (task, Chunk | ChunkResult), in run order
+        self._token: contextvars.Token | None = None
+        self._home: str | None = None
+
+    @classmethod
+    def committed_run(cls, key: str | None) -> Transaction:
+        """The implicit transaction of one run outside any block (already committed)."""
+        txn = cls(key)
+        txn.state = COMMITTED
+        return txn
+
+    def __repr__(self) -> str:
+        return f"Transaction(key={self.key!r}, state={self.state})"
+
+    # -- user API -------------------------------------------------------------------
+    def set(self, name: str, value: Any) -> None:
+        """Keep a value for the hooks of this transaction."""
+        self._values[name] = value
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """A value set on this transaction (or on an enclosing one)."""
+        if name in self._values:
+            return self._values[name]
+        if self.parent is not None:
+            return self.parent.get(name, default)
+        return default
+
+    def is_committed(self) -> bool:
+        """True once committed; with a key, also if a block with that key committed before."""
+        if self.state == COMMITTED:
+            return True
+        if self.key is None:
+            return False
+        return self._store().is_committed(self.key)
+
+    # -- engine API -----------------------------------------------------------------
+    def track(self, chunks: list[Chunk]) -> None:
+        for chunk in chunks:
+            chunk.observed = True  # the block reports its failures itself
+            self._members.append((chunk.task, chunk))
+
+    def add_result(self, task: Task, res: ChunkResult) -> None:
+        self._members.append((task, res))
+
+    # -- the block ------------------------------------------------------------------
+    def __enter__(self) -> Transaction:
+        from daskflow import config
+
+        self.parent = _current.get()
+        self._home = self.parent._home if self.parent is not None else str(config.home())
+        self._token = _current.set(self)
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        _current.reset(self._token)  # type: ignore[arg-type]
+        interrupted = exc is not None and not isinstance(exc, Exception)
+        runs = self._runs(wait=not interrupted)
+        failed = next(((res, i) for _, res, i in runs if res is not None and not res.ok(i)), None)
+        if exc is None and failed is None:
+            try:
+                self._commit(runs)
+                return False
+            except Exception as commit_error:
+                self._rollback(runs)
+                raise commit_error
+        self._rollback(runs)
+        if exc is None and failed is not None:
+            res, i = failed
+            raise res.exception(i)
+        return False
+
+    def _runs(self, wait: bool) -> list[tuple[Task, ChunkResult | None, int]]:
+        """Every run of the block in run order: (task, envelope or None if unknown, index)."""
+        from daskflow.engine.futures import Chunk, _fetch_all
+
+        chunks = [m for _, m in self._members if isinstance(m, Chunk)]
+        if wait and chunks:
+            _fetch_all(chunks, None)
+        out: list = []
+        for task, member in self._members:
+            res = member
+            if isinstance(member, Chunk):
+                res = member.result
+                if res is None:
+                    out.append((task, None, 0))
+                    continue
+            out.extend((task, res, i) for i in range(res.n))
+        return out
+
+    def _store(self) -> Any:
+        from daskflow import config
+        from daskflow.cache.store import get_store
+
+        return get_store(self._home or str(config.home()))
+
+    def _commit(self, runs: list) -> None:
+        if self.parent is not None:  # the enclosing block commits our runs with its own
+            self.parent._members.extend(self._members)
+            self.state = COMMITTED
+            return
+        records: list = []
+        seen: set[int] = set()
+        for _, res, _ in runs:
+            if res is not None and id(res) not in seen:
+                seen.add(id(res))
+                records.extend(getattr(res, "cache_records", None) or ())
+        if records or self.key is not None:
+            self._store().put_many(records, txn_key=self.key)
+        self.state = COMMITTED
+        self._fire_all(runs, "on_commit")
+
+    def _fire_all(self, runs: list, kind: str) -> None:
+        from daskflow.cache.runtime import fire
+
+        for task, res, i in runs:
+            if res is not None and res.ok(i) and getattr(task.options, kind):
+                fire(task, kind, self)
+
+    def _rollback(self, runs: list) -> None:
+        self.state = ROLLED_BACK
+        self._fire_all(runs[::-1], "on_rollback")
+
+
+def transaction(key: str | None = None) -> Transaction:
+    """A block whose runs' cache records are committed together, or not at all.
+
+    Args:
+        key: names the block; ``txn.is_committed()`` then tells whether a block with
+            this key committed before (in any process using this daskflow home).
+
+    Example:
+        >>> with transaction() as txn:  # doctest: +SKIP
+        ...     a = extract()
+        ...     load(a)                 # if load fails, extract's result is not cached
+    """
+    return Transaction(key)

@@ -1,0 +1,82 @@
+import os
+import stat
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+from daskflow.cache import serialization as ser
+from daskflow.cache.store import CacheWarning, LMDBResultStore, close_store, get_store
+
+
+@pytest.fixture
+def store(daskflow_home):
+    s = get_store(daskflow_home)
+    yield s
+    close_store(daskflow_home)
+
+
+def _rec(store, value, expires=None, serializer=None):
+    return ser.encode(value, "t-00000000", expires, serializer, store.secret)
+
+
+def test_store_roundtrip_and_private_files(store, daskflow_home):
+    store.put_many([(b"k1", _rec(store, {"a": 1})), (b"k2", _rec(store, [1, 2], serializer="json"))])
+    assert store.load_many([b"k1", b"missing", None, b"k2"]) == {0: {"a": 1}, 3: [1, 2]}
+    assert stat.S_IMODE(os.stat(daskflow_home / "cache").st_mode) == 0o700
+    for name in ("cache/data.mdb", "cache/lock.mdb", "secret.key"):
+        assert stat.S_IMODE(os.stat(daskflow_home / name).st_mode) == 0o600, name
+
+
+def test_store_numpy_loads_without_copies(store):
+    arr = np.arange(1 << 20, dtype="f8")
+    store.put_many([(b"arr", _rec(store, arr))])
+    [record] = store.get_many([b"arr"])
+    header, value = ser.decode(record, store.secret)
+    assert np.array_equal(value, arr)
+    # the array is a writable view of the record's buffer, aligned for SIMD loads
+    assert value.base is not None and value.flags.writeable
+    assert (value.ctypes.data - np.frombuffer(record, dtype="u1").ctypes.data) % 64 == 0
+    assert np.shares_memory(value, np.frombuffer(record, dtype="u1"))
+
+
+def test_store_expired_entry_is_a_miss(store):
+    store.put_many([(b"old", _rec(store, 1, expires=time.time() - 1)), (b"new", _rec(store, 2, expires=time.time() + 60))])
+    assert store.load_many([b"old", b"new"]) == {1: 2}
+
+
+def test_store_damaged_entry_is_a_miss_with_warning(store):
+    good = _rec(store, "value")
+    store.put_many([(b"cut", good[:20]), (b"flipped", good[:-1] + bytes([good[-1] ^ 1])), (b"ok", good)])
+    with pytest.warns(CacheWarning, match="damaged cache entry.*and 1 more"):
+        assert store.load_many([b"cut", b"flipped", b"ok"]) == {2: "value"}
+
+
+def test_store_bad_signature_is_a_miss(store):
+    planted = ser.encode("pwned", "t-00000000", None, None, b"\x00" * 32)  # another secret
+    store.put_many([(b"planted", planted)])
+    with pytest.warns(CacheWarning, match="bad signature"):
+        assert store.load_many([b"planted"]) == {}
+
+
+def test_store_transaction_marker_and_delete(store):
+    store.put_many([(b"a", _rec(store, 1))], txn_key="block-1")
+    assert store.is_committed("block-1") and not store.is_committed("block-2")
+    assert store.delete([b"a", b"zzz"]) == 1
+    assert store.load_many([b"a"]) == {}
+
+
+def test_store_compact_keeps_entries(store, daskflow_home):
+    store.put_many([(str(i).encode(), _rec(store, np.zeros(10_000))) for i in range(50)])
+    store.delete([str(i).encode() for i in range(1, 50)])
+    before, after = store.compact()
+    assert after < before
+    fresh = get_store(daskflow_home)
+    assert list(fresh.load_many([b"0"])) == [0]
+    assert isinstance(fresh, LMDBResultStore)
+
+
+def test_store_secret_is_stable(daskflow_home):
+    a = ser.load_secret(daskflow_home)
+    assert a == ser.load_secret(daskflow_home) and len(a) == 32
