@@ -65,3 +65,13 @@ def inc(x):
 
 
 NOT_A_TASK = 42
+
+
+from daskflow.cache import INPUTS  # noqa: E402
+
+
+@task(cache_policy=INPUTS, persist_result=True)
+def cached_square(x, log):
+    with open(log, "a") as f:
+        f.write("ran\n")
+    return x * x

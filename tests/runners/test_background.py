@@ -19,7 +19,7 @@ from daskflow.exceptions import (CrashedRun, NoBackgroundServer, ParameterSerial
 from daskflow.runners import ThreadPoolTaskRunner
 
 SERVED = ["bg_tasks:add", "bg_tasks:whoami", "bg_tasks:not_persisted", "bg_tasks:boom", "bg_tasks:flaky",
-          "bg_tasks:inc"]
+          "bg_tasks:inc", "bg_tasks:cached_square"]
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +101,16 @@ def test_delay_failure_and_retries_behave_as_normal_runs(bg_server, tmp_path):
     names = [h["name"] for h in retried.record()["history"]]
     assert names == ["Scheduled", "Pending", "Running", "AwaitingRetry", "Retrying", "Completed"]
     assert retried.record()["run_count"] == 2
+
+
+def test_delayed_runs_use_the_result_cache(bg_server, tmp_path):
+    log = tmp_path / "executions"
+    first = bg_tasks.cached_square.delay(7, str(log))
+    assert first.result(timeout=30) == 49
+    second = bg_tasks.cached_square.delay(7, str(log))
+    assert second.result(timeout=30) == 49
+    assert first.state.name == "Completed" and second.state.name == "Cached"
+    assert log.read_text().count("ran") == 1
 
 
 def test_result_of_a_task_that_does_not_persist_is_a_clear_error(bg_server):
