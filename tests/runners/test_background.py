@@ -188,7 +188,7 @@ def test_killed_task_worker_run_is_taken_by_another_worker(tmp_path, monkeypatch
     try:
         marker = tmp_path / "started"
         fut = bg_tasks.stall_once.delay(str(marker))
-        _wait_for(lambda: fut.state.name == "Running", 30)
+        _wait_for(lambda: marker.exists() and fut.state.name == "Running", 30)  # the body has started
         first.stop(signal.SIGKILL)
         second, second_address = start_worker(home, address, "bg_tasks:stall_once")
         try:
