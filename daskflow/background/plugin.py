@@ -14,7 +14,8 @@ the daskflow server:
   (the ``transition`` hook), back to ``Scheduled`` if that worker is lost, ``Crashed``
   when Dask gives up (KilledWorker); ``Running`` and the final state come from the
   task worker on its batched stream. All go through the writer thread in batches
-  (``store._record_states``), never blocking the event loop on a disk write.
+  (one LMDB transaction per batch, then ``store._record_states`` hands the new states
+  to the run store), never blocking the event loop on a disk write.
 - *Final.* A final state deletes the run's queue entry in the same transaction that
   records it, and keeps the result (or exception) by run id. Later duplicates (an
   at-least-once re-execution) are ignored: the first recorded completion wins.
@@ -267,27 +268,34 @@ class _Writer(threading.Thread):
             if not batch:
                 continue
             try:
-                submits, finals = self.env.write(lambda txn: self._apply(txn, batch))
+                submits, finals, changes = self.env.write(lambda txn: self._apply(txn, batch))
             except Exception:  # noqa: BLE001 - the writer must survive a bad batch
                 logger.exception("daskflow server: writing %d background op(s) failed", len(batch))
                 continue
+            try:
+                store._record_states(changes)
+            except Exception:  # noqa: BLE001 - observability must not stop the queue
+                logger.exception("daskflow server: recording background run states failed")
             if submits or finals:
                 try:
                     self.plugin.loop.call_soon_threadsafe(self.plugin._committed, submits, finals)
                 except RuntimeError:  # the loop is closed: the server is stopping
                     pass
 
-    def _apply(self, txn: Any, batch: list[tuple]) -> tuple[list, list]:
+    def _apply(self, txn: Any, batch: list[tuple]) -> tuple[list, list, list]:
         env = self.env
         qdb, rdb, resdb = env.db("queue"), env.db("runs"), env.db("results")
         records: dict[str, dict | None] = {}
+        seen: dict[str, int] = {}  # run id -> history entries already recorded before this batch
         submits: list[dict] = []
         finals: list[tuple] = []
 
         def record(rid: str) -> dict | None:
             if rid not in records:
                 raw = txn.get(rid.encode(), db=rdb)
-                records[rid] = store.unpack(raw) if raw is not None else None
+                rec = records[rid] = store.unpack(raw) if raw is not None else None
+                if rec is not None:
+                    seen[rid] = len(rec["history"])
             return records[rid]
 
         for op in batch:
@@ -299,6 +307,7 @@ class _Writer(threading.Thread):
                     continue  # a duplicate enqueue
                 txn.put(rid.encode(), store.pack(entry), db=qdb)
                 records[rid] = store.new_record(entry)
+                seen[rid] = 0
                 submits.append(entry)
                 continue
             rec = record(rid)
@@ -331,5 +340,6 @@ class _Writer(threading.Thread):
                     txn.put(rid.encode(), blob, db=resdb)
                 txn.delete(rid.encode(), db=qdb)
                 finals.append((rid, rec, blob))
-        store._record_states(env, txn, [r for r in records.values() if r is not None])
-        return submits, finals
+        changed = [r for r in records.values() if r is not None and len(r["history"]) > seen.get(r["id"], 0)]
+        store.write_records(env, txn, changed)
+        return submits, finals, [(r, r["history"][seen.get(r["id"], 0):]) for r in changed]

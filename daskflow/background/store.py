@@ -64,15 +64,31 @@ def is_final(record: dict | None) -> bool:
     return record is not None and record["state_type"] in FINAL
 
 
-def _record_states(env: _lmdb.Env, txn: Any, records: list[dict]) -> None:
-    """Record new states of background runs: the one place run records are written.
-
-    ``records`` are whole run records (latest state plus history, oldest first). Today
-    they go to this store's ``runs`` database; this is where a shared run store plugs in.
-    """
+def write_records(env: _lmdb.Env, txn: Any, records: list[dict]) -> None:
+    """Write whole run records (latest state plus history, oldest first) in ``txn``."""
     db = env.db("runs")
     for rec in records:
         txn.put(rec["id"].encode(), pack(rec), db=db)
+
+
+def _record_states(changes: list[tuple[dict, list[dict]]]) -> None:
+    """Hand new states of background runs to the run store: the one place that does.
+
+    ``changes`` holds ``(record, new history entries)`` per run whose state changed,
+    after the background store committed them. Without a run store this does nothing
+    (the records above are the background runs' own bookkeeping).
+    """
+    try:
+        from daskflow.engine import tracker
+    except ImportError:  # no run store in this build
+        return
+    groups: dict[tuple, list[tuple[str, str, float, str]]] = {}
+    for rec, entries in changes:
+        key = (rec["task_name"], rec["task_key"], rec.get("flow_run_id"), rec.get("worker"))
+        groups.setdefault(key, []).extend((rec["id"], h["name"], h["timestamp"], h["message"]) for h in entries)
+    for (task_name, task_key, flow_run_id, worker), events in groups.items():
+        tracker.record_states(events, task_name=task_name, task_key=task_key, flow_run_id=flow_run_id,
+                              worker=worker)
 
 
 # -- reading (any process on the server's host) ------------------------------------------
