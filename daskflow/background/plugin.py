@@ -31,6 +31,7 @@ import logging
 import queue
 import threading
 import time
+import uuid
 from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
@@ -42,6 +43,7 @@ logger = logging.getLogger("daskflow.background")
 OP = "daskflow-bg"
 PLUGIN_NAME = "daskflow-background"
 _STOP = ("stop",)
+LOG_TOPIC = "daskflow-runs"  # the topic run logs travel on from Dask workers (run store)
 ARRIVAL_GRACE = 10.0  # seconds a reader waits for a run id the store does not know yet
 
 
@@ -63,6 +65,7 @@ class BackgroundPlugin(SchedulerPlugin):
         self.loop = asyncio.get_running_loop()
         self.env = store.open_store(self.path)
         self.keys: dict[str, str] = {}  # Dask key -> run id, for runs submitted here
+        self.active: set[str] = set()  # their run ids
         self.waiters: dict[str, list[asyncio.Future]] = {}
         self.arrivals: dict[str, list[asyncio.Future]] = {}  # readers of runs not enqueued yet
         self.client: Any = None
@@ -106,7 +109,20 @@ class BackgroundPlugin(SchedulerPlugin):
                              "args": args_blob, "flow_run_id": flow_run_id, "submitted": submitted,
                              "key": f"{task_name}-{rid}"}))
         for ev in events or ():
-            put(tuple(ev))
+            ev = tuple(ev)
+            if ev[0] == "final" and ev[2].get("logs"):
+                store._record_logs(ev[2].pop("logs"))
+            put(ev)
+
+    def log_event(self, topic: str, msg: Any) -> None:
+        # Run logs shipped while a background run executes (a run store's worker-side
+        # batches): record those of our runs here, on the server's host.
+        if topic != LOG_TOPIC or not isinstance(msg, dict) or msg.get("k") != "logs" or not self.keys:
+            return
+        active = self.active
+        mine = [r for r in msg.get("r") or () if str(uuid.UUID(bytes=bytes(r[0][:16]))) in active]
+        if mine:
+            store._record_logs(mine)
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, stimulus_id: str = "",
                    **kwargs: Any) -> None:
@@ -128,7 +144,7 @@ class BackgroundPlugin(SchedulerPlugin):
             self.writer.put(("final", rid, {"type": "CRASHED", "name": "Crashed", "ts": now, "message": message,
                                             "error": message}))
         elif finish == "forgotten":
-            self.keys.pop(key, None)  # type: ignore[arg-type]
+            self.active.discard(self.keys.pop(key, None))  # type: ignore[arg-type]
 
     # -- submission (event loop) ----------------------------------------------------------
     def _submit(self, entries: list[dict]) -> None:
@@ -147,6 +163,7 @@ class BackgroundPlugin(SchedulerPlugin):
             if e["key"] in tasks:  # already known to Dask (a resubmission racing the first)
                 continue
             self.keys[e["key"]] = e["id"]
+            self.active.add(e["id"])
             groups.setdefault(e["task_key"], []).append(e)
         for task_key, group in groups.items():
             futures = self.client.map(

@@ -91,6 +91,15 @@ def _record_states(changes: list[tuple[dict, list[dict]]]) -> None:
                               worker=worker)
 
 
+def _record_logs(records: list[list]) -> None:
+    """Hand run log records of background runs to the run store (none: dropped)."""
+    try:
+        from daskflow.engine import tracker
+    except ImportError:
+        return
+    tracker.record_logs(records)
+
+
 # -- reading (any process on the server's host) ------------------------------------------
 
 

@@ -86,6 +86,9 @@ def run_background(task_blob: bytes, args_blob: bytes, rid: str, flow_run_id: st
     type_, name = CODE_STATES[code]
     info: dict[str, Any] = {"type": type_.value, "name": name, "ts": res.ends[0] if res.ends else time.time(),
                             "run_count": res.run_count(0), "worker": address, "message": ""}
+    logs = getattr(res, "logs", None)  # run logs not shipped while the run ran (with a run store)
+    if logs:
+        info["logs"] = logs
     extra = res.history.get(0)
     if extra:  # retries: every state after the first Running, which was already reported
         info["extra"] = [list(h) for h in extra[1:]]
