@@ -75,3 +75,11 @@ def cached_square(x, log):
     with open(log, "a") as f:
         f.write("ran\n")
     return x * x
+
+
+@task(persist_result=True)
+def chatty(x):
+    from daskflow import get_run_logger
+
+    get_run_logger().info("hello %s", x)
+    return x

@@ -19,7 +19,7 @@ from daskflow.exceptions import (CrashedRun, NoBackgroundServer, ParameterSerial
 from daskflow.runners import ThreadPoolTaskRunner
 
 SERVED = ["bg_tasks:add", "bg_tasks:whoami", "bg_tasks:not_persisted", "bg_tasks:boom", "bg_tasks:flaky",
-          "bg_tasks:inc", "bg_tasks:cached_square"]
+          "bg_tasks:inc", "bg_tasks:cached_square", "bg_tasks:chatty"]
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +111,29 @@ def test_delayed_runs_use_the_result_cache(bg_server, tmp_path):
     assert second.result(timeout=30) == 49
     assert first.state.name == "Completed" and second.state.name == "Cached"
     assert log.read_text().count("ran") == 1
+
+
+def test_background_runs_show_in_daskflow_runs_with_history_worker_and_logs(bg_server):
+    pytest.importorskip("daskflow.engine.tracker", reason="the run store is not merged yet")
+    import json
+
+    fut = bg_tasks.chatty.delay(3)
+    assert fut.result(timeout=30) == 3
+    env = env_for(bg_server["home"])
+
+    def show() -> dict | None:
+        res = subprocess.run([sys.executable, "-m", "daskflow", "runs", "show", fut.task_run_id, "-o", "json"],
+                             env=env, capture_output=True, text=True, timeout=60)
+        rec = json.loads(res.stdout) if res.returncode == 0 else None
+        return rec if rec and rec["state"] == "Completed" else None
+
+    _wait_for(show, 30)  # the server's run store is written in batches: eventually consistent
+    rec = show()
+    assert [h["name"] for h in rec["history"]] == ["Scheduled", "Pending", "Running", "Completed"]
+    assert rec["worker"] == fut.record()["worker"] and rec["task_key"] == bg_tasks.chatty.task_key
+    logs = subprocess.run([sys.executable, "-m", "daskflow", "runs", "logs", fut.task_run_id, "-o", "json"],
+                          env=env, capture_output=True, text=True, timeout=60, check=True).stdout
+    assert [r["message"] for r in json.loads(logs)] == ["hello 3"]
 
 
 def test_result_of_a_task_that_does_not_persist_is_a_clear_error(bg_server):
