@@ -2,12 +2,13 @@ import subprocess
 import sys
 
 import daskflow
+import daskflow.background
 import daskflow.runners
 import daskflow.states
 
 
 def test_all_names_exist():
-    for module in (daskflow, daskflow.runners, daskflow.states):
+    for module in (daskflow, daskflow.background, daskflow.runners, daskflow.states):
         for name in module.__all__:
             assert getattr(module, name) is not None, f"{module.__name__}.{name}"
 

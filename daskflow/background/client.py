@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 
     from daskflow.engine.tasks import Task
 
+__all__ = ["BackgroundFuture", "BackgroundFutures", "delay", "delay_map", "disconnect", "result", "state"]
+
 R = TypeVar("R")
 _HOW = ("start one with `daskflow server start` (it prints its address) and set "
         "DASKFLOW_SCHEDULER_ADDRESS=tcp://127.0.0.1:8786 (or the dask config key daskflow.scheduler-address)")

@@ -38,6 +38,8 @@ from distributed.diagnostics.plugin import SchedulerPlugin
 
 from daskflow.background import store
 
+__all__ = ["BackgroundPlugin"]
+
 logger = logging.getLogger("daskflow.background")
 
 OP = "daskflow-bg"

@@ -27,6 +27,8 @@ import msgpack
 
 from daskflow import _lmdb, config
 
+__all__ = ["list_records", "open_store", "queued", "read_records"]
+
 DBS = ("queue", "runs", "results")
 FINAL = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
 

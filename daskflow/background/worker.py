@@ -39,6 +39,8 @@ from daskflow.engine.run import CODE_STATES, OK_CODES, run_rows
 from daskflow.engine.tasks import Task
 from daskflow.exceptions import NoBackgroundServer
 
+__all__ = ["load_target", "run_background", "serve"]
+
 logger = logging.getLogger("daskflow.background")
 _tasks: dict[bytes, Task] = {}  # pickled task -> task, so each worker unpickles a task once
 _tasks_lock = threading.Lock()
