@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, TypeVar, overload
 
 from daskflow.engine import states as st
+from daskflow.engine import tracker
 from daskflow.engine.context import run_id
 
 if TYPE_CHECKING:
@@ -111,7 +112,8 @@ class TaskRunFuture(Generic[R]):
         chunk.observe(self._index)
         if chunk.result is None:
             if not chunk.handle.done():
-                return st.State(st.StateType.PENDING, timestamp=chunk.submitted)
+                return tracker.live_state(chunk.base, chunk.start) or st.State(st.StateType.PENDING,
+                                                                               timestamp=chunk.submitted)
             chunk.outcome()
         return chunk.result.state(self._index)  # type: ignore[union-attr]
 

@@ -8,12 +8,13 @@ runner needs it, and hands all chunks to the runner in one call.
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import TYPE_CHECKING, Any, Iterable
 
 import cloudpickle
 
-from daskflow.engine import chunking
+from daskflow.engine import chunking, tracker
 from daskflow.engine.context import current_flow_run_id, flow_run_ctx, new_run_base
 from daskflow.engine.futures import Chunk, MapFutures, TaskRunFuture
 from daskflow.engine.inputs import ATOMS, allow_failure, collect_refs, quote, unmapped
@@ -40,6 +41,7 @@ def _register(chunks: list[Chunk]) -> None:
     ctx = flow_run_ctx.get()
     if ctx is not None:
         ctx.submitted.extend(chunks)
+    tracker.chunks_submitted(chunks, current_flow_run_id())
 
 
 # -- direct calls -------------------------------------------------------------------------
@@ -57,8 +59,9 @@ def _prepare_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | 
 def call_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None, return_state: bool) -> Any:
     """Run one run in the calling thread; return its value (or its final State)."""
     row, waits, envelopes, refs = _prepare_inline(task, args, kwargs, wait_for)
-    res = run_rows(task, new_run_base(), 0, 1, [("m", [v]) for v in row], envelopes, refs, waits,
-                   current_flow_run_id())
+    submitted, flow_run_id = time.time(), current_flow_run_id()
+    res = run_rows(task, new_run_base(), 0, 1, [("m", [v]) for v in row], envelopes, refs, waits, flow_run_id)
+    tracker.inline_finished(task, res, flow_run_id, submitted)
     state = res.state(0)
     return state if return_state else state.result()
 
