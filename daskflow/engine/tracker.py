@@ -31,6 +31,7 @@ from __future__ import annotations
 import atexit
 import collections
 import logging
+import os
 import threading
 import time
 import uuid
@@ -65,6 +66,8 @@ class _Tracker:
         self.live: dict[tuple[int, int], list] = {}  # (base, start) -> [task, n, (type, name, ts, msg)]
         self.counts: collections.OrderedDict[tuple[int, int], tuple[int, int, int]] = collections.OrderedDict()
         self.retrying: dict[tuple[int, int], set[int]] = {}
+        # messages of chunks that started before their submission was registered
+        self.early: collections.OrderedDict[tuple[int, int], list[dict]] = collections.OrderedDict()
         self.ops: collections.deque = collections.deque()
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
@@ -76,8 +79,9 @@ class _Tracker:
 
     # -- queueing for the writer ----------------------------------------------------------
     def put(self, op: tuple) -> None:
+        home = os.environ.get("DASKFLOW_HOME") or config.get("home") or ""  # the home when it happened
         with self.lock:
-            self.ops.append(op)
+            self.ops.append((home, op))
             self.queued += 1
             if self.thread is None or not self.thread.is_alive():
                 self.thread = threading.Thread(target=self._writer, name="daskflow-run-store", daemon=True)
@@ -99,11 +103,15 @@ class _Tracker:
         if not batch:
             return
         try:
-            ops, logs = _to_store_ops(batch)
             from daskflow.store.runs import open_run_store
 
-            open_run_store().apply(ops)
-            _echo(logs)
+            by_home: dict[str, list] = {}
+            for home, op in batch:
+                by_home.setdefault(home, []).append(op)
+            for home, items in by_home.items():
+                ops, logs = _to_store_ops(items)
+                open_run_store(home or None).apply(ops)
+                _echo(logs)
         except Exception:  # never let record keeping break the user's program
             if not self.failed:
                 logger.warning("daskflow: could not write run records to the run store", exc_info=True)
@@ -137,6 +145,11 @@ def chunks_submitted(chunks: list[Chunk], flow_run_id: str | None, state: tuple[
     for c in chunks:
         live[(c.base, c.start)] = [c.task.name, c.n, None]
     _tracker.put(("submitted", chunks, flow_run_id, state))
+    early = _tracker.early
+    if early:
+        for c in chunks:
+            for msg in early.pop((c.base, c.start), ()):
+                on_message(msg)
 
 
 def chunk_finished(chunk: Chunk) -> None:
@@ -205,9 +218,12 @@ def on_message(msg: dict) -> None:
         return
     key = (int.from_bytes(msg["b"], "big"), msg["s"])
     entry = _tracker.live.get(key)
-    if entry is None:  # already final, another client's chunk, or tracking off
-        if kind == "end" and msg.get("r") and enabled():
-            _tracker.put(("logs", msg["r"]))
+    if entry is None:  # not registered yet, already final, another client's chunk, or tracking off
+        if kind in ("start", "end"):
+            early = _tracker.early
+            early.setdefault(key, []).append(msg)
+            if len(early) > 10_000:
+                early.popitem(last=False)
         return
     if kind == "start":
         entry[2] = ("RUNNING", "Running", msg["t"], "")

@@ -24,6 +24,7 @@ updates in one LMDB transaction.
 from __future__ import annotations
 
 import itertools
+import pathlib
 import time
 import uuid
 from array import array
@@ -90,6 +91,8 @@ def _merge(old: dict, new: dict) -> dict:
         new = dict(new, events=merged)
     out = dict(old)
     out.update(new)
+    if old.get("submitted"):  # the first submission time stays (it keys the time index)
+        out["submitted"] = old["submitted"]
     return out
 
 
@@ -405,14 +408,14 @@ def expand(rec: dict, i: int) -> dict:
 
 def history(rec: dict, i: int) -> list[dict]:
     """Run ``i``'s states, oldest first: Pending, [recorded events], Running, [retries], final."""
-    out = [{"name": "Pending", "type": "PENDING", "timestamp": rec.get("submitted"), "message": ""}]
+    events = (rec.get("events") or {}).get(i, ())
+    out = []
+    if not events or events[0][1] not in ("Scheduled", "Pending"):
+        out.append({"name": "Pending", "type": "PENDING", "timestamp": rec.get("submitted"), "message": ""})
     extra = (rec.get("history") or {}).get(i)
-    for t, name, ts, msg in (rec.get("events") or {}).get(i, ()):
+    for t, name, ts, msg in events:
         if extra and name in ("Running", "Retrying", "AwaitingRetry"):
             continue  # the envelope's history holds these, with the first Running
-        if name == "Pending" and len(out) == 1 and out[0]["name"] == "Pending":
-            out[0]["timestamp"] = ts
-            continue
         out.append({"name": name, "type": t, "timestamp": ts, "message": msg or ""})
     codes = rec.get("codes")
     if codes is None:
@@ -452,6 +455,8 @@ def _slowest(rec: dict, k: int) -> list[tuple[float, dict]]:
     return [(d, expand(rec, i)) for d, i in durations]
 
 
-def open_run_store() -> RunStore:
-    """This process's run store at ``$DASKFLOW_HOME/runs``."""
-    return RunStore(_lmdb.open_env(config.home() / "runs", dbs=DBS))
+def open_run_store(home: str | None = None) -> RunStore:
+    """This process's run store at ``$DASKFLOW_HOME/runs`` (or under ``home``)."""
+    root = pathlib.Path(home).expanduser() if home else config.home()
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return RunStore(_lmdb.open_env(root / "runs", dbs=DBS))
