@@ -132,8 +132,9 @@ class RunStore:
                     rec = dict(fields, base=base.to_bytes(16, "big"), start=start)
                     rec.setdefault("submitted", time.time())
                     txn.put(_us(rec["submitted"]) + key, rec.get("n", 1).to_bytes(4, "big"), db=db["bytime"])
-                    if rec.get("flow_run_id"):
-                        txn.put(uuid.UUID(rec["flow_run_id"]).bytes + key, b"", db=db["byflow"])
+                    fid = _uuid_bytes(rec.get("flow_run_id"))
+                    if fid:
+                        txn.put(fid + key, b"", db=db["byflow"])
                 else:
                     rec = _merge(unpack(raw), fields)
                 txn.put(key, pack(rec), db=db["chunks"])
@@ -187,6 +188,10 @@ class RunStore:
         rows = self.env.read(read)
         rows.sort(key=lambda r: r["start"] or r["submitted"] or 0, reverse=True)
         return rows
+
+    def count(self) -> int:
+        """How many task runs the store holds (from the time index; expands nothing)."""
+        return self.env.read(lambda txn: sum(int.from_bytes(v, "big") for _, v in txn.cursor(db=self._db["bytime"])))
 
     def resolve(self, prefix: str) -> tuple[bytes, int]:
         """The chunk key and index of the task run whose id starts with ``prefix``.
@@ -325,9 +330,9 @@ class RunStore:
                 ck = key[8:]
                 raw = txn.get(ck, db=db["chunks"])
                 if raw is not None:
-                    fid = unpack(raw).get("flow_run_id")
+                    fid = _uuid_bytes(unpack(raw).get("flow_run_id"))
                     if fid:
-                        txn.delete(uuid.UUID(fid).bytes + ck, db=db["byflow"])
+                        txn.delete(fid + ck, db=db["byflow"])
                 txn.delete(ck, db=db["chunks"])
                 txn.delete(key, db=db["bytime"])
                 _delete_prefix(txn, db["logs"], ck)
@@ -340,6 +345,13 @@ class RunStore:
             return runs, flows
 
         return self.env.write(write)
+
+
+def _uuid_bytes(text: str | None) -> bytes | None:
+    try:
+        return uuid.UUID(text).bytes if text else None
+    except ValueError:  # not a flow run id we can index (a hand-made context)
+        return None
 
 
 def _delete_prefix(txn: Any, db: Any, prefix: bytes) -> None:
