@@ -79,7 +79,7 @@ class _Tracker:
 
     # -- queueing for the writer ----------------------------------------------------------
     def put(self, op: tuple) -> None:
-        home = os.environ.get("DASKFLOW_HOME") or config.get("home") or ""  # the home when it happened
+        home = os.environ.get("DASKFLOW_HOME", "")  # the home when it happened ("" = the configured one)
         with self.lock:
             self.ops.append((home, op))
             self.queued += 1
@@ -371,8 +371,8 @@ def _to_store_ops(batch: list[tuple]) -> tuple[list[tuple], list[list]]:
                 logs.extend(res.logs)
         elif kind == "inline":
             _, name, key, flow_run_id, submitted, res = item
-            ops.append(("chunk", res.base, res.start, dict(envelope_fields(res), task=name, task_key=key, n=res.n,
-                                                           flow_run_id=flow_run_id, submitted=submitted)))
+            ops.append(("new", res.base, res.start, dict(envelope_fields(res), task=name, task_key=key, n=res.n,
+                                                         flow_run_id=flow_run_id, submitted=submitted)))
             if getattr(res, "logs", None):
                 logs.extend(res.logs)
         elif kind == "live":
@@ -431,18 +431,31 @@ def _state_ops(events: list, task_name: str, task_key: str | None, flow_run_id: 
     return ops
 
 
-def _echo(logs: list[list]) -> None:
-    """Echo run log records on the client's console (``daskflow.runs`` logger)."""
-    if not logs:
-        return
+def console() -> logging.Logger:
+    """The ``daskflow.runs`` logger, printing INFO and up on stderr unless logging is configured."""
     if not run_logger.handlers and not logging.getLogger().handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | %(message)s", "%H:%M:%S"))
         run_logger.addHandler(handler)
         run_logger.setLevel(logging.INFO)
+    return run_logger
+
+
+def _echo(logs: list[list]) -> None:
+    """Echo run log records on the client's console (``daskflow.runs`` logger)."""
+    if not logs:
+        return
+    console()
+    from daskflow.engine.context import run_id
+
     for owner, index, ts, level, message, name in logs:
         if run_logger.isEnabledFor(level):
-            record = run_logger.makeRecord(run_logger.name, level, "", 0, "%s", (message,), None)
+            owner = bytes(owner)
+            if owner[16:] == b"\xff" * 8:
+                label = f"flow run {uuid.UUID(bytes=owner[:16])}"[:17]
+            else:
+                label = "task run " + run_id(int.from_bytes(owner[:16], "big"), int.from_bytes(owner[16:], "big") + index)[:8]
+            record = run_logger.makeRecord(run_logger.name, level, "", 0, "%s - %s", (label, message), None)
             record.created = ts
             run_logger.handle(record)
 

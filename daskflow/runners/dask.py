@@ -126,10 +126,8 @@ class DaskTaskRunner(TaskRunner):
         kwargs.update(self.cluster_kwargs)
         self._cluster = LocalCluster(**kwargs)
         client = Client(self._cluster, set_as_default=False, **self.client_kwargs)
-        if _has_bokeh():
-            import logging
-
-            logging.getLogger("daskflow").info("Dask dashboard: %s", self._cluster.dashboard_link)
+        if _has_bokeh():  # shown on the console once per cluster started
+            tracker.console().info("Dask dashboard: %s", self._cluster.dashboard_link)
         return client
 
     @property

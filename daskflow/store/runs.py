@@ -113,7 +113,7 @@ class RunStore:
     def apply(self, ops: Iterable[tuple]) -> None:
         """Apply a batch of updates in one write transaction.
 
-        ``ops`` holds ``("chunk", base, start, fields)``, ``("flow", flow_run_id, fields)``
+        ``ops`` holds ``("chunk" | "new", base, start, fields)``, ``("flow", flow_run_id, fields)``
         and ``("log", owner, index, ts, level, message, logger_name)`` tuples.
         """
         ops = list(ops)
@@ -124,10 +124,10 @@ class RunStore:
         db = self._db
         for op in ops:
             kind = op[0]
-            if kind == "chunk":
+            if kind == "chunk" or kind == "new":  # "new": a fresh run base, nothing to merge with
                 _, base, start, fields = op
                 key = chunk_key(base, start)
-                raw = txn.get(key, db=db["chunks"])
+                raw = txn.get(key, db=db["chunks"]) if kind == "chunk" else None
                 if raw is None:
                     rec = dict(fields, base=base.to_bytes(16, "big"), start=start)
                     rec.setdefault("submitted", time.time())
@@ -423,7 +423,9 @@ def history(rec: dict, i: int) -> list[dict]:
     events = (rec.get("events") or {}).get(i, ())
     out = []
     if not events or events[0][1] not in ("Scheduled", "Pending"):
-        out.append({"name": "Pending", "type": "PENDING", "timestamp": rec.get("submitted"), "message": ""})
+        # a chunk may start before its future (and submission time) is recorded
+        pending = min(t for t in (rec.get("submitted"), rec.get("started")) if t) if rec.get("submitted") else None
+        out.append({"name": "Pending", "type": "PENDING", "timestamp": pending, "message": ""})
     extra = (rec.get("history") or {}).get(i)
     for t, name, ts, msg in events:
         if extra and name in ("Running", "Retrying", "AwaitingRetry"):
