@@ -70,7 +70,9 @@ async def call_inline_async(task: Task, args: tuple, kwargs: dict, wait_for: Ite
                             return_state: bool) -> Any:
     """The awaitable form of ``call_inline`` for async tasks inside a running event loop."""
     row, waits, envelopes, refs = _prepare_inline(task, args, kwargs, wait_for)
-    res = await arun_single(task, new_run_base(), row, envelopes, refs, waits, current_flow_run_id())
+    submitted, flow_run_id = time.time(), current_flow_run_id()
+    res = await arun_single(task, new_run_base(), row, envelopes, refs, waits, flow_run_id)
+    tracker.inline_finished(task, res, flow_run_id, submitted)
     state = res.state(0)
     return state if return_state else state.result()
 

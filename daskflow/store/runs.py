@@ -176,6 +176,8 @@ class RunStore:
                     continue
                 if flow_run_id and not (rec.get("flow_run_id") or "").startswith(flow_run_id):
                     continue
+                if state_l and not _may_hold(rec, state_l):
+                    continue  # decided from the packed codes, without expanding the chunk
                 for i in reversed(range(rec["n"])):
                     row = expand(rec, i)
                     if state_l and state_l not in (row["state"].lower(), row["state_type"].lower()):
@@ -446,6 +448,14 @@ def history(rec: dict, i: int) -> list[dict]:
         out.append({"name": row["state"], "type": row["state_type"], "timestamp": row["end"],
                     "message": (rec.get("messages") or {}).get(i, "")})
     return out
+
+
+def _may_hold(rec: dict, state_l: str) -> bool:
+    if rec.get("codes") is None or rec.get("events"):
+        return True
+    names = set(chunk_counts(rec))
+    kinds = {n.lower() for n in names} | {STATE_CODES[CODE_OF_NAME[n]][0].lower() for n in names}
+    return state_l in kinds
 
 
 def chunk_counts(rec: dict) -> dict[str, int]:
