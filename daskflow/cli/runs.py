@@ -91,7 +91,8 @@ def runs() -> None:
 @click.option("--state", help="Only runs in this state (name or type: Completed, Cached, Failed, ...).")
 @click.option("--task", "task_name", help="Only runs of this task (name or task key).")
 @click.option("--flow-run", "flow_run", help="Only runs of this flow run (id or prefix).")
-@click.option("--limit", default=50, show_default=True, help="At most this many runs, newest first.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
+              help="At most this many runs, newest first.")
 @_output
 def runs_ls(state: str | None, task_name: str | None, flow_run: str | None, limit: int, output: str) -> None:
     """List task runs, newest first.
@@ -178,7 +179,7 @@ def flow_runs() -> None:
 
 
 @flow_runs.command("ls")
-@click.option("--limit", default=50, show_default=True)
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="At most this many flow runs.")
 @_output
 def flow_runs_ls(limit: int, output: str) -> None:
     """List flow runs, newest first."""
