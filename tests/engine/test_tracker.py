@@ -118,27 +118,38 @@ def test_tracker_running_visible_while_run_blocks_dask(dask_runner):
     assert open_run_store().task_run(rid)["state"] == "Completed"
 
 
-def test_tracker_crashed_mirrored_on_worker_loss(cluster):
+def test_tracker_crashed_mirrored_on_worker_loss():
+    # A private one-worker cluster that gives up at the first death: the session cluster's
+    # workers stay up for the other tests, and nothing waits for restarts.
+    import dask.config
+    from distributed import LocalCluster
+
+    from daskflow.runners.dask import DaskTaskRunner
+
     @task
     def die():
         os._exit(1)
 
-    from daskflow.runners.dask import DaskTaskRunner
-
-    @flow(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
-    def f():
-        fut = die.submit()
-        fut.wait(120)
-        return fut.task_run_id
-
-    from distributed import Client
-
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        lc = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address="127.0.0.1:0")
     try:
-        rid = f()
+        @flow(task_runner=DaskTaskRunner(address=lc.scheduler_address))
+        def f():
+            fut = die.submit()
+            fut.wait(120)
+            return fut.task_run_id, fut.state.name
+
+        rid, name = f()
     finally:
-        with Client(cluster.scheduler_address, set_as_default=False) as c:
-            c.wait_for_workers(2, timeout=60)
-    tracker.flush()
+        from daskflow.runners.dask import _shared_clients
+
+        client = _shared_clients.pop(lc.scheduler_address, None)
+        if client is not None:
+            client.close()
+        lc.close()
+    assert name == "Crashed"
+    assert tracker.flush()
     rec = open_run_store().task_run(rid)
     assert rec["state"] == "Crashed"
     assert "KilledWorker" in rec["error"]
