@@ -2,6 +2,7 @@
 
     python benchmarks/bench_map.py            # every row, medians of 3
     python benchmarks/bench_map.py --quick    # N <= 10^4 only
+    python benchmarks/bench_map.py --tracking # 10^5 with daskflow.tracking on vs off; 10^6 RSS, tracking on
 
 All Dask rows share one LocalCluster(2 workers x 1 thread). Raw ``client.map`` costs
 ~2 ms per element here, so it is measured up to 10^4 and extrapolated linearly beyond
@@ -12,6 +13,8 @@ The 10^6 row also runs in a fresh subprocess that reports the client's peak RSS.
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 import resource
 import statistics
 import subprocess
@@ -55,7 +58,33 @@ def rss_child(n: int) -> None:
         return len(inc.map(range(n)).result())
 
     assert run() == n
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    from daskflow.engine import tracker
+    from daskflow.store.runs import open_run_store
+
+    assert tracker.flush(120)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before reading the store back
+    recorded = open_run_store().count()
+    print(f"recorded {recorded} task runs", file=sys.stderr)
+    assert recorded == n, recorded
+    print(rss)
+
+
+def tracking_row(runner_call, inc, n: int, reps: int) -> dict:
+    """The same .map() with ``daskflow.tracking`` on and off, interleaved, medians of ``reps``."""
+    import dask.config
+
+    xs = list(range(n))
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for _ in range(reps):
+        for flag in (True, False):
+            with dask.config.set({"daskflow.tracking": flag}):
+                times[flag].append(median_time(runner_call(lambda: inc.map(xs).result()), 1))
+    from daskflow.engine import tracker
+
+    tracker.flush(60)
+    on, off = statistics.median(times[True]), statistics.median(times[False])
+    print(f"N={n} tracking on: {fmt(on, n)} | tracking off: {fmt(off, n)} | on/off = {on / off:.3f}", flush=True)
+    return {"N": f"{n:,} tracking on/off", "on": on, "off": off}
 
 
 def main() -> None:
@@ -64,8 +93,12 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--raw-max", type=int, default=10_000)
     parser.add_argument("--rss-child", type=int)
+    parser.add_argument("--tracking", action="store_true", help="only the tracking on/off row and the RSS child")
     args = parser.parse_args()
+    if not os.environ.get("DASKFLOW_HOME"):  # keep benchmark runs out of the user's run store
+        os.environ["DASKFLOW_HOME"] = tempfile.mkdtemp(prefix="daskflow-bench-")
     if args.rss_child:
+        os.environ["DASKFLOW_HOME"] = tempfile.mkdtemp(prefix="daskflow-bench-rss-")  # count only its runs
         return rss_child(args.rss_child)
 
     from distributed import Client, LocalCluster
@@ -91,6 +124,19 @@ def main() -> None:
                 flow_run_ctx.reset(token)
         return call
 
+    if args.tracking:
+        inc.map([0, 1], chunksize=1)
+        tracking_row(lambda fn: in_runner(dask_runner, fn), inc, 100_000, args.reps)
+        from daskflow.runners.dask import _close_shared_clients
+
+        _close_shared_clients()
+        client.close()
+        cluster.close()
+        out = subprocess.run([sys.executable, __file__, "--rss-child", "1000000"], capture_output=True, text=True)
+        print(out.stderr.strip().splitlines()[-1])
+        print(f"10^6-element map, tracking on: client peak RSS {float(out.stdout.strip().splitlines()[-1]):.0f} MiB")
+        return
+
     sizes = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000, 1_000_000]
     rows = []
     for n in sizes:
@@ -113,6 +159,9 @@ def main() -> None:
         row["daskflow .map() threads"] = median_time(in_runner(threads, lambda: inc.map(xs).result()), args.reps)
         rows.append(row)
         print_row(row)
+
+    if 100_000 in sizes:
+        tracking_row(lambda fn: in_runner(dask_runner, fn), inc, 100_000, args.reps)
 
     seeds = list(range(32))
     heavy_row = {"N": "32 x 0.2 s"}

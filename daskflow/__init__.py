@@ -14,6 +14,7 @@ from __future__ import annotations
 from daskflow.engine.flows import Flow, flow
 from daskflow.engine.futures import MapFutures, TaskRunFuture, as_completed, wait
 from daskflow.engine.inputs import allow_failure, quote, unmapped
+from daskflow.engine.logging import get_run_logger
 from daskflow.engine.retries import exponential_backoff
 from daskflow.engine.tasks import Task, task
 from daskflow.engine.transactions import transaction
@@ -38,6 +39,7 @@ __all__ = [
     "as_completed",
     "exponential_backoff",
     "flow",
+    "get_run_logger",
     "quote",
     "serve",
     "task",

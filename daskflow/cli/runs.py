@@ -1,7 +1,227 @@
-"""`daskflow` commands of this group (filled in by their issue)."""
+"""`daskflow runs ...` and `daskflow flow-runs ...`: read the run store; never import distributed.
+
+Every command that prints a table or a record takes ``-o json`` (shapes in DESIGN.md);
+run ids may be given as any unique prefix.
+"""
 
 from __future__ import annotations
 
+import datetime
+import json
+import re
+import sys
+from typing import Any
+
 import click
 
-COMMANDS: list[click.Command] = []
+__all__ = ["COMMANDS"]
+
+_output = click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
+                       show_default=True, help="Print a rich table/record, or JSON.")
+_STYLES = {"COMPLETED": "green", "FAILED": "red", "CRASHED": "magenta", "CANCELLED": "yellow",
+           "RUNNING": "cyan", "PENDING": "dim", "SCHEDULED": "dim"}
+
+
+def _store():
+    from daskflow.store.runs import open_run_store
+
+    return open_run_store()
+
+
+def _json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, default=str))
+
+
+def _when(ts: float | None, short: bool = False) -> str:
+    if not ts:
+        return "-"
+    when = datetime.datetime.fromtimestamp(ts)
+    if short and when.date() == datetime.date.today():
+        return when.strftime("%H:%M:%S.%f")[:-3]
+    return when.strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+def _dur(start: float | None, end: float | None) -> str:
+    if start is None or end is None:
+        return "-"
+    d = end - start
+    return f"{d * 1e3:.1f} ms" if d < 1 else f"{d:.2f} s"
+
+
+def _state(row: dict) -> str:
+    return f"[{_STYLES.get(row['state_type'], 'white')}]{row['state']}[/]"
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _lookup(fn, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except LookupError as exc:
+        raise click.ClickException(str(exc.args[0] if exc.args else exc)) from None
+
+
+def parse_age(text: str) -> float:
+    """``"7d"``, ``"12h"``, ``"30m"``, ``"45s"`` (or plain seconds) → seconds."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text)
+    if not m:
+        raise click.BadParameter(f"{text!r} is not a duration like 7d, 12h, 30m or 45s")
+    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+
+
+_RUN_FIELDS = ("id", "name", "task_key", "flow_run_id", "state", "state_type", "start", "end", "run_count")
+
+
+def _public(row: dict) -> dict:
+    out = {k: row.get(k) for k in _RUN_FIELDS}
+    out.update({k: v for k, v in row.items() if k not in out})
+    return out
+
+
+@click.group("runs")
+def runs() -> None:
+    """Task runs: list them, show one, read its logs, prune old ones."""
+
+
+@runs.command("ls")
+@click.option("--state", help="Only runs in this state (name or type: Completed, Cached, Failed, ...).")
+@click.option("--task", "task_name", help="Only runs of this task (name or task key).")
+@click.option("--flow-run", "flow_run", help="Only runs of this flow run (id or prefix).")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
+              help="At most this many runs, newest first.")
+@_output
+def runs_ls(state: str | None, task_name: str | None, flow_run: str | None, limit: int, output: str) -> None:
+    """List task runs, newest first.
+
+    Example: daskflow runs ls --state Failed --limit 10 -o json
+    """
+    rows = [_public(r) for r in _store().task_runs(state, task_name, flow_run, limit)]
+    if output == "json":
+        return _json(rows)
+    from rich.table import Table
+
+    table = Table(title=f"task runs ({len(rows)}); ids are shortened, any unique prefix works")
+    for col in ("id", "name", "state", "start", "duration", "runs", "flow run"):
+        table.add_column(col, no_wrap=col in ("id", "start"))
+    for r in rows:
+        table.add_row(r["id"][:13], r["name"], _state(r), _when(r["start"], True), _dur(r["start"], r["end"]),
+                      str(r["run_count"]), (r["flow_run_id"] or "-")[:8])
+    _console().print(table)
+
+
+@runs.command("show")
+@click.argument("run_id")
+@_output
+def runs_show(run_id: str, output: str) -> None:
+    """One task run: state history with timestamps, durations, retries, cache key, traceback."""
+    row = _public(_lookup(_store().task_run, run_id))
+    if output == "json":
+        return _json(row)
+    from rich.table import Table
+
+    console = _console()
+    console.print(f"[bold]{row['name']}[/]  {row['id']}  {_state(row)}")
+    for label, key in (("task", "task_key"), ("flow run", "flow_run_id"), ("worker", "worker"),
+                       ("run count", "run_count"), ("cache key", "cache_key")):
+        console.print(f"  {label:10} {row.get(key) if row.get(key) is not None else '-'}")
+    console.print(f"  {'duration':10} {_dur(row['start'], row['end'])}")
+    table = Table(title="history")
+    for col in ("state", "time", "since previous", "message"):
+        table.add_column(col)
+    prev = None
+    for h in row["history"]:
+        table.add_row(_state({"state": h["name"], "state_type": h["type"]}), _when(h["timestamp"], True),
+                      _dur(prev, h["timestamp"]) if prev else "-", h["message"] or "")
+        prev = h["timestamp"] or prev
+    console.print(table)
+    if row.get("error"):
+        console.print(f"[red]error:[/] {row['error']}")
+    if row.get("traceback"):
+        console.print(row["traceback"], markup=False, highlight=False)
+
+
+@runs.command("logs")
+@click.argument("run_id")
+@click.option("--tail", type=int, help="Only the last N records.")
+@_output
+def runs_logs(run_id: str, tail: int | None, output: str) -> None:
+    """Log records of a task run (or a flow run), oldest first."""
+    records = [{"timestamp": r["timestamp"], "level": _level(r["level"]), "message": r["message"]}
+               for r in _lookup(_store().logs, run_id, tail)]
+    if output == "json":
+        return _json(records)
+    for r in records:
+        click.echo(f"{_when(r['timestamp'])} | {r['level']:<7} | {r['message']}")
+
+
+def _level(level: int) -> str:
+    return {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"}.get(level, str(level))
+
+
+@runs.command("prune")
+@click.option("--older-than", required=True, help="Delete runs older than this (7d, 12h, 30m).")
+def runs_prune(older_than: str) -> None:
+    """Delete task runs, flow runs and their logs older than a given age.
+
+    Example: daskflow runs prune --older-than 7d
+    """
+    tasks, flows = _store().prune(parse_age(older_than))
+    click.echo(f"pruned {tasks} task run(s) and {flows} flow run(s)")
+
+
+@click.group("flow-runs")
+def flow_runs() -> None:
+    """Flow runs: list them, show one with its task runs' states."""
+
+
+@flow_runs.command("ls")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1), help="At most this many flow runs.")
+@_output
+def flow_runs_ls(limit: int, output: str) -> None:
+    """List flow runs, newest first."""
+    rows = _store().flow_runs(limit)
+    if output == "json":
+        return _json(rows)
+    from rich.table import Table
+
+    table = Table(title=f"flow runs ({len(rows)})")
+    for col in ("id", "name", "state", "start", "duration"):
+        table.add_column(col, no_wrap=col == "id")
+    for r in rows:
+        table.add_row(r["id"][:13], r.get("name", "?"), _state(r), _when(r.get("start"), True),
+                      _dur(r.get("start"), r.get("end")))
+    _console().print(table)
+
+
+@flow_runs.command("show")
+@click.argument("flow_run_id")
+@_output
+def flow_runs_show(flow_run_id: str, output: str) -> None:
+    """One flow run: parameters, counts of its task runs per state, slowest task runs."""
+    rec = _lookup(_store().flow_run, flow_run_id)
+    if output == "json":
+        return _json(rec)
+    from rich.table import Table
+
+    console = _console()
+    console.print(f"[bold]{rec.get('name')}[/]  {rec['id']}  {_state(rec)}  {_dur(rec.get('start'), rec.get('end'))}")
+    for k, v in (rec.get("parameters") or {}).items():
+        console.print(f"  {k} = {v}")
+    console.print("  task runs: " + (", ".join(f"{n} {name}" for name, n in sorted(rec["counts"].items())) or "none"))
+    if rec["slowest"]:
+        table = Table(title="slowest task runs")
+        for col in ("id", "name", "state", "duration"):
+            table.add_column(col)
+        for r in rec["slowest"]:
+            table.add_row(r["id"][:13], r["name"], _state(r), _dur(0, r["duration"]))
+        console.print(table)
+
+
+COMMANDS: list[click.Command] = [runs, flow_runs]
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(runs())

@@ -17,7 +17,9 @@ import logging
 import uuid
 from typing import Any, Callable, Generic, Iterator, ParamSpec, TypeVar, overload
 
+from daskflow.engine import logging as run_logging
 from daskflow.engine import states as st
+from daskflow.engine import tracker
 from daskflow.engine.context import FlowRunContext, flow_run_ctx, task_run_ctx
 from daskflow.engine.futures import Chunk, MapFutures, TaskRunFuture, _fetch_all
 from daskflow.engine.tasks import RESERVED, _loop_running
@@ -99,6 +101,8 @@ class Flow(Generic[P, R]):
         """One flow run around the body: context, final state on error, runner shutdown."""
         ctx, owned = self._enter(parameters)
         token = flow_run_ctx.set(ctx)
+        tracker.flow_started(ctx.flow_run_id, self.name, parameters, ctx.parent.flow_run_id if ctx.parent else None)
+        prints = run_logging.log_prints(True) if self.log_prints else None
         final: list[st.State] = []
         interrupted = False
         try:
@@ -109,7 +113,11 @@ class Flow(Generic[P, R]):
             if interrupted:
                 raise
         finally:
+            if prints is not None:
+                run_logging._prints.reset(prints)
             flow_run_ctx.reset(token)
+            if final:
+                tracker.flow_finished(ctx.flow_run_id, final[0])
             if owned:
                 ctx.runner.shutdown(wait=not interrupted)
 
@@ -166,6 +174,7 @@ def cancel_unfinished(chunks: list[Chunk], reason: str) -> None:
             chunk.result = ChunkResult.all_failed(chunk.task.name, chunk.base, chunk.start, chunk.n, CANCELLED,
                                                   err, str(err))
             chunk.observed = True
+            tracker.chunk_finished(chunk)
 
 
 def _state_of(value: Any) -> st.State:

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, TypeVar, overload
 
 from daskflow.engine import states as st
+from daskflow.engine import progress, tracker
 from daskflow.engine.context import run_id
 
 if TYPE_CHECKING:
@@ -111,7 +112,8 @@ class TaskRunFuture(Generic[R]):
         chunk.observe(self._index)
         if chunk.result is None:
             if not chunk.handle.done():
-                return st.State(st.StateType.PENDING, timestamp=chunk.submitted)
+                return tracker.live_state(chunk.base, chunk.start) or st.State(st.StateType.PENDING,
+                                                                               timestamp=chunk.submitted)
             chunk.outcome()
         return chunk.result.state(self._index)  # type: ignore[union-attr]
 
@@ -224,9 +226,10 @@ def _fetch_all(chunks: Iterable[Chunk], timeout: float | None, raise_timeout: bo
             pending.setdefault(id(chunk.runner), (chunk.runner, []))[1].append(chunk)  # type: ignore[arg-type]
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        for runner, group in pending.values():
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            runner.fetch_many(group, left)
+        with progress.watching([c for _, group in pending.values() for c in group]):
+            for runner, group in pending.values():
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                runner.fetch_many(group, left)
     except TimeoutError:
         if raise_timeout:
             raise

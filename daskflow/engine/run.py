@@ -36,7 +36,9 @@ from typing import TYPE_CHECKING, Any, Callable, Generator
 
 import cloudpickle
 
+from daskflow.engine import logging as run_logging
 from daskflow.engine import states as st
+from daskflow.engine import tracker
 from daskflow.engine.states import _describe
 from daskflow.engine.context import TaskRunContext, run_id, task_run_ctx
 from daskflow.engine.inputs import Ref, UpstreamNotCompleted, resolve
@@ -107,6 +109,7 @@ class ChunkResult:
     worker: str | None = None
     n_failed: int = 0
     cache_records: list | None = None  # signed records staged in a transaction() block
+    logs: list | None = None  # run log records not shipped while the chunk ran
 
     # -- reading, on the client or in a downstream chunk --------------------------------
     def get_values(self) -> list:
@@ -246,12 +249,15 @@ class ChunkResult:
 
 def run_chunk(spec: ChunkSpec, deps: list[ChunkResult] = ()) -> ChunkResult:  # type: ignore[assignment]
     """Run a chunk on a worker: deserialize its columns, run every run, seal the envelope."""
+    worker = _worker_address()
+    tracker.chunk_starting(spec.base, spec.start, worker)
     columns = spec.columns
     if isinstance(columns, bytes):
         columns = cloudpickle.loads(columns)
     result = run_rows(spec.task, spec.base, spec.start, spec.n, columns, list(deps),
                       spec.refs, spec.wait_refs, spec.flow_run_id, spec.cache)
-    result.worker = _worker_address()
+    result.worker = worker
+    tracker.chunk_ended(result)
     return result.seal()
 
 
@@ -268,6 +274,8 @@ def run_rows(task: Task, base: int, start: int, n: int, columns: list, deps: lis
         return ChunkResult.all_failed(task.name, base, start, n, NOT_READY, None, exc.message)
     ctx = TaskRunContext(task, base, start, flow_run_id=flow_run_id)
     token = task_run_ctx.set(ctx)
+    sink = run_logging.open_sink()
+    prints = run_logging.log_prints(True) if task.options.log_prints else None
     try:
         rows = zip(*iterables) if iterables else repeat((), n)
         if task._fast and not refs:
@@ -279,6 +287,9 @@ def run_rows(task: Task, base: int, start: int, n: int, columns: list, deps: lis
         else:
             _run_slow(task, rows, res, ctx, deps if refs else None)
     finally:
+        if prints is not None:
+            run_logging._prints.reset(prints)
+        res.logs = run_logging.close_sink(sink)
         task_run_ctx.reset(token)
     return res
 
@@ -403,6 +414,7 @@ def attempts(task: Task, ctx: TaskRunContext, args: tuple, kwargs: dict) -> Engi
         if ctx.run_count > 1:
             history = history or [("RUNNING", "Running", first_start, "")]
             history.append(("RUNNING", "Retrying", time.time(), f"attempt {ctx.run_count}"))
+            tracker.run_retrying(ctx, history[-1])
         task._fire("on_running", ctx, args, kwargs, st.Running())
         ok, value = yield CALL, opts.timeout_seconds or 0.0
         if ok:
@@ -415,6 +427,7 @@ def attempts(task: Task, ctx: TaskRunContext, args: tuple, kwargs: dict) -> Engi
             delay = task._retry_delay(ctx.run_count)
             history = history or [("RUNNING", "Running", first_start, "")]
             history.append(("SCHEDULED", "AwaitingRetry", time.time(), f"{_describe(exc)}; retry in {delay:g}s"))
+            tracker.run_retrying(ctx, history[-1])
             ctx.run_count += 1
             if delay > 0:
                 yield SLEEP, delay

@@ -8,12 +8,13 @@ runner needs it, and hands all chunks to the runner in one call.
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import TYPE_CHECKING, Any, Iterable
 
 import cloudpickle
 
-from daskflow.engine import chunking
+from daskflow.engine import chunking, tracker
 from daskflow.engine.context import current_flow_run_id, flow_run_ctx, new_run_base
 from daskflow.engine.futures import Chunk, MapFutures, TaskRunFuture
 from daskflow.engine.inputs import ATOMS, allow_failure, collect_refs, quote, unmapped
@@ -44,6 +45,10 @@ def _register(chunks: list[Chunk]) -> None:
     txn = current_transaction()
     if txn is not None:
         txn.track(chunks)
+    tracker.chunks_submitted(chunks, current_flow_run_id())
+    for chunk in chunks:
+        if chunk.result is not None:  # answered by the cache on the client: final already
+            tracker.chunk_finished(chunk)
 
 
 # -- direct calls -------------------------------------------------------------------------
@@ -61,8 +66,9 @@ def _prepare_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | 
 def call_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None, return_state: bool) -> Any:
     """Run one run in the calling thread; return its value (or its final State)."""
     row, waits, envelopes, refs = _prepare_inline(task, args, kwargs, wait_for)
-    res = run_rows(task, new_run_base(), 0, 1, [("m", [v]) for v in row], envelopes, refs, waits,
-                   current_flow_run_id())
+    submitted, flow_run_id = time.time(), current_flow_run_id()
+    res = run_rows(task, new_run_base(), 0, 1, [("m", [v]) for v in row], envelopes, refs, waits, flow_run_id)
+    tracker.inline_finished(task, res, flow_run_id, submitted)
     state = res.state(0)
     return state if return_state else state.result()
 
@@ -71,7 +77,9 @@ async def call_inline_async(task: Task, args: tuple, kwargs: dict, wait_for: Ite
                             return_state: bool) -> Any:
     """The awaitable form of ``call_inline`` for async tasks inside a running event loop."""
     row, waits, envelopes, refs = _prepare_inline(task, args, kwargs, wait_for)
-    res = await arun_single(task, new_run_base(), row, envelopes, refs, waits, current_flow_run_id())
+    submitted, flow_run_id = time.time(), current_flow_run_id()
+    res = await arun_single(task, new_run_base(), row, envelopes, refs, waits, flow_run_id)
+    tracker.inline_finished(task, res, flow_run_id, submitted)
     state = res.state(0)
     return state if return_state else state.result()
 

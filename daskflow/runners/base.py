@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 from typing import TYPE_CHECKING, Any
 
-from daskflow.engine import chunking
+from daskflow.engine import chunking, tracker
 from daskflow.engine.run import CANCELLED, CRASHED, ChunkResult
 from daskflow.exceptions import CancelledRun, CrashedRun, RunnerShutdown
 
@@ -75,6 +75,7 @@ class TaskRunner(abc.ABC):
             else:
                 chunk.result = lost(chunk, res)
             chunk.handle = None  # the runner may now release the data
+            tracker.chunk_finished(chunk)
 
 
 def lost(chunk: Chunk, exc: BaseException) -> ChunkResult:

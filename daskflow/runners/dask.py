@@ -28,6 +28,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from daskflow import config
+from daskflow.engine import tracker
 from daskflow.engine.run import ChunkResult, ChunkSpec, in_dask_task, run_chunk
 from daskflow.runners.base import TaskRunner
 
@@ -98,7 +99,10 @@ class DaskTaskRunner(TaskRunner):
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    self._client = self._start()
+                    client = self._start()
+                    if not in_dask_task():
+                        tracker.subscribe(client)  # workers' run states and logs come back as events
+                    self._client = client
                     self.closed = False
         return self._client
 
@@ -122,10 +126,8 @@ class DaskTaskRunner(TaskRunner):
         kwargs.update(self.cluster_kwargs)
         self._cluster = LocalCluster(**kwargs)
         client = Client(self._cluster, set_as_default=False, **self.client_kwargs)
-        if _has_bokeh():
-            import logging
-
-            logging.getLogger("daskflow").info("Dask dashboard: %s", self._cluster.dashboard_link)
+        if _has_bokeh():  # shown on the console once per cluster started
+            tracker.console().info("Dask dashboard: %s", self._cluster.dashboard_link)
         return client
 
     @property

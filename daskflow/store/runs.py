@@ -1,0 +1,486 @@
+"""The run store: flow runs, task runs, state history and logs in LMDB, read by the CLI.
+
+Layout, and why. A ``.map()`` over 10^6 elements must not become 10^6 records, so the
+unit of storage is the *chunk* (the runs one Dask task executed): one msgpack record
+holding its final state codes and end times as packed arrays, plus per-run extras only
+for the runs that have some (errors, tracebacks, retries). Readers expand a chunk into
+per-run rows. Run ids need no storage: run ``i`` of a submission is
+``run_id(base, i)``, and since the id stride is odd the index of an id is computable
+from ``base`` (``index_of``), so "show run ID" still finds its chunk.
+
+Databases of the ``$DASKFLOW_HOME/runs`` environment:
+
+- ``chunks``   base (16 bytes) + start (8, big endian) → chunk record (msgpack)
+- ``bytime``   submitted µs (8, big endian) + chunk key → run count: newest-first listing, prune
+- ``flows``    flow run id (16) → flow run record
+- ``byflow``   flow run id + chunk key → b"": a flow run's task runs
+- ``logs``     owner (24: a chunk key, or flow run id + 8 x ff) + index (4) + µs (8) + seq (4) → record
+
+Records are msgpack, never pickles, so the CLI reads them without importing user code.
+One writer (the tracker's thread) writes batches: ``apply`` runs a whole batch of
+updates in one LMDB transaction.
+"""
+
+from __future__ import annotations
+
+import itertools
+import pathlib
+import time
+import uuid
+from array import array
+from typing import Any, Iterable, Iterator
+
+import msgpack
+
+from daskflow import _lmdb, config
+from daskflow.engine.context import _MASK, _STRIDE, run_id
+
+__all__ = ["RunStore", "open_run_store", "index_of", "STATE_CODES"]
+
+DBS = ("chunks", "bytime", "flows", "byflow", "logs")
+_INVERSE = pow(_STRIDE, -1, 1 << 128)
+_FLOW_OWNER = b"\xff" * 8
+_seq = itertools.count()
+
+# Final state codes of a chunk record (the same numbering as the engine's envelope).
+STATE_CODES: dict[int, tuple[str, str]] = {
+    0: ("COMPLETED", "Completed"), 1: ("COMPLETED", "Cached"), 2: ("FAILED", "Failed"),
+    3: ("FAILED", "NotReady"), 4: ("FAILED", "TimedOut"), 5: ("CRASHED", "Crashed"),
+    6: ("CANCELLED", "Cancelled"),
+}
+CODE_OF_NAME = {name: code for code, (_, name) in STATE_CODES.items()}
+_DICT_FIELDS = ("messages", "tracebacks", "history", "run_counts", "names", "cache_keys")
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data: bytes) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def chunk_key(base: int, start: int) -> bytes:
+    return base.to_bytes(16, "big") + start.to_bytes(8, "big")
+
+
+def index_of(base: int, rid: str | int) -> int:
+    """The index ``i`` with ``run_id(base, i) == rid`` (any base gives one; check its range)."""
+    value = uuid.UUID(rid).int if isinstance(rid, str) else rid
+    return ((value - base) * _INVERSE) & _MASK
+
+
+def _us(ts: float) -> bytes:
+    return int(max(ts, 0) * 1e6).to_bytes(8, "big")
+
+
+def _merge(old: dict, new: dict) -> dict:
+    """Fold an update into a chunk or flow record; a final state is never replaced by a live one."""
+    if old.get("codes") is not None and new.get("codes") is None:
+        new = {k: v for k, v in new.items() if k not in ("live", "started")}
+    for name in _DICT_FIELDS:
+        if name in new and name in old:
+            merged = dict(old[name])
+            merged.update(new[name])
+            new = dict(new, **{name: merged})
+    events = new.get("events")
+    if events and old.get("events"):
+        merged = {int(k): list(v) for k, v in old["events"].items()}
+        for k, v in events.items():
+            merged.setdefault(int(k), []).extend(v)
+        new = dict(new, events=merged)
+    out = dict(old)
+    out.update(new)
+    if old.get("submitted"):  # the first submission time stays (it keys the time index)
+        out["submitted"] = old["submitted"]
+    return out
+
+
+class RunStore:
+    """Task runs, flow runs and logs of ``$DASKFLOW_HOME/runs``.
+
+    Example:
+        >>> store = open_run_store()                    # doctest: +SKIP
+        >>> [r["state"] for r in store.task_runs(limit=3)]  # doctest: +SKIP
+        ['Completed', 'Completed', 'Failed']
+    """
+
+    def __init__(self, env: _lmdb.Env) -> None:
+        self.env = env
+        self._db = {name: env.db(name) for name in DBS}
+
+    # -- writing (the tracker's writer thread) ------------------------------------------
+    def apply(self, ops: Iterable[tuple]) -> None:
+        """Apply a batch of updates in one write transaction.
+
+        ``ops`` holds ``("chunk" | "new", base, start, fields)``, ``("flow", flow_run_id, fields)``
+        and ``("log", owner, index, ts, level, message, logger_name)`` tuples.
+        """
+        ops = list(ops)
+        if ops:
+            self.env.write(lambda txn: self._apply(txn, ops))
+
+    def _apply(self, txn: Any, ops: list[tuple]) -> None:
+        db = self._db
+        for op in ops:
+            kind = op[0]
+            if kind == "chunk" or kind == "new":  # "new": a fresh run base, nothing to merge with
+                _, base, start, fields = op
+                key = chunk_key(base, start)
+                raw = txn.get(key, db=db["chunks"]) if kind == "chunk" else None
+                if raw is None:
+                    rec = dict(fields, base=base.to_bytes(16, "big"), start=start)
+                    rec.setdefault("submitted", time.time())
+                    txn.put(_us(rec["submitted"]) + key, rec.get("n", 1).to_bytes(4, "big"), db=db["bytime"])
+                    fid = _uuid_bytes(rec.get("flow_run_id"))
+                    if fid:
+                        txn.put(fid + key, b"", db=db["byflow"])
+                else:
+                    rec = _merge(unpack(raw), fields)
+                txn.put(key, pack(rec), db=db["chunks"])
+            elif kind == "flow":
+                _, fid, fields = op
+                key = uuid.UUID(fid).bytes
+                raw = txn.get(key, db=db["flows"])
+                rec = dict(fields, id=fid) if raw is None else _merge(unpack(raw), fields)
+                txn.put(key, pack(rec), db=db["flows"])
+            elif kind == "log":
+                _, owner, index, ts, level, message, name = op
+                key = owner + index.to_bytes(4, "big") + _us(ts) + (next(_seq) & 0xFFFFFFFF).to_bytes(4, "big")
+                txn.put(key, pack({"timestamp": ts, "level": level, "message": message, "logger": name}),
+                        db=db["logs"])
+
+    # -- reading ----------------------------------------------------------------------
+    def _chunks_newest_first(self, txn: Any) -> Iterator[tuple[bytes, dict]]:
+        cur = txn.cursor(db=self._db["bytime"])
+        if not cur.last():
+            return
+        chunks = self._db["chunks"]
+        while True:
+            key = cur.key()[8:]
+            raw = txn.get(key, db=chunks)
+            if raw is not None:
+                yield key, unpack(raw)
+            if not cur.prev():
+                return
+
+    def task_runs(self, state: str | None = None, task: str | None = None, flow_run_id: str | None = None,
+                  limit: int | None = 50) -> list[dict]:
+        """Task-run rows, newest first, filtered by state name, task name and flow run."""
+        state_l = state.lower() if state else None
+
+        def read(txn: Any) -> list[dict]:
+            out: list[dict] = []
+            for _, rec in self._chunks_newest_first(txn):
+                if task and task not in (rec.get("task"), rec.get("task_key")):
+                    continue
+                if flow_run_id and not (rec.get("flow_run_id") or "").startswith(flow_run_id):
+                    continue
+                if state_l and not _may_hold(rec, state_l):
+                    continue  # decided from the packed codes, without expanding the chunk
+                for i in reversed(range(rec["n"])):
+                    row = expand(rec, i)
+                    if state_l and state_l not in (row["state"].lower(), row["state_type"].lower()):
+                        continue
+                    out.append(row)
+                    if limit is not None and len(out) >= limit:
+                        return out
+            return out
+
+        rows = self.env.read(read)
+        rows.sort(key=lambda r: r["start"] or r["submitted"] or 0, reverse=True)
+        return rows
+
+    def count(self) -> int:
+        """How many task runs the store holds (from the time index; expands nothing)."""
+        return self.env.read(lambda txn: sum(int.from_bytes(v, "big") for _, v in txn.cursor(db=self._db["bytime"])))
+
+    def resolve(self, prefix: str) -> tuple[bytes, int]:
+        """The chunk key and index of the task run whose id starts with ``prefix``.
+
+        Raises ``LookupError`` when no run or more than one run matches.
+        """
+        digits = prefix.replace("-", "").lower()
+        try:
+            wanted = int(digits, 16) if digits else None
+        except ValueError:
+            wanted = None
+        if wanted is None or len(digits) > 32:
+            raise LookupError(f"{prefix!r} is not a task run id (hex digits, optionally with dashes)")
+        shift = 128 - 4 * len(digits)
+
+        def read(txn: Any) -> list[tuple[bytes, int]]:
+            found: list[tuple[bytes, int]] = []
+            cur = txn.cursor(db=self._db["bytime"])
+            for key, nbytes in cur:
+                ck = key[8:]
+                base, start, n = int.from_bytes(ck[:16], "big"), int.from_bytes(ck[16:], "big"), int.from_bytes(nbytes, "big")
+                if shift == 0:
+                    i = index_of(base, wanted)
+                    if start <= i < start + n:
+                        found.append((ck, i - start))
+                    continue
+                value = (base + start * _STRIDE) & _MASK
+                for i in range(n):
+                    if value >> shift == wanted:
+                        found.append((ck, i))
+                        if len(found) > 1:
+                            return found
+                    value = (value + _STRIDE) & _MASK
+            return found
+
+        found = self.env.read(read)
+        if not found:
+            raise LookupError(f"no task run with id {prefix!r}")
+        if len(found) > 1:
+            raise LookupError(f"task run id prefix {prefix!r} is ambiguous; give more digits")
+        return found[0]
+
+    def task_run(self, prefix: str) -> dict:
+        """One task run with its state history, error and traceback (``LookupError`` if unknown)."""
+        key, i = self.resolve(prefix)
+        rec = unpack(self.env.read(lambda txn: txn.get(key, db=self._db["chunks"])))
+        row = expand(rec, i)
+        row["history"] = history(rec, i)
+        row["error"] = (rec.get("messages") or {}).get(i) if row["state_type"] != "COMPLETED" else None
+        row["traceback"] = (rec.get("tracebacks") or {}).get(i)
+        row["cache_key"] = (rec.get("cache_keys") or {}).get(i)
+        return row
+
+    def logs(self, prefix: str, tail: int | None = None) -> list[dict]:
+        """Log records of a task run (id prefix) or a flow run (full id or prefix), oldest first."""
+        try:
+            key, i = self.resolve(prefix)
+            owner = key + i.to_bytes(4, "big")
+        except LookupError:
+            owner = uuid.UUID(self.flow_run(prefix)["id"]).bytes + _FLOW_OWNER + bytes(4)
+
+        def read(txn: Any) -> list[dict]:
+            cur = txn.cursor(db=self._db["logs"])
+            out = []
+            if cur.set_range(owner):
+                for k, v in cur:
+                    if not k.startswith(owner):
+                        break
+                    out.append(unpack(v))
+            return out
+
+        records = self.env.read(read)
+        return records[-tail:] if tail else records
+
+    def flow_runs(self, limit: int | None = 50) -> list[dict]:
+        """Flow-run records, newest first."""
+        def read(txn: Any) -> list[dict]:
+            return [unpack(v) for _, v in txn.cursor(db=self._db["flows"])]
+
+        rows = sorted(self.env.read(read), key=lambda r: r.get("start") or 0, reverse=True)
+        return rows[:limit] if limit else rows
+
+    def flow_run(self, prefix: str, slowest: int = 5) -> dict:
+        """One flow run with its task runs' counts per state and its slowest task runs."""
+        matches = [r for r in self.flow_runs(limit=None) if r["id"].replace("-", "").startswith(prefix.replace("-", ""))]
+        if not matches:
+            raise LookupError(f"no flow run with id {prefix!r}")
+        if len(matches) > 1:
+            raise LookupError(f"flow run id prefix {prefix!r} is ambiguous; give more digits")
+        rec = dict(matches[0])
+        fid = uuid.UUID(rec["id"]).bytes
+
+        def read(txn: Any) -> list[dict]:
+            cur = txn.cursor(db=self._db["byflow"])
+            chunks = []
+            if cur.set_range(fid):
+                for k, _ in cur:
+                    if not k.startswith(fid):
+                        break
+                    raw = txn.get(k[16:], db=self._db["chunks"])
+                    if raw is not None:
+                        chunks.append(unpack(raw))
+            return chunks
+
+        counts: dict[str, int] = {}
+        durations: list[tuple[float, dict]] = []
+        for chunk in self.env.read(read):
+            for name, count in chunk_counts(chunk).items():
+                counts[name] = counts.get(name, 0) + count
+            durations.extend(_slowest(chunk, slowest))
+        durations.sort(key=lambda d: d[0], reverse=True)
+        rec["counts"] = counts
+        rec["task_runs"] = sum(counts.values())
+        rec["slowest"] = [dict(row, duration=d) for d, row in durations[:slowest]]
+        return rec
+
+    # -- pruning ------------------------------------------------------------------------
+    def prune(self, older_than: float) -> tuple[int, int]:
+        """Delete task runs submitted and flow runs started more than ``older_than`` seconds ago.
+
+        Returns ``(task runs, flow runs)`` deleted.
+        """
+        cutoff = _us(time.time() - older_than)
+        db = self._db
+
+        def write(txn: Any) -> tuple[int, int]:
+            runs = flows = 0
+            cur = txn.cursor(db=db["bytime"])
+            doomed = []
+            for key, nbytes in cur:
+                if key[:8] >= cutoff:
+                    break
+                doomed.append(key)
+                runs += int.from_bytes(nbytes, "big")
+            for key in doomed:
+                ck = key[8:]
+                raw = txn.get(ck, db=db["chunks"])
+                if raw is not None:
+                    fid = _uuid_bytes(unpack(raw).get("flow_run_id"))
+                    if fid:
+                        txn.delete(fid + ck, db=db["byflow"])
+                txn.delete(ck, db=db["chunks"])
+                txn.delete(key, db=db["bytime"])
+                _delete_prefix(txn, db["logs"], ck)
+            limit = time.time() - older_than
+            for key, raw in list(txn.cursor(db=db["flows"])):
+                if (unpack(raw).get("start") or 0) < limit:
+                    txn.delete(key, db=db["flows"])
+                    _delete_prefix(txn, db["logs"], key + _FLOW_OWNER)
+                    flows += 1
+            return runs, flows
+
+        return self.env.write(write)
+
+
+def _uuid_bytes(text: str | None) -> bytes | None:
+    try:
+        return uuid.UUID(text).bytes if text else None
+    except ValueError:  # not a flow run id we can index (a hand-made context)
+        return None
+
+
+def _delete_prefix(txn: Any, db: Any, prefix: bytes) -> None:
+    cur = txn.cursor(db=db)
+    if not cur.set_range(prefix):
+        return
+    while cur.key().startswith(prefix):
+        if not cur.delete():
+            break
+
+
+# -- expanding a chunk record into per-run rows ---------------------------------------------
+
+
+def _ends(rec: dict) -> array:
+    ends = rec.get("_ends")
+    if ends is None:
+        ends = array("d")
+        if rec.get("ends"):
+            ends.frombytes(rec["ends"])
+        rec["_ends"] = ends
+    return ends
+
+
+def _started_at(rec: dict, i: int) -> float | None:
+    ends = _ends(rec)
+    if 0 < i <= len(ends):
+        return ends[i - 1]
+    return rec.get("started")
+
+
+def expand(rec: dict, i: int) -> dict:
+    """Run ``i`` of a chunk record as a row (the ``runs ls -o json`` shape)."""
+    base = int.from_bytes(rec["base"], "big")
+    index = rec["start"] + i
+    codes = rec.get("codes")
+    run_count = (rec.get("run_counts") or {}).get(i, 1)
+    end = None
+    if codes is not None:
+        state_type, state = STATE_CODES[codes[i]]
+        end = _ends(rec)[i] if i < len(_ends(rec)) else None
+        if state in ("NotReady", "Cancelled") or (state == "Crashed" and i not in (rec.get("run_counts") or {})):
+            run_count = 0
+        start = _started_at(rec, i) if run_count else None
+    else:
+        events = (rec.get("events") or {}).get(i)
+        live = events[-1] if events else rec.get("live") or ["PENDING", "Pending", rec.get("submitted"), ""]
+        state_type, state = live[0], live[1]
+        start = rec.get("started") if state_type == "RUNNING" else None
+        run_count = 0 if state_type in ("PENDING", "SCHEDULED") else run_count
+    return {
+        "id": run_id(base, index),
+        "name": (rec.get("names") or {}).get(i) or f"{rec.get('task')}-{index}",
+        "task_name": rec.get("task"),
+        "task_key": rec.get("task_key"),
+        "flow_run_id": rec.get("flow_run_id"),
+        "state": state,
+        "state_type": state_type,
+        "submitted": rec.get("submitted"),
+        "start": start,
+        "end": end,
+        "run_count": run_count,
+        "worker": rec.get("worker"),
+    }
+
+
+def history(rec: dict, i: int) -> list[dict]:
+    """Run ``i``'s states, oldest first: Pending, [recorded events], Running, [retries], final."""
+    events = (rec.get("events") or {}).get(i, ())
+    out = []
+    if not events or events[0][1] not in ("Scheduled", "Pending"):
+        # a chunk may start before its future (and submission time) is recorded
+        pending = min(t for t in (rec.get("submitted"), rec.get("started")) if t) if rec.get("submitted") else None
+        out.append({"name": "Pending", "type": "PENDING", "timestamp": pending, "message": ""})
+    extra = (rec.get("history") or {}).get(i)
+    for t, name, ts, msg in events:
+        if extra and name in ("Running", "Retrying", "AwaitingRetry"):
+            continue  # the envelope's history holds these, with the first Running
+        out.append({"name": name, "type": t, "timestamp": ts, "message": msg or ""})
+    codes = rec.get("codes")
+    if codes is None:
+        live = rec.get("live")
+        if live and live[1] != "Pending" and not (rec.get("events") or {}).get(i):
+            out.append({"name": live[1], "type": live[0], "timestamp": live[2], "message": live[3] or ""})
+        return out
+    row = expand(rec, i)
+    if extra:
+        out.extend({"name": n, "type": t, "timestamp": ts, "message": m or ""} for t, n, ts, m in extra)
+    elif row["run_count"] and not any(h["type"] == "RUNNING" for h in out):
+        out.append({"name": "Running", "type": "RUNNING", "timestamp": row["start"], "message": ""})
+    if not out or out[-1]["name"] != row["state"]:
+        out.append({"name": row["state"], "type": row["state_type"], "timestamp": row["end"],
+                    "message": (rec.get("messages") or {}).get(i, "")})
+    return out
+
+
+def _may_hold(rec: dict, state_l: str) -> bool:
+    if rec.get("codes") is None or rec.get("events"):
+        return True
+    names = set(chunk_counts(rec))
+    kinds = {n.lower() for n in names} | {STATE_CODES[CODE_OF_NAME[n]][0].lower() for n in names}
+    return state_l in kinds
+
+
+def chunk_counts(rec: dict) -> dict[str, int]:
+    """How many runs of a chunk are in each state (by name)."""
+    codes = rec.get("codes")
+    if codes is None:
+        live = rec.get("live") or ["PENDING", "Pending"]
+        return {live[1]: rec["n"]}
+    out: dict[str, int] = {}
+    for code in set(codes):
+        out[STATE_CODES[code][1]] = codes.count(code)
+    return out
+
+
+def _slowest(rec: dict, k: int) -> list[tuple[float, dict]]:
+    ends = _ends(rec)
+    if rec.get("codes") is None or not ends:
+        return []
+    prev = [rec.get("started") or ends[0], *ends[:-1]]
+    durations = sorted(((e - s, i) for i, (s, e) in enumerate(zip(prev, ends))), reverse=True)[:k]
+    return [(d, expand(rec, i)) for d, i in durations]
+
+
+def open_run_store(home: str | None = None) -> RunStore:
+    """This process's run store at ``$DASKFLOW_HOME/runs`` (or under ``home``)."""
+    root = pathlib.Path(home).expanduser() if home else config.home()
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return RunStore(_lmdb.open_env(root / "runs", dbs=DBS))

@@ -1,0 +1,272 @@
+"""The state tracker: histories, live Running, Crashed on worker loss, logs from workers."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from daskflow import flow, get_run_logger, task
+from daskflow.engine import tracker
+from daskflow.exceptions import MissingContextError
+from daskflow.runners import ThreadPoolTaskRunner
+from daskflow.store.runs import open_run_store
+
+GATES: dict[str, threading.Event] = {}
+ATTEMPTS: dict[int, int] = {}
+
+
+def until(predicate, timeout=30.0):
+    """Poll a condition the test does not control the timing of (not a sleep-as-sync)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.02)
+
+
+@task(retries=1)
+def flaky(x, marker):
+    # fails the first attempt of odd elements; the marker file counts attempts across processes
+    path = f"{marker}-{x}"
+    first = not os.path.exists(path)
+    open(path, "a").close()
+    if x % 2 and first:
+        raise ValueError(f"first attempt of {x}")
+    if x == 4:
+        raise KeyError("always")
+    return x
+
+
+def test_tracker_store_histories_match_future_history(runner, tmp_path):
+    @flow(task_runner=runner)
+    def f():
+        futs = flaky.map(range(6), marker=str(tmp_path / "m"))
+        futs.wait()
+        return [(fut.task_run_id, [s.name for s in fut.history()]) for fut in futs]
+
+    expected = f()
+    assert tracker.flush()
+    store = open_run_store()
+    for rid, names in expected:
+        rec = store.task_run(rid)
+        assert [h["name"] for h in rec["history"]] == names, rid
+    assert expected[1][1] == ["Pending", "Running", "AwaitingRetry", "Retrying", "Completed"]
+    assert store.task_run(expected[4][0])["state"] == "Failed"
+    assert "KeyError" in store.task_run(expected[4][0])["traceback"]
+    assert store.task_run(expected[1][0])["run_count"] == 2
+
+
+@task
+def wait_gate(name):
+    GATES[name].wait(30)
+    return name
+
+
+@task
+def wait_dask_event(name):
+    from distributed import Event
+
+    Event(name).wait(60)
+    return name
+
+
+def test_tracker_running_visible_while_run_blocks_threads():
+    GATES["run1"] = threading.Event()
+    runner = ThreadPoolTaskRunner(2)
+    with runner:
+        from daskflow.engine.context import FlowRunContext, flow_run_ctx
+
+        token = flow_run_ctx.set(FlowRunContext(None, "00000000-0000-0000-0000-000000000001", runner, {}))
+        try:
+            fut = wait_gate.submit("run1")
+            until(lambda: fut.state.name == "Running")
+            assert tracker.flush()
+            assert open_run_store().task_run(fut.task_run_id)["state"] == "Running"
+            GATES["run1"].set()
+            assert fut.result() == "run1"
+        finally:
+            flow_run_ctx.reset(token)
+    assert tracker.flush()
+    assert open_run_store().task_run(fut.task_run_id)["state"] == "Completed"
+
+
+def test_tracker_running_visible_while_run_blocks_dask(dask_runner):
+    from distributed import Client, Event
+
+    client = Client(dask_runner.address, set_as_default=False)
+    gate = Event("gate-running", client=client)
+
+    @flow(task_runner=dask_runner)
+    def f():
+        fut = wait_dask_event.submit("gate-running")
+        until(lambda: fut.state.name == "Running")
+        tracker.flush()
+        seen = open_run_store().task_run(fut.task_run_id)
+        gate.set()
+        return seen, fut.result(), fut.task_run_id
+
+    try:
+        seen, value, rid = f()
+    finally:
+        client.close()
+    assert seen["state"] == "Running" and seen["worker"].startswith("tcp://")
+    assert value == "gate-running"
+    tracker.flush()
+    assert open_run_store().task_run(rid)["state"] == "Completed"
+
+
+def test_tracker_crashed_mirrored_on_worker_loss():
+    # A private one-worker cluster that gives up at the first death: the session cluster's
+    # workers stay up for the other tests, and nothing waits for restarts.
+    import dask.config
+    from distributed import LocalCluster
+
+    from daskflow.runners.dask import DaskTaskRunner
+
+    @task
+    def die():
+        os._exit(1)
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        lc = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address="127.0.0.1:0")
+    try:
+        @flow(task_runner=DaskTaskRunner(address=lc.scheduler_address))
+        def f():
+            fut = die.submit()
+            fut.wait(120)
+            return fut.task_run_id, fut.state.name
+
+        rid, name = f()
+    finally:
+        from daskflow.runners.dask import _shared_clients
+
+        client = _shared_clients.pop(lc.scheduler_address, None)
+        if client is not None:
+            client.close()
+        lc.close()
+    assert name == "Crashed"
+    assert tracker.flush()
+    rec = open_run_store().task_run(rid)
+    assert rec["state"] == "Crashed"
+    assert "KilledWorker" in rec["error"]
+    assert [h["name"] for h in rec["history"]][-1] == "Crashed"
+
+
+@task
+def chatty(x):
+    get_run_logger().info("element %s says hi", x)
+    return x
+
+
+@task(log_prints=True)
+def printer(x):
+    print("printed", x)
+    return x
+
+
+def _check_logs(rid, expected):
+    assert tracker.flush()
+    records = open_run_store().logs(rid)
+    assert [r["message"] for r in records] == [expected]
+
+
+def test_logs_from_local_cluster_worker_reach_store(dask_runner):
+    @flow(task_runner=dask_runner)
+    def f():
+        futs = chatty.map(range(3))
+        p = printer.submit(7)
+        futs.wait()
+        p.wait()
+        return [x.task_run_id for x in futs], p.task_run_id
+
+    ids, pid = f()
+    _check_logs(ids[2], "element 2 says hi")
+    _check_logs(pid, "printed 7")
+
+
+def test_logs_from_remote_cluster_reach_store(remote_cluster):
+    from daskflow.runners.dask import DaskTaskRunner
+
+    @flow(task_runner=DaskTaskRunner(address=remote_cluster))
+    def f():
+        futs = chatty.map(range(4))
+        futs.wait()
+        return [x.task_run_id for x in futs]
+
+    ids = f()
+    _check_logs(ids[3], "element 3 says hi")
+    assert open_run_store().task_run(ids[3])["worker"].startswith("tcp://127.0.0.1")
+
+
+def test_logs_flow_logger_and_log_prints_in_flow():
+    @flow(task_runner=ThreadPoolTaskRunner(1), log_prints=True)
+    def f():
+        get_run_logger().warning("from the flow")
+        print("flow print")
+        from daskflow.engine.context import flow_run_ctx
+
+        return flow_run_ctx.get().flow_run_id
+
+    fid = f()
+    assert tracker.flush()
+    records = open_run_store().logs(fid)
+    assert [(r["level"], r["message"]) for r in records] == [(30, "from the flow"), (20, "flow print")]
+
+
+def test_get_run_logger_outside_run_raises():
+    with pytest.raises(MissingContextError, match="outside of a task run or flow run"):
+        get_run_logger()
+
+
+def test_tracker_flow_run_record_counts_per_state(runner, tmp_path):
+    @flow(task_runner=runner)
+    def pipeline(n):
+        return flaky.map(range(n), marker=str(tmp_path / "m"), ).wait()
+
+    pipeline(6)
+    assert tracker.flush()
+    store = open_run_store()
+    [rec] = store.flow_runs()
+    assert rec["name"] == "pipeline" and rec["parameters"] == {"n": "6"} and rec["state"] == "Completed"
+    shown = store.flow_run(rec["id"][:8])
+    assert shown["counts"] == {"Completed": 5, "Failed": 1}
+    assert len(shown["slowest"]) == 5
+
+
+def test_tracker_off_records_nothing():
+    import dask.config
+
+    @task
+    def inc(x):
+        return x + 1
+
+    with dask.config.set({"daskflow.tracking": False}):
+        @flow(task_runner=ThreadPoolTaskRunner(2))
+        def f():
+            return inc.map(range(10)).result()
+
+        assert f() == list(range(1, 11))
+        assert tracker.flush()
+    assert open_run_store().task_runs() == []
+
+
+def test_record_states_api_records_background_style_runs():
+    from daskflow.engine.context import new_run_base, run_id
+
+    rid = run_id(new_run_base())
+    t0 = time.time()
+    tracker.record_states([(rid, "Scheduled", t0, "queued")], task_name="email", task_key="email-0000")
+    assert tracker.flush()
+    store = open_run_store()
+    assert store.task_run(rid[:10])["state"] == "Scheduled"
+    tracker.record_states([(rid, "Pending", t0 + 1, ""), (rid, "Running", t0 + 2, "")], task_name="email",
+                          worker="tcp://127.0.0.1:1")
+    tracker.record_states([(rid, "Completed", t0 + 3, "")], task_name="email")
+    assert tracker.flush()
+    rec = store.task_run(rid)
+    assert [h["name"] for h in rec["history"]] == ["Scheduled", "Pending", "Running", "Completed"]
+    assert rec["state"] == "Completed" and rec["start"] == t0 + 2 and rec["end"] == t0 + 3
