@@ -197,7 +197,8 @@ class BackgroundPlugin(SchedulerPlugin):
         """
         start = time.monotonic()
         unknown: list[str] = []
-        missing = [rid for rid in run_ids if rid not in store.read_records(run_ids, self.env)]
+        present = store.read_records(run_ids, self.env)
+        missing = [rid for rid in run_ids if rid not in present]
         if missing:
             grace = ARRIVAL_GRACE if timeout is None else min(ARRIVAL_GRACE, timeout)
             unknown = await self._await_arrival(missing, grace)

@@ -251,26 +251,30 @@ def test_server_restart_resubmits_unfinished_runs(tmp_path, monkeypatch):
     home = tmp_path / "srv"
     server, address = start_server(home)
     monkeypatch.setenv("DASKFLOW_SCHEDULER_ADDRESS", address)
-    worker, _ = start_worker(home, address, "bg_tasks:inc")
-    done = bg_tasks.inc.delay(0)
-    assert done.result(timeout=30) == 1
-    worker.stop()
-    waiting = [bg_tasks.inc.delay(i) for i in range(1, 4)]
-    queue_store = store.open_store(home / "background")
-    _wait_for(lambda: len(store.queued(queue_store)) == 3, 30)
-    server.stop(signal.SIGKILL)  # the server dies with three runs queued
-
-    port = address.rsplit(":", 1)[1]
-    server, address2 = start_server(home, int(port))
-    assert address2 == address
-    worker, _ = start_worker(home, address, "bg_tasks:inc")
+    worker, _ = start_worker(home, address, "bg_tasks:inc")  # stays up across the restart
+    lonely_worker = None
     try:
-        assert [f.result(timeout=30) for f in waiting] == [2, 3, 4]
+        done = bg_tasks.inc.delay(0)
+        assert done.result(timeout=30) == 1
+        waiting = [bg_tasks.lonely.delay(i) for i in range(1, 4)]  # nobody serves `lonely` yet
+        queue_store = store.open_store(home / "background")
+        _wait_for(lambda: len(store.queued(queue_store)) == 3, 30)
+        server.stop(signal.SIGKILL)  # the server dies with three runs queued
+
+        port = address.rsplit(":", 1)[1]
+        server, address2 = start_server(home, int(port))
+        assert address2 == address
+        assert bg_tasks.inc.delay(5).result(timeout=30) == 6, "the task worker reconnects by itself"
+        lonely_worker, _ = start_worker(home, address, "bg_tasks:lonely")
+        assert [f.result(timeout=30) for f in waiting] == [10, 20, 30]
         assert any("server restart" in h["message"] for h in waiting[0].record()["history"])
         # a run whose completion was recorded is not executed again
         assert [h["name"] for h in done.record()["history"]].count("Running") == 1
+        assert not store.queued(queue_store)
     finally:
-        worker.stop()
+        for w in (worker, lonely_worker):
+            if w is not None:
+                w.stop()
         disconnect(address)
         assert server.stop() == 0
 
