@@ -83,3 +83,11 @@ def chatty(x):
 
     get_run_logger().info("hello %s", x)
     return x
+
+
+@task(persist_result=True)
+async def aio_double(x):
+    import asyncio
+
+    await asyncio.sleep(0)
+    return 2 * x

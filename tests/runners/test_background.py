@@ -13,13 +13,13 @@ from background_procs import env_for, start_server, start_worker
 import daskflow.background as bg
 from daskflow.background import store
 from daskflow.background.client import disconnect
-from daskflow import flow
+from daskflow import flow, unmapped
 from daskflow.exceptions import (CrashedRun, NoBackgroundServer, ParameterSerializationError, ResultNotPersisted,
                                  UnknownRun)
 from daskflow.runners import ThreadPoolTaskRunner
 
 SERVED = ["bg_tasks:add", "bg_tasks:whoami", "bg_tasks:not_persisted", "bg_tasks:boom", "bg_tasks:flaky",
-          "bg_tasks:inc", "bg_tasks:cached_square", "bg_tasks:chatty"]
+          "bg_tasks:inc", "bg_tasks:cached_square", "bg_tasks:chatty", "bg_tasks:aio_double"]
 
 
 @pytest.fixture(scope="module")
@@ -149,6 +149,11 @@ def test_map_deferred_spreads_runs_over_task_workers(bg_server):
     workers = futures.result(timeout=60)
     assert len(set(workers)) == 2, "both task workers should have taken runs"
     assert bg_tasks.inc.map([1, 2, 3], deferred=True).result(timeout=30) == [2, 3, 4]
+    assert bg_tasks.add.map([1, 2], unmapped(10), deferred=True).result(timeout=30) == [11, 12]
+
+
+def test_delay_of_an_async_task(bg_server):
+    assert bg_tasks.aio_double.delay(21).result(timeout=30) == 42
 
 
 def test_delay_inside_a_flow_records_the_flow_run(bg_server):
