@@ -208,6 +208,15 @@ def test_result_of_an_unknown_run_id_is_a_clear_error(bg_server, monkeypatch):
         bg.result(bogus)
 
 
+def test_a_plain_dask_scheduler_gets_the_plugin_on_first_delay(remote_cluster, tmp_path, monkeypatch):
+    monkeypatch.setenv("DASKFLOW_SCHEDULER_ADDRESS", remote_cluster)
+    worker, _ = start_worker(tmp_path / "home", remote_cluster, "bg_tasks:inc")
+    try:
+        assert bg_tasks.inc.delay(41).result(timeout=30) == 42
+    finally:
+        worker.stop()  # the shared client stays: other tests of the session use this cluster
+
+
 def test_killed_task_worker_run_is_taken_by_another_worker(tmp_path, monkeypatch):
     home = tmp_path / "srv"
     server, address = start_server(home)
