@@ -110,6 +110,9 @@ def _link(address: str | None = None) -> _Link:
         with _links_lock:
             link = _links.get(address)
             if link is None or link.client.status in ("closing", "closed"):
+                if not _links:
+                    # Registered after the shared clients' closer, so it runs before it (LIFO).
+                    atexit.register(_flush_links)
                 link = _links[address] = _Link(address)
     return link
 
@@ -131,7 +134,6 @@ def disconnect(address: str) -> None:
         client.close(timeout=2)
 
 
-@atexit.register
 def _flush_links() -> None:
     for link in list(_links.values()):
         try:
