@@ -21,6 +21,15 @@ from daskflow.engine.transactions import transaction
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # serve() needs distributed; `import daskflow` must not import it.
+    if name == "serve":
+        from daskflow.background import serve
+
+        return serve
+    raise AttributeError(f"module 'daskflow' has no attribute {name!r}")
+
 __all__ = [
     "Flow",
     "MapFutures",
@@ -32,6 +41,7 @@ __all__ = [
     "flow",
     "get_run_logger",
     "quote",
+    "serve",
     "task",
     "transaction",
     "unmapped",

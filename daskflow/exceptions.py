@@ -13,6 +13,9 @@
     ├── CrashedRun (RuntimeError)              the process running a run died (KilledWorker)
     ├── CancelledRun (RuntimeError)            the run was cancelled
     ├── RunnerShutdown (RuntimeError)          a future of a task runner that was shut down
+    ├── NoBackgroundServer (RuntimeError)      .delay() / serve() with no reachable daskflow server
+    ├── ResultNotPersisted (UnfinishedRun)     .result() of a background run whose value was not kept
+    ├── UnknownRun (KeyError)                  a background run id the server does not know
     └── MissingContextError (RuntimeError)     get_run_logger() outside of a run
 """
 
@@ -65,3 +68,15 @@ class RunnerShutdown(DaskflowError, RuntimeError):
 
 class MissingContextError(DaskflowError, RuntimeError):
     """A run-only API (such as ``get_run_logger``) was called outside of a run."""
+
+
+class NoBackgroundServer(DaskflowError, RuntimeError):
+    """``.delay()`` or ``serve()`` found no daskflow server (``daskflow server start``)."""
+
+
+class ResultNotPersisted(UnfinishedRun):
+    """A background run completed, but its task does not persist results (``persist_result``)."""
+
+
+class UnknownRun(DaskflowError, KeyError):
+    """A background run id that the server (or the local store) does not know."""

@@ -2,19 +2,21 @@ import subprocess
 import sys
 
 import daskflow
+import daskflow.background
 import daskflow.runners
 import daskflow.states
 
 
 def test_all_names_exist():
-    for module in (daskflow, daskflow.runners, daskflow.states):
+    for module in (daskflow, daskflow.background, daskflow.runners, daskflow.states):
         for name in module.__all__:
             assert getattr(module, name) is not None, f"{module.__name__}.{name}"
 
 
 def test_all_is_sorted_and_complete():
     public = {n for n in vars(daskflow) if not n.startswith("_") and n[0].isalpha()}
-    modules = {"engine", "config", "exceptions", "states", "runners", "cache", "cli", "annotations", "store"}
+    modules = {"engine", "config", "exceptions", "states", "runners", "cache", "cli", "annotations", "store",
+               "background"}
     assert set(daskflow.__all__) >= {"task", "flow", "unmapped", "allow_failure", "quote", "wait", "as_completed"}
     assert public - set(daskflow.__all__) <= modules
 

@@ -7,6 +7,7 @@ returns a copy with some options changed. Calling forms:
   with ``return_state=True``); an ``async def`` task called inside a running event
   loop returns an awaitable instead.
 - ``t.submit(x)`` returns a ``TaskRunFuture``; ``t.map(xs)`` a ``MapFutures``.
+- ``t.delay(x)`` enqueues a background run for a task worker (``daskflow.background``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from daskflow.engine.run import jittered
 from daskflow.exceptions import ReservedArgumentError
 
 if TYPE_CHECKING:
+    from daskflow.background.client import BackgroundFuture
     from daskflow.engine.context import TaskRunContext
     from daskflow.engine.futures import MapFutures, TaskRunFuture
     from daskflow.engine.states import State
@@ -241,20 +243,41 @@ class Task(Generic[P, R]):
         return submit_run(self, args, kwargs, wait_for)
 
     def map(self, *args: Any, wait_for: Iterable[Any] | None = None, chunksize: int | None = None,
-            **kwargs: Any) -> MapFutures[R]:
+            deferred: bool = False, **kwargs: Any) -> MapFutures[R]:
         """Start one run per element of the iterable arguments; broadcast the rest.
 
         ``unmapped(x)``, strings, bytes and non-iterables are passed whole to every run.
         ``chunksize`` fixes how many runs one Dask task executes (default: adaptive).
+        ``deferred=True`` delays one background run per element (see ``delay``) and
+        returns a list of ``BackgroundFuture``.
 
         Example:
             >>> futures = add.map([1, 2, 3], unmapped(10))  # doctest: +SKIP
             >>> futures.result()                           # doctest: +SKIP
             [11, 12, 13]
         """
+        if deferred:
+            from daskflow.background.client import delay_map
+
+            return delay_map(self, args, kwargs)  # type: ignore[return-value]
         from daskflow.engine.submit import submit_map
 
         return submit_map(self, args, kwargs, wait_for, chunksize)
+
+    def delay(self, *args: Any, **kwargs: Any) -> BackgroundFuture[R]:
+        """Enqueue a background run for a task worker; return its future at once.
+
+        Needs a daskflow server (``daskflow server start``, ``DASKFLOW_SCHEDULER_ADDRESS``)
+        and a task worker serving this task (``daskflow worker module:task``).
+
+        Example:
+            >>> future = add.delay(1, 2)      # doctest: +SKIP
+            >>> future.result(timeout=30)     # doctest: +SKIP
+            3
+        """
+        from daskflow.background.client import delay
+
+        return delay(self, args, kwargs)
 
     # -- used by the engine -------------------------------------------------------------
     def _row(self, args: tuple, kwargs: dict) -> tuple:

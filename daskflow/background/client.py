@@ -1,0 +1,382 @@
+"""The delaying side: ``t.delay()``, ``t.map(..., deferred=True)`` and background futures.
+
+``delay`` binds and checks the arguments (a bad call fails here, naming the task),
+pickles them (the task itself is pickled once per task object), gives the run an id,
+and appends the call to a per-server buffer; the first call into an empty buffer
+schedules one flush on the client's event loop, which sends every buffered call in one
+message on the client's batched stream. Nothing waits for the server: ``.delay()``
+costs a pickle and a list append. The server makes the call durable (LMDB) before
+it submits the run. Buffered calls are flushed when the process exits.
+
+A ``BackgroundFuture`` knows only its run id and server address: ``.result()`` asks
+the server to wait for the final state (event-driven on the server, no polling) and
+reads the persisted value or exception it returns; ``.state`` asks for the latest
+record. Without a configured server they read the local store
+(``$DASKFLOW_HOME/background``), which is what a later process on the server's host
+does with ``daskflow.background.result(run_id)``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+import time
+import weakref
+from typing import TYPE_CHECKING, Any, Generic, Iterable, TypeVar
+
+import cloudpickle
+
+from daskflow import config
+from daskflow.background import store
+from daskflow.engine import states as st
+from daskflow.engine.context import current_flow_run_id, new_run_base, run_id
+from daskflow.exceptions import (NoBackgroundServer, ParameterSerializationError, ResultNotPersisted, UnfinishedRun,
+                                 UnknownRun)
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from daskflow.engine.tasks import Task
+
+__all__ = ["BackgroundFuture", "BackgroundFutures", "delay", "delay_map", "disconnect", "result", "state"]
+
+R = TypeVar("R")
+_HOW = ("start one with `daskflow server start` (it prints its address) and set "
+        "DASKFLOW_SCHEDULER_ADDRESS=tcp://127.0.0.1:8786 (or the dask config key daskflow.scheduler-address)")
+
+
+# -- delaying --------------------------------------------------------------------------------
+
+
+class _Link:
+    """This process's connection to one server: a client and a buffer of delayed calls."""
+
+    def __init__(self, address: str) -> None:
+        from daskflow.runners.dask import shared_client
+
+        try:
+            self.client: Client = shared_client(address, {"timeout": config.get("background.connect-timeout")
+                                                           or "10s"})
+        except (OSError, TimeoutError) as exc:
+            raise NoBackgroundServer(f"no daskflow server answers at {address} ({exc}); {_HOW}") from None
+        from daskflow.background.plugin import PLUGIN_NAME, BackgroundPlugin
+
+        # A plain `dask scheduler` works too: it gets the plugin on first use.
+        if not self.client.run_on_scheduler(_has_plugin, PLUGIN_NAME):
+            self.client.register_plugin(BackgroundPlugin(), name=PLUGIN_NAME)
+        self.address = address
+        self._buf: list[tuple] = []
+        self._lock = threading.Lock()
+
+    def send(self, item: tuple) -> None:
+        with self._lock:
+            self._buf.append(item)
+            first = len(self._buf) == 1
+        if first:
+            self.client.loop.add_callback(self._flush)
+
+    def _flush(self) -> None:  # on the client's event loop
+        with self._lock:
+            items, self._buf = self._buf, []
+        if items:
+            from daskflow.background.plugin import OP
+
+            self.client._send_to_scheduler_safe({"op": OP, "enqueue": items})
+
+    def flush(self) -> None:
+        """Hand buffered calls to the batched stream and let it send them (at exit)."""
+        async def flush() -> None:
+            self._flush()
+
+        if self._buf and self.client.status == "running":
+            self.client.sync(flush)
+
+
+def _has_plugin(name: str, dask_scheduler: Any = None) -> bool:
+    return name in dask_scheduler.plugins
+
+
+_links: dict[str, _Link] = {}
+_links_lock = threading.Lock()
+_task_blobs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _link(address: str | None = None) -> _Link:
+    address = address or config.get("scheduler-address")
+    if not address:
+        raise NoBackgroundServer(f"background runs need a daskflow server and none is configured: {_HOW}")
+    link = _links.get(address)
+    if link is None or link.client.status in ("closing", "closed"):
+        with _links_lock:
+            link = _links.get(address)
+            if link is None or link.client.status in ("closing", "closed"):
+                if not _links:
+                    # Registered after the shared clients' closer, so it runs before it (LIFO).
+                    atexit.register(_flush_links)
+                link = _links[address] = _Link(address)
+    return link
+
+
+def disconnect(address: str) -> None:
+    """Flush and close this process's connection to the server at ``address`` (if any)."""
+    from daskflow.runners import dask as dask_runner
+
+    with _links_lock:
+        link = _links.pop(address, None)
+    if link is not None:
+        try:
+            link.flush()
+        except Exception:  # noqa: BLE001 - the server may be gone
+            pass
+    with dask_runner._shared_lock:
+        client = dask_runner._shared_clients.pop(address, None)
+    if client is not None:
+        client.close(timeout=2)
+
+
+def _flush_links() -> None:
+    for link in list(_links.values()):
+        try:
+            link.flush()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+
+
+def _task_blob(task: Task) -> bytes:
+    cached = _task_blobs.get(task)
+    if cached is not None and cached[0] is task.options:
+        return cached[1]
+    blob = cloudpickle.dumps(task, protocol=5)
+    _task_blobs[task] = (task.options, blob)
+    return blob
+
+
+def _resolve(value: Any) -> Any:
+    from daskflow.engine.futures import MapFutures, TaskRunFuture
+
+    if isinstance(value, (TaskRunFuture, MapFutures, BackgroundFuture, BackgroundFutures)):
+        return value.result()
+    return value
+
+
+def delay_row(task: Task, row: tuple, link: _Link) -> BackgroundFuture:
+    """Enqueue one run whose parameter values (signature order) are ``row``."""
+    try:
+        args_blob = cloudpickle.dumps(row, protocol=5)
+    except Exception:
+        for name, value in zip(task._names, row):
+            try:
+                cloudpickle.dumps(value)
+            except Exception as exc:
+                raise ParameterSerializationError(
+                    f"task {task.name!r}: argument {name!r} of .delay() cannot be serialized "
+                    f"({type(value).__name__}: {exc}); pass a picklable value") from None
+        raise
+    rid = run_id(new_run_base())
+    link.send((rid, task.task_key, task.name, _task_blob(task), args_blob, current_flow_run_id(), time.time()))
+    return BackgroundFuture(rid, link.address, task.name)
+
+
+def delay(task: Task, args: tuple, kwargs: dict) -> BackgroundFuture:
+    """``task.delay(*args, **kwargs)``: enqueue a background run; return its future at once."""
+    link = _link()
+    row = task._row(args, kwargs)
+    if not all(type(v) in (int, float, str, bytes, bool, type(None)) for v in row):
+        row = tuple(_resolve(v) for v in row)
+    return delay_row(task, row, link)
+
+
+def delay_map(task: Task, args: tuple, kwargs: dict) -> BackgroundFutures:
+    """``task.map(..., deferred=True)``: one background run per element."""
+    from daskflow.engine.submit import _plan_columns, _Quoted
+
+    link = _link()
+    params = task._bind(args, kwargs)
+    kinds, n, _ = _plan_columns(task, params)
+    columns = []
+    for name in params:
+        kind, value = kinds[name]
+        if kind == "b":
+            columns.append((False, value.value if isinstance(value, _Quoted) else _resolve(value)))
+        else:
+            columns.append((True, [_resolve(v) for v in value] if not isinstance(value, list) else value))
+    futures = BackgroundFutures()
+    for i in range(n):
+        futures.append(delay_row(task, tuple(v[i] if mapped else v for mapped, v in columns), link))
+    return futures
+
+
+# -- futures ----------------------------------------------------------------------------------
+
+
+class BackgroundFuture(Generic[R]):
+    """The future of a background run: reads its state and persisted result by run id.
+
+    Example:
+        >>> fut = send_email.delay("ada@example.com")   # doctest: +SKIP
+        >>> fut.state.name                               # doctest: +SKIP
+        'Scheduled'
+        >>> fut.result(timeout=30)                       # doctest: +SKIP
+        'sent'
+    """
+
+    __slots__ = ("task_run_id", "address", "task_name", "_final")
+
+    def __init__(self, task_run_id: str, address: str | None = None, task_name: str = "") -> None:
+        self.task_run_id = task_run_id
+        self.address = address
+        self.task_name = task_name
+        self._final: tuple[dict, bytes | None] | None = None
+
+    def __repr__(self) -> str:
+        return f"BackgroundFuture({self.task_name!r}, task_run_id={self.task_run_id!r})"
+
+    @property
+    def state(self) -> st.State:
+        """The latest known state (Scheduled until the server knows more)."""
+        if self._final is not None:
+            return _to_state(*self._final)
+        rec = _get([self.task_run_id], self.address).get(self.task_run_id)
+        if rec is None:
+            return st.Scheduled()
+        if store.is_final(rec) and self._fetch(0) is not None:
+            return _to_state(*self._final)  # type: ignore[misc]
+        return _to_state(rec, None)
+
+    def done(self) -> bool:
+        return self._final is not None or self._fetch(0) is not None
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Wait until the run is final (or ``timeout`` seconds passed); never raises for failure."""
+        self._fetch(timeout)
+
+    def record(self, timeout: float | None = None) -> dict:
+        """The run's record (``id, name, state, history, worker, ...``), once final."""
+        if self._fetch(timeout) is None:
+            raise TimeoutError(f"background run {self.task_run_id} is not final after {timeout}s")
+        return self._final[0]  # type: ignore[index]
+
+    def history(self, timeout: float | None = None) -> list[st.State]:
+        """Every state the run went through, oldest first (waits for the final one)."""
+        rec = self.record(timeout)
+        return [st.State(st.StateType[h["type"]], h["name"], message=h["message"], timestamp=h["timestamp"])
+                for h in rec["history"]]
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
+        """The run's persisted value; raises its exception if it failed (``raise_on_failure``).
+
+        Raises ``TimeoutError`` if it is not final after ``timeout`` seconds, and
+        ``ResultNotPersisted`` if it completed but its task does not persist results.
+        """
+        if self._fetch(timeout) is None:
+            raise TimeoutError(f"background run {self.task_run_id} ({self.task_name}) is not final "
+                               f"after {timeout}s")
+        return _result(*self._final, raise_on_failure)  # type: ignore[misc]
+
+    def _fetch(self, timeout: float | None) -> tuple[dict, bytes | None] | None:
+        if self._final is None:
+            got = _wait({self.task_run_id: self}, self.address, timeout).get(self.task_run_id)
+            if got is not None:
+                self._final = got
+        return self._final
+
+
+class BackgroundFutures(list):
+    """The futures of ``t.map(..., deferred=True)``: a list with ``result()`` and ``wait()``."""
+
+    def wait(self, timeout: float | None = None) -> None:
+        _fetch_many(self, timeout)
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> list:
+        _fetch_many(self, timeout)
+        missing = [f for f in self if f._final is None]
+        if missing:
+            raise TimeoutError(f"{len(missing)} of {len(self)} background runs not final after {timeout}s")
+        return [_result(*f._final, raise_on_failure) for f in self]
+
+
+def _fetch_many(futures: Iterable[BackgroundFuture], timeout: float | None) -> None:
+    by_address: dict[str | None, dict[str, BackgroundFuture]] = {}
+    for f in futures:
+        if f._final is None:
+            by_address.setdefault(f.address, {})[f.task_run_id] = f
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for address, group in by_address.items():
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        for rid, got in _wait(group, address, left).items():
+            group[rid]._final = got
+
+
+def _wait(group: dict[str, Any], address: str | None, timeout: float | None) -> dict[str, tuple]:
+    """Final ``(record, blob)`` of the runs in ``group`` that are final within ``timeout``."""
+    ids = list(group)
+    if address is None:
+        return {rid: v for rid, v in store.read_records(ids, results=True).items() if store.is_final(v[0])}
+    raw = _call(address, "daskflow_bg_wait", timeout, run_ids=ids, timeout=timeout)
+    unknown = raw.pop("unknown", None)
+    if unknown:
+        raise UnknownRun(f"the daskflow server at {address} has no background run "
+                         f"{', '.join(unknown[:3])}{' ...' if len(unknown) > 3 else ''}")
+    return {rid: (store.unpack(rec), blob) for rid, (rec, blob) in raw.items()}
+
+
+def _get(ids: list[str], address: str | None) -> dict[str, dict]:
+    if address is None:
+        return {rid: v[0] for rid, v in store.read_records(ids).items()}
+    return {rid: store.unpack(rec) for rid, rec in _call(address, "daskflow_bg_get", 30, run_ids=ids).items()}
+
+
+def _call(address: str, handler: str, patience: float | None, **kwargs: Any) -> Any:
+    """Call a server handler; ride out a server restart for ``patience`` seconds (None: forever)."""
+    from distributed.comm.core import CommClosedError
+
+    deadline = None if patience is None else time.monotonic() + patience + 5
+    while True:
+        link = _link(address)
+        try:
+            return link.client.sync(getattr(link.client.scheduler, handler), **kwargs)
+        except (OSError, CommClosedError):
+            if deadline is not None and time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)  # the server is restarting: try again shortly
+
+
+def _to_state(rec: dict, blob: bytes | None) -> st.State:
+    type_ = st.StateType[rec["state_type"]]
+    data = cloudpickle.loads(blob) if blob is not None else None
+    return st.State(type_, rec["state"], message=rec["history"][-1]["message"] if rec["history"] else "",
+                    data=data, timestamp=rec["history"][-1]["timestamp"] if rec["history"] else None)
+
+
+def _result(rec: dict, blob: bytes | None, raise_on_failure: bool) -> Any:
+    state = _to_state(rec, blob)
+    if state.is_completed() and not rec.get("persisted"):
+        raise ResultNotPersisted(
+            f"background run {rec['id']} of task {rec['task_name']!r} completed, but its value was not kept: "
+            "decorate the task with @task(persist_result=True) to read results of background runs")
+    return state.result(raise_on_failure)
+
+
+def result(task_run_id: str, timeout: float | None = None, raise_on_failure: bool = True) -> Any:
+    """The persisted result of a background run, by run id, from any later process.
+
+    Asks the configured server (``DASKFLOW_SCHEDULER_ADDRESS``), waiting up to
+    ``timeout`` seconds; without one, reads the store of this host (the server's).
+
+    Example:
+        >>> daskflow.background.result("0b7c...", timeout=10)  # doctest: +SKIP
+        'sent'
+    """
+    fut: BackgroundFuture = BackgroundFuture(task_run_id, config.get("scheduler-address") or None)
+    if fut._fetch(timeout) is None:
+        if fut.address is None:
+            if not store.read_records([task_run_id]):
+                raise UnknownRun(f"no background run {task_run_id} in {store.path()}")
+            raise UnfinishedRun(f"background run {task_run_id} has no final state yet in {store.path()}")
+        raise TimeoutError(f"background run {task_run_id} is not final after {timeout}s")
+    return _result(*fut._final, raise_on_failure)  # type: ignore[misc]
+
+
+def state(task_run_id: str) -> st.State:
+    """The latest known state of a background run, by run id."""
+    return BackgroundFuture(task_run_id, config.get("scheduler-address") or None).state

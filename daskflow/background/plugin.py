@@ -1,0 +1,365 @@
+"""The scheduler side of background runs: a durable topic on the Dask scheduler.
+
+``BackgroundPlugin`` (a ``distributed.SchedulerPlugin``) turns a Dask scheduler into
+the daskflow server:
+
+- *Enqueue.* Clients send delayed calls on their batched stream (op
+  ``daskflow-bg``): no round trip, many calls per message. The plugin hands them to
+  its writer thread, which writes each call to the LMDB queue and a ``Scheduled``
+  record in one transaction; only after that commit does the plugin submit the run
+  (``fire_and_forget``, resource ``{task_key: 1}``, Dask key ``{task name}-{run id}``)
+  through its own asynchronous client. A run therefore never starts before it is
+  durable, and first submission and resubmission after a restart are the same code.
+- *States.* ``Pending`` (with the worker) when Dask assigns the run to a task worker
+  (the ``transition`` hook), back to ``Scheduled`` if that worker is lost, ``Crashed``
+  when Dask gives up (KilledWorker); ``Running`` and the final state come from the
+  task worker on its batched stream. All go through the writer thread in batches
+  (one LMDB transaction per batch, then ``store._record_states`` hands the new states
+  to the run store), never blocking the event loop on a disk write.
+- *Final.* A final state deletes the run's queue entry in the same transaction that
+  records it, and keeps the result (or exception) by run id. Later duplicates (an
+  at-least-once re-execution) are ignored: the first recorded completion wins.
+- *Restart.* On start, every queued run is submitted again (at-least-once delivery).
+- *Results.* Handlers ``daskflow_bg_wait`` (wait for final states, event-driven) and
+  ``daskflow_bg_get`` (latest states) serve clients on any host.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+import uuid
+from typing import Any
+
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from daskflow.background import store
+
+__all__ = ["BackgroundPlugin"]
+
+logger = logging.getLogger("daskflow.background")
+
+OP = "daskflow-bg"
+PLUGIN_NAME = "daskflow-background"
+_STOP = ("stop",)
+LOG_TOPIC = "daskflow-runs"  # the topic run logs travel on from Dask workers (run store)
+ARRIVAL_GRACE = 10.0  # seconds a reader waits for a run id the store does not know yet
+
+
+class BackgroundPlugin(SchedulerPlugin):
+    """Make a Dask scheduler the daskflow server (durable queue, states, results).
+
+    Example:
+        >>> scheduler = Scheduler(host="127.0.0.1", plugins=[BackgroundPlugin()])  # doctest: +SKIP
+    """
+
+    name = PLUGIN_NAME
+
+    def __init__(self, path: str | None = None) -> None:
+        self.path = path  # resolved in the scheduler's process when None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+        self.loop = asyncio.get_running_loop()
+        self.env = store.open_store(self.path)
+        self.keys: dict[str, str] = {}  # Dask key -> run id, for runs submitted here
+        self.active: set[str] = set()  # their run ids
+        self.waiters: dict[str, list[asyncio.Future]] = {}
+        self.arrivals: dict[str, list[asyncio.Future]] = {}  # readers of runs not enqueued yet
+        self.client: Any = None
+        self._backlog: list[dict] = []
+        self.writer = _Writer(self)
+        self.writer.start()
+        scheduler.stream_handlers[OP] = self._on_stream
+        scheduler.handlers["daskflow_bg_wait"] = self._wait
+        scheduler.handlers["daskflow_bg_get"] = self._get
+        self._boot = asyncio.ensure_future(self._connect_and_resubmit())
+
+    async def close(self) -> None:
+        self.writer.stop()
+        await self.loop.run_in_executor(None, self.writer.join)
+        if self.client is not None:
+            await self.client.close()
+
+    async def _connect_and_resubmit(self) -> None:
+        from distributed import Client
+
+        # Our own client, to submit runs like any client would (update-graph, fire_and_forget).
+        self.client = await Client(self.scheduler.address, asynchronous=True, set_as_default=False,
+                                   name="daskflow-background")
+        entries = store.queued(self.env)
+        if entries:
+            logger.info("daskflow server: resubmitting %d unfinished background run(s)", len(entries))
+            now = time.time()
+            for e in entries:
+                self.writer.put(("state", e["id"], "SCHEDULED", "Scheduled", now,
+                                 "submitted again after a server restart", None))
+            self._submit(entries)
+        backlog, self._backlog = self._backlog, []
+        self._submit(backlog)
+
+    # -- from clients and task workers (event loop) ---------------------------------------
+    def _on_stream(self, enqueue: list | None = None, events: list | None = None, **_: Any) -> None:
+        put = self.writer.put
+        for item in enqueue or ():
+            rid, task_key, task_name, task_blob, args_blob, flow_run_id, submitted = item
+            put(("enqueue", {"id": rid, "task_key": task_key, "task_name": task_name, "task": task_blob,
+                             "args": args_blob, "flow_run_id": flow_run_id, "submitted": submitted,
+                             "key": f"{task_name}-{rid}"}))
+        for ev in events or ():
+            ev = tuple(ev)
+            if ev[0] == "final" and ev[2].get("logs"):
+                store._record_logs(ev[2].pop("logs"))
+            put(ev)
+
+    def log_event(self, topic: str, msg: Any) -> None:
+        # Run logs shipped while a background run executes (a run store's worker-side
+        # batches): record those of our runs here, on the server's host.
+        if topic != LOG_TOPIC or not isinstance(msg, dict) or msg.get("k") != "logs" or not self.keys:
+            return
+        active = self.active
+        mine = [r for r in msg.get("r") or () if str(uuid.UUID(bytes=bytes(r[0][:16]))) in active]
+        if mine:
+            store._record_logs(mine)
+
+    def transition(self, key: Any, start: str, finish: str, *args: Any, stimulus_id: str = "",
+                   **kwargs: Any) -> None:
+        rid = self.keys.get(key)  # type: ignore[arg-type]
+        if rid is None:
+            return
+        now = time.time()
+        if finish == "processing":
+            ts = self.scheduler.tasks.get(key)
+            worker = ts.processing_on.address if ts is not None and ts.processing_on else None
+            self.writer.put(("state", rid, "PENDING", "Pending", now, "", worker))
+        elif start == "processing" and finish in ("released", "waiting", "no-worker"):
+            self.writer.put(("state", rid, "SCHEDULED", "Scheduled", now,
+                             "its task worker was lost; waiting for a task worker", None))
+        elif finish == "erred":
+            ts = self.scheduler.tasks.get(key)
+            text = (getattr(ts, "exception_text", "") or kwargs.get("exception_text") or "") if ts else ""
+            message = f"the run crashed outside of the task's code: {text or 'Dask gave up on it'}"
+            self.writer.put(("final", rid, {"type": "CRASHED", "name": "Crashed", "ts": now, "message": message,
+                                            "error": message}))
+        elif finish == "forgotten":
+            self.active.discard(self.keys.pop(key, None))  # type: ignore[arg-type]
+
+    # -- submission (event loop) ----------------------------------------------------------
+    def _submit(self, entries: list[dict]) -> None:
+        if not entries:
+            return
+        if self.client is None:
+            self._backlog.extend(entries)
+            return
+        from distributed import fire_and_forget
+
+        from daskflow.background.worker import run_background
+
+        groups: dict[str, list[dict]] = {}
+        tasks = self.scheduler.tasks
+        for e in entries:
+            if e["key"] in tasks:  # already known to Dask (a resubmission racing the first)
+                continue
+            self.keys[e["key"]] = e["id"]
+            self.active.add(e["id"])
+            groups.setdefault(e["task_key"], []).append(e)
+        for task_key, group in groups.items():
+            futures = self.client.map(
+                run_background, [e["task"] for e in group], [e["args"] for e in group],
+                [e["id"] for e in group], [e.get("flow_run_id") for e in group],
+                key=[e["key"] for e in group], resources={task_key: 1}, pure=False,
+            )
+            fire_and_forget(futures)
+
+    def _committed(self, submits: list[dict], finals: list[tuple]) -> None:
+        """Called on the event loop after the writer committed a batch."""
+        self._submit(submits)
+        if self.arrivals:
+            for e in submits:
+                for fut in self.arrivals.pop(e["id"], ()):
+                    if not fut.done():
+                        fut.set_result(True)
+        for rid, rec, blob in finals:
+            for fut in self.waiters.pop(rid, ()):
+                if not fut.done():
+                    fut.set_result((rec, blob))
+
+    # -- handlers for readers (event loop) ------------------------------------------------
+    async def _wait(self, run_ids: list[str], timeout: float | None = None) -> dict:
+        """Final records (and result blobs) of ``run_ids``, waiting up to ``timeout`` seconds.
+
+        A run id the store does not know gets a few seconds to arrive (its enqueue may
+        still be on its way); then it is reported under ``"unknown"``.
+        """
+        start = time.monotonic()
+        unknown: list[str] = []
+        present = store.read_records(run_ids, self.env)
+        missing = [rid for rid in run_ids if rid not in present]
+        if missing:
+            grace = ARRIVAL_GRACE if timeout is None else min(ARRIVAL_GRACE, timeout)
+            unknown = await self._await_arrival(missing, grace)
+            if timeout is not None:
+                timeout = max(0.0, timeout - (time.monotonic() - start))
+        # No await from this read until the waiters are registered: a final state
+        # committed in between would otherwise be missed.
+        known = store.read_records(run_ids, self.env, results=True)
+        out: dict = {rid: (store.pack(rec), blob) for rid, (rec, blob) in known.items() if store.is_final(rec)}
+        if unknown:
+            out["unknown"] = unknown
+        pending = [rid for rid in run_ids if rid not in out and rid not in unknown]
+        if not pending or timeout == 0:
+            return out
+        futs = {}
+        for rid in pending:
+            fut = self.loop.create_future()
+            self.waiters.setdefault(rid, []).append(fut)
+            futs[fut] = rid
+        try:
+            done, _ = await asyncio.wait(list(futs), timeout=timeout)
+        finally:
+            for fut, rid in futs.items():
+                lst = self.waiters.get(rid)
+                if lst and fut in lst:
+                    lst.remove(fut)
+                    if not lst:
+                        del self.waiters[rid]
+        for fut in done:
+            rec, blob = fut.result()
+            out[futs[fut]] = (store.pack(rec), blob)
+        return out
+
+    async def _await_arrival(self, run_ids: list[str], grace: float) -> list[str]:
+        """Wait up to ``grace`` s for runs to be enqueued; the ids that never were."""
+        futs = {}
+        for rid in run_ids:
+            fut = self.loop.create_future()
+            self.arrivals.setdefault(rid, []).append(fut)
+            futs[fut] = rid
+        # enqueued between our read and now? (their commit ran on this loop already)
+        now_known = store.read_records(run_ids, self.env)
+        for fut, rid in futs.items():
+            if rid in now_known and not fut.done():
+                fut.set_result(True)
+        if not all(f.done() for f in futs):
+            await asyncio.wait(list(futs), timeout=grace)
+        unknown = [rid for fut, rid in futs.items() if not fut.done()]
+        for fut, rid in futs.items():
+            lst = self.arrivals.get(rid)
+            if lst and fut in lst:
+                lst.remove(fut)
+                if not lst:
+                    del self.arrivals[rid]
+        return unknown
+
+    def _get(self, run_ids: list[str]) -> dict:
+        """The latest known records of ``run_ids`` (no results)."""
+        return {rid: store.pack(rec) for rid, (rec, _) in store.read_records(run_ids, self.env).items()}
+
+
+class _Writer(threading.Thread):
+    """The one writer of the background store: applies queued ops in batches."""
+
+    def __init__(self, plugin: BackgroundPlugin) -> None:
+        super().__init__(name="daskflow-background-writer", daemon=True)
+        self.plugin = plugin
+        self.env = plugin.env
+        self.queue: queue.SimpleQueue = queue.SimpleQueue()
+        self.put = self.queue.put
+
+    def stop(self) -> None:
+        self.queue.put(_STOP)
+
+    def run(self) -> None:
+        stopping = False
+        while not stopping:
+            batch = [self.queue.get()]
+            while True:
+                try:
+                    batch.append(self.queue.get_nowait())
+                except queue.Empty:
+                    break
+            if _STOP in batch:
+                stopping = True
+                batch = [op for op in batch if op is not _STOP]
+            if not batch:
+                continue
+            try:
+                submits, finals, changes = self.env.write(lambda txn: self._apply(txn, batch))
+            except Exception:  # noqa: BLE001 - the writer must survive a bad batch
+                logger.exception("daskflow server: writing %d background op(s) failed", len(batch))
+                continue
+            try:
+                store._record_states(changes)
+            except Exception:  # noqa: BLE001 - observability must not stop the queue
+                logger.exception("daskflow server: recording background run states failed")
+            if submits or finals:
+                try:
+                    self.plugin.loop.call_soon_threadsafe(self.plugin._committed, submits, finals)
+                except RuntimeError:  # the loop is closed: the server is stopping
+                    pass
+
+    def _apply(self, txn: Any, batch: list[tuple]) -> tuple[list, list, list]:
+        env = self.env
+        qdb, rdb, resdb = env.db("queue"), env.db("runs"), env.db("results")
+        records: dict[str, dict | None] = {}
+        seen: dict[str, int] = {}  # run id -> history entries already recorded before this batch
+        submits: list[dict] = []
+        finals: list[tuple] = []
+
+        def record(rid: str) -> dict | None:
+            if rid not in records:
+                raw = txn.get(rid.encode(), db=rdb)
+                rec = records[rid] = store.unpack(raw) if raw is not None else None
+                if rec is not None:
+                    seen[rid] = len(rec["history"])
+            return records[rid]
+
+        for op in batch:
+            kind, rid = op[0], op[1]
+            if kind == "enqueue":
+                entry = rid
+                rid = entry["id"]
+                if record(rid) is not None:
+                    continue  # a duplicate enqueue
+                txn.put(rid.encode(), store.pack(entry), db=qdb)
+                records[rid] = store.new_record(entry)
+                seen[rid] = 0
+                submits.append(entry)
+                continue
+            rec = record(rid)
+            if rec is None or store.is_final(rec):
+                continue  # unknown run, or a late duplicate after the first final state
+            if kind == "state":
+                _, _, type_, name, ts, message, worker = op
+                rec["history"].append({"name": name, "type": type_, "timestamp": ts, "message": message})
+                rec["state"], rec["state_type"] = name, type_
+                if worker:
+                    rec["worker"] = worker
+                if type_ == "RUNNING" and rec["start"] is None:
+                    rec["start"] = ts
+                    rec["run_count"] = max(rec["run_count"], 1)
+            else:  # final
+                info = op[2]
+                for item in info.get("extra") or ():
+                    t, n, ts, msg = item
+                    rec["history"].append({"name": n, "type": t, "timestamp": ts, "message": msg})
+                rec["history"].append({"name": info["name"], "type": info["type"], "timestamp": info["ts"],
+                                       "message": info.get("message", "")})
+                rec["state"], rec["state_type"], rec["end"] = info["name"], info["type"], info["ts"]
+                rec["error"] = info.get("error")
+                rec["run_count"] = info.get("run_count", rec["run_count"])
+                if info.get("worker"):
+                    rec["worker"] = info["worker"]
+                blob = info.get("result")
+                rec["persisted"] = bool(info.get("persisted"))
+                if blob is not None:
+                    txn.put(rid.encode(), blob, db=resdb)
+                txn.delete(rid.encode(), db=qdb)
+                finals.append((rid, rec, blob))
+        changed = [r for r in records.values() if r is not None and len(r["history"]) > seen.get(r["id"], 0)]
+        store.write_records(env, txn, changed)
+        return submits, finals, [(r, r["history"][seen.get(r["id"], 0):]) for r in changed]

@@ -1,0 +1,136 @@
+"""The background store: the durable queue, run records and results of background runs.
+
+One LMDB environment at ``$DASKFLOW_HOME/background`` on the server's host, written
+only by the server (the scheduler plugin's writer thread) and read by anyone on that
+host. Three databases, all keyed by run id:
+
+- ``queue``: the serialized call of every run that has not reached a final state
+  (msgpack: task key and name, Dask key, pickled task, pickled arguments). The plugin
+  resubmits these after a restart; a final state deletes the entry in the same
+  write transaction that records it, so a completed run is never queued again.
+- ``runs``: one msgpack record per run, in the shape ``daskflow runs show -o json``
+  prints (``id, name, task_key, flow_run_id, state, state_type, start, end,
+  run_count, history, error``, plus ``worker`` and ``persisted``).
+- ``results``: the cloudpickled value of a completed run whose task persists its
+  result, or the exception of a failed run.
+
+This module never imports distributed: the CLI and ``daskflow.background.result``
+read the store without paying for it.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import msgpack
+
+from daskflow import _lmdb, config
+
+__all__ = ["list_records", "open_store", "queued", "read_records"]
+
+DBS = ("queue", "runs", "results")
+FINAL = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
+
+
+def path() -> pathlib.Path:
+    return config.home() / "background"
+
+
+def open_store(where: str | pathlib.Path | None = None) -> _lmdb.Env:
+    """This process's handle on the background store (default ``$DASKFLOW_HOME/background``)."""
+    return _lmdb.open_env(where or path(), dbs=DBS)
+
+
+def pack(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
+
+
+def unpack(data: bytes | memoryview) -> Any:
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+def new_record(entry: dict) -> dict:
+    """The record of a run just enqueued: state Scheduled."""
+    ts = entry["submitted"]
+    return {
+        "id": entry["id"], "name": f"{entry['task_name']}-{entry['id'][:8]}", "task_key": entry["task_key"],
+        "task_name": entry["task_name"], "flow_run_id": entry.get("flow_run_id"), "state": "Scheduled",
+        "state_type": "SCHEDULED", "start": None, "end": None, "run_count": 0, "worker": None,
+        "persisted": False, "error": None,
+        "history": [{"name": "Scheduled", "type": "SCHEDULED", "timestamp": ts, "message": ""}],
+    }
+
+
+def is_final(record: dict | None) -> bool:
+    return record is not None and record["state_type"] in FINAL
+
+
+def write_records(env: _lmdb.Env, txn: Any, records: list[dict]) -> None:
+    """Write whole run records (latest state plus history, oldest first) in ``txn``."""
+    db = env.db("runs")
+    for rec in records:
+        txn.put(rec["id"].encode(), pack(rec), db=db)
+
+
+def _record_states(changes: list[tuple[dict, list[dict]]]) -> None:
+    """Hand new states of background runs to the run store: the one place that does.
+
+    ``changes`` holds ``(record, new history entries)`` per run whose state changed,
+    after the background store committed them. Without a run store this does nothing
+    (the records above are the background runs' own bookkeeping).
+    """
+    try:
+        from daskflow.engine import tracker
+    except ImportError:  # no run store in this build
+        return
+    groups: dict[tuple, list[tuple[str, str, float, str]]] = {}
+    for rec, entries in changes:
+        key = (rec["task_name"], rec["task_key"], rec.get("flow_run_id"), rec.get("worker"))
+        groups.setdefault(key, []).extend((rec["id"], h["name"], h["timestamp"], h["message"]) for h in entries)
+    for (task_name, task_key, flow_run_id, worker), events in groups.items():
+        tracker.record_states(events, task_name=task_name, task_key=task_key, flow_run_id=flow_run_id,
+                              worker=worker)
+
+
+def _record_logs(records: list[list]) -> None:
+    """Hand run log records of background runs to the run store (none: dropped)."""
+    try:
+        from daskflow.engine import tracker
+    except ImportError:
+        return
+    tracker.record_logs(records)
+
+
+# -- reading (any process on the server's host) ------------------------------------------
+
+
+def read_records(run_ids: list[str], env: _lmdb.Env | None = None, results: bool = False
+                 ) -> dict[str, tuple[dict, bytes | None]]:
+    """``{run id: (record, result blob or None)}`` for the known ones, in one read."""
+    env = env or open_store()
+    runs, res = env.db("runs"), env.db("results")
+
+    def read(txn: Any) -> dict:
+        out = {}
+        for rid in run_ids:
+            raw = txn.get(rid.encode(), db=runs)
+            if raw is not None:
+                blob = txn.get(rid.encode(), db=res) if results else None
+                out[rid] = (unpack(raw), None if blob is None else bytes(blob))
+        return out
+
+    return env.read(read)
+
+
+def list_records(env: _lmdb.Env | None = None) -> list[dict]:
+    """Every run record of the store, oldest submission first."""
+    env = env or open_store()
+    out = env.read(lambda txn: [unpack(v) for _, v in txn.cursor(db=env.db("runs"))])
+    return sorted(out, key=lambda r: r["history"][0]["timestamp"] if r["history"] else 0)
+
+
+def queued(env: _lmdb.Env | None = None) -> list[dict]:
+    """The queue entries: runs not yet final."""
+    env = env or open_store()
+    return env.read(lambda txn: [unpack(v) for _, v in txn.cursor(db=env.db("queue"))])

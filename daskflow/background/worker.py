@@ -1,0 +1,206 @@
+"""Task workers: Dask workers that serve some tasks, and the function they run.
+
+``serve(task_a, task_b, limit=N)`` (and ``daskflow worker module:task ...``) starts a
+Dask worker in this process advertising one resource per served task, named after
+the task key, with amount ``limit``: Dask gives it only runs of those tasks (each run
+needs 1 of its task's resource), and at most ``limit`` at once. The worker process has
+imported the tasks, so their code is this process's code.
+
+``run_background`` is the Dask task of one delayed run. It reports ``Running`` on the
+worker's batched stream, runs the call through the engine's ``run_rows`` (retries,
+timeouts, hooks, cache: exactly a normal run), and reports the final state, with the
+value when the task persists results (or the exception), on the same stream, so the
+server records it before Dask even learns the task finished. It returns nothing:
+with ``fire_and_forget`` there is nobody to hold a Dask result for.
+
+When the server goes away, the worker reconnects to the same address and keeps
+serving (the server resubmits unfinished runs when it comes back).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+import uuid
+from typing import Any
+
+import cloudpickle
+
+from daskflow import config
+from daskflow.background.plugin import OP
+from daskflow.engine.run import CODE_STATES, OK_CODES, run_rows
+from daskflow.engine.tasks import Task
+from daskflow.exceptions import NoBackgroundServer
+
+__all__ = ["load_target", "run_background", "serve"]
+
+logger = logging.getLogger("daskflow.background")
+_tasks: dict[bytes, Task] = {}  # pickled task -> task, so each worker unpickles a task once
+_tasks_lock = threading.Lock()
+
+
+def _task(blob: bytes) -> Task:
+    task = _tasks.get(blob)
+    if task is None:
+        task = cloudpickle.loads(blob)
+        with _tasks_lock:
+            if len(_tasks) > 256:
+                _tasks.clear()
+            _tasks[blob] = task
+    return task
+
+
+def persists(task: Task) -> bool:
+    """Whether a background run of ``task`` keeps its value by run id."""
+    p = task.options.persist_result
+    return bool(p) if p is not None else task.caches
+
+
+def run_background(task_blob: bytes, args_blob: bytes, rid: str, flow_run_id: str | None) -> None:
+    """Execute one delayed run on a task worker and report its states to the server."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    address = worker.address
+
+    def send(event: tuple) -> None:
+        worker.loop.add_callback(worker.batched_send, {"op": OP, "events": [event]})
+
+    send(("state", rid, "RUNNING", "Running", time.time(), "", address))
+    try:
+        task = _task(task_blob)
+        row = cloudpickle.loads(args_blob)
+    except Exception as exc:  # noqa: BLE001 - a call this worker cannot load fails its run
+        message = f"the call could not be loaded on task worker {address}: {type(exc).__name__}: {exc}"
+        send(("final", rid, {"type": "FAILED", "name": "Failed", "ts": time.time(), "message": message,
+                             "error": traceback.format_exc(), "run_count": 1, "worker": address,
+                             "result": _dumps_exc(RuntimeError(message))}))
+        return
+    res = run_rows(task, uuid.UUID(rid).int, 0, 1, [("m", [v]) for v in row], [], False, (), flow_run_id)
+    code = res.codes[0]
+    type_, name = CODE_STATES[code]
+    info: dict[str, Any] = {"type": type_.value, "name": name, "ts": res.ends[0] if res.ends else time.time(),
+                            "run_count": res.run_count(0), "worker": address, "message": ""}
+    logs = getattr(res, "logs", None)  # run logs not shipped while the run ran (with a run store)
+    if logs:
+        info["logs"] = logs
+    extra = res.history.get(0)
+    if extra:  # retries: every state after the first Running, which was already reported
+        info["extra"] = [list(h) for h in extra[1:]]
+    if code in OK_CODES:
+        if persists(task):
+            try:
+                info["result"] = cloudpickle.dumps(res.get_values()[0], protocol=5)
+                info["persisted"] = True
+            except Exception as exc:  # noqa: BLE001
+                info.update(type="FAILED", name="Failed", message=f"the result of task {task.name!r} "
+                            f"cannot be serialized: {type(exc).__name__}: {exc}")
+                info["result"] = _dumps_exc(TypeError(info["message"]))
+    else:
+        state = res.state(0)
+        info["message"] = state.message
+        info["error"] = res.tracebacks.get(0) or state.message
+        info["result"] = _dumps_exc(state.exception())
+    send(("final", rid, info))
+
+
+def _dumps_exc(exc: BaseException) -> bytes:
+    try:
+        return cloudpickle.dumps(exc)
+    except Exception:  # noqa: BLE001
+        return cloudpickle.dumps(RuntimeError(f"{type(exc).__name__}: {exc} (exception not picklable)"))
+
+
+# -- serving --------------------------------------------------------------------------------
+
+
+def load_target(spec: str) -> Task:
+    """The task named by ``"module:task"`` (``"pkg.mod:obj.attr"`` too); a clear error otherwise."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"{spec!r}: expected 'module:task', e.g. 'myapp.tasks:send_email'")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as exc:
+        raise ValueError(f"{spec!r}: cannot import module {module_name!r}: {type(exc).__name__}: {exc}") from exc
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f"{spec!r}: module {module_name!r} has no attribute {attr!r}") from None
+    if not isinstance(obj, Task):
+        raise ValueError(f"{spec!r}: {attr!r} is a {type(obj).__name__}, not a daskflow task (decorate it with @task)")
+    return obj
+
+
+def serve(*tasks: Task, limit: int | None = None, scheduler: str | None = None, host: str | None = None) -> None:
+    """Serve background runs of ``tasks`` in this process until SIGTERM / Ctrl-C.
+
+    Args:
+        tasks: the tasks whose ``.delay()`` runs this worker takes.
+        limit: how many runs at once (threads; default: the number of cores).
+        scheduler: the server's address (default: ``DASKFLOW_SCHEDULER_ADDRESS``).
+        host: the interface the worker listens on (default: 127.0.0.1 for a local server).
+
+    Example:
+        >>> from myapp.tasks import send_email, resize_image  # doctest: +SKIP
+        >>> serve(send_email, resize_image, limit=8)           # doctest: +SKIP
+    """
+    if not tasks:
+        raise ValueError("serve() needs at least one task")
+    for t in tasks:
+        if not isinstance(t, Task):
+            raise TypeError(f"serve() takes daskflow tasks, got {type(t).__name__}: {t!r}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"serve(): limit must be an int >= 1, got {limit!r}")
+    address = scheduler or config.get("scheduler-address")
+    if not address:
+        raise NoBackgroundServer(
+            "no daskflow server configured: start one with `daskflow server start` and set "
+            "DASKFLOW_SCHEDULER_ADDRESS (e.g. tcp://127.0.0.1:8786), or pass scheduler=..."
+        )
+    nthreads = limit or os.cpu_count() or 1
+    if host is None and any(h in address for h in ("127.0.0.1", "localhost")):
+        host = "127.0.0.1"
+    asyncio.run(_run_worker(address, nthreads, {t.task_key: nthreads for t in tasks}, host,
+                            [t.name for t in tasks]))
+
+
+async def _run_worker(address: str, nthreads: int, resources: dict[str, int], host: str | None,
+                      names: list[str]) -> None:
+    from distributed import Worker
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    stopper = asyncio.ensure_future(stop.wait())
+    while not stop.is_set():
+        worker = Worker(address, nthreads=nthreads, resources=resources, host=host, dashboard=False,
+                        name=f"daskflow-task-worker-{os.getpid()}-{uuid.uuid4().hex[:6]}")
+        starting = asyncio.ensure_future(worker.start())
+        await asyncio.wait([starting, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            starting.cancel()
+            await worker.close(reason="daskflow worker stopped")
+            break
+        starting.result()
+        print(f"daskflow task worker {worker.address} serving {', '.join(names)} from {address} "
+              f"({nthreads} at a time)", flush=True)
+        finished = asyncio.ensure_future(worker.finished())
+        await asyncio.wait([finished, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            await worker.close(reason="daskflow worker stopped")
+            break
+        logger.warning("daskflow task worker: lost the server at %s; reconnecting", address)
+    stopper.cancel()

@@ -1,0 +1,93 @@
+"""Tasks served by the task-worker subprocesses of test_background.py (imported by module name)."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import time
+
+from daskflow import task
+
+
+@task(persist_result=True)
+def add(x, y=0):
+    return x + y
+
+
+@task(persist_result=True)
+def whoami(x):
+    time.sleep(0.05)  # long enough that both task workers take some runs
+    from distributed import get_worker
+
+    return get_worker().address
+
+
+@task
+def not_persisted(x):
+    return x
+
+
+@task(persist_result=True)
+def boom(x):
+    raise ValueError(f"boom {x}")
+
+
+@task(persist_result=True, retries=2)
+def flaky(path):
+    p = pathlib.Path(path)
+    n = int(p.read_text()) if p.exists() else 0
+    p.write_text(str(n + 1))
+    if n < 1:
+        raise ValueError("the first attempt fails")
+    return n + 1
+
+
+@task(persist_result=True)
+def lonely(x):
+    """No worker of the shared fixture serves this task."""
+    return x * 10
+
+
+@task(persist_result=True)
+def stall_once(marker):
+    """Announce the start; the first execution stalls (its worker gets killed), later ones return."""
+    p = pathlib.Path(marker)
+    first = not p.exists()
+    p.write_text(str(os.getpid()))
+    if first:
+        time.sleep(120)
+    return os.getpid()
+
+
+@task(persist_result=True)
+def inc(x):
+    return x + 1
+
+
+NOT_A_TASK = 42
+
+
+from daskflow.cache import INPUTS  # noqa: E402
+
+
+@task(cache_policy=INPUTS, persist_result=True)
+def cached_square(x, log):
+    with open(log, "a") as f:
+        f.write("ran\n")
+    return x * x
+
+
+@task(persist_result=True)
+def chatty(x):
+    from daskflow import get_run_logger
+
+    get_run_logger().info("hello %s", x)
+    return x
+
+
+@task(persist_result=True)
+async def aio_double(x):
+    import asyncio
+
+    await asyncio.sleep(0)
+    return 2 * x
