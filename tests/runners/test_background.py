@@ -56,15 +56,11 @@ def test_delay_to_an_unreachable_server_raises_how_to_start_one(monkeypatch):
             bg_tasks.add.delay(1, 2)
 
 
-def test_delay_enqueue_costs_well_under_a_millisecond(bg_server):
-    import time
-
-    bg_tasks.add.delay(0, 0)  # connect first
+def test_delay_many_calls_all_land_in_order(bg_server):
+    # enqueue cost is measured in benchmarks/bench_delay.py, not asserted here
     n = 500
-    t0 = time.perf_counter()
     futures = bg.BackgroundFutures(bg_tasks.add.delay(i, 1) for i in range(n))
-    per_call = (time.perf_counter() - t0) / n
-    assert per_call < 1e-3, f"{per_call * 1e6:.0f} µs per .delay()"
+    assert len({f.task_run_id for f in futures}) == n
     assert futures.result(timeout=60) == [i + 1 for i in range(n)]
 
 
