@@ -118,6 +118,96 @@ def encode(value: Any, task_key: str, expires: float | None, serializer: str | N
     return MAGIC + mac(secret, body) + body
 
 
+def encode_many(values: list, task_key: str, expires: float | None, serializer: str | None, secret: bytes,
+                created: float | None = None) -> list[bytes | None]:
+    """``encode`` of many values sharing one header (a chunk's results): the same records,
+    built without per-value header packing; None where a value cannot be serialized.
+
+    Values with out-of-band buffers (arrays) or a JSON serializer go through ``encode``.
+    """
+    serializer = serializer or "cloudpickle"
+    created = created or time.time()
+    if serializer == "json":
+        return [_try_encode(v, task_key, expires, serializer, secret, created) for v in values]
+    tk = task_key.encode()
+    code = _SERIALIZERS.index(serializer)
+    plain = serializer == "pickle"
+    pack_head = _FULL.pack
+    dumps, cdumps, keyed = pickle.dumps, cloudpickle.dumps, hashlib.blake2b(key=secret, digest_size=_MAC)
+    expires = expires or 0.0
+    out: list[bytes | None] = []
+    append = out.append
+    for value in values:
+        buffers: list = []
+        try:
+            if plain or type(value) in _PLAIN:
+                payload = dumps(value, 5, buffer_callback=buffers.append)
+            else:
+                payload = cdumps(value, protocol=5, buffer_callback=buffers.append)
+        except Exception:
+            append(None)
+            continue
+        if buffers:
+            append(_try_encode(value, task_key, expires, serializer, secret, created))
+            continue
+        hlen = _HEAD.size + len(tk)
+        body = b"".join((pack_head(hlen, created, expires, code, 0, len(payload), len(tk)), tk,
+                         bytes(-(_FIXED + hlen) % _ALIGN), payload))
+        h = keyed.copy()  # the keyed state is set up once: a copy is cheaper than a new MAC
+        h.update(body)
+        append(MAGIC + h.digest() + body)
+    return out
+
+
+def _try_encode(value: Any, task_key: str, expires: float | None, serializer: str, secret: bytes,
+                created: float) -> bytes | None:
+    try:
+        return encode(value, task_key, expires, serializer, secret, created)
+    except Exception:
+        return None
+
+
+def verify_many(records: list, secret: bytes) -> list[bool]:
+    """Whether each record's MAC verifies (None records: False), checked in bulk.
+
+    One constant-time comparison covers all records; only when it fails are records
+    compared one by one to find the bad ones.
+    """
+    keyed = hashlib.blake2b(key=secret, digest_size=_MAC)
+    ours, theirs, where = [], [], []
+    for pos, record in enumerate(records):
+        if record is None or len(record) < _FIXED + _HEAD.size or record[:4] != MAGIC:
+            continue
+        h = keyed.copy()
+        h.update(record[_FIXED - 4:])
+        ours.append(h.digest())
+        theirs.append(bytes(record[4:_FIXED - 4]))
+        where.append(pos)
+    ok = [False] * len(records)
+    if hmac.compare_digest(b"".join(ours), b"".join(theirs)):
+        for pos in where:
+            ok[pos] = True
+    else:
+        for pos, a, b in zip(where, ours, theirs):
+            ok[pos] = hmac.compare_digest(a, b)
+    return ok
+
+
+def load_verified(record: Any) -> tuple[float | None, Any]:
+    """``(expires, value)`` of a record whose MAC ``verify_many`` accepted; raises ``DamagedRecord``."""
+    hlen, _created, expires, ser_code, nbufs, plen, _klen = _FULL.unpack_from(record, _FIXED - 4)
+    if nbufs or ser_code == 2:
+        header, value = decode(record, b"", verified=True)
+        return header["e"], value
+    start = _FIXED + hlen
+    start += -start % _ALIGN
+    try:
+        value = pickle.loads(record[start:start + plen])
+    except Exception as exc:
+        raise DamagedRecord(f"payload cannot be loaded: {type(exc).__name__}: {exc}") from None
+    return expires or None, value
+
+
 def _header(record: Any) -> tuple[dict, int]:
     if len(record) < _FIXED + _HEAD.size or record[:4] != MAGIC:
         raise DamagedRecord("not a daskflow cache record")
@@ -141,7 +231,7 @@ def read_header(record: bytes | bytearray | memoryview) -> dict:
     return _header(record)[0]
 
 
-def decode(record: bytearray | memoryview, secret: bytes) -> tuple[dict, Any]:
+def decode(record: bytearray | memoryview, secret: bytes, verified: bool = False) -> tuple[dict, Any]:
     """``({"c": created, "e": expires}, value)`` of a verified record; raises ``DamagedRecord``.
 
     Arrays in the value are writable views of ``record`` (copied first into a bytearray
@@ -150,7 +240,7 @@ def decode(record: bytearray | memoryview, secret: bytes) -> tuple[dict, Any]:
     view = memoryview(record)
     if len(view) < _FIXED + _HEAD.size or view[:4] != MAGIC:
         raise DamagedRecord("not a daskflow cache record")
-    if not hmac.compare_digest(mac(secret, view[_FIXED - 4:]), view[4:_FIXED - 4]):
+    if not verified and not hmac.compare_digest(mac(secret, view[_FIXED - 4:]), view[4:_FIXED - 4]):
         raise DamagedRecord("bad signature (written with another secret, or altered)")
     hlen, created, expires, ser_code, nbufs, plen, klen = _FULL.unpack_from(record, _FIXED - 4)
     if nbufs and not isinstance(record, bytearray):  # e.g. a view of the LMDB map: copy once

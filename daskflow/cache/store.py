@@ -79,19 +79,28 @@ class ResultStore(abc.ABC):
         return out
 
     def _decode_all(self, records: Any, now: float | None) -> dict[int, Any]:
+        # Signatures are checked for the whole batch first (one constant-time comparison
+        # when all verify); only records whose MAC verified are ever unpickled.
         now = time.time() if now is None else now
+        items = [(i, k, r) for i, k, r in records if r is not None]
         hits: dict[int, Any] = {}
         damaged: list[str] = []
-        decode, secret = ser.decode, self.secret
-        for i, key, record in records:
-            if record is None:
+        ok = ser.verify_many([r for _, _, r in items], self.secret)
+        load = ser.load_verified
+        for (i, key, record), good in zip(items, ok):
+            if not good:
+                try:  # the precise reason (not a record, bad signature)
+                    ser.decode(record, self.secret)
+                    reason = "unverified"
+                except ser.DamagedRecord as exc:
+                    reason = str(exc)
+                damaged.append(f"{_display(key)}: {reason}")
                 continue
             try:
-                header, value = decode(record, secret)
+                expires, value = load(record)
             except ser.DamagedRecord as exc:
                 damaged.append(f"{_display(key)}: {exc}")
                 continue
-            expires = header["e"]
             if expires is not None and expires <= now:
                 continue
             hits[i] = value
