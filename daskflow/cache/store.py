@@ -66,7 +66,8 @@ class ResultStore(abc.ABC):
         if not wanted:
             return {}
         records = self.get_many([k for _, k in wanted])
-        return self._decode_all(((i, k, r) for (i, k), r in zip(wanted, records)), now)
+        found = self._decode_all([k for _, k in wanted], records, now)
+        return {wanted[pos][0]: value for pos, value in found.items()}
 
     def headers(self) -> list[tuple[bytes, dict | None, int]]:
         """``(key, header or None if unreadable, record size)`` of every entry (for listings)."""
@@ -78,36 +79,15 @@ class ResultStore(abc.ABC):
                 out.append((key, None, len(record)))
         return out
 
-    def _decode_all(self, records: Any, now: float | None) -> dict[int, Any]:
-        # Signatures are checked for the whole batch first (one constant-time comparison
-        # when all verify); only records whose MAC verified are ever unpickled.
+    def _decode_all(self, keys: list, records: list, now: float | None) -> dict[int, Any]:
+        """``{position: value}`` of the verified, fresh ``records`` (aligned with ``keys``)."""
         now = time.time() if now is None else now
-        items = [(i, k, r) for i, k, r in records if r is not None]
-        hits: dict[int, Any] = {}
-        damaged: list[str] = []
-        ok = ser.verify_many([r for _, _, r in items], self.secret)
-        load = ser.load_verified
-        for (i, key, record), good in zip(items, ok):
-            if not good:
-                try:  # the precise reason (not a record, bad signature)
-                    ser.decode(record, self.secret)
-                    reason = "unverified"
-                except ser.DamagedRecord as exc:
-                    reason = str(exc)
-                damaged.append(f"{_display(key)}: {reason}")
-                continue
-            try:
-                expires, value = load(record)
-            except ser.DamagedRecord as exc:
-                damaged.append(f"{_display(key)}: {exc}")
-                continue
-            if expires is not None and expires <= now:
-                continue
-            hits[i] = value
-        if damaged:
-            more = f" (and {len(damaged) - 1} more)" if len(damaged) > 1 else ""
-            warnings.warn(f"damaged cache entry treated as a miss: {damaged[0]}{more}; it will be "
-                          "overwritten when the run completes", CacheWarning, stacklevel=3)
+        hits, bad = ser.load_many(records, self.secret, now)
+        if bad:
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            pos, why = min(bad)
+            warnings.warn(f"damaged cache entry treated as a miss: {_display(keys[pos])}: {why}{more}; it "
+                          "will be overwritten when the run completes", CacheWarning, stacklevel=3)
         return hits
 
 
@@ -148,13 +128,12 @@ class LMDBResultStore(ResultStore):
         # Decoded inside the read transaction, straight from the map: only values with
         # out-of-band buffers (arrays) are copied out, once, into a bytearray they share.
         db = self.env.db(ENTRIES)
-        wanted = [(i, k) for i, k in enumerate(keys) if k is not None]
-        if not wanted:
+        if all(k is None for k in keys):
             return {}
 
         def read(txn: Any) -> dict[int, Any]:
             get = txn.get
-            return self._decode_all(((i, k, get(k, db=db)) for i, k in wanted), now)
+            return self._decode_all(keys, [None if k is None else get(k, db=db) for k in keys], now)
 
         return self._read(read)
 
