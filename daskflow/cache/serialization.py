@@ -33,7 +33,7 @@ MAGIC = b"DFC1"
 _MAC = 32
 _FIXED = len(MAGIC) + _MAC + 4
 _ALIGN = 64
-_SMALL = 4096  # records up to this size are copied out of the map before decoding
+SMALL = 4096  # records up to this size are copied out of the map before decoding
 
 
 class DamagedRecord(Exception):
@@ -136,6 +136,9 @@ def encode_many(values: list, task_key: str, expires: float | None, serializer: 
     pack_head = _FULL.pack
     dumps, cdumps, keyed = pickle.dumps, cloudpickle.dumps, hashlib.blake2b(key=secret, digest_size=_MAC)
     expires = expires or 0.0
+    hlen = _HEAD.size + len(tk)
+    pad = bytes(-(_FIXED + hlen) % _ALIGN)  # the header has the same length in every record
+    join = b"".join
     out: list[bytes | None] = []
     append = out.append
     for value in values:
@@ -151,12 +154,10 @@ def encode_many(values: list, task_key: str, expires: float | None, serializer: 
         if buffers:
             append(_try_encode(value, task_key, expires, serializer, secret, created))
             continue
-        hlen = _HEAD.size + len(tk)
-        body = b"".join((pack_head(hlen, created, expires, code, 0, len(payload), len(tk)), tk,
-                         bytes(-(_FIXED + hlen) % _ALIGN), payload))
+        body = join((pack_head(hlen, created, expires, code, 0, len(payload), len(tk)), tk, pad, payload))
         h = keyed.copy()  # the keyed state is set up once: a copy is cheaper than a new MAC
         h.update(body)
-        append(MAGIC + h.digest() + body)
+        append(join((MAGIC, h.digest(), body)))
     return out
 
 
@@ -185,7 +186,7 @@ def load_many(records: list, secret: bytes, now: float) -> tuple[dict[int, Any],
     for pos, record in enumerate(records):
         if record is None:
             continue
-        if len(record) <= _SMALL:  # slicing bytes is several times cheaper than slicing a view
+        if type(record) is not bytes and len(record) <= SMALL:  # slicing bytes is cheaper than a view
             record = records[pos] = bytes(record)
         if len(record) < low or record[:4] != MAGIC:
             damaged.append((pos, "not a daskflow cache record"))
