@@ -17,6 +17,11 @@ Where states come from, per chunk (never per element on the hot path):
 - Logs: records collected per chunk on the worker (``daskflow.engine.logging``) arrive
   in ``logs`` events about every 100 ms while a chunk runs, and with its ``end``.
 
+Direct calls ``t(x)`` (``inline_finished``) queue one compact tuple each, without a lock;
+their run ids come from one per-process base with consecutive indexes
+(``submit.direct_slot``), so the writer folds each burst of direct calls of a task into a
+single chunk record (with per-run start and submission times) instead of one per call.
+
 One writer thread drains the queue about every 100 ms and applies the whole batch in
 one LMDB transaction (``RunStore.apply``), then echoes log records to the console.
 Nothing on a hot path waits for a disk write; ``flush`` waits for one, for tests and
