@@ -101,6 +101,7 @@ def main() -> None:
         os.environ["DASKFLOW_HOME"] = tempfile.mkdtemp(prefix="daskflow-bench-rss-")  # count only its runs
         return rss_child(args.rss_child)
 
+    import dask.config
     from distributed import Client, LocalCluster
     from joblib import Parallel, delayed
 
@@ -176,9 +177,14 @@ def main() -> None:
     # direct call overhead: t(x) vs x + 1
     n = 20_000
     plain = median_time(lambda: [trivial(1) for _ in range(n)], args.reps) / n
-    direct = median_time(lambda: [inc(1) for _ in range(n)], args.reps) / n
+    on, off = [], []
+    for _ in range(max(5, args.reps)):  # tracking on and off interleaved
+        on.append(median_time(lambda: [inc(1) for _ in range(n // 5)], 1) / (n // 5))
+        with dask.config.set({"daskflow.tracking": False}):
+            off.append(median_time(lambda: [inc(1) for _ in range(n // 5)], 1) / (n // 5))
+    direct, untracked = statistics.median(on), statistics.median(off)
     print(f"\ndirect call t(x): {direct * 1e6:.1f} µs vs plain function {plain * 1e6:.2f} µs "
-          f"(+{(direct - plain) * 1e6:.1f} µs)")
+          f"(+{(direct - plain) * 1e6:.1f} µs); tracking off {untracked * 1e6:.1f} µs")
 
     from daskflow.runners.dask import _close_shared_clients
 

@@ -338,6 +338,10 @@ class KeyPlan:
             else:
                 fixed.append(value)
         head, prefix, names, per_run = self.head, self.prefix, self.names, self.per_run
+        if not per_run:
+            fast = _fast_keys(head, prefix, names, fixed, n)
+            if fast is not None:
+                return fast, None
         keys: list[bytes | None] = []
         append = keys.append
         for i in range(n):
@@ -354,6 +358,55 @@ class KeyPlan:
                 parts.append(run_id_at(i).encode())
             append(prefix + _digest(b"\x00".join(parts)))
         return keys, first
+
+
+def _atom_fingerprints(column: Any) -> list[bytes] | None:
+    """Fingerprints of a mapped column of atoms (ints, strs, floats ...), None if any is not one.
+
+    The per-element cost of a cached rerun is dominated by key computation: this
+    dispatches on the exact type inline (no ``fingerprint`` call, no encoder list).
+    """
+    digest, exact = _digest, _EXACT
+    if type(column) is range:
+        return [digest(b"i%d;" % v) for v in column]
+    try:
+        return [digest(exact[type(v)](v)) for v in column]
+    except KeyError:
+        return None
+
+
+def _fast_keys(head: bytes, prefix: bytes, names: tuple[bytes, ...], fixed: list, n: int) -> list | None:
+    """``keys_for`` when every mapped hashed column holds atoms only (same bytes as ``key``)."""
+    digest = _digest
+    cols: list = []
+    for f in fixed:
+        if type(f) is bytes:
+            cols.append(f)
+            continue
+        if len(f) != n:
+            return None
+        fps = _atom_fingerprints(f)
+        if fps is None:
+            return None
+        cols.append(fps)
+    if not cols:
+        key = prefix + digest(head)
+        return [key] * n
+    # the parts joined with NUL: head, name1, fp1, name2, fp2 ...
+    if len(cols) == 1 and type(cols[0]) is list:
+        pre = head + b"\x00" + names[0] + b"\x00"
+        return [prefix + digest(pre + fp) for fp in cols[0]]
+    lists = [c if type(c) is list else [c] * n for c in cols]
+    join = b"\x00".join
+    out = []
+    append = out.append
+    for fps in zip(*lists):
+        parts = [head]
+        for name, fp in zip(names, fps):
+            parts.append(name)
+            parts.append(fp)
+        append(prefix + digest(join(parts)))
+    return out
 
 
 def source_digest(fn: Callable) -> bytes:

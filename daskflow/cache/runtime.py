@@ -160,8 +160,9 @@ def for_map(task: Task, names: list[str], kinds: dict[str, tuple[str, Any]], n: 
         return cache
     _commit_hooks_outside_block(task, spec, keys, hits)
     submit: list[tuple[int, int]] = []
+    every = len(hits) == n  # the common rerun: no per-element segment scan
     for lo, hi in bounds:
-        segments = _segments(lo, hi, hits)
+        segments = [(lo, hi, True)] if every else _segments(lo, hi, hits)
         if len(segments) > _MAX_SEGMENTS:
             submit.append((lo, hi))
             cache._lookup.add(lo)
@@ -240,6 +241,14 @@ def run_managed(task: Task, rows: Any, res: ChunkResult, ctx: TaskRunContext, de
     """Run a chunk of a managed task: lookups, runs, one write, commit hooks."""
     chunk = _Managed(task, res, ctx, deps, spec)
     token = _home_var.set(chunk.spec.home) if chunk.spec.home else None
+    if deps is None and _plain(task):
+        try:
+            chunk.run_plain(rows)
+        finally:
+            if token is not None:
+                _home_var.reset(token)
+        chunk.finish()
+        return
     try:
         for i, row in chunk.prepare(rows):
             args = chunk.start(i, row)
@@ -311,6 +320,54 @@ class _Managed:
                 self.hits = {items[pos][0]: value for pos, value in found.items()}
         return items
 
+    def run_plain(self, rows: Any) -> None:
+        """The chunk of a task that only caches (see ``_plain``): a tight loop like the
+        engine's fast path, then every result encoded in one batch."""
+        from daskflow.engine.run import CACHED, FAILED
+
+        items = self.prepare(rows)
+        fn, res, ctx, hits, ends, keys = self.task.fn, self.res, self.ctx, self.hits, self.ends, self.keys
+        values, codes, clock = res.values, res.codes, time.time
+        fresh: list[int] = []
+        for i, row in items:
+            ctx.index = i
+            if i in hits:
+                values[i] = hits[i]  # type: ignore[index]
+                codes[i] = CACHED
+                ends[i] = clock()
+                continue
+            try:
+                values[i] = fn(*row)  # type: ignore[index]
+            except Exception as exc:
+                res.fail(i, FAILED, exc)
+                ends[i] = clock()
+                continue
+            ends[i] = clock()
+            if keys[i] is not None:
+                fresh.append(i)
+        if not fresh or self.spec.plan is None:
+            return
+        spec = self.spec
+        expires = time.time() + spec.expires_in if spec.expires_in is not None else None
+        records = ser.encode_many([values[i] for i in fresh], self.task.task_key, expires,  # type: ignore[index]
+                                  spec.serializer, self.store.secret)
+        bad = 0
+        for i, record in zip(fresh, records):
+            if record is None:
+                bad += 1
+            else:
+                self.staged.append((keys[i], record))
+        if bad:
+            i = next(i for i, r in zip(fresh, records) if r is None)
+            try:
+                ser.encode(values[i], self.task.task_key, expires, spec.serializer, self.store.secret)  # type: ignore[index]
+                why = "unknown error"
+            except Exception as exc:
+                why = f"{type(exc).__name__}: {exc}"
+            more = f" (and {bad - 1} more)" if bad > 1 else ""
+            warnings.warn(f"task {self.task.name!r}: the result of run {self.task.name}-{ctx.start + i} cannot be "
+                          f"serialized for the cache ({why}){more}; it is not cached", CacheWarning, stacklevel=3)
+
     def start(self, i: int, row: tuple) -> tuple[tuple, dict] | None:
         """``(args, kwargs)`` of a run to execute; None when it ended here (hit, bad input)."""
         from daskflow.engine import run as R
@@ -368,6 +425,15 @@ class _Managed:
             for i in range(res.n):
                 if res.codes[i] in OK_CODES:
                     fire(task, "on_commit", _run_txn(self.keys[i]))
+
+
+def _plain(task: Task) -> bool:
+    """Whether the task's runs need nothing but the cache: no retries, timeout, hooks,
+    run names or async body (their lifecycle is then the engine's fast path)."""
+    o = task.options
+    return not (o.retries or o.timeout_seconds or task.is_async or o.log_prints or o.on_completion
+                or o.on_failure or o.on_running or o.task_run_name or o.on_commit or o.on_rollback
+                or not task._positional)
 
 
 def _worker_keys(task: Task, plan: KeyPlan, items: list, ctx: TaskRunContext, keys: list) -> list:

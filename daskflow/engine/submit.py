@@ -8,6 +8,9 @@ runner needs it, and hands all chunks to the runner in one call.
 
 from __future__ import annotations
 
+import itertools
+import os
+import threading
 import time
 import uuid
 from typing import TYPE_CHECKING, Any, Iterable
@@ -63,11 +66,30 @@ def _prepare_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | 
     return row, waits, envelopes, bool(ups)
 
 
+_direct: list = [0, 0, None]  # pid, base, index counter
+_direct_lock = threading.Lock()
+
+
+def direct_slot() -> tuple[int, int]:
+    """``(base, index)`` of a direct call: one random base per process, consecutive indexes.
+
+    Run ``index`` of that base has its own id like any run; the tracker writes a burst of
+    direct calls of one task as one record (runs ``index .. index+n``) instead of one each.
+    """
+    if _direct[0] != os.getpid():
+        with _direct_lock:
+            if _direct[0] != os.getpid():
+                _direct[1:] = [new_run_base(), itertools.count()]
+                _direct[0] = os.getpid()
+    return _direct[1], next(_direct[2])
+
+
 def call_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None, return_state: bool) -> Any:
     """Run one run in the calling thread; return its value (or its final State)."""
     row, waits, envelopes, refs = _prepare_inline(task, args, kwargs, wait_for)
     submitted, flow_run_id = time.time(), current_flow_run_id()
-    res = run_rows(task, new_run_base(), 0, 1, [("m", [v]) for v in row], envelopes, refs, waits, flow_run_id)
+    base, start = direct_slot()
+    res = run_rows(task, base, start, 1, [("m", [v]) for v in row], envelopes, refs, waits, flow_run_id)
     tracker.inline_finished(task, res, flow_run_id, submitted)
     state = res.state(0)
     return state if return_state else state.result()

@@ -17,6 +17,11 @@ Where states come from, per chunk (never per element on the hot path):
 - Logs: records collected per chunk on the worker (``daskflow.engine.logging``) arrive
   in ``logs`` events about every 100 ms while a chunk runs, and with its ``end``.
 
+Direct calls ``t(x)`` (``inline_finished``) queue one compact tuple each, without a lock;
+their run ids come from one per-process base with consecutive indexes
+(``submit.direct_slot``), so the writer folds each burst of direct calls of a task into a
+single chunk record (with per-run start and submission times) instead of one per call.
+
 One writer thread drains the queue about every 100 ms and applies the whole batch in
 one LMDB transaction (``RunStore.apply``), then echoes log records to the console.
 Nothing on a hot path waits for a disk write; ``flush`` waits for one, for tests and
@@ -37,6 +42,8 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, Iterable
 
+import dask.config
+
 from daskflow import config
 
 if TYPE_CHECKING:
@@ -56,7 +63,12 @@ run_logger = logging.getLogger("daskflow.runs")  # where run logs are echoed on 
 
 
 def enabled() -> bool:
-    return bool(config.get("tracking", True))
+    # read straight from dask's config dict (``dask.config.set`` updates it in place):
+    # this is on the path of every direct call, and ``dask.config.get`` costs a few µs
+    try:
+        return bool(dask.config.config["daskflow"]["tracking"])
+    except (KeyError, TypeError):
+        return bool(config.get("tracking", True))
 
 
 class _Tracker:
@@ -70,9 +82,6 @@ class _Tracker:
         self.early: collections.OrderedDict[tuple[int, int], list[dict]] = collections.OrderedDict()
         self.ops: collections.deque = collections.deque()
         self.lock = threading.Lock()
-        self.cond = threading.Condition(self.lock)
-        self.queued = 0
-        self.written = 0
         self.thread: threading.Thread | None = None
         self.wake = threading.Event()
         self.failed = False
@@ -80,12 +89,22 @@ class _Tracker:
     # -- queueing for the writer ----------------------------------------------------------
     def put(self, op: tuple) -> None:
         home = os.environ.get("DASKFLOW_HOME", "")  # the home when it happened ("" = the configured one)
+        self.ops.append((home, op))  # deque.append is atomic: no lock on the hot paths
+        if self.thread is None:
+            self._start()
+
+    def _start(self) -> None:
         with self.lock:
-            self.ops.append((home, op))
-            self.queued += 1
             if self.thread is None or not self.thread.is_alive():
                 self.thread = threading.Thread(target=self._writer, name="daskflow-run-store", daemon=True)
                 self.thread.start()
+
+    def _after_fork(self) -> None:
+        # the parent's writer thread does not exist in a forked child
+        self.thread = None
+        self.ops.clear()
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
 
     def _writer(self) -> None:
         while True:
@@ -95,14 +114,19 @@ class _Tracker:
 
     def _drain(self) -> None:
         batch = []
+        flushes: list[threading.Event] = []
         while True:
             try:
-                batch.append(self.ops.popleft())
+                item = self.ops.popleft()
             except IndexError:
                 break
-        if not batch:
-            return
+            if item[1][0] == "flush":
+                flushes.append(item[1][1])
+            else:
+                batch.append(item)
         try:
+            if not batch:
+                return
             from daskflow.store.runs import open_run_store
 
             by_home: dict[str, list] = {}
@@ -117,21 +141,25 @@ class _Tracker:
                 logger.warning("daskflow: could not write run records to the run store", exc_info=True)
                 self.failed = True
         finally:
-            with self.cond:
-                self.written += len(batch)
-                self.cond.notify_all()
+            for event in flushes:
+                event.set()
 
     def flush(self, timeout: float | None = 10.0) -> bool:
-        with self.cond:
-            target = self.queued
-            if self.written >= target:
-                return True
+        # A marker queued behind every op queued so far (the queue is FIFO): when the
+        # writer reaches it, everything before it has been written.
+        if self.thread is None and not self.ops:
+            return True
+        done = threading.Event()
+        self.ops.append(("", ("flush", done)))
+        if self.thread is None or not self.thread.is_alive():
+            self._start()
         self.wake.set()
-        with self.cond:
-            return self.cond.wait_for(lambda: self.written >= target, timeout)
+        return done.wait(timeout)
 
 
 _tracker = _Tracker()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_tracker._after_fork)
 
 
 # -- submission and envelopes (client side) ---------------------------------------------------
@@ -167,8 +195,17 @@ def chunk_finished(chunk: Chunk) -> None:
 
 def inline_finished(task: Any, res: ChunkResult, flow_run_id: str | None, submitted: float) -> None:
     """Record a direct call ``t(x)`` that ran in this thread (one queued op, no live entry)."""
+    # The caller's whole cost: one tuple on the queue. The writer folds consecutive
+    # direct calls of one task (consecutive indexes of ``direct_slot``) into one record.
     if enabled():
-        _tracker.put(("inline", task.name, task.task_key, flow_run_id, submitted, res))
+        if res.n_failed or res.history or res.run_counts or res.logs or res.cache_records or res.n != 1:
+            item: tuple = ("inline", task.name, task.task_key, flow_run_id, submitted, res)
+        else:  # the common case: the envelope is not kept alive until the writer runs
+            item = ("inline1", task.name, task.task_key, flow_run_id, submitted, res.base, res.start,
+                    res.codes[0], res.ends[0], res.started)
+        _tracker.ops.append((os.environ.get("DASKFLOW_HOME", ""), item))
+        if _tracker.thread is None:
+            _tracker._start()
 
 
 def live_state(base: int, start: int) -> st.State | None:
@@ -356,9 +393,15 @@ def envelope_fields(res: ChunkResult) -> dict:
 def _to_store_ops(batch: list[tuple]) -> tuple[list[tuple], list[list]]:
     ops: list[tuple] = []
     logs: list[list] = []
+    group: list[tuple] = []  # consecutive direct calls folded into one record
     for item in batch:
         kind = item[0]
-        if kind == "submitted":
+        if group and (kind[:6] != "inline" or not _continues(group[-1], item)):
+            ops.append(_inline_op(group, logs))
+            group = []
+        if kind == "inline" or kind == "inline1":
+            group.append(item)
+        elif kind == "submitted":
             _, chunks, flow_run_id, (t, name) = item
             for c in chunks:
                 ops.append(("chunk", c.base, c.start, {
@@ -367,12 +410,6 @@ def _to_store_ops(batch: list[tuple]) -> tuple[list[tuple], list[list]]:
         elif kind == "final":
             _, base, start, res, _ = item
             ops.append(("chunk", base, start, dict(envelope_fields(res), n=res.n, task=res.task_name)))
-            if getattr(res, "logs", None):
-                logs.extend(res.logs)
-        elif kind == "inline":
-            _, name, key, flow_run_id, submitted, res = item
-            ops.append(("new", res.base, res.start, dict(envelope_fields(res), task=name, task_key=key, n=res.n,
-                                                         flow_run_id=flow_run_id, submitted=submitted)))
             if getattr(res, "logs", None):
                 logs.extend(res.logs)
         elif kind == "live":
@@ -398,9 +435,78 @@ def _to_store_ops(batch: list[tuple]) -> tuple[list[tuple], list[list]]:
             ops.append(item)
         elif kind == "states":
             ops.extend(_state_ops(*item[1:]))
+    if group:
+        ops.append(_inline_op(group, logs))
     for owner, index, ts, level, message, name in logs:
         ops.append(("log", bytes(owner), index, ts, level, message, name))
     return ops, logs
+
+
+def _span(item: tuple) -> tuple[int, int, int]:
+    """``(base, start, n)`` of a queued direct call (compact or with its envelope)."""
+    if item[0] == "inline1":
+        return item[5], item[6], 1
+    res = item[5]
+    return res.base, res.start, res.n
+
+
+def _continues(prev: tuple, item: tuple) -> bool:
+    """Whether direct call ``item`` extends the record of ``prev``: same task, flow run and
+    base, and the next index (``direct_slot`` hands out consecutive indexes)."""
+    if prev[1] != item[1] or prev[2] != item[2] or prev[3] != item[3]:
+        return False
+    base, start, n = _span(prev)
+    b2, s2, _ = _span(item)
+    return b2 == base and s2 == start + n
+
+
+def _inline_op(group: list[tuple], logs: list) -> tuple:
+    """One ``new`` chunk record for consecutive direct calls (usually a batch of 100 ms).
+
+    Per-run start and submission times are kept as packed arrays (``starts``,
+    ``submits``): the runs of a direct-call record did not run back to back.
+    """
+    from array import array
+
+    from daskflow.store.runs import chunk_key
+
+    _, name, key, flow_run_id, submitted = group[0][:5]
+    base, start, _ = _span(group[0])
+    if len(group) == 1 and group[0][0] == "inline":
+        res = group[0][5]
+        if res.logs:
+            logs.extend(res.logs)
+        return ("new", base, start, dict(envelope_fields(res), task=name, task_key=key, n=res.n,
+                                         flow_run_id=flow_run_id, submitted=submitted))
+    codes = bytearray()
+    ends, starts, submits = array("d"), array("d"), array("d")
+    extra: dict[str, dict] = {}
+    head = chunk_key(base, start)
+    at = 0
+    for item in group:
+        if item[0] == "inline1":  # (kind, name, key, flow, submitted, base, start, code, end, started)
+            codes.append(item[7])
+            ends.append(item[8])
+            starts.append(item[9])
+            submits.append(item[4])
+            at += 1
+            continue
+        res = item[5]
+        codes += res.codes
+        ends.extend(res.ends)
+        for _ in range(res.n):
+            starts.append(res.started)
+            submits.append(item[4])
+        for field, values in envelope_fields(res).items():
+            if type(values) is dict:
+                extra.setdefault(field, {}).update({at + i: v for i, v in values.items()})
+        if res.logs:
+            logs.extend([head, at + index, *rest] for _owner, index, *rest in res.logs)
+        at += res.n
+    fields = dict(extra, codes=bytes(codes), ends=ends.tobytes(), starts=starts.tobytes(),
+                  submits=submits.tobytes(), live=None, started=starts[0], task=name, task_key=key,
+                  n=at, flow_run_id=flow_run_id, submitted=submitted)
+    return ("new", base, start, fields)
 
 
 def _state_ops(events: list, task_name: str, task_key: str | None, flow_run_id: str | None,

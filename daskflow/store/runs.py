@@ -378,7 +378,27 @@ def _ends(rec: dict) -> array:
     return ends
 
 
+def _packed(rec: dict, name: str) -> array | None:
+    """A per-run packed time array of a direct-call record (``starts``, ``submits``), or None."""
+    raw = rec.get(name)
+    if raw is None:
+        return None
+    values = rec.get("_" + name)
+    if values is None:
+        values = rec["_" + name] = array("d")
+        values.frombytes(raw)
+    return values
+
+
+def _submitted(rec: dict, i: int) -> float | None:
+    submits = _packed(rec, "submits")
+    return submits[i] if submits is not None and i < len(submits) else rec.get("submitted")
+
+
 def _started_at(rec: dict, i: int) -> float | None:
+    starts = _packed(rec, "starts")  # direct calls folded into one record did not run back to back
+    if starts is not None and i < len(starts):
+        return starts[i]
     ends = _ends(rec)
     if 0 < i <= len(ends):
         return ends[i - 1]
@@ -412,7 +432,7 @@ def expand(rec: dict, i: int) -> dict:
         "flow_run_id": rec.get("flow_run_id"),
         "state": state,
         "state_type": state_type,
-        "submitted": rec.get("submitted"),
+        "submitted": _submitted(rec, i),
         "start": start,
         "end": end,
         "run_count": run_count,
@@ -426,7 +446,9 @@ def history(rec: dict, i: int) -> list[dict]:
     out = []
     if not events or events[0][1] not in ("Scheduled", "Pending"):
         # a chunk may start before its future (and submission time) is recorded
-        pending = min(t for t in (rec.get("submitted"), rec.get("started")) if t) if rec.get("submitted") else None
+        sub = _submitted(rec, i)
+        pending = min(t for t in (sub, _started_at(rec, i) if rec.get("starts") else rec.get("started")) if t) \
+            if sub else None
         out.append({"name": "Pending", "type": "PENDING", "timestamp": pending, "message": ""})
     extra = (rec.get("history") or {}).get(i)
     for t, name, ts, msg in events:
@@ -474,7 +496,8 @@ def _slowest(rec: dict, k: int) -> list[tuple[float, dict]]:
     ends = _ends(rec)
     if rec.get("codes") is None or not ends:
         return []
-    prev = [rec.get("started") or ends[0], *ends[:-1]]
+    starts = _packed(rec, "starts")
+    prev = list(starts) if starts is not None else [rec.get("started") or ends[0], *ends[:-1]]
     durations = sorted(((e - s, i) for i, (s, e) in enumerate(zip(prev, ends))), reverse=True)[:k]
     return [(d, expand(rec, i)) for d, i in durations]
 

@@ -139,3 +139,13 @@ def test_keys_same_in_two_fresh_processes():
     import json
 
     assert json.loads(outs[0]) == GOLDEN_ALL
+
+
+@pytest.mark.parametrize("column", [range(5, 40), [1, -2, 3.5, "é", b"b", None, True, 2**70], ["x"] * 7])
+def test_keys_atom_fast_path_equals_key_by_key(column):
+    plan = KeyPlan("double-0123abcd", b"v1/double-0123abcd/", b"v1\x00inputs", (0, 1), (b"x", b"y"))
+    n = len(column)
+    for second in (("b", 7), ("m", list(range(n)))):
+        keys, bad = plan.keys_for(None, [("m", column), second], n, lambda i: "")
+        rows = zip(column, second[1] if second[0] == "m" else [7] * n)
+        assert bad is None and keys == [plan.key(None, row, lambda: "") for row in rows]

@@ -273,3 +273,27 @@ def test_cache_async_task_awaited_in_a_running_loop(counter):
 
     assert asyncio.run(main()) == (2, "Cached")
     assert executed(counter) == 1
+
+
+@task(cache_policy=INPUTS - "counter", result_serializer="json")
+def picky(x, counter):
+    _mark(counter, x)
+    if x == 3:
+        raise ValueError("three")
+    return {x} if x == 5 else x * 10  # a set has no JSON form: not cached
+
+
+def test_cache_plain_map_failures_and_unserializable_results_stay_uncached(runner, counter):
+    @flow(task_runner=runner)
+    def pipeline():
+        futures = picky.map(range(8), unmapped(counter))
+        futures.wait()
+        return [s.name for s in futures.states]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CacheWarning)  # emitted where the chunk ran (a worker)
+        assert pipeline() == ["Completed"] * 3 + ["Failed"] + ["Completed"] * 4
+    assert executed(counter) == 8
+    states = pipeline()
+    assert states == ["Cached"] * 3 + ["Failed", "Cached", "Completed", "Cached", "Cached"]
+    assert executed(counter) == 10  # only the failed run and the uncacheable one ran again

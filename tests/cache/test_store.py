@@ -80,3 +80,27 @@ def test_store_compact_keeps_entries(store, daskflow_home):
 def test_store_secret_is_stable(daskflow_home):
     a = ser.load_secret(daskflow_home)
     assert a == ser.load_secret(daskflow_home) and len(a) == 32
+
+
+def test_store_batch_encoding_equals_one_by_one(store):
+    values = [1, "a", 2.5, None, True, b"x", [1, 2], {"a": 1}, np.arange(3), lambda: 1]
+    batch = ser.encode_many(values, "t-00000000", 9e9, None, store.secret, created=5.0)
+    for value, record in zip(values[:-1], batch):
+        assert record == ser.encode(value, "t-00000000", 9e9, None, store.secret, created=5.0)
+    assert batch[-1] is not None and ser.decode(batch[-1], store.secret)[1]() == 1
+
+
+def test_store_one_forged_record_among_many_is_the_only_miss(store):
+    keys = [b"k%d" % i for i in range(1000)]
+    records = ser.encode_many(list(range(1000)), "t-00000000", None, None, store.secret)
+    records[617] = ser.encode("pwned", "t-00000000", None, None, b"\x01" * 32)  # another secret
+    store.put_many(list(zip(keys, records)))
+    with pytest.warns(CacheWarning, match="bad signature") as caught:
+        hits = store.load_many(keys)
+    assert len(caught) == 1
+    assert len(hits) == 999 and 617 not in hits and hits[618] == 618
+
+
+def test_store_put_many_last_record_of_a_repeated_key_wins(store):
+    store.put_many([(b"b", _rec(store, 1)), (b"a", _rec(store, 2)), (b"b", _rec(store, 3))])
+    assert store.load_many([b"a", b"b"]) == {0: 2, 1: 3}

@@ -270,3 +270,35 @@ def test_record_states_api_records_background_style_runs():
     rec = store.task_run(rid)
     assert [h["name"] for h in rec["history"]] == ["Scheduled", "Pending", "Running", "Completed"]
     assert rec["state"] == "Completed" and rec["start"] == t0 + 2 and rec["end"] == t0 + 3
+
+
+def test_tracker_many_direct_calls_each_recorded_in_few_records():
+    @task
+    def direct(x):
+        if x % 7 == 3:
+            raise ValueError(f"bad {x}")
+        if x == 5:
+            get_run_logger().info("five")
+        return x
+
+    t0 = time.time()
+    states = [direct(x, return_state=True) for x in range(300)]
+    assert tracker.flush()
+    store = open_run_store()
+    rows = store.task_runs(task="direct", limit=None)
+    assert len(rows) == 300 and len({r["id"] for r in rows}) == 300
+    by_state = {}
+    for r in rows:
+        by_state[r["state"]] = by_state.get(r["state"], 0) + 1
+        assert t0 <= r["submitted"] <= r["start"] <= r["end"]
+    assert by_state == {"Failed": sum(1 for s in states if s.is_failed()), "Completed": 300 - by_state["Failed"]}
+    # bursts of direct calls share records (batched by the writer), yet each run is found by id
+    chunks = store.env.read(lambda txn: txn.stat(store._db["chunks"])["entries"])
+    assert chunks < 300
+    failed = [r for r in rows if r["state"] == "Failed"]
+    shown = store.task_run(failed[0]["id"])
+    assert shown["error"].startswith("ValueError: bad") and "ValueError" in shown["traceback"]
+    assert [h["name"] for h in shown["history"]] == ["Pending", "Running", "Failed"]
+    [five] = [r for r in rows if r["state"] == "Completed" and "five" in
+              [m["message"] for m in store.logs(r["id"])]]
+    assert store.task_run(five["id"][:13])["state"] == "Completed"
