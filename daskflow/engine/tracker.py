@@ -5,8 +5,9 @@ Where states come from, per chunk (never per element on the hot path):
 - *Pending* at submission: ``chunks_submitted`` registers the chunks as *live* (one dict
   entry each) and queues one store update per chunk.
 - *Running* / *Retrying*: the chunk function reports ``start`` when a chunk begins and
-  ``retry`` for each retry (slow path only). On a Dask worker the message is a Dask
-  structured event (``Worker.log_event`` on topic ``daskflow-runs``); the client
+  ``retry`` for each retry (slow path only). On a Dask worker the messages of ~100 ms
+  go out together as one Dask structured event (``Worker.log_event`` on topic
+  ``daskflow-runs``, see ``_Outbox``); the client
   subscribes (``subscribe``) and hands events to ``on_message``. In-process runners call
   ``on_message`` directly. ``live_state`` is what ``future.state`` reads meanwhile.
 - *Final*: ``chunk_finished`` records the envelope when the client fetches it (codes
@@ -284,7 +285,12 @@ def on_message(msg: dict) -> None:
 
 def _on_dask_event(event: tuple[float, Any]) -> None:
     try:
-        on_message(event[1])
+        msg = event[1]
+        if msg.get("k") == "batch":
+            for one in msg["m"]:
+                on_message(one)
+        else:
+            on_message(msg)
     except Exception:  # a malformed event must not break the client's event loop
         logger.debug("daskflow: bad tracker event %r", event, exc_info=True)
 
@@ -570,19 +576,58 @@ def _echo(logs: list[list]) -> None:
 
 
 def report(msg: dict, remote: bool) -> None:
-    """Send a tracker message from the chunk function: a Dask event on a worker, else direct."""
+    """Send a tracker message from the chunk function: batched Dask events on a worker, else direct."""
     try:
         if remote:
             from distributed import get_worker
 
             try:
-                get_worker().log_event(TOPIC, msg)
+                _outbox.add(get_worker(), msg)
                 return
             except ValueError:  # not on a worker after all
                 pass
         on_message(msg)
     except Exception:  # record keeping must never fail a run
         logger.debug("daskflow: could not report %r", msg.get("k"), exc_info=True)
+
+
+class _Outbox:
+    """A worker's tracker messages, sent as one Dask event about every 100 ms.
+
+    One event per chunk start and end would double the scheduler's messages for a map
+    with one run per Dask task (``chunksize=1``); batching makes it one per 100 ms.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pending: dict[int, tuple[Any, list]] = {}  # id(worker) -> (worker, messages)
+        self.thread: threading.Thread | None = None
+        self.pid = 0
+
+    def add(self, worker: Any, msg: dict) -> None:
+        with self.lock:
+            entry = self.pending.get(id(worker))
+            if entry is None:
+                entry = self.pending[id(worker)] = (worker, [])
+            entry[1].append(msg)
+            if self.thread is None or self.pid != os.getpid():
+                self.pid = os.getpid()
+                self.thread = threading.Thread(target=self._run, name="daskflow-events", daemon=True)
+                self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(0.1)  # the batching interval, not a synchronisation
+            with self.lock:
+                pending, self.pending = self.pending, {}
+            for worker, msgs in pending.values():
+                try:
+                    worker.log_event(TOPIC, {"k": "batch", "m": msgs})
+                except Exception:  # a closing worker: its runs' envelopes still carry the states
+                    logger.debug("daskflow: could not send %d tracker events", len(msgs), exc_info=True)
+
+
+_outbox = _Outbox()
 
 
 def chunk_starting(base: int, start: int, worker: str | None) -> None:
