@@ -373,7 +373,7 @@ class _Managed:
         from daskflow.engine import run as R
 
         ctx = self.ctx
-        ctx.index, ctx.run_count = i, 1
+        ctx.index, ctx.run_count, ctx.name = i, 1, ""
         try:
             args, kwargs = R._inputs(self.task, ctx, row, None)
         except R._EndsEarly as early:
@@ -394,7 +394,7 @@ class _Managed:
     def done(self, i: int, outcome: tuple[int, Any, list | None]) -> None:
         from daskflow.engine.run import COMPLETED
 
-        self.res.record(i, outcome, self.ctx.run_count)
+        self.res.record(i, outcome, self.ctx.run_count, self.ctx.name)
         if outcome[0] == COMPLETED and self.keys[i] is not None:
             record = _encode(self.task, self.spec, self.store, outcome[1], self.ctx)
             if record is not None:

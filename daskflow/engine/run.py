@@ -104,6 +104,7 @@ class ChunkResult:
     tracebacks: dict[int, str] = field(default_factory=dict)
     history: dict[int, list] = field(default_factory=dict)  # runs with retries
     run_counts: dict[int, int] = field(default_factory=dict)
+    names: dict[int, str] = field(default_factory=dict)  # runs named by task_run_name
     started: float = 0.0
     ends: array = field(default_factory=lambda: array("d"))
     worker: str | None = None
@@ -137,7 +138,7 @@ class ChunkResult:
         return run_id(self.base, self.start + i)
 
     def run_name(self, i: int) -> str:
-        return f"{self.task_name}-{self.start + i}"
+        return self.names.get(i) or f"{self.task_name}-{self.start + i}"
 
     def describe(self, i: int) -> str:
         code = self.codes[i]
@@ -177,9 +178,11 @@ class ChunkResult:
         return self.run_counts.get(i, 1)
 
     # -- writing, on the worker ---------------------------------------------------------
-    def record(self, i: int, outcome: tuple[int, Any, list | None], run_count: int) -> None:
+    def record(self, i: int, outcome: tuple[int, Any, list | None], run_count: int, name: str = "") -> None:
         """Store run i's outcome ``(code, value or exception or message, history)``."""
         code, value, history = outcome
+        if name:
+            self.names[i] = name
         if code in OK_CODES:
             self.values[i] = value  # type: ignore[index]
             self.codes[i] = code
@@ -329,8 +332,8 @@ def _run_fast(fn: Callable, rows: Any, res: ChunkResult, ctx: TaskRunContext) ->
 def _run_slow(task: Task, rows: Any, res: ChunkResult, ctx: TaskRunContext, deps: list | None) -> None:
     ends = array("d", bytes(8 * res.n))
     for i, row in enumerate(rows):
-        ctx.index, ctx.run_count = i, 1
-        res.record(i, run_one(task, ctx, row, deps), ctx.run_count)
+        ctx.index, ctx.run_count, ctx.name = i, 1, ""
+        res.record(i, run_one(task, ctx, row, deps), ctx.run_count, ctx.name)
         ends[i] = time.time()
     res.ends = ends
 
@@ -392,7 +395,7 @@ async def arun_single(task: Task, base: int, row: tuple, deps: list, refs: bool,
         outcome = early.outcome
     finally:
         task_run_ctx.reset(token)
-    res.record(0, outcome, ctx.run_count)
+    res.record(0, outcome, ctx.run_count, ctx.name)
     res.ends = array("d", [time.time()])
     return res
 

@@ -199,7 +199,7 @@ def inline_finished(task: Any, res: ChunkResult, flow_run_id: str | None, submit
     # The caller's whole cost: one tuple on the queue. The writer folds consecutive
     # direct calls of one task (consecutive indexes of ``direct_slot``) into one record.
     if enabled():
-        if res.n_failed or res.history or res.run_counts or res.logs or res.cache_records or res.n != 1:
+        if res.n_failed or res.history or res.run_counts or res.logs or res.cache_records or res.names or res.n != 1:
             item: tuple = ("inline", task.name, task.task_key, flow_run_id, submitted, res)
         else:  # the common case: the envelope is not kept alive until the writer runs
             item = ("inline1", task.name, task.task_key, flow_run_id, submitted, res.base, res.start,
@@ -390,6 +390,8 @@ def envelope_fields(res: ChunkResult) -> dict:
         fields["history"] = {i: [list(h) for h in hist] for i, hist in res.history.items()}
     if res.run_counts:
         fields["run_counts"] = dict(res.run_counts)
+    if res.names:
+        fields["names"] = dict(res.names)
     extra = getattr(res, "cache_keys", None)
     if extra:
         fields["cache_keys"] = dict(extra)

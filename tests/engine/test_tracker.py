@@ -302,3 +302,27 @@ def test_tracker_many_direct_calls_each_recorded_in_few_records():
     [five] = [r for r in rows if r["state"] == "Completed" and "five" in
               [m["message"] for m in store.logs(r["id"])]]
     assert store.task_run(five["id"][:13])["state"] == "Completed"
+
+
+@task(task_run_name="load-{day}")
+def named_load(day):
+    if day == "tue":
+        raise ValueError("no data")
+    return day
+
+
+def test_tracker_stores_task_run_names(runner):
+    @flow(task_runner=runner)
+    def f():
+        futures = named_load.map(["mon", "tue"])
+        futures.wait()
+        direct = named_load("wed", return_state=True).is_completed()
+        return [fut.task_run_id for fut in futures], direct
+
+    ids, direct = f()
+    assert direct
+    assert tracker.flush()
+    store = open_run_store()
+    assert [store.task_run(i)["name"] for i in ids] == ["load-mon", "load-tue"]
+    assert store.task_run(ids[1])["state"] == "Failed"
+    assert "load-wed" in {row["name"] for row in store.task_runs(task="named_load")}
