@@ -192,8 +192,6 @@ def for_single(task: Task, row: tuple, base: int, has_deps: bool) -> tuple[Cache
     """``(spec, envelope)`` of one ``.submit()``: the envelope when the cache already has it."""
     if not task._managed:
         return None, None
-    from daskflow.engine.context import run_id
-
     cache = for_map(task, list(task._names), {n: ("b", v) for n, v in zip(task._names, row)}, 1, [(0, 1)],
                     base, has_deps, None)
     if cache is None:

@@ -50,14 +50,14 @@ class _Sink:
             self.ship()
 
     def ship(self) -> None:
-        from daskflow.engine import tracker
+        from daskflow.engine import reports
 
         records, self.records = self.records, []
         if self.remote is None:
             from daskflow.engine.run import in_dask_task
 
             self.remote = in_dask_task()
-        tracker.report({"k": "logs", "r": records}, self.remote)
+        reports.report({"k": "logs", "r": records}, self.remote)
 
 
 class _RunHandler(logging.Handler):

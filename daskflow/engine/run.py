@@ -38,7 +38,7 @@ import cloudpickle
 
 from daskflow.engine import logging as run_logging
 from daskflow.engine import states as st
-from daskflow.engine import tracker
+from daskflow.engine import reports
 from daskflow.engine.states import _describe
 from daskflow.engine.context import TaskRunContext, run_id, task_run_ctx
 from daskflow.engine.inputs import Ref, UpstreamNotCompleted, resolve
@@ -253,14 +253,14 @@ class ChunkResult:
 def run_chunk(spec: ChunkSpec, deps: list[ChunkResult] = ()) -> ChunkResult:  # type: ignore[assignment]
     """Run a chunk on a worker: deserialize its columns, run every run, seal the envelope."""
     worker = _worker_address()
-    tracker.chunk_starting(spec.base, spec.start, worker)
+    reports.chunk_starting(spec.base, spec.start, worker)
     columns = spec.columns
     if isinstance(columns, bytes):
         columns = cloudpickle.loads(columns)
     result = run_rows(spec.task, spec.base, spec.start, spec.n, columns, list(deps),
                       spec.refs, spec.wait_refs, spec.flow_run_id, spec.cache)
     result.worker = worker
-    tracker.chunk_ended(result)
+    reports.chunk_ended(result)
     return result.seal()
 
 
@@ -417,7 +417,7 @@ def attempts(task: Task, ctx: TaskRunContext, args: tuple, kwargs: dict) -> Engi
         if ctx.run_count > 1:
             history = history or [("RUNNING", "Running", first_start, "")]
             history.append(("RUNNING", "Retrying", time.time(), f"attempt {ctx.run_count}"))
-            tracker.run_retrying(ctx, history[-1])
+            reports.run_retrying(ctx, history[-1])
         task._fire("on_running", ctx, args, kwargs, st.Running())
         ok, value = yield CALL, opts.timeout_seconds or 0.0
         if ok:
@@ -430,7 +430,7 @@ def attempts(task: Task, ctx: TaskRunContext, args: tuple, kwargs: dict) -> Engi
             delay = task._retry_delay(ctx.run_count)
             history = history or [("RUNNING", "Running", first_start, "")]
             history.append(("SCHEDULED", "AwaitingRetry", time.time(), f"{_describe(exc)}; retry in {delay:g}s"))
-            tracker.run_retrying(ctx, history[-1])
+            reports.run_retrying(ctx, history[-1])
             ctx.run_count += 1
             if delay > 0:
                 yield SLEEP, delay

@@ -7,7 +7,7 @@ Where states come from, per chunk (never per element on the hot path):
 - *Running* / *Retrying*: the chunk function reports ``start`` when a chunk begins and
   ``retry`` for each retry (slow path only). On a Dask worker the messages of ~100 ms
   go out together as one Dask structured event (``Worker.log_event`` on topic
-  ``daskflow-runs``, see ``_Outbox``); the client
+  ``daskflow-runs``, see ``engine/reports.py``); the client
   subscribes (``subscribe``) and hands events to ``on_message``. In-process runners call
   ``on_message`` directly. ``live_state`` is what ``future.state`` reads meanwhile.
 - *Final*: ``chunk_finished`` records the envelope when the client fetches it (codes
@@ -572,85 +572,3 @@ def _echo(logs: list[list]) -> None:
             record = run_logger.makeRecord(run_logger.name, level, "", 0, "%s - %s", (label, message), None)
             record.created = ts
             run_logger.handle(record)
-
-
-# -- the chunk function's side (a worker, or this process) ----------------------------------------
-
-
-def report(msg: dict, remote: bool) -> None:
-    """Send a tracker message from the chunk function: batched Dask events on a worker, else direct."""
-    try:
-        if remote:
-            from distributed import get_worker
-
-            try:
-                _outbox.add(get_worker(), msg)
-                return
-            except ValueError:  # not on a worker after all
-                pass
-        on_message(msg)
-    except Exception:  # record keeping must never fail a run
-        logger.debug("daskflow: could not report %r", msg.get("k"), exc_info=True)
-
-
-class _Outbox:
-    """A worker's tracker messages, sent as one Dask event about every 100 ms.
-
-    One event per chunk start and end would double the scheduler's messages for a map
-    with one run per Dask task (``chunksize=1``); batching makes it one per 100 ms.
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.pending: dict[int, tuple[Any, list]] = {}  # id(worker) -> (worker, messages)
-        self.thread: threading.Thread | None = None
-        self.pid = 0
-
-    def add(self, worker: Any, msg: dict) -> None:
-        with self.lock:
-            entry = self.pending.get(id(worker))
-            if entry is None:
-                entry = self.pending[id(worker)] = (worker, [])
-            entry[1].append(msg)
-            if self.thread is None or self.pid != os.getpid():
-                self.pid = os.getpid()
-                self.thread = threading.Thread(target=self._run, name="daskflow-events", daemon=True)
-                self.thread.start()
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(0.1)  # the batching interval, not a synchronisation
-            with self.lock:
-                pending, self.pending = self.pending, {}
-            for worker, msgs in pending.values():
-                try:
-                    worker.log_event(TOPIC, {"k": "batch", "m": msgs})
-                except Exception:  # a closing worker: its runs' envelopes still carry the states
-                    logger.debug("daskflow: could not send %d tracker events", len(msgs), exc_info=True)
-
-
-_outbox = _Outbox()
-
-
-def chunk_starting(base: int, start: int, worker: str | None) -> None:
-    report({"k": "start", "b": base.to_bytes(16, "big"), "s": start, "t": time.time(), "w": worker},
-           worker is not None)
-
-
-def chunk_ended(res: ChunkResult) -> None:
-    """The small end event: the codes of runs that did not simply complete, and the time."""
-    codes = res.codes
-    # [index, code] pairs: Dask events take str-keyed dicts only
-    odd = [] if not res.n_failed and 1 not in codes else [[i, c] for i, c in enumerate(codes) if c]
-    if len(odd) > 10_000:
-        odd = []
-    report({"k": "end", "b": res.base.to_bytes(16, "big"), "s": res.start, "t": time.time(), "w": res.worker,
-            "c": odd}, res.worker is not None)
-
-
-def run_retrying(ctx: Any, event: tuple) -> None:
-    """A retry of run ``ctx.index`` (slow path only): ``(type, name, timestamp, message)``."""
-    from daskflow.engine.run import in_dask_task
-
-    report({"k": "retry", "b": ctx.base.to_bytes(16, "big"), "s": ctx.start, "i": ctx.index, "h": list(event)},
-           in_dask_task())

@@ -11,8 +11,7 @@ from daskflow.exceptions import CancelledRun, CrashedRun, RunnerShutdown
 
 if TYPE_CHECKING:
     from daskflow.engine.futures import Chunk
-    from daskflow.engine import chunking
-from daskflow.engine.run import ChunkSpec
+    from daskflow.engine.run import ChunkSpec
 
 
 class TaskRunner(abc.ABC):
