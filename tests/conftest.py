@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 import dask.config
 import pytest
+
+# Nothing a test starts may write the user's real ~/.daskflow: session-scoped clusters and
+# servers start before the per-test home below is set, so they get this session home.
+_SESSION_HOME = tempfile.mkdtemp(prefix="daskflow-tests-")
+os.environ["DASKFLOW_HOME"] = _SESSION_HOME
+atexit.register(shutil.rmtree, _SESSION_HOME, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
@@ -78,7 +87,8 @@ def remote_cluster(tmp_path_factory):
 
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.path.dirname(__file__)]))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.path.dirname(__file__)]),
+               DASKFLOW_HOME=_SESSION_HOME)
     bindir = os.path.dirname(sys.executable)
     log = tmp_path_factory.mktemp("remote") / "cluster.log"
     out = open(log, "wb")
