@@ -19,10 +19,11 @@ does with ``daskflow.background.result(run_id)``.
 from __future__ import annotations
 
 import atexit
+import logging
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Generic, Iterable, TypeVar
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, TypeVar
 
 import cloudpickle
 
@@ -249,6 +250,34 @@ class BackgroundFuture(Generic[R]):
     def wait(self, timeout: float | None = None) -> None:
         """Wait until the run is final (or ``timeout`` seconds passed); never raises for failure."""
         self._fetch(timeout)
+
+    def add_done_callback(self, fn: Callable[[BackgroundFuture[R]], None]) -> None:
+        """Call ``fn(future)`` once the run is final: at once if it is, else from a helper thread.
+
+        The helper thread waits on the server (one long poll); a callback that raises is
+        logged. Meant for a few futures at a time, not for every run of a large map.
+        """
+        def call() -> None:
+            try:
+                fn(self)
+            except Exception:
+                logging.getLogger("daskflow").exception("done callback of background run %s raised",
+                                                        self.task_run_id)
+
+        if self._final is not None:
+            call()
+            return
+
+        def wait_then_call() -> None:
+            try:
+                while self._fetch(60) is None:
+                    pass
+            except Exception:  # an unknown run, a server gone for good: say so, call nothing
+                logging.getLogger("daskflow").exception("background run %s: cannot wait for it", self.task_run_id)
+                return
+            call()
+
+        threading.Thread(target=wait_then_call, name=f"daskflow-done-{self.task_run_id[:8]}", daemon=True).start()
 
     def record(self, timeout: float | None = None) -> dict:
         """The run's record (``id, name, state, history, worker, ...``), once final."""

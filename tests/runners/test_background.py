@@ -75,6 +75,24 @@ def test_delay_runs_on_a_task_worker_with_the_full_lifecycle(bg_server):
     assert bg.state(fut.task_run_id).name == "Completed"
 
 
+def test_background_future_done_callback_fires_once_final(bg_server):
+    import threading
+
+    seen = []
+    called = threading.Event()
+
+    def note(fut):
+        seen.append(fut.result())
+        called.set()
+
+    fut = bg_tasks.add.delay(20, 22)
+    fut.add_done_callback(note)
+    assert called.wait(30)
+    late = threading.Event()
+    fut.add_done_callback(lambda f: late.set())  # already final: called at once, in this thread
+    assert late.is_set() and seen == [42]
+
+
 def test_delay_bad_arguments_fail_at_once_naming_the_task(bg_server):
     with pytest.raises(TypeError, match="'add'"):
         bg_tasks.add.delay(1, 2, 3)
