@@ -49,9 +49,6 @@ def _register(chunks: list[Chunk]) -> None:
     if txn is not None:
         txn.track(chunks)
     tracker.chunks_submitted(chunks, current_flow_run_id())
-    for chunk in chunks:
-        if chunk.result is not None:  # answered by the cache on the client: final already
-            tracker.chunk_finished(chunk)
 
 
 # -- direct calls -------------------------------------------------------------------------

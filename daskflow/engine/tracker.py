@@ -179,6 +179,9 @@ def chunks_submitted(chunks: list[Chunk], flow_run_id: str | None, state: tuple[
         for c in chunks:
             for msg in early.pop((c.base, c.start), ()):
                 on_message(msg)
+    for c in chunks:
+        if c.result is not None:  # answered before submission (by the cache): final already
+            chunk_finished(c)
 
 
 def chunk_finished(chunk: Chunk) -> None:

@@ -326,3 +326,23 @@ def test_tracker_stores_task_run_names(runner):
     assert [store.task_run(i)["name"] for i in ids] == ["load-mon", "load-tue"]
     assert store.task_run(ids[1])["state"] == "Failed"
     assert "load-wed" in {row["name"] for row in store.task_runs(task="named_load")}
+
+
+def test_tracker_records_runs_answered_by_the_cache_as_cached(runner):
+    from daskflow.cache import INPUTS
+
+    @task(cache_policy=INPUTS)
+    def square(x):
+        return x * x
+
+    @flow(task_runner=runner)
+    def f():
+        futures = square.map(range(6))
+        return [fut.task_run_id for fut in futures], futures.result()
+
+    f()
+    ids, values = f()  # every element is a hit on the client: nothing is submitted
+    assert values == [x * x for x in range(6)]
+    assert tracker.flush()
+    store = open_run_store()
+    assert [store.task_run(i)["state"] for i in ids] == ["Cached"] * 6
