@@ -37,6 +37,7 @@ from typing import Any
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from daskflow.background import store
+from daskflow.engine.tracker import TOPIC
 
 __all__ = ["BackgroundPlugin"]
 
@@ -45,7 +46,6 @@ logger = logging.getLogger("daskflow.background")
 OP = "daskflow-bg"
 PLUGIN_NAME = "daskflow-background"
 _STOP = ("stop",)
-LOG_TOPIC = "daskflow-runs"  # the topic run logs travel on from Dask workers (run store)
 ARRIVAL_GRACE = 10.0  # seconds a reader waits for a run id the store does not know yet
 
 
@@ -68,6 +68,9 @@ class BackgroundPlugin(SchedulerPlugin):
         self.env = store.open_store(self.path)
         self.keys: dict[str, str] = {}  # Dask key -> run id, for runs submitted here
         self.active: set[str] = set()  # their run ids
+        # run ids forgotten by Dask lately: a worker's last log batch (sent every ~100 ms)
+        # may arrive after its run ended
+        self.recent: dict[str, None] = {}
         self.waiters: dict[str, list[asyncio.Future]] = {}
         self.arrivals: dict[str, list[asyncio.Future]] = {}  # readers of runs not enqueued yet
         self.client: Any = None
@@ -117,12 +120,15 @@ class BackgroundPlugin(SchedulerPlugin):
             put(ev)
 
     def log_event(self, topic: str, msg: Any) -> None:
-        # Run logs shipped while a background run executes (a run store's worker-side
-        # batches): record those of our runs here, on the server's host.
-        if topic != LOG_TOPIC or not isinstance(msg, dict) or msg.get("k") != "logs" or not self.keys:
+        # Run logs shipped while a background run executes (a worker's batch of tracker
+        # messages, engine/reports.py): record those of our runs here, on the server's host.
+        if topic != TOPIC or not isinstance(msg, dict) or not (self.active or self.recent):
             return
-        active = self.active
-        mine = [r for r in msg.get("r") or () if str(uuid.UUID(bytes=bytes(r[0][:16]))) in active]
+        batch = msg.get("m") if msg.get("k") == "batch" else [msg]
+        active, recent = self.active, self.recent
+        mine = [r for one in batch or () if isinstance(one, dict) and one.get("k") == "logs"
+                for r in one.get("r") or ()
+                if (rid := str(uuid.UUID(bytes=bytes(r[0][:16])))) in active or rid in recent]
         if mine:
             store._record_logs(mine)
 
@@ -147,6 +153,9 @@ class BackgroundPlugin(SchedulerPlugin):
                                             "error": message}))
         elif finish == "forgotten":
             self.active.discard(self.keys.pop(key, None))  # type: ignore[arg-type]
+            self.recent[rid] = None
+            if len(self.recent) > 10_000:
+                del self.recent[next(iter(self.recent))]
 
     # -- submission (event loop) ----------------------------------------------------------
     def _submit(self, entries: list[dict]) -> None:
@@ -200,8 +209,8 @@ class BackgroundPlugin(SchedulerPlugin):
         present = store.read_records(run_ids, self.env)
         missing = [rid for rid in run_ids if rid not in present]
         if missing:
-            grace = ARRIVAL_GRACE if timeout is None else min(ARRIVAL_GRACE, timeout)
-            unknown = await self._await_arrival(missing, grace)
+            # the full grace even for timeout=0: an enqueue still on its way is not unknown
+            unknown = await self._await_arrival(missing, ARRIVAL_GRACE)
             if timeout is not None:
                 timeout = max(0.0, timeout - (time.monotonic() - start))
         # No await from this read until the waiters are registered: a final state

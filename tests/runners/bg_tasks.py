@@ -86,6 +86,19 @@ def chatty(x):
 
 
 @task(persist_result=True)
+def chatty_long(x):
+    import time
+
+    from daskflow import get_run_logger
+
+    log = get_run_logger()
+    log.info("first %s", x)
+    time.sleep(0.3)  # longer than the log flush interval: these records ship while the run executes
+    log.info("second %s", x)
+    return x
+
+
+@task(persist_result=True)
 async def aio_double(x):
     import asyncio
 

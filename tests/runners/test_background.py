@@ -19,7 +19,8 @@ from daskflow.exceptions import (CrashedRun, NoBackgroundServer, ParameterSerial
 from daskflow.runners import ThreadPoolTaskRunner
 
 SERVED = ["bg_tasks:add", "bg_tasks:whoami", "bg_tasks:not_persisted", "bg_tasks:boom", "bg_tasks:flaky",
-          "bg_tasks:inc", "bg_tasks:cached_square", "bg_tasks:chatty", "bg_tasks:aio_double"]
+          "bg_tasks:inc", "bg_tasks:cached_square", "bg_tasks:chatty", "bg_tasks:chatty_long",
+          "bg_tasks:aio_double"]
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +129,6 @@ def test_delayed_runs_use_the_result_cache(bg_server, tmp_path):
 
 
 def test_background_runs_show_in_daskflow_runs_with_history_worker_and_logs(bg_server):
-    pytest.importorskip("daskflow.engine.tracker", reason="the run store is not merged yet")
     import json
 
     fut = bg_tasks.chatty.delay(3)
@@ -315,3 +315,26 @@ def _wait_for(condition, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(0.05)
+
+
+def test_background_logs_shipped_while_the_run_executes_reach_the_run_store(bg_server):
+    import json
+
+    fut = bg_tasks.chatty_long.delay(5)
+    assert fut.result(timeout=30) == 5
+    env = env_for(bg_server["home"])
+
+    def messages() -> list | None:
+        res = subprocess.run([sys.executable, "-m", "daskflow", "runs", "logs", fut.task_run_id, "-o", "json"],
+                             env=env, capture_output=True, text=True, timeout=60)
+        got = [r["message"] for r in json.loads(res.stdout)] if res.returncode == 0 else []
+        return got if len(got) == 2 else None
+
+    _wait_for(messages, 30)  # the server's run store is written in batches: eventually consistent
+    assert messages() == ["first 5", "second 5"]
+
+
+def test_background_future_done_right_after_delay_is_false_not_unknown(bg_server):
+    fut = bg_tasks.add.delay(2, 3)
+    assert fut.done() in (False, True)  # no UnknownRun while the enqueue is on its way
+    assert fut.result(timeout=30) == 5 and fut.done()
