@@ -68,12 +68,18 @@ def _in_block() -> bool:
     return current_transaction() is not None
 
 
+def cache_home() -> str:
+    """The cache home of the current code: the submitter's (shipped in a chunk's spec), else ours."""
+    from daskflow import config
+
+    return _home_var.get() or str(config.home())
+
+
 def new_spec(task: Task, home: str | None = None) -> CacheSpec:
     """The cache spec of a submission (or inline call) of a managed task, made here and now."""
     stage = _in_block()
     if not task.caches:
         return CacheSpec(None, None, lookup=False, stage=stage)
-    from daskflow import config
     from daskflow.engine.context import current_flow_run_id, flow_run_ctx
 
     flow = flow_run_ctx.get()
@@ -81,7 +87,7 @@ def new_spec(task: Task, home: str | None = None) -> CacheSpec:
     plan = make_plan(task, current_flow_run_id(), flow.parameters if flow is not None else None)
     if plan.problem:
         _warn(task, plan.problem)
-    home = home or _home_var.get() or str(config.home())
+    home = home or cache_home()
     expires = opts.cache_expiration.total_seconds() if opts.cache_expiration is not None else None
     return CacheSpec(home, plan, None, not opts.refresh_cache, stage, expires, opts.result_serializer)
 

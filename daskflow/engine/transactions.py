@@ -99,10 +99,10 @@ class Transaction:
 
     # -- the block ------------------------------------------------------------------
     def __enter__(self) -> Transaction:
-        from daskflow import config
+        from daskflow.cache.runtime import cache_home
 
         self.parent = _current.get()
-        self._home = self.parent._home if self.parent is not None else str(config.home())
+        self._home = self.parent._home if self.parent is not None else cache_home()
         self._token = _current.set(self)
         return self
 
@@ -143,10 +143,10 @@ class Transaction:
         return out
 
     def _store(self) -> Any:
-        from daskflow import config
+        from daskflow.cache.runtime import cache_home
         from daskflow.cache.store import get_store
 
-        return get_store(self._home or str(config.home()))
+        return get_store(self._home or cache_home())
 
     def _commit(self, runs: list) -> None:
         if self.parent is not None:  # the enclosing block commits our runs with its own
