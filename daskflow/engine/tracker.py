@@ -83,6 +83,8 @@ class _Tracker:
         self.early: collections.OrderedDict[tuple[int, int], list[dict]] = collections.OrderedDict()
         self.ops: collections.deque = collections.deque()
         self.lock = threading.Lock()
+        # orders registering a chunk against its messages arriving on other threads
+        self.registry = threading.Lock()
         self.thread: threading.Thread | None = None
         self.wake = threading.Event()
         self.failed = False
@@ -105,6 +107,7 @@ class _Tracker:
         self.thread = None
         self.ops.clear()
         self.lock = threading.Lock()
+        self.registry = threading.Lock()
         self.wake = threading.Event()
 
     def _writer(self) -> None:
@@ -170,15 +173,20 @@ def chunks_submitted(chunks: list[Chunk], flow_run_id: str | None, state: tuple[
     """Register freshly submitted chunks as live, Pending (or Scheduled), and queue their records."""
     if not chunks or not enabled():
         return
-    live = _tracker.live
-    for c in chunks:
-        live[(c.base, c.start)] = [c.task.name, c.n, None]
-    _tracker.put(("submitted", chunks, flow_run_id, state))
-    early = _tracker.early
-    if early:
+    live, early = _tracker.live, _tracker.early
+    arrived: list[dict] = []
+    # The chunks may already run (threads runner, events): the record is queued before a
+    # message can queue an update of it, and a message either finds its chunk live or is
+    # kept in ``early`` until the chunk is registered.
+    with _tracker.registry:
+        _tracker.put(("submitted", chunks, flow_run_id, state))
         for c in chunks:
-            for msg in early.pop((c.base, c.start), ()):
-                on_message(msg)
+            live[(c.base, c.start)] = [c.task.name, c.n, None]
+        if early:
+            for c in chunks:
+                arrived.extend(early.pop((c.base, c.start), ()))
+    for msg in arrived:
+        on_message(msg)
     for c in chunks:
         if c.result is not None:  # answered before submission (by the cache): final already
             chunk_finished(c)
@@ -260,12 +268,16 @@ def on_message(msg: dict) -> None:
     key = (int.from_bytes(msg["b"], "big"), msg["s"])
     entry = _tracker.live.get(key)
     if entry is None:  # not registered yet, already final, another client's chunk, or tracking off
-        if kind in ("start", "end"):
-            early = _tracker.early
-            early.setdefault(key, []).append(msg)
-            if len(early) > 10_000:
-                early.popitem(last=False)
-        return
+        if kind in ("start", "end") and key not in _tracker.counts:  # a final chunk needs nothing more
+            with _tracker.registry:
+                entry = _tracker.live.get(key)
+                if entry is None:
+                    early = _tracker.early
+                    early.setdefault(key, []).append(msg)
+                    if len(early) > 10_000:
+                        early.popitem(last=False)
+        if entry is None:
+            return
     if kind == "start":
         entry[2] = ("RUNNING", "Running", msg["t"], "")
         _tracker.put(("live", key, msg["t"], msg.get("w")))
