@@ -257,6 +257,9 @@ class Task(Generic[P, R]):
             [11, 12, 13]
         """
         if deferred:
+            if wait_for is not None or chunksize is not None:
+                raise TypeError(f"task {self.name!r}: .map(deferred=True) takes neither wait_for nor chunksize "
+                                "(each element is its own background run, enqueued at once)")
             from daskflow.background.client import delay_map
 
             return delay_map(self, args, kwargs)  # type: ignore[return-value]

@@ -338,3 +338,10 @@ def test_background_future_done_right_after_delay_is_false_not_unknown(bg_server
     fut = bg_tasks.add.delay(2, 3)
     assert fut.done() in (False, True)  # no UnknownRun while the enqueue is on its way
     assert fut.result(timeout=30) == 5 and fut.done()
+
+
+def test_map_deferred_rejects_wait_for_and_chunksize():
+    with pytest.raises(TypeError, match="'inc'.*wait_for nor chunksize"):
+        bg_tasks.inc.map([1, 2], deferred=True, chunksize=1)
+    with pytest.raises(TypeError, match="'inc'.*wait_for nor chunksize"):
+        bg_tasks.inc.map([1, 2], deferred=True, wait_for=[])
