@@ -56,6 +56,7 @@ class Env:
             if file.exists():
                 os.chmod(file, 0o600)
         self.env.reader_check()
+        self._map_size = self.env.info()["map_size"]
         # Opening a database takes a write transaction, so all are opened here, never
         # from inside a transaction (that would deadlock on LMDB's writer lock).
         self._dbs = {name: self._retry(lambda name=name: self.env.open_db(name.encode())) for name in dbs}
@@ -93,6 +94,7 @@ class Env:
             with gate:
                 gate.wait_for(lambda: not self._resizing)
                 self._active += 1
+            seen = self._map_size
             try:
                 return attempt()
             except lmdb.MapFullError:
@@ -103,20 +105,27 @@ class Env:
                 with gate:
                     self._active -= 1
                     gate.notify_all()
-            self._resize(resize)
+            self._resize(resize, seen)
         raise lmdb.MapFullError(f"{self.path}: the LMDB map could not be grown enough")
 
-    def _resize(self, how: str) -> None:
-        """Grow the map (double it) or adopt another process's size, with no txn open here."""
+    def _resize(self, how: str, seen: int) -> None:
+        """Grow the map (double it) or adopt another process's size, with no txn open here.
+
+        ``seen`` is the map size the failed transaction ran with: when another thread
+        has resized since, the retry runs on that size instead of doubling again.
+        """
         with self._gate:
             self._gate.wait_for(lambda: not self._resizing)
+            if self._map_size != seen:
+                return
             self._resizing = True
             try:
                 self._gate.wait_for(lambda: self._active == 0)
                 if how == "grow":
-                    self.env.set_mapsize(self.env.info()["map_size"] * 2)
+                    self.env.set_mapsize(self._map_size * 2)
                 else:
                     self.env.set_mapsize(0)
+                self._map_size = self.env.info()["map_size"]
             finally:
                 self._resizing = False
                 self._gate.notify_all()

@@ -61,3 +61,26 @@ def test_failed_write_commits_nothing(tmp_path):
         pass
     assert env.read(lambda txn: txn.get(b"one", db=env.db("t"))) is None
     close_env(tmp_path / "atomic")
+
+
+def test_concurrent_writers_grow_the_map_once_per_need(tmp_path):
+    import threading
+
+    env = open_env(tmp_path / "threads", dbs=("t",), map_size=1 << 20)
+    big = b"z" * (300 << 10)
+    barrier = threading.Barrier(6)
+
+    def writer(n):
+        barrier.wait()
+        for i in range(4):
+            env.write(lambda txn, i=i: txn.put(f"{n}-{i}".encode(), big, db=env.db("t")))
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert env.read(lambda txn: txn.stat(env.db("t"))["entries"]) == 24
+    # 24 x 300 KiB = 7.2 MB of data: doubling once per need ends at 16 MiB, not 2^6 times more
+    assert env.env.info()["map_size"] <= 16 << 20
+    close_env(tmp_path / "threads")
