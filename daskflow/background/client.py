@@ -31,8 +31,9 @@ from daskflow import config
 from daskflow.background import store
 from daskflow.engine import states as st
 from daskflow.engine.context import current_flow_run_id, new_run_base, run_id
+from daskflow.engine.inputs import ATOMS, UpstreamNotCompleted, collect_refs, resolve
 from daskflow.exceptions import (NoBackgroundServer, ParameterSerializationError, ResultNotPersisted, UnfinishedRun,
-                                 UnknownRun)
+                                 UnknownRun, UpstreamFailed)
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -152,12 +153,24 @@ def _task_blob(task: Task) -> bytes:
     return blob
 
 
-def _resolve(value: Any) -> Any:
-    from daskflow.engine.futures import MapFutures, TaskRunFuture
+def _resolve(task: Task, value: Any) -> Any:
+    """``value`` with the futures in it (also in containers) replaced by their values.
 
-    if isinstance(value, (TaskRunFuture, MapFutures, BackgroundFuture, BackgroundFutures)):
+    The engine's own resolution: ``allow_failure``/``quote``/``unmapped`` mean what they
+    mean for ``.submit()``, and a map's futures are fetched chunk by chunk.
+    """
+    if isinstance(value, (BackgroundFuture, BackgroundFutures)):
         return value.result()
-    return value
+    if type(value) in ATOMS:
+        return value
+    ups: list = []
+    value = collect_refs(value, {}, ups)
+    if not ups:
+        return value
+    try:
+        return resolve(value, [chunk.outcome() for chunk in ups])
+    except UpstreamNotCompleted as exc:
+        raise UpstreamFailed(f"task {task.name!r}: cannot delay the run: {exc.message}") from None
 
 
 def delay_row(task: Task, row: tuple, link: _Link) -> BackgroundFuture:
@@ -182,8 +195,8 @@ def delay(task: Task, args: tuple, kwargs: dict) -> BackgroundFuture:
     """``task.delay(*args, **kwargs)``: enqueue a background run; return its future at once."""
     link = _link()
     row = task._row(args, kwargs)
-    if not all(type(v) in (int, float, str, bytes, bool, type(None)) for v in row):
-        row = tuple(_resolve(v) for v in row)
+    if not ATOMS.issuperset(map(type, row)):
+        row = tuple(_resolve(task, v) for v in row)
     return delay_row(task, row, link)
 
 
@@ -198,9 +211,10 @@ def delay_map(task: Task, args: tuple, kwargs: dict) -> BackgroundFutures:
     for name in params:
         kind, value = kinds[name]
         if kind == "b":
-            columns.append((False, value.value if isinstance(value, _Quoted) else _resolve(value)))
+            columns.append((False, value.value if isinstance(value, _Quoted) else _resolve(task, value)))
         else:
-            columns.append((True, [_resolve(v) for v in value] if not isinstance(value, list) else value))
+            values = list(value)
+            columns.append((True, values if ATOMS.issuperset(map(type, values)) else _resolve(task, values)))
     futures = BackgroundFutures()
     for i in range(n):
         futures.append(delay_row(task, tuple(v[i] if mapped else v for mapped, v in columns), link))

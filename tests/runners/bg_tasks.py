@@ -99,6 +99,11 @@ def chatty_long(x):
 
 
 @task(persist_result=True)
+def total(xs):
+    return sum(xs)
+
+
+@task(persist_result=True)
 async def aio_double(x):
     import asyncio
 

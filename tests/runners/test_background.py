@@ -20,7 +20,7 @@ from daskflow.runners import ThreadPoolTaskRunner
 
 SERVED = ["bg_tasks:add", "bg_tasks:whoami", "bg_tasks:not_persisted", "bg_tasks:boom", "bg_tasks:flaky",
           "bg_tasks:inc", "bg_tasks:cached_square", "bg_tasks:chatty", "bg_tasks:chatty_long",
-          "bg_tasks:aio_double"]
+          "bg_tasks:total", "bg_tasks:aio_double"]
 
 
 @pytest.fixture(scope="module")
@@ -345,3 +345,24 @@ def test_map_deferred_rejects_wait_for_and_chunksize():
         bg_tasks.inc.map([1, 2], deferred=True, chunksize=1)
     with pytest.raises(TypeError, match="'inc'.*wait_for nor chunksize"):
         bg_tasks.inc.map([1, 2], deferred=True, wait_for=[])
+
+
+def test_delay_resolves_futures_nested_in_arguments(bg_server):
+    from daskflow import task
+
+    @task
+    def double(x):
+        return 2 * x
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    def enqueue():
+        fut = double.submit(1)
+        nested = bg_tasks.total.delay([fut, 3])              # a list holding a future
+        mapped = bg_tasks.inc.map([fut, 5], deferred=True)   # a mapped list holding a future
+        shifted = bg_tasks.add.map(double.map(range(3)), unmapped(1), deferred=True)
+        return nested, mapped, shifted
+
+    nested, mapped, shifted = enqueue()
+    assert nested.result(timeout=30) == 5
+    assert mapped.result(timeout=30) == [3, 6]
+    assert shifted.result(timeout=30) == [1, 3, 5]
