@@ -294,22 +294,30 @@ class _Writer(threading.Thread):
             if _STOP in batch:
                 stopping = True
                 batch = [op for op in batch if op is not _STOP]
-            if not batch:
-                continue
-            try:
-                submits, finals, changes = self.env.write(lambda txn: self._apply(txn, batch))
-            except Exception:  # noqa: BLE001 - the writer must survive a bad batch
-                logger.exception("daskflow server: writing %d background op(s) failed", len(batch))
-                continue
-            try:
-                store._record_states(changes)
-            except Exception:  # noqa: BLE001 - observability must not stop the queue
-                logger.exception("daskflow server: recording background run states failed")
-            if submits or finals:
+            for submits, finals, changes in self._commit(batch):
                 try:
-                    self.plugin.loop.call_soon_threadsafe(self.plugin._committed, submits, finals)
-                except RuntimeError:  # the loop is closed: the server is stopping
-                    pass
+                    store._record_states(changes)
+                except Exception:  # noqa: BLE001 - observability must not stop the queue
+                    logger.exception("daskflow server: recording background run states failed")
+                if submits or finals:
+                    try:
+                        self.plugin.loop.call_soon_threadsafe(self.plugin._committed, submits, finals)
+                    except RuntimeError:  # the loop is closed: the server is stopping
+                        pass
+
+    def _commit(self, batch: list[tuple]) -> list[tuple[list, list, list]]:
+        """Apply ``batch`` in one transaction; if that fails, op by op, so a bad op loses only itself."""
+        try:
+            return [self.env.write(lambda txn: self._apply(txn, batch))]
+        except Exception:  # noqa: BLE001 - the writer must survive a bad op
+            if len(batch) == 1:
+                logger.exception("daskflow server: writing background op %r for run %s failed", batch[0][0],
+                                 batch[0][1])
+                return []
+        out: list[tuple[list, list, list]] = []
+        for op in batch:
+            out.extend(self._commit([op]))
+        return out
 
     def _apply(self, txn: Any, batch: list[tuple]) -> tuple[list, list, list]:
         env = self.env
