@@ -130,10 +130,7 @@ def disconnect(address: str) -> None:
             link.flush()
         except Exception:  # noqa: BLE001 - the server may be gone
             pass
-    with dask_runner._shared_lock:
-        client = dask_runner._shared_clients.pop(address, None)
-    if client is not None:
-        client.close(timeout=2)
+    dask_runner.close_shared_client(address)
 
 
 def _flush_links() -> None:

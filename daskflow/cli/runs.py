@@ -14,10 +14,11 @@ from typing import Any
 
 import click
 
+from daskflow.cli.cache import output_option
+
 __all__ = ["COMMANDS"]
 
-_output = click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table",
-                       show_default=True, help="Print a rich table/record, or JSON.")
+_output = output_option
 _STYLES = {"COMPLETED": "green", "FAILED": "red", "CRASHED": "magenta", "CANCELLED": "yellow",
            "RUNNING": "cyan", "PENDING": "dim", "SCHEDULED": "dim"}
 

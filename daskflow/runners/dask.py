@@ -51,6 +51,14 @@ def shared_client(address: str, client_kwargs: dict | None = None) -> Client:
         return client
 
 
+def close_shared_client(address: str) -> None:
+    """Close this process's shared client of ``address``, if there is one."""
+    with _shared_lock:
+        client = _shared_clients.pop(address, None)
+    if client is not None:
+        client.close(timeout=2)
+
+
 @atexit.register
 def _close_shared_clients() -> None:
     for client in list(_shared_clients.values()):

@@ -34,6 +34,7 @@ import msgpack
 
 from daskflow import _lmdb, config
 from daskflow.engine.context import _MASK, _STRIDE, run_id
+from daskflow.engine.run import CODE_STATES
 
 __all__ = ["RunStore", "open_run_store", "index_of", "STATE_CODES"]
 
@@ -42,12 +43,8 @@ _INVERSE = pow(_STRIDE, -1, 1 << 128)
 _FLOW_OWNER = b"\xff" * 8
 _seq = itertools.count()
 
-# Final state codes of a chunk record (the same numbering as the engine's envelope).
-STATE_CODES: dict[int, tuple[str, str]] = {
-    0: ("COMPLETED", "Completed"), 1: ("COMPLETED", "Cached"), 2: ("FAILED", "Failed"),
-    3: ("FAILED", "NotReady"), 4: ("FAILED", "TimedOut"), 5: ("CRASHED", "Crashed"),
-    6: ("CANCELLED", "Cancelled"),
-}
+# Final state codes of a chunk record: the engine envelope's own numbering.
+STATE_CODES: dict[int, tuple[str, str]] = {code: (t.name, name) for code, (t, name) in CODE_STATES.items()}
 CODE_OF_NAME = {name: code for code, (_, name) in STATE_CODES.items()}
 _DICT_FIELDS = ("messages", "tracebacks", "history", "run_counts", "names", "cache_keys")
 
