@@ -245,7 +245,7 @@ def run_managed(task: Task, rows: Any, res: ChunkResult, ctx: TaskRunContext, de
     """Run a chunk of a managed task: lookups, runs, one write, commit hooks."""
     chunk = _Managed(task, res, ctx, deps, spec)
     token = _home_var.set(chunk.spec.home) if chunk.spec.home else None
-    if deps is None and _plain(task):
+    if deps is None and task._plain:
         try:
             chunk.run_plain(rows)
         finally:
@@ -429,15 +429,6 @@ class _Managed:
             for i in range(res.n):
                 if res.codes[i] in OK_CODES:
                     fire(task, "on_commit", _run_txn(self.keys[i]))
-
-
-def _plain(task: Task) -> bool:
-    """Whether the task's runs need nothing but the cache: no retries, timeout, hooks,
-    run names or async body (their lifecycle is then the engine's fast path)."""
-    o = task.options
-    return not (o.retries or o.timeout_seconds or task.is_async or o.log_prints or o.on_completion
-                or o.on_failure or o.on_running or o.task_run_name or o.on_commit or o.on_rollback
-                or not task._positional)
 
 
 def _worker_keys(task: Task, plan: KeyPlan, items: list, ctx: TaskRunContext, keys: list) -> list:

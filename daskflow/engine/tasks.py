@@ -153,11 +153,13 @@ class Task(Generic[P, R]):
             self._min_args = -1  # a default before a required parameter: use the slow bind
         # cache or commit/rollback hooks: runs go through daskflow.cache.runtime
         self._managed = bool(self.caches or options.on_commit or options.on_rollback)
-        self._fast = not (
+        # nothing in a run's lifecycle but calling the function (and maybe the cache)
+        self._plain = not (
             options.retries or options.timeout_seconds or self.is_async or options.log_prints
             or options.on_completion or options.on_failure or options.on_running
-            or options.task_run_name or self._managed or not self._positional
+            or options.task_run_name or options.on_commit or options.on_rollback or not self._positional
         )
+        self._fast = self._plain and not self._managed
 
     def __getstate__(self) -> dict:
         return {"fn": self.fn, "options": self.options}
