@@ -68,10 +68,13 @@ class Env:
         except KeyError:
             raise KeyError(f"{self.path}: database {name!r} was not declared in open_env(dbs=...)") from None
 
-    def read(self, fn: Callable[[lmdb.Transaction], T]) -> T:
-        """Run ``fn(txn)`` in a read transaction."""
+    def read(self, fn: Callable[[lmdb.Transaction], T], buffers: bool = False) -> T:
+        """Run ``fn(txn)`` in a read transaction.
+
+        With ``buffers=True`` values are views of the map, valid only inside ``fn``.
+        """
         def attempt() -> T:
-            with self.env.begin() as txn:
+            with self.env.begin(buffers=buffers) as txn:
                 return fn(txn)
 
         return self._retry(attempt)

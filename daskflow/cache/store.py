@@ -123,7 +123,7 @@ class LMDBResultStore(ResultStore):
             # one copy out of the map, into a bytearray that loaded arrays then share
             return [None if (v := get(k, db=db)) is None else bytearray(v) for k in keys]
 
-        return self._read(read)
+        return self.env.read(read, buffers=True)
 
     def load_many(self, keys: list[bytes | None], now: float | None = None) -> dict[int, Any]:
         # Decoded inside the read transaction, straight from the map: only values with
@@ -142,17 +142,7 @@ class LMDBResultStore(ResultStore):
                        for k in keys]
             return self._decode_all(keys, records, now)
 
-        return self._read(read)
-
-    def _read(self, fn: Any) -> Any:
-        """A read transaction whose values are views of the map (copied before it ends)."""
-        env = self.env
-
-        def attempt() -> Any:
-            with env.env.begin(buffers=True) as txn:
-                return fn(txn)
-
-        return env._retry(attempt)
+        return self.env.read(read, buffers=True)
 
     def put_many(self, items: list[tuple[bytes, bytes]], txn_key: str | None = None) -> None:
         if not items and txn_key is None:
@@ -196,7 +186,7 @@ class LMDBResultStore(ResultStore):
                 out.append((bytes(key), header, len(record)))
             return out
 
-        return self._read(read)
+        return self.env.read(read, buffers=True)
 
     def is_committed(self, txn_key: str) -> bool:
         db = self.env.db(TXNS)
