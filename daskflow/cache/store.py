@@ -192,9 +192,17 @@ class LMDBResultStore(ResultStore):
         db = self.env.db(TXNS)
         return self.env.read(lambda txn: txn.get(txn_key.encode(), db=db)) is not None
 
-    def clear_txns(self) -> None:
-        db = self.env.db(TXNS)
-        self.env.write(lambda txn: txn.drop(db, delete=False))
+    def clear(self) -> int:
+        """Delete every entry and transaction marker in one write transaction; returns the entry count."""
+        entries, txns = self.env.db(ENTRIES), self.env.db(TXNS)
+
+        def write(txn: Any) -> int:
+            n = txn.stat(entries)["entries"]
+            txn.drop(entries, delete=False)
+            txn.drop(txns, delete=False)
+            return n
+
+        return self.env.write(write)
 
     def compact(self) -> tuple[int, int]:
         """Rewrite the environment without free pages; returns (bytes before, bytes after).

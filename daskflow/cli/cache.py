@@ -108,11 +108,9 @@ def clear(task_name: str | None, output: str) -> None:
     """Delete cache entries (all, or one task's)."""
     store = _store()
     if task_name is None:
-        keys = [k for k, _ in store.iterate()]
-        store.clear_txns()
+        removed = store.clear()
     else:
-        keys = [r["_raw"] for r in _entries(task_name)]
-    removed = store.delete(keys)
+        removed = store.delete([r["_raw"] for r in _entries(task_name)])
     _report({"removed": removed}, output, f"removed {removed} entries")
 
 
