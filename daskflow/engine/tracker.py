@@ -16,7 +16,8 @@ Where states come from, per chunk (never per element on the hot path):
   whose results nobody fetches. Dask-level loss reaches here as the base runner's
   Crashed/Cancelled envelopes.
 - Logs: records collected per chunk on the worker (``daskflow.engine.logging``) arrive
-  in ``logs`` events about every 100 ms while a chunk runs, and with its ``end``.
+  in ``logs`` events about every 100 ms while a chunk runs; the rest travel in the
+  chunk's envelope (a chunk whose envelope nobody fetches keeps those).
 
 Direct calls ``t(x)`` (``inline_finished``) queue one compact tuple each, without a lock;
 their run ids come from one per-process base with consecutive indexes
@@ -294,8 +295,6 @@ def on_message(msg: dict) -> None:
             codes[i] = code
         _remember_counts(key, codes)
         _tracker.put(("end", key, bytes(codes), msg["t"], msg.get("w")))
-        if msg.get("r"):
-            _tracker.put(("logs", msg["r"]))
 
 
 def _on_dask_event(event: tuple[float, Any]) -> None:
@@ -407,9 +406,6 @@ def envelope_fields(res: ChunkResult) -> dict:
         fields["run_counts"] = dict(res.run_counts)
     if res.names:
         fields["names"] = dict(res.names)
-    extra = getattr(res, "cache_keys", None)
-    if extra:
-        fields["cache_keys"] = dict(extra)
     return fields
 
 
