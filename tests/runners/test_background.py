@@ -128,26 +128,29 @@ def test_delayed_runs_use_the_result_cache(bg_server, tmp_path):
     assert log.read_text().count("ran") == 1
 
 
-def test_background_runs_show_in_daskflow_runs_with_history_worker_and_logs(bg_server):
+def _cli_json(home, *args: str):
+    """``daskflow ... -o json`` on the server's host: the parsed output, or None if it failed."""
     import json
 
+    res = subprocess.run([sys.executable, "-m", "daskflow", *args, "-o", "json"], env=env_for(home),
+                         capture_output=True, text=True, timeout=60)
+    return json.loads(res.stdout) if res.returncode == 0 else None
+
+
+def test_background_runs_show_in_daskflow_runs_with_history_worker_and_logs(bg_server):
     fut = bg_tasks.chatty.delay(3)
     assert fut.result(timeout=30) == 3
-    env = env_for(bg_server["home"])
 
     def show() -> dict | None:
-        res = subprocess.run([sys.executable, "-m", "daskflow", "runs", "show", fut.task_run_id, "-o", "json"],
-                             env=env, capture_output=True, text=True, timeout=60)
-        rec = json.loads(res.stdout) if res.returncode == 0 else None
+        rec = _cli_json(bg_server["home"], "runs", "show", fut.task_run_id)
         return rec if rec and rec["state"] == "Completed" else None
 
     _wait_for(show, 30)  # the server's run store is written in batches: eventually consistent
     rec = show()
     assert [h["name"] for h in rec["history"]] == ["Scheduled", "Pending", "Running", "Completed"]
     assert rec["worker"] == fut.record()["worker"] and rec["task_key"] == bg_tasks.chatty.task_key
-    logs = subprocess.run([sys.executable, "-m", "daskflow", "runs", "logs", fut.task_run_id, "-o", "json"],
-                          env=env, capture_output=True, text=True, timeout=60, check=True).stdout
-    assert [r["message"] for r in json.loads(logs)] == ["hello 3"]
+    logs = _cli_json(bg_server["home"], "runs", "logs", fut.task_run_id)
+    assert [r["message"] for r in logs] == ["hello 3"]
 
 
 def test_result_of_a_task_that_does_not_persist_is_a_clear_error(bg_server):
@@ -318,16 +321,11 @@ def _wait_for(condition, timeout: float) -> None:
 
 
 def test_background_logs_shipped_while_the_run_executes_reach_the_run_store(bg_server):
-    import json
-
     fut = bg_tasks.chatty_long.delay(5)
     assert fut.result(timeout=30) == 5
-    env = env_for(bg_server["home"])
 
     def messages() -> list | None:
-        res = subprocess.run([sys.executable, "-m", "daskflow", "runs", "logs", fut.task_run_id, "-o", "json"],
-                             env=env, capture_output=True, text=True, timeout=60)
-        got = [r["message"] for r in json.loads(res.stdout)] if res.returncode == 0 else []
+        got = [r["message"] for r in _cli_json(bg_server["home"], "runs", "logs", fut.task_run_id) or ()]
         return got if len(got) == 2 else None
 
     _wait_for(messages, 30)  # the server's run store is written in batches: eventually consistent
