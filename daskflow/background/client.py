@@ -30,7 +30,8 @@ import cloudpickle
 from daskflow import config
 from daskflow.background import store
 from daskflow.engine import states as st
-from daskflow.engine.context import current_flow_run_id, new_run_base, run_id
+from daskflow.engine.context import current_flow_run_id
+from daskflow.ids import new_run_base, run_id
 from daskflow.engine.inputs import ATOMS, UpstreamNotCompleted, collect_refs, resolve
 from daskflow.exceptions import (NoBackgroundServer, ParameterSerializationError, ResultNotPersisted, UnfinishedRun,
                                  UnknownRun, UpstreamFailed)

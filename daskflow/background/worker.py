@@ -35,7 +35,8 @@ import cloudpickle
 
 from daskflow import config
 from daskflow.background.plugin import OP
-from daskflow.engine.run import CODE_STATES, OK_CODES, run_rows
+from daskflow.codes import CODE_STATES, OK_CODES
+from daskflow.engine.run import run_rows
 from daskflow.engine.tasks import Task
 from daskflow.exceptions import NoBackgroundServer
 
@@ -85,8 +86,7 @@ def run_background(task_blob: bytes, args_blob: bytes, rid: str, flow_run_id: st
         return
     res = run_rows(task, uuid.UUID(rid).int, 0, 1, [("m", [v]) for v in row], [], False, (), flow_run_id)
     code = res.codes[0]
-    type_, name = CODE_STATES[code]
-    info: dict[str, Any] = {"type": type_.value, "name": name, "ts": res.ends[0] if res.ends else time.time(),
+    info: dict[str, Any] = {"type": CODE_STATES[code].type, "name": CODE_STATES[code].name, "ts": res.ends[0] if res.ends else time.time(),
                             "run_count": res.run_count(0), "worker": address, "message": ""}
     logs = getattr(res, "logs", None)  # run logs not shipped while the run ran (with a run store)
     if logs:

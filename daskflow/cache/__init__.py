@@ -7,7 +7,7 @@ Example:
     ... def load(path):
     ...     ...
 
-Only the policies are imported here; keys, store and runtime load when a task caches.
+Only the policies are imported here; keys and the store load when a task caches.
 """
 
 from __future__ import annotations

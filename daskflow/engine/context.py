@@ -7,32 +7,17 @@ of building a context per element.
 
 from __future__ import annotations
 
-import random
-import uuid
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from daskflow.ids import new_run_base, run_id
 
 if TYPE_CHECKING:
     from daskflow.engine.flows import Flow
     from daskflow.engine.tasks import Task
     from daskflow.runners.base import TaskRunner
 
-# Element i of a fan-out gets run id base + i*_STRIDE (mod 2**128): unique, cheap, and
-# spread over the high bits so that id prefixes stay distinguishable.
-_STRIDE = 0x9E3779B97F4A7C15F39CC0605CEDC835
-_MASK = (1 << 128) - 1
-
-
-def new_run_base() -> int:
-    """A random 128-bit base from which the run ids of one submission are derived."""
-    # random (re-seeded in forked children) is 20x cheaper than uuid4 and as unique here
-    return random.getrandbits(128)
-
-
-def run_id(base: int, index: int = 0) -> str:
-    """The id of run ``index`` of the submission with id base ``base``."""
-    return str(uuid.UUID(int=(base + index * _STRIDE) & _MASK))
 
 
 @dataclass(eq=False)

@@ -36,6 +36,8 @@ from typing import TYPE_CHECKING, Any, Callable, Generator
 
 import cloudpickle
 
+from daskflow.codes import (CACHED, CANCELLED, CODE_STATES, COMPLETED, CRASHED, FAILED,  # noqa: F401
+                            NOT_READY, OK_CODES, TIMED_OUT)
 from daskflow.engine import logging as run_logging
 from daskflow.engine import states as st
 from daskflow.engine import reports
@@ -46,19 +48,6 @@ from daskflow.exceptions import ParameterSerializationError, TaskRunTimeoutError
 
 if TYPE_CHECKING:
     from daskflow.engine.tasks import Task
-
-# Final state codes kept per run in a chunk's envelope.
-COMPLETED, CACHED, FAILED, NOT_READY, TIMED_OUT, CRASHED, CANCELLED = range(7)
-CODE_STATES: dict[int, tuple[st.StateType, str]] = {
-    COMPLETED: (st.StateType.COMPLETED, "Completed"),
-    CACHED: (st.StateType.COMPLETED, "Cached"),
-    FAILED: (st.StateType.FAILED, "Failed"),
-    NOT_READY: (st.StateType.FAILED, "NotReady"),
-    TIMED_OUT: (st.StateType.FAILED, "TimedOut"),
-    CRASHED: (st.StateType.CRASHED, "Crashed"),
-    CANCELLED: (st.StateType.CANCELLED, "Cancelled"),
-}
-OK_CODES = (COMPLETED, CACHED)
 
 
 class Unpicklable:
@@ -85,7 +74,7 @@ class ChunkSpec:
     refs: bool = False  # mapped values hold Refs to resolve run by run
     wait_refs: tuple[Ref, ...] = ()
     flow_run_id: str | None = None
-    cache: Any = None  # a cache.runtime.CacheSpec for tasks that cache or have commit hooks
+    cache: Any = None  # a engine.managed.CacheSpec for tasks that cache or have commit hooks
 
 
 @dataclass(slots=True)
@@ -142,11 +131,11 @@ class ChunkResult:
 
     def describe(self, i: int) -> str:
         code = self.codes[i]
-        return f"{CODE_STATES[code][1]}: {self.messages.get(i) or _describe(self.errors.get(i))}"
+        return f"{CODE_STATES[code].name}: {self.messages.get(i) or _describe(self.errors.get(i))}"
 
     def state(self, i: int) -> st.State:
         code = self.codes[i]
-        type_, name = CODE_STATES[code]
+        type_, name = st.StateType[CODE_STATES[code].type], CODE_STATES[code].name
         ts = self.ends[i] if i < len(self.ends) else time.time()
         if code in OK_CODES:
             return st.State(type_, name, data=self.get_values()[i], timestamp=ts)
@@ -284,7 +273,7 @@ def run_rows(task: Task, base: int, start: int, n: int, columns: list, deps: lis
         if task._fast and not refs:
             _run_fast(task.fn, rows, res, ctx)
         elif task._managed:  # a cache or commit hooks: lookups, batched writes, transactions
-            from daskflow.cache.runtime import run_managed
+            from daskflow.engine.managed import run_managed
 
             run_managed(task, rows, res, ctx, deps if refs else None, cache)
         else:
@@ -383,7 +372,7 @@ async def arun_single(task: Task, base: int, row: tuple, deps: list, refs: bool,
         for ref in wait_refs:
             resolve(ref, deps)
         if task._managed:  # a cache or commit hooks
-            from daskflow.cache.runtime import arun_managed
+            from daskflow.engine.managed import arun_managed
 
             await arun_managed(task, res, ctx, row, deps if refs else None)
             return res
@@ -425,7 +414,7 @@ def attempts(task: Task, ctx: TaskRunContext, args: tuple, kwargs: dict) -> Engi
             return COMPLETED, value, history
         exc = value
         code = TIMED_OUT if isinstance(exc, TaskRunTimeoutError) else FAILED
-        failed = st.State(CODE_STATES[code][0], CODE_STATES[code][1], message=_describe(exc), data=exc)
+        failed = st.State(st.StateType[CODE_STATES[code].type], CODE_STATES[code].name, message=_describe(exc), data=exc)
         if ctx.run_count <= opts.retries and task._should_retry(ctx, args, kwargs, failed):
             delay = task._retry_delay(ctx.run_count)
             history = history or [("RUNNING", "Running", first_start, "")]

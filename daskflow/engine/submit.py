@@ -118,7 +118,7 @@ def submit_run(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None)
     base = new_run_base()
     cache = None
     if task._managed:  # the cache may already hold this run: then nothing is submitted
-        from daskflow.cache.runtime import for_single
+        from daskflow.engine.managed import for_single
 
         cache, known = for_single(task, row, base, refs or bool(waits))
         if known is not None:
@@ -197,7 +197,7 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
     base = new_run_base()
     cache = None
     if task._managed:  # cached runs are answered here and not submitted
-        from daskflow.cache.runtime import for_map
+        from daskflow.engine.managed import for_map
 
         cache = for_map(task, names, kinds, n, bounds, base, bool(wait_for), aligned)
         bounds = cache.bounds  # type: ignore[union-attr]

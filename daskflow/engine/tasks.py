@@ -151,7 +151,7 @@ class Task(Generic[P, R]):
         self._min_args = sum(1 for d in self._defaults if d is empty) if self._positional else -1
         if self._positional and empty in self._defaults[self._min_args:]:
             self._min_args = -1  # a default before a required parameter: use the slow bind
-        # cache or commit/rollback hooks: runs go through daskflow.cache.runtime
+        # cache or commit/rollback hooks: runs go through daskflow.engine.managed
         self._managed = bool(self.caches or options.on_commit or options.on_rollback)
         # nothing in a run's lifecycle but calling the function (and maybe the cache)
         self._plain = not (

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import dask.config
 
 from daskflow import config
+from daskflow.codes import CODE_OF_NAME
 
 if TYPE_CHECKING:
     from daskflow.engine.futures import Chunk
@@ -530,8 +531,6 @@ def _inline_op(group: list[tuple], logs: list) -> tuple:
 
 def _state_ops(events: list, task_name: str, task_key: str | None, flow_run_id: str | None,
                worker: str | None) -> list[tuple]:
-    from daskflow.store.runs import CODE_OF_NAME
-
     ops = []
     for rid, name, ts, message in events:
         base = uuid.UUID(rid).int

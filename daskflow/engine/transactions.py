@@ -99,7 +99,7 @@ class Transaction:
 
     # -- the block ------------------------------------------------------------------
     def __enter__(self) -> Transaction:
-        from daskflow.cache.runtime import cache_home
+        from daskflow.engine.managed import cache_home
 
         self.parent = _current.get()
         self._home = self.parent._home if self.parent is not None else cache_home()
@@ -143,7 +143,7 @@ class Transaction:
         return out
 
     def _store(self) -> Any:
-        from daskflow.cache.runtime import cache_home
+        from daskflow.engine.managed import cache_home
         from daskflow.cache.store import get_store
 
         return get_store(self._home or cache_home())
@@ -165,7 +165,7 @@ class Transaction:
         self._fire_all(runs, "on_commit")
 
     def _fire_all(self, runs: list, kind: str) -> None:
-        from daskflow.cache.runtime import fire
+        from daskflow.engine.managed import fire
 
         for task, res, i in runs:
             if res is not None and res.ok(i) and getattr(task.options, kind):

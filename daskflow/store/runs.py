@@ -33,19 +33,15 @@ from typing import Any, Iterable, Iterator
 import msgpack
 
 from daskflow import _lmdb, config
-from daskflow.engine.context import _MASK, _STRIDE, run_id
-from daskflow.engine.run import CODE_STATES
+from daskflow.codes import CODE_OF_NAME, CODE_STATES
+from daskflow.ids import MASK, STRIDE, index_of, run_id
 
-__all__ = ["RunStore", "open_run_store", "index_of", "STATE_CODES"]
+__all__ = ["RunStore", "open_run_store"]
 
 DBS = ("chunks", "bytime", "flows", "byflow", "logs")
-_INVERSE = pow(_STRIDE, -1, 1 << 128)
 _FLOW_OWNER = b"\xff" * 8
 _seq = itertools.count()
 
-# Final state codes of a chunk record: the engine envelope's own numbering.
-STATE_CODES: dict[int, tuple[str, str]] = {code: (t.name, name) for code, (t, name) in CODE_STATES.items()}
-CODE_OF_NAME = {name: code for code, (_, name) in STATE_CODES.items()}
 _DICT_FIELDS = ("messages", "tracebacks", "history", "run_counts", "names", "cache_keys")
 
 
@@ -59,12 +55,6 @@ def unpack(data: bytes) -> Any:
 
 def chunk_key(base: int, start: int) -> bytes:
     return base.to_bytes(16, "big") + start.to_bytes(8, "big")
-
-
-def index_of(base: int, rid: str | int) -> int:
-    """The index ``i`` with ``run_id(base, i) == rid`` (any base gives one; check its range)."""
-    value = uuid.UUID(rid).int if isinstance(rid, str) else rid
-    return ((value - base) * _INVERSE) & _MASK
 
 
 def _us(ts: float) -> bytes:
@@ -217,13 +207,13 @@ class RunStore:
                     if start <= i < start + n:
                         found.append((ck, i - start))
                     continue
-                value = (base + start * _STRIDE) & _MASK
+                value = (base + start * STRIDE) & MASK
                 for i in range(n):
                     if value >> shift == wanted:
                         found.append((ck, i))
                         if len(found) > 1:
                             return found
-                    value = (value + _STRIDE) & _MASK
+                    value = (value + STRIDE) & MASK
             return found
 
         found = self.env.read(read)
@@ -410,7 +400,7 @@ def expand(rec: dict, i: int) -> dict:
     run_count = (rec.get("run_counts") or {}).get(i, 1)
     end = None
     if codes is not None:
-        state_type, state = STATE_CODES[codes[i]]
+        state_type, state = CODE_STATES[codes[i]]
         end = _ends(rec)[i] if i < len(_ends(rec)) else None
         if state in ("NotReady", "Cancelled") or (state == "Crashed" and i not in (rec.get("run_counts") or {})):
             run_count = 0
@@ -473,7 +463,7 @@ def _may_hold(rec: dict, state_l: str) -> bool:
     if rec.get("codes") is None or rec.get("events"):
         return True
     names = set(chunk_counts(rec))
-    kinds = {n.lower() for n in names} | {STATE_CODES[CODE_OF_NAME[n]][0].lower() for n in names}
+    kinds = {n.lower() for n in names} | {CODE_STATES[CODE_OF_NAME[n]].type.lower() for n in names}
     return state_l in kinds
 
 
@@ -485,7 +475,7 @@ def chunk_counts(rec: dict) -> dict[str, int]:
         return {live[1]: rec["n"]}
     out: dict[str, int] = {}
     for code in set(codes):
-        out[STATE_CODES[code][1]] = codes.count(code)
+        out[CODE_STATES[code].name] = codes.count(code)
     return out
 
 

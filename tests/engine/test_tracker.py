@@ -255,7 +255,7 @@ def test_tracker_off_records_nothing():
 
 
 def test_record_states_api_records_background_style_runs():
-    from daskflow.engine.context import new_run_base, run_id
+    from daskflow.ids import new_run_base, run_id
 
     rid = run_id(new_run_base())
     t0 = time.time()

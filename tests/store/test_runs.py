@@ -7,8 +7,9 @@ import uuid
 
 import pytest
 
-from daskflow.engine.context import new_run_base, run_id
-from daskflow.store.runs import index_of, open_run_store
+from daskflow.ids import new_run_base, run_id
+from daskflow.ids import index_of
+from daskflow.store.runs import open_run_store
 
 
 def _chunk(store, base, start, n, codes, submitted=None, flow_run_id=None):

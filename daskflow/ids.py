@@ -1,0 +1,33 @@
+"""Run ids: the arithmetic the engine and the run store share.
+
+Element ``i`` of a submission gets the id ``base + i * STRIDE (mod 2**128)``, printed
+as a UUID: unique, cheap (no ``uuid4`` per element), and spread over the high bits so
+that id prefixes stay distinguishable. Because ``STRIDE`` is odd, the index of an id is
+computable from its base (``index_of``), so the run store keeps no per-run id records.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+STRIDE = 0x9E3779B97F4A7C15F39CC0605CEDC835
+MASK = (1 << 128) - 1
+_INVERSE = pow(STRIDE, -1, 1 << 128)
+
+
+def new_run_base() -> int:
+    """A random 128-bit base from which the run ids of one submission are derived."""
+    # random (re-seeded in forked children) is 20x cheaper than uuid4 and as unique here
+    return random.getrandbits(128)
+
+
+def run_id(base: int, index: int = 0) -> str:
+    """The id of run ``index`` of the submission with id base ``base``."""
+    return str(uuid.UUID(int=(base + index * STRIDE) & MASK))
+
+
+def index_of(base: int, rid: str | int) -> int:
+    """The index ``i`` with ``run_id(base, i) == rid`` (any base gives one; check its range)."""
+    value = uuid.UUID(rid).int if isinstance(rid, str) else rid
+    return ((value - base) * _INVERSE) & MASK
