@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 import dask.config
 import pytest
@@ -39,9 +38,9 @@ def cluster():
         lc = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                           dashboard_address="127.0.0.1:0")
     yield lc
-    from daskflow.runners.dask import _close_shared_clients
+    from daskflow.runners.dask import close_shared_clients
 
-    _close_shared_clients()
+    close_shared_clients()
     lc.close()
 
 
@@ -89,7 +88,6 @@ def remote_cluster(tmp_path_factory):
     address = f"tcp://127.0.0.1:{port}"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.getcwd(), os.path.dirname(__file__)]),
                DASKFLOW_HOME=_SESSION_HOME)
-    bindir = os.path.dirname(sys.executable)
     log = tmp_path_factory.mktemp("remote") / "cluster.log"
     out = open(log, "wb")
     procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
@@ -105,9 +103,9 @@ def remote_cluster(tmp_path_factory):
         client.close()
         yield address
     finally:
-        from daskflow.runners.dask import _close_shared_clients
+        from daskflow.runners.dask import close_shared_clients
 
-        _close_shared_clients()
+        close_shared_clients()
         for p in procs[::-1]:
             p.terminate()
         for p in procs:

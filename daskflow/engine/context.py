@@ -11,7 +11,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from daskflow.ids import new_run_base, run_id
+from daskflow.ids import run_id
 
 if TYPE_CHECKING:
     from daskflow.engine.flows import Flow

@@ -21,7 +21,8 @@ from daskflow.engine import logging as run_logging
 from daskflow.engine import states as st
 from daskflow.engine import tracker
 from daskflow.engine.context import FlowRunContext, flow_run_ctx, task_run_ctx
-from daskflow.engine.futures import Chunk, MapFutures, TaskRunFuture, _fetch_all
+from daskflow.engine.chunks import Chunk, fetch_all
+from daskflow.engine.futures import MapFutures, TaskRunFuture
 from daskflow.engine.tasks import RESERVED, _loop_running
 from daskflow.exceptions import ReservedArgumentError
 from daskflow.runners.base import TaskRunner
@@ -134,7 +135,7 @@ class Flow(Generic[P, R]):
 
     def _finish(self, ctx: FlowRunContext, value: Any) -> st.State:
         """Wait for every submitted run, then derive the flow's state from its value."""
-        _fetch_all(ctx.submitted, None)
+        fetch_all(ctx.submitted, None)
         state = _state_of(value)
         self._warn_unresolved(ctx, state)
         return state
@@ -144,7 +145,7 @@ class Flow(Generic[P, R]):
             cancel_unfinished(ctx.submitted, f"flow {self.name!r} was interrupted")
             return st.Cancelled(exc, message=f"flow {self.name!r} was interrupted")
         try:
-            _fetch_all(ctx.submitted, None)
+            fetch_all(ctx.submitted, None)
         except Exception:  # the flow's own error is the one to report
             logger.debug("could not wait for runs of failed flow %r", self.name, exc_info=True)
         self._warn_unresolved(ctx, None)
@@ -169,7 +170,7 @@ def cancel_unfinished(chunks: list[Chunk], reason: str) -> None:
     for chunk in chunks:
         if chunk.result is None:
             if chunk.runner is not None:
-                chunk.runner.cancel(chunk)
+                chunk.cancel()
             err = CancelledRun(f"task {chunk.task.name!r}: {reason}")
             chunk.result = ChunkResult.all_failed(chunk.task.name, chunk.base, chunk.start, chunk.n, CANCELLED,
                                                   err, str(err))

@@ -1,8 +1,7 @@
 """Futures of task runs.
 
-A submission becomes one or more *chunks* (one Dask task each). ``Chunk`` is the
-client's record of one: the runner's handle, and the fetched ``ChunkResult`` once it
-is known. A ``TaskRunFuture`` is a (chunk, index) pair; ``MapFutures`` is the future
+A submission becomes one or more *chunks* (one Dask task each, ``engine.chunks``).
+A ``TaskRunFuture`` is a (chunk, index) pair; ``MapFutures`` is the future
 list of a ``.map()`` and makes element futures only when they are asked for, so a
 10^6-element map holds a few hundred chunk records, not 10^6 objects.
 """
@@ -17,66 +16,14 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, TypeVar, overload
 
 from daskflow.engine import states as st
-from daskflow.engine import progress, tracker
-from daskflow.engine.context import run_id
+from daskflow.engine import tracker
+from daskflow.engine.chunks import Chunk, fetch_all
+from daskflow.ids import run_id
 
 if TYPE_CHECKING:
-    from daskflow.engine.run import ChunkResult
     from daskflow.engine.tasks import Task
-    from daskflow.runners.base import TaskRunner
 
 R = TypeVar("R")
-
-
-class Chunk:
-    """The client's record of one submitted chunk of runs."""
-
-    __slots__ = ("task", "base", "start", "n", "handle", "runner", "result", "observed", "submitted", "__weakref__")
-
-    def __init__(self, task: Task, base: int, start: int, n: int, handle: Any, runner: TaskRunner | None,
-                 result: ChunkResult | None = None) -> None:
-        self.task = task
-        self.base = base
-        self.start = start
-        self.n = n
-        self.handle = handle
-        self.runner = runner
-        self.result = result
-        self.observed: bool | set[int] = False
-        self.submitted = time.time()
-
-    def done(self) -> bool:
-        return self.result is not None or (self.handle is not None and self.handle.done())
-
-    def outcome(self, timeout: float | None = None) -> ChunkResult:
-        """The chunk's envelope, fetched once (waiting up to ``timeout`` seconds)."""
-        if self.result is None:
-            self.result = self.runner.fetch(self, timeout)  # type: ignore[union-attr]
-            self.handle = None  # let the runner release the data
-        return self.result
-
-    def observe(self, index: int | None = None) -> None:
-        if index is None or self.n == 1:
-            self.observed = True
-        elif self.observed is not True:
-            if self.observed is False:
-                self.observed = set()
-            self.observed.add(index)
-
-    def unobserved_failures(self) -> list[int]:
-        res = self.result
-        if res is None or not res.n_failed or self.observed is True:
-            return []
-        seen = self.observed or set()
-        from daskflow.engine.run import NOT_READY, OK_CODES
-
-        return [i for i, c in enumerate(res.codes) if c not in OK_CODES and c != NOT_READY and i not in seen]
-
-    def add_done_callback(self, fn: Callable[[Chunk], None]) -> None:
-        if self.result is not None:
-            fn(self)
-        else:
-            self.handle.add_done_callback(lambda _: fn(self))
 
 
 class TaskRunFuture(Generic[R]):
@@ -146,7 +93,7 @@ class TaskRunFuture(Generic[R]):
 
     def cancel(self) -> bool:
         """Cancel the run if it has not started; True if it will not run."""
-        return self._chunk.runner.cancel(self._chunk) if self._chunk.runner else False  # type: ignore[return-value]
+        return self._chunk.cancel()
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, TaskRunFuture) and other._chunk is self._chunk and other._index == self._index
@@ -196,11 +143,11 @@ class MapFutures(Sequence, Generic[R]):
 
     def wait(self, timeout: float | None = None) -> None:
         """Wait until every run is final (or ``timeout`` seconds passed)."""
-        _fetch_all(self.chunks, timeout, raise_timeout=False)
+        fetch_all(self.chunks, timeout, raise_timeout=False)
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> list[R]:
         """Every run's value in order; raises the first failure (``raise_on_failure``)."""
-        _fetch_all(self.chunks, timeout)
+        fetch_all(self.chunks, timeout)
         out: list = []
         for chunk in self.chunks:
             chunk.observed = True
@@ -214,25 +161,8 @@ class MapFutures(Sequence, Generic[R]):
 
     @property
     def states(self) -> list[st.State]:
-        _fetch_all(self.chunks, None)
+        fetch_all(self.chunks, None)
         return [c.result.state(i) for c in self.chunks for i in range(c.n)]  # type: ignore[union-attr]
-
-
-def _fetch_all(chunks: Iterable[Chunk], timeout: float | None, raise_timeout: bool = True) -> None:
-    """Fetch the envelopes of many chunks with one gather per runner."""
-    pending: dict[int, tuple[TaskRunner, list[Chunk]]] = {}
-    for chunk in chunks:
-        if chunk.result is None:
-            pending.setdefault(id(chunk.runner), (chunk.runner, []))[1].append(chunk)  # type: ignore[arg-type]
-    deadline = None if timeout is None else time.monotonic() + timeout
-    try:
-        with progress.watching([c for _, group in pending.values() for c in group]):
-            for runner, group in pending.values():
-                left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                runner.fetch_many(group, left)
-    except TimeoutError:
-        if raise_timeout:
-            raise
 
 
 def _unique_chunks(futures: Iterable[Any]) -> dict[int, Chunk]:
@@ -262,7 +192,7 @@ def wait(futures: Iterable[Any], timeout: float | None = None) -> tuple[set[Task
         >>> done, not_done = wait([a.submit(), b.submit()], timeout=5)  # doctest: +SKIP
     """
     futures = _flatten(futures)
-    _fetch_all(_unique_chunks(futures).values(), timeout, raise_timeout=False)
+    fetch_all(_unique_chunks(futures).values(), timeout, raise_timeout=False)
     done = {f for f in futures if f._chunk.result is not None}
     return done, set(futures) - done
 

@@ -54,7 +54,7 @@ class _Sink:
 
         records, self.records = self.records, []
         if self.remote is None:
-            from daskflow.engine.run import in_dask_task
+            from daskflow.runners.dask import in_dask_task
 
             self.remote = in_dask_task()
         reports.report({"k": "logs", "r": records}, self.remote)

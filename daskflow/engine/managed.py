@@ -35,7 +35,7 @@ from daskflow.cache.store import CacheWarning, get_store
 
 if TYPE_CHECKING:
     from daskflow.engine.context import TaskRunContext
-    from daskflow.engine.futures import Chunk
+    from daskflow.engine.chunks import Chunk
     from daskflow.engine.run import ChunkResult
     from daskflow.engine.tasks import Task
 
@@ -125,7 +125,7 @@ class MapCache:
         """Submitted chunks and cached ones, in element order."""
         if not self.known:
             return chunks
-        from daskflow.engine.futures import Chunk
+        from daskflow.engine.chunks import Chunk
 
         out = chunks + [Chunk(task, base, lo, res.n, None, runner, result=res) for lo, res in self.known.items()]
         out.sort(key=lambda c: c.start)
@@ -143,7 +143,7 @@ def for_map(task: Task, names: list[str], kinds: dict[str, tuple[str, Any]], n: 
         return cache
     if task.options.on_completion or task.options.on_running:
         return cache  # their hooks fire where the run is decided: on the worker
-    from daskflow.engine.context import run_id
+    from daskflow.ids import run_id
     from daskflow.engine.submit import _Quoted
 
     columns = []
@@ -452,7 +452,7 @@ def _worker_keys(task: Task, plan: KeyPlan, items: list, ctx: TaskRunContext, ke
 
 
 def _run_id(ctx: TaskRunContext, i: int) -> str:
-    from daskflow.engine.context import run_id
+    from daskflow.ids import run_id
 
     return run_id(ctx.base, ctx.start + i)
 

@@ -19,7 +19,7 @@ from daskflow import config
 from daskflow.engine import tracker
 
 if TYPE_CHECKING:
-    from daskflow.engine.futures import Chunk
+    from daskflow.engine.chunks import Chunk
 
 __all__ = ["watching"]
 
@@ -36,7 +36,7 @@ def _wanted(console: Any) -> bool:
             return False
     except (AttributeError, ValueError):
         return False
-    from daskflow.engine.run import in_dask_task
+    from daskflow.runners.dask import in_dask_task
 
     return not in_dask_task()
 

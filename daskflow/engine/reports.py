@@ -97,7 +97,7 @@ def chunk_ended(res: ChunkResult) -> None:
 
 def run_retrying(ctx: Any, event: tuple) -> None:
     """A retry of run ``ctx.index`` (slow path only): ``(type, name, timestamp, message)``."""
-    from daskflow.engine.run import in_dask_task
+    from daskflow.runners.dask import in_dask_task
 
     report({"k": "retry", "b": ctx.base.to_bytes(16, "big"), "s": ctx.start, "i": ctx.index, "h": list(event)},
            in_dask_task())

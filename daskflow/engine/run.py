@@ -42,9 +42,11 @@ from daskflow.engine import logging as run_logging
 from daskflow.engine import states as st
 from daskflow.engine import reports
 from daskflow.engine.states import _describe
-from daskflow.engine.context import TaskRunContext, run_id, task_run_ctx
+from daskflow.engine.context import TaskRunContext, task_run_ctx
+from daskflow.ids import run_id
 from daskflow.engine.inputs import Ref, UpstreamNotCompleted, resolve
 from daskflow.exceptions import ParameterSerializationError, TaskRunTimeoutError, UpstreamFailed
+from daskflow.runners.dask import in_dask_task, worker_address
 
 if TYPE_CHECKING:
     from daskflow.engine.tasks import Task
@@ -241,7 +243,7 @@ class ChunkResult:
 
 def run_chunk(spec: ChunkSpec, deps: list[ChunkResult] = ()) -> ChunkResult:  # type: ignore[assignment]
     """Run a chunk on a worker: deserialize its columns, run every run, seal the envelope."""
-    worker = _worker_address()
+    worker = worker_address()
     reports.chunk_starting(spec.base, spec.start, worker)
     columns = spec.columns
     if isinstance(columns, bytes):
@@ -480,15 +482,6 @@ def _sleep_off_slot(seconds: float) -> None:
         rejoin()
 
 
-def in_dask_task() -> bool:
-    import sys
-
-    if "distributed" not in sys.modules:
-        return False
-    from distributed.worker import thread_state
-
-    return getattr(thread_state, "key", None) is not None
-
 
 def _call_sync(fn: Callable, args: tuple, kwargs: dict, timeout: float, name: str) -> Any:
     if not timeout:
@@ -529,15 +522,3 @@ def jittered(delay: float, factor: float | None) -> float:
         return delay
     return max(0.0, delay + random.uniform(-factor * delay, factor * delay))
 
-
-def _worker_address() -> str | None:
-    import sys
-
-    if "distributed" not in sys.modules:
-        return None
-    from distributed import get_worker
-
-    try:
-        return get_worker().address
-    except ValueError:  # not on a Dask worker
-        return None

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any, Iterable
 import cloudpickle
 
 from daskflow.engine import chunking, tracker
-from daskflow.engine.context import current_flow_run_id, flow_run_ctx, new_run_base
-from daskflow.engine.futures import Chunk, MapFutures, TaskRunFuture
+from daskflow.engine.context import current_flow_run_id, flow_run_ctx
+from daskflow.ids import new_run_base
+from daskflow.engine.chunks import Chunk, submit_chunks
+from daskflow.engine.futures import MapFutures, TaskRunFuture
 from daskflow.engine.inputs import ATOMS, allow_failure, collect_refs, quote, unmapped
 from daskflow.engine.run import ChunkSpec, Unpicklable, arun_single, run_rows
 from daskflow.engine.transactions import current_transaction
@@ -127,7 +129,7 @@ def submit_run(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None)
             return TaskRunFuture(chunk, 0)
     blob, clean = _serialize(task, list(task._names), columns, runner)
     spec = ChunkSpec(task, base, 0, 1, blob, refs or not clean, waits, current_flow_run_id(), cache)
-    handle = runner.submit_chunks([spec], [_dep_inputs(ups, runner)], [_key(task)])[0]
+    handle = submit_chunks(runner, [spec], [_dep_inputs(ups, runner)], [_key(task)])[0]
     chunk = Chunk(task, base, 0, 1, handle, runner)
     _register([chunk])
     return TaskRunFuture(chunk, 0)
@@ -238,7 +240,7 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
                                cache.spec_for(lo, hi) if cache is not None else None))
         dep_lists.append(_dep_inputs(ups, runner))
         keys.append(_key(task))
-    handles = runner.submit_chunks(specs, dep_lists, keys) if specs else []
+    handles = submit_chunks(runner, specs, dep_lists, keys) if specs else []
     chunks = [Chunk(task, base, s.start, s.n, h, runner) for s, h in zip(specs, handles)]
     if cache is not None:
         chunks = cache.merge(task, base, chunks, runner)

@@ -50,7 +50,7 @@ from daskflow import config
 from daskflow.codes import CODE_OF_NAME
 
 if TYPE_CHECKING:
-    from daskflow.engine.futures import Chunk
+    from daskflow.engine.chunks import Chunk
     from daskflow.engine.run import ChunkResult
     from daskflow.engine import states as st
 
@@ -570,7 +570,7 @@ def _echo(logs: list[list]) -> None:
     if not logs:
         return
     console()
-    from daskflow.engine.context import run_id
+    from daskflow.ids import run_id
 
     for owner, index, ts, level, message, name in logs:
         if run_logger.isEnabledFor(level):

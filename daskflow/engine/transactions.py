@@ -27,7 +27,7 @@ import contextvars
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from daskflow.engine.futures import Chunk
+    from daskflow.engine.chunks import Chunk
     from daskflow.engine.run import ChunkResult
     from daskflow.engine.tasks import Task
 
@@ -126,11 +126,11 @@ class Transaction:
 
     def _runs(self, wait: bool) -> list[tuple[Task, ChunkResult | None, int]]:
         """Every run of the block in run order: (task, envelope or None if unknown, index)."""
-        from daskflow.engine.futures import Chunk, _fetch_all
+        from daskflow.engine.chunks import Chunk, fetch_all
 
         chunks = [m for _, m in self._members if isinstance(m, Chunk)]
         if wait and chunks:
-            _fetch_all(chunks, None)
+            fetch_all(chunks, None)
         out: list = []
         for task, member in self._members:
             res = member

@@ -1,4 +1,4 @@
-"""``DaskTaskRunner``: runs chunks of task runs as Dask tasks.
+"""``DaskTaskRunner``: runs the engine's calls (chunks of task runs) as Dask tasks.
 
 How a submission becomes Dask work, and why:
 
@@ -9,14 +9,14 @@ How a submission becomes Dask work, and why:
   starts a ``LocalCluster`` (one single-threaded worker process per core, bound to
   127.0.0.1, a dashboard only if bokeh is installed) that it owns and closes on
   ``shutdown()``. Code already running inside a Dask task uses that worker's client.
-- All chunks of one ``.submit()``/``.map()`` go in one ``client.map`` call: one graph
-  message. Each chunk's Dask key is ``"{task name}-{uuid hex}"`` so the dashboard
-  groups by task name and Dask never merges two runs. Upstream chunks are passed as
-  Dask futures inside the argument list, so Dask orders the graph and moves the data.
-- The chunk function returns an envelope and never raises; an error on the Dask side
-  (KilledWorker, a cancelled key) is turned into Crashed/Cancelled states by the base
-  runner. Waiting from inside a Dask task secedes from the worker's thread pool, so a
-  task that submits and waits for other tasks does not deadlock the cluster.
+- A batch of calls goes in one ``client.map`` call: one graph message. The engine
+  names each call (``"{task name}-{uuid hex}"``) so the dashboard groups by task name
+  and Dask never merges two calls (``pure=False``). Upstream handles are passed as Dask
+  futures inside the argument lists, so Dask orders the graph and moves the data.
+- ``gather`` returns, per handle, the value or the exception that ended it (a
+  KilledWorker, a cancelled key): what that means for task runs is the engine's call.
+  Waiting from inside a Dask task secedes from the worker's thread pool, so a task that
+  submits and waits for other tasks does not deadlock the cluster.
 """
 
 from __future__ import annotations
@@ -25,11 +25,10 @@ import atexit
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+import sys
+from typing import TYPE_CHECKING, Any, Callable
 
 from daskflow import config
-from daskflow.engine import tracker
-from daskflow.engine.run import ChunkResult, ChunkSpec, in_dask_task, run_chunk
 from daskflow.runners.base import TaskRunner
 
 if TYPE_CHECKING:
@@ -60,7 +59,8 @@ def close_shared_client(address: str) -> None:
 
 
 @atexit.register
-def _close_shared_clients() -> None:
+def close_shared_clients() -> None:
+    """Close every shared client of this process (at exit; tests between clusters)."""
     for client in list(_shared_clients.values()):
         try:
             client.close(timeout=2)
@@ -69,6 +69,25 @@ def _close_shared_clients() -> None:
     _shared_clients.clear()
 
 
+def in_dask_task() -> bool:
+    """True inside a task running on a Dask worker (cheap when distributed is not loaded)."""
+    if "distributed" not in sys.modules:
+        return False
+    from distributed.worker import thread_state
+
+    return getattr(thread_state, "key", None) is not None
+
+
+def worker_address() -> str | None:
+    """The address of the Dask worker this code runs on, if any."""
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import get_worker
+
+    try:
+        return get_worker().address
+    except ValueError:  # not on a Dask worker
+        return None
 
 
 class DaskTaskRunner(TaskRunner):
@@ -91,7 +110,7 @@ class DaskTaskRunner(TaskRunner):
         self.cluster_kwargs = dict(cluster_kwargs or {})
         self.client_kwargs = dict(client_kwargs or {})
         self._client: Client | None = None
-        self._cluster: LocalCluster | None = None
+        self.cluster: LocalCluster | None = None  # the LocalCluster this runner started, if any
         self._threads: tuple[float, int] | None = None
         self._lock = threading.Lock()
 
@@ -107,10 +126,7 @@ class DaskTaskRunner(TaskRunner):
         if self._client is None:
             with self._lock:
                 if self._client is None:
-                    client = self._start()
-                    if not in_dask_task():
-                        tracker.subscribe(client)  # workers' run states and logs come back as events
-                    self._client = client
+                    self._client = self._start()
                     self.closed = False
         return self._client
 
@@ -132,11 +148,8 @@ class DaskTaskRunner(TaskRunner):
             "dashboard_address": "127.0.0.1:0",  # a free port; pages need bokeh
         }
         kwargs.update(self.cluster_kwargs)
-        self._cluster = LocalCluster(**kwargs)
-        client = Client(self._cluster, set_as_default=False, **self.client_kwargs)
-        if _has_bokeh():  # shown on the console once per cluster started
-            tracker.console().info("Dask dashboard: %s", self._cluster.dashboard_link)
-        return client
+        self.cluster = LocalCluster(**kwargs)
+        return Client(self.cluster, set_as_default=False, **self.client_kwargs)
 
     @property
     def dashboard_link(self) -> str | None:
@@ -148,16 +161,16 @@ class DaskTaskRunner(TaskRunner):
             self._threads = (now, max(1, sum(self.client.nthreads().values())))
         return self._threads[1]
 
-    def submit_chunks(self, specs: list[ChunkSpec], deps: list[list[Any]], keys: list[str]) -> list[Any]:
-        return self.client.map(run_chunk, specs, deps, key=keys, pure=False)
+    def submit_many(self, fn: Callable[..., Any], *iterables: list, keys: list[str]) -> list[Any]:
+        return self.client.map(fn, *iterables, key=keys, pure=False)
 
-    def cancel(self, chunk: Any) -> bool:
-        if chunk.handle is None or chunk.handle.done():
+    def cancel(self, handle: Any) -> bool:
+        if handle.done():
             return False
-        chunk.handle.cancel()
+        handle.cancel()
         return True
 
-    def _wait(self, handles: list[Any], timeout: float | None) -> None:
+    def wait(self, handles: list[Any], timeout: float | None) -> None:
         from distributed.client import _wait as dask_wait
 
         if all(h.done() for h in handles):
@@ -177,7 +190,7 @@ class DaskTaskRunner(TaskRunner):
 
                 rejoin()
 
-    def _gather(self, handles: list[Any]) -> list[ChunkResult | BaseException]:
+    def gather(self, handles: list[Any]) -> list[Any]:
         ok = [h for h in handles if h.status == "finished"]
         values = dict(zip((h.key for h in ok), self.client.gather(ok, errors="skip"))) if ok else {}
         out: list = []
@@ -197,8 +210,8 @@ class DaskTaskRunner(TaskRunner):
 
     def shutdown(self, wait: bool = True) -> None:
         with self._lock:
-            client, cluster = self._client, self._cluster
-            self._client = self._cluster = None
+            client, cluster = self._client, self.cluster
+            self._client = self.cluster = None
             self.closed = True
         if cluster is not None:
             import logging
@@ -214,7 +227,8 @@ class DaskTaskRunner(TaskRunner):
                 quiet.setLevel(level)
 
 
-def _has_bokeh() -> bool:
+def has_bokeh() -> bool:
+    """Whether Dask's dashboard pages can be served (they need bokeh)."""
     import importlib.util
 
     return importlib.util.find_spec("bokeh") is not None

@@ -1,13 +1,12 @@
-"""``ThreadPoolTaskRunner``: runs chunks in a local thread pool, without Dask."""
+"""``ThreadPoolTaskRunner``: runs calls in a local thread pool, without Dask."""
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import os
 import threading
-from typing import Any
+from typing import Any, Callable
 
-from daskflow.engine.run import ChunkResult, ChunkSpec, run_chunk
 from daskflow.runners.base import TaskRunner
 
 
@@ -43,22 +42,22 @@ class ThreadPoolTaskRunner(TaskRunner):
     def total_threads(self) -> int:
         return self.max_workers
 
-    def submit_chunks(self, specs: list[ChunkSpec], deps: list[list[Any]], keys: list[str]) -> list[Any]:
-        return [self._submit_after(spec, dep) for spec, dep in zip(specs, deps)]
+    def submit_many(self, fn: Callable[..., Any], *iterables: list, keys: list[str]) -> list[Any]:
+        return [self._submit_after(fn, args) for args in zip(*iterables)]
 
-    def _submit_after(self, spec: ChunkSpec, deps: list[Any]) -> cf.Future:
-        """Start the chunk once its upstream handles are done (no pool thread blocks on them)."""
+    def _submit_after(self, fn: Callable[..., Any], args: tuple) -> cf.Future:
+        """Start the call once the handles in its list arguments are done (no pool thread blocks)."""
         out: cf.Future = cf.Future()
-        waiting = [d for d in deps if isinstance(d, cf.Future)]
+        waiting = [d for a in args if type(a) is list for d in a if isinstance(d, cf.Future)]
         remaining = [len(waiting)]
         lock = threading.Lock()
 
-        def job(envelopes: list) -> None:
+        def job(values: tuple) -> None:
             if not out.set_running_or_notify_cancel():
                 return  # cancelled while queued
             try:
-                out.set_result(run_chunk(spec, envelopes))
-            except BaseException as exc:  # noqa: BLE001 - becomes a Crashed envelope
+                out.set_result(fn(*values))
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever gathers it
                 out.set_exception(exc)
 
         def start(_: Any = None) -> None:
@@ -68,12 +67,12 @@ class ThreadPoolTaskRunner(TaskRunner):
                     if remaining[0] > 0:
                         return
             try:
-                envelopes = [d.result() if isinstance(d, cf.Future) else d for d in deps]
-            except BaseException as exc:  # an upstream chunk crashed or was cancelled
+                values = tuple(_resolved(a) for a in args)
+            except BaseException as exc:  # an upstream call failed or was cancelled
                 if out.set_running_or_notify_cancel():
                     out.set_exception(exc)
                 return
-            self.pool.submit(job, envelopes)
+            self.pool.submit(job, values)
 
         if not waiting:
             start()
@@ -81,20 +80,20 @@ class ThreadPoolTaskRunner(TaskRunner):
             d.add_done_callback(start)
         return out
 
-    def cancel(self, chunk: Any) -> bool:
-        return chunk.handle is not None and chunk.handle.cancel()
+    def cancel(self, handle: Any) -> bool:
+        return handle.cancel()
 
-    def _wait(self, handles: list[Any], timeout: float | None) -> None:
+    def wait(self, handles: list[Any], timeout: float | None) -> None:
         _, not_done = cf.wait(handles, timeout)
         if not_done:
             raise TimeoutError(f"{len(not_done)} task runs did not finish within {timeout}s")
 
-    def _gather(self, handles: list[Any]) -> list[ChunkResult | BaseException]:
+    def gather(self, handles: list[Any]) -> list[Any]:
         out: list = []
         for h in handles:
             try:
                 out.append(h.result())
-            except BaseException as exc:  # noqa: BLE001 - becomes a Crashed/Cancelled envelope
+            except BaseException as exc:  # noqa: BLE001 - the caller decides what it means
                 out.append(exc)
         return out
 
@@ -105,3 +104,10 @@ class ThreadPoolTaskRunner(TaskRunner):
                 self._pool = None
         self.closed = True
 
+
+
+def _resolved(arg: Any) -> Any:
+    """A list argument with the values of its handles in their place."""
+    if type(arg) is not list:
+        return arg
+    return [d.result() if isinstance(d, cf.Future) else d for d in arg]

@@ -1,7 +1,6 @@
 import os
 import stat
 import time
-import warnings
 
 import numpy as np
 import pytest

@@ -44,9 +44,9 @@ class CountingRunner(DaskTaskRunner):
     def duplicate(self):
         return CountingRunner(self.address)
 
-    def submit_chunks(self, specs, deps, keys):
-        CountingRunner.submitted += len(specs)
-        return super().submit_chunks(specs, deps, keys)
+    def submit_many(self, fn, *iterables, keys):
+        CountingRunner.submitted += len(keys)
+        return super().submit_many(fn, *iterables, keys=keys)
 
 
 def test_cache_map_rerun_on_client_submits_no_dask_work(cluster, counter):

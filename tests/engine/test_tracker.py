@@ -142,11 +142,9 @@ def test_tracker_crashed_mirrored_on_worker_loss():
 
         rid, name = f()
     finally:
-        from daskflow.runners.dask import _shared_clients
+        from daskflow.runners.dask import close_shared_client
 
-        client = _shared_clients.pop(lc.scheduler_address, None)
-        if client is not None:
-            client.close()
+        close_shared_client(lc.scheduler_address)
         lc.close()
     assert name == "Crashed"
     assert tracker.flush()

@@ -1,0 +1,155 @@
+"""Chunks: the client's record of submitted calls, and what their outcomes mean.
+
+A submission becomes one or more *chunks*, each one call of the task-run function
+(``engine.run.run_chunk``) on the runner. ``Chunk`` holds the runner's handle and, once
+fetched, the envelope (``ChunkResult``). This module is where the engine meets its
+runners:
+
+- ``submit_chunks`` hands the runner the task-run function and the chunks' specs, in
+  one batch; the first submission to a Dask runner subscribes this process to the
+  workers' tracker events and prints the dashboard link of a cluster it started.
+- ``fetch_many`` waits for and gathers envelopes with one gather per runner; a call that
+  ended in a runner-level error instead of an envelope (a worker lost, a cancelled
+  key) becomes a Crashed or Cancelled envelope (``lost``), never an exception; every
+  fetched chunk feeds the chunk-size model and the tracker.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+from daskflow.codes import CANCELLED, CRASHED, NOT_READY, OK_CODES
+from daskflow.engine import chunking, progress, tracker
+from daskflow.engine.run import ChunkResult, ChunkSpec, run_chunk
+from daskflow.exceptions import CancelledRun, CrashedRun, RunnerShutdown
+from daskflow.runners.dask import DaskTaskRunner, has_bokeh, in_dask_task
+
+if TYPE_CHECKING:
+    from daskflow.engine.tasks import Task
+    from daskflow.runners.base import TaskRunner
+
+_attached: weakref.WeakSet[TaskRunner] = weakref.WeakSet()
+
+
+class Chunk:
+    """The client's record of one submitted chunk of runs."""
+
+    __slots__ = ("task", "base", "start", "n", "handle", "runner", "result", "observed", "submitted", "__weakref__")
+
+    def __init__(self, task: Task, base: int, start: int, n: int, handle: Any, runner: TaskRunner | None,
+                 result: ChunkResult | None = None) -> None:
+        self.task = task
+        self.base = base
+        self.start = start
+        self.n = n
+        self.handle = handle
+        self.runner = runner
+        self.result = result
+        self.observed: bool | set[int] = False
+        self.submitted = time.time()
+
+    def done(self) -> bool:
+        return self.result is not None or (self.handle is not None and self.handle.done())
+
+    def outcome(self, timeout: float | None = None) -> ChunkResult:
+        """The chunk's envelope, fetched once (waiting up to ``timeout`` seconds)."""
+        if self.result is None:
+            fetch_many(self.runner, [self], timeout)  # type: ignore[arg-type]
+        return self.result  # type: ignore[return-value]
+
+    def cancel(self) -> bool:
+        """Cancel the chunk's call if it has not finished; True if it will not run."""
+        if self.handle is None or self.runner is None:
+            return False
+        return self.runner.cancel(self.handle)
+
+    def observe(self, index: int | None = None) -> None:
+        if index is None or self.n == 1:
+            self.observed = True
+        elif self.observed is not True:
+            if self.observed is False:
+                self.observed = set()
+            self.observed.add(index)
+
+    def unobserved_failures(self) -> list[int]:
+        res = self.result
+        if res is None or not res.n_failed or self.observed is True:
+            return []
+        seen = self.observed or set()
+        return [i for i, c in enumerate(res.codes) if c not in OK_CODES and c != NOT_READY and i not in seen]
+
+    def add_done_callback(self, fn: Callable[[Chunk], None]) -> None:
+        if self.result is not None:
+            fn(self)
+        else:
+            self.handle.add_done_callback(lambda _: fn(self))
+
+
+def fetch_all(chunks: Iterable[Chunk], timeout: float | None, raise_timeout: bool = True) -> None:
+    """Fetch the envelopes of many chunks with one gather per runner."""
+    pending: dict[int, tuple[TaskRunner, list[Chunk]]] = {}
+    for chunk in chunks:
+        if chunk.result is None:
+            pending.setdefault(id(chunk.runner), (chunk.runner, []))[1].append(chunk)  # type: ignore[arg-type]
+    deadline = None if timeout is None else time.monotonic() + timeout
+    try:
+        with progress.watching([c for _, group in pending.values() for c in group]):
+            for runner, group in pending.values():
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                fetch_many(runner, group, left)
+    except TimeoutError:
+        if raise_timeout:
+            raise
+
+
+def submit_chunks(runner: TaskRunner, specs: list[ChunkSpec], deps: list[list[Any]], keys: list[str]) -> list[Any]:
+    """Submit every chunk in one batch; ``deps[i]`` are handles (or envelopes) chunk i needs."""
+    if runner not in _attached:
+        _attach(runner)
+    return runner.submit_many(run_chunk, specs, deps, keys=keys)
+
+
+def _attach(runner: TaskRunner) -> None:
+    """First submission to a runner: tracker events from its workers, the dashboard link."""
+    _attached.add(runner)
+    if isinstance(runner, DaskTaskRunner) and not in_dask_task():
+        tracker.subscribe(runner.client)  # workers' run states and logs come back as events
+        if runner.cluster is not None and has_bokeh():
+            tracker.console().info("Dask dashboard: %s", runner.cluster.dashboard_link)
+
+
+def fetch_many(runner: TaskRunner, chunks: list[Chunk], timeout: float | None) -> None:
+    """Wait for the chunks of one runner and set their envelopes (``Chunk.result``)."""
+    if runner.closed:
+        raise RunnerShutdown(
+            f"the task runner of these futures ({type(runner).__name__}) was shut down before their "
+            "results were read; read results inside the flow, or return them from it"
+        )
+    handles = [c.handle for c in chunks]
+    runner.wait(handles, timeout)
+    for chunk, res in zip(chunks, runner.gather(handles)):
+        if isinstance(res, ChunkResult):
+            chunking.observe(chunk.task, res)
+            chunk.result = res
+        else:
+            chunk.result = lost(chunk, res)
+        chunk.handle = None  # the runner may now release the data
+        tracker.chunk_finished(chunk)
+
+
+def lost(chunk: Chunk, exc: BaseException) -> ChunkResult:
+    """The envelope of a chunk whose call (not the user's code) ended in error."""
+    cancelled = type(exc).__name__ in ("CancelledError", "FutureCancelledError")
+    code = CANCELLED if cancelled else CRASHED
+    if cancelled:
+        err: BaseException = CancelledRun(f"task {chunk.task.name!r}: the run was cancelled")
+    else:
+        err = CrashedRun(
+            f"task {chunk.task.name!r}: the run crashed outside of the task's code: "
+            f"{type(exc).__name__}: {exc}. If a worker died, check its memory limit and any "
+            "extension that may segfault."
+        )
+        err.__cause__ = exc
+    return ChunkResult.all_failed(chunk.task.name, chunk.base, chunk.start, chunk.n, code, err, str(err))
