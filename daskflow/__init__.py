@@ -7,43 +7,59 @@ Example:
     ...     return 2 * x
     >>> double(21)
     42
+
+The public names load on first use (PEP 562), so that a reader of the stores (the
+CLI, ``import daskflow.store.runs``) does not load the engine, and ``import daskflow``
+never loads distributed.
 """
 
 from __future__ import annotations
 
-from daskflow.engine.flows import Flow, flow
-from daskflow.engine.futures import MapFutures, TaskRunFuture, as_completed, wait
-from daskflow.engine.inputs import allow_failure, quote, unmapped
-from daskflow.engine.logging import get_run_logger
-from daskflow.engine.retries import exponential_backoff
-from daskflow.engine.tasks import Task, task
-from daskflow.engine.transactions import transaction
+import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 __version__ = "0.1.0"
 
+_HOMES = {
+    "Flow": "daskflow.engine.flows",
+    "flow": "daskflow.engine.flows",
+    "MapFutures": "daskflow.engine.futures",
+    "TaskRunFuture": "daskflow.engine.futures",
+    "as_completed": "daskflow.engine.futures",
+    "wait": "daskflow.engine.futures",
+    "allow_failure": "daskflow.engine.inputs",
+    "quote": "daskflow.engine.inputs",
+    "unmapped": "daskflow.engine.inputs",
+    "get_run_logger": "daskflow.engine.logging",
+    "exponential_backoff": "daskflow.engine.retries",
+    "Task": "daskflow.engine.tasks",
+    "task": "daskflow.engine.tasks",
+    "transaction": "daskflow.engine.transactions",
+    "serve": "daskflow.background",
+}
 
-def __getattr__(name: str):
-    # serve() needs distributed; `import daskflow` must not import it.
-    if name == "serve":
-        from daskflow.background import serve
+__all__ = sorted(_HOMES)
 
-        return serve
-    raise AttributeError(f"module 'daskflow' has no attribute {name!r}")
+if _TYPE_CHECKING:
+    from daskflow.background import serve
+    from daskflow.engine.flows import Flow, flow
+    from daskflow.engine.futures import MapFutures, TaskRunFuture, as_completed, wait
+    from daskflow.engine.inputs import allow_failure, quote, unmapped
+    from daskflow.engine.logging import get_run_logger
+    from daskflow.engine.retries import exponential_backoff
+    from daskflow.engine.tasks import Task, task
+    from daskflow.engine.transactions import transaction
 
-__all__ = [
-    "Flow",
-    "MapFutures",
-    "Task",
-    "TaskRunFuture",
-    "allow_failure",
-    "as_completed",
-    "exponential_backoff",
-    "flow",
-    "get_run_logger",
-    "quote",
-    "serve",
-    "task",
-    "transaction",
-    "unmapped",
-    "wait",
-]
+
+def __getattr__(name: str) -> _Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'daskflow' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(home), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))
