@@ -14,7 +14,7 @@ the daskflow server:
   (the ``transition`` hook), back to ``Scheduled`` if that worker is lost, ``Crashed``
   when Dask gives up (KilledWorker); ``Running`` and the final state come from the
   task worker on its batched stream. All go through the writer thread in batches
-  (one LMDB transaction per batch, then ``store._record_states`` hands the new states
+  (one LMDB transaction per batch, then ``store.record_states`` hands the new states
   to the run store), never blocking the event loop on a disk write.
 - *Final.* A final state deletes the run's queue entry in the same transaction that
   records it, and keeps the result (or exception) by run id. Later duplicates (an
@@ -75,7 +75,7 @@ class BackgroundPlugin(SchedulerPlugin):
         self.arrivals: dict[str, list[asyncio.Future]] = {}  # readers of runs not enqueued yet
         self.client: Any = None
         self._backlog: list[dict] = []
-        self.writer = _Writer(self)
+        self.writer = QueueWriter(self)
         self.writer.start()
         scheduler.stream_handlers[OP] = self._on_stream
         scheduler.handlers["daskflow_bg_wait"] = self._wait
@@ -116,7 +116,7 @@ class BackgroundPlugin(SchedulerPlugin):
         for ev in events or ():
             ev = tuple(ev)
             if ev[0] == "final" and ev[2].get("logs"):
-                store._record_logs(ev[2].pop("logs"))
+                store.record_logs(ev[2].pop("logs"))
             put(ev)
 
     def log_event(self, topic: str, msg: Any) -> None:
@@ -130,7 +130,7 @@ class BackgroundPlugin(SchedulerPlugin):
                 for r in one.get("r") or ()
                 if (rid := str(uuid.UUID(bytes=bytes(r[0][:16])))) in active or rid in recent]
         if mine:
-            store._record_logs(mine)
+            store.record_logs(mine)
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, stimulus_id: str = "",
                    **kwargs: Any) -> None:
@@ -269,7 +269,7 @@ class BackgroundPlugin(SchedulerPlugin):
         return {rid: store.pack(rec) for rid, (rec, _) in store.read_records(run_ids, self.env).items()}
 
 
-class _Writer(threading.Thread):
+class QueueWriter(threading.Thread):
     """The one writer of the background store: applies queued ops in batches."""
 
     def __init__(self, plugin: BackgroundPlugin) -> None:
@@ -296,7 +296,7 @@ class _Writer(threading.Thread):
                 batch = [op for op in batch if op is not _STOP]
             for submits, finals, changes in self._commit(batch):
                 try:
-                    store._record_states(changes)
+                    store.record_states(changes)
                 except Exception:  # noqa: BLE001 - observability must not stop the queue
                     logger.exception("daskflow server: recording background run states failed")
                 if submits or finals:

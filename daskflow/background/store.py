@@ -73,7 +73,7 @@ def write_records(env: _lmdb.Env, txn: Any, records: list[dict]) -> None:
         txn.put(rec["id"].encode(), pack(rec), db=db)
 
 
-def _record_states(changes: list[tuple[dict, list[dict]]]) -> None:
+def record_states(changes: list[tuple[dict, list[dict]]]) -> None:
     """Hand new states of background runs to the run store: the one place that does.
 
     ``changes`` holds ``(record, new history entries)`` per run whose state changed,
@@ -93,7 +93,7 @@ def _record_states(changes: list[tuple[dict, list[dict]]]) -> None:
                               worker=worker)
 
 
-def _record_logs(records: list[list]) -> None:
+def record_logs(records: list[list]) -> None:
     """Hand run log records of background runs to the run store (none: dropped)."""
     try:
         from daskflow.engine import tracker

@@ -152,4 +152,9 @@ def lost(chunk: Chunk, exc: BaseException) -> ChunkResult:
             "extension that may segfault."
         )
         err.__cause__ = exc
-    return ChunkResult.all_failed(chunk.task.name, chunk.base, chunk.start, chunk.n, code, err, str(err))
+    res = ChunkResult.all_failed(chunk.task.name, chunk.base, chunk.start, chunk.n, code, err, str(err))
+    if code == CRASHED and tracker.live_state(chunk.base, chunk.start) is not None:
+        # the chunk was seen to start: its runs were attempted once (a chunk reports its start,
+        # not each run's, so all of them count)
+        res.run_counts = dict.fromkeys(range(chunk.n), 1)
+    return res

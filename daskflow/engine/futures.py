@@ -46,6 +46,16 @@ class TaskRunFuture(Generic[R]):
         return run_id(self._chunk.base, self._chunk.start + self._index)
 
     @property
+    def chunk(self) -> Chunk:
+        """The chunk holding this run (the engine's handle on where it executes)."""
+        return self._chunk
+
+    @property
+    def index(self) -> int:
+        """This run's position in its chunk."""
+        return self._index
+
+    @property
     def task(self) -> Task:
         return self._chunk.task
 

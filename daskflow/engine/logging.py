@@ -31,7 +31,7 @@ __all__ = ["get_run_logger", "open_sink", "close_sink", "log_prints"]
 FLUSH_SECONDS = 0.1
 _FLOW_OWNER = b"\xff" * 8
 _sink: ContextVar[_Sink | None] = ContextVar("daskflow_log_sink", default=None)
-_prints: ContextVar[bool] = ContextVar("daskflow_log_prints", default=False)
+capturing_prints: ContextVar[bool] = ContextVar("daskflow_log_prints", default=False)
 
 
 class _Sink:
@@ -144,7 +144,7 @@ _original_print = builtins.print
 def _print(*args: Any, sep: str | None = " ", end: str | None = "\n", file: Any = None, flush: bool = False) -> None:
     import sys
 
-    if not _prints.get() or file not in (None, sys.stdout):
+    if not capturing_prints.get() or file not in (None, sys.stdout):
         return _original_print(*args, sep=sep, end=end, file=file, flush=flush)
     try:
         logger = get_run_logger()
@@ -159,4 +159,4 @@ def log_prints(on: bool) -> Token:
     """Turn ``print()`` into log records in this context (until the token is reset)."""
     if on and builtins.print is not _print:
         builtins.print = _print
-    return _prints.set(on)
+    return capturing_prints.set(on)

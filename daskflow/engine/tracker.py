@@ -395,9 +395,9 @@ def envelope_fields(res: ChunkResult) -> dict:
     if res.worker:
         fields["worker"] = res.worker
     if res.messages or res.errors:
-        from daskflow.engine.states import _describe
+        from daskflow.engine.states import describe_error
 
-        msgs = {i: res.messages.get(i) or _describe(res.errors.get(i)) for i in set(res.messages) | set(res.errors)}
+        msgs = {i: res.messages.get(i) or describe_error(res.errors.get(i)) for i in set(res.messages) | set(res.errors)}
         fields["messages"] = msgs
     if res.tracebacks:
         fields["tracebacks"] = dict(res.tracebacks)

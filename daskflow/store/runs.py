@@ -34,6 +34,7 @@ import msgpack
 
 from daskflow import _lmdb, config
 from daskflow.codes import CODE_OF_NAME, CODE_STATES
+from daskflow.codes import run_count_of
 from daskflow.ids import MASK, STRIDE, index_of, run_id
 
 __all__ = ["RunStore", "open_run_store"]
@@ -397,20 +398,19 @@ def expand(rec: dict, i: int) -> dict:
     base = int.from_bytes(rec["base"], "big")
     index = rec["start"] + i
     codes = rec.get("codes")
-    run_count = (rec.get("run_counts") or {}).get(i, 1)
+    recorded = (rec.get("run_counts") or {}).get(i)
     end = None
     if codes is not None:
         state_type, state = CODE_STATES[codes[i]]
         end = _ends(rec)[i] if i < len(_ends(rec)) else None
-        if state in ("NotReady", "Cancelled") or (state == "Crashed" and i not in (rec.get("run_counts") or {})):
-            run_count = 0
+        run_count = run_count_of(codes[i], recorded)
         start = _started_at(rec, i) if run_count else None
     else:
         events = (rec.get("events") or {}).get(i)
         live = events[-1] if events else rec.get("live") or ["PENDING", "Pending", rec.get("submitted"), ""]
         state_type, state = live[0], live[1]
         start = rec.get("started") if state_type == "RUNNING" else None
-        run_count = 0 if state_type in ("PENDING", "SCHEDULED") else run_count
+        run_count = 0 if state_type in ("PENDING", "SCHEDULED") else recorded or 1
     return {
         "id": run_id(base, index),
         "name": (rec.get("names") or {}).get(i) or f"{rec.get('task')}-{index}",

@@ -255,8 +255,8 @@ def test_cache_hook_only_tasks_keep_results_and_noncaching_tasks_stay_fast():
     def plain(x):
         return x
 
-    assert plain._fast and not plain._managed
-    assert task(cache_policy=INPUTS)(lambda x: x)._managed
+    assert plain.fast_path and not plain.managed
+    assert task(cache_policy=INPUTS)(lambda x: x).managed
 
 
 def test_cache_async_task_awaited_in_a_running_loop(counter):

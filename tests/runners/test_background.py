@@ -369,10 +369,10 @@ def test_delay_resolves_futures_nested_in_arguments(bg_server):
 def test_background_writer_bad_op_loses_only_itself(tmp_path):
     from types import SimpleNamespace
 
-    from daskflow.background.plugin import _Writer
+    from daskflow.background.plugin import QueueWriter
 
     env = store.open_store(tmp_path / "bg")
-    writer = _Writer(SimpleNamespace(env=env))
+    writer = QueueWriter(SimpleNamespace(env=env))
     good = {"id": "00000000-0000-0000-0000-00000000000a", "task_key": "add-1", "task_name": "add", "task": b"",
             "args": b"", "flow_run_id": None, "submitted": 1.0, "key": "add-a"}
     bad = ("enqueue", {"id": None})  # a malformed enqueue: its write raises
