@@ -49,3 +49,12 @@ def run_count_of(code: int, recorded: int | None = None) -> int:
     if recorded is not None:
         return recorded
     return 0 if code == CRASHED else 1
+
+
+class StateEvent(NamedTuple):
+    """One entry of a run's state history: a state type's name, a state name, when, why."""
+
+    type: str
+    name: str
+    timestamp: float
+    message: str = ""

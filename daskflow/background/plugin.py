@@ -37,6 +37,7 @@ from typing import Any
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from daskflow.background import store
+from daskflow.engine.events import LogsShipped, batch_from_wire, from_wire
 from daskflow.engine.tracker import TOPIC
 
 __all__ = ["BackgroundPlugin"]
@@ -124,10 +125,12 @@ class BackgroundPlugin(SchedulerPlugin):
         # messages, engine/reports.py): record those of our runs here, on the server's host.
         if topic != TOPIC or not isinstance(msg, dict) or not (self.active or self.recent):
             return
-        batch = msg.get("m") if msg.get("k") == "batch" else [msg]
         active, recent = self.active, self.recent
-        mine = [r for one in batch or () if isinstance(one, dict) and one.get("k") == "logs"
-                for r in one.get("r") or ()
+        try:
+            shipped = [m for m in map(from_wire, batch_from_wire(msg)) if isinstance(m, LogsShipped)]
+        except (KeyError, TypeError):  # not a daskflow message
+            return
+        mine = [r for m in shipped for r in m.records
                 if (rid := str(uuid.UUID(bytes=bytes(r[0][:16])))) in active or rid in recent]
         if mine:
             store.record_logs(mine)

@@ -24,6 +24,7 @@ from contextvars import ContextVar, Token
 from typing import Any
 
 from daskflow.engine.context import flow_run_ctx, task_run_ctx
+from daskflow.engine.events import LogsShipped
 from daskflow.exceptions import MissingContextError
 
 __all__ = ["get_run_logger", "open_sink", "close_sink", "log_prints"]
@@ -57,7 +58,7 @@ class _Sink:
             from daskflow.runners.dask import in_dask_task
 
             self.remote = in_dask_task()
-        reports.report({"k": "logs", "r": records}, self.remote)
+        reports.report(LogsShipped(records), self.remote)
 
 
 class _RunHandler(logging.Handler):

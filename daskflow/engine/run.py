@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generator
 
 import cloudpickle
 
-from daskflow.codes import CODE_STATES, COMPLETED, FAILED, NOT_READY, OK_CODES, TIMED_OUT, run_count_of
+from daskflow.codes import CODE_STATES, COMPLETED, FAILED, NOT_READY, OK_CODES, TIMED_OUT, StateEvent, run_count_of
 from daskflow.engine import logging as run_logging
 from daskflow.engine import states as st
 from daskflow.engine import reports
@@ -404,8 +404,8 @@ def attempts(task: Task, ctx: TaskRunContext, args: tuple, kwargs: dict) -> Engi
     first_start = time.time()
     while True:
         if ctx.run_count > 1:
-            history = history or [("RUNNING", "Running", first_start, "")]
-            history.append(("RUNNING", "Retrying", time.time(), f"attempt {ctx.run_count}"))
+            history = history or [StateEvent("RUNNING", "Running", first_start)]
+            history.append(StateEvent("RUNNING", "Retrying", time.time(), f"attempt {ctx.run_count}"))
             reports.run_retrying(ctx, history[-1])
         task.fire_hook("on_running", ctx, args, kwargs, st.Running())
         ok, value = yield CALL, opts.timeout_seconds or 0.0
@@ -417,8 +417,9 @@ def attempts(task: Task, ctx: TaskRunContext, args: tuple, kwargs: dict) -> Engi
         failed = st.State(st.StateType[CODE_STATES[code].type], CODE_STATES[code].name, message=describe_error(exc), data=exc)
         if ctx.run_count <= opts.retries and task.should_retry(ctx, args, kwargs, failed):
             delay = task.retry_delay_for(ctx.run_count)
-            history = history or [("RUNNING", "Running", first_start, "")]
-            history.append(("SCHEDULED", "AwaitingRetry", time.time(), f"{describe_error(exc)}; retry in {delay:g}s"))
+            history = history or [StateEvent("RUNNING", "Running", first_start)]
+            history.append(StateEvent("SCHEDULED", "AwaitingRetry", time.time(),
+                                       f"{describe_error(exc)}; retry in {delay:g}s"))
             reports.run_retrying(ctx, history[-1])
             ctx.run_count += 1
             if delay > 0:
