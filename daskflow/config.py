@@ -46,23 +46,24 @@ def home(create: bool = True) -> pathlib.Path:
     not a directory or cannot be created. With ``create=False`` a missing home is
     returned as it is (read-only commands never create stores).
     """
-    path = home_path()
+    return check_home(home_path(), create)
+
+
+def check_home(path: str | os.PathLike, create: bool = False) -> pathlib.Path:
+    """``path`` as a checked daskflow home (see ``home``); created 0700 if ``create``."""
+    path = pathlib.Path(path).expanduser()
     if create:
         try:
             path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except FileExistsError:
+            pass  # not a directory: said below
         except OSError as exc:
             raise UnusableHome(f"daskflow home {path} cannot be created ({exc.strerror or exc}); "
                                "set DASKFLOW_HOME to a directory you own") from None
-    check_home(path)
-    return path
-
-
-def check_home(path: pathlib.Path) -> None:
-    """Refuse a home that is not a private directory of this user (a missing one passes)."""
     try:
         info = path.stat()
     except FileNotFoundError:
-        return
+        return path
     except OSError as exc:
         raise UnusableHome(f"daskflow home {path} cannot be read ({exc.strerror or exc})") from None
     if not stat.S_ISDIR(info.st_mode):
@@ -77,3 +78,4 @@ def check_home(path: pathlib.Path) -> None:
     if not os.access(path, os.W_OK | os.X_OK):
         raise UnusableHome(f"daskflow home {path} is not writable; "
                            f"fix it with: chmod 700 {path}, or set DASKFLOW_HOME elsewhere")
+    return path
