@@ -72,7 +72,7 @@ def cache_home() -> str:
     """The cache home of the current code: the submitter's (shipped in a chunk's spec), else ours."""
     from daskflow import config
 
-    return _home_var.get() or str(config.home())
+    return _home_var.get() or str(config.home_path())  # checked where the store opens (get_store)
 
 
 def new_spec(task: Task, home: str | None = None) -> CacheSpec:
