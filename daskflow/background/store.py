@@ -26,6 +26,7 @@ from typing import Any
 import msgpack
 
 from daskflow import _lmdb, config
+from daskflow.exceptions import DamagedStore
 
 __all__ = ["list_records", "open_store", "queued", "read_records"]
 
@@ -38,8 +39,17 @@ def path() -> pathlib.Path:
 
 
 def open_store(where: str | pathlib.Path | None = None) -> _lmdb.Env:
-    """This process's handle on the background store (default ``$DASKFLOW_HOME/background``)."""
-    return _lmdb.open_env(where or path(), dbs=DBS)
+    """This process's handle on the background store (default ``$DASKFLOW_HOME/background``).
+
+    A damaged data file raises ``DamagedStore`` naming it and how to move it aside:
+    the queue holds runs that were promised, so it is never dropped silently.
+    """
+    where = pathlib.Path(where or path())
+    try:
+        return _lmdb.open_env(where, dbs=DBS)
+    except DamagedStore as exc:
+        raise DamagedStore(exc.path, f"the background store is damaged ({exc.reason}); move it aside to "
+                                     f"start an empty queue: mv {where} {where}.damaged") from None
 
 
 def pack(obj: Any) -> bytes:
