@@ -48,6 +48,7 @@ import dask.config
 
 from daskflow import config
 from daskflow.codes import CODE_OF_NAME
+from daskflow.exceptions import StoreError
 
 if TYPE_CHECKING:
     from daskflow.engine.futures import Chunk
@@ -142,9 +143,11 @@ class _Tracker:
                 ops, logs = _to_store_ops(items)
                 open_run_store(home or None).apply(ops)
                 _echo(logs)
-        except Exception:  # never let record keeping break the user's program
+        except Exception as exc:  # never let record keeping break the user's program
             if not self.failed:
-                logger.warning("daskflow: could not write run records to the run store", exc_info=True)
+                known = isinstance(exc, StoreError)  # says what is wrong and what to do: no traceback
+                logger.warning("daskflow: run records are not kept: %s", exc if known else
+                               "could not write run records to the run store", exc_info=not known)
                 self.failed = True
         finally:
             for event in flushes:
