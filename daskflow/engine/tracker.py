@@ -375,12 +375,27 @@ def flush(timeout: float | None = 10.0) -> bool:
 atexit.register(lambda: _tracker.flush(5.0))
 
 
-def _summary(value: Any, limit: int = 200) -> str:
+def _summary(value: Any, limit: int = 200) -> Any:
+    """A flow parameter as recorded: JSON values keep their type (``2000``, not ``"2000"``), others their repr."""
+    if _is_json(value) and len(repr(value)) <= limit:
+        return value
     try:
         text = repr(value)
     except Exception:
         text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_json(value: Any, depth: int = 0) -> bool:
+    if value is None or type(value) in (bool, str, float):
+        return True
+    if type(value) is int:
+        return -(1 << 63) <= value < (1 << 64)  # what msgpack can store
+    if depth < 4 and type(value) in (list, tuple):
+        return all(_is_json(v, depth + 1) for v in value)
+    if depth < 4 and type(value) is dict:
+        return all(type(k) is str and _is_json(v, depth + 1) for k, v in value.items())
+    return False
 
 
 # -- building store operations (writer thread) ------------------------------------------------
