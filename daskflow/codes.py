@@ -34,3 +34,11 @@ CODE_OF_NAME: dict[str, int] = {cs.name: code for code, cs in CODE_STATES.items(
 OK_CODES = (COMPLETED, CACHED)
 #: Codes of runs whose body never started (so they never entered Running).
 NEVER_RAN = (CACHED, NOT_READY, CANCELLED)
+
+#: Names of the states a run passes through before a final one, with their types.
+LIVE_STATES: dict[str, str] = {"Scheduled": "SCHEDULED", "Pending": "PENDING", "Running": "RUNNING",
+                               "AwaitingRetry": "SCHEDULED", "Retrying": "RUNNING"}
+#: Every state name a run record can show, in lifecycle order (what ``runs ls --state`` accepts).
+STATE_NAMES: tuple[str, ...] = (*LIVE_STATES, *(cs.name for cs in CODE_STATES.values()))
+#: Every state type name.
+STATE_TYPES: tuple[str, ...] = ("SCHEDULED", "PENDING", "RUNNING", "COMPLETED", "FAILED", "CRASHED", "CANCELLED")
