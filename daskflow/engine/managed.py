@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from daskflow.cache import serialization as ser
-from daskflow.cache.keys import KeyPlan, NotConcrete, Unhashable, display, make_plan
+from daskflow.cache.keys import KeyFnFailed, KeyPlan, NotConcrete, Unhashable, display, make_plan
 from daskflow.cache.store import CacheWarning, get_store
 
 if TYPE_CHECKING:
@@ -97,6 +97,8 @@ def _warn(task: Task, what: str) -> None:
 
 
 def _warn_unhashable(task: Task, exc: Unhashable) -> None:
+    if isinstance(exc, KeyFnFailed):
+        return _warn(task, str(exc))
     name = exc.param or "?"
     warnings.warn(
         f"task {task.name!r}: parameter {name!r} ({exc.what}) cannot be hashed into a cache key, so "
