@@ -33,7 +33,7 @@ def _one_line(message: Warning | str, category: type[Warning], *args: Any, **kwa
     return f"warning: {message}\n"
 
 
-@click.group(cls=_Main)
+@click.group("daskflow", cls=_Main)
 @click.version_option(package_name="daskflow")
 def main() -> None:
     """daskflow: inspect runs, logs and the result cache; run a server and task workers."""
