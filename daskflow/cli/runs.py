@@ -88,6 +88,19 @@ def parse_age(text: str) -> float:
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
 
 
+class StateParam(click.ParamType):
+    """A state name or state type, in any case; anything else is an error listing the valid ones."""
+
+    name = "state"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        for known in (*STATE_NAMES, *STATE_TYPES):
+            if str(value).lower() == known.lower():
+                return known
+        self.fail(f"{value!r} is not a state. State names: {', '.join(STATE_NAMES)}; "
+                  f"state types: {', '.join(STATE_TYPES)}", param, ctx)
+
+
 _RUN_FIELDS = ("id", "name", "task_key", "flow_run_id", "state", "state_type", "start", "end", "run_count")
 
 
@@ -103,8 +116,7 @@ def runs() -> None:
 
 
 @runs.command("ls")
-@click.option("--state", type=click.Choice([*STATE_NAMES, *STATE_TYPES], case_sensitive=False),
-              metavar="STATE", help="Only runs in this state: a state name (Completed, Cached, Failed, ...) "
+@click.option("--state", type=StateParam(), metavar="STATE", help="Only runs in this state: a state name (Completed, Cached, Failed, ...) "
               "or a state type (COMPLETED, FAILED, ...).")
 @click.option("--task", "task_name", help="Only runs of this task (name or task key).")
 @click.option("--flow-run", "flow_run", help="Only runs of this flow run (id or prefix).")
