@@ -15,7 +15,7 @@ def test_all_names_exist():
 
 def test_all_is_sorted_and_complete():
     public = {n for n in vars(daskflow) if not n.startswith("_") and n[0].isalpha()}
-    modules = {"engine", "config", "exceptions", "states", "runners", "cache", "cli", "annotations", "store",
+    modules = {"engine", "config", "exceptions", "states", "runners", "cache", "cli", "annotations", "store", "codes", "ids",
                "background"}
     assert set(daskflow.__all__) >= {"task", "flow", "unmapped", "allow_failure", "quote", "wait", "as_completed"}
     assert public - set(daskflow.__all__) <= modules
