@@ -58,3 +58,12 @@ class StateEvent(NamedTuple):
     name: str
     timestamp: float
     message: str = ""
+
+
+#: Names of the states a run passes through before a final one, with their types.
+LIVE_STATES: dict[str, str] = {"Scheduled": "SCHEDULED", "Pending": "PENDING", "Running": "RUNNING",
+                               "AwaitingRetry": "SCHEDULED", "Retrying": "RUNNING"}
+#: Every state name a run record can show, in lifecycle order (what ``runs ls --state`` accepts).
+STATE_NAMES: tuple[str, ...] = (*LIVE_STATES, *(cs.name for cs in CODE_STATES.values()))
+#: Every state type name.
+STATE_TYPES: tuple[str, ...] = ("SCHEDULED", "PENDING", "RUNNING", "COMPLETED", "FAILED", "CRASHED", "CANCELLED")

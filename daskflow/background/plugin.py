@@ -345,7 +345,7 @@ class QueueWriter(threading.Thread):
                 rid = entry["id"]
                 if record(rid) is not None:
                     continue  # a duplicate enqueue
-                txn.put(rid.encode(), store.pack(entry), db=qdb)
+                txn.put(rid.encode(), store.seal_entry(env, entry), db=qdb)
                 records[rid] = store.new_record(entry)
                 seen[rid] = 0
                 submits.append(entry)
@@ -377,7 +377,7 @@ class QueueWriter(threading.Thread):
                 blob = info.get("result")
                 rec["persisted"] = bool(info.get("persisted"))
                 if blob is not None:
-                    txn.put(rid.encode(), blob, db=resdb)
+                    txn.put(rid.encode(), store.seal_result(env, blob), db=resdb)
                 txn.delete(rid.encode(), db=qdb)
                 finals.append((rid, rec, blob))
         changed = [r for r in records.values() if r is not None and len(r["history"]) > seen.get(r["id"], 0)]

@@ -55,6 +55,10 @@ class Unhashable(Exception):
         self.param = param
 
 
+class KeyFnFailed(Unhashable):
+    """The task's ``cache_key_fn`` raised: the run executes uncached (as in Prefect), with a warning."""
+
+
 class NotConcrete(Exception):
     """A value still holds futures: its key can only be computed where they are resolved."""
 
@@ -304,7 +308,11 @@ class KeyPlan:
         if self.key_fn:
             params = dict(zip(task.param_names, row))
             ctx = KeyContext(task, self.task_key, run_id(), self.flow_run_id, self.flow_parameters or {})
-            user = task.options.cache_key_fn(ctx, params)
+            try:
+                user = task.options.cache_key_fn(ctx, params)
+            except Exception as exc:
+                raise KeyFnFailed(f"cache_key_fn {getattr(task.options.cache_key_fn, '__name__', '?')!r} "
+                                  f"raised {type(exc).__name__}: {exc}") from None
             if user is None:
                 return None
             if not isinstance(user, str):
@@ -332,7 +340,15 @@ class KeyPlan:
         if self.key_fn:
             cols = [c.value if c.mapped else [c.value] * n for c in columns]
             rows = list(zip(*cols)) if cols else [()] * n
-            return [self.key(task, rows[i], lambda i=i: run_id_at(i)) for i in range(n)], None
+            by_fn: list[bytes | None] = []
+            failed: KeyFnFailed | None = None
+            for i in range(n):
+                try:
+                    by_fn.append(self.key(task, rows[i], lambda i=i: run_id_at(i)))
+                except KeyFnFailed as exc:  # that run executes uncached; one warning for the submission
+                    by_fn.append(None)
+                    failed = failed or exc
+            return by_fn, failed
         first: Unhashable | None = None
         fixed: list[Any] = []
         for name, pos in zip(self.names, self.positions):

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from daskflow import config
 from daskflow.cache import serialization as ser
-from daskflow.cache.keys import KeyColumn, KeyPlan, NotConcrete, Unhashable, display, make_plan
+from daskflow.cache.keys import KeyColumn, KeyFnFailed, KeyPlan, NotConcrete, Unhashable, display, make_plan
 from daskflow.cache.store import CacheWarning, get_store
 from daskflow.codes import CACHED, COMPLETED, FAILED, NOT_READY, OK_CODES
 from daskflow.engine import run as R
@@ -76,7 +76,7 @@ def _in_block() -> bool:
 
 def cache_home() -> str:
     """The cache home of the current code: the submitter's (shipped in a chunk's spec), else ours."""
-    return _home_var.get() or str(config.home())
+    return _home_var.get() or str(config.home_path())  # checked where the store opens (get_store)
 
 
 def new_spec(task: Task, home: str | None = None) -> CacheSpec:
@@ -99,6 +99,8 @@ def _warn(task: Task, what: str) -> None:
 
 
 def _warn_unhashable(task: Task, exc: Unhashable) -> None:
+    if isinstance(exc, KeyFnFailed):
+        return _warn(task, str(exc))
     name = exc.param or "?"
     warnings.warn(
         f"task {task.name!r}: parameter {name!r} ({exc.what}) cannot be hashed into a cache key, so "

@@ -20,7 +20,7 @@ import uuid
 from array import array
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
-from daskflow.codes import CODE_OF_NAME, COMPLETED, StateEvent
+from daskflow.codes import CODE_OF_NAME, CODE_STATES, COMPLETED, LIVE_STATES, StateEvent
 from daskflow.engine.states import describe_error
 from daskflow.store.runs import ChunkUpdate, FlowUpdate, LogLine, chunk_key
 
@@ -126,10 +126,7 @@ Record = Union[Submitted, Finished, DirectCall, DirectCallDone, Started, Retried
 StoreOp = Union[ChunkUpdate, FlowUpdate, LogLine]
 
 _DIRECT = (DirectCall, DirectCallDone)
-TYPE_OF_NAME = {"Scheduled": "SCHEDULED", "Pending": "PENDING", "Running": "RUNNING", "Retrying": "RUNNING",
-                "AwaitingRetry": "SCHEDULED", "Completed": "COMPLETED", "Cached": "COMPLETED",
-                "Failed": "FAILED", "NotReady": "FAILED", "TimedOut": "FAILED", "Crashed": "CRASHED",
-                "Cancelled": "CANCELLED"}
+TYPE_OF_NAME = {**LIVE_STATES, **{cs.name: cs.type for cs in CODE_STATES.values()}}
 
 
 def envelope_fields(res: ChunkResult) -> dict:

@@ -220,6 +220,8 @@ class ChunkResult:
             except Exception:
                 self.blob = cloudpickle.dumps(self._drop_unpicklable(values), protocol=5)
             self.values = None
+        elif self.values is not None and not _picklable(self.values):
+            self.values = self._drop_unpicklable(self.values)  # one run: Dask would fail the whole envelope
         return self
 
     def _drop_unpicklable(self, values: list) -> list:
@@ -229,9 +231,18 @@ class ChunkResult:
                 cloudpickle.dumps(value)
             except Exception as exc:
                 values[i] = None
-                err = TypeError(f"the result of task run {self.run_name(i)!r} cannot be serialized: {exc}")
+                err = TypeError(f"task {self.task_name!r}: the result of task run {self.run_name(i)!r} (a "
+                                f"{type(value).__name__}) cannot be serialized: {exc}")
                 self.fail(i, FAILED, err)
         return values
+
+
+def _picklable(values: list) -> bool:
+    try:  # out-of-band buffers are not copied: cheap for arrays
+        cloudpickle.dumps(values, protocol=5, buffer_callback=lambda buf: None)
+        return True
+    except Exception:
+        return False
 
 
 # ---------------------------------------------------------------------------------------

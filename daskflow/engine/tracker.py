@@ -51,6 +51,7 @@ from daskflow.engine.records import (DirectCall, DirectCallDone, Ended, Finished
                                      Record, Retried, RunStates, Started, Submitted, to_store_ops)
 from daskflow.ids import run_id
 from daskflow.store.runs import open_run_store
+from daskflow.exceptions import StoreError
 
 if TYPE_CHECKING:
     from daskflow.engine.chunks import Chunk
@@ -162,9 +163,11 @@ class _Tracker:
                 ops, logs = to_store_ops(records)
                 open_run_store(home or None).apply(ops)
                 _echo(logs)
-        except Exception:  # never let record keeping break the user's program
+        except Exception as exc:  # never let record keeping break the user's program
             if not self.failed:
-                logger.warning("daskflow: could not write run records to the run store", exc_info=True)
+                known = isinstance(exc, StoreError)  # says what is wrong and what to do: no traceback
+                logger.warning("daskflow: run records are not kept: %s", exc if known else
+                               "could not write run records to the run store", exc_info=not known)
                 self.failed = True
         finally:
             for event in flushes:
@@ -390,12 +393,27 @@ def flush(timeout: float | None = 10.0) -> bool:
 atexit.register(lambda: _tracker.flush(5.0))
 
 
-def _summary(value: Any, limit: int = 200) -> str:
+def _summary(value: Any, limit: int = 200) -> Any:
+    """A flow parameter as recorded: JSON values keep their type (``2000``, not ``"2000"``), others their repr."""
+    if _is_json(value) and len(repr(value)) <= limit:
+        return value
     try:
         text = repr(value)
     except Exception:
         text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _is_json(value: Any, depth: int = 0) -> bool:
+    if value is None or type(value) in (bool, str, float):
+        return True
+    if type(value) is int:
+        return -(1 << 63) <= value < (1 << 64)  # what msgpack can store
+    if depth < 4 and type(value) in (list, tuple):
+        return all(_is_json(v, depth + 1) for v in value)
+    if depth < 4 and type(value) is dict:
+        return all(type(k) is str and _is_json(v, depth + 1) for k, v in value.items())
+    return False
 
 
 def console() -> logging.Logger:

@@ -29,6 +29,7 @@ import sys
 from typing import TYPE_CHECKING, Any, Callable
 
 from daskflow import config
+from daskflow.exceptions import SchedulerUnreachable
 from daskflow.runners.base import TaskRunner
 
 if TYPE_CHECKING:
@@ -45,7 +46,15 @@ def shared_client(address: str, client_kwargs: dict | None = None) -> Client:
     with _shared_lock:
         client = _shared_clients.get(address)
         if client is None or client.status in ("closing", "closed"):
-            client = Client(address, set_as_default=False, **(client_kwargs or {}))
+            kwargs = {"timeout": config.get("connect-timeout"), **(client_kwargs or {})}
+            try:
+                client = Client(address, set_as_default=False, **kwargs)
+            except (OSError, TimeoutError) as exc:
+                raise SchedulerUnreachable(
+                    f"no Dask scheduler answered at {address} within {kwargs['timeout']} "
+                    f"({type(exc).__name__}). Start one (`daskflow server start`, or `dask scheduler` and "
+                    "`dask worker ADDRESS`), or point DASKFLOW_SCHEDULER_ADDRESS at a running one "
+                    "(unset it to use an embedded LocalCluster)") from None
             _shared_clients[address] = client
         return client
 

@@ -24,7 +24,6 @@ updates in one LMDB transaction.
 from __future__ import annotations
 
 import itertools
-import pathlib
 import time
 import uuid
 from array import array
@@ -35,6 +34,7 @@ import msgpack
 from daskflow import _lmdb, config
 from daskflow.codes import CODE_OF_NAME, CODE_STATES
 from daskflow.codes import run_count_of
+from daskflow.exceptions import DamagedStore
 from daskflow.ids import MASK, STRIDE, index_of, run_id
 
 __all__ = ["ChunkUpdate", "FlowUpdate", "LogLine", "RunStore", "open_run_store"]
@@ -507,8 +507,20 @@ def _slowest(rec: dict, k: int) -> list[tuple[float, dict]]:
     return [(d, expand(rec, i)) for d, i in durations]
 
 
-def open_run_store(home: str | None = None) -> RunStore:
-    """This process's run store at ``$DASKFLOW_HOME/runs`` (or under ``home``)."""
-    root = pathlib.Path(home).expanduser() if home else config.home()
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return RunStore(_lmdb.open_env(root / "runs", dbs=DBS))
+def open_run_store(home: str | None = None, create: bool = True) -> RunStore:
+    """This process's run store at ``$DASKFLOW_HOME/runs`` (or under ``home``).
+
+    Raises ``StoreError`` for an unsafe or unusable home, and ``DamagedStore`` (one
+    line: the file and what to do) for a damaged data file: the run store is never
+    moved aside on its own, its records are the user's history. With ``create=False``
+    (read-only commands) a missing store raises ``LookupError`` instead of being created.
+    """
+    root = config.check_home(home or config.home_path(), create=create)
+    path = root / "runs"
+    if not create and not (path / "data.mdb").exists():
+        raise LookupError(f"no runs recorded under {root}")
+    try:
+        return RunStore(_lmdb.open_env(path, dbs=DBS))
+    except DamagedStore as exc:
+        raise DamagedStore(exc.path, f"the run store is damaged ({exc.reason}); move it aside to start an "
+                                     f"empty one: mv {path} {path}.damaged (or restore it from a backup)") from None
