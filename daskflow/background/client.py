@@ -313,6 +313,11 @@ class BackgroundFuture(Generic[R]):
                                f"after {timeout}s")
         return _result(*self._final, raise_on_failure)  # type: ignore[misc]
 
+    @staticmethod
+    def wait_many(futures: Iterable[BackgroundFuture], timeout: float | None = None) -> None:
+        """Wait for many background runs with one request per server (``daskflow.wait`` uses it)."""
+        _fetch_many(futures, timeout)
+
     def _fetch(self, timeout: float | None) -> tuple[dict, bytes | None] | None:
         if self._final is None:
             got = _wait({self.task_run_id: self}, self.address, timeout).get(self.task_run_id)

@@ -323,6 +323,11 @@ class QueueWriter(threading.Thread):
         return out
 
     def _apply(self, txn: Any, batch: list[tuple]) -> tuple[list, list, list]:
+        """Apply a batch of queue operations in one LMDB write transaction.
+
+        One function because the batch shares a per-transaction cache of run records
+        (``record``) so that many events of one run cost one read and one write.
+        """
         env = self.env
         qdb, rdb, resdb = env.db("queue"), env.db("runs"), env.db("results")
         records: dict[str, dict | None] = {}

@@ -183,7 +183,12 @@ def _picklable(task: Task, name: str, value: Any) -> Any:
 
 def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
                chunksize: int | None) -> MapFutures:
-    """Submit one run per element, in chunks, as one graph submission."""
+    """Submit one run per element, in chunks, as one graph submission.
+
+    Longer than most: planning columns, chunk bounds, the cache's answers and the
+    per-chunk specs share many locals (deps, upstream chunks, refs) that a split would
+    pass around as tuples; the loop body is the one place a chunk's arguments are built.
+    """
     if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
         raise ValueError(f"task {task.name!r}: chunksize must be an int >= 1, got {chunksize!r}")
     runner = current_runner()

@@ -379,3 +379,21 @@ def test_background_writer_bad_op_loses_only_itself(tmp_path):
     parts = writer._commit([("enqueue", good), bad])
     assert [e["id"] for submits, _, _ in parts for e in submits] == [good["id"]]
     assert good["id"] in store.read_records([good["id"]], env)
+
+
+def test_wait_and_as_completed_take_background_futures_with_task_run_futures(bg_server):
+    from daskflow import as_completed, task, wait
+
+    @task
+    def local(x):
+        return x * 10
+
+    background = bg_tasks.add.map(range(4), unmapped(1), deferred=True)
+    single = bg_tasks.add.delay(5, 5)
+    mapped = local.map(range(3))
+    done, not_done = wait([background, single, mapped], timeout=60)
+    assert not not_done and len(done) == 4 + 1 + 3
+    assert all(f.state.is_completed() for f in done)
+
+    seen = list(as_completed([bg_tasks.add.delay(2, 3), local.submit(7)], timeout=60))
+    assert sorted(f.result() for f in seen) == [5, 70]
