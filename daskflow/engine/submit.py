@@ -89,7 +89,7 @@ def call_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None
     row, waits, envelopes, refs = _prepare_inline(task, args, kwargs, wait_for)
     submitted, flow_run_id = time.time(), current_flow_run_id()
     base, start = direct_slot()
-    res = run_rows(task, base, start, 1, [Column(MAPPED, [v]) for v in row], envelopes, refs, waits, flow_run_id)
+    res = run_rows(task, base, start, 1, None, envelopes, refs, waits, flow_run_id, row=row)
     tracker.inline_finished(task, res, flow_run_id, submitted)
     state = res.state(0)
     return state if return_state else state.result()
