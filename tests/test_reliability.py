@@ -1,0 +1,114 @@
+"""Chaos on one host: processes that die, Ctrl-C, clusters that go away, scripts without a main guard.
+
+Every test runs real processes (a flow script in ``tmp_path``, the ``daskflow`` CLI, a
+``dask scheduler``), signals them by pid, and reads the run store through the CLI, as a
+user would. Waiting is on files the scripts write, polled with a deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _env(home: pathlib.Path, **extra: str) -> dict[str, str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), DASKFLOW_HOME=str(home), PYTHONUNBUFFERED="1", **extra)
+    env.pop("DASKFLOW_SCHEDULER_ADDRESS", None)
+    return env
+
+
+def _script(tmp_path: pathlib.Path, body: str) -> pathlib.Path:
+    path = tmp_path / "script.py"
+    path.write_text(textwrap.dedent(body))
+    return path
+
+
+def _start(script: pathlib.Path, home: pathlib.Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(script), *args], env=_env(home), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout}s")
+        time.sleep(0.05)
+
+
+def _cli(home: pathlib.Path, *args: str):
+    """``daskflow ARGS -o json`` as a real CLI subprocess; the parsed output."""
+    out = subprocess.run([sys.executable, "-m", "daskflow", *args, "-o", "json"], env=_env(home),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def _tree(proc: subprocess.Popen) -> list[psutil.Process]:
+    return psutil.Process(proc.pid).children(recursive=True)
+
+
+def _reap(children: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait for processes to exit; the ones still alive after ``timeout`` (killed then)."""
+    _, alive = psutil.wait_procs(children, timeout=timeout)
+    for p in alive:
+        p.kill()
+    return alive
+
+
+SLOW_FLOW = """
+    import pathlib, sys, time
+    from daskflow import flow, task
+    from daskflow.engine import tracker
+
+    MARKS = pathlib.Path(sys.argv[1])
+
+    @task
+    def slow(i):
+        (MARKS / f"started-{i}").touch()
+        time.sleep(float(sys.argv[3]))
+        return i
+
+    @flow
+    def pipeline(n):
+        futures = slow.map(range(n))
+        tracker.flush()
+        (MARKS / "submitted").touch()
+        return futures.result()
+
+    if __name__ == "__main__":
+        pipeline(int(sys.argv[2]))
+"""
+
+
+def test_runs_of_a_killed_flow_process_end_crashed(tmp_path):
+    home, marks = tmp_path / "home", tmp_path / "marks"
+    marks.mkdir()
+    proc = _start(_script(tmp_path, SLOW_FLOW), home, str(marks), "70", "0.3")
+    _wait_for(lambda: (marks / "submitted").exists() and len(list(marks.glob("started-*"))) >= 4, 60,
+              "the flow submitted its runs and some started")
+    children = _tree(proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(10) == -signal.SIGKILL
+    proc.stdout.close(), proc.stderr.close()
+
+    runs = _cli(home, "runs", "ls", "--limit", "1000")
+    flows = _cli(home, "flow-runs", "ls")
+    died = f"the process that ran it died: host {os.uname().nodename} pid {proc.pid}"
+    assert len(runs) == 70 and len(flows) == 1
+    assert flows[0]["state"] == "Crashed" and flows[0]["message"] == died
+    states = {r["state"] for r in runs}
+    assert states <= {"Completed", "Crashed"} and "Crashed" in states
+    assert all(r["message"] == died for r in runs if r["state"] == "Crashed")
+    assert not _reap(children, 30), "the flow's LocalCluster processes outlived it"
