@@ -7,9 +7,11 @@ user would. Waiting is on files the scripts write, polled with a deadline.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -62,9 +64,15 @@ def _tree(proc: subprocess.Popen) -> list[psutil.Process]:
 def _reap(children: list[psutil.Process], timeout: float) -> list[psutil.Process]:
     """Wait for processes to exit; the ones still alive after ``timeout`` (killed then)."""
     _, alive = psutil.wait_procs(children, timeout=timeout)
+    orphans = []
     for p in alive:
-        p.kill()
-    return alive
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:  # a zombie has exited; init reaps it
+                orphans.append(p)
+                p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    return orphans
 
 
 SLOW_FLOW = """
@@ -78,6 +86,7 @@ SLOW_FLOW = """
     def slow(i):
         (MARKS / f"started-{i}").touch()
         time.sleep(float(sys.argv[3]))
+        (MARKS / f"done-{i}").touch()
         return i
 
     @flow
@@ -112,3 +121,29 @@ def test_runs_of_a_killed_flow_process_end_crashed(tmp_path):
     assert states <= {"Completed", "Crashed"} and "Crashed" in states
     assert all(r["message"] == died for r in runs if r["state"] == "Crashed")
     assert not _reap(children, 30), "the flow's LocalCluster processes outlived it"
+
+
+def test_ctrl_c_records_finished_runs_cancels_the_rest_and_exits_with_one_line(tmp_path):
+    home, marks = tmp_path / "home", tmp_path / "marks"
+    marks.mkdir()
+    proc = _start(_script(tmp_path, SLOW_FLOW), home, str(marks), "300", "0.05")
+    _wait_for(lambda: len(list(marks.glob("done-*"))) >= 60, 60, "60 run bodies finished")
+    children = _tree(proc)
+    os.kill(proc.pid, signal.SIGINT)
+    interrupted = time.monotonic()
+    _, err = proc.communicate(timeout=30)
+    took = time.monotonic() - interrupted
+    assert proc.returncode == -signal.SIGINT
+    assert took < 10, f"exit took {took:.1f}s"
+    lines = err.splitlines()
+    assert len(lines) == 1 and re.fullmatch(r"daskflow: flow 'pipeline' interrupted; (\d+) runs completed, "
+                                            r"(\d+) cancelled", lines[0]), err
+    completed, cancelled = map(int, re.findall(r"\d+", lines[0]))
+
+    runs = _cli(home, "runs", "ls", "--limit", "1000")
+    states = collections.Counter(r["state"] for r in runs)
+    assert states == {"Completed": completed, "Cancelled": cancelled} and completed + cancelled == 300
+    finished = {f"slow-{p.name.split('-')[1]}" for p in marks.glob("done-*")}
+    assert completed > 0 and {r["name"] for r in runs if r["state"] == "Completed"} <= finished
+    assert _cli(home, "flow-runs", "ls")[0]["state"] == "Cancelled"
+    assert not _reap(children, 5), "orphan processes"

@@ -47,6 +47,11 @@ class TaskRunner(abc.ABC):
         """Cancel a call that has not finished; True if it will not deliver a value."""
         return False
 
+    def cancel_many(self, handles: list[Any]) -> None:
+        """Cancel many calls at once (runners with a round trip per call override this)."""
+        for handle in handles:
+            self.cancel(handle)
+
     def duplicate(self) -> TaskRunner:
         """A fresh, unstarted runner with the same settings (one per flow run)."""
         return self

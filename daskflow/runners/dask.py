@@ -192,6 +192,11 @@ class DaskTaskRunner(TaskRunner):
         handle.cancel()
         return True
 
+    def cancel_many(self, handles: list[Any]) -> None:
+        live = [h for h in handles if not h.done()]
+        if live and self._client is not None:
+            self._client.cancel(live)
+
     def wait(self, handles: list[Any], timeout: float | None) -> None:
         from distributed.client import _wait as dask_wait
 
@@ -238,6 +243,11 @@ class DaskTaskRunner(TaskRunner):
         if cluster is not None:
             import logging
 
+            if not wait:  # interrupted: runs still executing are dropped on purpose, silently
+                try:
+                    client.run(quiet_logs)  # type: ignore[union-attr]
+                except Exception:  # noqa: BLE001 - a worker already gone needs no silencing
+                    pass
             # Closing our own cluster drops its results on purpose; don't warn about it.
             quiet = logging.getLogger("distributed.scheduler")
             level = quiet.level
@@ -247,6 +257,14 @@ class DaskTaskRunner(TaskRunner):
                 cluster.close()
             finally:
                 quiet.setLevel(level)
+
+
+def quiet_logs() -> None:
+    """On a worker of a cluster being closed mid-run: no warnings about the runs it drops."""
+    import logging
+
+    for name in ("distributed.worker", "distributed.worker.state_machine", "distributed.core", "distributed.nanny"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def has_bokeh() -> bool:
