@@ -147,3 +147,44 @@ def test_ctrl_c_records_finished_runs_cancels_the_rest_and_exits_with_one_line(t
     assert completed > 0 and {r["name"] for r in runs if r["state"] == "Completed"} <= finished
     assert _cli(home, "flow-runs", "ls")[0]["state"] == "Cancelled"
     assert not _reap(children, 5), "orphan processes"
+
+
+def test_restarted_background_server_brings_the_run_store_up_to_date(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "tests" / "runners"))
+    from background_procs import start_server, start_worker
+
+    from daskflow.background import store
+    from daskflow.background.client import disconnect
+    from daskflow.runners.dask import close_shared_client
+
+    home = tmp_path / "srv"
+    server, address = start_server(home)
+    monkeypatch.setenv("DASKFLOW_SCHEDULER_ADDRESS", address)
+    worker = None
+    try:
+        import bg_tasks
+
+        worker, _ = start_worker(home, address, "bg_tasks:nap", nthreads=2)
+        futures = [bg_tasks.nap.delay(i, 0.2) for i in range(12)]
+        ids = [f.task_run_id for f in futures]
+        queue = store.open_store(home / "background")
+
+        def some_final() -> bool:
+            return any(store.is_final(rec) for rec, _ in store.read_records(ids, queue).values())
+
+        _wait_for(some_final, 30, "a background run completed")
+        server.stop(signal.SIGKILL)  # before its run store has heard of the latest completions
+        server, again = start_server(home, int(address.rsplit(":", 1)[1]))
+        assert again == address
+        assert [f.result(timeout=60) for f in futures] == list(range(12))
+    finally:
+        if worker is not None:
+            worker.stop()
+        disconnect(address)
+        close_shared_client(address)
+        assert server.stop() == 0
+
+    truth = {rec["id"]: rec["state"] for rec in store.list_records(store.open_store(home / "background"))}
+    runs = {r["id"]: r["state"] for r in _cli(home, "runs", "ls", "--limit", "100")}
+    assert truth == runs and truth.keys() == set(ids)
+    assert set(truth.values()) <= {"Completed", "Cached"}  # Cached: re-executed after the kill, answered by the cache

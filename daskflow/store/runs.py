@@ -258,6 +258,18 @@ class RunStore:
         rows.sort(key=lambda r: r["start"] or r["submitted"] or 0, reverse=True)
         return rows
 
+    def run_states(self, run_ids: Iterable[str]) -> dict[str, str]:
+        """State names of runs recorded one record per run id (background runs); unknown ids are left out."""
+        def read(txn: Any) -> dict[str, str]:
+            out = {}
+            for rid in run_ids:
+                raw = txn.get(chunk_key(uuid.UUID(rid).int, 0), db=self._db["chunks"])
+                if raw is not None:
+                    out[rid] = expand(unpack(raw), 0)["state"]
+            return out
+
+        return self.env.read(read)
+
     def count(self) -> int:
         """How many task runs the store holds (from the time index; expands nothing)."""
         return self.env.read(lambda txn: sum(int.from_bytes(v, "big") for _, v in txn.cursor(db=self._db["bytime"])))
