@@ -13,6 +13,7 @@ import os
 import pathlib
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -188,3 +189,87 @@ def test_restarted_background_server_brings_the_run_store_up_to_date(tmp_path, m
     runs = {r["id"]: r["state"] for r in _cli(home, "runs", "ls", "--limit", "100")}
     assert truth == runs and truth.keys() == set(ids)
     assert set(truth.values()) <= {"Completed", "Cached"}  # Cached: re-executed after the kill, answered by the cache
+
+
+REMOTE_FLOW = """
+    import pathlib, sys, time
+    from daskflow import flow, task
+    from daskflow.runners import DaskTaskRunner
+
+    @task
+    def inc(x):
+        return x + 1
+
+    @flow(task_runner=DaskTaskRunner(address=sys.argv[1]))
+    def pipeline():
+        return sum(inc.map(range(10)).result())
+
+    if __name__ == "__main__":
+        print(pipeline(), flush=True)
+        pathlib.Path(sys.argv[2], "flow-done").touch()  # the user now shuts the cluster down
+        while not pathlib.Path(sys.argv[2], "cluster-gone").exists():
+            time.sleep(0.05)
+"""
+
+
+def test_flow_on_a_cluster_the_user_then_closes_exits_quietly(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{s.getsockname()[1]}"
+    log = open(tmp_path / "cluster.log", "wb")
+    cluster = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                 "--port", address.rsplit(":", 1)[1], "--no-dashboard"], stdout=log, stderr=log),
+               subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nthreads", "1",
+                                 "--no-dashboard"], stdout=log, stderr=log)]
+    try:
+        proc = _start(_script(tmp_path, REMOTE_FLOW), tmp_path / "home", address, str(tmp_path))
+        _wait_for(lambda: (tmp_path / "flow-done").exists() or proc.poll() is not None, 60, "the flow ran")
+    finally:
+        for p in cluster[::-1]:
+            p.terminate()
+            p.wait(20)
+        log.close()
+    (tmp_path / "cluster-gone").touch()
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and out.strip() == "55", err
+    assert "Traceback" not in err and "Failed to reconnect" not in err, err
+
+
+def test_script_without_main_guard_gets_one_clear_error(tmp_path):
+    home = tmp_path / "home"
+    script = _script(tmp_path, """
+        from daskflow import flow, task
+
+        @task
+        def inc(x):
+            return x + 1
+
+        @flow
+        def pipeline():
+            return sum(inc.map(range(10)).result())
+
+        print(pipeline())
+    """)
+    proc = _start(script, home)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert err.count("Traceback") == 1 and len(err.splitlines()) < 60, err
+    assert "MissingMainGuard" in err and 'if __name__ == "__main__":' in err
+    assert f"{script}, line 12" in err
+    flows = _cli(home, "flow-runs", "ls")
+    assert len(flows) == 1, "worker processes re-importing the script recorded flow runs"
+
+
+def test_main_guard_check_accepts_guarded_scripts(tmp_path):
+    script = _script(tmp_path, """
+        from daskflow.runners.dask import unguarded_main_call
+
+        def main():
+            return unguarded_main_call()
+
+        unguarded = main()
+        if __name__ == "__main__":
+            print(unguarded is not None, main())
+    """)
+    out = subprocess.run([sys.executable, str(script)], env=_env(tmp_path), capture_output=True, text=True)
+    assert out.stdout.split() == ["True", "None"], out.stderr

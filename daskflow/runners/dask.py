@@ -37,10 +37,18 @@ if TYPE_CHECKING:
 
 _shared_clients: dict[str, Client] = {}
 _shared_lock = threading.Lock()
+_holders: dict[str, int] = {}  # address -> runners using its shared client now
+_pinned: set[str] = set()  # addresses whose client is kept until exit (background links)
+IDLE_SECONDS = 2.0  # a shared client nobody holds is closed after this long
 
 
-def shared_client(address: str, client_kwargs: dict | None = None) -> Client:
-    """One client per scheduler address per process, closed at interpreter exit."""
+def shared_client(address: str, client_kwargs: dict | None = None, hold: bool = False) -> Client:
+    """One client per scheduler address per process.
+
+    With ``hold=True`` the caller (a runner) gives it back with ``release_shared_client``;
+    a client nobody holds is closed after ``IDLE_SECONDS``, so a cluster the user shuts
+    down later leaves no client behind trying to reconnect. Without, it stays until exit.
+    """
     from distributed import Client
 
     with _shared_lock:
@@ -56,26 +64,73 @@ def shared_client(address: str, client_kwargs: dict | None = None) -> Client:
                     "`dask worker ADDRESS`), or point DASKFLOW_SCHEDULER_ADDRESS at a running one "
                     "(unset it to use an embedded LocalCluster)") from None
             _shared_clients[address] = client
+        if hold:
+            _holders[address] = _holders.get(address, 0) + 1
+        else:
+            _pinned.add(address)
         return client
+
+
+def release_shared_client(address: str) -> None:
+    """A runner is done with the shared client of ``address``; close it once nobody holds it."""
+    with _shared_lock:
+        left = _holders[address] = max(0, _holders.get(address, 0) - 1)
+        client = _shared_clients.get(address)
+    if not left and client is not None and address not in _pinned:
+        timer = threading.Timer(IDLE_SECONDS, _close_if_idle, (address, client))
+        timer.daemon = True
+        timer.start()
+
+
+def _close_if_idle(address: str, client: Client) -> None:
+    with _shared_lock:
+        if _holders.get(address) or address in _pinned or _shared_clients.get(address) is not client:
+            return
+        del _shared_clients[address]
+    close_quietly(client)
 
 
 def close_shared_client(address: str) -> None:
     """Close this process's shared client of ``address``, if there is one."""
     with _shared_lock:
         client = _shared_clients.pop(address, None)
+        _holders.pop(address, None)
+        _pinned.discard(address)
     if client is not None:
-        client.close(timeout=2)
+        close_quietly(client)
 
 
 @atexit.register
 def close_shared_clients() -> None:
     """Close every shared client of this process (at exit; tests between clusters)."""
-    for client in list(_shared_clients.values()):
-        try:
-            client.close(timeout=2)
-        except Exception:
-            pass
-    _shared_clients.clear()
+    with _shared_lock:
+        clients = list(_shared_clients.values())
+        _shared_clients.clear()
+        _holders.clear()
+        _pinned.clear()
+    for client in clients:
+        close_quietly(client)
+
+
+def close_quietly(client: Client) -> None:
+    """Close a client without logging about a scheduler that is already gone.
+
+    A client whose scheduler went away is reconnecting; closing it cancels that with
+    an error log and a traceback that say nothing the user needs.
+    """
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("distributed.client", "distributed.utils")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        client.close(timeout=2)
+    except Exception:  # noqa: BLE001 - closing is best effort
+        pass
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def in_dask_task() -> bool:
@@ -121,6 +176,7 @@ class DaskTaskRunner(TaskRunner):
         self._client: Client | None = None
         self.cluster: LocalCluster | None = None  # the LocalCluster this runner started, if any
         self._threads: tuple[float, int] | None = None
+        self._held: str | None = None  # the address of the shared client this runner holds
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -142,11 +198,14 @@ class DaskTaskRunner(TaskRunner):
     def _start(self) -> Client:
         address = self.address or config.get("scheduler-address")
         if address:
-            return shared_client(address, self.client_kwargs)
+            client = shared_client(address, self.client_kwargs, hold=True)
+            self._held = address
+            return client
         if in_dask_task():
             from distributed import get_client
 
             return get_client()
+        check_main_guard()
         from distributed import Client, LocalCluster
 
         self.cluster = LocalCluster(**self._local_cluster_kwargs())
@@ -237,9 +296,11 @@ class DaskTaskRunner(TaskRunner):
 
     def shutdown(self, wait: bool = True) -> None:
         with self._lock:
-            client, cluster = self._client, self.cluster
-            self._client = self.cluster = None
+            client, cluster, held = self._client, self.cluster, self._held
+            self._client = self.cluster = self._held = None
             self.closed = True
+        if held is not None:
+            release_shared_client(held)
         if cluster is not None:
             import logging
 
@@ -265,6 +326,70 @@ def quiet_logs() -> None:
 
     for name in ("distributed.worker", "distributed.worker.state_machine", "distributed.core", "distributed.nanny"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def check_main_guard() -> None:
+    """Refuse to start a LocalCluster from a script's unguarded top-level code.
+
+    LocalCluster workers are processes started with ``spawn``: each imports the main
+    script again. Code at its top level that starts a cluster would then run again in
+    every worker (each failing to start processes of its own, hundreds of lines of
+    tracebacks, a failed flow run each). One clear error here instead, before any
+    worker exists.
+    """
+    where = unguarded_main_call()
+    if where is not None:
+        from daskflow.exceptions import MissingMainGuard
+
+        path, line = where
+        raise MissingMainGuard(
+            f"{path}, line {line}: this starts a Dask LocalCluster from the script's top level, outside "
+            "`if __name__ == \"__main__\":`. Its worker processes import the script again and would run "
+            "this line again. Move the code that runs flows and tasks under `if __name__ == \"__main__\":` "
+            "(or use a running cluster: DaskTaskRunner(address=...))."
+        )
+
+
+def unguarded_main_call() -> tuple[str, int] | None:
+    """``(script, line)`` when this thread runs the main script's top level outside its main guard."""
+    import inspect
+
+    import dask.config
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or dask.config.get("distributed.worker.multiprocessing-method", "spawn") == "fork":
+        return None  # an interactive session, or workers that do not import the script again
+    frame, line = inspect.currentframe(), None
+    while frame is not None:
+        if frame.f_code.co_name == "<module>" and frame.f_globals.get("__name__") == "__main__":
+            line = frame.f_lineno
+        frame = frame.f_back
+    if line is None:
+        return None
+    try:
+        import ast
+
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    guards = [node for node in tree.body if isinstance(node, ast.If) and _is_main_test(node.test)]
+    if any(node.lineno <= line <= (node.end_lineno or node.lineno) for node in guards):
+        return None
+    return path, line
+
+
+def _is_main_test(test: Any) -> bool:
+    """Whether an ``if`` test is ``__name__ == "__main__"`` (either way round)."""
+    import ast
+
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = [test.left, test.comparators[0]]
+    names = [s.id for s in sides if isinstance(s, ast.Name)]
+    consts = [s.value for s in sides if isinstance(s, ast.Constant)]
+    return names == ["__name__"] and consts == ["__main__"]
 
 
 def has_bokeh() -> bool:
