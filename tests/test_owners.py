@@ -9,7 +9,7 @@ import time
 import uuid
 
 from daskflow import owners
-from daskflow.store.runs import open_run_store
+from daskflow.store.runs import ChunkUpdate, FlowUpdate, open_run_store
 
 
 def test_owner_alive_on_this_host_by_pid_and_start_time():
@@ -28,14 +28,13 @@ def test_owner_on_another_host_is_alive_while_its_lease_lasts():
 
 def test_store_ends_only_the_runs_of_owners_whose_lease_expired():
     store = open_run_store()
-    ops = []
     for host, until in (("expired-host", time.time() - 1), ("leased-host", time.time() + 60)):
         owner = owners.Owner(host, 4242, 1.0)
         fid = str(uuid.uuid4())
-        ops = [("flow", fid, {"name": host, "state": "Running", "state_type": "RUNNING", "start": time.time(),
-                              "owner": owner.key}),
-               ("chunk", uuid.uuid4().int, 0, {"task": "t", "n": 3, "flow_run_id": fid, "submitted": time.time(),
-                                               "live": ["PENDING", "Pending", time.time(), ""], "owner": owner.key})]
+        ops = [FlowUpdate(fid, {"name": host, "state": "Running", "state_type": "RUNNING", "start": time.time(),
+                                "owner": owner.key}),
+               ChunkUpdate(uuid.uuid4().int, 0, {"task": "t", "n": 3, "flow_run_id": fid, "submitted": time.time(),
+                                                 "live": ["PENDING", "Pending", time.time(), ""], "owner": owner.key})]
         store.apply(ops, lease=owners.Lease(owner, until))
     assert [o.host for o in store.end_dead_owners()] == ["expired-host"]
     assert store.end_dead_owners() == []
