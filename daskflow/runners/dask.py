@@ -361,8 +361,10 @@ def unguarded_main_call() -> tuple[str, int] | None:
     if not path or dask.config.get("distributed.worker.multiprocessing-method", "spawn") == "fork":
         return None  # an interactive session, or workers that do not import the script again
     frame, line = inspect.currentframe(), None
-    while frame is not None:
-        if frame.f_code.co_name == "<module>" and frame.f_globals.get("__name__") == "__main__":
+    script = os.path.abspath(path)
+    while frame is not None:  # the outermost frame of the script's own top-level code
+        code = frame.f_code
+        if code.co_name == "<module>" and os.path.abspath(code.co_filename) == script:
             line = frame.f_lineno
         frame = frame.f_back
     if line is None:
