@@ -71,12 +71,13 @@ def shared_client(address: str, client_kwargs: dict | None = None, hold: bool = 
         return client
 
 
-def release_shared_client(address: str) -> None:
-    """A runner is done with the shared client of ``address``; close it once nobody holds it."""
+def release_shared_client(address: str, client: Client) -> None:
+    """A runner is done with ``client``, the shared client of ``address``; closed once nobody holds it."""
     with _shared_lock:
+        if _shared_clients.get(address) is not client:
+            return  # closed and replaced meanwhile: its holds went with it
         left = _holders[address] = max(0, _holders.get(address, 0) - 1)
-        client = _shared_clients.get(address)
-    if not left and client is not None and address not in _pinned:
+    if not left and address not in _pinned:
         timer = threading.Timer(IDLE_SECONDS, _close_if_idle, (address, client))
         timer.daemon = True
         timer.start()
@@ -300,7 +301,7 @@ class DaskTaskRunner(TaskRunner):
             self._client = self.cluster = self._held = None
             self.closed = True
         if held is not None:
-            release_shared_client(held)
+            release_shared_client(held, client)
         if cluster is not None:
             import logging
 
