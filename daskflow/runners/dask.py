@@ -37,18 +37,10 @@ if TYPE_CHECKING:
 
 _shared_clients: dict[str, Client] = {}
 _shared_lock = threading.Lock()
-_holders: dict[str, int] = {}  # address -> runners using its shared client now
-_pinned: set[str] = set()  # addresses whose client is kept until exit (background links)
-IDLE_SECONDS = 2.0  # a shared client nobody holds is closed after this long
 
 
-def shared_client(address: str, client_kwargs: dict | None = None, hold: bool = False) -> Client:
-    """One client per scheduler address per process.
-
-    With ``hold=True`` the caller (a runner) gives it back with ``release_shared_client``;
-    a client nobody holds is closed after ``IDLE_SECONDS``, so a cluster the user shuts
-    down later leaves no client behind trying to reconnect. Without, it stays until exit.
-    """
+def shared_client(address: str, client_kwargs: dict | None = None) -> Client:
+    """One client per scheduler address per process, closed (quietly) at interpreter exit."""
     from distributed import Client
 
     with _shared_lock:
@@ -64,39 +56,13 @@ def shared_client(address: str, client_kwargs: dict | None = None, hold: bool = 
                     "`dask worker ADDRESS`), or point DASKFLOW_SCHEDULER_ADDRESS at a running one "
                     "(unset it to use an embedded LocalCluster)") from None
             _shared_clients[address] = client
-        if hold:
-            _holders[address] = _holders.get(address, 0) + 1
-        else:
-            _pinned.add(address)
         return client
-
-
-def release_shared_client(address: str, client: Client) -> None:
-    """A runner is done with ``client``, the shared client of ``address``; closed once nobody holds it."""
-    with _shared_lock:
-        if _shared_clients.get(address) is not client:
-            return  # closed and replaced meanwhile: its holds went with it
-        left = _holders[address] = max(0, _holders.get(address, 0) - 1)
-    if not left and address not in _pinned:
-        timer = threading.Timer(IDLE_SECONDS, _close_if_idle, (address, client))
-        timer.daemon = True
-        timer.start()
-
-
-def _close_if_idle(address: str, client: Client) -> None:
-    with _shared_lock:
-        if _holders.get(address) or address in _pinned or _shared_clients.get(address) is not client:
-            return
-        del _shared_clients[address]
-    close_quietly(client)
 
 
 def close_shared_client(address: str) -> None:
     """Close this process's shared client of ``address``, if there is one."""
     with _shared_lock:
         client = _shared_clients.pop(address, None)
-        _holders.pop(address, None)
-        _pinned.discard(address)
     if client is not None:
         close_quietly(client)
 
@@ -107,8 +73,6 @@ def close_shared_clients() -> None:
     with _shared_lock:
         clients = list(_shared_clients.values())
         _shared_clients.clear()
-        _holders.clear()
-        _pinned.clear()
     for client in clients:
         close_quietly(client)
 
@@ -177,7 +141,6 @@ class DaskTaskRunner(TaskRunner):
         self._client: Client | None = None
         self.cluster: LocalCluster | None = None  # the LocalCluster this runner started, if any
         self._threads: tuple[float, int] | None = None
-        self._held: str | None = None  # the address of the shared client this runner holds
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
@@ -199,9 +162,7 @@ class DaskTaskRunner(TaskRunner):
     def _start(self) -> Client:
         address = self.address or config.get("scheduler-address")
         if address:
-            client = shared_client(address, self.client_kwargs, hold=True)
-            self._held = address
-            return client
+            return shared_client(address, self.client_kwargs)
         if in_dask_task():
             from distributed import get_client
 
@@ -297,11 +258,9 @@ class DaskTaskRunner(TaskRunner):
 
     def shutdown(self, wait: bool = True) -> None:
         with self._lock:
-            client, cluster, held = self._client, self.cluster, self._held
-            self._client = self.cluster = self._held = None
+            client, cluster = self._client, self.cluster
+            self._client = self.cluster = None
             self.closed = True
-        if held is not None:
-            release_shared_client(held, client)
         if cluster is not None:
             import logging
 
