@@ -81,7 +81,10 @@ def close_quietly(client: Client) -> None:
     """Close a client without logging about a scheduler that is already gone.
 
     A client whose scheduler went away is reconnecting; closing it cancels that with
-    an error log and a traceback that say nothing the user needs.
+    an error log and a traceback that say nothing the user needs. (Closing shared
+    clients once idle, from a timer thread, would also spare a long-lived process
+    Dask's "Failed to reconnect" line after 30 s; tried, it broke a client being made
+    at the same time, so shared clients live until exit.)
     """
     import logging
 
