@@ -19,7 +19,7 @@ function h(tag, attrs, ...children) {
     else if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
     else el.setAttribute(k, v);
   }
-  for (const c of children.flat()) {
+  for (const c of children.flat(Infinity)) {
     if (c === null || c === undefined) continue;
     el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
@@ -68,8 +68,9 @@ function table(headers, rows) {
 }
 function td(value, cls) { return h("td", {class: cls}, value); }
 function empty(text) { return h("div", {class: "empty"}, text); }
+function render(...parts) { main.replaceChildren(...parts.flat(Infinity).filter(p => p !== null && p !== undefined)); }
 function setStatus(text) { statusLine.textContent = text; }
-function fail(err) { main.replaceChildren(h("pre", {class: "error"}, String(err.message || err))); }
+function fail(err) { render(h("pre", {class: "error"}, String(err.message || err))); }
 
 // Draw now (an error replaces the page), then again every POLL_MS while draw() does not return false.
 async function poll(draw) {
@@ -100,12 +101,12 @@ async function flowsPage() {
   document.title = "Flow runs · daskflow";
   await poll(async () => {
     const {body} = await api("flow-runs?limit=100");
-    if (!body.length) { main.replaceChildren(h("h1", {}, "Flow runs"), empty("no flow runs recorded yet")); return; }
+    if (!body.length) { render(h("h1", {}, "Flow runs"), empty("no flow runs recorded yet")); return; }
     const rows = body.map(f => h("tr", {},
       td(h("a", {href: `${BASE}/flow-runs/${f.id}`}, f.name || "?")), td(stateBadge(f.state, f.state_type)),
       td(when(f.start), "mono"), td(f.end ? span(f.start, f.end) : seconds(Date.now() / 1000 - f.start) + " …", "num"),
       td(counts(f.counts)), td(f.task_runs, "num"), td(short(f.id), "mono muted")));
-    main.replaceChildren(h("h1", {}, "Flow runs"),
+    render(h("h1", {}, "Flow runs"),
       table(["name", "state", "start", "duration#", "task runs per state", "task runs#", "id"], rows));
   });
 }
@@ -161,7 +162,7 @@ async function flowPage() {
     const slowest = f.slowest.length ? table(["name", "state", "duration#", "worker", "id"], f.slowest.map(r => h("tr", {},
       td(runLink(r)), td(stateBadge(r.state, r.state_type)), td(seconds(r.duration), "num"), td(r.worker || "-", "mono"),
       td(short(r.id), "mono muted")))) : empty("no finished task runs");
-    main.replaceChildren(
+    render(
       h("h1", {}, f.name || "flow run", stateBadge(f.state, f.state_type), h("span", {class: "muted mono"}, f.id)),
       h("dl", {class: "fields"},
         h("dt", {}, "start"), h("dd", {}, when(f.start)), h("dt", {}, "duration"), h("dd", {}, span(f.start, f.end)),
@@ -191,7 +192,7 @@ async function runsPage() {
     h("a", {href: `${BASE}/runs`}, "clear"));
   const pager = h("div", {class: "pager"});
   const holder = h("div", {});
-  main.replaceChildren(h("h1", {}, "Task runs"), form, pager, holder);
+  render(h("h1", {}, "Task runs"), form, pager, holder);
   const cursors = [null];  // the cursor of every page seen so far: Previous goes back one
   let page = 0;
   const show = async () => {
@@ -230,7 +231,7 @@ async function runPage() {
       ["flow run", flowLink(r.flow_run_id, r.flow_run_id)], ["worker", r.worker || "-"], ["run count", String(r.run_count)],
       ["start", when(r.start)], ["end", when(r.end)], ["duration", span(r.start, r.end)],
       ["cache key", r.cache_key ? h("span", {class: "mono"}, r.cache_key) : "-"]];
-    main.replaceChildren(
+    render(
       h("h1", {}, r.name, stateBadge(r.state, r.state_type)),
       h("dl", {class: "fields"}, fields.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
       r.error ? [h("h2", {}, "Error"), h("pre", {class: "error"}, r.error)] : null,
