@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.ui.conftest import ROOT, env_for, get, get_json, start_ui, stop_ui
+from ui_procs import ROOT, env_for, get, get_json, start_ui, stop_ui
 
 
 def test_ui_starts_in_about_a_second(ui):

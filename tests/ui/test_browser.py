@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from tests.ui.conftest import get_json
+from ui_procs import get_json
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install -y chromium; "
