@@ -167,6 +167,10 @@ def bench_pages() -> None:
                  ("id prefix (6 digits)", f"/api/runs?id={some_id[:6]}&limit=50"),
                  ("flow-runs listing with counts", "/api/flow-runs")]
         total, _ = fetch(url + "/api/flow-runs")
+        fid = total[0]["id"]
+        cases += [("flow run (counts, slowest)", f"/api/flow-runs/{fid}"),
+                  ("metrics of the flow run", f"/api/metrics?flow_run={fid}"),
+                  ("timeline of the flow run", f"/api/timeline?flow_run={fid}")]
         print(f"store: {total[0]['task_runs']:,} task runs; one page per cursor step: {walk * 1e3:.0f} ms")
         for label, path in cases:
             print(f"  {label:32} {timed(url + path) * 1e3:7.1f} ms (median of 5)")

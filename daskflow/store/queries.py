@@ -122,10 +122,11 @@ def _type_of(name: str) -> str:
     return CODE_STATES[code].type if code is not None else LIVE_STATES.get(name, "PENDING")
 
 
-def _quantile(ordered: list[float], q: float) -> float | None:
-    if not ordered:
+def _quantile(ordered: Any, q: float) -> float | None:
+    """The ``q`` quantile of sorted durations (the element at ``q * len``, no interpolation)."""
+    if not len(ordered):
         return None
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    return float(ordered[min(len(ordered) - 1, int(q * len(ordered)))])
 
 
 def task_metrics(store: RunStore, flow_run_id: str) -> list[dict]:
@@ -135,32 +136,41 @@ def task_metrics(store: RunStore, flow_run_id: str) -> list[dict]:
     p50, p95, max, total}``, the task with the most total time first; durations (seconds)
     cover finished runs that ran (a Cached run took no time and is left out).
     """
+    import numpy as np  # sorting 10^6 durations in Python takes a third of a second
+
     rec = store.flow_record(flow_run_id)
     by_task: dict[str, dict] = {}
-    times: dict[str, list[float]] = {}
+    times: dict[str, list] = {}
     for chunk in store.flow_chunks(rec["id"]):
         name = chunk.get("task") or "?"
         m = by_task.setdefault(name, {"task": name, "task_key": chunk.get("task_key"), "runs": 0, "completed": 0,
                                       "cached": 0, "failed": 0, "retried": 0, "running": 0, "pending": 0})
         m["runs"] += chunk["n"]
         for state, n in chunk_counts(chunk).items():
-            kind = _type_of(state)
-            key = ("cached" if state == "Cached" else "completed" if kind == "COMPLETED" else
-                   "failed" if kind in _BAD_TYPES else "running" if kind == "RUNNING" else
-                   "pending" if kind in ("PENDING", "SCHEDULED") else None)
+            key = _metric_of(state)
             if key:
                 m[key] += n
         m["retried"] += sum(1 for c in (chunk.get("run_counts") or {}).values() if c and c > 1)
-        codes = chunk.get("codes")
-        spent = durations(chunk)
-        times.setdefault(name, []).extend(d for i, d in enumerate(spent) if codes[i] != CODE_OF_NAME["Cached"])
+        spent = np.asarray(durations(chunk), dtype=float)
+        if len(spent):
+            ran = np.frombuffer(bytes(chunk["codes"]), dtype=np.uint8)[: len(spent)] != CODE_OF_NAME["Cached"]
+            times.setdefault(name, []).append(spent[ran])
     out = []
     for name, m in by_task.items():
-        ordered = sorted(times.get(name, ()))
+        ordered = np.sort(np.concatenate(times[name])) if name in times else np.empty(0)
         out.append(dict(m, p50=_quantile(ordered, 0.5), p95=_quantile(ordered, 0.95),
-                        max=ordered[-1] if ordered else None, total=sum(ordered)))
+                        max=float(ordered[-1]) if len(ordered) else None, total=float(ordered.sum())))
     out.sort(key=lambda m: m["total"], reverse=True)
     return out
+
+
+def _metric_of(state: str) -> str | None:
+    """The metrics column a state name counts in."""
+    kind = _type_of(state)
+    if state == "Cached":
+        return "cached"
+    return {"COMPLETED": "completed", "FAILED": "failed", "CRASHED": "failed", "RUNNING": "running",
+            "PENDING": "pending", "SCHEDULED": "pending"}.get(kind)
 
 
 def timeline(store: RunStore, flow_run_id: str, limit: int = 2000) -> list[dict]:

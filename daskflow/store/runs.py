@@ -23,6 +23,7 @@ updates in one LMDB transaction.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import time
 import uuid
@@ -570,8 +571,8 @@ def chunk_span(rec: dict) -> tuple[float | None, float | None]:
 
 
 def _slowest(rec: dict, k: int) -> list[tuple[float, dict]]:
-    slowest = sorted(((d, i) for i, d in enumerate(durations(rec))), reverse=True)[:k]
-    return [(d, expand(rec, i)) for d, i in slowest]
+    spent = durations(rec)
+    return [(spent[i], expand(rec, i)) for i in heapq.nlargest(k, range(len(spent)), key=spent.__getitem__)]
 
 
 def open_run_store(home: str | None = None, create: bool = True, readonly: bool = False) -> RunStore:
