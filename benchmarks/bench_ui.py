@@ -113,6 +113,9 @@ def bench_map(reps: int, n: int) -> None:
                     print(f"  UI closed: {closed[-1]:.2f} s", flush=True)
     finally:
         proc.terminate()
+        from daskflow.runners.dask import close_shared_clients
+
+        close_shared_clients()
         cluster.close()
     c, o = statistics.median(closed), statistics.median(open_)
     print(f"{n:,}-element map, median of {reps}: UI closed {c:.2f} s, UI open and polling {o:.2f} s, "
