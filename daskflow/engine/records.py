@@ -213,9 +213,16 @@ def _span(record: DirectCall | DirectCallDone) -> _Span:
 
 def _continues(prev: DirectCall | DirectCallDone, record: DirectCall | DirectCallDone) -> bool:
     """Whether direct call ``record`` extends the record of ``prev``: same task, flow run and
-    base, and the next index (``direct_slot`` hands out consecutive indexes)."""
-    if (prev.task_name, prev.task_key, prev.flow_run_id) != (record.task_name, record.task_key, record.flow_run_id):
+    base, and the next index (``direct_slot`` hands out consecutive indexes).
+
+    Called once per direct call on the writer thread: the common case (two plain
+    completed calls) compares fields without building spans.
+    """
+    if (prev.task_name != record.task_name or prev.task_key != record.task_key
+            or prev.flow_run_id != record.flow_run_id):
         return False
+    if type(prev) is DirectCallDone and type(record) is DirectCallDone:
+        return record.base == prev.base and record.start == prev.start + 1
     before, after = _span(prev), _span(record)
     return after.base == before.base and after.start == before.start + before.n
 

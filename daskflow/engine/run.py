@@ -50,6 +50,10 @@ from daskflow.runners.dask import in_dask_task, worker_address
 if TYPE_CHECKING:
     from daskflow.engine.tasks import Task
 
+#: A final state code's state type and name, as the engine's ``State`` takes them.
+STATE_OF_CODE: dict[int, tuple[st.StateType, str]] = {
+    code: (st.StateType[cs.type], cs.name) for code, cs in CODE_STATES.items()}
+
 
 class Unpicklable:
     """Stands in for an argument that could not be serialized; its run fails."""
@@ -136,7 +140,7 @@ class ChunkResult:
 
     def state(self, i: int) -> st.State:
         code = self.codes[i]
-        type_, name = st.StateType[CODE_STATES[code].type], CODE_STATES[code].name
+        type_, name = STATE_OF_CODE[code]
         ts = self.ends[i] if i < len(self.ends) else time.time()
         if code in OK_CODES:
             return st.State(type_, name, data=self.get_values()[i], timestamp=ts)
@@ -263,15 +267,20 @@ def run_chunk(spec: ChunkSpec, deps: list[ChunkResult] = ()) -> ChunkResult:  # 
     return result.seal()
 
 
-def run_rows(task: Task, base: int, start: int, n: int, columns: list, deps: list,
-             refs: bool, wait_refs: tuple, flow_run_id: str | None, cache: Any = None) -> ChunkResult:
-    """Run ``n`` runs of ``task`` whose arguments are the rows of ``columns``."""
+def run_rows(task: Task, base: int, start: int, n: int, columns: list[Column] | None, deps: list,
+             refs: bool, wait_refs: tuple, flow_run_id: str | None, cache: Any = None,
+             row: tuple | None = None) -> ChunkResult:
+    """Run ``n`` runs of ``task`` whose arguments are the rows of ``columns``.
+
+    A direct call passes its one ``row`` instead of columns (``n`` is 1).
+    """
     res = ChunkResult(task.name, base, start, n, bytearray(n), [None] * n)
     res.started = time.time()
     try:
         for ref in wait_refs:
             resolve(ref, deps)
-        iterables, refs = _iterables(columns, deps, n, refs)
+        if row is None:
+            iterables, refs = _iterables(columns, deps, n, refs)  # type: ignore[arg-type]
     except UpstreamNotCompleted as exc:
         return ChunkResult.all_failed(task.name, base, start, n, NOT_READY, None, exc.message)
     ctx = TaskRunContext(task, base, start, flow_run_id=flow_run_id)
@@ -279,7 +288,10 @@ def run_rows(task: Task, base: int, start: int, n: int, columns: list, deps: lis
     sink = run_logging.open_sink()
     prints = run_logging.log_prints(True) if task.options.log_prints else None
     try:
-        rows = zip(*iterables) if iterables else repeat((), n)
+        if row is not None:
+            rows: Any = (row,)
+        else:
+            rows = zip(*iterables) if iterables else repeat((), n)
         if task.fast_path and not refs:
             _run_fast(task.fn, rows, res, ctx)
         elif task.managed:  # a cache or commit hooks: lookups, batched writes, transactions
@@ -425,7 +437,8 @@ def attempts(task: Task, ctx: TaskRunContext, args: tuple, kwargs: dict) -> Engi
             return COMPLETED, value, history
         exc = value
         code = TIMED_OUT if isinstance(exc, TaskRunTimeoutError) else FAILED
-        failed = st.State(st.StateType[CODE_STATES[code].type], CODE_STATES[code].name, message=describe_error(exc), data=exc)
+        type_, name = STATE_OF_CODE[code]
+        failed = st.State(type_, name, message=describe_error(exc), data=exc)
         if ctx.run_count <= opts.retries and task.should_retry(ctx, args, kwargs, failed):
             delay = task.retry_delay_for(ctx.run_count)
             history = history or [StateEvent("RUNNING", "Running", first_start)]

@@ -98,11 +98,6 @@ class FinalCounts(NamedTuple):
     failed: int
 
 
-class Queued(NamedTuple):
-    home: str  # DASKFLOW_HOME when it happened ("" = the configured one)
-    record: Record
-
-
 class _Tracker:
     """The process's tracker: live chunk states, final counts, and the writer thread."""
 
@@ -112,7 +107,7 @@ class _Tracker:
         self.retrying: dict[ChunkId, set[int]] = {}
         # messages of chunks that started before their submission was registered
         self.early: collections.OrderedDict[ChunkId, list[Message]] = collections.OrderedDict()
-        self.ops: collections.deque = collections.deque()
+        self.ops: collections.deque[tuple[str, Record]] = collections.deque()
         self.lock = threading.Lock()
         # orders registering a chunk against its messages arriving on other threads
         self.registry = threading.Lock()
@@ -122,7 +117,9 @@ class _Tracker:
 
     # -- queueing for the writer ----------------------------------------------------------
     def put(self, record: Record) -> None:
-        self.ops.append(Queued(os.environ.get("DASKFLOW_HOME", ""), record))  # atomic: no lock on hot paths
+        # (home, record): DASKFLOW_HOME when it happened ("" = the configured one). A plain pair
+        # on the hot path; deque.append is atomic, so no lock.
+        self.ops.append((os.environ.get("DASKFLOW_HOME", ""), record))
         if self.thread is None:
             self.start()
 
@@ -151,13 +148,13 @@ class _Tracker:
         flushes: list[threading.Event] = []
         while True:
             try:
-                queued = self.ops.popleft()
+                home, record = self.ops.popleft()
             except IndexError:
                 break
-            if isinstance(queued.record, FlushMarker):
-                flushes.append(queued.record.done)
+            if isinstance(record, FlushMarker):
+                flushes.append(record.done)
             else:
-                by_home.setdefault(queued.home, []).append(queued.record)
+                by_home.setdefault(home, []).append(record)
         try:
             for home, records in by_home.items():
                 ops, logs = to_store_ops(records)
@@ -179,7 +176,7 @@ class _Tracker:
         if self.thread is None and not self.ops:
             return True
         done = threading.Event()
-        self.ops.append(Queued("", FlushMarker(done)))
+        self.ops.append(("", FlushMarker(done)))
         if self.thread is None or not self.thread.is_alive():
             self.start()
         self.wake.set()
@@ -243,7 +240,7 @@ def inline_finished(task: Any, res: ChunkResult, flow_run_id: str | None, submit
         else:  # the common case: the envelope is not kept alive until the writer runs
             record = DirectCallDone(task.name, task.task_key, flow_run_id, submitted, res.base, res.start,
                                     res.codes[0], res.ends[0], res.started)
-        _tracker.ops.append(Queued(os.environ.get("DASKFLOW_HOME", ""), record))
+        _tracker.ops.append((os.environ.get("DASKFLOW_HOME", ""), record))
         if _tracker.thread is None:
             _tracker.start()
 

@@ -37,8 +37,9 @@ def always_fails(x):
 
 
 @task
-def dies_after_starting():
-    time.sleep(0.5)  # the worker's start report (sent every ~100 ms) goes out first
+def dies_when_told(go: str):
+    while not os.path.exists(go):  # the client has seen this run Running: now die
+        time.sleep(0.01)
     os._exit(1)
 
 
@@ -86,15 +87,20 @@ def test_future_and_run_store_agree(cluster, case):
     assert stored_story(run_id) == seen
 
 
-def test_run_lost_with_its_worker_counts_its_attempt_in_both_views(cluster):
+def test_run_lost_with_its_worker_counts_its_attempt_in_both_views(cluster, tmp_path):
     # The session cluster allows one failure: the second worker death gives the run up.
     from distributed import Client
 
     runner = DaskTaskRunner(address=cluster.scheduler_address)
+    go = tmp_path / "go"
 
     @flow(task_runner=runner)
     def pipeline():
-        fut = dies_after_starting.submit()
+        fut = dies_when_told.submit(str(go))
+        deadline = time.monotonic() + 60
+        while fut.state.name != "Running" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        go.touch()
         fut.wait(120)
         return fut.task_run_id, fut.state.name, story(fut)
 
