@@ -23,7 +23,8 @@ import uuid
 from typing import Any
 
 from daskflow.codes import CODE_OF_NAME, CODE_STATES, LIVE_STATES
-from daskflow.store.runs import RunPage, RunStore, chunk_counts, chunk_key, chunk_span, durations, expand, unpack
+from daskflow.store.rows import chunk_counts, chunk_span, durations, expand
+from daskflow.store.runs import RunPage, RunStore, chunk_key, unpack
 
 __all__ = ["LEVELS", "dumps", "flow_logs", "flow_run_detail", "flow_run_rows", "public_run", "run_detail",
            "run_logs", "runs_page", "task_metrics", "timeline"]

@@ -4,7 +4,7 @@ Layout, and why. A ``.map()`` over 10^6 elements must not become 10^6 records, s
 unit of storage is the *chunk* (the runs one Dask task executed): one msgpack record
 holding its final state codes and end times as packed arrays, plus per-run extras only
 for the runs that have some (errors, tracebacks, retries). Readers expand a chunk into
-per-run rows. Run ids need no storage: run ``i`` of a submission is
+per-run rows (``store/rows.py``). Run ids need no storage: run ``i`` of a submission is
 ``run_id(base, i)``, and since the id stride is odd the index of an id is computable
 from ``base`` (``index_of``), so "show run ID" still finds its chunk.
 
@@ -31,7 +31,6 @@ updates in one LMDB transaction.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import time
 import uuid
@@ -41,10 +40,11 @@ from typing import Any, Iterable, Iterator, NamedTuple
 import msgpack
 
 from daskflow import _lmdb, config
-from daskflow.codes import CODE_OF_NAME, CODE_STATES, CRASHED, run_count_of
+from daskflow.codes import CODE_STATES, CRASHED
 from daskflow.exceptions import DamagedStore
 from daskflow.owners import Lease, Owner, is_alive
-from daskflow.ids import parse_id_prefix, prefix_matches, run_id
+from daskflow.ids import parse_id_prefix, prefix_matches
+from daskflow.store.rows import chunk_counts, expand, final_message, history, may_hold, slowest_runs
 
 __all__ = ["ChunkUpdate", "FlowUpdate", "LogLine", "RunPage", "RunStore", "open_run_store"]
 
@@ -340,7 +340,7 @@ class RunStore:
         rec = unpack(self.env.read(lambda txn: txn.get(key, db=self._db["chunks"])))
         row = expand(rec, i)
         row["history"] = history(rec, i)
-        row["error"] = (_message(rec, i) or None) if row["state_type"] != "COMPLETED" else None
+        row["error"] = (final_message(rec, i) or None) if row["state_type"] != "COMPLETED" else None
         row["traceback"] = (rec.get("tracebacks") or {}).get(i)
         row["cache_key"] = (rec.get("cache_keys") or {}).get(i)
         return row
@@ -391,7 +391,7 @@ class RunStore:
         for chunk in self.flow_chunks(rec["id"]):
             for name, count in chunk_counts(chunk).items():
                 counts[name] = counts.get(name, 0) + count
-            durations.extend(_slowest(chunk, slowest))
+            durations.extend(slowest_runs(chunk, slowest))
         durations.sort(key=lambda d: d[0], reverse=True)
         rec["counts"] = counts
         rec["task_runs"] = sum(counts.values())
@@ -515,161 +515,6 @@ def _wanted_chunk(rec: dict, task: str | None, flow_run_id: str | None, state_l:
 
 
 # -- expanding a chunk record into per-run rows ---------------------------------------------
-
-
-def _ends(rec: dict) -> array:
-    ends = rec.get("_ends")
-    if ends is None:
-        ends = array("d")
-        if rec.get("ends"):
-            ends.frombytes(rec["ends"])
-        rec["_ends"] = ends
-    return ends
-
-
-def _packed(rec: dict, name: str) -> array | None:
-    """A per-run packed time array of a direct-call record (``starts``, ``submits``), or None."""
-    raw = rec.get(name)
-    if raw is None:
-        return None
-    values = rec.get("_" + name)
-    if values is None:
-        values = rec["_" + name] = array("d")
-        values.frombytes(raw)
-    return values
-
-
-def _submitted(rec: dict, i: int) -> float | None:
-    submits = _packed(rec, "submits")
-    return submits[i] if submits is not None and i < len(submits) else rec.get("submitted")
-
-
-def _started_at(rec: dict, i: int) -> float | None:
-    starts = _packed(rec, "starts")  # direct calls folded into one record did not run back to back
-    if starts is not None and i < len(starts):
-        return starts[i]
-    ends = _ends(rec)
-    if 0 < i <= len(ends):
-        return ends[i - 1]
-    return rec.get("started")
-
-
-def expand(rec: dict, i: int) -> dict:
-    """Run ``i`` of a chunk record as a row (the ``runs ls -o json`` shape)."""
-    base = int.from_bytes(rec["base"], "big")
-    index = rec["start"] + i
-    codes = rec.get("codes")
-    recorded = (rec.get("run_counts") or {}).get(i)
-    end = None
-    if codes is not None:
-        state_type, state = CODE_STATES[codes[i]]
-        end = _ends(rec)[i] if i < len(_ends(rec)) else None
-        run_count = run_count_of(codes[i], recorded)
-        start = _started_at(rec, i) if run_count else None
-        message = _message(rec, i) if state_type != "COMPLETED" else ""
-    else:
-        events = (rec.get("events") or {}).get(i)
-        live = events[-1] if events else rec.get("live") or ["PENDING", "Pending", rec.get("submitted"), ""]
-        state_type, state = live[0], live[1]
-        start = rec.get("started") if state_type == "RUNNING" else None
-        run_count = 0 if state_type in ("PENDING", "SCHEDULED") else recorded or 1
-        message = live[3] or ""
-    return {
-        "id": run_id(base, index),
-        "name": (rec.get("names") or {}).get(i) or f"{rec.get('task')}-{index}",
-        "task_name": rec.get("task"),
-        "task_key": rec.get("task_key"),
-        "flow_run_id": rec.get("flow_run_id"),
-        "state": state,
-        "state_type": state_type,
-        "submitted": _submitted(rec, i),
-        "start": start,
-        "end": end,
-        "run_count": run_count,
-        "worker": rec.get("worker"),
-        "message": message,
-    }
-
-
-def history(rec: dict, i: int) -> list[dict]:
-    """Run ``i``'s states, oldest first: Pending, [recorded events], Running, [retries], final."""
-    events = (rec.get("events") or {}).get(i, ())
-    out = []
-    if not events or events[0][1] not in ("Scheduled", "Pending"):
-        # a chunk may start before its future (and submission time) is recorded
-        sub = _submitted(rec, i)
-        pending = min(t for t in (sub, _started_at(rec, i) if rec.get("starts") else rec.get("started")) if t) \
-            if sub else None
-        out.append({"name": "Pending", "type": "PENDING", "timestamp": pending, "message": ""})
-    extra = (rec.get("history") or {}).get(i)
-    for t, name, ts, msg in events:
-        if extra and name in ("Running", "Retrying", "AwaitingRetry"):
-            continue  # the envelope's history holds these, with the first Running
-        out.append({"name": name, "type": t, "timestamp": ts, "message": msg or ""})
-    codes = rec.get("codes")
-    if codes is None:
-        live = rec.get("live")
-        if live and live[1] != "Pending" and not (rec.get("events") or {}).get(i):
-            out.append({"name": live[1], "type": live[0], "timestamp": live[2], "message": live[3] or ""})
-        return out
-    row = expand(rec, i)
-    if extra:
-        out.extend({"name": n, "type": t, "timestamp": ts, "message": m or ""} for t, n, ts, m in extra)
-    elif row["run_count"] and not any(h["type"] == "RUNNING" for h in out):
-        out.append({"name": "Running", "type": "RUNNING", "timestamp": row["start"], "message": ""})
-    if not out or out[-1]["name"] != row["state"]:
-        out.append({"name": row["state"], "type": row["state_type"], "timestamp": row["end"],
-                    "message": _message(rec, i)})
-    return out
-
-
-def _message(rec: dict, i: int) -> str:
-    """Run ``i``'s final message: its own, else the chunk's (one for all, e.g. its owner died)."""
-    return (rec.get("messages") or {}).get(i) or rec.get("message") or ""
-
-
-def may_hold(rec: dict, state_l: str) -> bool:
-    """Whether a chunk may hold runs in a state (name or type, lower case), from its codes."""
-    if rec.get("codes") is None or rec.get("events"):
-        return True
-    names = set(chunk_counts(rec))
-    kinds = {n.lower() for n in names} | {CODE_STATES[CODE_OF_NAME[n]].type.lower() for n in names}
-    return state_l in kinds
-
-
-def chunk_counts(rec: dict) -> dict[str, int]:
-    """How many runs of a chunk are in each state (by name)."""
-    codes = rec.get("codes")
-    if codes is None:
-        live = rec.get("live") or ["PENDING", "Pending"]
-        return {live[1]: rec["n"]}
-    out: dict[str, int] = {}
-    for code in set(codes):
-        out[CODE_STATES[code].name] = codes.count(code)
-    return out
-
-
-def durations(rec: dict) -> list[float]:
-    """How long each run of a finished chunk took, in seconds (empty while it is live)."""
-    ends = _ends(rec)
-    if rec.get("codes") is None or not ends:
-        return []
-    starts = _packed(rec, "starts")
-    prev = list(starts) if starts is not None else [rec.get("started") or ends[0], *ends[:-1]]
-    return [e - s for s, e in zip(prev, ends)]
-
-
-def chunk_span(rec: dict) -> tuple[float | None, float | None]:
-    """When a chunk's first run started and, once final, when its last run ended."""
-    ends = _ends(rec)
-    starts = _packed(rec, "starts")
-    first = starts[0] if starts else rec.get("started") or (ends[0] if ends else rec.get("submitted"))
-    return first, (max(ends) if ends and rec.get("codes") is not None else None)
-
-
-def _slowest(rec: dict, k: int) -> list[tuple[float, dict]]:
-    spent = durations(rec)
-    return [(spent[i], expand(rec, i)) for i in heapq.nlargest(k, range(len(spent)), key=spent.__getitem__)]
 
 
 def open_run_store(home: str | None = None, create: bool = True, readonly: bool = False) -> RunStore:
