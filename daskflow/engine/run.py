@@ -142,13 +142,14 @@ class ChunkResult:
         code = self.codes[i]
         type_, name = STATE_OF_CODE[code]
         ts = self.ends[i] if i < len(self.ends) else time.time()
+        run = (self.base, self.start + i)
         if code in OK_CODES:
-            return st.State(type_, name, data=self.get_values()[i], timestamp=ts)
+            return st.State(type_, name, data=self.get_values()[i], timestamp=ts, task_run_id=run)
         exc = self.errors.get(i)
         message = self.messages.get(i) or describe_error(exc)
         if exc is None and code == NOT_READY:
             exc = UpstreamFailed(f"task run {self.run_name(i)!r} did not run: {message}")
-        return st.State(type_, name, message=message, data=exc, timestamp=ts)
+        return st.State(type_, name, message=message, data=exc, timestamp=ts, task_run_id=run)
 
     def started_at(self, i: int) -> float:
         """When run i started: runs of a chunk execute one after the other."""
@@ -509,6 +510,15 @@ def _sleep_off_slot(seconds: float) -> None:
 def _call_sync(fn: Callable, args: tuple, kwargs: dict, timeout: float, name: str) -> Any:
     if not timeout:
         return fn(*args, **kwargs)
+    return call_with_timeout(
+        fn, args, kwargs, timeout, lambda: TaskRunTimeoutError(f"task {name!r} timed out after {timeout:g}s"))
+
+
+def call_with_timeout(fn: Callable, args: tuple, kwargs: dict, timeout: float,
+                      timed_out: Callable[[], BaseException]) -> Any:
+    """``fn(*args, **kwargs)``, raising ``timed_out()`` if it takes longer than ``timeout`` (0: no limit)."""
+    if not timeout:
+        return fn(*args, **kwargs)
     # A sync body cannot be interrupted: it runs in a helper thread that the run stops
     # waiting for at the deadline (the thread finishes in the background).
     box: list = []
@@ -520,11 +530,12 @@ def _call_sync(fn: Callable, args: tuple, kwargs: dict, timeout: float, name: st
             box.append((False, exc))
 
     ctx = contextvars.copy_context()
-    thread = threading.Thread(target=ctx.run, args=(target,), name=f"daskflow-{name}", daemon=True)
+    thread = threading.Thread(target=ctx.run, args=(target,), name=f"daskflow-{getattr(fn, '__name__', 'run')}",
+                              daemon=True)
     thread.start()
     thread.join(timeout)
     if not box:
-        raise TaskRunTimeoutError(f"task {name!r} timed out after {timeout:g}s")
+        raise timed_out()
     ok, value = box[0]
     if ok:
         return value
