@@ -40,6 +40,7 @@ class TaskRunContext:
     flow_run_id: str | None = None
     run_count: int = 1
     name: str = ""
+    final_state: Any = None  # the State the run's hooks received, kept for return_state
 
     @property
     def task_run_id(self) -> str:
