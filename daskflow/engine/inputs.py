@@ -42,7 +42,13 @@ class unmapped(_Annotation[T]):
 
 
 class quote(_Annotation[T]):
-    """Pass a value as it is: not iterated by ``.map()``, futures inside not resolved."""
+    """Pass a value as it is: futures inside are not resolved.
+
+    ``.map()`` iterates a quoted iterable, each element passed quoted, as in Prefect.
+    """
+
+    def unquote(self) -> T:
+        return self.value
 
 
 class allow_failure(_Annotation[T]):

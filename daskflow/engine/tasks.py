@@ -154,6 +154,9 @@ class Task(Generic[P, R]):
             k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds
         )
         self._kinds = kinds
+        #: the name of the ``**kwargs`` parameter, if the function has one
+        self.var_keyword = next((p.name for p in sig.parameters.values()
+                                 if p.kind is inspect.Parameter.VAR_KEYWORD), None)
         empty = inspect.Parameter.empty
         self._defaults = tuple(p.default for p in sig.parameters.values())
         self._min_args = sum(1 for d in self._defaults if d is empty) if self._positional else -1
@@ -350,6 +353,10 @@ class Task(Generic[P, R]):
             raise TypeError(f"task {self.name!r}: {exc}") from None
         bound.apply_defaults()
         return bound.arguments
+
+    def given_params(self, args: tuple, kwargs: dict) -> set[str]:
+        """The parameters a call gave a value for (the others take their defaults)."""
+        return set(self._signature.bind(*args, **kwargs).arguments)
 
     def split_row(self, row: tuple) -> tuple[tuple, dict]:
         """Positional args and kwargs for a row of parameter values in signature order."""
