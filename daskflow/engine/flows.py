@@ -25,7 +25,7 @@ import numbers
 import time
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Coroutine, Generic, Iterator, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, Literal, ParamSpec, TypeVar, overload
 
 from daskflow.engine import logging as run_logging
 from daskflow.engine import states as st
@@ -174,11 +174,11 @@ class Flow(Generic[P, R]):
 
     # -- calling ----------------------------------------------------------------------
     @overload
-    def __call__(self: Flow[P, Coroutine[Any, Any, R]], *args: P.args, **kwargs: P.kwargs) -> Coroutine[Any, Any, R]:
-        ...
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
 
     @overload
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+    def __call__(self, *args: P.args, return_state: Literal[True],  # type: ignore[valid-type]
+                 **kwargs: P.kwargs) -> State: ...
 
     def __call__(self, *args: Any, return_state: bool = False, **kwargs: Any) -> Any:
         try:

@@ -17,7 +17,7 @@ import datetime
 import inspect
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Literal, ParamSpec, TypeVar, overload
 
 import xxhash
 
@@ -266,8 +266,18 @@ class Task(Generic[P, R]):
         return self._add_hook("on_rollback", fn)
 
     # -- calling ----------------------------------------------------------------------
+    # Typing: the first overload of each calling form is pure ``P``, so a type checker checks
+    # the arguments; forms with daskflow's own keywords follow (checked loosely, as Prefect's).
     @overload
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    @overload
+    def __call__(self, *args: P.args, return_state: Literal[True],  # type: ignore[valid-type]
+                 **kwargs: P.kwargs) -> State[R]: ...
+
+    @overload
+    def __call__(self, *args: P.args, wait_for: Iterable[Any],  # type: ignore[valid-type]
+                 **kwargs: P.kwargs) -> R: ...
 
     def __call__(self, *args: Any, return_state: bool = False, wait_for: Iterable[Any] | None = None,
                  **kwargs: Any) -> Any:
@@ -276,6 +286,17 @@ class Task(Generic[P, R]):
         if self.is_async and loop_running():
             return call_inline_async(self, args, kwargs, wait_for, return_state)
         return call_inline(self, args, kwargs, wait_for, return_state)
+
+    @overload
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskRunFuture[R]: ...
+
+    @overload
+    def submit(self, *args: P.args, return_state: Literal[True],  # type: ignore[valid-type]
+               **kwargs: P.kwargs) -> State[R]: ...
+
+    @overload
+    def submit(self, *args: P.args, wait_for: Iterable[Any] | None,  # type: ignore[valid-type]
+               **kwargs: P.kwargs) -> TaskRunFuture[R]: ...
 
     def submit(self, *args: Any, wait_for: Iterable[Any] | None = None, return_state: bool = False,
                **kwargs: Any) -> Any:
@@ -295,6 +316,12 @@ class Task(Generic[P, R]):
             future.wait()
             return future.state
         return future
+
+    @overload
+    def map(self, *args: Any, return_state: Literal[True], **kwargs: Any) -> list[State[R]]: ...
+
+    @overload
+    def map(self, *args: Any, **kwargs: Any) -> MapFutures[R]: ...
 
     def map(self, *args: Any, wait_for: Iterable[Any] | None = None, chunksize: int | None = None,
             deferred: bool = False, return_state: bool = False, **kwargs: Any) -> Any:
