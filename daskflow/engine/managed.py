@@ -333,7 +333,7 @@ class _Managed:
             ends[i] = clock()
             if keys[i] is not None:
                 fresh.append(i)
-        if st.State in map(type, values):  # type: ignore[arg-type]  # bodies that returned a State
+        if st.State in {*map(type, values)}:  # type: ignore[arg-type]  # bodies that returned a State
             R.settle_returned_states(res)
             fresh = [i for i in fresh if codes[i] in OK_CODES]
         if not fresh or self.spec.plan is None:

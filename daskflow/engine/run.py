@@ -350,7 +350,7 @@ def _run_fast(fn: Callable, rows: Any, res: ChunkResult, ctx: TaskRunContext) ->
             res.fail(i, FAILED, exc)
         ends[i] = clock()
     res.ends = ends
-    if st.State in map(type, values):  # type: ignore[arg-type]  # C-speed scan
+    if st.State in {*map(type, values)}:  # type: ignore[arg-type]  # C-speed scan (a set: faster than `in map`)
         settle_returned_states(res)
 
 
