@@ -39,6 +39,7 @@ from daskflow.engine import states as st
 from daskflow.engine.chunks import Chunk
 from daskflow.engine.context import current_flow_run_id, flow_run_ctx
 from daskflow.engine.hooks import call_hooks
+from daskflow.engine.returned_states import settle_returned_states
 from daskflow.engine.inputs import BROADCAST, MAPPED, Column, UpstreamNotCompleted, quote, resolve
 from daskflow.engine.run import ChunkResult, Unpicklable
 from daskflow.engine.transactions import Transaction, current_transaction
@@ -334,7 +335,7 @@ class _Managed:
             if keys[i] is not None:
                 fresh.append(i)
         if st.State in {*map(type, values)}:  # type: ignore[arg-type]  # bodies that returned a State
-            R.settle_returned_states(res)
+            settle_returned_states(res)
             fresh = [i for i in fresh if codes[i] in OK_CODES]
         if not fresh or self.spec.plan is None:
             return

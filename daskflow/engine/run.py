@@ -42,6 +42,7 @@ from daskflow.engine import logging as run_logging
 from daskflow.engine import states as st
 from daskflow.engine import reports
 from daskflow.engine.states import describe_error
+from daskflow.engine.returned_states import returned_state_outcome, settle_returned_states
 from daskflow.engine.context import TaskRunContext, task_run_ctx
 from daskflow.ids import run_id
 from daskflow.engine.inputs import ALIGNED, BROADCAST, MAPPED, Column, Ref, UpstreamNotCompleted, resolve
@@ -352,27 +353,6 @@ def _run_fast(fn: Callable, rows: Any, res: ChunkResult, ctx: TaskRunContext) ->
     res.ends = ends
     if st.State in {*map(type, values)}:  # type: ignore[arg-type]  # C-speed scan (a set: faster than `in map`)
         settle_returned_states(res)
-
-
-def settle_returned_states(res: ChunkResult) -> None:
-    """Runs whose body returned a ``State`` take that state (no retries here: the fast path has none)."""
-    values = res.values
-    for i, value in enumerate(values):  # type: ignore[arg-type]
-        if type(value) is st.State and res.codes[i] in OK_CODES:
-            code, payload = returned_state_outcome(value)
-            if code in OK_CODES:
-                values[i] = payload  # type: ignore[index]
-            else:
-                values[i] = None  # type: ignore[index]
-                res.fail(i, code, payload, value.message)
-
-
-def returned_state_outcome(state: st.State) -> tuple[int, Any]:
-    """``(code, value or exception)`` of a run whose body returned ``state``."""
-    if state.is_completed():
-        return COMPLETED, state.data
-    code = {st.StateType.CRASHED: CRASHED, st.StateType.CANCELLED: CANCELLED}.get(state.type, FAILED)
-    return code, state.exception()
 
 
 def _run_slow(task: Task, rows: Any, res: ChunkResult, ctx: TaskRunContext, deps: list | None) -> None:
