@@ -7,9 +7,11 @@
     ├── MappingMissingIterable (TypeError)     .map() with nothing to iterate over
     ├── ReservedArgumentError (TypeError)      a task function uses return_state / wait_for
     ├── ParameterSerializationError (TypeError) an argument cannot be pickled for a Dask run
+    ├── FailedRun (RuntimeError)               .result() of a failed state that holds no exception
     ├── UnfinishedRun (RuntimeError)           .result() of a run with no final value (NotReady)
     ├── UpstreamFailed (UnfinishedRun)         ... because an upstream run did not complete
     ├── TaskRunTimeoutError (TimeoutError)     a run passed its timeout_seconds
+    ├── FlowRunTimeoutError (TimeoutError)     a flow run passed its timeout_seconds
     ├── CrashedRun (RuntimeError)              the process running a run died (KilledWorker)
     ├── CancelledRun (RuntimeError)            the run was cancelled
     ├── RunnerShutdown (RuntimeError)          a future of a task runner that was shut down
@@ -48,6 +50,10 @@ class ParameterSerializationError(DaskflowError, TypeError):
     """An argument of a run cannot be serialized to travel to a Dask worker."""
 
 
+class FailedRun(DaskflowError, RuntimeError):
+    """The exception of a failed state made without one (``Failed(message=...)``)."""
+
+
 class UnfinishedRun(DaskflowError, RuntimeError):
     """The result of a run that never reached a final value was requested."""
 
@@ -58,6 +64,10 @@ class UpstreamFailed(UnfinishedRun):
 
 class TaskRunTimeoutError(DaskflowError, TimeoutError):
     """A task run passed its ``timeout_seconds``."""
+
+
+class FlowRunTimeoutError(DaskflowError, TimeoutError):
+    """A flow run passed its ``timeout_seconds``."""
 
 
 class CrashedRun(DaskflowError, RuntimeError):

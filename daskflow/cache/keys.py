@@ -271,6 +271,15 @@ def fingerprint(value: Any) -> bytes:
 # Key plans: the static part of a submission's keys, computed once
 
 
+class KeyTaskRun(NamedTuple):
+    """The task run a key is computed for, as ``context.task_run`` shows it (Prefect's names)."""
+
+    id: str
+    flow_run_id: str | None
+    task_key: str
+    name: str
+
+
 @dataclass(slots=True)
 class KeyContext:
     """What a ``cache_key_fn(context, parameters)`` receives about the run."""
@@ -280,6 +289,11 @@ class KeyContext:
     task_run_id: str
     flow_run_id: str | None
     flow_parameters: dict
+    parameters: dict | None = None
+
+    @property
+    def task_run(self) -> KeyTaskRun:
+        return KeyTaskRun(self.task_run_id, self.flow_run_id, self.task_key, getattr(self.task, "name", ""))
 
 
 class KeyColumn(NamedTuple):
@@ -313,7 +327,7 @@ class KeyPlan:
             return None
         if self.key_fn:
             params = dict(zip(task.param_names, row))
-            ctx = KeyContext(task, self.task_key, run_id(), self.flow_run_id, self.flow_parameters or {})
+            ctx = KeyContext(task, self.task_key, run_id(), self.flow_run_id, self.flow_parameters or {}, params)
             try:
                 user = task.options.cache_key_fn(ctx, params)
             except Exception as exc:

@@ -45,7 +45,29 @@ class CachePolicy:
         return _combine(self.parts() + other.parts())
 
     def __sub__(self, name: Any) -> CachePolicy:
-        raise TypeError(f"{self!r} has no inputs to exclude {name!r} from; use (INPUTS - {name!r}) + {self!r}")
+        """As in Prefect: excluding an input from a policy that does not key on inputs changes nothing."""
+        _check_name(name)
+        return self
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any] | None, flow_parameters: dict[str, Any] | None,
+                    **kwargs: Any) -> str | None:
+        """This policy's key for a run, as hex text, or None when the policy gives no key.
+
+        ``task_ctx`` is what a ``cache_key_fn`` receives (``.task``, ``.task_run``); the
+        engine computes the stored keys with ``daskflow.cache.keys`` from the same parts.
+        """
+        raise NotImplementedError
+
+
+def _check_name(name: Any) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"exclude parameters from a cache policy by name (a str), got {name!r}")
+
+
+def _hex(value: Any) -> str:
+    from daskflow.cache.keys import fingerprint
+
+    return fingerprint(value).hex()
 
 
 @dataclass(frozen=True, repr=False)
@@ -56,9 +78,14 @@ class Inputs(CachePolicy):
     _order = 1
 
     def __sub__(self, name: Any) -> Inputs:
-        if not isinstance(name, str):
-            raise TypeError(f"INPUTS - ...: exclude parameters by name (a str), got {name!r}")
+        _check_name(name)
         return Inputs(self.exclude | {name})
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any] | None, flow_parameters: dict[str, Any] | None,
+                    **kwargs: Any) -> str | None:
+        if not inputs:
+            return None
+        return _hex({k: v for k, v in inputs.items() if k not in self.exclude})
 
     def __repr__(self) -> str:
         return "INPUTS" + "".join(f" - {n!r}" for n in sorted(self.exclude))
@@ -70,6 +97,14 @@ class TaskSource(CachePolicy):
 
     _order = 2
 
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any] | None, flow_parameters: dict[str, Any] | None,
+                    **kwargs: Any) -> str | None:
+        if task_ctx is None:
+            return None
+        from daskflow.cache.keys import source_digest
+
+        return source_digest(task_ctx.task.fn).hex()
+
     def __repr__(self) -> str:
         return "TASK_SOURCE"
 
@@ -79,6 +114,10 @@ class FlowParameters(CachePolicy):
     """Key on the parameters of the enclosing flow run (none outside a flow)."""
 
     _order = 3
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any] | None, flow_parameters: dict[str, Any] | None,
+                    **kwargs: Any) -> str | None:
+        return _hex(dict(flow_parameters)) if flow_parameters else None
 
     def __repr__(self) -> str:
         return "FLOW_PARAMETERS"
@@ -93,6 +132,13 @@ class RunId(CachePolicy):
 
     _order = 4
 
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any] | None, flow_parameters: dict[str, Any] | None,
+                    **kwargs: Any) -> str | None:
+        if task_ctx is None:
+            return None
+        run = task_ctx.task_run
+        return str(run.flow_run_id if run.flow_run_id is not None else run.id)
+
     def __repr__(self) -> str:
         return "RUN_ID"
 
@@ -103,6 +149,10 @@ class NoCache(CachePolicy):
 
     is_no_cache = True
     _order = 5
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any] | None, flow_parameters: dict[str, Any] | None,
+                    **kwargs: Any) -> str | None:
+        return None
 
     def __repr__(self) -> str:
         return "NO_CACHE"
@@ -118,9 +168,16 @@ class CompoundPolicy(CachePolicy):
         return self.members
 
     def __sub__(self, name: Any) -> CachePolicy:
+        _check_name(name)
         if not any(isinstance(p, Inputs) for p in self.members):
-            return super().__sub__(name)
+            return self
         return _combine(tuple(p - name if isinstance(p, Inputs) else p for p in self.members))
+
+    def compute_key(self, task_ctx: Any, inputs: dict[str, Any] | None, flow_parameters: dict[str, Any] | None,
+                    **kwargs: Any) -> str | None:
+        """The members' keys hashed together; members without a key are left out (None if none has one)."""
+        keys = [k for p in self.members if (k := p.compute_key(task_ctx, inputs, flow_parameters, **kwargs))]
+        return _hex(keys) if keys else None
 
     def __repr__(self) -> str:
         return " + ".join(repr(p) for p in self.members)
@@ -136,7 +193,9 @@ def _combine(parts: tuple[CachePolicy, ...]) -> CachePolicy:
             p = Inputs(old.exclude | p.exclude)
         merged[type(p)] = p
     ordered = tuple(sorted(merged.values(), key=lambda p: p._order))
-    return ordered[0] if len(ordered) == 1 else CompoundPolicy(ordered)
+    if len(ordered) == 1 and len(parts) == 1:
+        return ordered[0]
+    return CompoundPolicy(ordered)  # a sum stays compound, as in Prefect, even when its parts merge
 
 
 INPUTS = Inputs()

@@ -28,6 +28,7 @@ class FlowRunContext:
     parameters: dict[str, Any]
     submitted: list[Any] = field(default_factory=list)  # futures and future lists
     parent: FlowRunContext | None = None
+    flow_run: Any = None  # the engine.flows.FlowRun record its hooks receive
 
 
 @dataclass(eq=False, slots=True)
@@ -39,6 +40,7 @@ class TaskRunContext:
     flow_run_id: str | None = None
     run_count: int = 1
     name: str = ""
+    final_state: Any = None  # the State the run's hooks received, kept for return_state
 
     @property
     def task_run_id(self) -> str:

@@ -3,36 +3,111 @@
 A flow run picks its runner (its own ``task_runner``, else its parent flow's, else
 the Dask cluster it runs inside, else a new default ``DaskTaskRunner``), runs the
 body in the calling thread, then waits for every run submitted in it: nothing
-submitted is dropped. Its final state follows its return value: a returned failed
-state or future fails it, and futures in the return value are resolved to values.
-It ends by logging one warning that lists failed runs nobody looked at.
+submitted is dropped. Its final state follows its return value by Prefect's rule
+(``engine.returns``): futures in it become States, a returned State or a collection of
+States decides. It ends by logging one warning that lists failed runs nobody looked at.
+
+Options are Prefect's: ``retries``/``retry_delay_seconds`` re-run a body that raised,
+``timeout_seconds`` fails a run that takes longer (``TimedOut``), ``flow_run_name`` names
+each run, and hooks (``on_running``, ``on_completion``, ``on_failure``,
+``on_cancellation``, ``on_crashed``; sync or async) receive ``(flow, flow_run, state)``.
+Calling an ``async def`` flow returns a coroutine, from sync code too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import logging
+import numbers
 import sys
+import time
 import uuid
-from typing import Any, Callable, Generic, Iterator, ParamSpec, TypeVar, overload
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, Literal, ParamSpec, TypeVar, overload
 
 from daskflow.engine import logging as run_logging
 from daskflow.engine import states as st
 from daskflow.engine import tracker
 from daskflow.engine.context import FlowRunContext, flow_run_ctx, task_run_ctx
 from daskflow.engine.chunks import Chunk, fetch_all, fetch_finished
-from daskflow.engine.futures import MapFutures, TaskRunFuture
-from daskflow.engine.tasks import RESERVED, loop_running
+from daskflow.engine.hooks import call_hooks, validate_hooks
+from daskflow.engine.returns import resolve_futures_to_states, state_of_return
+from daskflow.engine.tasks import RESERVED
 from daskflow.codes import CANCELLED, OK_CODES
-from daskflow.engine.run import ChunkResult
-from daskflow.exceptions import CancelledRun, ReservedArgumentError
+from daskflow.engine.run import ChunkResult, call_with_timeout
+from daskflow.exceptions import CancelledRun, FlowRunTimeoutError, ReservedArgumentError
 from daskflow.runners.base import TaskRunner
+
+if TYPE_CHECKING:
+    from daskflow.engine.states import State
 
 P = ParamSpec("P")
 R = TypeVar("R")
 logger = logging.getLogger("daskflow")
+
+
+FLOW_HOOKS = ("on_completion", "on_failure", "on_cancellation", "on_crashed", "on_running")
+#: the hook a final state type fires
+_FINAL_HOOK = {st.StateType.COMPLETED: "on_completion", st.StateType.FAILED: "on_failure",
+               st.StateType.CANCELLED: "on_cancellation", st.StateType.CRASHED: "on_crashed"}
+
+
+_RAISED = object()  # the body raised: the caller gets the error from the final state
+
+
+@dataclass(frozen=True)
+class FlowOptions:
+    """Every option of a flow, validated once, at decoration time."""
+
+    name: str
+    task_runner: TaskRunner | None = None
+    description: str | None = None
+    version: str | None = None
+    log_prints: bool = False
+    retries: int = 0
+    retry_delay_seconds: float = 0
+    timeout_seconds: float | None = None
+    flow_run_name: str | Callable[[], str] | None = None
+    on_completion: tuple[Callable, ...] = ()
+    on_failure: tuple[Callable, ...] = ()
+    on_cancellation: tuple[Callable, ...] = ()
+    on_crashed: tuple[Callable, ...] = ()
+    on_running: tuple[Callable, ...] = ()
+
+    def __post_init__(self) -> None:
+        owner = f"flow {self.name!r}"
+        if not isinstance(self.name, str):
+            raise TypeError(f"@flow(name=...) must be a string, got {self.name!r}")
+        if self.task_runner is not None and not isinstance(self.task_runner, TaskRunner):
+            raise TypeError(f"{owner}: task_runner must be a TaskRunner, got {self.task_runner!r}")
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
+            raise ValueError(f"{owner}: retries must be an int >= 0, got {self.retries!r}")
+        delay = self.retry_delay_seconds
+        if isinstance(delay, bool) or not isinstance(delay, numbers.Real) or delay < 0:
+            raise ValueError(f"{owner}: retry_delay_seconds must be a number >= 0, got {delay!r}")
+        if self.timeout_seconds is not None and not self.timeout_seconds > 0:
+            raise ValueError(f"{owner}: timeout_seconds must be > 0, got {self.timeout_seconds!r}")
+        if self.flow_run_name is not None and not isinstance(self.flow_run_name, str) \
+                and not callable(self.flow_run_name):
+            raise TypeError(f"{owner}: flow_run_name must be a string or a callable, got "
+                            f"{type(self.flow_run_name).__name__}")
+        for kind in FLOW_HOOKS:
+            object.__setattr__(self, kind, validate_hooks(owner, kind, getattr(self, kind)))
+
+
+@dataclass(slots=True)
+class FlowRun:
+    """The record of one flow run that flow hooks receive."""
+
+    id: str
+    name: str
+    flow_name: str
+    parameters: dict[str, Any]
+    run_count: int = 0
+    parent_flow_run_id: str | None = None
 
 
 class Flow(Generic[P, R]):
@@ -44,18 +119,23 @@ class Flow(Generic[P, R]):
         ...     return sum(double.map(range(n)).result())  # doctest: +SKIP
     """
 
-    def __init__(self, fn: Callable[P, R], name: str | None = None, task_runner: TaskRunner | None = None,
-                 description: str | None = None, version: str | None = None, log_prints: bool = False) -> None:
+    def __init__(self, fn: Callable[P, R], name: str | None = None, options: FlowOptions | None = None,
+                 **kwargs: Any) -> None:
         if not callable(fn):
             raise TypeError(f"@flow needs a callable, got {type(fn).__name__}: {fn!r}")
-        if task_runner is not None and not isinstance(task_runner, TaskRunner):
-            raise TypeError(f"flow {name or fn.__name__!r}: task_runner must be a TaskRunner, got {task_runner!r}")
+        if options is None:
+            options = FlowOptions(name=name or getattr(fn, "__name__", "flow"), **kwargs)
         self.fn = fn
-        self.name = name or getattr(fn, "__name__", "flow")
-        self.task_runner = task_runner
-        self.description = description or inspect.getdoc(fn)
-        self.version = version
-        self.log_prints = log_prints
+        self.options = options
+        self.name = options.name
+        self.task_runner = options.task_runner
+        self.description = options.description or inspect.getdoc(fn)
+        self.version = options.version
+        self.log_prints = options.log_prints
+        self.retries = options.retries
+        self.retry_delay_seconds = options.retry_delay_seconds
+        self.timeout_seconds = options.timeout_seconds
+        self.flow_run_name = options.flow_run_name
         self.is_async = inspect.iscoroutinefunction(fn)
         self._signature = inspect.signature(fn)
         clash = RESERVED.intersection(self._signature.parameters)
@@ -66,20 +146,50 @@ class Flow(Generic[P, R]):
         return f"Flow(name={self.name!r})"
 
     def with_options(self, **changes: Any) -> Flow[P, R]:
-        kwargs = {"name": self.name, "task_runner": self.task_runner, "description": self.description,
-                  "version": self.version, "log_prints": self.log_prints}
-        kwargs.update(changes)
-        return Flow(self.fn, **kwargs)
+        """A copy of this flow with some options changed (hooks given here replace the old ones)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(FlowOptions)}
+        if unknown:
+            raise TypeError(f"flow {self.name!r}: unknown option(s) {sorted(unknown)}")
+        return Flow(self.fn, options=dataclasses.replace(self.options, **changes))
+
+    # -- hook decorators ------------------------------------------------------------
+    def _add_hook(self, kind: str, fn: Callable) -> Callable:
+        self.__init__(self.fn, options=dataclasses.replace(  # type: ignore[misc]
+            self.options, **{kind: (*getattr(self.options, kind), fn)}))
+        return fn
+
+    def on_completion(self, fn: Callable) -> Callable:
+        return self._add_hook("on_completion", fn)
+
+    def on_failure(self, fn: Callable) -> Callable:
+        return self._add_hook("on_failure", fn)
+
+    def on_cancellation(self, fn: Callable) -> Callable:
+        return self._add_hook("on_cancellation", fn)
+
+    def on_crashed(self, fn: Callable) -> Callable:
+        return self._add_hook("on_crashed", fn)
+
+    def on_running(self, fn: Callable) -> Callable:
+        return self._add_hook("on_running", fn)
+
+    # -- calling ----------------------------------------------------------------------
+    @overload
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    @overload
+    def __call__(self, *args: P.args, return_state: Literal[True],  # type: ignore[valid-type]
+                 **kwargs: P.kwargs) -> State: ...
 
     def __call__(self, *args: Any, return_state: bool = False, **kwargs: Any) -> Any:
         try:
-            params = self._signature.bind(*args, **kwargs)
+            bound = self._signature.bind(*args, **kwargs)
         except TypeError as exc:
             raise TypeError(f"flow {self.name!r}: {exc}") from None
-        params.apply_defaults()
-        if self.is_async and loop_running():
-            return self._run_async(params.arguments, return_state)
-        return self._run(params.arguments, return_state)
+        bound.apply_defaults()
+        if self.is_async:  # as in Prefect: a coroutine, awaited by the caller
+            return self._run_async(bound, return_state)
+        return self._run(bound, return_state)
 
     # -- one flow run -------------------------------------------------------------------
     def _enter(self, parameters: dict[str, Any]) -> tuple[FlowRunContext, bool]:
@@ -100,9 +210,23 @@ class Flow(Generic[P, R]):
         ctx = FlowRunContext(self, str(uuid.uuid4()), runner, dict(parameters), parent=parent)
         return ctx, owned
 
+    def _new_run(self, ctx: FlowRunContext) -> FlowRun:
+        template = self.options.flow_run_name
+        if template is None:
+            name = f"{self.name}-{ctx.flow_run_id[:8]}"
+        elif callable(template):
+            name = template()
+            if not isinstance(name, str):
+                raise TypeError(f"flow {self.name!r}: the flow_run_name callable returned a "
+                                f"{type(name).__name__}, but a string is required")
+        else:
+            name = template.format(**ctx.parameters)
+        return FlowRun(ctx.flow_run_id, name, self.name, ctx.parameters,
+                       parent_flow_run_id=ctx.parent.flow_run_id if ctx.parent else None)
+
     @contextlib.contextmanager
     def _flow_run(self, parameters: dict[str, Any]) -> Iterator[tuple[FlowRunContext, list[st.State]]]:
-        """One flow run around the body: context, final state on error, runner shutdown."""
+        """One flow run around the body: context, final state on error, runner shutdown, hooks."""
         ctx, owned = self._enter(parameters)
         token = flow_run_ctx.set(ctx)
         tracker.flow_started(ctx.flow_run_id, self.name, parameters, ctx.parent.flow_run_id if ctx.parent else None)
@@ -110,6 +234,7 @@ class Flow(Generic[P, R]):
         final: list[st.State] = []
         interrupted = False
         try:
+            ctx.flow_run = self._new_run(ctx)
             yield ctx, final
         except BaseException as exc:
             final.append(self._crash(ctx, exc))
@@ -119,27 +244,85 @@ class Flow(Generic[P, R]):
         finally:
             if prints is not None:
                 run_logging.capturing_prints.reset(prints)
-            flow_run_ctx.reset(token)
             if final:
                 tracker.flow_finished(ctx.flow_run_id, final[0])
+                self._fire(_FINAL_HOOK.get(final[0].type), ctx, final[0])
+            flow_run_ctx.reset(token)
             if owned:
                 ctx.runner.shutdown(wait=not interrupted)
 
-    def _run(self, parameters: dict[str, Any], return_state: bool) -> Any:
-        with self._flow_run(parameters) as (ctx, final):
-            value = asyncio.run(self.fn(**parameters)) if self.is_async else self.fn(**parameters)
-            final.append(self._finish(ctx, value))
-        return final[0] if return_state else final[0].result()
+    def _fire(self, kind: str | None, ctx: FlowRunContext, state: st.State) -> None:
+        hooks = getattr(self.options, kind) if kind else ()
+        if hooks and ctx.flow_run is not None:
+            call_hooks(hooks, (self, ctx.flow_run, state), kind, f"flow {self.name!r}")  # type: ignore[arg-type]
 
-    async def _run_async(self, parameters: dict[str, Any], return_state: bool) -> Any:
-        with self._flow_run(parameters) as (ctx, final):
-            final.append(self._finish(ctx, await self.fn(**parameters)))
-        return final[0] if return_state else final[0].result()
+    def _attempt_failed(self, ctx: FlowRunContext, exc: Exception) -> float | None:
+        """The delay before the next attempt, or None when the run is out of retries."""
+        if ctx.flow_run.run_count > self.options.retries:  # type: ignore[union-attr]
+            return None
+        logger.info("flow %r: attempt %d failed (%s: %s); retrying", self.name,
+                    ctx.flow_run.run_count, type(exc).__name__, exc)  # type: ignore[union-attr]
+        return float(self.options.retry_delay_seconds)
+
+    def _run(self, bound: inspect.BoundArguments, return_state: bool) -> Any:
+        timeout = self.options.timeout_seconds or 0.0
+        value: Any = _RAISED
+        with self._flow_run(bound.arguments) as (ctx, final):
+            while True:
+                ctx.flow_run.run_count += 1  # type: ignore[union-attr]
+                self._fire("on_running", ctx, st.Running())
+                try:
+                    value = call_with_timeout(self.fn, bound.args, bound.kwargs, timeout, self._timed_out)
+                except Exception as exc:
+                    delay = self._attempt_failed(ctx, exc)
+                    if delay is None:
+                        raise
+                    time.sleep(delay)
+                    continue
+                break
+            value = resolve_futures_to_states(value)
+            final.append(self._finish(ctx, value))
+        return self._outcome(final[0], value, return_state)
+
+    async def _run_async(self, bound: inspect.BoundArguments, return_state: bool) -> Any:
+        timeout = self.options.timeout_seconds
+        value: Any = _RAISED
+        with self._flow_run(bound.arguments) as (ctx, final):
+            while True:
+                ctx.flow_run.run_count += 1  # type: ignore[union-attr]
+                self._fire("on_running", ctx, st.Running())
+                try:
+                    coro = self.fn(*bound.args, **bound.kwargs)
+                    value = await (asyncio.wait_for(coro, timeout) if timeout else coro)
+                except asyncio.TimeoutError:
+                    raise self._timed_out() from None
+                except Exception as exc:
+                    delay = self._attempt_failed(ctx, exc)
+                    if delay is None:
+                        raise
+                    await asyncio.sleep(delay)
+                    continue
+                break
+            value = resolve_futures_to_states(value)
+            final.append(self._finish(ctx, value))
+        return self._outcome(final[0], value, return_state)
+
+    def _timed_out(self) -> FlowRunTimeoutError:
+        return FlowRunTimeoutError(f"flow {self.name!r} exceeded its timeout of {self.options.timeout_seconds:g}s")
+
+    @staticmethod
+    def _outcome(state: st.State, value: Any, return_state: bool) -> Any:
+        """What the caller gets, as in Prefect: the state, or the (resolved) returned value."""
+        if return_state:
+            return state
+        if value is _RAISED or isinstance(value, st.State):
+            return state.result()
+        return value
 
     def _finish(self, ctx: FlowRunContext, value: Any) -> st.State:
         """Wait for every submitted run, then derive the flow's state from its value."""
         fetch_all(ctx.submitted, None)
-        state = _state_of(value)
+        state = state_of_return(value)
         self._warn_unresolved(ctx, state)
         return state
 
@@ -156,6 +339,8 @@ class Flow(Generic[P, R]):
         except Exception:  # the flow's own error is the one to report
             logger.debug("could not wait for runs of failed flow %r", self.name, exc_info=True)
         self._warn_unresolved(ctx, None)
+        if isinstance(exc, FlowRunTimeoutError):
+            return st.TimedOut(exc)
         return st.Failed(exc)
 
     def _warn_unresolved(self, ctx: FlowRunContext, state: st.State | None) -> None:
@@ -231,37 +416,6 @@ def report_interrupt(exc: KeyboardInterrupt, line: str) -> None:
     sys.excepthook = hook
 
 
-def _state_of(value: Any) -> st.State:
-    """The final state of a flow run that returned ``value``."""
-    if isinstance(value, st.State):
-        return value
-    if isinstance(value, TaskRunFuture):
-        value.chunk.observe(value.index)
-        state = value.state
-        return state if not state.is_completed() else st.Completed(state.data)
-    if isinstance(value, MapFutures):
-        states = value.states
-        for s in states:
-            if not s.is_completed():
-                return st.Failed(s.exception(), message=f"a returned run ended {s.name}: {s.message}")
-        for c in value.chunks:
-            c.observed = True
-        return st.Completed([s.data for s in states])
-    if isinstance(value, (list, tuple)) and any(isinstance(v, (TaskRunFuture, MapFutures, st.State)) for v in value):
-        inner = [_state_of(v) for v in value]
-        for s in inner:
-            if not s.is_completed():
-                return s
-        return st.Completed(type(value)(s.data for s in inner))
-    if isinstance(value, dict) and any(isinstance(v, (TaskRunFuture, MapFutures, st.State)) for v in value.values()):
-        inner_d = {k: _state_of(v) for k, v in value.items()}
-        for s in inner_d.values():
-            if not s.is_completed():
-                return s
-        return st.Completed({k: s.data for k, s in inner_d.items()})
-    return st.Completed(value)
-
-
 @overload
 def flow(__fn: Callable[P, R]) -> Flow[P, R]: ...
 
@@ -273,10 +427,15 @@ def flow(**options: Any) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 def flow(__fn: Callable | None = None, **options: Any) -> Any:
     """Turn a function into a ``Flow``; usable bare (``@flow``) or with options.
 
+    Options: ``name, description, version, task_runner, retries, retry_delay_seconds,
+    timeout_seconds, flow_run_name, log_prints`` and the hooks ``on_running,
+    on_completion, on_failure, on_cancellation, on_crashed`` (lists of callables).
+
     Example:
-        >>> @flow(task_runner=ThreadPoolTaskRunner())  # doctest: +SKIP
+        >>> @flow(task_runner=ThreadPoolTaskRunner(), retries=2)  # doctest: +SKIP
         ... def pipeline(): ...
     """
     if __fn is not None:
         return Flow(__fn, **options)
+    FlowOptions(name=options.get("name") or "flow", **{k: v for k, v in options.items() if k != "name"})
     return lambda fn: Flow(fn, **options)

@@ -12,7 +12,7 @@ import bisect
 import queue
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, Protocol, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, NamedTuple, Protocol, TypeVar, overload
 
 from daskflow.engine import states as st
 from daskflow.engine import tracker
@@ -218,7 +218,14 @@ def _wait_others(others: list[RunFuture], deadline: float | None) -> None:
                 fut.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
 
-def wait(futures: Iterable[Any], timeout: float | None = None) -> tuple[set[Any], set[Any]]:
+class DoneAndNotDoneFutures(NamedTuple):
+    """What ``wait`` returns: the futures that are final and those that are not (a pair)."""
+
+    done: set[Any]
+    not_done: set[Any]
+
+
+def wait(futures: Iterable[Any], timeout: float | None = None) -> DoneAndNotDoneFutures:
     """Wait for runs to be final; return ``(done, not_done)`` as sets of futures.
 
     Takes task-run futures, ``.map()`` future lists, and background futures (``t.delay()``).
@@ -226,6 +233,7 @@ def wait(futures: Iterable[Any], timeout: float | None = None) -> tuple[set[Any]
     Example:
         >>> done, not_done = wait([a.submit(), b.submit()], timeout=5)  # doctest: +SKIP
     """
+    _check_timeout(timeout)
     futures = _flatten(futures)
     ours = [f for f in futures if isinstance(f, TaskRunFuture)]
     others = [f for f in futures if not isinstance(f, TaskRunFuture)]
@@ -234,7 +242,12 @@ def wait(futures: Iterable[Any], timeout: float | None = None) -> tuple[set[Any]
     if others:
         _wait_others(others, deadline)
     done = {f for f in ours if f._chunk.result is not None} | {f for f in others if f.done()}
-    return done, set(futures) - done
+    return DoneAndNotDoneFutures(done, set(futures) - done)
+
+
+def _check_timeout(timeout: float | None) -> None:
+    if timeout is not None and timeout < 0:
+        raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
 
 
 def as_completed(futures: Iterable[Any], timeout: float | None = None) -> Iterator[Any]:
@@ -246,6 +259,7 @@ def as_completed(futures: Iterable[Any], timeout: float | None = None) -> Iterat
         >>> for fut in as_completed(double.map(range(10))):  # doctest: +SKIP
         ...     print(fut.result())
     """
+    _check_timeout(timeout)
     futures = _flatten(futures)
     groups: dict[int, list[Any]] = {}  # a chunk's futures, or one other future
     for fut in futures:
@@ -258,13 +272,16 @@ def as_completed(futures: Iterable[Any], timeout: float | None = None) -> Iterat
         else:
             first.add_done_callback(lambda _, key=key: done.put(key))
     deadline = None if timeout is None else time.monotonic() + timeout
+    finished = 0
     for _ in range(len(groups)):
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             key = done.get(timeout=left)
         except queue.Empty:
-            raise TimeoutError(f"{len(futures)} futures did not all finish within {timeout}s") from None
+            raise TimeoutError(f"{len(futures) - finished} (of {len(futures)}) futures unfinished after "
+                               f"{timeout}s") from None
         group = groups[key]
+        finished += len(group)
         if isinstance(group[0], TaskRunFuture):
             group[0]._chunk.outcome()
         yield from group

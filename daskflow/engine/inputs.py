@@ -42,7 +42,13 @@ class unmapped(_Annotation[T]):
 
 
 class quote(_Annotation[T]):
-    """Pass a value as it is: not iterated by ``.map()``, futures inside not resolved."""
+    """Pass a value as it is: futures inside are not resolved.
+
+    ``.map()`` iterates a quoted iterable, each element passed quoted, as in Prefect.
+    """
+
+    def unquote(self) -> T:
+        return self.value
 
 
 class allow_failure(_Annotation[T]):
@@ -107,10 +113,21 @@ def collect_refs(obj: Any, deps: dict[int, int], chunks: list[Any], allow: bool 
     if kind is unmapped:
         return collect_refs(obj.value, deps, chunks, allow)
     if kind in (list, tuple, set, frozenset):
-        return kind(collect_refs(v, deps, chunks, allow) for v in obj)
+        if ATOMS.issuperset(map(type, obj)):  # C-speed: nothing to replace, pass it as it is
+            return obj
+        items = [collect_refs(v, deps, chunks, allow) for v in obj]
+        return obj if _same_items(items, obj) else kind(items)
     if kind is dict:
-        return {k: collect_refs(v, deps, chunks, allow) for k, v in obj.items()}
+        if ATOMS.issuperset(map(type, obj.values())):
+            return obj
+        new = {k: collect_refs(v, deps, chunks, allow) for k, v in obj.items()}
+        return obj if _same_items(new.values(), obj.values()) else new
     return obj
+
+
+def _same_items(new: Any, old: Any) -> bool:
+    """True when no item was replaced: the caller's container then passes by identity."""
+    return all(a is b for a, b in zip(new, old))
 
 
 def has_refs(obj: Any) -> bool:
@@ -154,7 +171,9 @@ def resolve(obj: Any, deps: list[Any]) -> Any:
             f"did not complete: {chunk.describe(obj.index)}"
         )
     if kind in (list, tuple, set, frozenset):
-        return kind(resolve(v, deps) for v in obj)
+        items = [resolve(v, deps) for v in obj]
+        return obj if _same_items(items, obj) else kind(items)
     if kind is dict:
-        return {k: resolve(v, deps) for k, v in obj.items()}
+        new = {k: resolve(v, deps) for k, v in obj.items()}
+        return obj if _same_items(new.values(), obj.values()) else new
     return obj

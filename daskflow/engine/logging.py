@@ -111,18 +111,29 @@ def get_run_logger() -> logging.LoggerAdapter:
     if ctx is not None:
         from daskflow.store.runs import chunk_key
 
+        flow = flow_run_ctx.get()
         extra = {"daskflow_owner": (chunk_key(ctx.base, ctx.start), ctx.index), "daskflow_sink": _sink.get(),
-                 "run_id": ctx.task_run_id}
+                 "run_id": ctx.task_run_id, "task_run_id": ctx.task_run_id,
+                 "task_run_name": ctx.name or f"{ctx.task.name}-{ctx.start + ctx.index}",
+                 "task_name": ctx.task.name, **_flow_fields(flow, ctx.flow_run_id)}
         return logging.LoggerAdapter(_logger("daskflow.task_runs"), extra)
     flow = flow_run_ctx.get()
     if flow is not None:
         extra = {"daskflow_owner": (uuid.UUID(flow.flow_run_id).bytes + _FLOW_OWNER, 0), "daskflow_sink": None,
-                 "run_id": flow.flow_run_id}
+                 "run_id": flow.flow_run_id, **_flow_fields(flow, flow.flow_run_id)}
         return logging.LoggerAdapter(_logger("daskflow.flow_runs"), extra)
     raise MissingContextError(
         "get_run_logger() was called outside of a task run or flow run; call it inside a @task or @flow "
         "function, or use logging.getLogger(...) elsewhere"
     )
+
+
+def _flow_fields(flow: Any, flow_run_id: str | None) -> dict[str, Any]:
+    """The flow fields of a run's log records, as Prefect's: names are known where the flow runs."""
+    same = flow is not None and flow.flow_run_id == flow_run_id
+    run = flow.flow_run if same else None
+    return {"flow_run_id": flow_run_id, "flow_name": flow.flow.name if same else None,
+            "flow_run_name": run.name if run is not None else None}
 
 
 def open_sink() -> Token:

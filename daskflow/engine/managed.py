@@ -38,6 +38,8 @@ from daskflow.engine import run as R
 from daskflow.engine import states as st
 from daskflow.engine.chunks import Chunk
 from daskflow.engine.context import current_flow_run_id, flow_run_ctx
+from daskflow.engine.hooks import call_hooks
+from daskflow.engine.returned_states import settle_returned_states
 from daskflow.engine.inputs import BROADCAST, MAPPED, Column, UpstreamNotCompleted, quote, resolve
 from daskflow.engine.run import ChunkResult, Unpicklable
 from daskflow.engine.transactions import Transaction, current_transaction
@@ -224,11 +226,8 @@ def _run_txn(key: bytes | None) -> Any:
 
 
 def fire(task: Task, kind: str, txn: Any) -> None:
-    for hook in getattr(task.options, kind):
-        try:
-            hook(txn)
-        except Exception:
-            logger.exception("%s hook %r of task %r raised", kind, getattr(hook, "__name__", hook), task.name)
+    """Call the task's ``on_commit``/``on_rollback`` hooks with the transaction; async ones are awaited."""
+    call_hooks(getattr(task.options, kind), (txn,), kind, f"task {task.name!r}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -335,6 +334,9 @@ class _Managed:
             ends[i] = clock()
             if keys[i] is not None:
                 fresh.append(i)
+        if st.State in {*map(type, values)}:  # type: ignore[arg-type]  # bodies that returned a State
+            settle_returned_states(res)
+            fresh = [i for i in fresh if codes[i] in OK_CODES]
         if not fresh or self.spec.plan is None:
             return
         spec = self.spec
@@ -361,7 +363,7 @@ class _Managed:
     def start(self, i: int, row: tuple) -> tuple[tuple, dict] | None:
         """``(args, kwargs)`` of a run to execute; None when it ended here (hit, bad input)."""
         ctx = self.ctx
-        ctx.index, ctx.run_count, ctx.name = i, 1, ""
+        ctx.index, ctx.run_count, ctx.name, ctx.final_state = i, 1, "", None
         try:
             args, kwargs = R.run_inputs(self.task, ctx, row, None)
         except R.EndsEarly as early:
@@ -373,12 +375,15 @@ class _Managed:
         value = self.hits[i]
         self.res.record(i, (CACHED, value, None), 1)
         if self.task.options.on_completion:
-            self.task.fire_hook("on_completion", ctx, args, kwargs, st.Completed(value, name="Cached"))
+            state = st.State(st.StateType.COMPLETED, "Cached", data=value, task_run_id=(ctx.base, ctx.start + i))
+            self.res.keep(i, state)
+            self.task.fire_hook("on_completion", ctx, args, kwargs, state)
         self.ends[i] = time.time()
         return None
 
     def done(self, i: int, outcome: tuple[int, Any, list | None]) -> None:
         self.res.record(i, outcome, self.ctx.run_count, self.ctx.name)
+        self.res.keep(i, self.ctx.final_state)
         if outcome[0] == COMPLETED and self.keys[i] is not None:
             record = _encode(self.task, self.spec, self.store, outcome[1], self.ctx)
             if record is not None:

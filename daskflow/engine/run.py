@@ -36,11 +36,13 @@ from typing import TYPE_CHECKING, Any, Callable, Generator
 
 import cloudpickle
 
-from daskflow.codes import CODE_STATES, COMPLETED, FAILED, NOT_READY, OK_CODES, TIMED_OUT, StateEvent, run_count_of
+from daskflow.codes import (CANCELLED, CODE_STATES, COMPLETED, CRASHED, FAILED, NOT_READY, OK_CODES, TIMED_OUT,
+                            StateEvent, run_count_of)
 from daskflow.engine import logging as run_logging
 from daskflow.engine import states as st
 from daskflow.engine import reports
 from daskflow.engine.states import describe_error
+from daskflow.engine.returned_states import returned_state_outcome, settle_returned_states
 from daskflow.engine.context import TaskRunContext, task_run_ctx
 from daskflow.ids import run_id
 from daskflow.engine.inputs import ALIGNED, BROADCAST, MAPPED, Column, Ref, UpstreamNotCompleted, resolve
@@ -105,6 +107,13 @@ class ChunkResult:
     n_failed: int = 0
     cache_records: list | None = None  # signed records staged in a transaction() block
     logs: list | None = None  # run log records not shipped while the chunk ran
+    kept: dict[int, st.State] | None = None  # states hooks received: return_state hands back the same
+
+    def keep(self, i: int, state: st.State | None) -> None:
+        if state is not None:
+            if self.kept is None:
+                self.kept = {}
+            self.kept[i] = state
 
     # -- reading, on the client or in a downstream chunk --------------------------------
     def get_values(self) -> list:
@@ -139,16 +148,19 @@ class ChunkResult:
         return f"{CODE_STATES[code].name}: {self.messages.get(i) or describe_error(self.errors.get(i))}"
 
     def state(self, i: int) -> st.State:
+        if self.kept is not None and i in self.kept:
+            return self.kept[i]
         code = self.codes[i]
         type_, name = STATE_OF_CODE[code]
         ts = self.ends[i] if i < len(self.ends) else time.time()
+        run = (self.base, self.start + i)
         if code in OK_CODES:
-            return st.State(type_, name, data=self.get_values()[i], timestamp=ts)
+            return st.State(type_, name, data=self.get_values()[i], timestamp=ts, task_run_id=run)
         exc = self.errors.get(i)
         message = self.messages.get(i) or describe_error(exc)
         if exc is None and code == NOT_READY:
             exc = UpstreamFailed(f"task run {self.run_name(i)!r} did not run: {message}")
-        return st.State(type_, name, message=message, data=exc, timestamp=ts)
+        return st.State(type_, name, message=message, data=exc, timestamp=ts, task_run_id=run)
 
     def started_at(self, i: int) -> float:
         """When run i started: runs of a chunk execute one after the other."""
@@ -339,13 +351,16 @@ def _run_fast(fn: Callable, rows: Any, res: ChunkResult, ctx: TaskRunContext) ->
             res.fail(i, FAILED, exc)
         ends[i] = clock()
     res.ends = ends
+    if st.State in {*map(type, values)}:  # type: ignore[arg-type]  # C-speed scan (a set: faster than `in map`)
+        settle_returned_states(res)
 
 
 def _run_slow(task: Task, rows: Any, res: ChunkResult, ctx: TaskRunContext, deps: list | None) -> None:
     ends = array("d", bytes(8 * res.n))
     for i, row in enumerate(rows):
-        ctx.index, ctx.run_count, ctx.name = i, 1, ""
+        ctx.index, ctx.run_count, ctx.name, ctx.final_state = i, 1, "", None
         res.record(i, run_one(task, ctx, row, deps), ctx.run_count, ctx.name)
+        res.keep(i, ctx.final_state)
         ends[i] = time.time()
     res.ends = ends
 
@@ -368,7 +383,10 @@ def run_inputs(task: Task, ctx: TaskRunContext, row: tuple, deps: list | None) -
         if type(value) is Unpicklable:
             raise EndsEarly(FAILED, ParameterSerializationError(value.message))
     args, kwargs = task.split_row(row)
-    ctx.name = task.run_name_for(args, kwargs)
+    try:
+        ctx.name = task.run_name_for(args, kwargs)
+    except Exception as exc:  # a bad task_run_name fails the run, not the chunk
+        raise EndsEarly(FAILED, exc) from None
     return args, kwargs
 
 
@@ -408,6 +426,7 @@ async def arun_single(task: Task, base: int, row: tuple, deps: list, refs: bool,
     finally:
         task_run_ctx.reset(token)
     res.record(0, outcome, ctx.run_count, ctx.name)
+    res.keep(0, ctx.final_state)
     res.ends = array("d", [time.time()])
     return res
 
@@ -421,25 +440,37 @@ Engine = Generator[tuple[str, float], tuple[bool, Any], tuple[int, Any, list | N
 
 
 def attempts(task: Task, ctx: TaskRunContext, args: tuple, kwargs: dict) -> Engine:
-    """Own one run's lifecycle; yield ``(CALL, timeout)`` or ``(SLEEP, seconds)`` to the driver."""
+    """Own one run's lifecycle; yield ``(CALL, timeout)`` or ``(SLEEP, seconds)`` to the driver.
+
+    A body that returns a ``State`` sets the run's state: a completed one its value, a
+    failed one is retried like a raised exception, a cancelled or crashed one is final.
+    """
     history: list | None = None
     opts = task.options
     first_start = time.time()
+    run = (ctx.base, ctx.start + ctx.index)
     while True:
         if ctx.run_count > 1:
             history = history or [StateEvent("RUNNING", "Running", first_start)]
             history.append(StateEvent("RUNNING", "Retrying", time.time(), f"attempt {ctx.run_count}"))
             reports.run_retrying(ctx, history[-1])
-        task.fire_hook("on_running", ctx, args, kwargs, st.Running())
+        task.fire_hook("on_running", ctx, args, kwargs, st.State(st.StateType.RUNNING, task_run_id=run))
         ok, value = yield CALL, opts.timeout_seconds or 0.0
+        code = COMPLETED
+        if ok and type(value) is st.State:
+            code, value = returned_state_outcome(value)
+            ok = code == COMPLETED
         if ok:
-            task.fire_hook("on_completion", ctx, args, kwargs, st.Completed(value))
+            if opts.on_completion:
+                ctx.final_state = st.State(st.StateType.COMPLETED, data=value, task_run_id=run)
+                task.fire_hook("on_completion", ctx, args, kwargs, ctx.final_state)
             return COMPLETED, value, history
         exc = value
-        code = TIMED_OUT if isinstance(exc, TaskRunTimeoutError) else FAILED
+        if code == COMPLETED:
+            code = TIMED_OUT if isinstance(exc, TaskRunTimeoutError) else FAILED
         type_, name = STATE_OF_CODE[code]
-        failed = st.State(type_, name, message=describe_error(exc), data=exc)
-        if ctx.run_count <= opts.retries and task.should_retry(ctx, args, kwargs, failed):
+        failed = st.State(type_, name, message=describe_error(exc), data=exc, task_run_id=run)
+        if code != CANCELLED and code != CRASHED and ctx.run_count <= opts.retries and task.should_retry(ctx, args, kwargs, failed):
             delay = task.retry_delay_for(ctx.run_count)
             history = history or [StateEvent("RUNNING", "Running", first_start)]
             history.append(StateEvent("SCHEDULED", "AwaitingRetry", time.time(),
@@ -449,7 +480,9 @@ def attempts(task: Task, ctx: TaskRunContext, args: tuple, kwargs: dict) -> Engi
             if delay > 0:
                 yield SLEEP, delay
             continue
-        task.fire_hook("on_failure", ctx, args, kwargs, failed)
+        if opts.on_failure:
+            ctx.final_state = failed
+            task.fire_hook("on_failure", ctx, args, kwargs, failed)
         return code, exc, history
 
 
@@ -509,6 +542,15 @@ def _sleep_off_slot(seconds: float) -> None:
 def _call_sync(fn: Callable, args: tuple, kwargs: dict, timeout: float, name: str) -> Any:
     if not timeout:
         return fn(*args, **kwargs)
+    return call_with_timeout(
+        fn, args, kwargs, timeout, lambda: TaskRunTimeoutError(f"task {name!r} timed out after {timeout:g}s"))
+
+
+def call_with_timeout(fn: Callable, args: tuple, kwargs: dict, timeout: float,
+                      timed_out: Callable[[], BaseException]) -> Any:
+    """``fn(*args, **kwargs)``, raising ``timed_out()`` if it takes longer than ``timeout`` (0: no limit)."""
+    if not timeout:
+        return fn(*args, **kwargs)
     # A sync body cannot be interrupted: it runs in a helper thread that the run stops
     # waiting for at the deadline (the thread finishes in the background).
     box: list = []
@@ -520,11 +562,12 @@ def _call_sync(fn: Callable, args: tuple, kwargs: dict, timeout: float, name: st
             box.append((False, exc))
 
     ctx = contextvars.copy_context()
-    thread = threading.Thread(target=ctx.run, args=(target,), name=f"daskflow-{name}", daemon=True)
+    thread = threading.Thread(target=ctx.run, args=(target,), name=f"daskflow-{getattr(fn, '__name__', 'run')}",
+                              daemon=True)
     thread.start()
     thread.join(timeout)
     if not box:
-        raise TaskRunTimeoutError(f"task {name!r} timed out after {timeout:g}s")
+        raise timed_out()
     ok, value = box[0]
     if ok:
         return value

@@ -11,7 +11,8 @@ import enum
 import time
 from typing import Any, Generic, TypeVar
 
-from daskflow.exceptions import CancelledRun, CrashedRun, UnfinishedRun
+from daskflow.ids import run_id
+from daskflow.exceptions import CancelledRun, CrashedRun, FailedRun, UnfinishedRun
 
 R = TypeVar("R")
 
@@ -27,6 +28,7 @@ class StateType(enum.Enum):
 
 
 FINAL_TYPES = frozenset({StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED})
+_UNHAPPY = frozenset({StateType.FAILED, StateType.CRASHED, StateType.CANCELLED})
 
 
 class State(Generic[R]):
@@ -38,7 +40,7 @@ class State(Generic[R]):
         (True, 'Completed', 42)
     """
 
-    __slots__ = ("type", "name", "timestamp", "message", "data")
+    __slots__ = ("type", "name", "timestamp", "message", "data", "_run")
 
     def __init__(
         self,
@@ -48,12 +50,24 @@ class State(Generic[R]):
         message: str = "",
         data: Any = None,
         timestamp: float | None = None,
+        task_run_id: str | tuple[int, int] | None = None,
     ) -> None:
         self.type = type
         self.name = name or type.value.capitalize()
         self.message = message
         self.data = data
         self.timestamp = time.time() if timestamp is None else timestamp
+        # the run's id, or (id base, index) until asked for; None: made by hand (a flow returning
+        # such a state takes it as its own final state, as in Prefect)
+        self._run = task_run_id
+
+    @property
+    def task_run_id(self) -> str | None:
+        """The id of the task run this state belongs to; None for a state made by hand."""
+        run = self._run
+        if type(run) is tuple:
+            run = self._run = run_id(*run)
+        return run  # type: ignore[return-value]
 
     def is_scheduled(self) -> bool:
         return self.type is StateType.SCHEDULED
@@ -80,26 +94,46 @@ class State(Generic[R]):
         return self.type in FINAL_TYPES
 
     def result(self, raise_on_failure: bool = True) -> R:
-        """The run's value; for a failed run its exception, raised or returned.
+        """The run's value; for a run that did not complete, its exception, raised or returned.
+
+        As in Prefect, ``raise_on_failure=False`` returns a failed state's data as it is
+        (``Failed(data="why").result(raise_on_failure=False) == "why"``), or the exception
+        built from its message when it has none.
 
         Args:
             raise_on_failure: raise the run's exception (default) or return it.
         """
         if self.type is StateType.COMPLETED:
             return self.data
-        exc = self.exception()
-        if raise_on_failure:
-            raise exc
-        return exc  # type: ignore[return-value]
+        if not self.is_final() or raise_on_failure:
+            raise self.exception()
+        if self.data is not None:
+            return self.data
+        return self.exception()  # type: ignore[return-value]
 
     def exception(self) -> BaseException:
-        """The exception that ended the run (built from the message if none was kept)."""
-        if isinstance(self.data, BaseException):
-            return self.data
+        """The exception that ended the run, as Prefect finds it.
+
+        The data itself if it is an exception; a state's (or the first failed one of a
+        list of states) exception; a ``FailedRun``/``CrashedRun``/``CancelledRun`` holding
+        the data if it is a string, else the message.
+        """
+        data = self.data
+        if isinstance(data, BaseException):
+            return data
+        if isinstance(data, State):
+            return data.exception()
+        if is_state_iterable(data):
+            for inner in data:
+                if inner.type in _UNHAPPY:
+                    return inner.exception()
+        text = data if isinstance(data, str) else self.message
         if self.type is StateType.CRASHED:
-            return CrashedRun(self.message or "the run crashed")
+            return CrashedRun(text or "the run crashed")
         if self.type is StateType.CANCELLED:
-            return CancelledRun(self.message or "the run was cancelled")
+            return CancelledRun(text or "the run was cancelled")
+        if self.type is StateType.FAILED and self.name != "NotReady":
+            return FailedRun(text or "the run failed")
         return UnfinishedRun(
             f"the run is in state {self.name!r} and has no result" + (f": {self.message}" if self.message else "")
         )
@@ -113,11 +147,14 @@ class State(Generic[R]):
         return f"{self.name}(type={self.type.value}{extra})"
 
     def __eq__(self, other: object) -> bool:
+        """Prefect's rule: equal type, name, timestamp, message, data and run; not identity."""
         if not isinstance(other, State):
             return NotImplemented
-        return (self.type, self.name, self.message, self.timestamp) == (
-            other.type, other.name, other.message, other.timestamp,
-        )
+        if (self.type, self.name, self.message, self.timestamp, self.task_run_id) != (
+            other.type, other.name, other.message, other.timestamp, other.task_run_id,
+        ):
+            return False
+        return _same_data(self.data, other.data)
 
     __hash__ = object.__hash__
 
@@ -164,6 +201,20 @@ def Crashed(data: BaseException | None = None, message: str = "") -> State:
 
 def Cancelled(data: BaseException | None = None, message: str = "") -> State:
     return State(StateType.CANCELLED, "Cancelled", message=message or describe_error(data), data=data)
+
+
+def is_state_iterable(value: Any) -> bool:
+    """A non-empty list, tuple or set made only of States (Prefect's aggregate rule applies)."""
+    return isinstance(value, (list, tuple, set)) and bool(value) and all(isinstance(v, State) for v in value)
+
+
+def _same_data(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    try:
+        return bool(a == b)
+    except Exception:  # arrays and other values without a plain truth value
+        return False
 
 
 def describe_error(exc: BaseException | None) -> str:

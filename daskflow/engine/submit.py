@@ -24,6 +24,7 @@ from daskflow.engine.futures import MapFutures, TaskRunFuture
 from daskflow.engine.inputs import (ALIGNED, ATOMS, BROADCAST, MAPPED, Column, allow_failure, collect_refs, quote,
                                     unmapped)
 from daskflow.engine.run import ChunkSpec, Unpicklable, arun_single, run_rows
+from daskflow.engine.states import State
 from daskflow.engine.transactions import current_transaction
 from daskflow.exceptions import MappingLengthMismatch, MappingMissingIterable
 
@@ -198,7 +199,7 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
     runner = current_runner()
     params = task.bind_params(args, kwargs)
     names = list(params)
-    kinds, n, aligned = plan_columns(task, params)
+    kinds, n, aligned = plan_columns(task, params, task.given_params(args, kwargs))
     if aligned is not None and aligned.chunks and aligned.chunks[0].runner is not runner:
         aligned = None
     if aligned is not None:
@@ -259,37 +260,27 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
     return MapFutures(chunks)
 
 
-def plan_columns(task: Task, params: dict[str, Any]) -> tuple[dict[str, Column], int, MapFutures | None]:
+def plan_columns(task: Task, params: dict[str, Any], given: set[str] | None = None,
+                 ) -> tuple[dict[str, Column], int, MapFutures | None]:
     """Decide which parameters of a ``.map()`` are mapped (split) and which are broadcast.
 
-    Returns a column per parameter (a ``quote``d broadcast keeps its wrapper: its futures
-    stay futures), the number of runs, and the one upstream ``MapFutures`` the map is
-    aligned with chunk by chunk, if any.
+    As in Prefect: defaults (parameters not in ``given``) are broadcast, values in
+    ``**kwargs`` are planned one by one, ``allow_failure``/``quote`` around an iterable
+    are iterated with each element keeping the wrapper, and a ``State`` maps over its
+    result. Returns a column per parameter (a ``quote``d broadcast keeps its wrapper: its
+    futures stay futures), the number of runs, and the one upstream ``MapFutures`` the
+    map is aligned with chunk by chunk, if any.
     """
     kinds: dict[str, Column] = {}
     lengths: dict[str, int] = {}
     maps: list[MapFutures] = []
     for name, value in params.items():
-        if isinstance(value, unmapped):
-            kinds[name] = Column(BROADCAST, value.value)
-        elif isinstance(value, (quote, allow_failure, str, bytes, bytearray, dict)):
+        if given is not None and name not in given:
             kinds[name] = Column(BROADCAST, value)
-        elif isinstance(value, MapFutures):
-            kinds[name] = Column(MAPPED, value)
-            lengths[name] = len(value)
-            maps.append(value)
-        elif isinstance(value, TaskRunFuture):
-            resolved = value.result()
-            if _is_iterable(resolved):
-                seq = list(resolved)
-                kinds[name], lengths[name] = Column(MAPPED, seq), len(seq)
-            else:
-                kinds[name] = Column(BROADCAST, value)
-        elif _is_iterable(value):
-            seq = value if isinstance(value, (list, tuple, range)) else list(value)
-            kinds[name], lengths[name] = Column(MAPPED, seq), len(seq)
+        elif name == task.var_keyword and type(value) is dict and value:
+            kinds[name] = _plan_kwargs(value, name, lengths)
         else:
-            kinds[name] = Column(BROADCAST, value)
+            kinds[name] = _plan_value(value, name, lengths, maps)
     if not lengths:
         raise MappingMissingIterable(
             f"task {task.name!r}: .map() needs at least one iterable argument; got only "
@@ -304,6 +295,56 @@ def plan_columns(task: Task, params: dict[str, Any]) -> tuple[dict[str, Column],
     n = next(iter(lengths.values()))
     aligned = maps[0] if len(maps) == 1 else None
     return kinds, n, aligned
+
+
+def _plan_value(value: Any, name: str, lengths: dict[str, int], maps: list[MapFutures]) -> Column:
+    """One argument's column; a mapped one's length goes to ``lengths`` under ``name``."""
+    if isinstance(value, State):
+        value = value.result()
+    if isinstance(value, unmapped):
+        return Column(BROADCAST, value.value)
+    if isinstance(value, (quote, allow_failure)):
+        inner = value.value
+        if isinstance(inner, State):
+            inner = inner.result()
+        if not _is_iterable(inner):
+            return Column(BROADCAST, value)
+        seq = [type(value)(v) for v in inner]  # each element keeps the wrapper
+        lengths[name] = len(seq)
+        return Column(MAPPED, seq)
+    if isinstance(value, (str, bytes, bytearray, dict)):
+        return Column(BROADCAST, value)
+    if isinstance(value, MapFutures):
+        lengths[name] = len(value)
+        maps.append(value)
+        return Column(MAPPED, value)
+    if isinstance(value, TaskRunFuture):
+        resolved = value.result()
+        if _is_iterable(resolved):
+            seq = list(resolved)
+            lengths[name] = len(seq)
+            return Column(MAPPED, seq)
+        return Column(BROADCAST, value)
+    if _is_iterable(value):
+        seq = value if isinstance(value, (list, tuple, range)) else list(value)
+        lengths[name] = len(seq)
+        return Column(MAPPED, seq)
+    return Column(BROADCAST, value)
+
+
+def _plan_kwargs(values: dict[str, Any], name: str, lengths: dict[str, int]) -> Column:
+    """The ``**kwargs`` of a map: iterables inside are mapped, one dict of kwargs per run."""
+    inner: dict[str, Column] = {}
+    inner_lengths: dict[str, int] = {}
+    for key, value in values.items():
+        inner[key] = _plan_value(value, key, inner_lengths, [])
+    if not inner_lengths:
+        return Column(BROADCAST, values)
+    lengths.update({f"{name}[{k!r}]": v for k, v in inner_lengths.items()})
+    n = min(inner_lengths.values())  # unequal lengths are refused with the others'
+    mapped = {k: list(c.payload) for k, c in inner.items() if c.kind is MAPPED}
+    rows = [{k: mapped[k][i] if k in mapped else c.payload for k, c in inner.items()} for i in range(n)]
+    return Column(MAPPED, rows)
 
 
 def _holds_futures(value: Any) -> bool:

@@ -17,10 +17,11 @@ import datetime
 import inspect
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Literal, ParamSpec, TypeVar, overload
 
 import xxhash
 
+from daskflow.engine.hooks import call_hooks, validate_hooks
 from daskflow.engine.retries import normalize_delays
 from daskflow.engine.run import jittered
 from daskflow.exceptions import ReservedArgumentError
@@ -37,6 +38,7 @@ logger = logging.getLogger("daskflow")
 
 RESERVED = frozenset({"return_state", "wait_for"})
 HOOKS = ("on_completion", "on_failure", "on_running", "on_commit", "on_rollback")
+MAX_DELAYS = 50  # as in Prefect
 
 
 @dataclass(frozen=True)
@@ -79,13 +81,15 @@ class TaskOptions:
             raise TypeError(f"task {name!r}: retry_condition_fn must be callable")
         if self.cache_key_fn is not None and not callable(self.cache_key_fn):
             raise TypeError(f"task {name!r}: cache_key_fn must be callable")
+        run_name = self.task_run_name
+        if run_name is not None and not isinstance(run_name, str) and not callable(run_name):
+            raise TypeError(f"task {name!r}: expected a string or a callable for 'task_run_name', got "
+                            f"{type(run_name).__name__}")
+        if isinstance(self.retry_delay_seconds, (list, tuple)) and len(self.retry_delay_seconds) > MAX_DELAYS:
+            raise ValueError(f"task {name!r}: at most {MAX_DELAYS} retry delays can be configured, got "
+                             f"{len(self.retry_delay_seconds)}")
         for hook in HOOKS:
-            value = getattr(self, hook)
-            hooks = tuple(value) if isinstance(value, (list, tuple)) else (value,) if value else ()
-            for h in hooks:
-                if not callable(h):
-                    raise TypeError(f"task {name!r}: {hook} hooks must be callables, got {h!r}")
-            object.__setattr__(self, hook, hooks)
+            object.__setattr__(self, hook, validate_hooks(f"task {name!r}", hook, getattr(self, hook)))
         object.__setattr__(self, "tags", frozenset(self.tags or ()))
         object.__setattr__(self, "delays", normalize_delays(self.retry_delay_seconds, self.retries, name))
         from daskflow.cache.policies import validate
@@ -123,6 +127,10 @@ class Task(Generic[P, R]):
     """
 
     def __init__(self, fn: Callable[P, R], options: TaskOptions | None = None, **kwargs: Any) -> None:
+        self._binds_class = isinstance(fn, classmethod)
+        self._static = isinstance(fn, staticmethod)
+        if isinstance(fn, (classmethod, staticmethod)):  # @task over @classmethod / @staticmethod
+            fn = fn.__func__  # type: ignore[assignment]
         if not callable(fn):
             raise TypeError(f"@task needs a callable, got {type(fn).__name__}: {fn!r}")
         if options is None:
@@ -146,6 +154,9 @@ class Task(Generic[P, R]):
             k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds
         )
         self._kinds = kinds
+        #: the name of the ``**kwargs`` parameter, if the function has one
+        self.var_keyword = next((p.name for p in sig.parameters.values()
+                                 if p.kind is inspect.Parameter.VAR_KEYWORD), None)
         empty = inspect.Parameter.empty
         self._defaults = tuple(p.default for p in sig.parameters.values())
         self._min_args = sum(1 for d in self._defaults if d is empty) if self._positional else -1
@@ -162,10 +173,44 @@ class Task(Generic[P, R]):
         self.fast_path = self.plain and not self.managed
 
     def __getstate__(self) -> dict:
-        return {"fn": self.fn, "options": self.options}
+        fn = classmethod(self.fn) if self._binds_class else staticmethod(self.fn) if self._static else self.fn
+        return {"fn": fn, "options": self.options}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["fn"], state["options"])  # type: ignore[misc]
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Task[P, R]:
+        """A task in a class binds as the function would: to the instance, or to the class."""
+        if self._binds_class:
+            return Task(self.fn.__get__(owner if owner is not None else type(instance), None), self.options)
+        if instance is None or self._static:
+            return self
+        return Task(self.fn.__get__(instance, owner), self.options)  # type: ignore[attr-defined]
+
+    # -- options read as Prefect reports them ---------------------------------------------
+    @property
+    def tags(self) -> set[str]:
+        return set(self.options.tags)
+
+    @property
+    def cache_policy(self) -> Any:
+        """The policy as Prefect reports it: ``DEFAULT`` when none was given (caching itself
+        stays opt-in), ``NO_CACHE`` with ``persist_result=False``."""
+        from daskflow.cache.policies import DEFAULT, NO_CACHE
+
+        o = self.options
+        if o.persist_result is False:
+            return NO_CACHE
+        return DEFAULT if o.cache_policy is None else o.cache_policy
+
+    @property
+    def persist_result(self) -> bool | None:
+        """``None`` unless set, True when a cache policy or key function implies it (as in Prefect)."""
+        o = self.options
+        if o.persist_result is None and (o.cache_key_fn is not None or (
+                o.cache_policy is not None and not getattr(o.cache_policy, "is_no_cache", False))):
+            return True
+        return o.persist_result
 
     def __repr__(self) -> str:
         return f"Task(name={self.name!r}, key={self.task_key!r})"
@@ -221,8 +266,18 @@ class Task(Generic[P, R]):
         return self._add_hook("on_rollback", fn)
 
     # -- calling ----------------------------------------------------------------------
+    # Typing: the first overload of each calling form is pure ``P``, so a type checker checks
+    # the arguments; forms with daskflow's own keywords follow (checked loosely, as Prefect's).
     @overload
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    @overload
+    def __call__(self, *args: P.args, return_state: Literal[True],  # type: ignore[valid-type]
+                 **kwargs: P.kwargs) -> State[R]: ...
+
+    @overload
+    def __call__(self, *args: P.args, wait_for: Iterable[Any],  # type: ignore[valid-type]
+                 **kwargs: P.kwargs) -> R: ...
 
     def __call__(self, *args: Any, return_state: bool = False, wait_for: Iterable[Any] | None = None,
                  **kwargs: Any) -> Any:
@@ -232,8 +287,22 @@ class Task(Generic[P, R]):
             return call_inline_async(self, args, kwargs, wait_for, return_state)
         return call_inline(self, args, kwargs, wait_for, return_state)
 
-    def submit(self, *args: Any, wait_for: Iterable[Any] | None = None, **kwargs: Any) -> TaskRunFuture[R]:
+    @overload
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskRunFuture[R]: ...
+
+    @overload
+    def submit(self, *args: P.args, return_state: Literal[True],  # type: ignore[valid-type]
+               **kwargs: P.kwargs) -> State[R]: ...
+
+    @overload
+    def submit(self, *args: P.args, wait_for: Iterable[Any] | None,  # type: ignore[valid-type]
+               **kwargs: P.kwargs) -> TaskRunFuture[R]: ...
+
+    def submit(self, *args: Any, wait_for: Iterable[Any] | None = None, return_state: bool = False,
+               **kwargs: Any) -> Any:
         """Start a run on the current task runner and return its future at once.
+
+        With ``return_state=True`` wait for the run and return its final ``State``.
 
         Example:
             >>> future = add.submit(1, 2)  # doctest: +SKIP
@@ -242,10 +311,20 @@ class Task(Generic[P, R]):
         """
         from daskflow.engine.submit import submit_run
 
-        return submit_run(self, args, kwargs, wait_for)
+        future = submit_run(self, args, kwargs, wait_for)
+        if return_state:
+            future.wait()
+            return future.state
+        return future
+
+    @overload
+    def map(self, *args: Any, return_state: Literal[True], **kwargs: Any) -> list[State[R]]: ...
+
+    @overload
+    def map(self, *args: Any, **kwargs: Any) -> MapFutures[R]: ...
 
     def map(self, *args: Any, wait_for: Iterable[Any] | None = None, chunksize: int | None = None,
-            deferred: bool = False, **kwargs: Any) -> MapFutures[R]:
+            deferred: bool = False, return_state: bool = False, **kwargs: Any) -> Any:
         """Start one run per element of the iterable arguments; broadcast the rest.
 
         ``unmapped(x)``, strings, bytes and non-iterables are passed whole to every run.
@@ -267,7 +346,10 @@ class Task(Generic[P, R]):
             return delay_map(self, args, kwargs)  # type: ignore[return-value]
         from daskflow.engine.submit import submit_map
 
-        return submit_map(self, args, kwargs, wait_for, chunksize)
+        futures = submit_map(self, args, kwargs, wait_for, chunksize)
+        if return_state:  # every run's final State, in order
+            return futures.states
+        return futures
 
     def delay(self, *args: Any, **kwargs: Any) -> BackgroundFuture[R]:
         """Enqueue a background run for a task worker; return its future at once.
@@ -299,6 +381,10 @@ class Task(Generic[P, R]):
         bound.apply_defaults()
         return bound.arguments
 
+    def given_params(self, args: tuple, kwargs: dict) -> set[str]:
+        """The parameters a call gave a value for (the others take their defaults)."""
+        return set(self._signature.bind(*args, **kwargs).arguments)
+
     def split_row(self, row: tuple) -> tuple[tuple, dict]:
         """Positional args and kwargs for a row of parameter values in signature order."""
         if self._positional:
@@ -325,7 +411,11 @@ class Task(Generic[P, R]):
         if template is None:
             return ""
         if callable(template):
-            return str(template())
+            name = template()
+            if not isinstance(name, str):
+                raise TypeError(f"task {self.name!r}: the task_run_name callable {template!r} returned a "
+                                f"{type(name).__name__}, but a string is required")
+            return name
         return template.format(**self._parameters(args, kwargs))
 
     def _task_run(self, ctx: TaskRunContext, args: tuple, kwargs: dict) -> TaskRun:
@@ -333,16 +423,10 @@ class Task(Generic[P, R]):
                        ctx.flow_run_id, ctx.run_count, self._parameters(args, kwargs))
 
     def fire_hook(self, kind: str, ctx: TaskRunContext, args: tuple, kwargs: dict, state: State) -> None:
+        """Call the ``kind`` hooks with ``(task, task_run, state)``; async hooks are awaited."""
         hooks = getattr(self.options, kind)
-        if not hooks:
-            return
-        task_run = self._task_run(ctx, args, kwargs)
-        for hook in hooks:
-            try:
-                hook(self, task_run, state)
-            except Exception:
-                logger.exception("%s hook %r of task %r raised; the run's state is unchanged",
-                                 kind, getattr(hook, "__name__", hook), self.name)
+        if hooks:
+            call_hooks(hooks, (self, self._task_run(ctx, args, kwargs), state), kind, f"task {self.name!r}")
 
     def should_retry(self, ctx: TaskRunContext, args: tuple, kwargs: dict, state: State) -> bool:
         condition = self.options.retry_condition_fn

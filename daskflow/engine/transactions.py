@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import contextvars
 from typing import TYPE_CHECKING, Any
 
@@ -35,7 +36,8 @@ __all__ = ["Transaction", "current_transaction", "transaction"]
 
 _current: contextvars.ContextVar[Transaction | None] = contextvars.ContextVar("daskflow_txn", default=None)
 
-ACTIVE, COMMITTED, ROLLED_BACK = "ACTIVE", "COMMITTED", "ROLLED_BACK"
+PENDING, ACTIVE, COMMITTED, ROLLED_BACK = "PENDING", "ACTIVE", "COMMITTED", "ROLLED_BACK"
+_NOT_SET = object()
 
 
 def current_transaction() -> Transaction | None:
@@ -50,8 +52,9 @@ class Transaction:
         if key is not None and not isinstance(key, str):
             raise TypeError(f"transaction(key=...) must be a str or None, got {key!r}")
         self.key = key
-        self.state = ACTIVE
+        self.state = PENDING
         self.parent: Transaction | None = None
+        self._children: list[Transaction] = []  # nested blocks that commit with this one
         self._values: dict[str, Any] = {}
         self._members: list[tuple[Task, Any]] = []  # (task, Chunk | ChunkResult), in run order
         self._token: contextvars.Token | None = None
@@ -69,16 +72,37 @@ class Transaction:
 
     # -- user API -------------------------------------------------------------------
     def set(self, name: str, value: Any) -> None:
-        """Keep a value for the hooks of this transaction."""
+        """Keep a value for the hooks of this transaction (and of the ones nested in it)."""
         self._values[name] = value
 
-    def get(self, name: str, default: Any = None) -> Any:
-        """A value set on this transaction (or on an enclosing one)."""
-        if name in self._values:
-            return self._values[name]
-        if self.parent is not None:
-            return self.parent.get(name, default)
+    def get(self, name: str, default: Any = _NOT_SET) -> Any:
+        """A copy of a value set on this transaction or an enclosing one.
+
+        As in Prefect the value is copied, so changing it changes nothing upward.
+
+        Raises:
+            KeyError: no transaction up the chain has ``name`` and no default was given.
+        """
+        txn: Transaction | None = self
+        while txn is not None:
+            if name in txn._values:
+                return copy.deepcopy(txn._values[name])
+            txn = txn.parent
+        if default is _NOT_SET:
+            raise KeyError(f"transaction {self.key!r} has no value named {name!r} (nor do enclosing ones); "
+                           "pass a default to get() or set() it first")
         return default
+
+    def is_pending(self) -> bool:
+        """True before the block is entered."""
+        return self.state == PENDING
+
+    def is_active(self) -> bool:
+        """True inside the block (and for a nested block until its outermost block ends)."""
+        return self.state == ACTIVE
+
+    def is_rolled_back(self) -> bool:
+        return self.state == ROLLED_BACK
 
     def is_committed(self) -> bool:
         """True once committed; with a key, also if a block with that key committed before."""
@@ -103,6 +127,7 @@ class Transaction:
 
         self.parent = _current.get()
         self._home = self.parent._home if self.parent is not None else cache_home()
+        self.state = ACTIVE
         self._token = _current.set(self)
         return self
 
@@ -149,9 +174,9 @@ class Transaction:
         return get_store(self._home or cache_home())
 
     def _commit(self, runs: list) -> None:
-        if self.parent is not None:  # the enclosing block commits our runs with its own
+        if self.parent is not None:  # the enclosing block commits our runs with its own, or rolls them back
             self.parent._members.extend(self._members)
-            self.state = COMMITTED
+            self.parent._children.append(self)
             return
         records: list = []
         seen: set[int] = set()
@@ -161,18 +186,26 @@ class Transaction:
                 records.extend(getattr(res, "cache_records", None) or ())
         if records or self.key is not None:
             self._store().put_many(records, txn_key=self.key)
-        self.state = COMMITTED
+        self._settle(COMMITTED)
         self._fire_all(runs, "on_commit")
 
+    def _settle(self, state: str) -> None:
+        self.state = state
+        for child in self._children:
+            child._settle(state)
+
     def _fire_all(self, runs: list, kind: str) -> None:
+        """Each run's hooks get the run's own transaction, nested in this block (as in Prefect)."""
         from daskflow.engine.managed import fire
 
         for task, res, i in runs:
             if res is not None and res.ok(i) and getattr(task.options, kind):
-                fire(task, kind, self)
+                own = Transaction()
+                own.parent, own._home, own.state = self, self._home, self.state
+                fire(task, kind, own)
 
     def _rollback(self, runs: list) -> None:
-        self.state = ROLLED_BACK
+        self._settle(ROLLED_BACK)
         self._fire_all(runs[::-1], "on_rollback")
 
 

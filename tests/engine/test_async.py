@@ -25,7 +25,7 @@ def test_async_task_submit_from_async_flow(runner):
         fut = aslow.submit(6)
         return direct, fut.result()
 
-    assert f() == (10, 12)
+    assert asyncio.run(f()) == (10, 12)
 
 
 def test_gather_over_direct_async_calls_is_concurrent():
@@ -35,6 +35,6 @@ def test_gather_over_direct_async_calls_is_concurrent():
         values = await asyncio.gather(*(aslow(i) for i in range(10)))
         return list(values), time.perf_counter() - t0
 
-    values, elapsed = f()
+    values, elapsed = asyncio.run(f())
     assert values == [2 * i for i in range(10)]
     assert elapsed < 1.0  # 10 x 0.2 s run concurrently, not one after the other

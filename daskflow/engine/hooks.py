@@ -1,0 +1,65 @@
+"""Calling user hooks: sync or ``async def``, never letting one fail the run it reports on.
+
+Task hooks (``on_completion``, ``on_failure``, ``on_running``), commit hooks
+(``on_commit``, ``on_rollback``) and flow hooks (``on_completion``, ``on_failure``,
+``on_cancellation``, ``on_crashed``, ``on_running``) all come here. An async hook is
+awaited, as Prefect does: with ``asyncio.run`` when no event loop runs in this thread,
+else in a helper thread with its own loop (the caller's loop cannot be re-entered from
+the synchronous code that fires the hook).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import inspect
+import logging
+from typing import Any, Callable, Iterable
+
+logger = logging.getLogger("daskflow")
+
+
+def await_now(awaitable: Any) -> Any:
+    """Run an awaitable to completion from synchronous code, inside or outside a loop."""
+
+    async def wrapper() -> Any:
+        return await awaitable
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(wrapper())
+    ctx = contextvars.copy_context()
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="daskflow-hook") as pool:
+        return pool.submit(ctx.run, asyncio.run, wrapper()).result()
+
+
+def call_hooks(hooks: Iterable[Callable], args: tuple, kind: str, owner: str) -> None:
+    """Call each hook with ``args``; await the async ones; log (never raise) their errors."""
+    for hook in hooks:
+        try:
+            result = hook(*args)
+            if inspect.isawaitable(result):
+                await_now(result)
+        except Exception:
+            logger.exception("%s hook %r of %s raised; the run's state is unchanged",
+                             kind, getattr(hook, "__name__", hook), owner)
+
+
+def validate_hooks(owner: str, kind: str, value: Any) -> tuple[Callable, ...]:
+    """Hooks as Prefect takes them: an iterable of callables (or None), checked at definition."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, bytes)) or callable(value):
+        raise TypeError(f"{owner}: expected a list of hooks for {kind!r}, got {type(value).__name__}; "
+                        f"write {kind}=[hook] (one or more callables)")
+    try:
+        hooks = tuple(value)
+    except TypeError:
+        raise TypeError(f"{owner}: expected a list of hooks for {kind!r}, got {type(value).__name__}; "
+                        f"write {kind}=[hook] (one or more callables)") from None
+    for hook in hooks:
+        if not callable(hook):
+            raise TypeError(f"{owner}: every {kind!r} hook must be callable, got {type(hook).__name__}: {hook!r}")
+    return hooks

@@ -1,0 +1,39 @@
+"""Runs whose body returned a ``State``: the state becomes the run's, as in Prefect.
+
+A completed state gives its data as the run's value; a failed one is the run's failure
+(the lifecycle in ``engine.run`` retries it like a raised exception); a cancelled or
+crashed one is final.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from daskflow.codes import CANCELLED, COMPLETED, CRASHED, FAILED, OK_CODES
+from daskflow.engine import states as st
+
+if TYPE_CHECKING:
+    from daskflow.engine.run import ChunkResult
+
+__all__ = ["returned_state_outcome", "settle_returned_states"]
+
+
+def settle_returned_states(res: ChunkResult) -> None:
+    """Runs whose body returned a ``State`` take that state (no retries here: the fast path has none)."""
+    values = res.values
+    for i, value in enumerate(values):  # type: ignore[arg-type]
+        if type(value) is st.State and res.codes[i] in OK_CODES:
+            code, payload = returned_state_outcome(value)
+            if code in OK_CODES:
+                values[i] = payload  # type: ignore[index]
+            else:
+                values[i] = None  # type: ignore[index]
+                res.fail(i, code, payload, value.message)
+
+
+def returned_state_outcome(state: st.State) -> tuple[int, Any]:
+    """``(code, value or exception)`` of a run whose body returned ``state``."""
+    if state.is_completed():
+        return COMPLETED, state.data
+    code = {st.StateType.CRASHED: CRASHED, st.StateType.CANCELLED: CANCELLED}.get(state.type, FAILED)
+    return code, state.exception()
