@@ -129,13 +129,21 @@ def fetch_many(runner: TaskRunner, chunks: list[Chunk], timeout: float | None) -
         )
     handles = [c.handle for c in chunks]
     runner.wait(handles, timeout)
+    returned = []
     for chunk, res in zip(chunks, runner.gather(handles)):
         if isinstance(res, ChunkResult):
             chunking.observe(chunk.task, res)
             chunk.result = res
+            if res.cache_returned is not None:
+                returned.append(res)
         else:
             chunk.result = lost(chunk, res)
         chunk.handle = None  # the runner may now release the data
+    if returned:  # remote workers' fresh results: written here, in one transaction
+        from daskflow.engine.managed import write_returned
+
+        write_returned(returned)
+    for chunk in chunks:
         tracker.chunk_finished(chunk)
 
 

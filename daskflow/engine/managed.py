@@ -16,6 +16,18 @@ other task keeps the engine's fast path and pays nothing.
 
 Workers of the session cluster do not see the client's later environment changes, so
 the client ships the daskflow home in the ``CacheSpec``.
+
+**Workers that do not see the client's store** (other hosts, no shared filesystem).
+The client ships a token with the home (``cache.store.store_token``); a worker that
+does not find it there, or may not write there, is *remote* (``reaches_store``) and
+never opens an LMDB store at the client's path. A remote chunk runs what it was given
+and returns the keys of its fresh results in the envelope (``ReturnedCache``); the
+client, when it fetches envelopes, signs those results with its own secret and writes
+them in one LMDB transaction per fetched batch (``write_returned``), or, inside a
+``transaction()`` block, hands them to the block, which commits them at exit. Lookups
+for concrete inputs already happen on the client; a remote worker cannot look up runs
+whose inputs are futures, so those execute (and are written back) unless the client
+holds every upstream envelope at submission, in which case the client looks them up too.
 """
 
 from __future__ import annotations
@@ -31,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 from daskflow.cache import serialization as ser
 from daskflow.cache.keys import KeyPlan, NotConcrete, Unhashable, display, make_plan
-from daskflow.cache.store import CacheWarning, get_store
+from daskflow.cache.store import CacheWarning, get_store, reaches_store, store_token
 
 if TYPE_CHECKING:
     from daskflow.engine.context import TaskRunContext
@@ -42,6 +54,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("daskflow")
 _MAX_SEGMENTS = 8  # a partly cached chunk splits into at most this many chunks
 _home_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("daskflow_cache_home", default=None)
+_token_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("daskflow_cache_token", default=None)
 
 
 @dataclass(slots=True)
@@ -55,11 +68,29 @@ class CacheSpec:
     stage: bool = False  # inside a transaction() block: return records, write nothing
     expires_in: float | None = None
     serializer: str | None = None
+    token: str | None = None  # proves a worker sees the submitter's store (None: inline, it does)
 
     def part(self, lo: int, hi: int, lookup: bool) -> CacheSpec:
         keys = None if self.keys is None else self.keys[lo:hi]
         return CacheSpec(self.home, self.plan, keys, lookup and self.lookup, self.stage, self.expires_in,
-                         self.serializer)
+                         self.serializer, self.token)
+
+    def reachable(self) -> bool:
+        """Whether this process may use the LMDB store of ``home`` directly."""
+        return self.token is None or reaches_store(self.home, self.token)  # type: ignore[arg-type]
+
+
+@dataclass(slots=True)
+class ReturnedCache:
+    """Fresh results of a remote chunk that the client writes (``ChunkResult.cache_returned``)."""
+
+    home: str
+    task_key: str
+    positions: list  # runs of the chunk whose values are to be cached ...
+    keys: list  # ... under these keys
+    stage: bool
+    expires_in: float | None
+    serializer: str | None
 
 
 def _in_block() -> bool:
@@ -89,7 +120,20 @@ def new_spec(task: Task, home: str | None = None) -> CacheSpec:
         _warn(task, plan.problem)
     home = home or cache_home()
     expires = opts.cache_expiration.total_seconds() if opts.cache_expiration is not None else None
-    return CacheSpec(home, plan, None, not opts.refresh_cache, stage, expires, opts.result_serializer)
+    return CacheSpec(home, plan, None, not opts.refresh_cache, stage, expires, opts.result_serializer,
+                     _token_for(home))
+
+
+def _token_for(home: str) -> str | None:
+    """The token that submissions ship: the enclosing remote chunk's, else this process's own."""
+    token = _token_var.get()
+    if token is not None:
+        return token
+    from daskflow.runners.dask import in_dask_task
+
+    if in_dask_task() and _home_var.get() is not None:
+        return None  # in a local chunk: nested runs see the same store
+    return store_token(home)
 
 
 def _warn(task: Task, what: str) -> None:
@@ -236,6 +280,43 @@ def fire(task: Task, kind: str, txn: Any) -> None:
             logger.exception("%s hook %r of task %r raised", kind, getattr(hook, "__name__", hook), task.name)
 
 
+def write_returned(results: list[ChunkResult]) -> None:
+    """Write the fresh results that remote chunks returned: one LMDB transaction per home.
+
+    Inside a ``transaction()`` block the signed records go to the envelope's
+    ``cache_records`` instead, for the block to commit.
+    """
+    by_home: dict[str, list[tuple[bytes, bytes]]] = {}
+    for res in results:
+        back: ReturnedCache | None = res.cache_returned
+        if back is None:
+            continue
+        res.cache_returned = None
+        store = get_store(back.home)
+        records = _encode_returned(res, back, store.secret)
+        if back.stage:
+            res.cache_records = (res.cache_records or []) + records
+        else:
+            by_home.setdefault(back.home, []).extend(records)
+    for home, records in by_home.items():
+        try:
+            get_store(home).put_many(records)
+        except Exception as exc:  # the results stay valid; only the cache misses them
+            warnings.warn(f"{len(records)} results returned by workers could not be written to the cache: "
+                          f"{type(exc).__name__}: {exc}", CacheWarning, stacklevel=3)
+
+
+def _encode_returned(res: ChunkResult, back: ReturnedCache, secret: bytes) -> list[tuple[bytes, bytes]]:
+    values = res.get_values()
+    expires = time.time() + back.expires_in if back.expires_in is not None else None
+    encoded = ser.encode_many([values[i] for i in back.positions], back.task_key, expires, back.serializer, secret)
+    out = [(key, record) for key, record in zip(back.keys, encoded) if record is not None]
+    if len(out) < len(back.keys):
+        warnings.warn(f"task {res.task_name!r}: {len(back.keys) - len(out)} results cannot be serialized for "
+                      "the cache; they are not cached", CacheWarning, stacklevel=4)
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # Worker side (and inline calls)
 
@@ -245,32 +326,32 @@ def run_managed(task: Task, rows: Any, res: ChunkResult, ctx: TaskRunContext, de
     """Run a chunk of a managed task: lookups, runs, one write, commit hooks."""
     chunk = _Managed(task, res, ctx, deps, spec)
     token = _home_var.set(chunk.spec.home) if chunk.spec.home else None
-    if deps is None and task._plain:
-        try:
-            chunk.run_plain(rows)
-        finally:
-            if token is not None:
-                _home_var.reset(token)
-        chunk.finish()
-        return
+    remote = _token_var.set(chunk.spec.token) if chunk.remote else None
     try:
-        for i, row in chunk.prepare(rows):
-            args = chunk.start(i, row)
-            if args is not None:
-                from daskflow.engine import run as R
-
-                engine = R.attempts(task, ctx, *args)
-                if task.is_async:
-                    outcome = asyncio.run(R.drive_async(engine, task, *args))
-                else:
-                    outcome = R.drive_sync(engine, task, *args)
-                chunk.done(i, outcome)
+        _run_chunk(chunk, task, rows, ctx, deps)
     finally:
         if token is not None:
             _home_var.reset(token)
+        if remote is not None:
+            _token_var.reset(remote)
     chunk.finish()
 
 
+def _run_chunk(chunk: _Managed, task: Task, rows: Any, ctx: TaskRunContext, deps: list | None) -> None:
+    if deps is None and task._plain:
+        chunk.run_plain(rows)
+        return
+    for i, row in chunk.prepare(rows):
+        args = chunk.start(i, row)
+        if args is not None:
+            from daskflow.engine import run as R
+
+            engine = R.attempts(task, ctx, *args)
+            if task.is_async:
+                outcome = asyncio.run(R.drive_async(engine, task, *args))
+            else:
+                outcome = R.drive_sync(engine, task, *args)
+            chunk.done(i, outcome)
 async def arun_managed(task: Task, res: ChunkResult, ctx: TaskRunContext, row: tuple, deps: list | None) -> None:
     """``run_managed`` for one awaited run of an async task in the caller's event loop."""
     from daskflow.engine import run as R
@@ -297,6 +378,9 @@ class _Managed:
         self.hits: dict[int, Any] = {}
         self.store: Any = None
         self.staged: list[tuple[bytes, bytes]] = []
+        # a worker that does not see the submitter's store: fresh results go back in the envelope
+        self.remote = self.spec.plan is not None and not self.spec.reachable()
+        self.fresh: list[int] = []
 
     def prepare(self, rows: Any) -> list[tuple[int, tuple]]:
         from daskflow.engine.inputs import UpstreamNotCompleted, resolve
@@ -314,12 +398,13 @@ class _Managed:
             items.append((i, row))
         spec = self.spec
         if spec.plan is not None:
-            self.store = get_store(spec.home)  # type: ignore[arg-type]
+            if not self.remote:
+                self.store = get_store(spec.home)  # type: ignore[arg-type]
             if spec.keys is not None:
                 self.keys = spec.keys
             else:
                 self.keys = _worker_keys(self.task, spec.plan, items, self.ctx, self.keys)
-            if spec.lookup:
+            if spec.lookup and not self.remote:
                 found = self.store.load_many([self.keys[i] for i, _ in items])
                 self.hits = {items[pos][0]: value for pos, value in found.items()}
         return items
@@ -350,6 +435,9 @@ class _Managed:
             if keys[i] is not None:
                 fresh.append(i)
         if not fresh or self.spec.plan is None:
+            return
+        if self.remote:
+            self.fresh = fresh
             return
         spec = self.spec
         expires = time.time() + spec.expires_in if spec.expires_in is not None else None
@@ -399,7 +487,9 @@ class _Managed:
         from daskflow.engine.run import COMPLETED
 
         self.res.record(i, outcome, self.ctx.run_count, self.ctx.name)
-        if outcome[0] == COMPLETED and self.keys[i] is not None:
+        if outcome[0] == COMPLETED and self.keys[i] is not None and self.remote:
+            self.fresh.append(i)
+        elif outcome[0] == COMPLETED and self.keys[i] is not None:
             record = _encode(self.task, self.spec, self.store, outcome[1], self.ctx)
             if record is not None:
                 self.staged.append((self.keys[i], record))
@@ -410,6 +500,11 @@ class _Managed:
 
         task, res, staged = self.task, self.res, self.staged
         res.ends = self.ends
+        if self.fresh:
+            spec = self.spec
+            res.cache_returned = ReturnedCache(spec.home, task.task_key, self.fresh,  # type: ignore[arg-type]
+                                               [self.keys[i] for i in self.fresh], spec.stage,
+                                               spec.expires_in, spec.serializer)
         if self.spec.stage:
             res.cache_records = staged
             if self.local:

@@ -101,6 +101,7 @@ class ChunkResult:
     worker: str | None = None
     n_failed: int = 0
     cache_records: list | None = None  # signed records staged in a transaction() block
+    cache_returned: Any = None  # a managed.ReturnedCache: fresh results for the client to write
     logs: list | None = None  # run log records not shipped while the chunk ran
 
     # -- reading, on the client or in a downstream chunk --------------------------------

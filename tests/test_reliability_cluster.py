@@ -1,0 +1,198 @@
+"""Truth on a real cluster: workers that do not see the client's disk, killed workers, lost connections.
+
+Every test here starts real processes (``dask scheduler`` / ``dask worker`` subprocesses on
+127.0.0.1) and kills only those, by pid. Executions are counted in files of a directory
+every worker can reach.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from daskflow import flow, task, transaction, unmapped
+from daskflow.cache import INPUTS
+from daskflow.runners.dask import DaskTaskRunner, close_shared_client
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _mark(counter: str, x) -> None:
+    with open(os.path.join(counter, f"{x}-{uuid.uuid4().hex}"), "w"):
+        pass
+
+
+def executed(counter: str) -> int:
+    return len(os.listdir(counter))
+
+
+def _can_unshare() -> str | None:
+    """Why workers cannot get a private view of a directory here (None: they can)."""
+    if not shutil.which("unshare"):
+        return "no unshare(1) on this machine"
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs tmpfs /mnt && umount /mnt"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        return f"unshare -m with a tmpfs mount is not permitted here (needs root): {probe.stderr.strip()}"
+    return None
+
+
+class Cluster:
+    """A scheduler and workers started by a test, each a process it may kill by pid."""
+
+    def __init__(self, log_dir, env: dict) -> None:
+        self.port = _free_port()
+        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.env = dict(os.environ, PYTHONPATH=ROOT, **env)
+        self.log = open(os.path.join(log_dir, f"cluster-{self.port}.log"), "ab")
+        self.scheduler: subprocess.Popen | None = None
+        self.workers: list[subprocess.Popen] = []
+
+    def start_scheduler(self) -> None:
+        self.scheduler = self._spawn([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host",
+                                      "127.0.0.1", "--port", str(self.port), "--no-dashboard"])
+
+    def start_worker(self, nthreads: int = 1, mount: str | None = None) -> subprocess.Popen:
+        """A worker; ``mount`` is a shell command run first in its own mount namespace."""
+        cmd = [sys.executable, "-m", "distributed.cli.dask_worker", self.address, "--nthreads", str(nthreads),
+               "--host", "127.0.0.1", "--no-dashboard", "--nworkers", "1"]
+        if mount is not None:
+            quoted = " ".join(f"'{c}'" for c in cmd)
+            cmd = ["unshare", "-m", "sh", "-c", f"{mount} && exec {quoted}"]
+        proc = self._spawn(cmd)
+        self.workers.append(proc)
+        return proc
+
+    def _spawn(self, cmd: list[str]) -> subprocess.Popen:
+        return subprocess.Popen(cmd, stdout=self.log, stderr=self.log, env=self.env)
+
+    def wait_for_workers(self, n: int) -> None:
+        from distributed import Client
+
+        with Client(self.address, timeout="30s", set_as_default=False) as client:
+            client.wait_for_workers(n, timeout=60)
+
+    def close(self) -> None:
+        close_shared_client(self.address)
+        for p in self.workers + [self.scheduler]:
+            if p is not None and p.poll() is None:
+                p.terminate()
+        for p in self.workers + [self.scheduler]:
+            if p is None:
+                continue
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.log.close()
+
+
+# ---------------------------------------------------------------------------------------
+# Stores across hosts
+
+
+@pytest.fixture(scope="module")
+def other_hosts(tmp_path_factory):
+    """Two workers that do not see the client's DASKFLOW_HOME: one finds an empty tmpfs at that
+    path (another host), one finds the client's directory read-only."""
+    why = _can_unshare()
+    if why:
+        pytest.skip(why)
+    base = tmp_path_factory.mktemp("hosts")
+    home = base / "home"
+    home.mkdir(mode=0o700)
+    cluster = Cluster(str(base), {"DASKFLOW_HOME": str(home)})
+    cluster.start_scheduler()
+    cluster.start_worker(mount=f"mount -t tmpfs tmpfs '{home}'")
+    cluster.start_worker(mount=f"mount --bind '{home}' '{home}' && mount -o remount,bind,ro '{home}'")
+    try:
+        cluster.wait_for_workers(2)
+        yield cluster, home, base
+    finally:
+        cluster.close()
+
+
+@task(cache_policy=INPUTS - "counter")
+def square(x, counter):
+    _mark(counter, x)
+    return x * x
+
+
+@task
+def home_seen_by_worker(path):
+    return sorted(os.listdir(path)), os.access(path, os.W_OK)
+
+
+def test_cache_on_workers_of_other_hosts_reruns_cached(other_hosts, monkeypatch, tmp_path):
+    cluster, home, _ = other_hosts
+    monkeypatch.setenv("DASKFLOW_HOME", str(home))
+    counter = tmp_path / "count"
+    counter.mkdir()
+
+    @flow(task_runner=DaskTaskRunner(address=cluster.address))
+    def pipeline():
+        futures = square.map(range(200), unmapped(str(counter)), chunksize=10)
+        values = futures.result()
+        workers = {c.result.worker for c in futures.chunks if c.result.worker}
+        return values, [f.state.name for f in futures], workers
+
+    values, names, workers = pipeline()
+    assert values == [x * x for x in range(200)]
+    assert executed(str(counter)) == 200
+    assert len(workers) == 2  # both kinds of worker ran some of the runs
+    assert set(names) == {"Completed"}
+
+    values, names, _ = pipeline()
+    assert values == [x * x for x in range(200)]
+    assert names.count("Cached") == 200
+    assert executed(str(counter)) == 200  # no body ran again
+
+
+def test_workers_of_other_hosts_never_write_the_clients_path(other_hosts, monkeypatch, tmp_path):
+    cluster, home, _ = other_hosts
+    monkeypatch.setenv("DASKFLOW_HOME", str(home))
+    counter = tmp_path / "count"
+    counter.mkdir()
+
+    @flow(task_runner=DaskTaskRunner(address=cluster.address))
+    def pipeline():
+        square.map(range(50, 90), unmapped(str(counter)), chunksize=5).result()
+        return home_seen_by_worker.map([str(home)] * 8, chunksize=1).result()
+
+    seen = pipeline()
+    # the tmpfs worker's view of the client's home stays empty; the read-only one is not writable
+    assert ([], True) in seen
+    assert all(listing == [] or not writable for listing, writable in seen)
+
+
+def test_transaction_on_workers_of_other_hosts_commits(other_hosts, monkeypatch, tmp_path):
+    cluster, home, _ = other_hosts
+    monkeypatch.setenv("DASKFLOW_HOME", str(home))
+    counter = tmp_path / "count"
+    counter.mkdir()
+
+    @flow(task_runner=DaskTaskRunner(address=cluster.address))
+    def pipeline():
+        with transaction(key="remote-block") as txn:
+            futures = square.map(range(1000, 1030), unmapped(str(counter)), chunksize=5)
+        return futures.result(), [f.state.name for f in futures], txn.is_committed()
+
+    values, names, committed = pipeline()
+    assert committed and set(names) == {"Completed"} and executed(str(counter)) == 30
+    values2, names2, _ = pipeline()
+    assert values2 == values and set(names2) == {"Cached"} and executed(str(counter)) == 30
