@@ -16,9 +16,13 @@ runners:
 
 from __future__ import annotations
 
+import collections
+import threading
 import time
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+import cloudpickle
 
 from daskflow.codes import CANCELLED, CRASHED, NOT_READY, OK_CODES
 from daskflow.engine import chunking, progress, tracker
@@ -36,7 +40,8 @@ _attached: weakref.WeakSet[TaskRunner] = weakref.WeakSet()
 class Chunk:
     """The client's record of one submitted chunk of runs."""
 
-    __slots__ = ("task", "base", "start", "n", "handle", "runner", "result", "observed", "submitted", "__weakref__")
+    __slots__ = ("task", "base", "start", "n", "handle", "runner", "result", "observed", "submitted", "dependents",
+                 "__weakref__")
 
     def __init__(self, task: Task, base: int, start: int, n: int, handle: Any, runner: TaskRunner | None,
                  result: ChunkResult | None = None) -> None:
@@ -49,6 +54,7 @@ class Chunk:
         self.result = result
         self.observed: bool | set[int] = False
         self.submitted = time.time()
+        self.dependents = 0  # chunks submitted with this chunk's handle as a Dask dependency
 
     def done(self) -> bool:
         return self.result is not None or (self.handle is not None and self.handle.done())
@@ -112,12 +118,16 @@ def submit_chunks(runner: TaskRunner, specs: list[ChunkSpec], deps: list[list[An
 
 
 def _attach(runner: TaskRunner) -> None:
-    """First submission to a runner: tracker events from its workers, the dashboard link."""
+    """First submission to a runner: tracker events from its workers, the ledger, the dashboard link."""
     _attached.add(runner)
     if isinstance(runner, DaskTaskRunner) and not in_dask_task():
         tracker.subscribe(runner.client)  # workers' run states and logs come back as events
+        runner.install_ledger()  # lost chunks resume from their checkpoints
         if runner.cluster is not None and has_bokeh():
             tracker.console().info("Dask dashboard: %s", runner.cluster.dashboard_link)
+
+
+_fetching = threading.Lock()  # the eager fetcher and readers set envelopes one at a time
 
 
 def fetch_many(runner: TaskRunner, chunks: list[Chunk], timeout: float | None) -> None:
@@ -127,24 +137,76 @@ def fetch_many(runner: TaskRunner, chunks: list[Chunk], timeout: float | None) -
             f"the task runner of these futures ({type(runner).__name__}) was shut down before their "
             "results were read; read results inside the flow, or return them from it"
         )
-    handles = [c.handle for c in chunks]
-    runner.wait(handles, timeout)
-    returned = []
-    for chunk, res in zip(chunks, runner.gather(handles)):
-        if isinstance(res, ChunkResult):
-            chunking.observe(chunk.task, res)
-            chunk.result = res
-            if res.cache_returned is not None:
-                returned.append(res)
-        else:
-            chunk.result = lost(chunk, res)
-        chunk.handle = None  # the runner may now release the data
+    with _fetching:
+        handles = [c.handle for c in chunks if c.result is None]
+    if handles:
+        runner.wait(handles, timeout)
+    with _fetching:
+        chunks = [c for c in chunks if c.result is None]  # the eager fetcher may have been first
+        if chunks:
+            _set_results(runner, chunks, runner.gather([c.handle for c in chunks]))
+    if not chunks:
+        return
+    returned = [c.result for c in chunks if c.result.cache_returned is not None]  # type: ignore[union-attr]
     if returned:  # remote workers' fresh results: written here, in one transaction
         from daskflow.engine.managed import write_returned
 
-        write_returned(returned)
+        write_returned(returned)  # type: ignore[arg-type]
     for chunk in chunks:
         tracker.chunk_finished(chunk)
+
+
+def _set_results(runner: TaskRunner, chunks: list[Chunk], results: list) -> None:
+    """Record fetched envelopes; keep in the ledger those that queued chunks still depend on."""
+    kept = []
+    for chunk, res in zip(chunks, results):
+        if isinstance(res, ChunkResult):
+            chunking.observe(chunk.task, res)
+            if chunk.dependents:  # Dask may compute it again for them if its worker dies
+                kept.append((chunk.handle, cloudpickle.dumps(res, protocol=5)))
+            chunk.result = res
+        else:
+            chunk.result = lost(chunk, res)
+    if kept and isinstance(runner, DaskTaskRunner):
+        runner.keep(kept)
+    for chunk in chunks:
+        chunk.handle = None  # the runner may now release the data
+
+
+class _Eager:
+    """Fetches envelopes as chunks finish (Dask done callbacks), in batches.
+
+    A finished chunk's envelope then lives on the client, which releases the Dask result:
+    a worker dying later costs nothing, and the tracker records completions as they happen.
+    Chunks that queued chunks depend on stay on the workers (their values go worker to
+    worker, not through the client); if Dask computes one again, it resumes from the
+    ledger's checkpoints (``engine.run.Notes``) or the envelope the client kept.
+    """
+
+    def __init__(self) -> None:
+        self.ready: collections.deque[Chunk] = collections.deque()
+
+    def watch(self, chunks: list[Chunk]) -> None:
+        for chunk in chunks:
+            if chunk.handle is not None and isinstance(chunk.runner, DaskTaskRunner) and not in_dask_task():
+                chunk.handle.add_done_callback(lambda _h, c=chunk: self.on_done(c))
+
+    def on_done(self, chunk: Chunk) -> None:
+        # Dask calls back on one thread: while one batch is fetched, the next ones queue up.
+        self.ready.append(chunk)
+        batch: dict[int, tuple[TaskRunner, list[Chunk]]] = {}
+        while self.ready:
+            c = self.ready.popleft()
+            if c.result is None and not c.dependents and c.runner is not None and not c.runner.closed:
+                batch.setdefault(id(c.runner), (c.runner, []))[1].append(c)
+        for runner, group in batch.values():
+            try:
+                fetch_many(runner, group, 0)
+            except Exception:  # a reader fetches them again, and reports the problem
+                pass
+
+
+eager = _Eager()
 
 
 def lost(chunk: Chunk, exc: BaseException) -> ChunkResult:

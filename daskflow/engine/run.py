@@ -31,7 +31,7 @@ import time
 import traceback
 from array import array
 from dataclasses import dataclass, field
-from itertools import repeat
+from itertools import islice, repeat
 from typing import TYPE_CHECKING, Any, Callable, Generator
 
 import cloudpickle
@@ -243,22 +243,111 @@ class ChunkResult:
 
 
 def run_chunk(spec: ChunkSpec, deps: list[ChunkResult] = ()) -> ChunkResult:  # type: ignore[assignment]
-    """Run a chunk on a worker: deserialize its columns, run every run, seal the envelope."""
+    """Run a chunk on a worker: deserialize its columns, run every run, seal the envelope.
+
+    When Dask runs the chunk again after losing a worker, the ledger may already hold
+    its envelope (the client kept it: return it, run nothing) or checkpoints of the runs
+    an earlier attempt finished (run only the rest).
+    """
     worker = worker_address()
+    done: Checkpoint | None = None
+    if worker is not None:
+        from daskflow.runners import ledger
+
+        kept, notes = ledger.recall()
+        if kept is not None:
+            return cloudpickle.loads(kept)
+        done = Checkpoint.joined(notes, spec.n) if notes else None
     reports.chunk_starting(spec.base, spec.start, worker)
     columns = spec.columns
     if isinstance(columns, bytes):
         columns = cloudpickle.loads(columns)
     result = run_rows(spec.task, spec.base, spec.start, spec.n, columns, list(deps),
-                      spec.refs, spec.wait_refs, spec.flow_run_id, spec.cache)
+                      spec.refs, spec.wait_refs, spec.flow_run_id, spec.cache, done)
     result.worker = worker
     reports.chunk_ended(result)
     return result.seal()
 
 
+@dataclass(slots=True)
+class Checkpoint:
+    """Runs ``lo .. hi`` of a chunk that finished on a worker (noted to the ledger while it ran)."""
+
+    lo: int
+    hi: int
+    codes: bytes
+    values: list
+    ends: list
+    errors: dict
+
+    @classmethod
+    def joined(cls, blobs: list[bytes], n: int) -> Checkpoint | None:
+        """The longest run of checkpoints from run 0 (None if there is none, or they do not load)."""
+        try:
+            parts = sorted((cloudpickle.loads(b) for b in blobs), key=lambda c: c.lo)
+        except Exception:
+            return None
+        out = cls(0, 0, b"", [], [], {})
+        for part in parts:
+            if part.lo != out.hi or part.hi > n:
+                continue
+            out.hi, out.codes = part.hi, out.codes + part.codes
+            out.values.extend(part.values)
+            out.ends.extend(part.ends)
+            out.errors.update(part.errors)
+        return out if out.hi else None
+
+    def restore(self, res: ChunkResult) -> None:
+        """Put these finished runs into a new attempt's envelope."""
+        res.codes[: self.hi] = self.codes
+        res.values[: self.hi] = self.values  # type: ignore[index]
+        for i, (exc, message) in self.errors.items():
+            res.fail(i, self.codes[i], exc, message)
+
+
+class Notes:
+    """Checkpoints of a chunk running on a Dask worker, sent to the ledger as runs finish.
+
+    The loop pays one float comparison per run (``now >= notes.due``). Heavy runs (5 ms
+    or more each) are noted as soon as they finish, so a lost worker costs at most the
+    runs in flight; lighter ones about every quarter second; tiny runs of short chunks never.
+    """
+
+    __slots__ = ("res", "lo", "since", "due")
+    HEAVY = 0.005
+    EVERY = 0.25
+
+    def __init__(self, res: ChunkResult, lo: int, now: float) -> None:
+        self.res, self.lo, self.since, self.due = res, lo, now, now + self.HEAVY
+
+    def reached(self, i: int, now: float, ends: array) -> None:
+        """Run ``i`` ended at ``now`` (past ``due``): note runs ``lo .. i`` if they were heavy or long."""
+        runs = i + 1 - self.lo
+        if now - self.since < self.EVERY and now - self.since < self.HEAVY * runs:
+            self.due = self.since + self.EVERY  # light runs: check again later
+            return
+        res, lo, hi = self.res, self.lo, i + 1
+        errors = {j: (res.errors.get(j), res.messages.get(j, "")) for j in range(lo, hi) if res.codes[j] not in OK_CODES}
+        part = Checkpoint(lo, hi, bytes(res.codes[lo:hi]), res.values[lo:hi], list(ends[lo:hi]), errors)  # type: ignore[index]
+        try:
+            blob = cloudpickle.dumps(part, protocol=5)
+        except Exception:  # an unpicklable value: these runs are not checkpointed
+            blob = None
+        if blob is not None:
+            from daskflow.runners import ledger
+
+            ledger.note(blob)
+        self.lo, self.since, self.due = hi, now, now + self.HEAVY
+
+
 def run_rows(task: Task, base: int, start: int, n: int, columns: list, deps: list,
-             refs: bool, wait_refs: tuple, flow_run_id: str | None, cache: Any = None) -> ChunkResult:
-    """Run ``n`` runs of ``task`` whose arguments are the rows of ``columns``."""
+             refs: bool, wait_refs: tuple, flow_run_id: str | None, cache: Any = None,
+             done: Checkpoint | None = None) -> ChunkResult:
+    """Run ``n`` runs of ``task`` whose arguments are the rows of ``columns``.
+
+    ``done``: runs an earlier attempt finished; they are restored, not run (not for
+    managed tasks, whose cache answers instead).
+    """
     res = ChunkResult(task.name, base, start, n, bytearray(n), [None] * n)
     res.started = time.time()
     try:
@@ -271,16 +360,25 @@ def run_rows(task: Task, base: int, start: int, n: int, columns: list, deps: lis
     token = task_run_ctx.set(ctx)
     sink = run_logging.open_sink()
     prints = run_logging.log_prints(True) if task.options.log_prints else None
+    notes = Notes(res, 0, res.started) if in_dask_task() else None
     try:
         rows = zip(*iterables) if iterables else repeat((), n)
+        if done is not None and not task._managed:
+            done.restore(res)
+            rows = islice(rows, done.hi, None)
+            if notes is not None:
+                notes.lo = done.hi
+        else:
+            done = None
+        first, ends = (done.hi, array("d", done.ends) + array("d", bytes(8 * (n - done.hi)))) if done else (0, None)
         if task._fast and not refs:
-            _run_fast(task.fn, rows, res, ctx)
+            _run_fast(task.fn, rows, res, ctx, notes, first, ends)
         elif task._managed:  # a cache or commit hooks: lookups, batched writes, transactions
             from daskflow.engine.managed import run_managed
 
             run_managed(task, rows, res, ctx, deps if refs else None, cache)
         else:
-            _run_slow(task, rows, res, ctx, deps if refs else None)
+            _run_slow(task, rows, res, ctx, deps if refs else None, notes, first, ends)
     finally:
         if prints is not None:
             run_logging._prints.reset(prints)
@@ -306,27 +404,34 @@ def _iterables(columns: list, deps: list, n: int, refs: bool) -> tuple[list, boo
     return out, refs
 
 
-def _run_fast(fn: Callable, rows: Any, res: ChunkResult, ctx: TaskRunContext) -> None:
+def _run_fast(fn: Callable, rows: Any, res: ChunkResult, ctx: TaskRunContext, notes: Notes | None = None,
+              first: int = 0, ends: array | None = None) -> None:
     """The hot loop: no per-run objects, one state code and one end time per run."""
     values, clock = res.values, time.time
-    ends = array("d", bytes(8 * res.n))
-    i = 0
-    for i, args in enumerate(rows):  # noqa: B007
+    ends = ends if ends is not None else array("d", bytes(8 * res.n))
+    due = notes.due if notes is not None else float("inf")
+    for i, args in enumerate(rows, first):
         ctx.index = i
         try:
             values[i] = fn(*args)  # type: ignore[index]
         except Exception as exc:
             res.fail(i, FAILED, exc)
-        ends[i] = clock()
+        now = ends[i] = clock()
+        if now >= due:
+            notes.reached(i, now, ends)  # type: ignore[union-attr]
+            due = notes.due  # type: ignore[union-attr]
     res.ends = ends
 
 
-def _run_slow(task: Task, rows: Any, res: ChunkResult, ctx: TaskRunContext, deps: list | None) -> None:
-    ends = array("d", bytes(8 * res.n))
-    for i, row in enumerate(rows):
+def _run_slow(task: Task, rows: Any, res: ChunkResult, ctx: TaskRunContext, deps: list | None,
+              notes: Notes | None = None, first: int = 0, ends: array | None = None) -> None:
+    ends = ends if ends is not None else array("d", bytes(8 * res.n))
+    for i, row in enumerate(rows, first):
         ctx.index, ctx.run_count, ctx.name = i, 1, ""
         res.record(i, run_one(task, ctx, row, deps), ctx.run_count, ctx.name)
-        ends[i] = time.time()
+        now = ends[i] = time.time()
+        if notes is not None and now >= notes.due:
+            notes.reached(i, now, ends)
     res.ends = ends
 
 

@@ -20,7 +20,7 @@ import cloudpickle
 from daskflow.engine import chunking, tracker
 from daskflow.engine.context import current_flow_run_id, flow_run_ctx
 from daskflow.ids import new_run_base
-from daskflow.engine.chunks import Chunk, submit_chunks
+from daskflow.engine.chunks import Chunk, eager, submit_chunks
 from daskflow.engine.futures import MapFutures, TaskRunFuture
 from daskflow.engine.inputs import ATOMS, allow_failure, collect_refs, quote, unmapped
 from daskflow.engine.run import ChunkSpec, Unpicklable, arun_single, run_rows
@@ -51,6 +51,7 @@ def _register(chunks: list[Chunk]) -> None:
     if txn is not None:
         txn.track(chunks)
     tracker.chunks_submitted(chunks, current_flow_run_id())
+    eager.watch(chunks)
 
 
 # -- direct calls -------------------------------------------------------------------------
@@ -140,7 +141,10 @@ def _key(task: Task) -> str:
 
 
 def _dep_inputs(ups: list[Chunk], runner: TaskRunner) -> list[Any]:
-    """Upstream handles for the runner; envelopes for chunks of another runner."""
+    """Upstream handles for the runner; envelopes for chunks of another runner, or already fetched."""
+    for c in ups:  # counted before reading ``result``: see chunks._set_results
+        if c.runner is runner:
+            c.dependents += 1
     return [c.result if c.result is not None else c.handle if c.runner is runner else c.outcome() for c in ups]
 
 

@@ -164,6 +164,18 @@ class DaskTaskRunner(TaskRunner):
     def submit_many(self, fn: Callable[..., Any], *iterables: list, keys: list[str]) -> list[Any]:
         return self.client.map(fn, *iterables, key=keys, pure=False)
 
+    def install_ledger(self) -> None:
+        """Have the scheduler keep checkpoints of calls (``runners.ledger``), once per scheduler."""
+        from daskflow.runners import ledger
+
+        ledger.install(self.client)
+
+    def keep(self, results: list[tuple[Any, bytes]]) -> None:
+        """Have the scheduler keep these finished results ``(handle, bytes)`` while other calls need them."""
+        from daskflow.runners import ledger
+
+        ledger.keep(self.client, {h.key: blob for h, blob in results})
+
     def cancel(self, handle: Any) -> bool:
         if handle.done():
             return False
