@@ -66,10 +66,12 @@ class Cluster:
         self.scheduler = self._spawn([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host",
                                       "127.0.0.1", "--port", str(self.port), "--no-dashboard"])
 
-    def start_worker(self, nthreads: int = 1, mount: str | None = None) -> subprocess.Popen:
+    def start_worker(self, nthreads: int = 1, mount: str | None = None, no_nanny: bool = False) -> subprocess.Popen:
         """A worker; ``mount`` is a shell command run first in its own mount namespace."""
         cmd = [sys.executable, "-m", "distributed.cli.dask_worker", self.address, "--nthreads", str(nthreads),
-               "--host", "127.0.0.1", "--no-dashboard", "--nworkers", "1"]
+               "--host", "127.0.0.1", "--no-dashboard"]
+        if no_nanny:
+            cmd.append("--no-nanny")
         if mount is not None:
             quoted = " ".join(f"'{c}'" for c in cmd)
             cmd = ["unshare", "-m", "sh", "-c", f"{mount} && exec {quoted}"]
@@ -196,3 +198,112 @@ def test_transaction_on_workers_of_other_hosts_commits(other_hosts, monkeypatch,
     assert committed and set(names) == {"Completed"} and executed(str(counter)) == 30
     values2, names2, _ = pipeline()
     assert values2 == values and set(names2) == {"Cached"} and executed(str(counter)) == 30
+
+
+# ---------------------------------------------------------------------------------------
+# Completed means done
+
+
+@pytest.fixture
+def killable(tmp_path):
+    """A scheduler whose workers (no nanny: the pid is the worker) the test kills and replaces."""
+    # a chunk may be running on each killed worker: let Dask try it more than 3 times
+    cluster = Cluster(str(tmp_path), {"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": "10"})
+    cluster.start_scheduler()
+    yield cluster
+    cluster.close()
+
+
+def _start_workers(cluster: Cluster, n: int, nthreads: int = 1) -> list[subprocess.Popen]:
+    procs = [cluster.start_worker(nthreads=nthreads, no_nanny=True) for _ in range(n)]
+    cluster.wait_for_workers(sum(1 for p in cluster.workers if p.poll() is None))
+    return procs
+
+
+def _wait_until(condition, timeout: float = 60.0) -> None:
+    """Wait for an outside condition (files written by worker processes)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.02)
+
+
+@task
+def slow(x, counter, seconds):
+    _mark(counter, x)
+    time.sleep(seconds)
+    return x
+
+
+@task
+def plus_one(x):
+    return x + 1
+
+
+@task
+def gate(name):
+    from distributed import Event
+
+    Event(name).wait()
+    return True
+
+
+def test_killed_worker_reruns_only_runs_in_flight(killable, tmp_path):
+    counter = tmp_path / "count"
+    counter.mkdir()
+    workers = _start_workers(killable, 2)
+    kills = 4
+
+    @flow(task_runner=DaskTaskRunner(address=killable.address))
+    def pipeline():
+        futures = slow.map(range(400), unmapped(str(counter)), unmapped(0.05))
+        for k in range(kills):
+            _wait_until(lambda k=k: executed(str(counter)) >= 70 * (k + 1))
+            # A run just started: kill mid-run, not within the ~2 ms in which the previous
+            # run's checkpoint is still on its way to the scheduler (that run is not recorded).
+            time.sleep(0.01)
+            victim = next(p for p in workers if p.poll() is None)
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+            workers.remove(victim)
+            workers.append(killable.start_worker(no_nanny=True))
+        return futures.result(), [f.state.name for f in futures]
+
+    values, names = pipeline()
+    assert values == list(range(400)) and set(names) == {"Completed"}
+    print(f"400 runs, {kills} kills: {executed(str(counter))} executions")
+    assert executed(str(counter)) <= 400 + kills * 1  # threads per worker: 1
+
+
+@pytest.mark.parametrize("persist", [False, True])
+def test_upstream_results_lost_with_their_worker_are_not_run_again(killable, tmp_path, persist):
+    from distributed import Client, Event
+
+    counter = tmp_path / "count"
+    counter.mkdir()
+    (first_worker,) = _start_workers(killable, 1, nthreads=2)
+    name = f"gate-{uuid.uuid4().hex}"
+    up = slow.with_options(persist_result=persist)
+    runner = DaskTaskRunner(address=killable.address)
+
+    @flow(task_runner=runner)
+    def pipeline():
+        first = up.map(range(100), unmapped(str(counter)), unmapped(0.01))
+        opened = gate.submit(name)
+        try:
+            second = plus_one.map(first, wait_for=[opened])  # queued on the upstream's Dask results
+            runner.wait([c.handle for c in first.chunks if c.handle is not None], 60)
+            assert executed(str(counter)) == 100
+            killable.start_worker(no_nanny=True)
+            first_worker.send_signal(signal.SIGKILL)  # holds every finished upstream result
+            first_worker.wait()
+        finally:
+            with Client(killable.address, set_as_default=False) as client:
+                Event(name, client=client).set()
+        return second.result(), [f.state.name for f in first]
+
+    values, names = pipeline()
+    assert values == list(range(1, 101)) and set(names) == {"Completed"}
+    print(f"upstream killed (persist_result={persist}): {executed(str(counter)) - 100} of 100 executed again")
+    assert executed(str(counter)) == 100  # no completed upstream run executed again

@@ -322,9 +322,14 @@ def _encode_returned(res: ChunkResult, back: ReturnedCache, secret: bytes) -> li
 
 
 def run_managed(task: Task, rows: Any, res: ChunkResult, ctx: TaskRunContext, deps: list | None,
-                spec: CacheSpec | None) -> None:
-    """Run a chunk of a managed task: lookups, runs, one write, commit hooks."""
+                spec: CacheSpec | None, notes: Any = None, first: int = 0) -> None:
+    """Run a chunk of a managed task: lookups, runs, one write, commit hooks.
+
+    ``first``: runs before it were restored from an earlier attempt's checkpoints (``rows``
+    starts there); they are written to the cache with the others. ``notes``: checkpoints.
+    """
     chunk = _Managed(task, res, ctx, deps, spec)
+    chunk.first, chunk.notes = first, notes
     token = _home_var.set(chunk.spec.home) if chunk.spec.home else None
     remote = _token_var.set(chunk.spec.token) if chunk.remote else None
     try:
@@ -334,6 +339,7 @@ def run_managed(task: Task, rows: Any, res: ChunkResult, ctx: TaskRunContext, de
             _home_var.reset(token)
         if remote is not None:
             _token_var.reset(remote)
+    chunk.write_restored()
     chunk.finish()
 
 
@@ -373,7 +379,7 @@ class _Managed:
         self.local = spec is None
         self.spec = spec if spec is not None else new_spec(task)
         self.task, self.res, self.ctx, self.deps = task, res, ctx, deps
-        self.ends = array("d", bytes(8 * res.n))
+        self.ends = res.ends if len(res.ends) == res.n else array("d", bytes(8 * res.n))  # restored runs
         self.keys: list = [None] * res.n
         self.hits: dict[int, Any] = {}
         self.store: Any = None
@@ -381,13 +387,15 @@ class _Managed:
         # a worker that does not see the submitter's store: fresh results go back in the envelope
         self.remote = self.spec.plan is not None and not self.spec.reachable()
         self.fresh: list[int] = []
+        self.first = 0  # runs before it were restored from checkpoints
+        self.notes: Any = None  # engine.run.Notes on a Dask worker
 
     def prepare(self, rows: Any) -> list[tuple[int, tuple]]:
         from daskflow.engine.inputs import UpstreamNotCompleted, resolve
         from daskflow.engine.run import NOT_READY
 
         items: list[tuple[int, tuple]] = []
-        for i, row in enumerate(rows):
+        for i, row in enumerate(rows, self.first):
             if self.deps is not None:
                 try:
                     row = resolve(row, self.deps)
@@ -418,6 +426,7 @@ class _Managed:
         fn, res, ctx, hits, ends, keys = self.task.fn, self.res, self.ctx, self.hits, self.ends, self.keys
         values, codes, clock = res.values, res.codes, time.time
         fresh: list[int] = []
+        due = self.notes.due if self.notes is not None else float("inf")
         for i, row in items:
             ctx.index = i
             if i in hits:
@@ -431,9 +440,12 @@ class _Managed:
                 res.fail(i, FAILED, exc)
                 ends[i] = clock()
                 continue
-            ends[i] = clock()
+            now = ends[i] = clock()
             if keys[i] is not None:
                 fresh.append(i)
+            if now >= due:
+                self.notes.reached(i, now, ends)
+                due = self.notes.due
         if not fresh or self.spec.plan is None:
             return
         if self.remote:
@@ -493,7 +505,22 @@ class _Managed:
             record = _encode(self.task, self.spec, self.store, outcome[1], self.ctx)
             if record is not None:
                 self.staged.append((self.keys[i], record))
-        self.ends[i] = time.time()
+        now = self.ends[i] = time.time()
+        if self.notes is not None and now >= self.notes.due:
+            self.notes.reached(i, now, self.ends)
+
+    def write_restored(self) -> None:
+        """Cache the runs restored from checkpoints: their attempt died before its write."""
+        from daskflow.engine.run import OK_CODES
+
+        for i in range(self.first):
+            if self.res.codes[i] in OK_CODES and self.keys[i] is not None:
+                if self.remote:
+                    self.fresh.append(i)
+                elif self.store is not None:
+                    record = _encode(self.task, self.spec, self.store, self.res.values[i], self.ctx)  # type: ignore[index]
+                    if record is not None:
+                        self.staged.append((self.keys[i], record))
 
     def finish(self) -> None:
         from daskflow.engine.run import OK_CODES

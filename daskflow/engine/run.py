@@ -301,6 +301,7 @@ class Checkpoint:
         """Put these finished runs into a new attempt's envelope."""
         res.codes[: self.hi] = self.codes
         res.values[: self.hi] = self.values  # type: ignore[index]
+        res.ends = array("d", self.ends) + array("d", bytes(8 * (res.n - self.hi)))
         for i, (exc, message) in self.errors.items():
             res.fail(i, self.codes[i], exc, message)
 
@@ -345,8 +346,7 @@ def run_rows(task: Task, base: int, start: int, n: int, columns: list, deps: lis
              done: Checkpoint | None = None) -> ChunkResult:
     """Run ``n`` runs of ``task`` whose arguments are the rows of ``columns``.
 
-    ``done``: runs an earlier attempt finished; they are restored, not run (not for
-    managed tasks, whose cache answers instead).
+    ``done``: runs an earlier attempt finished; they are restored, not run.
     """
     res = ChunkResult(task.name, base, start, n, bytearray(n), [None] * n)
     res.started = time.time()
@@ -363,20 +363,20 @@ def run_rows(task: Task, base: int, start: int, n: int, columns: list, deps: lis
     notes = Notes(res, 0, res.started) if in_dask_task() else None
     try:
         rows = zip(*iterables) if iterables else repeat((), n)
-        if done is not None and not task._managed:
+        if done is not None:
             done.restore(res)
             rows = islice(rows, done.hi, None)
             if notes is not None:
                 notes.lo = done.hi
         else:
             done = None
-        first, ends = (done.hi, array("d", done.ends) + array("d", bytes(8 * (n - done.hi)))) if done else (0, None)
+        first, ends = (done.hi, res.ends) if done else (0, None)
         if task._fast and not refs:
             _run_fast(task.fn, rows, res, ctx, notes, first, ends)
         elif task._managed:  # a cache or commit hooks: lookups, batched writes, transactions
             from daskflow.engine.managed import run_managed
 
-            run_managed(task, rows, res, ctx, deps if refs else None, cache)
+            run_managed(task, rows, res, ctx, deps if refs else None, cache, notes, first)
         else:
             _run_slow(task, rows, res, ctx, deps if refs else None, notes, first, ends)
     finally:
