@@ -307,3 +307,146 @@ def test_upstream_results_lost_with_their_worker_are_not_run_again(killable, tmp
     assert values == list(range(1, 101)) and set(names) == {"Completed"}
     print(f"upstream killed (persist_result={persist}): {executed(str(counter)) - 100} of 100 executed again")
     assert executed(str(counter)) == 100  # no completed upstream run executed again
+
+
+# ---------------------------------------------------------------------------------------
+# Connection blips
+
+
+class Proxy:
+    """A TCP proxy (threads) between the client and the scheduler that the test cuts and restores."""
+
+    def __init__(self, target_port: int) -> None:
+        import threading
+
+        self.target = ("127.0.0.1", target_port)
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.open = threading.Event()
+        self.open.set()
+        self.lock = threading.Lock()
+        self.pairs: list[tuple[socket.socket, socket.socket]] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            if not self.open.is_set():
+                conn.close()  # the network is down: refused
+                continue
+            upstream = socket.create_connection(self.target)
+            with self.lock:
+                self.pairs.append((conn, upstream))
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cut(self) -> None:
+        self.open.clear()
+        with self.lock:
+            pairs, self.pairs = self.pairs, []
+        for pair in pairs:
+            for s in pair:
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                s.close()
+
+    def restore(self) -> None:
+        self.open.set()
+
+    def close(self) -> None:
+        self.cut()
+        self.server.close()
+
+
+@pytest.fixture
+def behind_proxy(tmp_path):
+    cluster = Cluster(str(tmp_path), {})
+    cluster.start_scheduler()
+    cluster.start_worker()
+    cluster.start_worker()
+    cluster.wait_for_workers(2)
+    proxy = Proxy(cluster.port)
+    address = f"tcp://127.0.0.1:{proxy.port}"
+    yield cluster, proxy, address
+    close_shared_client(address)
+    proxy.close()
+    cluster.close()
+
+
+@task
+def marked(x, counter):
+    time.sleep(0.02)
+    _mark(counter, x)
+    return x * 2
+
+
+def _per_run(counter: str) -> dict[int, int]:
+    out: dict[int, int] = {}
+    for name in os.listdir(counter):
+        x = int(name.split("-")[0])
+        out[x] = out.get(x, 0) + 1
+    return out
+
+
+def test_connection_blip_resubmits_unfinished_runs_only(behind_proxy, tmp_path):
+    _, proxy, address = behind_proxy
+    counter = tmp_path / "count"
+    counter.mkdir()
+
+    @flow(task_runner=DaskTaskRunner(address=address))
+    def pipeline():
+        futures = marked.map(range(300), unmapped(str(counter)))
+        _wait_until(lambda: executed(str(counter)) >= 100)
+        proxy.cut()
+        recorded = {c.start + i for c in futures.chunks if c.result is not None for i in range(c.n)}
+        time.sleep(3)  # the connection stays down for 3 s (the scenario, not a synchronisation)
+        proxy.restore()
+        return futures.result(), recorded
+
+    values, recorded = pipeline()
+    runs = _per_run(str(counter))
+    assert values == [x * 2 for x in range(300)]
+    assert len(recorded) >= 50
+    assert all(runs[x] == 1 for x in recorded)  # recorded before the cut: never run again
+    print(f"blip: {len(recorded)} runs recorded before the cut, {sum(runs.values()) - 300} executed again")
+
+
+def test_scheduler_away_past_grace_period_fails_the_flow_clearly(behind_proxy, tmp_path):
+    import dask.config
+
+    _, proxy, address = behind_proxy
+    counter = tmp_path / "count"
+    counter.mkdir()
+
+    @flow(task_runner=DaskTaskRunner(address=address))
+    def pipeline():
+        futures = marked.map(range(300), unmapped(str(counter)))
+        _wait_until(lambda: executed(str(counter)) >= 20)
+        proxy.cut()
+        return futures.result()
+
+    started = time.monotonic()
+    with dask.config.set({"daskflow.reconnect-grace": 2}):
+        with pytest.raises(Exception, match="reconnect-grace"):
+            pipeline()
+    assert time.monotonic() - started < 30

@@ -19,12 +19,14 @@ from __future__ import annotations
 import collections
 import threading
 import time
+import uuid
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import cloudpickle
 
 from daskflow.codes import CANCELLED, CRASHED, NOT_READY, OK_CODES
+from daskflow import config
 from daskflow.engine import chunking, progress, tracker
 from daskflow.engine.run import ChunkResult, ChunkSpec, run_chunk
 from daskflow.exceptions import CancelledRun, CrashedRun, RunnerShutdown
@@ -41,7 +43,7 @@ class Chunk:
     """The client's record of one submitted chunk of runs."""
 
     __slots__ = ("task", "base", "start", "n", "handle", "runner", "result", "observed", "submitted", "dependents",
-                 "__weakref__")
+                 "spec", "ups", "key", "__weakref__")
 
     def __init__(self, task: Task, base: int, start: int, n: int, handle: Any, runner: TaskRunner | None,
                  result: ChunkResult | None = None) -> None:
@@ -55,6 +57,9 @@ class Chunk:
         self.observed: bool | set[int] = False
         self.submitted = time.time()
         self.dependents = 0  # chunks submitted with this chunk's handle as a Dask dependency
+        self.spec: ChunkSpec | None = None  # kept until fetched: to submit again after a lost connection
+        self.ups: list[Chunk] = []  # the upstream chunks it was submitted with
+        self.key = ""  # the runner's name of the call (submitted again under the same name)
 
     def done(self) -> bool:
         return self.result is not None or (self.handle is not None and self.handle.done())
@@ -137,14 +142,24 @@ def fetch_many(runner: TaskRunner, chunks: list[Chunk], timeout: float | None) -
             f"the task runner of these futures ({type(runner).__name__}) was shut down before their "
             "results were read; read results inside the flow, or return them from it"
         )
-    with _fetching:
-        handles = [c.handle for c in chunks if c.result is None]
-    if handles:
-        runner.wait(handles, timeout)
-    with _fetching:
-        chunks = [c for c in chunks if c.result is None]  # the eager fetcher may have been first
-        if chunks:
-            _set_results(runner, chunks, runner.gather([c.handle for c in chunks]))
+    deadline = None if timeout is None else time.monotonic() + timeout
+    mine: list[Chunk] = []  # the chunks whose envelopes this call set
+    while True:
+        with _fetching:
+            handles = [c.handle for c in chunks if c.result is None]
+        if not handles:
+            break
+        runner.wait(handles, None if deadline is None else max(0.0, deadline - time.monotonic()))
+        with _fetching:  # the eager fetcher may have been first, or submitted some again
+            done = [c for c in chunks if c.result is None and c.handle.done()]
+            cut = [c for c in done if c.spec is not None and runner.dropped(c.handle)]
+            got = [c for c in done if c not in cut]
+            if got:
+                _set_results(runner, got, runner.gather([c.handle for c in got]))
+                mine.extend(got)
+            if cut:
+                resubmit(runner, cut)
+    chunks = mine
     if not chunks:
         return
     returned = [c.result for c in chunks if c.result.cache_returned is not None]  # type: ignore[union-attr]
@@ -171,6 +186,51 @@ def _set_results(runner: TaskRunner, chunks: list[Chunk], results: list) -> None
         runner.keep(kept)
     for chunk in chunks:
         chunk.handle = None  # the runner may now release the data
+        chunk.spec, chunk.ups = None, []
+
+
+def resubmit(runner: TaskRunner, chunks: list[Chunk]) -> None:
+    """Submit again chunks that the runner dropped with its lost scheduler connection.
+
+    Waits up to ``daskflow.reconnect-grace`` seconds for the connection; chunks whose
+    envelope the client already holds are not among them, so no recorded run runs again.
+    Upstream chunks dropped too go first (their new handles feed the downstream ones).
+    Past the grace period the chunks end Crashed, saying why.
+    """
+    grace = float(config.get("reconnect-grace", 30))
+    todo = _with_dropped_upstreams(runner, chunks)
+    if not runner.reconnect(grace):
+        address = getattr(runner, "address", None) or config.get("scheduler-address") or "the scheduler"
+        err = ConnectionError(
+            f"lost the connection to the Dask scheduler ({address}) for more than {grace:g}s "
+            "(daskflow.reconnect-grace); runs that had not finished are Crashed. Check that the scheduler "
+            "is up and reachable, or raise the grace period (DASK_DASKFLOW__RECONNECT_GRACE)."
+        )
+        for chunk in todo:
+            chunk.result, chunk.handle, chunk.spec = lost(chunk, err), None, None
+            tracker.chunk_finished(chunk)
+        return
+    for chunk in todo:  # in submission order: upstream handles exist before their dependents
+        deps = [u.result if u.result is not None else u.handle for u in chunk.ups]
+        # the same key: the ledger still holds the checkpoints of the dropped call
+        key = chunk.key or f"{chunk.task.name}-{uuid.uuid4().hex}"
+        chunk.handle = submit_chunks(runner, [chunk.spec], [deps], [key])[0]  # type: ignore[list-item]
+    eager.watch(todo)
+
+
+def _with_dropped_upstreams(runner: TaskRunner, chunks: list[Chunk]) -> list[Chunk]:
+    """``chunks`` and every upstream chunk they need that was dropped too, oldest first."""
+    seen: dict[int, Chunk] = {}
+    stack = list(chunks)
+    while stack:
+        chunk = stack.pop()
+        if id(chunk) in seen or chunk.result is not None or chunk.spec is None:
+            continue
+        if chunk.handle is not None and not runner.dropped(chunk.handle):
+            continue  # still there, or finished: fetched by whoever reads it
+        seen[id(chunk)] = chunk
+        stack.extend(chunk.ups)
+    return sorted(seen.values(), key=lambda c: c.submitted)
 
 
 class _Eager:

@@ -130,8 +130,10 @@ def submit_run(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None)
             return TaskRunFuture(chunk, 0)
     blob, clean = _serialize(task, list(task._names), columns, runner)
     spec = ChunkSpec(task, base, 0, 1, blob, refs or not clean, waits, current_flow_run_id(), cache)
-    handle = submit_chunks(runner, [spec], [_dep_inputs(ups, runner)], [_key(task)])[0]
+    key = _key(task)
+    handle = submit_chunks(runner, [spec], [_dep_inputs(ups, runner)], [key])[0]
     chunk = Chunk(task, base, 0, 1, handle, runner)
+    chunk.spec, chunk.ups, chunk.key = spec, ups, key
     _register([chunk])
     return TaskRunFuture(chunk, 0)
 
@@ -207,7 +209,7 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
 
         cache = for_map(task, names, kinds, n, bounds, base, bool(wait_for), aligned)
         bounds = cache.bounds  # type: ignore[union-attr]
-    specs, dep_lists, keys = [], [], []
+    specs, dep_lists, keys, up_lists = [], [], [], []
     flow_run_id = current_flow_run_id()
     wait_items = list(wait_for or ())
     for ci, (lo, hi) in enumerate(bounds):
@@ -243,9 +245,12 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
         specs.append(ChunkSpec(task, base, lo, hi - lo, blob, refs or not clean, waits, flow_run_id,
                                cache.spec_for(lo, hi) if cache is not None else None))
         dep_lists.append(_dep_inputs(ups, runner))
+        up_lists.append(ups)
         keys.append(_key(task))
     handles = submit_chunks(runner, specs, dep_lists, keys) if specs else []
     chunks = [Chunk(task, base, s.start, s.n, h, runner) for s, h in zip(specs, handles)]
+    for chunk, spec, ups, key in zip(chunks, specs, up_lists, keys):
+        chunk.spec, chunk.ups, chunk.key = spec, ups, key
     if cache is not None:
         chunks = cache.merge(task, base, chunks, runner)
     _register(chunks)

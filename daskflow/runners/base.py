@@ -47,6 +47,15 @@ class TaskRunner(abc.ABC):
         """Cancel a call that has not finished; True if it will not deliver a value."""
         return False
 
+    def dropped(self, handle: Any) -> bool:
+        """Whether the call was dropped with a lost connection (it may not have run, and
+        submitting it again is right)."""
+        return False
+
+    def reconnect(self, grace: float) -> bool:
+        """Wait up to ``grace`` seconds for a lost connection to come back; True if it did."""
+        return False
+
     def duplicate(self) -> TaskRunner:
         """A fresh, unstarted runner with the same settings (one per flow run)."""
         return self

@@ -12,7 +12,9 @@ The ledger lets a call pick up what an earlier attempt already finished:
   result) and the ledger holds something for it, the plugin marks the call's
   annotations; the next attempt sees the mark locally and only then asks the ledger
   (``recall``: one round trip, on reruns only);
-- entries go when Dask forgets the call.
+- entries go when Dask forgets the call, after a grace period (``ORPHAN_SECONDS``): a
+  client that lost its scheduler connection submits its unfinished calls again under
+  the same keys, and they resume from their checkpoints too.
 
 It stores bytes by Dask key and knows nothing of what they mean: the engine decides
 what to note and how to resume. ``LedgerPlugin`` is registered by ``install`` (once per
@@ -22,6 +24,7 @@ scheduler; idempotent); without it every function here does nothing.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
@@ -31,6 +34,7 @@ logger = logging.getLogger("daskflow")
 PLUGIN_NAME = "daskflow-ledger"
 OP_NOTE = "daskflow-ledger-note"
 RERUN = "daskflow-rerun"  # annotation of a call that ran before and has ledger entries
+ORPHAN_SECONDS = 600.0
 _TAKEN_BACK = {("processing", "released"), ("processing", "waiting"), ("memory", "released"),
                ("memory", "waiting"), ("processing", "no-worker")}
 
@@ -45,6 +49,8 @@ class LedgerPlugin(SchedulerPlugin):
         self.scheduler = scheduler
         self.notes: dict[Any, list[bytes]] = {}
         self.kept: dict[Any, bytes] = {}
+        self.orphans: dict[Any, tuple[float, list[bytes]]] = {}  # notes of forgotten calls, for a while
+        self.finished: set[Any] = set()  # calls that delivered a result (not orphans when forgotten)
         scheduler.stream_handlers[OP_NOTE] = self._note
         scheduler.handlers["daskflow_ledger_keep"] = self._keep
         scheduler.handlers["daskflow_ledger_get"] = self._get
@@ -52,6 +58,8 @@ class LedgerPlugin(SchedulerPlugin):
     def _note(self, key: Any = None, blob: bytes = b"", **_: Any) -> None:
         if key in self.scheduler.tasks:
             self.notes.setdefault(key, []).append(blob)
+        else:  # dropped while it ran on (its client lost the connection): it may come again
+            self._orphan(key, self.orphans.get(key, (0.0, []))[1] + [blob])
 
     def _keep(self, entries: dict | None = None, forget: list | None = None) -> None:
         for key, blob in (entries or {}).items():
@@ -65,13 +73,31 @@ class LedgerPlugin(SchedulerPlugin):
         return {"kept": self.kept.get(key), "notes": list(self.notes.get(key, ()))}
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
-        if finish == "forgotten":
-            self.notes.pop(key, None)
+        if finish == "memory":
+            self.finished.add(key)
+        elif finish == "forgotten":
+            notes = self.notes.pop(key, None)
             self.kept.pop(key, None)
+            if key in self.finished:
+                self.finished.discard(key)
+            elif notes:  # dropped unfinished (its client lost the connection): it may come again
+                self._orphan(key, notes)
+        elif start == "released" and finish == "waiting" and key in self.orphans:
+            self.notes[key] = self.orphans.pop(key)[1]
+            self._mark(key)
         elif (start, finish) in _TAKEN_BACK and (key in self.notes or key in self.kept):
-            ts = self.scheduler.tasks.get(key)
-            if ts is not None:
-                ts.annotations = dict(ts.annotations or {}, **{RERUN: True})
+            self._mark(key)
+
+    def _orphan(self, key: Any, notes: list[bytes]) -> None:
+        now = time.monotonic()
+        self.orphans[key] = (now, notes)
+        for old in [k for k, (t, _) in self.orphans.items() if now - t > ORPHAN_SECONDS]:
+            del self.orphans[old]
+
+    def _mark(self, key: Any) -> None:
+        ts = self.scheduler.tasks.get(key)
+        if ts is not None:
+            ts.annotations = dict(ts.annotations or {}, **{RERUN: True})
 
 
 def install(client: Any) -> bool:
