@@ -245,6 +245,9 @@ class _Eager:
 
     def __init__(self) -> None:
         self.ready: collections.deque[Chunk] = collections.deque()
+        self.wake = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
 
     def watch(self, chunks: list[Chunk]) -> None:
         for chunk in chunks:
@@ -252,18 +255,30 @@ class _Eager:
                 chunk.handle.add_done_callback(lambda _h, c=chunk: self.on_done(c))
 
     def on_done(self, chunk: Chunk) -> None:
-        # Dask calls back on one thread: while one batch is fetched, the next ones queue up.
+        # Dask's callback thread only queues: one fetcher thread gathers whatever finished
+        # meanwhile in one go, so a burst of finished chunks costs one gather.
         self.ready.append(chunk)
-        batch: dict[int, tuple[TaskRunner, list[Chunk]]] = {}
-        while self.ready:
-            c = self.ready.popleft()
-            if c.result is None and not c.dependents and c.runner is not None and not c.runner.closed:
-                batch.setdefault(id(c.runner), (c.runner, []))[1].append(c)
-        for runner, group in batch.values():
-            try:
-                fetch_many(runner, group, 0)
-            except Exception:  # a reader fetches them again, and reports the problem
-                pass
+        self.wake.set()
+        if self.thread is None or not self.thread.is_alive():
+            with self.lock:
+                if self.thread is None or not self.thread.is_alive():
+                    self.thread = threading.Thread(target=self._fetch_forever, name="daskflow-fetch", daemon=True)
+                    self.thread.start()
+
+    def _fetch_forever(self) -> None:
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            batch: dict[int, tuple[TaskRunner, list[Chunk]]] = {}
+            while self.ready:
+                c = self.ready.popleft()
+                if c.result is None and not c.dependents and c.runner is not None and not c.runner.closed:
+                    batch.setdefault(id(c.runner), (c.runner, []))[1].append(c)
+            for runner, group in batch.values():
+                try:
+                    fetch_many(runner, group, 0)
+                except Exception:  # a reader fetches them again, and reports the problem
+                    pass
 
 
 eager = _Eager()
