@@ -39,7 +39,23 @@ _HOMES = {
     "serve": "daskflow.background",
 }
 
-__all__ = sorted(_HOMES)
+__all__ = [
+    "Flow",
+    "MapFutures",
+    "Task",
+    "TaskRunFuture",
+    "allow_failure",
+    "as_completed",
+    "exponential_backoff",
+    "flow",
+    "get_run_logger",
+    "quote",
+    "serve",
+    "task",
+    "transaction",
+    "unmapped",
+    "wait",
+]
 
 if _TYPE_CHECKING:
     from daskflow.background import serve

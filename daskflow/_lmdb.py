@@ -15,16 +15,30 @@ Both stores (the result cache and the run store) sit on this module and never ca
 - Readers of processes that died hold pages forever unless cleared: ``reader_check``
   runs on every open.
 - Everything is private to the user: directories 0700, data and lock files 0600.
+- A damaged data file is never mapped. LMDB maps ``data.mdb`` and trusts it: a file
+  truncated by a full disk or a bad copy kills the process with SIGBUS on the first
+  read past its end, and a garbage header raises deep inside a run. Before opening,
+  ``check_data_file`` reads the two meta pages (offsets 0 and the page size) with
+  ``struct``: magic, format version, and that the last page they name lies inside
+  the file. A failed check raises ``DamagedStore`` (or, with ``recover=True``, moves
+  the environment aside and starts an empty one). Checks and opens of one path are
+  serialized across processes by a lock file next to it, so a store another process
+  is creating right now is never mistaken for a damaged one.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pathlib
+import struct
 import threading
-from typing import Any, Callable, TypeVar
+import time
+from typing import Any, Callable, NamedTuple, TypeVar
 
 import lmdb
+
+from daskflow.exceptions import DamagedStore
 
 T = TypeVar("T")
 
@@ -32,6 +46,92 @@ _INITIAL_MAP = 1 << 30  # address space only: the file grows with the data; doub
 _MAX_DBS = 16
 _envs: dict[tuple[str, int], Env] = {}
 _lock = threading.Lock()
+
+# LMDB's meta page (lmdb.h, 64-bit builds): a 16-byte page header, then magic and
+# version (u32 each) at 16, the page size (the free DB's md_pad) at 40, the last
+# page number and the transaction id (u64 each) at 136.
+_MAGIC, _VERSION = 0xBEEFC0DE, 1
+_META = struct.Struct("<II")
+_PSIZE_AT, _LAST_AT = 40, 136
+_LAST = struct.Struct("<QQ")
+
+
+class MetaPage(NamedTuple):
+    """What one of LMDB's two meta pages says about its data file."""
+
+    page_size: int
+    last_page: int
+    txn_id: int
+
+
+def _read_meta(head: bytes, offset: int) -> MetaPage | None:
+    if len(head) < offset + _LAST_AT + _LAST.size:
+        return None
+    magic, version = _META.unpack_from(head, offset + 16)
+    if magic != _MAGIC or version != _VERSION:
+        return None
+    (psize,) = struct.unpack_from("<I", head, offset + _PSIZE_AT)
+    last, txn = _LAST.unpack_from(head, offset + _LAST_AT)
+    return MetaPage(psize, last, txn)
+
+
+def check_data_file(path: str | os.PathLike) -> str | None:
+    """Why the environment at ``path`` must not be mapped, or None when it may be.
+
+    A missing ``data.mdb`` is fine (LMDB creates it); an empty one is not (LMDB
+    writes its meta pages when it creates the file, so it lost them).
+    """
+    data = pathlib.Path(path) / "data.mdb"
+    try:
+        with open(data, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            head = f.read(2 * 65536)
+    except FileNotFoundError:
+        return None
+    if size == 0:
+        return "data.mdb is empty (truncated)"
+    first = _read_meta(head, 0)
+    if first is None:
+        magic, version = _META.unpack_from(head, 16) if len(head) >= 24 else (None, None)
+        if magic == _MAGIC:
+            return f"data.mdb is LMDB format version {version}, this build reads version {_VERSION}"
+        return "data.mdb is not an LMDB file (bad header)"
+    if first.page_size < 512 or first.page_size & (first.page_size - 1):
+        return f"data.mdb names an impossible page size ({first.page_size})"
+    second = _read_meta(head, first.page_size)
+    metas = [m for m in (first, second) if m is not None and m.page_size == first.page_size]
+    meta = max(metas, key=lambda m: m.txn_id)
+    need = (meta.last_page + 1) * meta.page_size
+    if size < need:
+        return f"data.mdb is truncated ({size} bytes, its meta page needs {need})"
+    return None
+
+
+class _PathLock:
+    """An exclusive lock, across processes, on checking and opening one environment path."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self.file = path.with_name(f".{path.name}.lock")
+
+    def __enter__(self) -> _PathLock:
+        self.fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)  # closing releases the lock
+
+
+def move_aside(path: pathlib.Path) -> pathlib.Path:
+    """Rename a damaged environment to ``{name}.damaged-{UTC time}`` next to it; returns the new path."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest = path.with_name(f"{path.name}.damaged-{stamp}")
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = path.with_name(f"{path.name}.damaged-{stamp}-{n}")
+    os.rename(path, dest)
+    return dest
 
 
 class Env:
@@ -43,6 +143,9 @@ class Env:
         >>> env.read(lambda txn: txn.get(b"k", db=env.db("entries")))         # doctest: +SKIP
         b'v'
     """
+
+    #: Where a damaged environment at this path was moved (``open_env(recover=True)``).
+    moved_aside: tuple[pathlib.Path, str] | None = None
 
     def __init__(self, path: pathlib.Path, map_size: int, dbs: tuple[str, ...]) -> None:
         self.path = path
@@ -149,10 +252,13 @@ class Env:
         self.env.close()
 
 
-def open_env(path: str | os.PathLike, dbs: tuple[str, ...] = (), map_size: int = _INITIAL_MAP) -> Env:
+def open_env(path: str | os.PathLike, dbs: tuple[str, ...] = (), map_size: int = _INITIAL_MAP,
+             recover: bool = False) -> Env:
     """The environment at ``path`` for this process: opened once, private to the user.
 
     ``dbs`` names the databases every opener of this path uses (declare all of them).
+    A damaged environment raises ``DamagedStore``; with ``recover=True`` it is moved
+    aside instead and an empty one is opened (``Env.moved_aside`` says where and why).
     """
     path = pathlib.Path(path).expanduser()
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -162,8 +268,25 @@ def open_env(path: str | os.PathLike, dbs: tuple[str, ...] = (), map_size: int =
         with _lock:
             env = _envs.get(key)
             if env is None:
-                env = _envs[key] = Env(path, map_size, tuple(dbs))
+                env = _envs[key] = _open_checked(path, map_size, tuple(dbs), recover)
     return env
+
+
+def _open_checked(path: pathlib.Path, map_size: int, dbs: tuple[str, ...], recover: bool) -> Env:
+    with _PathLock(path):
+        why = check_data_file(path)
+        if why is None:
+            try:
+                return Env(path, map_size, dbs)
+            except lmdb.Error as exc:  # a header our struct check accepted, but LMDB does not
+                why = f"LMDB cannot open it: {exc}"
+        if not recover:
+            raise DamagedStore(str(path / "data.mdb"), why)
+        aside = move_aside(path)
+        path.mkdir(mode=0o700)
+        env = Env(path, map_size, dbs)
+        env.moved_aside = (aside, why)
+        return env
 
 
 def close_env(path: str | os.PathLike) -> None:

@@ -34,3 +34,36 @@ CODE_OF_NAME: dict[str, int] = {cs.name: code for code, cs in CODE_STATES.items(
 OK_CODES = (COMPLETED, CACHED)
 #: Codes of runs whose body never started (so they never entered Running).
 NEVER_RAN = (CACHED, NOT_READY, CANCELLED)
+
+
+def run_count_of(code: int, recorded: int | None = None) -> int:
+    """How many times a finished run's body was attempted: the one rule for futures and stores.
+
+    As in Prefect, a run whose body never started (Cached, NotReady, Cancelled) counts 0,
+    and a state history holds a Running state exactly when this is at least 1. A Crashed
+    run counts what was recorded for it (its chunk was seen to start: 1), else 0; any
+    other run counts its recorded attempts, 1 when nothing was recorded (no retries).
+    """
+    if code in NEVER_RAN:
+        return 0
+    if recorded is not None:
+        return recorded
+    return 0 if code == CRASHED else 1
+
+
+class StateEvent(NamedTuple):
+    """One entry of a run's state history: a state type's name, a state name, when, why."""
+
+    type: str
+    name: str
+    timestamp: float
+    message: str = ""
+
+
+#: Names of the states a run passes through before a final one, with their types.
+LIVE_STATES: dict[str, str] = {"Scheduled": "SCHEDULED", "Pending": "PENDING", "Running": "RUNNING",
+                               "AwaitingRetry": "SCHEDULED", "Retrying": "RUNNING"}
+#: Every state name a run record can show, in lifecycle order (what ``runs ls --state`` accepts).
+STATE_NAMES: tuple[str, ...] = (*LIVE_STATES, *(cs.name for cs in CODE_STATES.values()))
+#: Every state type name.
+STATE_TYPES: tuple[str, ...] = ("SCHEDULED", "PENDING", "RUNNING", "COMPLETED", "FAILED", "CRASHED", "CANCELLED")

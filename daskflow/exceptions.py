@@ -16,7 +16,12 @@
     ├── NoBackgroundServer (RuntimeError)      .delay() / serve() with no reachable daskflow server
     ├── ResultNotPersisted (UnfinishedRun)     .result() of a background run whose value was not kept
     ├── UnknownRun (KeyError)                  a background run id the server does not know
-    └── MissingContextError (RuntimeError)     get_run_logger() outside of a run
+    ├── MissingContextError (RuntimeError)     get_run_logger() outside of a run
+    ├── StoreError (RuntimeError)              a store under $DASKFLOW_HOME cannot be used
+    │   ├── DamagedStore                       an LMDB file is truncated or not LMDB (say how to repair)
+    │   ├── UnsafeHome (PermissionError)       the home is writable by others or owned by another user
+    │   └── UnusableHome (OSError)             the home is not a directory, or not writable
+    └── SchedulerUnreachable (ConnectionError) no Dask scheduler answered at the configured address
 """
 
 from __future__ import annotations
@@ -80,3 +85,28 @@ class ResultNotPersisted(UnfinishedRun):
 
 class UnknownRun(DaskflowError, KeyError):
     """A background run id that the server (or the local store) does not know."""
+
+
+class StoreError(DaskflowError, RuntimeError):
+    """A store under the daskflow home cannot be used; the message names the path and the fix."""
+
+
+class DamagedStore(StoreError):
+    """An LMDB environment whose data file is truncated, not LMDB, or of another LMDB version."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class UnsafeHome(StoreError, PermissionError):
+    """The daskflow home is writable by other users or owned by another user (as ssh refuses ~/.ssh)."""
+
+
+class UnusableHome(StoreError, OSError):
+    """The daskflow home is not a directory, or cannot be created or written."""
+
+
+class SchedulerUnreachable(DaskflowError, ConnectionError):
+    """No Dask scheduler answered at the configured address within the connect timeout."""

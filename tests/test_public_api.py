@@ -19,7 +19,7 @@ def test_all_is_sorted_and_complete():
                "background", "ids", "codes"}
     assert set(daskflow.__all__) >= {"task", "flow", "unmapped", "allow_failure", "quote", "wait", "as_completed"}
     assert public - set(daskflow.__all__) <= modules
-    assert daskflow.__all__ == sorted(daskflow.__all__)
+    assert daskflow.__all__ == sorted(daskflow.__all__) == sorted(daskflow._HOMES)
 
 
 def test_import_does_not_import_distributed():

@@ -32,7 +32,8 @@ from daskflow.background import store
 from daskflow.engine import states as st
 from daskflow.engine.context import current_flow_run_id
 from daskflow.ids import new_run_base, run_id
-from daskflow.engine.inputs import ATOMS, UpstreamNotCompleted, collect_refs, resolve
+from daskflow.engine.inputs import ATOMS, BROADCAST, UpstreamNotCompleted, collect_refs, quote, resolve
+from daskflow.engine.submit import plan_columns
 from daskflow.exceptions import (NoBackgroundServer, ParameterSerializationError, ResultNotPersisted, UnfinishedRun,
                                  UnknownRun, UpstreamFailed)
 
@@ -176,7 +177,7 @@ def delay_row(task: Task, row: tuple, link: _Link) -> BackgroundFuture:
     try:
         args_blob = cloudpickle.dumps(row, protocol=5)
     except Exception:
-        for name, value in zip(task._names, row):
+        for name, value in zip(task.param_names, row):
             try:
                 cloudpickle.dumps(value)
             except Exception as exc:
@@ -192,7 +193,7 @@ def delay_row(task: Task, row: tuple, link: _Link) -> BackgroundFuture:
 def delay(task: Task, args: tuple, kwargs: dict) -> BackgroundFuture:
     """``task.delay(*args, **kwargs)``: enqueue a background run; return its future at once."""
     link = _link()
-    row = task._row(args, kwargs)
+    row = task.row_of(args, kwargs)
     if not ATOMS.issuperset(map(type, row)):
         row = tuple(_resolve(task, v) for v in row)
     return delay_row(task, row, link)
@@ -200,16 +201,14 @@ def delay(task: Task, args: tuple, kwargs: dict) -> BackgroundFuture:
 
 def delay_map(task: Task, args: tuple, kwargs: dict) -> BackgroundFutures:
     """``task.map(..., deferred=True)``: one background run per element."""
-    from daskflow.engine.submit import _plan_columns, _Quoted
-
     link = _link()
-    params = task._bind(args, kwargs)
-    kinds, n, _ = _plan_columns(task, params)
+    params = task.bind_params(args, kwargs)
+    kinds, n, _ = plan_columns(task, params)
     columns = []
     for name in params:
         kind, value = kinds[name]
-        if kind == "b":
-            columns.append((False, value.value if isinstance(value, _Quoted) else _resolve(task, value)))
+        if kind is BROADCAST:
+            columns.append((False, value.value if isinstance(value, quote) else _resolve(task, value)))
         else:
             values = list(value)
             columns.append((True, values if ATOMS.issuperset(map(type, values)) else _resolve(task, values)))
@@ -313,6 +312,11 @@ class BackgroundFuture(Generic[R]):
             raise TimeoutError(f"background run {self.task_run_id} ({self.task_name}) is not final "
                                f"after {timeout}s")
         return _result(*self._final, raise_on_failure)  # type: ignore[misc]
+
+    @staticmethod
+    def wait_many(futures: Iterable[BackgroundFuture], timeout: float | None = None) -> None:
+        """Wait for many background runs with one request per server (``daskflow.wait`` uses it)."""
+        _fetch_many(futures, timeout)
 
     def _fetch(self, timeout: float | None) -> tuple[dict, bytes | None] | None:
         if self._final is None:

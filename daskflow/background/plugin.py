@@ -14,7 +14,7 @@ the daskflow server:
   (the ``transition`` hook), back to ``Scheduled`` if that worker is lost, ``Crashed``
   when Dask gives up (KilledWorker); ``Running`` and the final state come from the
   task worker on its batched stream. All go through the writer thread in batches
-  (one LMDB transaction per batch, then ``store._record_states`` hands the new states
+  (one LMDB transaction per batch, then ``store.record_states`` hands the new states
   to the run store), never blocking the event loop on a disk write.
 - *Final.* A final state deletes the run's queue entry in the same transaction that
   records it, and keeps the result (or exception) by run id. Later duplicates (an
@@ -37,6 +37,7 @@ from typing import Any
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from daskflow.background import store
+from daskflow.engine.events import LogsShipped, batch_from_wire, from_wire
 from daskflow.engine.tracker import TOPIC
 
 __all__ = ["BackgroundPlugin"]
@@ -75,7 +76,7 @@ class BackgroundPlugin(SchedulerPlugin):
         self.arrivals: dict[str, list[asyncio.Future]] = {}  # readers of runs not enqueued yet
         self.client: Any = None
         self._backlog: list[dict] = []
-        self.writer = _Writer(self)
+        self.writer = QueueWriter(self)
         self.writer.start()
         scheduler.stream_handlers[OP] = self._on_stream
         scheduler.handlers["daskflow_bg_wait"] = self._wait
@@ -116,7 +117,7 @@ class BackgroundPlugin(SchedulerPlugin):
         for ev in events or ():
             ev = tuple(ev)
             if ev[0] == "final" and ev[2].get("logs"):
-                store._record_logs(ev[2].pop("logs"))
+                store.record_logs(ev[2].pop("logs"))
             put(ev)
 
     def log_event(self, topic: str, msg: Any) -> None:
@@ -124,13 +125,15 @@ class BackgroundPlugin(SchedulerPlugin):
         # messages, engine/reports.py): record those of our runs here, on the server's host.
         if topic != TOPIC or not isinstance(msg, dict) or not (self.active or self.recent):
             return
-        batch = msg.get("m") if msg.get("k") == "batch" else [msg]
         active, recent = self.active, self.recent
-        mine = [r for one in batch or () if isinstance(one, dict) and one.get("k") == "logs"
-                for r in one.get("r") or ()
+        try:
+            shipped = [m for m in map(from_wire, batch_from_wire(msg)) if isinstance(m, LogsShipped)]
+        except (KeyError, TypeError):  # not a daskflow message
+            return
+        mine = [r for m in shipped for r in m.records
                 if (rid := str(uuid.UUID(bytes=bytes(r[0][:16])))) in active or rid in recent]
         if mine:
-            store._record_logs(mine)
+            store.record_logs(mine)
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, stimulus_id: str = "",
                    **kwargs: Any) -> None:
@@ -269,7 +272,7 @@ class BackgroundPlugin(SchedulerPlugin):
         return {rid: store.pack(rec) for rid, (rec, _) in store.read_records(run_ids, self.env).items()}
 
 
-class _Writer(threading.Thread):
+class QueueWriter(threading.Thread):
     """The one writer of the background store: applies queued ops in batches."""
 
     def __init__(self, plugin: BackgroundPlugin) -> None:
@@ -296,7 +299,7 @@ class _Writer(threading.Thread):
                 batch = [op for op in batch if op is not _STOP]
             for submits, finals, changes in self._commit(batch):
                 try:
-                    store._record_states(changes)
+                    store.record_states(changes)
                 except Exception:  # noqa: BLE001 - observability must not stop the queue
                     logger.exception("daskflow server: recording background run states failed")
                 if submits or finals:
@@ -320,6 +323,11 @@ class _Writer(threading.Thread):
         return out
 
     def _apply(self, txn: Any, batch: list[tuple]) -> tuple[list, list, list]:
+        """Apply a batch of queue operations in one LMDB write transaction.
+
+        One function because the batch shares a per-transaction cache of run records
+        (``record``) so that many events of one run cost one read and one write.
+        """
         env = self.env
         qdb, rdb, resdb = env.db("queue"), env.db("runs"), env.db("results")
         records: dict[str, dict | None] = {}
@@ -342,7 +350,7 @@ class _Writer(threading.Thread):
                 rid = entry["id"]
                 if record(rid) is not None:
                     continue  # a duplicate enqueue
-                txn.put(rid.encode(), store.pack(entry), db=qdb)
+                txn.put(rid.encode(), store.seal_entry(env, entry), db=qdb)
                 records[rid] = store.new_record(entry)
                 seen[rid] = 0
                 submits.append(entry)
@@ -374,7 +382,7 @@ class _Writer(threading.Thread):
                 blob = info.get("result")
                 rec["persisted"] = bool(info.get("persisted"))
                 if blob is not None:
-                    txn.put(rid.encode(), blob, db=resdb)
+                    txn.put(rid.encode(), store.seal_result(env, blob), db=resdb)
                 txn.delete(rid.encode(), db=qdb)
                 finals.append((rid, rec, blob))
         changed = [r for r in records.values() if r is not None and len(r["history"]) > seen.get(r["id"], 0)]

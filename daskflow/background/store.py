@@ -14,6 +14,11 @@ host. Three databases, all keyed by run id:
 - ``results``: the cloudpickled value of a completed run whose task persists its
   result, or the exception of a failed run.
 
+Queue entries and results hold pickles, and unpickling runs code: both are signed
+with the MAC of cache records, keyed by the home's ``secret.key``
+(``cache.serialization.sign``). An entry or result without a valid MAC (written by
+anyone but this home's owner) is refused with a warning, never unpickled.
+
 This module never imports distributed: the CLI and ``daskflow.background.result``
 read the store without paying for it.
 """
@@ -26,6 +31,8 @@ from typing import Any
 import msgpack
 
 from daskflow import _lmdb, config
+from daskflow.cache import serialization as ser
+from daskflow.exceptions import DamagedStore
 
 __all__ = ["list_records", "open_store", "queued", "read_records"]
 
@@ -38,8 +45,17 @@ def path() -> pathlib.Path:
 
 
 def open_store(where: str | pathlib.Path | None = None) -> _lmdb.Env:
-    """This process's handle on the background store (default ``$DASKFLOW_HOME/background``)."""
-    return _lmdb.open_env(where or path(), dbs=DBS)
+    """This process's handle on the background store (default ``$DASKFLOW_HOME/background``).
+
+    A damaged data file raises ``DamagedStore`` naming it and how to move it aside:
+    the queue holds runs that were promised, so it is never dropped silently.
+    """
+    where = pathlib.Path(where or path())
+    try:
+        return _lmdb.open_env(where, dbs=DBS)
+    except DamagedStore as exc:
+        raise DamagedStore(exc.path, f"the background store is damaged ({exc.reason}); move it aside to "
+                                     f"start an empty queue: mv {where} {where}.damaged") from None
 
 
 def pack(obj: Any) -> bytes:
@@ -48,6 +64,31 @@ def pack(obj: Any) -> bytes:
 
 def unpack(data: bytes | memoryview) -> Any:
     return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+class RefusedRecord(UserWarning):
+    """A queue entry or result of the background store whose signature does not verify."""
+
+
+def _secret(env: _lmdb.Env) -> bytes:
+    return ser.load_secret(pathlib.Path(env.path).parent)
+
+
+def seal_entry(env: _lmdb.Env, entry: dict) -> bytes:
+    """A queue entry as stored: msgpack, signed."""
+    return ser.sign(_secret(env), pack(entry))
+
+
+def seal_result(env: _lmdb.Env, blob: bytes) -> bytes:
+    """A result blob (a pickle) as stored: signed."""
+    return ser.sign(_secret(env), bytes(blob))
+
+
+def _refuse(what: str, key: bytes, exc: Exception) -> None:
+    import warnings
+
+    warnings.warn(f"background store: {what} {bytes(key).decode(errors='replace')!r} refused, never unpickled: "
+                  f"{exc}", RefusedRecord, stacklevel=3)
 
 
 def new_record(entry: dict) -> dict:
@@ -73,7 +114,7 @@ def write_records(env: _lmdb.Env, txn: Any, records: list[dict]) -> None:
         txn.put(rec["id"].encode(), pack(rec), db=db)
 
 
-def _record_states(changes: list[tuple[dict, list[dict]]]) -> None:
+def record_states(changes: list[tuple[dict, list[dict]]]) -> None:
     """Hand new states of background runs to the run store: the one place that does.
 
     ``changes`` holds ``(record, new history entries)`` per run whose state changed,
@@ -93,7 +134,7 @@ def _record_states(changes: list[tuple[dict, list[dict]]]) -> None:
                               worker=worker)
 
 
-def _record_logs(records: list[list]) -> None:
+def record_logs(records: list[list]) -> None:
     """Hand run log records of background runs to the run store (none: dropped)."""
     try:
         from daskflow.engine import tracker
@@ -110,6 +151,7 @@ def read_records(run_ids: list[str], env: _lmdb.Env | None = None, results: bool
     """``{run id: (record, result blob or None)}`` for the known ones, in one read."""
     env = env or open_store()
     runs, res = env.db("runs"), env.db("results")
+    secret = _secret(env) if results else b""
 
     def read(txn: Any) -> dict:
         out = {}
@@ -120,7 +162,15 @@ def read_records(run_ids: list[str], env: _lmdb.Env | None = None, results: bool
                 out[rid] = (unpack(raw), None if blob is None else bytes(blob))
         return out
 
-    return env.read(read)
+    found = env.read(read)
+    for rid, (rec, blob) in found.items():
+        if blob is not None:
+            try:
+                found[rid] = (rec, ser.verify(secret, blob))
+            except ser.DamagedRecord as exc:
+                _refuse("result", rid.encode(), exc)
+                found[rid] = (rec, None)
+    return found
 
 
 def list_records(env: _lmdb.Env | None = None) -> list[dict]:
@@ -131,6 +181,13 @@ def list_records(env: _lmdb.Env | None = None) -> list[dict]:
 
 
 def queued(env: _lmdb.Env | None = None) -> list[dict]:
-    """The queue entries: runs not yet final."""
+    """The queue entries whose signature verifies: runs not yet final (others are refused, with a warning)."""
     env = env or open_store()
-    return env.read(lambda txn: [unpack(v) for _, v in txn.cursor(db=env.db("queue"))])
+    secret = _secret(env)
+    out = []
+    for key, raw in env.read(lambda txn: list(txn.cursor(db=env.db("queue")))):
+        try:
+            out.append(unpack(ser.verify(secret, raw)))
+        except ser.DamagedRecord as exc:
+            _refuse("queue entry", key, exc)
+    return out

@@ -84,7 +84,7 @@ def run_background(task_blob: bytes, args_blob: bytes, rid: str, flow_run_id: st
                              "error": traceback.format_exc(), "run_count": 1, "worker": address,
                              "result": _dumps_exc(RuntimeError(message))}))
         return
-    res = run_rows(task, uuid.UUID(rid).int, 0, 1, [("m", [v]) for v in row], [], False, (), flow_run_id)
+    res = run_rows(task, uuid.UUID(rid).int, 0, 1, None, [], False, (), flow_run_id, row=tuple(row))
     code = res.codes[0]
     info: dict[str, Any] = {"type": CODE_STATES[code].type, "name": CODE_STATES[code].name, "ts": res.ends[0] if res.ends else time.time(),
                             "run_count": res.run_count(0), "worker": address, "message": ""}

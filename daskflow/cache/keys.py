@@ -34,7 +34,7 @@ import sys
 import uuid
 import weakref
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import xxhash
 
@@ -53,6 +53,10 @@ class Unhashable(Exception):
         super().__init__(what)
         self.what = what
         self.param = param
+
+
+class KeyFnFailed(Unhashable):
+    """The task's ``cache_key_fn`` raised: the run executes uncached (as in Prefect), with a warning."""
 
 
 class NotConcrete(Exception):
@@ -86,7 +90,13 @@ def _sorted_parts(items: Any, depth: int) -> list[bytes]:
 
 
 def _enc(v: Any, out: list, depth: int = 0) -> None:
-    """Append the canonical encoding of ``v`` to ``out``."""
+    """Append the canonical encoding of ``v`` to ``out``.
+
+    One function, not one per type: it is the inner loop of every cache key, and a
+    dispatch table (``_EXACT``) for the common exact types followed by the ordered
+    isinstance rules below costs one dict lookup for plain values; splitting the rules
+    into helpers would add a call per nested value.
+    """
     t = type(v)
     rule = _EXACT.get(t)
     if rule is not None:
@@ -272,6 +282,13 @@ class KeyContext:
     flow_parameters: dict
 
 
+class KeyColumn(NamedTuple):
+    """One parameter of many runs, for ``KeyPlan.keys_for``: a list of values, or one value."""
+
+    mapped: bool
+    value: Any
+
+
 @dataclass(slots=True)
 class KeyPlan:
     """How to compute the keys of one submission's runs (picklable, shipped to workers)."""
@@ -295,9 +312,13 @@ class KeyPlan:
         if self.problem is not None:
             return None
         if self.key_fn:
-            params = dict(zip(task._names, row))
+            params = dict(zip(task.param_names, row))
             ctx = KeyContext(task, self.task_key, run_id(), self.flow_run_id, self.flow_parameters or {})
-            user = task.options.cache_key_fn(ctx, params)
+            try:
+                user = task.options.cache_key_fn(ctx, params)
+            except Exception as exc:
+                raise KeyFnFailed(f"cache_key_fn {getattr(task.options.cache_key_fn, '__name__', '?')!r} "
+                                  f"raised {type(exc).__name__}: {exc}") from None
             if user is None:
                 return None
             if not isinstance(user, str):
@@ -314,24 +335,31 @@ class KeyPlan:
             parts.append(run_id().encode())
         return self.prefix + _digest(b"\x00".join(parts))
 
-    def keys_for(self, task: Any, columns: list[tuple[str, Any]], n: int,
+    def keys_for(self, task: Any, columns: list[KeyColumn], n: int,
                  run_id_at: Callable[[int], str]) -> tuple[list[bytes | None], Unhashable | None]:
-        """Keys of ``n`` runs given column-wise (``("m", values)`` or ``("b", value)`` per
-        parameter, in signature order): equal to ``key`` row by row, but a broadcast value
-        is fingerprinted once. Returns the keys (None where unhashable) and the first
+        """Keys of ``n`` runs given column-wise (a ``KeyColumn`` per parameter, in signature
+        order): equal to ``key`` row by row, but a broadcast value is fingerprinted once. Returns the keys (None where unhashable) and the first
         ``Unhashable`` met. Raises ``NotConcrete``.
         """
         if self.problem is not None:
             return [None] * n, None
         if self.key_fn:
-            cols = [c[1] if c[0] == "m" else [c[1]] * n for c in columns]
+            cols = [c.value if c.mapped else [c.value] * n for c in columns]
             rows = list(zip(*cols)) if cols else [()] * n
-            return [self.key(task, rows[i], lambda i=i: run_id_at(i)) for i in range(n)], None
+            by_fn: list[bytes | None] = []
+            failed: KeyFnFailed | None = None
+            for i in range(n):
+                try:
+                    by_fn.append(self.key(task, rows[i], lambda i=i: run_id_at(i)))
+                except KeyFnFailed as exc:  # that run executes uncached; one warning for the submission
+                    by_fn.append(None)
+                    failed = failed or exc
+            return by_fn, failed
         first: Unhashable | None = None
         fixed: list[Any] = []
         for name, pos in zip(self.names, self.positions):
-            kind, value = columns[pos]
-            if kind == "b":
+            mapped, value = columns[pos]
+            if not mapped:
                 try:
                     fixed.append(fingerprint(value))
                 except Unhashable as exc:
@@ -454,7 +482,7 @@ def make_plan(task: Any, flow_run_id: str | None, flow_parameters: dict | None) 
     plan = KeyPlan(task.task_key, prefix, b"", flow_run_id=flow_run_id)
     for part in policy.parts():
         if isinstance(part, Inputs):
-            keep = [(i, n) for i, n in enumerate(task._names) if n not in part.exclude]
+            keep = [(i, n) for i, n in enumerate(task.param_names) if n not in part.exclude]
             plan.positions = tuple(i for i, _ in keep)
             plan.names = tuple(n.encode() for _, n in keep)
             head.append(b"inputs")

@@ -44,29 +44,74 @@ class DamagedRecord(Exception):
     """A record that cannot be read (truncated, bad signature, unloadable payload)."""
 
 
+SECRET_BYTES = 32
+
+
+class SecretWarning(UserWarning):
+    """The home's ``secret.key`` had the wrong length and was replaced."""
+
+
 def load_secret(home: str | os.PathLike) -> bytes:
-    """The home's 32-byte signing secret, created once (0600) by whichever process comes first."""
+    """The home's 32-byte signing secret, created once (0600) by whichever process comes first.
+
+    A key of any other length (empty, cut short, padded) is never used: a short key
+    makes forging a record easy. It is replaced by a new random key, with a warning;
+    every entry signed with the old one becomes a miss.
+    """
     path = pathlib.Path(home) / "secret.key"
     try:
         data = path.read_bytes()
-        if len(data) == 32:
+        if len(data) == SECRET_BYTES:
             return data
+        import warnings
+
+        warnings.warn(f"{path} holds {len(data)} bytes, not {SECRET_BYTES}: it is not used as a signing key. "
+                      "A new key replaces it; every cache entry signed with the old one is a miss.",
+                      SecretWarning, stacklevel=2)
+        replace = True
     except FileNotFoundError:
-        pass
+        replace = False
     pathlib.Path(home).mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".secret.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, os.urandom(32))
+        os.write(fd, os.urandom(SECRET_BYTES))
     finally:
         os.close(fd)
     try:
-        os.link(tmp, path)  # atomic and fails if another process won the race
+        if replace:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # atomic and fails if another process won the race
     except FileExistsError:
         pass
     finally:
-        os.unlink(tmp)
-    return path.read_bytes()
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    data = path.read_bytes()
+    check_secret(data, path)
+    return data
+
+
+def check_secret(secret: bytes, where: object = "the secret") -> None:
+    """Raise unless ``secret`` is a full-length key (a weak key must never sign or verify)."""
+    if type(secret) is not bytes or len(secret) != SECRET_BYTES:
+        raise ValueError(f"{where}: a signing key must be {SECRET_BYTES} bytes, not {len(secret)}")
+
+
+def sign(secret: bytes, body: bytes) -> bytes:
+    """``MAC + body``: a blob that ``verify`` accepts only with the same secret (queue records)."""
+    check_secret(secret)
+    return mac(secret, body) + body
+
+
+def verify(secret: bytes, blob: bytes) -> bytes:
+    """The body of a ``sign``-ed blob; raises ``DamagedRecord`` when its MAC does not verify."""
+    check_secret(secret)
+    blob = bytes(blob)
+    if len(blob) < _MAC or not hmac.compare_digest(mac(secret, blob[_MAC:]), blob[:_MAC]):
+        raise DamagedRecord("bad signature (written with another secret, or altered)")
+    return blob[_MAC:]
 
 
 def _pad(n: int) -> int:
@@ -82,6 +127,7 @@ _PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
 
 def mac(secret: bytes, body: Any) -> bytes:
     """Keyed BLAKE2b: a standard MAC (RFC 7693), 3x cheaper than HMAC-SHA256 for small records."""
+    check_secret(secret)
     return hashlib.blake2b(body, key=secret, digest_size=_MAC).digest()
 
 
@@ -138,6 +184,7 @@ def encode_many(values: list, task_key: str, expires: float | None, serializer: 
     code = _SERIALIZERS.index(serializer)
     plain = serializer == "pickle"
     pack_head = _FULL.pack
+    check_secret(secret)
     dumps, cdumps, keyed = pickle.dumps, cloudpickle.dumps, hashlib.blake2b(key=secret, digest_size=_MAC)
     expires = expires or 0.0
     hlen = _HEAD.size + len(tk)
@@ -181,6 +228,7 @@ def load_many(records: list, secret: bytes, now: float) -> tuple[dict[int, Any],
     by record to find the bad ones) and only records whose MAC verified are unpickled.
     Expired records are left out of the hits (they are not damaged).
     """
+    check_secret(secret)
     keyed = hashlib.blake2b(key=secret, digest_size=_MAC)
     copy = keyed.copy
     ours, theirs, where = [], [], []

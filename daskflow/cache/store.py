@@ -10,6 +10,12 @@ cluster (for clusters spanning hosts) would implement the same five methods.
 Reading verifies the signature and loads the value; a damaged or forged record is a
 miss with one warning per read, never an exception.
 
+A damaged *environment* (a truncated or overwritten ``data.mdb``) is moved aside to
+``cache.damaged-{time}`` and an empty cache takes its place, with one warning naming
+both paths; runs go on. A home that cannot hold a cache (unsafe, not a directory, not
+writable) gives a ``NullStore``: every lookup misses and nothing is written, with one
+warning per process naming the path and the fix. LMDB errors while reading are misses.
+
 Who may open the store at a path (``store_token`` / ``reaches_store``): a process that
 ships work elsewhere writes a random token file under ``{home}/tokens`` and sends the
 home *and* the token. A process that finds that token at that path, and may write
@@ -35,8 +41,11 @@ from typing import Any, Iterator
 
 import msgpack
 
-from daskflow import _lmdb
+import lmdb
+
+from daskflow import _lmdb, config
 from daskflow.cache import serialization as ser
+from daskflow.exceptions import StoreError
 
 ENTRIES, TXNS = "entries", "txns"
 
@@ -119,11 +128,16 @@ class LMDBResultStore(ResultStore):
         >>> store.put_many([(key, record)])   # doctest: +SKIP
     """
 
-    def __init__(self, home: str | os.PathLike) -> None:
+    def __init__(self, home: str | os.PathLike, recover: bool = True) -> None:
         self.home = pathlib.Path(home)
         self.path = self.home / "cache"
         self.secret = ser.load_secret(self.home)
-        self.env = _lmdb.open_env(self.path, dbs=(ENTRIES, TXNS))
+        self.env = _lmdb.open_env(self.path, dbs=(ENTRIES, TXNS), recover=recover)
+        if self.env.moved_aside is not None:
+            aside, why = self.env.moved_aside
+            warnings.warn(f"the result cache {self.path} was damaged ({why}); it was moved aside to {aside} "
+                          "and an empty cache replaces it: runs execute until they are cached again",
+                          CacheWarning, stacklevel=4)
 
     def get_many(self, keys: list[bytes]) -> list[bytearray | None]:
         db = self.env.db(ENTRIES)
@@ -133,7 +147,16 @@ class LMDBResultStore(ResultStore):
             # one copy out of the map, into a bytearray that loaded arrays then share
             return [None if (v := get(k, db=db)) is None else bytearray(v) for k in keys]
 
-        return self.env.read(read, buffers=True)
+        return self._misses_on_error(lambda: self.env.read(read, buffers=True), [None] * len(keys))
+
+    def _misses_on_error(self, read: Any, misses: Any) -> Any:
+        """A read that LMDB cannot do (a damaged page) is all misses, with one warning."""
+        try:
+            return read()
+        except lmdb.Error as exc:
+            warnings.warn(f"the result cache {self.path} cannot be read ({type(exc).__name__}: {exc}); "
+                          "treated as misses: the runs execute", CacheWarning, stacklevel=4)
+            return misses
 
     def load_many(self, keys: list[bytes | None], now: float | None = None) -> dict[int, Any]:
         # Decoded inside the read transaction, straight from the map: only values with
@@ -152,7 +175,7 @@ class LMDBResultStore(ResultStore):
                        for k in keys]
             return self._decode_all(keys, records, now)
 
-        return self.env.read(read, buffers=True)
+        return self._misses_on_error(lambda: self.env.read(read, buffers=True), {})
 
     def put_many(self, items: list[tuple[bytes, bytes]], txn_key: str | None = None) -> None:
         if not items and txn_key is None:
@@ -233,7 +256,34 @@ class LMDBResultStore(ResultStore):
         return before, data.stat().st_size
 
 
-_stores: dict[tuple[str, int], LMDBResultStore] = {}
+class NullStore(ResultStore):
+    """The store of a home that cannot hold a cache: every lookup misses, nothing is kept.
+
+    Its secret is random and never written anywhere, so nothing it signs is ever read back.
+    """
+
+    def __init__(self, home: str | os.PathLike) -> None:
+        self.home = pathlib.Path(home)
+        self.path = self.home / "cache"
+        self.secret = os.urandom(ser.SECRET_BYTES)
+
+    def get_many(self, keys: list[bytes]) -> list[bytearray | None]:
+        return [None] * len(keys)
+
+    def put_many(self, items: list[tuple[bytes, bytes]], txn_key: str | None = None) -> None:
+        return None
+
+    def delete(self, keys: list[bytes]) -> int:
+        return 0
+
+    def iterate(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter(())
+
+    def is_committed(self, txn_key: str) -> bool:
+        return False
+
+
+_stores: dict[tuple[str, int], ResultStore] = {}
 _lock = threading.Lock()
 _tokens: dict[tuple[str, int], str] = {}  # (home, pid) -> this process's token
 _reach: dict[tuple[str, str], bool] = {}  # (home, token) -> whether this process sees that store
@@ -283,14 +333,42 @@ def reaches_store(home: str | os.PathLike, token: str) -> bool:
 
 
 def get_store(home: str | os.PathLike) -> LMDBResultStore:
-    """This process's store of the daskflow home ``home`` (opened once per process)."""
+    """This process's store of the daskflow home ``home`` (opened once per process).
+
+    Never raises for a bad home or a damaged file (see the module docstring): a
+    ``NullStore`` stands in, after one warning.
+    """
     key = (str(home), os.getpid())
     store = _stores.get(key)
     if store is None:
         with _lock:
             store = _stores.get(key)
             if store is None:
-                store = _stores[key] = LMDBResultStore(home)
+                store = _stores[key] = _open(home)
+    return store  # type: ignore[return-value]
+
+
+def _open(home: str | os.PathLike) -> ResultStore:
+    try:
+        config.check_home(home, create=True)
+        return LMDBResultStore(home)
+    except (StoreError, OSError, lmdb.Error) as exc:
+        warnings.warn(f"no result cache: {exc}; runs execute uncached", CacheWarning, stacklevel=4)
+        return NullStore(home)
+
+
+def open_existing(home: str | os.PathLike) -> LMDBResultStore | None:
+    """The cache of ``home`` for read-only commands: None when there is none (nothing is created).
+
+    Raises ``StoreError`` (``DamagedStore`` for a damaged file) instead of repairing anything.
+    """
+    home = config.check_home(home)
+    if not (home / "cache" / "data.mdb").exists() or not (home / "secret.key").exists():
+        return None
+    key = (str(home), os.getpid())
+    store = _stores.get(key)
+    if not isinstance(store, LMDBResultStore):
+        store = _stores[key] = LMDBResultStore(home, recover=False)
     return store
 
 

@@ -1,7 +1,10 @@
 """`daskflow runs ...` and `daskflow flow-runs ...`: read the run store; never import distributed.
 
 Every command that prints a table or a record takes ``-o json`` (shapes in DESIGN.md);
-run ids may be given as any unique prefix.
+run ids may be given as any unique prefix. Timestamps in JSON are epoch seconds (UTC
+floats), in every command. These commands never create a store: under a home with no
+run store, ``ls`` commands say "no runs recorded under HOME" on stderr and list nothing
+(exit 0); ``show`` and ``logs`` fail with that message (exit 1).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 import click
 
 from daskflow.cli.cache import output_option
+from daskflow.codes import STATE_NAMES, STATE_TYPES
 
 __all__ = ["COMMANDS"]
 
@@ -26,7 +30,17 @@ _STYLES = {"COMPLETED": "green", "FAILED": "red", "CRASHED": "magenta", "CANCELL
 def _store():
     from daskflow.store.runs import open_run_store
 
-    return open_run_store()
+    return open_run_store(create=False)
+
+
+def _listing(method: str, *args: Any) -> list[dict]:
+    """Rows of a listing; none (and a note on stderr) when no run store exists yet."""
+    try:
+        store = _store()
+    except LookupError as exc:
+        click.echo(str(exc.args[0]), err=True)
+        return []
+    return getattr(store, method)(*args)
 
 
 def _json(obj: Any) -> None:
@@ -59,9 +73,9 @@ def _console():
     return Console()
 
 
-def _lookup(fn, *args: Any) -> Any:
+def _lookup(method: str, *args: Any) -> Any:
     try:
-        return fn(*args)
+        return getattr(_store(), method)(*args)
     except LookupError as exc:
         raise click.ClickException(str(exc.args[0] if exc.args else exc)) from None
 
@@ -72,6 +86,19 @@ def parse_age(text: str) -> float:
     if not m:
         raise click.BadParameter(f"{text!r} is not a duration like 7d, 12h, 30m or 45s")
     return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+
+
+class StateParam(click.ParamType):
+    """A state name or state type, in any case; anything else is an error listing the valid ones."""
+
+    name = "state"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        for known in (*STATE_NAMES, *STATE_TYPES):
+            if str(value).lower() == known.lower():
+                return known
+        self.fail(f"{value!r} is not a state. State names: {', '.join(STATE_NAMES)}; "
+                  f"state types: {', '.join(STATE_TYPES)}", param, ctx)
 
 
 _RUN_FIELDS = ("id", "name", "task_key", "flow_run_id", "state", "state_type", "start", "end", "run_count")
@@ -89,7 +116,8 @@ def runs() -> None:
 
 
 @runs.command("ls")
-@click.option("--state", help="Only runs in this state (name or type: Completed, Cached, Failed, ...).")
+@click.option("--state", type=StateParam(), metavar="STATE", help="Only runs in this state: a state name (Completed, Cached, Failed, ...) "
+              "or a state type (COMPLETED, FAILED, ...).")
 @click.option("--task", "task_name", help="Only runs of this task (name or task key).")
 @click.option("--flow-run", "flow_run", help="Only runs of this flow run (id or prefix).")
 @click.option("--limit", default=50, show_default=True, type=click.IntRange(min=1),
@@ -100,7 +128,7 @@ def runs_ls(state: str | None, task_name: str | None, flow_run: str | None, limi
 
     Example: daskflow runs ls --state Failed --limit 10 -o json
     """
-    rows = [_public(r) for r in _store().task_runs(state, task_name, flow_run, limit)]
+    rows = [_public(r) for r in _listing("task_runs", state, task_name, flow_run, limit)]
     if output == "json":
         return _json(rows)
     from rich.table import Table
@@ -119,7 +147,7 @@ def runs_ls(state: str | None, task_name: str | None, flow_run: str | None, limi
 @_output
 def runs_show(run_id: str, output: str) -> None:
     """One task run: state history with timestamps, durations, retries, cache key, traceback."""
-    row = _public(_lookup(_store().task_run, run_id))
+    row = _public(_lookup("task_run", run_id))
     if output == "json":
         return _json(row)
     from rich.table import Table
@@ -147,12 +175,12 @@ def runs_show(run_id: str, output: str) -> None:
 
 @runs.command("logs")
 @click.argument("run_id")
-@click.option("--tail", type=int, help="Only the last N records.")
+@click.option("--tail", type=click.IntRange(min=1), help="Only the last N records (N >= 1).")
 @_output
 def runs_logs(run_id: str, tail: int | None, output: str) -> None:
     """Log records of a task run (or a flow run), oldest first."""
     records = [{"timestamp": r["timestamp"], "level": _level(r["level"]), "message": r["message"]}
-               for r in _lookup(_store().logs, run_id, tail)]
+               for r in _lookup("logs", run_id, tail)]
     if output == "json":
         return _json(records)
     for r in records:
@@ -170,7 +198,12 @@ def runs_prune(older_than: str) -> None:
 
     Example: daskflow runs prune --older-than 7d
     """
-    tasks, flows = _store().prune(parse_age(older_than))
+    try:
+        store = _store()
+    except LookupError as exc:
+        click.echo(str(exc.args[0]), err=True)
+        return
+    tasks, flows = store.prune(parse_age(older_than))
     click.echo(f"pruned {tasks} task run(s) and {flows} flow run(s)")
 
 
@@ -184,7 +217,7 @@ def flow_runs() -> None:
 @_output
 def flow_runs_ls(limit: int, output: str) -> None:
     """List flow runs, newest first."""
-    rows = _store().flow_runs(limit)
+    rows = _listing("flow_runs", limit)
     if output == "json":
         return _json(rows)
     from rich.table import Table
@@ -203,7 +236,7 @@ def flow_runs_ls(limit: int, output: str) -> None:
 @_output
 def flow_runs_show(flow_run_id: str, output: str) -> None:
     """One flow run: parameters, counts of its task runs per state, slowest task runs."""
-    rec = _lookup(_store().flow_run, flow_run_id)
+    rec = _lookup("flow_run", flow_run_id)
     if output == "json":
         return _json(rec)
     from rich.table import Table

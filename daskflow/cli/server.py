@@ -52,13 +52,22 @@ async def _serve(host: str, port: int, dashboard_address: str | None) -> None:
     click.echo(f"daskflow server at {scheduler.address} (store {store.path()})")
     click.echo(f"  export DASKFLOW_SCHEDULER_ADDRESS={scheduler.address}", err=False)
     if dashboard_address:
-        click.echo(f"  dashboard: {scheduler.dashboard_link}")
+        if _has_bokeh():
+            click.echo(f"  dashboard: {scheduler.dashboard_link}")
+        else:  # without bokeh the dashboard server answers only 404s: no link that leads nowhere
+            click.echo("  dashboard: not available: bokeh is not installed (pip install bokeh)")
     finished = asyncio.ensure_future(scheduler.finished())
     stopper = asyncio.ensure_future(stop.wait())
     await asyncio.wait([finished, stopper], return_when=asyncio.FIRST_COMPLETED)
     stopper.cancel()
     await scheduler.close(reason="daskflow server stopped")
     click.echo("daskflow server stopped")
+
+
+def _has_bokeh() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bokeh") is not None
 
 
 @click.command("worker")

@@ -66,7 +66,7 @@ class Chunk:
 
     def outcome(self, timeout: float | None = None) -> ChunkResult:
         """The chunk's envelope, fetched once (waiting up to ``timeout`` seconds)."""
-        if self.result is None:
+        if self.handle is not None:  # not fetched, or being recorded by the eager fetcher
             fetch_many(self.runner, [self], timeout)  # type: ignore[arg-type]
         return self.result  # type: ignore[return-value]
 
@@ -102,7 +102,7 @@ def fetch_all(chunks: Iterable[Chunk], timeout: float | None, raise_timeout: boo
     """Fetch the envelopes of many chunks with one gather per runner."""
     pending: dict[int, tuple[TaskRunner, list[Chunk]]] = {}
     for chunk in chunks:
-        if chunk.result is None:
+        if chunk.handle is not None:  # not fetched, or still being recorded
             pending.setdefault(id(chunk.runner), (chunk.runner, []))[1].append(chunk)  # type: ignore[arg-type]
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
@@ -143,32 +143,22 @@ def fetch_many(runner: TaskRunner, chunks: list[Chunk], timeout: float | None) -
             "results were read; read results inside the flow, or return them from it"
         )
     deadline = None if timeout is None else time.monotonic() + timeout
-    mine: list[Chunk] = []  # the chunks whose envelopes this call set
     while True:
+        # A chunk keeps its handle until its envelope is recorded everywhere (cache, tracker),
+        # all under the lock: whoever finds the handle gone finds the record complete.
         with _fetching:
-            handles = [c.handle for c in chunks if c.result is None]
+            handles = [c.handle for c in chunks if c.handle is not None]
         if not handles:
             break
         runner.wait(handles, None if deadline is None else max(0.0, deadline - time.monotonic()))
         with _fetching:  # the eager fetcher may have been first, or submitted some again
-            done = [c for c in chunks if c.result is None and c.handle.done()]
+            done = [c for c in chunks if c.handle is not None and c.handle.done()]
             cut = [c for c in done if c.spec is not None and runner.dropped(c.handle)]
             got = [c for c in done if c not in cut]
             if got:
                 _set_results(runner, got, runner.gather([c.handle for c in got]))
-                mine.extend(got)
             if cut:
                 resubmit(runner, cut)
-    chunks = mine
-    if not chunks:
-        return
-    returned = [c.result for c in chunks if c.result.cache_returned is not None]  # type: ignore[union-attr]
-    if returned:  # remote workers' fresh results: written here, in one transaction
-        from daskflow.engine.managed import write_returned
-
-        write_returned(returned)  # type: ignore[arg-type]
-    for chunk in chunks:
-        tracker.chunk_finished(chunk)
 
 
 def _set_results(runner: TaskRunner, chunks: list[Chunk], results: list) -> None:
@@ -184,7 +174,13 @@ def _set_results(runner: TaskRunner, chunks: list[Chunk], results: list) -> None
             chunk.result = lost(chunk, res)
     if kept and isinstance(runner, DaskTaskRunner):
         runner.keep(kept)
+    returned = [c.result for c in chunks if c.result.cache_returned is not None]  # type: ignore[union-attr]
+    if returned:  # remote workers' fresh results: written here, in one transaction
+        from daskflow.engine.managed import write_returned
+
+        write_returned(returned)  # type: ignore[arg-type]
     for chunk in chunks:
+        tracker.chunk_finished(chunk)
         chunk.handle = None  # the runner may now release the data
         chunk.spec, chunk.ups = None, []
 
@@ -207,8 +203,9 @@ def resubmit(runner: TaskRunner, chunks: list[Chunk]) -> None:
             "is up and reachable, or raise the grace period (DASK_DASKFLOW__RECONNECT_GRACE)."
         )
         for chunk in todo:
-            chunk.result, chunk.handle, chunk.spec = lost(chunk, err), None, None
+            chunk.result = lost(chunk, err)
             tracker.chunk_finished(chunk)
+            chunk.handle, chunk.spec = None, None
         return
     for chunk in todo:  # in submission order: upstream handles exist before their dependents
         deps = [u.result if u.result is not None else u.handle for u in chunk.ups]
@@ -272,7 +269,7 @@ class _Eager:
             batch: dict[int, tuple[TaskRunner, list[Chunk]]] = {}
             while self.ready:
                 c = self.ready.popleft()
-                if c.result is None and not c.dependents and c.runner is not None and not c.runner.closed:
+                if c.handle is not None and not c.dependents and c.runner is not None and not c.runner.closed:
                     batch.setdefault(id(c.runner), (c.runner, []))[1].append(c)
             for runner, group in batch.values():
                 try:
@@ -297,4 +294,9 @@ def lost(chunk: Chunk, exc: BaseException) -> ChunkResult:
             "extension that may segfault."
         )
         err.__cause__ = exc
-    return ChunkResult.all_failed(chunk.task.name, chunk.base, chunk.start, chunk.n, code, err, str(err))
+    res = ChunkResult.all_failed(chunk.task.name, chunk.base, chunk.start, chunk.n, code, err, str(err))
+    if code == CRASHED and tracker.live_state(chunk.base, chunk.start) is not None:
+        # the chunk was seen to start: its runs were attempted once (a chunk reports its start,
+        # not each run's, so all of them count)
+        res.run_counts = dict.fromkeys(range(chunk.n), 1)
+    return res

@@ -23,8 +23,10 @@ from daskflow.engine import tracker
 from daskflow.engine.context import FlowRunContext, flow_run_ctx, task_run_ctx
 from daskflow.engine.chunks import Chunk, fetch_all
 from daskflow.engine.futures import MapFutures, TaskRunFuture
-from daskflow.engine.tasks import RESERVED, _loop_running
-from daskflow.exceptions import ReservedArgumentError
+from daskflow.engine.tasks import RESERVED, loop_running
+from daskflow.codes import CANCELLED
+from daskflow.engine.run import ChunkResult
+from daskflow.exceptions import CancelledRun, ReservedArgumentError
 from daskflow.runners.base import TaskRunner
 
 P = ParamSpec("P")
@@ -74,7 +76,7 @@ class Flow(Generic[P, R]):
         except TypeError as exc:
             raise TypeError(f"flow {self.name!r}: {exc}") from None
         params.apply_defaults()
-        if self.is_async and _loop_running():
+        if self.is_async and loop_running():
             return self._run_async(params.arguments, return_state)
         return self._run(params.arguments, return_state)
 
@@ -115,7 +117,7 @@ class Flow(Generic[P, R]):
                 raise
         finally:
             if prints is not None:
-                run_logging._prints.reset(prints)
+                run_logging.capturing_prints.reset(prints)
             flow_run_ctx.reset(token)
             if final:
                 tracker.flow_finished(ctx.flow_run_id, final[0])
@@ -164,9 +166,6 @@ class Flow(Generic[P, R]):
 
 def cancel_unfinished(chunks: list[Chunk], reason: str) -> None:
     """Cancel every run not final yet; their futures read Cancelled from now on."""
-    from daskflow.engine.run import CANCELLED, ChunkResult
-    from daskflow.exceptions import CancelledRun
-
     for chunk in chunks:
         if chunk.result is None:
             if chunk.runner is not None:
@@ -176,6 +175,7 @@ def cancel_unfinished(chunks: list[Chunk], reason: str) -> None:
                                                   err, str(err))
             chunk.observed = True
             tracker.chunk_finished(chunk)
+            chunk.handle = None  # recorded: nothing fetches it again
 
 
 def _state_of(value: Any) -> st.State:
@@ -183,7 +183,7 @@ def _state_of(value: Any) -> st.State:
     if isinstance(value, st.State):
         return value
     if isinstance(value, TaskRunFuture):
-        value._chunk.observe(value._index)
+        value.chunk.observe(value.index)
         state = value.state
         return state if not state.is_completed() else st.Completed(state.data)
     if isinstance(value, MapFutures):

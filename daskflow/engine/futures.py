@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import bisect
 import queue
-import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, Protocol, TypeVar, overload
 
 from daskflow.engine import states as st
 from daskflow.engine import tracker
@@ -44,6 +43,16 @@ class TaskRunFuture(Generic[R]):
     @property
     def task_run_id(self) -> str:
         return run_id(self._chunk.base, self._chunk.start + self._index)
+
+    @property
+    def chunk(self) -> Chunk:
+        """The chunk holding this run (the engine's handle on where it executes)."""
+        return self._chunk
+
+    @property
+    def index(self) -> int:
+        """This run's position in its chunk."""
+        return self._index
 
     @property
     def task(self) -> Task:
@@ -165,60 +174,97 @@ class MapFutures(Sequence, Generic[R]):
         return [c.result.state(i) for c in self.chunks for i in range(c.n)]  # type: ignore[union-attr]
 
 
-def _unique_chunks(futures: Iterable[Any]) -> dict[int, Chunk]:
-    chunks: dict[int, Chunk] = {}
-    for fut in futures:
-        if isinstance(fut, MapFutures):
-            chunks.update((id(c), c) for c in fut.chunks)
-        else:
-            chunks[id(fut._chunk)] = fut._chunk
-    return chunks
+class RunFuture(Protocol):
+    """What ``wait`` and ``as_completed`` need of a future that is not a task-run future.
+
+    Background futures (``t.delay()``) are such futures: the engine knows them by this
+    interface only. A type may offer ``wait_many(futures, timeout)`` to wait for many in
+    one go.
+    """
+
+    def done(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> None: ...
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None: ...
 
 
-def _flatten(futures: Iterable[Any]) -> list[TaskRunFuture]:
-    out: list[TaskRunFuture] = []
+def _unique_chunks(futures: Iterable[TaskRunFuture]) -> dict[int, Chunk]:
+    return {id(fut._chunk): fut._chunk for fut in futures}
+
+
+def _flatten(futures: Iterable[Any]) -> list[Any]:
+    """Every future in ``futures``: future lists (a ``.map()``'s, a list) are opened."""
+    out: list[Any] = []
     for fut in futures:
-        if isinstance(fut, MapFutures):
-            out.extend(fut)
+        if isinstance(fut, (MapFutures, list, tuple)):
+            out.extend(_flatten(fut))
         else:
             out.append(fut)
     return out
 
 
-def wait(futures: Iterable[Any], timeout: float | None = None) -> tuple[set[TaskRunFuture], set[TaskRunFuture]]:
+def _wait_others(others: list[RunFuture], deadline: float | None) -> None:
+    by_type: dict[type, list[RunFuture]] = {}
+    for fut in others:
+        by_type.setdefault(type(fut), []).append(fut)
+    for kind, group in by_type.items():
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        wait_many = getattr(kind, "wait_many", None)
+        if wait_many is not None:
+            wait_many(group, left)
+        else:
+            for fut in group:
+                fut.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+
+
+def wait(futures: Iterable[Any], timeout: float | None = None) -> tuple[set[Any], set[Any]]:
     """Wait for runs to be final; return ``(done, not_done)`` as sets of futures.
+
+    Takes task-run futures, ``.map()`` future lists, and background futures (``t.delay()``).
 
     Example:
         >>> done, not_done = wait([a.submit(), b.submit()], timeout=5)  # doctest: +SKIP
     """
     futures = _flatten(futures)
-    fetch_all(_unique_chunks(futures).values(), timeout, raise_timeout=False)
-    done = {f for f in futures if f._chunk.result is not None}
+    ours = [f for f in futures if isinstance(f, TaskRunFuture)]
+    others = [f for f in futures if not isinstance(f, TaskRunFuture)]
+    deadline = None if timeout is None else time.monotonic() + timeout
+    fetch_all(_unique_chunks(ours).values(), timeout, raise_timeout=False)
+    if others:
+        _wait_others(others, deadline)
+    done = {f for f in ours if f._chunk.result is not None} | {f for f in others if f.done()}
     return done, set(futures) - done
 
 
-def as_completed(futures: Iterable[Any], timeout: float | None = None) -> Iterator[TaskRunFuture]:
+def as_completed(futures: Iterable[Any], timeout: float | None = None) -> Iterator[Any]:
     """Yield futures as their runs become final, in completion order.
+
+    Takes task-run futures, ``.map()`` future lists, and background futures (``t.delay()``).
 
     Example:
         >>> for fut in as_completed(double.map(range(10))):  # doctest: +SKIP
         ...     print(fut.result())
     """
     futures = _flatten(futures)
-    by_chunk: dict[int, list[TaskRunFuture]] = {}
+    groups: dict[int, list[Any]] = {}  # a chunk's futures, or one other future
     for fut in futures:
-        by_chunk.setdefault(id(fut._chunk), []).append(fut)
-    done: queue.SimpleQueue[Chunk] = queue.SimpleQueue()
-    lock = threading.Lock()
-    for key, group in by_chunk.items():
-        group[0]._chunk.add_done_callback(done.put)
+        groups.setdefault(id(fut._chunk) if isinstance(fut, TaskRunFuture) else id(fut), []).append(fut)
+    done: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for key, group in groups.items():
+        first = group[0]
+        if isinstance(first, TaskRunFuture):
+            first._chunk.add_done_callback(lambda _, key=key: done.put(key))
+        else:
+            first.add_done_callback(lambda _, key=key: done.put(key))
     deadline = None if timeout is None else time.monotonic() + timeout
-    for _ in range(len(by_chunk)):
-        left = None if deadline is None else deadline - time.monotonic()
+    for _ in range(len(groups)):
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
-            chunk = done.get(timeout=left if left is None else max(0.0, left))
+            key = done.get(timeout=left)
         except queue.Empty:
             raise TimeoutError(f"{len(futures)} futures did not all finish within {timeout}s") from None
-        with lock:
-            chunk.outcome()
-        yield from by_chunk[id(chunk)]
+        group = groups[key]
+        if isinstance(group[0], TaskRunFuture):
+            group[0]._chunk.outcome()
+        yield from group

@@ -8,8 +8,9 @@ where the placeholders stood, on whichever machine the run executes.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 T = TypeVar("T")
 
@@ -52,6 +53,24 @@ class allow_failure(_Annotation[T]):
     """
 
 
+class ColumnKind(enum.Enum):
+    """How one parameter's values reach the runs of a chunk."""
+
+    MAPPED = "mapped"  # a list: one value per run
+    BROADCAST = "broadcast"  # one value for every run
+    ALIGNED = "aligned"  # the values of an aligned upstream chunk; the payload is its dep index
+
+
+MAPPED, BROADCAST, ALIGNED = ColumnKind.MAPPED, ColumnKind.BROADCAST, ColumnKind.ALIGNED
+
+
+class Column(NamedTuple):
+    """One parameter of a chunk (or of a whole ``.map()`` while it is planned)."""
+
+    kind: ColumnKind
+    payload: Any
+
+
 @dataclass(frozen=True, slots=True)
 class Ref:
     """Placeholder for a future's value: ``dep`` indexes the run's upstream chunks."""
@@ -72,13 +91,13 @@ def collect_refs(obj: Any, deps: dict[int, int], chunks: list[Any], allow: bool 
     if kind in ATOMS:
         return obj
     if isinstance(obj, TaskRunFuture):
-        chunk = obj._chunk
+        chunk = obj.chunk
         chunk.observed = True
         pos = deps.get(id(chunk))
         if pos is None:
             pos = deps[id(chunk)] = len(chunks)
             chunks.append(chunk)
-        return Ref(pos, obj._index, allow)
+        return Ref(pos, obj.index, allow)
     if kind is MapFutures:  # a whole fan-out as one argument: the list of its values
         return [collect_refs(f, deps, chunks, allow) for f in obj]
     if kind is allow_failure:

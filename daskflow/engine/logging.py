@@ -24,6 +24,7 @@ from contextvars import ContextVar, Token
 from typing import Any
 
 from daskflow.engine.context import flow_run_ctx, task_run_ctx
+from daskflow.engine.events import LogsShipped
 from daskflow.exceptions import MissingContextError
 
 __all__ = ["get_run_logger", "open_sink", "close_sink", "log_prints"]
@@ -31,7 +32,7 @@ __all__ = ["get_run_logger", "open_sink", "close_sink", "log_prints"]
 FLUSH_SECONDS = 0.1
 _FLOW_OWNER = b"\xff" * 8
 _sink: ContextVar[_Sink | None] = ContextVar("daskflow_log_sink", default=None)
-_prints: ContextVar[bool] = ContextVar("daskflow_log_prints", default=False)
+capturing_prints: ContextVar[bool] = ContextVar("daskflow_log_prints", default=False)
 
 
 class _Sink:
@@ -57,7 +58,7 @@ class _Sink:
             from daskflow.runners.dask import in_dask_task
 
             self.remote = in_dask_task()
-        reports.report({"k": "logs", "r": records}, self.remote)
+        reports.report(LogsShipped(records), self.remote)
 
 
 class _RunHandler(logging.Handler):
@@ -144,7 +145,7 @@ _original_print = builtins.print
 def _print(*args: Any, sep: str | None = " ", end: str | None = "\n", file: Any = None, flush: bool = False) -> None:
     import sys
 
-    if not _prints.get() or file not in (None, sys.stdout):
+    if not capturing_prints.get() or file not in (None, sys.stdout):
         return _original_print(*args, sep=sep, end=end, file=file, flush=flush)
     try:
         logger = get_run_logger()
@@ -159,4 +160,4 @@ def log_prints(on: bool) -> Token:
     """Turn ``print()`` into log records in this context (until the token is reset)."""
     if on and builtins.print is not _print:
         builtins.print = _print
-    return _prints.set(on)
+    return capturing_prints.set(on)

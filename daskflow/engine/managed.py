@@ -41,14 +41,22 @@ from array import array
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from daskflow import config
 from daskflow.cache import serialization as ser
-from daskflow.cache.keys import KeyPlan, NotConcrete, Unhashable, display, make_plan
+from daskflow.cache.keys import KeyColumn, KeyFnFailed, KeyPlan, NotConcrete, Unhashable, display, make_plan
 from daskflow.cache.store import CacheWarning, get_store, reaches_store, store_token
+from daskflow.codes import CACHED, COMPLETED, FAILED, NOT_READY, OK_CODES
+from daskflow.engine import run as R
+from daskflow.engine import states as st
+from daskflow.engine.chunks import Chunk
+from daskflow.engine.context import current_flow_run_id, flow_run_ctx
+from daskflow.engine.inputs import BROADCAST, MAPPED, Column, UpstreamNotCompleted, quote, resolve
+from daskflow.engine.run import ChunkResult, Unpicklable
+from daskflow.engine.transactions import Transaction, current_transaction
+from daskflow.ids import run_id
 
 if TYPE_CHECKING:
     from daskflow.engine.context import TaskRunContext
-    from daskflow.engine.chunks import Chunk
-    from daskflow.engine.run import ChunkResult
     from daskflow.engine.tasks import Task
 
 logger = logging.getLogger("daskflow")
@@ -94,16 +102,12 @@ class ReturnedCache:
 
 
 def _in_block() -> bool:
-    from daskflow.engine.transactions import current_transaction
-
     return current_transaction() is not None
 
 
 def cache_home() -> str:
     """The cache home of the current code: the submitter's (shipped in a chunk's spec), else ours."""
-    from daskflow import config
-
-    return _home_var.get() or str(config.home())
+    return _home_var.get() or str(config.home_path())  # checked where the store opens (get_store)
 
 
 def new_spec(task: Task, home: str | None = None) -> CacheSpec:
@@ -111,8 +115,6 @@ def new_spec(task: Task, home: str | None = None) -> CacheSpec:
     stage = _in_block()
     if not task.caches:
         return CacheSpec(None, None, lookup=False, stage=stage)
-    from daskflow.engine.context import current_flow_run_id, flow_run_ctx
-
     flow = flow_run_ctx.get()
     opts = task.options
     plan = make_plan(task, current_flow_run_id(), flow.parameters if flow is not None else None)
@@ -141,6 +143,8 @@ def _warn(task: Task, what: str) -> None:
 
 
 def _warn_unhashable(task: Task, exc: Unhashable) -> None:
+    if isinstance(exc, KeyFnFailed):
+        return _warn(task, str(exc))
     name = exc.param or "?"
     warnings.warn(
         f"task {task.name!r}: parameter {name!r} ({exc.what}) cannot be hashed into a cache key, so "
@@ -169,8 +173,6 @@ class MapCache:
         """Submitted chunks and cached ones, in element order."""
         if not self.known:
             return chunks
-        from daskflow.engine.chunks import Chunk
-
         out = chunks + [Chunk(task, base, lo, res.n, None, runner, result=res) for lo, res in self.known.items()]
         out.sort(key=lambda c: c.start)
         return out
@@ -179,7 +181,7 @@ class MapCache:
 def for_map(task: Task, names: list[str], kinds: dict[str, tuple[str, Any]], n: int,
             bounds: list[tuple[int, int]], base: int, has_waits: bool, aligned: Any) -> MapCache | None:
     """Look a map's runs up on the client when its inputs are concrete; plan what to submit."""
-    if not task._managed:
+    if not task.managed:
         return None
     spec = new_spec(task)
     cache = MapCache(spec, bounds, {})
@@ -187,17 +189,14 @@ def for_map(task: Task, names: list[str], kinds: dict[str, tuple[str, Any]], n: 
         return cache
     if task.options.on_completion or task.options.on_running:
         return cache  # their hooks fire where the run is decided: on the worker
-    from daskflow.ids import run_id
-    from daskflow.engine.submit import _Quoted
-
     columns = []
     for name in names:
         kind, value = kinds[name]
-        if kind == "b" and isinstance(value, _Quoted):
+        if kind is BROADCAST and isinstance(value, quote):
             value = value.value
-        if kind == "m" and not isinstance(value, (list, tuple, range)):
+        if kind is MAPPED and not isinstance(value, (list, tuple, range)):
             return cache  # a MapFutures: resolved on the worker
-        columns.append((kind, value))
+        columns.append(KeyColumn(kind is MAPPED, value))
     try:
         keys, bad = spec.plan.keys_for(task, columns, n, lambda i: run_id(base, i))
     except NotConcrete:
@@ -240,9 +239,9 @@ def _segments(lo: int, hi: int, hits: dict[int, Any]) -> list[tuple[int, int, bo
 
 def for_single(task: Task, row: tuple, base: int, has_deps: bool) -> tuple[CacheSpec | None, ChunkResult | None]:
     """``(spec, envelope)`` of one ``.submit()``: the envelope when the cache already has it."""
-    if not task._managed:
+    if not task.managed:
         return None, None
-    cache = for_map(task, list(task._names), {n: ("b", v) for n, v in zip(task._names, row)}, 1, [(0, 1)],
+    cache = for_map(task, list(task.param_names), {n: Column(BROADCAST, v) for n, v in zip(task.param_names, row)}, 1, [(0, 1)],
                     base, has_deps, None)
     if cache is None:
         return None, None
@@ -251,8 +250,6 @@ def for_single(task: Task, row: tuple, base: int, has_deps: bool) -> tuple[Cache
 
 
 def cached_envelope(task: Task, base: int, start: int, values: list) -> ChunkResult:
-    from daskflow.engine.run import CACHED, ChunkResult
-
     n = len(values)
     res = ChunkResult(task.name, base, start, n, bytearray([CACHED]) * n, values)
     res.started = now = time.time()
@@ -267,8 +264,6 @@ def _commit_hooks_outside_block(task: Task, spec: CacheSpec, keys: list, hits: d
 
 
 def _run_txn(key: bytes | None) -> Any:
-    from daskflow.engine.transactions import Transaction
-
     return Transaction.committed_run(display(key) if key is not None else None)
 
 
@@ -344,24 +339,22 @@ def run_managed(task: Task, rows: Any, res: ChunkResult, ctx: TaskRunContext, de
 
 
 def _run_chunk(chunk: _Managed, task: Task, rows: Any, ctx: TaskRunContext, deps: list | None) -> None:
-    if deps is None and task._plain:
+    if deps is None and task.plain:
         chunk.run_plain(rows)
         return
     for i, row in chunk.prepare(rows):
         args = chunk.start(i, row)
         if args is not None:
-            from daskflow.engine import run as R
-
             engine = R.attempts(task, ctx, *args)
             if task.is_async:
                 outcome = asyncio.run(R.drive_async(engine, task, *args))
             else:
                 outcome = R.drive_sync(engine, task, *args)
             chunk.done(i, outcome)
+
+
 async def arun_managed(task: Task, res: ChunkResult, ctx: TaskRunContext, row: tuple, deps: list | None) -> None:
     """``run_managed`` for one awaited run of an async task in the caller's event loop."""
-    from daskflow.engine import run as R
-
     chunk = _Managed(task, res, ctx, deps, None)
     for i, row in chunk.prepare([row]):
         args = chunk.start(i, row)
@@ -391,9 +384,6 @@ class _Managed:
         self.notes: Any = None  # engine.run.Notes on a Dask worker
 
     def prepare(self, rows: Any) -> list[tuple[int, tuple]]:
-        from daskflow.engine.inputs import UpstreamNotCompleted, resolve
-        from daskflow.engine.run import NOT_READY
-
         items: list[tuple[int, tuple]] = []
         for i, row in enumerate(rows, self.first):
             if self.deps is not None:
@@ -420,8 +410,6 @@ class _Managed:
     def run_plain(self, rows: Any) -> None:
         """The chunk of a task that only caches (see ``_plain``): a tight loop like the
         engine's fast path, then every result encoded in one batch."""
-        from daskflow.engine.run import CACHED, FAILED
-
         items = self.prepare(rows)
         fn, res, ctx, hits, ends, keys = self.task.fn, self.res, self.ctx, self.hits, self.ends, self.keys
         values, codes, clock = res.values, res.codes, time.time
@@ -474,30 +462,24 @@ class _Managed:
 
     def start(self, i: int, row: tuple) -> tuple[tuple, dict] | None:
         """``(args, kwargs)`` of a run to execute; None when it ended here (hit, bad input)."""
-        from daskflow.engine import run as R
-
         ctx = self.ctx
         ctx.index, ctx.run_count, ctx.name = i, 1, ""
         try:
-            args, kwargs = R._inputs(self.task, ctx, row, None)
-        except R._EndsEarly as early:
+            args, kwargs = R.run_inputs(self.task, ctx, row, None)
+        except R.EndsEarly as early:
             self.res.record(i, early.outcome, 1)
             self.ends[i] = time.time()
             return None
         if i not in self.hits:
             return args, kwargs
         value = self.hits[i]
-        self.res.record(i, (R.CACHED, value, None), 1)
+        self.res.record(i, (CACHED, value, None), 1)
         if self.task.options.on_completion:
-            from daskflow.engine import states as st
-
-            self.task._fire("on_completion", ctx, args, kwargs, st.Completed(value, name="Cached"))
+            self.task.fire_hook("on_completion", ctx, args, kwargs, st.Completed(value, name="Cached"))
         self.ends[i] = time.time()
         return None
 
     def done(self, i: int, outcome: tuple[int, Any, list | None]) -> None:
-        from daskflow.engine.run import COMPLETED
-
         self.res.record(i, outcome, self.ctx.run_count, self.ctx.name)
         if outcome[0] == COMPLETED and self.keys[i] is not None and self.remote:
             self.fresh.append(i)
@@ -523,8 +505,6 @@ class _Managed:
                         self.staged.append((self.keys[i], record))
 
     def finish(self) -> None:
-        from daskflow.engine.run import OK_CODES
-
         task, res, staged = self.task, self.res, self.staged
         res.ends = self.ends
         if self.fresh:
@@ -535,8 +515,6 @@ class _Managed:
         if self.spec.stage:
             res.cache_records = staged
             if self.local:
-                from daskflow.engine.transactions import current_transaction
-
                 txn = current_transaction()
                 if txn is not None:
                     txn.add_result(task, res)
@@ -554,8 +532,6 @@ class _Managed:
 
 
 def _worker_keys(task: Task, plan: KeyPlan, items: list, ctx: TaskRunContext, keys: list) -> list:
-    from daskflow.engine.run import Unpicklable
-
     warned = False
     for i, row in items:
         if any(type(v) is Unpicklable for v in row):
@@ -574,8 +550,6 @@ def _worker_keys(task: Task, plan: KeyPlan, items: list, ctx: TaskRunContext, ke
 
 
 def _run_id(ctx: TaskRunContext, i: int) -> str:
-    from daskflow.ids import run_id
-
     return run_id(ctx.base, ctx.start + i)
 
 

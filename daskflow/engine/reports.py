@@ -1,8 +1,8 @@
 """The chunk function's side of the tracker: messages from wherever runs execute.
 
-A chunk reports ``start`` when it begins, ``retry`` for each retry and a small ``end``
-when it finishes; the run logging sink reports ``logs``. In this process the message goes
-straight to ``tracker.on_message``. On a Dask worker, messages are collected for ~100 ms
+A chunk reports ``ChunkStarted`` when it begins, ``RunRetrying`` for each retry and a
+small ``ChunkEnded`` when it finishes; the run logging sink reports ``LogsShipped``
+(``engine/events.py``). In this process the message goes straight to ``tracker.on_message``. On a Dask worker, messages are collected for ~100 ms
 and sent as one Dask structured event (topic ``tracker.TOPIC``), which the client's
 subscription hands to ``on_message``: one event per chunk start and end would double the
 scheduler's messages for a map with one run per Dask task.
@@ -16,7 +16,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from daskflow.codes import StateEvent
+from daskflow.engine.events import ChunkEnded, ChunkStarted, Message, RunRetrying, batch_to_wire, to_wire
 from daskflow.engine.tracker import TOPIC, on_message
+from daskflow.runners.dask import in_dask_task
 
 if TYPE_CHECKING:
     from daskflow.engine.run import ChunkResult
@@ -24,20 +27,20 @@ if TYPE_CHECKING:
 logger = logging.getLogger("daskflow")
 
 
-def report(msg: dict, remote: bool) -> None:
+def report(msg: Message, remote: bool) -> None:
     """Send a tracker message from the chunk function: batched Dask events on a worker, else direct."""
     try:
         if remote:
             from distributed import get_worker
 
             try:
-                _outbox.add(get_worker(), msg)
+                _outbox.add(get_worker(), to_wire(msg))
                 return
             except ValueError:  # not on a worker after all
                 pass
         on_message(msg)
     except Exception:  # record keeping must never fail a run
-        logger.debug("daskflow: could not report %r", msg.get("k"), exc_info=True)
+        logger.debug("daskflow: could not report %r", type(msg).__name__, exc_info=True)
 
 
 class _Outbox:
@@ -53,7 +56,7 @@ class _Outbox:
         self.thread: threading.Thread | None = None
         self.pid = 0
 
-    def add(self, worker: Any, msg: dict) -> None:
+    def add(self, worker: Any, msg: dict[str, Any]) -> None:
         with self.lock:
             entry = self.pending.get(id(worker))
             if entry is None:
@@ -71,7 +74,7 @@ class _Outbox:
                 pending, self.pending = self.pending, {}
             for worker, msgs in pending.values():
                 try:
-                    worker.log_event(TOPIC, {"k": "batch", "m": msgs})
+                    worker.log_event(TOPIC, batch_to_wire(msgs))
                 except Exception:  # a closing worker: its runs' envelopes still carry the states
                     logger.debug("daskflow: could not send %d tracker events", len(msgs), exc_info=True)
 
@@ -80,8 +83,7 @@ _outbox = _Outbox()
 
 
 def chunk_starting(base: int, start: int, worker: str | None) -> None:
-    report({"k": "start", "b": base.to_bytes(16, "big"), "s": start, "t": time.time(), "w": worker},
-           worker is not None)
+    report(ChunkStarted(base, start, time.time(), worker), worker is not None)
 
 
 def chunk_ended(res: ChunkResult) -> None:
@@ -91,13 +93,9 @@ def chunk_ended(res: ChunkResult) -> None:
     odd = [] if not res.n_failed and 1 not in codes else [[i, c] for i, c in enumerate(codes) if c]
     if len(odd) > 10_000:
         odd = []
-    report({"k": "end", "b": res.base.to_bytes(16, "big"), "s": res.start, "t": time.time(), "w": res.worker,
-            "c": odd}, res.worker is not None)
+    report(ChunkEnded(res.base, res.start, time.time(), res.worker, odd), res.worker is not None)
 
 
-def run_retrying(ctx: Any, event: tuple) -> None:
-    """A retry of run ``ctx.index`` (slow path only): ``(type, name, timestamp, message)``."""
-    from daskflow.runners.dask import in_dask_task
-
-    report({"k": "retry", "b": ctx.base.to_bytes(16, "big"), "s": ctx.start, "i": ctx.index, "h": list(event)},
-           in_dask_task())
+def run_retrying(ctx: Any, event: StateEvent) -> None:
+    """A retry of run ``ctx.index`` (slow path only)."""
+    report(RunRetrying(ctx.base, ctx.start, ctx.index, event), in_dask_task())

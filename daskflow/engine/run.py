@@ -36,20 +36,23 @@ from typing import TYPE_CHECKING, Any, Callable, Generator
 
 import cloudpickle
 
-from daskflow.codes import (CACHED, CANCELLED, CODE_STATES, COMPLETED, CRASHED, FAILED,  # noqa: F401
-                            NOT_READY, OK_CODES, TIMED_OUT)
+from daskflow.codes import CODE_STATES, COMPLETED, FAILED, NOT_READY, OK_CODES, TIMED_OUT, StateEvent, run_count_of
 from daskflow.engine import logging as run_logging
 from daskflow.engine import states as st
 from daskflow.engine import reports
-from daskflow.engine.states import _describe
+from daskflow.engine.states import describe_error
 from daskflow.engine.context import TaskRunContext, task_run_ctx
 from daskflow.ids import run_id
-from daskflow.engine.inputs import Ref, UpstreamNotCompleted, resolve
+from daskflow.engine.inputs import ALIGNED, BROADCAST, MAPPED, Column, Ref, UpstreamNotCompleted, resolve
 from daskflow.exceptions import ParameterSerializationError, TaskRunTimeoutError, UpstreamFailed
 from daskflow.runners.dask import in_dask_task, worker_address
 
 if TYPE_CHECKING:
     from daskflow.engine.tasks import Task
+
+#: A final state code's state type and name, as the engine's ``State`` takes them.
+STATE_OF_CODE: dict[int, tuple[st.StateType, str]] = {
+    code: (st.StateType[cs.type], cs.name) for code, cs in CODE_STATES.items()}
 
 
 class Unpicklable:
@@ -72,7 +75,7 @@ class ChunkSpec:
     base: int
     start: int
     n: int
-    columns: Any  # pickled list of ("m", values) | ("b", value) | ("a", dep) ; or the list itself
+    columns: Any  # a list of inputs.Column, one per parameter; pickled as one blob for other processes
     refs: bool = False  # mapped values hold Refs to resolve run by run
     wait_refs: tuple[Ref, ...] = ()
     flow_run_id: str | None = None
@@ -134,16 +137,16 @@ class ChunkResult:
 
     def describe(self, i: int) -> str:
         code = self.codes[i]
-        return f"{CODE_STATES[code].name}: {self.messages.get(i) or _describe(self.errors.get(i))}"
+        return f"{CODE_STATES[code].name}: {self.messages.get(i) or describe_error(self.errors.get(i))}"
 
     def state(self, i: int) -> st.State:
         code = self.codes[i]
-        type_, name = st.StateType[CODE_STATES[code].type], CODE_STATES[code].name
+        type_, name = STATE_OF_CODE[code]
         ts = self.ends[i] if i < len(self.ends) else time.time()
         if code in OK_CODES:
             return st.State(type_, name, data=self.get_values()[i], timestamp=ts)
         exc = self.errors.get(i)
-        message = self.messages.get(i) or _describe(exc)
+        message = self.messages.get(i) or describe_error(exc)
         if exc is None and code == NOT_READY:
             exc = UpstreamFailed(f"task run {self.run_name(i)!r} did not run: {message}")
         return st.State(type_, name, message=message, data=exc, timestamp=ts)
@@ -159,15 +162,13 @@ class ChunkResult:
         extra = self.history.get(i)
         if extra:
             out.extend(st.State(st.StateType[t], name, message=msg, timestamp=ts) for t, name, ts, msg in extra)
-        elif self.codes[i] not in (NOT_READY, CRASHED, CANCELLED, CACHED) or i in self.run_counts:
+        elif self.run_count(i):
             out.append(st.State(st.StateType.RUNNING, timestamp=self.started_at(i)))
         out.append(final)
         return out
 
     def run_count(self, i: int) -> int:
-        if self.codes[i] in (NOT_READY, CANCELLED, CACHED):
-            return 0
-        return self.run_counts.get(i, 1)
+        return run_count_of(self.codes[i], self.run_counts.get(i))
 
     # -- writing, on the worker ---------------------------------------------------------
     def record(self, i: int, outcome: tuple[int, Any, list | None], run_count: int, name: str = "") -> None:
@@ -224,6 +225,8 @@ class ChunkResult:
             except Exception:
                 self.blob = cloudpickle.dumps(self._drop_unpicklable(values), protocol=5)
             self.values = None
+        elif self.values is not None and not _picklable(self.values):
+            self.values = self._drop_unpicklable(self.values)  # one run: Dask would fail the whole envelope
         return self
 
     def _drop_unpicklable(self, values: list) -> list:
@@ -233,9 +236,18 @@ class ChunkResult:
                 cloudpickle.dumps(value)
             except Exception as exc:
                 values[i] = None
-                err = TypeError(f"the result of task run {self.run_name(i)!r} cannot be serialized: {exc}")
+                err = TypeError(f"task {self.task_name!r}: the result of task run {self.run_name(i)!r} (a "
+                                f"{type(value).__name__}) cannot be serialized: {exc}")
                 self.fail(i, FAILED, err)
         return values
+
+
+def _picklable(values: list) -> bool:
+    try:  # out-of-band buffers are not copied: cheap for arrays
+        cloudpickle.dumps(values, protocol=5, buffer_callback=lambda buf: None)
+        return True
+    except Exception:
+        return False
 
 
 # ---------------------------------------------------------------------------------------
@@ -263,7 +275,7 @@ def run_chunk(spec: ChunkSpec, deps: list[ChunkResult] = ()) -> ChunkResult:  # 
     if isinstance(columns, bytes):
         columns = cloudpickle.loads(columns)
     result = run_rows(spec.task, spec.base, spec.start, spec.n, columns, list(deps),
-                      spec.refs, spec.wait_refs, spec.flow_run_id, spec.cache, done)
+                      spec.refs, spec.wait_refs, spec.flow_run_id, spec.cache, done=done)
     result.worker = worker
     reports.chunk_ended(result)
     return result.seal()
@@ -341,19 +353,21 @@ class Notes:
         self.lo, self.since, self.due = hi, now, now + self.HEAVY
 
 
-def run_rows(task: Task, base: int, start: int, n: int, columns: list, deps: list,
+def run_rows(task: Task, base: int, start: int, n: int, columns: list[Column] | None, deps: list,
              refs: bool, wait_refs: tuple, flow_run_id: str | None, cache: Any = None,
-             done: Checkpoint | None = None) -> ChunkResult:
+             row: tuple | None = None, done: Checkpoint | None = None) -> ChunkResult:
     """Run ``n`` runs of ``task`` whose arguments are the rows of ``columns``.
 
-    ``done``: runs an earlier attempt finished; they are restored, not run.
+    A direct call passes its one ``row`` instead of columns (``n`` is 1). ``done``: runs an
+    earlier attempt finished; they are restored, not run.
     """
     res = ChunkResult(task.name, base, start, n, bytearray(n), [None] * n)
     res.started = time.time()
     try:
         for ref in wait_refs:
             resolve(ref, deps)
-        iterables, refs = _iterables(columns, deps, n, refs)
+        if row is None:
+            iterables, refs = _iterables(columns, deps, n, refs)  # type: ignore[arg-type]
     except UpstreamNotCompleted as exc:
         return ChunkResult.all_failed(task.name, base, start, n, NOT_READY, None, exc.message)
     ctx = TaskRunContext(task, base, start, flow_run_id=flow_run_id)
@@ -362,18 +376,19 @@ def run_rows(task: Task, base: int, start: int, n: int, columns: list, deps: lis
     prints = run_logging.log_prints(True) if task.options.log_prints else None
     notes = Notes(res, 0, res.started) if in_dask_task() else None
     try:
-        rows = zip(*iterables) if iterables else repeat((), n)
+        if row is not None:
+            rows: Any = (row,)
+        else:
+            rows = zip(*iterables) if iterables else repeat((), n)
         if done is not None:
             done.restore(res)
             rows = islice(rows, done.hi, None)
             if notes is not None:
                 notes.lo = done.hi
-        else:
-            done = None
         first, ends = (done.hi, res.ends) if done else (0, None)
-        if task._fast and not refs:
+        if task.fast_path and not refs:
             _run_fast(task.fn, rows, res, ctx, notes, first, ends)
-        elif task._managed:  # a cache or commit hooks: lookups, batched writes, transactions
+        elif task.managed:  # a cache or commit hooks: lookups, batched writes, transactions
             from daskflow.engine.managed import run_managed
 
             run_managed(task, rows, res, ctx, deps if refs else None, cache, notes, first)
@@ -381,20 +396,21 @@ def run_rows(task: Task, base: int, start: int, n: int, columns: list, deps: lis
             _run_slow(task, rows, res, ctx, deps if refs else None, notes, first, ends)
     finally:
         if prints is not None:
-            run_logging._prints.reset(prints)
+            run_logging.capturing_prints.reset(prints)
         res.logs = run_logging.close_sink(sink)
         task_run_ctx.reset(token)
     return res
 
 
-def _iterables(columns: list, deps: list, n: int, refs: bool) -> tuple[list, bool]:
+def _iterables(columns: list[Column], deps: list, n: int, refs: bool) -> tuple[list, bool]:
     out = []
     for kind, payload in columns:
-        if kind == "m":
+        if kind is MAPPED:
             out.append(payload)
-        elif kind == "b":
+        elif kind is BROADCAST:
             out.append(repeat(resolve(payload, deps), n))
-        else:  # "a": the values of an aligned upstream chunk
+        else:  # ALIGNED: the values of an aligned upstream chunk
+            assert kind is ALIGNED
             up: ChunkResult = deps[payload]
             if up.n_failed:
                 refs = True
@@ -435,33 +451,33 @@ def _run_slow(task: Task, rows: Any, res: ChunkResult, ctx: TaskRunContext, deps
     res.ends = ends
 
 
-class _EndsEarly(Exception):
+class EndsEarly(Exception):
     """A run that ends before its body is called (NotReady, unserializable input)."""
 
     def __init__(self, code: int, value: Any) -> None:
         self.outcome = (code, value, None)
 
 
-def _inputs(task: Task, ctx: TaskRunContext, row: tuple, deps: list | None) -> tuple[tuple, dict]:
+def run_inputs(task: Task, ctx: TaskRunContext, row: tuple, deps: list | None) -> tuple[tuple, dict]:
     """Resolve a run's upstream values; its positional and keyword arguments."""
     if deps is not None:
         try:
             row = resolve(row, deps)
         except UpstreamNotCompleted as exc:
-            raise _EndsEarly(NOT_READY, exc.message) from None
+            raise EndsEarly(NOT_READY, exc.message) from None
     for value in row:
         if type(value) is Unpicklable:
-            raise _EndsEarly(FAILED, ParameterSerializationError(value.message))
-    args, kwargs = task._split_row(row)
-    ctx.name = task._run_name(args, kwargs)
+            raise EndsEarly(FAILED, ParameterSerializationError(value.message))
+    args, kwargs = task.split_row(row)
+    ctx.name = task.run_name_for(args, kwargs)
     return args, kwargs
 
 
 def run_one(task: Task, ctx: TaskRunContext, row: tuple, deps: list | None) -> tuple[int, Any, list | None]:
     """Run one run through its whole lifecycle; returns (code, value or exception, history)."""
     try:
-        args, kwargs = _inputs(task, ctx, row, deps)
-    except _EndsEarly as early:
+        args, kwargs = run_inputs(task, ctx, row, deps)
+    except EndsEarly as early:
         return early.outcome
     engine = attempts(task, ctx, args, kwargs)
     if task.is_async:
@@ -479,16 +495,16 @@ async def arun_single(task: Task, base: int, row: tuple, deps: list, refs: bool,
     try:
         for ref in wait_refs:
             resolve(ref, deps)
-        if task._managed:  # a cache or commit hooks
+        if task.managed:  # a cache or commit hooks
             from daskflow.engine.managed import arun_managed
 
             await arun_managed(task, res, ctx, row, deps if refs else None)
             return res
-        args, kwargs = _inputs(task, ctx, row, deps if refs else None)
+        args, kwargs = run_inputs(task, ctx, row, deps if refs else None)
         outcome = await drive_async(attempts(task, ctx, args, kwargs), task, args, kwargs)
     except UpstreamNotCompleted as exc:
         outcome = (NOT_READY, exc.message, None)
-    except _EndsEarly as early:
+    except EndsEarly as early:
         outcome = early.outcome
     finally:
         task_run_ctx.reset(token)
@@ -512,27 +528,29 @@ def attempts(task: Task, ctx: TaskRunContext, args: tuple, kwargs: dict) -> Engi
     first_start = time.time()
     while True:
         if ctx.run_count > 1:
-            history = history or [("RUNNING", "Running", first_start, "")]
-            history.append(("RUNNING", "Retrying", time.time(), f"attempt {ctx.run_count}"))
+            history = history or [StateEvent("RUNNING", "Running", first_start)]
+            history.append(StateEvent("RUNNING", "Retrying", time.time(), f"attempt {ctx.run_count}"))
             reports.run_retrying(ctx, history[-1])
-        task._fire("on_running", ctx, args, kwargs, st.Running())
+        task.fire_hook("on_running", ctx, args, kwargs, st.Running())
         ok, value = yield CALL, opts.timeout_seconds or 0.0
         if ok:
-            task._fire("on_completion", ctx, args, kwargs, st.Completed(value))
+            task.fire_hook("on_completion", ctx, args, kwargs, st.Completed(value))
             return COMPLETED, value, history
         exc = value
         code = TIMED_OUT if isinstance(exc, TaskRunTimeoutError) else FAILED
-        failed = st.State(st.StateType[CODE_STATES[code].type], CODE_STATES[code].name, message=_describe(exc), data=exc)
-        if ctx.run_count <= opts.retries and task._should_retry(ctx, args, kwargs, failed):
-            delay = task._retry_delay(ctx.run_count)
-            history = history or [("RUNNING", "Running", first_start, "")]
-            history.append(("SCHEDULED", "AwaitingRetry", time.time(), f"{_describe(exc)}; retry in {delay:g}s"))
+        type_, name = STATE_OF_CODE[code]
+        failed = st.State(type_, name, message=describe_error(exc), data=exc)
+        if ctx.run_count <= opts.retries and task.should_retry(ctx, args, kwargs, failed):
+            delay = task.retry_delay_for(ctx.run_count)
+            history = history or [StateEvent("RUNNING", "Running", first_start)]
+            history.append(StateEvent("SCHEDULED", "AwaitingRetry", time.time(),
+                                       f"{describe_error(exc)}; retry in {delay:g}s"))
             reports.run_retrying(ctx, history[-1])
             ctx.run_count += 1
             if delay > 0:
                 yield SLEEP, delay
             continue
-        task._fire("on_failure", ctx, args, kwargs, failed)
+        task.fire_hook("on_failure", ctx, args, kwargs, failed)
         return code, exc, history
 
 

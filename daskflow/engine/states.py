@@ -147,7 +147,7 @@ def Cached(data: Any = None, message: str = "") -> State:
 
 
 def Failed(data: BaseException | None = None, name: str = "Failed", message: str = "") -> State:
-    return State(StateType.FAILED, name, message=message or _describe(data), data=data)
+    return State(StateType.FAILED, name, message=message or describe_error(data), data=data)
 
 
 def TimedOut(data: BaseException | None = None, message: str = "") -> State:
@@ -159,12 +159,12 @@ def NotReady(message: str = "") -> State:
 
 
 def Crashed(data: BaseException | None = None, message: str = "") -> State:
-    return State(StateType.CRASHED, "Crashed", message=message or _describe(data), data=data)
+    return State(StateType.CRASHED, "Crashed", message=message or describe_error(data), data=data)
 
 
 def Cancelled(data: BaseException | None = None, message: str = "") -> State:
-    return State(StateType.CANCELLED, "Cancelled", message=message or _describe(data), data=data)
+    return State(StateType.CANCELLED, "Cancelled", message=message or describe_error(data), data=data)
 
 
-def _describe(exc: BaseException | None) -> str:
+def describe_error(exc: BaseException | None) -> str:
     return "" if exc is None else f"{type(exc).__name__}: {exc}"

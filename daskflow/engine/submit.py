@@ -12,17 +12,17 @@ import itertools
 import os
 import threading
 import time
-import uuid
 from typing import TYPE_CHECKING, Any, Iterable
 
 import cloudpickle
 
 from daskflow.engine import chunking, tracker
 from daskflow.engine.context import current_flow_run_id, flow_run_ctx
-from daskflow.ids import new_run_base
+from daskflow.ids import new_run_base, run_id
 from daskflow.engine.chunks import Chunk, eager, submit_chunks
 from daskflow.engine.futures import MapFutures, TaskRunFuture
-from daskflow.engine.inputs import ATOMS, allow_failure, collect_refs, quote, unmapped
+from daskflow.engine.inputs import (ALIGNED, ATOMS, BROADCAST, MAPPED, Column, allow_failure, collect_refs, quote,
+                                    unmapped)
 from daskflow.engine.run import ChunkSpec, Unpicklable, arun_single, run_rows
 from daskflow.engine.transactions import current_transaction
 from daskflow.exceptions import MappingLengthMismatch, MappingMissingIterable
@@ -60,7 +60,7 @@ def _register(chunks: list[Chunk]) -> None:
 def _prepare_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None):
     deps: dict[int, int] = {}
     ups: list[Chunk] = []
-    row = tuple([v if type(v) in ATOMS else collect_refs(v, deps, ups) for v in task._row(args, kwargs)])
+    row = tuple([v if type(v) in ATOMS else collect_refs(v, deps, ups) for v in task.row_of(args, kwargs)])
     waits = tuple(collect_refs(f, deps, ups) for f in wait_for) if wait_for else ()
     envelopes = [c.outcome() for c in ups]
     return row, waits, envelopes, bool(ups)
@@ -89,7 +89,7 @@ def call_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None
     row, waits, envelopes, refs = _prepare_inline(task, args, kwargs, wait_for)
     submitted, flow_run_id = time.time(), current_flow_run_id()
     base, start = direct_slot()
-    res = run_rows(task, base, start, 1, [("m", [v]) for v in row], envelopes, refs, waits, flow_run_id)
+    res = run_rows(task, base, start, 1, None, envelopes, refs, waits, flow_run_id, row=row)
     tracker.inline_finished(task, res, flow_run_id, submitted)
     state = res.state(0)
     return state if return_state else state.result()
@@ -114,13 +114,13 @@ def submit_run(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None)
     runner = current_runner()
     deps: dict[int, int] = {}
     ups: list[Chunk] = []
-    row = tuple([v if type(v) in ATOMS else collect_refs(v, deps, ups) for v in task._row(args, kwargs)])
+    row = tuple([v if type(v) in ATOMS else collect_refs(v, deps, ups) for v in task.row_of(args, kwargs)])
     refs = bool(ups)
     waits = tuple(collect_refs(f, deps, ups) for f in (wait_for or ()))
-    columns = [("m", [v]) for v in row]
+    columns = [Column(MAPPED, [v]) for v in row]
     base = new_run_base()
     cache = None
-    if task._managed:  # the cache may already hold this run: then nothing is submitted
+    if task.managed:  # the cache may already hold this run: then nothing is submitted
         from daskflow.engine.managed import for_single
 
         cache, known = for_single(task, row, base, refs or bool(waits))
@@ -128,9 +128,9 @@ def submit_run(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None)
             chunk = Chunk(task, base, 0, 1, None, runner, result=known)
             _register([chunk])
             return TaskRunFuture(chunk, 0)
-    blob, clean = _serialize(task, list(task._names), columns, runner)
+    blob, clean = _serialize(task, list(task.param_names), columns, runner)
     spec = ChunkSpec(task, base, 0, 1, blob, refs or not clean, waits, current_flow_run_id(), cache)
-    key = _key(task)
+    key = _key(task, base, 0)
     handle = submit_chunks(runner, [spec], [_dep_inputs(ups, runner)], [key])[0]
     chunk = Chunk(task, base, 0, 1, handle, runner)
     chunk.spec, chunk.ups, chunk.key = spec, ups, key
@@ -138,8 +138,13 @@ def submit_run(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None)
     return TaskRunFuture(chunk, 0)
 
 
-def _key(task: Task) -> str:
-    return f"{task.name}-{uuid.uuid4().hex}"
+def _key(task: Task, base: int, start: int) -> str:
+    """The Dask key of a chunk: its task's name and its first run's id (unique, random, cheap).
+
+    Not ``uuid4``: ``os.urandom`` costs up to ~80 µs a call on these machines, and the
+    run base is already 128 random bits.
+    """
+    return f"{task.name}-{run_id(base, start).replace('-', '')}"
 
 
 def _dep_inputs(ups: list[Chunk], runner: TaskRunner) -> list[Any]:
@@ -164,11 +169,11 @@ def _serialize(task: Task, names: list[str], columns: list, runner: TaskRunner) 
         pass
     fixed = []
     for name, (kind, payload) in zip(names, columns):
-        if kind == "m":
+        if kind is MAPPED:
             payload = [_picklable(task, name, v) for v in payload]
-        elif kind == "b":
+        elif kind is BROADCAST:
             payload = _picklable(task, name, payload)
-        fixed.append((kind, payload))
+        fixed.append(Column(kind, payload))
     return cloudpickle.dumps(fixed, protocol=5), False
 
 
@@ -188,23 +193,29 @@ def _picklable(task: Task, name: str, value: Any) -> Any:
 
 def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
                chunksize: int | None) -> MapFutures:
-    """Submit one run per element, in chunks, as one graph submission."""
+    """Submit one run per element, in chunks, as one graph submission.
+
+    Longer than most: planning columns, chunk bounds, the cache's answers and the
+    per-chunk specs share many locals (deps, upstream chunks, refs) that a split would
+    pass around as tuples; the loop body is the one place a chunk's arguments are built.
+    """
     if chunksize is not None and (not isinstance(chunksize, int) or chunksize < 1):
         raise ValueError(f"task {task.name!r}: chunksize must be an int >= 1, got {chunksize!r}")
     runner = current_runner()
-    params = task._bind(args, kwargs)
+    params = task.bind_params(args, kwargs)
     names = list(params)
-    kinds, n, aligned = _plan_columns(task, params)
+    kinds, n, aligned = plan_columns(task, params)
     if aligned is not None and aligned.chunks and aligned.chunks[0].runner is not runner:
         aligned = None
     if aligned is not None:
         bounds = [(c.start, c.start + c.n) for c in aligned.chunks]
     else:
         bounds = chunking.plan(task, n, runner, chunksize)
-    plain_broadcasts = {name for name, (kind, value) in kinds.items() if kind == "b" and not _holds_futures(value)}
+    plain_broadcasts = {name for name, (kind, value) in kinds.items()
+                        if kind is BROADCAST and not _holds_futures(value)}
     base = new_run_base()
     cache = None
-    if task._managed:  # cached runs are answered here and not submitted
+    if task.managed:  # cached runs are answered here and not submitted
         from daskflow.engine.managed import for_map
 
         cache = for_map(task, names, kinds, n, bounds, base, bool(wait_for), aligned)
@@ -219,10 +230,10 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
         columns, refs = [], False
         for name in names:
             kind, value = kinds[name]
-            if kind == "b":
-                plain = isinstance(value, _Quoted) or name in plain_broadcasts
-                payload = value.value if isinstance(value, _Quoted) else value
-                columns.append(("b", payload if plain else collect_refs(value, deps, ups)))
+            if kind is BROADCAST:
+                plain = isinstance(value, quote) or name in plain_broadcasts
+                payload = value.value if isinstance(value, quote) else value
+                columns.append(Column(BROADCAST, payload if plain else collect_refs(value, deps, ups)))
             elif isinstance(value, MapFutures):
                 if value is aligned:
                     up = aligned.chunks[ci]
@@ -230,9 +241,9 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
                     pos = deps.setdefault(id(up), len(ups))
                     if pos == len(ups):
                         ups.append(up)
-                    columns.append(("a", pos))
+                    columns.append(Column(ALIGNED, pos))
                 else:
-                    columns.append(("m", [collect_refs(f, deps, ups) for f in value[lo:hi]]))
+                    columns.append(Column(MAPPED, [collect_refs(f, deps, ups) for f in value[lo:hi]]))
                     refs = True
             else:
                 part = value[lo:hi]
@@ -240,13 +251,13 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
                     before = len(ups)
                     part = [collect_refs(v, deps, ups) for v in part]
                     refs = refs or len(ups) > before
-                columns.append(("m", part))
+                columns.append(Column(MAPPED, part))
         blob, clean = _serialize(task, names, columns, runner)
         specs.append(ChunkSpec(task, base, lo, hi - lo, blob, refs or not clean, waits, flow_run_id,
                                cache.spec_for(lo, hi) if cache is not None else None))
         dep_lists.append(_dep_inputs(ups, runner))
         up_lists.append(ups)
-        keys.append(_key(task))
+        keys.append(_key(task, base, lo))
     handles = submit_chunks(runner, specs, dep_lists, keys) if specs else []
     chunks = [Chunk(task, base, s.start, s.n, h, runner) for s, h in zip(specs, handles)]
     for chunk, spec, ups, key in zip(chunks, specs, up_lists, keys):
@@ -257,43 +268,37 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
     return MapFutures(chunks)
 
 
-class _Quoted:
-    """A broadcast value to pass as it is (from ``quote``): futures inside stay futures."""
+def plan_columns(task: Task, params: dict[str, Any]) -> tuple[dict[str, Column], int, MapFutures | None]:
+    """Decide which parameters of a ``.map()`` are mapped (split) and which are broadcast.
 
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
-
-
-def _plan_columns(task: Task, params: dict[str, Any]) -> tuple[dict[str, tuple[str, Any]], int, MapFutures | None]:
-    """Decide which parameters are mapped (split) and which are broadcast."""
-    kinds: dict[str, tuple[str, Any]] = {}
+    Returns a column per parameter (a ``quote``d broadcast keeps its wrapper: its futures
+    stay futures), the number of runs, and the one upstream ``MapFutures`` the map is
+    aligned with chunk by chunk, if any.
+    """
+    kinds: dict[str, Column] = {}
     lengths: dict[str, int] = {}
     maps: list[MapFutures] = []
     for name, value in params.items():
         if isinstance(value, unmapped):
-            kinds[name] = ("b", value.value)
-        elif isinstance(value, quote):
-            kinds[name] = ("b", _Quoted(value.value))
-        elif isinstance(value, allow_failure) or isinstance(value, (str, bytes, bytearray, dict)):
-            kinds[name] = ("b", value)
+            kinds[name] = Column(BROADCAST, value.value)
+        elif isinstance(value, (quote, allow_failure, str, bytes, bytearray, dict)):
+            kinds[name] = Column(BROADCAST, value)
         elif isinstance(value, MapFutures):
-            kinds[name] = ("m", value)
+            kinds[name] = Column(MAPPED, value)
             lengths[name] = len(value)
             maps.append(value)
         elif isinstance(value, TaskRunFuture):
             resolved = value.result()
             if _is_iterable(resolved):
                 seq = list(resolved)
-                kinds[name], lengths[name] = ("m", seq), len(seq)
+                kinds[name], lengths[name] = Column(MAPPED, seq), len(seq)
             else:
-                kinds[name] = ("b", value)
+                kinds[name] = Column(BROADCAST, value)
         elif _is_iterable(value):
             seq = value if isinstance(value, (list, tuple, range)) else list(value)
-            kinds[name], lengths[name] = ("m", seq), len(seq)
+            kinds[name], lengths[name] = Column(MAPPED, seq), len(seq)
         else:
-            kinds[name] = ("b", value)
+            kinds[name] = Column(BROADCAST, value)
     if not lengths:
         raise MappingMissingIterable(
             f"task {task.name!r}: .map() needs at least one iterable argument; got only "

@@ -140,7 +140,7 @@ class Task(Generic[P, R]):
                 f"task {self.name!r}: parameter name(s) {sorted(clash)} are reserved by daskflow; rename them"
             )
         self._signature = sig
-        self._names = tuple(sig.parameters)
+        self.param_names = tuple(sig.parameters)
         kinds = [p.kind for p in sig.parameters.values()]
         self._positional = all(
             k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds
@@ -152,14 +152,14 @@ class Task(Generic[P, R]):
         if self._positional and empty in self._defaults[self._min_args:]:
             self._min_args = -1  # a default before a required parameter: use the slow bind
         # cache or commit/rollback hooks: runs go through daskflow.engine.managed
-        self._managed = bool(self.caches or options.on_commit or options.on_rollback)
+        self.managed = bool(self.caches or options.on_commit or options.on_rollback)
         # nothing in a run's lifecycle but calling the function (and maybe the cache)
-        self._plain = not (
+        self.plain = not (
             options.retries or options.timeout_seconds or self.is_async or options.log_prints
             or options.on_completion or options.on_failure or options.on_running
             or options.task_run_name or options.on_commit or options.on_rollback or not self._positional
         )
-        self._fast = self._plain and not self._managed
+        self.fast_path = self.plain and not self.managed
 
     def __getstate__(self) -> dict:
         return {"fn": self.fn, "options": self.options}
@@ -228,7 +228,7 @@ class Task(Generic[P, R]):
                  **kwargs: Any) -> Any:
         from daskflow.engine.submit import call_inline, call_inline_async
 
-        if self.is_async and _loop_running():
+        if self.is_async and loop_running():
             return call_inline_async(self, args, kwargs, wait_for, return_state)
         return call_inline(self, args, kwargs, wait_for, return_state)
 
@@ -285,13 +285,13 @@ class Task(Generic[P, R]):
         return delay(self, args, kwargs)
 
     # -- used by the engine -------------------------------------------------------------
-    def _row(self, args: tuple, kwargs: dict) -> tuple:
+    def row_of(self, args: tuple, kwargs: dict) -> tuple:
         """Parameter values in signature order (defaults applied)."""
-        if not kwargs and 0 <= self._min_args <= len(args) <= len(self._names):
+        if not kwargs and 0 <= self._min_args <= len(args) <= len(self.param_names):
             return args + self._defaults[len(args):]
-        return tuple(self._bind(args, kwargs).values())
+        return tuple(self.bind_params(args, kwargs).values())
 
-    def _bind(self, args: tuple, kwargs: dict) -> dict[str, Any]:
+    def bind_params(self, args: tuple, kwargs: dict) -> dict[str, Any]:
         try:
             bound = self._signature.bind(*args, **kwargs)
         except TypeError as exc:
@@ -299,13 +299,13 @@ class Task(Generic[P, R]):
         bound.apply_defaults()
         return bound.arguments
 
-    def _split_row(self, row: tuple) -> tuple[tuple, dict]:
+    def split_row(self, row: tuple) -> tuple[tuple, dict]:
         """Positional args and kwargs for a row of parameter values in signature order."""
         if self._positional:
             return row, {}
         args: list = []
         kwargs: dict = {}
-        for kind, name, value in zip(self._kinds, self._names, row):
+        for kind, name, value in zip(self._kinds, self.param_names, row):
             if kind is inspect.Parameter.VAR_POSITIONAL:
                 args.extend(value)
             elif kind is inspect.Parameter.VAR_KEYWORD:
@@ -320,7 +320,7 @@ class Task(Generic[P, R]):
         bound = self._signature.bind(*args, **kwargs)
         return dict(bound.arguments)
 
-    def _run_name(self, args: tuple, kwargs: dict) -> str:
+    def run_name_for(self, args: tuple, kwargs: dict) -> str:
         template = self.options.task_run_name
         if template is None:
             return ""
@@ -332,7 +332,7 @@ class Task(Generic[P, R]):
         return TaskRun(ctx.task_run_id, ctx.name or f"{self.name}-{ctx.start + ctx.index}", self.task_key,
                        ctx.flow_run_id, ctx.run_count, self._parameters(args, kwargs))
 
-    def _fire(self, kind: str, ctx: TaskRunContext, args: tuple, kwargs: dict, state: State) -> None:
+    def fire_hook(self, kind: str, ctx: TaskRunContext, args: tuple, kwargs: dict, state: State) -> None:
         hooks = getattr(self.options, kind)
         if not hooks:
             return
@@ -344,7 +344,7 @@ class Task(Generic[P, R]):
                 logger.exception("%s hook %r of task %r raised; the run's state is unchanged",
                                  kind, getattr(hook, "__name__", hook), self.name)
 
-    def _should_retry(self, ctx: TaskRunContext, args: tuple, kwargs: dict, state: State) -> bool:
+    def should_retry(self, ctx: TaskRunContext, args: tuple, kwargs: dict, state: State) -> bool:
         condition = self.options.retry_condition_fn
         if condition is None:
             return True
@@ -354,13 +354,13 @@ class Task(Generic[P, R]):
             logger.exception("retry_condition_fn of task %r raised; not retrying", self.name)
             return False
 
-    def _retry_delay(self, run_count: int) -> float:
+    def retry_delay_for(self, run_count: int) -> float:
         delays = self.options.delays
         delay = delays[min(run_count - 1, len(delays) - 1)]
         return jittered(delay, self.options.retry_jitter_factor)
 
 
-def _loop_running() -> bool:
+def loop_running() -> bool:
     import asyncio
 
     try:

@@ -24,25 +24,51 @@ updates in one LMDB transaction.
 from __future__ import annotations
 
 import itertools
-import pathlib
 import time
 import uuid
 from array import array
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import msgpack
 
 from daskflow import _lmdb, config
 from daskflow.codes import CODE_OF_NAME, CODE_STATES
+from daskflow.codes import run_count_of
+from daskflow.exceptions import DamagedStore
 from daskflow.ids import MASK, STRIDE, index_of, run_id
 
-__all__ = ["RunStore", "open_run_store"]
+__all__ = ["ChunkUpdate", "FlowUpdate", "LogLine", "RunStore", "open_run_store"]
 
 DBS = ("chunks", "bytime", "flows", "byflow", "logs")
 _FLOW_OWNER = b"\xff" * 8
 _seq = itertools.count()
 
 _DICT_FIELDS = ("messages", "tracebacks", "history", "run_counts", "names", "cache_keys")
+
+
+class ChunkUpdate(NamedTuple):
+    """Fold ``fields`` into the record of chunk ``(base, start)``; ``new``: a fresh base, no merge."""
+
+    base: int
+    start: int
+    fields: dict[str, Any]
+    new: bool = False
+
+
+class FlowUpdate(NamedTuple):
+    flow_run_id: str
+    fields: dict[str, Any]
+
+
+class LogLine(NamedTuple):
+    """One run log record; ``owner`` is a chunk key, or a flow run id + 8 x ff."""
+
+    owner: bytes
+    index: int
+    timestamp: float
+    level: int
+    message: str
+    logger: str
 
 
 def pack(obj: Any) -> bytes:
@@ -97,45 +123,38 @@ class RunStore:
         self._db = {name: env.db(name) for name in DBS}
 
     # -- writing (the tracker's writer thread) ------------------------------------------
-    def apply(self, ops: Iterable[tuple]) -> None:
-        """Apply a batch of updates in one write transaction.
-
-        ``ops`` holds ``("chunk" | "new", base, start, fields)``, ``("flow", flow_run_id, fields)``
-        and ``("log", owner, index, ts, level, message, logger_name)`` tuples.
-        """
+    def apply(self, ops: Iterable[ChunkUpdate | FlowUpdate | LogLine]) -> None:
+        """Apply a batch of updates in one write transaction."""
         ops = list(ops)
         if ops:
             self.env.write(lambda txn: self._apply(txn, ops))
 
-    def _apply(self, txn: Any, ops: list[tuple]) -> None:
+    def _apply(self, txn: Any, ops: list[ChunkUpdate | FlowUpdate | LogLine]) -> None:
         db = self._db
         for op in ops:
-            kind = op[0]
-            if kind == "chunk" or kind == "new":  # "new": a fresh run base, nothing to merge with
-                _, base, start, fields = op
-                key = chunk_key(base, start)
-                raw = txn.get(key, db=db["chunks"]) if kind == "chunk" else None
+            if isinstance(op, ChunkUpdate):
+                key = chunk_key(op.base, op.start)
+                raw = None if op.new else txn.get(key, db=db["chunks"])
                 if raw is None:
-                    rec = dict(fields, base=base.to_bytes(16, "big"), start=start)
+                    rec = dict(op.fields, base=op.base.to_bytes(16, "big"), start=op.start)
                     rec.setdefault("submitted", time.time())
                     txn.put(_us(rec["submitted"]) + key, rec.get("n", 1).to_bytes(4, "big"), db=db["bytime"])
                     fid = _uuid_bytes(rec.get("flow_run_id"))
                     if fid:
                         txn.put(fid + key, b"", db=db["byflow"])
                 else:
-                    rec = _merge(unpack(raw), fields)
+                    rec = _merge(unpack(raw), op.fields)
                 txn.put(key, pack(rec), db=db["chunks"])
-            elif kind == "flow":
-                _, fid, fields = op
-                key = uuid.UUID(fid).bytes
+            elif isinstance(op, FlowUpdate):
+                key = uuid.UUID(op.flow_run_id).bytes
                 raw = txn.get(key, db=db["flows"])
-                rec = dict(fields, id=fid) if raw is None else _merge(unpack(raw), fields)
+                rec = dict(op.fields, id=op.flow_run_id) if raw is None else _merge(unpack(raw), op.fields)
                 txn.put(key, pack(rec), db=db["flows"])
-            elif kind == "log":
-                _, owner, index, ts, level, message, name = op
-                key = owner + index.to_bytes(4, "big") + _us(ts) + (next(_seq) & 0xFFFFFFFF).to_bytes(4, "big")
-                txn.put(key, pack({"timestamp": ts, "level": level, "message": message, "logger": name}),
-                        db=db["logs"])
+            else:
+                key = (op.owner + op.index.to_bytes(4, "big") + _us(op.timestamp)
+                       + (next(_seq) & 0xFFFFFFFF).to_bytes(4, "big"))
+                txn.put(key, pack({"timestamp": op.timestamp, "level": op.level, "message": op.message,
+                                   "logger": op.logger}), db=db["logs"])
 
     # -- reading ----------------------------------------------------------------------
     def _chunks_newest_first(self, txn: Any) -> Iterator[tuple[bytes, dict]]:
@@ -397,20 +416,19 @@ def expand(rec: dict, i: int) -> dict:
     base = int.from_bytes(rec["base"], "big")
     index = rec["start"] + i
     codes = rec.get("codes")
-    run_count = (rec.get("run_counts") or {}).get(i, 1)
+    recorded = (rec.get("run_counts") or {}).get(i)
     end = None
     if codes is not None:
         state_type, state = CODE_STATES[codes[i]]
         end = _ends(rec)[i] if i < len(_ends(rec)) else None
-        if state in ("NotReady", "Cancelled") or (state == "Crashed" and i not in (rec.get("run_counts") or {})):
-            run_count = 0
+        run_count = run_count_of(codes[i], recorded)
         start = _started_at(rec, i) if run_count else None
     else:
         events = (rec.get("events") or {}).get(i)
         live = events[-1] if events else rec.get("live") or ["PENDING", "Pending", rec.get("submitted"), ""]
         state_type, state = live[0], live[1]
         start = rec.get("started") if state_type == "RUNNING" else None
-        run_count = 0 if state_type in ("PENDING", "SCHEDULED") else run_count
+        run_count = 0 if state_type in ("PENDING", "SCHEDULED") else recorded or 1
     return {
         "id": run_id(base, index),
         "name": (rec.get("names") or {}).get(i) or f"{rec.get('task')}-{index}",
@@ -489,8 +507,20 @@ def _slowest(rec: dict, k: int) -> list[tuple[float, dict]]:
     return [(d, expand(rec, i)) for d, i in durations]
 
 
-def open_run_store(home: str | None = None) -> RunStore:
-    """This process's run store at ``$DASKFLOW_HOME/runs`` (or under ``home``)."""
-    root = pathlib.Path(home).expanduser() if home else config.home()
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return RunStore(_lmdb.open_env(root / "runs", dbs=DBS))
+def open_run_store(home: str | None = None, create: bool = True) -> RunStore:
+    """This process's run store at ``$DASKFLOW_HOME/runs`` (or under ``home``).
+
+    Raises ``StoreError`` for an unsafe or unusable home, and ``DamagedStore`` (one
+    line: the file and what to do) for a damaged data file: the run store is never
+    moved aside on its own, its records are the user's history. With ``create=False``
+    (read-only commands) a missing store raises ``LookupError`` instead of being created.
+    """
+    root = config.check_home(home or config.home_path(), create=create)
+    path = root / "runs"
+    if not create and not (path / "data.mdb").exists():
+        raise LookupError(f"no runs recorded under {root}")
+    try:
+        return RunStore(_lmdb.open_env(path, dbs=DBS))
+    except DamagedStore as exc:
+        raise DamagedStore(exc.path, f"the run store is damaged ({exc.reason}); move it aside to start an "
+                                     f"empty one: mv {path} {path}.damaged (or restore it from a backup)") from None

@@ -11,7 +11,7 @@ import uuid
 import numpy as np
 import pytest
 
-from daskflow.cache.keys import KeyPlan, NotConcrete, Unhashable, display, fingerprint
+from daskflow.cache.keys import KeyColumn, KeyPlan, NotConcrete, Unhashable, display, fingerprint
 
 
 class Color(enum.Enum):
@@ -115,7 +115,7 @@ def test_keys_plan_full_key_is_pinned():
     plan = KeyPlan("double-0123abcd", b"v1/double-0123abcd/", b"v1\x00inputs", (0,), (b"x",))
     key = plan.key(None, (21,), lambda: "")
     assert display(key) == GOLDEN_KEY
-    keys, bad = plan.keys_for(None, [("m", [20, 21])], 2, lambda i: "")
+    keys, bad = plan.keys_for(None, [KeyColumn(True, [20, 21])], 2, lambda i: "")
     assert keys[1] == key and bad is None
 
 
@@ -145,7 +145,7 @@ def test_keys_same_in_two_fresh_processes():
 def test_keys_atom_fast_path_equals_key_by_key(column):
     plan = KeyPlan("double-0123abcd", b"v1/double-0123abcd/", b"v1\x00inputs", (0, 1), (b"x", b"y"))
     n = len(column)
-    for second in (("b", 7), ("m", list(range(n)))):
-        keys, bad = plan.keys_for(None, [("m", column), second], n, lambda i: "")
-        rows = zip(column, second[1] if second[0] == "m" else [7] * n)
+    for second in (KeyColumn(False, 7), KeyColumn(True, list(range(n)))):
+        keys, bad = plan.keys_for(None, [KeyColumn(True, column), second], n, lambda i: "")
+        rows = zip(column, second.value if second.mapped else [7] * n)
         assert bad is None and keys == [plan.key(None, row, lambda: "") for row in rows]

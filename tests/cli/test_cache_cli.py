@@ -46,9 +46,9 @@ def test_cli_cache_ls_and_stats_json():
 
 def test_cli_cache_clear_by_task_and_all():
     _fill()
-    assert _json(["cache", "clear", "--task", "gone", "-o", "json"]) == {"removed": 1}
+    assert _json(["cache", "clear", "--task", "gone", "--yes", "-o", "json"]) == {"removed": 1}
     assert len(_json(["cache", "ls", "-o", "json"])) == 3
-    assert _json(["cache", "clear", "-o", "json"]) == {"removed": 3}
+    assert _json(["cache", "clear", "-y", "-o", "json"]) == {"removed": 3}
     assert _json(["cache", "ls", "-o", "json"]) == []
 
 

@@ -255,8 +255,8 @@ def test_cache_hook_only_tasks_keep_results_and_noncaching_tasks_stay_fast():
     def plain(x):
         return x
 
-    assert plain._fast and not plain._managed
-    assert task(cache_policy=INPUTS)(lambda x: x)._managed
+    assert plain.fast_path and not plain.managed
+    assert task(cache_policy=INPUTS)(lambda x: x).managed
 
 
 def test_cache_async_task_awaited_in_a_running_loop(counter):
@@ -300,3 +300,37 @@ def test_cache_plain_map_failures_and_unserializable_results_stay_uncached(runne
         states = pipeline()
     assert states == ["Cached"] * 3 + ["Failed", "Cached", "Completed", "Cached", "Cached"]
     assert executed(counter) == 10  # only the failed run and the uncacheable one ran again
+
+
+def test_fully_cached_rerun_on_the_default_runner_starts_no_cluster(tmp_path):
+    # A flow without a task_runner gets the embedded LocalCluster, started lazily: a rerun
+    # whose every run is in the cache plans its chunks, submits nothing and starts nothing
+    # (so it does not even import distributed).
+    import subprocess
+    import sys
+    import textwrap
+
+    script = tmp_path / "rerun.py"
+    script.write_text(textwrap.dedent("""
+        import sys
+        from daskflow import flow, task
+        from daskflow.cache import INPUTS
+
+        @task(cache_policy=INPUTS)
+        def sq(x):
+            return x * x
+
+        @flow
+        def pipeline(n):
+            return sum(sq.map(range(n)).result())
+
+        if __name__ == "__main__":
+            print(pipeline(1000), "distributed" in sys.modules)
+    """))
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    env.pop("DASKFLOW_SCHEDULER_ADDRESS", None)
+    runs = [subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+            for _ in range(2)]
+    outs = [r.stdout.split() for r in runs]
+    assert outs[0] == ["332833500", "True"], runs[0].stderr[-2000:]
+    assert outs[1] == ["332833500", "False"], runs[1].stderr[-2000:]

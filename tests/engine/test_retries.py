@@ -71,11 +71,11 @@ def test_retry_condition_fn_stops_retries(runner, tmp_path):
 
 def test_retry_delays_list_and_backoff():
     t = task(retries=4, retry_delay_seconds=[0.1, 0.2])(lambda: None)
-    assert [t._retry_delay(i) for i in (1, 2, 3, 4)] == [0.1, 0.2, 0.2, 0.2]
+    assert [t.retry_delay_for(i) for i in (1, 2, 3, 4)] == [0.1, 0.2, 0.2, 0.2]
     b = task(retries=3, retry_delay_seconds=exponential_backoff(1))(lambda: None)
     assert b.options.delays == (1.0, 2.0, 4.0)
     j = task(retries=1, retry_delay_seconds=10, retry_jitter_factor=0.5)(lambda: None)
-    assert all(5 <= j._retry_delay(1) <= 15 for _ in range(50))
+    assert all(5 <= j.retry_delay_for(1) <= 15 for _ in range(50))
 
 
 def test_retry_delay_is_waited(tmp_path):

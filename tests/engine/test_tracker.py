@@ -229,7 +229,7 @@ def test_tracker_flow_run_record_counts_per_state(runner, tmp_path):
     assert tracker.flush()
     store = open_run_store()
     [rec] = store.flow_runs()
-    assert rec["name"] == "pipeline" and rec["parameters"] == {"n": "6"} and rec["state"] == "Completed"
+    assert rec["name"] == "pipeline" and rec["parameters"] == {"n": 6} and rec["state"] == "Completed"
     shown = store.flow_run(rec["id"][:8])
     assert shown["counts"] == {"Completed": 5, "Failed": 1}
     assert len(shown["slowest"]) == 5

@@ -369,13 +369,31 @@ def test_delay_resolves_futures_nested_in_arguments(bg_server):
 def test_background_writer_bad_op_loses_only_itself(tmp_path):
     from types import SimpleNamespace
 
-    from daskflow.background.plugin import _Writer
+    from daskflow.background.plugin import QueueWriter
 
     env = store.open_store(tmp_path / "bg")
-    writer = _Writer(SimpleNamespace(env=env))
+    writer = QueueWriter(SimpleNamespace(env=env))
     good = {"id": "00000000-0000-0000-0000-00000000000a", "task_key": "add-1", "task_name": "add", "task": b"",
             "args": b"", "flow_run_id": None, "submitted": 1.0, "key": "add-a"}
     bad = ("enqueue", {"id": None})  # a malformed enqueue: its write raises
     parts = writer._commit([("enqueue", good), bad])
     assert [e["id"] for submits, _, _ in parts for e in submits] == [good["id"]]
     assert good["id"] in store.read_records([good["id"]], env)
+
+
+def test_wait_and_as_completed_take_background_futures_with_task_run_futures(bg_server):
+    from daskflow import as_completed, task, wait
+
+    @task
+    def local(x):
+        return x * 10
+
+    background = bg_tasks.add.map(range(4), unmapped(1), deferred=True)
+    single = bg_tasks.add.delay(5, 5)
+    mapped = local.map(range(3))
+    done, not_done = wait([background, single, mapped], timeout=60)
+    assert not not_done and len(done) == 4 + 1 + 3
+    assert all(f.state.is_completed() for f in done)
+
+    seen = list(as_completed([bg_tasks.add.delay(2, 3), local.submit(7)], timeout=60))
+    assert sorted(f.result() for f in seen) == [5, 70]

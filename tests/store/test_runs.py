@@ -9,14 +9,14 @@ import pytest
 
 from daskflow.ids import new_run_base, run_id
 from daskflow.ids import index_of
-from daskflow.store.runs import open_run_store
+from daskflow.store.runs import ChunkUpdate, LogLine, open_run_store
 
 
 def _chunk(store, base, start, n, codes, submitted=None, flow_run_id=None):
     from array import array
 
     t = submitted or time.time()
-    store.apply([("chunk", base, start, {"task": "inc", "task_key": "inc-00000000", "n": n, "submitted": t,
+    store.apply([ChunkUpdate(base, start, {"task": "inc", "task_key": "inc-00000000", "n": n, "submitted": t,
                                          "flow_run_id": flow_run_id, "codes": bytes(codes),
                                          "ends": array("d", [t + i for i in range(1, n + 1)]).tobytes(),
                                          "started": t, "messages": {i: "boom" for i, c in enumerate(codes) if c == 2}})])
@@ -59,7 +59,7 @@ def test_store_prune_drops_old_runs_and_logs_only():
     _chunk(store, old, 0, 3, [0, 0, 0], submitted=time.time() - 10 * 86400)
     _chunk(store, new, 0, 2, [0, 0])
     owner = old.to_bytes(16, "big") + (0).to_bytes(8, "big")
-    store.apply([("log", owner, 1, time.time(), 20, "old log", "x")])
+    store.apply([LogLine(owner, 1, time.time(), 20, "old log", "x")])
     assert store.prune(7 * 86400) == (3, 0)
     assert {r["id"] for r in store.task_runs(limit=None)} == {run_id(new, 0), run_id(new, 1)}
     with pytest.raises(LookupError):

@@ -1,0 +1,296 @@
+"""What the tracker queues for its writer thread, and how a batch becomes run-store updates.
+
+Every producer (submissions, fetched envelopes, worker messages, direct calls, flows,
+the background path) appends one of the records below to the tracker's queue; the
+writer thread turns a batch of them into ``ChunkUpdate`` / ``FlowUpdate`` / ``LogLine``
+operations of the run store (``to_store_ops``) and applies them in one LMDB
+transaction. The records are plain NamedTuples: as cheap as the tuples they replace on
+the direct-call path, and readable by name.
+
+Direct calls ``t(x)`` (``DirectCall``, or the compact ``DirectCallDone`` for a plain
+completed call) take consecutive indexes of one per-process run base
+(``submit.direct_slot``), so ``to_store_ops`` folds each burst of direct calls of a task
+into a single chunk record, with per-run start and submission times.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from array import array
+from typing import TYPE_CHECKING, Any, NamedTuple, Union
+
+from daskflow.codes import CODE_OF_NAME, CODE_STATES, COMPLETED, LIVE_STATES, StateEvent
+from daskflow.engine.states import describe_error
+from daskflow.store.runs import ChunkUpdate, FlowUpdate, LogLine, chunk_key
+
+if TYPE_CHECKING:
+    from daskflow.engine.chunks import Chunk
+    from daskflow.engine.run import ChunkResult
+
+
+class Submitted(NamedTuple):
+    """Chunks just submitted: live, in state ``state`` (Pending, or Scheduled)."""
+
+    chunks: list[Chunk]
+    flow_run_id: str | None
+    state: StateEvent
+
+
+class Finished(NamedTuple):
+    """A chunk's fetched envelope: final states, errors, history."""
+
+    base: int
+    start: int
+    result: ChunkResult
+
+
+class DirectCall(NamedTuple):
+    """A direct call ``t(x)`` with something to record beyond "Completed"."""
+
+    task_name: str
+    task_key: str
+    flow_run_id: str | None
+    submitted: float
+    result: ChunkResult
+
+
+class DirectCallDone(NamedTuple):
+    """A plain direct call that completed: no envelope kept alive until the writer runs."""
+
+    task_name: str
+    task_key: str
+    flow_run_id: str | None
+    submitted: float
+    base: int
+    start: int
+    code: int
+    end: float
+    started: float
+
+
+class Started(NamedTuple):
+    """A chunk began executing (on ``worker``)."""
+
+    base: int
+    start: int
+    timestamp: float
+    worker: str | None
+
+
+class Retried(NamedTuple):
+    """State events of retrying runs of a chunk: ``{index: [StateEvent]}``."""
+
+    base: int
+    start: int
+    events: dict[int, list]
+
+
+class Ended(NamedTuple):
+    """A chunk finished whose envelope the client may never fetch: its codes and end time."""
+
+    base: int
+    start: int
+    codes: bytes
+    timestamp: float
+    worker: str | None
+
+
+class Logs(NamedTuple):
+    records: list[list]  # [owner (24 bytes), index, timestamp, level, message, logger name]
+
+
+class FlowChange(NamedTuple):
+    flow_run_id: str
+    fields: dict[str, Any]
+
+
+class RunStates(NamedTuple):
+    """State events of single runs by run id (the background path): ``(run_id, name, ts, message)``."""
+
+    events: list[tuple[str, str, float, str]]
+    task_name: str
+    task_key: str | None
+    flow_run_id: str | None
+    worker: str | None
+
+
+class FlushMarker(NamedTuple):
+    """Set ``done`` once everything queued before this marker is written."""
+
+    done: threading.Event
+
+
+Record = Union[Submitted, Finished, DirectCall, DirectCallDone, Started, Retried, Ended, Logs, FlowChange,
+               RunStates, FlushMarker]
+StoreOp = Union[ChunkUpdate, FlowUpdate, LogLine]
+
+_DIRECT = (DirectCall, DirectCallDone)
+TYPE_OF_NAME = {**LIVE_STATES, **{cs.name: cs.type for cs in CODE_STATES.values()}}
+
+
+def envelope_fields(res: ChunkResult) -> dict:
+    """The final fields of a chunk record from its envelope (packed arrays, text only)."""
+    fields: dict[str, Any] = {"codes": bytes(res.codes), "ends": res.ends.tobytes(), "live": None}
+    if res.started:
+        fields["started"] = res.started
+    if res.worker:
+        fields["worker"] = res.worker
+    if res.messages or res.errors:
+        keys = set(res.messages) | set(res.errors)
+        fields["messages"] = {i: res.messages.get(i) or describe_error(res.errors.get(i)) for i in keys}
+    if res.tracebacks:
+        fields["tracebacks"] = dict(res.tracebacks)
+    if res.history:
+        fields["history"] = {i: [list(h) for h in hist] for i, hist in res.history.items()}
+    if res.run_counts:
+        fields["run_counts"] = dict(res.run_counts)
+    if res.names:
+        fields["names"] = dict(res.names)
+    return fields
+
+
+def to_store_ops(batch: list[Record]) -> tuple[list[StoreOp], list[list]]:
+    """The run-store operations of a batch of records, and the log records to echo."""
+    ops: list[StoreOp] = []
+    logs: list[list] = []
+    group: list[DirectCall | DirectCallDone] = []  # consecutive direct calls folded into one record
+    for record in batch:
+        if group and not (isinstance(record, _DIRECT) and _continues(group[-1], record)):
+            ops.append(_direct_calls_op(group, logs))
+            group = []
+        if isinstance(record, _DIRECT):
+            group.append(record)
+        elif isinstance(record, Submitted):
+            t, name, _, _ = record.state
+            for c in record.chunks:
+                ops.append(ChunkUpdate(c.base, c.start, {
+                    "task": c.task.name, "task_key": c.task.task_key, "n": c.n, "flow_run_id": record.flow_run_id,
+                    "submitted": c.submitted, "live": [t, name, c.submitted, ""]}))
+        elif isinstance(record, Finished):
+            res = record.result
+            ops.append(ChunkUpdate(record.base, record.start, dict(envelope_fields(res), n=res.n, task=res.task_name)))
+            if res.logs:
+                logs.extend(res.logs)
+        elif isinstance(record, Started):
+            fields = {"live": ["RUNNING", "Running", record.timestamp, ""], "started": record.timestamp}
+            if record.worker:
+                fields["worker"] = record.worker
+            ops.append(ChunkUpdate(record.base, record.start, fields))
+        elif isinstance(record, Retried):
+            ops.append(ChunkUpdate(record.base, record.start, {"events": record.events}))
+        elif isinstance(record, Ended):
+            fields = {"codes": record.codes, "ends": array("d", [record.timestamp]).tobytes() * len(record.codes),
+                      "live": None}
+            if record.worker:
+                fields["worker"] = record.worker
+            ops.append(ChunkUpdate(record.base, record.start, fields))
+        elif isinstance(record, Logs):
+            logs.extend(record.records)
+        elif isinstance(record, FlowChange):
+            ops.append(FlowUpdate(record.flow_run_id, record.fields))
+        elif isinstance(record, RunStates):
+            ops.extend(_run_state_ops(record))
+    if group:
+        ops.append(_direct_calls_op(group, logs))
+    for owner, index, ts, level, message, name in logs:
+        ops.append(LogLine(bytes(owner), index, ts, level, message, name))
+    return ops, logs
+
+
+class _Span(NamedTuple):
+    base: int
+    start: int
+    n: int
+
+
+def _span(record: DirectCall | DirectCallDone) -> _Span:
+    if isinstance(record, DirectCallDone):
+        return _Span(record.base, record.start, 1)
+    res = record.result
+    return _Span(res.base, res.start, res.n)
+
+
+def _continues(prev: DirectCall | DirectCallDone, record: DirectCall | DirectCallDone) -> bool:
+    """Whether direct call ``record`` extends the record of ``prev``: same task, flow run and
+    base, and the next index (``direct_slot`` hands out consecutive indexes).
+
+    Called once per direct call on the writer thread: the common case (two plain
+    completed calls) compares fields without building spans.
+    """
+    if (prev.task_name != record.task_name or prev.task_key != record.task_key
+            or prev.flow_run_id != record.flow_run_id):
+        return False
+    if type(prev) is DirectCallDone and type(record) is DirectCallDone:
+        return record.base == prev.base and record.start == prev.start + 1
+    before, after = _span(prev), _span(record)
+    return after.base == before.base and after.start == before.start + before.n
+
+
+def _direct_calls_op(group: list[DirectCall | DirectCallDone], logs: list) -> ChunkUpdate:
+    """One new chunk record for consecutive direct calls (usually a batch of 100 ms).
+
+    Per-run start and submission times are kept as packed arrays (``starts``,
+    ``submits``): the runs of a direct-call record did not run back to back.
+    """
+    first = group[0]
+    head = _span(first)
+    if len(group) == 1 and isinstance(first, DirectCall):
+        res = first.result
+        if res.logs:
+            logs.extend(res.logs)
+        return ChunkUpdate(head.base, head.start, dict(envelope_fields(res), task=first.task_name,
+                                                       task_key=first.task_key, n=res.n,
+                                                       flow_run_id=first.flow_run_id, submitted=first.submitted),
+                           new=True)
+    codes = bytearray()
+    ends, starts, submits = array("d"), array("d"), array("d")
+    extra: dict[str, dict] = {}
+    owner = chunk_key(head.base, head.start)
+    at = 0
+    for record in group:
+        if isinstance(record, DirectCallDone):
+            codes.append(record.code)
+            ends.append(record.end)
+            starts.append(record.started)
+            submits.append(record.submitted)
+            at += 1
+            continue
+        res = record.result
+        codes += res.codes
+        ends.extend(res.ends)
+        for _ in range(res.n):
+            starts.append(res.started)
+            submits.append(record.submitted)
+        for field, values in envelope_fields(res).items():
+            if type(values) is dict:
+                extra.setdefault(field, {}).update({at + i: v for i, v in values.items()})
+        if res.logs:
+            logs.extend([owner, at + index, *rest] for _owner, index, *rest in res.logs)
+        at += res.n
+    fields = dict(extra, codes=bytes(codes), ends=ends.tobytes(), starts=starts.tobytes(),
+                  submits=submits.tobytes(), live=None, started=starts[0], task=first.task_name,
+                  task_key=first.task_key, n=at, flow_run_id=first.flow_run_id, submitted=first.submitted)
+    return ChunkUpdate(head.base, head.start, fields, new=True)
+
+
+def _run_state_ops(record: RunStates) -> list[ChunkUpdate]:
+    ops = []
+    for rid, name, ts, message in record.events:
+        fields: dict[str, Any] = {"task": record.task_name, "task_key": record.task_key, "n": 1,
+                                  "flow_run_id": record.flow_run_id, "submitted": ts}
+        if record.worker:
+            fields["worker"] = record.worker
+        code = CODE_OF_NAME.get(name)
+        if code is not None:
+            fields.update(codes=bytes([code]), ends=array("d", [ts]).tobytes(), live=None)
+            if message and code != COMPLETED:
+                fields["messages"] = {0: message}
+        else:
+            t = TYPE_OF_NAME.get(name, "RUNNING")
+            fields["events"] = {0: [[t, name, ts, message or ""]]}
+            fields["live"] = [t, name, ts, message or ""]
+            if t == "RUNNING":
+                fields["started"] = ts
+        ops.append(ChunkUpdate(uuid.UUID(rid).int, 0, fields))
+    return ops

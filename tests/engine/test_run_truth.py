@@ -1,0 +1,115 @@
+"""A run's run_count and history: futures and `daskflow runs show` tell the same story.
+
+One rule decides both (``daskflow.codes.run_count_of``), as in Prefect: a cache hit never
+enters Running (run_count 0, Pending -> Cached); a run that started and was lost with
+its worker counts its attempt and ends Crashed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from daskflow import flow, task
+from daskflow.cache import INPUTS
+from daskflow.engine import tracker
+from daskflow.runners.dask import DaskTaskRunner
+
+
+@task
+def ok(x):
+    return x + 1
+
+
+@task(cache_policy=INPUTS)
+def cached(x):
+    return x * 2
+
+
+@task(retries=2, retry_delay_seconds=0)
+def always_fails(x):
+    raise ValueError(f"bad {x}")
+
+
+@task
+def dies_when_told(go: str):
+    while not os.path.exists(go):  # the client has seen this run Running: now die
+        time.sleep(0.01)
+    os._exit(1)
+
+
+def runs_show(run_id: str) -> dict:
+    out = subprocess.run([sys.executable, "-m", "daskflow", "runs", "show", run_id, "-o", "json"],
+                         capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def story(future) -> tuple[int, list[str]]:
+    return future.run_count, [s.name for s in future.history()]
+
+
+def stored_story(run_id: str) -> tuple[int, list[str]]:
+    record = runs_show(run_id)
+    return record["run_count"], [h["name"] for h in record["history"]]
+
+
+@pytest.mark.parametrize("case", ["completed", "cached", "failed-after-retries"])
+def test_future_and_run_store_agree(cluster, case):
+    runner = DaskTaskRunner(address=cluster.scheduler_address)
+
+    @flow(task_runner=runner)
+    def pipeline():
+        if case == "completed":
+            fut = ok.submit(1)
+        elif case == "cached":
+            cached.submit(21).wait()
+            fut = cached.submit(21)
+        else:
+            fut = always_fails.submit(3)
+        fut.wait()
+        return fut.task_run_id, fut.state.name, story(fut)
+
+    run_id, state, seen = pipeline()
+    expected = {
+        "completed": ("Completed", (1, ["Pending", "Running", "Completed"])),
+        "cached": ("Cached", (0, ["Pending", "Cached"])),
+        "failed-after-retries": ("Failed", (3, ["Pending", "Running", "AwaitingRetry", "Retrying",
+                                                "AwaitingRetry", "Retrying", "Failed"])),
+    }[case]
+    assert (state, seen) == expected
+    assert tracker.flush()
+    assert stored_story(run_id) == seen
+
+
+def test_run_lost_with_its_worker_counts_its_attempt_in_both_views(cluster, tmp_path):
+    # The session cluster allows one failure: the second worker death gives the run up.
+    from distributed import Client
+
+    runner = DaskTaskRunner(address=cluster.scheduler_address)
+    go = tmp_path / "go"
+
+    @flow(task_runner=runner)
+    def pipeline():
+        fut = dies_when_told.submit(str(go))
+        deadline = time.monotonic() + 60
+        while fut.state.name != "Running" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        go.touch()
+        fut.wait(120)
+        return fut.task_run_id, fut.state.name, story(fut)
+
+    try:
+        run_id, state, seen = pipeline()
+    finally:
+        with Client(cluster.scheduler_address, set_as_default=False) as client:
+            client.wait_for_workers(2, timeout=60)
+    assert state == "Crashed"
+    assert seen == (1, ["Pending", "Running", "Crashed"])
+    assert tracker.flush()
+    assert stored_story(run_id) == seen
