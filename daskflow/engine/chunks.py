@@ -119,6 +119,9 @@ def submit_chunks(runner: TaskRunner, specs: list[ChunkSpec], deps: list[list[An
     """Submit every chunk in one batch; ``deps[i]`` are handles (or envelopes) chunk i needs."""
     if runner not in _attached:
         _attach(runner)
+    if runner.checkpoints:
+        for spec in specs:
+            spec.checkpoints = True
     return runner.submit_many(run_chunk, specs, deps, keys=keys)
 
 
@@ -172,7 +175,7 @@ def _set_results(runner: TaskRunner, chunks: list[Chunk], results: list) -> None
             chunk.result = res
         else:
             chunk.result = lost(chunk, res)
-    if kept and isinstance(runner, DaskTaskRunner):
+    if kept and runner.checkpoints and isinstance(runner, DaskTaskRunner):
         runner.keep(kept)
     returned = [c.result for c in chunks if c.result.cache_returned is not None]  # type: ignore[union-attr]
     if returned:  # remote workers' fresh results: written here, in one transaction

@@ -80,6 +80,7 @@ class ChunkSpec:
     wait_refs: tuple[Ref, ...] = ()
     flow_run_id: str | None = None
     cache: Any = None  # a engine.managed.CacheSpec for tasks that cache or have commit hooks
+    checkpoints: bool = False  # the runner's scheduler keeps checkpoints (runners.ledger)
 
 
 @dataclass(slots=True)
@@ -263,7 +264,8 @@ def run_chunk(spec: ChunkSpec, deps: list[ChunkResult] = ()) -> ChunkResult:  # 
     """
     worker = worker_address()
     done: Checkpoint | None = None
-    if worker is not None:
+    checkpoints = spec.checkpoints and worker is not None
+    if checkpoints:
         from daskflow.runners import ledger
 
         kept, notes = ledger.recall()
@@ -275,7 +277,8 @@ def run_chunk(spec: ChunkSpec, deps: list[ChunkResult] = ()) -> ChunkResult:  # 
     if isinstance(columns, bytes):
         columns = cloudpickle.loads(columns)
     result = run_rows(spec.task, spec.base, spec.start, spec.n, columns, list(deps),
-                      spec.refs, spec.wait_refs, spec.flow_run_id, spec.cache, done=done)
+                      spec.refs, spec.wait_refs, spec.flow_run_id, spec.cache, done=done,
+                      checkpoints=checkpoints)
     result.worker = worker
     reports.chunk_ended(result)
     return result.seal()
@@ -355,11 +358,13 @@ class Notes:
 
 def run_rows(task: Task, base: int, start: int, n: int, columns: list[Column] | None, deps: list,
              refs: bool, wait_refs: tuple, flow_run_id: str | None, cache: Any = None,
-             row: tuple | None = None, done: Checkpoint | None = None) -> ChunkResult:
+             row: tuple | None = None, done: Checkpoint | None = None,
+             checkpoints: bool = False) -> ChunkResult:
     """Run ``n`` runs of ``task`` whose arguments are the rows of ``columns``.
 
     A direct call passes its one ``row`` instead of columns (``n`` is 1). ``done``: runs an
-    earlier attempt finished; they are restored, not run.
+    earlier attempt finished; they are restored, not run. ``checkpoints``: note finished
+    runs to the scheduler's ledger (only where the runner installed one).
     """
     res = ChunkResult(task.name, base, start, n, bytearray(n), [None] * n)
     res.started = time.time()
@@ -374,7 +379,7 @@ def run_rows(task: Task, base: int, start: int, n: int, columns: list[Column] | 
     token = task_run_ctx.set(ctx)
     sink = run_logging.open_sink()
     prints = run_logging.log_prints(True) if task.options.log_prints else None
-    notes = Notes(res, 0, res.started) if in_dask_task() else None
+    notes = Notes(res, 0, res.started) if checkpoints else None
     try:
         if row is not None:
             rows: Any = (row,)

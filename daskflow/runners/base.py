@@ -23,6 +23,8 @@ class TaskRunner(abc.ABC):
     #: True when call arguments are pickled on their way (another process runs the calls).
     serializes = True
     closed = False
+    #: True when calls may note checkpoints and resume from them (``runners.ledger``).
+    checkpoints = False
 
     @abc.abstractmethod
     def submit_many(self, fn: Callable[..., Any], *iterables: list, keys: list[str]) -> list[Any]:

@@ -190,7 +190,7 @@ class DaskTaskRunner(TaskRunner):
         """Have the scheduler keep checkpoints of calls (``runners.ledger``), once per scheduler."""
         from daskflow.runners import ledger
 
-        ledger.install(self.client)
+        self.checkpoints = ledger.install(self.client)
 
     def keep(self, results: list[tuple[Any, bytes]]) -> None:
         """Have the scheduler keep these finished results ``(handle, bytes)`` while other calls need them."""
