@@ -289,10 +289,11 @@ _tokens: dict[tuple[str, int], str] = {}  # (home, pid) -> this process's token
 _reach: dict[tuple[str, str], bool] = {}  # (home, token) -> whether this process sees that store
 
 
-def store_token(home: str | os.PathLike) -> str:
+def store_token(home: str | os.PathLike) -> str | None:
     """This process's token for ``home``: a file ``{home}/tokens/{token}`` it wrote (once).
 
-    Ship it with work that may use the store: see ``reaches_store``.
+    Ship it with work that may use the store: see ``reaches_store``. None for a home that
+    cannot hold a cache (nothing is written there; every process gets a ``NullStore``).
     """
     key = (str(home), os.getpid())
     token = _tokens.get(key)
@@ -300,11 +301,15 @@ def store_token(home: str | os.PathLike) -> str:
         with _lock:
             token = _tokens.get(key)
             if token is None:
-                token = os.urandom(16).hex()
-                folder = pathlib.Path(home) / "tokens"
-                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-                path = folder / token
-                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                try:
+                    config.check_home(home, create=True)
+                    token = os.urandom(16).hex()
+                    folder = pathlib.Path(home) / "tokens"
+                    folder.mkdir(mode=0o700, exist_ok=True)
+                    path = folder / token
+                    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                except (StoreError, OSError):
+                    return None
                 atexit.register(_remove_token, path)
                 _tokens[key] = token
     return token
