@@ -17,6 +17,7 @@
     ├── ResultNotPersisted (UnfinishedRun)     .result() of a background run whose value was not kept
     ├── UnknownRun (KeyError)                  a background run id the server does not know
     ├── MissingContextError (RuntimeError)     get_run_logger() outside of a run
+    ├── MissingMainGuard (RuntimeError)        a LocalCluster started by a script without its main guard
     ├── StoreError (RuntimeError)              a store under $DASKFLOW_HOME cannot be used
     │   ├── DamagedStore                       an LMDB file is truncated or not LMDB (say how to repair)
     │   ├── UnsafeHome (PermissionError)       the home is writable by others or owned by another user
@@ -110,3 +111,7 @@ class UnusableHome(StoreError, OSError):
 
 class SchedulerUnreachable(DaskflowError, ConnectionError):
     """No Dask scheduler answered at the configured address within the connect timeout."""
+
+
+class MissingMainGuard(DaskflowError, RuntimeError):
+    """A script started a LocalCluster from top-level code not under ``if __name__ == "__main__":``."""

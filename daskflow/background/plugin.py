@@ -19,7 +19,9 @@ the daskflow server:
 - *Final.* A final state deletes the run's queue entry in the same transaction that
   records it, and keeps the result (or exception) by run id. Later duplicates (an
   at-least-once re-execution) are ignored: the first recorded completion wins.
-- *Restart.* On start, every queued run is submitted again (at-least-once delivery).
+- *Restart.* On start, every queued run is recorded Scheduled and submitted again
+  (at-least-once delivery), and the run store is reconciled with this store: a run
+  final here is final there too, even if the server died before handing it over.
 - *Results.* Handlers ``daskflow_bg_wait`` (wait for final states, event-driven) and
   ``daskflow_bg_get`` (latest states) serve clients on any host.
 """
@@ -96,6 +98,9 @@ class BackgroundPlugin(SchedulerPlugin):
         self.client = await Client(self.scheduler.address, asynchronous=True, set_as_default=False,
                                    name="daskflow-background")
         entries = store.queued(self.env)
+        fixed = await self.loop.run_in_executor(None, store.reconcile_run_store, self.env, [e["id"] for e in entries])
+        if fixed:
+            logger.info("daskflow server: %d background run(s) brought up to date in the run store", fixed)
         if entries:
             logger.info("daskflow server: resubmitting %d unfinished background run(s)", len(entries))
             now = time.time()

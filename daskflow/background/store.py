@@ -26,7 +26,7 @@ read the store without paying for it.
 from __future__ import annotations
 
 import pathlib
-from typing import Any
+from typing import Any, Iterable
 
 import msgpack
 
@@ -34,7 +34,7 @@ from daskflow import _lmdb, config
 from daskflow.cache import serialization as ser
 from daskflow.exceptions import DamagedStore
 
-__all__ = ["list_records", "open_store", "queued", "read_records"]
+__all__ = ["list_records", "open_store", "queued", "read_records", "reconcile_run_store"]
 
 DBS = ("queue", "runs", "results")
 FINAL = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
@@ -132,6 +132,31 @@ def record_states(changes: list[tuple[dict, list[dict]]]) -> None:
     for (task_name, task_key, flow_run_id, worker), events in groups.items():
         tracker.record_states(events, task_name=task_name, task_key=task_key, flow_run_id=flow_run_id,
                               worker=worker)
+
+
+def reconcile_run_store(env: _lmdb.Env, requeued: Iterable[str] = ()) -> int:
+    """Make the run store agree with this store; how many runs it corrected.
+
+    The server hands states to the run store after committing them here, in batches a
+    few ms later; a server that dies in between leaves runs that are final here but
+    Running or Pending there. On start, every run the run store has in another state
+    (or lacks) gets this store's states again. ``requeued`` runs (those the server is
+    about to submit again) are skipped: they are recorded Scheduled by the restart.
+    """
+    from daskflow.store.runs import open_run_store
+
+    skip = set(requeued)
+    records = [r for r in list_records(env) if r["id"] not in skip]
+    recorded = open_run_store().run_states(r["id"] for r in records)
+    changes = []
+    for rec in records:
+        have = recorded.get(rec["id"])
+        if have is None:
+            changes.append((rec, rec["history"]))  # never reached the run store
+        elif have != rec["state"]:
+            changes.append((rec, rec["history"][-1:]))
+    record_states(changes)
+    return len(changes)
 
 
 def record_logs(records: list[list]) -> None:

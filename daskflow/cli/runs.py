@@ -28,9 +28,12 @@ _STYLES = {"COMPLETED": "green", "FAILED": "red", "CRASHED": "magenta", "CANCELL
 
 
 def _store():
+    """The run store, after ending the runs of processes that died (no run outlives its owner)."""
     from daskflow.store.runs import open_run_store
 
-    return open_run_store(create=False)
+    store = open_run_store(create=False)
+    store.end_dead_owners()
+    return store
 
 
 def _listing(method: str, *args: Any) -> list[dict]:

@@ -17,6 +17,7 @@ runners:
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 import uuid
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from daskflow.runners.base import TaskRunner
 
 _attached: weakref.WeakSet[TaskRunner] = weakref.WeakSet()
+logger = logging.getLogger("daskflow")
 
 
 class Chunk:
@@ -113,6 +115,22 @@ def fetch_all(chunks: Iterable[Chunk], timeout: float | None, raise_timeout: boo
     except TimeoutError:
         if raise_timeout:
             raise
+
+
+def fetch_finished(chunks: Iterable[Chunk], timeout: float = 5.0) -> None:
+    """Fetch the envelopes of the chunks whose calls are done already; never waits for others.
+
+    For an interruption: what finished is recorded as it ended before the rest is cancelled.
+    """
+    groups: dict[int, tuple[TaskRunner, list[Chunk]]] = {}
+    for chunk in chunks:
+        if chunk.result is None and chunk.handle is not None and chunk.handle.done() and not chunk.runner.closed:
+            groups.setdefault(id(chunk.runner), (chunk.runner, []))[1].append(chunk)  # type: ignore[arg-type]
+    for runner, group in groups.values():
+        try:
+            fetch_many(runner, group, timeout)
+        except Exception:  # noqa: BLE001 - unfetched chunks are cancelled instead
+            logger.debug("daskflow: could not fetch finished runs", exc_info=True)
 
 
 def submit_chunks(runner: TaskRunner, specs: list[ChunkSpec], deps: list[list[Any]], keys: list[str]) -> list[Any]:

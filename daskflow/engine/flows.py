@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+import sys
 import uuid
 from typing import Any, Callable, Generic, Iterator, ParamSpec, TypeVar, overload
 
@@ -21,10 +22,10 @@ from daskflow.engine import logging as run_logging
 from daskflow.engine import states as st
 from daskflow.engine import tracker
 from daskflow.engine.context import FlowRunContext, flow_run_ctx, task_run_ctx
-from daskflow.engine.chunks import Chunk, fetch_all
+from daskflow.engine.chunks import Chunk, fetch_all, fetch_finished
 from daskflow.engine.futures import MapFutures, TaskRunFuture
 from daskflow.engine.tasks import RESERVED, loop_running
-from daskflow.codes import CANCELLED
+from daskflow.codes import CANCELLED, OK_CODES
 from daskflow.engine.run import ChunkResult
 from daskflow.exceptions import CancelledRun, ReservedArgumentError
 from daskflow.runners.base import TaskRunner
@@ -145,6 +146,10 @@ class Flow(Generic[P, R]):
     def _crash(self, ctx: FlowRunContext, exc: BaseException) -> st.State:
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             cancel_unfinished(ctx.submitted, f"flow {self.name!r} was interrupted")
+            if isinstance(exc, KeyboardInterrupt) and ctx.parent is None:
+                done, cancelled = _outcome_counts(ctx.submitted)
+                report_interrupt(exc, f"daskflow: flow {self.name!r} interrupted; {done} runs completed, "
+                                      f"{cancelled} cancelled")
             return st.Cancelled(exc, message=f"flow {self.name!r} was interrupted")
         try:
             fetch_all(ctx.submitted, None)
@@ -165,17 +170,66 @@ class Flow(Generic[P, R]):
 
 
 def cancel_unfinished(chunks: list[Chunk], reason: str) -> None:
-    """Cancel every run not final yet; their futures read Cancelled from now on."""
-    for chunk in chunks:
+    """Cancel every run not final yet; their futures read Cancelled from now on.
+
+    Runs that finished are fetched first, so they are recorded as they ended (Completed,
+    Failed...), not Cancelled; the others are cancelled with one call per runner.
+    """
+    fetch_finished(chunks)
+    unfinished = [c for c in chunks if c.result is None]
+    by_runner: dict[int, tuple[TaskRunner, list[Any]]] = {}
+    for chunk in unfinished:
+        if chunk.runner is not None and chunk.handle is not None:
+            by_runner.setdefault(id(chunk.runner), (chunk.runner, []))[1].append(chunk.handle)
+    for runner, handles in by_runner.values():
+        try:
+            runner.cancel_many(handles)
+        except Exception:  # noqa: BLE001 - the runner may be gone; the runs are recorded Cancelled anyway
+            logger.debug("could not cancel runs of %r", runner, exc_info=True)
+    for chunk in unfinished:
         if chunk.result is None:
-            if chunk.runner is not None:
-                chunk.cancel()
             err = CancelledRun(f"task {chunk.task.name!r}: {reason}")
             chunk.result = ChunkResult.all_failed(chunk.task.name, chunk.base, chunk.start, chunk.n, CANCELLED,
                                                   err, str(err))
             chunk.observed = True
             tracker.chunk_finished(chunk)
             chunk.handle = None  # recorded: nothing fetches it again
+
+
+def _outcome_counts(chunks: list[Chunk]) -> tuple[int, int]:
+    """(completed, cancelled) runs among fetched chunks."""
+    done = cancelled = 0
+    for chunk in chunks:
+        if chunk.result is not None:
+            codes = chunk.result.codes
+            done += sum(codes.count(c) for c in OK_CODES)
+            cancelled += codes.count(CANCELLED)
+    return done, cancelled
+
+
+_interrupts: dict[int, str] = {}  # id(KeyboardInterrupt) -> the line that replaces its traceback
+
+
+def report_interrupt(exc: KeyboardInterrupt, line: str) -> None:
+    """Have an uncaught ``exc`` print ``line`` instead of a traceback through the engine.
+
+    The interrupt still propagates (callers may catch it; the process still exits as
+    interrupted); only Python's last-resort report of it is replaced, by one line.
+    """
+    _interrupts[id(exc)] = line
+    if getattr(sys.excepthook, "daskflow", False):
+        return
+    previous = sys.excepthook
+
+    def hook(exc_type: type, value: BaseException, tb: Any) -> None:
+        line = _interrupts.get(id(value)) if exc_type is KeyboardInterrupt else None
+        if line is None:
+            previous(exc_type, value, tb)
+        else:
+            print(line, file=sys.stderr)
+
+    hook.daskflow = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
 
 
 def _state_of(value: Any) -> st.State:

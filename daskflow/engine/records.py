@@ -20,6 +20,7 @@ import uuid
 from array import array
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
+from daskflow import owners
 from daskflow.codes import CODE_OF_NAME, CODE_STATES, COMPLETED, LIVE_STATES, StateEvent
 from daskflow.engine.states import describe_error
 from daskflow.store.runs import ChunkUpdate, FlowUpdate, LogLine, chunk_key
@@ -163,10 +164,11 @@ def to_store_ops(batch: list[Record]) -> tuple[list[StoreOp], list[list]]:
             group.append(record)
         elif isinstance(record, Submitted):
             t, name, _, _ = record.state
+            owner = owners.me().key  # this process: if it dies, these runs end Crashed (store/runs.py)
             for c in record.chunks:
                 ops.append(ChunkUpdate(c.base, c.start, {
                     "task": c.task.name, "task_key": c.task.task_key, "n": c.n, "flow_run_id": record.flow_run_id,
-                    "submitted": c.submitted, "live": [t, name, c.submitted, ""]}))
+                    "submitted": c.submitted, "live": [t, name, c.submitted, ""], "owner": owner}))
         elif isinstance(record, Finished):
             res = record.result
             ops.append(ChunkUpdate(record.base, record.start, dict(envelope_fields(res), n=res.n, task=res.task_name)))

@@ -23,6 +23,12 @@ Direct calls ``t(x)`` (``inline_finished``) queue one compact record each, witho
 Every producer queues a named record (``engine/records.py``); one writer thread drains
 the queue about every 100 ms, turns the batch into run-store updates and applies them in
 one LMDB transaction (``RunStore.apply``), then echoes log records to the console.
+
+Owners. Flow runs and submitted chunks are recorded with this process as their owner
+(``daskflow.owners``: host, pid, start time), and the batches that carry them carry
+the process's lease; while it has runs in flight the writer renews the lease every
+``daskflow.owners.renew-seconds``. The first write to a store ends the runs of owners
+that died (``RunStore.end_dead_owners``).
 Nothing on a hot path waits for a disk write; ``flush`` waits for one, for tests and
 readers in the same process. ``daskflow.tracking: false`` turns all of it off.
 
@@ -43,14 +49,14 @@ from typing import TYPE_CHECKING, Any, Iterable, NamedTuple
 
 import dask.config
 
-from daskflow import config
+from daskflow import config, owners
 from daskflow.codes import CACHED, COMPLETED, StateEvent
 from daskflow.engine.events import ChunkEnded, ChunkStarted, LogsShipped, Message, RunRetrying
 from daskflow.engine.events import batch_from_wire, from_wire
 from daskflow.engine.records import (DirectCall, DirectCallDone, Ended, Finished, FlowChange, FlushMarker, Logs,
                                      Record, Retried, RunStates, Started, Submitted, to_store_ops)
 from daskflow.ids import run_id
-from daskflow.store.runs import open_run_store
+from daskflow.store.runs import ChunkUpdate, FlowUpdate, open_run_store
 from daskflow.exceptions import StoreError
 
 if TYPE_CHECKING:
@@ -114,6 +120,8 @@ class _Tracker:
         self.thread: threading.Thread | None = None
         self.wake = threading.Event()
         self.failed = False
+        self.flows: set[str] = set()  # flow runs of this process not finished yet
+        self.leases: dict[str, float] = {}  # home -> when this process last wrote its lease there
 
     # -- queueing for the writer ----------------------------------------------------------
     def put(self, record: Record) -> None:
@@ -136,12 +144,39 @@ class _Tracker:
         self.lock = threading.Lock()
         self.registry = threading.Lock()
         self.wake = threading.Event()
+        self.flows = set()
+        self.leases = {}
 
     def _writer(self) -> None:
         while True:
             self.wake.wait(FLUSH_SECONDS)
             self.wake.clear()
             self._drain()
+            self._renew()
+
+    def owning(self) -> bool:
+        """Whether this process has runs in flight that only it will finish."""
+        return bool(self.live) or bool(self.flows)
+
+    def _lease_for(self, home: str, ops: list) -> owners.Lease | None:
+        """This process's lease, when a batch for ``home`` must carry it (new owned records)."""
+        if any(isinstance(op, (ChunkUpdate, FlowUpdate)) and "owner" in op.fields for op in ops):
+            self.leases[home] = time.monotonic()
+            return owners.lease()
+        return None
+
+    def _renew(self) -> None:
+        """Renew the lease in every store this process has runs in flight in, when due."""
+        if not self.leases or not self.owning():
+            return
+        due = time.monotonic() - owners.renew_seconds()
+        for home, last in list(self.leases.items()):
+            if last <= due:
+                self.leases[home] = time.monotonic()
+                try:
+                    _open(home).apply((), lease=owners.lease())
+                except Exception:  # noqa: BLE001 - a missed renewal is retried next time
+                    logger.debug("daskflow: could not renew this process's lease", exc_info=True)
 
     def _drain(self) -> None:
         by_home: dict[str, list[Record]] = {}
@@ -158,7 +193,7 @@ class _Tracker:
         try:
             for home, records in by_home.items():
                 ops, logs = to_store_ops(records)
-                open_run_store(home or None).apply(ops)
+                _open(home).apply(ops, lease=self._lease_for(home, ops))
                 _echo(logs)
         except Exception as exc:  # never let record keeping break the user's program
             if not self.failed:
@@ -181,6 +216,20 @@ class _Tracker:
             self.start()
         self.wake.set()
         return done.wait(timeout)
+
+
+_opened: set[tuple[str, int]] = set()
+
+
+def _open(home: str) -> Any:
+    """The run store of ``home`` ("" = the configured one); the first open ends dead owners' runs."""
+    store = open_run_store(home or None)
+    if (home, os.getpid()) not in _opened:
+        _opened.add((home, os.getpid()))
+        ended = store.end_dead_owners()
+        if ended:
+            logger.info("daskflow: ended the unfinished runs of %d process(es) that died, as Crashed", len(ended))
+    return store
 
 
 _tracker = _Tracker()
@@ -344,13 +393,15 @@ def subscribe(client: Any) -> None:
 def flow_started(flow_run_id: str, name: str, parameters: dict, parent_id: str | None = None) -> None:
     if enabled():
         params = {k: _summary(v) for k, v in parameters.items()}
+        _tracker.flows.add(flow_run_id)
         _tracker.put(FlowChange(flow_run_id, {"name": name, "parameters": params, "state": "Running",
                                               "state_type": "RUNNING", "start": time.time(),
-                                              "parent_id": parent_id}))
+                                              "parent_id": parent_id, "owner": owners.me().key}))
 
 
 def flow_finished(flow_run_id: str, state: st.State) -> None:
     if enabled():
+        _tracker.flows.discard(flow_run_id)
         _tracker.put(FlowChange(flow_run_id, {"state": state.name, "state_type": state.type.name,
                                               "end": time.time(), "message": state.message or ""}))
 

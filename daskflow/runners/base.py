@@ -49,6 +49,11 @@ class TaskRunner(abc.ABC):
         """Cancel a call that has not finished; True if it will not deliver a value."""
         return False
 
+    def cancel_many(self, handles: list[Any]) -> None:
+        """Cancel many calls at once (runners with a round trip per call override this)."""
+        for handle in handles:
+            self.cancel(handle)
+
     def dropped(self, handle: Any) -> bool:
         """Whether the call was dropped with a lost connection (it may not have run, and
         submitting it again is right)."""

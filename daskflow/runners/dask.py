@@ -40,7 +40,7 @@ _shared_lock = threading.Lock()
 
 
 def shared_client(address: str, client_kwargs: dict | None = None) -> Client:
-    """One client per scheduler address per process, closed at interpreter exit."""
+    """One client per scheduler address per process, closed (quietly) at interpreter exit."""
     from distributed import Client
 
     with _shared_lock:
@@ -64,18 +64,41 @@ def close_shared_client(address: str) -> None:
     with _shared_lock:
         client = _shared_clients.pop(address, None)
     if client is not None:
-        client.close(timeout=2)
+        close_quietly(client)
 
 
 @atexit.register
 def close_shared_clients() -> None:
     """Close every shared client of this process (at exit; tests between clusters)."""
-    for client in list(_shared_clients.values()):
-        try:
-            client.close(timeout=2)
-        except Exception:
-            pass
-    _shared_clients.clear()
+    with _shared_lock:
+        clients = list(_shared_clients.values())
+        _shared_clients.clear()
+    for client in clients:
+        close_quietly(client)
+
+
+def close_quietly(client: Client) -> None:
+    """Close a client without logging about a scheduler that is already gone.
+
+    A client whose scheduler went away is reconnecting; closing it cancels that with
+    an error log and a traceback that say nothing the user needs. (Closing shared
+    clients once idle, from a timer thread, would also spare a long-lived process
+    Dask's "Failed to reconnect" line after 30 s; tried, it broke a client being made
+    at the same time, so shared clients live until exit.)
+    """
+    import logging
+
+    loggers = [logging.getLogger(name) for name in ("distributed.client", "distributed.utils")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        client.close(timeout=2)
+    except Exception:  # noqa: BLE001 - closing is best effort
+        pass
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def in_dask_task() -> bool:
@@ -147,6 +170,7 @@ class DaskTaskRunner(TaskRunner):
             from distributed import get_client
 
             return get_client()
+        check_main_guard()
         from distributed import Client, LocalCluster
 
         self.cluster = LocalCluster(**self._local_cluster_kwargs())
@@ -203,6 +227,11 @@ class DaskTaskRunner(TaskRunner):
             return False
         handle.cancel()
         return True
+
+    def cancel_many(self, handles: list[Any]) -> None:
+        live = [h for h in handles if not h.done()]
+        if live and self._client is not None:
+            self._client.cancel(live)
 
     def wait(self, handles: list[Any], timeout: float | None) -> None:
         from distributed.client import _wait as dask_wait
@@ -277,6 +306,11 @@ class DaskTaskRunner(TaskRunner):
         if cluster is not None:
             import logging
 
+            if not wait:  # interrupted: runs still executing are dropped on purpose, silently
+                try:
+                    client.run(quiet_logs)  # type: ignore[union-attr]
+                except Exception:  # noqa: BLE001 - a worker already gone needs no silencing
+                    pass
             # Closing our own cluster drops its results on purpose; don't warn about it.
             quiet = logging.getLogger("distributed.scheduler")
             level = quiet.level
@@ -300,6 +334,80 @@ def _cancellation(handle: Any) -> BaseException:
     from concurrent.futures import CancelledError
 
     return CancelledError(f"{handle.key} was cancelled")
+
+
+def quiet_logs() -> None:
+    """On a worker of a cluster being closed mid-run: no warnings about the runs it drops."""
+    import logging
+
+    for name in ("distributed.worker", "distributed.worker.state_machine", "distributed.core", "distributed.nanny"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def check_main_guard() -> None:
+    """Refuse to start a LocalCluster from a script's unguarded top-level code.
+
+    LocalCluster workers are processes started with ``spawn``: each imports the main
+    script again. Code at its top level that starts a cluster would then run again in
+    every worker (each failing to start processes of its own, hundreds of lines of
+    tracebacks, a failed flow run each). One clear error here instead, before any
+    worker exists.
+    """
+    where = unguarded_main_call()
+    if where is not None:
+        from daskflow.exceptions import MissingMainGuard
+
+        path, line = where
+        raise MissingMainGuard(
+            f"{path}, line {line}: this starts a Dask LocalCluster from the script's top level, outside "
+            "`if __name__ == \"__main__\":`. Its worker processes import the script again and would run "
+            "this line again. Move the code that runs flows and tasks under `if __name__ == \"__main__\":` "
+            "(or use a running cluster: DaskTaskRunner(address=...))."
+        )
+
+
+def unguarded_main_call() -> tuple[str, int] | None:
+    """``(script, line)`` when this thread runs the main script's top level outside its main guard."""
+    import inspect
+
+    import dask.config
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path or dask.config.get("distributed.worker.multiprocessing-method", "spawn") == "fork":
+        return None  # an interactive session, or workers that do not import the script again
+    frame, line = inspect.currentframe(), None
+    script = os.path.abspath(path)
+    while frame is not None:  # the outermost frame of the script's own top-level code
+        code = frame.f_code
+        if code.co_name == "<module>" and os.path.abspath(code.co_filename) == script:
+            line = frame.f_lineno
+        frame = frame.f_back
+    if line is None:
+        return None
+    try:
+        import ast
+
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    guards = [node for node in tree.body if isinstance(node, ast.If) and _is_main_test(node.test)]
+    if any(node.lineno <= line <= (node.end_lineno or node.lineno) for node in guards):
+        return None
+    return path, line
+
+
+def _is_main_test(test: Any) -> bool:
+    """Whether an ``if`` test is ``__name__ == "__main__"`` (either way round)."""
+    import ast
+
+    if not (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)):
+        return False
+    sides = [test.left, test.comparators[0]]
+    names = [s.id for s in sides if isinstance(s, ast.Name)]
+    consts = [s.value for s in sides if isinstance(s, ast.Constant)]
+    return names == ["__name__"] and consts == ["__main__"]
 
 
 def has_bokeh() -> bool:

@@ -15,6 +15,14 @@ Databases of the ``$DASKFLOW_HOME/runs`` environment:
 - ``flows``    flow run id (16) → flow run record
 - ``byflow``   flow run id + chunk key → b"": a flow run's task runs
 - ``logs``     owner (24: a chunk key, or flow run id + 8 x ff) + index (4) + µs (8) + seq (4) → record
+- ``owners``   owner key (16, ``daskflow.owners``) → the owning process and its lease
+- ``owned``    owner key + ``b"c"`` + chunk key, or + ``b"f"`` + flow run id → b"": its non-final records
+
+Runs that die with their process. A record created with an ``owner`` field (the tracker
+adds it to flow runs and submitted chunks, never per element) is indexed in ``owned``
+while it is not final; ``end_dead_owners`` ends the indexed records of owners that are
+gone as Crashed. Every process that opens the store to write (a flow's writer thread,
+the CLI) calls it once, so no run outlives its owner non-final.
 
 Records are msgpack, never pickles, so the CLI reads them without importing user code.
 One writer (the tracker's thread) writes batches: ``apply`` runs a whole batch of
@@ -32,14 +40,15 @@ from typing import Any, Iterable, Iterator, NamedTuple
 import msgpack
 
 from daskflow import _lmdb, config
-from daskflow.codes import CODE_OF_NAME, CODE_STATES
-from daskflow.codes import run_count_of
+from daskflow.codes import CODE_OF_NAME, CODE_STATES, CRASHED, run_count_of
 from daskflow.exceptions import DamagedStore
+from daskflow.owners import Lease, Owner, is_alive
 from daskflow.ids import MASK, STRIDE, index_of, run_id
 
 __all__ = ["ChunkUpdate", "FlowUpdate", "LogLine", "RunStore", "open_run_store"]
 
-DBS = ("chunks", "bytime", "flows", "byflow", "logs")
+DBS = ("chunks", "bytime", "flows", "byflow", "logs", "owners", "owned")
+_FINAL_TYPES = frozenset(cs.type for cs in CODE_STATES.values())
 _FLOW_OWNER = b"\xff" * 8
 _seq = itertools.count()
 
@@ -123,14 +132,22 @@ class RunStore:
         self._db = {name: env.db(name) for name in DBS}
 
     # -- writing (the tracker's writer thread) ------------------------------------------
-    def apply(self, ops: Iterable[ChunkUpdate | FlowUpdate | LogLine]) -> None:
-        """Apply a batch of updates in one write transaction."""
-        ops = list(ops)
-        if ops:
-            self.env.write(lambda txn: self._apply(txn, ops))
+    def apply(self, ops: Iterable[ChunkUpdate | FlowUpdate | LogLine], lease: Lease | None = None) -> None:
+        """Apply a batch of updates in one write transaction.
 
-    def _apply(self, txn: Any, ops: list[ChunkUpdate | FlowUpdate | LogLine]) -> None:
+        ``lease`` (the writing process's) is recorded in the same transaction: give it
+        with the first records that name their owner, and to renew it.
+        """
+        ops = list(ops)
+        if ops or lease is not None:
+            self.env.write(lambda txn: self._apply(txn, ops, lease))
+
+    def _apply(self, txn: Any, ops: list[ChunkUpdate | FlowUpdate | LogLine], lease: Lease | None = None) -> None:
         db = self._db
+        if lease is not None:
+            owner = lease.owner
+            txn.put(owner.key, pack({"host": owner.host, "pid": owner.pid, "started": owner.started,
+                                     "lease_until": lease.until}), db=db["owners"])
         for op in ops:
             if isinstance(op, ChunkUpdate):
                 key = chunk_key(op.base, op.start)
@@ -144,17 +161,61 @@ class RunStore:
                         txn.put(fid + key, b"", db=db["byflow"])
                 else:
                     rec = _merge(unpack(raw), op.fields)
+                _index_owned(txn, db["owned"], rec, b"c" + key, rec.get("codes") is None)
                 txn.put(key, pack(rec), db=db["chunks"])
             elif isinstance(op, FlowUpdate):
                 key = uuid.UUID(op.flow_run_id).bytes
                 raw = txn.get(key, db=db["flows"])
                 rec = dict(op.fields, id=op.flow_run_id) if raw is None else _merge(unpack(raw), op.fields)
+                _index_owned(txn, db["owned"], rec, b"f" + key, rec.get("state_type") not in _FINAL_TYPES)
                 txn.put(key, pack(rec), db=db["flows"])
             else:
                 key = (op.owner + op.index.to_bytes(4, "big") + _us(op.timestamp)
                        + (next(_seq) & 0xFFFFFFFF).to_bytes(4, "big"))
                 txn.put(key, pack({"timestamp": op.timestamp, "level": op.level, "message": op.message,
                                    "logger": op.logger}), db=db["logs"])
+
+    # -- runs of owners that died -----------------------------------------------------------
+    def end_dead_owners(self) -> list[Owner]:
+        """End the non-final runs of every owner that died as Crashed; the owners ended.
+
+        Liveness is checked outside the write transaction (psutil calls); a dead owner
+        writes nothing more, so its records cannot change in between. Owners that ended
+        with nothing in flight are forgotten the same way.
+        """
+        db = self._db
+        known = self.env.read(lambda txn: [(bytes(k), unpack(v)) for k, v in txn.cursor(db=db["owners"])])
+        now = time.time()
+        dead = [(key, Owner(rec["host"], rec["pid"], rec["started"])) for key, rec in known
+                if not is_alive(Owner(rec["host"], rec["pid"], rec["started"]), rec.get("lease_until"), now)]
+        if dead:
+            self.env.write(lambda txn: [self._end_owned(txn, key, owner, now) for key, owner in dead])
+        return [owner for _, owner in dead]
+
+    def _end_owned(self, txn: Any, key: bytes, owner: Owner, now: float) -> None:
+        db = self._db
+        message = f"the process that ran it died: {owner.describe()}"
+        cur = txn.cursor(db=db["owned"])
+        entries = []
+        if cur.set_range(key):
+            for k, _ in cur:
+                if not k.startswith(key):
+                    break
+                entries.append(bytes(k))
+        for k in entries:
+            kind, rkey = k[16:17], k[17:]
+            table = db["chunks"] if kind == b"c" else db["flows"]
+            raw = txn.get(rkey, db=table)
+            if raw is not None:
+                rec = unpack(raw)
+                if kind == b"c" and rec.get("codes") is None:
+                    rec.update(codes=bytes([CRASHED]) * rec["n"], ends=array("d", [now]).tobytes() * rec["n"],
+                               live=None, message=message)
+                elif kind == b"f" and rec.get("state_type") not in _FINAL_TYPES:
+                    rec.update(state="Crashed", state_type="CRASHED", end=now, message=message)
+                txn.put(rkey, pack(rec), db=table)
+            txn.delete(k, db=db["owned"])
+        txn.delete(key, db=db["owners"])
 
     # -- reading ----------------------------------------------------------------------
     def _chunks_newest_first(self, txn: Any) -> Iterator[tuple[bytes, dict]]:
@@ -196,6 +257,18 @@ class RunStore:
         rows = self.env.read(read)
         rows.sort(key=lambda r: r["start"] or r["submitted"] or 0, reverse=True)
         return rows
+
+    def run_states(self, run_ids: Iterable[str]) -> dict[str, str]:
+        """State names of runs recorded one record per run id (background runs); unknown ids are left out."""
+        def read(txn: Any) -> dict[str, str]:
+            out = {}
+            for rid in run_ids:
+                raw = txn.get(chunk_key(uuid.UUID(rid).int, 0), db=self._db["chunks"])
+                if raw is not None:
+                    out[rid] = expand(unpack(raw), 0)["state"]
+            return out
+
+        return self.env.read(read)
 
     def count(self) -> int:
         """How many task runs the store holds (from the time index; expands nothing)."""
@@ -248,7 +321,7 @@ class RunStore:
         rec = unpack(self.env.read(lambda txn: txn.get(key, db=self._db["chunks"])))
         row = expand(rec, i)
         row["history"] = history(rec, i)
-        row["error"] = (rec.get("messages") or {}).get(i) if row["state_type"] != "COMPLETED" else None
+        row["error"] = (_message(rec, i) or None) if row["state_type"] != "COMPLETED" else None
         row["traceback"] = (rec.get("tracebacks") or {}).get(i)
         row["cache_key"] = (rec.get("cache_keys") or {}).get(i)
         return row
@@ -277,7 +350,7 @@ class RunStore:
     def flow_runs(self, limit: int | None = 50) -> list[dict]:
         """Flow-run records, newest first."""
         def read(txn: Any) -> list[dict]:
-            return [unpack(v) for _, v in txn.cursor(db=self._db["flows"])]
+            return [_flow_row(unpack(v)) for _, v in txn.cursor(db=self._db["flows"])]
 
         rows = sorted(self.env.read(read), key=lambda r: r.get("start") or 0, reverse=True)
         return rows[:limit] if limit else rows
@@ -355,6 +428,22 @@ class RunStore:
         return self.env.write(write)
 
 
+def _flow_row(rec: dict) -> dict:
+    if isinstance(rec.get("owner"), bytes):  # the owner key, as text for JSON readers
+        rec["owner"] = rec["owner"].hex()
+    return rec
+
+
+def _index_owned(txn: Any, db: Any, rec: dict, suffix: bytes, in_flight: bool) -> None:
+    """Keep ``owned`` in step with a record of an owner: indexed while not final."""
+    owner = rec.get("owner")
+    if owner:
+        if in_flight:
+            txn.put(owner + suffix, b"", db=db)
+        else:
+            txn.delete(owner + suffix, db=db)
+
+
 def _uuid_bytes(text: str | None) -> bytes | None:
     try:
         return uuid.UUID(text).bytes if text else None
@@ -423,12 +512,14 @@ def expand(rec: dict, i: int) -> dict:
         end = _ends(rec)[i] if i < len(_ends(rec)) else None
         run_count = run_count_of(codes[i], recorded)
         start = _started_at(rec, i) if run_count else None
+        message = _message(rec, i) if state_type != "COMPLETED" else ""
     else:
         events = (rec.get("events") or {}).get(i)
         live = events[-1] if events else rec.get("live") or ["PENDING", "Pending", rec.get("submitted"), ""]
         state_type, state = live[0], live[1]
         start = rec.get("started") if state_type == "RUNNING" else None
         run_count = 0 if state_type in ("PENDING", "SCHEDULED") else recorded or 1
+        message = live[3] or ""
     return {
         "id": run_id(base, index),
         "name": (rec.get("names") or {}).get(i) or f"{rec.get('task')}-{index}",
@@ -442,6 +533,7 @@ def expand(rec: dict, i: int) -> dict:
         "end": end,
         "run_count": run_count,
         "worker": rec.get("worker"),
+        "message": message,
     }
 
 
@@ -473,8 +565,13 @@ def history(rec: dict, i: int) -> list[dict]:
         out.append({"name": "Running", "type": "RUNNING", "timestamp": row["start"], "message": ""})
     if not out or out[-1]["name"] != row["state"]:
         out.append({"name": row["state"], "type": row["state_type"], "timestamp": row["end"],
-                    "message": (rec.get("messages") or {}).get(i, "")})
+                    "message": _message(rec, i)})
     return out
+
+
+def _message(rec: dict, i: int) -> str:
+    """Run ``i``'s final message: its own, else the chunk's (one for all, e.g. its owner died)."""
+    return (rec.get("messages") or {}).get(i) or rec.get("message") or ""
 
 
 def _may_hold(rec: dict, state_l: str) -> bool:

@@ -109,3 +109,10 @@ async def aio_double(x):
 
     await asyncio.sleep(0)
     return 2 * x
+
+
+@task(persist_result=True)
+def nap(x, seconds):
+    """A run that takes a while (a server can die while some are in flight)."""
+    time.sleep(seconds)
+    return x

@@ -397,3 +397,30 @@ def test_wait_and_as_completed_take_background_futures_with_task_run_futures(bg_
 
     seen = list(as_completed([bg_tasks.add.delay(2, 3), local.submit(7)], timeout=60))
     assert sorted(f.result() for f in seen) == [5, 70]
+
+
+def test_reconcile_gives_the_run_store_the_final_states_it_missed(daskflow_home):
+    import time
+    import uuid
+
+    from daskflow.engine import tracker
+    from daskflow.store.runs import open_run_store
+
+    env = store.open_store()
+    now = time.time()
+    lost, queued = str(uuid.uuid4()), str(uuid.uuid4())
+    records = []
+    for rid in (lost, queued):
+        rec = store.new_record({"id": rid, "task_name": "inc", "task_key": "inc-0", "submitted": now})
+        records.append(rec)
+    records[0]["history"].append({"name": "Completed", "type": "COMPLETED", "timestamp": now, "message": ""})
+    records[0].update(state="Completed", state_type="COMPLETED", end=now)
+    env.write(lambda txn: store.write_records(env, txn, records))
+
+    assert store.reconcile_run_store(env, requeued=[queued]) == 1
+    assert tracker.flush()
+    runs = open_run_store()
+    assert runs.run_states([lost, queued]) == {lost: "Completed"}
+    names = [h["name"] for h in runs.task_run(lost)["history"]]
+    assert names[0] == "Scheduled" and names[-1] == "Completed"
+    assert store.reconcile_run_store(env, requeued=[queued]) == 0
