@@ -147,22 +147,25 @@ class Env:
     #: Where a damaged environment at this path was moved (``open_env(recover=True)``).
     moved_aside: tuple[pathlib.Path, str] | None = None
 
-    def __init__(self, path: pathlib.Path, map_size: int, dbs: tuple[str, ...]) -> None:
+    def __init__(self, path: pathlib.Path, map_size: int, dbs: tuple[str, ...], readonly: bool = False) -> None:
         self.path = path
+        self.readonly = readonly
         self._gate = threading.Condition()
         self._active = 0  # open transactions of this process
         self._resizing = False
-        self.env = lmdb.open(str(path), map_size=map_size, max_dbs=_MAX_DBS, mode=0o600,
+        self.env = lmdb.open(str(path), map_size=map_size, max_dbs=_MAX_DBS, mode=0o600, readonly=readonly,
                              readahead=False, metasync=False, max_readers=512)
-        for name in ("data.mdb", "lock.mdb"):
+        for name in () if readonly else ("data.mdb", "lock.mdb"):
             file = path / name
             if file.exists():
                 os.chmod(file, 0o600)
         self.env.reader_check()
         self._map_size = self.env.info()["map_size"]
-        # Opening a database takes a write transaction, so all are opened here, never
-        # from inside a transaction (that would deadlock on LMDB's writer lock).
-        self._dbs = {name: self._retry(lambda name=name: self.env.open_db(name.encode())) for name in dbs}
+        # Opening a database takes a write transaction (a read one when read-only), so
+        # all are opened here, never from inside a transaction (that would deadlock on
+        # LMDB's writer lock).
+        self._dbs = {name: self._retry(lambda name=name: self.env.open_db(name.encode(), create=not readonly))
+                     for name in dbs}
 
     def db(self, name: str) -> Any:
         """A named database declared when the environment was opened."""
@@ -253,31 +256,38 @@ class Env:
 
 
 def open_env(path: str | os.PathLike, dbs: tuple[str, ...] = (), map_size: int = _INITIAL_MAP,
-             recover: bool = False) -> Env:
+             recover: bool = False, readonly: bool = False) -> Env:
     """The environment at ``path`` for this process: opened once, private to the user.
 
     ``dbs`` names the databases every opener of this path uses (declare all of them).
     A damaged environment raises ``DamagedStore``; with ``recover=True`` it is moved
     aside instead and an empty one is opened (``Env.moved_aside`` says where and why).
+    ``readonly=True`` (a reader process such as ``daskflow ui``) opens an existing
+    environment without write access, or returns this process's writable handle when it
+    has one; a process that opened a path read-only cannot write it later.
     """
     path = pathlib.Path(path).expanduser()
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if not readonly:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = (str(path.resolve()), os.getpid())
     env = _envs.get(key)
     if env is None:
         with _lock:
             env = _envs.get(key)
             if env is None:
-                env = _envs[key] = _open_checked(path, map_size, tuple(dbs), recover)
+                env = _envs[key] = _open_checked(path, map_size, tuple(dbs), recover and not readonly, readonly)
+    if env.readonly and not readonly:
+        raise RuntimeError(f"{path} was opened read-only by this process; it cannot be written here")
     return env
 
 
-def _open_checked(path: pathlib.Path, map_size: int, dbs: tuple[str, ...], recover: bool) -> Env:
+def _open_checked(path: pathlib.Path, map_size: int, dbs: tuple[str, ...], recover: bool,
+                  readonly: bool = False) -> Env:
     with _PathLock(path):
         why = check_data_file(path)
         if why is None:
             try:
-                return Env(path, map_size, dbs)
+                return Env(path, map_size, dbs, readonly)
             except lmdb.Error as exc:  # a header our struct check accepted, but LMDB does not
                 why = f"LMDB cannot open it: {exc}"
         if not recover:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from typing import Iterator
 
 STRIDE = 0x9E3779B97F4A7C15F39CC0605CEDC835
 MASK = (1 << 128) - 1
@@ -31,3 +32,32 @@ def index_of(base: int, rid: str | int) -> int:
     """The index ``i`` with ``run_id(base, i) == rid`` (any base gives one; check its range)."""
     value = uuid.UUID(rid).int if isinstance(rid, str) else rid
     return ((value - base) * _INVERSE) & MASK
+
+
+def parse_id_prefix(prefix: str) -> tuple[int, int]:
+    """``(value, shift)``: a run id has the prefix when its 128-bit value >> shift == value.
+
+    Raises ``LookupError`` for text that is not hex digits (dashes allowed), at most 32.
+    """
+    digits = prefix.replace("-", "").lower()
+    try:
+        wanted = int(digits, 16) if digits else None
+    except ValueError:
+        wanted = None
+    if wanted is None or len(digits) > 32:
+        raise LookupError(f"{prefix!r} is not a task run id (hex digits, optionally with dashes)")
+    return wanted, 128 - 4 * len(digits)
+
+
+def prefix_matches(base: int, start: int, n: int, wanted: int, shift: int) -> Iterator[int]:
+    """Indexes ``i < n`` of a chunk whose run id (``run_id(base, start + i)``) has the prefix."""
+    if shift == 0:
+        i = index_of(base, wanted) - start
+        if 0 <= i < n:
+            yield i
+        return
+    value = (base + start * STRIDE) & MASK
+    for i in range(n):
+        if value >> shift == wanted:
+            yield i
+        value = (value + STRIDE) & MASK

@@ -20,7 +20,6 @@ import textwrap
 import time
 
 import psutil
-import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

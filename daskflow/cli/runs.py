@@ -10,7 +10,6 @@ run store, ``ls`` commands say "no runs recorded under HOME" on stderr and list 
 from __future__ import annotations
 
 import datetime
-import json
 import re
 import sys
 from typing import Any
@@ -36,18 +35,24 @@ def _store():
     return store
 
 
-def _listing(method: str, *args: Any) -> list[dict]:
-    """Rows of a listing; none (and a note on stderr) when no run store exists yet."""
+def _listing(query: str, *args: Any) -> list[dict]:
+    """Rows of a listing (a function of ``daskflow.store.queries``); none, and a note on stderr, without a store."""
     try:
         store = _store()
     except LookupError as exc:
         click.echo(str(exc.args[0]), err=True)
         return []
-    return getattr(store, method)(*args)
+    return _query(query)(store, *args)
+
+
+def _query(name: str) -> Any:
+    from daskflow.store import queries
+
+    return getattr(queries, name)
 
 
 def _json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, default=str))
+    click.echo(_query("dumps")(obj))
 
 
 def _when(ts: float | None, short: bool = False) -> str:
@@ -76,9 +81,9 @@ def _console():
     return Console()
 
 
-def _lookup(method: str, *args: Any) -> Any:
+def _lookup(query: str, *args: Any) -> Any:
     try:
-        return getattr(_store(), method)(*args)
+        return _query(query)(_store(), *args)
     except LookupError as exc:
         raise click.ClickException(str(exc.args[0] if exc.args else exc)) from None
 
@@ -104,15 +109,6 @@ class StateParam(click.ParamType):
                   f"state types: {', '.join(STATE_TYPES)}", param, ctx)
 
 
-_RUN_FIELDS = ("id", "name", "task_key", "flow_run_id", "state", "state_type", "start", "end", "run_count")
-
-
-def _public(row: dict) -> dict:
-    out = {k: row.get(k) for k in _RUN_FIELDS}
-    out.update({k: v for k, v in row.items() if k not in out})
-    return out
-
-
 @click.group("runs")
 def runs() -> None:
     """Task runs: list them, show one, read its logs, prune old ones."""
@@ -131,7 +127,8 @@ def runs_ls(state: str | None, task_name: str | None, flow_run: str | None, limi
 
     Example: daskflow runs ls --state Failed --limit 10 -o json
     """
-    rows = [_public(r) for r in _listing("task_runs", state, task_name, flow_run, limit)]
+    rows = _listing("runs_page", state, task_name, flow_run, limit)
+    rows = rows.rows if rows else []
     if output == "json":
         return _json(rows)
     from rich.table import Table
@@ -150,7 +147,7 @@ def runs_ls(state: str | None, task_name: str | None, flow_run: str | None, limi
 @_output
 def runs_show(run_id: str, output: str) -> None:
     """One task run: state history with timestamps, durations, retries, cache key, traceback."""
-    row = _public(_lookup("task_run", run_id))
+    row = _lookup("run_detail", run_id)
     if output == "json":
         return _json(row)
     from rich.table import Table
@@ -182,16 +179,11 @@ def runs_show(run_id: str, output: str) -> None:
 @_output
 def runs_logs(run_id: str, tail: int | None, output: str) -> None:
     """Log records of a task run (or a flow run), oldest first."""
-    records = [{"timestamp": r["timestamp"], "level": _level(r["level"]), "message": r["message"]}
-               for r in _lookup("logs", run_id, tail)]
+    records = _lookup("run_logs", run_id, tail)
     if output == "json":
         return _json(records)
     for r in records:
         click.echo(f"{_when(r['timestamp'])} | {r['level']:<7} | {r['message']}")
-
-
-def _level(level: int) -> str:
-    return {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "CRITICAL"}.get(level, str(level))
 
 
 @runs.command("prune")
@@ -220,17 +212,17 @@ def flow_runs() -> None:
 @_output
 def flow_runs_ls(limit: int, output: str) -> None:
     """List flow runs, newest first."""
-    rows = _listing("flow_runs", limit)
+    rows = _listing("flow_run_rows", limit)
     if output == "json":
         return _json(rows)
     from rich.table import Table
 
     table = Table(title=f"flow runs ({len(rows)})")
-    for col in ("id", "name", "state", "start", "duration"):
+    for col in ("id", "name", "state", "start", "duration", "task runs"):
         table.add_column(col, no_wrap=col == "id")
     for r in rows:
         table.add_row(r["id"][:13], r.get("name", "?"), _state(r), _when(r.get("start"), True),
-                      _dur(r.get("start"), r.get("end")))
+                      _dur(r.get("start"), r.get("end")), _counts(r["counts"]))
     _console().print(table)
 
 
@@ -239,7 +231,7 @@ def flow_runs_ls(limit: int, output: str) -> None:
 @_output
 def flow_runs_show(flow_run_id: str, output: str) -> None:
     """One flow run: parameters, counts of its task runs per state, slowest task runs."""
-    rec = _lookup("flow_run", flow_run_id)
+    rec = _lookup("flow_run_detail", flow_run_id)
     if output == "json":
         return _json(rec)
     from rich.table import Table
@@ -248,7 +240,7 @@ def flow_runs_show(flow_run_id: str, output: str) -> None:
     console.print(f"[bold]{rec.get('name')}[/]  {rec['id']}  {_state(rec)}  {_dur(rec.get('start'), rec.get('end'))}")
     for k, v in (rec.get("parameters") or {}).items():
         console.print(f"  {k} = {v}")
-    console.print("  task runs: " + (", ".join(f"{n} {name}" for name, n in sorted(rec["counts"].items())) or "none"))
+    console.print("  task runs: " + _counts(rec["counts"]))
     if rec["slowest"]:
         table = Table(title="slowest task runs")
         for col in ("id", "name", "state", "duration"):
@@ -256,6 +248,42 @@ def flow_runs_show(flow_run_id: str, output: str) -> None:
         for r in rec["slowest"]:
             table.add_row(r["id"][:13], r["name"], _state(r), _dur(0, r["duration"]))
         console.print(table)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {name}" for name, n in sorted(counts.items())) or "none"
+
+
+@flow_runs.command("metrics")
+@click.argument("flow_run_id")
+@_output
+def flow_runs_metrics(flow_run_id: str, output: str) -> None:
+    """Per task of a flow run: runs per outcome and p50/p95/max/total durations (find the bottleneck)."""
+    rows = _lookup("task_metrics", flow_run_id)
+    if output == "json":
+        return _json(rows)
+    from rich.table import Table
+
+    table = Table(title="task metrics (slowest total first)")
+    for col in ("task", "runs", "completed", "cached", "failed", "retried", "p50", "p95", "max", "total"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for m in rows:
+        table.add_row(m["task"], *(str(m[k]) for k in ("runs", "completed", "cached", "failed", "retried")),
+                      *(_dur(0, m[k]) for k in ("p50", "p95", "max", "total")))
+    _console().print(table)
+
+
+@flow_runs.command("logs")
+@click.argument("flow_run_id")
+@click.option("--tail", default=500, show_default=True, type=click.IntRange(min=1), help="Only the last N records.")
+@_output
+def flow_runs_logs(flow_run_id: str, tail: int, output: str) -> None:
+    """Log records of a flow run and of its task runs, oldest first."""
+    records = _lookup("flow_logs", flow_run_id, tail)
+    if output == "json":
+        return _json(records)
+    for r in records:
+        click.echo(f"{_when(r['timestamp'])} | {r['level']:<7} | {r['run'] or 'flow run'} - {r['message']}")
 
 
 COMMANDS: list[click.Command] = [runs, flow_runs]

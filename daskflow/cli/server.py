@@ -42,20 +42,31 @@ async def _serve(host: str, port: int, dashboard_address: str | None) -> None:
     from daskflow.background import store
     from daskflow.background.plugin import BackgroundPlugin
 
+    import dask.config
+
+    from daskflow.runners.dask import dashboard_page, scheduler_routes
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    scheduler = Scheduler(host=host, port=port, dashboard=bool(dashboard_address),
-                          dashboard_address=dashboard_address or f"{host}:0", plugins=[BackgroundPlugin()])
+    with dask.config.set({"distributed.scheduler.http.routes": scheduler_routes()}):  # the daskflow UI too
+        scheduler = Scheduler(host=host, port=port, dashboard=bool(dashboard_address),
+                              dashboard_address=dashboard_address or f"{host}:0", plugins=[BackgroundPlugin()])
     await scheduler
     click.echo(f"daskflow server at {scheduler.address} (store {store.path()})")
     click.echo(f"  export DASKFLOW_SCHEDULER_ADDRESS={scheduler.address}", err=False)
     if dashboard_address:
+        from distributed.utils import format_dashboard_link
+
+        link = format_dashboard_link(dashboard_address.rsplit(":", 1)[0] or host, scheduler.http_server.port)
         if _has_bokeh():
-            click.echo(f"  dashboard: {scheduler.dashboard_link}")
-        else:  # without bokeh the dashboard server answers only 404s: no link that leads nowhere
+            click.echo(f"  dashboard: {link}")
+        else:  # without bokeh Dask's pages answer 404s: no link that leads nowhere
             click.echo("  dashboard: not available: bokeh is not installed (pip install bokeh)")
+        page = dashboard_page(link)
+        if page:  # served by the scheduler's HTTP server, with or without bokeh
+            click.echo(f"  daskflow runs: {page}")
     finished = asyncio.ensure_future(scheduler.finished())
     stopper = asyncio.ensure_future(stop.wait())
     await asyncio.wait([finished, stopper], return_when=asyncio.FIRST_COMPLETED)

@@ -31,7 +31,7 @@ from daskflow import config
 from daskflow.engine import chunking, progress, tracker
 from daskflow.engine.run import ChunkResult, ChunkSpec, run_chunk
 from daskflow.exceptions import CancelledRun, CrashedRun, RunnerShutdown
-from daskflow.runners.dask import DaskTaskRunner, has_bokeh, in_dask_task
+from daskflow.runners.dask import DaskTaskRunner, dashboard_page, has_bokeh, in_dask_task
 
 if TYPE_CHECKING:
     from daskflow.engine.tasks import Task
@@ -150,7 +150,11 @@ def _attach(runner: TaskRunner) -> None:
         tracker.subscribe(runner.client)  # workers' run states and logs come back as events
         runner.install_ledger()  # lost chunks resume from their checkpoints
         if runner.cluster is not None and has_bokeh():
-            tracker.console().info("Dask dashboard: %s", runner.cluster.dashboard_link)
+            link = runner.cluster.dashboard_link
+            tracker.console().info("Dask dashboard: %s", link)
+            page = dashboard_page(link)
+            if page:
+                tracker.console().info("daskflow runs on it: %s", page)
 
 
 _fetching = threading.Lock()  # the eager fetcher and readers set envelopes one at a time

@@ -72,13 +72,17 @@ def _show(chunks: list[Chunk], stop: threading.Event, delay: float, console: Any
     keys = [(c.base, c.start) for c in chunks]
     names = {c.task.name for c in chunks}
     label = names.pop() if len(names) == 1 else f"{len(names)} tasks"
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+    # rich's default bar colour is a red-pink: green (blue while going), red only once a run failed
+    bar_column = BarColumn(style="bar.back", complete_style="blue", finished_style="green")
+    columns = (TextColumn("[bold]{task.description}"), bar_column, MofNCompleteColumn(),
                TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True, refresh_per_second=10) as bar:
         job = bar.add_task(label, total=sum(c.n for c in chunks), detail="")
         while True:
             done, cached, failed, retrying = tracker.progress_counts(keys)
             detail = f"completed {done}  cached {cached}  failed {failed}  retrying {retrying}"
+            if failed:
+                bar_column.complete_style = bar_column.finished_style = "red"
             bar.update(job, completed=done + cached + failed, detail=detail)
             if stop.wait(0.1):
                 break

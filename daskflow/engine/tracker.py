@@ -22,7 +22,8 @@ Where states come from, per chunk (never per element on the hot path):
 Direct calls ``t(x)`` (``inline_finished``) queue one compact record each, without a lock.
 Every producer queues a named record (``engine/records.py``); one writer thread drains
 the queue about every 100 ms, turns the batch into run-store updates and applies them in
-one LMDB transaction (``RunStore.apply``), then echoes log records to the console.
+one LMDB transaction (``RunStore.apply``), then hands the batch to ``engine/console.py``
+(log records, failures and retries, by run name).
 
 Owners. Flow runs and submitted chunks are recorded with this process as their owner
 (``daskflow.owners``: host, pid, start time), and the batches that carry them carry
@@ -44,18 +45,17 @@ import logging
 import os
 import threading
 import time
-import uuid
 from typing import TYPE_CHECKING, Any, Iterable, NamedTuple
 
 import dask.config
 
 from daskflow import config, owners
 from daskflow.codes import CACHED, COMPLETED, StateEvent
+from daskflow.engine import console as run_console
 from daskflow.engine.events import ChunkEnded, ChunkStarted, LogsShipped, Message, RunRetrying
 from daskflow.engine.events import batch_from_wire, from_wire
 from daskflow.engine.records import (DirectCall, DirectCallDone, Ended, Finished, FlowChange, FlushMarker, Logs,
                                      Record, Retried, RunStates, Started, Submitted, to_store_ops)
-from daskflow.ids import run_id
 from daskflow.store.runs import ChunkUpdate, FlowUpdate, open_run_store
 from daskflow.exceptions import StoreError
 
@@ -194,7 +194,7 @@ class _Tracker:
             for home, records in by_home.items():
                 ops, logs = to_store_ops(records)
                 _open(home).apply(ops, lease=self._lease_for(home, ops))
-                _echo(logs)
+                run_console.echo(records, logs, console)
         except Exception as exc:  # never let record keeping break the user's program
             if not self.failed:
                 known = isinstance(exc, StoreError)  # says what is wrong and what to do: no traceback
@@ -472,20 +472,3 @@ def console() -> logging.Logger:
         run_logger.addHandler(handler)
         run_logger.setLevel(logging.INFO)
     return run_logger
-
-
-def _echo(logs: list[list]) -> None:
-    """Echo run log records on the client's console (``daskflow.runs`` logger)."""
-    if not logs:
-        return
-    console()
-    for owner, index, ts, level, message, name in logs:
-        if run_logger.isEnabledFor(level):
-            owner = bytes(owner)
-            if owner[16:] == b"\xff" * 8:
-                label = f"flow run {uuid.UUID(bytes=owner[:16])}"[:17]
-            else:
-                label = "task run " + run_id(int.from_bytes(owner[:16], "big"), int.from_bytes(owner[16:], "big") + index)[:8]
-            record = run_logger.makeRecord(run_logger.name, level, "", 0, "%s - %s", (label, message), None)
-            record.created = ts
-            run_logger.handle(record)

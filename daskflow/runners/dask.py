@@ -28,6 +28,8 @@ import time
 import sys
 from typing import TYPE_CHECKING, Any, Callable
 
+import dask.config
+
 from daskflow import config
 from daskflow.exceptions import SchedulerUnreachable
 from daskflow.runners.base import TaskRunner
@@ -173,7 +175,8 @@ class DaskTaskRunner(TaskRunner):
         check_main_guard()
         from distributed import Client, LocalCluster
 
-        self.cluster = LocalCluster(**self._local_cluster_kwargs())
+        with dask.config.set({"distributed.scheduler.http.routes": scheduler_routes()}):  # the daskflow UI too
+            self.cluster = LocalCluster(**self._local_cluster_kwargs())
         return Client(self.cluster, set_as_default=False, **self.client_kwargs)
 
     @property
@@ -415,3 +418,23 @@ def has_bokeh() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("bokeh") is not None
+
+
+def scheduler_routes() -> list[str]:
+    """distributed's scheduler HTTP route modules plus daskflow's (``daskflow.dashboard.routes``).
+
+    Modules are named, not imported: the daskflow UI (a face, far above this layer)
+    reaches the dashboard of a cluster daskflow starts through configuration alone.
+    """
+    routes = list(dask.config.get("distributed.scheduler.http.routes", default=[]))
+    return routes + [r for r in config.get("dashboard.routes") or () if r not in routes]
+
+
+def dashboard_page(dashboard_link: str | None) -> str | None:
+    """The daskflow page on a Dask dashboard (``daskflow.dashboard.page``), from the dashboard's link."""
+    if not dashboard_link or not config.get("dashboard.routes"):
+        return None
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(dashboard_link)
+    return urllib.parse.urlunsplit((parts.scheme, parts.netloc, config.get("dashboard.page") or "/", "", ""))

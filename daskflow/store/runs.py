@@ -4,7 +4,7 @@ Layout, and why. A ``.map()`` over 10^6 elements must not become 10^6 records, s
 unit of storage is the *chunk* (the runs one Dask task executed): one msgpack record
 holding its final state codes and end times as packed arrays, plus per-run extras only
 for the runs that have some (errors, tracebacks, retries). Readers expand a chunk into
-per-run rows. Run ids need no storage: run ``i`` of a submission is
+per-run rows (``store/rows.py``). Run ids need no storage: run ``i`` of a submission is
 ``run_id(base, i)``, and since the id stride is odd the index of an id is computable
 from ``base`` (``index_of``), so "show run ID" still finds its chunk.
 
@@ -40,12 +40,13 @@ from typing import Any, Iterable, Iterator, NamedTuple
 import msgpack
 
 from daskflow import _lmdb, config
-from daskflow.codes import CODE_OF_NAME, CODE_STATES, CRASHED, run_count_of
+from daskflow.codes import CODE_STATES, CRASHED
 from daskflow.exceptions import DamagedStore
 from daskflow.owners import Lease, Owner, is_alive
-from daskflow.ids import MASK, STRIDE, index_of, run_id
+from daskflow.ids import parse_id_prefix, prefix_matches
+from daskflow.store.rows import chunk_counts, expand, final_message, history, may_hold, slowest_runs
 
-__all__ = ["ChunkUpdate", "FlowUpdate", "LogLine", "RunStore", "open_run_store"]
+__all__ = ["ChunkUpdate", "FlowUpdate", "LogLine", "RunPage", "RunStore", "open_run_store"]
 
 DBS = ("chunks", "bytime", "flows", "byflow", "logs", "owners", "owned")
 _FINAL_TYPES = frozenset(cs.type for cs in CODE_STATES.values())
@@ -234,29 +235,62 @@ class RunStore:
     def task_runs(self, state: str | None = None, task: str | None = None, flow_run_id: str | None = None,
                   limit: int | None = 50) -> list[dict]:
         """Task-run rows, newest first, filtered by state name, task name and flow run."""
+        return self.task_runs_page(state, task, flow_run_id, limit).rows
+
+    def task_runs_page(self, state: str | None = None, task: str | None = None, flow_run_id: str | None = None,
+                       limit: int | None = 50, after: str | None = None, id_prefix: str | None = None,
+                       budget: float | None = None) -> RunPage:
+        """One page of task-run rows, newest first, and the cursor of the next page.
+
+        Walks the time index from the newest chunk (or from ``after``, a cursor of an
+        earlier page) and expands only the runs it returns, so a page of a store of
+        10^6 runs costs what the page holds. ``budget`` (seconds) bounds the walk when a
+        rare filter would scan far: the page may then be short, its cursor says where
+        to go on. Rows of a page are sorted by start, newest first.
+        """
         state_l = state.lower() if state else None
+        wanted = parse_id_prefix(id_prefix) if id_prefix else None
+        deadline = None if budget is None else time.monotonic() + budget
 
-        def read(txn: Any) -> list[dict]:
+        def read(txn: Any) -> RunPage:
             out: list[dict] = []
-            for _, rec in self._chunks_newest_first(txn):
-                if task and task not in (rec.get("task"), rec.get("task_key")):
-                    continue
-                if flow_run_id and not (rec.get("flow_run_id") or "").startswith(flow_run_id):
-                    continue
-                if state_l and not _may_hold(rec, state_l):
-                    continue  # decided from the packed codes, without expanding the chunk
-                for i in reversed(range(rec["n"])):
-                    row = expand(rec, i)
-                    if state_l and state_l not in (row["state"].lower(), row["state_type"].lower()):
-                        continue
-                    out.append(row)
-                    if limit is not None and len(out) >= limit:
-                        return out
-            return out
+            cur = txn.cursor(db=self._db["bytime"])
+            upto = None
+            if after:
+                key, upto = _decode_cursor(after)
+                if not cur.set_range(key):
+                    positioned, upto = cur.last(), None
+                elif cur.key() != key:
+                    positioned, upto = cur.prev(), None
+                else:
+                    positioned = True
+            else:
+                positioned = cur.last()
+            while positioned:
+                tkey = cur.key()
+                raw = txn.get(tkey[8:], db=self._db["chunks"])
+                rec = None if raw is None else unpack(raw)
+                if rec is not None and _wanted_chunk(rec, task, flow_run_id, state_l):
+                    indexes = range(rec["n"] if upto is None else upto)
+                    if wanted is not None:
+                        indexes = [i for i in prefix_matches(int.from_bytes(rec["base"], "big"), rec["start"],
+                                                             len(indexes), *wanted)]
+                    for i in reversed(indexes):
+                        row = expand(rec, i)
+                        if state_l and state_l not in (row["state"].lower(), row["state_type"].lower()):
+                            continue
+                        out.append(row)
+                        if limit is not None and len(out) >= limit:
+                            return RunPage(out, _encode_cursor(tkey, i))
+                upto = None
+                if deadline is not None and time.monotonic() > deadline:
+                    return RunPage(out, _encode_cursor(tkey, 0))
+                positioned = cur.prev()
+            return RunPage(out, None)
 
-        rows = self.env.read(read)
-        rows.sort(key=lambda r: r["start"] or r["submitted"] or 0, reverse=True)
-        return rows
+        page = self.env.read(read)
+        page.rows.sort(key=lambda r: r["start"] or r["submitted"] or 0, reverse=True)
+        return page
 
     def run_states(self, run_ids: Iterable[str]) -> dict[str, str]:
         """State names of runs recorded one record per run id (background runs); unknown ids are left out."""
@@ -279,14 +313,7 @@ class RunStore:
 
         Raises ``LookupError`` when no run or more than one run matches.
         """
-        digits = prefix.replace("-", "").lower()
-        try:
-            wanted = int(digits, 16) if digits else None
-        except ValueError:
-            wanted = None
-        if wanted is None or len(digits) > 32:
-            raise LookupError(f"{prefix!r} is not a task run id (hex digits, optionally with dashes)")
-        shift = 128 - 4 * len(digits)
+        wanted = parse_id_prefix(prefix)
 
         def read(txn: Any) -> list[tuple[bytes, int]]:
             found: list[tuple[bytes, int]] = []
@@ -294,18 +321,10 @@ class RunStore:
             for key, nbytes in cur:
                 ck = key[8:]
                 base, start, n = int.from_bytes(ck[:16], "big"), int.from_bytes(ck[16:], "big"), int.from_bytes(nbytes, "big")
-                if shift == 0:
-                    i = index_of(base, wanted)
-                    if start <= i < start + n:
-                        found.append((ck, i - start))
-                    continue
-                value = (base + start * STRIDE) & MASK
-                for i in range(n):
-                    if value >> shift == wanted:
-                        found.append((ck, i))
-                        if len(found) > 1:
-                            return found
-                    value = (value + STRIDE) & MASK
+                for i in prefix_matches(base, start, n, *wanted):
+                    found.append((ck, i))
+                    if len(found) > 1:
+                        return found
             return found
 
         found = self.env.read(read)
@@ -321,7 +340,7 @@ class RunStore:
         rec = unpack(self.env.read(lambda txn: txn.get(key, db=self._db["chunks"])))
         row = expand(rec, i)
         row["history"] = history(rec, i)
-        row["error"] = (_message(rec, i) or None) if row["state_type"] != "COMPLETED" else None
+        row["error"] = (final_message(rec, i) or None) if row["state_type"] != "COMPLETED" else None
         row["traceback"] = (rec.get("tracebacks") or {}).get(i)
         row["cache_key"] = (rec.get("cache_keys") or {}).get(i)
         return row
@@ -332,7 +351,7 @@ class RunStore:
             key, i = self.resolve(prefix)
             owner = key + i.to_bytes(4, "big")
         except LookupError:
-            owner = uuid.UUID(self.flow_run(prefix)["id"]).bytes + _FLOW_OWNER + bytes(4)
+            owner = uuid.UUID(self.flow_record(prefix)["id"]).bytes + _FLOW_OWNER + bytes(4)
 
         def read(txn: Any) -> list[dict]:
             cur = txn.cursor(db=self._db["logs"])
@@ -355,15 +374,33 @@ class RunStore:
         rows = sorted(self.env.read(read), key=lambda r: r.get("start") or 0, reverse=True)
         return rows[:limit] if limit else rows
 
-    def flow_run(self, prefix: str, slowest: int = 5) -> dict:
-        """One flow run with its task runs' counts per state and its slowest task runs."""
+    def flow_record(self, prefix: str) -> dict:
+        """The record of the flow run whose id starts with ``prefix`` (``LookupError`` if none or several)."""
         matches = [r for r in self.flow_runs(limit=None) if r["id"].replace("-", "").startswith(prefix.replace("-", ""))]
         if not matches:
             raise LookupError(f"no flow run with id {prefix!r}")
         if len(matches) > 1:
             raise LookupError(f"flow run id prefix {prefix!r} is ambiguous; give more digits")
-        rec = dict(matches[0])
-        fid = uuid.UUID(rec["id"]).bytes
+        return dict(matches[0])
+
+    def flow_run(self, prefix: str, slowest: int = 5) -> dict:
+        """One flow run with its task runs' counts per state and its slowest task runs."""
+        rec = self.flow_record(prefix)
+        counts: dict[str, int] = {}
+        durations: list[tuple[float, dict]] = []
+        for chunk in self.flow_chunks(rec["id"]):
+            for name, count in chunk_counts(chunk).items():
+                counts[name] = counts.get(name, 0) + count
+            durations.extend(slowest_runs(chunk, slowest))
+        durations.sort(key=lambda d: d[0], reverse=True)
+        rec["counts"] = counts
+        rec["task_runs"] = sum(counts.values())
+        rec["slowest"] = [dict(row, duration=d) for d, row in durations[:slowest]]
+        return rec
+
+    def flow_chunks(self, flow_run_id: str) -> list[dict]:
+        """The chunk records of a flow run's task runs (full flow run id), in key order."""
+        fid = uuid.UUID(flow_run_id).bytes
 
         def read(txn: Any) -> list[dict]:
             cur = txn.cursor(db=self._db["byflow"])
@@ -377,17 +414,7 @@ class RunStore:
                         chunks.append(unpack(raw))
             return chunks
 
-        counts: dict[str, int] = {}
-        durations: list[tuple[float, dict]] = []
-        for chunk in self.env.read(read):
-            for name, count in chunk_counts(chunk).items():
-                counts[name] = counts.get(name, 0) + count
-            durations.extend(_slowest(chunk, slowest))
-        durations.sort(key=lambda d: d[0], reverse=True)
-        rec["counts"] = counts
-        rec["task_runs"] = sum(counts.values())
-        rec["slowest"] = [dict(row, duration=d) for d, row in durations[:slowest]]
-        return rec
+        return self.env.read(read)
 
     # -- pruning ------------------------------------------------------------------------
     def prune(self, older_than: float) -> tuple[int, int]:
@@ -460,164 +487,52 @@ def _delete_prefix(txn: Any, db: Any, prefix: bytes) -> None:
             break
 
 
+class RunPage(NamedTuple):
+    """A page of task-run rows and the cursor of the next one (None: this was the last)."""
+
+    rows: list[dict]
+    next: str | None
+
+
+def _encode_cursor(time_key: bytes, upto: int) -> str:
+    return f"{time_key.hex()}.{upto}"
+
+
+def _decode_cursor(cursor: str) -> tuple[bytes, int]:
+    try:
+        key, upto = cursor.split(".")
+        return bytes.fromhex(key), int(upto)
+    except ValueError:
+        raise ValueError(f"{cursor!r} is not a page cursor (copy it from an earlier page)") from None
+
+
+def _wanted_chunk(rec: dict, task: str | None, flow_run_id: str | None, state_l: str | None) -> bool:
+    if task and task not in (rec.get("task"), rec.get("task_key")):
+        return False
+    if flow_run_id and not (rec.get("flow_run_id") or "").startswith(flow_run_id):
+        return False
+    return not state_l or may_hold(rec, state_l)  # decided from the packed codes, without expanding
+
+
 # -- expanding a chunk record into per-run rows ---------------------------------------------
 
 
-def _ends(rec: dict) -> array:
-    ends = rec.get("_ends")
-    if ends is None:
-        ends = array("d")
-        if rec.get("ends"):
-            ends.frombytes(rec["ends"])
-        rec["_ends"] = ends
-    return ends
-
-
-def _packed(rec: dict, name: str) -> array | None:
-    """A per-run packed time array of a direct-call record (``starts``, ``submits``), or None."""
-    raw = rec.get(name)
-    if raw is None:
-        return None
-    values = rec.get("_" + name)
-    if values is None:
-        values = rec["_" + name] = array("d")
-        values.frombytes(raw)
-    return values
-
-
-def _submitted(rec: dict, i: int) -> float | None:
-    submits = _packed(rec, "submits")
-    return submits[i] if submits is not None and i < len(submits) else rec.get("submitted")
-
-
-def _started_at(rec: dict, i: int) -> float | None:
-    starts = _packed(rec, "starts")  # direct calls folded into one record did not run back to back
-    if starts is not None and i < len(starts):
-        return starts[i]
-    ends = _ends(rec)
-    if 0 < i <= len(ends):
-        return ends[i - 1]
-    return rec.get("started")
-
-
-def expand(rec: dict, i: int) -> dict:
-    """Run ``i`` of a chunk record as a row (the ``runs ls -o json`` shape)."""
-    base = int.from_bytes(rec["base"], "big")
-    index = rec["start"] + i
-    codes = rec.get("codes")
-    recorded = (rec.get("run_counts") or {}).get(i)
-    end = None
-    if codes is not None:
-        state_type, state = CODE_STATES[codes[i]]
-        end = _ends(rec)[i] if i < len(_ends(rec)) else None
-        run_count = run_count_of(codes[i], recorded)
-        start = _started_at(rec, i) if run_count else None
-        message = _message(rec, i) if state_type != "COMPLETED" else ""
-    else:
-        events = (rec.get("events") or {}).get(i)
-        live = events[-1] if events else rec.get("live") or ["PENDING", "Pending", rec.get("submitted"), ""]
-        state_type, state = live[0], live[1]
-        start = rec.get("started") if state_type == "RUNNING" else None
-        run_count = 0 if state_type in ("PENDING", "SCHEDULED") else recorded or 1
-        message = live[3] or ""
-    return {
-        "id": run_id(base, index),
-        "name": (rec.get("names") or {}).get(i) or f"{rec.get('task')}-{index}",
-        "task_name": rec.get("task"),
-        "task_key": rec.get("task_key"),
-        "flow_run_id": rec.get("flow_run_id"),
-        "state": state,
-        "state_type": state_type,
-        "submitted": _submitted(rec, i),
-        "start": start,
-        "end": end,
-        "run_count": run_count,
-        "worker": rec.get("worker"),
-        "message": message,
-    }
-
-
-def history(rec: dict, i: int) -> list[dict]:
-    """Run ``i``'s states, oldest first: Pending, [recorded events], Running, [retries], final."""
-    events = (rec.get("events") or {}).get(i, ())
-    out = []
-    if not events or events[0][1] not in ("Scheduled", "Pending"):
-        # a chunk may start before its future (and submission time) is recorded
-        sub = _submitted(rec, i)
-        pending = min(t for t in (sub, _started_at(rec, i) if rec.get("starts") else rec.get("started")) if t) \
-            if sub else None
-        out.append({"name": "Pending", "type": "PENDING", "timestamp": pending, "message": ""})
-    extra = (rec.get("history") or {}).get(i)
-    for t, name, ts, msg in events:
-        if extra and name in ("Running", "Retrying", "AwaitingRetry"):
-            continue  # the envelope's history holds these, with the first Running
-        out.append({"name": name, "type": t, "timestamp": ts, "message": msg or ""})
-    codes = rec.get("codes")
-    if codes is None:
-        live = rec.get("live")
-        if live and live[1] != "Pending" and not (rec.get("events") or {}).get(i):
-            out.append({"name": live[1], "type": live[0], "timestamp": live[2], "message": live[3] or ""})
-        return out
-    row = expand(rec, i)
-    if extra:
-        out.extend({"name": n, "type": t, "timestamp": ts, "message": m or ""} for t, n, ts, m in extra)
-    elif row["run_count"] and not any(h["type"] == "RUNNING" for h in out):
-        out.append({"name": "Running", "type": "RUNNING", "timestamp": row["start"], "message": ""})
-    if not out or out[-1]["name"] != row["state"]:
-        out.append({"name": row["state"], "type": row["state_type"], "timestamp": row["end"],
-                    "message": _message(rec, i)})
-    return out
-
-
-def _message(rec: dict, i: int) -> str:
-    """Run ``i``'s final message: its own, else the chunk's (one for all, e.g. its owner died)."""
-    return (rec.get("messages") or {}).get(i) or rec.get("message") or ""
-
-
-def _may_hold(rec: dict, state_l: str) -> bool:
-    if rec.get("codes") is None or rec.get("events"):
-        return True
-    names = set(chunk_counts(rec))
-    kinds = {n.lower() for n in names} | {CODE_STATES[CODE_OF_NAME[n]].type.lower() for n in names}
-    return state_l in kinds
-
-
-def chunk_counts(rec: dict) -> dict[str, int]:
-    """How many runs of a chunk are in each state (by name)."""
-    codes = rec.get("codes")
-    if codes is None:
-        live = rec.get("live") or ["PENDING", "Pending"]
-        return {live[1]: rec["n"]}
-    out: dict[str, int] = {}
-    for code in set(codes):
-        out[CODE_STATES[code].name] = codes.count(code)
-    return out
-
-
-def _slowest(rec: dict, k: int) -> list[tuple[float, dict]]:
-    ends = _ends(rec)
-    if rec.get("codes") is None or not ends:
-        return []
-    starts = _packed(rec, "starts")
-    prev = list(starts) if starts is not None else [rec.get("started") or ends[0], *ends[:-1]]
-    durations = sorted(((e - s, i) for i, (s, e) in enumerate(zip(prev, ends))), reverse=True)[:k]
-    return [(d, expand(rec, i)) for d, i in durations]
-
-
-def open_run_store(home: str | None = None, create: bool = True) -> RunStore:
+def open_run_store(home: str | None = None, create: bool = True, readonly: bool = False) -> RunStore:
     """This process's run store at ``$DASKFLOW_HOME/runs`` (or under ``home``).
 
     Raises ``StoreError`` for an unsafe or unusable home, and ``DamagedStore`` (one
     line: the file and what to do) for a damaged data file: the run store is never
     moved aside on its own, its records are the user's history. With ``create=False``
-    (read-only commands) a missing store raises ``LookupError`` instead of being created.
+    (read-only commands) a missing store raises ``LookupError`` instead of being created;
+    ``readonly=True`` (implies ``create=False``) opens it without write access (``daskflow ui``).
     """
+    create = create and not readonly
     root = config.check_home(home or config.home_path(), create=create)
     path = root / "runs"
     if not create and not (path / "data.mdb").exists():
         raise LookupError(f"no runs recorded under {root}")
     try:
-        return RunStore(_lmdb.open_env(path, dbs=DBS))
+        return RunStore(_lmdb.open_env(path, dbs=DBS, readonly=readonly))
     except DamagedStore as exc:
         raise DamagedStore(exc.path, f"the run store is damaged ({exc.reason}); move it aside to start an "
                                      f"empty one: mv {path} {path}.damaged (or restore it from a backup)") from None

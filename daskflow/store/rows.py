@@ -1,0 +1,170 @@
+"""Chunk records read back as runs: the row and the history of run ``i`` of a chunk record.
+
+The run store keeps one msgpack record per chunk (see ``store/runs.py``); these pure
+functions expand a record into the per-run shapes the CLI and the UI show (``runs ls
+-o json`` rows, ``runs show`` histories), with the run-count rule of the ground
+(``codes.run_count_of``), and summarise a record (counts per state, durations).
+"""
+
+from __future__ import annotations
+
+import heapq
+from array import array
+
+from daskflow.codes import CODE_OF_NAME, CODE_STATES, run_count_of
+from daskflow.ids import run_id
+
+
+def ends_of(rec: dict) -> array:
+    ends = rec.get("_ends")
+    if ends is None:
+        ends = array("d")
+        if rec.get("ends"):
+            ends.frombytes(rec["ends"])
+        rec["_ends"] = ends
+    return ends
+
+
+def packed(rec: dict, name: str) -> array | None:
+    """A per-run packed time array of a direct-call record (``starts``, ``submits``), or None."""
+    raw = rec.get(name)
+    if raw is None:
+        return None
+    values = rec.get("_" + name)
+    if values is None:
+        values = rec["_" + name] = array("d")
+        values.frombytes(raw)
+    return values
+
+
+def submitted_at(rec: dict, i: int) -> float | None:
+    submits = packed(rec, "submits")
+    return submits[i] if submits is not None and i < len(submits) else rec.get("submitted")
+
+
+def started_at(rec: dict, i: int) -> float | None:
+    starts = packed(rec, "starts")  # direct calls folded into one record did not run back to back
+    if starts is not None and i < len(starts):
+        return starts[i]
+    ends = ends_of(rec)
+    if 0 < i <= len(ends):
+        return ends[i - 1]
+    return rec.get("started")
+
+
+def expand(rec: dict, i: int) -> dict:
+    """Run ``i`` of a chunk record as a row (the ``runs ls -o json`` shape)."""
+    base = int.from_bytes(rec["base"], "big")
+    index = rec["start"] + i
+    codes = rec.get("codes")
+    recorded = (rec.get("run_counts") or {}).get(i)
+    end = None
+    if codes is not None:
+        state_type, state = CODE_STATES[codes[i]]
+        end = ends_of(rec)[i] if i < len(ends_of(rec)) else None
+        run_count = run_count_of(codes[i], recorded)
+        start = started_at(rec, i) if run_count else None
+        message = final_message(rec, i) if state_type != "COMPLETED" else ""
+    else:
+        events = (rec.get("events") or {}).get(i)
+        live = events[-1] if events else rec.get("live") or ["PENDING", "Pending", rec.get("submitted"), ""]
+        state_type, state = live[0], live[1]
+        start = rec.get("started") if state_type == "RUNNING" else None
+        run_count = 0 if state_type in ("PENDING", "SCHEDULED") else recorded or 1
+        message = live[3] or ""
+    return {
+        "id": run_id(base, index),
+        "name": (rec.get("names") or {}).get(i) or f"{rec.get('task')}-{index}",
+        "task_name": rec.get("task"),
+        "task_key": rec.get("task_key"),
+        "flow_run_id": rec.get("flow_run_id"),
+        "state": state,
+        "state_type": state_type,
+        "submitted": submitted_at(rec, i),
+        "start": start,
+        "end": end,
+        "run_count": run_count,
+        "worker": rec.get("worker"),
+        "message": message,
+    }
+
+
+def history(rec: dict, i: int) -> list[dict]:
+    """Run ``i``'s states, oldest first: Pending, [recorded events], Running, [retries], final."""
+    events = (rec.get("events") or {}).get(i, ())
+    out = []
+    if not events or events[0][1] not in ("Scheduled", "Pending"):
+        # a chunk may start before its future (and submission time) is recorded
+        sub = submitted_at(rec, i)
+        pending = min(t for t in (sub, started_at(rec, i) if rec.get("starts") else rec.get("started")) if t) \
+            if sub else None
+        out.append({"name": "Pending", "type": "PENDING", "timestamp": pending, "message": ""})
+    extra = (rec.get("history") or {}).get(i)
+    for t, name, ts, msg in events:
+        if extra and name in ("Running", "Retrying", "AwaitingRetry"):
+            continue  # the envelope's history holds these, with the first Running
+        out.append({"name": name, "type": t, "timestamp": ts, "message": msg or ""})
+    codes = rec.get("codes")
+    if codes is None:
+        live = rec.get("live")
+        if live and live[1] != "Pending" and not (rec.get("events") or {}).get(i):
+            out.append({"name": live[1], "type": live[0], "timestamp": live[2], "message": live[3] or ""})
+        return out
+    row = expand(rec, i)
+    if extra:
+        out.extend({"name": n, "type": t, "timestamp": ts, "message": m or ""} for t, n, ts, m in extra)
+    elif row["run_count"] and not any(h["type"] == "RUNNING" for h in out):
+        out.append({"name": "Running", "type": "RUNNING", "timestamp": row["start"], "message": ""})
+    if not out or out[-1]["name"] != row["state"]:
+        out.append({"name": row["state"], "type": row["state_type"], "timestamp": row["end"],
+                    "message": final_message(rec, i)})
+    return out
+
+
+def final_message(rec: dict, i: int) -> str:
+    """Run ``i``'s final message: its own, else the chunk's (one for all, e.g. its owner died)."""
+    return (rec.get("messages") or {}).get(i) or rec.get("message") or ""
+
+
+def may_hold(rec: dict, state_l: str) -> bool:
+    """Whether a chunk may hold runs in a state (name or type, lower case), from its codes."""
+    if rec.get("codes") is None or rec.get("events"):
+        return True
+    names = set(chunk_counts(rec))
+    kinds = {n.lower() for n in names} | {CODE_STATES[CODE_OF_NAME[n]].type.lower() for n in names}
+    return state_l in kinds
+
+
+def chunk_counts(rec: dict) -> dict[str, int]:
+    """How many runs of a chunk are in each state (by name)."""
+    codes = rec.get("codes")
+    if codes is None:
+        live = rec.get("live") or ["PENDING", "Pending"]
+        return {live[1]: rec["n"]}
+    out: dict[str, int] = {}
+    for code in set(codes):
+        out[CODE_STATES[code].name] = codes.count(code)
+    return out
+
+
+def durations(rec: dict) -> list[float]:
+    """How long each run of a finished chunk took, in seconds (empty while it is live)."""
+    ends = ends_of(rec)
+    if rec.get("codes") is None or not ends:
+        return []
+    starts = packed(rec, "starts")
+    prev = list(starts) if starts is not None else [rec.get("started") or ends[0], *ends[:-1]]
+    return [e - s for s, e in zip(prev, ends)]
+
+
+def chunk_span(rec: dict) -> tuple[float | None, float | None]:
+    """When a chunk's first run started and, once final, when its last run ended."""
+    ends = ends_of(rec)
+    starts = packed(rec, "starts")
+    first = starts[0] if starts else rec.get("started") or (ends[0] if ends else rec.get("submitted"))
+    return first, (max(ends) if ends and rec.get("codes") is not None else None)
+
+
+def slowest_runs(rec: dict, k: int) -> list[tuple[float, dict]]:
+    spent = durations(rec)
+    return [(spent[i], expand(rec, i)) for i in heapq.nlargest(k, range(len(spent)), key=spent.__getitem__)]
