@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from daskflow import config
 
 if TYPE_CHECKING:
-    from daskflow.engine.run import ChunkResult
+    from daskflow.engine.envelope import ChunkResult
     from daskflow.engine.tasks import Task
     from daskflow.runners.base import TaskRunner
 

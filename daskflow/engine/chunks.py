@@ -16,14 +16,21 @@ runners:
 
 from __future__ import annotations
 
+import collections
 import logging
+import threading
 import time
+import uuid
 import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+import cloudpickle
+
 from daskflow.codes import CANCELLED, CRASHED, NOT_READY, OK_CODES
+from daskflow import config
 from daskflow.engine import chunking, progress, tracker
-from daskflow.engine.run import ChunkResult, ChunkSpec, run_chunk
+from daskflow.engine.envelope import ChunkResult, ChunkSpec
+from daskflow.engine.run import run_chunk
 from daskflow.exceptions import CancelledRun, CrashedRun, RunnerShutdown
 from daskflow.runners.dask import DaskTaskRunner, dashboard_page, has_bokeh, in_dask_task
 
@@ -38,7 +45,8 @@ logger = logging.getLogger("daskflow")
 class Chunk:
     """The client's record of one submitted chunk of runs."""
 
-    __slots__ = ("task", "base", "start", "n", "handle", "runner", "result", "observed", "submitted", "__weakref__")
+    __slots__ = ("task", "base", "start", "n", "handle", "runner", "result", "observed", "submitted", "dependents",
+                 "spec", "ups", "key", "__weakref__")
 
     def __init__(self, task: Task, base: int, start: int, n: int, handle: Any, runner: TaskRunner | None,
                  result: ChunkResult | None = None) -> None:
@@ -51,13 +59,17 @@ class Chunk:
         self.result = result
         self.observed: bool | set[int] = False
         self.submitted = time.time()
+        self.dependents = 0  # chunks submitted with this chunk's handle as a Dask dependency
+        self.spec: ChunkSpec | None = None  # kept until fetched: to submit again after a lost connection
+        self.ups: list[Chunk] = []  # the upstream chunks it was submitted with
+        self.key = ""  # the runner's name of the call (submitted again under the same name)
 
     def done(self) -> bool:
         return self.result is not None or (self.handle is not None and self.handle.done())
 
     def outcome(self, timeout: float | None = None) -> ChunkResult:
         """The chunk's envelope, fetched once (waiting up to ``timeout`` seconds)."""
-        if self.result is None:
+        if self.handle is not None:  # not fetched, or being recorded by the eager fetcher
             fetch_many(self.runner, [self], timeout)  # type: ignore[arg-type]
         return self.result  # type: ignore[return-value]
 
@@ -93,7 +105,7 @@ def fetch_all(chunks: Iterable[Chunk], timeout: float | None, raise_timeout: boo
     """Fetch the envelopes of many chunks with one gather per runner."""
     pending: dict[int, tuple[TaskRunner, list[Chunk]]] = {}
     for chunk in chunks:
-        if chunk.result is None:
+        if chunk.handle is not None:  # not fetched, or still being recorded
             pending.setdefault(id(chunk.runner), (chunk.runner, []))[1].append(chunk)  # type: ignore[arg-type]
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
@@ -126,20 +138,27 @@ def submit_chunks(runner: TaskRunner, specs: list[ChunkSpec], deps: list[list[An
     """Submit every chunk in one batch; ``deps[i]`` are handles (or envelopes) chunk i needs."""
     if runner not in _attached:
         _attach(runner)
+    if runner.checkpoints:
+        for spec in specs:
+            spec.checkpoints = True
     return runner.submit_many(run_chunk, specs, deps, keys=keys)
 
 
 def _attach(runner: TaskRunner) -> None:
-    """First submission to a runner: tracker events from its workers, the dashboard link."""
+    """First submission to a runner: tracker events from its workers, the ledger, the dashboard link."""
     _attached.add(runner)
     if isinstance(runner, DaskTaskRunner) and not in_dask_task():
         tracker.subscribe(runner.client)  # workers' run states and logs come back as events
+        runner.install_ledger()  # lost chunks resume from their checkpoints
         if runner.cluster is not None and has_bokeh():
             link = runner.cluster.dashboard_link
             tracker.console().info("Dask dashboard: %s", link)
             page = dashboard_page(link)
             if page:
                 tracker.console().info("daskflow runs on it: %s", page)
+
+
+_fetching = threading.Lock()  # the eager fetcher and readers set envelopes one at a time
 
 
 def fetch_many(runner: TaskRunner, chunks: list[Chunk], timeout: float | None) -> None:
@@ -149,16 +168,143 @@ def fetch_many(runner: TaskRunner, chunks: list[Chunk], timeout: float | None) -
             f"the task runner of these futures ({type(runner).__name__}) was shut down before their "
             "results were read; read results inside the flow, or return them from it"
         )
-    handles = [c.handle for c in chunks]
-    runner.wait(handles, timeout)
-    for chunk, res in zip(chunks, runner.gather(handles)):
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        # A chunk keeps its handle until its envelope is recorded everywhere (cache, tracker),
+        # all under the lock: whoever finds the handle gone finds the record complete.
+        with _fetching:
+            handles = [c.handle for c in chunks if c.handle is not None]
+        if not handles:
+            break
+        runner.wait(handles, None if deadline is None else max(0.0, deadline - time.monotonic()))
+        with _fetching:  # the eager fetcher may have been first, or submitted some again
+            done = [c for c in chunks if c.handle is not None and c.handle.done()]
+            cut = [c for c in done if c.spec is not None and runner.dropped(c.handle)]
+            got = [c for c in done if c not in cut]
+            if got:
+                _set_results(runner, got, runner.gather([c.handle for c in got]))
+            if cut:
+                resubmit(runner, cut)
+
+
+def _set_results(runner: TaskRunner, chunks: list[Chunk], results: list) -> None:
+    """Record fetched envelopes; keep in the ledger those that queued chunks still depend on."""
+    kept = []
+    for chunk, res in zip(chunks, results):
         if isinstance(res, ChunkResult):
             chunking.observe(chunk.task, res)
+            if chunk.dependents:  # Dask may compute it again for them if its worker dies
+                kept.append((chunk.handle, cloudpickle.dumps(res, protocol=5)))
             chunk.result = res
         else:
             chunk.result = lost(chunk, res)
-        chunk.handle = None  # the runner may now release the data
+    if kept and runner.checkpoints and isinstance(runner, DaskTaskRunner):
+        runner.keep(kept)
+    returned = [c.result for c in chunks if c.result.cache_returned is not None]  # type: ignore[union-attr]
+    if returned:  # remote workers' fresh results: written here, in one transaction
+        from daskflow.engine.managed import write_returned
+
+        write_returned(returned)  # type: ignore[arg-type]
+    for chunk in chunks:
         tracker.chunk_finished(chunk)
+        chunk.handle = None  # the runner may now release the data
+        chunk.spec, chunk.ups = None, []
+
+
+def resubmit(runner: TaskRunner, chunks: list[Chunk]) -> None:
+    """Submit again chunks that the runner dropped with its lost scheduler connection.
+
+    Waits up to ``daskflow.reconnect-grace`` seconds for the connection; chunks whose
+    envelope the client already holds are not among them, so no recorded run runs again.
+    Upstream chunks dropped too go first (their new handles feed the downstream ones).
+    Past the grace period the chunks end Crashed, saying why.
+    """
+    grace = float(config.get("reconnect-grace", 30))
+    todo = _with_dropped_upstreams(runner, chunks)
+    if not runner.reconnect(grace):
+        address = getattr(runner, "address", None) or config.get("scheduler-address") or "the scheduler"
+        err = ConnectionError(
+            f"lost the connection to the Dask scheduler ({address}) for more than {grace:g}s "
+            "(daskflow.reconnect-grace); runs that had not finished are Crashed. Check that the scheduler "
+            "is up and reachable, or raise the grace period (DASK_DASKFLOW__RECONNECT_GRACE)."
+        )
+        for chunk in todo:
+            chunk.result = lost(chunk, err)
+            tracker.chunk_finished(chunk)
+            chunk.handle, chunk.spec = None, None
+        return
+    for chunk in todo:  # in submission order: upstream handles exist before their dependents
+        deps = [u.result if u.result is not None else u.handle for u in chunk.ups]
+        # the same key: the ledger still holds the checkpoints of the dropped call
+        key = chunk.key or f"{chunk.task.name}-{uuid.uuid4().hex}"
+        chunk.handle = submit_chunks(runner, [chunk.spec], [deps], [key])[0]  # type: ignore[list-item]
+    eager.watch(todo)
+
+
+def _with_dropped_upstreams(runner: TaskRunner, chunks: list[Chunk]) -> list[Chunk]:
+    """``chunks`` and every upstream chunk they need that was dropped too, oldest first."""
+    seen: dict[int, Chunk] = {}
+    stack = list(chunks)
+    while stack:
+        chunk = stack.pop()
+        if id(chunk) in seen or chunk.result is not None or chunk.spec is None:
+            continue
+        if chunk.handle is not None and not runner.dropped(chunk.handle):
+            continue  # still there, or finished: fetched by whoever reads it
+        seen[id(chunk)] = chunk
+        stack.extend(chunk.ups)
+    return sorted(seen.values(), key=lambda c: c.submitted)
+
+
+class _Eager:
+    """Fetches envelopes as chunks finish (Dask done callbacks), in batches.
+
+    A finished chunk's envelope then lives on the client, which releases the Dask result:
+    a worker dying later costs nothing, and the tracker records completions as they happen.
+    Chunks that queued chunks depend on stay on the workers (their values go worker to
+    worker, not through the client); if Dask computes one again, it resumes from the
+    ledger's checkpoints (``engine.run.Notes``) or the envelope the client kept.
+    """
+
+    def __init__(self) -> None:
+        self.ready: collections.deque[Chunk] = collections.deque()
+        self.wake = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    def watch(self, chunks: list[Chunk]) -> None:
+        for chunk in chunks:
+            if chunk.handle is not None and isinstance(chunk.runner, DaskTaskRunner) and not in_dask_task():
+                chunk.handle.add_done_callback(lambda _h, c=chunk: self.on_done(c))
+
+    def on_done(self, chunk: Chunk) -> None:
+        # Dask's callback thread only queues: one fetcher thread gathers whatever finished
+        # meanwhile in one go, so a burst of finished chunks costs one gather.
+        self.ready.append(chunk)
+        self.wake.set()
+        if self.thread is None or not self.thread.is_alive():
+            with self.lock:
+                if self.thread is None or not self.thread.is_alive():
+                    self.thread = threading.Thread(target=self._fetch_forever, name="daskflow-fetch", daemon=True)
+                    self.thread.start()
+
+    def _fetch_forever(self) -> None:
+        while True:
+            self.wake.wait()
+            self.wake.clear()
+            batch: dict[int, tuple[TaskRunner, list[Chunk]]] = {}
+            while self.ready:
+                c = self.ready.popleft()
+                if c.handle is not None and not c.dependents and c.runner is not None and not c.runner.closed:
+                    batch.setdefault(id(c.runner), (c.runner, []))[1].append(c)
+            for runner, group in batch.values():
+                try:
+                    fetch_many(runner, group, 0)
+                except Exception:  # a reader fetches them again, and reports the problem
+                    pass
+
+
+eager = _Eager()
 
 
 def lost(chunk: Chunk, exc: BaseException) -> ChunkResult:

@@ -37,7 +37,8 @@ from daskflow.engine.hooks import call_hooks, validate_hooks
 from daskflow.engine.returns import resolve_futures_to_states, state_of_return
 from daskflow.engine.tasks import RESERVED
 from daskflow.codes import CANCELLED, OK_CODES
-from daskflow.engine.run import ChunkResult, call_with_timeout
+from daskflow.engine.envelope import ChunkResult
+from daskflow.engine.run import call_with_timeout
 from daskflow.exceptions import CancelledRun, FlowRunTimeoutError, ReservedArgumentError
 from daskflow.runners.base import TaskRunner
 
@@ -378,6 +379,7 @@ def cancel_unfinished(chunks: list[Chunk], reason: str) -> None:
                                                   err, str(err))
             chunk.observed = True
             tracker.chunk_finished(chunk)
+            chunk.handle = None  # recorded: nothing fetches it again
 
 
 def _outcome_counts(chunks: list[Chunk]) -> tuple[int, int]:

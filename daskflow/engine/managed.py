@@ -16,6 +16,18 @@ other task keeps the engine's fast path and pays nothing.
 
 Workers of the session cluster do not see the client's later environment changes, so
 the client ships the daskflow home in the ``CacheSpec``.
+
+**Workers that do not see the client's store** (other hosts, no shared filesystem).
+The client ships a token with the home (``cache.store.store_token``); a worker that
+does not find it there, or may not write there, is *remote* (``reaches_store``) and
+never opens an LMDB store at the client's path. A remote chunk runs what it was given
+and returns the keys of its fresh results in the envelope (``ReturnedCache``); the
+client, when it fetches envelopes, signs those results with its own secret and writes
+them in one LMDB transaction per fetched batch (``write_returned``), or, inside a
+``transaction()`` block, hands them to the block, which commits them at exit. Lookups
+for concrete inputs already happen on the client; a remote worker cannot look up runs
+whose inputs are futures, so those execute (and are written back) unless the client
+holds every upstream envelope at submission, in which case the client looks them up too.
 """
 
 from __future__ import annotations
@@ -32,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from daskflow import config
 from daskflow.cache import serialization as ser
 from daskflow.cache.keys import KeyColumn, KeyFnFailed, KeyPlan, NotConcrete, Unhashable, display, make_plan
-from daskflow.cache.store import CacheWarning, get_store
+from daskflow.cache.store import CacheWarning, get_store, reaches_store, store_token
 from daskflow.codes import CACHED, COMPLETED, FAILED, NOT_READY, OK_CODES
 from daskflow.engine import run as R
 from daskflow.engine import states as st
@@ -41,7 +53,7 @@ from daskflow.engine.context import current_flow_run_id, flow_run_ctx
 from daskflow.engine.hooks import call_hooks
 from daskflow.engine.returned_states import settle_returned_states
 from daskflow.engine.inputs import BROADCAST, MAPPED, Column, UpstreamNotCompleted, quote, resolve
-from daskflow.engine.run import ChunkResult, Unpicklable
+from daskflow.engine.envelope import ChunkResult, Unpicklable
 from daskflow.engine.transactions import Transaction, current_transaction
 from daskflow.ids import run_id
 
@@ -52,6 +64,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("daskflow")
 _MAX_SEGMENTS = 8  # a partly cached chunk splits into at most this many chunks
 _home_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("daskflow_cache_home", default=None)
+_token_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("daskflow_cache_token", default=None)
 
 
 @dataclass(slots=True)
@@ -65,11 +78,29 @@ class CacheSpec:
     stage: bool = False  # inside a transaction() block: return records, write nothing
     expires_in: float | None = None
     serializer: str | None = None
+    token: str | None = None  # proves a worker sees the submitter's store (None: inline, it does)
 
     def part(self, lo: int, hi: int, lookup: bool) -> CacheSpec:
         keys = None if self.keys is None else self.keys[lo:hi]
         return CacheSpec(self.home, self.plan, keys, lookup and self.lookup, self.stage, self.expires_in,
-                         self.serializer)
+                         self.serializer, self.token)
+
+    def reachable(self) -> bool:
+        """Whether this process may use the LMDB store of ``home`` directly."""
+        return self.token is None or reaches_store(self.home, self.token)  # type: ignore[arg-type]
+
+
+@dataclass(slots=True)
+class ReturnedCache:
+    """Fresh results of a remote chunk that the client writes (``ChunkResult.cache_returned``)."""
+
+    home: str
+    task_key: str
+    positions: list  # runs of the chunk whose values are to be cached ...
+    keys: list  # ... under these keys
+    stage: bool
+    expires_in: float | None
+    serializer: str | None
 
 
 def _in_block() -> bool:
@@ -93,7 +124,20 @@ def new_spec(task: Task, home: str | None = None) -> CacheSpec:
         _warn(task, plan.problem)
     home = home or cache_home()
     expires = opts.cache_expiration.total_seconds() if opts.cache_expiration is not None else None
-    return CacheSpec(home, plan, None, not opts.refresh_cache, stage, expires, opts.result_serializer)
+    return CacheSpec(home, plan, None, not opts.refresh_cache, stage, expires, opts.result_serializer,
+                     _token_for(home))
+
+
+def _token_for(home: str) -> str | None:
+    """The token that submissions ship: the enclosing remote chunk's, else this process's own."""
+    token = _token_var.get()
+    if token is not None:
+        return token
+    from daskflow.runners.dask import in_dask_task
+
+    if in_dask_task() and _home_var.get() is not None:
+        return None  # in a local chunk: nested runs see the same store
+    return store_token(home)
 
 
 def _warn(task: Task, what: str) -> None:
@@ -230,37 +274,82 @@ def fire(task: Task, kind: str, txn: Any) -> None:
     call_hooks(getattr(task.options, kind), (txn,), kind, f"task {task.name!r}")
 
 
+def write_returned(results: list[ChunkResult]) -> None:
+    """Write the fresh results that remote chunks returned: one LMDB transaction per home.
+
+    Inside a ``transaction()`` block the signed records go to the envelope's
+    ``cache_records`` instead, for the block to commit.
+    """
+    by_home: dict[str, list[tuple[bytes, bytes]]] = {}
+    for res in results:
+        back: ReturnedCache | None = res.cache_returned
+        if back is None:
+            continue
+        res.cache_returned = None
+        store = get_store(back.home)
+        records = _encode_returned(res, back, store.secret)
+        if back.stage:
+            res.cache_records = (res.cache_records or []) + records
+        else:
+            by_home.setdefault(back.home, []).extend(records)
+    for home, records in by_home.items():
+        try:
+            get_store(home).put_many(records)
+        except Exception as exc:  # the results stay valid; only the cache misses them
+            warnings.warn(f"{len(records)} results returned by workers could not be written to the cache: "
+                          f"{type(exc).__name__}: {exc}", CacheWarning, stacklevel=3)
+
+
+def _encode_returned(res: ChunkResult, back: ReturnedCache, secret: bytes) -> list[tuple[bytes, bytes]]:
+    values = res.get_values()
+    expires = time.time() + back.expires_in if back.expires_in is not None else None
+    encoded = ser.encode_many([values[i] for i in back.positions], back.task_key, expires, back.serializer, secret)
+    out = [(key, record) for key, record in zip(back.keys, encoded) if record is not None]
+    if len(out) < len(back.keys):
+        warnings.warn(f"task {res.task_name!r}: {len(back.keys) - len(out)} results cannot be serialized for "
+                      "the cache; they are not cached", CacheWarning, stacklevel=4)
+    return out
+
+
 # ---------------------------------------------------------------------------------------
 # Worker side (and inline calls)
 
 
 def run_managed(task: Task, rows: Any, res: ChunkResult, ctx: TaskRunContext, deps: list | None,
-                spec: CacheSpec | None) -> None:
-    """Run a chunk of a managed task: lookups, runs, one write, commit hooks."""
+                spec: CacheSpec | None, notes: Any = None, first: int = 0) -> None:
+    """Run a chunk of a managed task: lookups, runs, one write, commit hooks.
+
+    ``first``: runs before it were restored from an earlier attempt's checkpoints (``rows``
+    starts there); they are written to the cache with the others. ``notes``: checkpoints.
+    """
     chunk = _Managed(task, res, ctx, deps, spec)
+    chunk.first, chunk.notes = first, notes
     token = _home_var.set(chunk.spec.home) if chunk.spec.home else None
-    if deps is None and task.plain:
-        try:
-            chunk.run_plain(rows)
-        finally:
-            if token is not None:
-                _home_var.reset(token)
-        chunk.finish()
-        return
+    remote = _token_var.set(chunk.spec.token) if chunk.remote else None
     try:
-        for i, row in chunk.prepare(rows):
-            args = chunk.start(i, row)
-            if args is not None:
-                engine = R.attempts(task, ctx, *args)
-                if task.is_async:
-                    outcome = asyncio.run(R.drive_async(engine, task, *args))
-                else:
-                    outcome = R.drive_sync(engine, task, *args)
-                chunk.done(i, outcome)
+        _run_chunk(chunk, task, rows, ctx, deps)
     finally:
         if token is not None:
             _home_var.reset(token)
+        if remote is not None:
+            _token_var.reset(remote)
+    chunk.write_restored()
     chunk.finish()
+
+
+def _run_chunk(chunk: _Managed, task: Task, rows: Any, ctx: TaskRunContext, deps: list | None) -> None:
+    if deps is None and task.plain:
+        chunk.run_plain(rows)
+        return
+    for i, row in chunk.prepare(rows):
+        args = chunk.start(i, row)
+        if args is not None:
+            engine = R.attempts(task, ctx, *args)
+            if task.is_async:
+                outcome = asyncio.run(R.drive_async(engine, task, *args))
+            else:
+                outcome = R.drive_sync(engine, task, *args)
+            chunk.done(i, outcome)
 
 
 async def arun_managed(task: Task, res: ChunkResult, ctx: TaskRunContext, row: tuple, deps: list | None) -> None:
@@ -282,15 +371,20 @@ class _Managed:
         self.local = spec is None
         self.spec = spec if spec is not None else new_spec(task)
         self.task, self.res, self.ctx, self.deps = task, res, ctx, deps
-        self.ends = array("d", bytes(8 * res.n))
+        self.ends = res.ends if len(res.ends) == res.n else array("d", bytes(8 * res.n))  # restored runs
         self.keys: list = [None] * res.n
         self.hits: dict[int, Any] = {}
         self.store: Any = None
         self.staged: list[tuple[bytes, bytes]] = []
+        # a worker that does not see the submitter's store: fresh results go back in the envelope
+        self.remote = self.spec.plan is not None and not self.spec.reachable()
+        self.fresh: list[int] = []
+        self.first = 0  # runs before it were restored from checkpoints
+        self.notes: Any = None  # engine.run.Notes on a Dask worker
 
     def prepare(self, rows: Any) -> list[tuple[int, tuple]]:
         items: list[tuple[int, tuple]] = []
-        for i, row in enumerate(rows):
+        for i, row in enumerate(rows, self.first):
             if self.deps is not None:
                 try:
                     row = resolve(row, self.deps)
@@ -301,12 +395,13 @@ class _Managed:
             items.append((i, row))
         spec = self.spec
         if spec.plan is not None:
-            self.store = get_store(spec.home)  # type: ignore[arg-type]
+            if not self.remote:
+                self.store = get_store(spec.home)  # type: ignore[arg-type]
             if spec.keys is not None:
                 self.keys = spec.keys
             else:
                 self.keys = _worker_keys(self.task, spec.plan, items, self.ctx, self.keys)
-            if spec.lookup:
+            if spec.lookup and not self.remote:
                 found = self.store.load_many([self.keys[i] for i, _ in items])
                 self.hits = {items[pos][0]: value for pos, value in found.items()}
         return items
@@ -318,6 +413,7 @@ class _Managed:
         fn, res, ctx, hits, ends, keys = self.task.fn, self.res, self.ctx, self.hits, self.ends, self.keys
         values, codes, clock = res.values, res.codes, time.time
         fresh: list[int] = []
+        due = self.notes.due if self.notes is not None else float("inf")
         for i, row in items:
             ctx.index = i
             if i in hits:
@@ -331,13 +427,19 @@ class _Managed:
                 res.fail(i, FAILED, exc)
                 ends[i] = clock()
                 continue
-            ends[i] = clock()
+            now = ends[i] = clock()
             if keys[i] is not None:
                 fresh.append(i)
+            if now >= due:
+                self.notes.reached(i, now, ends)
+                due = self.notes.due
         if st.State in {*map(type, values)}:  # type: ignore[arg-type]  # bodies that returned a State
             settle_returned_states(res)
             fresh = [i for i in fresh if codes[i] in OK_CODES]
         if not fresh or self.spec.plan is None:
+            return
+        if self.remote:
+            self.fresh = fresh
             return
         spec = self.spec
         expires = time.time() + spec.expires_in if spec.expires_in is not None else None
@@ -384,15 +486,37 @@ class _Managed:
     def done(self, i: int, outcome: tuple[int, Any, list | None]) -> None:
         self.res.record(i, outcome, self.ctx.run_count, self.ctx.name)
         self.res.keep(i, self.ctx.final_state)
-        if outcome[0] == COMPLETED and self.keys[i] is not None:
+        if outcome[0] == COMPLETED and self.keys[i] is not None and self.remote:
+            self.fresh.append(i)
+        elif outcome[0] == COMPLETED and self.keys[i] is not None:
             record = _encode(self.task, self.spec, self.store, outcome[1], self.ctx)
             if record is not None:
                 self.staged.append((self.keys[i], record))
-        self.ends[i] = time.time()
+        now = self.ends[i] = time.time()
+        if self.notes is not None and now >= self.notes.due:
+            self.notes.reached(i, now, self.ends)
+
+    def write_restored(self) -> None:
+        """Cache the runs restored from checkpoints: their attempt died before its write."""
+        from daskflow.engine.run import OK_CODES
+
+        for i in range(self.first):
+            if self.res.codes[i] in OK_CODES and self.keys[i] is not None:
+                if self.remote:
+                    self.fresh.append(i)
+                elif self.store is not None:
+                    record = _encode(self.task, self.spec, self.store, self.res.values[i], self.ctx)  # type: ignore[index]
+                    if record is not None:
+                        self.staged.append((self.keys[i], record))
 
     def finish(self) -> None:
         task, res, staged = self.task, self.res, self.staged
         res.ends = self.ends
+        if self.fresh:
+            spec = self.spec
+            res.cache_returned = ReturnedCache(spec.home, task.task_key, self.fresh,  # type: ignore[arg-type]
+                                               [self.keys[i] for i in self.fresh], spec.stage,
+                                               spec.expires_in, spec.serializer)
         if self.spec.stage:
             res.cache_records = staged
             if self.local:

@@ -27,7 +27,7 @@ from daskflow.store.runs import ChunkUpdate, FlowUpdate, LogLine, chunk_key
 
 if TYPE_CHECKING:
     from daskflow.engine.chunks import Chunk
-    from daskflow.engine.run import ChunkResult
+    from daskflow.engine.envelope import ChunkResult
 
 
 class Submitted(NamedTuple):

@@ -22,7 +22,7 @@ from daskflow.engine.tracker import TOPIC, on_message
 from daskflow.runners.dask import in_dask_task
 
 if TYPE_CHECKING:
-    from daskflow.engine.run import ChunkResult
+    from daskflow.engine.envelope import ChunkResult
 
 logger = logging.getLogger("daskflow")
 

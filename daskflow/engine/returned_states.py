@@ -13,7 +13,7 @@ from daskflow.codes import CANCELLED, COMPLETED, CRASHED, FAILED, OK_CODES
 from daskflow.engine import states as st
 
 if TYPE_CHECKING:
-    from daskflow.engine.run import ChunkResult
+    from daskflow.engine.envelope import ChunkResult
 
 __all__ = ["returned_state_outcome", "settle_returned_states"]
 

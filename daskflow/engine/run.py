@@ -14,7 +14,7 @@ What happens, in order, for every run of a chunk:
    Retrying, hooks, retry delays) and asks its driver to call the body; the sync driver
    here and the async driver for awaited direct calls share it, so sync and async
    tasks have one engine.
-3. *Envelope.* The chunk returns a ``ChunkResult`` and never raises: per-run state
+3. *Envelope.* The chunk returns a ``ChunkResult`` (``engine/envelope.py``) and never raises: per-run state
    codes, values (pickled together as one blob when the chunk holds many runs),
    exceptions and extra state history for the runs that had some. Whether a failure
    fails a downstream run is decided by daskflow from the envelope, not by Dask's
@@ -28,237 +28,29 @@ import contextvars
 import random
 import threading
 import time
-import traceback
 from array import array
-from dataclasses import dataclass, field
-from itertools import repeat
+from dataclasses import dataclass
+from itertools import islice, repeat
 from typing import TYPE_CHECKING, Any, Callable, Generator
 
 import cloudpickle
 
-from daskflow.codes import (CANCELLED, CODE_STATES, COMPLETED, CRASHED, FAILED, NOT_READY, OK_CODES, TIMED_OUT,
-                            StateEvent, run_count_of)
+from daskflow.codes import (CANCELLED, COMPLETED, CRASHED, FAILED, NOT_READY, OK_CODES, TIMED_OUT,
+                            StateEvent)
 from daskflow.engine import logging as run_logging
 from daskflow.engine import states as st
 from daskflow.engine import reports
 from daskflow.engine.states import describe_error
 from daskflow.engine.returned_states import returned_state_outcome, settle_returned_states
 from daskflow.engine.context import TaskRunContext, task_run_ctx
-from daskflow.ids import run_id
+from daskflow.engine.envelope import STATE_OF_CODE, ChunkResult, ChunkSpec, Unpicklable
 from daskflow.engine.inputs import ALIGNED, BROADCAST, MAPPED, Column, Ref, UpstreamNotCompleted, resolve
-from daskflow.exceptions import ParameterSerializationError, TaskRunTimeoutError, UpstreamFailed
+from daskflow.exceptions import ParameterSerializationError, TaskRunTimeoutError
 from daskflow.runners.dask import in_dask_task, worker_address
 
 if TYPE_CHECKING:
     from daskflow.engine.tasks import Task
 
-#: A final state code's state type and name, as the engine's ``State`` takes them.
-STATE_OF_CODE: dict[int, tuple[st.StateType, str]] = {
-    code: (st.StateType[cs.type], cs.name) for code, cs in CODE_STATES.items()}
-
-
-class Unpicklable:
-    """Stands in for an argument that could not be serialized; its run fails."""
-
-    __slots__ = ("message",)
-
-    def __init__(self, message: str) -> None:
-        self.message = message
-
-    def __reduce__(self):
-        return Unpicklable, (self.message,)
-
-
-@dataclass(slots=True)
-class ChunkSpec:
-    """Everything a worker needs to execute runs ``start .. start+n`` of one submission."""
-
-    task: Task
-    base: int
-    start: int
-    n: int
-    columns: Any  # a list of inputs.Column, one per parameter; pickled as one blob for other processes
-    refs: bool = False  # mapped values hold Refs to resolve run by run
-    wait_refs: tuple[Ref, ...] = ()
-    flow_run_id: str | None = None
-    cache: Any = None  # a engine.managed.CacheSpec for tasks that cache or have commit hooks
-
-
-@dataclass(slots=True)
-class ChunkResult:
-    """The envelope of a chunk: final state code and value or exception of every run."""
-
-    task_name: str
-    base: int
-    start: int
-    n: int
-    codes: bytearray
-    values: list | None
-    blob: bytes | None = None
-    errors: dict[int, BaseException] = field(default_factory=dict)
-    messages: dict[int, str] = field(default_factory=dict)
-    tracebacks: dict[int, str] = field(default_factory=dict)
-    history: dict[int, list] = field(default_factory=dict)  # runs with retries
-    run_counts: dict[int, int] = field(default_factory=dict)
-    names: dict[int, str] = field(default_factory=dict)  # runs named by task_run_name
-    started: float = 0.0
-    ends: array = field(default_factory=lambda: array("d"))
-    worker: str | None = None
-    n_failed: int = 0
-    cache_records: list | None = None  # signed records staged in a transaction() block
-    logs: list | None = None  # run log records not shipped while the chunk ran
-    kept: dict[int, st.State] | None = None  # states hooks received: return_state hands back the same
-
-    def keep(self, i: int, state: st.State | None) -> None:
-        if state is not None:
-            if self.kept is None:
-                self.kept = {}
-            self.kept[i] = state
-
-    # -- reading, on the client or in a downstream chunk --------------------------------
-    def get_values(self) -> list:
-        if self.values is None:
-            self.values = cloudpickle.loads(self.blob) if self.blob is not None else [None] * self.n
-            self.blob = None
-        return self.values
-
-    def ok(self, i: int) -> bool:
-        return self.codes[i] in OK_CODES
-
-    def element(self, i: int) -> tuple[bool, Any]:
-        """``(True, value)`` for a completed run, else ``(False, exception)``."""
-        if self.codes[i] in OK_CODES:
-            return True, self.get_values()[i]
-        return False, self.exception(i)
-
-    def exception(self, i: int) -> BaseException:
-        exc = self.errors.get(i)
-        if exc is not None:
-            return exc
-        return self.state(i).exception()
-
-    def run_id(self, i: int) -> str:
-        return run_id(self.base, self.start + i)
-
-    def run_name(self, i: int) -> str:
-        return self.names.get(i) or f"{self.task_name}-{self.start + i}"
-
-    def describe(self, i: int) -> str:
-        code = self.codes[i]
-        return f"{CODE_STATES[code].name}: {self.messages.get(i) or describe_error(self.errors.get(i))}"
-
-    def state(self, i: int) -> st.State:
-        if self.kept is not None and i in self.kept:
-            return self.kept[i]
-        code = self.codes[i]
-        type_, name = STATE_OF_CODE[code]
-        ts = self.ends[i] if i < len(self.ends) else time.time()
-        run = (self.base, self.start + i)
-        if code in OK_CODES:
-            return st.State(type_, name, data=self.get_values()[i], timestamp=ts, task_run_id=run)
-        exc = self.errors.get(i)
-        message = self.messages.get(i) or describe_error(exc)
-        if exc is None and code == NOT_READY:
-            exc = UpstreamFailed(f"task run {self.run_name(i)!r} did not run: {message}")
-        return st.State(type_, name, message=message, data=exc, timestamp=ts, task_run_id=run)
-
-    def started_at(self, i: int) -> float:
-        """When run i started: runs of a chunk execute one after the other."""
-        return self.ends[i - 1] if 0 < i <= len(self.ends) else self.started
-
-    def states(self, i: int, submitted: float | None = None) -> list[st.State]:
-        """Run i's state history, oldest first: Pending, Running, [AwaitingRetry, Retrying]..., final."""
-        out = [] if submitted is None else [st.State(st.StateType.PENDING, timestamp=submitted)]
-        final = self.state(i)
-        extra = self.history.get(i)
-        if extra:
-            out.extend(st.State(st.StateType[t], name, message=msg, timestamp=ts) for t, name, ts, msg in extra)
-        elif self.run_count(i):
-            out.append(st.State(st.StateType.RUNNING, timestamp=self.started_at(i)))
-        out.append(final)
-        return out
-
-    def run_count(self, i: int) -> int:
-        return run_count_of(self.codes[i], self.run_counts.get(i))
-
-    # -- writing, on the worker ---------------------------------------------------------
-    def record(self, i: int, outcome: tuple[int, Any, list | None], run_count: int, name: str = "") -> None:
-        """Store run i's outcome ``(code, value or exception or message, history)``."""
-        code, value, history = outcome
-        if name:
-            self.names[i] = name
-        if code in OK_CODES:
-            self.values[i] = value  # type: ignore[index]
-            self.codes[i] = code
-        elif isinstance(value, BaseException):
-            self.fail(i, code, value)
-        else:
-            self.fail(i, code, None, value)
-        if history:
-            self.history[i] = history
-        if run_count > 1:
-            self.run_counts[i] = run_count
-
-    def fail(self, i: int, code: int, exc: BaseException | None, message: str = "") -> None:
-        self.codes[i] = code
-        self.n_failed += 1
-        if exc is not None:
-            self.errors[i] = exc
-            self.tracebacks[i] = "".join(traceback.format_exception(exc))
-        if message:
-            self.messages[i] = message
-
-    @classmethod
-    def all_failed(cls, task_name: str, base: int, start: int, n: int, code: int,
-                   exc: BaseException | None, message: str) -> ChunkResult:
-        res = cls(task_name, base, start, n, bytearray([code]) * n, [None] * n)
-        res.n_failed = n
-        now = time.time()
-        res.started = now
-        res.ends = array("d", [now]) * n
-        for i in range(n):
-            if exc is not None:
-                res.errors[i] = exc
-            res.messages[i] = message
-        return res
-
-    def seal(self) -> ChunkResult:
-        """Make the envelope safe to pickle: values as one blob, exceptions picklable."""
-        for i, exc in list(self.errors.items()):
-            try:
-                cloudpickle.dumps(exc)
-            except Exception:
-                self.errors[i] = RuntimeError(f"{type(exc).__name__}: {exc} (exception not picklable)")
-        if self.n > 1 and self.values is not None:
-            values = self.values
-            try:
-                self.blob = cloudpickle.dumps(values, protocol=5)
-            except Exception:
-                self.blob = cloudpickle.dumps(self._drop_unpicklable(values), protocol=5)
-            self.values = None
-        elif self.values is not None and not _picklable(self.values):
-            self.values = self._drop_unpicklable(self.values)  # one run: Dask would fail the whole envelope
-        return self
-
-    def _drop_unpicklable(self, values: list) -> list:
-        values = list(values)
-        for i, value in enumerate(values):
-            try:
-                cloudpickle.dumps(value)
-            except Exception as exc:
-                values[i] = None
-                err = TypeError(f"task {self.task_name!r}: the result of task run {self.run_name(i)!r} (a "
-                                f"{type(value).__name__}) cannot be serialized: {exc}")
-                self.fail(i, FAILED, err)
-        return values
-
-
-def _picklable(values: list) -> bool:
-    try:  # out-of-band buffers are not copied: cheap for arrays
-        cloudpickle.dumps(values, protocol=5, buffer_callback=lambda buf: None)
-        return True
-    except Exception:
-        return False
 
 
 # ---------------------------------------------------------------------------------------
@@ -266,25 +58,115 @@ def _picklable(values: list) -> bool:
 
 
 def run_chunk(spec: ChunkSpec, deps: list[ChunkResult] = ()) -> ChunkResult:  # type: ignore[assignment]
-    """Run a chunk on a worker: deserialize its columns, run every run, seal the envelope."""
+    """Run a chunk on a worker: deserialize its columns, run every run, seal the envelope.
+
+    When Dask runs the chunk again after losing a worker, the ledger may already hold
+    its envelope (the client kept it: return it, run nothing) or checkpoints of the runs
+    an earlier attempt finished (run only the rest).
+    """
     worker = worker_address()
+    done: Checkpoint | None = None
+    checkpoints = spec.checkpoints and worker is not None
+    if checkpoints:
+        from daskflow.runners import ledger
+
+        kept, notes = ledger.recall()
+        if kept is not None:
+            return cloudpickle.loads(kept)
+        done = Checkpoint.joined(notes, spec.n) if notes else None
     reports.chunk_starting(spec.base, spec.start, worker)
     columns = spec.columns
     if isinstance(columns, bytes):
         columns = cloudpickle.loads(columns)
     result = run_rows(spec.task, spec.base, spec.start, spec.n, columns, list(deps),
-                      spec.refs, spec.wait_refs, spec.flow_run_id, spec.cache)
+                      spec.refs, spec.wait_refs, spec.flow_run_id, spec.cache, done=done,
+                      checkpoints=checkpoints)
     result.worker = worker
     reports.chunk_ended(result)
     return result.seal()
 
 
+@dataclass(slots=True)
+class Checkpoint:
+    """Runs ``lo .. hi`` of a chunk that finished on a worker (noted to the ledger while it ran)."""
+
+    lo: int
+    hi: int
+    codes: bytes
+    values: list
+    ends: list
+    errors: dict
+
+    @classmethod
+    def joined(cls, blobs: list[bytes], n: int) -> Checkpoint | None:
+        """The longest run of checkpoints from run 0 (None if there is none, or they do not load)."""
+        try:
+            parts = sorted((cloudpickle.loads(b) for b in blobs), key=lambda c: c.lo)
+        except Exception:
+            return None
+        out = cls(0, 0, b"", [], [], {})
+        for part in parts:
+            if part.lo != out.hi or part.hi > n:
+                continue
+            out.hi, out.codes = part.hi, out.codes + part.codes
+            out.values.extend(part.values)
+            out.ends.extend(part.ends)
+            out.errors.update(part.errors)
+        return out if out.hi else None
+
+    def restore(self, res: ChunkResult) -> None:
+        """Put these finished runs into a new attempt's envelope."""
+        res.codes[: self.hi] = self.codes
+        res.values[: self.hi] = self.values  # type: ignore[index]
+        res.ends = array("d", self.ends) + array("d", bytes(8 * (res.n - self.hi)))
+        for i, (exc, message) in self.errors.items():
+            res.fail(i, self.codes[i], exc, message)
+
+
+class Notes:
+    """Checkpoints of a chunk running on a Dask worker, sent to the ledger as runs finish.
+
+    The loop pays one float comparison per run (``now >= notes.due``). Heavy runs (5 ms
+    or more each) are noted as soon as they finish, so a lost worker costs at most the
+    runs in flight; lighter ones about every quarter second; tiny runs of short chunks never.
+    """
+
+    __slots__ = ("res", "lo", "since", "due")
+    HEAVY = 0.005
+    EVERY = 0.25
+
+    def __init__(self, res: ChunkResult, lo: int, now: float) -> None:
+        self.res, self.lo, self.since, self.due = res, lo, now, now + self.HEAVY
+
+    def reached(self, i: int, now: float, ends: array) -> None:
+        """Run ``i`` ended at ``now`` (past ``due``): note runs ``lo .. i`` if they were heavy or long."""
+        runs = i + 1 - self.lo
+        if now - self.since < self.EVERY and now - self.since < self.HEAVY * runs:
+            self.due = self.since + self.EVERY  # light runs: check again later
+            return
+        res, lo, hi = self.res, self.lo, i + 1
+        errors = {j: (res.errors.get(j), res.messages.get(j, "")) for j in range(lo, hi) if res.codes[j] not in OK_CODES}
+        part = Checkpoint(lo, hi, bytes(res.codes[lo:hi]), res.values[lo:hi], list(ends[lo:hi]), errors)  # type: ignore[index]
+        try:
+            blob = cloudpickle.dumps(part, protocol=5)
+        except Exception:  # an unpicklable value: these runs are not checkpointed
+            blob = None
+        if blob is not None:
+            from daskflow.runners import ledger
+
+            ledger.note(blob)
+        self.lo, self.since, self.due = hi, now, now + self.HEAVY
+
+
 def run_rows(task: Task, base: int, start: int, n: int, columns: list[Column] | None, deps: list,
              refs: bool, wait_refs: tuple, flow_run_id: str | None, cache: Any = None,
-             row: tuple | None = None) -> ChunkResult:
+             row: tuple | None = None, done: Checkpoint | None = None,
+             checkpoints: bool = False) -> ChunkResult:
     """Run ``n`` runs of ``task`` whose arguments are the rows of ``columns``.
 
-    A direct call passes its one ``row`` instead of columns (``n`` is 1).
+    A direct call passes its one ``row`` instead of columns (``n`` is 1). ``done``: runs an
+    earlier attempt finished; they are restored, not run. ``checkpoints``: note finished
+    runs to the scheduler's ledger (only where the runner installed one).
     """
     res = ChunkResult(task.name, base, start, n, bytearray(n), [None] * n)
     res.started = time.time()
@@ -299,19 +181,26 @@ def run_rows(task: Task, base: int, start: int, n: int, columns: list[Column] | 
     token = task_run_ctx.set(ctx)
     sink = run_logging.open_sink()
     prints = run_logging.log_prints(True) if task.options.log_prints else None
+    notes = Notes(res, 0, res.started) if checkpoints else None
     try:
         if row is not None:
             rows: Any = (row,)
         else:
             rows = zip(*iterables) if iterables else repeat((), n)
+        if done is not None:
+            done.restore(res)
+            rows = islice(rows, done.hi, None)
+            if notes is not None:
+                notes.lo = done.hi
+        first, ends = (done.hi, res.ends) if done else (0, None)
         if task.fast_path and not refs:
-            _run_fast(task.fn, rows, res, ctx)
+            _run_fast(task.fn, rows, res, ctx, notes, first, ends)
         elif task.managed:  # a cache or commit hooks: lookups, batched writes, transactions
             from daskflow.engine.managed import run_managed
 
-            run_managed(task, rows, res, ctx, deps if refs else None, cache)
+            run_managed(task, rows, res, ctx, deps if refs else None, cache, notes, first)
         else:
-            _run_slow(task, rows, res, ctx, deps if refs else None)
+            _run_slow(task, rows, res, ctx, deps if refs else None, notes, first, ends)
     finally:
         if prints is not None:
             run_logging.capturing_prints.reset(prints)
@@ -338,30 +227,37 @@ def _iterables(columns: list[Column], deps: list, n: int, refs: bool) -> tuple[l
     return out, refs
 
 
-def _run_fast(fn: Callable, rows: Any, res: ChunkResult, ctx: TaskRunContext) -> None:
+def _run_fast(fn: Callable, rows: Any, res: ChunkResult, ctx: TaskRunContext, notes: Notes | None = None,
+              first: int = 0, ends: array | None = None) -> None:
     """The hot loop: no per-run objects, one state code and one end time per run."""
     values, clock = res.values, time.time
-    ends = array("d", bytes(8 * res.n))
-    i = 0
-    for i, args in enumerate(rows):  # noqa: B007
+    ends = ends if ends is not None else array("d", bytes(8 * res.n))
+    due = notes.due if notes is not None else float("inf")
+    for i, args in enumerate(rows, first):
         ctx.index = i
         try:
             values[i] = fn(*args)  # type: ignore[index]
         except Exception as exc:
             res.fail(i, FAILED, exc)
-        ends[i] = clock()
+        now = ends[i] = clock()
+        if now >= due:
+            notes.reached(i, now, ends)  # type: ignore[union-attr]
+            due = notes.due  # type: ignore[union-attr]
     res.ends = ends
     if st.State in {*map(type, values)}:  # type: ignore[arg-type]  # C-speed scan (a set: faster than `in map`)
         settle_returned_states(res)
 
 
-def _run_slow(task: Task, rows: Any, res: ChunkResult, ctx: TaskRunContext, deps: list | None) -> None:
-    ends = array("d", bytes(8 * res.n))
-    for i, row in enumerate(rows):
+def _run_slow(task: Task, rows: Any, res: ChunkResult, ctx: TaskRunContext, deps: list | None,
+              notes: Notes | None = None, first: int = 0, ends: array | None = None) -> None:
+    ends = ends if ends is not None else array("d", bytes(8 * res.n))
+    for i, row in enumerate(rows, first):
         ctx.index, ctx.run_count, ctx.name, ctx.final_state = i, 1, "", None
         res.record(i, run_one(task, ctx, row, deps), ctx.run_count, ctx.name)
         res.keep(i, ctx.final_state)
-        ends[i] = time.time()
+        now = ends[i] = time.time()
+        if notes is not None and now >= notes.due:
+            notes.reached(i, now, ends)
     res.ends = ends
 
 

@@ -19,11 +19,12 @@ import cloudpickle
 from daskflow.engine import chunking, tracker
 from daskflow.engine.context import current_flow_run_id, flow_run_ctx
 from daskflow.ids import new_run_base, run_id
-from daskflow.engine.chunks import Chunk, submit_chunks
+from daskflow.engine.chunks import Chunk, eager, submit_chunks
 from daskflow.engine.futures import MapFutures, TaskRunFuture
 from daskflow.engine.inputs import (ALIGNED, ATOMS, BROADCAST, MAPPED, Column, allow_failure, collect_refs, quote,
                                     unmapped)
-from daskflow.engine.run import ChunkSpec, Unpicklable, arun_single, run_rows
+from daskflow.engine.envelope import ChunkSpec, Unpicklable
+from daskflow.engine.run import arun_single, run_rows
 from daskflow.engine.states import State
 from daskflow.engine.transactions import current_transaction
 from daskflow.exceptions import MappingLengthMismatch, MappingMissingIterable
@@ -52,6 +53,7 @@ def _register(chunks: list[Chunk]) -> None:
     if txn is not None:
         txn.track(chunks)
     tracker.chunks_submitted(chunks, current_flow_run_id())
+    eager.watch(chunks)
 
 
 # -- direct calls -------------------------------------------------------------------------
@@ -130,8 +132,10 @@ def submit_run(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None)
             return TaskRunFuture(chunk, 0)
     blob, clean = _serialize(task, list(task.param_names), columns, runner)
     spec = ChunkSpec(task, base, 0, 1, blob, refs or not clean, waits, current_flow_run_id(), cache)
-    handle = submit_chunks(runner, [spec], [_dep_inputs(ups, runner)], [_key(task, base, 0)])[0]
+    key = _key(task, base, 0)
+    handle = submit_chunks(runner, [spec], [_dep_inputs(ups, runner)], [key])[0]
     chunk = Chunk(task, base, 0, 1, handle, runner)
+    chunk.spec, chunk.ups, chunk.key = spec, ups, key
     _register([chunk])
     return TaskRunFuture(chunk, 0)
 
@@ -146,7 +150,10 @@ def _key(task: Task, base: int, start: int) -> str:
 
 
 def _dep_inputs(ups: list[Chunk], runner: TaskRunner) -> list[Any]:
-    """Upstream handles for the runner; envelopes for chunks of another runner."""
+    """Upstream handles for the runner; envelopes for chunks of another runner, or already fetched."""
+    for c in ups:  # counted before reading ``result``: see chunks._set_results
+        if c.runner is runner:
+            c.dependents += 1
     return [c.result if c.result is not None else c.handle if c.runner is runner else c.outcome() for c in ups]
 
 
@@ -215,7 +222,7 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
 
         cache = for_map(task, names, kinds, n, bounds, base, bool(wait_for), aligned)
         bounds = cache.bounds  # type: ignore[union-attr]
-    specs, dep_lists, keys = [], [], []
+    specs, dep_lists, keys, up_lists = [], [], [], []
     flow_run_id = current_flow_run_id()
     wait_items = list(wait_for or ())
     for ci, (lo, hi) in enumerate(bounds):
@@ -251,9 +258,12 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
         specs.append(ChunkSpec(task, base, lo, hi - lo, blob, refs or not clean, waits, flow_run_id,
                                cache.spec_for(lo, hi) if cache is not None else None))
         dep_lists.append(_dep_inputs(ups, runner))
+        up_lists.append(ups)
         keys.append(_key(task, base, lo))
     handles = submit_chunks(runner, specs, dep_lists, keys) if specs else []
     chunks = [Chunk(task, base, s.start, s.n, h, runner) for s, h in zip(specs, handles)]
+    for chunk, spec, ups, key in zip(chunks, specs, up_lists, keys):
+        chunk.spec, chunk.ups, chunk.key = spec, ups, key
     if cache is not None:
         chunks = cache.merge(task, base, chunks, runner)
     _register(chunks)

@@ -61,7 +61,7 @@ from daskflow.exceptions import StoreError
 
 if TYPE_CHECKING:
     from daskflow.engine.chunks import Chunk
-    from daskflow.engine.run import ChunkResult
+    from daskflow.engine.envelope import ChunkResult
     from daskflow.engine import states as st
 
 __all__ = [

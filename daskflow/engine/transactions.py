@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from daskflow.engine.chunks import Chunk
-    from daskflow.engine.run import ChunkResult
+    from daskflow.engine.envelope import ChunkResult
     from daskflow.engine.tasks import Task
 
 __all__ = ["Transaction", "current_transaction", "transaction"]

@@ -23,6 +23,8 @@ class TaskRunner(abc.ABC):
     #: True when call arguments are pickled on their way (another process runs the calls).
     serializes = True
     closed = False
+    #: True when calls may note checkpoints and resume from them (``runners.ledger``).
+    checkpoints = False
 
     @abc.abstractmethod
     def submit_many(self, fn: Callable[..., Any], *iterables: list, keys: list[str]) -> list[Any]:
@@ -51,6 +53,15 @@ class TaskRunner(abc.ABC):
         """Cancel many calls at once (runners with a round trip per call override this)."""
         for handle in handles:
             self.cancel(handle)
+
+    def dropped(self, handle: Any) -> bool:
+        """Whether the call was dropped with a lost connection (it may not have run, and
+        submitting it again is right)."""
+        return False
+
+    def reconnect(self, grace: float) -> bool:
+        """Wait up to ``grace`` seconds for a lost connection to come back; True if it did."""
+        return False
 
     def duplicate(self) -> TaskRunner:
         """A fresh, unstarted runner with the same settings (one per flow run)."""

@@ -213,6 +213,18 @@ class DaskTaskRunner(TaskRunner):
             return [self.client.submit(fn, *(it[0] for it in iterables), key=keys[0], pure=False)]
         return self.client.map(fn, *iterables, key=keys, pure=False)
 
+    def install_ledger(self) -> None:
+        """Have the scheduler keep checkpoints of calls (``runners.ledger``), once per scheduler."""
+        from daskflow.runners import ledger
+
+        self.checkpoints = ledger.install(self.client)
+
+    def keep(self, results: list[tuple[Any, bytes]]) -> None:
+        """Have the scheduler keep these finished results ``(handle, bytes)`` while other calls need them."""
+        from daskflow.runners import ledger
+
+        ledger.keep(self.client, {h.key: blob for h, blob in results})
+
     def cancel(self, handle: Any) -> bool:
         if handle.done():
             return False
@@ -234,8 +246,12 @@ class DaskTaskRunner(TaskRunner):
             from distributed import secede
 
             secede()
+        from distributed.client import FuturesCancelledError
+
         try:
             handles[0].client.sync(dask_wait, handles, timeout=timeout)
+        except FuturesCancelledError:
+            pass  # done too: ``gather`` reports each one's cancellation
         except TimeoutError:
             raise TimeoutError(f"task runs did not finish within {timeout}s") from None
         finally:
@@ -252,15 +268,38 @@ class DaskTaskRunner(TaskRunner):
             if h.key in values:
                 out.append(values[h.key])
             elif h.status == "cancelled":
-                from concurrent.futures import CancelledError
-
-                out.append(CancelledError(f"{h.key} was cancelled"))
+                out.append(_cancellation(h))
             else:
                 try:
                     out.append(h.exception(timeout=5) or RuntimeError(f"{h.key} was lost"))
                 except Exception as exc:  # noqa: BLE001
                     out.append(exc)
         return out
+
+    def dropped(self, handle: Any) -> bool:
+        """Whether the call was cancelled because this client lost its scheduler connection."""
+        return handle.status == "cancelled" and getattr(_cancellation(handle), "reason", None) == DISCONNECTED
+
+    def reconnect(self, grace: float) -> bool:
+        """Wait up to ``grace`` seconds for the scheduler connection to be back; True if it is.
+
+        Dask's client reconnects by itself for its connect timeout; past that it closes,
+        and a client at an address is made again while the grace period lasts.
+        """
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            client = self._client
+            if client is not None and client.status == "running":
+                return True
+            if client is not None and client.status in ("closing", "closed") and self.cluster is None:
+                try:  # Dask gave up reconnecting: a new client, while the grace period lasts
+                    with self._lock:
+                        self._client = self._start()
+                    continue
+                except Exception:  # not reachable yet (SchedulerUnreachable): keep trying
+                    pass
+            time.sleep(0.1)  # no event to wait on: the client's reconnect loop polls too
+        return False
 
     def shutdown(self, wait: bool = True) -> None:
         with self._lock:
@@ -284,6 +323,20 @@ class DaskTaskRunner(TaskRunner):
                 cluster.close()
             finally:
                 quiet.setLevel(level)
+
+
+DISCONNECTED = "scheduler-connection-lost"  # Dask's reason for futures dropped with the connection
+
+
+def _cancellation(handle: Any) -> BaseException:
+    """The exception of a cancelled future, with Dask's reason (``FutureCancelledError.reason``)."""
+    try:
+        handle.result(timeout=5)  # cancelled: raises at once
+    except BaseException as exc:  # noqa: BLE001 - returned, like every outcome of gather
+        return exc
+    from concurrent.futures import CancelledError
+
+    return CancelledError(f"{handle.key} was cancelled")
 
 
 def quiet_logs() -> None:

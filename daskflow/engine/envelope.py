@@ -1,0 +1,239 @@
+"""The envelope of a chunk: what the task-run function returns instead of raising.
+
+``ChunkSpec`` is everything a worker needs to execute runs ``start .. start+n`` of one
+submission; ``ChunkResult`` is what comes back: a final state code, an end time and a
+value or an exception per run (values pickled together as one blob when the chunk holds
+many runs), extra state history for runs that had some, and the run-count and history
+rules of the ground (``codes.run_count_of``). Whether a failure fails a downstream run
+is decided by daskflow from the envelope, not by Dask's error propagation.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from array import array
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import cloudpickle
+
+from daskflow.codes import (CODE_STATES, FAILED, NOT_READY, OK_CODES, run_count_of)
+from daskflow.engine import states as st
+from daskflow.engine.states import describe_error
+from daskflow.engine.inputs import Ref
+from daskflow.exceptions import UpstreamFailed
+from daskflow.ids import run_id
+
+if TYPE_CHECKING:
+    from daskflow.engine.tasks import Task
+
+#: A final state code's state type and name, as the engine's ``State`` takes them.
+STATE_OF_CODE: dict[int, tuple[st.StateType, str]] = {
+    code: (st.StateType[cs.type], cs.name) for code, cs in CODE_STATES.items()}
+
+
+class Unpicklable:
+    """Stands in for an argument that could not be serialized; its run fails."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def __reduce__(self):
+        return Unpicklable, (self.message,)
+
+
+@dataclass(slots=True)
+class ChunkSpec:
+    """Everything a worker needs to execute runs ``start .. start+n`` of one submission."""
+
+    task: Task
+    base: int
+    start: int
+    n: int
+    columns: Any  # a list of inputs.Column, one per parameter; pickled as one blob for other processes
+    refs: bool = False  # mapped values hold Refs to resolve run by run
+    wait_refs: tuple[Ref, ...] = ()
+    flow_run_id: str | None = None
+    cache: Any = None  # a engine.managed.CacheSpec for tasks that cache or have commit hooks
+    checkpoints: bool = False  # the runner's scheduler keeps checkpoints (runners.ledger)
+
+
+@dataclass(slots=True)
+class ChunkResult:
+    """The envelope of a chunk: final state code and value or exception of every run."""
+
+    task_name: str
+    base: int
+    start: int
+    n: int
+    codes: bytearray
+    values: list | None
+    blob: bytes | None = None
+    errors: dict[int, BaseException] = field(default_factory=dict)
+    messages: dict[int, str] = field(default_factory=dict)
+    tracebacks: dict[int, str] = field(default_factory=dict)
+    history: dict[int, list] = field(default_factory=dict)  # runs with retries
+    run_counts: dict[int, int] = field(default_factory=dict)
+    names: dict[int, str] = field(default_factory=dict)  # runs named by task_run_name
+    started: float = 0.0
+    ends: array = field(default_factory=lambda: array("d"))
+    worker: str | None = None
+    n_failed: int = 0
+    cache_records: list | None = None  # signed records staged in a transaction() block
+    cache_returned: Any = None  # a managed.ReturnedCache: fresh results for the client to write
+    logs: list | None = None  # run log records not shipped while the chunk ran
+    kept: dict[int, st.State] | None = None  # states hooks received: return_state hands back the same
+
+    def keep(self, i: int, state: st.State | None) -> None:
+        if state is not None:
+            if self.kept is None:
+                self.kept = {}
+            self.kept[i] = state
+
+    # -- reading, on the client or in a downstream chunk --------------------------------
+    def get_values(self) -> list:
+        if self.values is None:
+            self.values = cloudpickle.loads(self.blob) if self.blob is not None else [None] * self.n
+            self.blob = None
+        return self.values
+
+    def ok(self, i: int) -> bool:
+        return self.codes[i] in OK_CODES
+
+    def element(self, i: int) -> tuple[bool, Any]:
+        """``(True, value)`` for a completed run, else ``(False, exception)``."""
+        if self.codes[i] in OK_CODES:
+            return True, self.get_values()[i]
+        return False, self.exception(i)
+
+    def exception(self, i: int) -> BaseException:
+        exc = self.errors.get(i)
+        if exc is not None:
+            return exc
+        return self.state(i).exception()
+
+    def run_id(self, i: int) -> str:
+        return run_id(self.base, self.start + i)
+
+    def run_name(self, i: int) -> str:
+        return self.names.get(i) or f"{self.task_name}-{self.start + i}"
+
+    def describe(self, i: int) -> str:
+        code = self.codes[i]
+        return f"{CODE_STATES[code].name}: {self.messages.get(i) or describe_error(self.errors.get(i))}"
+
+    def state(self, i: int) -> st.State:
+        if self.kept is not None and i in self.kept:
+            return self.kept[i]
+        code = self.codes[i]
+        type_, name = STATE_OF_CODE[code]
+        ts = self.ends[i] if i < len(self.ends) else time.time()
+        run = (self.base, self.start + i)
+        if code in OK_CODES:
+            return st.State(type_, name, data=self.get_values()[i], timestamp=ts, task_run_id=run)
+        exc = self.errors.get(i)
+        message = self.messages.get(i) or describe_error(exc)
+        if exc is None and code == NOT_READY:
+            exc = UpstreamFailed(f"task run {self.run_name(i)!r} did not run: {message}")
+        return st.State(type_, name, message=message, data=exc, timestamp=ts, task_run_id=run)
+
+    def started_at(self, i: int) -> float:
+        """When run i started: runs of a chunk execute one after the other."""
+        return self.ends[i - 1] if 0 < i <= len(self.ends) else self.started
+
+    def states(self, i: int, submitted: float | None = None) -> list[st.State]:
+        """Run i's state history, oldest first: Pending, Running, [AwaitingRetry, Retrying]..., final."""
+        out = [] if submitted is None else [st.State(st.StateType.PENDING, timestamp=submitted)]
+        final = self.state(i)
+        extra = self.history.get(i)
+        if extra:
+            out.extend(st.State(st.StateType[t], name, message=msg, timestamp=ts) for t, name, ts, msg in extra)
+        elif self.run_count(i):
+            out.append(st.State(st.StateType.RUNNING, timestamp=self.started_at(i)))
+        out.append(final)
+        return out
+
+    def run_count(self, i: int) -> int:
+        return run_count_of(self.codes[i], self.run_counts.get(i))
+
+    # -- writing, on the worker ---------------------------------------------------------
+    def record(self, i: int, outcome: tuple[int, Any, list | None], run_count: int, name: str = "") -> None:
+        """Store run i's outcome ``(code, value or exception or message, history)``."""
+        code, value, history = outcome
+        if name:
+            self.names[i] = name
+        if code in OK_CODES:
+            self.values[i] = value  # type: ignore[index]
+            self.codes[i] = code
+        elif isinstance(value, BaseException):
+            self.fail(i, code, value)
+        else:
+            self.fail(i, code, None, value)
+        if history:
+            self.history[i] = history
+        if run_count > 1:
+            self.run_counts[i] = run_count
+
+    def fail(self, i: int, code: int, exc: BaseException | None, message: str = "") -> None:
+        self.codes[i] = code
+        self.n_failed += 1
+        if exc is not None:
+            self.errors[i] = exc
+            self.tracebacks[i] = "".join(traceback.format_exception(exc))
+        if message:
+            self.messages[i] = message
+
+    @classmethod
+    def all_failed(cls, task_name: str, base: int, start: int, n: int, code: int,
+                   exc: BaseException | None, message: str) -> ChunkResult:
+        res = cls(task_name, base, start, n, bytearray([code]) * n, [None] * n)
+        res.n_failed = n
+        now = time.time()
+        res.started = now
+        res.ends = array("d", [now]) * n
+        for i in range(n):
+            if exc is not None:
+                res.errors[i] = exc
+            res.messages[i] = message
+        return res
+
+    def seal(self) -> ChunkResult:
+        """Make the envelope safe to pickle: values as one blob, exceptions picklable."""
+        for i, exc in list(self.errors.items()):
+            try:
+                cloudpickle.dumps(exc)
+            except Exception:
+                self.errors[i] = RuntimeError(f"{type(exc).__name__}: {exc} (exception not picklable)")
+        if self.n > 1 and self.values is not None:
+            values = self.values
+            try:
+                self.blob = cloudpickle.dumps(values, protocol=5)
+            except Exception:
+                self.blob = cloudpickle.dumps(self._drop_unpicklable(values), protocol=5)
+            self.values = None
+        elif self.values is not None and not _picklable(self.values):
+            self.values = self._drop_unpicklable(self.values)  # one run: Dask would fail the whole envelope
+        return self
+
+    def _drop_unpicklable(self, values: list) -> list:
+        values = list(values)
+        for i, value in enumerate(values):
+            try:
+                cloudpickle.dumps(value)
+            except Exception as exc:
+                values[i] = None
+                err = TypeError(f"task {self.task_name!r}: the result of task run {self.run_name(i)!r} (a "
+                                f"{type(value).__name__}) cannot be serialized: {exc}")
+                self.fail(i, FAILED, err)
+        return values
+
+
+def _picklable(values: list) -> bool:
+    try:  # out-of-band buffers are not copied: cheap for arrays
+        cloudpickle.dumps(values, protocol=5, buffer_callback=lambda buf: None)
+        return True
+    except Exception:
+        return False
