@@ -6,14 +6,24 @@ the daskflow server:
 - *Enqueue.* Clients send delayed calls on their batched stream (op
   ``daskflow-bg``): no round trip, many calls per message. The plugin hands them to
   its writer thread, which writes each call to the LMDB queue and a ``Scheduled``
-  record in one transaction; only after that commit does the plugin submit the run
-  (``fire_and_forget``, resource ``{task_key: 1}``, Dask key ``{task name}-{run id}``)
-  through its own asynchronous client. A run therefore never starts before it is
-  durable, and first submission and resubmission after a restart are the same code.
-- *States.* ``Pending`` (with the worker) when Dask assigns the run to a task worker
+  record in one transaction (one per batch of calls); only after that commit does the
+  plugin submit the runs through its own asynchronous client. A run therefore never
+  starts before it is durable, and first submission and resubmission after a restart
+  are the same code.
+- *Chunks.* Runs of one task committed together travel in chunks, as ``.map()`` runs
+  do: one Dask task (``fire_and_forget``, resource ``{task_key: 1}``, Dask key
+  ``{task name}-{first run id}``, plus ``+{more}`` for a chunk of several) runs many
+  queued runs on a task worker, each with its own run id, record, history and result.
+  A chunk is sized so that every task worker slot gets several (``chunk_size``). Before
+  it runs, a chunk asks the plugin which of its runs are not final yet
+  (``daskflow_bg_todo``): a chunk that Dask runs again after its worker died runs only
+  the runs whose final state did not reach the server (at-least-once), never one that
+  did.
+- *States.* ``Pending`` (with the worker) when Dask assigns a chunk to a task worker
   (the ``transition`` hook), back to ``Scheduled`` if that worker is lost, ``Crashed``
-  when Dask gives up (KilledWorker); ``Running`` and the final state come from the
-  task worker on its batched stream. All go through the writer thread in batches
+  when Dask gives up (KilledWorker), for each run of the chunk not final yet;
+  ``Running`` and the final state come from the task worker on its batched stream,
+  several runs per message. All go through the writer thread in batches
   (one LMDB transaction per batch, then ``store.record_states`` hands the new states
   to the run store), never blocking the event loop on a disk write.
 - *Final.* A final state deletes the run's queue entry in the same transaction that
@@ -50,6 +60,13 @@ OP = "daskflow-bg"
 PLUGIN_NAME = "daskflow-background"
 _STOP = ("stop",)
 ARRIVAL_GRACE = 10.0  # seconds a reader waits for a run id the store does not know yet
+MAX_CHUNK = 256  # runs per Dask task at most
+CHUNKS_PER_SLOT = 4  # a batch of runs is cut so that every task worker slot gets about this many chunks
+
+
+def chunk_size(n: int, slots: int) -> int:
+    """How many of ``n`` runs of one task travel in one Dask task, with ``slots`` worker slots serving it."""
+    return max(1, min(MAX_CHUNK, -(-n // (CHUNKS_PER_SLOT * max(1, slots)))))
 
 
 class BackgroundPlugin(SchedulerPlugin):
@@ -69,8 +86,9 @@ class BackgroundPlugin(SchedulerPlugin):
         self.scheduler = scheduler
         self.loop = asyncio.get_running_loop()
         self.env = store.open_store(self.path)
-        self.keys: dict[str, str] = {}  # Dask key -> run id, for runs submitted here
+        self.keys: dict[str, list[str]] = {}  # Dask key of a chunk submitted here -> its run ids
         self.active: set[str] = set()  # their run ids
+        self.finished: set[str] = set()  # active run ids whose final state arrived (maybe not yet committed)
         # run ids forgotten by Dask lately: a worker's last log batch (sent every ~100 ms)
         # may arrive after its run ended
         self.recent: dict[str, None] = {}
@@ -83,6 +101,7 @@ class BackgroundPlugin(SchedulerPlugin):
         scheduler.stream_handlers[OP] = self._on_stream
         scheduler.handlers["daskflow_bg_wait"] = self._wait
         scheduler.handlers["daskflow_bg_get"] = self._get
+        scheduler.handlers["daskflow_bg_todo"] = self._todo
         self._boot = asyncio.ensure_future(self._connect_and_resubmit())
 
     async def close(self) -> None:
@@ -119,10 +138,14 @@ class BackgroundPlugin(SchedulerPlugin):
             put(("enqueue", {"id": rid, "task_key": task_key, "task_name": task_name, "task": task_blob,
                              "args": args_blob, "flow_run_id": flow_run_id, "submitted": submitted,
                              "key": f"{task_name}-{rid}"}))
+        finished = self.finished
         for ev in events or ():
             ev = tuple(ev)
-            if ev[0] == "final" and ev[2].get("logs"):
-                store.record_logs(ev[2].pop("logs"))
+            if ev[0] == "final":
+                if ev[1] in self.active:
+                    finished.add(ev[1])
+                if ev[2].get("logs"):
+                    store.record_logs(ev[2].pop("logs"))
             put(ev)
 
     def log_event(self, topic: str, msg: Any) -> None:
@@ -142,28 +165,38 @@ class BackgroundPlugin(SchedulerPlugin):
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, stimulus_id: str = "",
                    **kwargs: Any) -> None:
-        rid = self.keys.get(key)  # type: ignore[arg-type]
-        if rid is None:
+        rids = self.keys.get(key)  # type: ignore[arg-type]
+        if rids is None:
             return
         now = time.time()
+        put, finished = self.writer.put, self.finished
         if finish == "processing":
             ts = self.scheduler.tasks.get(key)
             worker = ts.processing_on.address if ts is not None and ts.processing_on else None
-            self.writer.put(("state", rid, "PENDING", "Pending", now, "", worker))
+            for rid in rids:
+                if rid not in finished:
+                    put(("state", rid, "PENDING", "Pending", now, "", worker))
         elif start == "processing" and finish in ("released", "waiting", "no-worker"):
-            self.writer.put(("state", rid, "SCHEDULED", "Scheduled", now,
-                             "its task worker was lost; waiting for a task worker", None))
+            for rid in rids:
+                if rid not in finished:
+                    put(("state", rid, "SCHEDULED", "Scheduled", now,
+                         "its task worker was lost; waiting for a task worker", None))
         elif finish == "erred":
             ts = self.scheduler.tasks.get(key)
             text = (getattr(ts, "exception_text", "") or kwargs.get("exception_text") or "") if ts else ""
             message = f"the run crashed outside of the task's code: {text or 'Dask gave up on it'}"
-            self.writer.put(("final", rid, {"type": "CRASHED", "name": "Crashed", "ts": now, "message": message,
-                                            "error": message}))
+            for rid in rids:
+                if rid not in finished:
+                    put(("final", rid, {"type": "CRASHED", "name": "Crashed", "ts": now, "message": message,
+                                        "error": message}))
         elif finish == "forgotten":
-            self.active.discard(self.keys.pop(key, None))  # type: ignore[arg-type]
-            self.recent[rid] = None
-            if len(self.recent) > 10_000:
-                del self.recent[next(iter(self.recent))]
+            recent = self.recent
+            for rid in self.keys.pop(key, ()):  # type: ignore[arg-type]
+                self.active.discard(rid)
+                finished.discard(rid)
+                recent[rid] = None
+            while len(recent) > 10_000:
+                del recent[next(iter(recent))]
 
     # -- submission (event loop) ----------------------------------------------------------
     def _submit(self, entries: list[dict]) -> None:
@@ -174,21 +207,26 @@ class BackgroundPlugin(SchedulerPlugin):
             return
         from distributed import fire_and_forget
 
-        from daskflow.background.worker import run_background
+        from daskflow.background.worker import QueuedRun, run_background_chunk
 
-        groups: dict[str, list[dict]] = {}
-        tasks = self.scheduler.tasks
+        groups: dict[tuple[str, bytes], list[dict]] = {}  # by task key and task (with_options may differ)
+        active = self.active
         for e in entries:
-            if e["key"] in tasks:  # already known to Dask (a resubmission racing the first)
+            if e["id"] in active:  # already submitted (a resubmission racing the first)
                 continue
-            self.keys[e["key"]] = e["id"]
-            self.active.add(e["id"])
-            groups.setdefault(e["task_key"], []).append(e)
-        for task_key, group in groups.items():
+            active.add(e["id"])
+            groups.setdefault((e["task_key"], e["task"]), []).append(e)
+        resources = self.scheduler.resources
+        for (task_key, _), group in groups.items():
+            size = chunk_size(len(group), sum(resources.get(task_key, {}).values()))
+            chunks = [group[i:i + size] for i in range(0, len(group), size)]
+            keys = [f"{c[0]['key']}+{len(c) - 1}" if len(c) > 1 else c[0]["key"] for c in chunks]
+            for key, chunk in zip(keys, chunks):
+                self.keys[key] = [e["id"] for e in chunk]
             futures = self.client.map(
-                run_background, [e["task"] for e in group], [e["args"] for e in group],
-                [e["id"] for e in group], [e.get("flow_run_id") for e in group],
-                key=[e["key"] for e in group], resources={task_key: 1}, pure=False,
+                run_background_chunk, [c[0]["task"] for c in chunks],
+                [[QueuedRun(e["id"], e["args"], e.get("flow_run_id")) for e in c] for c in chunks],
+                key=keys, resources={task_key: 1}, pure=False,
             )
             fire_and_forget(futures)
 
@@ -271,6 +309,14 @@ class BackgroundPlugin(SchedulerPlugin):
                 if not lst:
                     del self.arrivals[rid]
         return unknown
+
+    def _todo(self, key: str) -> list[str] | None:
+        """The run ids of chunk ``key`` whose final state has not arrived (None: not a chunk of ours)."""
+        rids = self.keys.get(key)
+        if rids is None:
+            return None
+        finished = self.finished
+        return [rid for rid in rids if rid not in finished]
 
     def _get(self, run_ids: list[str]) -> dict:
         """The latest known records of ``run_ids`` (no results)."""

@@ -6,12 +6,16 @@ the task key, with amount ``limit``: Dask gives it only runs of those tasks (eac
 needs 1 of its task's resource), and at most ``limit`` at once. The worker process has
 imported the tasks, so their code is this process's code.
 
-``run_background`` is the Dask task of one delayed run. It reports ``Running`` on the
-worker's batched stream, runs the call through the engine's ``run_rows`` (retries,
-timeouts, hooks, cache: exactly a normal run), and reports the final state, with the
-value when the task persists results (or the exception), on the same stream, so the
-server records it before Dask even learns the task finished. It returns nothing:
-with ``fire_and_forget`` there is nobody to hold a Dask result for.
+``run_background_chunk`` is the Dask task of a chunk of delayed runs of one task. It
+asks the server which of its runs are not final yet (all of them, unless Dask runs the
+chunk again after a worker died), then runs those one after the other: each reports
+``Running``, runs through the engine's ``run_rows`` (retries, timeouts, hooks, cache:
+exactly a normal run) and reports its final state, with the value when the task
+persists results (or the exception). States go out on the worker's batched stream
+several at a time (``ChunkEvents``, at most ``FLUSH_EVERY`` seconds late); the last
+ones before the chunk returns, so the server records them before Dask even learns the
+chunk finished. It returns nothing: with ``fire_and_forget`` there is nobody to hold a
+Dask result for.
 
 When the server goes away, the worker reconnects to the same address and keeps
 serving (the server resubmits unfinished runs when it comes back).
@@ -29,7 +33,7 @@ import threading
 import time
 import traceback
 import uuid
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import cloudpickle
 
@@ -40,11 +44,20 @@ from daskflow.engine.run import run_rows
 from daskflow.engine.tasks import Task
 from daskflow.exceptions import NoBackgroundServer
 
-__all__ = ["load_target", "run_background", "serve"]
+__all__ = ["ChunkEvents", "QueuedRun", "load_target", "run_background_chunk", "serve"]
 
 logger = logging.getLogger("daskflow.background")
 _tasks: dict[bytes, Task] = {}  # pickled task -> task, so each worker unpickles a task once
 _tasks_lock = threading.Lock()
+FLUSH_EVERY = 0.05  # seconds: the longest a run's state waits on the task worker before it is sent
+
+
+class QueuedRun(NamedTuple):
+    """One queued run of a chunk: its run id, pickled arguments (a row) and flow run."""
+
+    run_id: str
+    args: bytes
+    flow_run_id: str | None
 
 
 def _task(blob: bytes) -> Task:
@@ -64,27 +77,90 @@ def persists(task: Task) -> bool:
     return bool(p) if p is not None else task.caches
 
 
-def run_background(task_blob: bytes, args_blob: bytes, rid: str, flow_run_id: str | None) -> None:
-    """Execute one delayed run on a task worker and report its states to the server."""
+class ChunkEvents:
+    """The state messages of a chunk's runs, sent on the worker's batched stream in batches.
+
+    ``add`` (task thread) buffers an event; the first event into an empty buffer arms a
+    flush ``FLUSH_EVERY`` seconds later on the worker's event loop, so a long run's
+    ``Running`` is not held back by the runs after it. ``close`` sends what is left at
+    once (queued on the loop before the chunk's own completion).
+    """
+
+    def __init__(self, worker: Any) -> None:
+        self.worker = worker
+        self.buf: list[tuple] = []
+        self.lock = threading.Lock()
+
+    def add(self, event: tuple) -> None:
+        with self.lock:
+            self.buf.append(event)
+            first = len(self.buf) == 1
+        if first:
+            loop = self.worker.loop
+            loop.add_callback(loop.call_later, FLUSH_EVERY, self.flush)
+
+    def flush(self) -> None:
+        with self.lock:
+            events, self.buf = self.buf, []
+        if events:
+            self.worker.batched_send({"op": OP, "events": events})
+
+    def close(self) -> None:
+        self.worker.loop.add_callback(self.flush)
+
+
+def run_background_chunk(task_blob: bytes, runs: list[QueuedRun]) -> None:
+    """Execute the runs of a chunk not final yet on a task worker; report their states to the server."""
     from distributed import get_worker
+    from distributed.utils import sync
 
     worker = get_worker()
     address = worker.address
+    runs = [QueuedRun(*r) for r in runs]
+    try:
+        todo = sync(worker.loop, worker.scheduler.daskflow_bg_todo, key=worker.get_current_task())
+    except Exception:  # noqa: BLE001 - no answer: run them all (at-least-once)
+        logger.warning("daskflow task worker: the server did not say which runs are left; running all %d",
+                       len(runs), exc_info=True)
+        todo = None
+    if todo is not None:
+        left = set(todo)
+        runs = [r for r in runs if r.run_id in left]
+    events = ChunkEvents(worker)
+    try:
+        try:
+            task = _task(task_blob)
+        except Exception as exc:  # noqa: BLE001 - a task this worker cannot load fails its runs
+            for run in runs:
+                _cannot_load(run.run_id, address, exc, events.add)
+            return
+        for run in runs:
+            run_one(task, run, address, events.add)
+    finally:
+        events.close()
 
-    def send(event: tuple) -> None:
-        worker.loop.add_callback(worker.batched_send, {"op": OP, "events": [event]})
 
+def _cannot_load(rid: str, address: str, exc: Exception, send: Callable[[tuple], None]) -> None:
+    message = f"the call could not be loaded on task worker {address}: {type(exc).__name__}: {exc}"
+    send(("state", rid, "RUNNING", "Running", time.time(), "", address))
+    send(("final", rid, {"type": "FAILED", "name": "Failed", "ts": time.time(), "message": message,
+                         "error": traceback.format_exc(), "run_count": 1, "worker": address,
+                         "result": _dumps_exc(RuntimeError(message))}))
+
+
+def run_one(task: Task, run: QueuedRun, address: str, send: Callable[[tuple], None]) -> None:
+    """Execute one delayed run of ``task``; ``send`` its Running and final states."""
+    rid = run.run_id
     send(("state", rid, "RUNNING", "Running", time.time(), "", address))
     try:
-        task = _task(task_blob)
-        row = cloudpickle.loads(args_blob)
+        row = cloudpickle.loads(run.args)
     except Exception as exc:  # noqa: BLE001 - a call this worker cannot load fails its run
         message = f"the call could not be loaded on task worker {address}: {type(exc).__name__}: {exc}"
         send(("final", rid, {"type": "FAILED", "name": "Failed", "ts": time.time(), "message": message,
                              "error": traceback.format_exc(), "run_count": 1, "worker": address,
                              "result": _dumps_exc(RuntimeError(message))}))
         return
-    res = run_rows(task, uuid.UUID(rid).int, 0, 1, None, [], False, (), flow_run_id, row=tuple(row))
+    res = run_rows(task, uuid.UUID(rid).int, 0, 1, None, [], False, (), run.flow_run_id, row=tuple(row))
     code = res.codes[0]
     info: dict[str, Any] = {"type": CODE_STATES[code].type, "name": CODE_STATES[code].name, "ts": res.ends[0] if res.ends else time.time(),
                             "run_count": res.run_count(0), "worker": address, "message": ""}
