@@ -385,6 +385,7 @@ class QueueWriter(threading.Thread):
         seen: dict[str, int] = {}  # run id -> history entries already recorded before this batch
         submits: list[dict] = []
         finals: list[tuple] = []
+        secret: bytes | None = None  # read on first use, once per batch
 
         def record(rid: str) -> dict | None:
             if rid not in records:
@@ -401,7 +402,8 @@ class QueueWriter(threading.Thread):
                 rid = entry["id"]
                 if record(rid) is not None:
                     continue  # a duplicate enqueue
-                txn.put(rid.encode(), store.seal_entry(env, entry), db=qdb)
+                secret = secret or store.secret(env)
+                txn.put(rid.encode(), store.seal_entry(env, entry, secret), db=qdb)
                 records[rid] = store.new_record(entry)
                 seen[rid] = 0
                 submits.append(entry)
@@ -433,7 +435,8 @@ class QueueWriter(threading.Thread):
                 blob = info.get("result")
                 rec["persisted"] = bool(info.get("persisted"))
                 if blob is not None:
-                    txn.put(rid.encode(), store.seal_result(env, blob), db=resdb)
+                    secret = secret or store.secret(env)
+                    txn.put(rid.encode(), store.seal_result(env, blob, secret), db=resdb)
                 txn.delete(rid.encode(), db=qdb)
                 finals.append((rid, rec, blob))
         changed = [r for r in records.values() if r is not None and len(r["history"]) > seen.get(r["id"], 0)]

@@ -74,14 +74,19 @@ def _secret(env: _lmdb.Env) -> bytes:
     return ser.load_secret(pathlib.Path(env.path).parent)
 
 
-def seal_entry(env: _lmdb.Env, entry: dict) -> bytes:
-    """A queue entry as stored: msgpack, signed."""
-    return ser.sign(_secret(env), pack(entry))
+def secret(env: _lmdb.Env) -> bytes:
+    """The signing key of the home ``env`` lives in (read once per batch by the writer)."""
+    return _secret(env)
 
 
-def seal_result(env: _lmdb.Env, blob: bytes) -> bytes:
-    """A result blob (a pickle) as stored: signed."""
-    return ser.sign(_secret(env), bytes(blob))
+def seal_entry(env: _lmdb.Env, entry: dict, key: bytes | None = None) -> bytes:
+    """A queue entry as stored: msgpack, signed (with ``key``, the home's secret, when given)."""
+    return ser.sign(key or _secret(env), pack(entry))
+
+
+def seal_result(env: _lmdb.Env, blob: bytes, key: bytes | None = None) -> bytes:
+    """A result blob (a pickle) as stored: signed (with ``key``, the home's secret, when given)."""
+    return ser.sign(key or _secret(env), bytes(blob))
 
 
 def _refuse(what: str, key: bytes, exc: Exception) -> None:

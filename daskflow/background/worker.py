@@ -42,6 +42,7 @@ from daskflow.background.plugin import OP
 from daskflow.codes import CODE_STATES, OK_CODES
 from daskflow.engine.run import run_rows
 from daskflow.engine.tasks import Task
+from daskflow.engine.write_batch import batched_cache_writes
 from daskflow.exceptions import NoBackgroundServer
 
 __all__ = ["ChunkEvents", "QueuedRun", "load_target", "run_background_chunk", "serve"]
@@ -134,10 +135,39 @@ def run_background_chunk(task_blob: bytes, runs: list[QueuedRun]) -> None:
             for run in runs:
                 _cannot_load(run.run_id, address, exc, events.add)
             return
-        for run in runs:
-            run_one(task, run, address, events.add)
+        _run_chunk(task, runs, address, events)
     finally:
         events.close()
+
+
+def _run_chunk(task: Task, runs: list[QueuedRun], address: str, events: ChunkEvents) -> None:
+    """Run ``runs`` one by one; their cache writes and final states go out in groups.
+
+    A group spans about ``FLUSH_EVERY`` seconds of runs: its cache records are written
+    in one transaction, and only then are its final states sent, so a run the server
+    records final is cached too (a worker dying mid-group loses only unrecorded runs).
+    """
+    held: list[tuple] = []
+
+    def release() -> None:
+        batch.flush()
+        for event in held:
+            events.add(event)
+        held.clear()
+
+    def send(event: tuple) -> None:
+        (held.append if event[0] == "final" else events.add)(event)
+
+    with batched_cache_writes() as batch:
+        try:
+            due = time.monotonic() + FLUSH_EVERY
+            for run in runs:
+                run_one(task, run, address, send)
+                if held and (len(held) >= 256 or time.monotonic() >= due):
+                    release()
+                    due = time.monotonic() + FLUSH_EVERY
+        finally:
+            release()
 
 
 def _cannot_load(rid: str, address: str, exc: Exception, send: Callable[[tuple], None]) -> None:

@@ -55,6 +55,7 @@ from daskflow.engine.returned_states import settle_returned_states
 from daskflow.engine.inputs import BROADCAST, MAPPED, Column, UpstreamNotCompleted, quote, resolve
 from daskflow.engine.envelope import ChunkResult, Unpicklable
 from daskflow.engine.transactions import Transaction, current_transaction
+from daskflow.engine.write_batch import current_batch
 from daskflow.ids import run_id
 
 if TYPE_CHECKING:
@@ -524,6 +525,10 @@ class _Managed:
                 if txn is not None:
                     txn.add_result(task, res)
             return
+        batch = current_batch()
+        if batch is not None:  # a caller running single runs in a row writes them together
+            batch.add(task.name, self.store, staged, self.fire_commits if task.options.on_commit else None)
+            return
         if staged:
             try:
                 self.store.put_many(staged)
@@ -531,9 +536,13 @@ class _Managed:
                 warnings.warn(f"task {task.name!r}: {len(staged)} results could not be written to the cache: "
                               f"{type(exc).__name__}: {exc}", CacheWarning, stacklevel=3)
         if task.options.on_commit:
-            for i in range(res.n):
-                if res.codes[i] in OK_CODES:
-                    fire(task, "on_commit", _run_txn(self.keys[i]))
+            self.fire_commits()
+
+    def fire_commits(self) -> None:
+        task, res = self.task, self.res
+        for i in range(res.n):
+            if res.codes[i] in OK_CODES:
+                fire(task, "on_commit", _run_txn(self.keys[i]))
 
 
 def _worker_keys(task: Task, plan: KeyPlan, items: list, ctx: TaskRunContext, keys: list) -> list:
