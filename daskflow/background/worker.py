@@ -12,8 +12,9 @@ chunk again after a worker died), then runs those one after the other: each repo
 ``Running``, runs through the engine's ``run_rows`` (retries, timeouts, hooks, cache:
 exactly a normal run) and reports its final state, with the value when the task
 persists results (or the exception). States go out on the worker's batched stream
-several at a time (``ChunkEvents``, at most ``FLUSH_EVERY`` seconds late); the last
-ones before the chunk returns, so the server records them before Dask even learns the
+several at a time (``ChunkEvents``, at most ``FLUSH_EVERY`` seconds late, a final
+state only after the run's cache records are written); the last ones before the chunk
+returns, so the server records them before Dask even learns the
 chunk finished. It returns nothing: with ``fire_and_forget`` there is nobody to hold a
 Dask result for.
 
@@ -42,7 +43,7 @@ from daskflow.background.plugin import OP
 from daskflow.codes import CODE_STATES, OK_CODES
 from daskflow.engine.run import run_rows
 from daskflow.engine.tasks import Task
-from daskflow.engine.write_batch import batched_cache_writes
+from daskflow.engine.write_batch import WriteBatch, batched_cache_writes
 from daskflow.exceptions import NoBackgroundServer
 
 __all__ = ["ChunkEvents", "QueuedRun", "load_target", "run_background_chunk", "serve"]
@@ -79,35 +80,49 @@ def persists(task: Task) -> bool:
 
 
 class ChunkEvents:
-    """The state messages of a chunk's runs, sent on the worker's batched stream in batches.
+    """The state messages of a chunk's runs, sent on the worker's batched stream in groups.
 
-    ``add`` (task thread) buffers an event; the first event into an empty buffer arms a
-    flush ``FLUSH_EVERY`` seconds later on the worker's event loop, so a long run's
-    ``Running`` is not held back by the runs after it. ``close`` sends what is left at
-    once (queued on the loop before the chunk's own completion).
+    ``add`` (the task thread) buffers an event. A flusher thread, every ``FLUSH_EVERY``
+    seconds, writes the cache records the runs staged (``WriteBatch``, one transaction)
+    and then sends what was buffered, so a run reported final is cached too, and a long
+    run does not hold back the states of the runs before it. ``close`` stops the
+    flusher and sends the rest from the task thread (queued on the worker's loop
+    before the chunk's own completion, so the server records the states first).
     """
 
-    def __init__(self, worker: Any) -> None:
-        self.worker = worker
-        self.buf: list[tuple] = []
+    def __init__(self, worker: Any, batch: WriteBatch) -> None:
+        self.worker, self.batch = worker, batch
         self.lock = threading.Lock()
+        self.flushing = threading.Lock()  # one flush at a time: written, then sent, in order
+        self.events: list[tuple] = []  # Running states: sent at the next flush
+        self.held: list[tuple] = []  # final states: sent once their cache records are written
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._flusher, name="daskflow-chunk-states", daemon=True)
+        self.thread.start()
 
     def add(self, event: tuple) -> None:
         with self.lock:
-            self.buf.append(event)
-            first = len(self.buf) == 1
-        if first:
-            loop = self.worker.loop
-            loop.add_callback(loop.call_later, FLUSH_EVERY, self.flush)
+            (self.held if event[0] == "final" else self.events).append(event)
+
+    def _flusher(self) -> None:
+        while not self.stopped.wait(FLUSH_EVERY):
+            self.flush()
 
     def flush(self) -> None:
-        with self.lock:
-            events, self.buf = self.buf, []
-        if events:
-            self.worker.batched_send({"op": OP, "events": events})
+        with self.flushing:
+            with self.lock:
+                held, self.held = self.held, []
+                writes = self.batch.take()
+            writes.flush()
+            with self.lock:
+                events, self.events = self.events + held, []
+            if events:
+                self.worker.loop.add_callback(self.worker.batched_send, {"op": OP, "events": events})
 
     def close(self) -> None:
-        self.worker.loop.add_callback(self.flush)
+        self.stopped.set()
+        self.thread.join()
+        self.flush()
 
 
 def run_background_chunk(task_blob: bytes, runs: list[QueuedRun]) -> None:
@@ -127,47 +142,19 @@ def run_background_chunk(task_blob: bytes, runs: list[QueuedRun]) -> None:
     if todo is not None:
         left = set(todo)
         runs = [r for r in runs if r.run_id in left]
-    events = ChunkEvents(worker)
-    try:
-        try:
-            task = _task(task_blob)
-        except Exception as exc:  # noqa: BLE001 - a task this worker cannot load fails its runs
-            for run in runs:
-                _cannot_load(run.run_id, address, exc, events.add)
-            return
-        _run_chunk(task, runs, address, events)
-    finally:
-        events.close()
-
-
-def _run_chunk(task: Task, runs: list[QueuedRun], address: str, events: ChunkEvents) -> None:
-    """Run ``runs`` one by one; their cache writes and final states go out in groups.
-
-    A group spans about ``FLUSH_EVERY`` seconds of runs: its cache records are written
-    in one transaction, and only then are its final states sent, so a run the server
-    records final is cached too (a worker dying mid-group loses only unrecorded runs).
-    """
-    held: list[tuple] = []
-
-    def release() -> None:
-        batch.flush()
-        for event in held:
-            events.add(event)
-        held.clear()
-
-    def send(event: tuple) -> None:
-        (held.append if event[0] == "final" else events.add)(event)
-
     with batched_cache_writes() as batch:
+        events = ChunkEvents(worker, batch)
         try:
-            due = time.monotonic() + FLUSH_EVERY
+            try:
+                task = _task(task_blob)
+            except Exception as exc:  # noqa: BLE001 - a task this worker cannot load fails its runs
+                for run in runs:
+                    _cannot_load(run.run_id, address, exc, events.add)
+                return
             for run in runs:
-                run_one(task, run, address, send)
-                if held and (len(held) >= 256 or time.monotonic() >= due):
-                    release()
-                    due = time.monotonic() + FLUSH_EVERY
+                run_one(task, run, address, events.add)
         finally:
-            release()
+            events.close()
 
 
 def _cannot_load(rid: str, address: str, exc: Exception, send: Callable[[tuple], None]) -> None:

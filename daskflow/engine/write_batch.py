@@ -13,6 +13,7 @@ runs as final only after ``flush()`` keeps "recorded final means cached".
 from __future__ import annotations
 
 import contextvars
+import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,23 +37,32 @@ class StagedWrite:
 
 @dataclass
 class WriteBatch:
-    """Records and commit hooks staged by runs since the last ``flush``."""
+    """Records and commit hooks staged by runs since the last ``take``; safe to share between threads."""
 
     writes: list[StagedWrite] = field(default_factory=list)
     hooks: list[Callable[[], None]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, task_name: str, store: Any, records: list[tuple[bytes, bytes]],
             hooks: Callable[[], None] | None) -> None:
-        if records:
-            self.writes.append(StagedWrite(task_name, store, records))
-        if hooks is not None:
-            self.hooks.append(hooks)
+        with self.lock:
+            if records:
+                self.writes.append(StagedWrite(task_name, store, records))
+            if hooks is not None:
+                self.hooks.append(hooks)
+
+    def take(self) -> WriteBatch:
+        """What was staged so far, as a batch of its own (this one starts empty)."""
+        with self.lock:
+            taken = WriteBatch(self.writes, self.hooks)
+            self.writes, self.hooks = [], []
+        return taken
 
     def flush(self) -> None:
         """Write what was staged (one transaction per store), then fire the commit hooks."""
-        writes, hooks, self.writes, self.hooks = self.writes, self.hooks, [], []
+        taken = self.take()
         by_store: dict[int, list[StagedWrite]] = {}
-        for w in writes:
+        for w in taken.writes:
             by_store.setdefault(id(w.store), []).append(w)
         for group in by_store.values():
             records = [r for w in group for r in w.records]
@@ -62,7 +72,7 @@ class WriteBatch:
                 names = sorted({w.task_name for w in group})
                 warnings.warn(f"task {', '.join(map(repr, names))}: {len(records)} results could not be written "
                               f"to the cache: {type(exc).__name__}: {exc}", CacheWarning, stacklevel=2)
-        for fire in hooks:
+        for fire in taken.hooks:
             fire()
 
 

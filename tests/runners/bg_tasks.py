@@ -116,3 +116,22 @@ def nap(x, seconds):
     """A run that takes a while (a server can die while some are in flight)."""
     time.sleep(seconds)
     return x
+
+
+@task(persist_result=True)
+def chunk_mate(i, folder):
+    """Note each execution (run index, Dask key of its chunk); the third run of the first chunk
+    that gets one stalls, once (its worker gets killed mid-chunk)."""
+    from distributed import get_worker
+
+    key = get_worker().get_current_task()
+    d = pathlib.Path(folder)
+    with open(d / "ran", "a") as f:
+        f.write(f"{i} {key}\n")
+    stalled = d / "stalled"
+    if not stalled.exists():
+        mates = [line for line in (d / "ran").read_text().splitlines() if line.split(" ", 1)[1] == str(key)]
+        if len(mates) == 3:
+            stalled.write_text(str(i))
+            time.sleep(120)
+    return i * 2

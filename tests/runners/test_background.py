@@ -259,6 +259,59 @@ def test_killed_task_worker_run_is_taken_by_another_worker(tmp_path, monkeypatch
         assert server.stop() == 0
 
 
+def test_killed_task_worker_mid_chunk_loses_no_run_and_reruns_none_recorded_final(tmp_path, monkeypatch):
+    from collections import Counter
+
+    home = tmp_path / "srv"
+    server, address = start_server(home)
+    monkeypatch.setenv("DASKFLOW_SCHEDULER_ADDRESS", address)
+    first, first_address = start_worker(home, address, "bg_tasks:chunk_mate")
+    second = None
+    try:
+        n = 24
+        futs = bg_tasks.chunk_mate.map(range(n), unmapped(str(tmp_path)), deferred=True)
+        stalled = tmp_path / "stalled"
+        _wait_for(stalled.exists, 30)
+        stuck = int(stalled.read_text())
+        executions = [line.split(" ", 1) for line in (tmp_path / "ran").read_text().splitlines()]
+        chunk = dict((int(i), key) for i, key in executions)[stuck]
+        mates = [int(i) for i, key in executions if key == chunk and int(i) != stuck]
+        assert len(mates) == 2, "the stalled run is the third of its chunk"
+        # the runs before it in the chunk are recorded final while the chunk is still running
+        _wait_for(lambda: all(futs[j].state.is_completed() for j in mates), 30)
+        recorded_final = [j for j in range(n) if futs[j].state.is_final()]
+        assert set(mates) <= set(recorded_final) and stuck not in recorded_final
+        first.stop(signal.SIGKILL)  # mid-chunk: two runs final, one running, the rest not started
+        second, second_address = start_worker(home, address, "bg_tasks:chunk_mate")
+
+        assert futs.result(timeout=60) == [2 * i for i in range(n)], "no run is lost"
+        runs = Counter(int(line.split(" ", 1)[0]) for line in (tmp_path / "ran").read_text().splitlines())
+        assert set(runs) == set(range(n))
+        assert {j: runs[j] for j in recorded_final} == {j: 1 for j in recorded_final}, \
+            "a run recorded final is never executed again"
+        assert runs[stuck] == 2
+        # one record (id, history, worker, result) per run, also for runs that shared a chunk
+        records = {j: futs[j].record() for j in [*mates, stuck]}
+        assert len({rec["id"] for rec in records.values()}) == 3
+        for j in mates:
+            names = [h["name"] for h in records[j]["history"]]
+            assert names == ["Scheduled", "Pending", "Running", "Completed"]
+            assert records[j]["worker"] == first_address
+            assert bg.result(futs[j].task_run_id) == 2 * j
+        names = [h["name"] for h in records[stuck]["history"]]
+        assert names[:3] == ["Scheduled", "Pending", "Running"] and names[-1] == "Completed"
+        assert names.count("Running") == 2
+        assert any("worker was lost" in h["message"] for h in records[stuck]["history"])
+        assert records[stuck]["worker"] == second_address
+        assert not store.queued(store.open_store(home / "background"))
+    finally:
+        for w in (first, second):
+            if w is not None:
+                w.stop()
+        disconnect(address)
+        assert server.stop() == 0
+
+
 def test_run_dask_gives_up_on_ends_crashed_not_running(tmp_path, monkeypatch):
     home = tmp_path / "srv"
     server, address = start_server(home, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0")
