@@ -277,12 +277,16 @@ def _direct_calls_op(group: list[DirectCall | DirectCallDone], logs: list) -> Ch
 
 
 def _run_state_ops(record: RunStates) -> list[ChunkUpdate]:
-    ops = []
+    """One update per run of ``record`` (its events, oldest first, folded together: the
+    background server hands over Pending, Running and the final state of a run at once)."""
+    ops: dict[str, dict[str, Any]] = {}
     for rid, name, ts, message in record.events:
-        fields: dict[str, Any] = {"task": record.task_name, "task_key": record.task_key, "n": 1,
-                                  "flow_run_id": record.flow_run_id, "submitted": ts}
-        if record.worker:
-            fields["worker"] = record.worker
+        fields = ops.get(rid)
+        if fields is None:
+            fields = ops[rid] = {"task": record.task_name, "task_key": record.task_key, "n": 1,
+                                 "flow_run_id": record.flow_run_id, "submitted": ts}
+            if record.worker:
+                fields["worker"] = record.worker
         code = CODE_OF_NAME.get(name)
         if code is not None:
             fields.update(codes=bytes([code]), ends=array("d", [ts]).tobytes(), live=None)
@@ -290,9 +294,9 @@ def _run_state_ops(record: RunStates) -> list[ChunkUpdate]:
                 fields["messages"] = {0: message}
         else:
             t = TYPE_OF_NAME.get(name, "RUNNING")
-            fields["events"] = {0: [[t, name, ts, message or ""]]}
-            fields["live"] = [t, name, ts, message or ""]
+            fields.setdefault("events", {0: []})[0].append([t, name, ts, message or ""])
+            if "codes" not in fields:
+                fields["live"] = [t, name, ts, message or ""]
             if t == "RUNNING":
                 fields["started"] = ts
-        ops.append(ChunkUpdate(uuid.UUID(rid).int, 0, fields))
-    return ops
+    return [ChunkUpdate(uuid.UUID(rid).int, 0, fields) for rid, fields in ops.items()]
