@@ -334,6 +334,9 @@ class QueueWriter(threading.Thread):
         self.env = plugin.env
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.put = self.queue.put
+        # The committed records of runs not final yet: this thread is the store's only
+        # writer, so a batch starts from these (copied) instead of reading and unpacking.
+        self.live: dict[str, dict] = {}
 
     def stop(self) -> None:
         self.queue.put(_STOP)
@@ -381,12 +384,20 @@ class QueueWriter(threading.Thread):
     def _commit(self, batch: list[tuple]) -> list[tuple[list, list, list]]:
         """Apply ``batch`` in one transaction; if that fails, op by op, so a bad op loses only itself."""
         try:
-            return [self.env.write(lambda txn: self._apply(txn, batch))]
+            done = self.env.write(lambda txn: self._apply(txn, batch))
         except Exception:  # noqa: BLE001 - the writer must survive a bad op
             if len(batch) == 1:
                 logger.exception("daskflow server: writing background op %r for run %s failed", batch[0][0],
                                  batch[0][1])
                 return []
+        else:
+            live = self.live
+            for rec, _ in done[2]:
+                if store.is_final(rec):
+                    live.pop(rec["id"], None)
+                else:
+                    live[rec["id"]] = rec
+            return [done]
         out: list[tuple[list, list, list]] = []
         for op in batch:
             out.extend(self._commit([op]))
@@ -406,10 +417,16 @@ class QueueWriter(threading.Thread):
         finals: list[tuple] = []
         secret: bytes | None = None  # read on first use, once per batch
 
+        live = self.live
+
         def record(rid: str) -> dict | None:
             if rid not in records:
-                raw = txn.get(rid.encode(), db=rdb)
-                rec = records[rid] = store.unpack(raw) if raw is not None else None
+                known = live.get(rid)
+                if known is not None:  # committed, not final: a copy (this transaction may fail or replay)
+                    rec = records[rid] = dict(known, history=list(known["history"]))
+                else:
+                    raw = txn.get(rid.encode(), db=rdb)
+                    rec = records[rid] = store.unpack(raw) if raw is not None else None
                 if rec is not None:
                     seen[rid] = len(rec["history"])
             return records[rid]
