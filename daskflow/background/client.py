@@ -93,7 +93,17 @@ class _Link:
         if items:
             from daskflow.background.plugin import OP
 
-            self.client._send_to_scheduler_safe({"op": OP, "enqueue": items})
+            # Each pickled task travels once per message: calls name it by its index in "tasks".
+            tasks: list[bytes] = []
+            index: dict[int, int] = {}
+            calls = []
+            for rid, task_key, name, blob, args, flow_run_id, submitted in items:
+                at = index.get(id(blob))
+                if at is None:
+                    at = index[id(blob)] = len(tasks)
+                    tasks.append(blob)
+                calls.append((rid, task_key, name, at, args, flow_run_id, submitted))
+            self.client._send_to_scheduler_safe({"op": OP, "enqueue": calls, "tasks": tasks})
 
     def flush(self) -> None:
         """Hand buffered calls to the batched stream and let it send them (at exit)."""

@@ -4,7 +4,8 @@
 the daskflow server:
 
 - *Enqueue.* Clients send delayed calls on their batched stream (op
-  ``daskflow-bg``): no round trip, many calls per message. The plugin hands them to
+  ``daskflow-bg``): no round trip, many calls per message, each pickled task once per
+  message (``tasks``; a call names it by index). The plugin hands them to
   its writer thread, which writes each call to the LMDB queue and a ``Scheduled``
   record in one transaction (one per batch of calls); only after that commit does the
   plugin submit the runs through its own asynchronous client. A run therefore never
@@ -133,10 +134,13 @@ class BackgroundPlugin(SchedulerPlugin):
         self._submit(backlog)
 
     # -- from clients and task workers (event loop) ---------------------------------------
-    def _on_stream(self, enqueue: list | None = None, events: list | None = None, **_: Any) -> None:
+    def _on_stream(self, enqueue: list | None = None, events: list | None = None, tasks: list | None = None,
+                   **_: Any) -> None:
         put = self.writer.put
         for item in enqueue or ():
             rid, task_key, task_name, task_blob, args_blob, flow_run_id, submitted = item
+            if type(task_blob) is int:  # the index of the pickled task in the message's "tasks"
+                task_blob = tasks[task_blob]  # type: ignore[index]
             put(("enqueue", {"id": rid, "task_key": task_key, "task_name": task_name, "task": task_blob,
                              "args": args_blob, "flow_run_id": flow_run_id, "submitted": submitted,
                              "key": f"{task_name}-{rid}"}))
