@@ -328,7 +328,7 @@ class Flow(Generic[P, R]):
         return state
 
     def _crash(self, ctx: FlowRunContext, exc: BaseException) -> st.State:
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        if not isinstance(exc, Exception):  # Ctrl-C, SystemExit, a test runner's timeout: do not wait
             cancel_unfinished(ctx.submitted, f"flow {self.name!r} was interrupted")
             if isinstance(exc, KeyboardInterrupt) and ctx.parent is None:
                 done, cancelled = _outcome_counts(ctx.submitted)
