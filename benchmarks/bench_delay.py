@@ -36,6 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("-n", type=int, default=10_000)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--json", help="also write the medians to this file (python -m benchmarks reads it)")
     args = parser.parse_args()
     n = args.n
 
@@ -89,6 +90,13 @@ def main() -> None:
         print(f"{'end-to-end throughput':28}{med['daskflow e2e']:>14.0f} runs/s{med['raw e2e']:>16.0f} runs/s")
         print(f"ratio daskflow/raw: enqueue {med['daskflow enqueue'] / med['raw enqueue']:.2f}x cost, "
               f"throughput {med['daskflow e2e'] / med['raw e2e']:.2f}x")
+        if args.json:
+            import json
+
+            with open(args.json, "w") as f:
+                json.dump({"n": n, "reps": args.reps, "daskflow_enqueue_s": med["daskflow enqueue"],
+                           "raw_enqueue_s": med["raw enqueue"], "daskflow_runs_per_s": med["daskflow e2e"],
+                           "raw_runs_per_s": med["raw e2e"]}, f)
     finally:
         disconnect(address)
         for w in workers:

@@ -38,7 +38,7 @@ from daskflow.engine.returns import resolve_futures_to_states, state_of_return
 from daskflow.engine.tasks import RESERVED
 from daskflow.codes import CANCELLED, OK_CODES
 from daskflow.engine.envelope import ChunkResult
-from daskflow.engine.run import call_with_timeout
+from daskflow.engine.run import Checkpoint, call_with_timeout, keep_finished_runs
 from daskflow.exceptions import CancelledRun, FlowRunTimeoutError, ReservedArgumentError
 from daskflow.runners.base import TaskRunner
 
@@ -328,7 +328,7 @@ class Flow(Generic[P, R]):
         return state
 
     def _crash(self, ctx: FlowRunContext, exc: BaseException) -> st.State:
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+        if not isinstance(exc, Exception):  # Ctrl-C, SystemExit, a test runner's timeout: do not wait
             cancel_unfinished(ctx.submitted, f"flow {self.name!r} was interrupted")
             if isinstance(exc, KeyboardInterrupt) and ctx.parent is None:
                 done, cancelled = _outcome_counts(ctx.submitted)
@@ -359,7 +359,8 @@ def cancel_unfinished(chunks: list[Chunk], reason: str) -> None:
     """Cancel every run not final yet; their futures read Cancelled from now on.
 
     Runs that finished are fetched first, so they are recorded as they ended (Completed,
-    Failed...), not Cancelled; the others are cancelled with one call per runner.
+    Failed...), not Cancelled; so are the runs that unfinished chunks noted finished
+    (checkpoints in the scheduler's ledger); the others are cancelled with one call per runner.
     """
     fetch_finished(chunks)
     unfinished = [c for c in chunks if c.result is None]
@@ -367,16 +368,21 @@ def cancel_unfinished(chunks: list[Chunk], reason: str) -> None:
     for chunk in unfinished:
         if chunk.runner is not None and chunk.handle is not None:
             by_runner.setdefault(id(chunk.runner), (chunk.runner, []))[1].append(chunk.handle)
+    notes: dict[Any, list[bytes]] = {}
     for runner, handles in by_runner.values():
         try:
+            notes.update(runner.notes_of(handles))  # runs that finished inside unfinished chunks
             runner.cancel_many(handles)
         except Exception:  # noqa: BLE001 - the runner may be gone; the runs are recorded Cancelled anyway
             logger.debug("could not cancel runs of %r", runner, exc_info=True)
     for chunk in unfinished:
         if chunk.result is None:
             err = CancelledRun(f"task {chunk.task.name!r}: {reason}")
-            chunk.result = ChunkResult.all_failed(chunk.task.name, chunk.base, chunk.start, chunk.n, CANCELLED,
-                                                  err, str(err))
+            res = ChunkResult.all_failed(chunk.task.name, chunk.base, chunk.start, chunk.n, CANCELLED, err, str(err))
+            finished = Checkpoint.joined(notes.get(chunk.handle, []), chunk.n) if chunk.handle is not None else None
+            if finished is not None:
+                keep_finished_runs(res, finished)
+            chunk.result = res
             chunk.observed = True
             tracker.chunk_finished(chunk)
             chunk.handle = None  # recorded: nothing fetches it again

@@ -123,6 +123,22 @@ class Checkpoint:
             res.fail(i, self.codes[i], exc, message)
 
 
+def keep_finished_runs(cancelled: ChunkResult, finished: Checkpoint) -> None:
+    """Turn the first runs of an all-Cancelled envelope back into what they ended as.
+
+    For an interruption: the runs a chunk noted finished before it was cancelled are
+    recorded as they ended (Completed, Failed...); the rest stay Cancelled.
+    """
+    hi, now = finished.hi, cancelled.ends[finished.hi] if finished.hi < cancelled.n else 0.0
+    for i in range(hi):
+        cancelled.errors.pop(i, None)
+        cancelled.messages.pop(i, None)
+    cancelled.n_failed -= hi
+    finished.restore(cancelled)
+    for i in range(hi, cancelled.n):
+        cancelled.ends[i] = now
+
+
 class Notes:
     """Checkpoints of a chunk running on a Dask worker, sent to the ledger as runs finish.
 

@@ -54,6 +54,10 @@ class TaskRunner(abc.ABC):
         for handle in handles:
             self.cancel(handle)
 
+    def notes_of(self, handles: list[Any]) -> dict[Any, list[bytes]]:
+        """The checkpoints unfinished calls noted so far, by handle (runners with ``checkpoints``)."""
+        return {}
+
     def dropped(self, handle: Any) -> bool:
         """Whether the call was dropped with a lost connection (it may not have run, and
         submitting it again is right)."""

@@ -225,6 +225,14 @@ class DaskTaskRunner(TaskRunner):
 
         ledger.keep(self.client, {h.key: blob for h, blob in results})
 
+    def notes_of(self, handles: list[Any]) -> dict[Any, list[bytes]]:
+        if not self.checkpoints or not handles:
+            return {}
+        from daskflow.runners import ledger
+
+        by_key = ledger.notes_of(self.client, [h.key for h in handles])
+        return {h: by_key[h.key] for h in handles if by_key.get(h.key)}
+
     def cancel(self, handle: Any) -> bool:
         if handle.done():
             return False

@@ -54,6 +54,7 @@ class LedgerPlugin(SchedulerPlugin):
         scheduler.stream_handlers[OP_NOTE] = self._note
         scheduler.handlers["daskflow_ledger_keep"] = self._keep
         scheduler.handlers["daskflow_ledger_get"] = self._get
+        scheduler.handlers["daskflow_ledger_notes"] = self._notes
 
     def _note(self, key: Any = None, blob: bytes = b"", **_: Any) -> None:
         if key in self.scheduler.tasks:
@@ -71,6 +72,9 @@ class LedgerPlugin(SchedulerPlugin):
 
     def _get(self, key: Any = None) -> dict:
         return {"kept": self.kept.get(key), "notes": list(self.notes.get(key, ()))}
+
+    def _notes(self, keys: list | None = None) -> dict:
+        return {key: list(self.notes[key]) for key in keys or () if key in self.notes}
 
     def transition(self, key: Any, start: str, finish: str, *args: Any, **kwargs: Any) -> None:
         if finish == "memory":
@@ -151,6 +155,15 @@ def recall() -> tuple[bytes | None, list[bytes]]:
         logger.debug("daskflow: ledger lookup failed", exc_info=True)
         return None, []
     return got.get("kept"), list(got.get("notes") or ())
+
+
+def notes_of(client: Any, keys: list) -> dict:
+    """The checkpoints noted so far by calls ``keys`` (one request for all; ``{}`` without a ledger)."""
+    try:
+        return client.sync(client.scheduler.daskflow_ledger_notes, keys=list(keys))
+    except Exception:
+        logger.debug("daskflow: could not read checkpoints from the ledger", exc_info=True)
+        return {}
 
 
 def keep(client: Any, entries: dict, forget: list = ()) -> None:

@@ -98,26 +98,32 @@ def test_ctrl_c_cancels_pending_runs(tmp_path):
     assert names == ["Cancelled"] * 5, names
 
 
-def test_worker_death_ends_crashed(cluster):
-    # The session cluster allows 1 failure: a run that kills its worker twice is given up.
+def test_worker_death_ends_crashed():
+    # A cluster of its own (the session cluster's workers are not killed): Dask gives the
+    # run up at the first worker death.
+    import dask.config
+    from distributed import LocalCluster
+
+    from daskflow.runners.dask import DaskTaskRunner, close_shared_client
+
     @task
     def die():
         os._exit(1)
 
-    from daskflow.runners.dask import DaskTaskRunner
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        lc = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address="127.0.0.1:0")
 
-    @flow(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
+    @flow(task_runner=DaskTaskRunner(address=lc.scheduler_address))
     def f():
         fut = die.submit()
         fut.wait(120)
         return fut.state.name, fut.state.message
-
-    from distributed import Client
 
     try:
         name, message = f()
         assert name == "Crashed"
         assert "memory limit" in message and "KilledWorker" in message
     finally:
-        with Client(cluster.scheduler_address, set_as_default=False) as c:
-            c.wait_for_workers(2, timeout=60)
+        close_shared_client(lc.scheduler_address)
+        lc.close()

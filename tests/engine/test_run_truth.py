@@ -87,11 +87,18 @@ def test_future_and_run_store_agree(cluster, case):
     assert stored_story(run_id) == seen
 
 
-def test_run_lost_with_its_worker_counts_its_attempt_in_both_views(cluster, tmp_path):
-    # The session cluster allows one failure: the second worker death gives the run up.
-    from distributed import Client
+def test_run_lost_with_its_worker_counts_its_attempt_in_both_views(tmp_path):
+    # A cluster of its own (the session cluster's workers are not killed): one worker, and
+    # Dask gives a run up at the first worker death.
+    import dask.config
+    from distributed import LocalCluster
 
-    runner = DaskTaskRunner(address=cluster.scheduler_address)
+    from daskflow.runners.dask import close_shared_client
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+        lc = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                          dashboard_address="127.0.0.1:0")
+    runner = DaskTaskRunner(address=lc.scheduler_address)
     go = tmp_path / "go"
 
     @flow(task_runner=runner)
@@ -107,8 +114,8 @@ def test_run_lost_with_its_worker_counts_its_attempt_in_both_views(cluster, tmp_
     try:
         run_id, state, seen = pipeline()
     finally:
-        with Client(cluster.scheduler_address, set_as_default=False) as client:
-            client.wait_for_workers(2, timeout=60)
+        close_shared_client(lc.scheduler_address)
+        lc.close()
     assert state == "Crashed"
     assert seen == (1, ["Pending", "Running", "Crashed"])
     assert tracker.flush()

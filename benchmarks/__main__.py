@@ -1,0 +1,209 @@
+"""The benchmark suite in one command: figures as JSON, and plots.
+
+    python -m benchmarks                 # every section, medians of 3 (~10 minutes here)
+    python -m benchmarks --quick         # smaller sizes, medians of 3 (~3 minutes)
+    python -m benchmarks --sections fanout graph
+
+Sections (each beside raw Dask, measured in the same run on the same cluster):
+
+- ``fanout``: µs per element of a trivial function against N, for the plain loop, raw
+  ``client.map``, ``dask.bag``, joblib (``n_jobs=2``) and daskflow ``.map()`` on Dask;
+- ``cache``: an INPUTS-cached ``.map()``: first run vs fully cached rerun, per N;
+- ``graph``: chain of 1,000 and diamond of 1,201 ``.submit()`` calls, per task;
+- ``delay``: background runs end to end (``benchmarks/bench_delay.py`` in a subprocess).
+
+Writes ``benchmarks/results/results.json`` and one PNG per section next to it, each
+titled with the date and the command that made it. Needs ``pip install -e ".[bench]"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent), str(HERE)]
+
+from bench_map import median_time, trivial  # noqa: E402
+
+SECTIONS = ("fanout", "cache", "graph", "delay")
+
+
+def fanout(client, cluster, sizes: list[int], reps: int, raw_max: int) -> dict:
+    """Seconds per element for each method and N (raw Dask only up to ``raw_max``)."""
+    import dask.bag as db
+    from joblib import Parallel, delayed
+
+    from daskflow import task
+    from daskflow.engine.context import FlowRunContext, flow_run_ctx
+    from daskflow.runners.dask import DaskTaskRunner
+
+    inc = task(trivial)
+    runner = DaskTaskRunner(address=cluster.scheduler_address)
+    threads = sum(client.nthreads().values())
+    out: dict[str, dict[int, float]] = {k: {} for k in
+                                        ("plain loop", "raw client.map", "dask.bag", "joblib n_jobs=2", "daskflow .map()")}
+    token = flow_run_ctx.set(FlowRunContext(None, "bench", runner, {}))  # type: ignore[arg-type]
+    try:
+        inc.map([0, 1]).result()  # warm: connection, worker imports
+        for n in sizes:
+            xs = list(range(n))
+            out["plain loop"][n] = median_time(lambda: [trivial(x) for x in xs], reps) / n
+            if n <= raw_max:
+                out["raw client.map"][n] = median_time(
+                    lambda: client.gather(client.map(trivial, xs, pure=False)), reps) / n
+            bag = db.from_sequence(xs, npartitions=max(1, min(n, 4 * threads)))
+            out["dask.bag"][n] = median_time(lambda: bag.map(trivial).compute(scheduler=client.get), reps) / n
+            out["joblib n_jobs=2"][n] = median_time(
+                lambda: Parallel(n_jobs=2)(delayed(trivial)(x) for x in xs), reps) / n
+            out["daskflow .map()"][n] = median_time(lambda: inc.map(xs).result(), reps) / n
+            print(f"fanout N={n}: " + ", ".join(f"{k} {v[n] * 1e6:.2f} µs" for k, v in out.items() if n in v),
+                  flush=True)
+    finally:
+        flow_run_ctx.reset(token)
+    return {k: {str(n): s for n, s in v.items()} for k, v in out.items()}
+
+
+def cache(client, cluster, sizes: list[int], reps: int) -> dict:
+    from bench_cache import bench_pipeline
+
+    out = {}
+    for n in sizes:
+        row = bench_pipeline(cluster, client, n, reps)
+        out[str(n)] = row
+        print(f"cache N={n}: first {row['first']:.3f} s, rerun {row['rerun']:.3f} s, "
+              f"bodies in rerun {row['rerun_bodies']}", flush=True)
+    return out
+
+
+def graph(reps: int) -> dict:
+    from bench_graph import measure
+
+    out = measure(reps)
+    for name, row in out.items():
+        print(f"graph {name}: raw {row['raw_dask_s'] * 1e3:.2f} ms/task, "
+              f"daskflow {row['daskflow_s'] * 1e3:.2f} ms/task", flush=True)
+    return out
+
+
+def delay(n: int, reps: int) -> dict:
+    """Runs bench_delay.py (it starts its own server and task workers) and reads its JSON."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        path = f.name
+    subprocess.run([sys.executable, str(HERE / "bench_delay.py"), "-n", str(n), "--reps", str(reps),
+                    "--json", path], check=True)
+    with open(path) as f:
+        return json.load(f)
+
+
+def plot(results: dict, out_dir: pathlib.Path, stamp: str) -> list[pathlib.Path]:
+    """One PNG per section present in ``results``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+
+    def save(fig, name: str, title: str) -> None:
+        fig.suptitle(title, fontsize=11)
+        fig.text(0.01, 0.01, stamp, fontsize=7, color="gray")
+        fig.tight_layout(rect=(0, 0.03, 1, 0.95))
+        path = out_dir / f"{name}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        made.append(path)
+
+    if "fanout" in results:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for label, points in results["fanout"].items():
+            if points:
+                ns = sorted(int(n) for n in points)
+                ax.plot(ns, [points[str(n)] * 1e6 for n in ns], marker="o", label=label)
+        ax.set(xscale="log", yscale="log", xlabel="N (elements)", ylabel="µs per element")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+        save(fig, "fanout", "Fan-out of a trivial function: cost per element")
+    if "cache" in results:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ns = sorted(results["cache"], key=int)
+        xs = range(len(ns))
+        ax.bar([x - 0.2 for x in xs], [results["cache"][n]["first"] for n in ns], 0.4, label="first run")
+        ax.bar([x + 0.2 for x in xs], [results["cache"][n]["rerun"] for n in ns], 0.4, label="cached rerun")
+        ax.set(xticks=list(xs), xticklabels=[f"{int(n):,}" for n in ns], yscale="log", xlabel="N",
+               ylabel="seconds")
+        ax.legend()
+        save(fig, "cache", "INPUTS-cached .map(): first run vs rerun")
+    if "graph" in results:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        names = list(results["graph"])
+        xs = range(len(names))
+        ax.bar([x - 0.2 for x in xs], [results["graph"][k]["raw_dask_s"] * 1e3 for k in names], 0.4,
+               label="raw client.submit")
+        ax.bar([x + 0.2 for x in xs], [results["graph"][k]["daskflow_s"] * 1e3 for k in names], 0.4,
+               label="daskflow .submit()")
+        ax.set(xticks=list(xs), xticklabels=[f"{k} of {results['graph'][k]['tasks']:,}" for k in names],
+               ylabel="ms per task")
+        ax.legend()
+        save(fig, "graph", "Task graphs: cost per task")
+    if "delay" in results:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        d = results["delay"]
+        ax.bar(["daskflow .delay()", "raw submit + fire_and_forget"], [d["daskflow_runs_per_s"], d["raw_runs_per_s"]])
+        ax.set(ylabel="runs per second (end to end)")
+        save(fig, "delay", f"Background runs, N = {d['n']:,}, 2 task workers x 1 thread")
+    return made
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--out", type=pathlib.Path, default=HERE / "results")
+    args = parser.parse_args()
+    os.environ.setdefault("DASKFLOW_HOME", tempfile.mkdtemp(prefix="daskflow-bench-"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    command = "python -m benchmarks " + " ".join(sys.argv[1:])
+    stamp = f"{datetime.date.today().isoformat()} · {command.strip()} · 2-core machine, medians of {args.reps}"
+    results: dict = {"date": datetime.date.today().isoformat(), "command": command.strip(), "reps": args.reps}
+
+    if {"fanout", "cache"} & set(args.sections):
+        from distributed import Client, LocalCluster
+
+        cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                               dashboard_address="127.0.0.1:0")
+        client = Client(cluster)
+        try:
+            if "fanout" in args.sections:
+                sizes = [100, 1_000, 10_000] if args.quick else [100, 1_000, 10_000, 100_000, 1_000_000]
+                results["fanout"] = fanout(client, cluster, sizes, args.reps, raw_max=10_000 if not args.quick else 1_000)
+            if "cache" in args.sections:
+                results["cache"] = cache(client, cluster, [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000],
+                                         args.reps)
+        finally:
+            from daskflow.runners.dask import close_shared_clients
+
+            close_shared_clients()
+            client.close()
+            cluster.close()
+    if "graph" in args.sections:
+        results["graph"] = graph(max(args.reps, 3))
+    if "delay" in args.sections:
+        results["delay"] = delay(2_000 if args.quick else 10_000, args.reps)
+
+    path = args.out / "results.json"
+    path.write_text(json.dumps(results, indent=2))
+    print(f"\nwrote {path}")
+    for png in plot(results, args.out, stamp):
+        print(f"wrote {png}")
+
+
+if __name__ == "__main__":
+    main()
