@@ -303,6 +303,10 @@ def test_killed_task_worker_mid_chunk_loses_no_run_and_reruns_none_recorded_fina
         assert names.count("Running") == 2
         assert any("worker was lost" in h["message"] for h in records[stuck]["history"])
         assert records[stuck]["worker"] == second_address
+        after = [int(i) for i, key in (line.split(" ", 1) for line in (tmp_path / "ran").read_text().splitlines())
+                 if key == chunk and int(i) not in (*mates, stuck)]  # the chunk's runs after the stalled one
+        for j in after:
+            assert runs[j] == 1 and futs[j].record()["worker"] == second_address
         assert not store.queued(store.open_store(home / "background"))
     finally:
         for w in (first, second):
