@@ -21,8 +21,10 @@ the daskflow server:
   the runs whose final state did not reach the server (at-least-once), never one that
   did.
 - *States.* ``Pending`` (with the worker) when Dask assigns a chunk to a task worker
-  (the ``transition`` hook), back to ``Scheduled`` if that worker is lost, ``Crashed``
-  when Dask gives up (KilledWorker), for each run of the chunk not final yet;
+  (the ``transition`` hook), back to ``Scheduled`` if that worker is lost, for each
+  run of the chunk not final yet. When Dask gives up on a chunk (KilledWorker), its
+  runs not final go again one per Dask task, so only a run Dask gives up on alone
+  ends ``Crashed``;
   ``Running`` and the final state come from the task worker on its batched stream,
   several runs per message. All go through the writer thread in batches
   (one LMDB transaction per batch, then ``store.record_states`` hands the new states
@@ -187,6 +189,13 @@ class BackgroundPlugin(SchedulerPlugin):
                 if rid not in finished:
                     put(("state", rid, "SCHEDULED", "Scheduled", now,
                          "its task worker was lost; waiting for a task worker", None))
+        elif finish == "erred" and sum(rid not in finished for rid in rids) > 1:
+            # Dask gave up on a chunk (its workers died running it): maybe because of one
+            # of its runs. Each run not final goes again alone, so only such a run ends Crashed.
+            left = [rid for rid in rids if rid not in finished]
+            del self.keys[key]
+            self.active.difference_update(left)
+            self.loop.call_soon(self._resubmit_alone, left)
         elif finish == "erred":
             ts = self.scheduler.tasks.get(key)
             text = (getattr(ts, "exception_text", "") or kwargs.get("exception_text") or "") if ts else ""
@@ -205,7 +214,14 @@ class BackgroundPlugin(SchedulerPlugin):
                 del recent[next(iter(recent))]
 
     # -- submission (event loop) ----------------------------------------------------------
-    def _submit(self, entries: list[dict]) -> None:
+    def _resubmit_alone(self, run_ids: list[str]) -> None:
+        """Submit each of ``run_ids`` (still queued) as a chunk of its own."""
+        entries = store.queued(self.env, run_ids)
+        logger.warning("daskflow server: Dask gave up on a chunk of %d unfinished background run(s); "
+                       "submitting each again on its own", len(entries))
+        self._submit(entries, alone=True)
+
+    def _submit(self, entries: list[dict], alone: bool = False) -> None:
         if not entries:
             return
         if self.client is None:
@@ -224,7 +240,7 @@ class BackgroundPlugin(SchedulerPlugin):
             groups.setdefault((e["task_key"], e["task"]), []).append(e)
         resources = self.scheduler.resources
         for (task_key, _), group in groups.items():
-            size = chunk_size(len(group), sum(resources.get(task_key, {}).values()))
+            size = 1 if alone else chunk_size(len(group), sum(resources.get(task_key, {}).values()))
             chunks = [group[i:i + size] for i in range(0, len(group), size)]
             keys = [f"{c[0]['key']}+{len(c) - 1}" if len(c) > 1 else c[0]["key"] for c in chunks]
             for key, chunk in zip(keys, chunks):

@@ -210,12 +210,23 @@ def list_records(env: _lmdb.Env | None = None) -> list[dict]:
     return sorted(out, key=lambda r: r["history"][0]["timestamp"] if r["history"] else 0)
 
 
-def queued(env: _lmdb.Env | None = None) -> list[dict]:
-    """The queue entries whose signature verifies: runs not yet final (others are refused, with a warning)."""
+def queued(env: _lmdb.Env | None = None, run_ids: Iterable[str] | None = None) -> list[dict]:
+    """The queue entries whose signature verifies: runs not yet final (others are refused, with a warning).
+
+    ``run_ids``: only those (the ones still queued), in that order.
+    """
     env = env or open_store()
     secret = _secret(env)
     out = []
-    for key, raw in env.read(lambda txn: list(txn.cursor(db=env.db("queue")))):
+    db = env.db("queue")
+
+    def read(txn: Any) -> list:
+        if run_ids is None:
+            return list(txn.cursor(db=db))
+        found = ((rid.encode(), txn.get(rid.encode(), db=db)) for rid in run_ids)
+        return [(key, bytes(raw)) for key, raw in found if raw is not None]
+
+    for key, raw in env.read(read):
         try:
             out.append(unpack(ser.verify(secret, raw)))
         except ser.DamagedRecord as exc:

@@ -135,3 +135,13 @@ def chunk_mate(i, folder):
             stalled.write_text(str(i))
             time.sleep(120)
     return i * 2
+
+
+@task(persist_result=True)
+def poison(i, bad):
+    """Run ``bad`` kills the task worker running it, every time."""
+    if i == bad:
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+    return i

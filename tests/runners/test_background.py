@@ -335,6 +335,36 @@ def test_run_dask_gives_up_on_ends_crashed_not_running(tmp_path, monkeypatch):
         assert server.stop() == 0
 
 
+def test_a_run_that_kills_its_workers_crashes_alone_not_its_chunk_mates(tmp_path, monkeypatch):
+    home = tmp_path / "srv"
+    server, address = start_server(home, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0")
+    monkeypatch.setenv("DASKFLOW_SCHEDULER_ADDRESS", address)
+    workers = [start_worker(home, address, "bg_tasks:poison")[0]]
+    try:
+        # The last run is the bad one: with one worker thread, runs go in submission order, so
+        # when it kills its worker nothing else is on that worker (Dask counts a worker's death
+        # against every task it holds; with allowed-failures 0, each of them would be given up).
+        n = 16
+        bad = n - 1
+        futs = bg_tasks.poison.map(range(n), unmapped(bad), deferred=True)
+
+        def settled() -> bool:
+            if workers[-1].popen.poll() is not None:  # run `bad` killed it: the others need a worker
+                assert len(workers) < 6, "run `bad` went out more often than its chunk and itself alone"
+                workers.append(start_worker(home, address, "bg_tasks:poison")[0])
+            return all(f.done() for f in futs)
+
+        _wait_for(settled, 90)
+        assert futs[bad].state.is_crashed()
+        assert [f.result() for i, f in enumerate(futs) if i != bad] == [i for i in range(n) if i != bad]
+        assert not store.queued(store.open_store(home / "background"))
+    finally:
+        for w in workers:
+            w.stop()
+        disconnect(address)
+        assert server.stop() == 0
+
+
 def test_server_restart_resubmits_unfinished_runs(tmp_path, monkeypatch):
     home = tmp_path / "srv"
     server, address = start_server(home)
