@@ -117,7 +117,10 @@ class ChunkEvents:
             with self.lock:
                 events, self.events = self.events + held, []
             if events:
-                self.worker.loop.add_callback(self.worker.batched_send, {"op": OP, "events": events})
+                try:
+                    self.worker.loop.add_callback(self.worker.batched_send, {"op": OP, "events": events})
+                except RuntimeError:  # the worker's loop is closed: the server resubmits these runs
+                    logger.warning("daskflow task worker: stopping; %d run state(s) not sent", len(events))
 
     def close(self) -> None:
         self.stopped.set()
