@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import pickle
 import threading
 import time
 import weakref
@@ -193,7 +194,9 @@ def _resolve(task: Task, value: Any) -> Any:
 def delay_row(task: Task, row: tuple, link: _Link) -> BackgroundFuture:
     """Enqueue one run whose parameter values (signature order) are ``row``."""
     try:
-        args_blob = cloudpickle.dumps(row, protocol=5)
+        # plain values (the common case) pickle the same with the C pickler, ~5x cheaper
+        args_blob = (pickle.dumps(row, protocol=5) if ATOMS.issuperset(map(type, row))
+                     else cloudpickle.dumps(row, protocol=5))
     except Exception:
         for name, value in zip(task.param_names, row):
             try:
