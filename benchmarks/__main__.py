@@ -113,7 +113,7 @@ def plot(results: dict, out_dir: pathlib.Path, stamp: str) -> list[pathlib.Path]
 
     def save(fig, name: str, title: str) -> None:
         fig.suptitle(title, fontsize=11)
-        fig.text(0.01, 0.01, stamp, fontsize=7, color="gray")
+        fig.text(0.01, 0.01, results.get("runs", {}).get(name, stamp), fontsize=7, color="gray")
         fig.tight_layout(rect=(0, 0.03, 1, 0.95))
         path = out_dir / f"{name}.png"
         fig.savefig(path, dpi=110)
@@ -167,12 +167,18 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument("--out", type=pathlib.Path, default=HERE / "results")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the plots from results.json")
     args = parser.parse_args()
+    if args.plot_only:
+        for png in plot(json.loads((args.out / "results.json").read_text()), args.out, ""):
+            print(f"wrote {png}")
+        return
     os.environ.setdefault("DASKFLOW_HOME", tempfile.mkdtemp(prefix="daskflow-bench-"))
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python -m benchmarks " + " ".join(sys.argv[1:])
     stamp = f"{datetime.date.today().isoformat()} · {command.strip()} · 2-core machine, medians of {args.reps}"
-    results: dict = {"date": datetime.date.today().isoformat(), "command": command.strip(), "reps": args.reps}
+    results: dict = {"date": datetime.date.today().isoformat(), "command": command.strip(), "reps": args.reps,
+                     "runs": {s: stamp for s in args.sections}}
 
     if {"fanout", "cache"} & set(args.sections):
         from distributed import Client, LocalCluster
@@ -199,6 +205,10 @@ def main() -> None:
         results["delay"] = delay(2_000 if args.quick else 10_000, args.reps)
 
     path = args.out / "results.json"
+    if path.exists() and set(args.sections) != set(SECTIONS):  # a partial run keeps the other sections
+        kept = json.loads(path.read_text())
+        results = {**{k: v for k, v in kept.items() if k in SECTIONS}, **results}
+        results["runs"] = {**kept.get("runs", {}), **{s: stamp for s in args.sections}}
     path.write_text(json.dumps(results, indent=2))
     print(f"\nwrote {path}")
     for png in plot(results, args.out, stamp):
