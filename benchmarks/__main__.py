@@ -8,6 +8,7 @@ Sections (each beside raw Dask, measured in the same run on the same cluster):
 
 - ``fanout``: µs per element of a trivial function against N, for the plain loop, raw
   ``client.map``, ``dask.bag``, joblib (``n_jobs=2``) and daskflow ``.map()`` on Dask;
+- ``heavy``: 32 runs of ~0.2 s of numpy work on 2 workers: speedup over the plain loop;
 - ``cache``: an INPUTS-cached ``.map()``: first run vs fully cached rerun, per N;
 - ``graph``: chain of 1,000 and diamond of 1,201 ``.submit()`` calls, per task;
 - ``delay``: background runs end to end (``benchmarks/bench_delay.py`` in a subprocess).
@@ -30,9 +31,10 @@ import tempfile
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent), str(HERE)]
 
+from bench_map import heavy as heavy_body  # noqa: E402
 from bench_map import median_time, trivial  # noqa: E402
 
-SECTIONS = ("fanout", "cache", "graph", "delay")
+SECTIONS = ("fanout", "heavy", "cache", "graph", "delay")
 
 
 def fanout(client, cluster, sizes: list[int], reps: int, raw_max: int) -> dict:
@@ -68,6 +70,31 @@ def fanout(client, cluster, sizes: list[int], reps: int, raw_max: int) -> dict:
     finally:
         flow_run_ctx.reset(token)
     return {k: {str(n): s for n, s in v.items()} for k, v in out.items()}
+
+
+def heavy(client, cluster, reps: int) -> dict:
+    """Wall time of 32 runs of ~0.2 s numpy work: plain loop, raw ``client.map``, daskflow."""
+    from daskflow import task
+    from daskflow.engine.context import FlowRunContext, flow_run_ctx
+    from daskflow.runners.dask import DaskTaskRunner
+
+    t = task(heavy_body)
+    seeds = list(range(32))
+    token = flow_run_ctx.set(FlowRunContext(None, "bench", DaskTaskRunner(address=cluster.scheduler_address), {}))
+    try:
+        t.map([0, 1]).result()
+        client.gather(client.map(heavy_body, [0, 1], pure=False))
+        loop = median_time(lambda: [heavy_body(s) for s in seeds], 1)
+        raws, ours = [], []
+        for _ in range(reps):  # alternate, so both sides see the same machine
+            raws.append(median_time(lambda: client.gather(client.map(heavy_body, seeds, pure=False)), 1))
+            ours.append(median_time(lambda: t.map(seeds).result(), 1))
+    finally:
+        flow_run_ctx.reset(token)
+    out = {"loop_s": loop, "raw_dask_s": sorted(raws)[len(raws) // 2], "daskflow_s": sorted(ours)[len(ours) // 2]}
+    print(f"heavy: loop {loop:.2f} s, raw Dask {out['raw_dask_s']:.2f} s ({loop / out['raw_dask_s']:.2f}x), "
+          f"daskflow {out['daskflow_s']:.2f} s ({loop / out['daskflow_s']:.2f}x)", flush=True)
+    return out
 
 
 def cache(client, cluster, sizes: list[int], reps: int) -> dict:
@@ -180,7 +207,7 @@ def main() -> None:
     results: dict = {"date": datetime.date.today().isoformat(), "command": command.strip(), "reps": args.reps,
                      "runs": {s: stamp for s in args.sections}}
 
-    if {"fanout", "cache"} & set(args.sections):
+    if {"fanout", "heavy", "cache"} & set(args.sections):
         from distributed import Client, LocalCluster
 
         cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
@@ -190,6 +217,8 @@ def main() -> None:
             if "fanout" in args.sections:
                 sizes = [100, 1_000, 10_000] if args.quick else [100, 1_000, 10_000, 100_000, 1_000_000]
                 results["fanout"] = fanout(client, cluster, sizes, args.reps, raw_max=10_000 if not args.quick else 1_000)
+            if "heavy" in args.sections:
+                results["heavy"] = heavy(client, cluster, args.reps)
             if "cache" in args.sections:
                 results["cache"] = cache(client, cluster, [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000],
                                          args.reps)
