@@ -149,7 +149,11 @@ class DaskTaskRunner(TaskRunner):
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"DaskTaskRunner(address={self.address or config.get('scheduler-address')!r})"
+        return f"DaskTaskRunner(address={self.scheduler_address()!r})"
+
+    def scheduler_address(self) -> str | None:
+        """The scheduler this runner connects to: its own, else the configured one (None: embedded)."""
+        return self.address or config.get("scheduler-address")
 
     def duplicate(self) -> DaskTaskRunner:
         return DaskTaskRunner(self.address, self.cluster_kwargs, self.client_kwargs)
@@ -165,7 +169,7 @@ class DaskTaskRunner(TaskRunner):
         return self._client
 
     def _start(self) -> Client:
-        address = self.address or config.get("scheduler-address")
+        address = self.scheduler_address()
         if address:
             return shared_client(address, self.client_kwargs)
         if in_dask_task():
@@ -200,7 +204,7 @@ class DaskTaskRunner(TaskRunner):
         Asking must not start a cluster: a cached rerun plans its chunks, finds every run
         in the cache, and submits nothing.
         """
-        if self._client is None and not (self.address or config.get("scheduler-address")) and not in_dask_task():
+        if self._client is None and not self.scheduler_address() and not in_dask_task():
             kwargs = self._local_cluster_kwargs()
             return max(1, int(kwargs["n_workers"]) * int(kwargs["threads_per_worker"]))
         now = time.monotonic()
