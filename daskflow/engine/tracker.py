@@ -45,7 +45,7 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Iterable, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple
 
 import dask.config
 
@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TOPIC", "chunk_finished", "chunks_submitted", "enabled", "flow_finished", "flow_started", "flush",
-    "inline_finished", "live_state", "on_message", "progress_counts", "record_logs", "record_states", "subscribe",
+    "inline_finished", "live_state", "on_chunks_ended", "on_message", "progress_counts", "record_logs", "record_states", "subscribe",
 ]
 
 TOPIC = "daskflow-runs"
@@ -370,10 +370,29 @@ def on_message(msg: Message) -> None:
 
 def _on_dask_event(event: tuple[float, Any]) -> None:
     try:
+        ended = []
         for payload in batch_from_wire(event[1]):
-            on_message(from_wire(payload))
+            msg = from_wire(payload)
+            on_message(msg)
+            if type(msg) is ChunkEnded:
+                ended.append((msg.base, msg.start))
+        if ended:
+            for listener in _end_listeners:
+                listener(ended)
     except Exception:  # a malformed event must not break the client's event loop
         logger.debug("daskflow: bad tracker event %r", event, exc_info=True)
+
+
+_end_listeners: list[Callable[[list[ChunkId]], None]] = []
+
+
+def on_chunks_ended(listener: Callable[[list[ChunkId]], None]) -> None:
+    """Have ``listener`` called with the ``(base, start)`` of chunks that workers report ended.
+
+    Called on the client's event loop, once per Dask event (a worker's ~100 ms of
+    messages), whether tracking is on or off; it must only take note.
+    """
+    _end_listeners.append(listener)
 
 
 _subscribed: set[str] = set()
