@@ -149,21 +149,13 @@ class RunStore:
             owner = lease.owner
             txn.put(owner.key, pack({"host": owner.host, "pid": owner.pid, "started": owner.started,
                                      "lease_until": lease.until}), db=db["owners"])
+        chunks: dict[bytes, ChunkUpdate] = {}  # a chunk's updates of this batch, folded into one
         for op in ops:
             if isinstance(op, ChunkUpdate):
                 key = chunk_key(op.base, op.start)
-                raw = None if op.new else txn.get(key, db=db["chunks"])
-                if raw is None:
-                    rec = dict(op.fields, base=op.base.to_bytes(16, "big"), start=op.start)
-                    rec.setdefault("submitted", time.time())
-                    txn.put(_us(rec["submitted"]) + key, rec.get("n", 1).to_bytes(4, "big"), db=db["bytime"])
-                    fid = _uuid_bytes(rec.get("flow_run_id"))
-                    if fid:
-                        txn.put(fid + key, b"", db=db["byflow"])
-                else:
-                    rec = _merge(unpack(raw), op.fields)
-                _index_owned(txn, db["owned"], rec, b"c" + key, rec.get("codes") is None)
-                txn.put(key, pack(rec), db=db["chunks"])
+                seen = chunks.get(key)
+                chunks[key] = op if seen is None else ChunkUpdate(op.base, op.start, _merge(seen.fields, op.fields),
+                                                                  seen.new)
             elif isinstance(op, FlowUpdate):
                 key = uuid.UUID(op.flow_run_id).bytes
                 raw = txn.get(key, db=db["flows"])
@@ -175,6 +167,19 @@ class RunStore:
                        + (next(_seq) & 0xFFFFFFFF).to_bytes(4, "big"))
                 txn.put(key, pack({"timestamp": op.timestamp, "level": op.level, "message": op.message,
                                    "logger": op.logger}), db=db["logs"])
+        for key, op in chunks.items():
+            raw = None if op.new else txn.get(key, db=db["chunks"])
+            if raw is None:
+                rec = dict(op.fields, base=op.base.to_bytes(16, "big"), start=op.start)
+                rec.setdefault("submitted", time.time())
+                txn.put(_us(rec["submitted"]) + key, rec.get("n", 1).to_bytes(4, "big"), db=db["bytime"])
+                fid = _uuid_bytes(rec.get("flow_run_id"))
+                if fid:
+                    txn.put(fid + key, b"", db=db["byflow"])
+            else:
+                rec = _merge(unpack(raw), op.fields)
+            _index_owned(txn, db["owned"], rec, b"c" + key, rec.get("codes") is None)
+            txn.put(key, pack(rec), db=db["chunks"])
 
     # -- runs of owners that died -----------------------------------------------------------
     def end_dead_owners(self) -> list[Owner]:
