@@ -60,6 +60,26 @@ class ChunkSpec:
     cache: Any = None  # a engine.managed.CacheSpec for tasks that cache or have commit hooks
     checkpoints: bool = False  # the runner's scheduler keeps checkpoints (runners.ledger)
 
+    def __reduce__(self):
+        # The task travels as its pickled bytes (``Task.pickled``): the scheduler passes them
+        # through untouched, and a worker builds each task once (``spec_from_wire``).
+        return spec_from_wire, (self.task.pickled(), self.base, self.start, self.n, self.columns, self.refs,
+                                self.wait_refs, self.flow_run_id, self.cache, self.checkpoints)
+
+
+_tasks_by_blob: dict[bytes, Task] = {}
+
+
+def spec_from_wire(task_blob: bytes, *fields: Any) -> ChunkSpec:
+    """A ``ChunkSpec`` unpickled. Its task is unpickled once per process and pickled form:
+    unpickling a ``Task`` inspects its function's signature again, ~15 µs a chunk."""
+    task = _tasks_by_blob.get(task_blob)
+    if task is None:
+        if len(_tasks_by_blob) >= 256:
+            _tasks_by_blob.clear()
+        task = _tasks_by_blob[task_blob] = cloudpickle.loads(task_blob)
+    return ChunkSpec(task, *fields)
+
 
 @dataclass(slots=True)
 class ChunkResult:
@@ -86,6 +106,12 @@ class ChunkResult:
     cache_returned: Any = None  # a managed.ReturnedCache: fresh results for the client to write
     logs: list | None = None  # run log records not shipped while the chunk ran
     kept: dict[int, st.State] | None = None  # states hooks received: return_state hands back the same
+
+    def __reduce__(self):
+        # Only the fields that hold something: a dataclass pickles every field by name.
+        extra = {name: value for name in _SPARSE if (value := getattr(self, name))}
+        return result_from_wire, (self.task_name, self.base, self.start, self.n, self.codes, self.values, self.blob,
+                                  self.started, self.ends, extra)
 
     def keep(self, i: int, state: st.State | None) -> None:
         if state is not None:
@@ -229,6 +255,19 @@ class ChunkResult:
                                 f"{type(value).__name__}) cannot be serialized: {exc}")
                 self.fail(i, FAILED, err)
         return values
+
+
+_SPARSE = ("errors", "messages", "tracebacks", "history", "run_counts", "names", "worker", "n_failed",
+           "cache_records", "cache_returned", "logs", "kept")
+
+
+def result_from_wire(task_name: str, base: int, start: int, n: int, codes: bytearray, values: list | None,
+                     blob: bytes | None, started: float, ends: array, extra: dict[str, Any]) -> ChunkResult:
+    """A ``ChunkResult`` unpickled (see ``ChunkResult.__reduce__``)."""
+    res = ChunkResult(task_name, base, start, n, codes, values, blob, started=started, ends=ends)
+    for name, value in extra.items():
+        setattr(res, name, value)
+    return res
 
 
 def _picklable(values: list) -> bool:

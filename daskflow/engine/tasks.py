@@ -16,9 +16,11 @@ import dataclasses
 import datetime
 import inspect
 import logging
+import pickle
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Literal, ParamSpec, TypeVar, overload
 
+import cloudpickle
 import xxhash
 
 from daskflow.engine.hooks import call_hooks, validate_hooks
@@ -171,6 +173,25 @@ class Task(Generic[P, R]):
             or options.task_run_name or options.on_commit or options.on_rollback or not self._positional
         )
         self.fast_path = self.plain and not self.managed
+        self._pickled: bytes | None = None
+
+    def pickled(self) -> bytes:
+        """This task, pickled (cloudpickle): how chunk specs carry it to the workers.
+
+        Kept after the first call when pickling took nothing by value (the function and
+        every option are importable by name: ``pickle`` and ``cloudpickle`` agree); a task
+        defined in ``__main__`` or as a closure is pickled afresh each time, so values it
+        captures are those of the submission, as with ``client.submit``.
+        """
+        blob = self._pickled
+        if blob is None:
+            blob = cloudpickle.dumps(self, protocol=5)
+            try:
+                if pickle.dumps(self, protocol=5) == blob:
+                    self._pickled = blob
+            except Exception:  # something only cloudpickle can pickle (by value)
+                pass
+        return blob
 
     def __getstate__(self) -> dict:
         fn = classmethod(self.fn) if self._binds_class else staticmethod(self.fn) if self._static else self.fn
