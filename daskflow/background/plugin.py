@@ -52,7 +52,7 @@ from typing import Any
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from daskflow.background import store
-from daskflow.engine.events import LogsShipped, batch_from_wire, from_wire
+from daskflow.engine.events import LogsShipped, batch_from_wire
 from daskflow.engine.tracker import TOPIC
 
 __all__ = ["BackgroundPlugin"]
@@ -163,7 +163,7 @@ class BackgroundPlugin(SchedulerPlugin):
             return
         active, recent = self.active, self.recent
         try:
-            shipped = [m for m in map(from_wire, batch_from_wire(msg)) if isinstance(m, LogsShipped)]
+            shipped = batch_from_wire(msg, only=LogsShipped)
         except (KeyError, TypeError):  # not a daskflow message
             return
         mine = [r for m in shipped for r in m.records

@@ -31,7 +31,7 @@ from daskflow.codes import CANCELLED, CRASHED, NOT_READY, OK_CODES
 from daskflow import config
 from daskflow.engine import chunking, progress, tracker
 from daskflow.engine.envelope import ChunkResult, ChunkSpec
-from daskflow.engine.run import run_chunk
+from daskflow.engine.run import run_chunk, run_pickled_chunk
 from daskflow.exceptions import CancelledRun, CrashedRun, RunnerShutdown
 from daskflow.runners.dask import DaskTaskRunner, dashboard_page, has_bokeh, in_dask_task
 
@@ -142,6 +142,9 @@ def submit_chunks(runner: TaskRunner, specs: list[ChunkSpec], deps: list[list[An
     if runner.checkpoints:
         for spec in specs:
             spec.checkpoints = True
+    if runner.serializes:  # pickled here, once: see run_pickled_chunk
+        blobs = [cloudpickle.dumps(spec, protocol=5) for spec in specs]
+        return runner.submit_many(run_pickled_chunk, blobs, deps, keys=keys)
     return runner.submit_many(run_chunk, specs, deps, keys=keys)
 
 

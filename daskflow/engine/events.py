@@ -4,8 +4,10 @@ A chunk reports ``ChunkStarted`` when it begins, ``RunRetrying`` for each retry 
 run, and ``ChunkEnded`` (the codes of the runs that did not simply complete) when it
 finishes; the run logging sink reports ``LogsShipped``. In the client's process these
 records go straight to the tracker. From a Dask worker they travel as Dask structured
-events, which carry msgpack-able dicts only: ``to_wire`` / ``from_wire`` convert, with
-the field names spelled out, and a worker sends many messages as one ``batch``.
+events, which carry msgpack-able values only: a worker sends ~100 ms of messages as one
+``batch_to_wire`` payload, with per kind one list per field (a dict per message would cost
+a Python call each when Dask decodes it), and a chunk that started and ended within the
+batch travels as its ``ChunkEnded`` alone, with the start time.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class ChunkEnded:
     timestamp: float
     worker: str | None
     odd_codes: list[list[int]]  # [index, code] of runs that did not simply complete
+    started: float | None = None  # set when the ChunkStarted was folded into this message
 
 
 @dataclass(slots=True)
@@ -53,34 +56,55 @@ _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
 BATCH = "batch"
 
 
-def to_wire(msg: Message) -> dict[str, Any]:
-    """The message as a Dask event payload (str keys, msgpack-able values)."""
-    out: dict[str, Any] = {"kind": _KIND_OF[type(msg)]}
-    for name in msg.__slots__:  # type: ignore[union-attr]
-        value = getattr(msg, name)
-        if name == "base":
-            value = value.to_bytes(16, "big")
-        elif name == "event":
-            value = list(value)
-        out[name] = value
+def _encode(name: str, value: Any) -> Any:
+    if name == "base":
+        return value.to_bytes(16, "big")
+    if name == "event":
+        return list(value)
+    return value
+
+
+def _decode(name: str, value: Any) -> Any:
+    if name == "base":
+        return int.from_bytes(value, "big")
+    if name == "event":
+        return StateEvent(*value)
+    return value
+
+
+def batch_to_wire(messages: list[Message]) -> dict[str, Any]:
+    """Messages as one Dask event payload: ``{"kind": "batch", "columns": {kind: {field: [values]}}}``."""
+    started = {(m.base, m.start): m for m in messages if type(m) is ChunkStarted}
+    columns: dict[str, dict[str, list]] = {}
+    for msg in messages:
+        if type(msg) is ChunkEnded:
+            began = started.pop((msg.base, msg.start), None)
+            if began is not None:
+                msg.started = began.timestamp
+        elif type(msg) is ChunkStarted and (msg.base, msg.start) not in started:
+            continue  # folded into its ChunkEnded
+        kind = _KIND_OF[type(msg)]
+        cols = columns.get(kind)
+        if cols is None:
+            cols = columns[kind] = {name: [] for name in msg.__slots__}
+        for name, values in cols.items():
+            values.append(_encode(name, getattr(msg, name)))
+    return {"kind": BATCH, "columns": columns}
+
+
+def batch_from_wire(payload: dict[str, Any], only: type | None = None) -> list[Message]:
+    """The messages of one ``batch_to_wire`` payload (of type ``only``, if given), in the
+    order of a chunk's life: starts, retries, ends, then logs (``KeyError``/``TypeError``
+    if malformed)."""
+    if payload.get("kind") != BATCH:
+        raise KeyError("kind")
+    columns = payload["columns"]
+    out: list[Message] = []
+    for kind, cls in _KINDS.items():
+        cols = columns.get(kind)
+        if cols is None or (only is not None and cls is not only):
+            continue
+        names = list(cols)
+        for values in zip(*cols.values()):
+            out.append(cls(**{name: _decode(name, v) for name, v in zip(names, values)}))
     return out
-
-
-def from_wire(payload: dict[str, Any]) -> Message:
-    """The message a ``to_wire`` payload stands for (``KeyError``/``TypeError`` if malformed)."""
-    fields = dict(payload)
-    cls = _KINDS[fields.pop("kind")]
-    if "base" in fields:
-        fields["base"] = int.from_bytes(fields["base"], "big")
-    if "event" in fields:
-        fields["event"] = StateEvent(*fields["event"])
-    return cls(**fields)
-
-
-def batch_to_wire(messages: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"kind": BATCH, "messages": messages}
-
-
-def batch_from_wire(payload: dict[str, Any]) -> list[dict[str, Any]]:
-    """The wire messages of one Dask event (a batch, or a single message)."""
-    return payload["messages"] if payload.get("kind") == BATCH else [payload]

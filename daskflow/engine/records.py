@@ -95,6 +95,7 @@ class Ended(NamedTuple):
     codes: bytes
     timestamp: float
     worker: str | None
+    started: float | None = None  # when its start was not reported on its own
 
 
 class Logs(NamedTuple):
@@ -184,6 +185,8 @@ def to_store_ops(batch: list[Record]) -> tuple[list[StoreOp], list[list]]:
         elif isinstance(record, Ended):
             fields = {"codes": record.codes, "ends": array("d", [record.timestamp]).tobytes() * len(record.codes),
                       "live": None}
+            if record.started is not None:
+                fields["started"] = record.started
             if record.worker:
                 fields["worker"] = record.worker
             ops.append(ChunkUpdate(record.base, record.start, fields))

@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from daskflow.codes import StateEvent
-from daskflow.engine.events import ChunkEnded, ChunkStarted, Message, RunRetrying, batch_to_wire, to_wire
+from daskflow.engine.events import ChunkEnded, ChunkStarted, Message, RunRetrying, batch_to_wire
 from daskflow.engine.tracker import TOPIC, on_message
 from daskflow.runners.dask import in_dask_task
 
@@ -34,7 +34,7 @@ def report(msg: Message, remote: bool) -> None:
             from distributed import get_worker
 
             try:
-                _outbox.add(get_worker(), to_wire(msg))
+                _outbox.add(get_worker(), msg)
                 return
             except ValueError:  # not on a worker after all
                 pass
@@ -56,7 +56,7 @@ class _Outbox:
         self.thread: threading.Thread | None = None
         self.pid = 0
 
-    def add(self, worker: Any, msg: dict[str, Any]) -> None:
+    def add(self, worker: Any, msg: Message) -> None:
         with self.lock:
             entry = self.pending.get(id(worker))
             if entry is None:

@@ -86,6 +86,16 @@ def run_chunk(spec: ChunkSpec, deps: list[ChunkResult] = ()) -> ChunkResult:  # 
     return result.seal()
 
 
+def run_pickled_chunk(spec: bytes, deps: list[ChunkResult] = ()) -> ChunkResult:  # type: ignore[assignment]
+    """``run_chunk`` for a spec the client pickled itself.
+
+    Dask pickles a graph with ``pickle`` first and again with ``cloudpickle`` when the
+    result names ``__main__``; a spec holding a task defined in a script would be pickled
+    twice per submission. Bytes are cheap to pickle twice.
+    """
+    return run_chunk(cloudpickle.loads(spec), deps)
+
+
 @dataclass(slots=True)
 class Checkpoint:
     """Runs ``lo .. hi`` of a chunk that finished on a worker (noted to the ledger while it ran)."""

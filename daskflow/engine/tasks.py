@@ -174,6 +174,7 @@ class Task(Generic[P, R]):
         )
         self.fast_path = self.plain and not self.managed
         self._pickled: bytes | None = None
+        self._by_value = False
 
     def pickled(self) -> bytes:
         """This task, pickled (cloudpickle): how chunk specs carry it to the workers.
@@ -186,11 +187,15 @@ class Task(Generic[P, R]):
         blob = self._pickled
         if blob is None:
             blob = cloudpickle.dumps(self, protocol=5)
-            try:
-                if pickle.dumps(self, protocol=5) == blob:
+            if not self._by_value:
+                try:
+                    same = pickle.dumps(self, protocol=5) == blob
+                except Exception:  # something only cloudpickle can pickle (by value)
+                    same = False
+                if same:
                     self._pickled = blob
-            except Exception:  # something only cloudpickle can pickle (by value)
-                pass
+                else:
+                    self._by_value = True
         return blob
 
     def __getstate__(self) -> dict:

@@ -53,7 +53,7 @@ from daskflow import config, owners
 from daskflow.codes import CACHED, COMPLETED, StateEvent
 from daskflow.engine import console as run_console
 from daskflow.engine.events import ChunkEnded, ChunkStarted, LogsShipped, Message, RunRetrying
-from daskflow.engine.events import batch_from_wire, from_wire
+from daskflow.engine.events import batch_from_wire
 from daskflow.engine.records import (DirectCall, DirectCallDone, Ended, Finished, FlowChange, FlushMarker, Logs,
                                      Record, Retried, RunStates, Started, Submitted, to_store_ops)
 from daskflow.store.runs import ChunkUpdate, FlowUpdate, open_run_store
@@ -365,14 +365,13 @@ def on_message(msg: Message) -> None:
         for i, code in msg.odd_codes:
             codes[i] = code
         _remember_counts(key, codes)
-        _tracker.put(Ended(msg.base, msg.start, bytes(codes), msg.timestamp, msg.worker))
+        _tracker.put(Ended(msg.base, msg.start, bytes(codes), msg.timestamp, msg.worker, msg.started))
 
 
 def _on_dask_event(event: tuple[float, Any]) -> None:
     try:
         ended = []
-        for payload in batch_from_wire(event[1]):
-            msg = from_wire(payload)
+        for msg in batch_from_wire(event[1]):
             on_message(msg)
             if type(msg) is ChunkEnded:
                 ended.append((msg.base, msg.start))
