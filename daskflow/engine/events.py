@@ -74,14 +74,15 @@ def _decode(name: str, value: Any) -> Any:
 
 def batch_to_wire(messages: list[Message]) -> dict[str, Any]:
     """Messages as one Dask event payload: ``{"kind": "batch", "columns": {kind: {field: [values]}}}``."""
-    started = {(m.base, m.start): m for m in messages if type(m) is ChunkStarted}
-    columns: dict[str, dict[str, list]] = {}
+    unfolded = {(m.base, m.start): m for m in messages if type(m) is ChunkStarted}
     for msg in messages:
         if type(msg) is ChunkEnded:
-            began = started.pop((msg.base, msg.start), None)
+            began = unfolded.pop((msg.base, msg.start), None)
             if began is not None:
                 msg.started = began.timestamp
-        elif type(msg) is ChunkStarted and (msg.base, msg.start) not in started:
+    columns: dict[str, dict[str, list]] = {}
+    for msg in messages:
+        if type(msg) is ChunkStarted and unfolded.get((msg.base, msg.start)) is not msg:
             continue  # folded into its ChunkEnded
         kind = _KIND_OF[type(msg)]
         cols = columns.get(kind)

@@ -1,0 +1,29 @@
+"""The wire form of worker tracker messages (Dask events carry msgpack-able values only)."""
+
+import msgpack
+
+from daskflow.codes import StateEvent
+from daskflow.engine.events import (ChunkEnded, ChunkStarted, LogsShipped, RunRetrying, batch_from_wire,
+                                    batch_to_wire)
+
+
+def _roundtrip(messages):
+    # what Dask does to an event payload on its way to the client
+    return batch_from_wire(msgpack.unpackb(msgpack.packb(batch_to_wire(messages)), strict_map_key=False))
+
+
+def test_a_chunk_that_started_and_ended_in_one_batch_travels_as_one_message():
+    base = 2**127 + 5
+    got = _roundtrip([ChunkStarted(base, 0, 1.0, "w"), ChunkStarted(7, 10, 1.5, "w"),
+                      ChunkEnded(base, 0, 2.0, "w", [[3, 2]])])
+    assert got == [ChunkStarted(7, 10, 1.5, "w"), ChunkEnded(base, 0, 2.0, "w", [[3, 2]], started=1.0)]
+
+
+def test_messages_come_back_in_the_order_of_a_chunks_life_whatever_the_batch_order():
+    retry = RunRetrying(9, 0, 2, StateEvent("SCHEDULED", "AwaitingRetry", 3.0))
+    logs = LogsShipped([[b"x" * 24, 0, 1.0, 20, "hello", "daskflow.runs"]])
+    got = _roundtrip([logs, ChunkEnded(9, 0, 4.0, None, []), retry, ChunkStarted(9, 0, 1.0, None)])
+    assert [type(m) for m in got] == [RunRetrying, ChunkEnded, LogsShipped]
+    assert got[0] == retry and got[1].started == 1.0
+    assert _roundtrip([logs])[0].records[0][4] == "hello"
+    assert batch_from_wire(batch_to_wire([logs, retry]), only=LogsShipped) == [logs]
