@@ -142,8 +142,11 @@ def submit_chunks(runner: TaskRunner, specs: list[ChunkSpec], deps: list[list[An
     if runner.checkpoints:
         for spec in specs:
             spec.checkpoints = True
-    if runner.serializes:  # pickled here, once: see run_pickled_chunk
-        blobs = [cloudpickle.dumps(spec, protocol=5) for spec in specs]
+    if runner.serializes:  # pickled here, once each: see run_pickled_chunk
+        tasks: dict[int, bytes] = {}
+        for spec in specs:  # the chunks of one submission share their task's pickled form
+            spec.task_blob = tasks.get(id(spec.task)) or tasks.setdefault(id(spec.task), spec.task.pickled())
+        blobs = [spec.to_bytes() for spec in specs]
         return runner.submit_many(run_pickled_chunk, blobs, deps, keys=keys)
     return runner.submit_many(run_chunk, specs, deps, keys=keys)
 

@@ -21,7 +21,7 @@ import cloudpickle
 from daskflow.codes import (CODE_STATES, FAILED, NOT_READY, OK_CODES, run_count_of)
 from daskflow.engine import states as st
 from daskflow.engine.states import describe_error
-from daskflow.engine.inputs import Ref
+from daskflow.engine.inputs import ATOMS, BROADCAST, MAPPED, Column, Ref
 from daskflow.exceptions import UpstreamFailed
 from daskflow.ids import run_id
 
@@ -53,18 +53,47 @@ class ChunkSpec:
     base: int
     start: int
     n: int
-    columns: Any  # a list of inputs.Column, one per parameter; pickled as one blob for other processes
+    columns: Any  # a list of inputs.Column, one per parameter
     refs: bool = False  # mapped values hold Refs to resolve run by run
     wait_refs: tuple[Ref, ...] = ()
     flow_run_id: str | None = None
     cache: Any = None  # a engine.managed.CacheSpec for tasks that cache or have commit hooks
     checkpoints: bool = False  # the runner's scheduler keeps checkpoints (runners.ledger)
+    task_blob: bytes | None = None  # the task pickled, when the submission made it already
 
     def __reduce__(self):
-        # The task travels as its pickled bytes (``Task.pickled``): the scheduler passes them
-        # through untouched, and a worker builds each task once (``spec_from_wire``).
-        return spec_from_wire, (self.task.pickled(), self.base, self.start, self.n, self.columns, self.refs,
-                                self.wait_refs, self.flow_run_id, self.cache, self.checkpoints)
+        # The task travels as its pickled bytes (``Task.pickled``): a worker builds each task
+        # once (``spec_from_wire``), not once per chunk.
+        return spec_from_wire, (self.task_blob or self.task.pickled(), self.base, self.start, self.n, self.columns,
+                                self.refs, self.wait_refs, self.flow_run_id, self.cache, self.checkpoints)
+
+    def to_bytes(self) -> bytes:
+        """The spec pickled for a worker. An argument that cannot be pickled is replaced by an
+        ``Unpicklable`` marker that fails its run only (the chunk then checks run by run)."""
+        try:
+            return cloudpickle.dumps(self, protocol=5)
+        except Exception:
+            pass
+        fixed = []
+        for name, (kind, payload) in zip(self.task.param_names, self.columns):
+            if kind is MAPPED:
+                payload = [_picklable_arg(self.task, name, v) for v in payload]
+            elif kind is BROADCAST:
+                payload = _picklable_arg(self.task, name, payload)
+            fixed.append(Column(kind, payload))
+        self.columns, self.refs = fixed, True
+        return cloudpickle.dumps(self, protocol=5)
+
+
+def _picklable_arg(task: Task, name: str, value: Any) -> Any:
+    try:
+        cloudpickle.dumps(value)
+        return value
+    except Exception as exc:
+        return Unpicklable(
+            f"task {task.name!r}: argument {name!r} cannot be serialized to run on Dask "
+            f"({type(value).__name__}: {exc}); pass a picklable value or create it inside the task"
+        )
 
 
 _tasks_by_blob: dict[bytes, Task] = {}
@@ -240,7 +269,7 @@ class ChunkResult:
             except Exception:
                 self.blob = cloudpickle.dumps(self._drop_unpicklable(values), protocol=5)
             self.values = None
-        elif self.values is not None and not _picklable(self.values):
+        elif self.values is not None and not ATOMS.issuperset(map(type, self.values)) and not _picklable(self.values):
             self.values = self._drop_unpicklable(self.values)  # one run: Dask would fail the whole envelope
         return self
 

@@ -169,7 +169,7 @@ def to_store_ops(batch: list[Record]) -> tuple[list[StoreOp], list[list]]:
             for c in record.chunks:
                 ops.append(ChunkUpdate(c.base, c.start, {
                     "task": c.task.name, "task_key": c.task.task_key, "n": c.n, "flow_run_id": record.flow_run_id,
-                    "submitted": c.submitted, "live": [t, name, c.submitted, ""], "owner": owner}))
+                    "submitted": c.submitted, "live": [t, name, c.submitted, ""], "owner": owner}, new=True))
         elif isinstance(record, Finished):
             res = record.result
             ops.append(ChunkUpdate(record.base, record.start, dict(envelope_fields(res), n=res.n, task=res.task_name)))

@@ -2,7 +2,7 @@
 
 What happens, in order, for every run of a chunk:
 
-1. *Inputs.* The chunk's arguments arrive as one pickled blob of columns (one per
+1. *Inputs.* The chunk's arguments arrive in its spec as columns (one per
    parameter: a list of per-run values, a value broadcast to every run, or the values
    of an aligned upstream chunk). ``Ref`` placeholders left where futures stood are
    replaced by upstream values; if an upstream run did not complete (and the argument
@@ -75,10 +75,7 @@ def run_chunk(spec: ChunkSpec, deps: list[ChunkResult] = ()) -> ChunkResult:  # 
             return cloudpickle.loads(kept)
         done = Checkpoint.joined(notes, spec.n) if notes else None
     reports.chunk_starting(spec.base, spec.start, worker)
-    columns = spec.columns
-    if isinstance(columns, bytes):
-        columns = cloudpickle.loads(columns)
-    result = run_rows(spec.task, spec.base, spec.start, spec.n, columns, list(deps),
+    result = run_rows(spec.task, spec.base, spec.start, spec.n, spec.columns, list(deps),
                       spec.refs, spec.wait_refs, spec.flow_run_id, spec.cache, done=done,
                       checkpoints=checkpoints)
     result.worker = worker

@@ -2,8 +2,8 @@
 
 A submission binds the arguments to the task's signature, swaps futures for ``Ref``
 placeholders (their chunks become the Dask dependencies), splits a ``.map()`` into
-chunks (sized by ``chunking``), serializes each chunk's columns as one blob when the
-runner needs it, and hands all chunks to the runner in one call.
+chunks (sized by ``chunking``), and hands all chunks to the runner in one call
+(``chunks.submit_chunks``, which pickles each chunk for runners in other processes).
 """
 
 from __future__ import annotations
@@ -14,8 +14,6 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterable
 
-import cloudpickle
-
 from daskflow.engine import chunking, tracker
 from daskflow.engine.context import current_flow_run_id, flow_run_ctx
 from daskflow.ids import new_run_base, run_id
@@ -23,7 +21,7 @@ from daskflow.engine.chunks import Chunk, eager, submit_chunks
 from daskflow.engine.futures import MapFutures, TaskRunFuture
 from daskflow.engine.inputs import (ALIGNED, ATOMS, BROADCAST, MAPPED, Column, allow_failure, collect_refs, quote,
                                     unmapped)
-from daskflow.engine.envelope import ChunkSpec, Unpicklable
+from daskflow.engine.envelope import ChunkSpec
 from daskflow.engine.run import arun_single, run_rows
 from daskflow.engine.states import State
 from daskflow.engine.transactions import current_transaction
@@ -130,8 +128,7 @@ def submit_run(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None)
             chunk = Chunk(task, base, 0, 1, None, runner, result=known)
             _register([chunk])
             return TaskRunFuture(chunk, 0)
-    blob, clean = _serialize(task, list(task.param_names), columns, runner)
-    spec = ChunkSpec(task, base, 0, 1, blob, refs or not clean, waits, current_flow_run_id(), cache)
+    spec = ChunkSpec(task, base, 0, 1, columns, refs, waits, current_flow_run_id(), cache)
     key = _key(task, base, 0)
     handle = submit_chunks(runner, [spec], [_dep_inputs(ups, runner)], [key])[0]
     chunk = Chunk(task, base, 0, 1, handle, runner)
@@ -155,39 +152,6 @@ def _dep_inputs(ups: list[Chunk], runner: TaskRunner) -> list[Any]:
         if c.runner is runner:
             c.dependents += 1
     return [c.result if c.result is not None else c.handle if c.runner is runner else c.outcome() for c in ups]
-
-
-def _serialize(task: Task, names: list[str], columns: list, runner: TaskRunner) -> tuple[Any, bool]:
-    """Pickle a chunk's columns (if the runner needs it); returns (blob, clean).
-
-    An argument that cannot be pickled is replaced by an ``Unpicklable`` marker that
-    fails its run only (``clean`` is then False, so the chunk checks run by run).
-    """
-    if not runner.serializes:
-        return columns, True
-    try:
-        return cloudpickle.dumps(columns, protocol=5), True
-    except Exception:
-        pass
-    fixed = []
-    for name, (kind, payload) in zip(names, columns):
-        if kind is MAPPED:
-            payload = [_picklable(task, name, v) for v in payload]
-        elif kind is BROADCAST:
-            payload = _picklable(task, name, payload)
-        fixed.append(Column(kind, payload))
-    return cloudpickle.dumps(fixed, protocol=5), False
-
-
-def _picklable(task: Task, name: str, value: Any) -> Any:
-    try:
-        cloudpickle.dumps(value)
-        return value
-    except Exception as exc:
-        return Unpicklable(
-            f"task {task.name!r}: argument {name!r} cannot be serialized to run on Dask "
-            f"({type(value).__name__}: {exc}); pass a picklable value or create it inside the task"
-        )
 
 
 # -- map ----------------------------------------------------------------------------------
@@ -254,8 +218,7 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
                     part = [collect_refs(v, deps, ups) for v in part]
                     refs = refs or len(ups) > before
                 columns.append(Column(MAPPED, part))
-        blob, clean = _serialize(task, names, columns, runner)
-        specs.append(ChunkSpec(task, base, lo, hi - lo, blob, refs or not clean, waits, flow_run_id,
+        specs.append(ChunkSpec(task, base, lo, hi - lo, columns, refs, waits, flow_run_id,
                                cache.spec_for(lo, hi) if cache is not None else None))
         dep_lists.append(_dep_inputs(ups, runner))
         up_lists.append(ups)
