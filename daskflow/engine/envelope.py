@@ -10,6 +10,7 @@ is decided by daskflow from the envelope, not by Dask's error propagation.
 
 from __future__ import annotations
 
+import pickle
 import time
 import traceback
 from array import array
@@ -69,7 +70,19 @@ class ChunkSpec:
 
     def to_bytes(self) -> bytes:
         """The spec pickled for a worker. An argument that cannot be pickled is replaced by an
-        ``Unpicklable`` marker that fails its run only (the chunk then checks run by run)."""
+        ``Unpicklable`` marker that fails its run only (the chunk then checks run by run).
+
+        ``pickle`` first (3x faster than ``cloudpickle``), as Dask does: kept unless it
+        failed or named ``__main__`` outside the task's own bytes (a worker cannot import
+        the client's ``__main__``); else ``cloudpickle``.
+        """
+        task_blob = self.task_blob = self.task_blob or self.task.pickled()
+        try:
+            blob = pickle.dumps(self, protocol=5)
+            if blob.count(b"__main__") == task_blob.count(b"__main__"):
+                return blob
+        except Exception:
+            pass
         try:
             return cloudpickle.dumps(self, protocol=5)
         except Exception:
