@@ -81,9 +81,13 @@ class Chunk:
         return self.runner.cancel(self.handle)
 
     def observe(self, index: int | None = None) -> None:
-        if index is None or self.n == 1:
-            self.observed = True
-        elif self.observed is not True:
+        """Note that run ``index`` (every run: None) was read, so its failure is not reported unresolved."""
+        if self.observed is True:
+            return
+        res = self.result
+        if index is None or self.n == 1 or (res is not None and not res.n_failed):
+            self.observed = True  # nothing left to report: no per-run record (a stream reads 10^7 runs)
+        else:
             if self.observed is False:
                 self.observed = set()
             self.observed.add(index)

@@ -152,7 +152,8 @@ class ChunkResult:
     def __reduce__(self):
         # Only the fields that hold something: a dataclass pickles every field by name.
         extra = {name: value for name in _SPARSE if (value := getattr(self, name))}
-        return result_from_wire, (self.task_name, self.base, self.start, self.n, self.codes, self.values, self.blob,
+        values = None if self.blob is not None else self.values  # unpickled values travel as their blob
+        return result_from_wire, (self.task_name, self.base, self.start, self.n, self.codes, values, self.blob,
                                   self.started, self.ends, extra)
 
     def keep(self, i: int, state: st.State | None) -> None:
@@ -163,10 +164,22 @@ class ChunkResult:
 
     # -- reading, on the client or in a downstream chunk --------------------------------
     def get_values(self) -> list:
-        if self.values is None:
-            self.values = cloudpickle.loads(self.blob) if self.blob is not None else [None] * self.n
-            self.blob = None
-        return self.values
+        """The runs' values, unpickled from ``blob`` on first read; the blob is kept (see ``release_values``)."""
+        values = self.values
+        if values is None:
+            values = self.values = cloudpickle.loads(self.blob) if self.blob is not None else [None] * self.n
+        return values
+
+    def release_values(self) -> None:
+        """Drop the unpickled values while the pickled ``blob`` still holds them.
+
+        Streaming readers (``as_completed``, iterating a ``.map()``'s futures) call it once
+        they moved past a chunk, so the client holds ~5 bytes per small value instead of an
+        object and a list slot. A later read unpickles the chunk again: equal values, but
+        new objects for mutable ones (as a Dask future's ``result()`` gives with process workers).
+        """
+        if self.blob is not None:
+            self.values = None
 
     def ok(self, i: int) -> bool:
         return self.codes[i] in OK_CODES

@@ -11,11 +11,13 @@ from __future__ import annotations
 import bisect
 import queue
 import time
+from itertools import repeat
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, NamedTuple, Protocol, TypeVar, overload
 
 from daskflow.engine import states as st
 from daskflow.engine import tracker
+from daskflow.codes import OK_CODES
 from daskflow.engine.chunks import Chunk, fetch_all
 from daskflow.ids import run_id
 
@@ -91,10 +93,17 @@ class TaskRunFuture(Generic[R]):
         return self._chunk.outcome().run_count(self._index)
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
-        """The run's value; raises its exception if it failed (``raise_on_failure``)."""
-        self._chunk.observe(self._index)
-        res = self._chunk.outcome(timeout)
-        return res.state(self._index).result(raise_on_failure)
+        """The run's value; raises its exception if it failed (``raise_on_failure``).
+
+        Read again later, a run of a ``.map()`` chunk that a stream moved past (see
+        ``MapFutures.__iter__``) returns its value unpickled again: equal, not the same object.
+        """
+        chunk, i = self._chunk, self._index
+        res = chunk.outcome(timeout)
+        chunk.observe(i)
+        if res.kept is None and res.codes[i] in OK_CODES:  # the common case: no State built
+            return res.get_values()[i]
+        return res.state(i).result(raise_on_failure)
 
     def add_done_callback(self, fn: Callable[[TaskRunFuture[R]], None]) -> None:
         """Call ``fn(future)`` once the run is final (at once if it already is)."""
@@ -142,9 +151,16 @@ class MapFutures(Sequence, Generic[R]):
         return TaskRunFuture(chunk, i - chunk.start)
 
     def __iter__(self) -> Iterator[TaskRunFuture[R]]:
+        """The element futures in order, made one at a time.
+
+        Once the iteration moves past a chunk whose values arrived pickled, their unpickled
+        copy is dropped (``ChunkResult.release_values``): a loop ``for f in futs: f.result()``
+        over 10^7 runs holds one chunk's values at a time, not 10^7 objects.
+        """
         for chunk in self.chunks:
-            for j in range(chunk.n):
-                yield TaskRunFuture(chunk, j)
+            yield from map(TaskRunFuture, repeat(chunk, chunk.n), range(chunk.n))
+            if chunk.result is not None:
+                chunk.result.release_values()
 
     def __repr__(self) -> str:
         name = self.chunks[0].task.name if self.chunks else "?"
@@ -250,38 +266,71 @@ def _check_timeout(timeout: float | None) -> None:
         raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
 
 
+def _group_by_completion(futures: Iterable[Any], groups: dict[int, list[Any]]) -> int:
+    """Put each future in the group of what completes it; return how many futures there are.
+
+    A chunk's group holds its task-run futures, and the chunk itself for all its runs when a
+    ``.map()``'s future list was given (its element futures are made as they are yielded);
+    any other future is a group of its own.
+    """
+    count = 0
+    for fut in futures:
+        if isinstance(fut, MapFutures):
+            for chunk in fut.chunks:
+                groups.setdefault(id(chunk), []).append(chunk)
+            count += len(fut)
+        elif isinstance(fut, (list, tuple)):
+            count += _group_by_completion(fut, groups)
+        else:
+            groups.setdefault(id(fut._chunk) if isinstance(fut, TaskRunFuture) else id(fut), []).append(fut)
+            count += 1
+    return count
+
+
+def _yield_group(group: list[Any]) -> Iterator[Any]:
+    first = group[0]
+    if not isinstance(first, (Chunk, TaskRunFuture)):
+        yield first
+        return
+    chunk = first if isinstance(first, Chunk) else first._chunk
+    res = chunk.outcome()
+    for item in group:
+        if isinstance(item, Chunk):
+            yield from map(TaskRunFuture, repeat(item, item.n), range(item.n))
+        else:
+            yield item
+    res.release_values()  # read, or not wanted now: a later read unpickles again
+
+
 def as_completed(futures: Iterable[Any], timeout: float | None = None) -> Iterator[Any]:
     """Yield futures as their runs become final, in completion order.
 
     Takes task-run futures, ``.map()`` future lists, and background futures (``t.delay()``).
+    A ``.map()``'s element futures are made as they are yielded, and once the iteration
+    moves past a chunk its unpickled values are dropped (``ChunkResult.release_values``):
+    streaming 10^7 runs holds compact per-chunk envelopes, not 10^7 futures and values.
 
     Example:
         >>> for fut in as_completed(double.map(range(10))):  # doctest: +SKIP
         ...     print(fut.result())
     """
     _check_timeout(timeout)
-    futures = _flatten(futures)
-    groups: dict[int, list[Any]] = {}  # a chunk's futures, or one other future
-    for fut in futures:
-        groups.setdefault(id(fut._chunk) if isinstance(fut, TaskRunFuture) else id(fut), []).append(fut)
+    groups: dict[int, list[Any]] = {}
+    total = _group_by_completion([futures] if isinstance(futures, MapFutures) else futures, groups)
     done: queue.SimpleQueue[int] = queue.SimpleQueue()
     for key, group in groups.items():
         first = group[0]
         if isinstance(first, TaskRunFuture):
-            first._chunk.add_done_callback(lambda _, key=key: done.put(key))
-        else:
-            first.add_done_callback(lambda _, key=key: done.put(key))
+            first = first._chunk
+        first.add_done_callback(lambda _, key=key: done.put(key))
     deadline = None if timeout is None else time.monotonic() + timeout
     finished = 0
-    for _ in range(len(groups)):
+    while groups:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             key = done.get(timeout=left)
         except queue.Empty:
-            raise TimeoutError(f"{len(futures) - finished} (of {len(futures)}) futures unfinished after "
-                               f"{timeout}s") from None
-        group = groups[key]
-        finished += len(group)
-        if isinstance(group[0], TaskRunFuture):
-            group[0]._chunk.outcome()
-        yield from group
+            raise TimeoutError(f"{total - finished} (of {total}) futures unfinished after {timeout}s") from None
+        group = groups.pop(key)
+        finished += sum(item.n if isinstance(item, Chunk) else 1 for item in group)
+        yield from _yield_group(group)

@@ -1,0 +1,191 @@
+"""Streaming a big ``.map()``: client peak RSS and wall time while results are consumed.
+
+    python benchmarks/bench_stream.py                 # N = 10^7, every row, one subprocess each
+    python benchmarks/bench_stream.py -n 1000000      # a smaller N
+    python benchmarks/bench_stream.py --reps 3        # medians of 3 runs per row
+    python benchmarks/bench_stream.py --profile       # tracemalloc: where the client's memory is
+
+Rows (each in a fresh subprocess that reports ``ru_maxrss``, the client's peak RSS):
+
+- ``plain loop``: ``for x in range(N): inc(x)`` in one process (no cluster).
+- ``daskflow as_completed``: ``for f in as_completed(inc.map(range(N))): f.result()``
+  inside a ``@flow`` on a LocalCluster(2 workers x 1 thread).
+- ``daskflow iterate``: the same map consumed ``for f in futs: f.result()``.
+- ``raw Dask batches, lists``: raw Dask cannot map 10^7 elements one task each (~2 ms a
+  task here: hours), so this row is ``client.map`` over N/10^4 ranges of 10^4 elements
+  (one task returns a list comprehension), consumed with
+  ``distributed.as_completed(futs, with_results=True)``, each future released as it is
+  read. Dask serializes a list result element by element (~25 µs an element here), so
+  this row is not in the default set for N > 10^6 (``--rows raw`` runs it anyway).
+- ``raw Dask batches, bytes``: the same, each task returning its list pickled as one
+  ``bytes`` that the client unpickles: the floor of streaming through Dask here.
+
+The LocalCluster's scheduler runs in the client process, so its memory counts too
+(as it does for a user's flow on the default runner).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+BATCH = 10_000
+
+
+def inc(x):
+    return x + 1
+
+
+def inc_batch(xs):
+    return [x + 1 for x in xs]
+
+
+def inc_batch_pickled(xs):
+    return pickle.dumps([x + 1 for x in xs], protocol=5)
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cluster_kwargs() -> dict:
+    return {"n_workers": 2, "threads_per_worker": 1, "dashboard_address": "127.0.0.1:0"}
+
+
+def run_plain(n: int) -> dict:
+    t0 = time.perf_counter()
+    total = 0
+    for x in range(n):
+        total += inc(x)
+    assert total == n * (n + 1) // 2
+    return {"wall": time.perf_counter() - t0}
+
+
+def run_daskflow(n: int, how: str) -> dict:
+    from daskflow import as_completed, flow, task
+    from daskflow.runners import DaskTaskRunner
+
+    t_inc = task(inc)
+
+    @flow(task_runner=DaskTaskRunner(cluster_kwargs=cluster_kwargs()))
+    def stream() -> tuple[int, float]:
+        t_inc.map([0, 1], chunksize=1).result()  # the cluster is up before the clock starts
+        t0 = time.perf_counter()
+        futs = t_inc.map(range(n))
+        total = 0
+        for f in (as_completed(futs) if how == "as_completed" else futs):
+            total += f.result()
+        wall = time.perf_counter() - t0
+        assert futs[n // 2].result() == n // 2 + 1  # a future read again keeps its value
+        return total, wall
+
+    total, wall = stream()
+    assert total == n * (n + 1) // 2, total
+    return {"wall": wall}
+
+
+def run_raw(n: int, pickled: bool = False) -> dict:
+    from distributed import Client, LocalCluster, as_completed
+
+    with LocalCluster(**cluster_kwargs()) as cluster, Client(cluster) as client:
+        client.submit(inc, 1).result()
+        t0 = time.perf_counter()
+        batches = [range(lo, min(lo + BATCH, n)) for lo in range(0, n, BATCH)]
+        futs = client.map(inc_batch_pickled if pickled else inc_batch, batches, pure=False)
+        total = 0
+        for fut, values in as_completed(futs, with_results=True):
+            for v in (pickle.loads(values) if pickled else values):
+                total += v
+            fut.release()
+        del futs
+        wall = time.perf_counter() - t0
+    assert total == n * (n + 1) // 2, total
+    return {"wall": wall}
+
+
+ROWS = {"plain loop": ("plain", run_plain),
+        "daskflow as_completed": ("as_completed", lambda n: run_daskflow(n, "as_completed")),
+        "daskflow iterate": ("iterate", lambda n: run_daskflow(n, "iterate")),
+        "raw Dask batches, lists": ("raw", run_raw),
+        "raw Dask batches, bytes": ("raw_bytes", lambda n: run_raw(n, pickled=True))}
+
+
+def child(mode: str, n: int) -> None:
+    os.environ["DASKFLOW_HOME"] = tempfile.mkdtemp(prefix="daskflow-bench-stream-")
+    fn = next(f for m, f in ROWS.values() if m == mode)
+    out = fn(n)
+    out["rss"] = peak_rss_mib()
+    print(json.dumps(out))
+
+
+def profile(n: int) -> None:
+    """Where the client's memory is at the peak of an as_completed stream (tracemalloc, top lines)."""
+    import tracemalloc
+
+    from daskflow import as_completed, flow, task
+    from daskflow.runners import DaskTaskRunner
+
+    os.environ["DASKFLOW_HOME"] = tempfile.mkdtemp(prefix="daskflow-bench-stream-")
+    t_inc = task(inc)
+
+    @flow(task_runner=DaskTaskRunner(cluster_kwargs=cluster_kwargs()))
+    def stream() -> None:
+        t_inc.map([0, 1], chunksize=1).result()
+        tracemalloc.start()
+        futs = t_inc.map(range(n))
+        snap_submitted = tracemalloc.take_snapshot()
+        for i, f in enumerate(as_completed(futs)):
+            f.result()
+            if i == n * 3 // 4:
+                snap = tracemalloc.take_snapshot()
+        for title, s in (("after .map()", snap_submitted), ("3/4 consumed", snap)):
+            stats = s.statistics("lineno")
+            print(f"\n== {title}: {sum(x.size for x in stats) / 2**20:.0f} MiB traced")
+            for stat in stats[:12]:
+                print(f"{stat.size / 2**20:8.1f} MiB {stat.count:>10} blocks  {stat.traceback}")
+
+    stream()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-n", type=int, default=10_000_000)
+    parser.add_argument("--reps", type=int, default=1)
+    parser.add_argument("--rows", help="comma-separated: plain,as_completed,iterate,raw,raw_bytes")
+    parser.add_argument("--child")
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    if args.child:
+        return child(args.child, args.n)
+    if args.profile:
+        return profile(args.n)
+    wanted = args.rows.split(",") if args.rows else [m for m, _ in ROWS.values() if m != "raw" or args.n <= 10**6]
+    print(f"N = {args.n:,}; medians of {args.reps} run(s), each in a fresh subprocess")
+    for name, (mode, _) in ROWS.items():
+        if mode not in wanted:
+            continue
+        runs = []
+        for _ in range(args.reps):
+            out = subprocess.run([sys.executable, __file__, "--child", mode, "-n", str(args.n)],
+                                 capture_output=True, text=True)
+            if out.returncode:
+                print(f"{name}: failed\n{out.stderr[-3000:]}", flush=True)
+                break
+            runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        if runs:
+            wall = statistics.median(r["wall"] for r in runs)
+            rss = statistics.median(r["rss"] for r in runs)
+            print(f"{name:24s} wall {wall:7.2f} s ({wall / args.n * 1e6:.2f} µs/elem)   "
+                  f"client peak RSS {rss:6.0f} MiB", flush=True)
+
+
+if __name__ == "__main__":
+    main()
