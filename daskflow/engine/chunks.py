@@ -200,17 +200,23 @@ def fetch_many(runner: TaskRunner, chunks: list[Chunk], timeout: float | None) -
 
 def _set_results(runner: TaskRunner, chunks: list[Chunk], results: list) -> None:
     """Record fetched envelopes; keep in the ledger those that queued chunks still depend on."""
-    kept = []
+    fetched = []
     for chunk, res in zip(chunks, results):
         if isinstance(res, ChunkResult):
             chunking.observe(chunk.task, res)
-            if chunk.dependents:  # Dask may compute it again for them if its worker dies
-                kept.append((chunk.handle, cloudpickle.dumps(res, protocol=5)))
             chunk.result = res
+            fetched.append(chunk)
+            for up in chunk.ups:  # its upstream chunks are needed by one chunk less
+                if up.runner is runner:
+                    up.dependents -= 1
         else:
             chunk.result = lost(chunk, res)
-    if kept and runner.checkpoints and isinstance(runner, DaskTaskRunner):
-        runner.keep(kept)
+    if runner.checkpoints and isinstance(runner, DaskTaskRunner):
+        # Dask may compute a chunk again for the queued chunks that need it if its worker
+        # dies (none left once they are all fetched, as at the end of a flow)
+        kept = [(c.handle, cloudpickle.dumps(c.result, protocol=5)) for c in fetched if c.dependents > 0]
+        if kept:
+            runner.keep(kept)
     returned = [c.result for c in chunks if c.result.cache_returned is not None]  # type: ignore[union-attr]
     if returned:  # remote workers' fresh results: written here, in one transaction
         from daskflow.engine.managed import write_returned

@@ -272,11 +272,21 @@ def chunk_finished(chunk: Chunk) -> None:
     if res is None:
         return
     key = (chunk.base, chunk.start)
-    if _tracker.live.pop(key, None) is None and not enabled():
-        return
+    if _tracker.live.pop(key, None) is None:
+        if not enabled():
+            return
+        ended = _tracker.counts.get(key)
+        if ended is not None and res.n == 1 and ended.completed == 1 and _plain(res):
+            return  # its end event recorded all there is to say: one completed run
     _tracker.retrying.pop(key, None)
     _remember_counts(key, res.codes)
     _tracker.put(Finished(chunk.base, chunk.start, res))
+
+
+def _plain(res: ChunkResult) -> bool:
+    """A one-run envelope with nothing for the store but its state and end time."""
+    return (res.codes[0] == COMPLETED and not (res.errors or res.messages or res.history or res.run_counts
+                                               or res.names or res.logs or res.cache_records))
 
 
 def inline_finished(task: Any, res: ChunkResult, flow_run_id: str | None, submitted: float) -> None:

@@ -100,3 +100,29 @@ def test_threadpool_runner_without_dask():
         return inc.map(range(50)).result()
 
     assert f() == list(range(1, 51))
+
+
+def _ledger_keeps(key, dask_scheduler=None):
+    return key in dask_scheduler.plugins["daskflow-ledger"].kept
+
+
+def test_the_ledger_keeps_a_fetched_result_only_while_an_unfetched_run_needs_it(cluster):
+    # Kept, the scheduler can hand it back if Dask must compute it again for a queued
+    # chunk (its worker died); once every chunk that used it is fetched, nothing needs it.
+    @flow(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
+    def f():
+        from daskflow.runners.dask import shared_client
+
+        client = shared_client(cluster.scheduler_address)  # the one the flow's runner uses
+        a = inc.submit(1)
+        b = inc.submit(a)
+        c = inc.submit(b)  # b has a dependent: nothing fetches it before the test reads it
+        assert a.result() == 2  # b not fetched yet: a is kept
+        kept_a = client.run_on_scheduler(_ledger_keeps, a.chunk.key)
+        x = inc.submit(10)
+        y = inc.submit(x)
+        assert y.result() == 12 and x.result() == 11  # y fetched first: x is needed by nobody
+        kept_x = client.run_on_scheduler(_ledger_keeps, x.chunk.key)
+        return kept_a, kept_x, c.result()
+
+    assert f() == (True, False, 4)
