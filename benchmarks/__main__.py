@@ -11,7 +11,9 @@ Sections (each beside raw Dask, measured in the same run on the same cluster):
 - ``heavy``: 32 runs of ~0.2 s of numpy work on 2 workers: speedup over the plain loop;
 - ``cache``: an INPUTS-cached ``.map()``: first run vs fully cached rerun, per N;
 - ``graph``: chain of 1,000 and diamond of 1,201 ``.submit()`` calls, per task;
-- ``delay``: background runs end to end (``benchmarks/bench_delay.py`` in a subprocess).
+- ``delay``: background runs end to end (``benchmarks/bench_delay.py`` in a subprocess);
+- ``stream``: a 10^7-element ``.map()`` consumed as it completes: wall time and the
+  client's peak RSS (``benchmarks/bench_stream.py``, each row in a fresh subprocess).
 
 Writes ``benchmarks/results/results.json`` and one PNG per section next to it, each
 titled with the date and the command that made it. Needs ``pip install -e ".[bench]"``.
@@ -34,7 +36,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 from bench_map import heavy as heavy_body  # noqa: E402
 from bench_map import median_time, trivial  # noqa: E402
 
-SECTIONS = ("fanout", "heavy", "cache", "graph", "delay")
+SECTIONS = ("fanout", "heavy", "cache", "graph", "delay", "stream")
 
 
 def fanout(client, cluster, sizes: list[int], reps: int, raw_max: int) -> dict:
@@ -124,6 +126,16 @@ def delay(n: int, reps: int) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         path = f.name
     subprocess.run([sys.executable, str(HERE / "bench_delay.py"), "-n", str(n), "--reps", str(reps),
+                    "--json", path], check=True)
+    with open(path) as f:
+        return json.load(f)
+
+
+def stream(n: int, reps: int) -> dict:
+    """Runs bench_stream.py (every row in a fresh subprocess) and reads its JSON."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        path = f.name
+    subprocess.run([sys.executable, str(HERE / "bench_stream.py"), "-n", str(n), "--reps", str(reps),
                     "--json", path], check=True)
     with open(path) as f:
         return json.load(f)
@@ -232,6 +244,8 @@ def main() -> None:
         results["graph"] = graph(max(args.reps, 3))
     if "delay" in args.sections:
         results["delay"] = delay(2_000 if args.quick else 10_000, args.reps)
+    if "stream" in args.sections:
+        results["stream"] = stream(10**6 if args.quick else 10**7, args.reps)
 
     path = args.out / "results.json"
     if path.exists() and set(args.sections) != set(SECTIONS):  # a partial run keeps the other sections

@@ -162,6 +162,7 @@ def main() -> None:
     parser.add_argument("--rows", help="comma-separated: plain,as_completed,iterate,raw,raw_bytes")
     parser.add_argument("--child")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--json", help="also write the medians to this file")
     args = parser.parse_args()
     if args.child:
         return child(args.child, args.n)
@@ -169,6 +170,7 @@ def main() -> None:
         return profile(args.n)
     wanted = args.rows.split(",") if args.rows else [m for m, _ in ROWS.values() if m != "raw" or args.n <= 10**6]
     print(f"N = {args.n:,}; medians of {args.reps} run(s), each in a fresh subprocess")
+    medians: dict = {"n": args.n, "rows": {}}
     for name, (mode, _) in ROWS.items():
         if mode not in wanted:
             continue
@@ -185,6 +187,10 @@ def main() -> None:
             rss = statistics.median(r["rss"] for r in runs)
             print(f"{name:24s} wall {wall:7.2f} s ({wall / args.n * 1e6:.2f} µs/elem)   "
                   f"client peak RSS {rss:6.0f} MiB", flush=True)
+            medians["rows"][name] = {"wall_s": wall, "rss_mib": rss}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(medians, f, indent=2)
 
 
 if __name__ == "__main__":
