@@ -23,8 +23,8 @@ the daskflow server:
 - *States.* ``Pending`` (with the worker) when Dask assigns a chunk to a task worker
   (the ``transition`` hook), back to ``Scheduled`` if that worker is lost, for each
   run of the chunk not final yet. When Dask gives up on a chunk (KilledWorker), its
-  runs not final go again one per Dask task, so only a run Dask gives up on alone
-  ends ``Crashed``;
+  runs not final go again one per Dask task, one at a time, so only a run Dask gives
+  up on alone ends ``Crashed``;
   ``Running`` and the final state come from the task worker on its batched stream,
   several runs per message. All go through the writer thread in batches
   (one LMDB transaction per batch, then ``store.record_states`` hands the new states
@@ -42,6 +42,7 @@ the daskflow server:
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import queue
 import threading
@@ -101,6 +102,9 @@ class BackgroundPlugin(SchedulerPlugin):
         self.arrivals: dict[str, list[asyncio.Future]] = {}  # readers of runs not enqueued yet
         self.client: Any = None
         self._backlog: list[dict] = []
+        # runs of chunks Dask gave up on, going again one at a time (see _resubmit_alone)
+        self.alone: collections.deque[str] = collections.deque()
+        self.alone_now: str | None = None
         self.writer = QueueWriter(self)
         self.writer.start()
         scheduler.stream_handlers[OP] = self._on_stream
@@ -152,6 +156,8 @@ class BackgroundPlugin(SchedulerPlugin):
             if ev[0] == "final":
                 if ev[1] in self.active:
                     finished.add(ev[1])
+                if ev[1] == self.alone_now:
+                    self.loop.call_soon(self._next_alone, ev[1])
                 if ev[2].get("logs"):
                     store.record_logs(ev[2].pop("logs"))
             put(ev)
@@ -178,6 +184,8 @@ class BackgroundPlugin(SchedulerPlugin):
             return
         now = time.time()
         put, finished = self.writer.put, self.finished
+        if finish in ("memory", "erred", "forgotten") and self.alone_now in rids:
+            self.loop.call_soon(self._next_alone, self.alone_now)  # after this transition's records
         if finish == "processing":
             ts = self.scheduler.tasks.get(key)
             worker = ts.processing_on.address if ts is not None and ts.processing_on else None
@@ -215,11 +223,29 @@ class BackgroundPlugin(SchedulerPlugin):
 
     # -- submission (event loop) ----------------------------------------------------------
     def _resubmit_alone(self, run_ids: list[str]) -> None:
-        """Submit each of ``run_ids`` (still queued) as a chunk of its own."""
-        entries = store.queued(self.env, run_ids)
+        """Submit each of ``run_ids`` again as a chunk of its own, one at a time.
+
+        One at a time: a run that kills its worker must be the only one Dask gives up on
+        (with ``allowed-failures`` reached, Dask gives up on every call the dead worker
+        held, and the final state of a run that just completed there may be lost with it).
+        """
         logger.warning("daskflow server: Dask gave up on a chunk of %d unfinished background run(s); "
-                       "submitting each again on its own", len(entries))
-        self._submit(entries, alone=True)
+                       "submitting each again on its own", len(run_ids))
+        self.alone.extend(run_ids)
+        if self.alone_now is None:
+            self._next_alone(None)
+
+    def _next_alone(self, ended: str | None) -> None:
+        """Submit the next run waiting to go again alone, once run ``ended`` (the one out) ended."""
+        if ended != self.alone_now:
+            return  # told twice (its final state, then Dask's end of the call)
+        self.alone_now = None
+        while self.alone:
+            entries = store.queued(self.env, [self.alone.popleft()])
+            if entries:  # still queued: not final
+                self.alone_now = entries[0]["id"]
+                self._submit(entries, alone=True)
+                return
 
     def _submit(self, entries: list[dict], alone: bool = False) -> None:
         if not entries:
