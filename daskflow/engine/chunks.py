@@ -47,7 +47,7 @@ class Chunk:
     """The client's record of one submitted chunk of runs."""
 
     __slots__ = ("task", "base", "start", "n", "handle", "runner", "result", "observed", "submitted", "dependents",
-                 "spec", "ups", "key", "__weakref__")
+                 "spec", "ups", "key", "reader", "__weakref__")
 
     def __init__(self, task: Task, base: int, start: int, n: int, handle: Any, runner: TaskRunner | None,
                  result: ChunkResult | None = None) -> None:
@@ -64,6 +64,7 @@ class Chunk:
         self.spec: ChunkSpec | None = None  # kept until fetched: to submit again after a lost connection
         self.ups: list[Chunk] = []  # the upstream chunks it was submitted with
         self.key = ""  # the runner's name of the call (submitted again under the same name)
+        self.reader: weakref.ref | None = None  # the one future of a .submit(): gone, nobody can read it
 
     def done(self) -> bool:
         return self.result is not None or (self.handle is not None and self.handle.done())
@@ -121,6 +122,25 @@ def fetch_all(chunks: Iterable[Chunk], timeout: float | None, raise_timeout: boo
     except TimeoutError:
         if raise_timeout:
             raise
+
+
+def to_fetch_at_end(chunks: Iterable[Chunk]) -> list[Chunk]:
+    """The chunks whose envelopes the end of a flow must fetch.
+
+    All but the one-run chunks of ``.submit()`` calls whose future is gone (nobody can read
+    its value any more) and whose worker reported them ended Completed (the run store has
+    their record): on a graph of many ``.submit()`` calls, fetching those cost about as
+    much as running them. Their Dask results go when the flow run's chunks do.
+    """
+    out = []
+    for c in chunks:
+        if c.result is not None:
+            continue
+        reader = c.reader
+        if (reader is None or reader() is not None or c.n != 1 or c.handle is None or not c.handle.done()
+                or not tracker.ended_completed(c.base, c.start)):
+            out.append(c)
+    return out
 
 
 def fetch_finished(chunks: Iterable[Chunk], timeout: float = 5.0) -> None:

@@ -32,7 +32,7 @@ from daskflow.engine import logging as run_logging
 from daskflow.engine import states as st
 from daskflow.engine import tracker
 from daskflow.engine.context import FlowRunContext, flow_run_ctx, task_run_ctx
-from daskflow.engine.chunks import Chunk, fetch_all, fetch_finished
+from daskflow.engine.chunks import Chunk, fetch_all, fetch_finished, to_fetch_at_end
 from daskflow.engine.hooks import call_hooks, validate_hooks
 from daskflow.engine.returns import resolve_futures_to_states, state_of_return
 from daskflow.engine.tasks import RESERVED
@@ -322,7 +322,7 @@ class Flow(Generic[P, R]):
 
     def _finish(self, ctx: FlowRunContext, value: Any) -> st.State:
         """Wait for every submitted run, then derive the flow's state from its value."""
-        fetch_all(ctx.submitted, None)
+        fetch_all(to_fetch_at_end(ctx.submitted), None)
         state = state_of_return(value)
         self._warn_unresolved(ctx, state)
         return state

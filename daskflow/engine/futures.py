@@ -36,7 +36,7 @@ class TaskRunFuture(Generic[R]):
         (3, 'Completed')
     """
 
-    __slots__ = ("_chunk", "_index")
+    __slots__ = ("_chunk", "_index", "__weakref__")
 
     def __init__(self, chunk: Chunk, index: int = 0) -> None:
         self._chunk = chunk

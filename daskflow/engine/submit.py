@@ -12,6 +12,7 @@ import itertools
 import os
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Iterable
 
 from daskflow.engine import chunking, tracker
@@ -134,7 +135,9 @@ def submit_run(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None)
     chunk = Chunk(task, base, 0, 1, handle, runner)
     chunk.spec, chunk.ups, chunk.key = spec, ups, key
     _register([chunk])
-    return TaskRunFuture(chunk, 0)
+    future = TaskRunFuture(chunk, 0)
+    chunk.reader = weakref.ref(future)
+    return future
 
 
 def _key(task: Task, base: int, start: int) -> str:

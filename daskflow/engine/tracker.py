@@ -66,7 +66,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TOPIC", "chunk_finished", "chunks_submitted", "enabled", "flow_finished", "flow_started", "flush",
-    "inline_finished", "live_state", "on_chunks_ended", "on_message", "progress_counts", "record_logs", "record_states", "subscribe",
+    "ended_completed", "inline_finished", "live_state", "on_chunks_ended", "on_message", "progress_counts", "record_logs", "record_states", "subscribe",
 ]
 
 TOPIC = "daskflow-runs"
@@ -302,6 +302,12 @@ def inline_finished(task: Any, res: ChunkResult, flow_run_id: str | None, submit
         _tracker.ops.append((os.environ.get("DASKFLOW_HOME", ""), record))
         if _tracker.thread is None:
             _tracker.start()
+
+
+def ended_completed(base: int, start: int) -> bool:
+    """Whether the chunk's worker reported it ended with every run Completed."""
+    counts = _tracker.counts.get((base, start))
+    return counts is not None and counts.failed == 0 and counts.cached == 0
 
 
 def live_state(base: int, start: int) -> st.State | None:

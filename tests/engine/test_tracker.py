@@ -344,3 +344,34 @@ def test_tracker_records_runs_answered_by_the_cache_as_cached(runner):
     assert tracker.flush()
     store = open_run_store()
     assert [store.task_run(i)["state"] for i in ids] == ["Cached"] * 6
+
+
+@task
+def plus(x):
+    return x + 1
+
+
+def test_runs_whose_futures_are_gone_are_recorded_not_fetched_at_flow_end(dask_runner):
+    # Nobody can read such a run's value any more, and its worker's end event recorded it:
+    # the end of the flow does not gather it (on a graph of .submit() calls, that gather
+    # cost about as much as running the graph). A future still held is fetched as before.
+    seen = {}
+
+    @flow(task_runner=dask_runner)
+    def chain():
+        f = plus.submit(0)
+        seen["first"] = f.chunk
+        for _ in range(20):
+            f = plus.submit(f)  # the first future is gone after this
+        seen["held"] = plus.submit(100)
+        value = f.result()
+        first = seen["first"]
+        until(lambda: tracker.ended_completed(first.base, first.start))
+        return value
+
+    assert chain() == 21
+    assert seen["first"].result is None, "fetched although nobody could read it"
+    assert seen["held"].result() == 101  # a future held past the flow still reads its value
+    assert tracker.flush()
+    runs = open_run_store().task_runs(task="plus", limit=None)
+    assert len(runs) == 22 and {r["state"] for r in runs} == {"Completed"}
