@@ -121,24 +121,23 @@ def graph(reps: int) -> dict:
     return out
 
 
-def delay(n: int, reps: int) -> dict:
-    """Runs bench_delay.py (it starts its own server and task workers) and reads its JSON."""
+def _script_json(script: str, *args: str) -> dict:
+    """Run ``benchmarks/<script>`` with ``args`` and ``--json`` in a subprocess; its JSON."""
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         path = f.name
-    subprocess.run([sys.executable, str(HERE / "bench_delay.py"), "-n", str(n), "--reps", str(reps),
-                    "--json", path], check=True)
+    subprocess.run([sys.executable, str(HERE / script), *args, "--json", path], check=True)
     with open(path) as f:
         return json.load(f)
+
+
+def delay(n: int, reps: int) -> dict:
+    """bench_delay.py (it starts its own server and task workers)."""
+    return _script_json("bench_delay.py", "-n", str(n), "--reps", str(reps))
 
 
 def stream(n: int, reps: int) -> dict:
-    """Runs bench_stream.py (every row in a fresh subprocess) and reads its JSON."""
-    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        path = f.name
-    subprocess.run([sys.executable, str(HERE / "bench_stream.py"), "-n", str(n), "--reps", str(reps),
-                    "--json", path], check=True)
-    with open(path) as f:
-        return json.load(f)
+    """bench_stream.py (every row in a fresh subprocess)."""
+    return _script_json("bench_stream.py", "-n", str(n), "--reps", str(reps))
 
 
 def plot(results: dict, out_dir: pathlib.Path, stamp: str) -> list[pathlib.Path]:
