@@ -237,6 +237,12 @@ class ChunkResult:
         out.append(final)
         return out
 
+    def is_plain(self) -> bool:
+        """One run that did not fail and left the store nothing but its state code and end
+        time: no history, retries, name, logs or staged cache records."""
+        return self.n == 1 and not (self.n_failed or self.history or self.run_counts or self.names or self.logs
+                                    or self.cache_records)
+
     def run_count(self, i: int) -> int:
         return run_count_of(self.codes[i], self.run_counts.get(i))
 

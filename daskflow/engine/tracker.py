@@ -275,18 +275,11 @@ def chunk_finished(chunk: Chunk) -> None:
     if _tracker.live.pop(key, None) is None:
         if not enabled():
             return
-        ended = _tracker.counts.get(key)
-        if ended is not None and res.n == 1 and ended.completed == 1 and _plain(res):
+        if res.is_plain() and res.codes[0] == COMPLETED and ended_completed(chunk.base, chunk.start):
             return  # its end event recorded all there is to say: one completed run
     _tracker.retrying.pop(key, None)
     _remember_counts(key, res.codes)
     _tracker.put(Finished(chunk.base, chunk.start, res))
-
-
-def _plain(res: ChunkResult) -> bool:
-    """A one-run envelope with nothing for the store but its state and end time."""
-    return (res.codes[0] == COMPLETED and not (res.errors or res.messages or res.history or res.run_counts
-                                               or res.names or res.logs or res.cache_records))
 
 
 def inline_finished(task: Any, res: ChunkResult, flow_run_id: str | None, submitted: float) -> None:
@@ -294,7 +287,7 @@ def inline_finished(task: Any, res: ChunkResult, flow_run_id: str | None, submit
     # The caller's whole cost: one record on the queue. The writer folds consecutive
     # direct calls of one task (consecutive indexes of ``direct_slot``) into one chunk record.
     if enabled():
-        if res.n_failed or res.history or res.run_counts or res.logs or res.cache_records or res.names or res.n != 1:
+        if not res.is_plain():
             record: Record = DirectCall(task.name, task.task_key, flow_run_id, submitted, res)
         else:  # the common case: the envelope is not kept alive until the writer runs
             record = DirectCallDone(task.name, task.task_key, flow_run_id, submitted, res.base, res.start,
