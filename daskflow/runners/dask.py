@@ -9,9 +9,11 @@ How a submission becomes Dask work, and why:
   starts a ``LocalCluster`` (one single-threaded worker process per core, bound to
   127.0.0.1, a dashboard only if bokeh is installed) that it owns and closes on
   ``shutdown()``. Code already running inside a Dask task uses that worker's client.
-- A batch of calls goes in one ``client.map`` call: one graph message. The engine
-  names each call (``"{task name}-{uuid hex}"``) so the dashboard groups by task name
-  and Dask never merges two calls (``pure=False``). Upstream handles are passed as Dask
+- Calls submitted in a burst (a ``.map()``'s chunks, a loop of ``.submit()`` calls) go
+  as one graph message (``runners.batching``): each call's future exists at once, the
+  graph goes a moment later, or at once when anything waits on or cancels a call. The
+  engine names each call (``"{task name}-{its first run id}"``) so the dashboard groups
+  by task name and Dask never merges two calls. Upstream handles are passed as Dask
   futures inside the argument lists, so Dask orders the graph and moves the data.
 - ``gather`` returns, per handle, the value or the exception that ended it (a
   KilledWorker, a cancelled key): what that means for task runs is the engine's call.
@@ -33,6 +35,7 @@ import dask.config
 from daskflow import config
 from daskflow.exceptions import SchedulerUnreachable
 from daskflow.runners.base import TaskRunner
+from daskflow.runners.batching import GraphBuffer
 
 if TYPE_CHECKING:
     from distributed import Client, LocalCluster
@@ -147,6 +150,7 @@ class DaskTaskRunner(TaskRunner):
         self.cluster: LocalCluster | None = None  # the LocalCluster this runner started, if any
         self._threads: tuple[float, int] | None = None
         self._lock = threading.Lock()
+        self._held: GraphBuffer | None = None  # calls held a moment, sent as one graph (runners.batching)
 
     def __repr__(self) -> str:
         return f"DaskTaskRunner(address={self.scheduler_address()!r})"
@@ -213,9 +217,17 @@ class DaskTaskRunner(TaskRunner):
         return self._threads[1]
 
     def submit_many(self, fn: Callable[..., Any], *iterables: list, keys: list[str]) -> list[Any]:
-        if len(keys) == 1:  # client.submit costs about half of a one-element client.map
-            return [self.client.submit(fn, *(it[0] for it in iterables), key=keys[0], pure=False)]
-        return self.client.map(fn, *iterables, key=keys, pure=False)
+        client = self.client
+        held = self._held
+        if held is None or held.client is not client:  # the first call, or a client made again
+            held = self._held = GraphBuffer(client)
+        return held.submit(fn, iterables, keys)
+
+    def flush(self) -> None:
+        """Send the calls held for one graph now (``runners.batching``)."""
+        held = self._held
+        if held is not None:
+            held.flush()
 
     def install_ledger(self) -> None:
         """Have the scheduler keep checkpoints of calls (``runners.ledger``), once per scheduler."""
@@ -240,12 +252,14 @@ class DaskTaskRunner(TaskRunner):
     def cancel(self, handle: Any) -> bool:
         if handle.done():
             return False
+        self.flush()
         handle.cancel()
         return True
 
     def cancel_many(self, handles: list[Any]) -> None:
         live = [h for h in handles if not h.done()]
         if live and self._client is not None:
+            self.flush()
             self._client.cancel(live)
 
     def wait(self, handles: list[Any], timeout: float | None) -> None:
@@ -253,6 +267,7 @@ class DaskTaskRunner(TaskRunner):
 
         if all(h.done() for h in handles):
             return
+        self.flush()
         seceded = in_dask_task()
         if seceded:
             from distributed import secede
@@ -315,9 +330,11 @@ class DaskTaskRunner(TaskRunner):
 
     def shutdown(self, wait: bool = True) -> None:
         with self._lock:
-            client, cluster = self._client, self.cluster
-            self._client = self.cluster = None
+            client, cluster, held = self._client, self.cluster, self._held
+            self._client = self.cluster = self._held = None
             self.closed = True
+        if held is not None:
+            held.drop()
         if cluster is not None:
             import logging
 

@@ -1,0 +1,92 @@
+"""Calls submitted in a burst reach the Dask scheduler as one graph (``runners.batching``)."""
+
+import threading
+
+import dask
+import pytest
+
+from daskflow import flow, task
+from daskflow.runners import batching
+from daskflow.runners.dask import DaskTaskRunner
+
+pytestmark = pytest.mark.skipif(not batching.available(), reason="this Dask lacks the graph-submission names")
+
+
+def add(*xs):
+    return sum(xs)
+
+
+def first(xs):
+    return xs[0]
+
+
+@task
+def inc(x):
+    return x + 1
+
+
+@task
+def total(xs):
+    return sum(xs)
+
+
+def graph_updates(client) -> list[int]:
+    """How many calls each graph this client sent so far held (the scheduler's events)."""
+    return [e["metrics"]["tasks"] for _, e in client.get_events(client.id)
+            if isinstance(e, dict) and e.get("action") == "update-graph" and e.get("status") == "OK"]
+
+
+def test_a_burst_of_submit_calls_is_one_graph_per_batch_not_one_per_call(dask_runner):
+    @flow(task_runner=dask_runner)
+    def diamond():
+        fans = []
+        for r in range(20):
+            root = inc.submit(r)
+            fans.append(total.submit([inc.submit(root) for _ in range(5)]))
+        return total.submit(fans).result()
+
+    client = dask_runner.client
+    before = len(graph_updates(client))
+    assert diamond() == sum(5 * (r + 2) for r in range(20))
+    sent = graph_updates(client)[before:]
+    assert sum(sent) == 20 * 7 + 1  # every call went, once
+    assert len(sent) < 20  # in a few graphs, not 141 messages
+
+
+def test_a_delay_of_zero_sends_every_call_alone(dask_runner):
+    with dask.config.set({"daskflow.submit-batch.delay": 0}):
+        runner = DaskTaskRunner(address=dask_runner.address)
+        before = len(graph_updates(runner.client))
+        handles = [runner.submit_many(add, [i], keys=[f"add-zero-{i}"])[0] for i in range(10)]
+        runner.wait(handles, 60)
+        assert runner.gather(handles) == list(range(10))
+        assert graph_updates(runner.client)[before:] == [1] * 10
+
+
+def test_held_calls_go_on_their_own_without_anyone_waiting(dask_runner):
+    runner = DaskTaskRunner(address=dask_runner.address)
+    handle = runner.submit_many(add, [1], [2], keys=["add-timer"])[0]
+    # Dask's own wait, not the runner's (which sends held calls first): only the timer sends it
+    assert handle.result(timeout=30) == 3
+
+
+def test_an_upstream_future_dropped_before_its_graph_is_sent_is_kept_until_then(dask_runner):
+    runner = DaskTaskRunner(address=dask_runner.address)
+    tails = []
+    for i in range(30):
+        head = runner.submit_many(add, [i], keys=[f"add-head-{i}"])[0]
+        runner.flush()  # the head goes; its tail is held
+        tails.append(runner.submit_many(first, [[head]], keys=[f"first-tail-{i}"])[0])
+        del head  # the scheduler must not hear of its release before the graph naming it
+    runner.wait(tails, 60)
+    assert runner.gather(tails) == list(range(30))
+
+
+def test_a_call_that_cannot_be_pickled_fails_alone_not_its_batch(dask_runner):
+    runner = DaskTaskRunner(address=dask_runner.address)
+    good = runner.submit_many(add, [1, 2], [10, 20], keys=["add-good-1", "add-good-2"])
+    bad = runner.submit_many(add, [[threading.Lock()]], keys=["add-bad"])[0]
+    runner.wait(good + [bad], 60)
+    assert runner.gather(good) == [11, 22]
+    err = runner.gather([bad])[0]
+    assert isinstance(err, TypeError) and "add-bad" in str(err) and "could not be sent" in str(err)
