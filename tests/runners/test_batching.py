@@ -20,14 +20,7 @@ def first(xs):
     return xs[0]
 
 
-@task
-def inc(x):
-    return x + 1
-
-
-@task
-def total(xs):
-    return sum(xs)
+t_add = task(add)
 
 
 def graph_updates(client) -> list[int]:
@@ -41,9 +34,9 @@ def test_a_burst_of_submit_calls_is_one_graph_per_batch_not_one_per_call(dask_ru
     def diamond():
         fans = []
         for r in range(20):
-            root = inc.submit(r)
-            fans.append(total.submit([inc.submit(root) for _ in range(5)]))
-        return total.submit(fans).result()
+            root = t_add.submit(r, 1)
+            fans.append(t_add.submit(*[t_add.submit(root, 1) for _ in range(5)]))
+        return t_add.submit(*fans).result()
 
     client = dask_runner.client
     before = len(graph_updates(client))
