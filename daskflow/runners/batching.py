@@ -87,7 +87,8 @@ class GraphBuffer:
     def submit(self, fn: Callable[..., Any], iterables: tuple[list, ...], keys: list[str]) -> list[Future]:
         """Hold ``fn(*row)`` for each row of ``iterables``; their futures, made now."""
         client = self.client
-        if not self.holding:  # one message per submission, as Dask's own calls do
+        if not self.holding or client.status in ("closing", "closed"):  # one message per submission
+            # (a closed client refuses here, with Dask's own error, as before batching)
             if len(keys) == 1:  # client.submit costs about half of a one-element client.map
                 return [client.submit(fn, *(it[0] for it in iterables), key=keys[0], pure=False)]
             return client.map(fn, *iterables, key=keys, pure=False)

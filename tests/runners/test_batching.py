@@ -83,3 +83,15 @@ def test_a_call_that_cannot_be_pickled_fails_alone_not_its_batch(dask_runner):
     assert runner.gather(good) == [11, 22]
     err = runner.gather([bad])[0]
     assert isinstance(err, TypeError) and "add-bad" in str(err) and "could not be sent" in str(err)
+
+
+def test_a_closed_client_refuses_a_call_at_once_not_holds_it(dask_runner):
+    from distributed.client import ClosedClientError
+
+    from daskflow.runners.dask import close_shared_client
+
+    runner = DaskTaskRunner(address=dask_runner.address)
+    runner.submit_many(add, [1], keys=["add-before-close"])
+    close_shared_client(dask_runner.address)  # the next runner of this address makes a new client
+    with pytest.raises(ClosedClientError):
+        runner.submit_many(add, [1], keys=["add-after-close"])
