@@ -28,6 +28,7 @@ missing or changed (``available()``), and with a delay of 0, calls go one
 
 from __future__ import annotations
 
+import functools
 import threading
 import uuid
 from typing import TYPE_CHECKING, Any, Callable
@@ -37,25 +38,21 @@ from daskflow import config
 if TYPE_CHECKING:
     from distributed import Client, Future
 
-_support: list[bool] = []
-
-
+@functools.cache
 def available() -> bool:
     """Whether this Dask has the graph-submission names the buffer uses (checked once)."""
-    if not _support:
-        try:
-            import inspect
+    try:
+        import inspect
 
-            from dask._expr import LLGExpr  # noqa: F401
-            from dask._task_spec import Task, parse_input  # noqa: F401
-            from distributed import Client
-            from distributed.spans import SpanMetadata  # noqa: F401
+        from dask._expr import LLGExpr  # noqa: F401
+        from dask._task_spec import Task, parse_input  # noqa: F401
+        from distributed import Client
+        from distributed.spans import SpanMetadata  # noqa: F401
 
-            params = inspect.signature(Client._graph_to_futures).parameters
-            _support.append({"expr", "keys", "span_metadata", "internal_priority"} <= set(params))
-        except (ImportError, AttributeError, ValueError, TypeError):
-            _support.append(False)
-    return _support[0]
+        params = inspect.signature(Client._graph_to_futures).parameters
+    except (ImportError, AttributeError, ValueError, TypeError):
+        return False
+    return {"expr", "keys", "span_metadata", "internal_priority"} <= set(params)
 
 
 def settings() -> tuple[float, int]:
