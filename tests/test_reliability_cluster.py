@@ -456,6 +456,26 @@ def test_connection_blip_resubmits_unfinished_runs_only(behind_proxy, tmp_path):
     print(f"blip: {len(recorded)} runs recorded before the cut, {sum(runs.values()) - 300} executed again")
 
 
+def test_submit_calls_held_for_one_graph_survive_a_connection_cut(behind_proxy, tmp_path):
+    # .submit() calls are held ~2 ms and sent as one graph (runners.batching): calls held when
+    # the connection goes, and calls made while it is down, all run once it is back
+    _, proxy, address = behind_proxy
+    counter = tmp_path / "count"
+    counter.mkdir()
+
+    @flow(task_runner=DaskTaskRunner(address=address))
+    def pipeline():
+        first = [marked.submit(x, str(counter)) for x in range(40)]
+        proxy.cut()  # some of them are still held, or in flight
+        during = [marked.submit(x, str(counter)) for x in range(40, 60)]
+        time.sleep(3)  # the connection stays down for 3 s (the scenario, not a synchronisation)
+        proxy.restore()
+        return [f.result(timeout=60) for f in first + during]
+
+    assert pipeline() == [x * 2 for x in range(60)]
+    assert set(_per_run(str(counter))) == set(range(60))  # every run executed (at least once)
+
+
 def test_scheduler_away_past_grace_period_fails_the_flow_clearly(behind_proxy, tmp_path):
     import dask.config
 
