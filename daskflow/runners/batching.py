@@ -15,7 +15,7 @@ half of what 1,201 ``client.submit`` calls cost.
 - Held calls go after ``delay`` seconds (``daskflow.submit-batch.delay``, a timer on the
   client's event loop: less than the 10 ms Dask's client holds its own messages), once
   ``max-calls`` are held, or at once when anything needs the scheduler to know them
-  (waiting, gathering, cancelling: ``flush``).
+  (waiting on a call or cancelling one: ``flush``).
 - Order: graphs go in submission order, and a held call's argument futures are kept
   until its graph is sent. A future released before that would reach the scheduler
   first, and it would cancel the call for "lost dependencies".
