@@ -150,11 +150,17 @@ def home_seen_by_worker(path):
     return sorted(os.listdir(path)), os.access(path, os.W_OK)
 
 
-def test_cache_on_workers_of_other_hosts_reruns_cached(other_hosts, monkeypatch, tmp_path):
+@pytest.fixture
+def counter(tmp_path):
+    """A directory where runs leave one file per execution (``_mark``)."""
+    path = tmp_path / "count"
+    path.mkdir()
+    return path
+
+
+def test_cache_on_workers_of_other_hosts_reruns_cached(other_hosts, monkeypatch, counter):
     cluster, home, _ = other_hosts
     monkeypatch.setenv("DASKFLOW_HOME", str(home))
-    counter = tmp_path / "count"
-    counter.mkdir()
 
     @flow(task_runner=DaskTaskRunner(address=cluster.address))
     def pipeline():
@@ -175,11 +181,9 @@ def test_cache_on_workers_of_other_hosts_reruns_cached(other_hosts, monkeypatch,
     assert executed(str(counter)) == 200  # no body ran again
 
 
-def test_workers_of_other_hosts_never_write_the_clients_path(other_hosts, monkeypatch, tmp_path):
+def test_workers_of_other_hosts_never_write_the_clients_path(other_hosts, monkeypatch, counter):
     cluster, home, _ = other_hosts
     monkeypatch.setenv("DASKFLOW_HOME", str(home))
-    counter = tmp_path / "count"
-    counter.mkdir()
 
     @flow(task_runner=DaskTaskRunner(address=cluster.address))
     def pipeline():
@@ -192,11 +196,9 @@ def test_workers_of_other_hosts_never_write_the_clients_path(other_hosts, monkey
     assert all(listing == [] or not writable for listing, writable in seen)
 
 
-def test_transaction_on_workers_of_other_hosts_commits(other_hosts, monkeypatch, tmp_path):
+def test_transaction_on_workers_of_other_hosts_commits(other_hosts, monkeypatch, tmp_path, counter):
     cluster, home, _ = other_hosts
     monkeypatch.setenv("DASKFLOW_HOME", str(home))
-    counter = tmp_path / "count"
-    counter.mkdir()
 
     @flow(task_runner=DaskTaskRunner(address=cluster.address))
     def pipeline():
@@ -259,9 +261,7 @@ def gate(name):
     return True
 
 
-def test_killed_worker_reruns_only_runs_in_flight(killable, tmp_path):
-    counter = tmp_path / "count"
-    counter.mkdir()
+def test_killed_worker_reruns_only_runs_in_flight(killable, counter):
     workers = _start_workers(killable, 2)
     kills = 4
 
@@ -302,11 +302,9 @@ def test_killed_worker_reruns_only_runs_in_flight(killable, tmp_path):
 
 
 @pytest.mark.parametrize("persist", [False, True])
-def test_upstream_results_lost_with_their_worker_are_not_run_again(killable, tmp_path, persist):
+def test_upstream_results_lost_with_their_worker_are_not_run_again(killable, tmp_path, persist, counter):
     from distributed import Client, Event
 
-    counter = tmp_path / "count"
-    counter.mkdir()
     (first_worker,) = _start_workers(killable, 1, nthreads=2)
     name = f"gate-{uuid.uuid4().hex}"
     up = slow.with_options(persist_result=persist)
@@ -433,10 +431,8 @@ def _per_run(counter: str) -> dict[int, int]:
     return out
 
 
-def test_connection_blip_resubmits_unfinished_runs_only(behind_proxy, tmp_path):
+def test_connection_blip_resubmits_unfinished_runs_only(behind_proxy, counter):
     _, proxy, address = behind_proxy
-    counter = tmp_path / "count"
-    counter.mkdir()
 
     @flow(task_runner=DaskTaskRunner(address=address))
     def pipeline():
@@ -456,12 +452,10 @@ def test_connection_blip_resubmits_unfinished_runs_only(behind_proxy, tmp_path):
     print(f"blip: {len(recorded)} runs recorded before the cut, {sum(runs.values()) - 300} executed again")
 
 
-def test_submit_calls_held_for_one_graph_survive_a_connection_cut(behind_proxy, tmp_path):
+def test_submit_calls_held_for_one_graph_survive_a_connection_cut(behind_proxy, counter):
     # .submit() calls are held ~2 ms and sent as one graph (runners.batching): calls held when
     # the connection goes, and calls made while it is down, all run once it is back
     _, proxy, address = behind_proxy
-    counter = tmp_path / "count"
-    counter.mkdir()
 
     @flow(task_runner=DaskTaskRunner(address=address))
     def pipeline():
@@ -476,12 +470,10 @@ def test_submit_calls_held_for_one_graph_survive_a_connection_cut(behind_proxy, 
     assert set(_per_run(str(counter))) == set(range(60))  # every run executed (at least once)
 
 
-def test_scheduler_away_past_grace_period_fails_the_flow_clearly(behind_proxy, tmp_path):
+def test_scheduler_away_past_grace_period_fails_the_flow_clearly(behind_proxy, counter):
     import dask.config
 
     _, proxy, address = behind_proxy
-    counter = tmp_path / "count"
-    counter.mkdir()
 
     @flow(task_runner=DaskTaskRunner(address=address))
     def pipeline():
