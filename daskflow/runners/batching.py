@@ -38,6 +38,7 @@ from daskflow import config
 if TYPE_CHECKING:
     from distributed import Client, Future
 
+
 @functools.cache
 def available() -> bool:
     """Whether this Dask has the graph-submission names the buffer uses (checked once)."""
