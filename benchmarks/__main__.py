@@ -159,14 +159,14 @@ def plot(results: dict, out_dir: pathlib.Path, stamp: str) -> list[pathlib.Path]
         made.append(path)
 
     if "fanout" in results:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig, ax = plt.subplots(figsize=(8.5, 4.5))
         for label, points in results["fanout"].items():
             if points:
                 ns = sorted(int(n) for n in points)
                 ax.plot(ns, [points[str(n)] * 1e6 for n in ns], marker="o", label=label)
         ax.set(xscale="log", yscale="log", xlabel="N (elements)", ylabel="µs per element")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")  # beside the lines, not on them
         save(fig, "fanout", "Fan-out of a trivial function: cost per element")
     if "cache" in results:
         fig, ax = plt.subplots(figsize=(7, 4))
