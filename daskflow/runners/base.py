@@ -45,6 +45,10 @@ class TaskRunner(abc.ABC):
     def total_threads(self) -> int:
         """How many calls can execute at once."""
 
+    def flush(self) -> None:
+        """Start the calls this runner holds back to send together (the Dask runner's graph
+        batching); waiting, cancelling and ``as_completed`` call it."""
+
     def cancel(self, handle: Any) -> bool:
         """Cancel a call that has not finished; True if it will not deliver a value."""
         return False

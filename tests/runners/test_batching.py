@@ -95,3 +95,15 @@ def test_a_closed_client_refuses_a_call_at_once_not_holds_it(dask_runner):
     close_shared_client(dask_runner.address)  # the next runner of this address makes a new client
     with pytest.raises(ClosedClientError):
         runner.submit_many(add, [1], keys=["add-after-close"])
+
+
+def test_as_completed_starts_the_calls_held_for_one_graph(dask_runner):
+    from daskflow import as_completed
+
+    with dask.config.set({"daskflow.submit-batch.delay": "60s"}):  # only waiting can send them
+        @flow(task_runner=DaskTaskRunner(address=dask_runner.address))
+        def f():
+            futures = [t_add.submit(i, 1) for i in range(5)]
+            return sorted(fut.result() for fut in as_completed(futures, timeout=30))
+
+        assert f() == [1, 2, 3, 4, 5]
