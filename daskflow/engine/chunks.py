@@ -104,6 +104,8 @@ class Chunk:
         if self.result is not None:
             fn(self)
         else:
+            if self.runner is not None:
+                self.runner.flush()  # someone waits for it: a call held back for one graph starts now
             self.handle.add_done_callback(lambda _: fn(self))
 
 

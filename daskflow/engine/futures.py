@@ -318,16 +318,11 @@ def as_completed(futures: Iterable[Any], timeout: float | None = None) -> Iterat
     groups: dict[int, list[Any]] = {}
     total = _group_by_completion([futures] if isinstance(futures, MapFutures) else futures, groups)
     done: queue.SimpleQueue[int] = queue.SimpleQueue()
-    runners: dict[int, Any] = {}
     for key, group in groups.items():
         first = group[0]
         if isinstance(first, TaskRunFuture):
             first = first._chunk
-        if isinstance(first, Chunk) and first.runner is not None:
-            runners[id(first.runner)] = first.runner
         first.add_done_callback(lambda _, key=key: done.put(key))
-    for runner in runners.values():  # waiting starts the calls a runner holds back
-        runner.flush()
     deadline = None if timeout is None else time.monotonic() + timeout
     finished = 0
     while groups:

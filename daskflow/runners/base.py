@@ -47,7 +47,7 @@ class TaskRunner(abc.ABC):
 
     def flush(self) -> None:
         """Start the calls this runner holds back to send together (the Dask runner's graph
-        batching); waiting, cancelling and ``as_completed`` call it."""
+        batching); waiting, cancelling and registering a done callback call it."""
 
     def cancel(self, handle: Any) -> bool:
         """Cancel a call that has not finished; True if it will not deliver a value."""

@@ -107,3 +107,16 @@ def test_as_completed_starts_the_calls_held_for_one_graph(dask_runner):
             return sorted(fut.result() for fut in as_completed(futures, timeout=30))
 
         assert f() == [1, 2, 3, 4, 5]
+
+
+def test_a_done_callback_starts_its_held_call(dask_runner):
+    ended = threading.Event()
+    with dask.config.set({"daskflow.submit-batch.delay": "60s"}):  # only a waiter can send it
+        @flow(task_runner=DaskTaskRunner(address=dask_runner.address))
+        def f():
+            future = t_add.submit(1, 2)
+            future.add_done_callback(lambda _: ended.set())
+            assert ended.wait(30)
+            return future.result()
+
+        assert f() == 3
