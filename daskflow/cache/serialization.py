@@ -27,6 +27,7 @@ import os
 import pathlib
 import pickle
 import struct
+import tempfile
 import sys
 import time
 from typing import Any
@@ -72,8 +73,10 @@ def load_secret(home: str | os.PathLike) -> bytes:
     except FileNotFoundError:
         replace = False
     pathlib.Path(home).mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".secret.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A name of its own per call (0600): threads of one process race here too, and a name
+    # per process let one thread truncate the file another had just linked as the key.
+    fd, name = tempfile.mkstemp(prefix=".secret.", suffix=".tmp", dir=home)
+    tmp = pathlib.Path(name)
     try:
         os.write(fd, os.urandom(SECRET_BYTES))
     finally:

@@ -81,6 +81,36 @@ def test_store_secret_is_stable(daskflow_home):
     assert a == ser.load_secret(daskflow_home) and len(a) == 32
 
 
+def test_threads_making_the_secret_at_once_all_get_the_one_key(tmp_path):
+    # Many threads of one process (a scheduler plugin's, a thread runner's) read a home's
+    # key for the first time together: none fails, none sees a half-written key.
+    import threading
+    import warnings
+
+    for trial in range(30):
+        home = tmp_path / str(trial)
+        barrier = threading.Barrier(8)
+        keys, errors = [], []
+
+        def load():
+            barrier.wait()
+            try:
+                keys.append(ser.load_secret(home))
+            except Exception as exc:  # noqa: BLE001 - collected, asserted below
+                errors.append(exc)
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a "holds 0 bytes" warning is a failure too
+            threads = [threading.Thread(target=load) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        assert errors == [] and len(keys) == 8 and len(set(keys)) == 1
+        assert (home / "secret.key").read_bytes() == keys[0] and len(keys[0]) == 32
+        assert sorted(p.name for p in home.iterdir()) == ["secret.key"]  # no temporary file left
+
+
 def test_store_batch_encoding_equals_one_by_one(store):
     values = [1, "a", 2.5, None, True, b"x", [1, 2], {"a": 1}, np.arange(3), lambda: 1]
     batch = ser.encode_many(values, "t-00000000", 9e9, None, store.secret, created=5.0)
