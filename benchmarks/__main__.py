@@ -45,7 +45,7 @@ def fanout(client, cluster, sizes: list[int], reps: int, raw_max: int) -> dict:
     from joblib import Parallel, delayed
 
     from daskflow import task
-    from daskflow.engine.context import FlowRunContext, flow_run_ctx
+    from daskflow.engine.core.context import FlowRunContext, flow_run_ctx
     from daskflow.runners.dask import DaskTaskRunner
 
     inc = task(trivial)
@@ -77,7 +77,7 @@ def fanout(client, cluster, sizes: list[int], reps: int, raw_max: int) -> dict:
 def heavy(client, cluster, reps: int) -> dict:
     """Wall time of 32 runs of ~0.2 s numpy work: plain loop, raw ``client.map``, daskflow."""
     from daskflow import task
-    from daskflow.engine.context import FlowRunContext, flow_run_ctx
+    from daskflow.engine.core.context import FlowRunContext, flow_run_ctx
     from daskflow.runners.dask import DaskTaskRunner
 
     t = task(heavy_body)

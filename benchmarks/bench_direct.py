@@ -20,7 +20,7 @@ def main() -> None:
     import dask.config
 
     from daskflow import task
-    from daskflow.engine import tracker
+    from daskflow.engine.tracking import tracker
     from daskflow.store.runs import open_run_store
 
     @task

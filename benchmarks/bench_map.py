@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -58,7 +58,7 @@ def rss_child(n: int) -> None:
         return len(inc.map(range(n)).result())
 
     assert run() == n
-    from daskflow.engine import tracker
+    from daskflow.engine.tracking import tracker
     from daskflow.store.runs import open_run_store
 
     assert tracker.flush(120)
@@ -79,7 +79,7 @@ def tracking_row(runner_call, inc, n: int, reps: int) -> dict:
         for flag in (True, False):
             with dask.config.set({"daskflow.tracking": flag}):
                 times[flag].append(median_time(runner_call(lambda: inc.map(xs).result()), 1))
-    from daskflow.engine import tracker
+    from daskflow.engine.tracking import tracker
 
     tracker.flush(60)
     on, off = statistics.median(times[True]), statistics.median(times[False])
@@ -106,7 +106,7 @@ def main() -> None:
     from joblib import Parallel, delayed
 
     from daskflow import task
-    from daskflow.engine.context import FlowRunContext, flow_run_ctx
+    from daskflow.engine.core.context import FlowRunContext, flow_run_ctx
     from daskflow.runners import ThreadPoolTaskRunner
     from daskflow.runners.dask import DaskTaskRunner
 

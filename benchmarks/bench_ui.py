@@ -82,7 +82,7 @@ def bench_map(reps: int, n: int) -> None:
     from distributed import LocalCluster
 
     from daskflow import flow, task
-    from daskflow.engine import tracker
+    from daskflow.engine.tracking import tracker
     from daskflow.runners.dask import DaskTaskRunner
 
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0")

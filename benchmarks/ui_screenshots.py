@@ -23,7 +23,7 @@ OUT = ROOT / "docs" / "img"
 DEMO = r'''
 import random, time
 from daskflow import flow, get_run_logger, task
-from daskflow.engine import tracker
+from daskflow.engine.tracking import tracker
 from daskflow.runners import DaskTaskRunner
 
 @task(retries=2)

@@ -22,20 +22,20 @@ from typing import Any as _Any
 __version__ = "0.1.0"
 
 _HOMES = {
-    "Flow": "daskflow.engine.flows",
-    "flow": "daskflow.engine.flows",
-    "MapFutures": "daskflow.engine.futures",
-    "TaskRunFuture": "daskflow.engine.futures",
-    "as_completed": "daskflow.engine.futures",
-    "wait": "daskflow.engine.futures",
-    "allow_failure": "daskflow.engine.inputs",
-    "quote": "daskflow.engine.inputs",
-    "unmapped": "daskflow.engine.inputs",
-    "get_run_logger": "daskflow.engine.logging",
-    "exponential_backoff": "daskflow.engine.retries",
-    "Task": "daskflow.engine.tasks",
-    "task": "daskflow.engine.tasks",
-    "transaction": "daskflow.engine.transactions",
+    "Flow": "daskflow.engine.api.flows",
+    "flow": "daskflow.engine.api.flows",
+    "MapFutures": "daskflow.engine.client.futures",
+    "TaskRunFuture": "daskflow.engine.client.futures",
+    "as_completed": "daskflow.engine.client.futures",
+    "wait": "daskflow.engine.client.futures",
+    "allow_failure": "daskflow.engine.core.inputs",
+    "quote": "daskflow.engine.core.inputs",
+    "unmapped": "daskflow.engine.core.inputs",
+    "get_run_logger": "daskflow.engine.worker.logging",
+    "exponential_backoff": "daskflow.engine.core.retries",
+    "Task": "daskflow.engine.api.tasks",
+    "task": "daskflow.engine.api.tasks",
+    "transaction": "daskflow.engine.worker.transactions",
     "serve": "daskflow.background",
 }
 
@@ -59,13 +59,13 @@ __all__ = [
 
 if _TYPE_CHECKING:
     from daskflow.background import serve
-    from daskflow.engine.flows import Flow, flow
-    from daskflow.engine.futures import MapFutures, TaskRunFuture, as_completed, wait
-    from daskflow.engine.inputs import allow_failure, quote, unmapped
-    from daskflow.engine.logging import get_run_logger
-    from daskflow.engine.retries import exponential_backoff
-    from daskflow.engine.tasks import Task, task
-    from daskflow.engine.transactions import transaction
+    from daskflow.engine.api.flows import Flow, flow
+    from daskflow.engine.api.tasks import Task, task
+    from daskflow.engine.client.futures import MapFutures, TaskRunFuture, as_completed, wait
+    from daskflow.engine.core.inputs import allow_failure, quote, unmapped
+    from daskflow.engine.core.retries import exponential_backoff
+    from daskflow.engine.worker.logging import get_run_logger
+    from daskflow.engine.worker.transactions import transaction
 
 
 def __getattr__(name: str) -> _Any:

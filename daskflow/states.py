@@ -1,6 +1,6 @@
 """Public face of run states: ``State``, ``StateType`` and their constructors."""
 
-from daskflow.engine.states import (
+from daskflow.engine.core.states import (
     Cached,
     Cancelled,
     Completed,

@@ -25,7 +25,7 @@ def daskflow_home(tmp_path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("DASKFLOW_HOME", str(home))
     yield home
-    tracker = sys.modules.get("daskflow.engine.tracker")
+    tracker = sys.modules.get("daskflow.engine.tracking.tracker")
     if tracker is not None:  # run records of this test land in its own home, now
         tracker.flush()
 

@@ -23,7 +23,7 @@ import pytest
 from daskflow import task
 from daskflow.cache import INPUTS
 from daskflow.cache.store import CacheWarning, close_store, get_store
-from daskflow.engine import tracker
+from daskflow.engine.tracking import tracker
 from daskflow.exceptions import DamagedStore, SchedulerUnreachable, UnsafeHome, UnusableHome
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

@@ -25,13 +25,13 @@ def test_layers_contract_is_kept():
 def test_contract_counts_imports_inside_functions(tmp_path):
     # Without its named door, Task.delay's import inside a function breaks the contract.
     text = (ROOT / "pyproject.toml").read_text()
-    door = 'ignore_imports = ["daskflow.engine.tasks -> daskflow.background.client"]'
+    door = 'ignore_imports = ["daskflow.engine.api.tasks -> daskflow.background.client"]'
     assert door in text
     config = tmp_path / "pyproject.toml"
     config.write_text(text.replace(door, ""))
     out = lint(config)
     assert out.returncode != 0
-    assert "daskflow.engine.tasks -> daskflow.background.client" in out.stdout
+    assert "daskflow.engine.api.tasks -> daskflow.background.client" in out.stdout
 
 
 def test_read_only_store_import_does_not_load_the_engine():

@@ -2,7 +2,6 @@ import multiprocessing
 import os
 import stat
 
-
 from daskflow._lmdb import close_env, open_env
 
 

@@ -53,7 +53,7 @@ def test_a_process_with_runs_in_flight_renews_its_lease():
     import dask.config
 
     from daskflow import task
-    from daskflow.engine import tracker
+    from daskflow.engine.tracking import tracker
     from daskflow.runners import ThreadPoolTaskRunner
     from daskflow.store.runs import unpack
 

@@ -78,7 +78,7 @@ def _reap(children: list[psutil.Process], timeout: float) -> list[psutil.Process
 SLOW_FLOW = """
     import pathlib, sys, time
     from daskflow import flow, task
-    from daskflow.engine import tracker
+    from daskflow.engine.tracking import tracker
 
     MARKS = pathlib.Path(sys.argv[1])
 

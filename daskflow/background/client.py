@@ -30,18 +30,25 @@ import cloudpickle
 
 from daskflow import config
 from daskflow.background import store
-from daskflow.engine import states as st
-from daskflow.engine.context import current_flow_run_id
+from daskflow.engine.client.refs import collect_refs
+from daskflow.engine.client.submit import plan_columns
+from daskflow.engine.core import states as st
+from daskflow.engine.core.context import current_flow_run_id
+from daskflow.engine.core.inputs import ATOMS, BROADCAST, UpstreamNotCompleted, quote, resolve
+from daskflow.exceptions import (
+    NoBackgroundServer,
+    ParameterSerializationError,
+    ResultNotPersisted,
+    UnfinishedRun,
+    UnknownRun,
+    UpstreamFailed,
+)
 from daskflow.ids import new_run_base, run_id
-from daskflow.engine.inputs import ATOMS, BROADCAST, UpstreamNotCompleted, collect_refs, quote, resolve
-from daskflow.engine.submit import plan_columns
-from daskflow.exceptions import (NoBackgroundServer, ParameterSerializationError, ResultNotPersisted, UnfinishedRun,
-                                 UnknownRun, UpstreamFailed)
 
 if TYPE_CHECKING:
     from distributed import Client
 
-    from daskflow.engine.tasks import Task
+    from daskflow.engine.api.tasks import Task
 
 __all__ = ["BackgroundFuture", "BackgroundFutures", "delay", "delay_map", "disconnect", "result", "state"]
 

@@ -53,8 +53,8 @@ from typing import Any
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from daskflow.background import store
-from daskflow.engine.events import LogsShipped, batch_from_wire
-from daskflow.engine.tracker import TOPIC
+from daskflow.engine.tracking.events import LogsShipped, batch_from_wire
+from daskflow.engine.tracking.tracker import TOPIC
 
 __all__ = ["BackgroundPlugin"]
 
@@ -164,7 +164,7 @@ class BackgroundPlugin(SchedulerPlugin):
 
     def log_event(self, topic: str, msg: Any) -> None:
         # Run logs shipped while a background run executes (a worker's batch of tracker
-        # messages, engine/reports.py): record those of our runs here, on the server's host.
+        # messages, engine/worker/reports.py): record those of our runs here, on the server's host.
         if topic != TOPIC or not isinstance(msg, dict) or not (self.active or self.recent):
             return
         active, recent = self.active, self.recent

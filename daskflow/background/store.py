@@ -127,7 +127,7 @@ def record_states(changes: list[tuple[dict, list[dict]]]) -> None:
     (the records above are the background runs' own bookkeeping).
     """
     try:
-        from daskflow.engine import tracker
+        from daskflow.engine.tracking import tracker
     except ImportError:  # no run store in this build
         return
     groups: dict[tuple, list[tuple[str, str, float, str]]] = {}
@@ -167,7 +167,7 @@ def reconcile_run_store(env: _lmdb.Env, requeued: Iterable[str] = ()) -> int:
 def record_logs(records: list[list]) -> None:
     """Hand run log records of background runs to the run store (none: dropped)."""
     try:
-        from daskflow.engine import tracker
+        from daskflow.engine.tracking import tracker
     except ImportError:
         return
     tracker.record_logs(records)

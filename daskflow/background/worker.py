@@ -41,9 +41,9 @@ import cloudpickle
 from daskflow import config
 from daskflow.background.plugin import OP
 from daskflow.codes import CODE_STATES, OK_CODES
-from daskflow.engine.run import run_rows
-from daskflow.engine.tasks import Task
-from daskflow.engine.write_batch import WriteBatch, batched_cache_writes
+from daskflow.engine.api.tasks import Task
+from daskflow.engine.worker.run import run_rows
+from daskflow.engine.worker.write_batch import WriteBatch, batched_cache_writes
 from daskflow.exceptions import NoBackgroundServer
 
 __all__ = ["ChunkEvents", "QueuedRun", "load_target", "run_background_chunk", "serve"]

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from daskflow import flow, task
-from daskflow.engine import tracker
+from daskflow.engine.tracking import tracker
 from daskflow.runners import ThreadPoolTaskRunner
 
 

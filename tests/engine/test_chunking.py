@@ -5,7 +5,7 @@ import time
 import dask.config
 
 from daskflow import flow, task
-from daskflow.engine import chunking
+from daskflow.engine.client import chunking
 from daskflow.runners import ThreadPoolTaskRunner
 
 

@@ -10,8 +10,8 @@ import pytest
 from rich.console import Console
 
 from daskflow import flow, get_run_logger, task
-from daskflow.engine import progress, tracker
-from daskflow.engine.context import FlowRunContext, flow_run_ctx
+from daskflow.engine.core.context import FlowRunContext, flow_run_ctx
+from daskflow.engine.tracking import progress, tracker
 from daskflow.runners import ThreadPoolTaskRunner
 
 

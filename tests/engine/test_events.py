@@ -3,8 +3,14 @@
 import msgpack
 
 from daskflow.codes import StateEvent
-from daskflow.engine.events import (ChunkEnded, ChunkStarted, LogsShipped, RunRetrying, batch_from_wire,
-                                    batch_to_wire)
+from daskflow.engine.tracking.events import (
+    ChunkEnded,
+    ChunkStarted,
+    LogsShipped,
+    RunRetrying,
+    batch_from_wire,
+    batch_to_wire,
+)
 
 
 def _roundtrip(messages):

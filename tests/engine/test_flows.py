@@ -94,7 +94,7 @@ def test_subflows_share_parent_runner_and_tasks_call_flows():
 
     @flow
     def child(x):
-        from daskflow.engine.context import flow_run_ctx
+        from daskflow.engine.core.context import flow_run_ctx
 
         runners.append(flow_run_ctx.get().runner)
         return inc.submit(x).result()
@@ -105,7 +105,7 @@ def test_subflows_share_parent_runner_and_tasks_call_flows():
 
     @flow(task_runner=ThreadPoolTaskRunner())
     def parent():
-        from daskflow.engine.context import flow_run_ctx
+        from daskflow.engine.core.context import flow_run_ctx
 
         runners.append(flow_run_ctx.get().runner)
         return child(1), calls_flow(2)

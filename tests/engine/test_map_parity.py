@@ -5,7 +5,7 @@ import threading
 import pytest
 
 from daskflow import allow_failure, as_completed, flow, quote, task, unmapped, wait
-from daskflow.engine.futures import DoneAndNotDoneFutures
+from daskflow.engine.client.futures import DoneAndNotDoneFutures
 from daskflow.runners import ThreadPoolTaskRunner
 from daskflow.states import Completed, Failed, State
 

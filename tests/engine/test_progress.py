@@ -8,8 +8,8 @@ import threading
 from rich.console import Console
 
 from daskflow import task
-from daskflow.engine import progress
-from daskflow.engine.context import FlowRunContext, flow_run_ctx
+from daskflow.engine.core.context import FlowRunContext, flow_run_ctx
+from daskflow.engine.tracking import progress
 from daskflow.runners import ThreadPoolTaskRunner
 
 GATE = threading.Event()

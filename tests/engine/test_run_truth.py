@@ -17,7 +17,7 @@ import pytest
 
 from daskflow import flow, task
 from daskflow.cache import INPUTS
-from daskflow.engine import tracker
+from daskflow.engine.tracking import tracker
 from daskflow.runners.dask import DaskTaskRunner
 
 

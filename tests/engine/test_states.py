@@ -2,8 +2,19 @@ import pytest
 
 from daskflow.exceptions import UnfinishedRun
 from daskflow.states import (
-    Cached, Cancelled, Completed, Crashed, Failed, NotReady, Pending, Retrying, Running, Scheduled, State,
-    StateType, TimedOut,
+    Cached,
+    Cancelled,
+    Completed,
+    Crashed,
+    Failed,
+    NotReady,
+    Pending,
+    Retrying,
+    Running,
+    Scheduled,
+    State,
+    StateType,
+    TimedOut,
 )
 
 PREDICATES = ["is_scheduled", "is_pending", "is_running", "is_completed", "is_failed", "is_crashed",

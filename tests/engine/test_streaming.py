@@ -5,7 +5,7 @@ import tracemalloc
 import pytest
 
 from daskflow import as_completed, flow, task
-from daskflow.engine import tracker
+from daskflow.engine.tracking import tracker
 
 N = 200_000
 

@@ -10,7 +10,6 @@ from daskflow.cache import DEFAULT, INPUTS, NO_CACHE
 from daskflow.runners import ThreadPoolTaskRunner
 from daskflow.states import Completed, Failed, State
 
-
 # -- binding in classes -------------------------------------------------------------------
 
 

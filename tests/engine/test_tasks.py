@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from daskflow import flow, task
-from daskflow.engine.tasks import Task, compute_task_key
+from daskflow.engine.api.tasks import Task, compute_task_key
 from daskflow.exceptions import ReservedArgumentError
 from daskflow.runners import ThreadPoolTaskRunner
 

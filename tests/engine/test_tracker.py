@@ -9,7 +9,7 @@ import time
 import pytest
 
 from daskflow import flow, get_run_logger, task
-from daskflow.engine import tracker
+from daskflow.engine.tracking import tracker
 from daskflow.exceptions import MissingContextError
 from daskflow.runners import ThreadPoolTaskRunner
 from daskflow.store.runs import open_run_store
@@ -77,7 +77,7 @@ def test_tracker_running_visible_while_run_blocks_threads():
     GATES["run1"] = threading.Event()
     runner = ThreadPoolTaskRunner(2)
     with runner:
-        from daskflow.engine.context import FlowRunContext, flow_run_ctx
+        from daskflow.engine.core.context import FlowRunContext, flow_run_ctx
 
         token = flow_run_ctx.set(FlowRunContext(None, "00000000-0000-0000-0000-000000000001", runner, {}))
         try:
@@ -205,7 +205,7 @@ def test_logs_flow_logger_and_log_prints_in_flow():
     def f():
         get_run_logger().warning("from the flow")
         print("flow print")
-        from daskflow.engine.context import flow_run_ctx
+        from daskflow.engine.core.context import flow_run_ctx
 
         return flow_run_ctx.get().flow_run_id
 

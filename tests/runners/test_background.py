@@ -11,11 +11,16 @@ import pytest
 from background_procs import env_for, start_server, start_worker
 
 import daskflow.background as bg
+from daskflow import flow, unmapped
 from daskflow.background import store
 from daskflow.background.client import disconnect
-from daskflow import flow, unmapped
-from daskflow.exceptions import (CrashedRun, NoBackgroundServer, ParameterSerializationError, ResultNotPersisted,
-                                 UnknownRun)
+from daskflow.exceptions import (
+    CrashedRun,
+    NoBackgroundServer,
+    ParameterSerializationError,
+    ResultNotPersisted,
+    UnknownRun,
+)
 from daskflow.runners import ThreadPoolTaskRunner
 
 SERVED = ["bg_tasks:add", "bg_tasks:whoami", "bg_tasks:not_persisted", "bg_tasks:boom", "bg_tasks:flaky",
@@ -176,7 +181,7 @@ def test_delay_of_an_async_task(bg_server):
 def test_delay_inside_a_flow_records_the_flow_run(bg_server):
     @flow(task_runner=ThreadPoolTaskRunner(max_workers=1))
     def enqueue():
-        from daskflow.engine.context import current_flow_run_id
+        from daskflow.engine.core.context import current_flow_run_id
 
         return bg_tasks.add.delay(20, 22), current_flow_run_id()
 
@@ -490,7 +495,7 @@ def test_reconcile_gives_the_run_store_the_final_states_it_missed(daskflow_home)
     import time
     import uuid
 
-    from daskflow.engine import tracker
+    from daskflow.engine.tracking import tracker
     from daskflow.store.runs import open_run_store
 
     env = store.open_store()

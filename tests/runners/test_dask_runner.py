@@ -70,7 +70,7 @@ def test_unpicklable_argument_fails_only_its_run(dask_runner):
 
 def test_future_of_shut_down_runner_raises_clear_error(cluster):
     runner = DaskTaskRunner(address=cluster.scheduler_address)
-    from daskflow.engine.context import FlowRunContext, flow_run_ctx
+    from daskflow.engine.core.context import FlowRunContext, flow_run_ctx
 
     token = flow_run_ctx.set(FlowRunContext(None, "x", runner, {}))  # type: ignore[arg-type]
     try:

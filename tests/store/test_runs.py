@@ -7,8 +7,7 @@ import uuid
 
 import pytest
 
-from daskflow.ids import new_run_base, run_id
-from daskflow.ids import index_of
+from daskflow.ids import index_of, new_run_base, run_id
 from daskflow.store.runs import ChunkUpdate, LogLine, open_run_store
 
 

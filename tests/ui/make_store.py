@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 
 from daskflow import flow, get_run_logger, task
-from daskflow.engine import tracker
+from daskflow.engine.tracking import tracker
 from daskflow.runners import ThreadPoolTaskRunner
 
 

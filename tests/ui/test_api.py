@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from ui_procs import ROOT, env_for, get, get_json, start_ui, stop_ui
 
 

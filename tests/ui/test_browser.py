@@ -11,7 +11,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from ui_procs import get_json
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 
+from ui_procs import get
+
 from daskflow import flow, task
-from daskflow.engine import tracker
+from daskflow.engine.tracking import tracker
 from daskflow.runners import ThreadPoolTaskRunner
 from daskflow.runners.dask import DaskTaskRunner, dashboard_page
-
-from ui_procs import get
 
 
 @task

@@ -23,8 +23,8 @@ import uuid
 from contextvars import ContextVar, Token
 from typing import Any
 
-from daskflow.engine.context import flow_run_ctx, task_run_ctx
-from daskflow.engine.events import LogsShipped
+from daskflow.engine.core.context import flow_run_ctx, task_run_ctx
+from daskflow.engine.tracking.events import LogsShipped
 from daskflow.exceptions import MissingContextError
 
 __all__ = ["get_run_logger", "open_sink", "close_sink", "log_prints"]
@@ -51,7 +51,7 @@ class _Sink:
             self.ship()
 
     def ship(self) -> None:
-        from daskflow.engine import reports
+        from daskflow.engine.worker import reports
 
         records, self.records = self.records, []
         if self.remote is None:
@@ -74,7 +74,7 @@ class _RunHandler(logging.Handler):
             if sink is not None:
                 sink.add(row)
             else:
-                from daskflow.engine import tracker
+                from daskflow.engine.tracking import tracker
 
                 tracker.record_logs([row])
         except Exception:  # noqa: BLE001 - logging must never fail a run

@@ -22,12 +22,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 from daskflow import owners
 from daskflow.codes import CODE_OF_NAME, CODE_STATES, COMPLETED, LIVE_STATES, StateEvent
-from daskflow.engine.states import describe_error
+from daskflow.engine.core.states import describe_error
 from daskflow.store.runs import ChunkUpdate, FlowUpdate, LogLine, chunk_key
 
 if TYPE_CHECKING:
-    from daskflow.engine.chunks import Chunk
-    from daskflow.engine.envelope import ChunkResult
+    from daskflow.engine.client.chunks import Chunk
+    from daskflow.engine.core.envelope import ChunkResult
 
 
 class Submitted(NamedTuple):

@@ -5,24 +5,24 @@ Where states come from, per chunk (never per element on the hot path):
 - *Pending* at submission: ``chunks_submitted`` registers the chunks as *live* (one dict
   entry each) and queues one store update per chunk.
 - *Running* / *Retrying*: the chunk function reports ``ChunkStarted`` when a chunk
-  begins and ``RunRetrying`` for each retry (slow path only; ``engine/events.py``). On a
+  begins and ``RunRetrying`` for each retry (slow path only; ``engine/tracking/events.py``). On a
   Dask worker the messages of ~100 ms go out together as one Dask structured event
-  (``Worker.log_event`` on topic ``daskflow-runs``, see ``engine/reports.py``); the client
+  (``Worker.log_event`` on topic ``daskflow-runs``, see ``engine/worker/reports.py``); the client
   subscribes (``subscribe``) and hands events to ``on_message``. In-process runners call
   ``on_message`` directly. ``live_state`` is what ``future.state`` reads meanwhile.
 - *Final*: ``chunk_finished`` records the envelope when the client fetches it (codes
   and end times as packed arrays, errors and tracebacks as text); a small ``ChunkEnded``
   message (the codes of the runs that did not simply complete) covers chunks whose
   results nobody fetches. Dask-level loss reaches here as the engine's Crashed/Cancelled
-  envelopes (``engine/chunks.py``).
-- Logs: records collected per chunk on the worker (``daskflow.engine.logging``) arrive
+  envelopes (``engine/client/chunks.py``).
+- Logs: records collected per chunk on the worker (``daskflow.engine.worker.logging``) arrive
   in ``LogsShipped`` messages about every 100 ms while a chunk runs; the rest travel in
   the chunk's envelope (a chunk whose envelope nobody fetches keeps those).
 
 Direct calls ``t(x)`` (``inline_finished``) queue one compact record each, without a lock.
-Every producer queues a named record (``engine/records.py``); one writer thread drains
+Every producer queues a named record (``engine/tracking/records.py``); one writer thread drains
 the queue about every 100 ms, turns the batch into run-store updates and applies them in
-one LMDB transaction (``RunStore.apply``), then hands the batch to ``engine/console.py``
+one LMDB transaction (``RunStore.apply``), then hands the batch to ``engine/tracking/console.py``
 (log records, failures and retries, by run name).
 
 Owners. Flow runs and submitted chunks are recorded with this process as their owner
@@ -51,18 +51,30 @@ import dask.config
 
 from daskflow import config, owners
 from daskflow.codes import CACHED, COMPLETED, StateEvent
-from daskflow.engine import console as run_console
-from daskflow.engine.events import ChunkEnded, ChunkStarted, LogsShipped, Message, RunRetrying
-from daskflow.engine.events import batch_from_wire
-from daskflow.engine.records import (DirectCall, DirectCallDone, Ended, Finished, FlowChange, FlushMarker, Logs,
-                                     Record, Retried, RunStates, Started, Submitted, to_store_ops)
-from daskflow.store.runs import ChunkUpdate, FlowUpdate, open_run_store
+from daskflow.engine.tracking import console as run_console
+from daskflow.engine.tracking.events import ChunkEnded, ChunkStarted, LogsShipped, Message, RunRetrying, batch_from_wire
+from daskflow.engine.tracking.records import (
+    DirectCall,
+    DirectCallDone,
+    Ended,
+    Finished,
+    FlowChange,
+    FlushMarker,
+    Logs,
+    Record,
+    Retried,
+    RunStates,
+    Started,
+    Submitted,
+    to_store_ops,
+)
 from daskflow.exceptions import StoreError
+from daskflow.store.runs import ChunkUpdate, FlowUpdate, open_run_store
 
 if TYPE_CHECKING:
-    from daskflow.engine.chunks import Chunk
-    from daskflow.engine.envelope import ChunkResult
-    from daskflow.engine import states as st
+    from daskflow.engine.client.chunks import Chunk
+    from daskflow.engine.core import states as st
+    from daskflow.engine.core.envelope import ChunkResult
 
 __all__ = [
     "TOPIC", "chunk_finished", "chunks_submitted", "enabled", "flow_finished", "flow_started", "flush",
@@ -308,7 +320,7 @@ def live_state(base: int, start: int) -> st.State | None:
     entry = _tracker.live.get((base, start))
     if entry is None or entry.state is None:
         return None
-    from daskflow.engine import states as st
+    from daskflow.engine.core import states as st
 
     event = entry.state
     return st.State(st.StateType[event.type], event.name, message=event.message, timestamp=event.timestamp)
@@ -342,7 +354,7 @@ def _remember_counts(key: tuple[int, int], codes: bytes | bytearray) -> None:
 
 
 def on_message(msg: Message) -> None:
-    """Apply one tracker message from the task-run function (``engine/events.py``)."""
+    """Apply one tracker message from the task-run function (``engine/tracking/events.py``)."""
     if isinstance(msg, LogsShipped):
         if enabled():
             _tracker.put(Logs(msg.records))

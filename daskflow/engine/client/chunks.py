@@ -27,16 +27,17 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import cloudpickle
 
-from daskflow.codes import CANCELLED, CRASHED, NOT_READY, OK_CODES
 from daskflow import config
-from daskflow.engine import chunking, progress, tracker
-from daskflow.engine.envelope import ChunkResult, ChunkSpec
-from daskflow.engine.run import run_chunk, run_pickled_chunk
+from daskflow.codes import CANCELLED, CRASHED, NOT_READY, OK_CODES
+from daskflow.engine.client import chunking
+from daskflow.engine.core.envelope import ChunkResult, ChunkSpec
+from daskflow.engine.tracking import progress, tracker
+from daskflow.engine.worker.run import run_chunk, run_pickled_chunk
 from daskflow.exceptions import CancelledRun, CrashedRun, RunnerShutdown
 from daskflow.runners.dask import DaskTaskRunner, dashboard_page, has_bokeh, in_dask_task
 
 if TYPE_CHECKING:
-    from daskflow.engine.tasks import Task
+    from daskflow.engine.api.tasks import Task
     from daskflow.runners.base import TaskRunner
 
 _attached: weakref.WeakSet[TaskRunner] = weakref.WeakSet()
@@ -241,7 +242,7 @@ def _set_results(runner: TaskRunner, chunks: list[Chunk], results: list) -> None
             runner.keep(kept)
     returned = [c.result for c in chunks if c.result.cache_returned is not None]  # type: ignore[union-attr]
     if returned:  # remote workers' fresh results: written here, in one transaction
-        from daskflow.engine.managed import write_returned
+        from daskflow.engine.client.cache_lookup import write_returned
 
         write_returned(returned)  # type: ignore[arg-type]
     for chunk in chunks:

@@ -14,7 +14,7 @@ What happens, in order, for every run of a chunk:
    Retrying, hooks, retry delays) and asks its driver to call the body; the sync driver
    here and the async driver for awaited direct calls share it, so sync and async
    tasks have one engine.
-3. *Envelope.* The chunk returns a ``ChunkResult`` (``engine/envelope.py``) and never raises: per-run state
+3. *Envelope.* The chunk returns a ``ChunkResult`` (``engine/core/envelope.py``) and never raises: per-run state
    codes, values (pickled together as one blob when the chunk holds many runs),
    exceptions and extra state history for the runs that had some. Whether a failure
    fails a downstream run is decided by daskflow from the envelope, not by Dask's
@@ -35,21 +35,20 @@ from typing import TYPE_CHECKING, Any, Callable, Generator
 
 import cloudpickle
 
-from daskflow.codes import (CANCELLED, COMPLETED, CRASHED, FAILED, NOT_READY, OK_CODES, TIMED_OUT,
-                            StateEvent)
-from daskflow.engine import logging as run_logging
-from daskflow.engine import states as st
-from daskflow.engine import reports
-from daskflow.engine.states import describe_error
-from daskflow.engine.returned_states import returned_state_outcome, settle_returned_states
-from daskflow.engine.context import TaskRunContext, task_run_ctx
-from daskflow.engine.envelope import STATE_OF_CODE, ChunkResult, ChunkSpec, Unpicklable
-from daskflow.engine.inputs import ALIGNED, BROADCAST, MAPPED, Column, Ref, UpstreamNotCompleted, resolve
+from daskflow.codes import CANCELLED, COMPLETED, CRASHED, FAILED, NOT_READY, OK_CODES, TIMED_OUT, StateEvent
+from daskflow.engine.core import states as st
+from daskflow.engine.core.context import TaskRunContext, task_run_ctx
+from daskflow.engine.core.envelope import STATE_OF_CODE, ChunkResult, ChunkSpec, Unpicklable
+from daskflow.engine.core.inputs import ALIGNED, BROADCAST, MAPPED, Column, Ref, UpstreamNotCompleted, resolve
+from daskflow.engine.core.returned_states import returned_state_outcome, settle_returned_states
+from daskflow.engine.core.states import describe_error
+from daskflow.engine.worker import logging as run_logging
+from daskflow.engine.worker import reports
 from daskflow.exceptions import ParameterSerializationError, TaskRunTimeoutError
 from daskflow.runners.dask import in_dask_task, worker_address
 
 if TYPE_CHECKING:
-    from daskflow.engine.tasks import Task
+    from daskflow.engine.api.tasks import Task
 
 
 
@@ -219,7 +218,7 @@ def run_rows(task: Task, base: int, start: int, n: int, columns: list[Column] | 
         if task.fast_path and not refs:
             _run_fast(task.fn, rows, res, ctx, notes, first, ends)
         elif task.managed:  # a cache or commit hooks: lookups, batched writes, transactions
-            from daskflow.engine.managed import run_managed
+            from daskflow.engine.worker.managed import run_managed
 
             run_managed(task, rows, res, ctx, deps if refs else None, cache, notes, first)
         else:
@@ -332,7 +331,7 @@ async def arun_single(task: Task, base: int, row: tuple, deps: list, refs: bool,
         for ref in wait_refs:
             resolve(ref, deps)
         if task.managed:  # a cache or commit hooks
-            from daskflow.engine.managed import arun_managed
+            from daskflow.engine.worker.managed import arun_managed
 
             await arun_managed(task, res, ctx, row, deps if refs else None)
             return res

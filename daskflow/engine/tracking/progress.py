@@ -16,10 +16,10 @@ import threading
 from typing import TYPE_CHECKING, Any, Iterator
 
 from daskflow import config
-from daskflow.engine import tracker
+from daskflow.engine.tracking import tracker
 
 if TYPE_CHECKING:
-    from daskflow.engine.chunks import Chunk
+    from daskflow.engine.client.chunks import Chunk
 
 __all__ = ["watching"]
 

@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
-from daskflow.codes import (CODE_STATES, FAILED, NOT_READY, OK_CODES, run_count_of)
-from daskflow.engine import states as st
-from daskflow.engine.states import describe_error
-from daskflow.engine.inputs import ATOMS, BROADCAST, MAPPED, Column, Ref
+from daskflow.codes import CODE_STATES, FAILED, NOT_READY, OK_CODES, run_count_of
+from daskflow.engine.core import states as st
+from daskflow.engine.core.inputs import ATOMS, BROADCAST, MAPPED, Column, Ref
+from daskflow.engine.core.states import describe_error
 from daskflow.exceptions import UpstreamFailed
 from daskflow.ids import run_id
 
 if TYPE_CHECKING:
-    from daskflow.engine.tasks import Task
+    from daskflow.engine.api.tasks import Task
 
 #: A final state code's state type and name, as the engine's ``State`` takes them.
 STATE_OF_CODE: dict[int, tuple[st.StateType, str]] = {
@@ -58,7 +58,7 @@ class ChunkSpec:
     refs: bool = False  # mapped values hold Refs to resolve run by run
     wait_refs: tuple[Ref, ...] = ()
     flow_run_id: str | None = None
-    cache: Any = None  # a engine.managed.CacheSpec for tasks that cache or have commit hooks
+    cache: Any = None  # an engine.worker.cache_spec.CacheSpec for tasks that cache or have commit hooks
     checkpoints: bool = False  # the runner's scheduler keeps checkpoints (runners.ledger)
     task_blob: bytes | None = None  # the task pickled, when the submission made it already
 

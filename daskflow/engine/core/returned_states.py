@@ -10,10 +10,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from daskflow.codes import CANCELLED, COMPLETED, CRASHED, FAILED, OK_CODES
-from daskflow.engine import states as st
+from daskflow.engine.core import states as st
 
 if TYPE_CHECKING:
-    from daskflow.engine.envelope import ChunkResult
+    from daskflow.engine.core.envelope import ChunkResult
 
 __all__ = ["returned_state_outcome", "settle_returned_states"]
 

@@ -23,16 +23,16 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Literal, Par
 import cloudpickle
 import xxhash
 
-from daskflow.engine.hooks import call_hooks, validate_hooks
-from daskflow.engine.retries import normalize_delays
-from daskflow.engine.run import jittered
+from daskflow.engine.core.hooks import call_hooks, validate_hooks
+from daskflow.engine.core.retries import normalize_delays
+from daskflow.engine.worker.run import jittered
 from daskflow.exceptions import ReservedArgumentError
 
 if TYPE_CHECKING:
     from daskflow.background.client import BackgroundFuture
-    from daskflow.engine.context import TaskRunContext
-    from daskflow.engine.futures import MapFutures, TaskRunFuture
-    from daskflow.engine.states import State
+    from daskflow.engine.client.futures import MapFutures, TaskRunFuture
+    from daskflow.engine.core.context import TaskRunContext
+    from daskflow.engine.core.states import State
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -164,7 +164,7 @@ class Task(Generic[P, R]):
         self._min_args = sum(1 for d in self._defaults if d is empty) if self._positional else -1
         if self._positional and empty in self._defaults[self._min_args:]:
             self._min_args = -1  # a default before a required parameter: use the slow bind
-        # cache or commit/rollback hooks: runs go through daskflow.engine.managed
+        # cache or commit/rollback hooks: runs go through daskflow.engine.worker.managed
         self.managed = bool(self.caches or options.on_commit or options.on_rollback)
         # nothing in a run's lifecycle but calling the function (and maybe the cache)
         self.plain = not (
@@ -307,7 +307,7 @@ class Task(Generic[P, R]):
 
     def __call__(self, *args: Any, return_state: bool = False, wait_for: Iterable[Any] | None = None,
                  **kwargs: Any) -> Any:
-        from daskflow.engine.submit import call_inline, call_inline_async
+        from daskflow.engine.client.submit import call_inline, call_inline_async
 
         if self.is_async and loop_running():
             return call_inline_async(self, args, kwargs, wait_for, return_state)
@@ -335,7 +335,7 @@ class Task(Generic[P, R]):
             >>> future.result()            # doctest: +SKIP
             3
         """
-        from daskflow.engine.submit import submit_run
+        from daskflow.engine.client.submit import submit_run
 
         future = submit_run(self, args, kwargs, wait_for)
         if return_state:
@@ -370,7 +370,7 @@ class Task(Generic[P, R]):
             from daskflow.background.client import delay_map
 
             return delay_map(self, args, kwargs)  # type: ignore[return-value]
-        from daskflow.engine.submit import submit_map
+        from daskflow.engine.client.submit import submit_map
 
         futures = submit_map(self, args, kwargs, wait_for, chunksize)
         if return_state:  # every run's final State, in order

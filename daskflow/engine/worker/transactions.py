@@ -23,14 +23,16 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import contextvars
-from typing import TYPE_CHECKING, Any
+import copy
+from typing import TYPE_CHECKING, Any, Callable
+
+from daskflow.engine.core.context import cache_home
+from daskflow.engine.core.envelope import ChunkResult
+from daskflow.engine.core.hooks import fire_commit_hooks
 
 if TYPE_CHECKING:
-    from daskflow.engine.chunks import Chunk
-    from daskflow.engine.envelope import ChunkResult
-    from daskflow.engine.tasks import Task
+    from daskflow.engine.api.tasks import Task
 
 __all__ = ["Transaction", "current_transaction", "transaction"]
 
@@ -56,8 +58,9 @@ class Transaction:
         self.parent: Transaction | None = None
         self._children: list[Transaction] = []  # nested blocks that commit with this one
         self._values: dict[str, Any] = {}
-        self._members: list[tuple[Task, Any]] = []  # (task, Chunk | ChunkResult), in run order
+        self._members: list[tuple[Task, Any]] = []  # (task, client Chunk | ChunkResult), in run order
         self._token: contextvars.Token | None = None
+        self._settle_with: Callable[[list[Any]], None] = lambda chunks: None
         self._home: str | None = None
 
     @classmethod
@@ -113,18 +116,19 @@ class Transaction:
         return self._store().is_committed(self.key)
 
     # -- engine API -----------------------------------------------------------------
-    def track(self, chunks: list[Chunk]) -> None:
+    def track(self, chunks: list[Any], settle: Callable[[list[Any]], None]) -> None:
+        """Runs submitted in the block: ``chunks`` have ``task`` and ``result`` (their envelope
+        once known); ``settle(chunks)`` waits until every one has it (the client's fetch)."""
         for chunk in chunks:
             chunk.observed = True  # the block reports its failures itself
             self._members.append((chunk.task, chunk))
+        self._settle_with = settle
 
     def add_result(self, task: Task, res: ChunkResult) -> None:
         self._members.append((task, res))
 
     # -- the block ------------------------------------------------------------------
     def __enter__(self) -> Transaction:
-        from daskflow.engine.managed import cache_home
-
         self.parent = _current.get()
         self._home = self.parent._home if self.parent is not None else cache_home()
         self.state = ACTIVE
@@ -151,15 +155,13 @@ class Transaction:
 
     def _runs(self, wait: bool) -> list[tuple[Task, ChunkResult | None, int]]:
         """Every run of the block in run order: (task, envelope or None if unknown, index)."""
-        from daskflow.engine.chunks import Chunk, fetch_all
-
-        chunks = [m for _, m in self._members if isinstance(m, Chunk)]
+        chunks = [m for _, m in self._members if not isinstance(m, ChunkResult)]
         if wait and chunks:
-            fetch_all(chunks, None)
+            self._settle_with(chunks)
         out: list = []
         for task, member in self._members:
             res = member
-            if isinstance(member, Chunk):
+            if not isinstance(member, ChunkResult):
                 res = member.result
                 if res is None:
                     out.append((task, None, 0))
@@ -168,7 +170,6 @@ class Transaction:
         return out
 
     def _store(self) -> Any:
-        from daskflow.engine.managed import cache_home
         from daskflow.cache.store import get_store
 
         return get_store(self._home or cache_home())
@@ -196,13 +197,11 @@ class Transaction:
 
     def _fire_all(self, runs: list, kind: str) -> None:
         """Each run's hooks get the run's own transaction, nested in this block (as in Prefect)."""
-        from daskflow.engine.managed import fire
-
         for task, res, i in runs:
             if res is not None and res.ok(i) and getattr(task.options, kind):
                 own = Transaction()
                 own.parent, own._home, own.state = self, self._home, self.state
-                fire(task, kind, own)
+                fire_commit_hooks(task, kind, own)
 
     def _rollback(self, runs: list) -> None:
         self._settle(ROLLED_BACK)

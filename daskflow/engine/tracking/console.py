@@ -26,8 +26,8 @@ import uuid
 from typing import Any, Callable, NamedTuple
 
 from daskflow.codes import CANCELLED, CODE_STATES, OK_CODES
-from daskflow.engine.records import DirectCall, Finished, FlowChange, Record, Submitted
-from daskflow.engine.states import describe_error
+from daskflow.engine.core.states import describe_error
+from daskflow.engine.tracking.records import DirectCall, Finished, FlowChange, Record, Submitted
 from daskflow.ids import run_id
 
 __all__ = ["echo"]

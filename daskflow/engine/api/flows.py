@@ -28,22 +28,22 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, Literal, ParamSpec, TypeVar, overload
 
-from daskflow.engine import logging as run_logging
-from daskflow.engine import states as st
-from daskflow.engine import tracker
-from daskflow.engine.context import FlowRunContext, flow_run_ctx, task_run_ctx
-from daskflow.engine.chunks import Chunk, fetch_all, fetch_finished, to_fetch_at_end
-from daskflow.engine.hooks import call_hooks, validate_hooks
-from daskflow.engine.returns import resolve_futures_to_states, state_of_return
-from daskflow.engine.tasks import RESERVED
 from daskflow.codes import CANCELLED, OK_CODES
-from daskflow.engine.envelope import ChunkResult
-from daskflow.engine.run import Checkpoint, call_with_timeout, keep_finished_runs
+from daskflow.engine.api.returns import resolve_futures_to_states, state_of_return
+from daskflow.engine.api.tasks import RESERVED
+from daskflow.engine.client.chunks import Chunk, fetch_all, fetch_finished, to_fetch_at_end
+from daskflow.engine.core import states as st
+from daskflow.engine.core.context import FlowRunContext, flow_run_ctx, task_run_ctx
+from daskflow.engine.core.envelope import ChunkResult
+from daskflow.engine.core.hooks import call_hooks, validate_hooks
+from daskflow.engine.tracking import tracker
+from daskflow.engine.worker import logging as run_logging
+from daskflow.engine.worker.run import Checkpoint, call_with_timeout, keep_finished_runs
 from daskflow.exceptions import CancelledRun, FlowRunTimeoutError, ReservedArgumentError
 from daskflow.runners.base import TaskRunner
 
 if TYPE_CHECKING:
-    from daskflow.engine.states import State
+    from daskflow.engine.core.states import State
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -200,7 +200,7 @@ class Flow(Generic[P, R]):
         elif parent is not None:
             runner, owned = parent.runner, False
         else:
-            from daskflow.engine.submit import current_runner
+            from daskflow.engine.client.submit import current_runner
             from daskflow.runners import new_default_runner
             from daskflow.runners.dask import in_dask_task
 

@@ -15,21 +15,22 @@ import time
 import weakref
 from typing import TYPE_CHECKING, Any, Iterable
 
-from daskflow.engine import chunking, tracker
-from daskflow.engine.context import current_flow_run_id, flow_run_ctx
-from daskflow.ids import new_run_base, run_id
-from daskflow.engine.chunks import Chunk, eager, submit_chunks
-from daskflow.engine.futures import MapFutures, TaskRunFuture
-from daskflow.engine.inputs import (ALIGNED, ATOMS, BROADCAST, MAPPED, Column, allow_failure, collect_refs, quote,
-                                    unmapped)
-from daskflow.engine.envelope import ChunkSpec
-from daskflow.engine.run import arun_single, run_rows
-from daskflow.engine.states import State
-from daskflow.engine.transactions import current_transaction
+from daskflow.engine.client import chunking
+from daskflow.engine.client.chunks import Chunk, eager, fetch_all, submit_chunks
+from daskflow.engine.client.futures import MapFutures, TaskRunFuture
+from daskflow.engine.client.refs import collect_refs
+from daskflow.engine.core.context import current_flow_run_id, flow_run_ctx
+from daskflow.engine.core.envelope import ChunkSpec
+from daskflow.engine.core.inputs import ALIGNED, ATOMS, BROADCAST, MAPPED, Column, allow_failure, quote, unmapped
+from daskflow.engine.core.states import State
+from daskflow.engine.tracking import tracker
+from daskflow.engine.worker.run import arun_single, run_rows
+from daskflow.engine.worker.transactions import current_transaction
 from daskflow.exceptions import MappingLengthMismatch, MappingMissingIterable
+from daskflow.ids import new_run_base, run_id
 
 if TYPE_CHECKING:
-    from daskflow.engine.tasks import Task
+    from daskflow.engine.api.tasks import Task
     from daskflow.runners.base import TaskRunner
 
 
@@ -50,7 +51,7 @@ def _register(chunks: list[Chunk]) -> None:
         ctx.submitted.extend(chunks)
     txn = current_transaction()
     if txn is not None:
-        txn.track(chunks)
+        txn.track(chunks, lambda pending: fetch_all(pending, None))
     tracker.chunks_submitted(chunks, current_flow_run_id())
     eager.watch(chunks)
 
@@ -122,7 +123,7 @@ def submit_run(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None)
     base = new_run_base()
     cache = None
     if task.managed:  # the cache may already hold this run: then nothing is submitted
-        from daskflow.engine.managed import for_single
+        from daskflow.engine.client.cache_lookup import for_single
 
         cache, known = for_single(task, row, base, refs or bool(waits))
         if known is not None:
@@ -185,7 +186,7 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
     base = new_run_base()
     cache = None
     if task.managed:  # cached runs are answered here and not submitted
-        from daskflow.engine.managed import for_map
+        from daskflow.engine.client.cache_lookup import for_map
 
         cache = for_map(task, names, kinds, n, bounds, base, bool(wait_for), aligned)
         bounds = cache.bounds  # type: ignore[union-attr]

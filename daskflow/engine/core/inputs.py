@@ -86,46 +86,8 @@ class Ref:
     allow_failure: bool = False
 
 
-def collect_refs(obj: Any, deps: dict[int, int], chunks: list[Any], allow: bool = False) -> Any:
-    """Replace futures in ``obj`` by ``Ref``s; register their chunks in ``deps``/``chunks``.
 
-    ``deps`` maps ``id(chunk)`` to its position in ``chunks``.
-    """
-    from daskflow.engine.futures import MapFutures, TaskRunFuture
-
-    kind = type(obj)
-    if kind in ATOMS:
-        return obj
-    if isinstance(obj, TaskRunFuture):
-        chunk = obj.chunk
-        chunk.observed = True
-        pos = deps.get(id(chunk))
-        if pos is None:
-            pos = deps[id(chunk)] = len(chunks)
-            chunks.append(chunk)
-        return Ref(pos, obj.index, allow)
-    if kind is MapFutures:  # a whole fan-out as one argument: the list of its values
-        return [collect_refs(f, deps, chunks, allow) for f in obj]
-    if kind is allow_failure:
-        return collect_refs(obj.value, deps, chunks, True)
-    if kind is quote:
-        return obj.value
-    if kind is unmapped:
-        return collect_refs(obj.value, deps, chunks, allow)
-    if kind in (list, tuple, set, frozenset):
-        if ATOMS.issuperset(map(type, obj)):  # C-speed: nothing to replace, pass it as it is
-            return obj
-        items = [collect_refs(v, deps, chunks, allow) for v in obj]
-        return obj if _same_items(items, obj) else kind(items)
-    if kind is dict:
-        if ATOMS.issuperset(map(type, obj.values())):
-            return obj
-        new = {k: collect_refs(v, deps, chunks, allow) for k, v in obj.items()}
-        return obj if _same_items(new.values(), obj.values()) else new
-    return obj
-
-
-def _same_items(new: Any, old: Any) -> bool:
+def same_items(new: Any, old: Any) -> bool:
     """True when no item was replaced: the caller's container then passes by identity."""
     return all(a is b for a, b in zip(new, old))
 
@@ -172,8 +134,8 @@ def resolve(obj: Any, deps: list[Any]) -> Any:
         )
     if kind in (list, tuple, set, frozenset):
         items = [resolve(v, deps) for v in obj]
-        return obj if _same_items(items, obj) else kind(items)
+        return obj if same_items(items, obj) else kind(items)
     if kind is dict:
         new = {k: resolve(v, deps) for k, v in obj.items()}
-        return obj if _same_items(new.values(), obj.values()) else new
+        return obj if same_items(new.values(), obj.values()) else new
     return obj

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 from daskflow import config
 
 if TYPE_CHECKING:
-    from daskflow.engine.envelope import ChunkResult
-    from daskflow.engine.tasks import Task
+    from daskflow.engine.api.tasks import Task
+    from daskflow.engine.core.envelope import ChunkResult
     from daskflow.runners.base import TaskRunner
 
 _seconds_per_run: dict[str, float] = {}

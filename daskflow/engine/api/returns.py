@@ -17,8 +17,8 @@ import types
 from collections import Counter
 from typing import Any
 
-from daskflow.engine import states as st
-from daskflow.engine.futures import MapFutures, TaskRunFuture
+from daskflow.engine.client.futures import MapFutures, TaskRunFuture
+from daskflow.engine.core import states as st
 
 __all__ = ["resolve_futures_to_states", "state_of_return"]
 

@@ -2,7 +2,7 @@
 
 A chunk reports ``ChunkStarted`` when it begins, ``RunRetrying`` for each retry and a
 small ``ChunkEnded`` when it finishes; the run logging sink reports ``LogsShipped``
-(``engine/events.py``). In this process the message goes straight to ``tracker.on_message``. On a Dask worker, messages are collected for ~100 ms
+(``engine/tracking/events.py``). In this process the message goes straight to ``tracker.on_message``. On a Dask worker, messages are collected for ~100 ms
 and sent as one Dask structured event (topic ``tracker.TOPIC``), which the client's
 subscription hands to ``on_message``: one event per chunk start and end would double the
 scheduler's messages for a map with one run per Dask task.
@@ -17,12 +17,12 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from daskflow.codes import StateEvent
-from daskflow.engine.events import ChunkEnded, ChunkStarted, Message, RunRetrying, batch_to_wire
-from daskflow.engine.tracker import TOPIC, on_message
+from daskflow.engine.tracking.events import ChunkEnded, ChunkStarted, Message, RunRetrying, batch_to_wire
+from daskflow.engine.tracking.tracker import TOPIC, on_message
 from daskflow.runners.dask import in_dask_task
 
 if TYPE_CHECKING:
-    from daskflow.engine.envelope import ChunkResult
+    from daskflow.engine.core.envelope import ChunkResult
 
 logger = logging.getLogger("daskflow")
 

@@ -63,3 +63,8 @@ def validate_hooks(owner: str, kind: str, value: Any) -> tuple[Callable, ...]:
         if not callable(hook):
             raise TypeError(f"{owner}: every {kind!r} hook must be callable, got {type(hook).__name__}: {hook!r}")
     return hooks
+
+
+def fire_commit_hooks(task: Any, kind: str, txn: Any) -> None:
+    """Call a task's ``on_commit``/``on_rollback`` hooks with the transaction; async ones are awaited."""
+    call_hooks(getattr(task.options, kind), (txn,), kind, f"task {task.name!r}")

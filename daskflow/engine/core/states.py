@@ -11,8 +11,8 @@ import enum
 import time
 from typing import Any, Generic, TypeVar
 
-from daskflow.ids import run_id
 from daskflow.exceptions import CancelledRun, CrashedRun, FailedRun, UnfinishedRun
+from daskflow.ids import run_id
 
 R = TypeVar("R")
 

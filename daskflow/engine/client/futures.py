@@ -11,18 +11,18 @@ from __future__ import annotations
 import bisect
 import queue
 import time
-from itertools import repeat
 from collections.abc import Sequence
+from itertools import repeat
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, NamedTuple, Protocol, TypeVar, overload
 
-from daskflow.engine import states as st
-from daskflow.engine import tracker
 from daskflow.codes import OK_CODES
-from daskflow.engine.chunks import Chunk, fetch_all
+from daskflow.engine.client.chunks import Chunk, fetch_all
+from daskflow.engine.core import states as st
+from daskflow.engine.tracking import tracker
 from daskflow.ids import run_id
 
 if TYPE_CHECKING:
-    from daskflow.engine.tasks import Task
+    from daskflow.engine.api.tasks import Task
 
 R = TypeVar("R")
 

@@ -11,11 +11,12 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from daskflow import config
 from daskflow.ids import run_id
 
 if TYPE_CHECKING:
-    from daskflow.engine.flows import Flow
-    from daskflow.engine.tasks import Task
+    from daskflow.engine.api.flows import Flow
+    from daskflow.engine.api.tasks import Task
     from daskflow.runners.base import TaskRunner
 
 
@@ -58,3 +59,14 @@ def current_flow_run_id() -> str | None:
         return task.flow_run_id
     flow = flow_run_ctx.get()
     return flow.flow_run_id if flow is not None else None
+
+
+#: The daskflow home whose cache the current code uses: set by a chunk to its submitter's.
+cache_home_var: ContextVar[str | None] = ContextVar("daskflow_cache_home", default=None)
+#: The store token a remote chunk ships on to the runs it submits (None: not in one).
+cache_token_var: ContextVar[str | None] = ContextVar("daskflow_cache_token", default=None)
+
+
+def cache_home() -> str:
+    """The cache home of the current code: the submitter's (shipped in a chunk's spec), else ours."""
+    return cache_home_var.get() or str(config.home_path())  # checked where the store opens (get_store)
