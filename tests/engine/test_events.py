@@ -33,3 +33,26 @@ def test_messages_come_back_in_the_order_of_a_chunks_life_whatever_the_batch_ord
     assert got[0] == retry and got[1].started == 1.0
     assert _roundtrip([logs])[0].records[0][4] == "hello"
     assert batch_from_wire(batch_to_wire([logs, retry]), only=LogsShipped) == [logs]
+
+
+def test_the_end_of_a_chunk_where_most_runs_failed_carries_every_code():
+    from array import array
+
+    from daskflow.codes import COMPLETED, FAILED
+    from daskflow.engine.core.envelope import ChunkResult
+    from daskflow.engine.worker import reports
+
+    n = 20_000
+    res = ChunkResult("t", 1, 0, n, bytearray([COMPLETED] * 5_000 + [FAILED] * 15_000), [None] * n,
+                      n_failed=15_000, ends=array("d", [0.0]) * n)
+    sent: list = []
+    reports.report, real = (lambda msg, remote: sent.append(msg)), reports.report
+    try:
+        reports.chunk_ended(res)
+    finally:
+        reports.report = real
+    (end,) = _roundtrip(sent)
+    codes = end.run_codes(n)
+    assert codes.count(FAILED) == 15_000 and codes[19_999] == FAILED and codes[4_999] == COMPLETED
+    few = ChunkEnded(1, 0, 1.0, None, [[3, FAILED]])
+    assert _roundtrip([few])[0].run_codes(5) == bytearray([0, 0, 0, FAILED, 0])

@@ -42,6 +42,16 @@ class ChunkEnded:
     worker: str | None
     odd_codes: list[list[int]]  # [index, code] of runs that did not simply complete
     started: float | None = None  # set when the ChunkStarted was folded into this message
+    codes: bytes = b""  # every run's code instead, when that is smaller than the pairs
+
+    def run_codes(self, n: int) -> bytearray:
+        """The final code of each of the chunk's ``n`` runs."""
+        if self.codes:
+            return bytearray(self.codes)
+        out = bytearray(n)
+        for i, code in self.odd_codes:
+            out[i] = code
+        return out
 
 
 @dataclass(slots=True)

@@ -382,9 +382,7 @@ def on_message(msg: Message) -> None:
     elif isinstance(msg, ChunkEnded):
         _tracker.live.pop(key, None)
         _tracker.retrying.pop(key, None)
-        codes = bytearray(entry.n)
-        for i, code in msg.odd_codes:
-            codes[i] = code
+        codes = msg.run_codes(entry.n)
         _remember_counts(key, codes)
         _tracker.put(Ended(msg.base, msg.start, bytes(codes), msg.timestamp, msg.worker, msg.started))
 

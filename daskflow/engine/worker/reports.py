@@ -89,11 +89,14 @@ def chunk_starting(base: int, start: int, worker: str | None) -> None:
 def chunk_ended(res: ChunkResult) -> None:
     """The small end event: the codes of runs that did not simply complete, and the time."""
     codes = res.codes
-    # [index, code] pairs: Dask events take str-keyed dicts only
-    odd = [] if not res.n_failed and 1 not in codes else [[i, c] for i, c in enumerate(codes) if c]
-    if len(odd) > 10_000:
-        odd = []
-    report(ChunkEnded(res.base, res.start, time.time(), res.worker, odd), res.worker is not None)
+    end = ChunkEnded(res.base, res.start, time.time(), res.worker, [])
+    if res.n_failed or 1 in codes:
+        odd = res.n - codes.count(0)
+        if odd * 8 > res.n:  # many: the codes themselves (a byte a run) are smaller than the pairs
+            end.codes = bytes(codes)
+        else:  # [index, code] pairs: Dask events take str-keyed dicts only
+            end.odd_codes = [[i, c] for i, c in enumerate(codes) if c]
+    report(end, res.worker is not None)
 
 
 def run_retrying(ctx: Any, event: StateEvent) -> None:
