@@ -31,15 +31,14 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, Literal, Par
 from daskflow.codes import CANCELLED, OK_CODES
 from daskflow.engine.api.returns import resolve_futures_to_states, state_of_return
 from daskflow.engine.api.tasks import RESERVED
-from daskflow.engine.client.chunks import Chunk, fetch_all, fetch_finished, to_fetch_at_end
+from daskflow.engine.client.chunks import Chunk, cancel_unfinished, fetch_all, to_fetch_at_end
 from daskflow.engine.core import states as st
 from daskflow.engine.core.context import FlowRunContext, flow_run_ctx, task_run_ctx
-from daskflow.engine.core.envelope import ChunkResult
 from daskflow.engine.core.hooks import call_hooks, validate_hooks
 from daskflow.engine.tracking import tracker
 from daskflow.engine.worker import logging as run_logging
-from daskflow.engine.worker.run import Checkpoint, call_with_timeout, keep_finished_runs
-from daskflow.exceptions import CancelledRun, FlowRunTimeoutError, ReservedArgumentError
+from daskflow.engine.worker.run import call_with_timeout
+from daskflow.exceptions import FlowRunTimeoutError, ReservedArgumentError
 from daskflow.runners.base import TaskRunner
 
 if TYPE_CHECKING:
@@ -353,39 +352,6 @@ class Flow(Generic[P, R]):
         if lines:
             shown = "\n".join(lines[:20]) + (f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else "")
             logger.warning("flow %r: %d failed task run(s) were never resolved:\n%s", self.name, len(lines), shown)
-
-
-def cancel_unfinished(chunks: list[Chunk], reason: str) -> None:
-    """Cancel every run not final yet; their futures read Cancelled from now on.
-
-    Runs that finished are fetched first, so they are recorded as they ended (Completed,
-    Failed...), not Cancelled; so are the runs that unfinished chunks noted finished
-    (checkpoints in the scheduler's ledger); the others are cancelled with one call per runner.
-    """
-    fetch_finished(chunks)
-    unfinished = [c for c in chunks if c.result is None]
-    by_runner: dict[int, tuple[TaskRunner, list[Any]]] = {}
-    for chunk in unfinished:
-        if chunk.runner is not None and chunk.handle is not None:
-            by_runner.setdefault(id(chunk.runner), (chunk.runner, []))[1].append(chunk.handle)
-    notes: dict[Any, list[bytes]] = {}
-    for runner, handles in by_runner.values():
-        try:
-            notes.update(runner.notes_of(handles))  # runs that finished inside unfinished chunks
-            runner.cancel_many(handles)
-        except Exception:  # noqa: BLE001 - the runner may be gone; the runs are recorded Cancelled anyway
-            logger.debug("could not cancel runs of %r", runner, exc_info=True)
-    for chunk in unfinished:
-        if chunk.result is None:
-            err = CancelledRun(f"task {chunk.task.name!r}: {reason}")
-            res = ChunkResult.all_failed(chunk.task.name, chunk.base, chunk.start, chunk.n, CANCELLED, err, str(err))
-            finished = Checkpoint.joined(notes.get(chunk.handle, []), chunk.n) if chunk.handle is not None else None
-            if finished is not None:
-                keep_finished_runs(res, finished)
-            chunk.result = res
-            chunk.observed = True
-            tracker.chunk_finished(chunk)
-            chunk.handle = None  # recorded: nothing fetches it again
 
 
 def _outcome_counts(chunks: list[Chunk]) -> tuple[int, int]:

@@ -33,7 +33,7 @@ def resolve_futures_to_states(value: Any) -> Any:
     if isinstance(value, MapFutures):
         value.wait()
         for chunk in value.chunks:
-            chunk.observed = True
+            chunk.observe()
         return value.states
     if kind in (list, tuple, set, frozenset):
         items = [resolve_futures_to_states(v) for v in value]

@@ -53,7 +53,7 @@ class MapCache:
         """Submitted chunks and cached ones, in element order."""
         if not self.known:
             return chunks
-        out = chunks + [Chunk(task, base, lo, res.n, None, runner, result=res) for lo, res in self.known.items()]
+        out = chunks + [Chunk.known(task, res, runner) for res in self.known.values()]
         out.sort(key=lambda c: c.start)
         return out
 

@@ -32,7 +32,7 @@ from daskflow.codes import CANCELLED, CRASHED, NOT_READY, OK_CODES
 from daskflow.engine.client import chunking
 from daskflow.engine.core.envelope import ChunkResult, ChunkSpec
 from daskflow.engine.tracking import progress, tracker
-from daskflow.engine.worker.run import run_chunk, run_pickled_chunk
+from daskflow.engine.worker.run import Checkpoint, keep_finished_runs, run_chunk, run_pickled_chunk
 from daskflow.exceptions import CancelledRun, CrashedRun, RunnerShutdown
 from daskflow.runners.dask import DaskTaskRunner, dashboard_page, has_bokeh, in_dask_task
 
@@ -67,6 +67,33 @@ class Chunk:
         self.key = ""  # the runner's name of the call (submitted again under the same name)
         self.reader: weakref.ref | None = None  # the one future of a .submit(): gone, nobody can read it
 
+    # -- made by the client ------------------------------------------------------------
+    @classmethod
+    def submitted_as(cls, spec: ChunkSpec, handle: Any, runner: TaskRunner, ups: list[Chunk], key: str) -> Chunk:
+        """The record of a chunk just handed to ``runner``; ``ups``: the chunks it depends on."""
+        chunk = cls(spec.task, spec.base, spec.start, spec.n, handle, runner)
+        chunk.spec, chunk.ups, chunk.key = spec, ups, key
+        return chunk
+
+    @classmethod
+    def known(cls, task: Task, res: ChunkResult, runner: TaskRunner | None) -> Chunk:
+        """The record of a chunk whose envelope is known without running it (the cache had it)."""
+        return cls(task, res.base, res.start, res.n, None, runner, result=res)
+
+    # -- the producer API: what changes a chunk, and nothing else does -----------------
+    def needed_by_one_more(self, runner: TaskRunner) -> None:
+        """A chunk of ``runner`` is submitted with this one's handle as a dependency."""
+        if self.runner is runner:
+            self.dependents += 1
+
+    def read_by(self, future: Any) -> None:
+        """The one future of a ``.submit()``: when it is gone, nobody can read the value."""
+        self.reader = weakref.ref(future)
+
+    def resubmitted(self, handle: Any) -> None:
+        self.handle = handle
+
+    # -- reading ------------------------------------------------------------------------
     def done(self) -> bool:
         return self.result is not None or (self.handle is not None and self.handle.done())
 
@@ -222,29 +249,44 @@ def fetch_many(runner: TaskRunner, chunks: list[Chunk], timeout: float | None) -
 
 
 def _set_results(runner: TaskRunner, chunks: list[Chunk], results: list) -> None:
-    """Record fetched envelopes; keep in the ledger those that queued chunks still depend on."""
-    fetched = []
+    """Record fetched envelopes; a call that ended in a runner-level error gets a lost envelope."""
+    envelopes = []
     for chunk, res in zip(chunks, results):
         if isinstance(res, ChunkResult):
             chunking.observe(chunk.task, res)
-            chunk.result = res
-            fetched.append(chunk)
-            for up in chunk.ups:  # its upstream chunks are needed by one chunk less
-                if up.runner is runner:
-                    up.dependents -= 1
+            envelopes.append(res)
         else:
-            chunk.result = lost(chunk, res)
-    if runner.checkpoints and isinstance(runner, DaskTaskRunner):
-        # Dask may compute a chunk again for the queued chunks that need it if its worker
-        # dies (none left once they are all fetched, as at the end of a flow)
-        kept = [(c.handle, cloudpickle.dumps(c.result, protocol=5)) for c in fetched if c.dependents > 0]
-        if kept:
-            runner.keep(kept)
-    returned = [c.result for c in chunks if c.result.cache_returned is not None]  # type: ignore[union-attr]
+            envelopes.append(lost(chunk, res))
+    settle(chunks, envelopes)
+
+
+def settle(chunks: list[Chunk], envelopes: list[ChunkResult]) -> None:
+    """Set the envelopes of chunks: the one place a chunk becomes final, in this order.
+
+    1. the envelope is set, and the chunk's upstreams are needed by one chunk less;
+    2. envelopes that queued chunks still depend on are kept by a runner with checkpoints
+       (Dask may compute such a chunk again if its worker dies);
+    3. fresh results of remote workers are written to the cache, so that "recorded final"
+       means "cached";
+    4. the tracker records the final states; the handle is released (the runner may drop
+       the data).
+    """
+    for chunk, res in zip(chunks, envelopes):
+        chunk.result = res
+        for up in chunk.ups:
+            if up.runner is chunk.runner:
+                up.dependents -= 1
+    kept: dict[int, tuple[TaskRunner, list]] = {}
+    for c in chunks:
+        if c.dependents > 0 and c.handle is not None and c.runner is not None and c.runner.checkpoints:
+            kept.setdefault(id(c.runner), (c.runner, []))[1].append((c.handle, cloudpickle.dumps(c.result, protocol=5)))
+    for runner, pairs in kept.values():
+        runner.keep(pairs)
+    returned = [res for res in envelopes if res.cache_returned is not None]
     if returned:  # remote workers' fresh results: written here, in one transaction
         from daskflow.engine.client.cache_lookup import write_returned
 
-        write_returned(returned)  # type: ignore[arg-type]
+        write_returned(returned)
     for chunk in chunks:
         tracker.chunk_finished(chunk)
         eager.forget(chunk)
@@ -269,16 +311,13 @@ def resubmit(runner: TaskRunner, chunks: list[Chunk]) -> None:
             "(daskflow.reconnect-grace); runs that had not finished are Crashed. Check that the scheduler "
             "is up and reachable, or raise the grace period (DASK_DASKFLOW__RECONNECT_GRACE)."
         )
-        for chunk in todo:
-            chunk.result = lost(chunk, err)
-            tracker.chunk_finished(chunk)
-            chunk.handle, chunk.spec = None, None
+        settle(todo, [lost(chunk, err) for chunk in todo])
         return
     for chunk in todo:  # in submission order: upstream handles exist before their dependents
         deps = [u.result if u.result is not None else u.handle for u in chunk.ups]
         # the same key: the ledger still holds the checkpoints of the dropped call
         key = chunk.key or f"{chunk.task.name}-{uuid.uuid4().hex}"
-        chunk.handle = submit_chunks(runner, [chunk.spec], [deps], [key])[0]  # type: ignore[list-item]
+        chunk.resubmitted(submit_chunks(runner, [chunk.spec], [deps], [key])[0])  # type: ignore[list-item]
     eager.watch(todo)
 
 
@@ -295,6 +334,40 @@ def _with_dropped_upstreams(runner: TaskRunner, chunks: list[Chunk]) -> list[Chu
         seen[id(chunk)] = chunk
         stack.extend(chunk.ups)
     return sorted(seen.values(), key=lambda c: c.submitted)
+
+
+def cancel_unfinished(chunks: list[Chunk], reason: str) -> None:
+    """Cancel every run not final yet; their futures read Cancelled from now on.
+
+    Runs that finished are fetched first, so they are recorded as they ended (Completed,
+    Failed...), not Cancelled; so are the runs that unfinished chunks noted finished
+    (checkpoints in the scheduler's ledger); the others are cancelled with one call per runner.
+    """
+    fetch_finished(chunks)
+    unfinished = [c for c in chunks if c.result is None]
+    by_runner: dict[int, tuple[TaskRunner, list[Any]]] = {}
+    for chunk in unfinished:
+        if chunk.runner is not None and chunk.handle is not None:
+            by_runner.setdefault(id(chunk.runner), (chunk.runner, []))[1].append(chunk.handle)
+    notes: dict[Any, list[bytes]] = {}
+    for runner, handles in by_runner.values():
+        try:
+            notes.update(runner.notes_of(handles))  # runs that finished inside unfinished chunks
+            runner.cancel_many(handles)
+        except Exception:  # noqa: BLE001 - the runner may be gone; the runs are recorded Cancelled anyway
+            logger.debug("could not cancel runs of %r", runner, exc_info=True)
+    ended: list[tuple[Chunk, ChunkResult]] = []
+    for chunk in unfinished:
+        if chunk.result is None:
+            err = CancelledRun(f"task {chunk.task.name!r}: {reason}")
+            res = ChunkResult.all_failed(chunk.task.name, chunk.base, chunk.start, chunk.n, CANCELLED, err, str(err))
+            finished = Checkpoint.joined(notes.get(chunk.handle, []), chunk.n) if chunk.handle is not None else None
+            if finished is not None:
+                keep_finished_runs(res, finished)
+            chunk.observe()
+            ended.append((chunk, res))
+    if ended:
+        settle([c for c, _ in ended], [res for _, res in ended])
 
 
 class _Eager:

@@ -175,7 +175,7 @@ class MapFutures(Sequence, Generic[R]):
         fetch_all(self.chunks, timeout)
         out: list = []
         for chunk in self.chunks:
-            chunk.observed = True
+            chunk.observe()
             res = chunk.outcome()
             if res.n_failed:
                 for i in range(res.n):

@@ -24,7 +24,7 @@ def collect_refs(obj: Any, deps: dict[int, int], chunks: list[Any], allow: bool 
         return obj
     if isinstance(obj, TaskRunFuture):
         chunk = obj.chunk
-        chunk.observed = True
+        chunk.observe()
         pos = deps.get(id(chunk))
         if pos is None:
             pos = deps[id(chunk)] = len(chunks)

@@ -12,7 +12,6 @@ import itertools
 import os
 import threading
 import time
-import weakref
 from typing import TYPE_CHECKING, Any, Iterable
 
 from daskflow.engine.client import chunking
@@ -127,17 +126,16 @@ def submit_run(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None)
 
         cache, known = for_single(task, row, base, refs or bool(waits))
         if known is not None:
-            chunk = Chunk(task, base, 0, 1, None, runner, result=known)
+            chunk = Chunk.known(task, known, runner)
             _register([chunk])
             return TaskRunFuture(chunk, 0)
     spec = ChunkSpec(task, base, 0, 1, columns, refs, waits, current_flow_run_id(), cache)
     key = _key(task, base, 0)
     handle = submit_chunks(runner, [spec], [_dep_inputs(ups, runner)], [key])[0]
-    chunk = Chunk(task, base, 0, 1, handle, runner)
-    chunk.spec, chunk.ups, chunk.key = spec, ups, key
+    chunk = Chunk.submitted_as(spec, handle, runner, ups, key)
     _register([chunk])
     future = TaskRunFuture(chunk, 0)
-    chunk.reader = weakref.ref(future)
+    chunk.read_by(future)
     return future
 
 
@@ -152,9 +150,8 @@ def _key(task: Task, base: int, start: int) -> str:
 
 def _dep_inputs(ups: list[Chunk], runner: TaskRunner) -> list[Any]:
     """Upstream handles for the runner; envelopes for chunks of another runner, or already fetched."""
-    for c in ups:  # counted before reading ``result``: see chunks._set_results
-        if c.runner is runner:
-            c.dependents += 1
+    for c in ups:  # counted before reading ``result``: see chunks.settle
+        c.needed_by_one_more(runner)
     return [c.result if c.result is not None else c.handle if c.runner is runner else c.outcome() for c in ups]
 
 
@@ -207,7 +204,7 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
             elif isinstance(value, MapFutures):
                 if value is aligned:
                     up = aligned.chunks[ci]
-                    up.observed = True
+                    up.observe()
                     pos = deps.setdefault(id(up), len(ups))
                     if pos == len(ups):
                         ups.append(up)
@@ -228,9 +225,7 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
         up_lists.append(ups)
         keys.append(_key(task, base, lo))
     handles = submit_chunks(runner, specs, dep_lists, keys) if specs else []
-    chunks = [Chunk(task, base, s.start, s.n, h, runner) for s, h in zip(specs, handles)]
-    for chunk, spec, ups, key in zip(chunks, specs, up_lists, keys):
-        chunk.spec, chunk.ups, chunk.key = spec, ups, key
+    chunks = [Chunk.submitted_as(s, h, runner, ups, key) for s, h, ups, key in zip(specs, handles, up_lists, keys)]
     if cache is not None:
         chunks = cache.merge(task, base, chunks, runner)
     _register(chunks)

@@ -120,7 +120,7 @@ class Transaction:
         """Runs submitted in the block: ``chunks`` have ``task`` and ``result`` (their envelope
         once known); ``settle(chunks)`` waits until every one has it (the client's fetch)."""
         for chunk in chunks:
-            chunk.observed = True  # the block reports its failures itself
+            chunk.observe()  # the block reports its failures itself
             self._members.append((chunk.task, chunk))
         self._settle_with = settle
 
