@@ -42,6 +42,7 @@ from daskflow import config
 from daskflow.background.plugin import OP
 from daskflow.codes import CODE_STATES, OK_CODES
 from daskflow.engine.api.tasks import Task
+from daskflow.engine.core.envelope import ChunkSpec
 from daskflow.engine.worker.run import run_rows
 from daskflow.engine.worker.write_batch import WriteBatch, batched_cache_writes
 from daskflow.exceptions import NoBackgroundServer
@@ -180,7 +181,7 @@ def run_one(task: Task, run: QueuedRun, address: str, send: Callable[[tuple], No
                              "error": traceback.format_exc(), "run_count": 1, "worker": address,
                              "result": _dumps_exc(RuntimeError(message))}))
         return
-    res = run_rows(task, uuid.UUID(rid).int, 0, 1, None, [], False, (), run.flow_run_id, row=tuple(row))
+    res = run_rows(ChunkSpec.single(task, uuid.UUID(rid).int, tuple(row), flow_run_id=run.flow_run_id), [])
     code = res.codes[0]
     info: dict[str, Any] = {"type": CODE_STATES[code].type, "name": CODE_STATES[code].name, "ts": res.ends[0] if res.ends else time.time(),
                             "run_count": res.run_count(0), "worker": address, "message": ""}

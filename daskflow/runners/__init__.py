@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import atexit
+import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
 from daskflow import config
-from daskflow.runners.base import TaskRunner
+from daskflow.runners.base import LOCAL_HOST, Host, TaskRunner
 from daskflow.runners.threads import ThreadPoolTaskRunner
 
 if TYPE_CHECKING:
@@ -26,6 +27,16 @@ def __getattr__(name: str) -> Any:
 
         return DaskTaskRunner
     raise AttributeError(name)
+
+
+def current_host() -> Host:
+    """Where code outside any call that was handed a host runs: inside a Dask task, its
+    worker's host; else this process (cheap when distributed is not loaded)."""
+    if "distributed" not in sys.modules:
+        return LOCAL_HOST
+    from daskflow.runners.dask import current_host as dask_host
+
+    return dask_host()
 
 
 def new_default_runner() -> TaskRunner:

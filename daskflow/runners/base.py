@@ -9,12 +9,63 @@ Dependencies: an argument that is a list may hold handles of the same runner; ea
 replaced by its value before the call starts, and the call waits for them without
 taking a slot (Dask does this for futures in arguments; the thread runner does the
 same for its own futures).
+
+The seam, both ways. The engine asks a runner through the hooks below, never by its
+class: ``attach`` at the first submission (where a runner subscribes this process to its
+workers' events and sets up checkpoints), ``keep``/``notes_of`` for checkpoints,
+``reports_ends`` (whether calls announce their end by events), ``dashboard_links``.
+The other way, a runner hands the function it runs a ``Host`` (in the call's arguments:
+``host``), as ``dask/local.py`` hands its function what it needs: where the call runs,
+how to send events from there, its checkpoints, and how to wait without holding a slot.
+The function never imports the runner.
 """
 
 from __future__ import annotations
 
 import abc
+import time
 from typing import Any, Callable
+
+
+class Host:
+    """Where a call runs, as the runner tells the function it runs. This one: this process.
+
+    A host travels inside the call's arguments, so it must pickle cheaply: subclasses are
+    module-level singletons pickled by name (``__reduce__`` returns the global's name).
+    """
+
+    def address(self) -> str | None:
+        """The address of the worker running the call (None: this process)."""
+        return None
+
+    def remote(self) -> bool:
+        """Whether the calling code runs inside one of the runner's calls in another process
+        (its events then travel by ``send``, not by a direct call)."""
+        return False
+
+    def sender(self) -> Callable[[str, Any], None]:
+        """A function ``send(topic, payload)`` that delivers an event to whoever subscribed to
+        ``topic`` (only asked when ``remote()``). Ask in the call's own thread; the function
+        may be used from any thread, and is equal for calls on the same worker."""
+        raise NotImplementedError("this host runs calls in this process: no events to send")
+
+    def recall(self) -> tuple[bytes | None, list[bytes]]:
+        """``(kept result, checkpoints)`` of an earlier attempt of the running call."""
+        return None, []
+
+    def note(self, blob: bytes) -> None:
+        """Record a checkpoint of the running call (where the runner keeps them)."""
+
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds``; a host with a bounded pool lets others use the slot meanwhile."""
+        time.sleep(seconds)
+
+    def __reduce__(self) -> str:
+        return "LOCAL_HOST"
+
+
+#: The host of calls that run in this process (threads, inline calls).
+LOCAL_HOST = Host()
 
 
 class TaskRunner(abc.ABC):
@@ -25,6 +76,8 @@ class TaskRunner(abc.ABC):
     closed = False
     #: True when calls may note checkpoints and resume from them (``runners.ledger``).
     checkpoints = False
+    #: What the functions this runner runs are handed (``Host``).
+    host: Host = LOCAL_HOST
 
     @abc.abstractmethod
     def submit_many(self, fn: Callable[..., Any], *iterables: list, keys: list[str]) -> list[Any]:
@@ -57,6 +110,21 @@ class TaskRunner(abc.ABC):
         """Cancel many calls at once (runners with a round trip per call override this)."""
         for handle in handles:
             self.cancel(handle)
+
+    def attach(self, topic: str, on_event: Callable[[Any], None]) -> list[str]:
+        """The first submission: have the events that calls ``send`` on ``topic`` reach
+        ``on_event`` in this process, set up checkpoints if the runner keeps them. Returns
+        lines worth printing once (a dashboard link)."""
+        return []
+
+    def reports_ends(self) -> bool:
+        """Whether this runner's calls announce their end by an event that reaches ``attach``'s
+        handler (then the engine need not poll them)."""
+        return False
+
+    def keep(self, results: list[tuple[Any, bytes]]) -> None:
+        """Keep finished results ``(handle, bytes)`` while other calls still need them
+        (runners with ``checkpoints``: a call computed again returns the kept result)."""
 
     def notes_of(self, handles: list[Any]) -> dict[Any, list[bytes]]:
         """The checkpoints unfinished calls noted so far, by handle (runners with ``checkpoints``)."""

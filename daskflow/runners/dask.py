@@ -25,16 +25,16 @@ from __future__ import annotations
 
 import atexit
 import os
+import sys
 import threading
 import time
-import sys
 from typing import TYPE_CHECKING, Any, Callable
 
 import dask.config
 
 from daskflow import config
 from daskflow.exceptions import SchedulerUnreachable
-from daskflow.runners.base import TaskRunner
+from daskflow.runners.base import LOCAL_HOST, Host, TaskRunner
 from daskflow.runners.batching import GraphBuffer
 
 if TYPE_CHECKING:
@@ -106,6 +106,9 @@ def close_quietly(client: Client) -> None:
             lg.setLevel(level)
 
 
+_subscribed: set[tuple[str, str]] = set()  # (client id, topic) pairs already subscribed
+
+
 def in_dask_task() -> bool:
     """True inside a task running on a Dask worker (cheap when distributed is not loaded)."""
     if "distributed" not in sys.modules:
@@ -125,6 +128,58 @@ def worker_address() -> str | None:
         return get_worker().address
     except ValueError:  # not on a Dask worker
         return None
+
+
+class WorkerHost(Host):
+    """The host of calls that run on a Dask worker: events as Dask structured events,
+    checkpoints in the scheduler's ledger, retry waits off the worker's thread pool."""
+
+    def address(self) -> str | None:
+        return worker_address()
+
+    def remote(self) -> bool:
+        return in_dask_task()
+
+    def sender(self) -> Callable[[str, Any], None]:
+        from distributed import get_worker
+
+        return get_worker().log_event  # Dask structured events: subscribers get (timestamp, payload)
+
+    def recall(self) -> tuple[bytes | None, list[bytes]]:
+        from daskflow.runners import ledger
+
+        return ledger.recall()
+
+    def note(self, blob: bytes) -> None:
+        from daskflow.runners import ledger
+
+        ledger.note(blob)
+
+    def sleep(self, seconds: float) -> None:
+        """Longer waits give the worker slot away: the thread secedes from the worker's pool
+        (the worker starts other tasks at once) and rejoins it after, as a new task would."""
+        if seconds < 1.0 or not in_dask_task():
+            time.sleep(seconds)
+            return
+        from distributed import rejoin, secede
+
+        secede()
+        try:
+            time.sleep(seconds)
+        finally:
+            rejoin()
+
+    def __reduce__(self) -> str:
+        return "WORKER_HOST"
+
+
+WORKER_HOST = WorkerHost()
+
+
+def current_host() -> Host:
+    """The host of code that runs outside any call handed a host: a Dask worker's inside a
+    Dask task, else this process's."""
+    return WORKER_HOST if in_dask_task() else LOCAL_HOST
 
 
 class DaskTaskRunner(TaskRunner):
@@ -228,6 +283,30 @@ class DaskTaskRunner(TaskRunner):
         held = self._held
         if held is not None:
             held.flush()
+
+    host = WORKER_HOST
+
+    def attach(self, topic: str, on_event: Callable[[Any], None]) -> list[str]:
+        """Workers' events reach ``on_event`` (a topic subscription, once per client); the
+        scheduler keeps checkpoints (``runners.ledger``); the dashboard link of a cluster
+        this runner started."""
+        if in_dask_task():
+            return []  # a nested submission: the client that started the outer call listens
+        client = self.client
+        if (client.id, topic) not in _subscribed:
+            _subscribed.add((client.id, topic))
+            client.subscribe_topic(topic, on_event)
+        self.install_ledger()
+        if self.cluster is None or not has_bokeh():
+            return []
+        lines = [f"Dask dashboard: {self.cluster.dashboard_link}"]
+        page = dashboard_page(self.cluster.dashboard_link)
+        if page:
+            lines.append(f"daskflow runs on it: {page}")
+        return lines
+
+    def reports_ends(self) -> bool:
+        return not in_dask_task()
 
     def install_ledger(self) -> None:
         """Have the scheduler keep checkpoints of calls (``runners.ledger``), once per scheduler."""

@@ -41,6 +41,7 @@ def test_the_end_of_a_chunk_where_most_runs_failed_carries_every_code():
     from daskflow.codes import COMPLETED, FAILED
     from daskflow.engine.core.envelope import ChunkResult
     from daskflow.engine.worker import reports
+    from daskflow.runners.base import LOCAL_HOST
 
     n = 20_000
     res = ChunkResult("t", 1, 0, n, bytearray([COMPLETED] * 5_000 + [FAILED] * 15_000), [None] * n,
@@ -48,7 +49,7 @@ def test_the_end_of_a_chunk_where_most_runs_failed_carries_every_code():
     sent: list = []
     reports.report, real = (lambda msg, remote: sent.append(msg)), reports.report
     try:
-        reports.chunk_ended(res)
+        reports.chunk_ended(res, LOCAL_HOST)
     finally:
         reports.report = real
     (end,) = _roundtrip(sent)

@@ -37,7 +37,7 @@ from daskflow.engine.core.context import FlowRunContext, flow_run_ctx, task_run_
 from daskflow.engine.core.hooks import call_hooks, validate_hooks
 from daskflow.engine.tracking import tracker
 from daskflow.engine.worker import logging as run_logging
-from daskflow.engine.worker.run import call_with_timeout
+from daskflow.engine.worker.lifecycle import call_with_timeout
 from daskflow.exceptions import FlowRunTimeoutError, ReservedArgumentError
 from daskflow.runners.base import TaskRunner
 
@@ -201,9 +201,9 @@ class Flow(Generic[P, R]):
         else:
             from daskflow.engine.client.submit import current_runner
             from daskflow.runners import new_default_runner
-            from daskflow.runners.dask import in_dask_task
+            from daskflow.runners import current_host
 
-            if in_dask_task() or task_run_ctx.get() is not None:
+            if current_host().remote() or task_run_ctx.get() is not None:
                 runner, owned = current_runner(), False
             else:
                 runner, owned = new_default_runner(), True

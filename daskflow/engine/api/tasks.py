@@ -25,7 +25,7 @@ import xxhash
 
 from daskflow.engine.core.hooks import call_hooks, validate_hooks
 from daskflow.engine.core.retries import normalize_delays
-from daskflow.engine.worker.run import jittered
+from daskflow.engine.worker.lifecycle import jittered
 from daskflow.exceptions import ReservedArgumentError
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ fetched, the envelope (``ChunkResult``). This module is where the engine meets i
 runners:
 
 - ``submit_chunks`` hands the runner the task-run function and the chunks' specs, in
-  one batch; the first submission to a Dask runner subscribes this process to the
+  one batch; the first submission to a runner (``TaskRunner.attach``) subscribes this process to the
   workers' tracker events and prints the dashboard link of a cluster it started.
 - ``fetch_many`` waits for and gathers envelopes with one gather per runner; a call that
   ended in a runner-level error instead of an envelope (a worker lost, a cancelled
@@ -32,9 +32,9 @@ from daskflow.codes import CANCELLED, CRASHED, NOT_READY, OK_CODES
 from daskflow.engine.client import chunking
 from daskflow.engine.core.envelope import ChunkResult, ChunkSpec
 from daskflow.engine.tracking import progress, tracker
-from daskflow.engine.worker.run import Checkpoint, keep_finished_runs, run_chunk, run_pickled_chunk
+from daskflow.engine.worker.checkpoints import Checkpoint, keep_finished_runs
+from daskflow.engine.worker.run import run_chunk, run_pickled_chunk
 from daskflow.exceptions import CancelledRun, CrashedRun, RunnerShutdown
-from daskflow.runners.dask import DaskTaskRunner, dashboard_page, has_bokeh, in_dask_task
 
 if TYPE_CHECKING:
     from daskflow.engine.api.tasks import Task
@@ -193,9 +193,9 @@ def submit_chunks(runner: TaskRunner, specs: list[ChunkSpec], deps: list[list[An
     """Submit every chunk in one batch; ``deps[i]`` are handles (or envelopes) chunk i needs."""
     if runner not in _attached:
         _attach(runner)
-    if runner.checkpoints:
-        for spec in specs:
-            spec.checkpoints = True
+    host, checkpoints = runner.host, runner.checkpoints
+    for spec in specs:  # what the runner hands the runs where they execute
+        spec.host, spec.checkpoints = host, checkpoints
     if runner.serializes:  # pickled here, once each: see run_pickled_chunk
         tasks: dict[int, bytes] = {}
         for spec in specs:  # the chunks of one submission share their task's pickled form
@@ -206,17 +206,11 @@ def submit_chunks(runner: TaskRunner, specs: list[ChunkSpec], deps: list[list[An
 
 
 def _attach(runner: TaskRunner) -> None:
-    """First submission to a runner: tracker events from its workers, the ledger, the dashboard link."""
+    """First submission to a runner: its workers' tracker events reach this process; the lines
+    it wants printed once (a dashboard link)."""
     _attached.add(runner)
-    if isinstance(runner, DaskTaskRunner) and not in_dask_task():
-        tracker.subscribe(runner.client)  # workers' run states and logs come back as events
-        runner.install_ledger()  # lost chunks resume from their checkpoints
-        if runner.cluster is not None and has_bokeh():
-            link = runner.cluster.dashboard_link
-            tracker.console().info("Dask dashboard: %s", link)
-            page = dashboard_page(link)
-            if page:
-                tracker.console().info("daskflow runs on it: %s", page)
+    for line in runner.attach(tracker.TOPIC, tracker.on_runner_event):
+        tracker.console().info(line)
 
 
 _fetching = threading.Lock()  # the eager fetcher and readers set envelopes one at a time
@@ -402,9 +396,12 @@ class _Eager:
         if not self.listening:
             self.listening = True
             tracker.on_chunks_ended(self.on_ended)
-        watched = self.watched
+        watched, runner, ends_reported = self.watched, None, False
         for chunk in chunks:
-            if chunk.handle is not None and isinstance(chunk.runner, DaskTaskRunner) and not in_dask_task():
+            if chunk.runner is not runner:  # one question per runner, not per chunk
+                runner = chunk.runner
+                ends_reported = runner is not None and runner.reports_ends()
+            if ends_reported and chunk.handle is not None:
                 watched[(chunk.base, chunk.start)] = chunk
 
     def forget(self, chunk: Chunk) -> None:

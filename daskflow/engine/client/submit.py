@@ -38,10 +38,9 @@ def current_runner() -> TaskRunner:
     ctx = flow_run_ctx.get()
     if ctx is not None:
         return ctx.runner
-    from daskflow.runners import default_runner, worker_runner
-    from daskflow.runners.dask import in_dask_task
+    from daskflow.runners import current_host, default_runner, worker_runner
 
-    return worker_runner() if in_dask_task() else default_runner()
+    return worker_runner() if current_host().remote() else default_runner()
 
 
 def _register(chunks: list[Chunk]) -> None:
@@ -90,7 +89,7 @@ def call_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None
     row, waits, envelopes, refs = _prepare_inline(task, args, kwargs, wait_for)
     submitted, flow_run_id = time.time(), current_flow_run_id()
     base, start = direct_slot()
-    res = run_rows(task, base, start, 1, None, envelopes, refs, waits, flow_run_id, row=row)
+    res = run_rows(ChunkSpec.single(task, base, row, refs, waits, flow_run_id, start), envelopes)
     tracker.inline_finished(task, res, flow_run_id, submitted)
     state = res.state(0)
     return state if return_state else state.result()
@@ -101,7 +100,7 @@ async def call_inline_async(task: Task, args: tuple, kwargs: dict, wait_for: Ite
     """The awaitable form of ``call_inline`` for async tasks inside a running event loop."""
     row, waits, envelopes, refs = _prepare_inline(task, args, kwargs, wait_for)
     submitted, flow_run_id = time.time(), current_flow_run_id()
-    res = await arun_single(task, new_run_base(), row, envelopes, refs, waits, flow_run_id)
+    res = await arun_single(ChunkSpec.single(task, new_run_base(), row, refs, waits, flow_run_id), envelopes)
     tracker.inline_finished(task, res, flow_run_id, submitted)
     state = res.state(0)
     return state if return_state else state.result()

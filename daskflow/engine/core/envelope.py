@@ -48,7 +48,11 @@ class Unpicklable:
 
 @dataclass(slots=True)
 class ChunkSpec:
-    """Everything a worker needs to execute runs ``start .. start+n`` of one submission."""
+    """Everything a worker needs to execute runs ``start .. start+n`` of one submission.
+
+    A single run made in this process (a direct call, a background run) gives its ``row``
+    instead of ``columns`` (``ChunkSpec.single``).
+    """
 
     task: Task
     base: int
@@ -61,12 +65,21 @@ class ChunkSpec:
     cache: Any = None  # an engine.worker.cache_spec.CacheSpec for tasks that cache or have commit hooks
     checkpoints: bool = False  # the runner's scheduler keeps checkpoints (runners.ledger)
     task_blob: bytes | None = None  # the task pickled, when the submission made it already
+    host: Any = None  # what the runner hands the runs (a runners.base.Host, pickled by name)
+    row: tuple | None = None  # a single run's arguments instead of columns (in-process only)
+
+    @classmethod
+    def single(cls, task: Task, base: int, row: tuple, refs: bool = False, wait_refs: tuple[Ref, ...] = (),
+               flow_run_id: str | None = None, start: int = 0) -> ChunkSpec:
+        """The spec of run ``start`` of ``base``, whose arguments are ``row`` (one value per parameter)."""
+        return cls(task, base, start, 1, None, refs, wait_refs, flow_run_id, row=row)
 
     def __reduce__(self):
         # The task travels as its pickled bytes (``Task.pickled``): a worker builds each task
         # once (``spec_from_wire``), not once per chunk.
         return spec_from_wire, (self.task_blob or self.task.pickled(), self.base, self.start, self.n, self.columns,
-                                self.refs, self.wait_refs, self.flow_run_id, self.cache, self.checkpoints)
+                                self.refs, self.wait_refs, self.flow_run_id, self.cache, self.checkpoints,
+                                None, self.host)
 
     def to_bytes(self) -> bytes:
         """The spec pickled for a worker. An argument that cannot be pickled is replaced by an

@@ -36,9 +36,9 @@ def _wanted(console: Any) -> bool:
             return False
     except (AttributeError, ValueError):
         return False
-    from daskflow.runners.dask import in_dask_task
+    from daskflow.runners import current_host
 
-    return not in_dask_task()
+    return not current_host().remote()
 
 
 @contextlib.contextmanager

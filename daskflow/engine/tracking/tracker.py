@@ -8,7 +8,7 @@ Where states come from, per chunk (never per element on the hot path):
   begins and ``RunRetrying`` for each retry (slow path only; ``engine/tracking/events.py``). On a
   Dask worker the messages of ~100 ms go out together as one Dask structured event
   (``Worker.log_event`` on topic ``daskflow-runs``, see ``engine/worker/reports.py``); the client
-  subscribes (``subscribe``) and hands events to ``on_message``. In-process runners call
+  runner delivers them to ``on_runner_event`` (``TaskRunner.attach``), which hands them to ``on_message``. In-process runners call
   ``on_message`` directly. ``live_state`` is what ``future.state`` reads meanwhile.
 - *Final*: ``chunk_finished`` records the envelope when the client fetches it (codes
   and end times as packed arrays, errors and tracebacks as text); a small ``ChunkEnded``
@@ -78,7 +78,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TOPIC", "chunk_finished", "chunks_submitted", "enabled", "flow_finished", "flow_started", "flush",
-    "ended_completed", "inline_finished", "live_state", "on_chunks_ended", "on_message", "progress_counts", "record_logs", "record_states", "subscribe",
+    "ended_completed", "inline_finished", "live_state", "on_chunks_ended", "on_message", "progress_counts", "record_logs", "record_states", "on_runner_event",
 ]
 
 TOPIC = "daskflow-runs"
@@ -387,7 +387,8 @@ def on_message(msg: Message) -> None:
         _tracker.put(Ended(msg.base, msg.start, bytes(codes), msg.timestamp, msg.worker, msg.started))
 
 
-def _on_dask_event(event: tuple[float, Any]) -> None:
+def on_runner_event(event: tuple[float, Any]) -> None:
+    """A ``(timestamp, payload)`` event the runner's workers sent on ``TOPIC``."""
     try:
         ended = []
         for msg in batch_from_wire(event[1]):
@@ -411,17 +412,6 @@ def on_chunks_ended(listener: Callable[[list[ChunkId]], None]) -> None:
     messages), whether tracking is on or off; it must only take note.
     """
     _end_listeners.append(listener)
-
-
-_subscribed: set[str] = set()
-
-
-def subscribe(client: Any) -> None:
-    """Have a Dask client feed the workers' tracker events to this process's tracker."""
-    if client.id in _subscribed:
-        return
-    _subscribed.add(client.id)
-    client.subscribe_topic(TOPIC, _on_dask_event)
 
 
 # -- flows, logs and the public API for other recorders ------------------------------------------

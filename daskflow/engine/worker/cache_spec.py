@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from daskflow.cache.keys import KeyFnFailed, KeyPlan, Unhashable, display, make_plan
 from daskflow.cache.store import CacheWarning, reaches_store, store_token
 from daskflow.engine.core.context import cache_home, cache_home_var, cache_token_var, current_flow_run_id, flow_run_ctx
+from daskflow.engine.worker.hosts import current_host
 from daskflow.engine.worker.transactions import Transaction, current_transaction
 
 if TYPE_CHECKING:
@@ -85,9 +86,7 @@ def token_for(home: str) -> str | None:
     token = cache_token_var.get()
     if token is not None:
         return token
-    from daskflow.runners.dask import in_dask_task
-
-    if in_dask_task() and cache_home_var.get() is not None:
+    if current_host().remote() and cache_home_var.get() is not None:
         return None  # in a local chunk: nested runs see the same store
     return store_token(home)
 

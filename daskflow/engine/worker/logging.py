@@ -21,11 +21,15 @@ import logging
 import time
 import uuid
 from contextvars import ContextVar, Token
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daskflow.engine.core.context import flow_run_ctx, task_run_ctx
 from daskflow.engine.tracking.events import LogsShipped
+from daskflow.engine.worker.hosts import current_host
 from daskflow.exceptions import MissingContextError
+
+if TYPE_CHECKING:
+    from daskflow.runners.base import Host
 
 __all__ = ["get_run_logger", "open_sink", "close_sink", "log_prints"]
 
@@ -36,12 +40,12 @@ capturing_prints: ContextVar[bool] = ContextVar("daskflow_log_prints", default=F
 
 
 class _Sink:
-    __slots__ = ("records", "last", "remote")
+    __slots__ = ("records", "last", "host")
 
     def __init__(self) -> None:
         self.records: list[list] = []
         self.last = time.monotonic()
-        self.remote: bool | None = None
+        self.host: Host | None = None
 
     def add(self, record: list) -> None:
         self.records.append(record)
@@ -54,11 +58,9 @@ class _Sink:
         from daskflow.engine.worker import reports
 
         records, self.records = self.records, []
-        if self.remote is None:
-            from daskflow.runners.dask import in_dask_task
-
-            self.remote = in_dask_task()
-        reports.report(LogsShipped(records), self.remote)
+        if self.host is None:
+            self.host = current_host()
+        reports.report(LogsShipped(records), self.host)
 
 
 class _RunHandler(logging.Handler):

@@ -14,30 +14,26 @@ import logging
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from daskflow.codes import StateEvent
 from daskflow.engine.tracking.events import ChunkEnded, ChunkStarted, Message, RunRetrying, batch_to_wire
 from daskflow.engine.tracking.tracker import TOPIC, on_message
-from daskflow.runners.dask import in_dask_task
+from daskflow.engine.worker.hosts import current_host
 
 if TYPE_CHECKING:
     from daskflow.engine.core.envelope import ChunkResult
+    from daskflow.runners.base import Host
 
 logger = logging.getLogger("daskflow")
 
 
-def report(msg: Message, remote: bool) -> None:
-    """Send a tracker message from the chunk function: batched Dask events on a worker, else direct."""
+def report(msg: Message, host: Host) -> None:
+    """Send a tracker message from the chunk function: batched events from a remote host, else direct."""
     try:
-        if remote:
-            from distributed import get_worker
-
-            try:
-                _outbox.add(get_worker(), msg)
-                return
-            except ValueError:  # not on a worker after all
-                pass
+        if host.remote():
+            _outbox.add(host.sender(), msg)
+            return
         on_message(msg)
     except Exception:  # record keeping must never fail a run
         logger.debug("daskflow: could not report %r", type(msg).__name__, exc_info=True)
@@ -52,16 +48,16 @@ class _Outbox:
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.pending: dict[int, tuple[Any, list]] = {}  # id(worker) -> (worker, messages)
+        self.pending: dict[Callable[[str, Any], None], list] = {}  # a worker's sender -> its messages
         self.thread: threading.Thread | None = None
         self.pid = 0
 
-    def add(self, worker: Any, msg: Message) -> None:
+    def add(self, send: Callable[[str, Any], None], msg: Message) -> None:
         with self.lock:
-            entry = self.pending.get(id(worker))
+            entry = self.pending.get(send)
             if entry is None:
-                entry = self.pending[id(worker)] = (worker, [])
-            entry[1].append(msg)
+                entry = self.pending[send] = []
+            entry.append(msg)
             if self.thread is None or self.pid != os.getpid():
                 self.pid = os.getpid()
                 self.thread = threading.Thread(target=self._run, name="daskflow-events", daemon=True)
@@ -72,9 +68,9 @@ class _Outbox:
             time.sleep(0.1)  # the batching interval, not a synchronisation
             with self.lock:
                 pending, self.pending = self.pending, {}
-            for worker, msgs in pending.values():
+            for send, msgs in pending.items():
                 try:
-                    worker.log_event(TOPIC, batch_to_wire(msgs))
+                    send(TOPIC, batch_to_wire(msgs))
                 except Exception:  # a closing worker: its runs' envelopes still carry the states
                     logger.debug("daskflow: could not send %d tracker events", len(msgs), exc_info=True)
 
@@ -82,11 +78,11 @@ class _Outbox:
 _outbox = _Outbox()
 
 
-def chunk_starting(base: int, start: int, worker: str | None) -> None:
-    report(ChunkStarted(base, start, time.time(), worker), worker is not None)
+def chunk_starting(base: int, start: int, host: Host) -> None:
+    report(ChunkStarted(base, start, time.time(), host.address()), host)
 
 
-def chunk_ended(res: ChunkResult) -> None:
+def chunk_ended(res: ChunkResult, host: Host) -> None:
     """The small end event: the codes of runs that did not simply complete, and the time."""
     codes = res.codes
     end = ChunkEnded(res.base, res.start, time.time(), res.worker, [])
@@ -96,9 +92,9 @@ def chunk_ended(res: ChunkResult) -> None:
             end.codes = bytes(codes)
         else:  # [index, code] pairs: Dask events take str-keyed dicts only
             end.odd_codes = [[i, c] for i, c in enumerate(codes) if c]
-    report(end, res.worker is not None)
+    report(end, host)
 
 
 def run_retrying(ctx: Any, event: StateEvent) -> None:
     """A retry of run ``ctx.index`` (slow path only)."""
-    report(RunRetrying(ctx.base, ctx.start, ctx.index, event), in_dask_task())
+    report(RunRetrying(ctx.base, ctx.start, ctx.index, event), current_host())

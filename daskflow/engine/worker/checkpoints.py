@@ -1,0 +1,109 @@
+"""Checkpoints: the runs of a chunk that finished, noted while it runs, so a chunk computed again runs only the rest.
+
+Dask runs a task again when the worker holding it dies. A chunk running where its runner
+keeps checkpoints (``Host.note``: on Dask, the scheduler's ledger) notes its finished
+runs as it goes (``Notes``); a new attempt of the same chunk restores them
+(``Checkpoint.joined``, ``Checkpoint.restore``) and runs only the rest. When a flow is
+interrupted, the runs an unfinished chunk noted are recorded as they ended
+(``keep_finished_runs``), the rest Cancelled.
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import cloudpickle
+
+from daskflow.codes import OK_CODES
+
+if TYPE_CHECKING:
+    from daskflow.engine.core.envelope import ChunkResult
+    from daskflow.runners.base import Host
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    """Runs ``lo .. hi`` of a chunk that finished on a worker (noted to the ledger while it ran)."""
+
+    lo: int
+    hi: int
+    codes: bytes
+    values: list
+    ends: list
+    errors: dict
+
+    @classmethod
+    def joined(cls, blobs: list[bytes], n: int) -> Checkpoint | None:
+        """The longest run of checkpoints from run 0 (None if there is none, or they do not load)."""
+        try:
+            parts = sorted((cloudpickle.loads(b) for b in blobs), key=lambda c: c.lo)
+        except Exception:
+            return None
+        out = cls(0, 0, b"", [], [], {})
+        for part in parts:
+            if part.lo != out.hi or part.hi > n:
+                continue
+            out.hi, out.codes = part.hi, out.codes + part.codes
+            out.values.extend(part.values)
+            out.ends.extend(part.ends)
+            out.errors.update(part.errors)
+        return out if out.hi else None
+
+    def restore(self, res: ChunkResult) -> None:
+        """Put these finished runs into a new attempt's envelope."""
+        res.codes[: self.hi] = self.codes
+        res.values[: self.hi] = self.values  # type: ignore[index]
+        res.ends = array("d", self.ends) + array("d", bytes(8 * (res.n - self.hi)))
+        for i, (exc, message) in self.errors.items():
+            res.fail(i, self.codes[i], exc, message)
+
+
+def keep_finished_runs(cancelled: ChunkResult, finished: Checkpoint) -> None:
+    """Turn the first runs of an all-Cancelled envelope back into what they ended as.
+
+    For an interruption: the runs a chunk noted finished before it was cancelled are
+    recorded as they ended (Completed, Failed...); the rest stay Cancelled.
+    """
+    hi, now = finished.hi, cancelled.ends[finished.hi] if finished.hi < cancelled.n else 0.0
+    for i in range(hi):
+        cancelled.errors.pop(i, None)
+        cancelled.messages.pop(i, None)
+    cancelled.n_failed -= hi
+    finished.restore(cancelled)
+    for i in range(hi, cancelled.n):
+        cancelled.ends[i] = now
+
+
+class Notes:
+    """Checkpoints of a chunk running on a host that keeps them (a Dask worker: the scheduler's ledger), sent as runs finish.
+
+    The loop pays one float comparison per run (``now >= notes.due``). Heavy runs (5 ms
+    or more each) are noted as soon as they finish, so a lost worker costs at most the
+    runs in flight; lighter ones about every quarter second; tiny runs of short chunks never.
+    """
+
+    __slots__ = ("res", "host", "lo", "since", "due")
+    HEAVY = 0.005
+    EVERY = 0.25
+
+    def __init__(self, res: ChunkResult, host: Host, lo: int, now: float) -> None:
+        self.res, self.host, self.lo, self.since, self.due = res, host, lo, now, now + self.HEAVY
+
+    def reached(self, i: int, now: float, ends: array) -> None:
+        """Run ``i`` ended at ``now`` (past ``due``): note runs ``lo .. i`` if they were heavy or long."""
+        runs = i + 1 - self.lo
+        if now - self.since < self.EVERY and now - self.since < self.HEAVY * runs:
+            self.due = self.since + self.EVERY  # light runs: check again later
+            return
+        res, lo, hi = self.res, self.lo, i + 1
+        errors = {j: (res.errors.get(j), res.messages.get(j, "")) for j in range(lo, hi) if res.codes[j] not in OK_CODES}
+        part = Checkpoint(lo, hi, bytes(res.codes[lo:hi]), res.values[lo:hi], list(ends[lo:hi]), errors)  # type: ignore[index]
+        try:
+            blob = cloudpickle.dumps(part, protocol=5)
+        except Exception:  # an unpicklable value: these runs are not checkpointed
+            blob = None
+        if blob is not None:
+            self.host.note(blob)
+        self.lo, self.since, self.due = hi, now, now + self.HEAVY
