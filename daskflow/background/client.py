@@ -141,7 +141,10 @@ def _link(address: str | None = None) -> _Link:
             link = _links.get(address)
             if link is None or link.client.status in ("closing", "closed"):
                 if not _links:
-                    # Registered after the shared clients' closer, so it runs before it (LIFO).
+                    # Registered after the shared clients' closer, so it runs before it (LIFO):
+                    # import that closer's module first, whatever was imported before.
+                    import daskflow.runners.dask  # noqa: F401
+
                     atexit.register(_flush_links)
                 link = _links[address] = _Link(address)
     return link
