@@ -462,13 +462,14 @@ def test_background_writer_bad_op_loses_only_itself(tmp_path):
     from types import SimpleNamespace
 
     from daskflow.background.plugin import QueueWriter
+    from daskflow.background.records import Enqueue
 
     env = store.open_store(tmp_path / "bg")
     writer = QueueWriter(SimpleNamespace(env=env))
     good = {"id": "00000000-0000-0000-0000-00000000000a", "task_key": "add-1", "task_name": "add", "task": b"",
             "args": b"", "flow_run_id": None, "submitted": 1.0, "key": "add-a"}
-    bad = ("enqueue", {"id": None})  # a malformed enqueue: its write raises
-    parts = writer._commit([("enqueue", good), bad])
+    bad = Enqueue({"id": None})  # a malformed enqueue: its write raises
+    parts = writer._commit([Enqueue(good), bad])
     assert [e["id"] for submits, _, _ in parts for e in submits] == [good["id"]]
     assert good["id"] in store.read_records([good["id"]], env)
 
