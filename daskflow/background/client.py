@@ -11,7 +11,9 @@ it submits the run. Buffered calls are flushed when the process exits.
 A ``BackgroundFuture`` knows only its run id and server address: ``.result()`` asks
 the server to wait for the final state (event-driven on the server, no polling) and
 reads the persisted value or exception it returns; ``.state`` asks for the latest
-record. Without a configured server they read the local store
+record; ``.run_count`` and ``.history()`` read the final record, as a task-run
+future's do; ``.cancel()`` asks the server to cancel the run if no task worker has taken
+it. Without a configured server they read the local store
 (``$DASKFLOW_HOME/background``), which is what a later process on the server's host
 does with ``daskflow.background.result(run_id)``.
 """

@@ -35,6 +35,9 @@ the daskflow server:
 - *Restart.* On start, every queued run is recorded Scheduled and submitted again
   (at-least-once delivery), and the run store is reconciled with this store: a run
   final here is final there too, even if the server died before handing it over.
+- *Cancel.* ``daskflow_bg_cancel`` ends ``Cancelled`` the runs no task worker has taken
+  (``daskflow_bg_todo`` did not hand them out): both run on the event loop, so a run is
+  either handed to a worker or cancelled, never both. Taken runs are left to finish.
 - *Results.* Handlers ``daskflow_bg_wait`` (wait for final states, event-driven) and
   ``daskflow_bg_get`` (latest states) serve clients on any host.
 """
