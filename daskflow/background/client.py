@@ -11,7 +11,9 @@ it submits the run. Buffered calls are flushed when the process exits.
 A ``BackgroundFuture`` knows only its run id and server address: ``.result()`` asks
 the server to wait for the final state (event-driven on the server, no polling) and
 reads the persisted value or exception it returns; ``.state`` asks for the latest
-record. Without a configured server they read the local store
+record; ``.run_count`` and ``.history()`` read the final record, as a task-run
+future's do; ``.cancel()`` asks the server to cancel the run if no task worker has taken
+it. Without a configured server they read the local store
 (``$DASKFLOW_HOME/background``), which is what a later process on the server's host
 does with ``daskflow.background.result(run_id)``.
 """
@@ -30,6 +32,7 @@ import cloudpickle
 
 from daskflow import config
 from daskflow.background import store
+from daskflow.background.records import Call, Outcome, calls_to_wire, outcome_from_wire
 from daskflow.engine.client.refs import collect_refs
 from daskflow.engine.client.submit import plan_columns
 from daskflow.engine.core import states as st
@@ -78,11 +81,11 @@ class _Link:
         if not self.client.run_on_scheduler(_has_plugin, PLUGIN_NAME):
             self.client.register_plugin(BackgroundPlugin(), name=PLUGIN_NAME)
         self.address = address
-        self._buf: list[tuple] = []
+        self._buf: list[Call] = []
         self._armed = False  # a flush is scheduled
         self._lock = threading.Lock()
 
-    def send(self, item: tuple) -> None:
+    def send(self, item: Call) -> None:
         with self._lock:
             self._buf.append(item)
             if self._armed:
@@ -101,16 +104,7 @@ class _Link:
         if items:
             from daskflow.background.plugin import OP
 
-            # Each pickled task travels once per message: calls name it by its index in "tasks".
-            tasks: list[bytes] = []
-            index: dict[int, int] = {}
-            calls = []
-            for rid, task_key, name, blob, args, flow_run_id, submitted in items:
-                at = index.get(id(blob))
-                if at is None:
-                    at = index[id(blob)] = len(tasks)
-                    tasks.append(blob)
-                calls.append((rid, task_key, name, at, args, flow_run_id, submitted))
+            calls, tasks = calls_to_wire(items)  # each pickled task travels once per message
             self.client._send_to_scheduler_safe({"op": OP, "enqueue": calls, "tasks": tasks})
 
     def flush(self) -> None:
@@ -217,7 +211,7 @@ def delay_row(task: Task, row: tuple, link: _Link) -> BackgroundFuture:
                     f"({type(value).__name__}: {exc}); pass a picklable value") from None
         raise
     rid = run_id(new_run_base())
-    link.send((rid, task.task_key, task.name, _task_blob(task), args_blob, current_flow_run_id(), time.time()))
+    link.send(Call(rid, task.task_key, task.name, _task_blob(task), args_blob, current_flow_run_id(), time.time()))
     return BackgroundFuture(rid, link.address, task.name)
 
 
@@ -269,7 +263,7 @@ class BackgroundFuture(Generic[R]):
         self.task_run_id = task_run_id
         self.address = address
         self.task_name = task_name
-        self._final: tuple[dict, bytes | None] | None = None
+        self._final: Outcome | None = None
 
     def __repr__(self) -> str:
         return f"BackgroundFuture({self.task_name!r}, task_run_id={self.task_run_id!r})"
@@ -278,13 +272,13 @@ class BackgroundFuture(Generic[R]):
     def state(self) -> st.State:
         """The latest known state (Scheduled until the server knows more)."""
         if self._final is not None:
-            return _to_state(*self._final)
+            return _to_state(self._final)
         rec = _get([self.task_run_id], self.address).get(self.task_run_id)
         if rec is None:
             return st.Scheduled()
         if store.is_final(rec) and self._fetch(0) is not None:
-            return _to_state(*self._final)  # type: ignore[misc]
-        return _to_state(rec, None)
+            return _to_state(self._final)  # type: ignore[arg-type]
+        return _to_state(Outcome(rec, None))
 
     def done(self) -> bool:
         return self._final is not None or self._fetch(0) is not None
@@ -325,13 +319,46 @@ class BackgroundFuture(Generic[R]):
         """The run's record (``id, name, state, history, worker, ...``), once final."""
         if self._fetch(timeout) is None:
             raise TimeoutError(f"background run {self.task_run_id} is not final after {timeout}s")
-        return self._final[0]  # type: ignore[index]
+        return self._final.record  # type: ignore[union-attr]
 
-    def history(self, timeout: float | None = None) -> list[st.State]:
-        """Every state the run went through, oldest first (waits for the final one)."""
-        rec = self.record(timeout)
+    def history(self) -> list[st.State]:
+        """Every state the run went through, oldest first (waits for the final one).
+
+        As ``TaskRunFuture.history()``; ``record(timeout)`` waits for a bounded time.
+        """
         return [st.State(st.StateType[h["type"]], h["name"], message=h["message"], timestamp=h["timestamp"])
-                for h in rec["history"]]
+                for h in self.record()["history"]]
+
+    @property
+    def run_count(self) -> int:
+        """How many times the run's body was attempted (waits for the final state).
+
+        The count the server recorded from the task worker (``codes.run_count_of``'s rule:
+        a retried run counts each attempt; a run that never started, e.g. Cancelled or
+        Cached, counts 0), the same number ``daskflow runs show`` prints.
+        """
+        return self.record()["run_count"]
+
+    def cancel(self) -> bool:
+        """Cancel the run if no task worker has taken it yet; True if it will not run.
+
+        A run still queued (Scheduled, or Pending on a task worker that has not started
+        its chunk) ends ``Cancelled`` on the server: no task worker executes it, and
+        ``.result()`` raises ``CancelledRun``. A run a task worker has taken (Running, or
+        waiting behind other runs of its chunk) is not stopped, and ``cancel()`` returns
+        False: Dask cannot interrupt a task that runs on a worker, and the chunk carries
+        other runs. False too for a final run, and without a server (a future read from
+        the local store). As ``TaskRunFuture.cancel()``, it does not wait for the state:
+        ``.state`` and ``.result()`` show it.
+
+        Example:
+            >>> fut = send_email.delay("ada@example.com")  # doctest: +SKIP
+            >>> fut.cancel(), fut.state.name               # doctest: +SKIP
+            (True, 'Cancelled')
+        """
+        if self._final is not None or self.address is None:
+            return False
+        return self.task_run_id in _call(self.address, "daskflow_bg_cancel", 30, run_ids=[self.task_run_id])
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
         """The run's persisted value; raises its exception if it failed (``raise_on_failure``).
@@ -342,14 +369,14 @@ class BackgroundFuture(Generic[R]):
         if self._fetch(timeout) is None:
             raise TimeoutError(f"background run {self.task_run_id} ({self.task_name}) is not final "
                                f"after {timeout}s")
-        return _result(*self._final, raise_on_failure)  # type: ignore[misc]
+        return _result(self._final, raise_on_failure)  # type: ignore[arg-type]
 
     @staticmethod
     def wait_many(futures: Iterable[BackgroundFuture], timeout: float | None = None) -> None:
         """Wait for many background runs with one request per server (``daskflow.wait`` uses it)."""
         _fetch_many(futures, timeout)
 
-    def _fetch(self, timeout: float | None) -> tuple[dict, bytes | None] | None:
+    def _fetch(self, timeout: float | None) -> Outcome | None:
         if self._final is None:
             got = _wait({self.task_run_id: self}, self.address, timeout).get(self.task_run_id)
             if got is not None:
@@ -368,7 +395,7 @@ class BackgroundFutures(list):
         missing = [f for f in self if f._final is None]
         if missing:
             raise TimeoutError(f"{len(missing)} of {len(self)} background runs not final after {timeout}s")
-        return [_result(*f._final, raise_on_failure) for f in self]
+        return [_result(f._final, raise_on_failure) for f in self]
 
 
 def _fetch_many(futures: Iterable[BackgroundFuture], timeout: float | None) -> None:
@@ -383,22 +410,22 @@ def _fetch_many(futures: Iterable[BackgroundFuture], timeout: float | None) -> N
             group[rid]._final = got
 
 
-def _wait(group: dict[str, Any], address: str | None, timeout: float | None) -> dict[str, tuple]:
-    """Final ``(record, blob)`` of the runs in ``group`` that are final within ``timeout``."""
+def _wait(group: dict[str, Any], address: str | None, timeout: float | None) -> dict[str, Outcome]:
+    """The outcomes of the runs in ``group`` that are final within ``timeout``."""
     ids = list(group)
     if address is None:
-        return {rid: v for rid, v in store.read_records(ids, results=True).items() if store.is_final(v[0])}
+        return {rid: v for rid, v in store.read_records(ids, results=True).items() if store.is_final(v.record)}
     raw = _call(address, "daskflow_bg_wait", timeout, run_ids=ids, timeout=timeout)
     unknown = raw.pop("unknown", None)
     if unknown:
         raise UnknownRun(f"the daskflow server at {address} has no background run "
                          f"{', '.join(unknown[:3])}{' ...' if len(unknown) > 3 else ''}")
-    return {rid: (store.unpack(rec), blob) for rid, (rec, blob) in raw.items()}
+    return {rid: outcome_from_wire(item) for rid, item in raw.items()}
 
 
 def _get(ids: list[str], address: str | None) -> dict[str, dict]:
     if address is None:
-        return {rid: v[0] for rid, v in store.read_records(ids).items()}
+        return {rid: v.record for rid, v in store.read_records(ids).items()}
     return {rid: store.unpack(rec) for rid, rec in _call(address, "daskflow_bg_get", 30, run_ids=ids).items()}
 
 
@@ -417,15 +444,17 @@ def _call(address: str, handler: str, patience: float | None, **kwargs: Any) -> 
             time.sleep(0.5)  # the server is restarting: try again shortly
 
 
-def _to_state(rec: dict, blob: bytes | None) -> st.State:
+def _to_state(outcome: Outcome) -> st.State:
+    rec, blob = outcome
     type_ = st.StateType[rec["state_type"]]
     data = cloudpickle.loads(blob) if blob is not None else None
     return st.State(type_, rec["state"], message=rec["history"][-1]["message"] if rec["history"] else "",
                     data=data, timestamp=rec["history"][-1]["timestamp"] if rec["history"] else None)
 
 
-def _result(rec: dict, blob: bytes | None, raise_on_failure: bool) -> Any:
-    state = _to_state(rec, blob)
+def _result(outcome: Outcome, raise_on_failure: bool) -> Any:
+    state = _to_state(outcome)
+    rec = outcome.record
     if state.is_completed() and not rec.get("persisted"):
         raise ResultNotPersisted(
             f"background run {rec['id']} of task {rec['task_name']!r} completed, but its value was not kept: "
@@ -450,7 +479,7 @@ def result(task_run_id: str, timeout: float | None = None, raise_on_failure: boo
                 raise UnknownRun(f"no background run {task_run_id} in {store.path()}")
             raise UnfinishedRun(f"background run {task_run_id} has no final state yet in {store.path()}")
         raise TimeoutError(f"background run {task_run_id} is not final after {timeout}s")
-    return _result(*fut._final, raise_on_failure)  # type: ignore[misc]
+    return _result(fut._final, raise_on_failure)  # type: ignore[arg-type]
 
 
 def state(task_run_id: str) -> st.State:

@@ -35,6 +35,9 @@ the daskflow server:
 - *Restart.* On start, every queued run is recorded Scheduled and submitted again
   (at-least-once delivery), and the run store is reconciled with this store: a run
   final here is final there too, even if the server died before handing it over.
+- *Cancel.* ``daskflow_bg_cancel`` ends ``Cancelled`` the runs no task worker has taken
+  (``daskflow_bg_todo`` did not hand them out): both run on the event loop, so a run is
+  either handed to a worker or cancelled, never both. Taken runs are left to finish.
 - *Results.* Handlers ``daskflow_bg_wait`` (wait for final states, event-driven) and
   ``daskflow_bg_get`` (latest states) serve clients on any host.
 """
@@ -48,11 +51,23 @@ import queue
 import threading
 import time
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
 from daskflow.background import store
+from daskflow.background.records import (
+    STOP,
+    Enqueue,
+    FinalState,
+    Outcome,
+    RunChange,
+    StateChange,
+    WriterOp,
+    calls_from_wire,
+    from_wire,
+    outcome_to_wire,
+)
 from daskflow.engine.tracking.events import LogsShipped, batch_from_wire
 from daskflow.engine.tracking.tracker import TOPIC
 
@@ -62,7 +77,6 @@ logger = logging.getLogger("daskflow.background")
 
 OP = "daskflow-bg"
 PLUGIN_NAME = "daskflow-background"
-_STOP = ("stop",)
 ARRIVAL_GRACE = 10.0  # seconds a reader waits for a run id the store does not know yet
 BUSY_BATCH = 64  # ops: a batch this large means load; the next batch waits COALESCE for more
 COALESCE = 0.05  # seconds
@@ -95,6 +109,7 @@ class BackgroundPlugin(SchedulerPlugin):
         self.keys: dict[str, list[str]] = {}  # Dask key of a chunk submitted here -> its run ids
         self.active: set[str] = set()  # their run ids
         self.finished: set[str] = set()  # active run ids whose final state arrived (maybe not yet committed)
+        self.taken: set[str] = set()  # active run ids a task worker was told to run (daskflow_bg_todo)
         # run ids forgotten by Dask lately: a worker's last log batch (sent every ~100 ms)
         # may arrive after its run ended
         self.recent: dict[str, None] = {}
@@ -111,6 +126,7 @@ class BackgroundPlugin(SchedulerPlugin):
         scheduler.handlers["daskflow_bg_wait"] = self._wait
         scheduler.handlers["daskflow_bg_get"] = self._get
         scheduler.handlers["daskflow_bg_todo"] = self._todo
+        scheduler.handlers["daskflow_bg_cancel"] = self._cancel
         self._boot = asyncio.ensure_future(self._connect_and_resubmit())
 
     async def close(self) -> None:
@@ -133,8 +149,8 @@ class BackgroundPlugin(SchedulerPlugin):
             logger.info("daskflow server: resubmitting %d unfinished background run(s)", len(entries))
             now = time.time()
             for e in entries:
-                self.writer.put(("state", e["id"], "SCHEDULED", "Scheduled", now,
-                                 "submitted again after a server restart", None))
+                self.writer.put(StateChange(e["id"], "SCHEDULED", "Scheduled", now,
+                                            "submitted again after a server restart"))
             self._submit(entries)
         backlog, self._backlog = self._backlog, []
         self._submit(backlog)
@@ -143,24 +159,25 @@ class BackgroundPlugin(SchedulerPlugin):
     def _on_stream(self, enqueue: list | None = None, events: list | None = None, tasks: list | None = None,
                    **_: Any) -> None:
         put = self.writer.put
-        for item in enqueue or ():
-            rid, task_key, task_name, task_blob, args_blob, flow_run_id, submitted = item
-            if type(task_blob) is int:  # the index of the pickled task in the message's "tasks"
-                task_blob = tasks[task_blob]  # type: ignore[index]
-            put(("enqueue", {"id": rid, "task_key": task_key, "task_name": task_name, "task": task_blob,
-                             "args": args_blob, "flow_run_id": flow_run_id, "submitted": submitted,
-                             "key": f"{task_name}-{rid}"}))
-        finished = self.finished
-        for ev in events or ():
-            ev = tuple(ev)
-            if ev[0] == "final":
-                if ev[1] in self.active:
-                    finished.add(ev[1])
-                if ev[1] == self.alone_now:
-                    self.loop.call_soon(self._next_alone, ev[1])
-                if ev[2].get("logs"):
-                    store.record_logs(ev[2].pop("logs"))
-            put(ev)
+        for call in calls_from_wire(enqueue or [], tasks or []):
+            put(Enqueue({"id": call.run_id, "task_key": call.task_key, "task_name": call.task_name,
+                         "task": call.task, "args": call.args, "flow_run_id": call.flow_run_id,
+                         "submitted": call.submitted, "key": f"{call.task_name}-{call.run_id}"}))
+        for item in events or ():
+            msg = from_wire(item)
+            if type(msg) is FinalState:
+                self._final_arrived(msg.run_id)
+                if msg.logs:
+                    store.record_logs(msg.logs)
+                    msg.logs = None
+            put(msg)
+
+    def _final_arrived(self, rid: str) -> None:
+        """Run ``rid``'s final state is on its way to the store: no chunk runs it again."""
+        if rid in self.active:
+            self.finished.add(rid)
+        if rid == self.alone_now:
+            self.loop.call_soon(self._next_alone, rid)
 
     def log_event(self, topic: str, msg: Any) -> None:
         # Run logs shipped while a background run executes (a worker's batch of tracker
@@ -191,18 +208,20 @@ class BackgroundPlugin(SchedulerPlugin):
             worker = ts.processing_on.address if ts is not None and ts.processing_on else None
             for rid in rids:
                 if rid not in finished:
-                    put(("state", rid, "PENDING", "Pending", now, "", worker))
+                    put(StateChange(rid, "PENDING", "Pending", now, "", worker))
         elif start == "processing" and finish in ("released", "waiting", "no-worker"):
+            self.taken.difference_update(rids)  # back in the queue: cancellable again
             for rid in rids:
                 if rid not in finished:
-                    put(("state", rid, "SCHEDULED", "Scheduled", now,
-                         "its task worker was lost; waiting for a task worker", None))
+                    put(StateChange(rid, "SCHEDULED", "Scheduled", now,
+                                    "its task worker was lost; waiting for a task worker"))
         elif finish == "erred" and sum(rid not in finished for rid in rids) > 1:
             # Dask gave up on a chunk (its workers died running it): maybe because of one
             # of its runs. Each run not final goes again alone, so only such a run ends Crashed.
             left = [rid for rid in rids if rid not in finished]
             del self.keys[key]
             self.active.difference_update(left)
+            self.taken.difference_update(left)
             self.loop.call_soon(self._resubmit_alone, left)
         elif finish == "erred":
             ts = self.scheduler.tasks.get(key)
@@ -210,13 +229,13 @@ class BackgroundPlugin(SchedulerPlugin):
             message = f"the run crashed outside of the task's code: {text or 'Dask gave up on it'}"
             for rid in rids:
                 if rid not in finished:
-                    put(("final", rid, {"type": "CRASHED", "name": "Crashed", "ts": now, "message": message,
-                                        "error": message}))
+                    put(FinalState(rid, "CRASHED", "Crashed", now, message, error=message))
         elif finish == "forgotten":
             recent = self.recent
             for rid in self.keys.pop(key, ()):  # type: ignore[arg-type]
                 self.active.discard(rid)
                 finished.discard(rid)
+                self.taken.discard(rid)
                 recent[rid] = None
             while len(recent) > 10_000:
                 del recent[next(iter(recent))]
@@ -278,7 +297,7 @@ class BackgroundPlugin(SchedulerPlugin):
             )
             fire_and_forget(futures)
 
-    def _committed(self, submits: list[dict], finals: list[tuple]) -> None:
+    def _committed(self, submits: list[dict], finals: list[tuple[str, Outcome]]) -> None:
         """Called on the event loop after the writer committed a batch."""
         self._submit(submits)
         if self.arrivals:
@@ -286,10 +305,10 @@ class BackgroundPlugin(SchedulerPlugin):
                 for fut in self.arrivals.pop(e["id"], ()):
                     if not fut.done():
                         fut.set_result(True)
-        for rid, rec, blob in finals:
+        for rid, outcome in finals:
             for fut in self.waiters.pop(rid, ()):
                 if not fut.done():
-                    fut.set_result((rec, blob))
+                    fut.set_result(outcome)
 
     # -- handlers for readers (event loop) ------------------------------------------------
     async def _wait(self, run_ids: list[str], timeout: float | None = None) -> dict:
@@ -310,7 +329,7 @@ class BackgroundPlugin(SchedulerPlugin):
         # No await from this read until the waiters are registered: a final state
         # committed in between would otherwise be missed.
         known = store.read_records(run_ids, self.env, results=True)
-        out: dict = {rid: (store.pack(rec), blob) for rid, (rec, blob) in known.items() if store.is_final(rec)}
+        out: dict = {rid: outcome_to_wire(o) for rid, o in known.items() if store.is_final(o.record)}
         if unknown:
             out["unknown"] = unknown
         pending = [rid for rid in run_ids if rid not in out and rid not in unknown]
@@ -331,8 +350,7 @@ class BackgroundPlugin(SchedulerPlugin):
                     if not lst:
                         del self.waiters[rid]
         for fut in done:
-            rec, blob = fut.result()
-            out[futs[fut]] = (store.pack(rec), blob)
+            out[futs[fut]] = outcome_to_wire(fut.result())
         return out
 
     async def _await_arrival(self, run_ids: list[str], grace: float) -> list[str]:
@@ -359,16 +377,49 @@ class BackgroundPlugin(SchedulerPlugin):
         return unknown
 
     def _todo(self, key: str) -> list[str] | None:
-        """The run ids of chunk ``key`` whose final state has not arrived (None: not a chunk of ours)."""
+        """The run ids of chunk ``key`` whose final state has not arrived (None: not a chunk of ours).
+
+        The task worker runs those: from now on they are taken, no longer cancellable.
+        """
         rids = self.keys.get(key)
         if rids is None:
             return None
         finished = self.finished
-        return [rid for rid in rids if rid not in finished]
+        todo = [rid for rid in rids if rid not in finished]
+        self.taken.update(todo)
+        return todo
+
+    async def _cancel(self, run_ids: list[str]) -> list[str]:
+        """Cancel the runs of ``run_ids`` that no task worker has taken; the ids cancelled.
+
+        A run not final and not taken (``_todo`` did not hand it to a worker) is noted
+        finished at once, on this event loop, so a chunk that starts later skips it, and
+        ends ``Cancelled`` (its queue entry deleted with that record). Its Dask task is left
+        to Dask: a task worker runs it later as a chunk with nothing to do. A run taken or
+        final is left as it is.
+        """
+        present = store.read_records(run_ids, self.env)
+        missing = [rid for rid in run_ids if rid not in present]
+        unknown = set(await self._await_arrival(missing, ARRIVAL_GRACE)) if missing else set()
+        # No await from this read on: a final state or a _todo cannot slip in between.
+        known = store.read_records(run_ids, self.env)
+        now = time.time()
+        cancelled = []
+        for rid in run_ids:
+            if (rid in unknown or rid not in known or store.is_final(known[rid].record) or rid in self.finished
+                    or rid in self.taken):
+                continue
+            self.finished.add(rid)  # a chunk that starts later skips it (also one not submitted yet)
+            if rid == self.alone_now:
+                self.loop.call_soon(self._next_alone, rid)
+            self.writer.put(FinalState(rid, "CANCELLED", "Cancelled", now, "cancelled before a task worker took it",
+                                       run_count=0))
+            cancelled.append(rid)
+        return cancelled
 
     def _get(self, run_ids: list[str]) -> dict:
         """The latest known records of ``run_ids`` (no results)."""
-        return {rid: store.pack(rec) for rid, (rec, _) in store.read_records(run_ids, self.env).items()}
+        return {rid: store.pack(o.record) for rid, o in store.read_records(run_ids, self.env).items()}
 
 
 class QueueWriter(threading.Thread):
@@ -385,7 +436,7 @@ class QueueWriter(threading.Thread):
         self.live: dict[str, dict] = {}
 
     def stop(self) -> None:
-        self.queue.put(_STOP)
+        self.queue.put(STOP)
 
     def run(self) -> None:
         stopping = False
@@ -393,9 +444,9 @@ class QueueWriter(threading.Thread):
         while not stopping:
             batch = self._take(busy)
             busy = len(batch) >= BUSY_BATCH
-            if _STOP in batch:
+            if STOP in batch:
                 stopping = True
-                batch = [op for op in batch if op is not _STOP]
+                batch = [op for op in batch if op is not STOP]
             for submits, finals, changes in self._commit(batch):
                 try:
                     store.record_states(changes)
@@ -407,7 +458,7 @@ class QueueWriter(threading.Thread):
                     except RuntimeError:  # the loop is closed: the server is stopping
                         pass
 
-    def _take(self, busy: bool) -> list[tuple]:
+    def _take(self, busy: bool) -> list[WriterOp]:
         """The next batch: what is queued; when busy, what arrives within ``COALESCE`` seconds too.
 
         Under load the states of a run (Pending, Running, final) come within a few tens
@@ -420,36 +471,35 @@ class QueueWriter(threading.Thread):
                 batch.append(self.queue.get_nowait())
             except queue.Empty:
                 left = deadline - time.monotonic()
-                if left <= 0 or _STOP in batch[-1:]:
+                if left <= 0 or STOP in batch[-1:]:
                     return batch
                 try:
                     batch.append(self.queue.get(timeout=left))
                 except queue.Empty:
                     return batch
 
-    def _commit(self, batch: list[tuple]) -> list[tuple[list, list, list]]:
+    def _commit(self, batch: list[WriterOp]) -> list[Committed]:
         """Apply ``batch`` in one transaction; if that fails, op by op, so a bad op loses only itself."""
         try:
             done = self.env.write(lambda txn: self._apply(txn, batch))
         except Exception:  # noqa: BLE001 - the writer must survive a bad op
             if len(batch) == 1:
-                logger.exception("daskflow server: writing background op %r for run %s failed", batch[0][0],
-                                 batch[0][1])
+                logger.exception("daskflow server: writing background op %r failed", batch[0])
                 return []
         else:
             live = self.live
-            for rec, _ in done[2]:
+            for rec, _ in done.changes:
                 if store.is_final(rec):
                     live.pop(rec["id"], None)
                 else:
                     live[rec["id"]] = rec
             return [done]
-        out: list[tuple[list, list, list]] = []
+        out: list[Committed] = []
         for op in batch:
             out.extend(self._commit([op]))
         return out
 
-    def _apply(self, txn: Any, batch: list[tuple]) -> tuple[list, list, list]:
+    def _apply(self, txn: Any, batch: list[WriterOp]) -> Committed:
         """Apply a batch of queue operations in one LMDB write transaction.
 
         One function because the batch shares a per-transaction cache of run records
@@ -460,7 +510,7 @@ class QueueWriter(threading.Thread):
         records: dict[str, dict | None] = {}
         seen: dict[str, int] = {}  # run id -> history entries already recorded before this batch
         submits: list[dict] = []
-        finals: list[tuple] = []
+        finals: list[tuple[str, Outcome]] = []
         secret: bytes | None = None  # read on first use, once per batch
 
         live = self.live
@@ -478,9 +528,8 @@ class QueueWriter(threading.Thread):
             return records[rid]
 
         for op in batch:
-            kind, rid = op[0], op[1]
-            if kind == "enqueue":
-                entry = rid
+            if type(op) is Enqueue:
+                entry = op.entry
                 rid = entry["id"]
                 if record(rid) is not None:
                     continue  # a duplicate enqueue
@@ -490,37 +539,49 @@ class QueueWriter(threading.Thread):
                 seen[rid] = 0
                 submits.append(entry)
                 continue
-            rec = record(rid)
+            rec = record(op.run_id)  # type: ignore[union-attr]
             if rec is None or store.is_final(rec):
                 continue  # unknown run, or a late duplicate after the first final state
-            if kind == "state":
-                _, _, type_, name, ts, message, worker = op
-                rec["history"].append({"name": name, "type": type_, "timestamp": ts, "message": message})
-                rec["state"], rec["state_type"] = name, type_
-                if worker:
-                    rec["worker"] = worker
-                if type_ == "RUNNING" and rec["start"] is None:
-                    rec["start"] = ts
+            if type(op) is StateChange:
+                rec["history"].append({"name": op.name, "type": op.type, "timestamp": op.timestamp,
+                                       "message": op.message})
+                rec["state"], rec["state_type"] = op.name, op.type
+                if op.worker:
+                    rec["worker"] = op.worker
+                if op.type == "RUNNING" and rec["start"] is None:
+                    rec["start"] = op.timestamp
                     rec["run_count"] = max(rec["run_count"], 1)
-            else:  # final
-                info = op[2]
-                for item in info.get("extra") or ():
-                    t, n, ts, msg = item
-                    rec["history"].append({"name": n, "type": t, "timestamp": ts, "message": msg})
-                rec["history"].append({"name": info["name"], "type": info["type"], "timestamp": info["ts"],
-                                       "message": info.get("message", "")})
-                rec["state"], rec["state_type"], rec["end"] = info["name"], info["type"], info["ts"]
-                rec["error"] = info.get("error")
-                rec["run_count"] = info.get("run_count", rec["run_count"])
-                if info.get("worker"):
-                    rec["worker"] = info["worker"]
-                blob = info.get("result")
-                rec["persisted"] = bool(info.get("persisted"))
-                if blob is not None:
+            elif type(op) is FinalState:
+                finals.append((op.run_id, Outcome(_finish(rec, op), op.result)))
+                if op.result is not None:
                     secret = secret or store.secret(env)
-                    txn.put(rid.encode(), store.seal_result(env, blob, secret), db=resdb)
-                txn.delete(rid.encode(), db=qdb)
-                finals.append((rid, rec, blob))
+                    txn.put(op.run_id.encode(), store.seal_result(env, op.result, secret), db=resdb)
+                txn.delete(op.run_id.encode(), db=qdb)
         changed = [r for r in records.values() if r is not None and len(r["history"]) > seen.get(r["id"], 0)]
         store.write_records(env, txn, changed)
-        return submits, finals, [(r, r["history"][seen.get(r["id"], 0):]) for r in changed]
+        return Committed(submits, finals, [RunChange(r, r["history"][seen.get(r["id"], 0):]) for r in changed])
+
+
+class Committed(NamedTuple):
+    """What one write transaction of the queue writer did."""
+
+    submits: list[dict]  # queue entries made durable: submit them now
+    finals: list[tuple[str, Outcome]]  # (run id, outcome) of runs that became final: wake their readers
+    changes: list[RunChange]  # for the run store
+
+
+def _finish(rec: dict, final: FinalState) -> dict:
+    """Record ``final`` in run record ``rec`` (not final yet); return it."""
+    for event in final.history:
+        rec["history"].append({"name": event.name, "type": event.type, "timestamp": event.timestamp,
+                               "message": event.message})
+    rec["history"].append({"name": final.name, "type": final.type, "timestamp": final.timestamp,
+                           "message": final.message})
+    rec["state"], rec["state_type"], rec["end"] = final.name, final.type, final.timestamp
+    rec["error"] = final.error
+    if final.run_count is not None:
+        rec["run_count"] = final.run_count
+    if final.worker:
+        rec["worker"] = final.worker
+    rec["persisted"] = final.persisted
+    return rec

@@ -31,6 +31,7 @@ from typing import Any, Iterable
 import msgpack
 
 from daskflow import _lmdb, config
+from daskflow.background.records import Outcome, RunChange
 from daskflow.cache import serialization as ser
 from daskflow.exceptions import DamagedStore
 
@@ -119,24 +120,29 @@ def write_records(env: _lmdb.Env, txn: Any, records: list[dict]) -> None:
         txn.put(rec["id"].encode(), pack(rec), db=db)
 
 
-def record_states(changes: list[tuple[dict, list[dict]]]) -> None:
+def record_states(changes: list[RunChange]) -> None:
     """Hand new states of background runs to the run store: the one place that does.
 
-    ``changes`` holds ``(record, new history entries)`` per run whose state changed,
-    after the background store committed them. Without a run store this does nothing
+    ``changes`` holds a ``RunChange`` per run whose state changed, after the background
+    store committed it. A final run's ``run_count`` goes with its states, so that the run
+    store counts the attempts the task worker reported (a retried run: 2), as the
+    background record and the run's future do. Without a run store this does nothing
     (the records above are the background runs' own bookkeeping).
     """
     try:
         from daskflow.engine.tracking import tracker
     except ImportError:  # no run store in this build
         return
-    groups: dict[tuple, list[tuple[str, str, float, str]]] = {}
+    groups: dict[tuple, tuple[list[tuple[str, str, float, str]], dict[str, int]]] = {}
     for rec, entries in changes:
         key = (rec["task_name"], rec["task_key"], rec.get("flow_run_id"), rec.get("worker"))
-        groups.setdefault(key, []).extend((rec["id"], h["name"], h["timestamp"], h["message"]) for h in entries)
-    for (task_name, task_key, flow_run_id, worker), events in groups.items():
+        events, counts = groups.setdefault(key, ([], {}))
+        events.extend((rec["id"], h["name"], h["timestamp"], h["message"]) for h in entries)
+        if is_final(rec):
+            counts[rec["id"]] = rec["run_count"]
+    for (task_name, task_key, flow_run_id, worker), (events, counts) in groups.items():
         tracker.record_states(events, task_name=task_name, task_key=task_key, flow_run_id=flow_run_id,
-                              worker=worker)
+                              worker=worker, run_counts=counts)
 
 
 def reconcile_run_store(env: _lmdb.Env, requeued: Iterable[str] = ()) -> int:
@@ -157,9 +163,9 @@ def reconcile_run_store(env: _lmdb.Env, requeued: Iterable[str] = ()) -> int:
     for rec in records:
         have = recorded.get(rec["id"])
         if have is None:
-            changes.append((rec, rec["history"]))  # never reached the run store
+            changes.append(RunChange(rec, rec["history"]))  # never reached the run store
         elif have != rec["state"]:
-            changes.append((rec, rec["history"][-1:]))
+            changes.append(RunChange(rec, rec["history"][-1:]))
     record_states(changes)
     return len(changes)
 
@@ -177,8 +183,11 @@ def record_logs(records: list[list]) -> None:
 
 
 def read_records(run_ids: list[str], env: _lmdb.Env | None = None, results: bool = False
-                 ) -> dict[str, tuple[dict, bytes | None]]:
-    """``{run id: (record, result blob or None)}`` for the known ones, in one read."""
+                 ) -> dict[str, Outcome]:
+    """``{run id: Outcome(record, result blob or None)}`` for the known ones, in one read.
+
+    The record may not be final yet (``is_final``); the blob is read only with ``results``.
+    """
     env = env or open_store()
     runs, res = env.db("runs"), env.db("results")
     secret = _secret(env) if results else b""
@@ -189,17 +198,17 @@ def read_records(run_ids: list[str], env: _lmdb.Env | None = None, results: bool
             raw = txn.get(rid.encode(), db=runs)
             if raw is not None:
                 blob = txn.get(rid.encode(), db=res) if results else None
-                out[rid] = (unpack(raw), None if blob is None else bytes(blob))
+                out[rid] = Outcome(unpack(raw), None if blob is None else bytes(blob))
         return out
 
     found = env.read(read)
     for rid, (rec, blob) in found.items():
         if blob is not None:
             try:
-                found[rid] = (rec, ser.verify(secret, blob))
+                found[rid] = Outcome(rec, ser.verify(secret, blob))
             except ser.DamagedRecord as exc:
                 _refuse("result", rid.encode(), exc)
-                found[rid] = (rec, None)
+                found[rid] = Outcome(rec, None)
     return found
 
 

@@ -40,6 +40,7 @@ import cloudpickle
 
 from daskflow import config
 from daskflow.background.plugin import OP
+from daskflow.background.records import FinalState, Message, StateChange, to_wire
 from daskflow.codes import CODE_STATES, OK_CODES
 from daskflow.engine.api.tasks import Task
 from daskflow.engine.core.envelope import ChunkSpec
@@ -95,15 +96,15 @@ class ChunkEvents:
         self.worker, self.batch = worker, batch
         self.lock = threading.Lock()
         self.flushing = threading.Lock()  # one flush at a time: written, then sent, in order
-        self.events: list[tuple] = []  # Running states: sent at the next flush
-        self.held: list[tuple] = []  # final states: sent once their cache records are written
+        self.events: list[Message] = []  # Running states: sent at the next flush
+        self.held: list[Message] = []  # final states: sent once their cache records are written
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._flusher, name="daskflow-chunk-states", daemon=True)
         self.thread.start()
 
-    def add(self, event: tuple) -> None:
+    def add(self, event: Message) -> None:
         with self.lock:
-            (self.held if event[0] == "final" else self.events).append(event)
+            (self.held if type(event) is FinalState else self.events).append(event)
 
     def _flusher(self) -> None:
         while not self.stopped.wait(FLUSH_EVERY):
@@ -116,7 +117,8 @@ class ChunkEvents:
                 writes = self.batch.take()
             writes.flush()
             with self.lock:
-                events, self.events = self.events + held, []
+                messages, self.events = self.events + held, []
+            events = [to_wire(m) for m in messages]
             if events:
                 try:
                     self.worker.loop.add_callback(self.worker.batched_send, {"op": OP, "events": events})
@@ -161,51 +163,53 @@ def run_background_chunk(task_blob: bytes, runs: list[QueuedRun]) -> None:
             events.close()
 
 
-def _cannot_load(rid: str, address: str, exc: Exception, send: Callable[[tuple], None]) -> None:
+def _cannot_load(rid: str, address: str, exc: Exception, send: Callable[[Message], None]) -> None:
     message = f"the call could not be loaded on task worker {address}: {type(exc).__name__}: {exc}"
-    send(("state", rid, "RUNNING", "Running", time.time(), "", address))
-    send(("final", rid, {"type": "FAILED", "name": "Failed", "ts": time.time(), "message": message,
-                         "error": traceback.format_exc(), "run_count": 1, "worker": address,
-                         "result": _dumps_exc(RuntimeError(message))}))
+    send(StateChange(rid, "RUNNING", "Running", time.time(), "", address))
+    send(FinalState(rid, "FAILED", "Failed", time.time(), message, error=traceback.format_exc(), run_count=1,
+                    worker=address, result=_dumps_exc(RuntimeError(message))))
 
 
-def run_one(task: Task, run: QueuedRun, address: str, send: Callable[[tuple], None]) -> None:
-    """Execute one delayed run of ``task``; ``send`` its Running and final states."""
+def run_one(task: Task, run: QueuedRun, address: str, send: Callable[[Message], None]) -> None:
+    """Execute one delayed run of ``task``; ``send`` its Running and final states.
+
+    The final state carries what the engine's envelope (``run_rows``' ``ChunkResult``)
+    says of the run: its code, attempts (``run_count``), the states of its retries, its
+    error, and the value or exception.
+    """
     rid = run.run_id
-    send(("state", rid, "RUNNING", "Running", time.time(), "", address))
+    send(StateChange(rid, "RUNNING", "Running", time.time(), "", address))
     try:
         row = cloudpickle.loads(run.args)
     except Exception as exc:  # noqa: BLE001 - a call this worker cannot load fails its run
         message = f"the call could not be loaded on task worker {address}: {type(exc).__name__}: {exc}"
-        send(("final", rid, {"type": "FAILED", "name": "Failed", "ts": time.time(), "message": message,
-                             "error": traceback.format_exc(), "run_count": 1, "worker": address,
-                             "result": _dumps_exc(RuntimeError(message))}))
+        send(FinalState(rid, "FAILED", "Failed", time.time(), message, error=traceback.format_exc(), run_count=1,
+                        worker=address, result=_dumps_exc(RuntimeError(message))))
         return
     res = run_rows(ChunkSpec.single(task, uuid.UUID(rid).int, tuple(row), flow_run_id=run.flow_run_id), [])
     code = res.codes[0]
-    info: dict[str, Any] = {"type": CODE_STATES[code].type, "name": CODE_STATES[code].name, "ts": res.ends[0] if res.ends else time.time(),
-                            "run_count": res.run_count(0), "worker": address, "message": ""}
-    logs = getattr(res, "logs", None)  # run logs not shipped while the run ran (with a run store)
-    if logs:
-        info["logs"] = logs
+    final = FinalState(rid, CODE_STATES[code].type, CODE_STATES[code].name, res.ends[0] if res.ends else time.time(),
+                       run_count=res.run_count(0), worker=address,
+                       logs=getattr(res, "logs", None) or None)  # run logs not shipped while the run ran
     extra = res.history.get(0)
     if extra:  # retries: every state after the first Running, which was already reported
-        info["extra"] = [list(h) for h in extra[1:]]
+        final.history = list(extra[1:])
     if code in OK_CODES:
         if persists(task):
             try:
-                info["result"] = cloudpickle.dumps(res.get_values()[0], protocol=5)
-                info["persisted"] = True
+                final.result = cloudpickle.dumps(res.get_values()[0], protocol=5)
+                final.persisted = True
             except Exception as exc:  # noqa: BLE001
-                info.update(type="FAILED", name="Failed", message=f"the result of task {task.name!r} "
-                            f"cannot be serialized: {type(exc).__name__}: {exc}")
-                info["result"] = _dumps_exc(TypeError(info["message"]))
+                final.type, final.name = "FAILED", "Failed"
+                final.message = (f"the result of task {task.name!r} cannot be serialized: "
+                                 f"{type(exc).__name__}: {exc}")
+                final.result = _dumps_exc(TypeError(final.message))
     else:
         state = res.state(0)
-        info["message"] = state.message
-        info["error"] = res.tracebacks.get(0) or state.message
-        info["result"] = _dumps_exc(state.exception())
-    send(("final", rid, info))
+        final.message = state.message
+        final.error = res.tracebacks.get(0) or state.message
+        final.result = _dumps_exc(state.exception())
+    send(final)
 
 
 def _dumps_exc(exc: BaseException) -> bytes:

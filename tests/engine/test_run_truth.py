@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import time
@@ -120,3 +121,48 @@ def test_run_lost_with_its_worker_counts_its_attempt_in_both_views(tmp_path):
     assert seen == (1, ["Pending", "Running", "Crashed"])
     assert tracker.flush()
     assert stored_story(run_id) == seen
+
+
+def test_background_run_retried_once_counts_2_in_its_future_the_cli_and_the_api(tmp_path, monkeypatch):
+    # A real daskflow server and task worker (subprocesses): the server's host keeps the
+    # run store, so `runs show` and the UI read the server's home.
+    root = pathlib.Path(__file__).resolve().parents[1]
+    monkeypatch.syspath_prepend(str(root / "runners"))
+    monkeypatch.syspath_prepend(str(root / "ui"))
+    import bg_tasks
+    from background_procs import env_for, start_server, start_worker
+    from ui_procs import get_json, start_ui, stop_ui
+
+    from daskflow.background.client import disconnect
+
+    home = tmp_path / "srv"
+    server, address = start_server(home)
+    monkeypatch.setenv("DASKFLOW_SCHEDULER_ADDRESS", address)
+    worker = None
+    try:
+        worker, _ = start_worker(home, address, "bg_tasks:flaky")
+        fut = bg_tasks.flaky.delay(str(tmp_path / "attempts"))  # the first attempt fails, the retry completes
+        assert fut.result(timeout=60) == 2
+        seen = story(fut)
+        assert seen == (2, ["Scheduled", "Pending", "Running", "AwaitingRetry", "Retrying", "Completed"])
+
+        def stored() -> dict | None:  # the server writes its run store in batches: eventually consistent
+            out = subprocess.run([sys.executable, "-m", "daskflow", "runs", "show", fut.task_run_id, "-o", "json"],
+                                 capture_output=True, text=True, env=env_for(home), timeout=60)
+            record = json.loads(out.stdout) if out.returncode == 0 else None
+            return record if record and record["state"] == "Completed" else None
+
+        deadline = time.monotonic() + 60
+        while (record := stored()) is None:
+            assert time.monotonic() < deadline, "the run store never showed the run Completed"
+        assert (record["run_count"], [h["name"] for h in record["history"]]) == seen
+        ui = start_ui(home)
+        try:
+            assert get_json(ui.base + f"/api/runs/{fut.task_run_id}") == record
+        finally:
+            stop_ui(ui)
+    finally:
+        if worker is not None:
+            worker.stop()
+        disconnect(address)
+        assert server.stop() == 0

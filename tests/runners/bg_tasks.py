@@ -145,3 +145,21 @@ def poison(i, bad):
 
         os.kill(os.getpid(), signal.SIGKILL)
     return i
+
+
+@task(persist_result=True)
+def counted(log):
+    """Note each execution in ``log``. No worker of the shared fixture serves this task."""
+    with open(log, "a") as f:
+        f.write("ran\n")
+    return "ran"
+
+
+@task(persist_result=True)
+def gated(started, go):
+    """Say it started, then run until the test says go."""
+    pathlib.Path(started).write_text("started")
+    deadline = time.monotonic() + 60
+    while not pathlib.Path(go).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return "done"

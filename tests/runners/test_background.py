@@ -15,6 +15,7 @@ from daskflow import flow, unmapped
 from daskflow.background import store
 from daskflow.background.client import disconnect
 from daskflow.exceptions import (
+    CancelledRun,
     CrashedRun,
     NoBackgroundServer,
     ParameterSerializationError,
@@ -25,7 +26,7 @@ from daskflow.runners import ThreadPoolTaskRunner
 
 SERVED = ["bg_tasks:add", "bg_tasks:whoami", "bg_tasks:not_persisted", "bg_tasks:boom", "bg_tasks:flaky",
           "bg_tasks:inc", "bg_tasks:cached_square", "bg_tasks:chatty", "bg_tasks:chatty_long",
-          "bg_tasks:total", "bg_tasks:aio_double"]
+          "bg_tasks:total", "bg_tasks:aio_double", "bg_tasks:gated"]
 
 
 @pytest.fixture(scope="module")
@@ -462,13 +463,14 @@ def test_background_writer_bad_op_loses_only_itself(tmp_path):
     from types import SimpleNamespace
 
     from daskflow.background.plugin import QueueWriter
+    from daskflow.background.records import Enqueue
 
     env = store.open_store(tmp_path / "bg")
     writer = QueueWriter(SimpleNamespace(env=env))
     good = {"id": "00000000-0000-0000-0000-00000000000a", "task_key": "add-1", "task_name": "add", "task": b"",
             "args": b"", "flow_run_id": None, "submitted": 1.0, "key": "add-a"}
-    bad = ("enqueue", {"id": None})  # a malformed enqueue: its write raises
-    parts = writer._commit([("enqueue", good), bad])
+    bad = Enqueue({"id": None})  # a malformed enqueue: its write raises
+    parts = writer._commit([Enqueue(good), bad])
     assert [e["id"] for submits, _, _ in parts for e in submits] == [good["id"]]
     assert good["id"] in store.read_records([good["id"]], env)
 
@@ -516,3 +518,55 @@ def test_reconcile_gives_the_run_store_the_final_states_it_missed(daskflow_home)
     names = [h["name"] for h in runs.task_run(lost)["history"]]
     assert names[0] == "Scheduled" and names[-1] == "Completed"
     assert store.reconcile_run_store(env, requeued=[queued]) == 0
+
+
+def test_cancel_a_queued_background_run_it_ends_cancelled_and_never_runs(bg_server, tmp_path):
+    from distributed import Client
+
+    log = tmp_path / "executions"
+    fut = bg_tasks.counted.delay(str(log))  # nobody serves `counted` yet: it stays queued
+    assert fut.cancel() is True  # right after .delay(): the server waits for the call to arrive
+    fut.wait(timeout=30)
+    assert fut.state.name == "Cancelled"
+    with pytest.raises(CancelledRun):
+        fut.result(timeout=30)
+    assert fut.run_count == 0 and [s.name for s in fut.history()] == ["Scheduled", "Cancelled"]
+    assert fut.cancel() is False  # final: nothing to cancel
+
+    other = bg_tasks.counted.delay(str(tmp_path / "other"))  # not cancelled: the worker below runs it
+    serve = "import bg_tasks; from daskflow import serve; serve(bg_tasks.counted, limit=1)"
+    worker, _ = start_worker(bg_server["home"], bg_server["address"], python=serve)
+    try:
+        assert other.result(timeout=30) == "ran"
+        # The cancelled run's chunk reaches that worker too: once Dask is done with it
+        # (its key forgotten), it has run as a chunk with nothing to do.
+        key = f"counted-{fut.task_run_id}"
+        with Client(bg_server["address"], set_as_default=False) as client:
+            _wait_for(lambda: not client.run_on_scheduler(_knows_key, key), 30)
+    finally:
+        assert worker.stop() == 0
+    assert not log.exists(), "a cancelled run was executed"
+    assert fut.record()["state"] == "Cancelled"
+
+    def shown() -> dict | None:
+        rec = _cli_json(bg_server["home"], "runs", "show", fut.task_run_id)
+        return rec if rec and rec["state"] == "Cancelled" else None
+
+    _wait_for(shown, 30)  # the server's run store is written in batches: eventually consistent
+    assert shown()["run_count"] == 0
+
+
+def _knows_key(key, dask_scheduler=None) -> bool:
+    return key in dask_scheduler.tasks
+
+
+def test_cancel_of_a_running_background_run_returns_false_and_the_run_completes(bg_server, tmp_path):
+    started, go = tmp_path / "started", tmp_path / "go"
+    fut = bg_tasks.gated.delay(str(started), str(go))
+    _wait_for(started.exists, 30)
+    try:
+        assert fut.cancel() is False  # a task worker runs it: Dask cannot stop a running task
+    finally:
+        go.touch()
+    assert fut.result(timeout=30) == "done"
+    assert fut.state.name == "Completed" and fut.run_count == 1

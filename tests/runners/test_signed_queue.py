@@ -62,7 +62,7 @@ def test_unsigned_result_is_refused(tmp_path):
                            txn.put(rec["id"].encode(), cloudpickle.dumps(_Planted(marker)), db=env.db("results"))))
     with pytest.warns(store.RefusedRecord, match="result"):
         found = store.read_records([rec["id"]], env, results=True)
-    assert found[rec["id"]][1] is None and not marker.exists()
+    assert found[rec["id"]].result is None and not marker.exists()
 
 
 def test_server_refuses_a_planted_queue_entry_at_restart(tmp_path):

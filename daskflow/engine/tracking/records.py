@@ -115,6 +115,7 @@ class RunStates(NamedTuple):
     task_key: str | None
     flow_run_id: str | None
     worker: str | None
+    run_counts: dict[str, int] | None = None  # attempts of final runs, by run id
 
 
 class FlushMarker(NamedTuple):
@@ -293,6 +294,8 @@ def _run_state_ops(record: RunStates) -> list[ChunkUpdate]:
         code = CODE_OF_NAME.get(name)
         if code is not None:
             fields.update(codes=bytes([code]), ends=array("d", [ts]).tobytes(), live=None)
+            if record.run_counts and rid in record.run_counts:
+                fields["run_counts"] = {0: record.run_counts[rid]}
             if message and code != COMPLETED:
                 fields["messages"] = {0: message}
         else:

@@ -440,12 +440,15 @@ def record_logs(records: list[list]) -> None:
 
 
 def record_states(events: Iterable[tuple[str, str, float, str]], task_name: str, task_key: str | None = None,
-                  flow_run_id: str | None = None, worker: str | None = None) -> None:
+                  flow_run_id: str | None = None, worker: str | None = None,
+                  run_counts: dict[str, int] | None = None) -> None:
     """Record state events of single runs by run id, e.g. from the background path.
 
     ``events`` holds ``(run_id, state_name, timestamp, message)``: ``Scheduled``,
     ``Pending``, ``Running``, ``Retrying``, ``AwaitingRetry`` or a final name
     (``Completed``, ``Failed``, ``Crashed``, ...). Final names set the run's final state.
+    ``run_counts`` (by run id): how many times a final run's body was attempted, as its
+    executor counted it (a retried run: 2); read through ``codes.run_count_of``.
     Safe to call from any process that can reach ``$DASKFLOW_HOME`` (a task worker,
     the server); the write is batched by this process's writer thread.
 
@@ -453,7 +456,7 @@ def record_states(events: Iterable[tuple[str, str, float, str]], task_name: str,
         >>> record_states([(rid, "Scheduled", time.time(), "")], task_name="email")  # doctest: +SKIP
     """
     if enabled():
-        _tracker.put(RunStates(list(events), task_name, task_key, flow_run_id, worker))
+        _tracker.put(RunStates(list(events), task_name, task_key, flow_run_id, worker, run_counts or None))
 
 
 def flush(timeout: float | None = 10.0) -> bool:
