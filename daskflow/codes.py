@@ -1,7 +1,7 @@
 """Final state codes: one byte per run in chunk envelopes and in run-store records.
 
 The engine, the run store, the background server and the CLI all speak this one
-table; the engine turns a code into a ``State`` (``engine.states``), the store and the
+table; the engine turns a code into a ``State`` (``engine.core.states``), the store and the
 CLI into names, without importing the engine.
 """
 

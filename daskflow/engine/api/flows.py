@@ -4,7 +4,7 @@ A flow run picks its runner (its own ``task_runner``, else its parent flow's, el
 the Dask cluster it runs inside, else a new default ``DaskTaskRunner``), runs the
 body in the calling thread, then waits for every run submitted in it: nothing
 submitted is dropped. Its final state follows its return value by Prefect's rule
-(``engine.returns``): futures in it become States, a returned State or a collection of
+(``engine.api.returns``): futures in it become States, a returned State or a collection of
 States decides. It ends by logging one warning that lists failed runs nobody looked at.
 
 Options are Prefect's: ``retries``/``retry_delay_seconds`` re-run a body that raised,

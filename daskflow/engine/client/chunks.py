@@ -1,7 +1,7 @@
 """Chunks: the client's record of submitted calls, and what their outcomes mean.
 
 A submission becomes one or more *chunks*, each one call of the task-run function
-(``engine.run.run_chunk``) on the runner. ``Chunk`` holds the runner's handle and, once
+(``engine.worker.run.run_chunk``) on the runner. ``Chunk`` holds the runner's handle and, once
 fetched, the envelope (``ChunkResult``). This module is where the engine meets its
 runners:
 
@@ -371,7 +371,7 @@ class _Eager:
     a worker dying later costs nothing, and the tracker records completions as they happen.
     Chunks that queued chunks depend on stay on the workers (their values go worker to
     worker, not through the client); if Dask computes one again, it resumes from the
-    ledger's checkpoints (``engine.run.Notes``) or the envelope the client kept.
+    ledger's checkpoints (``engine.worker.checkpoints.Notes``) or the envelope the client kept.
 
     What tells it a chunk finished is the ``ChunkEnded`` message its worker sends anyway
     (``tracker.on_chunks_ended``, ~100 ms batches): a Dask done callback per future costs

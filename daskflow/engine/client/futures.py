@@ -1,6 +1,6 @@
 """Futures of task runs.
 
-A submission becomes one or more *chunks* (one Dask task each, ``engine.chunks``).
+A submission becomes one or more *chunks* (one Dask task each, ``engine.client.chunks``).
 A ``TaskRunFuture`` is a (chunk, index) pair; ``MapFutures`` is the future
 list of a ``.map()`` and makes element futures only when they are asked for, so a
 10^6-element map holds a few hundred chunk records, not 10^6 objects.

@@ -29,7 +29,7 @@ class FlowRunContext:
     parameters: dict[str, Any]
     submitted: list[Any] = field(default_factory=list)  # futures and future lists
     parent: FlowRunContext | None = None
-    flow_run: Any = None  # the engine.flows.FlowRun record its hooks receive
+    flow_run: Any = None  # the engine.api.flows.FlowRun record its hooks receive
 
 
 @dataclass(eq=False, slots=True)

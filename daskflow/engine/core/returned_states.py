@@ -1,7 +1,7 @@
 """Runs whose body returned a ``State``: the state becomes the run's, as in Prefect.
 
 A completed state gives its data as the run's value; a failed one is the run's failure
-(the lifecycle in ``engine.run`` retries it like a raised exception); a cancelled or
+(the lifecycle in ``engine.worker.lifecycle`` retries it like a raised exception); a cancelled or
 crashed one is final.
 """
 
