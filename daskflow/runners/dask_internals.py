@@ -120,6 +120,12 @@ def mark_broken(feature: str, exc: BaseException) -> None:
                        feature, type(exc).__name__, exc)
 
 
+def redetect() -> None:
+    """Forget what was detected and what broke: the next use detects again (for tests)."""
+    available.cache_clear()
+    _broken.clear()
+
+
 def _params(fn: Callable) -> list[str]:
     return list(inspect.signature(fn).parameters)
 
@@ -146,7 +152,8 @@ def _has_client_stream() -> bool:
 def _has_worker_stream() -> bool:
     from distributed import Worker
 
-    return _params(Worker.batched_send) == ["self", "msg"]
+    method = Worker.batched_send
+    return _params(method) == ["self", "msg"] and not getattr(method, "__isabstractmethod__", False)
 
 
 def _has_worker_task_state() -> bool:
@@ -270,7 +277,14 @@ def worker_send(worker: Any, msg: dict) -> None:
 
     Raises ``RuntimeError`` when the worker's event loop is closed (as Tornado does).
     """
-    worker.loop.add_callback(_worker_send_on_loop, worker, msg)
+    try:
+        here = asyncio.get_running_loop()
+    except RuntimeError:
+        here = None
+    if here is not None and here is getattr(worker.loop, "asyncio_loop", None):
+        _worker_send_on_loop(worker, msg)
+    else:
+        worker.loop.add_callback(_worker_send_on_loop, worker, msg)
 
 
 def _worker_send_on_loop(worker: Any, msg: dict) -> None:
