@@ -47,6 +47,7 @@ from daskflow.exceptions import (
     UpstreamFailed,
 )
 from daskflow.ids import new_run_base, run_id
+from daskflow.runners import dask_internals
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -105,12 +106,13 @@ class _Link:
             from daskflow.background.plugin import OP
 
             calls, tasks = calls_to_wire(items)  # each pickled task travels once per message
-            self.client._send_to_scheduler_safe({"op": OP, "enqueue": calls, "tasks": tasks})
+            dask_internals.send_to_scheduler(self.client, {"op": OP, "enqueue": calls, "tasks": tasks})
 
     def flush(self) -> None:
         """Hand buffered calls to the batched stream and let it send them (at exit)."""
         async def flush() -> None:
             self._flush()
+            await dask_internals.sent(self.client)  # messages that went by RPC (no batched stream)
 
         if self._buf and self.client.status == "running":
             self.client.sync(flush)

@@ -70,6 +70,7 @@ from daskflow.background.records import (
 )
 from daskflow.engine.tracking.events import LogsShipped, batch_from_wire
 from daskflow.engine.tracking.tracker import TOPIC
+from daskflow.runners import dask_internals
 
 __all__ = ["BackgroundPlugin"]
 
@@ -122,7 +123,7 @@ class BackgroundPlugin(SchedulerPlugin):
         self.alone_now: str | None = None
         self.writer = QueueWriter(self)
         self.writer.start()
-        scheduler.stream_handlers[OP] = self._on_stream
+        dask_internals.add_stream_handler(scheduler, OP, self._on_stream)
         scheduler.handlers["daskflow_bg_wait"] = self._wait
         scheduler.handlers["daskflow_bg_get"] = self._get
         scheduler.handlers["daskflow_bg_todo"] = self._todo

@@ -47,6 +47,7 @@ from daskflow.engine.core.envelope import ChunkSpec
 from daskflow.engine.worker.run import run_rows
 from daskflow.engine.worker.write_batch import WriteBatch, batched_cache_writes
 from daskflow.exceptions import NoBackgroundServer
+from daskflow.runners import dask_internals
 
 __all__ = ["ChunkEvents", "QueuedRun", "load_target", "run_background_chunk", "serve"]
 
@@ -121,7 +122,7 @@ class ChunkEvents:
             events = [to_wire(m) for m in messages]
             if events:
                 try:
-                    self.worker.loop.add_callback(self.worker.batched_send, {"op": OP, "events": events})
+                    dask_internals.worker_send(self.worker, {"op": OP, "events": events})
                 except RuntimeError:  # the worker's loop is closed: the server resubmits these runs
                     logger.warning("daskflow task worker: stopping; %d run state(s) not sent", len(events))
 

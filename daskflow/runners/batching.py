@@ -20,40 +20,28 @@ half of what 1,201 ``client.submit`` calls cost.
   until its graph is sent. A future released before that would reach the scheduler
   first, and it would cancel the call for "lost dependencies".
 
-It uses two names Dask does not document (``Client._graph_to_futures`` and
-``dask._expr.LLGExpr``, what ``client.submit`` and ``client.map`` use); where they are
-missing or changed (``available()``), and with a delay of 0, calls go one
+It uses names Dask does not document (``Client._graph_to_futures``,
+``dask._expr.LLGExpr``, ``dask._task_spec``: what ``client.submit`` and ``client.map``
+use), through ``runners.dask_internals``; where they are missing or changed, switched
+off (``daskflow.dask-internals``), or with a delay of 0, calls go one
 ``client.submit``/``client.map`` at a time as before.
 """
 
 from __future__ import annotations
 
-import functools
 import threading
-import uuid
 from typing import TYPE_CHECKING, Any, Callable
 
 from daskflow import config
+from daskflow.runners import dask_internals
 
 if TYPE_CHECKING:
     from distributed import Client, Future
 
 
-@functools.cache
 def available() -> bool:
-    """Whether this Dask has the graph-submission names the buffer uses (checked once)."""
-    try:
-        import inspect
-
-        from dask._expr import LLGExpr  # noqa: F401
-        from dask._task_spec import Task, parse_input  # noqa: F401
-        from distributed import Client
-        from distributed.spans import SpanMetadata  # noqa: F401
-
-        params = inspect.signature(Client._graph_to_futures).parameters
-    except (ImportError, AttributeError, ValueError, TypeError):
-        return False
-    return {"expr", "keys", "span_metadata", "internal_priority"} <= set(params)
+    """Whether the graph path can be used now (``dask_internals``: detected once, and switched on)."""
+    return dask_internals.enabled("graph")
 
 
 def settings() -> tuple[float, int]:
@@ -77,10 +65,9 @@ class GraphBuffer:
         self.lock = threading.Lock()  # held while appending and while sending: graphs go in order
         self.armed = False
         if self.holding:
-            from dask._task_spec import Task, parse_input
             from distributed import Future
 
-            self.make_task, self.parse, self.future = Task, parse_input, Future
+            (self.make_task, self.parse), self.future = dask_internals.task_spec(), Future
 
     def submit(self, fn: Callable[..., Any], iterables: tuple[list, ...], keys: list[str]) -> list[Future]:
         """Hold ``fn(*row)`` for each row of ``iterables``; their futures, made now."""
@@ -128,6 +115,8 @@ class GraphBuffer:
             try:
                 sent = [self._send(tasks)]
             except Exception:  # noqa: BLE001 - a call that cannot be pickled fails alone, not its batch
+                if not available():  # Dask changed under us: later calls go one client.submit each
+                    self.holding = False
                 sent = [self._send_alone(key, task) for key, task in tasks.items()]
         del sent, keep  # released after the graph: the scheduler sees them in that order
 
@@ -137,15 +126,7 @@ class GraphBuffer:
             self.tasks, self.keep = {}, []
 
     def _send(self, tasks: dict[str, Any]) -> dict[str, Future]:
-        from dask._expr import LLGExpr
-        from distributed.spans import SpanMetadata
-
-        return self.client._graph_to_futures(  # the futures it makes are dropped by the caller
-            LLGExpr(tasks, _determ_token=uuid.uuid4().hex),
-            list(tasks),
-            span_metadata=SpanMetadata(collections=[{"type": "Future"}]),
-            internal_priority=dict(zip(tasks, range(len(tasks)))),  # first submitted, first run
-        )
+        return dask_internals.graph_submit(self.client, tasks)  # its futures are dropped by the caller
 
     def _send_alone(self, key: str, task: Any) -> dict[str, Future]:
         """Send one call; one whose arguments cannot be pickled ends in that error on a worker."""

@@ -34,6 +34,7 @@ import dask.config
 
 from daskflow import config
 from daskflow.exceptions import SchedulerUnreachable
+from daskflow.runners import dask_internals
 from daskflow.runners.base import LOCAL_HOST, Host, TaskRunner
 from daskflow.runners.batching import GraphBuffer
 
@@ -342,8 +343,6 @@ class DaskTaskRunner(TaskRunner):
             self._client.cancel(live)
 
     def wait(self, handles: list[Any], timeout: float | None) -> None:
-        from distributed.client import _wait as dask_wait
-
         if all(h.done() for h in handles):
             return
         self.flush()
@@ -355,7 +354,7 @@ class DaskTaskRunner(TaskRunner):
         from distributed.client import FuturesCancelledError
 
         try:
-            handles[0].client.sync(dask_wait, handles, timeout=timeout)
+            dask_internals.wait_futures(handles[0].client, handles, timeout)
         except FuturesCancelledError:
             pass  # done too: ``gather`` reports each one's cancellation
         except TimeoutError:

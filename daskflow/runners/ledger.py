@@ -29,6 +29,8 @@ from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
+from daskflow.runners import dask_internals
+
 logger = logging.getLogger("daskflow")
 
 PLUGIN_NAME = "daskflow-ledger"
@@ -51,7 +53,7 @@ class LedgerPlugin(SchedulerPlugin):
         self.kept: dict[Any, bytes] = {}
         self.orphans: dict[Any, tuple[float, list[bytes]]] = {}  # notes of forgotten calls, for a while
         self.finished: set[Any] = set()  # calls that delivered a result (not orphans when forgotten)
-        scheduler.stream_handlers[OP_NOTE] = self._note
+        dask_internals.add_stream_handler(scheduler, OP_NOTE, self._note)
         scheduler.handlers["daskflow_ledger_keep"] = self._keep
         scheduler.handlers["daskflow_ledger_get"] = self._get
         scheduler.handlers["daskflow_ledger_notes"] = self._notes
@@ -135,7 +137,7 @@ def note(blob: bytes) -> None:
     if here is None:
         return
     worker, key = here
-    worker.loop.add_callback(worker.batched_send, {"op": OP_NOTE, "key": key, "blob": blob})
+    dask_internals.worker_send(worker, {"op": OP_NOTE, "key": key, "blob": blob})
 
 
 def recall() -> tuple[bytes | None, list[bytes]]:
@@ -144,8 +146,8 @@ def recall() -> tuple[bytes | None, list[bytes]]:
     if here is None:
         return None, []
     worker, key = here
-    ts = worker.state.tasks.get(key)
-    if ts is None or not (ts.annotations or {}).get(RERUN):
+    marks = dask_internals.worker_task_annotations(worker, key)  # None: unknown here, ask the ledger
+    if marks is not None and not marks.get(RERUN):
         return None, []
     from distributed.utils import sync
 
