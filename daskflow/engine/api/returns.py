@@ -17,6 +17,7 @@ import types
 from collections import Counter
 from typing import Any
 
+from daskflow.engine.client.chunks import bring_values
 from daskflow.engine.client.futures import MapFutures, TaskRunFuture
 from daskflow.engine.core import states as st
 
@@ -29,9 +30,11 @@ def resolve_futures_to_states(value: Any) -> Any:
     if isinstance(value, TaskRunFuture):
         value.chunk.observe(value.index)
         value.wait()
+        bring_values([value.chunk])  # returned: the caller holds the value after the flow's runner is gone
         return value.state
     if isinstance(value, MapFutures):
         value.wait()
+        bring_values(value.chunks)
         for chunk in value.chunks:
             chunk.observe()
         return value.states

@@ -17,12 +17,12 @@ runners:
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import threading
 import time
 import uuid
 import weakref
-from itertools import repeat
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import cloudpickle
@@ -48,7 +48,7 @@ class Chunk:
     """The client's record of one submitted chunk of runs."""
 
     __slots__ = ("task", "base", "start", "n", "handle", "runner", "result", "observed", "submitted", "dependents",
-                 "spec", "ups", "key", "reader", "__weakref__")
+                 "spec", "ups", "key", "reader", "values_handle", "__weakref__")
 
     def __init__(self, task: Task, base: int, start: int, n: int, handle: Any, runner: TaskRunner | None,
                  result: ChunkResult | None = None) -> None:
@@ -66,6 +66,7 @@ class Chunk:
         self.ups: list[Chunk] = []  # the upstream chunks it was submitted with
         self.key = ""  # the runner's name of the call (submitted again under the same name)
         self.reader: weakref.ref | None = None  # the one future of a .submit(): gone, nobody can read it
+        self.values_handle: Any = None  # the call whose result holds the values, when they stayed there
 
     # -- made by the client ------------------------------------------------------------
     @classmethod
@@ -236,6 +237,10 @@ def fetch_many(runner: TaskRunner, chunks: list[Chunk], timeout: float | None) -
             done = [c for c in chunks if c.handle is not None and c.handle.done()]
             cut = [c for c in done if c.spec is not None and runner.dropped(c.handle)]
             got = [c for c in done if c not in cut]
+            told = [c for c in got if (c.base, c.start) in eager.summaries]
+            if told:  # their values stayed on the workers: record them from their summaries
+                settle(told, [eager.summary_of(c) for c in told])
+                got = [c for c in got if c.handle is not None]
             if got:
                 _set_results(runner, got, runner.gather([c.handle for c in got]))
             if cut:
@@ -248,7 +253,7 @@ def _set_results(runner: TaskRunner, chunks: list[Chunk], results: list) -> None
     for chunk, res in zip(chunks, results):
         if isinstance(res, ChunkResult):
             chunking.observe(chunk.task, res)
-            envelopes.append(res)
+            envelopes.append(res.summary() if res.elsewhere else res)  # held only when asked for
         else:
             envelopes.append(lost(chunk, res))
     settle(chunks, envelopes)
@@ -257,22 +262,31 @@ def _set_results(runner: TaskRunner, chunks: list[Chunk], results: list) -> None
 def settle(chunks: list[Chunk], envelopes: list[ChunkResult]) -> None:
     """Set the envelopes of chunks: the one place a chunk becomes final, in this order.
 
-    1. the envelope is set, and the chunk's upstreams are needed by one chunk less;
+    1. the envelope is set, and the chunk's upstreams are needed by one chunk less; an
+       envelope whose values stayed on the worker (``elsewhere``) keeps the call's handle to
+       bring them when asked for (``bring_values``);
     2. envelopes that queued chunks still depend on are kept by a runner with checkpoints
-       (Dask may compute such a chunk again if its worker dies);
+       (Dask may compute such a chunk again if its worker dies); for values that stayed on
+       a worker, their summary is kept, so that a new attempt knows it is one;
     3. fresh results of remote workers are written to the cache, so that "recorded final"
        means "cached";
     4. the tracker records the final states; the handle is released (the runner may drop
-       the data).
+       the data unless the values stayed there).
     """
     for chunk, res in zip(chunks, envelopes):
         chunk.result = res
         for up in chunk.ups:
             if up.runner is chunk.runner:
                 up.dependents -= 1
+        if res.elsewhere and chunk.handle is not None:
+            chunk.values_handle = chunk.handle
+            res.fetch = functools.partial(bring_one, chunk)
+            eager.elsewhere[(chunk.base, chunk.start)] = chunk
     kept: dict[int, tuple[TaskRunner, list]] = {}
     for c in chunks:
-        if c.dependents > 0 and c.handle is not None and c.runner is not None and c.runner.checkpoints:
+        if c.handle is None or c.runner is None or not c.runner.checkpoints:
+            continue
+        if c.result.elsewhere or c.dependents > 0:  # type: ignore[union-attr]
             kept.setdefault(id(c.runner), (c.runner, []))[1].append((c.handle, cloudpickle.dumps(c.result, protocol=5)))
     for runner, pairs in kept.values():
         runner.keep(pairs)
@@ -286,6 +300,64 @@ def settle(chunks: list[Chunk], envelopes: list[ChunkResult]) -> None:
         eager.forget(chunk)
         chunk.handle = None  # the runner may now release the data
         chunk.spec, chunk.ups = None, []
+
+
+def bring_one(chunk: Chunk) -> list:
+    """The values of a chunk that stayed on its worker (``ChunkResult.fetch``)."""
+    bring_values([chunk])
+    return chunk.result.values  # type: ignore[union-attr,return-value]
+
+
+def bring_values(chunks: Iterable[Chunk], batch_bytes: int = 256 * 2**20) -> None:
+    """Bring the values of chunks that stayed on their workers, about ``batch_bytes`` a gather.
+
+    Each envelope gathered gives its values to the chunk's summary and is dropped: the client
+    holds one copy. A value lost with its worker is computed again by Dask (recorded as a new
+    attempt, ``refresh``); one that cannot be raises ``CrashedRun`` naming the run.
+    """
+    todo = [c for c in chunks if c.result is not None and c.result.values is None and c.values_handle is not None]
+    batch: list[Chunk] = []
+    size = 0
+    for i, chunk in enumerate(todo):
+        batch.append(chunk)
+        size += chunk.result.nbytes  # type: ignore[union-attr]
+        if size >= batch_bytes or i == len(todo) - 1 or todo[i + 1].runner is not chunk.runner:
+            _gather_values(batch)
+            batch, size = [], 0
+
+
+def _gather_values(chunks: list[Chunk]) -> None:
+    runner = chunks[0].runner
+    handles = [c.values_handle for c in chunks]
+    if runner is None or runner.closed:
+        raise RunnerShutdown("the task runner holding these values was shut down before they were read; "
+                             "read results inside the flow, or return them from it")
+    runner.wait(handles, None)
+    for chunk, full in zip(chunks, runner.gather(handles)):
+        res = chunk.result
+        if not isinstance(full, ChunkResult):
+            err = CrashedRun(f"task {chunk.task.name!r}: the values of task runs {res.run_name(0)!r}.. (of "  # type: ignore[union-attr]
+                             f"{chunk.n}) were lost with their worker and could not be computed again: "
+                             f"{type(full).__name__}: {full}")
+            raise err from full if isinstance(full, BaseException) else err
+        if full.recomputed:
+            refresh(chunk, full)
+        res.values = full.get_values()  # type: ignore[union-attr]
+
+
+def refresh(chunk: Chunk, res: ChunkResult) -> None:
+    """A new attempt of a chunk whose values were lost with their worker: record it (its runs'
+    run_count and history say so) and keep its summary for the next loss."""
+    with _fetching:
+        summary = res.summary()
+        summary.fetch = functools.partial(bring_one, chunk)
+        if chunk.result is not None:
+            summary.values = chunk.result.values
+        chunk.result = summary
+        tracker.chunk_finished(chunk)
+    runner = chunk.runner
+    if runner is not None and runner.checkpoints and chunk.values_handle is not None:
+        runner.keep([(chunk.values_handle, cloudpickle.dumps(summary, protocol=5))])
 
 
 def resubmit(runner: TaskRunner, chunks: list[Chunk]) -> None:
@@ -386,6 +458,10 @@ class _Eager:
 
     def __init__(self) -> None:
         self.watched: dict[tuple[int, int], Chunk] = {}  # submitted to Dask, no end event yet
+        self.summaries: dict[tuple[int, int], bytes] = {}  # end events of chunks whose values stayed away
+        # settled chunks whose values stayed on a worker: a new attempt of one reports here
+        self.elsewhere: weakref.WeakValueDictionary[tuple[int, int], Chunk] = weakref.WeakValueDictionary()
+        self.refreshed: collections.deque[tuple[Chunk, bytes]] = collections.deque()
         self.ready: collections.deque[Chunk] = collections.deque()
         self.wake = threading.Event()
         self.thread: threading.Thread | None = None
@@ -405,13 +481,29 @@ class _Eager:
                 watched[(chunk.base, chunk.start)] = chunk
 
     def forget(self, chunk: Chunk) -> None:
-        self.watched.pop((chunk.base, chunk.start), None)
+        key = (chunk.base, chunk.start)
+        self.watched.pop(key, None)
+        self.summaries.pop(key, None)
 
-    def on_ended(self, keys: list[tuple[int, int]]) -> None:
+    def summary_of(self, chunk: Chunk) -> ChunkResult:
+        """The envelope without values that the chunk's end event carried."""
+        return cloudpickle.loads(self.summaries.pop((chunk.base, chunk.start)))
+
+    def on_ended(self, msgs: list[Any]) -> None:
         # Called on the client's event loop: only queue; the fetcher thread gathers whatever
         # ended meanwhile in one go, so a burst of finished chunks costs one gather.
-        pop = self.watched.pop
-        ended = [c for c in map(pop, keys, repeat(None)) if c is not None]
+        ended = []
+        for msg in msgs:
+            key = (msg.base, msg.start)
+            chunk = self.watched.pop(key, None)
+            if msg.summary:
+                if chunk is not None:
+                    self.summaries[key] = msg.summary
+                elif key in self.elsewhere:  # a new attempt of a chunk whose values were lost
+                    self.refreshed.append((self.elsewhere[key], msg.summary))
+                    chunk = self.elsewhere[key]
+            if chunk is not None:
+                ended.append(chunk)
         if not ended:
             return
         self.ready.extend(ended)
@@ -430,6 +522,13 @@ class _Eager:
             todo, later = later, []
             while self.ready:
                 todo.append(self.ready.popleft())
+            while self.refreshed:
+                chunk, blob = self.refreshed.popleft()
+                refresh(chunk, cloudpickle.loads(blob))
+            with _fetching:  # values that stayed on the workers: recorded from their summaries
+                told = [c for c in todo if c.handle is not None and (c.base, c.start) in self.summaries]
+                if told:
+                    settle(told, [self.summary_of(c) for c in told])
             batch: dict[int, tuple[TaskRunner, list[Chunk]]] = {}
             for c in todo:
                 if c.handle is None or c.dependents or c.runner is None or c.runner.closed:

@@ -16,7 +16,7 @@ from itertools import repeat
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, NamedTuple, Protocol, TypeVar, overload
 
 from daskflow.codes import OK_CODES
-from daskflow.engine.client.chunks import Chunk, fetch_all
+from daskflow.engine.client.chunks import Chunk, bring_values, fetch_all
 from daskflow.engine.core import states as st
 from daskflow.engine.tracking import tracker
 from daskflow.ids import run_id
@@ -171,8 +171,12 @@ class MapFutures(Sequence, Generic[R]):
         fetch_all(self.chunks, timeout, raise_timeout=False)
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> list[R]:
-        """Every run's value in order; raises the first failure (``raise_on_failure``)."""
+        """Every run's value in order; raises the first failure (``raise_on_failure``).
+
+        Values that stayed on the workers come in batches of gathers, one copy held.
+        """
         fetch_all(self.chunks, timeout)
+        bring_values(self.chunks)
         out: list = []
         for chunk in self.chunks:
             chunk.observe()

@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any, Iterable
 
 from daskflow.engine.client import chunking
-from daskflow.engine.client.chunks import Chunk, eager, fetch_all, submit_chunks
+from daskflow.engine.client.chunks import Chunk, bring_values, eager, fetch_all, submit_chunks
 from daskflow.engine.client.futures import MapFutures, TaskRunFuture
 from daskflow.engine.client.refs import collect_refs
 from daskflow.engine.core.context import current_flow_run_id, flow_run_ctx
@@ -151,7 +151,17 @@ def _dep_inputs(ups: list[Chunk], runner: TaskRunner) -> list[Any]:
     """Upstream handles for the runner; envelopes for chunks of another runner, or already fetched."""
     for c in ups:  # counted before reading ``result``: see chunks.settle
         c.needed_by_one_more(runner)
-    return [c.result if c.result is not None else c.handle if c.runner is runner else c.outcome() for c in ups]
+    return [_dep_input(c, runner) for c in ups]
+
+
+def _dep_input(up: Chunk, runner: TaskRunner) -> Any:
+    if up.values_handle is not None:  # its values stayed on a worker: Dask moves them worker to worker
+        if up.runner is runner:
+            return up.values_handle
+        bring_values([up])  # another runner: the values go through this process
+    if up.result is not None:
+        return up.result
+    return up.handle if up.runner is runner else up.outcome()
 
 
 # -- map ----------------------------------------------------------------------------------

@@ -10,15 +10,18 @@ is decided by daskflow from the envelope, not by Dask's error propagation.
 
 from __future__ import annotations
 
+import copy
 import pickle
 import time
 import traceback
 from array import array
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import cloudpickle
+from dask.utils import parse_bytes
 
+from daskflow import config
 from daskflow.codes import CODE_STATES, FAILED, NOT_READY, OK_CODES, run_count_of
 from daskflow.engine.core import states as st
 from daskflow.engine.core.inputs import ATOMS, BROADCAST, MAPPED, Column, Ref
@@ -161,6 +164,10 @@ class ChunkResult:
     cache_returned: Any = None  # a managed.ReturnedCache: fresh results for the client to write
     logs: list | None = None  # run log records not shipped while the chunk ran
     kept: dict[int, st.State] | None = None  # states hooks received: return_state hands back the same
+    nbytes: int = 0  # the size of the values, pickled (out-of-band buffers counted, not copied)
+    elsewhere: bool = False  # the values stayed on the worker: this envelope is their summary
+    recomputed: bool = False  # an attempt after the values of a completed attempt were lost
+    fetch: Any = None  # on the client: how to bring values that stayed on the worker (not pickled)
 
     def __reduce__(self):
         # Only the fields that hold something: a dataclass pickles every field by name.
@@ -177,11 +184,28 @@ class ChunkResult:
 
     # -- reading, on the client or in a downstream chunk --------------------------------
     def get_values(self) -> list:
-        """The runs' values, unpickled from ``blob`` on first read; the blob is kept (see ``release_values``)."""
+        """The runs' values, unpickled from ``blob`` on first read (the blob is kept, see
+        ``release_values``), or brought from the worker they stayed on (``fetch``)."""
         values = self.values
         if values is None:
-            values = self.values = cloudpickle.loads(self.blob) if self.blob is not None else [None] * self.n
+            if self.blob is not None:
+                values = cloudpickle.loads(self.blob)
+            elif self.elsewhere and self.fetch is not None:
+                values = self.fetch()
+            else:
+                values = [None] * self.n
+            self.values = values
         return values
+
+    def summary(self) -> ChunkResult:
+        """This envelope without its values (they stay where they are): states, times, errors,
+        history and logs, for the client to record."""
+        out = copy.copy(self)
+        out.values, out.blob, out.kept, out.elsewhere = None, None, None, True
+        return out
+
+    def to_summary_bytes(self) -> bytes:
+        return cloudpickle.dumps(self.summary(), protocol=5)
 
     def release_values(self) -> None:
         """Drop the unpickled values while the pickled ``blob`` still holds them.
@@ -191,7 +215,7 @@ class ChunkResult:
         object and a list slot. A later read unpickles the chunk again: equal values, but
         new objects for mutable ones (as a Dask future's ``result()`` gives with process workers).
         """
-        if self.blob is not None:
+        if self.blob is not None or (self.elsewhere and self.fetch is not None):
             self.values = None
 
     def ok(self, i: int) -> bool:
@@ -227,6 +251,8 @@ class ChunkResult:
         ts = self.ends[i] if i < len(self.ends) else time.time()
         run = (self.base, self.start + i)
         if code in OK_CODES:
+            if self.values is None and self.blob is None and self.elsewhere:  # read only when asked for
+                return LazyState(type_, name, lambda: self.get_values()[i], timestamp=ts, task_run_id=run)
             return st.State(type_, name, data=self.get_values()[i], timestamp=ts, task_run_id=run)
         exc = self.errors.get(i)
         message = self.messages.get(i) or describe_error(exc)
@@ -300,22 +326,37 @@ class ChunkResult:
             res.messages[i] = message
         return res
 
-    def seal(self) -> ChunkResult:
-        """Make the envelope safe to pickle: values as one blob, exceptions picklable."""
+    def seal(self, inline_bytes: int | None = None) -> ChunkResult:
+        """Make the envelope safe to pickle: values as one blob, exceptions picklable.
+
+        With ``inline_bytes``, values larger than that (pickled, out-of-band buffers counted,
+        not copied) stay a list: they stay where they are (``elsewhere``) and Dask moves them
+        worker to worker; the client gets the ``summary``.
+        """
         for i, exc in list(self.errors.items()):
             try:
                 cloudpickle.dumps(exc)
             except Exception:
                 self.errors[i] = RuntimeError(f"{type(exc).__name__}: {exc} (exception not picklable)")
-        if self.n > 1 and self.values is not None:
-            values = self.values
-            try:
-                self.blob = cloudpickle.dumps(values, protocol=5)
-            except Exception:
-                self.blob = cloudpickle.dumps(self._drop_unpicklable(values), protocol=5)
+        values = self.values
+        if values is None:
+            return self
+        if self.n == 1 and ATOMS.issuperset(map(type, values)):
+            return self  # one small value: nothing to measure or pack
+        buffers: list = []
+        try:
+            blob = cloudpickle.dumps(values, protocol=5, buffer_callback=buffers.append)
+        except Exception:
+            values = self.values = self._drop_unpicklable(values)  # only the bad runs fail
+            buffers = []
+            blob = cloudpickle.dumps(values, protocol=5, buffer_callback=buffers.append)
+        self.nbytes = len(blob) + sum(buf.raw().nbytes for buf in buffers)
+        if inline_bytes is not None and self.nbytes > inline_bytes:
+            self.elsewhere = True  # Dask pickles the list (out of band) when it moves it
+            return self
+        if self.n > 1:  # many small values travel as one blob
+            self.blob = blob if not buffers else cloudpickle.dumps(values, protocol=5)
             self.values = None
-        elif self.values is not None and not ATOMS.issuperset(map(type, self.values)) and not _picklable(self.values):
-            self.values = self._drop_unpicklable(self.values)  # one run: Dask would fail the whole envelope
         return self
 
     def _drop_unpicklable(self, values: list) -> list:
@@ -332,7 +373,7 @@ class ChunkResult:
 
 
 _SPARSE = ("errors", "messages", "tracebacks", "history", "run_counts", "names", "worker", "n_failed",
-           "cache_records", "cache_returned", "logs", "kept")
+           "cache_records", "cache_returned", "logs", "kept", "nbytes", "elsewhere", "recomputed")
 
 
 def result_from_wire(task_name: str, base: int, start: int, n: int, codes: bytearray, values: list | None,
@@ -344,9 +385,40 @@ def result_from_wire(task_name: str, base: int, start: int, n: int, codes: bytea
     return res
 
 
-def _picklable(values: list) -> bool:
-    try:  # out-of-band buffers are not copied: cheap for arrays
-        cloudpickle.dumps(values, protocol=5, buffer_callback=lambda buf: None)
-        return True
-    except Exception:
-        return False
+def inline_bytes() -> int:
+    """``daskflow.results.inline-bytes``: values of a chunk up to this size go to the client
+    with its states; larger ones stay on the worker until they are asked for."""
+    return parse_bytes(str(config.get("results.inline-bytes", "64KiB")))
+
+
+def measure(values: list) -> int:
+    """The size of ``values`` pickled, out-of-band buffers counted, not copied."""
+    buffers: list = []
+    blob = cloudpickle.dumps(values, protocol=5, buffer_callback=buffers.append)
+    return len(blob) + sum(buf.raw().nbytes for buf in buffers)
+
+
+class LazyState(st.State):
+    """A completed state whose value stayed on a worker: ``data`` brings it when first read."""
+
+    __slots__ = ("_load",)
+
+    def __init__(self, type: st.StateType, name: str, load: Callable[[], Any], **kwargs: Any) -> None:
+        super().__init__(type, name, data=_NOT_LOADED, **kwargs)
+        self._load = load
+
+    @property  # type: ignore[override]
+    def data(self) -> Any:
+        value = _state_data.__get__(self)
+        if value is _NOT_LOADED:
+            value = self._load()
+            _state_data.__set__(self, value)
+        return value
+
+    @data.setter
+    def data(self, value: Any) -> None:
+        _state_data.__set__(self, value)
+
+
+_NOT_LOADED = object()
+_state_data = st.State.__dict__["data"]  # the slot of State.data, which LazyState's property wraps

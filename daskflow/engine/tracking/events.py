@@ -43,6 +43,7 @@ class ChunkEnded:
     odd_codes: list[list[int]]  # [index, code] of runs that did not simply complete
     started: float | None = None  # set when the ChunkStarted was folded into this message
     codes: bytes = b""  # every run's code instead, when that is smaller than the pairs
+    summary: bytes = b""  # the pickled envelope without values, when the values stayed on the worker
 
     def run_codes(self, n: int) -> bytearray:
         """The final code of each of the chunk's ``n`` runs."""

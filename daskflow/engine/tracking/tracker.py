@@ -394,7 +394,7 @@ def on_runner_event(event: tuple[float, Any]) -> None:
         for msg in batch_from_wire(event[1]):
             on_message(msg)
             if type(msg) is ChunkEnded:
-                ended.append((msg.base, msg.start))
+                ended.append(msg)
         if ended:
             for listener in _end_listeners:
                 listener(ended)
@@ -402,11 +402,11 @@ def on_runner_event(event: tuple[float, Any]) -> None:
         logger.debug("daskflow: bad tracker event %r", event, exc_info=True)
 
 
-_end_listeners: list[Callable[[list[ChunkId]], None]] = []
+_end_listeners: list[Callable[[list[ChunkEnded]], None]] = []
 
 
-def on_chunks_ended(listener: Callable[[list[ChunkId]], None]) -> None:
-    """Have ``listener`` called with the ``(base, start)`` of chunks that workers report ended.
+def on_chunks_ended(listener: Callable[[list[ChunkEnded]], None]) -> None:
+    """Have ``listener`` called with the ``ChunkEnded`` messages of chunks that workers report ended.
 
     Called on the client's event loop, once per Dask event (a worker's ~100 ms of
     messages), whether tracking is on or off; it must only take note.

@@ -84,12 +84,13 @@ class Notes:
     runs in flight; lighter ones about every quarter second; tiny runs of short chunks never.
     """
 
-    __slots__ = ("res", "host", "lo", "since", "due")
+    __slots__ = ("res", "host", "limit", "lo", "since", "due")
     HEAVY = 0.005
     EVERY = 0.25
 
-    def __init__(self, res: ChunkResult, host: Host, lo: int, now: float) -> None:
+    def __init__(self, res: ChunkResult, host: Host, lo: int, now: float, limit: int) -> None:
         self.res, self.host, self.lo, self.since, self.due = res, host, lo, now, now + self.HEAVY
+        self.limit = limit  # checkpoints larger than this (the inline-bytes limit) are not sent
 
     def reached(self, i: int, now: float, ends: array) -> None:
         """Run ``i`` ended at ``now`` (past ``due``): note runs ``lo .. i`` if they were heavy or long."""
@@ -100,10 +101,12 @@ class Notes:
         res, lo, hi = self.res, self.lo, i + 1
         errors = {j: (res.errors.get(j), res.messages.get(j, "")) for j in range(lo, hi) if res.codes[j] not in OK_CODES}
         part = Checkpoint(lo, hi, bytes(res.codes[lo:hi]), res.values[lo:hi], list(ends[lo:hi]), errors)  # type: ignore[index]
+        buffers: list = []
         try:
-            blob = cloudpickle.dumps(part, protocol=5)
+            blob = cloudpickle.dumps(part, protocol=5, buffer_callback=buffers.append)
         except Exception:  # an unpicklable value: these runs are not checkpointed
             blob = None
-        if blob is not None:
-            self.host.note(blob)
+        if blob is not None and len(blob) + sum(b.raw().nbytes for b in buffers) <= self.limit:
+            self.host.note(cloudpickle.dumps(part, protocol=5) if buffers else blob)
+        # else values too large to send to the scheduler: those runs are computed again if lost
         self.lo, self.since, self.due = hi, now, now + self.HEAVY

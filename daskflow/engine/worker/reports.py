@@ -63,6 +63,13 @@ class _Outbox:
                 self.thread = threading.Thread(target=self._run, name="daskflow-events", daemon=True)
                 self.thread.start()
 
+    def send_now(self, send: Callable[[str, Any], None], msg: Message) -> None:
+        """Send ``msg`` at once, after what this sender still holds (in order)."""
+        with self.lock:
+            msgs = self.pending.pop(send, [])
+        msgs.append(msg)
+        send(TOPIC, batch_to_wire(msgs))
+
     def _run(self) -> None:
         while True:
             time.sleep(0.1)  # the batching interval, not a synchronisation
@@ -92,7 +99,19 @@ def chunk_ended(res: ChunkResult, host: Host) -> None:
             end.codes = bytes(codes)
         else:  # [index, code] pairs: Dask events take str-keyed dicts only
             end.odd_codes = [[i, c] for i, c in enumerate(codes) if c]
-    report(end, host)
+    if not (res.elsewhere or res.recomputed):
+        report(end, host)
+        return
+    # The values stay on the worker: the client records the run from this summary, which
+    # leaves now, ahead of Dask's own message that the task finished (one stream, in order).
+    end.summary = res.to_summary_bytes()
+    try:
+        if host.remote():
+            _outbox.send_now(host.sender(), end)
+        else:
+            on_message(end)
+    except Exception:  # record keeping must never fail a run: the client gathers it instead
+        logger.debug("daskflow: could not report the end of a chunk", exc_info=True)
 
 
 def run_retrying(ctx: Any, event: StateEvent) -> None:

@@ -44,10 +44,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import cloudpickle
 
-from daskflow.codes import FAILED, NOT_READY
+from daskflow.codes import CACHED, FAILED, NOT_READY, OK_CODES, StateEvent
 from daskflow.engine.core import states as st
 from daskflow.engine.core.context import TaskRunContext, task_run_ctx
-from daskflow.engine.core.envelope import ChunkResult, ChunkSpec
+from daskflow.engine.core.envelope import STATE_OF_CODE, ChunkResult, ChunkSpec, inline_bytes
 from daskflow.engine.core.inputs import ALIGNED, BROADCAST, MAPPED, Column, Ref, UpstreamNotCompleted, resolve
 from daskflow.engine.core.returned_states import settle_returned_states
 from daskflow.engine.worker import logging as run_logging
@@ -78,18 +78,49 @@ def run_chunk(spec: ChunkSpec, deps: list[ChunkResult] = ()) -> ChunkResult:  # 
     token = host_var.set(host)
     try:
         done: Checkpoint | None = None
+        before: ChunkResult | None = None  # the summary of an attempt whose values were lost
         if spec.checkpoints:
             kept, notes = host.recall()
             if kept is not None:
-                return cloudpickle.loads(kept)
-            done = Checkpoint.joined(notes, spec.n) if notes else None
+                before = cloudpickle.loads(kept)
+                if not before.elsewhere:
+                    return before  # the client holds this envelope: nothing runs again
+                if spec.cache is not None:  # values that were cached are read back, not computed again
+                    spec.cache.lookup = True
+            done = Checkpoint.joined(notes, spec.n) if notes and before is None else None
         reports.chunk_starting(spec.base, spec.start, host)
         result = run_rows(spec, list(deps), done=done, host=host)
         result.worker = host.address()
+        if before is not None:
+            recomputed(result, before, host.address())
+        result.seal(inline_bytes() if host.remote() else None)
         reports.chunk_ended(result, host)
-        return result.seal()
+        return result
     finally:
         host_var.reset(token)
+
+
+def recomputed(res: ChunkResult, before: ChunkResult, worker: str | None) -> None:
+    """Record this attempt as what it is: a new attempt of runs whose values were lost with
+    their worker (run_count + 1, history says why); runs the cache gave back were not run."""
+    res.recomputed = True
+    where = f" (now on {worker})" if worker else ""
+    now = time.time()
+    for i in range(res.n):
+        if before.codes[i] not in OK_CODES:
+            continue
+        ran = res.codes[i] != CACHED
+        history = [*before.history.get(i, [StateEvent("RUNNING", "Running", before.started_at(i))]),
+                   StateEvent(STATE_OF_CODE[before.codes[i]][0].name, STATE_OF_CODE[before.codes[i]][1],
+                              before.ends[i] if i < len(before.ends) else now, ""),
+                   StateEvent("RUNNING", "Running" if ran else "Cached", now,
+                              ("its value was lost with its worker; computed again" if ran else
+                               "its value was lost with its worker; read back from the result cache") + where)]
+        res.history[i] = history + res.history.get(i, [])[1:]
+        if ran:
+            res.run_counts[i] = before.run_count(i) + res.run_count(i)
+        else:
+            res.codes[i], res.run_counts[i] = before.codes[i], before.run_count(i)
 
 
 def run_pickled_chunk(spec: bytes, deps: list[ChunkResult] = ()) -> ChunkResult:  # type: ignore[assignment]
@@ -124,7 +155,7 @@ def run_rows(spec: ChunkSpec, deps: list, done: Checkpoint | None = None, host: 
     token = task_run_ctx.set(ctx)
     sink = run_logging.open_sink()
     prints = run_logging.log_prints(True) if task.options.log_prints else None
-    notes = Notes(res, host, 0, res.started) if spec.checkpoints and host is not None else None
+    notes = Notes(res, host, 0, res.started, inline_bytes()) if spec.checkpoints and host is not None else None
     ends = array("d", bytes(8 * n))
     try:
         if spec.row is not None:
