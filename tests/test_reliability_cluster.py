@@ -487,3 +487,59 @@ def test_scheduler_away_past_grace_period_fails_the_flow_clearly(behind_proxy, c
         with pytest.raises(Exception, match="reconnect-grace"):
             pipeline()
     assert time.monotonic() - started < 30
+
+
+# ---------------------------------------------------------------------------------------
+# Large values stay on the workers
+
+
+@task
+def big(x, counter):
+    import numpy as np
+
+    _mark(counter, x)
+    return np.full(2**18, float(x))  # 2 MiB: over daskflow.results.inline-bytes
+
+
+def _runs_show(home, run_id: str) -> dict:
+    import json
+
+    out = subprocess.run([sys.executable, "-m", "daskflow", "runs", "show", run_id, "-o", "json"],
+                         env=dict(os.environ, DASKFLOW_HOME=str(home), PYTHONPATH=ROOT),
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.mark.parametrize("persist", [False, True])
+def test_large_values_lost_with_their_worker_are_computed_again_as_a_new_attempt(killable, counter, daskflow_home,
+                                                                                 persist):
+    from daskflow.engine.tracking import tracker
+
+    (holder,) = _start_workers(killable, 1, nthreads=2)
+    task_ = big.with_options(persist_result=persist)
+
+    @flow(task_runner=DaskTaskRunner(address=killable.address))
+    def pipeline():
+        futs = task_.map(range(6), unmapped(str(counter)))
+        futs.wait()
+        held = [c.result.values for c in futs.chunks]  # states only: the values stayed on the worker
+        killable.start_worker(no_nanny=True)
+        killable.wait_for_workers(2)
+        holder.send_signal(signal.SIGKILL)  # it holds every value
+        holder.wait()
+        values = futs.result()
+        return held, [float(v[0]) for v in values], [(f.task_run_id, f.run_count, f.history()) for f in futs]
+
+    held, values, runs = pipeline()
+    assert held == [None] * len(held)
+    assert values == [float(x) for x in range(6)]
+    tracker.flush()
+    again = "read back from the result cache" if persist else "computed again"
+    for run_id, run_count, history in runs:
+        assert run_count == (1 if persist else 2)
+        assert any("lost with its worker" in s.message and again in s.message for s in history), history
+        shown = _runs_show(daskflow_home, run_id)
+        assert shown["run_count"] == run_count and shown["state"] == "Completed"
+        assert any("lost with its worker" in h["message"] for h in shown["history"]), shown["history"]
+    assert executed(str(counter)) == (6 if persist else 12)  # persisted: read back, not run again

@@ -341,8 +341,8 @@ def _gather_values(chunks: list[Chunk]) -> None:
                              f"{type(full).__name__}: {full}")
             raise err from full if isinstance(full, BaseException) else err
         if full.recomputed:
-            refresh(chunk, full)
-        res.values = full.get_values()  # type: ignore[union-attr]
+            refresh(chunk, full)  # a new summary: its run counts and history say what happened
+        chunk.result.values = full.get_values()  # type: ignore[union-attr]
 
 
 def refresh(chunk: Chunk, res: ChunkResult) -> None:

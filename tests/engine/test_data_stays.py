@@ -1,0 +1,67 @@
+"""Large values stay on the workers: the client holds states, and values only when asked for."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+
+from daskflow import flow, task
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+
+def test_a_pipeline_of_large_arrays_leaves_the_client_small(tmp_path):
+    # 12 arrays of 25 MiB per stage (300 MiB a stage): a client that received every result
+    # would peak far above 300 MiB; one that holds states peaks near its own size.
+    env = dict(os.environ, DASKFLOW_HOME=str(tmp_path / "home"), PYTHONPATH=str(HERE.parents[1]))
+    env.pop("DASKFLOW_SCHEDULER_ADDRESS", None)
+    out = subprocess.run([sys.executable, str(HERE / "data_pipeline.py"), "12", "25"], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["value"] == sum(2.0 * i * (25 * 2**20 // 8) for i in range(12))
+    assert got["peak_rss_mib"] < 250, got
+
+
+@task
+def array(i: int) -> np.ndarray:
+    return np.full(2**17, float(i))  # 1 MiB
+
+
+@task
+def first(a: np.ndarray) -> float:
+    return float(a[0])
+
+
+def test_waiting_reads_states_and_result_brings_values(on_cluster):
+    @flow
+    def pipeline():
+        arrays = array.map(range(5))
+        arrays.wait()
+        held = [c.result.values for c in arrays.chunks]
+        states = [f.state.name for f in arrays]
+        downstream = first.map(arrays).result()  # worker to worker
+        still = [c.result.values for c in arrays.chunks]
+        values = arrays.result()
+        return held, states, downstream, still, values
+
+    held, states, downstream, still, values = pipeline()
+    assert held == [None] * len(held) and still == held  # the client held no array until asked
+    assert states == ["Completed"] * 5
+    assert downstream == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert [float(v[0]) for v in values] == downstream and all(v.nbytes == 2**20 for v in values)
+
+
+def test_small_values_still_come_with_their_states(on_cluster):
+    @flow
+    def pipeline():
+        futs = first.map([np.zeros(4)] * 3)
+        futs.wait()
+        return [c.result.values is not None or c.result.blob is not None for c in futs.chunks]
+
+    assert all(pipeline())
