@@ -7,6 +7,7 @@ every worker can reach.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -543,3 +544,27 @@ def test_large_values_lost_with_their_worker_are_computed_again_as_a_new_attempt
         assert shown["run_count"] == run_count and shown["state"] == "Completed"
         assert any("lost with its worker" in h["message"] for h in shown["history"]), shown["history"]
     assert executed(str(counter)) == (6 if persist else 12)  # persisted: read back, not run again
+
+
+def test_large_results_on_other_hosts_are_not_cached_and_their_runs_say_why(other_hosts, monkeypatch, counter):
+    from daskflow.engine.tracking import tracker
+
+    cluster, home, _ = other_hosts
+    monkeypatch.setenv("DASKFLOW_HOME", str(home))
+    cached_big = big.with_options(cache_policy=INPUTS - "counter")
+
+    @flow(task_runner=DaskTaskRunner(address=cluster.address))
+    def pipeline():
+        futs = cached_big.map(range(4), unmapped(str(counter)), chunksize=1)
+        return [float(v[0]) for v in futs.result()], [f.task_run_id for f in futs]
+
+    values, ids = pipeline()
+    assert values == [0.0, 1.0, 2.0, 3.0]
+    tracker.flush()
+    logs = subprocess.run([sys.executable, "-m", "daskflow", "runs", "logs", ids[0], "-o", "json"],
+                          env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True, timeout=60)
+    assert logs.returncode == 0, logs.stderr
+    assert any("not cached" in r["message"] and "inline-bytes" in r["message"] for r in json.loads(logs.stdout))
+    values, _ = pipeline()
+    assert values == [0.0, 1.0, 2.0, 3.0]
+    assert executed(str(counter)) == 8  # not cached: the second run executed every body again

@@ -27,10 +27,11 @@ from daskflow.cache.store import CacheWarning, get_store
 from daskflow.codes import CACHED, COMPLETED, NOT_READY, OK_CODES
 from daskflow.engine.core import states as st
 from daskflow.engine.core.context import cache_home_var, cache_token_var
-from daskflow.engine.core.envelope import ChunkResult, Unpicklable
+from daskflow.engine.core.envelope import ChunkResult, Unpicklable, inline_bytes, measure
 from daskflow.engine.core.hooks import fire_commit_hooks
 from daskflow.engine.core.inputs import UpstreamNotCompleted, resolve
 from daskflow.engine.worker.cache_spec import CacheSpec, ReturnedCache, new_spec, run_txn, warn_unhashable
+from daskflow.engine.worker.logging import get_run_logger
 from daskflow.engine.worker.transactions import current_transaction
 from daskflow.engine.worker.write_batch import current_batch
 from daskflow.ids import run_id
@@ -210,6 +211,8 @@ class CacheWork(NoCache):
         """One write for the chunk (runs restored from checkpoints included), or staging."""
         self._stage_restored(first)
         task, res, staged = self.task, self.res, self.staged
+        if self.fresh and measure([res.values[i] for i in self.fresh]) > inline_bytes():  # type: ignore[index]
+            self._not_returned()
         if self.fresh:
             spec = self.spec
             res.cache_returned = ReturnedCache(spec.home, task.task_key, self.fresh,  # type: ignore[arg-type]
@@ -234,6 +237,21 @@ class CacheWork(NoCache):
                               f"{type(exc).__name__}: {exc}", CacheWarning, stacklevel=3)
         if task.options.on_commit:
             self.fire_commits()
+
+    def _not_returned(self) -> None:
+        """Fresh results too large to ship back to a store this worker cannot reach: they are not
+        cached, and the runs' logs say so (no silent miss)."""
+        ctx, index, fresh = self.ctx, self.ctx.index, self.fresh
+        ctx.index = fresh[0]
+        try:
+            get_run_logger().warning(
+                "%d result(s) of task %r not cached: this worker does not reach the daskflow home "
+                "of the process that submitted them (another host, no shared filesystem), and they are "
+                "over daskflow.results.inline-bytes, so they stay on the workers instead of travelling "
+                "to it. Give the workers a shared DASKFLOW_HOME to cache them.", len(fresh), self.task.name)
+        finally:
+            ctx.index = index
+        self.fresh = []
 
     def _stage_restored(self, first: int) -> None:
         """Cache the runs restored from checkpoints: their attempt died before its write."""
