@@ -13,7 +13,10 @@ Sections (each beside raw Dask, measured in the same run on the same cluster):
 - ``graph``: chain of 1,000 and diamond of 1,201 ``.submit()`` calls, per task;
 - ``delay``: background runs end to end (``benchmarks/bench_delay.py`` in a subprocess);
 - ``stream``: a 10^7-element ``.map()`` consumed as it completes: wall time and the
-  client's peak RSS (``benchmarks/bench_stream.py``, each row in a fresh subprocess).
+  client's peak RSS (``benchmarks/bench_stream.py``, each row in a fresh subprocess);
+- ``data``: a three-stage pipeline of 16 and 64 arrays of 50 MB, raw Dask and daskflow
+  alternating, each repetition in a fresh subprocess: wall time and the client's peak RSS
+  (``benchmarks/bench_data.py``).
 
 Writes ``benchmarks/results/results.json`` and one PNG per section next to it, each
 titled with the date and the command that made it. Needs ``pip install -e ".[bench]"``.
@@ -36,7 +39,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 from bench_map import heavy as heavy_body  # noqa: E402
 from bench_map import median_time, trivial  # noqa: E402
 
-SECTIONS = ("fanout", "heavy", "cache", "graph", "delay", "stream")
+SECTIONS = ("fanout", "heavy", "cache", "graph", "delay", "stream", "data")
 
 
 def fanout(client, cluster, sizes: list[int], reps: int, raw_max: int) -> dict:
@@ -140,6 +143,11 @@ def stream(n: int, reps: int) -> dict:
     return _script_json("bench_stream.py", "-n", str(n), "--reps", str(reps))
 
 
+def data(sizes: list[int], mb: int, reps: int) -> dict:
+    """bench_data.py (each repetition of each side in a fresh subprocess)."""
+    return _script_json("bench_data.py", "--sizes", *map(str, sizes), "--mb", str(mb), "--reps", str(reps))
+
+
 def plot(results: dict, out_dir: pathlib.Path, stamp: str) -> list[pathlib.Path]:
     """One PNG per section present in ``results``."""
     import matplotlib
@@ -190,6 +198,18 @@ def plot(results: dict, out_dir: pathlib.Path, stamp: str) -> list[pathlib.Path]
                ylabel="ms per task")
         ax.legend()
         save(fig, "graph", "Task graphs: cost per task")
+    if "data" in results:
+        fig, (wall, rss) = plt.subplots(1, 2, figsize=(9, 4))
+        ns = sorted(results["data"], key=int)
+        xs = range(len(ns))
+        rows = [results["data"][n] for n in ns]
+        labels = [f"{r['arrays']} x {r['mb']} MB" for r in rows]
+        for ax, field, unit in ((wall, "wall_s", "seconds"), (rss, "peak_rss_mib", "client peak RSS (MiB)")):
+            ax.bar([x - 0.2 for x in xs], [r[f"raw_{field}"] for r in rows], 0.4, label="raw Dask")
+            ax.bar([x + 0.2 for x in xs], [r[f"daskflow_{field}"] for r in rows], 0.4, label="daskflow")
+            ax.set(xticks=list(xs), xticklabels=labels, ylabel=unit)
+        wall.legend()
+        save(fig, "data", "Three-stage pipeline of large arrays (make → scale → total)")
     if "delay" in results:
         fig, ax = plt.subplots(figsize=(6, 4))
         d = results["delay"]
@@ -245,6 +265,8 @@ def main() -> None:
         results["delay"] = delay(2_000 if args.quick else 10_000, args.reps)
     if "stream" in args.sections:
         results["stream"] = stream(10**6 if args.quick else 10**7, args.reps)
+    if "data" in args.sections:
+        results["data"] = data([16] if args.quick else [16, 64], 20 if args.quick else 50, args.reps)
 
     path = args.out / "results.json"
     if path.exists() and set(args.sections) != set(SECTIONS):  # a partial run keeps the other sections
