@@ -60,8 +60,12 @@ def test_set_order_never_matters(xs, rnd):
 
 
 def _same(a, b):
-    """Equal, and of the same types all the way down (1 == 1.0 == True are different inputs)."""
-    if type(a) is not type(b):
+    """Equal, and of the same types all the way down (1 == 1.0 == True are different inputs).
+
+    A set and a frozenset of the same items are the same input: they are equal in Python, and
+    the key scheme encodes both as one set (``keys._enc``, pinned by the golden keys).
+    """
+    if type(a) is not type(b) and {type(a), type(b)} != {set, frozenset}:
         return False
     if isinstance(a, (list, tuple)):
         return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
