@@ -45,6 +45,7 @@ import lmdb
 
 from daskflow import _lmdb, config
 from daskflow.cache import serialization as ser
+from daskflow.cache.storage import StorageSpec, open_storage
 from daskflow.exceptions import StoreError
 
 ENTRIES, TXNS = "entries", "txns"
@@ -256,6 +257,49 @@ class LMDBResultStore(ResultStore):
         return before, data.stat().st_size
 
 
+class TieredStore(ResultStore):
+    """A result storage (``cache.storage``) behind the local store, which is its hot tier.
+
+    Reads try the local store, then the storage for what it lacks (one batched read);
+    small records found there are copied into the local store. Writes go to the storage,
+    and small records to the local store too (large ones live in the storage only).
+    ``local`` is None on a worker that does not reach the submitter's home.
+    """
+
+    HOT_BYTES = 64 * 1024
+
+    def __init__(self, local: ResultStore | None, storage: Any, secret: bytes) -> None:
+        self.local, self.storage, self.secret = local, storage, secret
+
+    def get_many(self, keys: list[bytes]) -> list[bytearray | None]:
+        records: list = self.local.get_many(keys) if self.local is not None else [None] * len(keys)
+        missing = [i for i, r in enumerate(records) if r is None]
+        if missing:
+            hot = []
+            for i, record in zip(missing, self.storage.get_many([keys[i] for i in missing])):
+                if record is not None:
+                    records[i] = record
+                    if len(record) <= self.HOT_BYTES:
+                        hot.append((keys[i], record))
+            if hot and self.local is not None:
+                self.local.put_many(hot)
+        return records
+
+    def put_many(self, items: list[tuple[bytes, bytes]], txn_key: str | None = None) -> None:
+        self.storage.put_many(items)
+        if self.local is not None:
+            self.local.put_many([(k, r) for k, r in items if len(r) <= self.HOT_BYTES], txn_key=txn_key)
+
+    def delete(self, keys: list[bytes]) -> int:
+        return self.local.delete(keys) if self.local is not None else 0
+
+    def iterate(self) -> Iterator[tuple[bytes, bytes]]:
+        return self.local.iterate() if self.local is not None else iter(())
+
+    def is_committed(self, txn_key: str) -> bool:
+        return self.local is not None and self.local.is_committed(txn_key)
+
+
 class NullStore(ResultStore):
     """The store of a home that cannot hold a cache: every lookup misses, nothing is kept.
 
@@ -337,19 +381,36 @@ def reaches_store(home: str | os.PathLike, token: str) -> bool:
     return seen
 
 
-def get_store(home: str | os.PathLike) -> LMDBResultStore:
-    """This process's store of the daskflow home ``home`` (opened once per process).
+def get_store(home: str | os.PathLike | None, storage: StorageSpec | None = None) -> LMDBResultStore:
+    """This process's store of the daskflow home ``home`` (opened once per process), in front
+    of the result ``storage`` when there is one (``home`` None: the storage alone).
 
     Never raises for a bad home or a damaged file (see the module docstring): a
     ``NullStore`` stands in, after one warning.
     """
+    if storage is not None:
+        return _tiered(home, storage)  # type: ignore[return-value]
     key = (str(home), os.getpid())
     store = _stores.get(key)
     if store is None:
         with _lock:
             store = _stores.get(key)
             if store is None:
-                store = _stores[key] = _open(home)
+                store = _stores[key] = _open(home)  # type: ignore[arg-type]
+    return store  # type: ignore[return-value]
+
+
+def _tiered(home: str | os.PathLike | None, storage: StorageSpec) -> TieredStore:
+    key = (str(home), storage, os.getpid())
+    store = _stores.get(key)
+    if store is None:
+        local = get_store(home) if home is not None else None
+        secret = storage.secret(home)
+        if secret is None:
+            raise StoreError(f"result storage {storage.url}: no secret to sign results with here: set "
+                             "daskflow.results.secret-file to a key file every host can read")
+        with _lock:
+            store = _stores.setdefault(key, TieredStore(local, open_storage(storage), secret))
     return store  # type: ignore[return-value]
 
 

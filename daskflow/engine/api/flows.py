@@ -71,6 +71,7 @@ class FlowOptions:
     retry_delay_seconds: float = 0
     timeout_seconds: float | None = None
     flow_run_name: str | Callable[[], str] | None = None
+    result_storage: str | None = None  # the default result storage of its tasks (cache.storage)
     on_completion: tuple[Callable, ...] = ()
     on_failure: tuple[Callable, ...] = ()
     on_cancellation: tuple[Callable, ...] = ()

@@ -62,6 +62,7 @@ class TaskOptions:
     refresh_cache: bool = False
     persist_result: bool | None = None
     result_serializer: Any = None
+    result_storage: str | None = None  # an fsspec URL for cached results (cache.storage); None: the flow's, or config
     task_run_name: str | Callable | None = None
     log_prints: bool = False
     on_completion: tuple[Callable, ...] = ()

@@ -84,7 +84,7 @@ def for_map(task: Task, names: list[str], kinds: dict[str, tuple[str, Any]], n: 
     if bad is not None:
         warn_unhashable(task, bad)
     spec.keys = keys
-    hits = get_store(spec.home).load_many(keys)  # type: ignore[arg-type]
+    hits = spec.store().load_many(keys)  # type: ignore[union-attr]
     if not hits:
         return cache
     _commit_hooks_outside_block(task, spec, keys, hits)

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from daskflow.cache.keys import KeyFnFailed, KeyPlan, Unhashable, display, make_plan
-from daskflow.cache.store import CacheWarning, reaches_store, store_token
+from daskflow.cache.storage import StorageSpec
+from daskflow.cache.store import CacheWarning, ResultStore, get_store, reaches_store, store_token
 from daskflow.engine.core.context import cache_home, cache_home_var, cache_token_var, current_flow_run_id, flow_run_ctx
 from daskflow.engine.worker.hosts import current_host
 from daskflow.engine.worker.transactions import Transaction, current_transaction
@@ -37,15 +38,29 @@ class CacheSpec:
     expires_in: float | None = None
     serializer: str | None = None
     token: str | None = None  # proves a worker sees the submitter's store (None: inline, it does)
+    storage: StorageSpec | None = None  # the result storage (an fsspec URL) every process writes to itself
 
     def part(self, lo: int, hi: int, lookup: bool) -> CacheSpec:
         keys = None if self.keys is None else self.keys[lo:hi]
         return CacheSpec(self.home, self.plan, keys, lookup and self.lookup, self.stage, self.expires_in,
-                         self.serializer, self.token)
+                         self.serializer, self.token, self.storage)
 
     def reachable(self) -> bool:
         """Whether this process may use the LMDB store of ``home`` directly."""
         return self.token is None or reaches_store(self.home, self.token)  # type: ignore[arg-type]
+
+    def store(self) -> ResultStore | None:
+        """The store this process reads and writes: the home's, in front of the result storage
+        if there is one; a worker that does not reach the home uses the storage alone, or None
+        (its fresh results then go back to the submitter, ``ReturnedCache``)."""
+        if self.plan is None:
+            return None
+        reach = self.reachable()
+        if self.storage is None:
+            return get_store(self.home) if reach else None  # type: ignore[arg-type]
+        if not reach and not self.storage.secret_file:
+            return None  # no secret to sign with here
+        return get_store(self.home if reach else None, self.storage)
 
 
 @dataclass(slots=True)
@@ -77,8 +92,9 @@ def new_spec(task: Task, home: str | None = None) -> CacheSpec:
         warn_uncached(task, plan.problem)
     home = home or cache_home()
     expires = opts.cache_expiration.total_seconds() if opts.cache_expiration is not None else None
+    url = opts.result_storage or (flow.flow.options.result_storage if flow is not None and flow.flow else None)
     return CacheSpec(home, plan, None, not opts.refresh_cache, stage, expires, opts.result_serializer,
-                     token_for(home))
+                     token_for(home), StorageSpec.from_config(url))
 
 
 def token_for(home: str) -> str | None:

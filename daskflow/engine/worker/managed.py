@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from daskflow.cache import serialization as ser
 from daskflow.cache.keys import KeyPlan, NotConcrete, Unhashable
-from daskflow.cache.store import CacheWarning, get_store
+from daskflow.cache.storage import StorageUnreachable
+from daskflow.cache.store import CacheWarning
 from daskflow.codes import CACHED, COMPLETED, NOT_READY, OK_CODES
 from daskflow.engine.core import states as st
 from daskflow.engine.core.context import cache_home_var, cache_token_var
@@ -94,10 +95,11 @@ class CacheWork(NoCache):
         self.task, self.res, self.ctx, self.deps = task, res, ctx, deps
         self.keys: list = [None] * res.n
         self.hits: dict[int, Any] = {}
-        self.store: Any = None
         self.staged: list[tuple[bytes, bytes]] = []
-        # a worker that does not see the submitter's store: fresh results go back in the envelope
-        self.remote = self.spec.plan is not None and not self.spec.reachable()
+        # a worker that reaches neither the submitter's store nor a result storage: fresh results
+        # go back in the envelope
+        self.store = self.spec.store()
+        self.remote = self.spec.plan is not None and self.store is None
         self.fresh: list[int] = []
 
     @contextlib.contextmanager
@@ -127,8 +129,6 @@ class CacheWork(NoCache):
             ready.append((i, row))
         spec = self.spec
         if spec.plan is not None:
-            if not self.remote:
-                self.store = get_store(spec.home)  # type: ignore[arg-type]
             if spec.keys is not None:
                 self.keys = spec.keys
             else:
@@ -232,6 +232,8 @@ class CacheWork(NoCache):
         if staged:
             try:
                 self.store.put_many(staged)
+            except StorageUnreachable:
+                raise  # the configured result storage is unusable: one clear error (or, configured so, a warning)
             except Exception as exc:  # the results stay valid; only the cache misses them
                 warnings.warn(f"task {task.name!r}: {len(staged)} results could not be written to the cache: "
                               f"{type(exc).__name__}: {exc}", CacheWarning, stacklevel=3)

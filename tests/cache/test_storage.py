@@ -1,0 +1,137 @@
+"""Result storage: cached results in an S3-protocol server (moto's server mode, started here), shared by homes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+
+import dask.config
+import pytest
+
+from daskflow import flow, task, unmapped
+from daskflow.cache import INPUTS
+from daskflow.cache.storage import StorageUnreachable
+from daskflow.cache.store import CacheWarning
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    """moto's S3 server on 127.0.0.1 (a real HTTP server speaking S3), with a bucket."""
+    port = _free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=log)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:  # wait for the port (a deadline, not a sleep as synchronisation)
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert proc.poll() is None and time.monotonic() < deadline, "moto server did not start"
+            time.sleep(0.05)
+    options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing",
+               "client_kwargs": {"region_name": "eu-west-1"}}
+    import s3fs
+
+    s3fs.S3FileSystem(**options).mkdir("results")
+    yield {"endpoint": endpoint, "options": options}
+    proc.terminate()
+    proc.wait(10)
+    log.close()
+
+
+@pytest.fixture
+def shared(s3_server, tmp_path):
+    """A result storage on the S3 server and the secret file its users share."""
+    key = tmp_path / "results.key"
+    key.write_bytes(os.urandom(32))
+    key.chmod(0o600)
+    prefix = f"s3://results/{uuid.uuid4().hex}"
+    with dask.config.set({"daskflow.results.storage": prefix, "daskflow.results.secret-file": str(key),
+                          "daskflow.results.storage-options": s3_server["options"]}):
+        yield prefix
+
+
+@task(cache_policy=INPUTS - "counter")
+def square(x: int, counter: str) -> int:
+    with open(os.path.join(counter, f"{x}-{uuid.uuid4().hex}"), "w"):
+        pass
+    return x * x
+
+
+def _cached_map(counter, n: int = 300) -> tuple[list, list]:
+    @flow
+    def pipeline():
+        futs = square.map(range(n), unmapped(str(counter)))
+        return futs.result(), [s.name for s in futs.states]
+
+    return pipeline()
+
+
+def test_two_homes_share_a_cache_through_s3(on_cluster, shared, tmp_path, monkeypatch):
+    counter = tmp_path / "count"
+    counter.mkdir()
+    monkeypatch.setenv("DASKFLOW_HOME", str(tmp_path / "first"))
+    values, names = _cached_map(counter)
+    assert values == [x * x for x in range(300)] and set(names) == {"Completed"}
+    import s3fs
+
+    listed = s3fs.S3FileSystem(**dask.config.get("daskflow.results.storage-options")).find(shared[len("s3://"):])
+    assert len(listed) == 300  # written by the workers, one signed record per run
+
+    monkeypatch.setenv("DASKFLOW_HOME", str(tmp_path / "second"))  # a colleague: another home, cold
+    values, names = _cached_map(counter)
+    assert values == [x * x for x in range(300)]
+    assert names.count("Cached") == 300
+    assert len(os.listdir(counter)) == 300  # no body ran for the second home
+
+
+def test_a_blob_signed_with_another_secret_is_a_miss_with_a_warning(on_cluster, shared, tmp_path, monkeypatch):
+    counter = tmp_path / "count"
+    counter.mkdir()
+    monkeypatch.setenv("DASKFLOW_HOME", str(tmp_path / "first"))
+    _cached_map(counter, 20)
+    other = tmp_path / "other.key"
+    other.write_bytes(os.urandom(32))
+    monkeypatch.setenv("DASKFLOW_HOME", str(tmp_path / "second"))
+    with dask.config.set({"daskflow.results.secret-file": str(other)}):
+        with pytest.warns(CacheWarning, match="bad signature"):
+            values, names = _cached_map(counter, 20)
+    assert values == [x * x for x in range(20)] and "Cached" not in names  # never loaded: run again
+    assert len(os.listdir(counter)) == 40
+
+
+def test_a_missing_bucket_is_one_clear_error_naming_the_url(s3_server, tmp_path, monkeypatch):
+    from daskflow.runners import ThreadPoolTaskRunner
+
+    counter = tmp_path / "count"
+    counter.mkdir()
+    key = tmp_path / "k"
+    key.write_bytes(os.urandom(32))
+    url = "s3://no-such-bucket/prefix"
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    def pipeline():
+        return square.map(range(3), unmapped(str(counter))).result()
+
+    with dask.config.set({"daskflow.results.storage": url, "daskflow.results.secret-file": str(key),
+                          "daskflow.results.storage-options": s3_server["options"]}):
+        with pytest.raises(Exception) as info:
+            pipeline()
+        assert isinstance(info.value, StorageUnreachable) or isinstance(info.value.__cause__, StorageUnreachable) \
+            or "no-such-bucket" in str(info.value)
+        assert url in str(info.value)
+        with dask.config.set({"daskflow.results.on-storage-error": "warn"}):
+            with pytest.warns(CacheWarning, match="runs go on uncached"):
+                assert pipeline() == [0, 1, 4]
