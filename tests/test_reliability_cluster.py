@@ -568,3 +568,30 @@ def test_large_results_on_other_hosts_are_not_cached_and_their_runs_say_why(othe
     values, _ = pipeline()
     assert values == [0.0, 1.0, 2.0, 3.0]
     assert executed(str(counter)) == 8  # not cached: the second run executed every body again
+
+
+def test_workers_of_other_hosts_write_results_to_a_shared_storage_themselves(other_hosts, monkeypatch, counter,
+                                                                             tmp_path):
+    import dask.config
+
+    cluster, home, base = other_hosts
+    monkeypatch.setenv("DASKFLOW_HOME", str(home))
+    key = base / f"results-{uuid.uuid4().hex}.key"
+    key.write_bytes(os.urandom(32))
+    storage = base / f"storage-{uuid.uuid4().hex}"  # a directory every host sees (no common home)
+    cached_big = big.with_options(cache_policy=INPUTS - "counter")
+
+    @flow(task_runner=DaskTaskRunner(address=cluster.address))
+    def pipeline():
+        futs = cached_big.map(range(6), unmapped(str(counter)), chunksize=1)
+        return [float(v[0]) for v in futs.result()], [s.name for s in futs.states]
+
+    with dask.config.set({"daskflow.results.storage": f"file://{storage}", "daskflow.results.secret-file": str(key)}):
+        values, names = pipeline()
+        assert values == [float(x) for x in range(6)] and set(names) == {"Completed"}
+        assert len([p for p in storage.rglob("*") if p.is_file()]) == 6  # written by the workers themselves
+        monkeypatch.setenv("DASKFLOW_HOME", str(tmp_path / "colleague"))  # another home, cold
+        values, names = pipeline()
+    assert values == [float(x) for x in range(6)]
+    assert names.count("Cached") == 6
+    assert executed(str(counter)) == 6  # the second home ran no body
