@@ -55,6 +55,13 @@ class CacheWarning(UserWarning):
     """A cache problem that made a run execute (or a value load) without the cache."""
 
 
+class Hits(dict):
+    """``{position: value}`` of a lookup; ``too_large`` counts records left unread because they
+    were over the reader's ``max_bytes`` (a client leaves those to the workers)."""
+
+    too_large = 0
+
+
 class ResultStore(abc.ABC):
     """Where cache records live. Keys are bytes; records are signed ``serialization`` blobs."""
 
@@ -81,14 +88,14 @@ class ResultStore(abc.ABC):
     secret: bytes
 
     # -- shared: values rather than records -----------------------------------------
-    def load_many(self, keys: list[bytes | None], now: float | None = None) -> dict[int, Any]:
+    def load_many(self, keys: list[bytes | None], now: float | None = None, max_bytes: int | None = None) -> Hits:
         """``{position: value}`` of the keys that hit (fresh, verified, loadable)."""
         wanted = [(i, k) for i, k in enumerate(keys) if k is not None]
         if not wanted:
-            return {}
+            return Hits()
         records = self.get_many([k for _, k in wanted])
         found = self._decode_all([k for _, k in wanted], records, now)
-        return {wanted[pos][0]: value for pos, value in found.items()}
+        return Hits({wanted[pos][0]: value for pos, value in found.items()})
 
     def headers(self) -> list[tuple[bytes, dict | None, int]]:
         """``(key, header or None if unreadable, record size)`` of every entry (for listings)."""
@@ -159,24 +166,34 @@ class LMDBResultStore(ResultStore):
                           "treated as misses: the runs execute", CacheWarning, stacklevel=4)
             return misses
 
-    def load_many(self, keys: list[bytes | None], now: float | None = None) -> dict[int, Any]:
+    def load_many(self, keys: list[bytes | None], now: float | None = None, max_bytes: int | None = None) -> Hits:
+        """``{position: value}`` of the keys that hit; with ``max_bytes``, larger records are not
+        read (counted in ``Hits.too_large``)."""
         # Decoded inside the read transaction, straight from the map: only values with
         # out-of-band buffers (arrays) are copied out, once, into a bytearray they share.
         db = self.env.db(ENTRIES)
         if all(k is None for k in keys):
-            return {}
+            return Hits()
 
         small = ser.SMALL
+        limit = max_bytes if max_bytes is not None else float("inf")
 
-        def read(txn: Any) -> dict[int, Any]:
+        def read(txn: Any) -> Hits:
             get = txn.get
             # Small records are copied to bytes at once: a list of 10^5 live map views
             # (GC-tracked objects) would make the collector scan them again and again.
             records = [None if k is None or (v := get(k, db=db)) is None else bytes(v) if len(v) <= small else v
                        for k in keys]
-            return self._decode_all(keys, records, now)
+            large = 0
+            if limit != float("inf"):
+                for i, v in enumerate(records):
+                    if v is not None and len(v) > limit:
+                        records[i], large = None, large + 1
+            hits = Hits(self._decode_all(keys, records, now))
+            hits.too_large = large
+            return hits
 
-        return self._misses_on_error(lambda: self.env.read(read, buffers=True), {})
+        return self._misses_on_error(lambda: self.env.read(read, buffers=True), Hits())
 
     def put_many(self, items: list[tuple[bytes, bytes]], txn_key: str | None = None) -> None:
         if not items and txn_key is None:

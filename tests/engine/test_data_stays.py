@@ -65,3 +65,30 @@ def test_small_values_still_come_with_their_states(on_cluster):
         return [c.result.values is not None or c.result.blob is not None for c in futs.chunks]
 
     assert all(pipeline())
+
+
+def test_a_cached_rerun_of_large_values_leaves_them_on_the_workers(on_cluster, tmp_path):
+    from daskflow import unmapped
+    from daskflow.cache import INPUTS
+
+    counter = tmp_path / "count"
+    counter.mkdir()
+
+    @task(cache_policy=INPUTS - "counter")
+    def cached_array(i: int, counter: str) -> np.ndarray:
+        (pathlib.Path(counter) / f"{i}-{os.getpid()}-{os.urandom(4).hex()}").touch()
+        return np.full(2**17, float(i))
+
+    @flow
+    def pipeline():
+        arrays = cached_array.map(range(4), unmapped(str(counter)))
+        arrays.wait()
+        held = [c.result.values for c in arrays.chunks]
+        return held, [f.state.name for f in arrays], first.map(arrays).result()
+
+    held, names, firsts = pipeline()
+    assert set(names) == {"Completed"} and firsts == [0.0, 1.0, 2.0, 3.0]
+    held, names, firsts = pipeline()
+    assert names == ["Cached"] * 4 and firsts == [0.0, 1.0, 2.0, 3.0]
+    assert held == [None] * len(held)  # read from the cache on the workers, not through this process
+    assert len(os.listdir(counter)) == 4

@@ -24,7 +24,7 @@ from daskflow.cache.keys import KeyColumn, NotConcrete
 from daskflow.cache.store import CacheWarning, get_store
 from daskflow.codes import CACHED
 from daskflow.engine.client.chunks import Chunk
-from daskflow.engine.core.envelope import ChunkResult
+from daskflow.engine.core.envelope import ChunkResult, inline_bytes
 from daskflow.engine.core.hooks import fire_commit_hooks
 from daskflow.engine.core.inputs import BROADCAST, MAPPED, Column, quote
 from daskflow.engine.worker.cache_spec import CacheSpec, ReturnedCache, new_spec, run_txn, warn_unhashable
@@ -84,7 +84,10 @@ def for_map(task: Task, names: list[str], kinds: dict[str, tuple[str, Any]], n: 
     if bad is not None:
         warn_unhashable(task, bad)
     spec.keys = keys
-    hits = spec.store().load_many(keys)  # type: ignore[union-attr]
+    hits = spec.store().load_many(keys, max_bytes=inline_bytes())  # type: ignore[union-attr]
+    if hits.too_large:  # large cached values stay out of this process: the workers look them up
+        spec.keys = None
+        return cache
     if not hits:
         return cache
     _commit_hooks_outside_block(task, spec, keys, hits)
