@@ -31,24 +31,26 @@ def s3_server(tmp_path_factory):
     log = open(tmp_path_factory.mktemp("moto") / "moto.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=log, stderr=log)
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:  # wait for the port (a deadline, not a sleep as synchronisation)
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, "moto server did not start"
-            time.sleep(0.05)
-    options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing",
-               "client_kwargs": {"region_name": "eu-west-1"}}
-    import s3fs
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:  # wait for the port (a deadline, not a sleep as synchronisation)
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, "moto server did not start"
+                time.sleep(0.05)
+        options = {"endpoint_url": endpoint, "key": "testing", "secret": "testing",
+                   "client_kwargs": {"region_name": "eu-west-1"}}
+        import s3fs
 
-    s3fs.S3FileSystem(**options).mkdir("results")
-    yield {"endpoint": endpoint, "options": options}
-    proc.terminate()
-    proc.wait(10)
-    log.close()
+        s3fs.S3FileSystem(**options).mkdir("results")
+        yield {"endpoint": endpoint, "options": options}
+    finally:  # stopped whatever happened, also when the setup failed
+        proc.terminate()
+        proc.wait(10)
+        log.close()
 
 
 @pytest.fixture
