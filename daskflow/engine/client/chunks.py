@@ -239,7 +239,7 @@ def fetch_many(runner: TaskRunner, chunks: list[Chunk], timeout: float | None) -
             got = [c for c in done if c not in cut]
             told = [c for c in got if (c.base, c.start) in eager.summaries]
             if told:  # their values stayed on the workers: record them from their summaries
-                settle(told, [eager.summary_of(c) for c in told])
+                settle_told(told)
                 got = [c for c in got if c.handle is not None]
             if got:
                 _set_results(runner, got, runner.gather([c.handle for c in got]))
@@ -256,6 +256,14 @@ def _set_results(runner: TaskRunner, chunks: list[Chunk], results: list) -> None
             envelopes.append(res.summary() if res.elsewhere else res)  # held only when asked for
         else:
             envelopes.append(lost(chunk, res))
+    settle(chunks, envelopes)
+
+
+def settle_told(chunks: list[Chunk]) -> None:
+    """Record chunks whose values stayed on their workers, from the summaries their end events carried."""
+    envelopes = [eager.summary_of(c) for c in chunks]
+    for chunk, res in zip(chunks, envelopes):
+        chunking.observe(chunk.task, res)
     settle(chunks, envelopes)
 
 
@@ -528,7 +536,7 @@ class _Eager:
             with _fetching:  # values that stayed on the workers: recorded from their summaries
                 told = [c for c in todo if c.handle is not None and (c.base, c.start) in self.summaries]
                 if told:
-                    settle(told, [self.summary_of(c) for c in told])
+                    settle_told(told)
             batch: dict[int, tuple[TaskRunner, list[Chunk]]] = {}
             for c in todo:
                 if c.handle is None or c.dependents or c.runner is None or c.runner.closed:

@@ -419,6 +419,15 @@ class LazyState(st.State):
     def data(self, value: Any) -> None:
         _state_data.__set__(self, value)
 
+    def __reduce__(self) -> tuple:
+        # Pickled (passed to another run, say) as the plain State it stands for, value included.
+        return _plain_state, (self.type, self.name, self.message, self.data, self.timestamp, self.task_run_id)
+
+
+def _plain_state(type_: st.StateType, name: str, message: str, data: Any, timestamp: float,
+                 task_run_id: str | None) -> st.State:
+    return st.State(type_, name, message=message, data=data, timestamp=timestamp, task_run_id=task_run_id)
+
 
 _NOT_LOADED = object()
 _state_data = st.State.__dict__["data"]  # the slot of State.data, which LazyState's property wraps
