@@ -429,8 +429,12 @@ class Task(Generic[P, R]):
         return tuple(args), kwargs
 
     def _parameters(self, args: tuple, kwargs: dict) -> dict[str, Any]:
-        bound = self._signature.bind(*args, **kwargs)
-        return dict(bound.arguments)
+        """The run's parameters by name; a method's ``self`` (or ``cls``) first, as Prefect shows them."""
+        from daskflow.cache.keys import bound_to
+
+        params = dict(self._signature.bind(*args, **kwargs).arguments)
+        owner = bound_to(self.fn)
+        return {owner.name: owner.value, **params} if owner is not None else params
 
     def run_name_for(self, args: tuple, kwargs: dict) -> str:
         template = self.options.task_run_name
