@@ -52,7 +52,8 @@ logger = logging.getLogger("daskflow")
 FLOW_HOOKS = ("on_completion", "on_failure", "on_cancellation", "on_crashed", "on_running")
 #: the hook a final state type fires
 _FINAL_HOOK = {st.StateType.COMPLETED: "on_completion", st.StateType.FAILED: "on_failure",
-               st.StateType.CANCELLED: "on_cancellation", st.StateType.CRASHED: "on_crashed"}
+               st.StateType.CANCELLED: "on_cancellation", st.StateType.CANCELLING: "on_cancellation",
+               st.StateType.CRASHED: "on_crashed"}
 
 
 _RAISED = object()  # the body raised: the caller gets the error from the final state
@@ -316,7 +317,7 @@ class Flow(Generic[P, R]):
         if return_state:
             return state
         if value is _RAISED or isinstance(value, st.State):
-            return state.result()
+            return state.value()
         return value
 
     def _finish(self, ctx: FlowRunContext, value: Any) -> st.State:

@@ -103,7 +103,7 @@ class TaskRunFuture(Generic[R]):
         chunk.observe(i)
         if res.kept is None and res.codes[i] in OK_CODES:  # the common case: no State built
             return res.get_values()[i]
-        return res.state(i).result(raise_on_failure)
+        return res.state(i).value(raise_on_failure)
 
     def add_done_callback(self, fn: Callable[[TaskRunFuture[R]], None]) -> None:
         """Call ``fn(future)`` once the run is final (at once if it already is)."""
@@ -179,7 +179,7 @@ class MapFutures(Sequence, Generic[R]):
             res = chunk.outcome()
             if res.n_failed:
                 for i in range(res.n):
-                    out.append(res.state(i).result(raise_on_failure))
+                    out.append(res.state(i).value(raise_on_failure))
             else:
                 out.extend(res.get_values())
         return out
