@@ -15,7 +15,7 @@ and the workers compute the same key with the same code.
 from __future__ import annotations
 
 import datetime
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["CachePolicy", "Inputs", "TaskSource", "FlowParameters", "RunId", "NoCache", "CompoundPolicy",
@@ -42,7 +42,8 @@ class CachePolicy:
     def __add__(self, other: Any) -> CachePolicy:
         if not isinstance(other, CachePolicy):
             return NotImplemented
-        return _combine(self.parts() + other.parts())
+        compound = isinstance(self, CompoundPolicy) or isinstance(other, CompoundPolicy)
+        return _combine(self.parts() + other.parts(), compound)
 
     def __sub__(self, name: Any) -> CachePolicy:
         """As in Prefect: excluding an input from a policy that does not key on inputs changes nothing."""
@@ -72,14 +73,23 @@ def _hex(value: Any) -> str:
 
 @dataclass(frozen=True, repr=False)
 class Inputs(CachePolicy):
-    """Key on the run's parameters, except those in ``exclude``."""
+    """Key on the run's parameters, except those in ``exclude`` (a sorted list, as Prefect's)."""
 
-    exclude: frozenset[str] = frozenset()
+    exclude: list[str] = field(default_factory=list)
     _order = 1
+
+    def __post_init__(self) -> None:
+        names = list(self.exclude)
+        for name in names:
+            _check_name(name)
+        object.__setattr__(self, "exclude", sorted(set(names)))
+
+    def __hash__(self) -> int:
+        return hash((Inputs, tuple(self.exclude)))
 
     def __sub__(self, name: Any) -> Inputs:
         _check_name(name)
-        return Inputs(self.exclude | {name})
+        return Inputs([*self.exclude, name])
 
     def compute_key(self, task_ctx: Any, inputs: dict[str, Any] | None, flow_parameters: dict[str, Any] | None,
                     **kwargs: Any) -> str | None:
@@ -103,7 +113,8 @@ class TaskSource(CachePolicy):
             return None
         from daskflow.cache.keys import source_digest
 
-        return source_digest(task_ctx.task.fn).hex()
+        task = task_ctx.task  # a daskflow Task, or any function (its source), as in Prefect
+        return source_digest(getattr(task, "fn", task)).hex()
 
     def __repr__(self) -> str:
         return "TASK_SOURCE"
@@ -160,40 +171,55 @@ class NoCache(CachePolicy):
 
 @dataclass(frozen=True, repr=False)
 class CompoundPolicy(CachePolicy):
-    """Several parts; built by ``+``, not by hand."""
+    """Several parts, as Prefect's ``CompoundCachePolicy(policies=[...])``; usually built by ``+``.
 
-    members: tuple[CachePolicy, ...] = ()
+    Nested compounds are flattened and the ``Inputs`` parts merged (their exclusions joined);
+    the parts are kept in a fixed order, so keys do not depend on how the sum was written.
+    """
+
+    policies: list[CachePolicy] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "policies", _merged([q for p in self.policies for q in p.parts()]))
+
+    def __hash__(self) -> int:
+        return hash((CompoundPolicy, tuple(self.policies)))
 
     def parts(self) -> tuple[CachePolicy, ...]:
-        return self.members
+        return tuple(self.policies)
 
     def __sub__(self, name: Any) -> CachePolicy:
         _check_name(name)
-        if not any(isinstance(p, Inputs) for p in self.members):
+        if not any(isinstance(p, Inputs) for p in self.policies):
             return self
-        return _combine(tuple(p - name if isinstance(p, Inputs) else p for p in self.members))
+        return _combine(tuple(p - name if isinstance(p, Inputs) else p for p in self.policies), True)
 
     def compute_key(self, task_ctx: Any, inputs: dict[str, Any] | None, flow_parameters: dict[str, Any] | None,
                     **kwargs: Any) -> str | None:
-        """The members' keys hashed together; members without a key are left out (None if none has one)."""
-        keys = [k for p in self.members if (k := p.compute_key(task_ctx, inputs, flow_parameters, **kwargs))]
+        """The parts' keys hashed together; parts without a key are left out (None if none has one)."""
+        keys = [k for p in self.policies if (k := p.compute_key(task_ctx, inputs, flow_parameters, **kwargs))]
         return _hex(keys) if keys else None
 
     def __repr__(self) -> str:
-        return " + ".join(repr(p) for p in self.members)
+        return " + ".join(repr(p) for p in self.policies) or "CompoundPolicy()"
 
 
-def _combine(parts: tuple[CachePolicy, ...]) -> CachePolicy:
-    if any(p.is_no_cache for p in parts):
-        return NO_CACHE
+def _merged(parts: list[CachePolicy]) -> list[CachePolicy]:
+    """One part of each kind (``Inputs`` exclusions joined), in key order."""
     merged: dict[type, CachePolicy] = {}
     for p in parts:
         old = merged.get(type(p))
         if isinstance(p, Inputs) and isinstance(old, Inputs):
-            p = Inputs(old.exclude | p.exclude)
+            p = Inputs([*old.exclude, *p.exclude])
         merged[type(p)] = p
-    ordered = tuple(sorted(merged.values(), key=lambda p: p._order))
-    if len(ordered) == 1 and len(parts) == 1:
+    return sorted(merged.values(), key=lambda p: p._order)
+
+
+def _combine(parts: tuple[CachePolicy, ...], compound: bool = False) -> CachePolicy:
+    if any(p.is_no_cache for p in parts):
+        return NO_CACHE
+    ordered = _merged(list(parts))
+    if len(ordered) == 1 and len(parts) == 1 and not compound:
         return ordered[0]
     return CompoundPolicy(ordered)  # a sum stays compound, as in Prefect, even when its parts merge
 

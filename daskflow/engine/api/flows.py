@@ -56,6 +56,16 @@ _FINAL_HOOK = {st.StateType.COMPLETED: "on_completion", st.StateType.FAILED: "on
                st.StateType.CRASHED: "on_crashed"}
 
 
+#: options that are also plain attributes users may set after decoration (Prefect reads them live)
+_ATTRIBUTE_OPTIONS = ("task_runner", "version", "log_prints", "retries", "retry_delay_seconds", "timeout_seconds",
+                      "flow_run_name")
+
+
+def default_flow_name(fn: Callable) -> str:
+    """Prefect's default: the function's name with dashes (``my_fn`` -> ``my-fn``), ``unknown-lambda``."""
+    return getattr(fn, "__name__", type(fn).__name__).replace("_", "-").replace("<lambda>", "unknown-lambda")
+
+
 _RAISED = object()  # the body raised: the caller gets the error from the final state
 
 
@@ -125,7 +135,7 @@ class Flow(Generic[P, R]):
         if not callable(fn):
             raise TypeError(f"@flow needs a callable, got {type(fn).__name__}: {fn!r}")
         if options is None:
-            options = FlowOptions(name=name or getattr(fn, "__name__", "flow"), **kwargs)
+            options = FlowOptions(name=name or default_flow_name(fn), **kwargs)
         self.fn = fn
         self.options = options
         self.name = options.name
@@ -147,16 +157,28 @@ class Flow(Generic[P, R]):
         return f"Flow(name={self.name!r})"
 
     def with_options(self, **changes: Any) -> Flow[P, R]:
-        """A copy of this flow with some options changed (hooks given here replace the old ones)."""
+        """A copy of this flow with some options changed (hooks given here replace the old ones).
+
+        As in Prefect, ``timeout_seconds=0`` removes the timeout.
+        """
         unknown = set(changes) - {f.name for f in dataclasses.fields(FlowOptions)}
         if unknown:
             raise TypeError(f"flow {self.name!r}: unknown option(s) {sorted(unknown)}")
-        return Flow(self.fn, options=dataclasses.replace(self.options, **changes))
+        if changes.get("timeout_seconds") == 0:
+            changes["timeout_seconds"] = None
+        return Flow(self.fn, options=dataclasses.replace(self.current_options(), **changes))
+
+    def current_options(self) -> FlowOptions:
+        """The options with the attributes users set after decoration (``flow.flow_run_name = ...``)."""
+        now = {name: getattr(self, name) for name in _ATTRIBUTE_OPTIONS}
+        if all(now[name] == getattr(self.options, name) for name in now):
+            return self.options
+        return dataclasses.replace(self.options, **now)
 
     # -- hook decorators ------------------------------------------------------------
     def _add_hook(self, kind: str, fn: Callable) -> Callable:
         self.__init__(self.fn, options=dataclasses.replace(  # type: ignore[misc]
-            self.options, **{kind: (*getattr(self.options, kind), fn)}))
+            self.current_options(), **{kind: (*getattr(self.options, kind), fn)}))
         return fn
 
     def on_completion(self, fn: Callable) -> Callable:
@@ -212,7 +234,7 @@ class Flow(Generic[P, R]):
         return ctx, owned
 
     def _new_run(self, ctx: FlowRunContext) -> FlowRun:
-        template = self.options.flow_run_name
+        template = self.flow_run_name
         if template is None:
             name = f"{self.name}-{ctx.flow_run_id[:8]}"
         elif callable(template):
@@ -259,14 +281,14 @@ class Flow(Generic[P, R]):
 
     def _attempt_failed(self, ctx: FlowRunContext, exc: Exception) -> float | None:
         """The delay before the next attempt, or None when the run is out of retries."""
-        if ctx.flow_run.run_count > self.options.retries:  # type: ignore[union-attr]
+        if ctx.flow_run.run_count > self.retries:  # type: ignore[union-attr]
             return None
         logger.info("flow %r: attempt %d failed (%s: %s); retrying", self.name,
                     ctx.flow_run.run_count, type(exc).__name__, exc)  # type: ignore[union-attr]
-        return float(self.options.retry_delay_seconds)
+        return float(self.retry_delay_seconds)
 
     def _run(self, bound: inspect.BoundArguments, return_state: bool) -> Any:
-        timeout = self.options.timeout_seconds or 0.0
+        timeout = self.timeout_seconds or 0.0
         value: Any = _RAISED
         with self._flow_run(bound.arguments) as (ctx, final):
             while True:
@@ -286,7 +308,7 @@ class Flow(Generic[P, R]):
         return self._outcome(final[0], value, return_state)
 
     async def _run_async(self, bound: inspect.BoundArguments, return_state: bool) -> Any:
-        timeout = self.options.timeout_seconds
+        timeout = self.timeout_seconds
         value: Any = _RAISED
         with self._flow_run(bound.arguments) as (ctx, final):
             while True:

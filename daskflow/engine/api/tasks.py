@@ -141,6 +141,8 @@ class Task(Generic[P, R]):
         self.fn = fn
         self.options = options
         self.name = options.name
+        #: the task's own set of tags, as Prefect's (adding to it is kept; ``with_options`` copies it)
+        self.tags: set[str] = set(options.tags)
         self.task_key = compute_task_key(self.name, fn)
         self.is_async = inspect.iscoroutinefunction(fn)
         sig = inspect.signature(fn)
@@ -200,7 +202,14 @@ class Task(Generic[P, R]):
 
     def __getstate__(self) -> dict:
         fn = classmethod(self.fn) if self._binds_class else staticmethod(self.fn) if self._static else self.fn
-        return {"fn": fn, "options": self.options}
+        return {"fn": fn, "options": self.current_options()}
+
+    def current_options(self) -> TaskOptions:
+        """The options with the tags as they are now (``task.tags`` is a set users add to)."""
+        options = self.options
+        if self.tags != options.tags:
+            options = dataclasses.replace(options, tags=frozenset(self.tags))
+        return options
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["fn"], state["options"])  # type: ignore[misc]
@@ -208,15 +217,20 @@ class Task(Generic[P, R]):
     def __get__(self, instance: Any, owner: type | None = None) -> Task[P, R]:
         """A task in a class binds as the function would: to the instance, or to the class."""
         if self._binds_class:
-            return Task(self.fn.__get__(owner if owner is not None else type(instance), None), self.options)
+            return Task(self.fn.__get__(owner if owner is not None else type(instance), None), self.current_options())
         if instance is None or self._static:
             return self
-        return Task(self.fn.__get__(instance, owner), self.options)  # type: ignore[attr-defined]
+        return Task(self.fn.__get__(instance, owner), self.current_options())  # type: ignore[attr-defined]
 
     # -- options read as Prefect reports them ---------------------------------------------
     @property
-    def tags(self) -> set[str]:
-        return set(self.options.tags)
+    def task_run_name(self) -> str | Callable | None:
+        return self.options.task_run_name
+
+    @task_run_name.setter
+    def task_run_name(self, value: str | Callable | None) -> None:
+        """Set after decoration, as Prefect allows: later runs take the new name."""
+        self.__init__(self.fn, dataclasses.replace(self.current_options(), task_run_name=value))  # type: ignore[misc]
 
     @property
     def cache_policy(self) -> Any:
@@ -266,13 +280,14 @@ class Task(Generic[P, R]):
         unknown = set(changes) - {f.name for f in dataclasses.fields(TaskOptions)}
         if unknown:
             raise TypeError(f"task {self.name!r}: unknown option(s) {sorted(unknown)}")
+        changes.setdefault("tags", frozenset(self.tags))  # as Prefect: a copy of the task's own tags
         if "retries" in changes and "retry_delay_seconds" not in changes:
             changes["retry_delay_seconds"] = self.options.retry_delay_seconds
         return Task(self.fn, dataclasses.replace(self.options, **changes))
 
     # -- hook decorators ------------------------------------------------------------
     def _add_hook(self, kind: str, fn: Callable) -> Callable:
-        options = dataclasses.replace(self.options, **{kind: (*getattr(self.options, kind), fn)})
+        options = dataclasses.replace(self.current_options(), **{kind: (*getattr(self.options, kind), fn)})
         self.__init__(self.fn, options)  # type: ignore[misc]
         return fn
 

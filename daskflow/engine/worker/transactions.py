@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from daskflow.engine.core.context import cache_home
 from daskflow.engine.core.envelope import ChunkResult
 from daskflow.engine.core.hooks import fire_commit_hooks
+from daskflow.exceptions import MissingTransactionValue
 
 if TYPE_CHECKING:
     from daskflow.engine.api.tasks import Task
@@ -84,7 +85,7 @@ class Transaction:
         As in Prefect the value is copied, so changing it changes nothing upward.
 
         Raises:
-            KeyError: no transaction up the chain has ``name`` and no default was given.
+            MissingTransactionValue: (a ``ValueError``, as Prefect's, and a ``KeyError``) no transaction up the chain has ``name`` and no default was given.
         """
         txn: Transaction | None = self
         while txn is not None:
@@ -92,8 +93,9 @@ class Transaction:
                 return copy.deepcopy(txn._values[name])
             txn = txn.parent
         if default is _NOT_SET:
-            raise KeyError(f"transaction {self.key!r} has no value named {name!r} (nor do enclosing ones); "
-                           "pass a default to get() or set() it first")
+            raise MissingTransactionValue(
+                f"Could not retrieve value for unknown key: {name} (transaction {self.key!r} and the ones "
+                "enclosing it have none; pass a default to get() or set() it first)")
         return default
 
     def is_pending(self) -> bool:
