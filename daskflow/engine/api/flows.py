@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, Literal, Par
 
 from daskflow.codes import CANCELLED, OK_CODES
 from daskflow.engine.api.returns import resolve_futures_to_states, state_of_return
-from daskflow.engine.api.tasks import RESERVED
+from daskflow.engine.api.tasks import RESERVED, check_wait_lists
 from daskflow.engine.client.chunks import Chunk, cancel_unfinished, fetch_all, to_fetch_at_end
 from daskflow.engine.core import states as st
 from daskflow.engine.core.context import FlowRunContext, flow_run_ctx, task_run_ctx
@@ -345,6 +345,7 @@ class Flow(Generic[P, R]):
     def _finish(self, ctx: FlowRunContext, value: Any) -> st.State:
         """Wait for every submitted run, then derive the flow's state from its value."""
         fetch_all(to_fetch_at_end(ctx.submitted), None)
+        check_wait_lists(ctx)
         state = state_of_return(value)
         self._warn_unresolved(ctx, state)
         return state

@@ -18,11 +18,12 @@ import inspect
 import logging
 import pickle
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Literal, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Literal, NamedTuple, ParamSpec, TypeVar, overload
 
 import cloudpickle
 import xxhash
 
+from daskflow.engine.core.context import flow_run_ctx
 from daskflow.engine.core.hooks import call_hooks, validate_hooks
 from daskflow.engine.core.retries import normalize_delays
 from daskflow.engine.worker.lifecycle import jittered
@@ -31,7 +32,7 @@ from daskflow.exceptions import ReservedArgumentError
 if TYPE_CHECKING:
     from daskflow.background.client import BackgroundFuture
     from daskflow.engine.client.futures import MapFutures, TaskRunFuture
-    from daskflow.engine.core.context import TaskRunContext
+    from daskflow.engine.core.context import FlowRunContext, TaskRunContext
     from daskflow.engine.core.states import State
 
 P = ParamSpec("P")
@@ -353,6 +354,7 @@ class Task(Generic[P, R]):
         from daskflow.engine.client.submit import submit_run
 
         future = submit_run(self, args, kwargs, wait_for)
+        watch_wait_list(future, wait_for)
         if return_state:
             future.wait()
             return future.state
@@ -487,6 +489,38 @@ class Task(Generic[P, R]):
         delays = self.options.delays
         delay = delays[min(run_count - 1, len(delays) - 1)]
         return jittered(delay, self.options.retry_jitter_factor)
+
+
+class WaitList(NamedTuple):
+    """A run submitted with a list as ``wait_for``: the list, kept to see whether the run joins it."""
+
+    future: Any
+    waits: list
+
+
+def watch_wait_list(future: Any, wait_for: Any) -> None:
+    """Keep a ``wait_for`` list given to a run of a flow: appending the run to it is a deadlock in Prefect.
+
+    daskflow reads ``wait_for`` at submission, so nothing would hang; the list is checked at
+    the flow's next submission and at its end (``check_wait_lists``) and the mistake raised
+    as Prefect raises it.
+    """
+    ctx = flow_run_ctx.get()
+    if ctx is None:
+        return
+    check_wait_lists(ctx)
+    if type(wait_for) is list:
+        ctx.wait_lists.append(WaitList(future, wait_for))
+
+
+def check_wait_lists(ctx: FlowRunContext) -> None:
+    """Raise Prefect's deadlock ``ValueError`` for a run whose ``wait_for`` list now holds itself."""
+    for pair in ctx.wait_lists:
+        if any(f is pair.future for f in pair.waits):
+            raise ValueError(
+                "Discovered a task depending on itself. Raising to avoid a deadlock. Please inspect the inputs "
+                f"and dependencies of {pair.future.task.name}. (Its run {pair.future.task_run_id} was given, "
+                "as wait_for, a list that now holds its own future.)")
 
 
 def loop_running() -> bool:

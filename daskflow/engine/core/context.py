@@ -30,6 +30,7 @@ class FlowRunContext:
     submitted: list[Any] = field(default_factory=list)  # futures and future lists
     parent: FlowRunContext | None = None
     flow_run: Any = None  # the engine.api.flows.FlowRun record its hooks receive
+    wait_lists: list[Any] = field(default_factory=list)  # (future, the list given as its wait_for)
 
 
 @dataclass(eq=False, slots=True)
