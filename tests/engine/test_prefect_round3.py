@@ -287,3 +287,91 @@ def test_task_source_computes_a_key_for_any_function():
         task = other
 
     assert TASK_SOURCE.compute_key(Ctx2, {}, {}) != key
+
+
+# -- Prefect's wording for the messages users search for ------------------------------------
+
+
+def _noop():
+    return None
+
+
+@pytest.mark.parametrize("make, error, words", [
+    (lambda: task(on_completion=_noop)(_noop), TypeError,
+     "Expected iterable for 'on_completion'; got function instead. Please provide a list of hooks to 'on_completion'"),
+    (lambda: task(on_failure=[1])(_noop), TypeError, "Expected callables in 'on_failure'; got int instead."),
+    (lambda: flow(on_crashed=_noop)(_noop), TypeError, "Expected iterable for 'on_crashed'; got function instead."),
+    (lambda: task(_return_state_fn), TypeError, "'return_state' is a reserved argument name and cannot be used."),
+    (lambda: flow(_wait_for_fn), TypeError, "'wait_for' is a reserved argument name and cannot be used."),
+    (lambda: task(task_run_name=3)(_noop), TypeError, "Expected string or callable for 'task_run_name'; got int instead."),
+    (lambda: flow(flow_run_name=3)(_noop), TypeError, "Expected string or callable for 'flow_run_name'; got int instead."),
+    (lambda: task(retries=60, retry_delay_seconds=[1] * 60)(_noop), ValueError,
+     "Can not configure more than 50 retry delays per task."),
+    (lambda: task(retry_jitter_factor=-1)(_noop), ValueError, "`retry_jitter_factor` must be >= 0."),
+    (lambda: task(retry_condition_fn=3)(_noop), TypeError, "Expected `retry_condition_fn` to be callable, got int instead."),
+    (lambda: task(retries=1, retry_delay_seconds="x")(_noop), TypeError,
+     "Invalid `retry_delay_seconds` provided; must be an int, float, list or callable."),
+], ids=["hooks-iterable", "hooks-callables", "flow-hooks", "reserved-task", "reserved-flow", "task-run-name",
+        "flow-run-name", "retry-delays", "jitter", "retry-condition", "retry-delay-type"])
+def test_definition_errors_use_prefects_words(make, error, words):
+    with pytest.raises(error) as info:
+        make()
+    assert words in str(info.value)
+
+
+def _return_state_fn(return_state):
+    return return_state
+
+
+def _wait_for_fn(wait_for):
+    return wait_for
+
+
+def test_run_name_callables_use_prefects_words_and_may_take_parameters():
+    @task(task_run_name=lambda: 3)
+    def bad():
+        return 1
+
+    with pytest.raises(TypeError, match="for 'task_run_name' returned type int but a string is required."):
+        bad()
+
+    @task(task_run_name=lambda parameters: f"sum-{parameters['x']}", on_completion=[lambda t, run, s: names.append(run.name)])
+    def good(x):
+        return x
+
+    names = []
+    good(4)
+    assert names == ["sum-4"]
+
+
+def test_timeouts_use_prefects_words():
+    import threading
+
+    from daskflow.exceptions import FlowRunTimeoutError, TaskRunTimeoutError
+
+    release = threading.Event()
+
+    @task(timeout_seconds=0.2)
+    def slow_task():
+        release.wait(10)
+
+    @flow(timeout_seconds=0.2)
+    def slow_flow():
+        release.wait(10)
+
+    try:
+        with pytest.raises(TaskRunTimeoutError, match=r"Task run exceeded timeout of 0.2 second\(s\)"):
+            slow_task()
+        with pytest.raises(FlowRunTimeoutError, match=r"Flow run exceeded timeout of 0.2 second\(s\)"):
+            slow_flow()
+    finally:
+        release.set()
+
+
+def test_wait_and_as_completed_timeouts_use_prefects_words():
+    from daskflow import as_completed, wait
+
+    with pytest.raises(ValueError, match="'timeout' must be a non-negative number, got -1"):
+        wait([], timeout=-1)
+    with pytest.raises(ValueError, match="'timeout' must be a non-negative number, got -1"):
+        list(as_completed([], timeout=-1))

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, Literal, Par
 
 from daskflow.codes import CANCELLED, OK_CODES
 from daskflow.engine.api.returns import resolve_futures_to_states, state_of_return
-from daskflow.engine.api.tasks import RESERVED, check_wait_lists
+from daskflow.engine.api.tasks import RESERVED, check_wait_lists, reserved_message, takes_parameters
 from daskflow.engine.client.chunks import Chunk, cancel_unfinished, fetch_all, to_fetch_at_end
 from daskflow.engine.core import states as st
 from daskflow.engine.core.context import FlowRunContext, flow_run_ctx, task_run_ctx
@@ -103,8 +103,8 @@ class FlowOptions:
             raise ValueError(f"{owner}: timeout_seconds must be > 0, got {self.timeout_seconds!r}")
         if self.flow_run_name is not None and not isinstance(self.flow_run_name, str) \
                 and not callable(self.flow_run_name):
-            raise TypeError(f"{owner}: flow_run_name must be a string or a callable, got "
-                            f"{type(self.flow_run_name).__name__}")
+            raise TypeError(f"{owner}: Expected string or callable for 'flow_run_name'; got "
+                            f"{type(self.flow_run_name).__name__} instead.")
         for kind in FLOW_HOOKS:
             object.__setattr__(self, kind, validate_hooks(owner, kind, getattr(self, kind)))
 
@@ -151,7 +151,7 @@ class Flow(Generic[P, R]):
         self._signature = inspect.signature(fn)
         clash = RESERVED.intersection(self._signature.parameters)
         if clash:
-            raise ReservedArgumentError(f"flow {self.name!r}: parameter name(s) {sorted(clash)} are reserved")
+            raise ReservedArgumentError(f"flow {self.name!r}: {reserved_message(clash)}")
 
     def __repr__(self) -> str:
         return f"Flow(name={self.name!r})"
@@ -238,10 +238,10 @@ class Flow(Generic[P, R]):
         if template is None:
             name = f"{self.name}-{ctx.flow_run_id[:8]}"
         elif callable(template):
-            name = template()
+            name = template(parameters=dict(ctx.parameters)) if takes_parameters(template) else template()
             if not isinstance(name, str):
-                raise TypeError(f"flow {self.name!r}: the flow_run_name callable returned a "
-                                f"{type(name).__name__}, but a string is required")
+                raise TypeError(f"flow {self.name!r}: Callable {template} for 'flow_run_name' returned type "
+                                f"{type(name).__name__} but a string is required.")
         else:
             name = template.format(**ctx.parameters)
         return FlowRun(ctx.flow_run_id, name, self.name, ctx.parameters,
@@ -331,7 +331,7 @@ class Flow(Generic[P, R]):
         return self._outcome(final[0], value, return_state)
 
     def _timed_out(self) -> FlowRunTimeoutError:
-        return FlowRunTimeoutError(f"flow {self.name!r} exceeded its timeout of {self.options.timeout_seconds:g}s")
+        return FlowRunTimeoutError(f"Flow run exceeded timeout of {self.timeout_seconds:g} second(s) (flow {self.name!r})")
 
     @staticmethod
     def _outcome(state: st.State, value: Any, return_state: bool) -> Any:

@@ -77,20 +77,21 @@ class TaskOptions:
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
             raise ValueError(f"task {name!r}: retries must be an int >= 0, got {self.retries!r}")
         if self.retry_jitter_factor is not None and self.retry_jitter_factor < 0:
-            raise ValueError(f"task {name!r}: retry_jitter_factor must be >= 0, got {self.retry_jitter_factor!r}")
+            raise ValueError(f"task {name!r}: `retry_jitter_factor` must be >= 0. (got {self.retry_jitter_factor!r})")
         if self.timeout_seconds is not None and not self.timeout_seconds > 0:
             raise ValueError(f"task {name!r}: timeout_seconds must be > 0, got {self.timeout_seconds!r}")
         if self.retry_condition_fn is not None and not callable(self.retry_condition_fn):
-            raise TypeError(f"task {name!r}: retry_condition_fn must be callable")
+            raise TypeError(f"task {name!r}: Expected `retry_condition_fn` to be callable, got "
+                            f"{type(self.retry_condition_fn).__name__} instead.")
         if self.cache_key_fn is not None and not callable(self.cache_key_fn):
             raise TypeError(f"task {name!r}: cache_key_fn must be callable")
         run_name = self.task_run_name
         if run_name is not None and not isinstance(run_name, str) and not callable(run_name):
-            raise TypeError(f"task {name!r}: expected a string or a callable for 'task_run_name', got "
-                            f"{type(run_name).__name__}")
+            raise TypeError(f"task {name!r}: Expected string or callable for 'task_run_name'; got "
+                            f"{type(run_name).__name__} instead.")
         if isinstance(self.retry_delay_seconds, (list, tuple)) and len(self.retry_delay_seconds) > MAX_DELAYS:
-            raise ValueError(f"task {name!r}: at most {MAX_DELAYS} retry delays can be configured, got "
-                             f"{len(self.retry_delay_seconds)}")
+            raise ValueError(f"task {name!r}: Can not configure more than {MAX_DELAYS} retry delays per task. "
+                             f"(got {len(self.retry_delay_seconds)})")
         for hook in HOOKS:
             object.__setattr__(self, hook, validate_hooks(f"task {name!r}", hook, getattr(self, hook)))
         object.__setattr__(self, "tags", frozenset(self.tags or ()))
@@ -149,9 +150,7 @@ class Task(Generic[P, R]):
         sig = inspect.signature(fn)
         clash = RESERVED.intersection(sig.parameters)
         if clash:
-            raise ReservedArgumentError(
-                f"task {self.name!r}: parameter name(s) {sorted(clash)} are reserved by daskflow; rename them"
-            )
+            raise ReservedArgumentError(f"task {self.name!r}: {reserved_message(clash)}")
         self._signature = sig
         self.param_names = tuple(sig.parameters)
         kinds = [p.kind for p in sig.parameters.values()]
@@ -445,7 +444,7 @@ class Task(Generic[P, R]):
                 args.append(value)
         return tuple(args), kwargs
 
-    def _parameters(self, args: tuple, kwargs: dict) -> dict[str, Any]:
+    def parameters_of(self, args: tuple, kwargs: dict) -> dict[str, Any]:
         """The run's parameters by name; a method's ``self`` (or ``cls``) first, as Prefect shows them."""
         from daskflow.cache.keys import bound_to
 
@@ -458,16 +457,16 @@ class Task(Generic[P, R]):
         if template is None:
             return ""
         if callable(template):
-            name = template()
+            name = template(parameters=self.parameters_of(args, kwargs)) if takes_parameters(template) else template()
             if not isinstance(name, str):
-                raise TypeError(f"task {self.name!r}: the task_run_name callable {template!r} returned a "
-                                f"{type(name).__name__}, but a string is required")
+                raise TypeError(f"task {self.name!r}: Callable {template} for 'task_run_name' returned type "
+                                f"{type(name).__name__} but a string is required.")
             return name
-        return template.format(**self._parameters(args, kwargs))
+        return template.format(**self.parameters_of(args, kwargs))
 
     def _task_run(self, ctx: TaskRunContext, args: tuple, kwargs: dict) -> TaskRun:
         return TaskRun(ctx.task_run_id, ctx.name or f"{self.name}-{ctx.start + ctx.index}", self.task_key,
-                       ctx.flow_run_id, ctx.run_count, self._parameters(args, kwargs))
+                       ctx.flow_run_id, ctx.run_count, self.parameters_of(args, kwargs))
 
     def fire_hook(self, kind: str, ctx: TaskRunContext, args: tuple, kwargs: dict, state: State) -> None:
         """Call the ``kind`` hooks with ``(task, task_run, state)``; async hooks are awaited."""
@@ -521,6 +520,20 @@ def check_wait_lists(ctx: FlowRunContext) -> None:
                 "Discovered a task depending on itself. Raising to avoid a deadlock. Please inspect the inputs "
                 f"and dependencies of {pair.future.task.name}. (Its run {pair.future.task_run_id} was given, "
                 "as wait_for, a list that now holds its own future.)")
+
+
+def reserved_message(clash: Iterable[str]) -> str:
+    """Prefect's words for a function that uses a reserved parameter name."""
+    names = sorted(clash)
+    return " ".join(f"{n!r} is a reserved argument name and cannot be used." for n in names) + " Rename it."
+
+
+def takes_parameters(fn: Callable) -> bool:
+    """Whether a run-name callable takes the run's ``parameters`` (Prefect passes them then)."""
+    try:
+        return "parameters" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def loop_running() -> bool:

@@ -263,7 +263,7 @@ def wait(futures: Iterable[Any], timeout: float | None = None) -> DoneAndNotDone
 
 def _check_timeout(timeout: float | None) -> None:
     if timeout is not None and timeout < 0:
-        raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
+        raise ValueError(f"'timeout' must be a non-negative number, got {timeout}")
 
 
 def _group_by_completion(futures: Iterable[Any], groups: dict[int, list[Any]]) -> int:

@@ -157,7 +157,7 @@ def _call_sync(fn: Callable, args: tuple, kwargs: dict, timeout: float, name: st
     if not timeout:
         return fn(*args, **kwargs)
     return call_with_timeout(
-        fn, args, kwargs, timeout, lambda: TaskRunTimeoutError(f"task {name!r} timed out after {timeout:g}s"))
+        fn, args, kwargs, timeout, lambda: timeout_error(name, timeout))
 
 
 def call_with_timeout(fn: Callable, args: tuple, kwargs: dict, timeout: float,
@@ -194,7 +194,12 @@ async def _call_async(fn: Callable, args: tuple, kwargs: dict, timeout: float, n
     try:
         return await asyncio.wait_for(fn(*args, **kwargs), timeout)
     except asyncio.TimeoutError:
-        raise TaskRunTimeoutError(f"task {name!r} timed out after {timeout:g}s") from None
+        raise timeout_error(name, timeout) from None
+
+
+def timeout_error(name: str, timeout: float) -> TaskRunTimeoutError:
+    """Prefect's words for a task run past its ``timeout_seconds``, naming the task."""
+    return TaskRunTimeoutError(f"Task run exceeded timeout of {timeout:g} second(s) (task {name!r})")
 
 
 def jittered(delay: float, factor: float | None) -> float:
