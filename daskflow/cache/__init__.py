@@ -28,6 +28,16 @@ from daskflow.cache.policies import (
     TaskSource,
 )
 
+_LOCKS = ("FileLockManager", "IsolationLevel", "LockManager")
+
+
+def __getattr__(name: str) -> object:
+    if name in _LOCKS:  # loads LMDB: only when a lock is asked for
+        from daskflow.cache import locks
+
+        return getattr(locks, name)
+    raise AttributeError(f"module 'daskflow.cache' has no attribute {name!r}")
+
 __all__ = [
     "DEFAULT",
     "FLOW_PARAMETERS",
@@ -37,8 +47,11 @@ __all__ = [
     "TASK_SOURCE",
     "CachePolicy",
     "CompoundPolicy",
+    "FileLockManager",
     "FlowParameters",
     "Inputs",
+    "IsolationLevel",
+    "LockManager",
     "NoCache",
     "RunId",
     "TaskSource",

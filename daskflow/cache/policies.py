@@ -14,6 +14,7 @@ and the workers compute the same key with the same code.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,50 @@ class CachePolicy:
 
     is_no_cache = False
     _order = 0  # position of the part in a key: keys do not depend on how parts were added
+    #: set by ``configure``; not part of a policy's equality, and keys never depend on them
+    isolation_level: Any = None
+    lock_manager: Any = None
+
+    def configure(self, isolation_level: Any = None, lock_manager: Any = None, key_storage: Any = None) -> CachePolicy:
+        """A copy of this policy with a transaction isolation level and lock manager, as Prefect's.
+
+        With ``isolation_level=SERIALIZABLE`` the runs of one cache key execute one at a time:
+        the first takes the lock (``lock_manager``, default a ``FileLockManager`` at the
+        cache's home), runs and commits; the others wait and read the committed value.
+
+        Example:
+            >>> from daskflow.cache.locks import IsolationLevel
+            >>> p = INPUTS.configure(isolation_level=IsolationLevel.SERIALIZABLE)
+            >>> p.isolation_level.name, p == INPUTS
+            ('SERIALIZABLE', True)
+        """
+        from daskflow.cache.locks import LockManager, isolation_of
+
+        if key_storage is not None:
+            raise TypeError("configure(key_storage=...): daskflow keeps cache entries in its LMDB result store "
+                            "(and result_storage for values); key_storage is not supported")
+        level = isolation_of(isolation_level, "configure()")
+        if lock_manager is not None and not isinstance(lock_manager, LockManager):
+            raise TypeError(f"configure(lock_manager=...) must be a daskflow LockManager (FileLockManager, "
+                            f"DaskLockManager), got {lock_manager!r}")
+        return self._with_config(level if level is not None else self.isolation_level,
+                                 lock_manager if lock_manager is not None else self.lock_manager)
+
+    def _with_config(self, isolation_level: Any, lock_manager: Any) -> CachePolicy:
+        copy = dataclasses.replace(self) if dataclasses.is_dataclass(self) else self
+        if copy is self and (isolation_level, lock_manager) != (self.isolation_level, self.lock_manager):
+            raise TypeError(f"{type(self).__name__} cannot be configured")
+        object.__setattr__(copy, "isolation_level", isolation_level)
+        object.__setattr__(copy, "lock_manager", lock_manager)
+        return copy
+
+    def carry_config(self, new: CachePolicy, other: Any = None) -> CachePolicy:
+        """``new`` made from this policy (and ``other``) keeps their isolation and lock manager."""
+        level = self.isolation_level or getattr(other, "isolation_level", None)
+        manager = self.lock_manager or getattr(other, "lock_manager", None)
+        if (level, manager) == (None, None) or new.is_no_cache:
+            return new
+        return new._with_config(level, manager)
 
     def parts(self) -> tuple[CachePolicy, ...]:
         return (self,)
@@ -43,7 +88,7 @@ class CachePolicy:
         if not isinstance(other, CachePolicy):
             return NotImplemented
         compound = isinstance(self, CompoundPolicy) or isinstance(other, CompoundPolicy)
-        return _combine(self.parts() + other.parts(), compound)
+        return self.carry_config(_combine(self.parts() + other.parts(), compound), other)
 
     def __sub__(self, name: Any) -> CachePolicy:
         """As in Prefect: excluding an input from a policy that does not key on inputs changes nothing."""
@@ -89,7 +134,7 @@ class Inputs(CachePolicy):
 
     def __sub__(self, name: Any) -> Inputs:
         _check_name(name)
-        return Inputs([*self.exclude, name])
+        return self.carry_config(Inputs([*self.exclude, name]))  # type: ignore[return-value]
 
     def compute_key(self, task_ctx: Any, inputs: dict[str, Any] | None, flow_parameters: dict[str, Any] | None,
                     **kwargs: Any) -> str | None:
@@ -192,7 +237,7 @@ class CompoundPolicy(CachePolicy):
         _check_name(name)
         if not any(isinstance(p, Inputs) for p in self.policies):
             return self
-        return _combine(tuple(p - name if isinstance(p, Inputs) else p for p in self.policies), True)
+        return self.carry_config(_combine(tuple(p - name if isinstance(p, Inputs) else p for p in self.policies), True))
 
     def compute_key(self, task_ctx: Any, inputs: dict[str, Any] | None, flow_parameters: dict[str, Any] | None,
                     **kwargs: Any) -> str | None:
@@ -230,6 +275,12 @@ FLOW_PARAMETERS = FlowParameters()
 RUN_ID = RunId()
 NO_CACHE = NoCache()
 DEFAULT = INPUTS + TASK_SOURCE + RUN_ID
+
+
+def serializable(cache_policy: Any) -> bool:
+    """Whether runs of this policy take a lock per cache key (``isolation_level=SERIALIZABLE``)."""
+    level = getattr(cache_policy, "isolation_level", None)
+    return level is not None and level.name == "SERIALIZABLE"
 
 
 def is_caching(cache_policy: Any, cache_key_fn: Any, persist_result: bool | None) -> bool:

@@ -166,6 +166,10 @@ class Task(Generic[P, R]):
         self._min_args = sum(1 for d in self._defaults if d is empty) if self._positional else -1
         if self._positional and empty in self._defaults[self._min_args:]:
             self._min_args = -1  # a default before a required parameter: use the slow bind
+        from daskflow.cache.policies import serializable
+
+        #: runs of one cache key execute one at a time (``cache_policy.configure(isolation_level=SERIALIZABLE)``)
+        self.serializable = self.caches and serializable(options.cache_policy)
         # cache or commit/rollback hooks: runs go through daskflow.engine.worker.managed
         self.managed = bool(self.caches or options.on_commit or options.on_rollback)
         # nothing in a run's lifecycle but calling the function (and maybe the cache)
@@ -173,6 +177,7 @@ class Task(Generic[P, R]):
             options.retries or options.timeout_seconds or self.is_async or options.log_prints
             or options.on_completion or options.on_failure or options.on_running
             or options.task_run_name or options.on_commit or options.on_rollback or not self._positional
+            or self.serializable  # one lock per run: runs go through the per-run loop
         )
         self.fast_path = self.plain and not self.managed
         self._pickled: bytes | None = None

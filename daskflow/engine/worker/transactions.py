@@ -27,6 +27,7 @@ import contextvars
 import copy
 from typing import TYPE_CHECKING, Any, Callable
 
+from daskflow.cache.locks import FileLockManager, IsolationLevel, LockManager, holder_id, isolation_of
 from daskflow.engine.core.context import cache_home
 from daskflow.engine.core.envelope import ChunkResult
 from daskflow.engine.core.hooks import fire_commit_hooks
@@ -51,10 +52,19 @@ def current_transaction() -> Transaction | None:
 class Transaction:
     """A block of runs whose cache records commit atomically. Made by ``transaction()``."""
 
-    def __init__(self, key: str | None = None) -> None:
+    def __init__(self, key: str | None = None, isolation_level: Any = None, lock_manager: Any = None) -> None:
         if key is not None and not isinstance(key, str):
             raise TypeError(f"transaction(key=...) must be a str or None, got {key!r}")
+        level = isolation_of(isolation_level, "transaction()")
+        if level is IsolationLevel.SERIALIZABLE and key is None:
+            raise ValueError("transaction(isolation_level=SERIALIZABLE) needs a key: the lock is named by it")
+        if lock_manager is not None and not isinstance(lock_manager, LockManager):
+            raise TypeError(f"transaction(lock_manager=...) must be a daskflow LockManager (FileLockManager, "
+                            f"DaskLockManager), got {lock_manager!r}")
         self.key = key
+        self.isolation_level = level
+        self.lock_manager = lock_manager
+        self._lock: tuple[Any, str] | None = None  # (manager, holder) while the block holds its key's lock
         self.state = PENDING
         self.parent: Transaction | None = None
         self._children: list[Transaction] = []  # nested blocks that commit with this one
@@ -133,11 +143,27 @@ class Transaction:
     def __enter__(self) -> Transaction:
         self.parent = _current.get()
         self._home = self.parent._home if self.parent is not None else cache_home()
+        if self.isolation_level is IsolationLevel.SERIALIZABLE:
+            # one block of this key at a time, in every process the lock manager reaches:
+            # a block entered after another committed sees ``is_committed()``
+            manager = (self.lock_manager or FileLockManager()).at_home(self._home)
+            holder = holder_id(f"txn-{id(self)}")
+            manager.acquire_lock(self.key, holder)
+            self._lock = (manager, holder)
         self.state = ACTIVE
         self._token = _current.set(self)
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        try:
+            return self._exit(exc)
+        finally:
+            if self._lock is not None:
+                manager, holder = self._lock
+                self._lock = None
+                manager.release(self.key, holder)
+
+    def _exit(self, exc: BaseException | None) -> bool:
         _current.reset(self._token)  # type: ignore[arg-type]
         interrupted = exc is not None and not isinstance(exc, Exception)
         runs = self._runs(wait=not interrupted)
@@ -210,16 +236,21 @@ class Transaction:
         self._fire_all(runs[::-1], "on_rollback")
 
 
-def transaction(key: str | None = None) -> Transaction:
+def transaction(key: str | None = None, isolation_level: Any = None, lock_manager: Any = None) -> Transaction:
     """A block whose runs' cache records are committed together, or not at all.
 
     Args:
         key: names the block; ``txn.is_committed()`` then tells whether a block with
             this key committed before (in any process using this daskflow home).
+        isolation_level: ``IsolationLevel.SERIALIZABLE`` (or ``"SERIALIZABLE"``): one block
+            of this key at a time; the block waits for the key's lock at entry and frees
+            it after its commit or rollback (Prefect's semantics).
+        lock_manager: where the lock lives: ``FileLockManager()`` (default; processes of
+            one host) or ``daskflow.runners.locks.DaskLockManager()`` (every host of a cluster).
 
     Example:
         >>> with transaction() as txn:  # doctest: +SKIP
         ...     a = extract()
         ...     load(a)                 # if load fails, extract's result is not cached
     """
-    return Transaction(key)
+    return Transaction(key, isolation_level, lock_manager)
