@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["CachePolicy", "Inputs", "TaskSource", "FlowParameters", "RunId", "NoCache", "CompoundPolicy",
+           "CompoundCachePolicy",
            "INPUTS", "TASK_SOURCE", "FLOW_PARAMETERS", "RUN_ID", "NO_CACHE", "DEFAULT", "SERIALIZERS"]
 
 #: ``result_serializer`` values a task may name (default: cloudpickle).
@@ -268,6 +269,9 @@ def _combine(parts: tuple[CachePolicy, ...], compound: bool = False) -> CachePol
         return ordered[0]
     return CompoundPolicy(ordered)  # a sum stays compound, as in Prefect, even when its parts merge
 
+
+#: Prefect's name for ``CompoundPolicy``
+CompoundCachePolicy = CompoundPolicy
 
 INPUTS = Inputs()
 TASK_SOURCE = TaskSource()
