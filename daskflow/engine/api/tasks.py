@@ -496,35 +496,47 @@ class Task(Generic[P, R]):
 
 
 class WaitList(NamedTuple):
-    """A run submitted with a list as ``wait_for``: the list, kept to see whether the run joins it."""
+    """A run submitted with a list as ``wait_for``: the list, and its length then."""
 
     future: Any
     waits: list
+    seen: int
+
+    def holds_its_run(self) -> bool:
+        """Whether the run's own future was added to the list after its submission."""
+        return any(f is self.future for f in self.waits[self.seen:])
 
 
 def watch_wait_list(future: Any, wait_for: Any) -> None:
     """Keep a ``wait_for`` list given to a run of a flow: appending the run to it is a deadlock in Prefect.
 
-    daskflow reads ``wait_for`` at submission, so nothing would hang; the list is checked at
-    the flow's next submission and at its end (``check_wait_lists``) and the mistake raised
-    as Prefect raises it.
+    daskflow reads ``wait_for`` at submission, so nothing would hang; the mistake is raised
+    as Prefect raises it when the same list comes back as a later run's ``wait_for`` (the
+    run last submitted with it is checked: one scan of what was appended since) and at the
+    flow's end (``check_wait_lists``, every run).
     """
     ctx = flow_run_ctx.get()
-    if ctx is None:
+    if ctx is None or type(wait_for) is not list:
         return
-    check_wait_lists(ctx)
-    if type(wait_for) is list:
-        ctx.wait_lists.append(WaitList(future, wait_for))
+    pairs = ctx.wait_lists.setdefault(id(wait_for), [])
+    if pairs and pairs[-1].holds_its_run():
+        raise_self_wait(pairs[-1])
+    pairs.append(WaitList(future, wait_for, len(wait_for)))
 
 
 def check_wait_lists(ctx: FlowRunContext) -> None:
     """Raise Prefect's deadlock ``ValueError`` for a run whose ``wait_for`` list now holds itself."""
-    for pair in ctx.wait_lists:
-        if any(f is pair.future for f in pair.waits):
-            raise ValueError(
-                "Discovered a task depending on itself. Raising to avoid a deadlock. Please inspect the inputs "
-                f"and dependencies of {pair.future.task.name}. (Its run {pair.future.task_run_id} was given, "
-                "as wait_for, a list that now holds its own future.)")
+    for pairs in ctx.wait_lists.values():
+        for pair in pairs:
+            if pair.holds_its_run():
+                raise_self_wait(pair)
+
+
+def raise_self_wait(pair: WaitList) -> None:
+    raise ValueError(
+        "Discovered a task depending on itself. Raising to avoid a deadlock. Please inspect the inputs "
+        f"and dependencies of {pair.future.task.name}. (Its run {pair.future.task_run_id} was given, "
+        "as wait_for, a list that now holds its own future.)")
 
 
 def reserved_message(clash: Iterable[str]) -> str:

@@ -73,7 +73,7 @@ class FlowRunContext:
     submitted: list[Any] = field(default_factory=list)  # futures and future lists
     parent: FlowRunContext | None = None
     flow_run: Any = None  # the engine.api.flows.FlowRun record its hooks receive
-    wait_lists: list[Any] = field(default_factory=list)  # (future, the list given as its wait_for)
+    wait_lists: dict[int, list[Any]] = field(default_factory=dict)  # id(list given as wait_for) -> its runs
     shipped: FlowRunInfo | None = None  # made at the first chunk that needs it (``info``)
 
     def info(self) -> FlowRunInfo:
