@@ -50,18 +50,43 @@ class FlowRunInfo:
 
     @classmethod
     def of(cls, ctx: FlowRunContext) -> FlowRunInfo:
-        import cloudpickle
-
-        try:
-            blob: bytes | None = cloudpickle.dumps(ctx.parameters, protocol=5)
-        except Exception:
-            blob = None
-        if blob is not None and len(blob) > MAX_SHIPPED_PARAMETERS:
-            blob = None
+        blob = pickled_up_to(ctx.parameters, MAX_SHIPPED_PARAMETERS)
         run = ctx.flow_run
         return cls(ctx.flow_run_id, run.name if run is not None else "", ctx.flow.name, blob,
                    ctx.parent.flow_run_id if ctx.parent is not None else None,
                    run.run_count if run is not None else 1)
+
+
+class _Full(Exception):
+    pass
+
+
+class _CappedFile:
+    """A file that refuses to grow past ``cap`` bytes: pickling stops there, not after copying it all."""
+
+    def __init__(self, cap: int) -> None:
+        self.parts: list[bytes] = []
+        self.size, self.cap = 0, cap
+
+    def write(self, data: Any) -> int:
+        n = len(memoryview(data).cast("B"))
+        self.size += n
+        if self.size > self.cap:
+            raise _Full
+        self.parts.append(bytes(data))
+        return n
+
+
+def pickled_up_to(value: Any, cap: int) -> bytes | None:
+    """``value`` cloudpickled, or None when it is larger than ``cap`` bytes (or not picklable)."""
+    import cloudpickle
+
+    out = _CappedFile(cap)
+    try:
+        cloudpickle.CloudPickler(out, protocol=5).dump(value)
+    except Exception:  # _Full, or a value that cannot be pickled
+        return None
+    return b"".join(out.parts)
 
 
 @dataclass(eq=False)
