@@ -52,7 +52,7 @@ class FlowRunInfo:
     def of(cls, ctx: FlowRunContext) -> FlowRunInfo:
         blob = pickled_up_to(ctx.parameters, MAX_SHIPPED_PARAMETERS)
         run = ctx.flow_run
-        return cls(ctx.flow_run_id, run.name if run is not None else "", ctx.flow.name, blob,
+        return cls(ctx.flow_run_id, run.name if run is not None else "", getattr(ctx.flow, "name", ""), blob,
                    ctx.parent.flow_run_id if ctx.parent is not None else None,
                    run.run_count if run is not None else 1)
 

@@ -61,7 +61,7 @@ def flow_run_field(name: str) -> Any:
     flow = flow_run_ctx.get()
     if flow is not None:  # in the flow's own process: its live record
         run = flow.flow_run
-        return {"name": run.name if run is not None else None, "flow_name": flow.flow.name,
+        return {"name": run.name if run is not None else None, "flow_name": getattr(flow.flow, "name", None),
                 "parameters": dict(flow.parameters), "run_count": run.run_count if run is not None else 0,
                 "parent_flow_run_id": flow.parent.flow_run_id if flow.parent is not None else None}[name]
     info = current_flow_run_info()
