@@ -60,7 +60,7 @@ if __name__ == "__main__":
         with transaction(key=f"block-{pathlib.Path(out).name}", isolation_level="SERIALIZABLE",
                          lock_manager=MANAGER) as txn:
             if txn.is_committed():
-                print("result skipped", flush=True)
+                print(f"result skipped {txn.read()}", flush=True)
             else:
-                body(out)
+                txn.stage(body(out))
                 print("result ran", flush=True)

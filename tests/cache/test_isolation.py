@@ -100,7 +100,7 @@ def test_two_clients_on_one_home_run_the_body_once(tmp_path, mode):
     if mode == "task":
         assert got == ["result Completed 42\n", "result Cached 42\n"]
     else:
-        assert got == ["result ran\n", "result skipped\n"]
+        assert got == ["result ran\n", "result skipped 42\n"]  # the waiter reads the value the first staged
     assert FileLockManager(tmp_path / "locks").waiters() == 0
 
 
@@ -204,3 +204,28 @@ def test_a_serializable_task_in_threads_of_one_process_runs_once(tmp_path):
     second = once(3, return_state=True)
     first.join(20)
     assert calls == [3] and results == ["Completed"] and second.name == "Cached" and second.result() == 6
+
+
+def test_transaction_stage_and_read_as_prefect(tmp_path):
+    with transaction(key="answer") as txn:
+        assert not txn.is_committed() and txn.read() is None
+        txn.stage({"rows": 3})
+        assert txn.read() == {"rows": 3}
+    with transaction(key="answer") as again:
+        assert again.is_committed() and again.read() == {"rows": 3}
+    with pytest.raises(ValueError, match="needs a transaction with a key"):
+        with transaction() as keyless:
+            keyless.stage(1)
+    try:
+        with transaction(key="rolled-back") as txn:
+            txn.stage(1)
+            raise RuntimeError("the block fails")
+    except RuntimeError:
+        pass
+    with transaction(key="rolled-back") as txn:
+        assert not txn.is_committed() and txn.read() is None  # nothing staged is written on rollback
+    with transaction(key="outer"):
+        with transaction(key="inner") as inner:
+            inner.stage("nested")
+    with transaction(key="inner") as txn:
+        assert txn.read() == "nested"  # committed with its outermost block

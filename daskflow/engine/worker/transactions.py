@@ -65,6 +65,7 @@ class Transaction:
         self.isolation_level = level
         self.lock_manager = lock_manager
         self._lock: tuple[Any, str] | None = None  # (manager, holder) while the block holds its key's lock
+        self._staged: list[tuple[str, Any]] = []  # (key, value) given to stage(), written at commit
         self.state = PENDING
         self.parent: Transaction | None = None
         self._children: list[Transaction] = []  # nested blocks that commit with this one
@@ -107,6 +108,26 @@ class Transaction:
                 f"Could not retrieve value for unknown key: {name} (transaction {self.key!r} and the ones "
                 "enclosing it have none; pass a default to get() or set() it first)")
         return default
+
+    def stage(self, value: Any) -> None:
+        """Stage a value to commit under this transaction's key (Prefect's ``txn.stage``).
+
+        It is written with the block's records when the outermost block commits, and read
+        back by ``read()`` in any later block (any process of this daskflow home) with the key.
+        """
+        if self.key is None:
+            raise ValueError("transaction.stage(value) needs a transaction with a key: the value is stored under it")
+        self._staged.append((self.key, value))
+
+    def read(self) -> Any:
+        """The value committed under this transaction's key by ``stage()``; None if none was."""
+        if self.key is None:
+            return None
+        for key, value in reversed(self._staged):
+            if key == self.key:
+                return value
+        found = self._store().load_many([staged_key(self.key)])
+        return found.get(0)
 
     def is_pending(self) -> bool:
         """True before the block is entered."""
@@ -205,6 +226,7 @@ class Transaction:
     def _commit(self, runs: list) -> None:
         if self.parent is not None:  # the enclosing block commits our runs with its own, or rolls them back
             self.parent._members.extend(self._members)
+            self.parent._staged.extend(self._staged)
             self.parent._children.append(self)
             return
         records: list = []
@@ -213,10 +235,18 @@ class Transaction:
             if res is not None and id(res) not in seen:
                 seen.add(id(res))
                 records.extend(getattr(res, "cache_records", None) or ())
+        if self._staged:
+            records.extend(self._staged_records())
         if records or self.key is not None:
             self._store().put_many(records, txn_key=self.key)
         self._settle(COMMITTED)
         self._fire_all(runs, "on_commit")
+
+    def _staged_records(self) -> list[tuple[bytes, bytes]]:
+        from daskflow.cache import serialization as ser
+
+        secret = self._store().secret
+        return [(staged_key(key), ser.encode(value, "transaction", None, None, secret)) for key, value in self._staged]
 
     def _settle(self, state: str) -> None:
         self.state = state
@@ -234,6 +264,11 @@ class Transaction:
     def _rollback(self, runs: list) -> None:
         self._settle(ROLLED_BACK)
         self._fire_all(runs[::-1], "on_rollback")
+
+
+def staged_key(key: str) -> bytes:
+    """Where a value given to ``stage()`` under a transaction key lives in the result store."""
+    return b"v1/transaction/" + key.encode("utf-8", "surrogatepass")
 
 
 def transaction(key: str | None = None, isolation_level: Any = None, lock_manager: Any = None) -> Transaction:
