@@ -267,8 +267,11 @@ class Transaction:
 
 
 def staged_key(key: str) -> bytes:
-    """Where a value given to ``stage()`` under a transaction key lives in the result store."""
-    return b"v1/transaction/" + key.encode("utf-8", "surrogatepass")
+    """Where a value given to ``stage()`` under a transaction key lives in the result store
+    (shaped as a cache key, ``v1/transaction/{digest}``, so ``daskflow cache ls`` shows it)."""
+    from daskflow.cache.keys import fingerprint
+
+    return b"v1/transaction/" + fingerprint(key)
 
 
 def transaction(key: str | None = None, isolation_level: Any = None, lock_manager: Any = None) -> Transaction:
