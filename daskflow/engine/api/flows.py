@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, Literal, Par
 
 from daskflow.codes import CANCELLED, OK_CODES
 from daskflow.engine.api.returns import resolve_futures_to_states, state_of_return
-from daskflow.engine.api.tasks import RESERVED, check_wait_lists, reserved_message, takes_parameters
+from daskflow.engine.api.self_waits import check_wait_lists
+from daskflow.engine.api.tasks import RESERVED, reserved_message, takes_parameters
 from daskflow.engine.client.chunks import Chunk, cancel_unfinished, fetch_all, to_fetch_at_end
 from daskflow.engine.core import states as st
 from daskflow.engine.core.context import FlowRunContext, flow_run_ctx, task_run_ctx

@@ -18,12 +18,11 @@ import inspect
 import logging
 import pickle
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Literal, NamedTuple, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Literal, ParamSpec, TypeVar, overload
 
 import cloudpickle
 import xxhash
 
-from daskflow.engine.core.context import flow_run_ctx
 from daskflow.engine.core.hooks import call_hooks, validate_hooks
 from daskflow.engine.core.retries import normalize_delays
 from daskflow.engine.worker.lifecycle import jittered
@@ -32,7 +31,7 @@ from daskflow.exceptions import ReservedArgumentError
 if TYPE_CHECKING:
     from daskflow.background.client import BackgroundFuture
     from daskflow.engine.client.futures import MapFutures, TaskRunFuture
-    from daskflow.engine.core.context import FlowRunContext, TaskRunContext
+    from daskflow.engine.core.context import TaskRunContext
     from daskflow.engine.core.states import State
 
 P = ParamSpec("P")
@@ -357,6 +356,8 @@ class Task(Generic[P, R]):
         """
         from daskflow.engine.client.submit import submit_run
 
+        from daskflow.engine.api.self_waits import watch_wait_list
+
         future = submit_run(self, args, kwargs, wait_for)
         watch_wait_list(future, wait_for)
         if return_state:
@@ -493,50 +494,6 @@ class Task(Generic[P, R]):
         delays = self.options.delays
         delay = delays[min(run_count - 1, len(delays) - 1)]
         return jittered(delay, self.options.retry_jitter_factor)
-
-
-class WaitList(NamedTuple):
-    """A run submitted with a list as ``wait_for``: the list, and its length then."""
-
-    future: Any
-    waits: list
-    seen: int
-
-    def holds_its_run(self) -> bool:
-        """Whether the run's own future was added to the list after its submission."""
-        return any(f is self.future for f in self.waits[self.seen:])
-
-
-def watch_wait_list(future: Any, wait_for: Any) -> None:
-    """Keep a ``wait_for`` list given to a run of a flow: appending the run to it is a deadlock in Prefect.
-
-    daskflow reads ``wait_for`` at submission, so nothing would hang; the mistake is raised
-    as Prefect raises it when the same list comes back as a later run's ``wait_for`` (the
-    run last submitted with it is checked: one scan of what was appended since) and at the
-    flow's end (``check_wait_lists``, every run).
-    """
-    ctx = flow_run_ctx.get()
-    if ctx is None or type(wait_for) is not list:
-        return
-    pairs = ctx.wait_lists.setdefault(id(wait_for), [])
-    if pairs and pairs[-1].holds_its_run():
-        raise_self_wait(pairs[-1])
-    pairs.append(WaitList(future, wait_for, len(wait_for)))
-
-
-def check_wait_lists(ctx: FlowRunContext) -> None:
-    """Raise Prefect's deadlock ``ValueError`` for a run whose ``wait_for`` list now holds itself."""
-    for pairs in ctx.wait_lists.values():
-        for pair in pairs:
-            if pair.holds_its_run():
-                raise_self_wait(pair)
-
-
-def raise_self_wait(pair: WaitList) -> None:
-    raise ValueError(
-        "Discovered a task depending on itself. Raising to avoid a deadlock. Please inspect the inputs "
-        f"and dependencies of {pair.future.task.name}. (Its run {pair.future.task_run_id} was given, "
-        "as wait_for, a list that now holds its own future.)")
 
 
 def reserved_message(clash: Iterable[str]) -> str:
