@@ -36,6 +36,9 @@ _HOMES = {
     "Task": "daskflow.engine.api.tasks",
     "task": "daskflow.engine.api.tasks",
     "transaction": "daskflow.engine.worker.transactions",
+    "create_link_artifact": "daskflow.engine.worker.artifacts",
+    "create_markdown_artifact": "daskflow.engine.worker.artifacts",
+    "create_table_artifact": "daskflow.engine.worker.artifacts",
     "serve": "daskflow.background",
 }
 
@@ -46,6 +49,9 @@ __all__ = [
     "TaskRunFuture",
     "allow_failure",
     "as_completed",
+    "create_link_artifact",
+    "create_markdown_artifact",
+    "create_table_artifact",
     "exponential_backoff",
     "flow",
     "get_run_logger",
@@ -64,6 +70,7 @@ if _TYPE_CHECKING:
     from daskflow.engine.client.futures import MapFutures, TaskRunFuture, as_completed, wait
     from daskflow.engine.core.inputs import allow_failure, quote, unmapped
     from daskflow.engine.core.retries import exponential_backoff
+    from daskflow.engine.worker.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
     from daskflow.engine.worker.logging import get_run_logger
     from daskflow.engine.worker.transactions import transaction
 

@@ -164,8 +164,16 @@ class Env:
         # Opening a database takes a write transaction (a read one when read-only), so
         # all are opened here, never from inside a transaction (that would deadlock on
         # LMDB's writer lock).
-        self._dbs = {name: self._retry(lambda name=name: self.env.open_db(name.encode(), create=not readonly))
-                     for name in dbs}
+        self._dbs = {}
+        for name in dbs:
+            try:
+                self._dbs[name] = self._retry(lambda name=name: self.env.open_db(name.encode(), create=not readonly))
+            except lmdb.NotFoundError:  # read-only, and written by an older version: no such database yet
+                pass
+
+    def has_db(self, name: str) -> bool:
+        """Whether the database exists (a read-only opener may find one a newer version added missing)."""
+        return name in self._dbs
 
     def db(self, name: str) -> Any:
         """A named database declared when the environment was opened."""

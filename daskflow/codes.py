@@ -66,4 +66,4 @@ LIVE_STATES: dict[str, str] = {"Scheduled": "SCHEDULED", "Pending": "PENDING", "
 #: Every state name a run record can show, in lifecycle order (what ``runs ls --state`` accepts).
 STATE_NAMES: tuple[str, ...] = (*LIVE_STATES, *(cs.name for cs in CODE_STATES.values()))
 #: Every state type name.
-STATE_TYPES: tuple[str, ...] = ("SCHEDULED", "PENDING", "RUNNING", "COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+STATE_TYPES: tuple[str, ...] = ("SCHEDULED", "PENDING", "RUNNING", "COMPLETED", "FAILED", "CRASHED", "CANCELLED", "CANCELLING")

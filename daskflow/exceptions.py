@@ -18,6 +18,8 @@
     ├── NoBackgroundServer (RuntimeError)      .delay() / serve() with no reachable daskflow server
     ├── ResultNotPersisted (UnfinishedRun)     .result() of a background run whose value was not kept
     ├── UnknownRun (KeyError)                  a background run id the server does not know
+    ├── MissingTransactionValue (ValueError, KeyError)  txn.get(name) of a value never set
+    ├── LockTimeout (TimeoutError)             a transaction's lock was not acquired in time
     ├── MissingContextError (RuntimeError)     get_run_logger() outside of a run
     ├── MissingMainGuard (RuntimeError)        a LocalCluster started by a script without its main guard
     ├── StoreError (RuntimeError)              a store under $DASKFLOW_HOME cannot be used
@@ -92,6 +94,20 @@ class NoBackgroundServer(DaskflowError, RuntimeError):
 
 class ResultNotPersisted(UnfinishedRun):
     """A background run completed, but its task does not persist results (``persist_result``)."""
+
+
+class MissingTransactionValue(DaskflowError, ValueError, KeyError):
+    """``Transaction.get(name)`` without a default, and no transaction up the chain has ``name``.
+
+    A ``ValueError`` as in Prefect; also a ``KeyError``, as daskflow raised before.
+    """
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class LockTimeout(DaskflowError, TimeoutError):
+    """A transaction's lock (``isolation_level=SERIALIZABLE``) was not acquired in time."""
 
 
 class UnknownRun(DaskflowError, KeyError):

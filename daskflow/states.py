@@ -3,6 +3,7 @@
 from daskflow.engine.core.states import (
     Cached,
     Cancelled,
+    Cancelling,
     Completed,
     Crashed,
     Failed,
@@ -17,6 +18,6 @@ from daskflow.engine.core.states import (
 )
 
 __all__ = [
-    "Cached", "Cancelled", "Completed", "Crashed", "Failed", "NotReady", "Pending",
+    "Cached", "Cancelled", "Cancelling", "Completed", "Crashed", "Failed", "NotReady", "Pending",
     "Retrying", "Running", "Scheduled", "State", "StateType", "TimedOut",
 ]

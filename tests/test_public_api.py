@@ -16,7 +16,7 @@ def test_all_names_exist():
 def test_all_is_sorted_and_complete():
     public = {n for n in dir(daskflow) if not n.startswith("_") and n[0].isalpha()}
     modules = {"engine", "config", "exceptions", "states", "runners", "cache", "cli", "annotations", "store",
-               "background", "ids", "codes", "owners", "ui"}
+               "background", "ids", "codes", "owners", "ui", "runtime", "leases"}
     assert set(daskflow.__all__) >= {"task", "flow", "unmapped", "allow_failure", "quote", "wait", "as_completed"}
     assert public - set(daskflow.__all__) <= modules
     assert daskflow.__all__ == sorted(daskflow.__all__) == sorted(daskflow._HOMES)

@@ -461,7 +461,7 @@ def _result(outcome: Outcome, raise_on_failure: bool) -> Any:
         raise ResultNotPersisted(
             f"background run {rec['id']} of task {rec['task_name']!r} completed, but its value was not kept: "
             "decorate the task with @task(persist_result=True) to read results of background runs")
-    return state.result(raise_on_failure)
+    return state.value(raise_on_failure)
 
 
 def result(task_run_id: str, timeout: float | None = None, raise_on_failure: bool = True) -> Any:

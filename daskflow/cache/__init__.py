@@ -20,6 +20,7 @@ from daskflow.cache.policies import (
     RUN_ID,
     TASK_SOURCE,
     CachePolicy,
+    CompoundCachePolicy,
     CompoundPolicy,
     FlowParameters,
     Inputs,
@@ -27,6 +28,16 @@ from daskflow.cache.policies import (
     RunId,
     TaskSource,
 )
+
+_LOCKS = ("FileLockManager", "IsolationLevel", "LockManager")
+
+
+def __getattr__(name: str) -> object:
+    if name in _LOCKS:  # loads LMDB: only when a lock is asked for
+        from daskflow.cache import locks
+
+        return getattr(locks, name)
+    raise AttributeError(f"module 'daskflow.cache' has no attribute {name!r}")
 
 __all__ = [
     "DEFAULT",
@@ -36,9 +47,13 @@ __all__ = [
     "RUN_ID",
     "TASK_SOURCE",
     "CachePolicy",
+    "CompoundCachePolicy",
     "CompoundPolicy",
+    "FileLockManager",
     "FlowParameters",
     "Inputs",
+    "IsolationLevel",
+    "LockManager",
     "NoCache",
     "RunId",
     "TaskSource",

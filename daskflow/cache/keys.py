@@ -318,6 +318,12 @@ class KeyPlan:
     flow_parameters: dict | None = None
     problem: str | None = None  # why no run of this submission can be cached
 
+    def key_fn_parameters(self, task: Any, row: tuple) -> dict:
+        """The parameters a ``cache_key_fn`` receives: ``self`` (or ``cls``) first for a method, as in Prefect."""
+        params = dict(zip(task.param_names, row))
+        bound = bound_to(task.fn)
+        return {bound.name: bound.value, **params} if bound is not None else params
+
     def key(self, task: Any, row: tuple, run_id: Callable[[], str]) -> bytes | None:
         """The key of one run from its parameter values in signature order.
 
@@ -326,7 +332,7 @@ class KeyPlan:
         if self.problem is not None:
             return None
         if self.key_fn:
-            params = dict(zip(task.param_names, row))
+            params = self.key_fn_parameters(task, row)
             ctx = KeyContext(task, self.task_key, run_id(), self.flow_run_id, self.flow_parameters or {}, params)
             try:
                 user = task.options.cache_key_fn(ctx, params)
@@ -484,8 +490,51 @@ def _read_source_digest(fn: Callable) -> bytes:
         return _digest(code.co_code + repr((code.co_consts, code.co_names)).encode())
 
 
+class Bound(NamedTuple):
+    """What a method's function is bound to: ``self`` (the instance) or ``cls`` (a classmethod's class)."""
+
+    name: str
+    value: Any
+
+
+def bound_to(fn: Callable) -> Bound | None:
+    """The instance (or class) a task's function is bound to, named by its first parameter."""
+    owner = getattr(fn, "__self__", None)
+    if owner is None or not inspect.ismethod(fn):
+        return None
+    try:
+        first = next(iter(inspect.signature(fn.__func__).parameters))
+    except (StopIteration, TypeError, ValueError):
+        first = "cls" if isinstance(owner, type) else "self"
+    return Bound(first, owner)
+
+
+def _bound_part(task: Any, exclude: Any, plan: KeyPlan) -> bytes | None:
+    """The key part of a method's instance (or class): its fingerprint, like any parameter's.
+
+    Two instances share an entry only when their fingerprints are equal: the same class
+    and equal attributes (``__dict__``), or equal ``__daskflow_cache_key__()``. An
+    instance that cannot be fingerprinted makes the submission run uncached.
+    """
+    bound = bound_to(task.fn)
+    if bound is None or bound.name in exclude:
+        return None
+    try:
+        return bound.name.encode() + b"=" + fingerprint(bound.value)
+    except (Unhashable, NotConcrete) as exc:
+        plan.problem = (f"parameter {bound.name!r} (the {type(bound.value).__qualname__} the method is bound to, "
+                        f"holding {exc}) cannot be hashed into a cache key; leave it out with "
+                        f"cache_policy=INPUTS - {bound.name!r}, or give its class a __daskflow_cache_key__ method")
+        return None
+
+
 def make_plan(task: Any, flow_run_id: str | None, flow_parameters: dict | None) -> KeyPlan:
-    """The key plan of a submission of ``task`` made in the given flow run."""
+    """The key plan of a submission of ``task`` made in the given flow run.
+
+    A method's ``self`` (or a classmethod's ``cls``) is one of its inputs: it joins the
+    key as a static part (fingerprinted once per submission), so plain functions keep
+    their keys.
+    """
     opts = task.options
     prefix = VERSION + b"/" + task.task_key.encode() + b"/"
     if opts.cache_key_fn is not None:
@@ -500,6 +549,9 @@ def make_plan(task: Any, flow_run_id: str | None, flow_parameters: dict | None) 
             plan.positions = tuple(i for i, _ in keep)
             plan.names = tuple(n.encode() for _, n in keep)
             head.append(b"inputs")
+            bound = _bound_part(task, part.exclude, plan)
+            if bound is not None:
+                head.append(b"bound" + bound)
         elif isinstance(part, TaskSource):
             head.append(b"source" + source_digest(task.fn))
         elif isinstance(part, FlowParameters):

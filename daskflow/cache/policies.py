@@ -14,11 +14,13 @@ and the workers compute the same key with the same code.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["CachePolicy", "Inputs", "TaskSource", "FlowParameters", "RunId", "NoCache", "CompoundPolicy",
+           "CompoundCachePolicy",
            "INPUTS", "TASK_SOURCE", "FLOW_PARAMETERS", "RUN_ID", "NO_CACHE", "DEFAULT", "SERIALIZERS"]
 
 #: ``result_serializer`` values a task may name (default: cloudpickle).
@@ -35,6 +37,50 @@ class CachePolicy:
 
     is_no_cache = False
     _order = 0  # position of the part in a key: keys do not depend on how parts were added
+    #: set by ``configure``; not part of a policy's equality, and keys never depend on them
+    isolation_level: Any = None
+    lock_manager: Any = None
+
+    def configure(self, isolation_level: Any = None, lock_manager: Any = None, key_storage: Any = None) -> CachePolicy:
+        """A copy of this policy with a transaction isolation level and lock manager, as Prefect's.
+
+        With ``isolation_level=SERIALIZABLE`` the runs of one cache key execute one at a time:
+        the first takes the lock (``lock_manager``, default a ``FileLockManager`` at the
+        cache's home), runs and commits; the others wait and read the committed value.
+
+        Example:
+            >>> from daskflow.cache.locks import IsolationLevel
+            >>> p = INPUTS.configure(isolation_level=IsolationLevel.SERIALIZABLE)
+            >>> p.isolation_level.name, p == INPUTS
+            ('SERIALIZABLE', True)
+        """
+        from daskflow.cache.locks import LockManager, isolation_of
+
+        if key_storage is not None:
+            raise TypeError("configure(key_storage=...): daskflow keeps cache entries in its LMDB result store "
+                            "(and result_storage for values); key_storage is not supported")
+        level = isolation_of(isolation_level, "configure()")
+        if lock_manager is not None and not isinstance(lock_manager, LockManager):
+            raise TypeError(f"configure(lock_manager=...) must be a daskflow LockManager (FileLockManager, "
+                            f"DaskLockManager), got {lock_manager!r}")
+        return self._with_config(level if level is not None else self.isolation_level,
+                                 lock_manager if lock_manager is not None else self.lock_manager)
+
+    def _with_config(self, isolation_level: Any, lock_manager: Any) -> CachePolicy:
+        copy = dataclasses.replace(self) if dataclasses.is_dataclass(self) else self
+        if copy is self and (isolation_level, lock_manager) != (self.isolation_level, self.lock_manager):
+            raise TypeError(f"{type(self).__name__} cannot be configured")
+        object.__setattr__(copy, "isolation_level", isolation_level)
+        object.__setattr__(copy, "lock_manager", lock_manager)
+        return copy
+
+    def carry_config(self, new: CachePolicy, other: Any = None) -> CachePolicy:
+        """``new`` made from this policy (and ``other``) keeps their isolation and lock manager."""
+        level = self.isolation_level or getattr(other, "isolation_level", None)
+        manager = self.lock_manager or getattr(other, "lock_manager", None)
+        if (level, manager) == (None, None) or new.is_no_cache:
+            return new
+        return new._with_config(level, manager)
 
     def parts(self) -> tuple[CachePolicy, ...]:
         return (self,)
@@ -42,7 +88,8 @@ class CachePolicy:
     def __add__(self, other: Any) -> CachePolicy:
         if not isinstance(other, CachePolicy):
             return NotImplemented
-        return _combine(self.parts() + other.parts())
+        compound = isinstance(self, CompoundPolicy) or isinstance(other, CompoundPolicy)
+        return self.carry_config(_combine(self.parts() + other.parts(), compound), other)
 
     def __sub__(self, name: Any) -> CachePolicy:
         """As in Prefect: excluding an input from a policy that does not key on inputs changes nothing."""
@@ -72,14 +119,23 @@ def _hex(value: Any) -> str:
 
 @dataclass(frozen=True, repr=False)
 class Inputs(CachePolicy):
-    """Key on the run's parameters, except those in ``exclude``."""
+    """Key on the run's parameters, except those in ``exclude`` (a sorted list, as Prefect's)."""
 
-    exclude: frozenset[str] = frozenset()
+    exclude: list[str] = field(default_factory=list)
     _order = 1
+
+    def __post_init__(self) -> None:
+        names = list(self.exclude)
+        for name in names:
+            _check_name(name)
+        object.__setattr__(self, "exclude", sorted(set(names)))
+
+    def __hash__(self) -> int:
+        return hash((Inputs, tuple(self.exclude)))
 
     def __sub__(self, name: Any) -> Inputs:
         _check_name(name)
-        return Inputs(self.exclude | {name})
+        return self.carry_config(Inputs([*self.exclude, name]))  # type: ignore[return-value]
 
     def compute_key(self, task_ctx: Any, inputs: dict[str, Any] | None, flow_parameters: dict[str, Any] | None,
                     **kwargs: Any) -> str | None:
@@ -103,7 +159,8 @@ class TaskSource(CachePolicy):
             return None
         from daskflow.cache.keys import source_digest
 
-        return source_digest(task_ctx.task.fn).hex()
+        task = task_ctx.task  # a daskflow Task, or any function (its source), as in Prefect
+        return source_digest(getattr(task, "fn", task)).hex()
 
     def __repr__(self) -> str:
         return "TASK_SOURCE"
@@ -160,43 +217,61 @@ class NoCache(CachePolicy):
 
 @dataclass(frozen=True, repr=False)
 class CompoundPolicy(CachePolicy):
-    """Several parts; built by ``+``, not by hand."""
+    """Several parts, as Prefect's ``CompoundCachePolicy(policies=[...])``; usually built by ``+``.
 
-    members: tuple[CachePolicy, ...] = ()
+    Nested compounds are flattened and the ``Inputs`` parts merged (their exclusions joined);
+    the parts are kept in a fixed order, so keys do not depend on how the sum was written.
+    """
+
+    policies: list[CachePolicy] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "policies", _merged([q for p in self.policies for q in p.parts()]))
+
+    def __hash__(self) -> int:
+        return hash((CompoundPolicy, tuple(self.policies)))
 
     def parts(self) -> tuple[CachePolicy, ...]:
-        return self.members
+        return tuple(self.policies)
 
     def __sub__(self, name: Any) -> CachePolicy:
         _check_name(name)
-        if not any(isinstance(p, Inputs) for p in self.members):
+        if not any(isinstance(p, Inputs) for p in self.policies):
             return self
-        return _combine(tuple(p - name if isinstance(p, Inputs) else p for p in self.members))
+        return self.carry_config(_combine(tuple(p - name if isinstance(p, Inputs) else p for p in self.policies), True))
 
     def compute_key(self, task_ctx: Any, inputs: dict[str, Any] | None, flow_parameters: dict[str, Any] | None,
                     **kwargs: Any) -> str | None:
-        """The members' keys hashed together; members without a key are left out (None if none has one)."""
-        keys = [k for p in self.members if (k := p.compute_key(task_ctx, inputs, flow_parameters, **kwargs))]
+        """The parts' keys hashed together; parts without a key are left out (None if none has one)."""
+        keys = [k for p in self.policies if (k := p.compute_key(task_ctx, inputs, flow_parameters, **kwargs))]
         return _hex(keys) if keys else None
 
     def __repr__(self) -> str:
-        return " + ".join(repr(p) for p in self.members)
+        return " + ".join(repr(p) for p in self.policies) or "CompoundPolicy()"
 
 
-def _combine(parts: tuple[CachePolicy, ...]) -> CachePolicy:
-    if any(p.is_no_cache for p in parts):
-        return NO_CACHE
+def _merged(parts: list[CachePolicy]) -> list[CachePolicy]:
+    """One part of each kind (``Inputs`` exclusions joined), in key order."""
     merged: dict[type, CachePolicy] = {}
     for p in parts:
         old = merged.get(type(p))
         if isinstance(p, Inputs) and isinstance(old, Inputs):
-            p = Inputs(old.exclude | p.exclude)
+            p = Inputs([*old.exclude, *p.exclude])
         merged[type(p)] = p
-    ordered = tuple(sorted(merged.values(), key=lambda p: p._order))
-    if len(ordered) == 1 and len(parts) == 1:
+    return sorted(merged.values(), key=lambda p: p._order)
+
+
+def _combine(parts: tuple[CachePolicy, ...], compound: bool = False) -> CachePolicy:
+    if any(p.is_no_cache for p in parts):
+        return NO_CACHE
+    ordered = _merged(list(parts))
+    if len(ordered) == 1 and len(parts) == 1 and not compound:
         return ordered[0]
     return CompoundPolicy(ordered)  # a sum stays compound, as in Prefect, even when its parts merge
 
+
+#: Prefect's name for ``CompoundPolicy``
+CompoundCachePolicy = CompoundPolicy
 
 INPUTS = Inputs()
 TASK_SOURCE = TaskSource()
@@ -204,6 +279,12 @@ FLOW_PARAMETERS = FlowParameters()
 RUN_ID = RunId()
 NO_CACHE = NoCache()
 DEFAULT = INPUTS + TASK_SOURCE + RUN_ID
+
+
+def serializable(cache_policy: Any) -> bool:
+    """Whether runs of this policy take a lock per cache key (``isolation_level=SERIALIZABLE``)."""
+    level = getattr(cache_policy, "isolation_level", None)
+    return level is not None and level.name == "SERIALIZABLE"
 
 
 def is_caching(cache_policy: Any, cache_key_fn: Any, persist_result: bool | None) -> bool:

@@ -1,6 +1,6 @@
 """The ``daskflow`` command. Read-only commands never import distributed.
 
-Each command group lives in its own module (``runs``, ``cache``, ``server``, ``ui``) and is
+Each command group lives in its own module (``runs``, ``cache``, ``server``, ``ui``, ``artifacts``) and is
 registered here; a module imports only what its commands need, when they run.
 """
 
@@ -40,9 +40,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from daskflow.cli import cache, runs, server, ui
+    from daskflow.cli import artifacts, cache, runs, server, ui
 
-    for module in (cache, runs, server, ui):
+    for module in (cache, runs, server, ui, artifacts):
         for command in module.COMMANDS:
             main.add_command(command)
 

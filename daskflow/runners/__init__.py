@@ -14,7 +14,7 @@ from daskflow.runners.threads import ThreadPoolTaskRunner
 if TYPE_CHECKING:
     from daskflow.runners.dask import DaskTaskRunner
 
-__all__ = ["DaskTaskRunner", "TaskRunner", "ThreadPoolTaskRunner"]
+__all__ = ["DaskLockManager", "DaskTaskRunner", "TaskRunner", "ThreadPoolTaskRunner"]
 
 _default: TaskRunner | None = None
 _worker: TaskRunner | None = None
@@ -26,6 +26,10 @@ def __getattr__(name: str) -> Any:
         from daskflow.runners.dask import DaskTaskRunner
 
         return DaskTaskRunner
+    if name == "DaskLockManager":  # locks kept by a Dask scheduler (transactions' isolation)
+        from daskflow.runners.locks import DaskLockManager
+
+        return DaskLockManager
     raise AttributeError(name)
 
 

@@ -205,3 +205,31 @@ def timeline(store: RunStore, flow_run_id: str, limit: int = 2000) -> list[dict]
                      "runs": chunk["n"], "failed": sum(n for s, n in counts.items() if _type_of(s) in _BAD_TYPES)})
     bars.sort(key=lambda b: b["start"] or 0)
     return bars[-limit:]
+
+
+def run_artifacts(store: RunStore, run_id: str) -> list[dict]:
+    """The artifacts a task run (id or unique prefix) published, oldest first."""
+    from daskflow.store.artifacts import artifacts_of_run
+
+    return artifacts_of_run(store, store.task_run(run_id)["id"])
+
+
+def flow_run_artifacts(store: RunStore, flow_run_id: str) -> list[dict]:
+    """The artifacts a flow run (id or unique prefix) and its task runs published, oldest first."""
+    from daskflow.store.artifacts import artifacts_of_flow_run
+
+    return artifacts_of_flow_run(store, store.flow_record(flow_run_id)["id"])
+
+
+def artifact_keys(store: RunStore, limit: int | None = 100) -> list[dict]:
+    """``daskflow artifacts ls``: the newest version of every key."""
+    from daskflow.store.artifacts import latest_artifacts
+
+    return latest_artifacts(store, limit)
+
+
+def artifact(store: RunStore, ref: str) -> list[dict]:
+    """``daskflow artifacts show REF``: every version of a key, or the artifact with that id."""
+    from daskflow.store.artifacts import find_artifact
+
+    return find_artifact(store, ref)

@@ -17,6 +17,7 @@ Databases of the ``$DASKFLOW_HOME/runs`` environment:
 - ``logs``     owner (24: a chunk key, or flow run id + 8 x ff) + index (4) + µs (8) + seq (4) → record
 - ``owners``   owner key (16, ``daskflow.owners``) → the owning process and its lease
 - ``owned``    owner key + ``b"c"`` + chunk key, or + ``b"f"`` + flow run id → b"": its non-final records
+- ``artifacts``, ``artkeys``: run artifacts and their index by key (``store/artifacts.py``)
 
 Runs that die with their process. A record created with an ``owner`` field (the tracker
 adds it to flow runs and submitted chunks, never per element) is indexed in ``owned``
@@ -44,11 +45,12 @@ from daskflow.codes import CODE_STATES, CRASHED
 from daskflow.exceptions import DamagedStore
 from daskflow.owners import Lease, Owner, is_alive
 from daskflow.ids import parse_id_prefix, prefix_matches
+from daskflow.store.artifacts import ARTIFACTS_LOGGER, put_artifact
 from daskflow.store.rows import chunk_counts, expand, final_message, history, may_hold, slowest_runs
 
 __all__ = ["ChunkUpdate", "FlowUpdate", "LogLine", "RunPage", "RunStore", "open_run_store"]
 
-DBS = ("chunks", "bytime", "flows", "byflow", "logs", "owners", "owned")
+DBS = ("chunks", "bytime", "flows", "byflow", "logs", "owners", "owned", "artifacts", "artkeys")
 _FINAL_TYPES = frozenset(cs.type for cs in CODE_STATES.values())
 _FLOW_OWNER = b"\xff" * 8
 _seq = itertools.count()
@@ -130,7 +132,12 @@ class RunStore:
 
     def __init__(self, env: _lmdb.Env) -> None:
         self.env = env
-        self._db = {name: env.db(name) for name in DBS}
+        self._db = {name: env.db(name) for name in DBS if env.has_db(name)}
+
+    @property
+    def dbs(self) -> dict[str, Any]:
+        """The store's databases by name (one an older version did not write may be missing)."""
+        return self._db
 
     # -- writing (the tracker's writer thread) ------------------------------------------
     def apply(self, ops: Iterable[ChunkUpdate | FlowUpdate | LogLine], lease: Lease | None = None) -> None:
@@ -165,6 +172,9 @@ class RunStore:
             else:
                 key = (op.owner + op.index.to_bytes(4, "big") + _us(op.timestamp)
                        + (next(_seq) & 0xFFFFFFFF).to_bytes(4, "big"))
+                if op.logger == ARTIFACTS_LOGGER:  # an artifact travels as a log record; kept apart
+                    put_artifact(txn, db, key, op.message)
+                    continue
                 txn.put(key, pack({"timestamp": op.timestamp, "level": op.level, "message": op.message,
                                    "logger": op.logger}), db=db["logs"])
         for key, op in chunks.items():
@@ -449,6 +459,8 @@ class RunStore:
                 txn.delete(ck, db=db["chunks"])
                 txn.delete(key, db=db["bytime"])
                 _delete_prefix(txn, db["logs"], ck)
+                if "artifacts" in db:
+                    _delete_prefix(txn, db["artifacts"], ck)
             limit = time.time() - older_than
             for key, raw in list(txn.cursor(db=db["flows"])):
                 if (unpack(raw).get("start") or 0) < limit:

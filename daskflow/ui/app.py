@@ -13,6 +13,10 @@ objects of ``daskflow.store.queries`` (the CLI's ``-o json`` shapes) as JSON:
 ``/api/runs/<id>/logs``         ``daskflow runs logs ID -o json``
 ``/api/metrics?flow_run=<id>``  ``daskflow flow-runs metrics ID -o json``
 ``/api/timeline?flow_run=<id>`` the chunks of a flow run across workers (UI only)
+``/api/runs/<id>/artifacts``    the artifacts a task run published
+``/api/flow-runs/<id>/artifacts`` the artifacts of a flow run and its task runs
+``/api/artifacts``              ``daskflow artifacts ls -o json``
+``/api/artifacts/<key or id>``  ``daskflow artifacts show REF -o json``
 ==============================  =======================================
 
 ``/api/runs`` pages with a cursor: the body is the listing, the next page's cursor is in
@@ -250,6 +254,29 @@ class Timeline(Api):
         return lambda store: self.query("timeline")(store, flow_run)
 
 
+class RunArtifacts(Api):
+    def answer(self, run_id: str) -> Callable[[Any], Any]:
+        return lambda store: self.query("run_artifacts")(store, run_id)
+
+
+class FlowArtifacts(Api):
+    def answer(self, flow_run_id: str) -> Callable[[Any], Any]:
+        return lambda store: self.query("flow_run_artifacts")(store, flow_run_id)
+
+
+class ArtifactKeys(Api):
+    empty: Any = []
+
+    def answer(self) -> Callable[[Any], Any]:
+        limit = self.limit(100)
+        return lambda store: self.query("artifact_keys")(store, limit)
+
+
+class Artifact(Api):
+    def answer(self, ref: str) -> Callable[[Any], Any]:
+        return lambda store: self.query("artifact")(store, ref)
+
+
 class Redirect(Base):
     def get(self) -> None:
         self.redirect(self.request.path + "/")
@@ -280,6 +307,10 @@ def routes(options: UiOptions) -> list[tuple[str, type, dict]]:
         (p + f"/api/runs/{ID}/logs", RunLogs, kw),
         (p + "/api/metrics", Metrics, kw),
         (p + "/api/timeline", Timeline, kw),
+        (p + f"/api/runs/{ID}/artifacts", RunArtifacts, kw),
+        (p + f"/api/flow-runs/{ID}/artifacts", FlowArtifacts, kw),
+        (p + "/api/artifacts", ArtifactKeys, kw),
+        (p + r"/api/artifacts/([a-z0-9-]{1,200})", Artifact, kw),
     ]
     if p:
         table.append((p, Redirect, kw))

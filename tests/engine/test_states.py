@@ -48,7 +48,7 @@ def test_state_names_and_types():
     assert Retrying().name == "Retrying" and Retrying().type is StateType.RUNNING
     assert TimedOut().name == "TimedOut" and NotReady().name == "NotReady"
     assert {t.value for t in StateType} == {"SCHEDULED", "PENDING", "RUNNING", "COMPLETED", "FAILED", "CRASHED",
-                                            "CANCELLED"}
+                                            "CANCELLED", "CANCELLING"}
 
 
 def test_state_result_returns_value_or_raises():

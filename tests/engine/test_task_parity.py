@@ -148,7 +148,7 @@ def test_async_hooks_awaited_inside_a_running_loop():
     seen = []
 
     async def done(tsk, run, state):
-        seen.append(state.result())
+        seen.append(await state.result())  # async code: awaitable, as in Prefect
 
     @task(on_completion=[done])
     async def t(x):

@@ -163,3 +163,12 @@ def gated(started, go):
     while not pathlib.Path(go).exists() and time.monotonic() < deadline:
         time.sleep(0.01)
     return "done"
+
+
+@task(persist_result=True)
+def runtime_info(x):
+    """What daskflow.runtime tells a background run."""
+    from daskflow.runtime import flow_run, task_run
+
+    return {"id": task_run.id, "name": task_run.name, "parameters": task_run.parameters,
+            "run_count": task_run.run_count, "flow_run_id": flow_run.id}

@@ -26,7 +26,7 @@ from daskflow.runners import ThreadPoolTaskRunner
 
 SERVED = ["bg_tasks:add", "bg_tasks:whoami", "bg_tasks:not_persisted", "bg_tasks:boom", "bg_tasks:flaky",
           "bg_tasks:inc", "bg_tasks:cached_square", "bg_tasks:chatty", "bg_tasks:chatty_long",
-          "bg_tasks:total", "bg_tasks:aio_double", "bg_tasks:gated"]
+          "bg_tasks:total", "bg_tasks:aio_double", "bg_tasks:gated", "bg_tasks:runtime_info"]
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +69,14 @@ def test_delay_many_calls_all_land_in_order(bg_server):
     futures = bg.BackgroundFutures(bg_tasks.add.delay(i, 1) for i in range(n))
     assert len({f.task_run_id for f in futures}) == n
     assert futures.result(timeout=60) == [i + 1 for i in range(n)]
+
+
+def test_runtime_in_a_background_run(bg_server):
+    fut = bg_tasks.runtime_info.delay(7)
+    got = fut.result(timeout=30)
+    assert got == {"id": fut.task_run_id, "name": got["name"], "parameters": {"x": 7}, "run_count": 1,
+                   "flow_run_id": None}
+    assert got["name"].startswith("runtime_info")
 
 
 def test_delay_runs_on_a_task_worker_with_the_full_lifecycle(bg_server):

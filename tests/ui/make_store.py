@@ -2,14 +2,16 @@
 
 ``python tests/ui/make_store.py`` records, under ``$DASKFLOW_HOME``: a flow run ``etl``
 whose ``load`` map has a run that fails after a retry, log records (a task's logger,
-captured prints, a warning), and a flow run ``broken`` that fails.
+captured prints, a warning), artifacts (a markdown report of the flow, twice: two versions
+of key ``etl-report``; a table from ``total``; a link from ``load``), and a flow run
+``broken`` that fails.
 """
 
 from __future__ import annotations
 
 import time
 
-from daskflow import flow, get_run_logger, task
+from daskflow import create_link_artifact, create_markdown_artifact, create_table_artifact, flow, get_run_logger, task
 from daskflow.engine.tracking import tracker
 from daskflow.runners import ThreadPoolTaskRunner
 
@@ -18,6 +20,8 @@ from daskflow.runners import ThreadPoolTaskRunner
 def load(x: int) -> int:
     get_run_logger().info("loading item %s", x)
     time.sleep(0.01 * (x % 4))  # durations that differ, for the metrics table
+    if x == 0:
+        create_link_artifact("https://example.com/items/0", "item 0", key="first-item")
     if x == 3:
         raise ValueError(f"bad input {x}: not a number")
     return x * 10
@@ -26,6 +30,7 @@ def load(x: int) -> int:
 @task
 def total(values: list[int]) -> int:
     get_run_logger().warning("summing %d values", len(values))
+    create_table_artifact([{"value": v} for v in values], key="etl-values", description="the values summed")
     return sum(values)
 
 
@@ -34,7 +39,10 @@ def etl(n: int) -> int:
     print(f"starting etl over {n} items")
     futures = load.map(range(n))
     futures.wait()
-    return total([f.result() for f in futures if f.state.is_completed()])
+    create_markdown_artifact("# ETL\nstarted", key="etl-report")
+    result = total([f.result() for f in futures if f.state.is_completed()])
+    create_markdown_artifact(f"# ETL\ntotal **{result}**", key="etl-report", description="the summary")
+    return result
 
 
 @flow(name="broken", task_runner=ThreadPoolTaskRunner(2))

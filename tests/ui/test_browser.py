@@ -60,3 +60,12 @@ def test_run_page_shows_history_error_traceback_and_logs(ui, tmp_path):
     for expected in ("load-3", "Failed", "ValueError: bad input 3: not a number", "Traceback", "State history",
                      "Running", "AwaitingRetry", "loading item 3", "run count 2"):
         assert expected in text, expected
+
+
+def test_flow_run_and_run_pages_show_artifacts(ui, etl_id, tmp_path):
+    text = dom(ui.base + f"/flow-runs/{etl_id}", tmp_path)
+    for expected in ("Artifacts", "etl-report", "total **", "etl-values", "the values summed", "first-item", "item 0"):
+        assert expected in text, expected
+    table = next(a for a in get_json(f"{ui.base}/api/flow-runs/{etl_id}/artifacts") if a["type"] == "table")
+    run = dom(ui.base + f"/runs/{table['task_run_id']}", tmp_path)
+    assert "Artifacts" in run and "etl-values" in run and "etl-report" not in run

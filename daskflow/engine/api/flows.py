@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Iterator, Literal, Par
 
 from daskflow.codes import CANCELLED, OK_CODES
 from daskflow.engine.api.returns import resolve_futures_to_states, state_of_return
-from daskflow.engine.api.tasks import RESERVED
+from daskflow.engine.api.self_waits import check_wait_lists
+from daskflow.engine.api.tasks import RESERVED, reserved_message, takes_parameters
 from daskflow.engine.client.chunks import Chunk, cancel_unfinished, fetch_all, to_fetch_at_end
 from daskflow.engine.core import states as st
 from daskflow.engine.core.context import FlowRunContext, flow_run_ctx, task_run_ctx
@@ -52,7 +53,18 @@ logger = logging.getLogger("daskflow")
 FLOW_HOOKS = ("on_completion", "on_failure", "on_cancellation", "on_crashed", "on_running")
 #: the hook a final state type fires
 _FINAL_HOOK = {st.StateType.COMPLETED: "on_completion", st.StateType.FAILED: "on_failure",
-               st.StateType.CANCELLED: "on_cancellation", st.StateType.CRASHED: "on_crashed"}
+               st.StateType.CANCELLED: "on_cancellation", st.StateType.CANCELLING: "on_cancellation",
+               st.StateType.CRASHED: "on_crashed"}
+
+
+#: options that are also plain attributes users may set after decoration (Prefect reads them live)
+_ATTRIBUTE_OPTIONS = ("task_runner", "version", "log_prints", "retries", "retry_delay_seconds", "timeout_seconds",
+                      "flow_run_name")
+
+
+def default_flow_name(fn: Callable) -> str:
+    """Prefect's default: the function's name with dashes (``my_fn`` -> ``my-fn``), ``unknown-lambda``."""
+    return getattr(fn, "__name__", type(fn).__name__).replace("_", "-").replace("<lambda>", "unknown-lambda")
 
 
 _RAISED = object()  # the body raised: the caller gets the error from the final state
@@ -93,8 +105,8 @@ class FlowOptions:
             raise ValueError(f"{owner}: timeout_seconds must be > 0, got {self.timeout_seconds!r}")
         if self.flow_run_name is not None and not isinstance(self.flow_run_name, str) \
                 and not callable(self.flow_run_name):
-            raise TypeError(f"{owner}: flow_run_name must be a string or a callable, got "
-                            f"{type(self.flow_run_name).__name__}")
+            raise TypeError(f"{owner}: Expected string or callable for 'flow_run_name'; got "
+                            f"{type(self.flow_run_name).__name__} instead.")
         for kind in FLOW_HOOKS:
             object.__setattr__(self, kind, validate_hooks(owner, kind, getattr(self, kind)))
 
@@ -125,7 +137,7 @@ class Flow(Generic[P, R]):
         if not callable(fn):
             raise TypeError(f"@flow needs a callable, got {type(fn).__name__}: {fn!r}")
         if options is None:
-            options = FlowOptions(name=name or getattr(fn, "__name__", "flow"), **kwargs)
+            options = FlowOptions(name=name or default_flow_name(fn), **kwargs)
         self.fn = fn
         self.options = options
         self.name = options.name
@@ -141,22 +153,34 @@ class Flow(Generic[P, R]):
         self._signature = inspect.signature(fn)
         clash = RESERVED.intersection(self._signature.parameters)
         if clash:
-            raise ReservedArgumentError(f"flow {self.name!r}: parameter name(s) {sorted(clash)} are reserved")
+            raise ReservedArgumentError(f"flow {self.name!r}: {reserved_message(clash)}")
 
     def __repr__(self) -> str:
         return f"Flow(name={self.name!r})"
 
     def with_options(self, **changes: Any) -> Flow[P, R]:
-        """A copy of this flow with some options changed (hooks given here replace the old ones)."""
+        """A copy of this flow with some options changed (hooks given here replace the old ones).
+
+        As in Prefect, ``timeout_seconds=0`` removes the timeout.
+        """
         unknown = set(changes) - {f.name for f in dataclasses.fields(FlowOptions)}
         if unknown:
             raise TypeError(f"flow {self.name!r}: unknown option(s) {sorted(unknown)}")
-        return Flow(self.fn, options=dataclasses.replace(self.options, **changes))
+        if changes.get("timeout_seconds") == 0:
+            changes["timeout_seconds"] = None
+        return Flow(self.fn, options=dataclasses.replace(self.current_options(), **changes))
+
+    def current_options(self) -> FlowOptions:
+        """The options with the attributes users set after decoration (``flow.flow_run_name = ...``)."""
+        now = {name: getattr(self, name) for name in _ATTRIBUTE_OPTIONS}
+        if all(now[name] == getattr(self.options, name) for name in now):
+            return self.options
+        return dataclasses.replace(self.options, **now)
 
     # -- hook decorators ------------------------------------------------------------
     def _add_hook(self, kind: str, fn: Callable) -> Callable:
         self.__init__(self.fn, options=dataclasses.replace(  # type: ignore[misc]
-            self.options, **{kind: (*getattr(self.options, kind), fn)}))
+            self.current_options(), **{kind: (*getattr(self.options, kind), fn)}))
         return fn
 
     def on_completion(self, fn: Callable) -> Callable:
@@ -212,14 +236,14 @@ class Flow(Generic[P, R]):
         return ctx, owned
 
     def _new_run(self, ctx: FlowRunContext) -> FlowRun:
-        template = self.options.flow_run_name
+        template = self.flow_run_name
         if template is None:
             name = f"{self.name}-{ctx.flow_run_id[:8]}"
         elif callable(template):
-            name = template()
+            name = template(parameters=dict(ctx.parameters)) if takes_parameters(template) else template()
             if not isinstance(name, str):
-                raise TypeError(f"flow {self.name!r}: the flow_run_name callable returned a "
-                                f"{type(name).__name__}, but a string is required")
+                raise TypeError(f"flow {self.name!r}: Callable {template} for 'flow_run_name' returned type "
+                                f"{type(name).__name__} but a string is required.")
         else:
             name = template.format(**ctx.parameters)
         return FlowRun(ctx.flow_run_id, name, self.name, ctx.parameters,
@@ -259,14 +283,14 @@ class Flow(Generic[P, R]):
 
     def _attempt_failed(self, ctx: FlowRunContext, exc: Exception) -> float | None:
         """The delay before the next attempt, or None when the run is out of retries."""
-        if ctx.flow_run.run_count > self.options.retries:  # type: ignore[union-attr]
+        if ctx.flow_run.run_count > self.retries:  # type: ignore[union-attr]
             return None
         logger.info("flow %r: attempt %d failed (%s: %s); retrying", self.name,
                     ctx.flow_run.run_count, type(exc).__name__, exc)  # type: ignore[union-attr]
-        return float(self.options.retry_delay_seconds)
+        return float(self.retry_delay_seconds)
 
     def _run(self, bound: inspect.BoundArguments, return_state: bool) -> Any:
-        timeout = self.options.timeout_seconds or 0.0
+        timeout = self.timeout_seconds or 0.0
         value: Any = _RAISED
         with self._flow_run(bound.arguments) as (ctx, final):
             while True:
@@ -286,7 +310,7 @@ class Flow(Generic[P, R]):
         return self._outcome(final[0], value, return_state)
 
     async def _run_async(self, bound: inspect.BoundArguments, return_state: bool) -> Any:
-        timeout = self.options.timeout_seconds
+        timeout = self.timeout_seconds
         value: Any = _RAISED
         with self._flow_run(bound.arguments) as (ctx, final):
             while True:
@@ -309,7 +333,7 @@ class Flow(Generic[P, R]):
         return self._outcome(final[0], value, return_state)
 
     def _timed_out(self) -> FlowRunTimeoutError:
-        return FlowRunTimeoutError(f"flow {self.name!r} exceeded its timeout of {self.options.timeout_seconds:g}s")
+        return FlowRunTimeoutError(f"Flow run exceeded timeout of {self.timeout_seconds:g} second(s) (flow {self.name!r})")
 
     @staticmethod
     def _outcome(state: st.State, value: Any, return_state: bool) -> Any:
@@ -317,12 +341,13 @@ class Flow(Generic[P, R]):
         if return_state:
             return state
         if value is _RAISED or isinstance(value, st.State):
-            return state.result()
+            return state.value()
         return value
 
     def _finish(self, ctx: FlowRunContext, value: Any) -> st.State:
         """Wait for every submitted run, then derive the flow's state from its value."""
         fetch_all(to_fetch_at_end(ctx.submitted), None)
+        check_wait_lists(ctx)
         state = state_of_return(value)
         self._warn_unresolved(ctx, state)
         return state

@@ -77,20 +77,21 @@ class TaskOptions:
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or self.retries < 0:
             raise ValueError(f"task {name!r}: retries must be an int >= 0, got {self.retries!r}")
         if self.retry_jitter_factor is not None and self.retry_jitter_factor < 0:
-            raise ValueError(f"task {name!r}: retry_jitter_factor must be >= 0, got {self.retry_jitter_factor!r}")
+            raise ValueError(f"task {name!r}: `retry_jitter_factor` must be >= 0. (got {self.retry_jitter_factor!r})")
         if self.timeout_seconds is not None and not self.timeout_seconds > 0:
             raise ValueError(f"task {name!r}: timeout_seconds must be > 0, got {self.timeout_seconds!r}")
         if self.retry_condition_fn is not None and not callable(self.retry_condition_fn):
-            raise TypeError(f"task {name!r}: retry_condition_fn must be callable")
+            raise TypeError(f"task {name!r}: Expected `retry_condition_fn` to be callable, got "
+                            f"{type(self.retry_condition_fn).__name__} instead.")
         if self.cache_key_fn is not None and not callable(self.cache_key_fn):
             raise TypeError(f"task {name!r}: cache_key_fn must be callable")
         run_name = self.task_run_name
         if run_name is not None and not isinstance(run_name, str) and not callable(run_name):
-            raise TypeError(f"task {name!r}: expected a string or a callable for 'task_run_name', got "
-                            f"{type(run_name).__name__}")
+            raise TypeError(f"task {name!r}: Expected string or callable for 'task_run_name'; got "
+                            f"{type(run_name).__name__} instead.")
         if isinstance(self.retry_delay_seconds, (list, tuple)) and len(self.retry_delay_seconds) > MAX_DELAYS:
-            raise ValueError(f"task {name!r}: at most {MAX_DELAYS} retry delays can be configured, got "
-                             f"{len(self.retry_delay_seconds)}")
+            raise ValueError(f"task {name!r}: Can not configure more than {MAX_DELAYS} retry delays per task. "
+                             f"(got {len(self.retry_delay_seconds)})")
         for hook in HOOKS:
             object.__setattr__(self, hook, validate_hooks(f"task {name!r}", hook, getattr(self, hook)))
         object.__setattr__(self, "tags", frozenset(self.tags or ()))
@@ -142,14 +143,14 @@ class Task(Generic[P, R]):
         self.fn = fn
         self.options = options
         self.name = options.name
+        #: the task's own set of tags, as Prefect's (adding to it is kept; ``with_options`` copies it)
+        self.tags: set[str] = set(options.tags)
         self.task_key = compute_task_key(self.name, fn)
         self.is_async = inspect.iscoroutinefunction(fn)
         sig = inspect.signature(fn)
         clash = RESERVED.intersection(sig.parameters)
         if clash:
-            raise ReservedArgumentError(
-                f"task {self.name!r}: parameter name(s) {sorted(clash)} are reserved by daskflow; rename them"
-            )
+            raise ReservedArgumentError(f"task {self.name!r}: {reserved_message(clash)}")
         self._signature = sig
         self.param_names = tuple(sig.parameters)
         kinds = [p.kind for p in sig.parameters.values()]
@@ -165,6 +166,10 @@ class Task(Generic[P, R]):
         self._min_args = sum(1 for d in self._defaults if d is empty) if self._positional else -1
         if self._positional and empty in self._defaults[self._min_args:]:
             self._min_args = -1  # a default before a required parameter: use the slow bind
+        from daskflow.cache.policies import serializable
+
+        #: runs of one cache key execute one at a time (``cache_policy.configure(isolation_level=SERIALIZABLE)``)
+        self.serializable = self.caches and serializable(options.cache_policy)
         # cache or commit/rollback hooks: runs go through daskflow.engine.worker.managed
         self.managed = bool(self.caches or options.on_commit or options.on_rollback)
         # nothing in a run's lifecycle but calling the function (and maybe the cache)
@@ -172,6 +177,7 @@ class Task(Generic[P, R]):
             options.retries or options.timeout_seconds or self.is_async or options.log_prints
             or options.on_completion or options.on_failure or options.on_running
             or options.task_run_name or options.on_commit or options.on_rollback or not self._positional
+            or self.serializable  # one lock per run: runs go through the per-run loop
         )
         self.fast_path = self.plain and not self.managed
         self._pickled: bytes | None = None
@@ -201,7 +207,14 @@ class Task(Generic[P, R]):
 
     def __getstate__(self) -> dict:
         fn = classmethod(self.fn) if self._binds_class else staticmethod(self.fn) if self._static else self.fn
-        return {"fn": fn, "options": self.options}
+        return {"fn": fn, "options": self.current_options()}
+
+    def current_options(self) -> TaskOptions:
+        """The options with the tags as they are now (``task.tags`` is a set users add to)."""
+        options = self.options
+        if self.tags != options.tags:
+            options = dataclasses.replace(options, tags=frozenset(self.tags))
+        return options
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["fn"], state["options"])  # type: ignore[misc]
@@ -209,15 +222,20 @@ class Task(Generic[P, R]):
     def __get__(self, instance: Any, owner: type | None = None) -> Task[P, R]:
         """A task in a class binds as the function would: to the instance, or to the class."""
         if self._binds_class:
-            return Task(self.fn.__get__(owner if owner is not None else type(instance), None), self.options)
+            return Task(self.fn.__get__(owner if owner is not None else type(instance), None), self.current_options())
         if instance is None or self._static:
             return self
-        return Task(self.fn.__get__(instance, owner), self.options)  # type: ignore[attr-defined]
+        return Task(self.fn.__get__(instance, owner), self.current_options())  # type: ignore[attr-defined]
 
     # -- options read as Prefect reports them ---------------------------------------------
     @property
-    def tags(self) -> set[str]:
-        return set(self.options.tags)
+    def task_run_name(self) -> str | Callable | None:
+        return self.options.task_run_name
+
+    @task_run_name.setter
+    def task_run_name(self, value: str | Callable | None) -> None:
+        """Set after decoration, as Prefect allows: later runs take the new name."""
+        self.__init__(self.fn, dataclasses.replace(self.current_options(), task_run_name=value))  # type: ignore[misc]
 
     @property
     def cache_policy(self) -> Any:
@@ -267,13 +285,14 @@ class Task(Generic[P, R]):
         unknown = set(changes) - {f.name for f in dataclasses.fields(TaskOptions)}
         if unknown:
             raise TypeError(f"task {self.name!r}: unknown option(s) {sorted(unknown)}")
+        changes.setdefault("tags", frozenset(self.tags))  # as Prefect: a copy of the task's own tags
         if "retries" in changes and "retry_delay_seconds" not in changes:
             changes["retry_delay_seconds"] = self.options.retry_delay_seconds
         return Task(self.fn, dataclasses.replace(self.options, **changes))
 
     # -- hook decorators ------------------------------------------------------------
     def _add_hook(self, kind: str, fn: Callable) -> Callable:
-        options = dataclasses.replace(self.options, **{kind: (*getattr(self.options, kind), fn)})
+        options = dataclasses.replace(self.current_options(), **{kind: (*getattr(self.options, kind), fn)})
         self.__init__(self.fn, options)  # type: ignore[misc]
         return fn
 
@@ -338,7 +357,10 @@ class Task(Generic[P, R]):
         """
         from daskflow.engine.client.submit import submit_run
 
+        from daskflow.engine.api.self_waits import watch_wait_list
+
         future = submit_run(self, args, kwargs, wait_for)
+        watch_wait_list(future, wait_for)
         if return_state:
             future.wait()
             return future.state
@@ -429,25 +451,29 @@ class Task(Generic[P, R]):
                 args.append(value)
         return tuple(args), kwargs
 
-    def _parameters(self, args: tuple, kwargs: dict) -> dict[str, Any]:
-        bound = self._signature.bind(*args, **kwargs)
-        return dict(bound.arguments)
+    def parameters_of(self, args: tuple, kwargs: dict) -> dict[str, Any]:
+        """The run's parameters by name; a method's ``self`` (or ``cls``) first, as Prefect shows them."""
+        from daskflow.cache.keys import bound_to
+
+        params = dict(self._signature.bind(*args, **kwargs).arguments)
+        owner = bound_to(self.fn)
+        return {owner.name: owner.value, **params} if owner is not None else params
 
     def run_name_for(self, args: tuple, kwargs: dict) -> str:
         template = self.options.task_run_name
         if template is None:
             return ""
         if callable(template):
-            name = template()
+            name = template(parameters=self.parameters_of(args, kwargs)) if takes_parameters(template) else template()
             if not isinstance(name, str):
-                raise TypeError(f"task {self.name!r}: the task_run_name callable {template!r} returned a "
-                                f"{type(name).__name__}, but a string is required")
+                raise TypeError(f"task {self.name!r}: Callable {template} for 'task_run_name' returned type "
+                                f"{type(name).__name__} but a string is required.")
             return name
-        return template.format(**self._parameters(args, kwargs))
+        return template.format(**self.parameters_of(args, kwargs))
 
     def _task_run(self, ctx: TaskRunContext, args: tuple, kwargs: dict) -> TaskRun:
         return TaskRun(ctx.task_run_id, ctx.name or f"{self.name}-{ctx.start + ctx.index}", self.task_key,
-                       ctx.flow_run_id, ctx.run_count, self._parameters(args, kwargs))
+                       ctx.flow_run_id, ctx.run_count, self.parameters_of(args, kwargs))
 
     def fire_hook(self, kind: str, ctx: TaskRunContext, args: tuple, kwargs: dict, state: State) -> None:
         """Call the ``kind`` hooks with ``(task, task_run, state)``; async hooks are awaited."""
@@ -469,6 +495,20 @@ class Task(Generic[P, R]):
         delays = self.options.delays
         delay = delays[min(run_count - 1, len(delays) - 1)]
         return jittered(delay, self.options.retry_jitter_factor)
+
+
+def reserved_message(clash: Iterable[str]) -> str:
+    """Prefect's words for a function that uses a reserved parameter name."""
+    names = sorted(clash)
+    return " ".join(f"{n!r} is a reserved argument name and cannot be used." for n in names) + " Rename it."
+
+
+def takes_parameters(fn: Callable) -> bool:
+    """Whether a run-name callable takes the run's ``parameters`` (Prefect passes them then)."""
+    try:
+        return "parameters" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def loop_running() -> bool:

@@ -103,7 +103,7 @@ class TaskRunFuture(Generic[R]):
         chunk.observe(i)
         if res.kept is None and res.codes[i] in OK_CODES:  # the common case: no State built
             return res.get_values()[i]
-        return res.state(i).result(raise_on_failure)
+        return res.state(i).value(raise_on_failure)
 
     def add_done_callback(self, fn: Callable[[TaskRunFuture[R]], None]) -> None:
         """Call ``fn(future)`` once the run is final (at once if it already is)."""
@@ -183,7 +183,7 @@ class MapFutures(Sequence, Generic[R]):
             res = chunk.outcome()
             if res.n_failed:
                 for i in range(res.n):
-                    out.append(res.state(i).result(raise_on_failure))
+                    out.append(res.state(i).value(raise_on_failure))
             else:
                 out.extend(res.get_values())
         return out
@@ -267,7 +267,7 @@ def wait(futures: Iterable[Any], timeout: float | None = None) -> DoneAndNotDone
 
 def _check_timeout(timeout: float | None) -> None:
     if timeout is not None and timeout < 0:
-        raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
+        raise ValueError(f"'timeout' must be a non-negative number, got {timeout}")
 
 
 def _group_by_completion(futures: Iterable[Any], groups: dict[int, list[Any]]) -> int:

@@ -92,7 +92,7 @@ def call_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None
     res = run_rows(ChunkSpec.single(task, base, row, refs, waits, flow_run_id, start), envelopes)
     tracker.inline_finished(task, res, flow_run_id, submitted)
     state = res.state(0)
-    return state if return_state else state.result()
+    return state if return_state else state.value()
 
 
 async def call_inline_async(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
@@ -103,7 +103,7 @@ async def call_inline_async(task: Task, args: tuple, kwargs: dict, wait_for: Ite
     res = await arun_single(ChunkSpec.single(task, new_run_base(), row, refs, waits, flow_run_id), envelopes)
     tracker.inline_finished(task, res, flow_run_id, submitted)
     state = res.state(0)
-    return state if return_state else state.result()
+    return state if return_state else state.value()
 
 
 # -- submit -------------------------------------------------------------------------------
@@ -281,13 +281,13 @@ def plan_columns(task: Task, params: dict[str, Any], given: set[str] | None = No
 def _plan_value(value: Any, name: str, lengths: dict[str, int], maps: list[MapFutures]) -> Column:
     """One argument's column; a mapped one's length goes to ``lengths`` under ``name``."""
     if isinstance(value, State):
-        value = value.result()
+        value = value.value()
     if isinstance(value, unmapped):
         return Column(BROADCAST, value.value)
     if isinstance(value, (quote, allow_failure)):
         inner = value.value
         if isinstance(inner, State):
-            inner = inner.result()
+            inner = inner.value()
         if not _is_iterable(inner):
             return Column(BROADCAST, value)
         seq = [type(value)(v) for v in inner]  # each element keeps the wrapper

@@ -21,6 +21,74 @@ if TYPE_CHECKING:
 
 
 
+#: flow parameters pickled larger than this do not travel with chunks (``FlowRunInfo``)
+MAX_SHIPPED_PARAMETERS = 64 * 1024
+
+
+@dataclass(slots=True)
+class FlowRunInfo:
+    """What ``daskflow.runtime.flow_run`` tells code running anywhere: it travels in chunk specs.
+
+    Made once per flow run; its parameters are pickled once, kept only when small
+    (``MAX_SHIPPED_PARAMETERS``), and unpickled where they are asked for.
+    """
+
+    id: str
+    name: str
+    flow_name: str
+    parameters_blob: bytes | None  # None: too large to ship (or not picklable)
+    parent_flow_run_id: str | None = None
+    run_count: int = 1
+
+    @property
+    def parameters(self) -> dict[str, Any] | None:
+        if self.parameters_blob is None:
+            return None
+        import cloudpickle
+
+        return cloudpickle.loads(self.parameters_blob)
+
+    @classmethod
+    def of(cls, ctx: FlowRunContext) -> FlowRunInfo:
+        blob = pickled_up_to(ctx.parameters, MAX_SHIPPED_PARAMETERS)
+        run = ctx.flow_run
+        return cls(ctx.flow_run_id, run.name if run is not None else "", getattr(ctx.flow, "name", ""), blob,
+                   ctx.parent.flow_run_id if ctx.parent is not None else None,
+                   run.run_count if run is not None else 1)
+
+
+class _Full(Exception):
+    pass
+
+
+class _CappedFile:
+    """A file that refuses to grow past ``cap`` bytes: pickling stops there, not after copying it all."""
+
+    def __init__(self, cap: int) -> None:
+        self.parts: list[bytes] = []
+        self.size, self.cap = 0, cap
+
+    def write(self, data: Any) -> int:
+        n = len(memoryview(data).cast("B"))
+        self.size += n
+        if self.size > self.cap:
+            raise _Full
+        self.parts.append(bytes(data))
+        return n
+
+
+def pickled_up_to(value: Any, cap: int) -> bytes | None:
+    """``value`` cloudpickled, or None when it is larger than ``cap`` bytes (or not picklable)."""
+    import cloudpickle
+
+    out = _CappedFile(cap)
+    try:
+        cloudpickle.CloudPickler(out, protocol=5).dump(value)
+    except Exception:  # _Full, or a value that cannot be pickled
+        return None
+    return b"".join(out.parts)
+
+
 @dataclass(eq=False)
 class FlowRunContext:
     flow: Flow
@@ -30,6 +98,15 @@ class FlowRunContext:
     submitted: list[Any] = field(default_factory=list)  # futures and future lists
     parent: FlowRunContext | None = None
     flow_run: Any = None  # the engine.api.flows.FlowRun record its hooks receive
+    wait_lists: dict[int, list[Any]] = field(default_factory=dict)  # id(list given as wait_for) -> its runs
+    shipped: FlowRunInfo | None = None  # made at the first chunk that needs it (``info``)
+
+    def info(self) -> FlowRunInfo:
+        run = self.flow_run
+        if self.shipped is None or (run is not None and (self.shipped.name, self.shipped.run_count) != (
+                run.name, run.run_count)):
+            self.shipped = FlowRunInfo.of(self)
+        return self.shipped
 
 
 @dataclass(eq=False, slots=True)
@@ -42,6 +119,8 @@ class TaskRunContext:
     run_count: int = 1
     name: str = ""
     final_state: Any = None  # the State the run's hooks received, kept for return_state
+    spec: Any = None  # the chunk's ChunkSpec and upstream envelopes: daskflow.runtime reads a run's
+    deps: Any = None  # parameters from them when asked (nothing is kept per run)
 
     @property
     def task_run_id(self) -> str:
@@ -50,6 +129,17 @@ class TaskRunContext:
 
 flow_run_ctx: ContextVar[FlowRunContext | None] = ContextVar("daskflow_flow_run", default=None)
 task_run_ctx: ContextVar[TaskRunContext | None] = ContextVar("daskflow_task_run", default=None)
+
+
+def current_flow_run_info() -> FlowRunInfo | None:
+    """The flow run the caller belongs to, as chunks ship it: this process's flow, or the chunk's."""
+    flow = flow_run_ctx.get()
+    if flow is not None:
+        return flow.info()
+    task = task_run_ctx.get()
+    if task is not None and task.spec is not None:
+        return task.spec.flow_run
+    return None
 
 
 def current_flow_run_id() -> str | None:

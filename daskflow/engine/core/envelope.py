@@ -24,6 +24,7 @@ from dask.utils import parse_bytes
 from daskflow import config
 from daskflow.codes import CODE_STATES, FAILED, NOT_READY, OK_CODES, run_count_of
 from daskflow.engine.core import states as st
+from daskflow.engine.core.context import FlowRunInfo, current_flow_run_info
 from daskflow.engine.core.inputs import ATOMS, BROADCAST, MAPPED, Column, Ref
 from daskflow.engine.core.states import describe_error
 from daskflow.exceptions import UpstreamFailed
@@ -70,6 +71,11 @@ class ChunkSpec:
     task_blob: bytes | None = None  # the task pickled, when the submission made it already
     host: Any = None  # what the runner hands the runs (a runners.base.Host, pickled by name)
     row: tuple | None = None  # a single run's arguments instead of columns (in-process only)
+    flow_run: FlowRunInfo | None = None  # for daskflow.runtime: taken from the submitting context
+
+    def __post_init__(self) -> None:
+        if self.flow_run is None and self.flow_run_id is not None:
+            self.flow_run = current_flow_run_info()
 
     @classmethod
     def single(cls, task: Task, base: int, row: tuple, refs: bool = False, wait_refs: tuple[Ref, ...] = (),
@@ -82,7 +88,7 @@ class ChunkSpec:
         # once (``spec_from_wire``), not once per chunk.
         return spec_from_wire, (self.task_blob or self.task.pickled(), self.base, self.start, self.n, self.columns,
                                 self.refs, self.wait_refs, self.flow_run_id, self.cache, self.checkpoints,
-                                None, self.host)
+                                None, self.host, None, self.flow_run)
 
     def to_bytes(self) -> bytes:
         """The spec pickled for a worker. An argument that cannot be pickled is replaced by an

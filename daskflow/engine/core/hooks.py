@@ -51,17 +51,19 @@ def validate_hooks(owner: str, kind: str, value: Any) -> tuple[Callable, ...]:
     """Hooks as Prefect takes them: an iterable of callables (or None), checked at definition."""
     if value is None:
         return ()
+    # Prefect's wording (users search for it), after the owner's name; then the fix
+    not_iterable = (f"{owner}: Expected iterable for {kind!r}; got {type(value).__name__} instead. Please provide "
+                    f"a list of hooks to {kind!r}: write {kind}=[hook] (one or more callables)")
     if isinstance(value, (str, bytes)) or callable(value):
-        raise TypeError(f"{owner}: expected a list of hooks for {kind!r}, got {type(value).__name__}; "
-                        f"write {kind}=[hook] (one or more callables)")
+        raise TypeError(not_iterable)
     try:
         hooks = tuple(value)
     except TypeError:
-        raise TypeError(f"{owner}: expected a list of hooks for {kind!r}, got {type(value).__name__}; "
-                        f"write {kind}=[hook] (one or more callables)") from None
+        raise TypeError(not_iterable) from None
     for hook in hooks:
         if not callable(hook):
-            raise TypeError(f"{owner}: every {kind!r} hook must be callable, got {type(hook).__name__}: {hook!r}")
+            raise TypeError(f"{owner}: Expected callables in {kind!r}; got {type(hook).__name__} instead. Please "
+                            f"provide a list of hooks to {kind!r} (got {hook!r})")
     return hooks
 
 

@@ -28,8 +28,8 @@ def normalize_delays(value: object, retries: int, task_name: str) -> tuple[float
         value = value(retries)
     if isinstance(value, bool) or not isinstance(value, (numbers.Real, list, tuple)):
         raise TypeError(
-            f"task {task_name!r}: retry_delay_seconds must be a number, a list of numbers or a "
-            f"callable returning a list, got {type(value).__name__}"
+            f"task {task_name!r}: Invalid `retry_delay_seconds` provided; must be an int, float, list or "
+            f"callable. Received type {type(value)}"
         )
     delays = (value,) if isinstance(value, numbers.Real) else tuple(value)
     for d in delays:

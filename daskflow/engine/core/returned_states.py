@@ -15,7 +15,7 @@ from daskflow.engine.core import states as st
 if TYPE_CHECKING:
     from daskflow.engine.core.envelope import ChunkResult
 
-__all__ = ["returned_state_outcome", "settle_returned_states"]
+__all__ = ["adopted", "returned_state_outcome", "settle_returned_states"]
 
 
 def settle_returned_states(res: ChunkResult) -> None:
@@ -29,6 +29,12 @@ def settle_returned_states(res: ChunkResult) -> None:
             else:
                 values[i] = None  # type: ignore[index]
                 res.fail(i, code, payload, value.message)
+            res.keep(i, adopted(value, (res.base, res.start + i)))
+
+
+def adopted(state: st.State, run: tuple[int, int]) -> st.State:
+    """The state a body returned, as its run's final state: its type, name, message and data kept."""
+    return st.State(state.type, state.name, message=state.message, data=state.data, task_run_id=run)
 
 
 def returned_state_outcome(state: st.State) -> tuple[int, Any]:

@@ -7,10 +7,12 @@ read: ``Cached`` is a COMPLETED state, ``Retrying`` a RUNNING one, ``TimedOut`` 
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import time
 from typing import Any, Generic, TypeVar
 
+from daskflow.engine.core.context import flow_run_ctx, task_run_ctx
 from daskflow.exceptions import CancelledRun, CrashedRun, FailedRun, UnfinishedRun
 from daskflow.ids import run_id
 
@@ -25,6 +27,7 @@ class StateType(enum.Enum):
     FAILED = "FAILED"
     CRASHED = "CRASHED"
     CANCELLED = "CANCELLED"
+    CANCELLING = "CANCELLING"  # as in Prefect: asked to cancel, not final yet
 
 
 FINAL_TYPES = frozenset({StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED})
@@ -90,11 +93,36 @@ class State(Generic[R]):
     def is_cancelled(self) -> bool:
         return self.type is StateType.CANCELLED
 
+    def is_cancelling(self) -> bool:
+        return self.type is StateType.CANCELLING
+
     def is_final(self) -> bool:
         return self.type in FINAL_TYPES
 
-    def result(self, raise_on_failure: bool = True) -> R:
+    def result(self, raise_on_failure: bool = True, _sync: bool | None = None) -> Any:
         """The run's value; for a run that did not complete, its exception, raised or returned.
+
+        As Prefect's, it dispatches on where it is called: in async code (inside an
+        ``async def`` task or flow, or a running event loop outside any run) it returns an
+        awaitable, so ``await state.result()`` works there; ``_sync=True`` asks for the
+        value in any case (``aresult`` always returns the awaitable).
+
+        Example:
+            >>> Completed(1).result()
+            1
+        """
+        if _sync is None:
+            _sync = not in_async_context()
+        if _sync:
+            return self.value(raise_on_failure)
+        return self.aresult(raise_on_failure)
+
+    async def aresult(self, raise_on_failure: bool = True) -> R:
+        """``result()`` to be awaited."""
+        return self.value(raise_on_failure)
+
+    def value(self, raise_on_failure: bool = True) -> R:
+        """The run's value (what ``result()`` gives in sync code); the engine reads states with it.
 
         As in Prefect, ``raise_on_failure=False`` returns a failed state's data as it is
         (``Failed(data="why").result(raise_on_failure=False) == "why"``), or the exception
@@ -159,6 +187,22 @@ class State(Generic[R]):
     __hash__ = object.__hash__
 
 
+def in_async_context() -> bool:
+    """Prefect's rule: inside a run, whether its task (or flow) is async; else, a running loop."""
+    run = task_run_ctx.get()
+    owner = run.task if run is not None else None
+    if owner is None:
+        flow = flow_run_ctx.get()
+        owner = flow.flow if flow is not None else None
+    if owner is not None:
+        return bool(getattr(owner, "is_async", False))
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 def Scheduled(name: str = "Scheduled", message: str = "") -> State:
     return State(StateType.SCHEDULED, name, message=message)
 
@@ -197,6 +241,10 @@ def NotReady(message: str = "") -> State:
 
 def Crashed(data: BaseException | None = None, message: str = "") -> State:
     return State(StateType.CRASHED, "Crashed", message=message or describe_error(data), data=data)
+
+
+def Cancelling(name: str = "Cancelling", message: str = "") -> State:
+    return State(StateType.CANCELLING, name, message=message)
 
 
 def Cancelled(data: BaseException | None = None, message: str = "") -> State:

@@ -23,7 +23,7 @@ from daskflow.engine.core import states as st
 from daskflow.engine.core.context import TaskRunContext
 from daskflow.engine.core.envelope import STATE_OF_CODE, Unpicklable
 from daskflow.engine.core.inputs import UpstreamNotCompleted, resolve
-from daskflow.engine.core.returned_states import returned_state_outcome
+from daskflow.engine.core.returned_states import adopted, returned_state_outcome
 from daskflow.engine.core.states import describe_error
 from daskflow.engine.worker import reports
 from daskflow.engine.worker.hosts import current_host
@@ -84,19 +84,22 @@ def attempts(task: Task, ctx: TaskRunContext, args: tuple, kwargs: dict) -> Engi
         task.fire_hook("on_running", ctx, args, kwargs, st.State(st.StateType.RUNNING, task_run_id=run))
         ok, value = yield CALL, opts.timeout_seconds or 0.0
         code = COMPLETED
+        returned = None
         if ok and type(value) is st.State:
+            returned = adopted(value, run)  # its message and data are the run's (as in Prefect)
             code, value = returned_state_outcome(value)
             ok = code == COMPLETED
         if ok:
+            if opts.on_completion or returned is not None:
+                ctx.final_state = returned or st.State(st.StateType.COMPLETED, data=value, task_run_id=run)
             if opts.on_completion:
-                ctx.final_state = st.State(st.StateType.COMPLETED, data=value, task_run_id=run)
                 task.fire_hook("on_completion", ctx, args, kwargs, ctx.final_state)
             return COMPLETED, value, history
         exc = value
         if code == COMPLETED:
             code = TIMED_OUT if isinstance(exc, TaskRunTimeoutError) else FAILED
         type_, name = STATE_OF_CODE[code]
-        failed = st.State(type_, name, message=describe_error(exc), data=exc, task_run_id=run)
+        failed = returned or st.State(type_, name, message=describe_error(exc), data=exc, task_run_id=run)
         if code != CANCELLED and code != CRASHED and ctx.run_count <= opts.retries and task.should_retry(ctx, args, kwargs, failed):
             delay = task.retry_delay_for(ctx.run_count)
             history = history or [StateEvent("RUNNING", "Running", first_start)]
@@ -107,8 +110,9 @@ def attempts(task: Task, ctx: TaskRunContext, args: tuple, kwargs: dict) -> Engi
             if delay > 0:
                 yield SLEEP, delay
             continue
-        if opts.on_failure:
+        if opts.on_failure or returned is not None:
             ctx.final_state = failed
+        if opts.on_failure:
             task.fire_hook("on_failure", ctx, args, kwargs, failed)
         return code, exc, history
 
@@ -153,7 +157,7 @@ def _call_sync(fn: Callable, args: tuple, kwargs: dict, timeout: float, name: st
     if not timeout:
         return fn(*args, **kwargs)
     return call_with_timeout(
-        fn, args, kwargs, timeout, lambda: TaskRunTimeoutError(f"task {name!r} timed out after {timeout:g}s"))
+        fn, args, kwargs, timeout, lambda: timeout_error(name, timeout))
 
 
 def call_with_timeout(fn: Callable, args: tuple, kwargs: dict, timeout: float,
@@ -190,7 +194,12 @@ async def _call_async(fn: Callable, args: tuple, kwargs: dict, timeout: float, n
     try:
         return await asyncio.wait_for(fn(*args, **kwargs), timeout)
     except asyncio.TimeoutError:
-        raise TaskRunTimeoutError(f"task {name!r} timed out after {timeout:g}s") from None
+        raise timeout_error(name, timeout) from None
+
+
+def timeout_error(name: str, timeout: float) -> TaskRunTimeoutError:
+    """Prefect's words for a task run past its ``timeout_seconds``, naming the task."""
+    return TaskRunTimeoutError(f"Task run exceeded timeout of {timeout:g} second(s) (task {name!r})")
 
 
 def jittered(delay: float, factor: float | None) -> float:

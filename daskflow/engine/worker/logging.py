@@ -31,7 +31,7 @@ from daskflow.exceptions import MissingContextError
 if TYPE_CHECKING:
     from daskflow.runners.base import Host
 
-__all__ = ["get_run_logger", "open_sink", "close_sink", "log_prints"]
+__all__ = ["get_run_logger", "open_sink", "close_sink", "log_prints", "publish"]
 
 FLUSH_SECONDS = 0.1
 _FLOW_OWNER = b"\xff" * 8
@@ -128,6 +128,32 @@ def get_run_logger() -> logging.LoggerAdapter:
         "get_run_logger() was called outside of a task run or flow run; call it inside a @task or @flow "
         "function, or use logging.getLogger(...) elsewhere"
     )
+
+
+def publish(message: str, logger_name: str, level: int) -> None:
+    """Put one record in the current run's log stream, past ``logging``'s level filters.
+
+    It travels as the run's log records do (its chunk's sink, batched; a flow's, or no
+    run's, straight to the tracker) and the run store files it by ``logger_name``
+    (artifacts use this). Outside any run its owner is all zeros.
+    """
+    ctx = task_run_ctx.get()
+    sink = None
+    if ctx is not None:
+        from daskflow.store.runs import chunk_key
+
+        owner, index, sink = chunk_key(ctx.base, ctx.start), ctx.index, _sink.get()
+    else:
+        flow = flow_run_ctx.get()
+        owner = uuid.UUID(flow.flow_run_id).bytes + _FLOW_OWNER if flow is not None else bytes(24)
+        index = 0
+    row = [owner, index, time.time(), level, message, logger_name]
+    if sink is not None:
+        sink.add(row)
+    else:
+        from daskflow.engine.tracking import tracker
+
+        tracker.record_logs([row])
 
 
 def _flow_fields(flow: Any, flow_run_id: str | None) -> dict[str, Any]:

@@ -16,15 +16,17 @@ LMDB store at the client's path: it returns the keys of its fresh results in the
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import warnings
 from array import array
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from daskflow.cache import serialization as ser
-from daskflow.cache.keys import KeyPlan, NotConcrete, Unhashable
+from daskflow.cache.keys import KeyPlan, NotConcrete, Unhashable, display
+from daskflow.cache.locks import FileLockManager, holder_id
 from daskflow.cache.storage import StorageUnreachable
-from daskflow.cache.store import CacheWarning
+from daskflow.cache.store import CacheWarning, get_store
 from daskflow.codes import CACHED, COMPLETED, NOT_READY, OK_CODES
 from daskflow.engine.core import states as st
 from daskflow.engine.core.context import cache_home_var, cache_token_var
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from daskflow.engine.core.context import TaskRunContext
     from daskflow.engine.worker.lifecycle import Outcome
 
+logger = logging.getLogger("daskflow")
 
 
 
@@ -78,6 +81,8 @@ NO_CACHE = NoCache()
 def cache_work(task: Task, res: ChunkResult, ctx: TaskRunContext, deps: list | None,
                spec: CacheSpec | None) -> CacheWork:
     """The cache work of one chunk of a managed task (``spec`` None: an inline call, made here)."""
+    if task.serializable:
+        return SerializableCacheWork(task, res, ctx, deps, spec)
     return CacheWork(task, res, ctx, deps, spec)
 
 
@@ -304,3 +309,65 @@ def _encode(task: Task, spec: CacheSpec, store: Any, value: Any, ctx: TaskRunCon
                       f"serialized for the cache ({type(exc).__name__}: {exc}); it is not cached",
                       CacheWarning, stacklevel=2)
         return None
+
+
+class SerializableCacheWork(CacheWork):
+    """The cache work of a task whose policy is ``SERIALIZABLE``: one lock per cache key.
+
+    A run the chunk's read missed takes the lock of its key (``hit``), reads the key again
+    (another process may have committed it while we waited: then it ends ``Cached``), runs,
+    and writes its entry before it frees the lock (``done``). The lock manager is the
+    policy's (default: a ``FileLockManager`` at the cache's home). Runs in a
+    ``transaction()`` block (staged, not written) and runs on a worker that does not see
+    the store take no lock: the block's own ``isolation_level`` is the way there.
+    """
+
+    def __init__(self, task: Task, res: ChunkResult, ctx: TaskRunContext, deps: list | None,
+                 spec: CacheSpec | None) -> None:
+        super().__init__(task, res, ctx, deps, spec)
+        manager = task.options.cache_policy.lock_manager or FileLockManager()
+        self.locks = manager.at_home(self.spec.home) if self.spec.home else manager
+        self.held: dict[int, tuple[str, str]] = {}  # run index -> (lock name, holder)
+
+    def hit(self, ctx: TaskRunContext, args: tuple, kwargs: dict) -> Outcome | None:
+        found = super().hit(ctx, args, kwargs)
+        i = ctx.index
+        key = self.keys[i]
+        if found is not None or key is None or self.remote or self.spec.stage or self.store is None:
+            return found
+        name, holder = display(key), holder_id(ctx.task_run_id)
+        self.locks.acquire_lock(name, holder)
+        self.held[i] = (name, holder)
+        if not self.task.options.refresh_cache:  # even when the client knew it missed: that was before the lock
+            again = self.store.load_many([key])
+            if again:  # committed while we waited: read it, run nothing
+                self._free(i)
+                self.hits[i] = again[0]
+                return super().hit(ctx, args, kwargs)
+        return None
+
+    def done(self, i: int, outcome: Outcome) -> None:
+        n = len(self.staged)
+        super().done(i, outcome)
+        if i not in self.held:
+            return
+        try:
+            fresh, self.staged[n:] = self.staged[n:], []
+            if fresh:
+                self.store.put_many(fresh)  # committed before the lock is freed
+        finally:
+            self._free(i)
+
+    def finish(self, first: int) -> None:
+        try:
+            super().finish(first)
+        finally:
+            for i in list(self.held):  # a run that never reached ``done`` (the chunk failed)
+                self._free(i)
+
+    def _free(self, i: int) -> None:
+        name, holder = self.held.pop(i)
+        try:
+            self.locks.release(name, holder)
+        except Exception:  # the lease frees it in time
+            logger.warning("could not free the lock %r; its lease will", name, exc_info=True)

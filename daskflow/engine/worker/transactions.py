@@ -27,9 +27,11 @@ import contextvars
 import copy
 from typing import TYPE_CHECKING, Any, Callable
 
+from daskflow.cache.locks import FileLockManager, IsolationLevel, LockManager, holder_id, isolation_of
 from daskflow.engine.core.context import cache_home
 from daskflow.engine.core.envelope import ChunkResult
 from daskflow.engine.core.hooks import fire_commit_hooks
+from daskflow.exceptions import MissingTransactionValue
 
 if TYPE_CHECKING:
     from daskflow.engine.api.tasks import Task
@@ -50,10 +52,20 @@ def current_transaction() -> Transaction | None:
 class Transaction:
     """A block of runs whose cache records commit atomically. Made by ``transaction()``."""
 
-    def __init__(self, key: str | None = None) -> None:
+    def __init__(self, key: str | None = None, isolation_level: Any = None, lock_manager: Any = None) -> None:
         if key is not None and not isinstance(key, str):
             raise TypeError(f"transaction(key=...) must be a str or None, got {key!r}")
+        level = isolation_of(isolation_level, "transaction()")
+        if level is IsolationLevel.SERIALIZABLE and key is None:
+            raise ValueError("transaction(isolation_level=SERIALIZABLE) needs a key: the lock is named by it")
+        if lock_manager is not None and not isinstance(lock_manager, LockManager):
+            raise TypeError(f"transaction(lock_manager=...) must be a daskflow LockManager (FileLockManager, "
+                            f"DaskLockManager), got {lock_manager!r}")
         self.key = key
+        self.isolation_level = level
+        self.lock_manager = lock_manager
+        self._lock: tuple[Any, str] | None = None  # (manager, holder) while the block holds its key's lock
+        self._staged: list[tuple[str, Any]] = []  # (key, value) given to stage(), written at commit
         self.state = PENDING
         self.parent: Transaction | None = None
         self._children: list[Transaction] = []  # nested blocks that commit with this one
@@ -84,7 +96,7 @@ class Transaction:
         As in Prefect the value is copied, so changing it changes nothing upward.
 
         Raises:
-            KeyError: no transaction up the chain has ``name`` and no default was given.
+            MissingTransactionValue: (a ``ValueError``, as Prefect's, and a ``KeyError``) no transaction up the chain has ``name`` and no default was given.
         """
         txn: Transaction | None = self
         while txn is not None:
@@ -92,9 +104,30 @@ class Transaction:
                 return copy.deepcopy(txn._values[name])
             txn = txn.parent
         if default is _NOT_SET:
-            raise KeyError(f"transaction {self.key!r} has no value named {name!r} (nor do enclosing ones); "
-                           "pass a default to get() or set() it first")
+            raise MissingTransactionValue(
+                f"Could not retrieve value for unknown key: {name} (transaction {self.key!r} and the ones "
+                "enclosing it have none; pass a default to get() or set() it first)")
         return default
+
+    def stage(self, value: Any) -> None:
+        """Stage a value to commit under this transaction's key (Prefect's ``txn.stage``).
+
+        It is written with the block's records when the outermost block commits, and read
+        back by ``read()`` in any later block (any process of this daskflow home) with the key.
+        """
+        if self.key is None:
+            raise ValueError("transaction.stage(value) needs a transaction with a key: the value is stored under it")
+        self._staged.append((self.key, value))
+
+    def read(self) -> Any:
+        """The value committed under this transaction's key by ``stage()``; None if none was."""
+        if self.key is None:
+            return None
+        for key, value in reversed(self._staged):
+            if key == self.key:
+                return value
+        found = self._store().load_many([staged_key(self.key)])
+        return found.get(0)
 
     def is_pending(self) -> bool:
         """True before the block is entered."""
@@ -131,11 +164,27 @@ class Transaction:
     def __enter__(self) -> Transaction:
         self.parent = _current.get()
         self._home = self.parent._home if self.parent is not None else cache_home()
+        if self.isolation_level is IsolationLevel.SERIALIZABLE:
+            # one block of this key at a time, in every process the lock manager reaches:
+            # a block entered after another committed sees ``is_committed()``
+            manager = (self.lock_manager or FileLockManager()).at_home(self._home)
+            holder = holder_id(f"txn-{id(self)}")
+            manager.acquire_lock(self.key, holder)
+            self._lock = (manager, holder)
         self.state = ACTIVE
         self._token = _current.set(self)
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        try:
+            return self._exit(exc)
+        finally:
+            if self._lock is not None:
+                manager, holder = self._lock
+                self._lock = None
+                manager.release(self.key, holder)
+
+    def _exit(self, exc: BaseException | None) -> bool:
         _current.reset(self._token)  # type: ignore[arg-type]
         interrupted = exc is not None and not isinstance(exc, Exception)
         runs = self._runs(wait=not interrupted)
@@ -177,6 +226,7 @@ class Transaction:
     def _commit(self, runs: list) -> None:
         if self.parent is not None:  # the enclosing block commits our runs with its own, or rolls them back
             self.parent._members.extend(self._members)
+            self.parent._staged.extend(self._staged)
             self.parent._children.append(self)
             return
         records: list = []
@@ -185,10 +235,18 @@ class Transaction:
             if res is not None and id(res) not in seen:
                 seen.add(id(res))
                 records.extend(getattr(res, "cache_records", None) or ())
+        if self._staged:
+            records.extend(self._staged_records())
         if records or self.key is not None:
             self._store().put_many(records, txn_key=self.key)
         self._settle(COMMITTED)
         self._fire_all(runs, "on_commit")
+
+    def _staged_records(self) -> list[tuple[bytes, bytes]]:
+        from daskflow.cache import serialization as ser
+
+        secret = self._store().secret
+        return [(staged_key(key), ser.encode(value, "transaction", None, None, secret)) for key, value in self._staged]
 
     def _settle(self, state: str) -> None:
         self.state = state
@@ -208,16 +266,29 @@ class Transaction:
         self._fire_all(runs[::-1], "on_rollback")
 
 
-def transaction(key: str | None = None) -> Transaction:
+def staged_key(key: str) -> bytes:
+    """Where a value given to ``stage()`` under a transaction key lives in the result store
+    (shaped as a cache key, ``v1/transaction/{digest}``, so ``daskflow cache ls`` shows it)."""
+    from daskflow.cache.keys import fingerprint
+
+    return b"v1/transaction/" + fingerprint(key)
+
+
+def transaction(key: str | None = None, isolation_level: Any = None, lock_manager: Any = None) -> Transaction:
     """A block whose runs' cache records are committed together, or not at all.
 
     Args:
         key: names the block; ``txn.is_committed()`` then tells whether a block with
             this key committed before (in any process using this daskflow home).
+        isolation_level: ``IsolationLevel.SERIALIZABLE`` (or ``"SERIALIZABLE"``): one block
+            of this key at a time; the block waits for the key's lock at entry and frees
+            it after its commit or rollback (Prefect's semantics).
+        lock_manager: where the lock lives: ``FileLockManager()`` (default; processes of
+            one host) or ``daskflow.runners.locks.DaskLockManager()`` (every host of a cluster).
 
     Example:
         >>> with transaction() as txn:  # doctest: +SKIP
         ...     a = extract()
         ...     load(a)                 # if load fails, extract's result is not cached
     """
-    return Transaction(key)
+    return Transaction(key, isolation_level, lock_manager)

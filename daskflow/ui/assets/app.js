@@ -96,6 +96,39 @@ function logTable(records, withRun) {
     td(h("span", {class: "mono"}, r.message)))));
 }
 
+// Artifacts: markdown is shown as its text (never as HTML: it is user text), tables as tables,
+// links as links (http(s) only).
+function artifactBody(a) {
+  const d = a.data;
+  if (a.type === "table") {
+    let headers = [], rows = [];
+    if (Array.isArray(d) && d.length && d.every(r => r && typeof r === "object" && !Array.isArray(r))) {
+      headers = [...new Set(d.flatMap(r => Object.keys(r)))];
+      rows = d.map(r => headers.map(k => r[k]));
+    } else if (d && typeof d === "object" && !Array.isArray(d)) {
+      headers = Object.keys(d);
+      rows = (d[headers[0]] || []).map((_, i) => headers.map(k => d[k][i]));
+    } else if (Array.isArray(d)) {
+      rows = d.map(r => Array.isArray(r) ? r : [r]);
+    }
+    return table(headers, rows.map(r => h("tr", {}, r.map(v => td(v === null || v === undefined ? "" : String(v))))));
+  }
+  if (a.type === "link" && d && /^https?:\/\//.test(d.link || "")) {
+    return h("a", {href: d.link, rel: "noopener noreferrer"}, d.link_text || d.link);
+  }
+  return h("pre", {class: "artifact"}, String(d));
+}
+
+function artifactList(items, withRun) {
+  if (!items.length) return empty("no artifacts");
+  return items.map(a => h("section", {class: "artifact"},
+    h("h3", {}, a.key || "(no key)", " ", h("span", {class: "muted"}, a.type),
+      withRun && a.task_run_id ? [" · ", h("a", {href: `${BASE}/runs/${a.task_run_id}`, class: "mono"}, short(a.task_run_id))] : null,
+      " ", h("span", {class: "muted mono"}, when(a.created))),
+    a.description ? h("p", {}, a.description) : null,
+    artifactBody(a)));
+}
+
 // -- pages ----------------------------------------------------------------------------------
 async function flowsPage() {
   document.title = "Flow runs · daskflow";
@@ -154,9 +187,9 @@ function timelineChart(bars) {
 
 async function flowPage() {
   await poll(async () => {
-    const [{body: f}, {body: metrics}, {body: bars}, {body: logs}] = await Promise.all([
+    const [{body: f}, {body: metrics}, {body: bars}, {body: logs}, {body: arts}] = await Promise.all([
       api(`flow-runs/${PAGE_ID}`), api(`metrics?flow_run=${PAGE_ID}`), api(`timeline?flow_run=${PAGE_ID}`),
-      api(`flow-runs/${PAGE_ID}/logs?limit=300`)]);
+      api(`flow-runs/${PAGE_ID}/logs?limit=300`), api(`flow-runs/${PAGE_ID}/artifacts`)]);
     document.title = `${f.name} · daskflow`;
     const params = Object.entries(f.parameters || {});
     const slowest = f.slowest.length ? table(["name", "state", "duration#", "worker", "id"], f.slowest.map(r => h("tr", {},
@@ -173,6 +206,7 @@ async function flowPage() {
       h("h2", {}, "Task metrics"), metricsTable(metrics),
       h("h2", {}, "Timeline of chunks across workers"), timelineChart(bars),
       h("h2", {}, "Slowest task runs"), slowest,
+      h("h2", {}, "Artifacts"), artifactList(arts, true),
       h("h2", {}, "Logs"), logTable(logs, true));
     return f.state_type === "RUNNING" || f.state_type === "PENDING";
   });
@@ -218,7 +252,8 @@ async function runsPage() {
 
 async function runPage() {
   await poll(async () => {
-    const [{body: r}, {body: logs}] = await Promise.all([api(`runs/${PAGE_ID}`), api(`runs/${PAGE_ID}/logs`)]);
+    const [{body: r}, {body: logs}, {body: arts}] = await Promise.all([api(`runs/${PAGE_ID}`), api(`runs/${PAGE_ID}/logs`),
+      api(`runs/${PAGE_ID}/artifacts`)]);
     document.title = `${r.name} · daskflow`;
     let prev = null;
     const history = table(["state", "time", "since previous#", "message"], r.history.map(e => {
@@ -237,6 +272,7 @@ async function runPage() {
       r.error ? [h("h2", {}, "Error"), h("pre", {class: "error"}, r.error)] : null,
       r.traceback ? [h("h2", {}, "Traceback"), h("pre", {}, r.traceback)] : null,
       h("h2", {}, "State history"), history,
+      h("h2", {}, "Artifacts"), artifactList(arts, false),
       h("h2", {}, "Logs"), logTable(logs, false));
     return !["COMPLETED", "FAILED", "CRASHED", "CANCELLED"].includes(r.state_type);
   });
