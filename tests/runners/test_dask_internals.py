@@ -198,6 +198,7 @@ def test_worker_task_annotations_unknown_without_the_fast_path():
         assert dask_internals.worker_task_annotations(object(), "k") is None  # the ledger is asked instead
 
 
+@pytest.mark.timeout(900)  # a whole pytest run of the core files in a subprocess (about a minute quiet)
 @pytest.mark.skipif(SWITCHED_OFF_RUN, reason="this is the run with the fast paths off")
 def test_core_engine_tests_pass_with_every_fast_path_off(tmp_path):
     import xml.etree.ElementTree as ET
