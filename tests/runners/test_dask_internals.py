@@ -208,7 +208,7 @@ def test_core_engine_tests_pass_with_every_fast_path_off(tmp_path):
     report = tmp_path / "off.xml"
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
                            f"--junitxml={report}", *CORE_TESTS],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=root, env=env, capture_output=True, text=True, timeout=850)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     suite = ET.parse(report).getroot()
     suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
