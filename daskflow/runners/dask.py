@@ -28,6 +28,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
 import dask.config
@@ -241,6 +242,7 @@ class DaskTaskRunner(TaskRunner):
 
         with dask.config.set({"distributed.scheduler.http.routes": scheduler_routes()}):  # the daskflow UI too
             self.cluster = LocalCluster(**self._local_cluster_kwargs())
+        _close_at_exit(self)
         return Client(self.cluster, set_as_default=False, **self.client_kwargs)
 
     @property
@@ -430,6 +432,30 @@ class DaskTaskRunner(TaskRunner):
                 cluster.close()
             finally:
                 quiet.setLevel(level)
+
+
+_with_clusters: weakref.WeakSet[DaskTaskRunner] = weakref.WeakSet()
+
+
+def _close_at_exit(runner: DaskTaskRunner) -> None:
+    """Shut ``runner``'s LocalCluster down at exit, before distributed's own exit hook does.
+
+    A runner shared by sequential flows (``runners.flow_runner``) lives until exit. Hooks
+    registered after ``distributed`` was imported run before its ``close_clusters``, which
+    would close the cluster with a warning for every result still held.
+    """
+    if not _with_clusters:
+        atexit.register(_shutdown_runners)
+    _with_clusters.add(runner)
+
+
+def _shutdown_runners() -> None:
+    for runner in list(_with_clusters):
+        try:
+            runner.shutdown()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+    _with_clusters.clear()
 
 
 DISCONNECTED = "scheduler-connection-lost"  # Dask's reason for futures dropped with the connection

@@ -181,6 +181,8 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
     params = task.bind_params(args, kwargs)
     names = list(params)
     kinds, n, aligned = plan_columns(task, params, task.given_params(args, kwargs))
+    if task.managed and not wait_for:
+        aligned = _known_upstreams(kinds, aligned)
     if aligned is not None and aligned.chunks and aligned.chunks[0].runner is not runner:
         aligned = None
     if aligned is not None:
@@ -239,6 +241,32 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
         chunks = cache.merge(task, base, chunks, runner)
     _register(chunks)
     return MapFutures(chunks)
+
+
+def _known_upstreams(kinds: dict[str, Column], aligned: MapFutures | None) -> MapFutures | None:
+    """Put the values of upstream maps that completed and are here in place of their futures.
+
+    For a task that uses the cache: its keys are then computed on the client, so a rerun
+    whose upstream map came from the cache (every chunk known, nothing submitted) is answered
+    here too, and schedules nothing. A map still running, failed somewhere, or whose values
+    stayed on the workers is left as it is (resolved on the worker). Returns ``aligned``, or
+    None when it was replaced.
+    """
+    for name, (kind, value) in list(kinds.items()):
+        if kind is not MAPPED or type(value) is not MapFutures:
+            continue
+        chunks = value.chunks
+        if not all(c.handle is None and c.result is not None and not c.result.n_failed and not c.result.elsewhere
+                   for c in chunks):
+            continue
+        values: list = []
+        for c in chunks:
+            c.observe()
+            values.extend(c.result.get_values())  # type: ignore[union-attr]
+        kinds[name] = Column(MAPPED, values)
+        if value is aligned:
+            aligned = None
+    return aligned
 
 
 def plan_columns(task: Task, params: dict[str, Any], given: set[str] | None = None,
