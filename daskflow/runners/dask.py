@@ -157,10 +157,11 @@ class WorkerHost(Host):
 
         ledger.note(blob)
 
-    def sleep(self, seconds: float) -> None:
-        """Longer waits give the worker slot away: the thread secedes from the worker's pool
-        (the worker starts other tasks at once) and rejoins it after, as a new task would."""
-        if seconds < 1.0 or not in_dask_task():
+    def sleep(self, seconds: float, idle: bool = False) -> None:
+        """Longer waits (any wait of an ``idle`` call) give the worker slot away: the thread
+        secedes from the worker's pool (the worker starts other tasks at once) and rejoins it
+        after, as a new task would."""
+        if seconds < (0.01 if idle else 1.0) or not in_dask_task():
             time.sleep(seconds)
             return
         from distributed import rejoin, secede
