@@ -42,6 +42,7 @@ from daskflow.runners.batching import GraphBuffer
 if TYPE_CHECKING:
     from distributed import Client, LocalCluster
 
+WORKER_PRELOAD = "daskflow.runners.worker_preload"
 _shared_clients: dict[str, Client] = {}
 _shared_lock = threading.Lock()
 
@@ -259,6 +260,10 @@ class DaskTaskRunner(TaskRunner):
             "dashboard_address": "127.0.0.1:0",  # a free port; pages need bokeh
         }
         kwargs.update(self.cluster_kwargs)
+        if kwargs.get("processes", True):  # workers leave Ctrl-C to this process (runners.worker_preload)
+            preload = kwargs.get("preload") or []
+            preload = [preload] if isinstance(preload, str) else list(preload)
+            kwargs["preload"] = [*preload, WORKER_PRELOAD]
         return kwargs
 
     def total_threads(self) -> int:
