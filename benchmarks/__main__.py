@@ -17,6 +17,11 @@ Sections (each beside raw Dask, measured in the same run on the same cluster):
 - ``data``: a three-stage pipeline of 16 and 64 arrays of 50 MB, raw Dask and daskflow
   alternating, each repetition in a fresh subprocess: wall time and the client's peak RSS
   (``benchmarks/bench_data.py``).
+- ``retries``: 20,000 runs of which 5% fail once, retry delay 0 vs 1 s, beside raw Dask's
+  ``retries=`` (``benchmarks/bench_retries.py`` in a subprocess);
+- ``rerun``: sequential flows on the default runner (one embedded cluster per process): a
+  fully cached rerun of 10^5 runs, one and two steps, beside the thread runner
+  (``benchmarks/bench_rerun.py`` in a subprocess).
 
 Writes ``benchmarks/results/results.json`` and one PNG per section next to it, each
 titled with the date and the command that made it. Needs ``pip install -e ".[bench]"``.
@@ -39,7 +44,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 from bench_map import heavy as heavy_body  # noqa: E402
 from bench_map import median_time, trivial  # noqa: E402
 
-SECTIONS = ("fanout", "heavy", "cache", "graph", "delay", "stream", "data")
+SECTIONS = ("fanout", "heavy", "cache", "graph", "delay", "stream", "data", "retries", "rerun")
 
 
 def fanout(client, cluster, sizes: list[int], reps: int, raw_max: int) -> dict:
@@ -136,6 +141,17 @@ def _script_json(script: str, *args: str) -> dict:
 def delay(n: int, reps: int) -> dict:
     """bench_delay.py (it starts its own server and task workers)."""
     return _script_json("bench_delay.py", "-n", str(n), "--reps", str(reps))
+
+
+def retries(n: int, reps: int) -> dict:
+    """bench_retries.py (its own LocalCluster(2x1))."""
+    out = _script_json("bench_retries.py", "-n", str(n), "--reps", str(reps))
+    return out
+
+
+def rerun(n: int, reps: int) -> dict:
+    """bench_rerun.py (flows on the default runner, in a fresh process)."""
+    return _script_json("bench_rerun.py", "-n", str(n), "--reps", str(reps))
 
 
 def stream(n: int, reps: int) -> dict:
@@ -265,6 +281,10 @@ def main() -> None:
         results["delay"] = delay(2_000 if args.quick else 10_000, args.reps)
     if "stream" in args.sections:
         results["stream"] = stream(10**6 if args.quick else 10**7, args.reps)
+    if "retries" in args.sections:
+        results["retries"] = retries(2_000 if args.quick else 20_000, args.reps)
+    if "rerun" in args.sections:
+        results["rerun"] = rerun(10_000 if args.quick else 100_000, max(args.reps, 5))
     if "data" in args.sections:
         results["data"] = data([16] if args.quick else [16, 64], 20 if args.quick else 50, args.reps)
 

@@ -20,6 +20,7 @@ import textwrap
 import time
 
 import psutil
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -123,13 +124,21 @@ def test_runs_of_a_killed_flow_process_end_crashed(tmp_path):
     assert not _reap(children, 30), "the flow's LocalCluster processes outlived it"
 
 
-def test_ctrl_c_records_finished_runs_cancels_the_rest_and_exits_with_one_line(tmp_path):
+@pytest.mark.parametrize("to", ["pid", "group"])
+def test_ctrl_c_records_finished_runs_cancels_the_rest_and_exits_with_one_line(tmp_path, to):
+    # "group": as a terminal delivers Ctrl-C, to the whole foreground process group (the
+    # LocalCluster's worker processes too); "pid": to the flow's process alone
     home, marks = tmp_path / "home", tmp_path / "marks"
     marks.mkdir()
-    proc = _start(_script(tmp_path, SLOW_FLOW), home, str(marks), "300", "0.05")
+    proc = subprocess.Popen([sys.executable, str(_script(tmp_path, SLOW_FLOW)), str(marks), "300", "0.05"],
+                            env=_env(home), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # its own process group, as a terminal's job
     _wait_for(lambda: len(list(marks.glob("done-*"))) >= 60, 60, "60 run bodies finished")
     children = _tree(proc)
-    os.kill(proc.pid, signal.SIGINT)
+    if to == "group":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        os.kill(proc.pid, signal.SIGINT)
     # bodies that finished well before the signal (a checkpoint travels a few ms after its body)
     finished_before = {f"slow-{p.name.split('-')[1]}" for p in marks.glob("done-*")
                        if p.stat().st_mtime < time.time() - 0.5}

@@ -39,6 +39,7 @@ from daskflow.engine.core import states as st
 from daskflow.engine.core.context import current_flow_run_id
 from daskflow.engine.core.inputs import ATOMS, BROADCAST, UpstreamNotCompleted, quote, resolve
 from daskflow.exceptions import (
+    CancelledRun,
     NoBackgroundServer,
     ParameterSerializationError,
     ResultNotPersisted,
@@ -161,6 +162,7 @@ def disconnect(address: str) -> None:
 
 
 def _flush_links() -> None:
+    _wait_deferred()
     for link in list(_links.values()):
         try:
             link.flush()
@@ -177,18 +179,27 @@ def _task_blob(task: Task) -> bytes:
     return blob
 
 
-def _resolve(task: Task, value: Any) -> Any:
-    """``value`` with the futures in it (also in containers) replaced by their values.
+def _refs(value: Any, ups: list) -> Any:
+    """``value`` with its task-run futures replaced by ``Ref``s (their chunks appended to ``ups``).
 
-    The engine's own resolution: ``allow_failure``/``quote``/``unmapped`` mean what they
-    mean for ``.submit()``, and a map's futures are fetched chunk by chunk.
+    Costs no wait: the engine's own collection, so ``allow_failure``/``quote``/``unmapped``
+    mean what they mean for ``.submit()``. A background future stays as it is (``_resolve``
+    waits for it).
     """
+    if type(value) in ATOMS or isinstance(value, (BackgroundFuture, BackgroundFutures)):
+        return value
+    return collect_refs(value, {}, ups)
+
+
+def _waits(value: Any, ups: list) -> bool:
+    """Whether ``value`` (as ``_refs`` left it) has upstream runs to wait for."""
+    return bool(ups) or isinstance(value, (BackgroundFuture, BackgroundFutures))
+
+
+def _resolve(task: Task, value: Any, ups: list) -> Any:
+    """``value`` (as ``_refs`` left it) with its upstream values in place: waits for them."""
     if isinstance(value, (BackgroundFuture, BackgroundFutures)):
         return value.result()
-    if type(value) in ATOMS:
-        return value
-    ups: list = []
-    value = collect_refs(value, {}, ups)
     if not ups:
         return value
     try:
@@ -197,12 +208,112 @@ def _resolve(task: Task, value: Any) -> Any:
         raise UpstreamFailed(f"task {task.name!r}: cannot delay the run: {exc.message}") from None
 
 
-def delay_row(task: Task, row: tuple, link: _Link) -> BackgroundFuture:
-    """Enqueue one run whose parameter values (signature order) are ``row``."""
+# -- calls that wait for their upstream runs -------------------------------------------------
+#
+# ``.delay(future)`` returns at once: the call gets its run id and future now, and a helper
+# thread of this process sends it once its upstream runs are final (the server learns of the
+# run only then; until then its future reads Scheduled and waits). An upstream that did not
+# complete ends the run here, never sent: its future is final ``NotReady`` and raises
+# ``UpstreamFailed`` naming the upstream, as ``.delay()`` itself did before. At exit the
+# process waits for such calls (their upstreams are runs of this process) before it flushes.
+
+_DEFERRED_THREADS = 16  # calls waiting at once; more queue behind them (their upstreams still run)
+_deferring: Any = None  # the helper pool, made on first use
+_deferring_lock = threading.Lock()
+_in_flight: set[Deferred] = set()
+
+
+class Deferred:
+    """A delayed call waiting in this process for its upstream runs: then sent, failed or cancelled.
+
+    ``sent`` is set once the call is on its way to the server or ended here; ``outcome``
+    is then None (the server has the run) or the run's final outcome here.
+    """
+
+    __slots__ = ("sent", "outcome", "_lock", "_taken", "__weakref__")
+
+    def __init__(self) -> None:
+        self.sent = threading.Event()
+        self.outcome: Outcome | None = None
+        self._lock = threading.Lock()
+        self._taken = False  # the helper is sending it, or it was cancelled: one of the two
+
+    def take(self) -> bool:
+        """The helper's claim before it sends; False if the run was cancelled meanwhile."""
+        with self._lock:
+            if self._taken:
+                return False
+            self._taken = True
+            return True
+
+    def cancel(self, fut: BackgroundFuture) -> bool:
+        with self._lock:
+            if self._taken:
+                return False
+            self._taken = True
+        self.end(fut, "Cancelled", "CANCELLED", CancelledRun(f"background run {fut.task_run_id} "
+                                                             f"({fut.task_name}) was cancelled before it was sent"))
+        return True
+
+    def end(self, fut: BackgroundFuture, name: str = "", type_: str = "", error: BaseException | None = None) -> None:
+        """The call was sent (no ``error``), or its run ends here in state ``name``."""
+        if error is not None:
+            self.outcome = _local_outcome(fut, name, type_, error)
+        _in_flight.discard(self)
+        self.sent.set()
+
+    def fail(self, fut: BackgroundFuture, error: BaseException) -> None:
+        if isinstance(error, UpstreamFailed):
+            self.end(fut, "NotReady", "FAILED", error)
+        else:
+            self.end(fut, "Failed", "FAILED", error)
+
+
+def _local_outcome(fut: BackgroundFuture, name: str, type_: str, error: BaseException) -> Outcome:
+    """The final record of a run that ended in this process, never sent (the ``runs show`` shape)."""
+    now = time.time()
+    message = str(error)
+    history = [{"name": "Scheduled", "type": "SCHEDULED", "timestamp": now, "message": ""},
+               {"name": name, "type": type_, "timestamp": now, "message": message}]
+    record = {"id": fut.task_run_id, "name": fut.task_name, "task_name": fut.task_name, "state": name,
+              "state_type": type_, "history": history, "run_count": 0, "error": message, "persisted": False,
+              "worker": None}
+    return Outcome(record, cloudpickle.dumps(error, protocol=5))
+
+
+def _defer(job: Callable[[], None], futures: list[BackgroundFuture]) -> None:
+    """Run ``job`` (which waits for upstream runs, then sends calls) on a helper thread."""
+    global _deferring
+    if _deferring is None:
+        with _deferring_lock:
+            if _deferring is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                _deferring = ThreadPoolExecutor(_DEFERRED_THREADS, thread_name_prefix="daskflow-delay")
+    _in_flight.update(f._deferred for f in futures)
+
+    def run() -> None:
+        try:
+            job()
+        except BaseException as exc:  # noqa: BLE001 - the runs' futures report it
+            for f in futures:
+                if not f._deferred.sent.is_set():
+                    f._deferred.fail(f, exc)
+
+    _deferring.submit(run)
+
+
+def _wait_deferred() -> None:
+    """At exit: let the calls still waiting for their upstream runs be sent."""
+    for d in list(_in_flight):
+        d.sent.wait()
+
+
+def _args_blob(task: Task, row: tuple) -> bytes:
     try:
         # plain values (the common case) pickle the same with the C pickler, ~5x cheaper
-        args_blob = (pickle.dumps(row, protocol=5) if ATOMS.issuperset(map(type, row))
-                     else cloudpickle.dumps(row, protocol=5))
+        return (pickle.dumps(row, protocol=5) if ATOMS.issuperset(map(type, row))
+                else cloudpickle.dumps(row, protocol=5))
     except Exception:
         for name, value in zip(task.param_names, row):
             try:
@@ -212,37 +323,102 @@ def delay_row(task: Task, row: tuple, link: _Link) -> BackgroundFuture:
                     f"task {task.name!r}: argument {name!r} of .delay() cannot be serialized "
                     f"({type(value).__name__}: {exc}); pass a picklable value") from None
         raise
+
+
+def _send(task: Task, row: tuple, link: _Link, rid: str, flow_run_id: str | None) -> None:
+    link.send(Call(rid, task.task_key, task.name, _task_blob(task), _args_blob(task, row), flow_run_id, time.time()))
+
+
+def delay_row(task: Task, row: tuple, link: _Link) -> BackgroundFuture:
+    """Enqueue one run whose parameter values (signature order) are ``row``."""
     rid = run_id(new_run_base())
-    link.send(Call(rid, task.task_key, task.name, _task_blob(task), args_blob, current_flow_run_id(), time.time()))
+    _send(task, row, link, rid, current_flow_run_id())
     return BackgroundFuture(rid, link.address, task.name)
 
 
+def _later(task: Task, link: _Link, rows: list[Callable[[], tuple]]) -> BackgroundFutures:
+    """Futures of runs whose rows come from ``rows`` (which wait for upstream runs), sent later.
+
+    The calls are sent in order, each as soon as its row is known; a row whose upstream
+    did not complete ends its run ``NotReady`` here.
+    """
+    flow_run_id = current_flow_run_id()
+    futures = BackgroundFutures()
+    for _ in rows:
+        fut: BackgroundFuture = BackgroundFuture(run_id(new_run_base()), link.address, task.name)
+        fut._deferred = Deferred()
+        futures.append(fut)
+
+    def job() -> None:
+        for fut, row in zip(futures, rows):
+            deferred = fut._deferred
+            try:
+                values = row()
+                if deferred.take():
+                    _send(task, values, link, fut.task_run_id, flow_run_id)
+                    deferred.end(fut)
+            except Exception as exc:  # noqa: BLE001 - this run's future reports it
+                deferred.fail(fut, exc)
+
+    _defer(job, futures)
+    return futures
+
+
 def delay(task: Task, args: tuple, kwargs: dict) -> BackgroundFuture:
-    """``task.delay(*args, **kwargs)``: enqueue a background run; return its future at once."""
+    """``task.delay(*args, **kwargs)``: enqueue a background run; return its future at once.
+
+    Upstream futures in the arguments are not waited for here: the call is sent when
+    they are final (see ``Deferred``).
+    """
     link = _link()
     row = task.row_of(args, kwargs)
-    if not ATOMS.issuperset(map(type, row)):
-        row = tuple(_resolve(task, v) for v in row)
-    return delay_row(task, row, link)
+    if ATOMS.issuperset(map(type, row)):
+        return delay_row(task, row, link)
+    ups: list[list] = [[] for _ in row]
+    refs = tuple(_refs(v, u) for v, u in zip(row, ups))
+    if not any(_waits(v, u) for v, u in zip(refs, ups)):
+        return delay_row(task, refs, link)
+    return _later(task, link, [lambda: tuple(_resolve(task, v, u) for v, u in zip(refs, ups))])[0]
 
 
 def delay_map(task: Task, args: tuple, kwargs: dict) -> BackgroundFutures:
-    """``task.map(..., deferred=True)``: one background run per element."""
+    """``task.map(..., deferred=True)``: one background run per element.
+
+    Elements whose arguments hold unfinished futures are sent when those are final, each
+    on its own: an element whose upstream failed ends ``NotReady`` alone.
+    """
     link = _link()
     params = task.bind_params(args, kwargs)
     kinds, n, _ = plan_columns(task, params)
-    columns = []
+    columns: list[tuple[bool, Any, Any]] = []  # (mapped, values or value, their upstream chunks)
     for name in params:
         kind, value = kinds[name]
         if kind is BROADCAST:
-            columns.append((False, value.value if isinstance(value, quote) else _resolve(task, value)))
+            if isinstance(value, quote):
+                columns.append((False, value.value, []))
+            else:
+                ups: list = []
+                columns.append((False, _refs(value, ups), ups))
         else:
             values = list(value)
-            columns.append((True, values if ATOMS.issuperset(map(type, values)) else _resolve(task, values)))
-    futures = BackgroundFutures()
-    for i in range(n):
-        futures.append(delay_row(task, tuple(v[i] if mapped else v for mapped, v in columns), link))
-    return futures
+            if ATOMS.issuperset(map(type, values)):
+                columns.append((True, values, None))
+            else:
+                each: list[list] = [[] for _ in values]
+                columns.append((True, [_refs(v, u) for v, u in zip(values, each)], each))
+    if all(not _waits(v, u) for mapped, v, u in columns if not mapped) and all(
+            u is None or not any(_waits(x, ux) for x, ux in zip(v, u)) for mapped, v, u in columns if mapped):
+        futures = BackgroundFutures()
+        for i in range(n):
+            futures.append(delay_row(task, tuple(v[i] if mapped else v for mapped, v, _ in columns), link))
+        return futures
+
+    def row(i: int) -> Callable[[], tuple]:
+        return lambda: tuple(
+            (v[i] if u is None else _resolve(task, v[i], u[i])) if mapped else _resolve(task, v, u)
+            for mapped, v, u in columns)
+
+    return _later(task, link, [row(i) for i in range(n)])
 
 
 # -- futures ----------------------------------------------------------------------------------
@@ -259,13 +435,31 @@ class BackgroundFuture(Generic[R]):
         'sent'
     """
 
-    __slots__ = ("task_run_id", "address", "task_name", "_final")
+    __slots__ = ("task_run_id", "address", "task_name", "_final", "_deferred")
 
     def __init__(self, task_run_id: str, address: str | None = None, task_name: str = "") -> None:
         self.task_run_id = task_run_id
         self.address = address
         self.task_name = task_name
         self._final: Outcome | None = None
+        self._deferred: Deferred | None = None  # a call waiting here for its upstream runs
+
+    def _sent(self, timeout: float | None) -> bool:
+        """Whether the server has this run: waits up to ``timeout`` for a call still held here.
+
+        A run that ended here (its upstream failed, or cancelled before it was sent) is
+        final at once, and not on the server.
+        """
+        deferred = self._deferred
+        if deferred is None:
+            return True
+        if not deferred.sent.wait(timeout):
+            return False
+        if deferred.outcome is not None:
+            self._final = deferred.outcome
+            return False
+        self._deferred = None
+        return True
 
     def __repr__(self) -> str:
         return f"BackgroundFuture({self.task_name!r}, task_run_id={self.task_run_id!r})"
@@ -273,6 +467,8 @@ class BackgroundFuture(Generic[R]):
     @property
     def state(self) -> st.State:
         """The latest known state (Scheduled until the server knows more)."""
+        if self._final is None and not self._sent(0) and self._final is None:
+            return st.Scheduled()  # held here until its upstream runs are final
         if self._final is not None:
             return _to_state(self._final)
         rec = _get([self.task_run_id], self.address).get(self.task_run_id)
@@ -358,7 +554,10 @@ class BackgroundFuture(Generic[R]):
             >>> fut.cancel(), fut.state.name               # doctest: +SKIP
             (True, 'Cancelled')
         """
-        if self._final is not None or self.address is None:
+        if self._deferred is not None and self._deferred.cancel(self):
+            self._sent(0)
+            return True
+        if self._final is not None or self.address is None or not self._sent(None):
             return False
         return self.task_run_id in _call(self.address, "daskflow_bg_cancel", 30, run_ids=[self.task_run_id])
 
@@ -379,6 +578,11 @@ class BackgroundFuture(Generic[R]):
         _fetch_many(futures, timeout)
 
     def _fetch(self, timeout: float | None) -> Outcome | None:
+        if self._final is None and self._deferred is not None:
+            t0 = time.monotonic()
+            if not self._sent(timeout):
+                return self._final
+            timeout = None if timeout is None else max(0.0, timeout - (time.monotonic() - t0))
         if self._final is None:
             got = _wait({self.task_run_id: self}, self.address, timeout).get(self.task_run_id)
             if got is not None:
@@ -406,7 +610,14 @@ def _fetch_many(futures: Iterable[BackgroundFuture], timeout: float | None) -> N
         if f._final is None:
             by_address.setdefault(f.address, {})[f.task_run_id] = f
     deadline = None if timeout is None else time.monotonic() + timeout
+    for group in by_address.values():
+        for rid, f in list(group.items()):
+            if f._deferred is not None and not f._sent(None if deadline is None
+                                                     else max(0.0, deadline - time.monotonic())):
+                del group[rid]  # still held here (timeout), or ended here
     for address, group in by_address.items():
+        if not group:
+            continue
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         for rid, got in _wait(group, address, left).items():
             group[rid]._final = got

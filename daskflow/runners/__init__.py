@@ -18,6 +18,8 @@ __all__ = ["DaskLockManager", "DaskTaskRunner", "TaskRunner", "ThreadPoolTaskRun
 
 _default: TaskRunner | None = None
 _worker: TaskRunner | None = None
+_flows: TaskRunner | None = None  # the runner of flows without a task_runner (see flow_runner)
+_flows_made_with: Any = None  # the settings it was made with
 _lock = threading.Lock()
 
 
@@ -64,6 +66,47 @@ def default_runner() -> TaskRunner:
         return _default
 
 
+def flow_runner() -> TaskRunner:
+    """The runner of top-level flows without a ``task_runner``: one per process, reused.
+
+    Sequential flows of a script or a notebook share it, so only the first pays for starting
+    the embedded LocalCluster (~1 s on a quiet machine, 5-7 s on a busy one); it is shut down
+    at exit, or when a flow is interrupted. It is made again when the settings it was made with
+    changed (``dask.config``, ``DASKFLOW_HOME``, ``DASKFLOW_SCHEDULER_ADDRESS``): settings made
+    before a LocalCluster starts reach its workers, so a flow after a change gets a cluster
+    that sees it, as it did when every flow started its own.
+    """
+    global _flows, _flows_made_with
+    settings = _settings()
+    with _lock:
+        old = None
+        if _flows is None or _flows.closed or not _same_settings(_flows_made_with, settings):
+            old, _flows = _flows, new_default_runner()
+        _flows_made_with = settings
+        runner = _flows
+    if old is not None and not old.closed:
+        old.shutdown()
+    return runner
+
+
+def _settings() -> dict[str, Any]:
+    """What a runner's cluster was made with: daskflow's settings, distributed's (once
+    imported: importing it adds its defaults) and the environment aliases."""
+    import copy
+    import os
+
+    import dask.config
+
+    out = {name: copy.deepcopy(dask.config.config.get(name)) for name in ("daskflow", "distributed")
+           if name in dask.config.config}
+    out["env"] = (os.environ.get("DASKFLOW_HOME"), os.environ.get("DASKFLOW_SCHEDULER_ADDRESS"))
+    return out
+
+
+def _same_settings(before: dict[str, Any] | None, now: dict[str, Any]) -> bool:
+    return before is not None and all(before[k] == now[k] for k in before.keys() & now.keys())
+
+
 def set_default_runner(runner: TaskRunner | None) -> TaskRunner | None:
     """Replace the process-wide default runner (shutting the old one down); returns the old one."""
     global _default
@@ -87,8 +130,9 @@ def worker_runner() -> TaskRunner:
 
 @atexit.register
 def _shutdown_default() -> None:
-    if _default is not None:
-        try:
-            _default.shutdown()
-        except Exception:
-            pass
+    for runner in (_default, _flows):
+        if runner is not None:
+            try:
+                runner.shutdown()
+            except Exception:
+                pass

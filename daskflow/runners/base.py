@@ -56,8 +56,12 @@ class Host:
     def note(self, blob: bytes) -> None:
         """Record a checkpoint of the running call (where the runner keeps them)."""
 
-    def sleep(self, seconds: float) -> None:
-        """Wait ``seconds``; a host with a bounded pool lets others use the slot meanwhile."""
+    def sleep(self, seconds: float, idle: bool = False) -> None:
+        """Wait ``seconds``; a host with a bounded pool lets others use the slot meanwhile.
+
+        ``idle``: the call has nothing else to do until then (a chunk whose remaining runs
+        all await their retry), so the slot is given away however short the wait.
+        """
         time.sleep(seconds)
 
     def __reduce__(self) -> str:

@@ -28,6 +28,7 @@ import os
 import sys
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Callable
 
 import dask.config
@@ -41,6 +42,7 @@ from daskflow.runners.batching import GraphBuffer
 if TYPE_CHECKING:
     from distributed import Client, LocalCluster
 
+WORKER_PRELOAD = "daskflow.runners.worker_preload"
 _shared_clients: dict[str, Client] = {}
 _shared_lock = threading.Lock()
 
@@ -156,10 +158,11 @@ class WorkerHost(Host):
 
         ledger.note(blob)
 
-    def sleep(self, seconds: float) -> None:
-        """Longer waits give the worker slot away: the thread secedes from the worker's pool
-        (the worker starts other tasks at once) and rejoins it after, as a new task would."""
-        if seconds < 1.0 or not in_dask_task():
+    def sleep(self, seconds: float, idle: bool = False) -> None:
+        """Longer waits (any wait of an ``idle`` call) give the worker slot away: the thread
+        secedes from the worker's pool (the worker starts other tasks at once) and rejoins it
+        after, as a new task would."""
+        if seconds < (0.01 if idle else 1.0) or not in_dask_task():
             time.sleep(seconds)
             return
         from distributed import rejoin, secede
@@ -241,6 +244,7 @@ class DaskTaskRunner(TaskRunner):
 
         with dask.config.set({"distributed.scheduler.http.routes": scheduler_routes()}):  # the daskflow UI too
             self.cluster = LocalCluster(**self._local_cluster_kwargs())
+        _close_at_exit(self)
         return Client(self.cluster, set_as_default=False, **self.client_kwargs)
 
     @property
@@ -256,6 +260,10 @@ class DaskTaskRunner(TaskRunner):
             "dashboard_address": "127.0.0.1:0",  # a free port; pages need bokeh
         }
         kwargs.update(self.cluster_kwargs)
+        if kwargs.get("processes", True):  # workers leave Ctrl-C to this process (runners.worker_preload)
+            preload = kwargs.get("preload") or []
+            preload = [preload] if isinstance(preload, str) else list(preload)
+            kwargs["preload"] = [*preload, WORKER_PRELOAD]
         return kwargs
 
     def total_threads(self) -> int:
@@ -430,6 +438,30 @@ class DaskTaskRunner(TaskRunner):
                 cluster.close()
             finally:
                 quiet.setLevel(level)
+
+
+_with_clusters: weakref.WeakSet[DaskTaskRunner] = weakref.WeakSet()
+
+
+def _close_at_exit(runner: DaskTaskRunner) -> None:
+    """Shut ``runner``'s LocalCluster down at exit, before distributed's own exit hook does.
+
+    A runner shared by sequential flows (``runners.flow_runner``) lives until exit. Hooks
+    registered after ``distributed`` was imported run before its ``close_clusters``, which
+    would close the cluster with a warning for every result still held.
+    """
+    if not _with_clusters:
+        atexit.register(_shutdown_runners)
+    _with_clusters.add(runner)
+
+
+def _shutdown_runners() -> None:
+    for runner in list(_with_clusters):
+        try:
+            runner.shutdown()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+    _with_clusters.clear()
 
 
 DISCONNECTED = "scheduler-connection-lost"  # Dask's reason for futures dropped with the connection

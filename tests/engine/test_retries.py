@@ -255,3 +255,35 @@ def test_retries_timeouts_and_hooks_on_remote_scheduler(remote_cluster, tmp_path
 
     assert f() == (7, 3, "TimedOut")
     assert hooks.read_text() == "3:Completed\n"
+
+
+def test_a_run_awaiting_its_retry_holds_up_neither_its_chunk_mates_nor_its_worker_slot(dask_runner, tmp_path):
+    # Two single-thread workers; four chunks of 10 runs, two runs of each chunk fail once and
+    # wait 1.5 s to retry. Every first attempt (chunk-mates after a waiting run, and the chunks
+    # queued behind the first two) runs before any retry; the retried runs keep their history.
+    log = tmp_path / "log"
+
+    @task(retries=1, retry_delay_seconds=1.5)
+    def flaky(i):
+        mark = tmp_path / f"failed-{i}"
+        with open(log, "a") as f:
+            f.write(f"{i} {time.time()!r} {'retry' if mark.exists() else 'first'}\n")
+        if i % 5 == 1 and not mark.exists():
+            mark.write_text("x")
+            raise RuntimeError(f"transient {i}")
+        return i
+
+    @flow(task_runner=dask_runner)
+    def f():
+        futs = flaky.map(range(40), chunksize=10)
+        return futs.result(), [fut.run_count for fut in futs], [s.name for s in futs[1].history()]
+
+    values, run_counts, names = f()
+    assert values == list(range(40))
+    assert run_counts == [2 if i % 5 == 1 else 1 for i in range(40)]
+    assert names == ["Pending", "Running", "AwaitingRetry", "Retrying", "Completed"]
+    entries = [line.split() for line in log.read_text().splitlines()]
+    firsts = [float(t) for _, t, kind in entries if kind == "first"]
+    retries = [float(t) for _, t, kind in entries if kind == "retry"]
+    assert len(firsts) == 40 and len(retries) == 8
+    assert max(firsts) < min(retries), "a run waiting for its retry held up runs that had not started"

@@ -166,3 +166,25 @@ def test_background_run_retried_once_counts_2_in_its_future_the_cli_and_the_api(
             worker.stop()
         disconnect(address)
         assert server.stop() == 0
+
+
+def test_submitted_runs_have_distinct_names_map_elements_keep_their_index(cluster):
+    runner = DaskTaskRunner(address=cluster.scheduler_address)
+
+    @flow(task_runner=runner)
+    def pipeline():
+        first = cached.submit(5)
+        first.wait()
+        subs = [ok.submit(i) for i in range(3)] + [first, cached.submit(5)]  # the last one from the cache
+        mapped = ok.map(range(3))
+        for f in [*subs, *mapped]:
+            f.wait()
+        return [f.task_run_id for f in subs], [f.task_run_id for f in mapped], subs[-1].state.name
+
+    sub_ids, map_ids, last = pipeline()
+    assert last == "Cached"
+    assert tracker.flush()
+    sub_names = [runs_show(rid)["name"] for rid in sub_ids]
+    assert len(set(sub_names)) == 5, sub_names
+    assert all(n.startswith(("ok-", "cached-")) for n in sub_names)
+    assert [runs_show(rid)["name"] for rid in map_ids] == ["ok-0", "ok-1", "ok-2"]

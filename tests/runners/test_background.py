@@ -578,3 +578,72 @@ def test_cancel_of_a_running_background_run_returns_false_and_the_run_completes(
         go.touch()
     assert fut.result(timeout=30) == "done"
     assert fut.state.name == "Completed" and fut.run_count == 1
+
+
+def test_delay_of_unfinished_futures_returns_at_once_and_the_run_waits_for_them(bg_server, tmp_path):
+    import threading
+    import time
+
+    from daskflow import task
+
+    gate = threading.Event()
+    go = tmp_path / "go"
+    # a safety net, not synchronisation: a .delay() that blocks on its upstream returns only then
+    opener = threading.Timer(5, lambda: (gate.set(), go.write_text("go")))
+    opener.start()
+
+    @task
+    def held(x):
+        assert gate.wait(60)
+        return x
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    def enqueue():
+        up = held.submit(4)
+        bg_up = bg_tasks.gated.delay(str(tmp_path / "started"), str(go))
+        t0 = time.monotonic()
+        local = [bg_tasks.add.delay(up, i) for i in range(100)]
+        nested = bg_tasks.total.delay([up, 3])
+        mapped = bg_tasks.inc.map([up, 5], deferred=True)
+        chained = bg_tasks.add.delay(bg_up, "!")
+        took = time.monotonic() - t0
+        pending = [f.state.name for f in (local[0], chained)]
+        dropped = bg_tasks.add.delay(up, 0)
+        assert dropped.cancel() and dropped.state.name == "Cancelled"
+        gate.set()
+        go.write_text("go")
+        with pytest.raises(CancelledRun):
+            dropped.result(timeout=5)
+        return local, nested, mapped, chained, took, pending
+
+    try:
+        local, nested, mapped, chained, took, pending = enqueue()
+    finally:
+        opener.cancel()
+    assert took < 2.0, f"103 .delay() calls on unfinished futures took {took:.1f}s"
+    assert pending == ["Scheduled", "Scheduled"]
+    assert bg.BackgroundFutures(local).result(timeout=60) == [4 + i for i in range(100)]
+    assert nested.result(timeout=30) == 7
+    assert mapped.result(timeout=30) == [5, 6]
+    assert chained.result(timeout=30) == "done!"
+    assert chained.record()["history"][0]["name"] == "Scheduled"
+
+
+def test_delay_of_a_failed_upstream_returns_at_once_and_its_future_says_why(bg_server):
+    from daskflow import task
+    from daskflow.exceptions import UpstreamFailed
+
+    @task
+    def broken(x):
+        raise ValueError("upstream broke")
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    def enqueue():
+        up = broken.submit(1)
+        return bg_tasks.add.delay(up, 1), bg_tasks.add.delay(1, 1)
+
+    bad, good = enqueue()
+    with pytest.raises(UpstreamFailed, match="task 'add'.*upstream task run 'broken-.*upstream broke"):
+        bad.result(timeout=30)
+    assert bad.state.name == "NotReady" and bad.done()
+    assert good.result(timeout=30) == 2

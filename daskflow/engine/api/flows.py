@@ -1,7 +1,8 @@
 """``Flow``: a function whose call is a flow run that owns a task runner.
 
 A flow run picks its runner (its own ``task_runner``, else its parent flow's, else
-the Dask cluster it runs inside, else a new default ``DaskTaskRunner``), runs the
+the Dask cluster it runs inside, else the process's shared default runner, whose embedded
+LocalCluster sequential flows reuse: ``runners.flow_runner``), runs the
 body in the calling thread, then waits for every run submitted in it: nothing
 submitted is dropped. Its final state follows its return value by Prefect's rule
 (``engine.api.returns``): futures in it become States, a returned State or a collection of
@@ -68,6 +69,7 @@ def default_flow_name(fn: Callable) -> str:
 
 
 _RAISED = object()  # the body raised: the caller gets the error from the final state
+SHARED = "shared"  # a flow run's runner is the process's shared one (runners.flow_runner)
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,7 @@ class Flow(Generic[P, R]):
         return self._run(bound, return_state)
 
     # -- one flow run -------------------------------------------------------------------
-    def _enter(self, parameters: dict[str, Any]) -> tuple[FlowRunContext, bool]:
+    def _enter(self, parameters: dict[str, Any]) -> tuple[FlowRunContext, bool | str]:
         parent = flow_run_ctx.get()
         if self.task_runner is not None:
             runner, owned = self.task_runner.duplicate(), True
@@ -225,13 +227,12 @@ class Flow(Generic[P, R]):
             runner, owned = parent.runner, False
         else:
             from daskflow.engine.client.submit import current_runner
-            from daskflow.runners import new_default_runner
-            from daskflow.runners import current_host
+            from daskflow.runners import current_host, flow_runner
 
             if current_host().remote() or task_run_ctx.get() is not None:
                 runner, owned = current_runner(), False
-            else:
-                runner, owned = new_default_runner(), True
+            else:  # the process's embedded cluster, shared by sequential flows: not shut down here
+                runner, owned = flow_runner(), SHARED
         ctx = FlowRunContext(self, str(uuid.uuid4()), runner, dict(parameters), parent=parent)
         return ctx, owned
 
@@ -273,7 +274,7 @@ class Flow(Generic[P, R]):
                 tracker.flow_finished(ctx.flow_run_id, final[0])
                 self._fire(_FINAL_HOOK.get(final[0].type), ctx, final[0])
             flow_run_ctx.reset(token)
-            if owned:
+            if owned is True or (owned is SHARED and interrupted):  # Ctrl-C: the process is going
                 ctx.runner.shutdown(wait=not interrupted)
 
     def _fire(self, kind: str | None, ctx: FlowRunContext, state: st.State) -> None:

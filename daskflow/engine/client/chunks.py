@@ -248,14 +248,17 @@ def fetch_many(runner: TaskRunner, chunks: list[Chunk], timeout: float | None) -
 
 
 def _set_results(runner: TaskRunner, chunks: list[Chunk], results: list) -> None:
-    """Record fetched envelopes; a call that ended in a runner-level error gets a lost envelope."""
+    """Record fetched envelopes; a call that ended in a runner-level error gets a lost envelope
+    (a chunk of several runs Dask gave up on: its runs again one by one, ``split_lost``)."""
     envelopes = []
     for chunk, res in zip(chunks, results):
         if isinstance(res, ChunkResult):
             chunking.observe(chunk.task, res)
             envelopes.append(res.summary() if res.elsewhere else res)  # held only when asked for
         else:
-            envelopes.append(lost(chunk, res))
+            from daskflow.engine.client.split import split_lost  # a rare path: a chunk Dask gave up on
+
+            envelopes.append(split_lost(runner, chunk, res) or lost(chunk, res))
     settle(chunks, envelopes)
 
 

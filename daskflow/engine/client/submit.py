@@ -26,7 +26,7 @@ from daskflow.engine.tracking import tracker
 from daskflow.engine.worker.run import arun_single, run_rows
 from daskflow.engine.worker.transactions import current_transaction
 from daskflow.exceptions import MappingLengthMismatch, MappingMissingIterable
-from daskflow.ids import new_run_base, run_id
+from daskflow.ids import MASK, STRIDE, new_run_base, run_id
 
 if TYPE_CHECKING:
     from daskflow.engine.api.tasks import Task
@@ -84,6 +84,12 @@ def direct_slot() -> tuple[int, int]:
     return _direct[1], next(_direct[2])
 
 
+def submit_index() -> int:
+    """The index of a ``.submit()`` run (its name is ``{task}-{index}``): from the counter of
+    direct calls, so the runs a process submits or calls have distinct names."""
+    return direct_slot()[1]
+
+
 def call_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None, return_state: bool) -> Any:
     """Run one run in the calling thread; return its value (or its final State)."""
     row, waits, envelopes, refs = _prepare_inline(task, args, kwargs, wait_for)
@@ -118,18 +124,20 @@ def submit_run(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None)
     refs = bool(ups)
     waits = tuple(collect_refs(f, deps, ups) for f in (wait_for or ()))
     columns = [Column(MAPPED, [v]) for v in row]
-    base = new_run_base()
+    base, start = new_run_base(), submit_index()
     cache = None
     if task.managed:  # the cache may already hold this run: then nothing is submitted
         from daskflow.engine.client.cache_lookup import for_single
 
-        cache, known = for_single(task, row, base, refs or bool(waits))
+        # the run's id is run_id(base, start): run 0 of the base shifted by start
+        cache, known = for_single(task, row, (base + start * STRIDE) & MASK, refs or bool(waits))
         if known is not None:
+            known.base, known.start = base, start
             chunk = Chunk.known(task, known, runner)
             _register([chunk])
             return TaskRunFuture(chunk, 0)
-    spec = ChunkSpec(task, base, 0, 1, columns, refs, waits, current_flow_run_id(), cache)
-    key = _key(task, base, 0)
+    spec = ChunkSpec(task, base, start, 1, columns, refs, waits, current_flow_run_id(), cache)
+    key = _key(task, base, start)
     handle = submit_chunks(runner, [spec], [_dep_inputs(ups, runner)], [key])[0]
     chunk = Chunk.submitted_as(spec, handle, runner, ups, key)
     _register([chunk])
@@ -181,6 +189,8 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
     params = task.bind_params(args, kwargs)
     names = list(params)
     kinds, n, aligned = plan_columns(task, params, task.given_params(args, kwargs))
+    if task.managed and not wait_for:
+        aligned = _known_upstreams(kinds, aligned)
     if aligned is not None and aligned.chunks and aligned.chunks[0].runner is not runner:
         aligned = None
     if aligned is not None:
@@ -239,6 +249,32 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
         chunks = cache.merge(task, base, chunks, runner)
     _register(chunks)
     return MapFutures(chunks)
+
+
+def _known_upstreams(kinds: dict[str, Column], aligned: MapFutures | None) -> MapFutures | None:
+    """Put the values of upstream maps that completed and are here in place of their futures.
+
+    For a task that uses the cache: its keys are then computed on the client, so a rerun
+    whose upstream map came from the cache (every chunk known, nothing submitted) is answered
+    here too, and schedules nothing. A map still running, failed somewhere, or whose values
+    stayed on the workers is left as it is (resolved on the worker). Returns ``aligned``, or
+    None when it was replaced.
+    """
+    for name, (kind, value) in list(kinds.items()):
+        if kind is not MAPPED or type(value) is not MapFutures:
+            continue
+        chunks = value.chunks
+        if not all(c.handle is None and c.result is not None and not c.result.n_failed and not c.result.elsewhere
+                   for c in chunks):
+            continue
+        values: list = []
+        for c in chunks:
+            c.observe()
+            values.extend(c.result.get_values())  # type: ignore[union-attr]
+        kinds[name] = Column(MAPPED, values)
+        if value is aligned:
+            aligned = None
+    return aligned
 
 
 def plan_columns(task: Task, params: dict[str, Any], given: set[str] | None = None,

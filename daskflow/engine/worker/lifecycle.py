@@ -3,7 +3,9 @@
 ``attempts`` is a generator that owns one run's lifecycle and asks its *driver* to call
 the body (``CALL``) or to wait before a retry (``SLEEP``); the sync driver (``drive_sync``)
 and the async one (``drive_async``, for awaited direct calls of ``async def`` tasks)
-share it, so sync and async tasks have one engine. A body that returns a ``State`` sets
+share it, so sync and async tasks have one engine. ``step_sync`` drives a run only up to
+its next wait, so the run loop can park a run awaiting its retry and go on with the
+chunk's other runs (``run._run_each``). A body that returns a ``State`` sets
 the run's state (``core.returned_states``). ``run_inputs`` resolves a run's upstream
 values and name before anything runs; a run that cannot start ends early (``EndsEarly``:
 NotReady, an argument that could not be serialized, a bad ``task_run_name``).
@@ -118,20 +120,33 @@ def attempts(task: Task, ctx: TaskRunContext, args: tuple, kwargs: dict) -> Engi
 
 
 def drive_sync(engine: Engine, task: Task, args: tuple, kwargs: dict) -> tuple[int, Any, list | None]:
+    """Drive a run to its end, waiting out its retry delays here."""
+    while True:
+        wait, outcome = step_sync(engine, task, args, kwargs)
+        if outcome is not None:
+            return outcome
+        current_host().sleep(wait)  # a worker's host gives its slot away meanwhile
+
+
+def step_sync(engine: Engine, task: Task, args: tuple, kwargs: dict) -> tuple[float, Outcome | None]:
+    """Drive a run (just begun, or back from a wait) until it ends or must wait before a retry.
+
+    ``(0.0, outcome)`` when it ended; ``(seconds, None)`` when it must wait that long before
+    its next attempt: the caller decides where it waits (``drive_sync`` here; the run loop
+    parks it and goes on with the chunk, ``run._run_each``), then calls again.
+    """
     try:
         op, arg = next(engine)
         while True:
             if op == SLEEP:
-                current_host().sleep(arg)  # a worker's host gives its slot away meanwhile
-                op, arg = next(engine)
-                continue
+                return arg, None
             try:
                 outcome = (True, _call_sync(task.fn, args, kwargs, arg, task.name))
             except Exception as exc:
                 outcome = (False, exc)
             op, arg = engine.send(outcome)
     except StopIteration as stop:
-        return stop.value
+        return 0.0, stop.value
 
 
 async def drive_async(engine: Engine, task: Task, args: tuple, kwargs: dict) -> tuple[int, Any, list | None]:

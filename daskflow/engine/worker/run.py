@@ -37,8 +37,10 @@ chunks of ``.map()`` and ``.submit()`` on any runner, direct calls, background r
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
 from array import array
+from dataclasses import dataclass
 from itertools import islice, repeat
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -54,7 +56,16 @@ from daskflow.engine.worker import logging as run_logging
 from daskflow.engine.worker import reports
 from daskflow.engine.worker.checkpoints import Checkpoint, Notes
 from daskflow.engine.worker.hosts import current_host, host_var
-from daskflow.engine.worker.lifecycle import EndsEarly, Outcome, attempts, drive_async, drive_sync, run_inputs
+from daskflow.engine.worker.lifecycle import (
+    EndsEarly,
+    Engine,
+    Outcome,
+    attempts,
+    drive_async,
+    drive_sync,
+    run_inputs,
+    step_sync,
+)
 from daskflow.engine.worker.managed import NO_CACHE, CacheWork, cache_work
 
 if TYPE_CHECKING:
@@ -229,22 +240,76 @@ def _run_tight(fn: Callable, items: Iterable[tuple[int, tuple]], res: ChunkResul
         settle_returned_states(res)
 
 
+@dataclass(slots=True)
+class Parked:
+    """A run of the chunk awaiting its retry: its lifecycle, paused until ``due`` (monotonic)."""
+
+    due: float
+    index: int
+    engine: Engine
+    args: tuple
+    kwargs: dict
+    run_count: int
+    name: str
+
+    def __lt__(self, other: Parked) -> bool:  # heap order: the earliest due first
+        return (self.due, self.index) < (other.due, other.index)
+
+
 def _run_each(task: Task, items: Iterable[tuple[int, tuple]], res: ChunkResult, ctx: TaskRunContext,
               deps: list | None, cache: CacheWork, notes: Notes | None, ends: array) -> None:
-    """Every run through its whole lifecycle (retries, timeouts, hooks), one at a time."""
+    """Every run through its whole lifecycle (retries, timeouts, hooks), one at a time.
+
+    A run that must wait before its retry is parked and the loop goes on with the chunk's
+    other runs; parked runs resume once their delay has passed, earliest first, and the
+    chunk waits only when nothing else is left (on a Dask worker, off the worker's thread
+    pool: the worker runs other chunks meanwhile). A chunk of runs that fail once with a
+    1 s delay so takes its runs' time plus about one delay, not one delay per failure.
+    Checkpoints stop at the first parked run: a run noted finished is final.
+    """
+    parked: list[Parked] = []
     for i, row in items:
         ctx.index, ctx.run_count, ctx.name, ctx.final_state = i, 1, "", None
-        outcome = run_one(task, ctx, row, deps, cache)
-        res.record(i, outcome, ctx.run_count, ctx.name)
-        res.keep(i, ctx.final_state)
-        cache.done(i, outcome)
-        now = ends[i] = time.time()
-        if notes is not None and now >= notes.due:
+        outcome = run_one(task, ctx, row, deps, cache, parked)
+        if outcome is None:
+            continue
+        now = _ended(i, outcome, res, ctx, cache, ends)
+        if notes is not None and not parked and now >= notes.due:
             notes.reached(i, now, ends)
+    host = current_host() if parked else None
+    while parked:
+        p = heapq.heappop(parked)
+        wait = p.due - time.monotonic()
+        if wait > 0:
+            host.sleep(wait, idle=True)  # type: ignore[union-attr]
+        ctx.index, ctx.run_count, ctx.name, ctx.final_state = p.index, p.run_count, p.name, None
+        wait, outcome = step_sync(p.engine, task, p.args, p.kwargs)
+        if outcome is None:
+            _park(parked, p.index, wait, p.engine, p.args, p.kwargs, ctx)
+        else:
+            _ended(p.index, outcome, res, ctx, cache, ends)
 
 
-def run_one(task: Task, ctx: TaskRunContext, row: tuple, deps: list | None, cache: CacheWork = NO_CACHE) -> Outcome:
-    """Run one run through its whole lifecycle; returns (code, value or exception, history)."""
+def _ended(i: int, outcome: Outcome, res: ChunkResult, ctx: TaskRunContext, cache: CacheWork, ends: array) -> float:
+    res.record(i, outcome, ctx.run_count, ctx.name)
+    res.keep(i, ctx.final_state)
+    cache.done(i, outcome)
+    now = ends[i] = time.time()
+    return now
+
+
+def _park(parked: list[Parked], i: int, wait: float, engine: Engine, args: tuple, kwargs: dict,
+          ctx: TaskRunContext) -> None:
+    heapq.heappush(parked, Parked(time.monotonic() + wait, i, engine, args, kwargs, ctx.run_count, ctx.name))
+
+
+def run_one(task: Task, ctx: TaskRunContext, row: tuple, deps: list | None, cache: CacheWork = NO_CACHE,
+            parked: list[Parked] | None = None) -> Outcome | None:
+    """Run one run through its whole lifecycle; returns (code, value or exception, history).
+
+    With ``parked`` (the run loop's), a sync run that must wait before a retry is parked
+    there instead (returns None).
+    """
     try:
         args, kwargs = run_inputs(task, ctx, row, deps)
     except EndsEarly as early:
@@ -255,7 +320,12 @@ def run_one(task: Task, ctx: TaskRunContext, row: tuple, deps: list | None, cach
     engine = attempts(task, ctx, args, kwargs)
     if task.is_async:
         return asyncio.run(drive_async(engine, task, args, kwargs))
-    return drive_sync(engine, task, args, kwargs)
+    if parked is None:
+        return drive_sync(engine, task, args, kwargs)
+    wait, outcome = step_sync(engine, task, args, kwargs)
+    if outcome is None:
+        _park(parked, ctx.index, wait, engine, args, kwargs, ctx)
+    return outcome
 
 
 async def arun_single(spec: ChunkSpec, deps: list) -> ChunkResult:
