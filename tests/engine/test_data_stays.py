@@ -17,7 +17,9 @@ HERE = pathlib.Path(__file__).resolve().parent
 
 def test_a_pipeline_of_large_arrays_leaves_the_client_small(tmp_path):
     # 12 arrays of 25 MiB per stage (300 MiB a stage): a client that received every result
-    # would peak far above 300 MiB; one that holds states peaks near its own size.
+    # holds two stages at once (600 MiB and more); one that holds states peaks near its own
+    # size (~70 MiB quiet), plus a transient when a reader gathers a chunk whose end event has
+    # not arrived yet (seen up to ~300 MiB on a loaded machine).
     env = dict(os.environ, DASKFLOW_HOME=str(tmp_path / "home"), PYTHONPATH=str(HERE.parents[1]))
     env.pop("DASKFLOW_SCHEDULER_ADDRESS", None)
     out = subprocess.run([sys.executable, str(HERE / "data_pipeline.py"), "12", "25"], env=env, capture_output=True,
@@ -25,7 +27,7 @@ def test_a_pipeline_of_large_arrays_leaves_the_client_small(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["value"] == sum(2.0 * i * (25 * 2**20 // 8) for i in range(12))
-    assert got["peak_rss_mib"] < 250, got
+    assert got["peak_rss_mib"] < 450, got
 
 
 @task
