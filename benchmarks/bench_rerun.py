@@ -23,10 +23,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
+
+from bench_map import median_time  # benchmarks/ is on the path, as a script or as a section
 
 
 def square(x):
@@ -35,15 +36,6 @@ def square(x):
 
 def plus_one(x):
     return x + 1
-
-
-def median_of(fn, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -81,15 +73,15 @@ def main() -> None:
     print(f"cold (cluster start + {2 * n} bodies): {cold:.2f} s", flush=True)
     for name in flows:
         assert flows[name](n) == threads[name](n)
-        dflt = median_of(lambda: flows[name](n), args.reps)
-        thr = median_of(lambda: threads[name](n), args.reps)
+        dflt = median_time(lambda: flows[name](n), args.reps)
+        thr = median_time(lambda: threads[name](n), args.reps)
         out[f"rerun {name}"] = {"default_runner_s": dflt, "thread_runner_s": thr, "ratio": dflt / thr}
         print(f"fully cached rerun, {name}, N={n}: default runner {dflt:.3f} s, thread runner {thr:.3f} s "
               f"({dflt / thr:.2f}x)", flush=True)
     assert flows["two steps"](n) == expect
     client = flow_runner().client  # the embedded cluster the flows shared
     m = max(1, n // 10)
-    raw = median_of(lambda: client.gather(client.map(square, range(m), pure=False)), max(1, args.reps // 2))
+    raw = median_time(lambda: client.gather(client.map(square, range(m), pure=False)), max(1, args.reps // 2))
     out["raw_dask_s"] = {"n": m, "s": raw}
     print(f"raw Dask client.map of {m} trivial calls on the same cluster: {raw:.2f} s "
           f"(the cached rerun of {n} runs: {out['rerun one step']['default_runner_s'] / raw:.3f}x of it)",
