@@ -52,10 +52,10 @@ def main() -> None:
     from distributed import fire_and_forget
     from distributed.client import _wait
 
-    from daskflow.background.client import BackgroundFutures, _link, disconnect
+    from daskflow.background.client import BackgroundFutures, disconnect, server_link
 
     try:
-        client = _link(address).client
+        client = server_link(address).client
         inc.delay(0).result(timeout=60)  # warm: connection, plugin check, worker imports
         rows = {"daskflow enqueue": [], "daskflow e2e": [], "raw enqueue": [], "raw e2e": []}
         for rep in range(args.reps):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from daskflow.background.client import BackgroundFuture, BackgroundFutures, result, state
+from daskflow.background.futures import BackgroundFuture, BackgroundFutures, result, state
 from daskflow.background.store import list_records as runs
 
 __all__ = ["BackgroundFuture", "BackgroundFutures", "result", "runs", "serve", "state"]

@@ -29,7 +29,7 @@ from daskflow.engine.worker.lifecycle import jittered
 from daskflow.exceptions import ReservedArgumentError
 
 if TYPE_CHECKING:
-    from daskflow.background.client import BackgroundFuture
+    from daskflow.background.futures import BackgroundFuture
     from daskflow.engine.client.futures import MapFutures, TaskRunFuture
     from daskflow.engine.core.context import TaskRunContext
     from daskflow.engine.core.states import State
