@@ -28,11 +28,12 @@ if TYPE_CHECKING:
 logger = logging.getLogger("daskflow")
 
 
-def report(msg: Message, host: Host) -> None:
-    """Send a tracker message from the chunk function: batched events from a remote host, else direct."""
+def report(msg: Message, host: Host, at_once: bool = False) -> None:
+    """Send a tracker message from the chunk function: batched events from a remote host (or
+    ``at_once``, after what the host still holds), else direct."""
     try:
         if host.remote():
-            _outbox.add(host.sender(), msg)
+            (_outbox.send_now if at_once else _outbox.add)(host.sender(), msg)
             return
         on_message(msg)
     except Exception:  # record keeping must never fail a run
@@ -105,13 +106,7 @@ def chunk_ended(res: ChunkResult, host: Host) -> None:
     # The values stay on the worker: the client records the run from this summary, which
     # leaves now, ahead of Dask's own message that the task finished (one stream, in order).
     end.summary = res.to_summary_bytes()
-    try:
-        if host.remote():
-            _outbox.send_now(host.sender(), end)
-        else:
-            on_message(end)
-    except Exception:  # record keeping must never fail a run: the client gathers it instead
-        logger.debug("daskflow: could not report the end of a chunk", exc_info=True)
+    report(end, host, at_once=True)
 
 
 def run_retrying(ctx: Any, event: StateEvent) -> None:
