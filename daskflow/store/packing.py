@@ -8,9 +8,9 @@ be a gigabyte of mostly repeated bytes. On disk the same record holds instead:
 - ``ucode``: one int when every run of the chunk ended with the same code (a chunk that
   simply completed), else ``zcodes``: the codes, zlib-compressed (a rare failure costs
   a few bytes, not a byte per run);
-- ``zends`` (``zstarts``, ``zsubmits``): the times in whole microseconds, rounded *up*
-  (so an end never reads as earlier than the start it followed), as differences from
-  the previous run (the first from 0), zigzag-encoded, their 8 bytes shuffled into
+- ``zends`` (``zstarts``, ``zsubmits``): the first time exact, the others in whole
+  microseconds after it, rounded *up* (so an end never reads as earlier than the start
+  it followed), as differences from the previous run, zigzag-encoded, their 8 bytes shuffled into
   planes (every low byte, then every second byte, ...) and zlib-compressed. Runs of a
   chunk end microseconds to seconds apart: the high planes are all zero and vanish, the
   low ones compress well.
@@ -75,23 +75,33 @@ def unpack_chunk(data: bytes) -> dict:
 
 
 def pack_times(raw: bytes) -> bytes:
-    """Packed native doubles (seconds) as zlib-compressed, byte-shuffled microsecond deltas."""
+    """Packed native doubles (seconds) as the first one exact (8 bytes), then the rest as
+    zlib-compressed, byte-shuffled microsecond deltas."""
     import numpy as np  # deferred: read-only commands that never touch times do not import it
 
-    us = np.ceil(np.frombuffer(raw, dtype=np.float64) * 1e6).astype(np.int64)
+    values = np.frombuffer(raw, dtype=np.float64)
+    if not len(values):
+        return b""
+    us = np.ceil((values - values[0]) * 1e6).astype(np.int64)
     deltas = np.diff(us, prepend=np.int64(0))
     zigzag = ((deltas << 1) ^ (deltas >> 63)).astype("<u8")
-    return zlib.compress(zigzag.view(np.uint8).reshape(-1, 8).T.tobytes(), _LEVEL)
+    return values[:1].astype("<f8").tobytes() + zlib.compress(zigzag.view(np.uint8).reshape(-1, 8).T.tobytes(),
+                                                              _LEVEL)
 
 
 def unpack_times(packed: bytes) -> bytes:
     """The inverse of ``pack_times``: packed native doubles, in seconds."""
     import numpy as np
 
-    planes = np.frombuffer(zlib.decompress(packed), dtype=np.uint8).reshape(8, -1)
+    if not packed:
+        return b""
+    first = np.frombuffer(packed[:8], dtype="<f8")[0]
+    planes = np.frombuffer(zlib.decompress(packed[8:]), dtype=np.uint8).reshape(8, -1)
     zigzag = np.ascontiguousarray(planes.T).view("<u8").ravel()
     deltas = (zigzag >> np.uint64(1)).astype(np.int64) ^ -(zigzag & np.uint64(1)).astype(np.int64)
-    return (np.cumsum(deltas) / 1e6).astype(np.float64).tobytes()
+    out = first + np.cumsum(deltas) / 1e6
+    out[0] = first
+    return out.astype(np.float64).tobytes()
 
 
 def times(rec: dict, name: str) -> Any:
