@@ -14,7 +14,8 @@ cluster:
 - a task that fails once and retries (``flaky``): Completed after two attempts;
 - 20 background runs (``.delay()``) read back: exact.
 
-Every ``--sample`` seconds it records the client's RSS, open fds and threads, the
+Every ``--sample`` seconds it records the client's RSS (and its anonymous part: RSS
+without the file-backed pages of the mapped LMDB stores), open fds and threads, the
 scheduler's and the workers' RSS, and the run store's size. After ``--warmup`` seconds
 (60), it fits a line through the samples: the slopes (MiB per minute) are the figures;
 fds and threads are reported first and last. Any wrong result stops the soak with an error.
@@ -128,7 +129,10 @@ def sample(t0: float, procs: list[subprocess.Popen], home: pathlib.Path) -> dict
         except psutil.Error:
             rss.append(float("nan"))
     store = home / "runs" / "data.mdb"
-    return {"t": time.monotonic() - t0, "client_mib": me.memory_info().rss / MiB, "fds": me.num_fds(),
+    mem = me.memory_info()
+    # anonymous = RSS without file-backed pages (the run store and cache files are mapped)
+    return {"t": time.monotonic() - t0, "client_mib": mem.rss / MiB, "client_anon_mib": (mem.rss - mem.shared) / MiB,
+            "fds": me.num_fds(),
             "threads": me.num_threads(), "scheduler_mib": rss[0], "workers_mib": rss[1:],
             "store_mib": store.stat().st_size / MiB if store.exists() else 0.0}
 
@@ -212,6 +216,7 @@ def summarise(args: argparse.Namespace, samples: list[dict], rounds: int, addres
         "minutes": args.minutes, "rounds": rounds, "load": os.getloadavg(), "cpus": os.cpu_count(),
         "results_exact": True,
         "client_mib_per_min": slope(samples, "client_mib", args.warmup),
+        "client_anon_mib_per_min": slope(samples, "client_anon_mib", args.warmup),
         "scheduler_mib_per_min": slope(samples, "scheduler_mib", args.warmup),
         "store_mib_per_min": slope(samples, "store_mib", args.warmup),
         "client_mib": [after[0]["client_mib"], samples[-1]["client_mib"]],
@@ -228,14 +233,18 @@ def grown(profile: dict) -> dict:
     import tracemalloc
 
     gc.collect()
-    diff = tracemalloc.take_snapshot().compare_to(profile["snapshot"], "traceback")
+    snapshot = tracemalloc.take_snapshot()
+    total = sum(s.size for s in snapshot.statistics("filename")) - sum(
+        s.size for s in profile["snapshot"].statistics("filename"))
+    diff = snapshot.compare_to(profile["snapshot"], "traceback")
     sites = []
     for stat in diff[:12]:
         frames = [f"{f.filename.split('site-packages/')[-1]}:{f.lineno}" for f in stat.traceback]
         sites.append({"kib": round(stat.size_diff / 1024, 1), "count": stat.count_diff, "where": frames})
     types = type_counts()
     types.subtract(profile["types"])
-    return {"sites": sites, "types": [(name, n) for name, n in types.most_common(15) if n > 0]}
+    return {"traced_growth_kib": round(total / 1024, 1), "sites": sites,
+            "types": [(name, n) for name, n in types.most_common(15) if n > 0]}
 
 
 if __name__ == "__main__":

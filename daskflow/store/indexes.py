@@ -12,9 +12,12 @@ read every one of them:
   changed by each chunk write by the difference between the chunk's old and new counts
   (one read and write per flow run and batch).
 
-Both are maintained in the write transaction that changes a chunk (``RunStore.apply``,
+- ``flow-runs ls`` again: ``flowtime`` holds start µs (8) + flow run id (16) of every flow
+  run, so the newest 50 are read from its end, however many flow runs the store keeps.
+
+All are maintained in the write transaction that changes a record (``RunStore.apply``,
 the ending of dead owners' runs, prune). ``meta`` says whether they cover the whole
-store (``b"layout"`` = 2): a store written before them is indexed once, when a process
+store (``b"layout"`` = 3): a store written before them is indexed once, when a process
 first opens it to write; until then readers do without.
 """
 
@@ -26,13 +29,13 @@ from typing import Any
 import msgpack
 
 from daskflow.codes import COMPLETED
-from daskflow.store.packing import unpack_chunk
+from daskflow.store.packing import unpack, unpack_chunk
 from daskflow.store.rows import chunk_counts
 
-__all__ = ["LAYOUT", "Deltas", "build_indexes", "count_chunk", "flow_counts", "index_chunk", "indexed",
+__all__ = ["LAYOUT", "Deltas", "build_indexes", "count_chunk", "flow_counts", "index_chunk", "index_flow", "indexed",
            "is_odd", "time_key", "write_counts"]
 
-LAYOUT = 2
+LAYOUT = 3
 _LAYOUT_KEY = b"layout"
 Deltas = dict[bytes, dict[str, int]]  # flow run id (16 bytes) -> state name -> change in runs
 
@@ -85,9 +88,22 @@ def write_counts(txn: Any, db: dict, deltas: Deltas) -> None:
             txn.delete(fid, db=db["flowcounts"])
 
 
+def index_flow(txn: Any, db: dict, key: bytes, old: dict | None, rec: dict | None) -> None:
+    """Keep ``flowtime`` in step with flow run ``key`` going from ``old`` to ``rec`` (None: absent)."""
+    if "flowtime" not in db:
+        return
+    before = None if old is None else time_key(old.get("start") or 0) + key
+    after = None if rec is None else time_key(rec.get("start") or 0) + key
+    if before != after:
+        if before is not None:
+            txn.delete(before, db=db["flowtime"])
+        if after is not None:
+            txn.put(after, b"", db=db["flowtime"])
+
+
 def indexed(txn: Any, db: dict) -> bool:
     """Whether the indexes cover every record of the store."""
-    if "meta" not in db or "odd" not in db:
+    if "meta" not in db or "flowtime" not in db:
         return False
     raw = txn.get(_LAYOUT_KEY, db=db["meta"])
     return raw is not None and int(raw) >= LAYOUT
@@ -105,11 +121,13 @@ def build_indexes(txn: Any, db: dict) -> None:
     """Index every chunk of a store written before the indexes existed (once, in one transaction)."""
     if indexed(txn, db):
         return
-    txn.drop(db["odd"], delete=False)
-    txn.drop(db["flowcounts"], delete=False)
+    for name in ("odd", "flowcounts", "flowtime"):
+        txn.drop(db[name], delete=False)
     deltas: Deltas = {}
     for key, raw in txn.cursor(db=db["chunks"]):
         index_chunk(txn, db, bytes(key), None, unpack_chunk(raw), deltas)
+    for key, raw in txn.cursor(db=db["flows"]):
+        index_flow(txn, db, bytes(key), None, unpack(raw))
     write_counts(txn, db, deltas)
     txn.put(_LAYOUT_KEY, str(LAYOUT).encode(), db=db["meta"])
 

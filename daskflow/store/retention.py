@@ -33,7 +33,7 @@ from dask.utils import parse_timedelta
 from daskflow import config
 from daskflow.codes import CODE_STATES
 from daskflow.owners import Owner, is_alive
-from daskflow.store.indexes import Deltas, index_chunk, time_key, write_counts
+from daskflow.store.indexes import Deltas, index_chunk, index_flow, time_key, write_counts
 from daskflow.store.packing import unpack, unpack_chunk
 
 if TYPE_CHECKING:
@@ -167,7 +167,9 @@ def _prune_flows(txn: Any, db: dict, limit: float, keep: Keep) -> int:
     flows = 0
     for key, raw in list(txn.cursor(db=db["flows"])):
         key = bytes(key)
-        if (unpack(raw).get("start") or 0) < limit and key not in keep.flows:
+        rec = unpack(raw)
+        if (rec.get("start") or 0) < limit and key not in keep.flows:
+            index_flow(txn, db, key, rec, None)
             txn.delete(key, db=db["flows"])
             if "flowcounts" in db:
                 txn.delete(key, db=db["flowcounts"])

@@ -18,8 +18,8 @@ Databases of the ``$DASKFLOW_HOME/runs`` environment:
 - ``owners``   owner key (16, ``daskflow.owners``) → the owning process and its lease
 - ``owned``    owner key + ``b"c"`` + chunk key, or + ``b"f"`` + flow run id → b"": its non-final records
 - ``artifacts``, ``artkeys``: run artifacts and their index by key (``store/artifacts.py``)
-- ``odd``, ``flowcounts``, ``meta``: chunks with runs not simply Completed, and runs per
-  state of each flow run (``store/indexes.py``)
+- ``odd``, ``flowcounts``, ``flowtime``, ``meta``: chunks with runs not simply Completed,
+  runs per state of each flow run, flow runs by start (``store/indexes.py``)
 
 On disk a chunk record's codes and times are packed (``store/packing.py``): a chunk
 of plain completed runs costs about a byte per run. The history is bounded
@@ -52,7 +52,8 @@ from daskflow.exceptions import DamagedStore
 from daskflow.owners import Lease, Owner, is_alive
 from daskflow.ids import parse_id_prefix, prefix_matches
 from daskflow.store.artifacts import ARTIFACTS_LOGGER, put_artifact
-from daskflow.store.indexes import Deltas, build_indexes, flow_counts, index_chunk, indexed, time_key, write_counts
+from daskflow.store.indexes import (Deltas, build_indexes, flow_counts, index_chunk, index_flow, indexed, time_key,
+                                     write_counts)
 from daskflow.store.packing import pack, pack_chunk, unpack, unpack_chunk
 from daskflow.store import retention
 from daskflow.store.rows import chunk_counts, expand, final_message, history, may_hold, runs_in_state, slowest_runs
@@ -60,7 +61,7 @@ from daskflow.store.rows import chunk_counts, expand, final_message, history, ma
 __all__ = ["ChunkUpdate", "FlowUpdate", "LogLine", "RunPage", "RunStore", "open_run_store"]
 
 DBS = ("chunks", "bytime", "flows", "byflow", "logs", "owners", "owned", "artifacts", "artkeys", "odd", "flowcounts",
-       "meta")
+       "flowtime", "meta")
 _FINAL_TYPES = frozenset(cs.type for cs in CODE_STATES.values())
 _FLOW_OWNER = b"\xff" * 8
 _seq = itertools.count()
@@ -167,8 +168,10 @@ class RunStore:
             elif isinstance(op, FlowUpdate):
                 key = uuid.UUID(op.flow_run_id).bytes
                 raw = txn.get(key, db=db["flows"])
-                rec = dict(op.fields, id=op.flow_run_id) if raw is None else _merge(unpack(raw), op.fields)
+                old = None if raw is None else unpack(raw)
+                rec = dict(op.fields, id=op.flow_run_id) if old is None else _merge(old, op.fields)
                 _index_owned(txn, db["owned"], rec, b"f" + key, rec.get("state_type") not in _FINAL_TYPES)
+                index_flow(txn, db, key, old, rec)
                 txn.put(key, pack(rec), db=db["flows"])
             else:
                 key = (op.owner + op.index.to_bytes(4, "big") + _us(op.timestamp)
@@ -399,9 +402,19 @@ class RunStore:
         return records[-tail:] if tail else records
 
     def flow_runs(self, limit: int | None = 50) -> list[dict]:
-        """Flow-run records, newest first."""
+        """Flow-run records, newest first (the newest ``limit`` read from the start index)."""
         def read(txn: Any) -> list[dict]:
-            return [_flow_row(unpack(v)) for _, v in txn.cursor(db=self._db["flows"])]
+            if not limit or not indexed(txn, self._db):
+                return [_flow_row(unpack(v)) for _, v in txn.cursor(db=self._db["flows"])]
+            out: list[dict] = []
+            cur = txn.cursor(db=self._db["flowtime"])
+            positioned = cur.last()
+            while positioned and len(out) < limit:
+                raw = txn.get(cur.key()[8:], db=self._db["flows"])
+                if raw is not None:
+                    out.append(_flow_row(unpack(raw)))
+                positioned = cur.prev()
+            return out
 
         rows = sorted(self.env.read(read), key=lambda r: r.get("start") or 0, reverse=True)
         return rows[:limit] if limit else rows
@@ -418,7 +431,8 @@ class RunStore:
 
     def flow_record(self, prefix: str) -> dict:
         """The record of the flow run whose id starts with ``prefix`` (``LookupError`` if none or several)."""
-        matches = [r for r in self.flow_runs(limit=None) if r["id"].replace("-", "").startswith(prefix.replace("-", ""))]
+        digits = prefix.replace("-", "").lower()
+        matches = self.env.read(lambda txn: _flows_with_prefix(txn, self._db["flows"], digits))
         if not matches:
             raise LookupError(f"no flow run with id {prefix!r}")
         if len(matches) > 1:
@@ -464,6 +478,22 @@ class RunStore:
         Returns ``(task_runs, flow_runs)`` deleted.
         """
         return retention.prune(self, older_than)
+
+
+def _flows_with_prefix(txn: Any, db: Any, digits: str) -> list[dict]:
+    """Flow records whose id (hex digits) starts with ``digits``: a key range, not a scan; at most 2."""
+    try:
+        low = bytes.fromhex((digits + "0" * 32)[:32])
+    except ValueError:
+        return []
+    cur = txn.cursor(db=db)
+    out: list[dict] = []
+    if cur.set_range(low):
+        for key, raw in cur:
+            if not bytes(key).hex().startswith(digits) or len(out) == 2:
+                break
+            out.append(_flow_row(unpack(raw)))
+    return out
 
 
 def _flow_row(rec: dict) -> dict:

@@ -12,6 +12,7 @@ from array import array
 
 import dask
 import msgpack
+import pytest
 
 from daskflow.codes import CACHED, COMPLETED, FAILED
 from daskflow.ids import new_run_base, run_id
@@ -216,3 +217,21 @@ def test_prune_keeps_what_a_live_owner_has_in_flight_while_readers_read(tmp_path
     store.end_dead_owners()
     assert store.prune(7 * DAY) == (10, 1)
     assert {r["id"] for r in store.task_runs(limit=None)} == {run_id(fresh.base, i) for i in range(10)}
+
+
+def test_flow_listing_reads_the_newest_from_the_start_index_and_ids_by_key_range():
+    store = open_run_store()
+    t = time.time() - 1000
+    ids = [str(uuid.uuid4()) for _ in range(120)]
+    store.apply([FlowUpdate(fid, {"name": f"f{i}", "state": "Completed", "state_type": "COMPLETED", "start": t + i})
+                 for i, fid in enumerate(ids)])
+    assert store.env.stat("flowtime")["entries"] == 120
+    rows = queries.flow_run_rows(store, 50)
+    assert [r["id"] for r in rows] == ids[::-1][:50]
+    target = ids[17]
+    assert store.flow_record(target[:8])["name"] == "f17" and store.flow_record(target)["id"] == target
+    with pytest.raises(LookupError, match="ambiguous"):
+        store.flow_record("")
+    with pytest.raises(LookupError, match="no flow run"):
+        store.flow_record("zz")
+    assert store.prune(0) == (0, 120) and store.env.stat("flowtime")["entries"] == 0
