@@ -167,9 +167,9 @@ def _cli(args: list[str]) -> None:
     subprocess.run([sys.executable, "-m", "daskflow", *args], check=True, capture_output=True)
 
 
-def _in_subprocess(mode: str, n: int, home: str) -> dict:
+def _in_subprocess(mode: str, n: int, home: str, reps: int) -> dict:
     env = dict(os.environ, DASKFLOW_HOME=home)
-    out = subprocess.run([sys.executable, __file__, "--child", mode, str(n)], env=env, check=True,
+    out = subprocess.run([sys.executable, __file__, "--child", mode, str(n), "--reps", str(reps)], env=env, check=True,
                          capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -192,11 +192,11 @@ def main() -> None:
     report: dict = {"load": os.getloadavg(), "cpus": os.cpu_count(), "real": [], "synthetic": None}
     for n in args.real:
         with tempfile.TemporaryDirectory() as home:
-            report["real"].append(_in_subprocess("real", n, home))
+            report["real"].append(_in_subprocess("real", n, home, args.reps))
             print(json.dumps(report["real"][-1]), file=sys.stderr)
     if args.synthetic:
         with tempfile.TemporaryDirectory() as home:
-            report["synthetic"] = _in_subprocess("synthetic", args.synthetic, home)
+            report["synthetic"] = _in_subprocess("synthetic", args.synthetic, home, args.reps)
     report["load_after"] = os.getloadavg()
     text = json.dumps(report, indent=2)
     print(text)
