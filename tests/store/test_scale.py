@@ -13,6 +13,8 @@ from array import array
 import dask
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from daskflow.codes import CACHED, COMPLETED, FAILED
 from daskflow.ids import new_run_base, run_id
@@ -235,3 +237,29 @@ def test_flow_listing_reads_the_newest_from_the_start_index_and_ids_by_key_range
     with pytest.raises(LookupError, match="no flow run"):
         store.flow_record("zz")
     assert store.prune(0) == (0, 120) and store.env.stat("flowtime")["entries"] == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(base=st.integers(0, (1 << 128) - 1), start=st.integers(0, 10**9), n=st.integers(1, 2000),
+       pick=st.integers(0, 1999), digits=st.integers(1, 8), own=st.booleans(), other=st.integers(0, (1 << 128) - 1))
+def test_id_prefix_matches_equal_testing_every_run(base, start, n, pick, digits, own, other):
+    from daskflow.ids import MASK, STRIDE, parse_id_prefix, prefix_matches
+
+    rid = run_id(base, start + pick % n) if own else f"{other:032x}"
+    wanted, shift = parse_id_prefix(rid.replace("-", "")[:digits])
+    expected, value = [], (base + start * STRIDE) & MASK
+    for i in range(n):
+        if value >> shift == wanted:
+            expected.append(i)
+        value = (value + STRIDE) & MASK
+    assert list(prefix_matches(base, start, n, wanted, shift)) == expected
+
+
+def test_short_id_prefix_finds_a_run_among_10_8_without_testing_each():
+    from daskflow.ids import parse_id_prefix, prefix_matches
+
+    base = new_run_base()
+    target = run_id(base, 87_654_321)
+    t0 = time.perf_counter()
+    assert list(prefix_matches(base, 0, 10**8, *parse_id_prefix(target[:13]))) == [87_654_321]
+    assert time.perf_counter() - t0 < 1.0  # testing each run: about a minute here
