@@ -39,9 +39,16 @@ from daskflow.store.packing import unpack, unpack_chunk
 if TYPE_CHECKING:
     from daskflow.store.runs import RunStore
 
-__all__ = ["BATCH", "Pruned", "enforce", "keep_seconds", "prune", "prune_every_seconds"]
+__all__ = ["BATCH", "CHUNK_KEYED", "FLOW_KEYED", "Pruned", "delete_prefix", "enforce", "keep_seconds", "prune",
+           "prune_every_seconds"]
 
 BATCH = 1000
+#: Databases of the run store whose records are keyed by a chunk key (24 bytes) + anything: a
+#: pruned chunk's records there go with it. Records kept per run by other parts of daskflow
+#: join by adding their database's name (and to ``runs.DBS``).
+CHUNK_KEYED = ["logs", "artifacts"]
+#: The same for records keyed by a flow run id (16 bytes) + anything.
+FLOW_KEYED = ["flowcounts"]
 _FINAL_TYPES = frozenset(cs.type for cs in CODE_STATES.values())
 _FLOW_OWNER = b"\xff" * 8
 
@@ -149,9 +156,9 @@ def _delete_chunks(txn: Any, db: dict, doomed: list, deltas: Deltas) -> None:
             index_chunk(txn, db, ck, rec, None, deltas)
         txn.delete(ck, db=db["chunks"])
         txn.delete(key, db=db["bytime"])
-        delete_prefix(txn, db["logs"], ck)
-        if "artifacts" in db:
-            delete_prefix(txn, db["artifacts"], ck)
+        for name in CHUNK_KEYED:
+            if name in db:
+                delete_prefix(txn, db[name], ck)
     write_counts(txn, db, deltas)
 
 
@@ -171,8 +178,9 @@ def _prune_flows(txn: Any, db: dict, limit: float, keep: Keep) -> int:
         if (rec.get("start") or 0) < limit and key not in keep.flows:
             index_flow(txn, db, key, rec, None)
             txn.delete(key, db=db["flows"])
-            if "flowcounts" in db:
-                txn.delete(key, db=db["flowcounts"])
+            for name in FLOW_KEYED:
+                if name in db:
+                    delete_prefix(txn, db[name], key)
             delete_prefix(txn, db["logs"], key + _FLOW_OWNER)
             flows += 1
     return flows
