@@ -103,6 +103,8 @@ def unpack_times(packed: bytes) -> bytes:
     """
     if not packed:
         return b""
+    if "numpy" in sys.modules:  # loaded already (a client, a worker): ~10x faster on big chunks
+        return _unpack_times_numpy(packed)
     first = struct.unpack("<d", packed[:8])[0]
     planes = zlib.decompress(packed[8:])
     n = len(planes) // 8
@@ -117,6 +119,18 @@ def unpack_times(packed: bytes) -> bytes:
     out = array("d", (first + u / 1e6 for u in us))
     out[0] = first
     return out.tobytes()
+
+
+def _unpack_times_numpy(packed: bytes) -> bytes:
+    import numpy as np
+
+    first = np.frombuffer(packed[:8], dtype="<f8")[0]
+    planes = np.frombuffer(zlib.decompress(packed[8:]), dtype=np.uint8).reshape(8, -1)
+    zigzag = np.ascontiguousarray(planes.T).view("<u8").ravel()
+    deltas = (zigzag >> np.uint64(1)).astype(np.int64) ^ -(zigzag & np.uint64(1)).astype(np.int64)
+    out = first + np.cumsum(deltas) / 1e6
+    out[0] = first
+    return out.astype(np.float64).tobytes()
 
 
 def times(rec: dict, name: str) -> Any:

@@ -263,3 +263,20 @@ def test_short_id_prefix_finds_a_run_among_10_8_without_testing_each():
     t0 = time.perf_counter()
     assert list(prefix_matches(base, 0, 10**8, *parse_id_prefix(target[:13]))) == [87_654_321]
     assert time.perf_counter() - t0 < 1.0  # testing each run: about a minute here
+
+
+def test_readers_decode_times_without_numpy_to_the_same_values():
+    import json
+
+    store = open_run_store()
+    op = _chunk_op(5000, time.time() - 5)
+    store.apply([op])
+    here = [(r["start"], r["end"]) for r in store.task_runs(limit=None)]
+    code = ("import json, sys; from daskflow.store.runs import open_run_store; "
+            "rows = open_run_store(readonly=True).task_runs(limit=None); "
+            "print(json.dumps(['numpy' in sys.modules, [(r['start'], r['end']) for r in rows]]))")
+    proc = _python(code)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    numpy_loaded, there = json.loads(out)
+    assert not numpy_loaded and [tuple(p) for p in there] == here
