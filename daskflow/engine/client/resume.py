@@ -167,24 +167,28 @@ class ReusePlan:
 
     bounds: list[tuple[int, int]]
     known: list[ChunkResult]
-    partial: dict[int, Any]
+    partial: dict[tuple[int, int], dict[int, Any]]  # (lo, hi) -> kept values by position in the chunk
+    reused: dict[int, Any]
 
     def reuse(self, lo: int, hi: int) -> dict[int, Any] | None:
         """The kept values of the chunk ``lo .. hi``, by position in the chunk."""
         if not self.partial:
             return None
-        get = self.partial.get
-        return {i - lo: get(i) for i in range(lo, hi) if i in self.partial} or None
+        found = self.partial.get((lo, hi))
+        if found is not None:
+            return found
+        kept = self.reused  # bounds the cache split further (rare): look the range up
+        return {i - lo: kept[i] for i in range(lo, hi) if i in kept} or None
 
 
 def plan_map(task: Task, base: int, bounds: list[tuple[int, int]], reused: dict[int, Any],
              fixed: bool) -> ReusePlan:
     """Split a map's chunk bounds by what was kept. ``fixed``: the bounds are aligned with an
     upstream map's chunks and must not change (kept runs are then filled in by the chunks)."""
-    plan = ReusePlan([], [], {})
+    plan = ReusePlan([], [], {}, reused)
     count = 0
     for lo, hi in bounds:
-        hit = [i for i in range(lo, hi) if i in reused]
+        hit = {i - lo: reused[i] for i in range(lo, hi) if i in reused}
         count += len(hit)
         if not hit:
             plan.bounds.append((lo, hi))
@@ -192,7 +196,7 @@ def plan_map(task: Task, base: int, bounds: list[tuple[int, int]], reused: dict[
         segments = None if fixed else _segments(lo, hi, reused)
         if segments is None or len(segments) > _MAX_SEGMENTS:
             plan.bounds.append((lo, hi))
-            plan.partial.update((i, reused[i]) for i in hit)
+            plan.partial[(lo, hi)] = hit
             continue
         for s_lo, s_hi, kept in segments:
             if kept:
