@@ -42,6 +42,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-n", type=int, default=100_000)
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--runner", choices=("dask", "threads"), default="dask",
+                        help="the flows' task runner: the cluster, or ThreadPoolTaskRunner(2) in this process")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     os.environ["DASKFLOW_HOME"] = tempfile.mkdtemp(prefix="bench-resume-")
@@ -57,7 +59,12 @@ def main() -> None:
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                            dashboard_address="127.0.0.1:0")
     client = Client(cluster)
-    runner = DaskTaskRunner(address=cluster.scheduler_address)
+    if args.runner == "threads":
+        from daskflow.runners import ThreadPoolTaskRunner
+
+        runner = ThreadPoolTaskRunner(2)
+    else:
+        runner = DaskTaskRunner(address=cluster.scheduler_address)
     step = task(name="bench-resume-step")(resume_body.body)
     n = args.n
 
@@ -66,6 +73,8 @@ def main() -> None:
         return sum(step.map(range(n), unmapped(flag)).result())  # raises when a run failed
 
     def executed_bodies() -> int:
+        if args.runner == "threads":
+            return resume_body.executed()
         return sum(client.run(resume_body.executed).values())
 
     @flow(name="bench-resume-failed-only", task_runner=runner)
@@ -96,6 +105,7 @@ def main() -> None:
         firsts.append(time.perf_counter() - t0)
         os.unlink(FLAG)
         client.run(resume_body.reset)
+        resume_body.reset()
         t0 = time.perf_counter()
         total = pipeline.retry(flow_run_id)
         retries.append(time.perf_counter() - t0)
@@ -110,10 +120,10 @@ def main() -> None:
         med(retries)[len(retries) // 2]
     reused = n - len(failed)
     per_reused = (retry - only) / reused
-    out = {"n": n, "reps": args.reps, "failed": len(failed), "executed_on_retry": executed,
+    out = {"n": n, "reps": args.reps, "runner": args.runner, "failed": len(failed), "executed_on_retry": executed,
            "first_run_kept_s": first, "first_run_keep0_s": first_nokeep, "retry_s": retry,
            "failed_only_flow_s": only, "raw_dask": {"n": m, "s": raw}, "per_reused_run_us": per_reused * 1e6}
-    print(f"N={n}, {len(failed)} failed runs; bodies executed by each retry: {executed}")
+    print(f"N={n}, {len(failed)} failed runs, {args.runner} runner; bodies executed by each retry: {executed}")
     print(f"first run, values kept   {first:.3f} s  ({first / first_nokeep:.2f}x keep 0)")
     print(f"first run, keep 0        {first_nokeep:.3f} s")
     print(f"retry                    {retry:.3f} s  ({retry / first:.2f}x the first run)")

@@ -114,7 +114,7 @@ def open_scope(flow: Flow, ctx: FlowRunContext, resume: Resume | None) -> KeepSc
     if parent is not None:
         return parent.keep.child(flow) if parent.keep is not None else None
     seconds = keep_seconds()
-    if not seconds:
+    if not seconds or task_run_ctx.get() is not None:  # a flow called by a task: its run's value is kept
         return None
     from daskflow.engine.worker.cache_spec import token_for
 
