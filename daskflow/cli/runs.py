@@ -1,4 +1,5 @@
-"""`daskflow runs ...` and `daskflow flow-runs ...`: read the run store; never import distributed.
+"""`daskflow runs ...` and `daskflow flow-runs ...`: read the run store; never import distributed
+(except `flow-runs retry`, which runs a flow again).
 
 Every command that prints a table or a record takes ``-o json`` (shapes in DESIGN.md);
 run ids may be given as any unique prefix. Timestamps in JSON are epoch seconds (UTC
