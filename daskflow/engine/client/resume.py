@@ -114,8 +114,8 @@ def open_scope(flow: Flow, ctx: FlowRunContext, resume: Resume | None) -> KeepSc
     if parent is not None:
         return parent.keep.child(flow) if parent.keep is not None else None
     seconds = keep_seconds()
-    if not seconds or task_run_ctx.get() is not None:  # a flow called by a task: its run's value is kept
-        return None
+    if (not seconds and resume is None) or task_run_ctx.get() is not None:  # a flow called by a task: its
+        return None                                                          # run's value is kept
     from daskflow.engine.worker.cache_spec import token_for
 
     home = cache_home()

@@ -90,7 +90,7 @@ def keep_chunk(spec: ChunkSpec, res: ChunkResult) -> None:
     """Write the chunk's completed values in one record (never raises: a value not kept only
     means the run executes again on a retry)."""
     keep: KeepSpec | None = spec.kept
-    if keep is None or res.values is None:
+    if keep is None or res.values is None or keep.keep_seconds <= 0:  # keep 0: a retry reuses, keeps nothing new
         return
     codes, values, start = res.codes, res.values, 0 if keep.single else spec.start
     done = [i for i in range(res.n) if codes[i] in OK_CODES]
