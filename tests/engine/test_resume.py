@@ -263,9 +263,9 @@ def maybe_fail(x: int, counter: str, broken: str) -> int:
     return x
 
 
-@pytest.mark.parametrize("chunksize", [250, 1000])  # kept ranges split off / chunks that fill in kept runs
+@pytest.mark.parametrize("chunksize", [125, 500])  # kept ranges split off / chunks that fill in kept runs
 def test_resume_of_a_map_with_one_percent_failed_executes_exactly_those(chunksize, dirs, dask_runner):
-    """The benchmark's claim at a test's size: 2,000 runs, 1% failed, spread over every chunk."""
+    """The benchmark's claim at a test's size: 1,000 runs, 1% failed, spread over every chunk."""
     counter, broken = dirs
 
     @flow(task_runner=dask_runner)
@@ -273,14 +273,14 @@ def test_resume_of_a_map_with_one_percent_failed_executes_exactly_those(chunksiz
         return maybe_fail.map(range(n), unmapped(counter), unmapped(broken), chunksize=chunksize).result()
 
     open(broken, "w").close()
-    assert big(2000, counter, broken, return_state=True).is_failed()
+    assert big(1000, counter, broken, return_state=True).is_failed()
     tracker.flush()
     flow_run_id = json.loads(_cli("flow-runs", "ls", "-o", "json").output)[0]["id"]
     for name in os.listdir(counter):
         os.unlink(os.path.join(counter, name))
     os.unlink(broken)
-    assert big.retry(flow_run_id) == list(range(2000))
-    assert _executed(counter) == list(range(7, 2000, 100))  # exactly the 20 failed bodies
+    assert big.retry(flow_run_id) == list(range(1000))
+    assert _executed(counter) == list(range(7, 1000, 100))  # exactly the 10 failed bodies
 
 
 def test_subflow_runs_are_kept_and_reused(dirs):
