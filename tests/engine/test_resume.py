@@ -306,3 +306,18 @@ def test_subflow_runs_are_kept_and_reused(dirs):
     assert outer.retry(flow_run_id) == 2 * sum(range(5)) + 2 * sum(range(15))
     # the first subflow run failed (element 3), so the second never started: it runs whole
     assert _executed(counter) == sorted([3, *range(15)])
+
+
+def test_keep_zero_keeps_nothing(dirs, daskflow_home):
+    import dask.config
+
+    counter, broken = dirs
+    pipeline = _pipeline(ThreadPoolTaskRunner(2))
+    open(broken, "w").close()
+    with dask.config.set({"daskflow.results.keep": 0}):
+        assert pipeline(12, counter, broken, return_state=True).is_failed()
+    tracker.flush()
+    flow_run_id = json.loads(_cli("flow-runs", "ls", "-o", "json").output)[0]["id"]
+    assert not (daskflow_home / "kept").exists()  # no value, no parameters written
+    with pytest.raises(CannotRetry, match="no record of its parameters"):
+        pipeline.retry(flow_run_id)
