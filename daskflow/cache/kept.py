@@ -46,7 +46,7 @@ from daskflow.cache import serialization as ser
 from daskflow.cache.storage import StorageSpec, open_storage
 from daskflow.cache.store import ENTRIES, TXNS, LMDBResultStore, ResultStore, TieredStore
 
-__all__ = ["FlowSource", "KeptChunk", "KeptRuns", "KeptStore", "chunk_key", "get_kept_store", "load_kept",
+__all__ = ["FlowSource", "KeptCalls", "KeptChunk", "KeptRuns", "KeptStore", "chunk_key", "get_kept_store", "load_kept",
            "load_source", "prune_expired", "source_key"]
 
 PREFIX = b"kept/"
@@ -59,6 +59,14 @@ class KeptChunk:
 
     call: str
     positions: list[int]
+    values: list
+
+
+@dataclass(slots=True)
+class KeptCalls:
+    """Direct calls of a flow run kept together (each call's one run): their calls and values."""
+
+    calls: list[str]
     values: list
 
 
@@ -199,6 +207,10 @@ def load_kept(store: ResultStore, flow_run_id: str) -> KeptRuns:
             found = out.calls.setdefault(value.call, {})
             found.update(zip(value.positions, value.values))
             out.records += 1
+        elif isinstance(value, KeptCalls):
+            for call, kept in zip(value.calls, value.values):
+                out.calls.setdefault(call, {})[0] = kept
+            out.records += 1
         elif isinstance(value, FlowSource):
             out.source = value
     return out
@@ -212,7 +224,7 @@ def load_source(store: ResultStore, flow_run_id: str) -> FlowSource | None:
     return value if isinstance(value, FlowSource) else None
 
 
-def encode(value: KeptChunk | FlowSource, name: str, keep_seconds: float, secret: bytes) -> bytes:
+def encode(value: KeptChunk | KeptCalls | FlowSource, name: str, keep_seconds: float, secret: bytes) -> bytes:
     """A signed record of ``value``, expiring after ``keep_seconds``."""
     return ser.encode(value, f"kept:{name}", time.time() + keep_seconds, "cloudpickle", secret)
 

@@ -321,3 +321,21 @@ def test_keep_zero_keeps_nothing(dirs, daskflow_home):
     assert not (daskflow_home / "kept").exists()  # no value, no parameters written
     with pytest.raises(CannotRetry, match="no record of its parameters"):
         pipeline.retry(flow_run_id)
+
+
+def test_direct_calls_are_kept_in_batches_and_reused(dirs):
+    counter, broken = dirs
+
+    @flow(task_runner=ThreadPoolTaskRunner(2))
+    def calls(counter: str, broken: str) -> int:
+        return sum(step(x, counter, broken) for x in range(6))  # direct calls: run here, one by one
+
+    open(broken, "w").close()
+    assert calls(counter, broken, return_state=True).is_failed()  # call 3 fails; 4 and 5 never start
+    tracker.flush()
+    flow_run_id = json.loads(_cli("flow-runs", "ls", "-o", "json").output)[0]["id"]
+    for name in os.listdir(counter):
+        os.unlink(os.path.join(counter, name))
+    os.unlink(broken)
+    assert calls.retry(flow_run_id) == 2 * sum(range(6))
+    assert _executed(counter) == [3, 4, 5]  # calls 0-2 were kept (one record for the three)

@@ -76,6 +76,8 @@ class KeepScope:
     calls: dict[str, int] = field(default_factory=dict)
     storages: dict[str | None, Any] = field(default_factory=dict)
     writer: threading.Thread | None = None
+    direct: list = field(default_factory=list)  # (KeepSpec, value) of direct calls, written in batches
+    flushed: float = field(default_factory=time.monotonic)
 
     def next_call(self, name: str) -> str:
         k = self.calls.get(name, 0)
@@ -129,10 +131,49 @@ def open_scope(flow: Flow, ctx: FlowRunContext, resume: Resume | None) -> KeepSc
 
 
 def close_scope(scope: KeepScope | None) -> None:
-    """Wait for the source record (a flow run that ended has it written)."""
-    if scope is not None and scope.writer is not None:
+    """Write what direct calls kept, wait for the source record (a flow run that ended has both)."""
+    if scope is None:
+        return
+    flush_direct(scope)
+    if scope.writer is not None:
         scope.writer.join()
         scope.writer = None
+
+
+def keep_direct(keep: KeepSpec, res: ChunkResult) -> None:
+    """Keep the value of a direct call ``t(x)`` that completed here: batched, written every 256
+    calls or half second and when the flow run ends (not one write per call)."""
+    from daskflow.codes import OK_CODES
+
+    ctx = flow_run_ctx.get()
+    if ctx is None or ctx.keep is None or res.codes[0] not in OK_CODES or keep.keep_seconds <= 0:
+        return
+    scope = ctx.keep
+    scope.direct.append((keep, res.values[0]))  # type: ignore[index]
+    if len(scope.direct) >= 256 or time.monotonic() - scope.flushed > 0.5:
+        flush_direct(scope)
+
+
+def flush_direct(scope: KeepScope) -> None:
+    """One record for the direct calls kept since the last flush (never raises)."""
+    scope.flushed = time.monotonic()
+    if not scope.direct:
+        return
+    batch, scope.direct = scope.direct, []
+    import warnings
+
+    from daskflow.cache import kept
+    from daskflow.cache.store import CacheWarning
+
+    first = batch[0][0]
+    try:
+        store = first.store()
+        record = kept.encode(kept.KeptCalls([k.call for k, _ in batch], [v for _, v in batch]), "direct calls",
+                             first.keep_seconds, store.secret)
+        store.put_many([(kept.chunk_key(first.flow_run_id, f"direct:{first.call}", 0, first.attempt), record)])
+    except Exception as exc:  # noqa: BLE001 - not kept only means they run again on a retry
+        warnings.warn(f"direct calls of flow run {first.flow_run_id} could not be kept for a retry "
+                      f"({type(exc).__name__}: {exc})", CacheWarning, stacklevel=2)
 
 
 def for_call(task: Task, single: bool) -> tuple[KeepSpec | None, dict[int, Any] | None]:

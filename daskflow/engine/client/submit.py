@@ -98,9 +98,9 @@ def call_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None
     keep, reused = resume.for_call(task, single=True)
     res = resume.reused_single(task, base, start, reused)
     if res is None:
-        spec = ChunkSpec.single(task, base, row, refs, waits, flow_run_id, start)
-        spec.kept = keep
-        res = run_rows(spec, envelopes)
+        res = run_rows(ChunkSpec.single(task, base, row, refs, waits, flow_run_id, start), envelopes)
+        if keep is not None:
+            resume.keep_direct(keep, res)
     tracker.inline_finished(task, res, flow_run_id, submitted)
     state = res.state(0)
     return state if return_state else state.value()

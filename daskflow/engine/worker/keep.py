@@ -19,6 +19,10 @@ depend on timing (e.g. submitting in ``as_completed`` order) or on the outside w
 pair a call with another call's values; such a flow should not be retried (or should give
 those tasks an INPUTS cache policy, which keys on the inputs instead).
 
+Direct calls ``t(x)`` run in the flow's own process, one at a time: they are not kept here
+but batched by their flow run (``engine.client.resume.keep_direct``), so that a loop of direct
+calls does not pay a commit per call.
+
 When a retry submits a chunk some of whose runs were kept, the chunk's ``reuse`` holds
 their values: they end ``Cached`` without running (``reuse_kept``), the others run.
 """
