@@ -21,7 +21,10 @@ Sections (each beside raw Dask, measured in the same run on the same cluster):
   ``retries=`` (``benchmarks/bench_retries.py`` in a subprocess);
 - ``rerun``: sequential flows on the default runner (one embedded cluster per process): a
   fully cached rerun of 10^5 runs, one and two steps, beside the thread runner
-  (``benchmarks/bench_rerun.py`` in a subprocess).
+  (``benchmarks/bench_rerun.py`` in a subprocess);
+- ``resume``: ``flow-runs retry`` of a 10^5 map with 1% failed runs: bodies executed, µs per
+  reused run, beside a flow of the failed runs only and raw Dask (``benchmarks/bench_resume.py``
+  in a subprocess).
 
 Writes ``benchmarks/results/results.json`` and one PNG per section next to it, each
 titled with the date and the command that made it. Needs ``pip install -e ".[bench]"``.
@@ -44,7 +47,7 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 from bench_map import heavy as heavy_body  # noqa: E402
 from bench_map import median_time, trivial  # noqa: E402
 
-SECTIONS = ("fanout", "heavy", "cache", "graph", "delay", "stream", "data", "retries", "rerun")
+SECTIONS = ("fanout", "heavy", "cache", "graph", "delay", "stream", "data", "retries", "rerun", "resume")
 
 
 def fanout(client, cluster, sizes: list[int], reps: int, raw_max: int) -> dict:
@@ -152,6 +155,11 @@ def retries(n: int, reps: int) -> dict:
 def rerun(n: int, reps: int) -> dict:
     """bench_rerun.py (flows on the default runner, in a fresh process)."""
     return _script_json("bench_rerun.py", "-n", str(n), "--reps", str(reps))
+
+
+def resume(n: int, reps: int) -> dict:
+    """bench_resume.py (its own LocalCluster(2x1), in a fresh process)."""
+    return _script_json("bench_resume.py", "-n", str(n), "--reps", str(reps))
 
 
 def stream(n: int, reps: int) -> dict:
@@ -285,6 +293,8 @@ def main() -> None:
         results["retries"] = retries(2_000 if args.quick else 20_000, args.reps)
     if "rerun" in args.sections:
         results["rerun"] = rerun(10_000 if args.quick else 100_000, max(args.reps, 5))
+    if "resume" in args.sections:
+        results["resume"] = resume(10_000 if args.quick else 100_000, args.reps)
     if "data" in args.sections:
         results["data"] = data([16] if args.quick else [16, 64], 20 if args.quick else 50, args.reps)
 

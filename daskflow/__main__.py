@@ -1,3 +1,4 @@
 from daskflow.cli import main
 
-main()
+if __name__ == "__main__":  # `flow-runs retry` starts LocalCluster workers, which import this module again
+    main()

@@ -22,6 +22,7 @@
     ├── LockTimeout (TimeoutError)             a transaction's lock was not acquired in time
     ├── MissingContextError (RuntimeError)     get_run_logger() outside of a run
     ├── MissingMainGuard (RuntimeError)        a LocalCluster started by a script without its main guard
+    ├── CannotRetry (RuntimeError)             flow-runs retry of a run unknown, still running, or not importable
     ├── StoreError (RuntimeError)              a store under $DASKFLOW_HOME cannot be used
     │   ├── DamagedStore                       an LMDB file is truncated or not LMDB (say how to repair)
     │   ├── UnsafeHome (PermissionError)       the home is writable by others or owned by another user
@@ -146,3 +147,8 @@ class SchedulerUnreachable(DaskflowError, ConnectionError):
 
 class MissingMainGuard(DaskflowError, RuntimeError):
     """A script started a LocalCluster from top-level code not under ``if __name__ == "__main__":``."""
+
+
+class CannotRetry(DaskflowError, RuntimeError):
+    """A flow run cannot be retried: unknown, still running, its code cannot be imported, or its
+    parameters were not recorded. Nothing ran."""

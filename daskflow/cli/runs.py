@@ -1,4 +1,5 @@
-"""`daskflow runs ...` and `daskflow flow-runs ...`: read the run store; never import distributed.
+"""`daskflow runs ...` and `daskflow flow-runs ...`: read the run store; never import distributed
+(except `flow-runs retry`, which runs a flow again).
 
 Every command that prints a table or a record takes ``-o json`` (shapes in DESIGN.md);
 run ids may be given as any unique prefix. Timestamps in JSON are epoch seconds (UTC
@@ -241,6 +242,9 @@ def flow_runs_show(flow_run_id: str, output: str) -> None:
     for k, v in (rec.get("parameters") or {}).items():
         console.print(f"  {k} = {v}")
     console.print("  task runs: " + _counts(rec["counts"]))
+    for r in rec.get("retries") or ():
+        console.print(f"  retried {_when(r.get('at'))} (attempt {r.get('attempt')}, was {r.get('previous_state')}): "
+                      f"{r.get('state', 'running')}, {r.get('reused', 0)} runs reused")
     if rec["slowest"]:
         table = Table(title="slowest task runs")
         for col in ("id", "name", "state", "duration"):
@@ -284,6 +288,39 @@ def flow_runs_logs(flow_run_id: str, tail: int, output: str) -> None:
         return _json(records)
     for r in records:
         click.echo(f"{_when(r['timestamp'])} | {r['level']:<7} | {r['run'] or 'flow run'} - {r['message']}")
+
+
+@flow_runs.command("retry")
+@click.argument("flow_run_id")
+@click.option("--entrypoint", help="The flow to run, path/to/file.py:flow_fn or module:flow_fn "
+              "(default: the one the flow run recorded).")
+def flow_runs_retry(flow_run_id: str, entrypoint: str | None) -> None:
+    """Run a failed, crashed or interrupted flow run again with its parameters, reusing what completed.
+
+    Task runs that completed in it come back from their kept values (state Cached) without
+    executing; the others run, with whatever depends on them. Exit 1 if the retry does not complete.
+    """
+    from daskflow.engine.api.retry import load_entrypoint, source_of
+    from daskflow.exceptions import CannotRetry
+
+    try:
+        if entrypoint is None:
+            source = source_of(flow_run_id)
+            if source is None:
+                raise CannotRetry(f"flow run {flow_run_id!r}: no record of its entrypoint and parameters here "
+                                  "(unknown, expired after daskflow.results.keep, or recorded on another host "
+                                  "without a result storage)")
+            if source.entrypoint is None:
+                raise CannotRetry(f"flow run {flow_run_id!r} recorded no entrypoint ({source.reason}); "
+                                  "pass --entrypoint path/to/file.py:flow_fn")
+            entrypoint = source.entrypoint
+        flow = load_entrypoint(entrypoint)
+        state = flow.retry(flow_run_id, return_state=True)
+    except CannotRetry as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"flow run {flow_run_id}: {state.name}" + (f" ({state.message})" if state.message else ""))
+    if not state.is_completed():
+        sys.exit(1)
 
 
 COMMANDS: list[click.Command] = [runs, flow_runs]

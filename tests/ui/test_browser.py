@@ -45,6 +45,13 @@ def test_flow_run_page_shows_metrics_timeline_slowest_and_logs(ui, etl_id, tmp_p
         assert expected in text, expected
 
 
+def test_flow_run_page_shows_the_retry_command_of_a_failed_run(ui, etl_id, tmp_path):
+    broken = next(f["id"] for f in get_json(ui.base + "/api/flow-runs") if f["name"] == "broken")
+    text = dom(ui.base + f"/flow-runs/{broken}", tmp_path)
+    assert f"daskflow flow-runs retry {broken}" in text
+    assert "flow-runs retry" not in dom(ui.base + f"/flow-runs/{etl_id}", tmp_path)  # completed: nothing to retry
+
+
 def test_runs_page_filters_and_pages(ui, tmp_path):
     text = dom(ui.base + "/runs", tmp_path)
     assert "load-0" in text and "total-0" in text and "load-3" in text and "page 1" in text

@@ -33,6 +33,7 @@ from daskflow.codes import CANCELLED, OK_CODES
 from daskflow.engine.api.returns import resolve_futures_to_states, state_of_return
 from daskflow.engine.api.self_waits import check_wait_lists
 from daskflow.engine.api.tasks import RESERVED, reserved_message, takes_parameters
+from daskflow.engine.client import resume as keeping
 from daskflow.engine.client.chunks import Chunk, cancel_unfinished, fetch_all, to_fetch_at_end
 from daskflow.engine.core import states as st
 from daskflow.engine.core.context import FlowRunContext, flow_run_ctx, task_run_ctx
@@ -218,6 +219,20 @@ class Flow(Generic[P, R]):
             return self._run_async(bound, return_state)
         return self._run(bound, return_state)
 
+    def retry(self, flow_run_id: str, return_state: bool = False) -> Any:
+        """Run flow run ``flow_run_id`` of this flow again, with its recorded parameters.
+
+        Runs that completed in it come back from their kept values without executing
+        (state ``Cached``); the others run, with whatever depends on them. Raises
+        ``CannotRetry`` (nothing runs) for an unknown or still running flow run.
+
+        Example:
+            >>> pipeline.retry("1b9d6bcd-bbfd-4b2d-9b5d-ab8dfbbd4bed")  # doctest: +SKIP
+        """
+        from daskflow.engine.api.retry import retry_flow_run
+
+        return retry_flow_run(self, flow_run_id, return_state)
+
     # -- one flow run -------------------------------------------------------------------
     def _enter(self, parameters: dict[str, Any]) -> tuple[FlowRunContext, bool | str]:
         parent = flow_run_ctx.get()
@@ -233,7 +248,16 @@ class Flow(Generic[P, R]):
                 runner, owned = current_runner(), False
             else:  # the process's embedded cluster, shared by sequential flows: not shut down here
                 runner, owned = flow_runner(), SHARED
-        ctx = FlowRunContext(self, str(uuid.uuid4()), runner, dict(parameters), parent=parent)
+        again = keeping.resuming.get() if parent is None else None
+        if again is not None and again.used:
+            again = None
+        flow_run_id = str(uuid.uuid4()) if again is None else again.flow_run_id
+        ctx = FlowRunContext(self, flow_run_id, runner, dict(parameters), parent=parent)
+        if again is not None:
+            again.used = True
+        ctx.keep = keeping.open_scope(self, ctx, again)
+        if again is not None:
+            _retry_started(ctx, again)
         return ctx, owned
 
     def _new_run(self, ctx: FlowRunContext) -> FlowRun:
@@ -270,7 +294,9 @@ class Flow(Generic[P, R]):
         finally:
             if prints is not None:
                 run_logging.capturing_prints.reset(prints)
+            keeping.close_scope(ctx.keep)
             if final:
+                _retry_finished(ctx, final[0])
                 tracker.flow_finished(ctx.flow_run_id, final[0])
                 self._fire(_FINAL_HOOK.get(final[0].type), ctx, final[0])
             flow_run_ctx.reset(token)
@@ -383,6 +409,22 @@ class Flow(Generic[P, R]):
         if lines:
             shown = "\n".join(lines[:20]) + (f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else "")
             logger.warning("flow %r: %d failed task run(s) were never resolved:\n%s", self.name, len(lines), shown)
+
+
+def _retry_started(ctx: FlowRunContext, again: keeping.Resume) -> None:
+    """The flow run's history gains this retry (after the record of its start, which it updates)."""
+    again.history.append({"attempt": again.attempt, "at": time.time(), "by": "flow-runs retry",
+                          "previous_state": again.previous_state})
+    ctx.retry = again
+    tracker.flow_changed(ctx.flow_run_id, {"attempt": again.attempt, "retries": again.history})
+
+
+def _retry_finished(ctx: FlowRunContext, state: st.State) -> None:
+    again = ctx.retry
+    if again is None:
+        return
+    again.history[-1].update(state=state.name, reused=ctx.keep.tally.reused if ctx.keep is not None else 0)
+    tracker.flow_changed(ctx.flow_run_id, {"attempt": again.attempt, "retries": again.history})
 
 
 def _outcome_counts(chunks: list[Chunk]) -> tuple[int, int]:

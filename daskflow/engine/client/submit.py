@@ -14,7 +14,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterable
 
-from daskflow.engine.client import chunking
+from daskflow.engine.client import chunking, resume
 from daskflow.engine.client.chunks import Chunk, bring_values, eager, fetch_all, submit_chunks
 from daskflow.engine.client.futures import MapFutures, TaskRunFuture
 from daskflow.engine.client.refs import collect_refs
@@ -96,7 +96,12 @@ def call_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None
     row, waits, envelopes, refs = _prepare_inline(task, args, kwargs, wait_for)
     submitted, flow_run_id = time.time(), current_flow_run_id()
     base, start = direct_slot()
-    res = run_rows(ChunkSpec.single(task, base, row, refs, waits, flow_run_id, start), envelopes)
+    keep, reused = resume.for_call(task, single=True)
+    res = resume.reused_single(task, base, start, reused)
+    if res is None:
+        res = run_rows(ChunkSpec.single(task, base, row, refs, waits, flow_run_id, start), envelopes)
+        if keep is not None:
+            resume.keep_direct(keep, res)
     tracker.inline_finished(task, res, flow_run_id, submitted)
     state = res.state(0)
     return state if return_state else state.value()
@@ -126,6 +131,12 @@ def submit_run(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None)
     waits = tuple(collect_refs(f, deps, ups) for f in (wait_for or ()))
     columns = [Column(MAPPED, [v]) for v in row]
     base, start = new_run_base(), submit_index()
+    keep, reused = resume.for_call(task, single=True)
+    known = resume.reused_single(task, base, start, reused)
+    if known is not None:  # kept by an earlier attempt of this flow run (a retry): nothing is submitted
+        chunk = Chunk.known(task, known, runner)
+        _register([chunk])
+        return TaskRunFuture(chunk, 0)
     cache = None
     if task.managed:  # the cache may already hold this run: then nothing is submitted
         from daskflow.engine.client.cache_lookup import for_single
@@ -137,7 +148,7 @@ def submit_run(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None)
             chunk = Chunk.known(task, known, runner)
             _register([chunk])
             return TaskRunFuture(chunk, 0)
-    spec = ChunkSpec(task, base, start, 1, columns, refs, waits, current_flow_run_id(), cache)
+    spec = ChunkSpec(task, base, start, 1, columns, refs, waits, current_flow_run_id(), cache, kept=keep)
     key = _key(task, base, start)
     handle = submit_chunks(runner, [spec], [_dep_inputs(ups, runner)], [key])[0]
     chunk = Chunk.submitted_as(spec, handle, runner, ups, key)
@@ -208,7 +219,13 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
         bounds = chunking.plan(task, n, runner, chunksize)
     plain_broadcasts = {name for name, (kind, value) in kinds.items()
                         if kind is BROADCAST and not _holds_futures(value)}
-    base = new_run_base() if base is None else base
+    keep, reused = None, None
+    if base is None:  # a window of a MapStream is not kept for a retry: see engine/client/streams.py
+        base = new_run_base()
+        keep, reused = resume.for_call(task, single=False)
+    kept = resume.plan_map(task, base, bounds, reused, aligned is not None) if reused else None
+    if kept is not None:
+        bounds = kept.bounds
     cache = None
     if task.managed:  # cached runs are answered here and not submitted
         from daskflow.engine.client.cache_lookup import for_map
@@ -248,7 +265,8 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
                     refs = refs or len(ups) > before
                 columns.append(Column(MAPPED, part))
         specs.append(ChunkSpec(task, base, offset + lo, hi - lo, columns, refs, waits, flow_run_id,
-                               cache.spec_for(lo, hi) if cache is not None else None))
+                               cache.spec_for(lo, hi) if cache is not None else None,
+                               kept=keep.part(kept.reuse(lo, hi)) if kept is not None else keep))
         dep_lists.append(_dep_inputs(ups, runner))
         up_lists.append(ups)
         keys.append(_key(task, base, offset + lo))
@@ -256,6 +274,8 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
     chunks = [Chunk.submitted_as(s, h, runner, ups, key) for s, h, ups, key in zip(specs, handles, up_lists, keys)]
     if cache is not None:
         chunks = cache.merge(task, base, chunks, runner)
+    if kept is not None and kept.known:
+        chunks = sorted(chunks + [Chunk.known(task, res, runner) for res in kept.known], key=lambda c: c.start)
     _register(chunks)
     return MapFutures(chunks)
 

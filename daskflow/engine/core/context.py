@@ -101,6 +101,8 @@ class FlowRunContext:
     flow_run: Any = None  # the engine.api.flows.FlowRun record its hooks receive
     wait_lists: dict[int, list[Any]] = field(default_factory=dict)  # id(list given as wait_for) -> its runs
     shipped: FlowRunInfo | None = None  # made at the first chunk that needs it (``info``)
+    keep: Any = None  # an engine.client.resume.KeepScope: how its calls keep their values (None: not kept)
+    retry: Any = None  # an engine.client.resume.Resume: this flow run is a retry of an earlier attempt
 
     def info(self) -> FlowRunInfo:
         run = self.flow_run

@@ -73,6 +73,7 @@ class ChunkSpec:
     host: Any = None  # what the runner hands the runs (a runners.base.Host, pickled by name)
     row: tuple | None = None  # a single run's arguments instead of columns (in-process only)
     flow_run: FlowRunInfo | None = None  # for daskflow.runtime: taken from the submitting context
+    kept: Any = None  # an engine.worker.keep.KeepSpec: the chunk keeps its completed values for a retry
 
     def __post_init__(self) -> None:
         if self.flow_run is None and self.flow_run_id is not None:
@@ -89,7 +90,7 @@ class ChunkSpec:
         # once (``spec_from_wire``), not once per chunk.
         return spec_from_wire, (self.task_blob or self.task.pickled(), self.base, self.start, self.n, self.columns,
                                 self.refs, self.wait_refs, self.flow_run_id, self.cache, self.checkpoints,
-                                None, self.host, None, self.flow_run)
+                                None, self.host, None, self.flow_run, self.kept)
 
     def to_bytes(self) -> bytes:
         """The spec pickled for a worker. An argument that cannot be pickled is replaced by an

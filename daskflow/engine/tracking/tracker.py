@@ -463,6 +463,12 @@ def flow_started(flow_run_id: str, name: str, parameters: dict, parent_id: str |
                                               "parent_id": parent_id, "owner": owners.me().key}))
 
 
+def flow_changed(flow_run_id: str, fields: dict[str, Any]) -> None:
+    """Fold ``fields`` into a flow run's record (e.g. the retries of a flow run retried)."""
+    if enabled():
+        _tracker.put(FlowChange(flow_run_id, fields))
+
+
 def flow_finished(flow_run_id: str, state: st.State) -> None:
     if enabled():
         _tracker.flows.discard(flow_run_id)

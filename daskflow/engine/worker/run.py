@@ -57,6 +57,7 @@ from daskflow.engine.worker import logging as run_logging
 from daskflow.engine.worker import reports
 from daskflow.engine.worker.checkpoints import Checkpoint, Notes
 from daskflow.engine.worker.hosts import current_host, host_var
+from daskflow.engine.worker.keep import keep_chunk, reuse_kept
 from daskflow.engine.worker.lifecycle import (
     EndsEarly,
     Engine,
@@ -181,9 +182,12 @@ def run_rows(spec: ChunkSpec, deps: list, done: Checkpoint | None = None, host: 
             rows = islice(rows, first, None)
             if notes is not None:
                 notes.lo = first
+        items: Iterable = enumerate(rows, first)
+        if spec.kept is not None and spec.kept.reuse:
+            items = reuse_kept(spec.kept.reuse, items, res, ends)
         cache = cache_work(task, res, ctx, deps if refs else None, spec.cache) if task.managed else NO_CACHE
         with cache.scope():
-            items: Iterable = cache.prepare(enumerate(rows, first), ends)
+            items = cache.prepare(items, ends)
             if (task.fast_path or (task.plain and cache.resolved)) and not refs:
                 items = cache.fill_hits(items, ends)
                 _run_tight(task.fn, items, res, ctx, notes, ends)
@@ -192,6 +196,7 @@ def run_rows(spec: ChunkSpec, deps: list, done: Checkpoint | None = None, host: 
                 _run_each(task, items, res, ctx, None if cache.resolved or not refs else deps, cache, notes, ends)
         res.ends = ends
         cache.finish(first)
+        keep_chunk(spec, res)
     finally:
         if prints is not None:
             run_logging.capturing_prints.reset(prints)
@@ -355,6 +360,7 @@ async def arun_single(spec: ChunkSpec, deps: list) -> ChunkResult:
             ends[i] = time.time()
         res.ends = ends
         cache.finish(0)
+        keep_chunk(spec, res)
     except UpstreamNotCompleted as exc:
         res.record(0, (NOT_READY, exc.message, None), 1)
         res.ends = array("d", [time.time()])

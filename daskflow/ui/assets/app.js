@@ -185,6 +185,8 @@ function timelineChart(bars) {
   return svg;
 }
 
+const RETRYABLE = new Set(["FAILED", "CRASHED", "CANCELLED"]);  // `daskflow flow-runs retry` resumes these
+
 async function flowPage() {
   await poll(async () => {
     const [{body: f}, {body: metrics}, {body: bars}, {body: logs}, {body: arts}] = await Promise.all([
@@ -202,7 +204,12 @@ async function flowPage() {
         h("dt", {}, "task runs"), h("dd", {}, h("a", {href: `${BASE}/runs?flow_run=${f.id}`}, String(f.task_runs))),
         h("dt", {}, "per state"), h("dd", {}, counts(f.counts)),
         f.message ? [h("dt", {}, "message"), h("dd", {class: "mono"}, f.message)] : null,
-        params.length ? [h("dt", {}, "parameters"), h("dd", {class: "mono"}, params.map(([k, v]) => `${k}=${JSON.stringify(v)}`).join("  "))] : null),
+        params.length ? [h("dt", {}, "parameters"), h("dd", {class: "mono"}, params.map(([k, v]) => `${k}=${JSON.stringify(v)}`).join("  "))] : null,
+        (f.retries || []).length ? [h("dt", {}, "retries"), h("dd", {}, f.retries.map(r =>
+          `attempt ${r.attempt} (was ${r.previous_state}): ${r.state || "running"}, ${r.reused || 0} runs reused`).join("; "))] : null,
+        RETRYABLE.has(f.state_type) ? [h("dt", {}, "retry"), h("dd", {},
+          h("code", {class: "mono"}, `daskflow flow-runs retry ${f.id}`),
+          h("span", {class: "muted"}, " reruns what did not complete; completed task runs are reused"))] : null),
       h("h2", {}, "Task metrics"), metricsTable(metrics),
       h("h2", {}, "Timeline of chunks across workers"), timelineChart(bars),
       h("h2", {}, "Slowest task runs"), slowest,

@@ -1,0 +1,349 @@
+"""The client side of keeping and resuming: naming a flow run's calls, reusing kept runs.
+
+Every flow run (when ``daskflow.results.keep`` is not 0) has a ``KeepScope``: it names each
+call of a task in the flow run (``engine.worker.keep`` says how, and the limits) and hands
+the call's chunks a ``KeepSpec`` so that the worker keeps their completed values. A root
+flow run also writes its *source* once, in a thread of its own: entrypoint and pickled
+parameters (``cache.kept.FlowSource``), which ``flow-runs retry`` needs to run it again.
+
+A retry (``engine.api.retry``) sets ``resuming``; the flow run it starts then takes the old
+flow run's id and attempt number, and its scope holds what earlier attempts kept. A call
+whose runs were kept is answered here, before submission, as the cache answers a hit:
+ranges of kept runs become chunks whose envelope is known (state ``Cached``, nothing
+submitted), the others are submitted; a chunk too fragmented to split (1% of runs failed,
+spread out) is submitted whole with its kept values, which it fills in without running
+(``ChunkSpec.kept.reuse``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from daskflow import config
+from daskflow.engine.core.context import cache_home, flow_run_ctx, task_run_ctx
+from daskflow.engine.worker.keep import KeepSpec
+
+if TYPE_CHECKING:
+    from daskflow.cache.kept import KeptRuns
+    from daskflow.engine.api.flows import Flow
+    from daskflow.engine.api.tasks import Task
+    from daskflow.engine.core.context import FlowRunContext
+    from daskflow.engine.core.envelope import ChunkResult
+
+_MAX_SEGMENTS = 8  # a partly kept chunk splits into at most this many chunks, else is submitted whole
+
+
+@dataclass
+class Resume:
+    """A retry in progress: the flow run to run again, its attempt, what earlier attempts kept."""
+
+    flow_run_id: str
+    attempt: int
+    kept: KeptRuns
+    attempt_key: str = ""  # names this attempt in kept keys (unique: see engine.worker.keep)
+    history: list[dict] = field(default_factory=list)  # the flow record's earlier retries
+    previous_state: str = ""
+    used: bool = False  # taken by the root flow run it was made for (not by flows it calls)
+
+
+resuming: ContextVar[Resume | None] = ContextVar("daskflow_resuming", default=None)
+
+
+@dataclass
+class Tally:
+    reused: int = 0
+
+
+@dataclass
+class KeepScope:
+    """How the calls of one flow run (or subflow run) are named and where their values are kept."""
+
+    flow_run_id: str  # the root flow run's
+    prefix: str  # "" in the root flow run, "{subflow}#{k}/" below it
+    attempt: str
+    home: str
+    token: str | None
+    keep_seconds: float
+    storage_url: str | None  # the flow's result_storage
+    kept: KeptRuns | None = None
+    tally: Tally = field(default_factory=Tally)
+    calls: dict[str, int] = field(default_factory=dict)
+    storages: dict[str | None, Any] = field(default_factory=dict)
+    writer: threading.Thread | None = None
+    direct: list = field(default_factory=list)  # (KeepSpec, value) of direct calls, written in batches
+    flushed: float = field(default_factory=time.monotonic)
+
+    def next_call(self, name: str) -> str:
+        k = self.calls.get(name, 0)
+        self.calls[name] = k + 1
+        return f"{self.prefix}{name}#{k}"
+
+    def child(self, flow: Flow) -> KeepScope:
+        """The scope of a subflow run called here: its calls are named below this call."""
+        return KeepScope(self.flow_run_id, self.next_call(flow.name) + "/", self.attempt, self.home, self.token,
+                         self.keep_seconds, flow.options.result_storage or self.storage_url, self.kept, self.tally)
+
+    def call(self, task: Task, single: bool) -> tuple[KeepSpec, dict[int, Any] | None]:
+        """The keep spec of the next call of ``task``, and what an earlier attempt kept of it."""
+        name = self.next_call(task.name)
+        url = task.options.result_storage or self.storage_url
+        storage = self.storages.get(url, self)
+        if storage is self:
+            from daskflow.cache.storage import StorageSpec
+
+            storage = self.storages[url] = StorageSpec.from_config(url)
+        spec = KeepSpec(self.home, self.token, storage, self.flow_run_id, name, self.attempt, self.keep_seconds,
+                        single=single)
+        return spec, (self.kept.calls.get(name) if self.kept is not None else None)
+
+
+def keep_seconds() -> float:
+    from dask.utils import parse_timedelta
+
+    value = config.get("results.keep", "7d")
+    return float(parse_timedelta(value, default="seconds") or 0) if value else 0.0
+
+
+def open_scope(flow: Flow, ctx: FlowRunContext, resume: Resume | None) -> KeepScope | None:
+    """The keep scope of a flow run that starts (None: values are not kept)."""
+    parent = ctx.parent
+    if parent is not None:
+        return parent.keep.child(flow) if parent.keep is not None else None
+    seconds = keep_seconds()
+    if (not seconds and resume is None) or task_run_ctx.get() is not None:  # a flow called by a task: its
+        return None                                                          # run's value is kept
+    from daskflow.engine.worker.cache_spec import token_for
+
+    home = cache_home()
+    scope = KeepScope(ctx.flow_run_id, "", resume.attempt_key if resume else "1", home, token_for(home), seconds,
+                      flow.options.result_storage, resume.kept if resume else None)
+    if resume is None:
+        scope.writer = threading.Thread(target=_write_source, args=(flow, ctx.flow_run_id, dict(ctx.parameters),
+                                                                    scope), daemon=True, name="daskflow-keep")
+        scope.writer.start()
+    return scope
+
+
+def close_scope(scope: KeepScope | None) -> None:
+    """Write what direct calls kept, wait for the source record (a flow run that ended has both)."""
+    if scope is None:
+        return
+    flush_direct(scope)
+    if scope.writer is not None:
+        scope.writer.join()
+        scope.writer = None
+
+
+def keep_direct(keep: KeepSpec, res: ChunkResult) -> None:
+    """Keep the value of a direct call ``t(x)`` that completed here: batched, written every 256
+    calls or half second and when the flow run ends (not one write per call)."""
+    from daskflow.codes import OK_CODES
+
+    ctx = flow_run_ctx.get()
+    if ctx is None or ctx.keep is None or res.codes[0] not in OK_CODES or keep.keep_seconds <= 0:
+        return
+    scope = ctx.keep
+    scope.direct.append((keep, res.values[0]))  # type: ignore[index]
+    if len(scope.direct) >= 256 or time.monotonic() - scope.flushed > 0.5:
+        flush_direct(scope)
+
+
+def flush_direct(scope: KeepScope) -> None:
+    """One record for the direct calls kept since the last flush (never raises)."""
+    scope.flushed = time.monotonic()
+    if not scope.direct:
+        return
+    batch, scope.direct = scope.direct, []
+    import warnings
+
+    from daskflow.cache import kept
+    from daskflow.cache.store import CacheWarning
+
+    first = batch[0][0]
+    try:
+        store = first.store()
+        record = kept.encode(kept.KeptCalls([k.call for k, _ in batch], [v for _, v in batch]), "direct calls",
+                             first.keep_seconds, store.secret)
+        store.put_many([(kept.chunk_key(first.flow_run_id, f"direct:{first.call}", 0, first.attempt), record)])
+    except Exception as exc:  # noqa: BLE001 - not kept only means they run again on a retry
+        warnings.warn(f"direct calls of flow run {first.flow_run_id} could not be kept for a retry "
+                      f"({type(exc).__name__}: {exc})", CacheWarning, stacklevel=2)
+
+
+def for_call(task: Task, single: bool) -> tuple[KeepSpec | None, dict[int, Any] | None]:
+    """The keep spec of a call made here, and the runs of it an earlier attempt kept.
+
+    Calls made inside a task run (nested) are not kept: their parent run's value is.
+    """
+    ctx = flow_run_ctx.get()
+    if ctx is None or ctx.keep is None or task_run_ctx.get() is not None:
+        return None, None
+    return ctx.keep.call(task, single)
+
+
+def reused_single(task: Task, base: int, start: int, reused: dict[int, Any] | None) -> ChunkResult | None:
+    """The envelope of a single run that an earlier attempt kept (None: it runs)."""
+    if not reused or 0 not in reused:
+        return None
+    flow_run_ctx.get().keep.tally.reused += 1  # type: ignore[union-attr]
+    return envelope(task, base, start, [reused[0]])
+
+
+def envelope(task: Task, base: int, start: int, values: list) -> ChunkResult:
+    from daskflow.engine.client.cache_lookup import cached_envelope
+
+    return cached_envelope(task, base, start, values)
+
+
+@dataclass
+class ReusePlan:
+    """A map's chunks on a retry: bounds to submit, chunks known from kept values, and the kept
+    values of runs in submitted chunks (by map index)."""
+
+    bounds: list[tuple[int, int]]
+    known: list[ChunkResult]
+    partial: dict[tuple[int, int], dict[int, Any]]  # (lo, hi) -> kept values by position in the chunk
+    reused: dict[int, Any]
+
+    def reuse(self, lo: int, hi: int) -> dict[int, Any] | None:
+        """The kept values of the chunk ``lo .. hi``, by position in the chunk."""
+        if not self.partial:
+            return None
+        found = self.partial.get((lo, hi))
+        if found is not None:
+            return found
+        kept = self.reused  # bounds the cache split further (rare): look the range up
+        return {i - lo: kept[i] for i in range(lo, hi) if i in kept} or None
+
+
+def plan_map(task: Task, base: int, bounds: list[tuple[int, int]], reused: dict[int, Any],
+             fixed: bool) -> ReusePlan:
+    """Split a map's chunk bounds by what was kept. ``fixed``: the bounds are aligned with an
+    upstream map's chunks and must not change (kept runs are then filled in by the chunks)."""
+    plan = ReusePlan([], [], {}, reused)
+    count = 0
+    for lo, hi in bounds:
+        hit = {i - lo: reused[i] for i in range(lo, hi) if i in reused}
+        count += len(hit)
+        if not hit:
+            plan.bounds.append((lo, hi))
+            continue
+        segments = None if fixed else _segments(lo, hi, reused)
+        if segments is None or len(segments) > _MAX_SEGMENTS:
+            plan.bounds.append((lo, hi))
+            plan.partial[(lo, hi)] = hit
+            continue
+        for s_lo, s_hi, kept in segments:
+            if kept:
+                plan.known.append(envelope(task, base, s_lo, [reused[i] for i in range(s_lo, s_hi)]))
+            else:
+                plan.bounds.append((s_lo, s_hi))
+    flow_run_ctx.get().keep.tally.reused += count  # type: ignore[union-attr]
+    return plan
+
+
+def _segments(lo: int, hi: int, kept: dict[int, Any]) -> list[tuple[int, int, bool]]:
+    out: list[tuple[int, int, bool]] = []
+    start, state = lo, lo in kept
+    for i in range(lo + 1, hi):
+        s = i in kept
+        if s != state:
+            out.append((start, i, state))
+            start, state = i, s
+            if len(out) > _MAX_SEGMENTS:
+                return out
+    out.append((start, hi, state))
+    return out
+
+
+# -- the flow run's source ------------------------------------------------------------------
+
+
+def entrypoint_of(fn: Any) -> tuple[str | None, str | None]:
+    """``(entrypoint, None)`` of a flow function, or ``(None, why not)``.
+
+    ``path/to/file.py:fn`` for a flow in a script run as ``python file.py``, ``module:fn``
+    for one in an importable module.
+    """
+    qualname = getattr(fn, "__qualname__", "")
+    if not qualname or "<locals>" in qualname or "<lambda>" in qualname:
+        return None, f"its function {qualname or fn!r} is not defined at the top level of a module"
+    module = getattr(fn, "__module__", None) or ""
+    mod = sys.modules.get(module)
+    path = ENTRY_FILES.get(module)
+    if path is None and module == "__main__":
+        path = getattr(mod, "__file__", None)
+        if not path:
+            return None, "it was defined interactively (no file to import it from)"
+    if path is not None:
+        return f"{os.path.abspath(path)}:{qualname}", None
+    return f"{module}:{qualname}", None
+
+
+#: modules a retry loaded from a file path (their synthetic name -> the path)
+ENTRY_FILES: dict[str, str] = {}
+
+
+def source_of(flow: Flow, flow_run_id: str, parameters: dict[str, Any]) -> Any:
+    """The flow run's ``FlowSource``: entrypoint and parameters, or why it cannot be retried."""
+    import cloudpickle
+
+    from daskflow.cache.kept import FlowSource
+
+    entrypoint, why = entrypoint_of(flow.fn)
+    try:
+        blob: bytes | None = cloudpickle.dumps(parameters, protocol=5)
+    except Exception as exc:  # noqa: BLE001 - said in the record, not raised: the flow run goes on
+        blob = None
+        bad = next((name for name, value in parameters.items() if not _picklable(value)), "?")
+        why = (f"its parameter {bad!r} cannot be serialized ({type(exc).__name__}: {exc}); pass picklable "
+               "parameters to make it retryable")
+    return FlowSource(flow_run_id, flow.name, entrypoint, blob, why)
+
+
+def _picklable(value: Any) -> bool:
+    import cloudpickle
+
+    try:
+        cloudpickle.dumps(value)
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+def _write_source(flow: Flow, flow_run_id: str, parameters: dict[str, Any], scope: KeepScope) -> None:
+    import warnings
+
+    from daskflow.cache import kept
+    from daskflow.cache.storage import StorageSpec
+    from daskflow.cache.store import CacheWarning
+
+    try:
+        source = source_of(flow, flow_run_id, parameters)
+        store = kept.get_kept_store(scope.home, StorageSpec.from_config(scope.storage_url))
+        store.put_many([(kept.source_key(flow_run_id), kept.encode(source, flow.name, scope.keep_seconds,
+                                                                    store.secret))])
+        _prune_now_and_then(scope.home)
+    except Exception as exc:  # noqa: BLE001 - the flow run goes on; only a retry is impossible
+        warnings.warn(f"flow {flow.name!r}: its parameters could not be recorded for a retry "
+                      f"({type(exc).__name__}: {exc})", CacheWarning, stacklevel=2)
+
+
+_pruned: dict[str, float] = {}
+
+
+def _prune_now_and_then(home: str) -> None:
+    """Drop expired kept records, at most hourly per process and home."""
+    now = time.time()
+    if now - _pruned.get(home, 0.0) < 3600:
+        return
+    _pruned[home] = now
+    from daskflow.cache.kept import get_kept_store, prune_expired
+
+    prune_expired(get_kept_store(home))  # type: ignore[arg-type]

@@ -1,0 +1,79 @@
+"""Kept results in the result storage: a flow run is resumed from another home (another host).
+
+The second home shares nothing with the first but the S3-protocol server (moto's server
+mode, started by ``test_storage``'s fixture) and the secret file: it reads the flow run's
+entrypoint and parameters and its kept values from the storage.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+from click.testing import CliRunner
+from test_storage import s3_server, shared  # noqa: F401 - the moto server and a storage on it
+
+from daskflow import flow, task, unmapped
+from daskflow.cache.kept import KeptChunk, chunk_key, encode, get_kept_store, load_kept
+from daskflow.cli import main
+from daskflow.runners import ThreadPoolTaskRunner
+
+
+@task
+def part(x: int, counter: str, broken: str) -> int:
+    if os.path.exists(broken) and x in (4, 9):
+        raise ValueError(f"element {x} is broken")
+    with open(os.path.join(counter, f"{x}-{uuid.uuid4().hex}"), "w"):
+        pass
+    return x + 100
+
+
+@flow(task_runner=ThreadPoolTaskRunner(4))
+def shared_pipeline(n: int, counter: str, broken: str) -> int:
+    return sum(part.map(range(n), unmapped(counter), unmapped(broken)).result())
+
+
+def _executed(folder) -> list[int]:
+    return sorted(int(name.split("-")[0]) for name in os.listdir(folder))
+
+
+@pytest.mark.usefixtures("shared")
+def test_retry_from_another_home_reads_source_and_values_from_storage(tmp_path, monkeypatch):
+    counter, broken = tmp_path / "counter", tmp_path / "broken"
+    counter.mkdir()
+    broken.touch()
+    monkeypatch.setenv("DASKFLOW_HOME", str(tmp_path / "host-a"))
+    state = shared_pipeline(12, str(counter), str(broken), return_state=True)
+    assert state.is_failed()
+    from daskflow.engine.tracking import tracker
+    from daskflow.store import open_run_store
+
+    tracker.flush()
+    flow_run_id = open_run_store(create=False).flow_runs()[0]["id"]
+    for name in os.listdir(counter):
+        os.unlink(os.path.join(counter, name))
+    broken.unlink()
+
+    monkeypatch.setenv("DASKFLOW_HOME", str(tmp_path / "host-b"))  # no run store, no kept records here
+    result = CliRunner().invoke(main, ["flow-runs", "retry", flow_run_id])  # the entrypoint: from the storage
+    assert result.exit_code == 0, result.output
+    assert "Completed" in result.output
+    assert _executed(counter) == [4, 9]  # the ten kept runs came from the storage
+
+
+@pytest.mark.usefixtures("shared")
+def test_kept_records_are_verified_and_foreign_files_ignored(tmp_path):
+    """A record signed with another secret is not loaded; a foreign file under the prefix is ignored."""
+    from daskflow.cache.storage import StorageSpec
+
+    spec = StorageSpec.from_config(None)
+    store = get_kept_store(str(tmp_path / "home"), spec)
+    flow_run_id = str(uuid.uuid4())
+    good = encode(KeptChunk("t#0", [0, 1], ["a", "b"]), "t", 60, store.secret)
+    forged = encode(KeptChunk("t#0", [2], ["evil"]), "t", 60, os.urandom(32))
+    store.put_many([(chunk_key(flow_run_id, "t#0", 0, "1"), good), (chunk_key(flow_run_id, "t#0", 2, "1"), forged)])
+    storage = store.storage
+    storage.fs.pipe(f"{storage.root}/kept/{flow_run_id}/README.txt", b"not ours")
+    kept = load_kept(get_kept_store(None, spec), flow_run_id)  # the storage alone (another host)
+    assert kept.calls == {"t#0": {0: "a", 1: "b"}}
