@@ -18,6 +18,7 @@ Databases of the ``$DASKFLOW_HOME/runs`` environment:
 - ``owners``   owner key (16, ``daskflow.owners``) → the owning process and its lease
 - ``owned``    owner key + ``b"c"`` + chunk key, or + ``b"f"`` + flow run id → b"": its non-final records
 - ``artifacts``, ``artkeys``: run artifacts and their index by key (``store/artifacts.py``)
+- ``metrics``  counters kept by the writer for ``/metrics`` (``store/metrics.py``)
 
 Runs that die with their process. A record created with an ``owner`` field (the tracker
 adds it to flow runs and submitted chunks, never per element) is indexed in ``owned``
@@ -45,12 +46,13 @@ from daskflow.codes import CODE_STATES, CRASHED
 from daskflow.exceptions import DamagedStore
 from daskflow.owners import Lease, Owner, is_alive
 from daskflow.ids import parse_id_prefix, prefix_matches
+from daskflow.store import metrics
 from daskflow.store.artifacts import ARTIFACTS_LOGGER, put_artifact
 from daskflow.store.rows import chunk_counts, expand, final_message, history, may_hold, slowest_runs
 
 __all__ = ["ChunkUpdate", "FlowUpdate", "LogLine", "RunPage", "RunStore", "open_run_store"]
 
-DBS = ("chunks", "bytime", "flows", "byflow", "logs", "owners", "owned", "artifacts", "artkeys")
+DBS = ("chunks", "bytime", "flows", "byflow", "logs", "owners", "owned", "artifacts", "artkeys", "metrics")
 _FINAL_TYPES = frozenset(cs.type for cs in CODE_STATES.values())
 _FLOW_OWNER = b"\xff" * 8
 _seq = itertools.count()
@@ -156,6 +158,10 @@ class RunStore:
             owner = lease.owner
             txn.put(owner.key, pack({"host": owner.host, "pid": owner.pid, "started": owner.started,
                                      "lease_until": lease.until}), db=db["owners"])
+        counters = db.get("metrics")
+        if counters is not None:
+            metrics.count_all(txn, counters, lambda: txn.cursor(db=db["chunks"]), unpack)
+        delta: metrics.Delta = {}
         chunks: dict[bytes, ChunkUpdate] = {}  # a chunk's updates of this batch, folded into one
         for op in ops:
             if isinstance(op, ChunkUpdate):
@@ -186,10 +192,16 @@ class RunStore:
                 fid = _uuid_bytes(rec.get("flow_run_id"))
                 if fid:
                     txn.put(fid + key, b"", db=db["byflow"])
+                old = None
             else:
-                rec = _merge(unpack(raw), op.fields)
+                old = unpack(raw)
+                rec = _merge(old, op.fields)
+            metrics.tally(old, delta, -1)
+            metrics.tally(rec, delta)
             _index_owned(txn, db["owned"], rec, b"c" + key, rec.get("codes") is None)
             txn.put(key, pack(rec), db=db["chunks"])
+        if counters is not None:
+            metrics.add(txn, counters, delta)
 
     # -- runs of owners that died -----------------------------------------------------------
     def end_dead_owners(self) -> list[Owner]:
@@ -225,8 +237,13 @@ class RunStore:
             if raw is not None:
                 rec = unpack(raw)
                 if kind == b"c" and rec.get("codes") is None:
+                    delta: metrics.Delta = {}
+                    metrics.tally(rec, delta, -1)
                     rec.update(codes=bytes([CRASHED]) * rec["n"], ends=array("d", [now]).tobytes() * rec["n"],
                                live=None, message=message)
+                    metrics.tally(rec, delta)
+                    if "metrics" in db:
+                        metrics.add(txn, db["metrics"], delta)
                 elif kind == b"f" and rec.get("state_type") not in _FINAL_TYPES:
                     rec.update(state="Crashed", state_type="CRASHED", end=now, message=message)
                 txn.put(rkey, pack(rec), db=table)
@@ -322,6 +339,13 @@ class RunStore:
     def count(self) -> int:
         """How many task runs the store holds (from the time index; expands nothing)."""
         return self.env.read(lambda txn: sum(int.from_bytes(v, "big") for _, v in txn.cursor(db=self._db["bytime"])))
+
+    def counters(self) -> metrics.Counters | None:
+        """The writer's running totals (``store/metrics.py``); None before a writer of this version wrote."""
+        db = self._db.get("metrics")
+        if db is None:
+            return None
+        return self.env.read(lambda txn: metrics.read_counters(txn, db) if txn.get(metrics.COUNTED, db=db) else None)
 
     def resolve(self, prefix: str) -> tuple[bytes, int]:
         """The chunk key and index of the task run whose id starts with ``prefix``.
@@ -449,11 +473,15 @@ class RunStore:
                     break
                 doomed.append(key)
                 runs += int.from_bytes(nbytes, "big")
+            in_flight: metrics.Delta = {}
             for key in doomed:
                 ck = key[8:]
                 raw = txn.get(ck, db=db["chunks"])
                 if raw is not None:
-                    fid = _uuid_bytes(unpack(raw).get("flow_run_id"))
+                    rec = unpack(raw)
+                    if rec.get("codes") is None:  # counters stay; the gauge of runs in flight goes down
+                        metrics.tally(rec, in_flight, -1)
+                    fid = _uuid_bytes(rec.get("flow_run_id"))
                     if fid:
                         txn.delete(fid + ck, db=db["byflow"])
                 txn.delete(ck, db=db["chunks"])
@@ -461,6 +489,8 @@ class RunStore:
                 _delete_prefix(txn, db["logs"], ck)
                 if "artifacts" in db:
                     _delete_prefix(txn, db["artifacts"], ck)
+            if "metrics" in db:
+                metrics.add(txn, db["metrics"], in_flight)
             limit = time.time() - older_than
             for key, raw in list(txn.cursor(db=db["flows"])):
                 if (unpack(raw).get("start") or 0) < limit:

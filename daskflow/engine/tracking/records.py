@@ -168,9 +168,11 @@ def to_store_ops(batch: list[Record]) -> tuple[list[StoreOp], list[list]]:
             t, name, _, _ = record.state
             owner = owners.me().key  # this process: if it dies, these runs end Crashed (store/runs.py)
             for c in record.chunks:
-                ops.append(ChunkUpdate(c.base, c.start, {
-                    "task": c.task.name, "task_key": c.task.task_key, "n": c.n, "flow_run_id": record.flow_run_id,
-                    "submitted": c.submitted, "live": [t, name, c.submitted, ""], "owner": owner}, new=True))
+                fields = {"task": c.task.name, "task_key": c.task.task_key, "n": c.n, "flow_run_id": record.flow_run_id,
+                          "submitted": c.submitted, "live": [t, name, c.submitted, ""], "owner": owner}
+                if c.task.caches:  # its runs count as cache hits or misses (store/metrics.py)
+                    fields["caches"] = True
+                ops.append(ChunkUpdate(c.base, c.start, fields, new=True))
         elif isinstance(record, Finished):
             res = record.result
             ops.append(ChunkUpdate(record.base, record.start, dict(envelope_fields(res), n=res.n, task=res.task_name)))
