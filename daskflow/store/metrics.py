@@ -30,12 +30,14 @@ that finds the ``metrics`` database without its ``COUNTED`` mark.
 
 from __future__ import annotations
 
+import bisect
 import struct
+from array import array
 from typing import Any, Callable, Iterable, NamedTuple
 
 from daskflow.codes import CACHED, CODE_STATES, NEVER_RAN
 
-__all__ = ["BUCKETS", "COUNTED", "Counters", "Delta", "add", "count_all", "read_counters", "tally"]
+__all__ = ["BUCKETS", "COUNTED", "Counters", "Delta", "add", "change", "count_all", "read_counters", "tally"]
 
 #: Upper bounds (seconds) of the run-duration histogram buckets; the last is +Inf.
 BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, float("inf"))
@@ -50,42 +52,52 @@ def _key(kind: str, task: str, label: str) -> bytes:
     return _SEP.join((kind.encode(), task.encode(), label.encode()))
 
 
+def change(old: dict | None, new: dict, into: Delta) -> None:
+    """Add what rewriting chunk record ``old`` as ``new`` changes in the counters.
+
+    The common rewrites change nothing counted (a live chunk starting; the envelope of a
+    chunk whose end event recorded it final already): those cost one comparison.
+    """
+    if old is not None and all(old.get(k) == new.get(k) for k in _COUNTED_FIELDS):
+        return
+    tally(old, into, -1)
+    tally(new, into)
+
+
+_COUNTED_FIELDS = ("task", "n", "codes", "ends", "starts", "started", "run_counts", "caches", "res")
+_SMALL = 64  # runs below which plain Python beats numpy's per-call cost
+
+
 def tally(rec: dict | None, into: Delta, sign: int = 1) -> None:
     """Add (``sign`` 1) or take away (-1) what chunk record ``rec`` contributes to the counters.
 
-    Works from the record's packed arrays with numpy: a chunk of 10^4 runs costs tens of
-    microseconds, on the writer thread, never on a run's path.
+    A few microseconds a chunk on the writer thread, never on a run's path: small chunks
+    in plain Python, big ones with numpy over the packed arrays.
     """
     if rec is None:
         return
     task = rec.get("task") or "?"
-    n = rec.get("n", 1)
     codes = rec.get("codes")
     if codes is None:
-        _bump(into, ("flight", task, ""), sign * n)
+        _bump(into, ("flight", task, ""), sign * rec.get("n", 1))
         return
-    import numpy as np
-
-    code_arr = np.frombuffer(bytes(codes), dtype=np.uint8)
-    per_code = np.bincount(code_arr, minlength=len(CODE_STATES))
-    for code, count in enumerate(per_code.tolist()):
+    codes = bytes(codes)
+    per_code = [codes.count(code) for code in CODE_STATES] if len(codes) < 256 else _bincount(codes)
+    for code, count in enumerate(per_code):
         if count:
             _bump(into, ("runs", task, CODE_STATES[code].name), sign * count)
     retries = sum(c - 1 for c in (rec.get("run_counts") or {}).values() if c and c > 1)
     if retries:
         _bump(into, ("retries", task, ""), sign * retries)
     if rec.get("caches"):
-        hits = int(per_code[CACHED])
-        misses = len(code_arr) - sum(int(per_code[c]) for c in NEVER_RAN)
-        _bump(into, ("hits", task, ""), sign * hits)
-        _bump(into, ("misses", task, ""), sign * misses)
-    spent = _durations(rec, code_arr)
-    if spent is not None and len(spent):
-        buckets = np.bincount(np.searchsorted(BUCKETS, spent), minlength=len(BUCKETS))
-        for i, count in enumerate(buckets.tolist()):
-            if count:
-                _bump(into, ("dur", task, str(i)), sign * count)
-        _bump(into, ("dur_sum", task, ""), sign * float(spent.sum()))
+        _bump(into, ("hits", task, ""), sign * per_code[CACHED])
+        _bump(into, ("misses", task, ""), sign * (len(codes) - sum(per_code[c] for c in NEVER_RAN)))
+    buckets, total = _histogram(rec, codes)
+    for i, count in enumerate(buckets):
+        if count:
+            _bump(into, ("dur", task, str(i)), sign * count)
+    if total:
+        _bump(into, ("dur_sum", task, ""), sign * total)
     cpu = (rec.get("res") or {}).get("cpu")
     if cpu:
         _bump(into, ("cpu_sum", task, ""), sign * float(cpu))
@@ -95,23 +107,69 @@ def _bump(into: Delta, key: tuple[str, str, str], value: float) -> None:
     into[key] = into.get(key, 0.0) + value
 
 
-def _durations(rec: dict, code_arr: Any) -> Any:
-    """Seconds each run that ran took (Cached, NotReady and Cancelled runs did not run)."""
+def _bincount(codes: bytes) -> list[int]:
     import numpy as np
 
+    return np.bincount(np.frombuffer(codes, dtype=np.uint8), minlength=len(CODE_STATES)).tolist()
+
+
+def _histogram(rec: dict, codes: bytes) -> tuple[list[int], float]:
+    """Bucket counts and total seconds of the runs that ran (Cached, NotReady and Cancelled did not)."""
     raw = rec.get("ends")
     if not raw:
-        return None
-    ends = np.frombuffer(bytes(raw), dtype=np.float64)
+        return [], 0.0
+    ends = array("d")
+    ends.frombytes(bytes(raw))
     starts = rec.get("starts")
     if starts is not None:
-        prev = np.frombuffer(bytes(starts), dtype=np.float64)[: len(ends)]
+        prev = array("d")
+        prev.frombytes(bytes(starts))
     else:
-        first = rec.get("started") or ends[0]
-        prev = np.concatenate(([first], ends[:-1]))
-    spent = np.maximum(ends - prev, 0.0)
-    ran = ~np.isin(code_arr[: len(spent)], NEVER_RAN)
-    return spent[ran]
+        prev = array("d", [rec.get("started") or ends[0]])
+        prev.extend(ends[:-1])
+    if len(ends) >= _SMALL:
+        return _histogram_np(ends, prev, codes)
+    counts = [0] * len(BUCKETS)
+    total = 0.0
+    for code, end, begin in zip(codes, ends, prev):
+        if code in NEVER_RAN:
+            continue
+        spent = max(end - begin, 0.0)
+        counts[bisect.bisect_left(BUCKETS, spent)] += 1
+        total += spent
+    return counts, total
+
+
+def _histogram_np(ends: array, prev: array, codes: bytes) -> tuple[list[int], float]:
+    import numpy as np
+
+    n = min(len(ends), len(prev), len(codes))
+    spent = np.maximum(np.frombuffer(ends, dtype=np.float64)[:n] - np.frombuffer(prev, dtype=np.float64)[:n], 0.0)
+    spent = spent[_RAN[np.frombuffer(codes, dtype=np.uint8)[:n]]]
+    return np.bincount(np.searchsorted(BUCKETS, spent), minlength=len(BUCKETS)).tolist(), float(spent.sum())
+
+
+def _ran_table() -> Any:
+    import numpy as np
+
+    table = np.ones(256, dtype=bool)
+    table[list(NEVER_RAN)] = False
+    return table
+
+
+class _LazyTable:
+    """``_RAN[codes]``: which codes ran, as a numpy lookup table made on first use (numpy is
+    imported by the writer only, never by the CLI's reads)."""
+
+    table: Any = None
+
+    def __getitem__(self, codes: Any) -> Any:
+        if self.table is None:
+            self.table = _ran_table()
+        return self.table[codes]
+
+
+_RAN = _LazyTable()
 
 
 def add(txn: Any, db: Any, delta: Delta) -> None:

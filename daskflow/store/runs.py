@@ -196,8 +196,7 @@ class RunStore:
             else:
                 old = unpack(raw)
                 rec = _merge(old, op.fields)
-            metrics.tally(old, delta, -1)
-            metrics.tally(rec, delta)
+            metrics.change(old, rec, delta)
             _index_owned(txn, db["owned"], rec, b"c" + key, rec.get("codes") is None)
             txn.put(key, pack(rec), db=db["chunks"])
         if counters is not None:
