@@ -48,7 +48,7 @@ from daskflow.owners import Lease, Owner, is_alive
 from daskflow.ids import parse_id_prefix, prefix_matches
 from daskflow.store import metrics
 from daskflow.store.artifacts import ARTIFACTS_LOGGER, put_artifact
-from daskflow.store.rows import chunk_counts, expand, final_message, history, may_hold, slowest_runs
+from daskflow.store.rows import chunk_counts, expand, final_message, history, may_hold, run_resources, slowest_runs
 
 __all__ = ["ChunkUpdate", "FlowUpdate", "LogLine", "RunPage", "RunStore", "open_run_store"]
 
@@ -381,6 +381,7 @@ class RunStore:
         row["error"] = (final_message(rec, i) or None) if row["state_type"] != "COMPLETED" else None
         row["traceback"] = (rec.get("tracebacks") or {}).get(i)
         row["cache_key"] = (rec.get("cache_keys") or {}).get(i)
+        row["resources"] = run_resources(rec, i, row)
         return row
 
     def logs(self, prefix: str, tail: int | None = None) -> list[dict]:

@@ -174,6 +174,7 @@ class ChunkResult:
     elsewhere: bool = False  # the values stayed on the worker: this envelope is their summary
     recomputed: bool = False  # an attempt after the values of a completed attempt were lost
     fetch: Any = None  # on the client: how to bring values that stayed on the worker (not pickled)
+    resources: dict | None = None  # CPU and memory the runs took (engine/worker/resources.py)
 
     def __reduce__(self):
         # Only the fields that hold something: a dataclass pickles every field by name.
@@ -379,7 +380,7 @@ class ChunkResult:
 
 
 _SPARSE = ("errors", "messages", "tracebacks", "history", "run_counts", "names", "worker", "n_failed",
-           "cache_records", "cache_returned", "logs", "kept", "nbytes", "elsewhere", "recomputed")
+           "cache_records", "cache_returned", "logs", "kept", "nbytes", "elsewhere", "recomputed", "resources")
 
 
 def result_from_wire(task_name: str, base: int, start: int, n: int, codes: bytearray, values: list | None,

@@ -96,6 +96,7 @@ class Ended(NamedTuple):
     timestamp: float
     worker: str | None
     started: float | None = None  # when its start was not reported on its own
+    resources: dict | None = None  # CPU and memory the runs took (engine/worker/resources.py)
 
 
 class Logs(NamedTuple):
@@ -150,6 +151,8 @@ def envelope_fields(res: ChunkResult) -> dict:
         fields["run_counts"] = dict(res.run_counts)
     if res.names:
         fields["names"] = dict(res.names)
+    if res.resources:
+        fields["res"] = res.resources
     return fields
 
 
@@ -192,6 +195,8 @@ def to_store_ops(batch: list[Record]) -> tuple[list[StoreOp], list[list]]:
                 fields["started"] = record.started
             if record.worker:
                 fields["worker"] = record.worker
+            if record.resources:
+                fields["res"] = record.resources
             ops.append(ChunkUpdate(record.base, record.start, fields))
         elif isinstance(record, Logs):
             logs.extend(record.records)

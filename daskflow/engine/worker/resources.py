@@ -1,0 +1,136 @@
+"""What runs cost where they ran: CPU time and the worker process's peak RSS increase.
+
+Measured cheaply, at two resolutions:
+
+- *per chunk*, always: CPU time of the thread that ran the chunk (``time.thread_time``)
+  and the worker process's RSS (psutil) at its start and end, plus the samples a
+  background thread takes every ``SAMPLE_SECONDS`` while chunks run; the peak RSS
+  increase is the highest sample minus the RSS at the start. A light run (under
+  ``HEAVY_SECONDS``) has only its chunk's figures: measuring it alone would cost more
+  than the run.
+- *per run*, for runs that took ``HEAVY_SECONDS`` (5 ms) or more of wall time: the
+  loops already take an end time per run, so a run is known to be heavy when it ends;
+  its CPU time and RSS are then sampled, and its figures are the change since the
+  previous sample (the chunk's start, or the end of the previous heavy run). In a chunk
+  of heavy runs that is exactly the run; a heavy run that follows light runs of the
+  same chunk also carries theirs.
+
+The figures travel in the envelope (``ChunkResult.resources``) and in the chunk's end
+event, as one small record of str keys and lists (Dask events carry nothing else)::
+
+    {"cpu": seconds, "mem": peak RSS increase (bytes), "rss": RSS at the end (bytes),
+     "runs": [[index, cpu seconds, peak RSS increase], ...]}   # heavy runs only
+
+CPU time is the running thread's: a body that starts threads or processes of its own
+is not counted. RSS is the whole worker process's: on a worker with several threads,
+chunks running side by side share the increase.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import psutil
+
+__all__ = ["HEAVY_SECONDS", "Meter", "rss"]
+
+HEAVY_SECONDS = 0.005
+SAMPLE_SECONDS = 0.05
+_process: list[Any] = [None, 0]  # this process's psutil handle, and the pid it belongs to
+
+
+def rss() -> int:
+    """This process's resident set size, in bytes (one psutil call on a kept handle)."""
+    proc, pid = _process
+    if proc is None or pid != os.getpid():
+        proc = _process[0] = psutil.Process()
+        _process[1] = os.getpid()
+    return proc.memory_info().rss
+
+
+class Meter:
+    """The resources of one chunk while it runs: started by ``run_chunk``, read into its envelope."""
+
+    __slots__ = ("cpu0", "rss0", "peak", "mark_cpu", "mark_rss", "mark_peak", "runs", "last")
+
+    def __init__(self) -> None:
+        self.cpu0 = self.mark_cpu = time.thread_time()
+        self.rss0 = self.mark_rss = self.peak = self.mark_peak = rss()
+        self.runs: list[list] = []
+        self.last = time.time()  # when the previous run ended (for runs measured outside the tight loop)
+        _sampler.add(self)
+
+    def saw(self, value: int) -> None:
+        """A background sample of the process's RSS."""
+        if value > self.peak:
+            self.peak = value
+        if value > self.mark_peak:
+            self.mark_peak = value
+
+    def heavy(self, i: int) -> None:
+        """Run ``i`` just ended after ``HEAVY_SECONDS`` or more: its own figures."""
+        cpu, now = time.thread_time(), rss()
+        self.saw(now)
+        self.runs.append([i, cpu - self.mark_cpu, max(self.mark_peak - self.mark_rss, 0)])
+        self.mark_cpu, self.mark_rss, self.mark_peak = cpu, now, now
+
+    def ended(self, i: int, now: float) -> None:
+        """Run ``i`` ended at ``now`` (the lifecycle loop; the tight loop checks inline)."""
+        if now - self.last >= HEAVY_SECONDS:
+            self.heavy(i)
+        self.last = now
+
+    def finish(self) -> dict:
+        """The chunk's record (see the module docstring); the meter stops."""
+        _sampler.discard(self)
+        now = rss()
+        self.saw(now)
+        out: dict[str, Any] = {"cpu": time.thread_time() - self.cpu0, "mem": max(self.peak - self.rss0, 0),
+                               "rss": now}
+        if self.runs:
+            out["runs"] = self.runs
+        return out
+
+
+class _Sampler:
+    """One thread per process that samples RSS every ``SAMPLE_SECONDS`` while meters run."""
+
+    def __init__(self) -> None:
+        self.meters: set[Meter] = set()
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.pid = 0
+
+    def add(self, meter: Meter) -> None:
+        with self.lock:
+            self.meters.add(meter)
+            if self.thread is None or self.pid != os.getpid():
+                self.pid = os.getpid()
+                self.meters = {meter}  # a forked child: the parent's meters are not running here
+                self.thread = threading.Thread(target=self._run, name="daskflow-rss", daemon=True)
+                self.thread.start()
+        self.wake.set()
+
+    def discard(self, meter: Meter) -> None:
+        with self.lock:
+            self.meters.discard(meter)
+
+    def _run(self) -> None:
+        while True:
+            if not self.meters:  # nothing runs: sleep until a chunk starts
+                self.wake.wait()
+            self.wake.clear()
+            time.sleep(SAMPLE_SECONDS)  # the sampling period, not a synchronisation
+            with self.lock:
+                meters = list(self.meters)
+            if meters:
+                value = rss()
+                for meter in meters:
+                    meter.saw(value)
+
+
+_sampler = _Sampler()
