@@ -183,9 +183,12 @@ def run_resources(rec: dict, i: int, row: dict) -> dict | None:
     if not res:
         return None if wall is None else {"wall_seconds": wall, "resolution": None}
     out: dict = {"wall_seconds": wall, "worker_rss_bytes": res.get("rss")}
-    if res.get("killed"):
-        return dict(out, resolution="killed", memory_limit_bytes=res["killed"], cpu_seconds=None,
-                    peak_rss_increase_bytes=None)
+    killed = [[res.get("rss"), res["killed"]]] if res.get("killed") else \
+        [[rss, limit] for index, rss, limit in res.get("killed_runs") or () if index == i]
+    if killed:
+        rss, limit = killed[0]
+        return dict(out, resolution="killed", worker_rss_bytes=rss, cpu_seconds=None, peak_rss_increase_bytes=None,
+                    memory_limit_bytes=limit if limit is not True else None)
     for index, cpu, mem in res.get("runs") or ():
         if index == i:
             return dict(out, resolution="run", cpu_seconds=cpu, peak_rss_increase_bytes=mem)

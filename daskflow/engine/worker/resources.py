@@ -21,6 +21,11 @@ event, as one small record of str keys and lists (Dask events carry nothing else
     {"cpu": seconds, "mem": peak RSS increase (bytes), "rss": RSS at the end (bytes),
      "runs": [[index, cpu seconds, peak RSS increase], ...]}   # heavy runs only
 
+A run whose worker the nanny killed for memory cannot report: the client records the RSS
+the nanny measured last and the worker's memory limit (``runners/memory_kills.py``), as
+``{"rss": ..., "killed": limit}`` for a chunk lost whole, or in ``killed_runs``
+(``[[index, rss, limit], ...]``) for a chunk taken apart run by run.
+
 CPU time is the running thread's: a body that starts threads or processes of its own
 is not counted. RSS is the whole worker process's: on a worker with several threads,
 chunks running side by side share the increase.
@@ -35,7 +40,7 @@ from typing import Any
 
 import psutil
 
-__all__ = ["HEAVY_SECONDS", "Meter", "rss"]
+__all__ = ["HEAVY_SECONDS", "Meter", "put_run", "rss"]
 
 HEAVY_SECONDS = 0.005
 SAMPLE_SECONDS = 0.05
@@ -134,3 +139,19 @@ class _Sampler:
 
 
 _sampler = _Sampler()
+
+
+def put_run(chunk: dict | None, j: int, one: dict) -> dict:
+    """Fold the record of a one-run envelope (run ``j`` of a chunk taken apart run by run,
+    ``engine/client/split.py``) into its chunk's record: a run alone is measured alone, and
+    a run whose worker was killed for memory keeps the RSS sampled last (``killed_runs``)."""
+    out = chunk if chunk is not None else {"cpu": 0.0, "mem": 0, "rss": None}
+    if one.get("killed"):
+        out.setdefault("killed_runs", []).append([j, one.get("rss"), one["killed"]])
+        return out
+    cpu, mem = one.get("cpu", 0.0), one.get("mem", 0)
+    out["cpu"] += cpu
+    out["mem"] = max(out["mem"], mem)
+    out["rss"] = one.get("rss")
+    out.setdefault("runs", []).append([j, cpu, mem])
+    return out
