@@ -38,13 +38,22 @@ import threading
 import time
 from typing import Any
 
+import dask.config
 import psutil
 
-__all__ = ["HEAVY_SECONDS", "Meter", "put_run", "rss"]
+__all__ = ["HEAVY_SECONDS", "Meter", "enabled", "put_run", "rss"]
 
 HEAVY_SECONDS = 0.005
 SAMPLE_SECONDS = 0.05
 _process: list[Any] = [None, 0]  # this process's psutil handle, and the pid it belongs to
+
+
+def enabled() -> bool:
+    """``daskflow.resources`` as the process running the chunk sees it (read per chunk: a dict lookup)."""
+    try:
+        return bool(dask.config.config["daskflow"]["resources"])
+    except (KeyError, TypeError):
+        return True
 
 
 def rss() -> int:

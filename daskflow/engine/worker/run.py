@@ -67,6 +67,7 @@ from daskflow.engine.worker.lifecycle import (
     step_sync,
 )
 from daskflow.engine.worker.managed import NO_CACHE, CacheWork, cache_work
+from daskflow.engine.worker import resources
 from daskflow.engine.worker.resources import HEAVY_SECONDS, Meter
 
 if TYPE_CHECKING:
@@ -101,12 +102,12 @@ def run_chunk(spec: ChunkSpec, deps: list[ChunkResult] = ()) -> ChunkResult:  # 
                     spec.cache.lookup = True
             done = Checkpoint.joined(notes, spec.n) if notes and before is None else None
         reports.chunk_starting(spec.base, spec.start, host)
-        meter = Meter()
+        meter = Meter() if resources.enabled() else None
         try:
             result = run_rows(spec, list(deps), done=done, host=host, meter=meter)
         finally:
-            resources = meter.finish()
-        result.resources = resources
+            used = meter.finish() if meter is not None else None
+        result.resources = used
         result.worker = host.address()
         if before is not None:
             recomputed(result, before, host.address())
