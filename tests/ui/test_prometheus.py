@@ -86,3 +86,15 @@ def test_scheduler_metrics_page_holds_daskflow_metrics(tmp_path, monkeypatch):
             assert got[("daskflow_task_runs_total", (("state", "Cached"), ("task", "cached_double")))] == 4
     finally:
         runner.shutdown()
+
+
+def test_api_run_and_metrics_show_resources(ui, etl_id, cli_json):
+    from ui_procs import get_json
+
+    rows = [r for r in cli_json("runs", "ls", "--limit", "1000") if r["task_name"] == "load"]
+    slow = next(r for r in rows if r["name"] == "load-2")  # sleeps 20 ms: measured alone
+    run = get_json(ui.base + f"/api/runs/{slow['id']}")
+    assert run["resources"]["resolution"] == "run" and run["resources"]["wall_seconds"] >= 0.02
+    assert run["resources"] == cli_json("runs", "show", slow["id"])["resources"]
+    metrics = {m["task"]: m for m in get_json(ui.base + f"/api/metrics?flow_run={etl_id}")}
+    assert metrics["load"]["cpu_max"] is not None and metrics["load"]["mem_max"] is not None
