@@ -2,6 +2,7 @@
 
     python benchmarks/bench_metrics.py                    # 10^6 runs in chunks of 1,000 and of 10
     python benchmarks/bench_metrics.py --runs 100000 --reps 5
+    python benchmarks/bench_metrics.py --writer-cost      # the writer with and without counters
 
 Builds a run store in a temporary home through the run store's writer path
 (``RunStore.apply``: every chunk recorded Pending, then final, so the counters are
@@ -66,13 +67,42 @@ def scan_count(home: str) -> float:
     return time.perf_counter() - t0
 
 
+def writer_cost(runs: int, chunk: int, reps: int) -> None:
+    """The writer's time for ``runs`` runs in chunks of ``chunk``, counters kept vs not, alternating.
+
+    "Not" replaces ``store.metrics.change`` by a no-op for the run: the cost of this
+    benchmark's subject alone, everything else equal.
+    """
+    from daskflow.store import metrics
+
+    kept = metrics.change
+    times: dict[bool, list[float]] = {True: [], False: []}
+    for rep in range(reps):
+        for on in ((True, False) if rep % 2 == 0 else (False, True)):
+            metrics.change = kept if on else (lambda *a, **k: None)
+            with tempfile.TemporaryDirectory() as tmp:
+                home = os.path.join(tmp, "home")
+                os.mkdir(home, 0o700)
+                times[on].append(build(home, runs, chunk))
+    metrics.change = kept
+    on, off = statistics.median(times[True]), statistics.median(times[False])
+    print(f"writer, {runs:,} runs in chunks of {chunk}: counters {on:.2f} s | none {off:.2f} s | "
+          f"{1e6 * (on - off) / (runs // chunk):.1f} µs a chunk (medians of {reps})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=1_000_000)
     parser.add_argument("--chunks", type=int, nargs="+", default=[1000, 10])
     parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--writer-cost", action="store_true")
     args = parser.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if args.writer_cost:
+        print(f"load average {os.getloadavg()[0]:.2f} (2 cores)")
+        for chunk in args.chunks:
+            writer_cost(min(args.runs, 100_000 * chunk // 10), chunk, args.reps)
+        return
     from daskflow.ui.metrics import render
 
     print(f"load average {os.getloadavg()[0]:.2f} (2 cores)")

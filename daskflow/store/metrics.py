@@ -82,7 +82,7 @@ def tally(rec: dict | None, into: Delta, sign: int = 1) -> None:
         _bump(into, ("flight", task, ""), sign * rec.get("n", 1))
         return
     codes = bytes(codes)
-    per_code = [codes.count(code) for code in CODE_STATES] if len(codes) < 256 else _bincount(codes)
+    per_code = [codes.count(code) for code in CODE_STATES]  # 7 passes in C: a microsecond per 10^3 runs
     for code, count in enumerate(per_code):
         if count:
             _bump(into, ("runs", task, CODE_STATES[code].name), sign * count)
@@ -105,12 +105,6 @@ def tally(rec: dict | None, into: Delta, sign: int = 1) -> None:
 
 def _bump(into: Delta, key: tuple[str, str, str], value: float) -> None:
     into[key] = into.get(key, 0.0) + value
-
-
-def _bincount(codes: bytes) -> list[int]:
-    import numpy as np
-
-    return np.bincount(np.frombuffer(codes, dtype=np.uint8), minlength=len(CODE_STATES)).tolist()
 
 
 def _histogram(rec: dict, codes: bytes) -> tuple[list[int], float]:

@@ -68,3 +68,18 @@ def test_a_store_without_counters_is_counted_in_full_by_its_next_writer():
     assert v[("runs", "inc", "Completed")] == 2 and v[("runs", "inc", "Failed")] == 1
     assert v[("flight", "other", "")] == 5
     assert store.env.read(lambda txn: txn.get(COUNTED, db=store.dbs["metrics"])) is not None
+
+
+def test_runs_of_a_dead_owner_count_as_crashed():
+    from daskflow import owners
+
+    store = open_run_store()
+    gone = owners.Owner("expired-host", 4242, 1.0)  # another host whose lease ran out
+    base = new_run_base()
+    store.apply([ChunkUpdate(base, 0, {"task": "inc", "n": 3, "submitted": time.time(), "owner": gone.key,
+                                       "live": ["RUNNING", "Running", time.time(), ""]}, new=True)],
+                lease=owners.Lease(gone, time.time() - 1))
+    assert _values(store)[("flight", "inc", "")] == 3
+    assert [o.host for o in store.end_dead_owners()] == ["expired-host"]
+    v = _values(store)
+    assert v[("flight", "inc", "")] == 0 and v[("runs", "inc", "Crashed")] == 3
