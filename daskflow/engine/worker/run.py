@@ -28,7 +28,9 @@ chunks of ``.map()`` and ``.submit()`` on any runner, direct calls, background r
    retries, timeout, hooks, async body, upstream refs; a cache is fine) take the tight
    loop: call the function, record a state code and an end time, no per-run objects.
    Every other run goes through the lifecycle (``lifecycle.attempts``: Running, retries,
-   hooks, timeouts) one run at a time.
+   hooks, timeouts) one run at a time. ``run_chunk`` measures the chunk's CPU time and its
+   worker's peak RSS increase, and both loops measure a run of 5 ms or more on its own
+   when it ends (``resources.Meter``: one float comparison per run otherwise).
 4. *Envelope.* The chunk returns a ``ChunkResult`` and never raises. Whether a failure
    fails a downstream run is decided by daskflow from the envelope, not by Dask's error
    propagation; a Dask-level error (a lost worker) means the engine crashed.
