@@ -11,7 +11,7 @@ daskflow starts, both at ``/daskflow/metrics`` and inside Dask's own ``/metrics`
 page renders). A missing or damaged store is not an error page: the scrape answers
 ``daskflow_store_up 0``, so an alert can fire on it.
 
-Metric names (all ``daskflow_``): ``store_up``, ``task_runs_total{task,state}``,
+Metric names (all ``daskflow_``): ``store_up``, ``store_counted``, ``task_runs_total{task,state}``,
 ``task_runs_in_flight{task}``, ``task_run_retries_total{task}``,
 ``cache_hits_total{task}``, ``cache_misses_total{task}``,
 ``task_run_duration_seconds{task}`` (histogram), ``task_run_cpu_seconds_total{task}``,
@@ -74,8 +74,13 @@ class MetricsCollector:
 
         store = open_run_store(self.home, create=False, readonly=self.readonly)
         counters = store.counters()
+        counted = GaugeMetricFamily("daskflow_store_counted", "1 when the run store's writer keeps the run "
+                                    "counters; 0 before a flow of this version wrote the store (or since this "
+                                    "process opened it)")
+        yield _scalar(counted, 0 if counters is None else 1)
         if counters is None:
-            raise LookupError("the run store has no counters yet (no writer of this version wrote it)")
+            yield from self._entries(store)
+            return
         runs = CounterMetricFamily("daskflow_task_runs", "Task runs that reached a final state, by task and state",
                                    labels=["task", "state"])
         for (task, state), value in sorted(counters.by_kind("runs").items()):

@@ -98,3 +98,16 @@ def test_api_run_and_metrics_show_resources(ui, etl_id, cli_json):
     assert run["resources"] == cli_json("runs", "show", slow["id"])["resources"]
     metrics = {m["task"]: m for m in get_json(ui.base + f"/api/metrics?flow_run={etl_id}")}
     assert metrics["load"]["cpu_max"] is not None and metrics["load"]["mem_max"] is not None
+
+
+def test_a_store_not_yet_counted_is_up_and_says_so(tmp_path):
+    from daskflow.store.runs import open_run_store
+    from daskflow.ui.metrics import render
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    store = open_run_store(str(home))
+    store.env.write(lambda txn: txn.put(b"k", b"v", db=store.dbs["flows"]))  # written, but never by the tracker
+    got = samples(render(str(home)))
+    assert got[("daskflow_store_up", ())] == 1 and got[("daskflow_store_counted", ())] == 0
+    assert not any(name == "daskflow_task_runs_total" for name, _ in got)
