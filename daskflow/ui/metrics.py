@@ -159,7 +159,7 @@ def background_queue(root: pathlib.Path, readonly: bool) -> tuple[int | None, fl
 
     try:
         env = _lmdb.open_env(root / "background", dbs=DBS, readonly=readonly)
-        secret = ser.load_secret(root)
+        secret = ser.load_secret(root) if (root / "secret.key").exists() else None  # a reader makes no key
     except Exception:  # noqa: BLE001 - a damaged background store shows as no queue metrics
         logger.debug("daskflow: /metrics could not open the background store", exc_info=True)
         return None, None
@@ -168,7 +168,7 @@ def background_queue(root: pathlib.Path, readonly: bool) -> tuple[int | None, fl
     def read(txn: Any) -> tuple[int, float | None]:
         oldest = None
         for seen, (_, raw) in enumerate(txn.cursor(db=db)):
-            if seen >= QUEUE_SCAN:
+            if seen >= QUEUE_SCAN or secret is None:
                 break
             try:
                 submitted = unpack(ser.verify(secret, raw)).get("submitted")

@@ -111,3 +111,23 @@ def test_a_store_not_yet_counted_is_up_and_says_so(tmp_path):
     got = samples(render(str(home)))
     assert got[("daskflow_store_up", ())] == 1 and got[("daskflow_store_counted", ())] == 0
     assert not any(name == "daskflow_task_runs_total" for name, _ in got)
+
+
+def test_background_queue_depth_and_oldest_age(tmp_path):
+    import time
+
+    from daskflow.background.store import open_store, seal_entry
+    from daskflow.store.runs import open_run_store
+    from daskflow.ui.metrics import render
+
+    home = tmp_path / "home"
+    home.mkdir(mode=0o700)
+    open_run_store(str(home))
+    env = open_store(home / "background")
+    now = time.time()
+    entries = {f"run-{i}".encode(): seal_entry(env, {"id": f"run-{i}", "submitted": now - age})
+               for i, age in enumerate((100.0, 10.0, 1.0))}
+    env.write(lambda txn: [txn.put(k, v, db=env.db("queue")) for k, v in entries.items()])
+    got = samples(render(str(home)))
+    assert got[("daskflow_background_queue_depth", ())] == 3
+    assert 100 <= got[("daskflow_background_oldest_queued_age_seconds", ())] < 200
