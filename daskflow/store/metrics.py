@@ -202,6 +202,7 @@ def read_counters(txn: Any, db: Any) -> Counters:
     for key, raw in txn.cursor(db=db):
         if key == COUNTED:
             continue
-        kind, task, label = bytes(key).decode().split("\x1f")
+        kind, rest = bytes(key).decode().split("\x1f", 1)
+        task, label = rest.rsplit("\x1f", 1)  # a task name may hold any character; kinds and labels do not
         out[(kind, task, label)] = _F.unpack(raw)[0]
     return Counters(out)
