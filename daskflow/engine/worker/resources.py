@@ -3,9 +3,10 @@
 Measured cheaply, at two resolutions:
 
 - *per chunk*, always: CPU time of the thread that ran the chunk (``time.thread_time``)
-  and the worker process's RSS (psutil) at its start and end, plus the samples a
-  background thread takes every ``SAMPLE_SECONDS`` while chunks run; the peak RSS
-  increase is the highest sample minus the RSS at the start. A light run (under
+  and the worker process's RSS (psutil) as a thread of the process reads it every
+  ``SAMPLE_SECONDS`` while chunks run: the peak RSS increase is the highest reading while
+  the chunk ran minus the reading at its start (so a chunk shorter than a period shows
+  the change between the readings around it, often none). A light run (under
   ``HEAVY_SECONDS``) has only its chunk's figures: measuring it alone would cost more
   than the run.
 - *per run*, for runs that took ``HEAVY_SECONDS`` (5 ms) or more of wall time: the
@@ -66,27 +67,33 @@ def rss() -> int:
 
 
 class Meter:
-    """The resources of one chunk while it runs: started by ``run_chunk``, read into its envelope."""
+    """The resources of one chunk while it runs: started by ``run_chunk``, read into its envelope.
+
+    Starting and finishing a meter makes no system call for memory: both read the
+    sampler's latest reading (at most ``SAMPLE_SECONDS`` old), so a chunk of one 2 µs run
+    costs about two ``thread_time`` calls. Heavy runs take fresh readings.
+    """
 
     __slots__ = ("cpu0", "rss0", "peak", "mark_cpu", "mark_rss", "mark_peak", "runs", "last")
 
     def __init__(self) -> None:
         self.cpu0 = self.mark_cpu = time.thread_time()
-        self.rss0 = self.mark_rss = self.peak = self.mark_peak = rss()
+        self.rss0 = self.mark_rss = self.peak = self.mark_peak = 0
         self.runs: list[list] = []
         self.last = time.time()  # when the previous run ended (for runs measured outside the tight loop)
-        _sampler.add(self)
+        self.rss0 = self.mark_rss = self.peak = self.mark_peak = _sampler.start(self)
 
     def saw(self, value: int) -> None:
-        """A background sample of the process's RSS."""
+        """A reading of the process's RSS."""
         if value > self.peak:
             self.peak = value
         if value > self.mark_peak:
             self.mark_peak = value
 
     def heavy(self, i: int) -> None:
-        """Run ``i`` just ended after ``HEAVY_SECONDS`` or more: its own figures."""
+        """Run ``i`` just ended after ``HEAVY_SECONDS`` or more: its own figures (a fresh reading)."""
         cpu, now = time.thread_time(), rss()
+        _sampler.latest = now
         self.saw(now)
         self.runs.append([i, cpu - self.mark_cpu, max(self.mark_peak - self.mark_rss, 0)])
         self.mark_cpu, self.mark_rss, self.mark_peak = cpu, now, now
@@ -99,8 +106,8 @@ class Meter:
 
     def finish(self) -> dict:
         """The chunk's record (see the module docstring); the meter stops."""
-        _sampler.discard(self)
-        now = rss()
+        _sampler.meters.discard(self)
+        now = _sampler.latest
         self.saw(now)
         out: dict[str, Any] = {"cpu": time.thread_time() - self.cpu0, "mem": max(self.peak - self.rss0, 0),
                                "rss": now}
@@ -110,41 +117,51 @@ class Meter:
 
 
 class _Sampler:
-    """One thread per process that samples RSS every ``SAMPLE_SECONDS`` while meters run."""
+    """One thread per process reading its RSS every ``SAMPLE_SECONDS`` while meters run,
+    and for a second after (then it waits for the next chunk, which wakes it)."""
+
+    IDLE_TICKS = 20
 
     def __init__(self) -> None:
-        self.meters: set[Meter] = set()
-        self.lock = threading.Lock()
+        self.meters: set[Meter] = set()  # set.add/discard and list(set) are atomic under the GIL
+        self.latest = 0
+        self.idle = True
         self.wake = threading.Event()
-        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
         self.pid = 0
 
-    def add(self, meter: Meter) -> None:
-        with self.lock:
-            self.meters.add(meter)
-            if self.thread is None or self.pid != os.getpid():
-                self.pid = os.getpid()
-                self.meters = {meter}  # a forked child: the parent's meters are not running here
-                self.thread = threading.Thread(target=self._run, name="daskflow-rss", daemon=True)
-                self.thread.start()
-        self.wake.set()
+    def start(self, meter: Meter) -> int:
+        """Register ``meter``; the latest reading (a fresh one when the thread was idle)."""
+        self.meters.add(meter)
+        if self.idle or self.pid != os.getpid():
+            self._wake(meter)
+        return self.latest
 
-    def discard(self, meter: Meter) -> None:
+    def _wake(self, meter: Meter) -> None:
         with self.lock:
-            self.meters.discard(meter)
+            if self.pid != os.getpid():  # first use, or a forked child: no thread here yet
+                self.pid = os.getpid()
+                self.meters = {meter}  # a forked child runs none of its parent's chunks
+                threading.Thread(target=self._run, name="daskflow-rss", daemon=True).start()
+            self.latest = rss()
+            self.idle = False
+            self.wake.set()
 
     def _run(self) -> None:
+        quiet = 0
         while True:
-            if not self.meters:  # nothing runs: sleep until a chunk starts
+            if self.idle:
                 self.wake.wait()
-            self.wake.clear()
+                self.wake.clear()
+                quiet = 0
             time.sleep(SAMPLE_SECONDS)  # the sampling period, not a synchronisation
-            with self.lock:
-                meters = list(self.meters)
-            if meters:
-                value = rss()
-                for meter in meters:
-                    meter.saw(value)
+            value = self.latest = rss()
+            meters = list(self.meters)
+            for meter in meters:
+                meter.saw(value)
+            quiet = 0 if meters else quiet + 1
+            if quiet >= self.IDLE_TICKS and not self.meters:
+                self.idle = True  # (a chunk starting right now finds idle False and is sampled)
 
 
 _sampler = _Sampler()
