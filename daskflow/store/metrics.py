@@ -36,6 +36,7 @@ from array import array
 from typing import Any, Callable, Iterable, NamedTuple
 
 from daskflow.codes import CACHED, CODE_STATES, NEVER_RAN
+from daskflow.store.packing import times
 
 __all__ = ["BUCKETS", "COUNTED", "Counters", "Delta", "add", "change", "count_all", "read_counters", "tally"]
 
@@ -64,7 +65,7 @@ def change(old: dict | None, new: dict, into: Delta) -> None:
     tally(new, into)
 
 
-_COUNTED_FIELDS = ("task", "n", "codes", "ends", "starts", "started", "run_counts", "caches", "res")
+_COUNTED_FIELDS = ("task", "n", "codes", "ends", "zends", "starts", "zstarts", "started", "run_counts", "caches", "res")
 _SMALL = 64  # runs below which plain Python beats numpy's per-call cost
 
 
@@ -109,12 +110,12 @@ def _bump(into: Delta, key: tuple[str, str, str], value: float) -> None:
 
 def _histogram(rec: dict, codes: bytes) -> tuple[list[int], float]:
     """Bucket counts and total seconds of the runs that ran (Cached, NotReady and Cancelled did not)."""
-    raw = rec.get("ends")
+    raw = times(rec, "ends")  # packed on disk (store/packing.py): decoded for a record read back
     if not raw:
         return [], 0.0
     ends = array("d")
     ends.frombytes(bytes(raw))
-    starts = rec.get("starts")
+    starts = times(rec, "starts")
     if starts is not None:
         prev = array("d")
         prev.frombytes(bytes(starts))

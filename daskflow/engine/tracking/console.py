@@ -14,8 +14,11 @@ nothing is printed from a hot path. Lines go to the ``daskflow.runs`` logger:
   summary line that says how to list them.
 
 Names come from the batch's own records (``Submitted`` chunks, ``Finished`` envelopes,
-``FlowChange``), remembered in small bounded maps: log records shipped while a chunk
-runs arrive in later batches than the chunk's submission.
+``FlowChange``), remembered while the chunk or flow run is in flight: log records
+shipped while a chunk runs arrive in later batches than the chunk's submission. A name
+is forgotten one batch after its chunk or flow run ended (log records of the last
+moments may trail the end by a batch), so these maps hold what is in flight, whatever
+the process ran before.
 """
 
 from __future__ import annotations
@@ -27,14 +30,14 @@ from typing import Any, Callable, NamedTuple
 
 from daskflow.codes import CANCELLED, CODE_STATES, OK_CODES
 from daskflow.engine.core.states import describe_error
-from daskflow.engine.tracking.records import DirectCall, Finished, FlowChange, Record, Submitted
+from daskflow.engine.tracking.records import DirectCall, Ended, Finished, FlowChange, Record, Submitted
 from daskflow.ids import run_id
 
 __all__ = ["echo"]
 
 DETAILED = 3  # bad runs of one task per batch printed in full
 DETAILED_PER_TASK = 20  # ... and at most this many per task in this process
-_REMEMBER = 100_000
+_REMEMBER = 1_000_000  # a backstop only: names are forgotten when their runs end
 _FLOW_OWNER = b"\xff" * 8
 
 
@@ -51,6 +54,7 @@ class RunLabel(NamedTuple):
 _labels: collections.OrderedDict[tuple[int, int], RunLabel] = collections.OrderedDict()
 _flows: collections.OrderedDict[str, str] = collections.OrderedDict()
 _detailed: collections.Counter[str] = collections.Counter()
+_ending: list[tuple[collections.OrderedDict, Any]] = []  # names of what ended in the previous batch
 
 
 def _remember(store: collections.OrderedDict, key: Any, value: Any) -> None:
@@ -62,6 +66,9 @@ def _remember(store: collections.OrderedDict, key: Any, value: Any) -> None:
 def _observe(records: list[Record], failed_flows: list[FlowChange]) -> list[tuple[RunLabel, int, Any]]:
     """Learn run and flow names from a batch; the envelopes in it (label, start, result), its failed flows."""
     envelopes = []
+    for store, key in _ending:
+        store.pop(key, None)
+    _ending.clear()
     for record in records:
         if isinstance(record, Submitted):
             for c in record.chunks:
@@ -70,12 +77,17 @@ def _observe(records: list[Record], failed_flows: list[FlowChange]) -> list[tupl
             res = record.result
             label = RunLabel(res.task_name, dict(res.names))
             _remember(_labels, (res.base, res.start), label)
+            _ending.append((_labels, (res.base, res.start)))
             envelopes.append((label, res.start, res))
+        elif isinstance(record, Ended):
+            _ending.append((_labels, (record.base, record.start)))
         elif isinstance(record, FlowChange):
             if record.fields.get("name"):
                 _remember(_flows, record.flow_run_id, record.fields["name"])
-            if record.fields.get("state_type") in ("FAILED", "CRASHED") and "end" in record.fields:
-                failed_flows.append(record)
+            if "end" in record.fields:
+                _ending.append((_flows, record.flow_run_id))
+                if record.fields.get("state_type") in ("FAILED", "CRASHED"):
+                    failed_flows.append(record)
     return envelopes
 
 
