@@ -133,7 +133,7 @@ class _Sampler:
     def start(self, meter: Meter) -> int:
         """Register ``meter``; the latest reading (a fresh one when the thread was idle)."""
         self.meters.add(meter)
-        if self.idle or self.pid != os.getpid():
+        if self.idle:  # also after a fork (``_forked``): the child has no sampling thread yet
             self._wake(meter)
         return self.latest
 
@@ -165,6 +165,14 @@ class _Sampler:
 
 
 _sampler = _Sampler()
+
+
+def _forked() -> None:
+    _sampler.idle = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
 
 
 def put_run(chunk: dict | None, j: int, one: dict) -> dict:
