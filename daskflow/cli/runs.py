@@ -159,6 +159,8 @@ def runs_show(run_id: str, output: str) -> None:
                        ("run count", "run_count"), ("cache key", "cache_key")):
         console.print(f"  {label:10} {row.get(key) if row.get(key) is not None else '-'}")
     console.print(f"  {'duration':10} {_dur(row['start'], row['end'])}")
+    if row.get("resources"):
+        console.print(f"  {'resources':10} {_resources(row['resources'])}")
     table = Table(title="history")
     for col in ("state", "time", "since previous", "message"):
         table.add_column(col)
@@ -172,6 +174,28 @@ def runs_show(run_id: str, output: str) -> None:
         console.print(f"[red]error:[/] {row['error']}")
     if row.get("traceback"):
         console.print(row["traceback"], markup=False, highlight=False)
+
+
+def _resources(res: dict) -> str:
+    """A run's CPU and memory on one line, saying whose figures they are."""
+    if res.get("resolution") == "killed":
+        return (f"killed for memory: worker RSS {_size(res.get('worker_rss_bytes'))} at the last sample, limit "
+                f"{_size(res.get('memory_limit_bytes'))}")
+    if res.get("resolution") is None:
+        return "not measured"
+    whose = "this run" if res["resolution"] == "run" else f"its chunk of {res.get('chunk_runs')} runs (CPU: its share)"
+    return (f"CPU {_dur(0, res.get('cpu_seconds'))}, peak RSS increase {_size(res.get('peak_rss_increase_bytes'))}"
+            f" ({whose}), worker RSS {_size(res.get('worker_rss_bytes'))}")
+
+
+def _size(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return "-"
 
 
 @runs.command("logs")
@@ -269,11 +293,14 @@ def flow_runs_metrics(flow_run_id: str, output: str) -> None:
     from rich.table import Table
 
     table = Table(title="task metrics (slowest total first)")
-    for col in ("task", "runs", "completed", "cached", "failed", "retried", "p50", "p95", "max", "total"):
+    for col in ("task", "runs", "completed", "cached", "failed", "retried", "p50", "p95", "max", "total",
+                "cpu p50", "cpu p95", "cpu max", "mem p50", "mem p95", "mem max"):
         table.add_column(col, justify="left" if col == "task" else "right")
     for m in rows:
         table.add_row(m["task"], *(str(m[k]) for k in ("runs", "completed", "cached", "failed", "retried")),
-                      *(_dur(0, m[k]) for k in ("p50", "p95", "max", "total")))
+                      *(_dur(0, m[k]) for k in ("p50", "p95", "max", "total")),
+                      *(_dur(0, m.get(k)) if m.get(k) is not None else "-" for k in ("cpu_p50", "cpu_p95", "cpu_max")),
+                      *(_size(m.get(k)) for k in ("mem_p50", "mem_p95", "mem_max")))
     _console().print(table)
 
 

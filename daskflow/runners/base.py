@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import abc
 import time
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 
 class Host:
@@ -70,6 +70,14 @@ class Host:
 
 #: The host of calls that run in this process (threads, inline calls).
 LOCAL_HOST = Host()
+
+
+class LossCause(NamedTuple):
+    """Why a runner lost a call, when it knows more than the error says (``explain_loss``)."""
+
+    message: str  # in the user's words, e.g. "killed: worker exceeded its memory limit (2 GiB)"
+    rss: int | None = None  # the process's memory when last sampled, in bytes
+    limit: int | None = None  # its memory limit, in bytes
 
 
 class TaskRunner(abc.ABC):
@@ -133,6 +141,11 @@ class TaskRunner(abc.ABC):
     def notes_of(self, handles: list[Any]) -> dict[Any, list[bytes]]:
         """The checkpoints unfinished calls noted so far, by handle (runners with ``checkpoints``)."""
         return {}
+
+    def explain_loss(self, exc: BaseException) -> LossCause | None:
+        """Why a call ended in ``exc`` instead of a value, when the runner knows (a worker
+        killed for memory); None otherwise."""
+        return None
 
     def dropped(self, handle: Any) -> bool:
         """Whether the call was dropped with a lost connection (it may not have run, and

@@ -35,8 +35,8 @@ import dask.config
 
 from daskflow import config
 from daskflow.exceptions import SchedulerUnreachable
-from daskflow.runners import dask_internals
-from daskflow.runners.base import LOCAL_HOST, Host, TaskRunner
+from daskflow.runners import dask_internals, memory_kills
+from daskflow.runners.base import LOCAL_HOST, Host, LossCause, TaskRunner
 from daskflow.runners.batching import GraphBuffer
 
 if TYPE_CHECKING:
@@ -305,6 +305,7 @@ class DaskTaskRunner(TaskRunner):
         if (client.id, topic) not in _subscribed:
             _subscribed.add((client.id, topic))
             client.subscribe_topic(topic, on_event)
+            memory_kills.watch(client)
         self.install_ledger()
         if self.cluster is None or not has_bokeh():
             return []
@@ -316,6 +317,9 @@ class DaskTaskRunner(TaskRunner):
 
     def reports_ends(self) -> bool:
         return not in_dask_task()
+
+    def explain_loss(self, exc: BaseException) -> LossCause | None:
+        return memory_kills.explain(exc)
 
     def install_ledger(self) -> None:
         """Have the scheduler keep checkpoints of calls (``runners.ledger``), once per scheduler."""

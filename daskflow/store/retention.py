@@ -34,6 +34,7 @@ from daskflow import config
 from daskflow.codes import CODE_STATES
 from daskflow.owners import Owner, is_alive
 from daskflow.store.indexes import Deltas, index_chunk, index_flow, time_key, write_counts
+from daskflow.store import metrics
 from daskflow.store.packing import unpack, unpack_chunk
 
 if TYPE_CHECKING:
@@ -147,6 +148,7 @@ def _prune_chunks(txn: Any, db: dict, cutoff: bytes, keep: Keep, position: bytes
 
 
 def _delete_chunks(txn: Any, db: dict, doomed: list, deltas: Deltas) -> None:
+    in_flight: metrics.Delta = {}
     for key, rec in doomed:
         ck = key[8:]
         if rec is not None:
@@ -154,12 +156,16 @@ def _delete_chunks(txn: Any, db: dict, doomed: list, deltas: Deltas) -> None:
             if fid:
                 txn.delete(fid + ck, db=db["byflow"])
             index_chunk(txn, db, ck, rec, None, deltas)
+            if rec.get("codes") is None:  # the counters stay (they only go up); runs in flight go down
+                metrics.tally(rec, in_flight, -1)
         txn.delete(ck, db=db["chunks"])
         txn.delete(key, db=db["bytime"])
         for name in CHUNK_KEYED:
             if name in db:
                 delete_prefix(txn, db[name], ck)
     write_counts(txn, db, deltas)
+    if "metrics" in db:
+        metrics.add(txn, db["metrics"], in_flight)
 
 
 def _has_old(txn: Any, db: dict, cutoff: bytes, limit: float) -> bool:

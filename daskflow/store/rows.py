@@ -189,3 +189,45 @@ def chunk_span(rec: dict) -> tuple[float | None, float | None]:
 def slowest_runs(rec: dict, k: int) -> list[tuple[float, dict]]:
     spent = durations(rec)
     return [(spent[i], expand(rec, i)) for i in heapq.nlargest(k, range(len(spent)), key=spent.__getitem__)]
+
+
+def run_resources(rec: dict, i: int, row: dict) -> dict | None:
+    """Run ``i``'s wall time, CPU time and memory (``runs show``), or None when nothing was measured.
+
+    ``resolution`` says whose figures they are: ``"run"`` (a run of 5 ms or more, measured
+    alone), ``"chunk"`` (a light run: CPU is its even share of its chunk's, memory its
+    chunk's peak increase), or ``"killed"`` (its worker was killed for memory: the RSS
+    of the last sample). See ``engine/worker/resources.py``.
+    """
+    res = rec.get("res")
+    wall = row["end"] - row["start"] if row.get("end") and row.get("start") else None
+    if not res:
+        return None if wall is None else {"wall_seconds": wall, "resolution": None}
+    out: dict = {"wall_seconds": wall, "worker_rss_bytes": res.get("rss")}
+    killed = [[res.get("rss"), res["killed"]]] if res.get("killed") else \
+        [[rss, limit] for index, rss, limit in res.get("killed_runs") or () if index == i]
+    if killed:
+        rss, limit = killed[0]
+        return dict(out, resolution="killed", worker_rss_bytes=rss, cpu_seconds=None, peak_rss_increase_bytes=None,
+                    memory_limit_bytes=limit if limit is not True else None)
+    for index, cpu, mem in res.get("runs") or ():
+        if index == i:
+            return dict(out, resolution="run", cpu_seconds=cpu, peak_rss_increase_bytes=mem)
+    n = rec.get("n", 1)
+    return dict(out, resolution="chunk", cpu_seconds=res.get("cpu", 0.0) / n, peak_rss_increase_bytes=res.get("mem"),
+                chunk_runs=n)
+
+
+def resource_columns(rec: dict) -> tuple[list[float], list[float]] | None:
+    """Per-run CPU seconds and peak RSS increases of a chunk (light runs: their chunk's share,
+    see ``run_resources``), or None when it recorded none."""
+    res = rec.get("res")
+    if not res or res.get("killed"):
+        return None
+    n = rec.get("n", 1)
+    cpu = [res.get("cpu", 0.0) / n] * n
+    mem = [float(res.get("mem") or 0)] * n
+    for index, run_cpu, run_mem in res.get("runs") or ():
+        if 0 <= index < n:
+            cpu[index], mem[index] = run_cpu, float(run_mem)
+    return cpu, mem

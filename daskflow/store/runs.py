@@ -18,6 +18,7 @@ Databases of the ``$DASKFLOW_HOME/runs`` environment:
 - ``owners``   owner key (16, ``daskflow.owners``) → the owning process and its lease
 - ``owned``    owner key + ``b"c"`` + chunk key, or + ``b"f"`` + flow run id → b"": its non-final records
 - ``artifacts``, ``artkeys``: run artifacts and their index by key (``store/artifacts.py``)
+- ``metrics``  counters kept by the writer for ``/metrics`` (``store/metrics.py``)
 - ``odd``, ``flowcounts``, ``flowtime``, ``meta``: chunks with runs not simply Completed,
   runs per state of each flow run, flow runs by start (``store/indexes.py``)
 
@@ -51,17 +52,19 @@ from daskflow.codes import CODE_STATES, CRASHED
 from daskflow.exceptions import DamagedStore
 from daskflow.owners import Lease, Owner, is_alive
 from daskflow.ids import parse_id_prefix, prefix_matches
+from daskflow.store import metrics
 from daskflow.store.artifacts import ARTIFACTS_LOGGER, put_artifact
 from daskflow.store.indexes import (Deltas, build_indexes, flow_counts, index_chunk, index_flow, indexed, time_key,
                                      write_counts)
 from daskflow.store.packing import pack, pack_chunk, unpack, unpack_chunk
 from daskflow.store import retention
-from daskflow.store.rows import chunk_counts, expand, final_message, history, may_hold, runs_in_state, slowest_runs
+from daskflow.store.rows import (chunk_counts, expand, final_message, history, may_hold, run_resources, runs_in_state,
+                                 slowest_runs)
 
 __all__ = ["ChunkUpdate", "FlowUpdate", "LogLine", "RunPage", "RunStore", "open_run_store"]
 
 DBS = ("chunks", "bytime", "flows", "byflow", "logs", "owners", "owned", "artifacts", "artkeys", "odd", "flowcounts",
-       "flowtime", "meta")
+       "flowtime", "meta", "metrics")
 _FINAL_TYPES = frozenset(cs.type for cs in CODE_STATES.values())
 _FLOW_OWNER = b"\xff" * 8
 _seq = itertools.count()
@@ -158,6 +161,10 @@ class RunStore:
             owner = lease.owner
             txn.put(owner.key, pack({"host": owner.host, "pid": owner.pid, "started": owner.started,
                                      "lease_until": lease.until}), db=db["owners"])
+        counters = db.get("metrics")
+        if counters is not None:
+            metrics.count_all(txn, counters, lambda: txn.cursor(db=db["chunks"]), unpack_chunk)
+        delta: metrics.Delta = {}
         chunks: dict[bytes, ChunkUpdate] = {}  # a chunk's updates of this batch, folded into one
         for op in ops:
             if isinstance(op, ChunkUpdate):
@@ -194,10 +201,13 @@ class RunStore:
                     txn.put(fid + key, b"", db=db["byflow"])
             else:
                 rec = _merge(old, op.fields)
+            metrics.change(old, rec, delta)
             _index_owned(txn, db["owned"], rec, b"c" + key, rec.get("codes") is None)
             index_chunk(txn, db, key, old, rec, deltas)
             txn.put(key, pack_chunk(rec), db=db["chunks"])
         write_counts(txn, db, deltas)
+        if counters is not None:
+            metrics.add(txn, counters, delta)
 
     # -- runs of owners that died -----------------------------------------------------------
     def end_dead_owners(self) -> list[Owner]:
@@ -236,6 +246,10 @@ class RunStore:
                     rec = dict(old, codes=bytes([CRASHED]) * old["n"], ends=array("d", [now]).tobytes() * old["n"],
                                live=None, message=message)
                     index_chunk(txn, db, rkey, old, rec, deltas)
+                    counted: metrics.Delta = {}
+                    metrics.change(old, rec, counted)
+                    if "metrics" in db:
+                        metrics.add(txn, db["metrics"], counted)
                     txn.put(rkey, pack_chunk(rec), db=db["chunks"])
             elif raw is not None:
                 rec = unpack(raw)
@@ -340,6 +354,13 @@ class RunStore:
         """How many task runs the store holds (from the time index; expands nothing)."""
         return self.env.read(lambda txn: sum(int.from_bytes(v, "big") for _, v in txn.cursor(db=self._db["bytime"])))
 
+    def counters(self) -> metrics.Counters | None:
+        """The writer's running totals (``store/metrics.py``); None before a writer of this version wrote."""
+        db = self._db.get("metrics")
+        if db is None:
+            return None
+        return self.env.read(lambda txn: metrics.read_counters(txn, db) if txn.get(metrics.COUNTED, db=db) else None)
+
     def resolve(self, prefix: str) -> tuple[bytes, int]:
         """The chunk key and index of the task run whose id starts with ``prefix``.
 
@@ -378,6 +399,7 @@ class RunStore:
         row["error"] = (final_message(rec, i) or None) if row["state_type"] != "COMPLETED" else None
         row["traceback"] = (rec.get("tracebacks") or {}).get(i)
         row["cache_key"] = (rec.get("cache_keys") or {}).get(i)
+        row["resources"] = run_resources(rec, i, row)
         return row
 
     def logs(self, prefix: str, tail: int | None = None) -> list[dict]:

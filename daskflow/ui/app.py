@@ -17,6 +17,7 @@ objects of ``daskflow.store.queries`` (the CLI's ``-o json`` shapes) as JSON:
 ``/api/flow-runs/<id>/artifacts`` the artifacts of a flow run and its task runs
 ``/api/artifacts``              ``daskflow artifacts ls -o json``
 ``/api/artifacts/<key or id>``  ``daskflow artifacts show REF -o json``
+``/metrics``                    Prometheus text format (``ui/metrics.py``)
 ==============================  =======================================
 
 ``/api/runs`` pages with a cursor: the body is the listing, the next page's cursor is in
@@ -248,6 +249,21 @@ class Metrics(Api):
         return lambda store: self.query("task_metrics")(store, flow_run)
 
 
+class PrometheusMetrics(Base):
+    """``/metrics`` in the Prometheus text format (``ui/metrics.py``); a store it cannot read is
+    the metric ``daskflow_store_up 0``, never an error page."""
+
+    async def get(self) -> None:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        from daskflow.ui.metrics import render
+
+        body = await asyncio.get_running_loop().run_in_executor(None, render, self.options.home,
+                                                                self.options.readonly)
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(body)
+
+
 class Timeline(Api):
     def answer(self) -> Callable[[Any], Any]:
         flow_run = self.flow_run_argument()
@@ -306,6 +322,7 @@ def routes(options: UiOptions) -> list[tuple[str, type, dict]]:
         (p + f"/api/runs/{ID}", Run, kw),
         (p + f"/api/runs/{ID}/logs", RunLogs, kw),
         (p + "/api/metrics", Metrics, kw),
+        (p + "/metrics", PrometheusMetrics, kw),
         (p + "/api/timeline", Timeline, kw),
         (p + f"/api/runs/{ID}/artifacts", RunArtifacts, kw),
         (p + f"/api/flow-runs/{ID}/artifacts", FlowArtifacts, kw),

@@ -55,6 +55,9 @@ def small_workers(tmp_path):
 
 
 def test_a_run_past_the_memory_limit_crashes_alone_and_its_chunk_mates_are_recorded(small_workers, tmp_path):
+    from daskflow.engine.tracking import tracker
+    from daskflow.store.runs import open_run_store
+
     log = tmp_path / "ran"
 
     @task
@@ -76,9 +79,9 @@ def test_a_run_past_the_memory_limit_crashes_alone_and_its_chunk_mates_are_recor
     def pipeline():
         futs = hog.map(range(12), bad=5, chunksize=12)
         futs.wait()
-        return [f.state for f in futs]
+        return [f.state for f in futs], [f.task_run_id for f in futs]
 
-    states = pipeline()
+    states, ids = pipeline()
     names = [s.name for s in states]
     assert names == ["Completed"] * 5 + ["Crashed"] + ["Completed"] * 6, names
     assert [s.result() for i, s in enumerate(states) if i != 5] == [i * 10 for i in range(12) if i != 5]
@@ -86,3 +89,13 @@ def test_a_run_past_the_memory_limit_crashes_alone_and_its_chunk_mates_are_recor
     # runs that finished before the first kill were recorded from checkpoints, not run again
     assert all(ran.count(i) == 1 for i in range(5)), sorted(ran)
     assert ran.count(5) >= 2 and "KilledWorker" in states[5].message
+    # the nanny's kill, in the user's words, with the worker's limit and the memory it measured last
+    assert "killed: worker exceeded its memory limit (0.28 GiB)" in states[5].message, states[5].message
+    assert tracker.flush()
+    shown = open_run_store().task_run(ids[5])
+    assert "killed: worker exceeded its memory limit (0.28 GiB)" in shown["error"]
+    res = shown["resources"]
+    assert res["resolution"] == "killed" and res["memory_limit_bytes"] == 300_000_000
+    assert res["worker_rss_bytes"] > 0.95 * 300_000_000  # the nanny kills past 95% of the limit
+    mate = open_run_store().task_run(ids[8])["resources"]  # ran again after the culprit, with 6..11
+    assert mate["resolution"] == "run" and mate["cpu_seconds"] is not None  # 50 ms runs: measured alone

@@ -40,7 +40,8 @@ def test_flow_runs_page_lists_flow_runs_with_states_and_counts(ui, tmp_path):
 
 def test_flow_run_page_shows_metrics_timeline_slowest_and_logs(ui, etl_id, tmp_path):
     text = dom(ui.base + f"/flow-runs/{etl_id}", tmp_path)
-    for expected in ("Task metrics", "load", "total", "p95", "Timeline of chunks", "Slowest task runs",
+    for expected in ("Task metrics", "load", "total", "p95", "CPU p95", "memory max", "Timeline of chunks",
+                     "Slowest task runs",
                      "starting etl over 8 items", "loading item 3", "summing 7 values", "load-3"):
         assert expected in text, expected
 
@@ -65,7 +66,8 @@ def test_run_page_shows_history_error_traceback_and_logs(ui, tmp_path):
     run = get_json(ui.base + "/api/runs?state=Failed")[0]
     text = dom(ui.base + f"/runs/{run['id']}", tmp_path)
     for expected in ("load-3", "Failed", "ValueError: bad input 3: not a number", "Traceback", "State history",
-                     "Running", "AwaitingRetry", "loading item 3", "run count 2"):
+                     "Running", "AwaitingRetry", "loading item 3", "run count 2", "resources", "CPU ",
+                     "peak RSS increase"):
         assert expected in text, expected
 
 

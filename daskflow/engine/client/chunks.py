@@ -569,8 +569,12 @@ def lost(chunk: Chunk, exc: BaseException) -> ChunkResult:
     """The envelope of a chunk whose call (not the user's code) ended in error."""
     cancelled = type(exc).__name__ in ("CancelledError", "FutureCancelledError")
     code = CANCELLED if cancelled else CRASHED
+    cause = chunk.runner.explain_loss(exc) if chunk.runner is not None and not cancelled else None
     if cancelled:
         err: BaseException = CancelledRun(f"task {chunk.task.name!r}: the run was cancelled")
+    elif cause is not None:
+        err = CrashedRun(f"task {chunk.task.name!r}: {cause.message}; Dask gave up on it ({type(exc).__name__})")
+        err.__cause__ = exc
     else:
         err = CrashedRun(
             f"task {chunk.task.name!r}: the run crashed outside of the task's code: "
@@ -579,6 +583,8 @@ def lost(chunk: Chunk, exc: BaseException) -> ChunkResult:
         )
         err.__cause__ = exc
     res = ChunkResult.all_failed(chunk.task.name, chunk.base, chunk.start, chunk.n, code, err, str(err))
+    if cause is not None:  # the memory its worker had when last sampled (engine/worker/resources.py)
+        res.resources = {"rss": cause.rss, "killed": cause.limit or True}
     if code == CRASHED and tracker.live_state(chunk.base, chunk.start) is not None:
         # the chunk was seen to start: its runs were attempted once (a chunk reports its start,
         # not each run's, so all of them count)

@@ -18,6 +18,7 @@ from daskflow.codes import OK_CODES
 from daskflow.engine.client.chunks import Chunk, lost, submit_chunks
 from daskflow.engine.core.envelope import ChunkResult, ChunkSpec
 from daskflow.engine.core.inputs import ALIGNED, MAPPED, Column, Ref
+from daskflow.engine.worker import resources
 from daskflow.engine.worker.checkpoints import Checkpoint
 
 if TYPE_CHECKING:
@@ -99,4 +100,6 @@ def put_run(res: ChunkResult, j: int, one: ChunkResult) -> None:
     for name in ("history", "run_counts", "names", "tracebacks"):
         if 0 in getattr(one, name):
             getattr(res, name)[j] = getattr(one, name)[0]
+    if one.resources:
+        res.resources = resources.put_run(res.resources, j, one.resources)
     res.ends[j] = one.ends[0] if len(one.ends) else time.time()

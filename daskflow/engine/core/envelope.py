@@ -176,6 +176,7 @@ class ChunkResult:
     elsewhere: bool = False  # the values stayed on the worker: this envelope is their summary
     recomputed: bool = False  # an attempt after the values of a completed attempt were lost
     fetch: Any = None  # on the client: how to bring values that stayed on the worker (not pickled)
+    resources: dict | None = None  # CPU and memory the runs took (engine/worker/resources.py)
     released: str = ""  # on the client: who consumed the values and let them go (``released``)
 
     def __reduce__(self):
@@ -406,7 +407,7 @@ class ChunkResult:
 
 
 _SPARSE = ("errors", "messages", "tracebacks", "history", "run_counts", "names", "worker", "n_failed",
-           "cache_records", "cache_returned", "logs", "kept", "nbytes", "elsewhere", "recomputed")
+           "cache_records", "cache_returned", "logs", "kept", "nbytes", "elsewhere", "recomputed", "resources")
 
 
 class UniformCodes:

@@ -44,6 +44,7 @@ class ChunkEnded:
     started: float | None = None  # set when the ChunkStarted was folded into this message
     codes: bytes = b""  # every run's code instead, when that is smaller than the pairs
     summary: bytes = b""  # the pickled envelope without values, when the values stayed on the worker
+    resources: dict | None = None  # CPU and memory the runs took (engine/worker/resources.py)
 
     def run_codes(self, n: int) -> bytearray:
         """The final code of each of the chunk's ``n`` runs."""

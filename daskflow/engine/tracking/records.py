@@ -96,6 +96,7 @@ class Ended(NamedTuple):
     timestamp: float
     worker: str | None
     started: float | None = None  # when its start was not reported on its own
+    resources: dict | None = None  # CPU and memory the runs took (engine/worker/resources.py)
 
 
 class Logs(NamedTuple):
@@ -150,6 +151,8 @@ def envelope_fields(res: ChunkResult) -> dict:
         fields["run_counts"] = dict(res.run_counts)
     if res.names:
         fields["names"] = dict(res.names)
+    if res.resources:
+        fields["res"] = res.resources
     return fields
 
 
@@ -168,9 +171,11 @@ def to_store_ops(batch: list[Record]) -> tuple[list[StoreOp], list[list]]:
             t, name, _, _ = record.state
             owner = owners.me().key  # this process: if it dies, these runs end Crashed (store/runs.py)
             for c in record.chunks:
-                ops.append(ChunkUpdate(c.base, c.start, {
-                    "task": c.task.name, "task_key": c.task.task_key, "n": c.n, "flow_run_id": record.flow_run_id,
-                    "submitted": c.submitted, "live": [t, name, c.submitted, ""], "owner": owner}, new=True))
+                fields = {"task": c.task.name, "task_key": c.task.task_key, "n": c.n, "flow_run_id": record.flow_run_id,
+                          "submitted": c.submitted, "live": [t, name, c.submitted, ""], "owner": owner}
+                if c.task.caches:  # its runs count as cache hits or misses (store/metrics.py)
+                    fields["caches"] = True
+                ops.append(ChunkUpdate(c.base, c.start, fields, new=True))
         elif isinstance(record, Finished):
             res = record.result
             ops.append(ChunkUpdate(record.base, record.start, dict(envelope_fields(res), n=res.n, task=res.task_name)))
@@ -190,6 +195,8 @@ def to_store_ops(batch: list[Record]) -> tuple[list[StoreOp], list[list]]:
                 fields["started"] = record.started
             if record.worker:
                 fields["worker"] = record.worker
+            if record.resources:
+                fields["res"] = record.resources
             ops.append(ChunkUpdate(record.base, record.start, fields))
         elif isinstance(record, Logs):
             logs.extend(record.records)

@@ -421,7 +421,7 @@ def on_message(msg: Message) -> None:
         _tracker.retrying.pop(key, None)
         codes = msg.run_codes(entry.n)
         _remember_counts(key, codes)
-        _tracker.put(Ended(msg.base, msg.start, bytes(codes), msg.timestamp, msg.worker, msg.started))
+        _tracker.put(Ended(msg.base, msg.start, bytes(codes), msg.timestamp, msg.worker, msg.started, msg.resources))
 
 
 def on_runner_event(event: tuple[float, Any]) -> None:

@@ -93,7 +93,7 @@ def chunk_starting(base: int, start: int, host: Host) -> None:
 def chunk_ended(res: ChunkResult, host: Host) -> None:
     """The small end event: the codes of runs that did not simply complete, and the time."""
     codes = res.codes
-    end = ChunkEnded(res.base, res.start, time.time(), res.worker, [])
+    end = ChunkEnded(res.base, res.start, time.time(), res.worker, [], resources=res.resources)
     if res.n_failed or 1 in codes:
         odd = res.n - codes.count(0)
         if odd * 8 > res.n:  # many: the codes themselves (a byte a run) are smaller than the pairs

@@ -28,7 +28,9 @@ chunks of ``.map()`` and ``.submit()`` on any runner, direct calls, background r
    retries, timeout, hooks, async body, upstream refs; a cache is fine) take the tight
    loop: call the function, record a state code and an end time, no per-run objects.
    Every other run goes through the lifecycle (``lifecycle.attempts``: Running, retries,
-   hooks, timeouts) one run at a time.
+   hooks, timeouts) one run at a time. ``run_chunk`` measures the chunk's CPU time and its
+   worker's peak RSS increase, and both loops measure a run of 5 ms or more on its own
+   when it ends (``resources.Meter``: one float comparison per run otherwise).
 4. *Envelope.* The chunk returns a ``ChunkResult`` and never raises. Whether a failure
    fails a downstream run is decided by daskflow from the envelope, not by Dask's error
    propagation; a Dask-level error (a lost worker) means the engine crashed.
@@ -69,6 +71,8 @@ from daskflow.engine.worker.lifecycle import (
     step_sync,
 )
 from daskflow.engine.worker.managed import NO_CACHE, CacheWork, cache_work
+from daskflow.engine.worker import resources
+from daskflow.engine.worker.resources import HEAVY_SECONDS, Meter
 
 if TYPE_CHECKING:
     from daskflow.engine.api.tasks import Task
@@ -102,7 +106,12 @@ def run_chunk(spec: ChunkSpec, deps: list[ChunkResult] = ()) -> ChunkResult:  # 
                     spec.cache.lookup = True
             done = Checkpoint.joined(notes, spec.n) if notes and before is None else None
         reports.chunk_starting(spec.base, spec.start, host)
-        result = run_rows(spec, list(deps), done=done, host=host)
+        meter = Meter() if resources.enabled() else None
+        try:
+            result = run_rows(spec, list(deps), done=done, host=host, meter=meter)
+        finally:
+            used = meter.finish() if meter is not None else None
+        result.resources = used
         result.worker = host.address()
         if before is not None:
             recomputed(result, before, host.address())
@@ -146,12 +155,14 @@ def run_pickled_chunk(spec: bytes, deps: list[ChunkResult] = ()) -> ChunkResult:
     return run_chunk(cloudpickle.loads(spec), deps)
 
 
-def run_rows(spec: ChunkSpec, deps: list, done: Checkpoint | None = None, host: Host | None = None) -> ChunkResult:
+def run_rows(spec: ChunkSpec, deps: list, done: Checkpoint | None = None, host: Host | None = None,
+             meter: Meter | None = None) -> ChunkResult:
     """Run the runs of ``spec`` (its columns, or its one ``row``); the envelope, unsealed.
 
     ``deps``: the upstream envelopes its ``Ref``s point into. ``done``: runs an earlier
     attempt finished; they are restored, not run. ``host``: given by ``run_chunk``, whose
-    runner keeps checkpoints when ``spec.checkpoints``.
+    runner keeps checkpoints when ``spec.checkpoints``. ``meter``: measures heavy runs one
+    by one (``run_chunk``'s; a direct call has none).
     """
     task, n = spec.task, spec.n
     res = ChunkResult(task.name, spec.base, spec.start, n, bytearray(n), [None] * n)
@@ -190,10 +201,11 @@ def run_rows(spec: ChunkSpec, deps: list, done: Checkpoint | None = None, host: 
             items = cache.prepare(items, ends)
             if (task.fast_path or (task.plain and cache.resolved)) and not refs:
                 items = cache.fill_hits(items, ends)
-                _run_tight(task.fn, items, res, ctx, notes, ends)
+                _run_tight(task.fn, items, res, ctx, notes, ends, meter)
                 cache.stage_fresh(items)
             else:
-                _run_each(task, items, res, ctx, None if cache.resolved or not refs else deps, cache, notes, ends)
+                _run_each(task, items, res, ctx, None if cache.resolved or not refs else deps, cache, notes, ends,
+                          meter)
         res.ends = ends
         cache.finish(first)
         keep_chunk(spec, res)
@@ -228,10 +240,12 @@ def _iterables(columns: list[Column], deps: list, n: int, refs: bool) -> tuple[l
 
 
 def _run_tight(fn: Callable, items: Iterable[tuple[int, tuple]], res: ChunkResult, ctx: TaskRunContext,
-               notes: Notes | None, ends: array) -> None:
-    """The hot loop: no per-run objects, one state code and one end time per run."""
+               notes: Notes | None, ends: array, meter: Meter | None = None) -> None:
+    """The hot loop: no per-run objects, one state code and one end time per run; a run that
+    took ``HEAVY_SECONDS`` or more is measured on its own (``resources``)."""
     values, clock = res.values, time.time
     due = notes.due if notes is not None else float("inf")
+    heavy, last = (HEAVY_SECONDS, res.started) if meter is not None else (float("inf"), 0.0)
     for i, args in items:
         ctx.index = i
         try:
@@ -239,6 +253,9 @@ def _run_tight(fn: Callable, items: Iterable[tuple[int, tuple]], res: ChunkResul
         except Exception as exc:
             res.fail(i, FAILED, exc)
         now = ends[i] = clock()
+        if now - last >= heavy:
+            meter.heavy(i)  # type: ignore[union-attr]
+        last = now
         if now >= due:
             notes.reached(i, now, ends)  # type: ignore[union-attr]
             due = notes.due  # type: ignore[union-attr]
@@ -263,7 +280,7 @@ class Parked:
 
 
 def _run_each(task: Task, items: Iterable[tuple[int, tuple]], res: ChunkResult, ctx: TaskRunContext,
-              deps: list | None, cache: CacheWork, notes: Notes | None, ends: array) -> None:
+              deps: list | None, cache: CacheWork, notes: Notes | None, ends: array, meter: Meter | None = None) -> None:
     """Every run through its whole lifecycle (retries, timeouts, hooks), one at a time.
 
     A run that must wait before its retry is parked and the loop goes on with the chunk's
@@ -279,7 +296,7 @@ def _run_each(task: Task, items: Iterable[tuple[int, tuple]], res: ChunkResult, 
         outcome = run_one(task, ctx, row, deps, cache, parked)
         if outcome is None:
             continue
-        now = _ended(i, outcome, res, ctx, cache, ends)
+        now = _ended(i, outcome, res, ctx, cache, ends, meter)
         if notes is not None and not parked and now >= notes.due:
             notes.reached(i, now, ends)
     host = current_host() if parked else None
@@ -293,14 +310,17 @@ def _run_each(task: Task, items: Iterable[tuple[int, tuple]], res: ChunkResult, 
         if outcome is None:
             _park(parked, p.index, wait, p.engine, p.args, p.kwargs, ctx)
         else:
-            _ended(p.index, outcome, res, ctx, cache, ends)
+            _ended(p.index, outcome, res, ctx, cache, ends, meter)
 
 
-def _ended(i: int, outcome: Outcome, res: ChunkResult, ctx: TaskRunContext, cache: CacheWork, ends: array) -> float:
+def _ended(i: int, outcome: Outcome, res: ChunkResult, ctx: TaskRunContext, cache: CacheWork, ends: array,
+           meter: Meter | None = None) -> float:
     res.record(i, outcome, ctx.run_count, ctx.name)
     res.keep(i, ctx.final_state)
     cache.done(i, outcome)
     now = ends[i] = time.time()
+    if meter is not None:
+        meter.ended(i, now)
     return now
 
 

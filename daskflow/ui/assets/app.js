@@ -47,6 +47,19 @@ function seconds(d) {
   if (d < 120) return d.toFixed(2) + " s";
   return Math.floor(d / 60) + " min " + Math.round(d % 60) + " s";
 }
+function bytes(n) {
+  if (n === null || n === undefined || isNaN(n)) return "-";
+  const units = ["B", "KiB", "MiB", "GiB"];
+  let i = 0;
+  while (Math.abs(n) >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return i ? n.toFixed(1) + " " + units[i] : n + " B";
+}
+function resourcesText(r) {
+  if (!r || !r.resolution) return "-";
+  if (r.resolution === "killed") return `killed for memory: worker RSS ${bytes(r.worker_rss_bytes)} at the last sample, limit ${bytes(r.memory_limit_bytes)}`;
+  const whose = r.resolution === "run" ? "this run" : `its chunk of ${r.chunk_runs} runs (CPU: its share)`;
+  return `CPU ${seconds(r.cpu_seconds)}, peak RSS increase ${bytes(r.peak_rss_increase_bytes)} (${whose}), worker RSS ${bytes(r.worker_rss_bytes)}`;
+}
 function span(start, end) { return start && end ? seconds(end - start) : "-"; }
 function stateBadge(name, type, label) {
   return h("span", {class: `state s-${type} s-${name}`, title: type}, label || name);
@@ -146,11 +159,13 @@ async function flowsPage() {
 
 function metricsTable(metrics) {
   if (!metrics.length) return empty("no task runs");
-  return table(["task", "runs#", "completed#", "cached#", "failed#", "retried#", "running#", "p50#", "p95#", "max#", "total time#"],
+  return table(["task", "runs#", "completed#", "cached#", "failed#", "retried#", "running#", "p50#", "p95#", "max#", "total time#",
+                "CPU p50#", "CPU p95#", "CPU max#", "memory p50#", "memory p95#", "memory max#"],
     metrics.map(m => h("tr", {},
       td(h("a", {href: `${BASE}/runs?task=${encodeURIComponent(m.task)}&flow_run=${PAGE_ID}`}, m.task)),
       ...["runs", "completed", "cached", "failed", "retried", "running"].map(k => td(m[k], "num")),
-      ...["p50", "p95", "max", "total"].map(k => td(seconds(m[k]), "num")))));
+      ...["p50", "p95", "max", "total", "cpu_p50", "cpu_p95", "cpu_max"].map(k => td(seconds(m[k]), "num")),
+      ...["mem_p50", "mem_p95", "mem_max"].map(k => td(bytes(m[k]), "num")))));
 }
 
 function timelineChart(bars) {
@@ -272,6 +287,7 @@ async function runPage() {
     const fields = [["id", h("span", {class: "mono"}, r.id)], ["task", r.task_key || r.task_name],
       ["flow run", flowLink(r.flow_run_id, r.flow_run_id)], ["worker", r.worker || "-"], ["run count", String(r.run_count)],
       ["start", when(r.start)], ["end", when(r.end)], ["duration", span(r.start, r.end)],
+      ["resources", resourcesText(r.resources)],
       ["cache key", r.cache_key ? h("span", {class: "mono"}, r.cache_key) : "-"]];
     render(
       h("h1", {}, r.name, stateBadge(r.state, r.state_type)),

@@ -1,0 +1,191 @@
+"""What runs cost where they ran: CPU time and the worker process's peak RSS increase.
+
+Measured cheaply, at two resolutions:
+
+- *per chunk*, always: CPU time of the thread that ran the chunk (``time.thread_time``)
+  and the worker process's RSS (psutil) as a thread of the process reads it every
+  ``SAMPLE_SECONDS`` while chunks run: the peak RSS increase is the highest reading while
+  the chunk ran minus the reading at its start (so a chunk shorter than a period shows
+  the change between the readings around it, often none). A light run (under
+  ``HEAVY_SECONDS``) has only its chunk's figures: measuring it alone would cost more
+  than the run.
+- *per run*, for runs that took ``HEAVY_SECONDS`` (5 ms) or more of wall time: the
+  loops already take an end time per run, so a run is known to be heavy when it ends;
+  its CPU time and RSS are then sampled, and its figures are the change since the
+  previous sample (the chunk's start, or the end of the previous heavy run). In a chunk
+  of heavy runs that is exactly the run; a heavy run that follows light runs of the
+  same chunk also carries theirs.
+
+The figures travel in the envelope (``ChunkResult.resources``) and in the chunk's end
+event, as one small record of str keys and lists (Dask events carry nothing else)::
+
+    {"cpu": seconds, "mem": peak RSS increase (bytes), "rss": RSS at the end (bytes),
+     "runs": [[index, cpu seconds, peak RSS increase], ...]}   # heavy runs only
+
+A run whose worker the nanny killed for memory cannot report: the client records the RSS
+the nanny measured last and the worker's memory limit (``runners/memory_kills.py``), as
+``{"rss": ..., "killed": limit}`` for a chunk lost whole, or in ``killed_runs``
+(``[[index, rss, limit], ...]``) for a chunk taken apart run by run.
+
+CPU time is the running thread's: a body that starts threads or processes of its own
+is not counted. RSS is the whole worker process's: on a worker with several threads,
+chunks running side by side share the increase.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import dask.config
+import psutil
+
+__all__ = ["HEAVY_SECONDS", "Meter", "enabled", "put_run", "rss"]
+
+HEAVY_SECONDS = 0.005
+SAMPLE_SECONDS = 0.05
+_process: list[Any] = [None, 0]  # this process's psutil handle, and the pid it belongs to
+
+
+def enabled() -> bool:
+    """``daskflow.resources`` as the process running the chunk sees it (read per chunk: a dict lookup)."""
+    try:
+        return bool(dask.config.config["daskflow"]["resources"])
+    except (KeyError, TypeError):
+        return True
+
+
+def rss() -> int:
+    """This process's resident set size, in bytes (one psutil call on a kept handle)."""
+    proc, pid = _process
+    if proc is None or pid != os.getpid():
+        proc = _process[0] = psutil.Process()
+        _process[1] = os.getpid()
+    return proc.memory_info().rss
+
+
+class Meter:
+    """The resources of one chunk while it runs: started by ``run_chunk``, read into its envelope.
+
+    Starting and finishing a meter makes no system call for memory: both read the
+    sampler's latest reading (at most ``SAMPLE_SECONDS`` old), so a chunk of one 2 µs run
+    costs about two ``thread_time`` calls. Heavy runs take fresh readings.
+    """
+
+    __slots__ = ("cpu0", "rss0", "peak", "mark_cpu", "mark_rss", "mark_peak", "runs", "last")
+
+    def __init__(self) -> None:
+        self.cpu0 = self.mark_cpu = time.thread_time()
+        self.rss0 = self.mark_rss = self.peak = self.mark_peak = 0
+        self.runs: list[list] = []
+        self.last = time.time()  # when the previous run ended (for runs measured outside the tight loop)
+        self.rss0 = self.mark_rss = self.peak = self.mark_peak = _sampler.start(self)
+
+    def saw(self, value: int) -> None:
+        """A reading of the process's RSS."""
+        if value > self.peak:
+            self.peak = value
+        if value > self.mark_peak:
+            self.mark_peak = value
+
+    def heavy(self, i: int) -> None:
+        """Run ``i`` just ended after ``HEAVY_SECONDS`` or more: its own figures (a fresh reading)."""
+        cpu, now = time.thread_time(), rss()
+        _sampler.latest = now
+        self.saw(now)
+        self.runs.append([i, cpu - self.mark_cpu, max(self.mark_peak - self.mark_rss, 0)])
+        self.mark_cpu, self.mark_rss, self.mark_peak = cpu, now, now
+
+    def ended(self, i: int, now: float) -> None:
+        """Run ``i`` ended at ``now`` (the lifecycle loop; the tight loop checks inline)."""
+        if now - self.last >= HEAVY_SECONDS:
+            self.heavy(i)
+        self.last = now
+
+    def finish(self) -> dict:
+        """The chunk's record (see the module docstring); the meter stops."""
+        _sampler.meters.discard(self)
+        now = _sampler.latest
+        self.saw(now)
+        out: dict[str, Any] = {"cpu": time.thread_time() - self.cpu0, "mem": max(self.peak - self.rss0, 0),
+                               "rss": now}
+        if self.runs:
+            out["runs"] = self.runs
+        return out
+
+
+class _Sampler:
+    """One thread per process reading its RSS every ``SAMPLE_SECONDS`` while meters run,
+    and for a second after (then it waits for the next chunk, which wakes it)."""
+
+    IDLE_TICKS = 20
+
+    def __init__(self) -> None:
+        self.meters: set[Meter] = set()  # set.add/discard and list(set) are atomic under the GIL
+        self.latest = 0
+        self.idle = True
+        self.wake = threading.Event()
+        self.lock = threading.Lock()
+        self.pid = 0
+
+    def start(self, meter: Meter) -> int:
+        """Register ``meter``; the latest reading (a fresh one when the thread was idle)."""
+        self.meters.add(meter)
+        if self.idle:  # also after a fork (``_forked``): the child has no sampling thread yet
+            self._wake(meter)
+        return self.latest
+
+    def _wake(self, meter: Meter) -> None:
+        with self.lock:
+            if self.pid != os.getpid():  # first use, or a forked child: no thread here yet
+                self.pid = os.getpid()
+                self.meters = {meter}  # a forked child runs none of its parent's chunks
+                threading.Thread(target=self._run, name="daskflow-rss", daemon=True).start()
+            self.latest = rss()
+            self.idle = False
+            self.wake.set()
+
+    def _run(self) -> None:
+        quiet = 0
+        while True:
+            if self.idle:
+                self.wake.wait()
+                self.wake.clear()
+                quiet = 0
+            time.sleep(SAMPLE_SECONDS)  # the sampling period, not a synchronisation
+            value = self.latest = rss()
+            meters = list(self.meters)
+            for meter in meters:
+                meter.saw(value)
+            quiet = 0 if meters else quiet + 1
+            if quiet >= self.IDLE_TICKS and not self.meters:
+                self.idle = True  # (a chunk starting right now finds idle False and is sampled)
+
+
+_sampler = _Sampler()
+
+
+def _forked() -> None:
+    _sampler.idle = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forked)
+
+
+def put_run(chunk: dict | None, j: int, one: dict) -> dict:
+    """Fold the record of a one-run envelope (run ``j`` of a chunk taken apart run by run,
+    ``engine/client/split.py``) into its chunk's record: a run alone is measured alone, and
+    a run whose worker was killed for memory keeps the RSS sampled last (``killed_runs``)."""
+    out = chunk if chunk is not None else {"cpu": 0.0, "mem": 0, "rss": None}
+    if one.get("killed"):
+        out.setdefault("killed_runs", []).append([j, one.get("rss"), one["killed"]])
+        return out
+    cpu, mem = one.get("cpu", 0.0), one.get("mem", 0)
+    out["cpu"] += cpu
+    out["mem"] = max(out["mem"], mem)
+    out["rss"] = one.get("rss")
+    out.setdefault("runs", []).append([j, cpu, mem])
+    return out

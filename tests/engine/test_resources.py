@@ -1,0 +1,71 @@
+"""Per-run resources: CPU time and peak RSS increase, per run for heavy runs, per chunk for light ones."""
+
+from __future__ import annotations
+
+import time
+
+import dask.config
+import numpy as np
+
+from daskflow import flow, task
+from daskflow.engine.tracking import tracker
+from daskflow.runners import ThreadPoolTaskRunner
+from daskflow.store import queries
+from daskflow.store.runs import open_run_store
+
+MiB = 2**20
+
+
+@task
+def grow(mib):
+    block = np.ones(mib * MiB // 8)  # writes every page: resident
+    t0 = time.thread_time()
+    while time.thread_time() - t0 < 0.15:  # CPU time of this thread, sampled meanwhile
+        pass
+    return float(block[0])
+
+
+@task
+def inc(x):
+    return x + 1
+
+
+def _resources(run_id):
+    return open_run_store().task_run(run_id)["resources"]
+
+
+def test_heavy_runs_are_measured_alone_and_light_runs_by_their_chunk(runner):
+    @flow(task_runner=runner)
+    def measured():
+        big = grow.map([1, 64], chunksize=2)
+        small = inc.map(range(50), chunksize=50)
+        big.wait()
+        small.wait()
+        return [f.task_run_id for f in big], [f.task_run_id for f in small]
+
+    big, small = measured()
+    assert tracker.flush()
+    first, second = _resources(big[0]), _resources(big[1])
+    assert first["resolution"] == second["resolution"] == "run"
+    assert 0.14 <= second["cpu_seconds"] < second["wall_seconds"] + 0.01
+    assert second["peak_rss_increase_bytes"] >= 48 * MiB  # 64 MiB held while it ran
+    assert first["peak_rss_increase_bytes"] < 32 * MiB  # its own 1 MiB, not its chunk-mate's 64
+    light = _resources(small[7])
+    assert light["resolution"] == "chunk" and light["chunk_runs"] == 50
+    assert light["cpu_seconds"] is not None and light["worker_rss_bytes"] > 0
+    flow_run_id = open_run_store().task_run(big[0])["flow_run_id"]
+    by_task = {m["task"]: m for m in queries.task_metrics(open_run_store(), flow_run_id)}
+    assert by_task["grow"]["cpu_max"] >= 0.14 and by_task["grow"]["mem_max"] >= 48 * MiB
+    assert by_task["inc"]["cpu_p50"] is not None and by_task["inc"]["mem_p95"] is not None
+
+
+def test_resources_off_records_wall_time_only():
+    @flow(task_runner=ThreadPoolTaskRunner(2))
+    def unmeasured():
+        return [f.task_run_id for f in inc.map(range(4))]
+
+    with dask.config.set({"daskflow.resources": False}):
+        ids = unmeasured()
+    assert tracker.flush()
+    res = _resources(ids[0])
+    assert res["resolution"] is None and res["wall_seconds"] >= 0
