@@ -27,6 +27,9 @@
     │   ├── UnsafeHome (PermissionError)       the home is writable by others or owned by another user
     │   └── UnusableHome (OSError)             the home is not a directory, or not writable
     └── SchedulerUnreachable (ConnectionError) no Dask scheduler answered at the configured address
+
+    FlowRunCancelRequested (BaseException)     raised inside a flow's body when another process
+                                               cancels the flow run; the flow call raises CancelledRun
 """
 
 from __future__ import annotations
@@ -78,6 +81,15 @@ class CrashedRun(DaskflowError, RuntimeError):
 
 class CancelledRun(DaskflowError, RuntimeError):
     """A task run was cancelled before it finished."""
+
+
+class FlowRunCancelRequested(BaseException):
+    """Raised in a flow body's thread when its flow run is cancelled from another process.
+
+    A ``BaseException``, as ``KeyboardInterrupt``, so that ``except Exception`` in user code
+    does not swallow it; the engine ends the flow run ``Cancelled`` and the call raises
+    ``CancelledRun``.
+    """
 
 
 class RunnerShutdown(DaskflowError, RuntimeError):

@@ -100,6 +100,8 @@ class FlowRunContext:
     flow_run: Any = None  # the engine.api.flows.FlowRun record its hooks receive
     wait_lists: dict[int, list[Any]] = field(default_factory=dict)  # id(list given as wait_for) -> its runs
     shipped: FlowRunInfo | None = None  # made at the first chunk that needs it (``info``)
+    cancel_reason: str | None = None  # set when another process cancelled it (engine.client.cancels)
+    watched: Any = None  # its entry in the cancel watcher
 
     def info(self) -> FlowRunInfo:
         run = self.flow_run
