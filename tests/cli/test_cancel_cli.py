@@ -156,3 +156,29 @@ def test_runs_cancel_refuses_what_is_not_a_queued_background_run(tmp_path, kind)
     assert tracker.flush()
     out = cli("runs", "cancel", rid[:10])
     assert out.returncode == 1 and "already Completed" in out.stderr, out.stderr
+
+
+def test_runs_cancel_a_queued_background_run(tmp_path, monkeypatch):
+    sys.path.insert(0, os.path.join(os.getcwd(), "tests", "runners"))
+    import bg_tasks
+    from background_procs import start_server
+
+    from daskflow.background.client import disconnect
+
+    home = tmp_path / "home"
+    proc, address = start_server(home)
+    monkeypatch.setenv("DASKFLOW_SCHEDULER_ADDRESS", address)
+    try:
+        fut = bg_tasks.add.delay(1, 2)  # no task worker serves it: it stays Scheduled
+        deadline = time.monotonic() + 30
+        while cli("runs", "show", fut.task_run_id, "-o", "json").returncode != 0:  # recorded by the server
+            assert time.monotonic() < deadline, "the server never recorded the run"
+            time.sleep(0.2)
+        out = cli("runs", "cancel", fut.task_run_id[:12])
+        assert out.returncode == 0 and "cancelled" in out.stdout, out.stderr
+        assert fut.state.name == "Cancelled"
+        again = cli("runs", "cancel", fut.task_run_id[:12])
+        assert again.returncode == 1 and "already Cancelled" in again.stderr, again.stderr
+    finally:
+        disconnect(address)
+        assert proc.stop() == 0
