@@ -310,17 +310,15 @@ def flow_runs_cancel(flow_run_id: str, wait_seconds: float, output: str) -> None
 
 
 def cancel_flow_run(prefix: str, wait_seconds: float) -> dict:
-    """Check, request, and wait up to ``wait_seconds`` for the end: the flow run's record (the UI uses it too)."""
+    """Check, request, and wait up to ``wait_seconds`` for the end: the flow run's record."""
     from daskflow import config
     from daskflow.store import cancels
 
-    store = _store_or_fail()
     try:
-        rec = cancels.check_cancellable(store, prefix)
+        return cancels.cancel_flow_run(_store_or_fail(), config.home_path(), prefix, "daskflow flow-runs cancel",
+                                       wait_seconds)
     except cancels.CancelRefused as exc:
         raise click.ClickException(str(exc)) from None
-    cancels.request(config.home_path(), rec["id"], f"daskflow flow-runs cancel, {cancels.canceller()}")
-    return cancels.wait_final(store, rec["id"], wait_seconds) if wait_seconds else rec
 
 
 def _store_or_fail():

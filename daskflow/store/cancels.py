@@ -27,7 +27,8 @@ from daskflow.owners import Owner, is_alive
 if TYPE_CHECKING:
     from daskflow.store.runs import RunStore
 
-__all__ = ["CancelRefused", "DIRNAME", "check_cancellable", "clear", "pending", "request", "wait_final"]
+__all__ = ["CancelRefused", "DIRNAME", "cancel_flow_run", "check_cancellable", "clear", "pending", "request",
+           "wait_final"]
 
 DIRNAME = "cancel-requests"
 _FINAL = frozenset({"COMPLETED", "FAILED", "CRASHED", "CANCELLED"})
@@ -97,10 +98,21 @@ def check_cancellable(store: RunStore, prefix: str) -> dict:
         raise CancelRefused(f"{label} is run by a process on host {owner.host!r}, not this one: "
                             f"cancel it there")
     if not is_alive(owner, owner_rec.get("lease_until")):
-        store.end_dead_owners()
+        try:
+            store.end_dead_owners()
+        except Exception:  # noqa: BLE001 - a read-only store (the UI): the next writer ends it
+            pass
         raise CancelRefused(f"{label} is not running: its process ({owner.describe()}) is gone; "
                             f"it is ended Crashed")
     return rec
+
+
+def cancel_flow_run(store: RunStore, home: str | os.PathLike, prefix: str, by: str, wait_seconds: float) -> dict:
+    """Check (``check_cancellable``), write the request, wait up to ``wait_seconds`` for the
+    flow run to end: its record. The CLI and the UI both cancel through this."""
+    rec = check_cancellable(store, prefix)
+    request(home, rec["id"], f"{by}, {canceller()}")
+    return wait_final(store, rec["id"], wait_seconds) if wait_seconds else rec
 
 
 def wait_final(store: RunStore, flow_run_id: str, timeout: float) -> dict:
