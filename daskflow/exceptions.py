@@ -20,6 +20,7 @@
     ├── UnknownRun (KeyError)                  a background run id the server does not know
     ├── MissingTransactionValue (ValueError, KeyError)  txn.get(name) of a value never set
     ├── LockTimeout (TimeoutError)             a transaction's lock was not acquired in time
+    ├── LimitNotDefined (LookupError)          concurrency(..., strict=True) of a limit nobody defined
     ├── MissingContextError (RuntimeError)     get_run_logger() outside of a run
     ├── MissingMainGuard (RuntimeError)        a LocalCluster started by a script without its main guard
     ├── StoreError (RuntimeError)              a store under $DASKFLOW_HOME cannot be used
@@ -120,6 +121,10 @@ class MissingTransactionValue(DaskflowError, ValueError, KeyError):
 
 class LockTimeout(DaskflowError, TimeoutError):
     """A transaction's lock (``isolation_level=SERIALIZABLE``) was not acquired in time."""
+
+
+class LimitNotDefined(DaskflowError, LookupError):
+    """``concurrency(name, strict=True)`` (or ``rate_limit``) of a limit that is not defined."""
 
 
 class UnknownRun(DaskflowError, KeyError):
