@@ -7,14 +7,13 @@ loopback) and the CSRF check; a refused request changes nothing.
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
 import textwrap
 
 import pytest
-from ui_procs import ROOT, env_for, get, get_json, start_ui, stop_ui
+from ui_procs import env_for, get, get_json, start_ui, stop_ui
 
 from test_browser import CHROMIUM
 
