@@ -178,3 +178,30 @@ def test_sigkilled_holder_frees_its_slot_within_the_lease(tmp_path, cluster, mon
         if holder.poll() is None:
             holder.kill()
     assert took <= lease + 2.5, took
+
+
+@task(tags={"remote-db"})
+def tagged_remote(folder, i):
+    return observe(folder, i, 0.02)
+
+
+def test_limit_known_only_to_the_scheduler(tmp_path, cluster, dask_runner):
+    """A worker whose submitter's home has no limits (another host's case) takes the
+    definition the scheduler was given (by `limits set` with DASKFLOW_SCHEDULER_ADDRESS)."""
+    from daskflow.runners.dask import shared_client
+    from daskflow.runners.slots import DaskSlots
+
+    assert not (config.home_path() / "limits.json").exists()
+    DaskSlots(shared_client(cluster.scheduler_address)).define("remote-db", 1)
+    folder = tmp_path / "running"
+    folder.mkdir()
+
+    @flow(task_runner=dask_runner)
+    def pipeline():
+        return tagged_remote.map([str(folder)] * 12, range(12), chunksize=2).result()
+
+    try:
+        seen = pipeline()
+    finally:
+        DaskSlots(shared_client(cluster.scheduler_address)).define("remote-db", None)
+    assert max(seen) == 1, seen

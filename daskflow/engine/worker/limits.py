@@ -29,6 +29,7 @@ import functools
 import inspect
 import logging
 import math
+import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
@@ -38,7 +39,7 @@ from daskflow.engine.core.context import cache_home, flow_run_ctx
 from daskflow.engine.worker.hosts import current_host
 from daskflow.exceptions import LimitNotDefined
 from daskflow.runners.slots import LOCAL_SLOTS, RENEWER, UNKNOWN, DaskSlots, new_holder
-from daskflow.store.limits import Limit, check_name, definitions
+from daskflow.store.limits import FILENAME, Limit, check_name, definitions
 
 if TYPE_CHECKING:
     from daskflow.engine.api.tasks import Task
@@ -113,6 +114,8 @@ def limited_task(task: Task) -> Task:
     slot of each while it runs. Called once per chunk, only for tasks with tags."""
     names = sorted(name for name in task.tags if _definition(name) is not None)
     if not names:
+        names = sorted(set(task.tags) & _scheduler_names())
+    if not names:
         return task
     fn = task.fn
     if inspect.iscoroutinefunction(fn):
@@ -156,6 +159,27 @@ def _definition(name: str) -> Limit | None:
         return definitions(cache_home()).get(name)
     except Exception:  # noqa: BLE001 - an unreadable home defines nothing here
         return None
+
+
+_known: tuple[float, frozenset[str]] = (0.0, frozenset())
+
+
+def _scheduler_names() -> frozenset[str]:
+    """On a worker where the submitter's home has no limits file (another host): the names
+    the scheduler knows a definition of (asked at most every 2 s per process)."""
+    global _known
+    from daskflow.runners.dask import worker_address
+
+    if worker_address() is None or os.path.exists(os.path.join(cache_home(), FILENAME)):
+        return frozenset()  # the home's limits are here: they are the truth
+    at, names = _known
+    if time.monotonic() - at > 2.0:
+        try:
+            names = frozenset(_keeper().status())
+        except Exception:  # noqa: BLE001 - an unreachable scheduler: no tag limit applies
+            names = frozenset()
+        _known = (time.monotonic(), names)
+    return names
 
 
 def _keeper() -> Any:
