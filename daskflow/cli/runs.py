@@ -302,6 +302,8 @@ def flow_runs_cancel(flow_run_id: str, wait_seconds: float, output: str) -> None
         return _json(rec)
     if rec.get("state_type") == "CANCELLED":
         click.echo(f"flow run {rec.get('name')} ({rec['id']}) cancelled: {rec.get('message', '')}")
+    elif rec.get("state_type") in ("COMPLETED", "FAILED", "CRASHED"):
+        raise click.ClickException(f"flow run {rec['id']} ended {rec.get('state')} before the cancel reached it")
     elif wait_seconds:
         raise click.ClickException(f"cancel requested; flow run {rec['id']} is still {rec.get('state')} after "
                                    f"{wait_seconds:g} s (its body may be blocked in a call that cannot be interrupted)")

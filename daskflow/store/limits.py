@@ -3,10 +3,10 @@
 ``daskflow limits set db 5`` writes here (atomically, under a lock, 0600); the engine
 reads it when a run needs a limit (a ``stat`` per read, parsed again only when the file
 changed), so a limit raised while runs wait applies to them at their next try. The
-*slots* are not here: they are leases on the Dask scheduler (``runners.slots``). Workers
-on the submitter's host read the submitter's home; workers on other hosts get the
-definition from the scheduler, which remembers the last one any holder or
-``daskflow limits set`` (with ``DASKFLOW_SCHEDULER_ADDRESS``) gave it.
+*slots* are not here: they are leases on the Dask scheduler (``runners.slots``). A worker
+reads its own home (the client's, for an embedded LocalCluster); one whose home has no
+limits file (another host) gets the definitions from the scheduler, which remembers the
+last one any holder or ``daskflow limits set`` (with ``DASKFLOW_SCHEDULER_ADDRESS``) gave it.
 
 Store layer: no engine, no distributed.
 """

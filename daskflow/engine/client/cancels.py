@@ -71,8 +71,7 @@ class Watcher:
     def unwatch(self, entry: Watched) -> None:
         with self.lock:
             self.watched.pop(entry.ctx.flow_run_id, None)
-        if entry.ctx.cancel_reason is not None:
-            cancels.clear(entry.home, entry.ctx.flow_run_id)
+        cancels.clear(entry.home, entry.ctx.flow_run_id)  # also a request that came as the run ended
 
     # -- the body's side -----------------------------------------------------------------
     @staticmethod

@@ -3,8 +3,9 @@
 As Prefect's global concurrency limits, with daskflow's places:
 
 - *Definitions* live in the daskflow home (``daskflow limits set db 5``;
-  ``store.limits``), read where the run executes: the submitter's home on its host (a chunk
-  carries it: ``cache_home``), else the Dask scheduler's memory of the last definition.
+  ``store.limits``), read where the run executes: that process's home (the client's, for
+  an embedded LocalCluster; a cached task's chunk names its submitter's), else, when that
+  home has no limits file, the Dask scheduler's memory of the last definition.
 - *Slots* are leases kept by the Dask scheduler of the run's cluster (``runners.slots``),
   so they hold across hosts; without a cluster (the threads runner and no
   ``DASKFLOW_SCHEDULER_ADDRESS``), by this process.
@@ -154,7 +155,7 @@ def _occupy(occupy: Any, owner: str) -> int:
 
 
 def _definition(name: str) -> Limit | None:
-    """The limit as defined in the submitter's home (None: not defined there)."""
+    """The limit as defined in this code's home (None: not defined there)."""
     try:
         return definitions(cache_home()).get(name)
     except Exception:  # noqa: BLE001 - an unreadable home defines nothing here
@@ -165,7 +166,7 @@ _known: tuple[float, frozenset[str]] = (0.0, frozenset())
 
 
 def _scheduler_names() -> frozenset[str]:
-    """On a worker where the submitter's home has no limits file (another host): the names
+    """On a worker whose home has no limits file (another host): the names
     the scheduler knows a definition of (asked at most every 2 s per process)."""
     global _known
     from daskflow.runners.dask import worker_address
