@@ -318,6 +318,8 @@ class Flow(Generic[P, R]):
                 break
             value = resolve_futures_to_states(value)
             final.append(self._finish(ctx, value))
+            if ctx.cancel_reason is not None:  # cancelled as the body returned: the call raises CancelledRun
+                value = _RAISED
         return self._outcome(final[0], value, return_state)
 
     async def _run_async(self, bound: inspect.BoundArguments, return_state: bool) -> Any:
@@ -341,6 +343,8 @@ class Flow(Generic[P, R]):
                 break
             value = resolve_futures_to_states(value)
             final.append(self._finish(ctx, value))
+            if ctx.cancel_reason is not None:  # cancelled as the body returned: the call raises CancelledRun
+                value = _RAISED
         return self._outcome(final[0], value, return_state)
 
     def _timed_out(self) -> FlowRunTimeoutError:
