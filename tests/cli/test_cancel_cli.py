@@ -27,7 +27,7 @@ FLOW = textwrap.dedent("""
 
     @task
     def nap(i):
-        time.sleep(0.3 if i else 0)
+        time.sleep(1.0 if i else 0)  # 60 runs: 60 s on one thread, 30 s on two workers, if not cancelled
         return i
 
     address = sys.argv[2] if len(sys.argv) > 2 else None
@@ -96,7 +96,7 @@ def _cancel_and_check(tmp_path, *args):
     assert "final Cancelled ['Cancelled']" in flow_out, flow_out + err  # on_cancellation fired once
     states = states_of(fid)
     assert len(states) == 60 and "Running" not in states and "Pending" not in states
-    assert states.count("Cancelled") >= 40 and states.count("Completed") >= 1, states
+    assert states.count("Cancelled") >= 20 and states.count("Completed") >= 1, states
     return took
 
 
