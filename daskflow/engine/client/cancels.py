@@ -95,15 +95,20 @@ class Watcher:
                 self.wake.wait()
                 self.wake.clear()
                 continue
-            homes = {e.home for e in entries}
-            asked = set().union(*(cancels.pending(h) for h in homes))
-            if asked:
-                for entry in entries:
-                    target = _asked_for(entry.ctx, asked)
-                    if target is not None and entry.ctx.cancel_reason is None:
-                        self.cancel(entry, cancels.reason(entry.home, target))
+            try:
+                self._look(entries)
+            except Exception:  # noqa: BLE001 - an unreadable directory now: look again next time
+                logger.debug("could not read cancel requests", exc_info=True)
             self.wake.wait(poll)
             self.wake.clear()
+
+    def _look(self, entries: list[Watched]) -> None:
+        asked = set().union(*(cancels.pending(h) for h in {e.home for e in entries}))
+        if asked:
+            for entry in entries:
+                target = _asked_for(entry.ctx, asked)
+                if target is not None and entry.ctx.cancel_reason is None:
+                    self.cancel(entry, cancels.reason(entry.home, target))
 
     def cancel(self, entry: Watched, who: str) -> None:
         """Cancel one flow run of this process (see the module docstring for the steps)."""
