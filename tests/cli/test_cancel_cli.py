@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -161,7 +162,7 @@ def test_runs_cancel_refuses_what_is_not_a_queued_background_run(tmp_path, kind)
 def test_runs_cancel_a_queued_background_run(tmp_path, monkeypatch):
     sys.path.insert(0, os.path.join(os.getcwd(), "tests", "runners"))
     import bg_tasks
-    from background_procs import start_server
+    from background_procs import start_server, start_worker
 
     from daskflow.background.client import disconnect
 
@@ -179,6 +180,19 @@ def test_runs_cancel_a_queued_background_run(tmp_path, monkeypatch):
         assert fut.state.name == "Cancelled"
         again = cli("runs", "cancel", fut.task_run_id[:12])
         assert again.returncode == 1 and "already Cancelled" in again.stderr, again.stderr
+
+        worker, _ = start_worker(home, address, "bg_tasks:nap")
+        try:
+            taken = bg_tasks.nap.delay(1, 120)  # a task worker takes it: Running for 2 minutes
+            deadline = time.monotonic() + 30
+            while taken.state.name != "Running":
+                assert time.monotonic() < deadline, taken.state
+                time.sleep(0.2)
+            out = cli("runs", "cancel", taken.task_run_id)
+            assert out.returncode == 1 and "left to finish" in out.stderr, out.stderr
+            assert taken.state.name == "Running"  # it was not touched
+        finally:
+            worker.stop(signal.SIGKILL)  # ours, by pid: the 2-minute run is not waited for
     finally:
         disconnect(address)
         assert proc.stop() == 0
