@@ -363,6 +363,8 @@ class Flow(Generic[P, R]):
         """Wait for every submitted run, then derive the flow's state from its value."""
         if ctx.cancel_reason is not None:  # the body ended on its own after a cancel request
             return self._cancelled(ctx)
+        for stream in ctx.streams:
+            stream.drain()
         fetch_all(to_fetch_at_end(ctx.submitted), None)
         check_wait_lists(ctx)
         state = state_of_return(value)
@@ -372,6 +374,8 @@ class Flow(Generic[P, R]):
     def _cancelled(self, ctx: FlowRunContext) -> st.State:
         """A flow run cancelled from another process: its runs not final end Cancelled."""
         reason = ctx.cancel_reason or "cancelled"
+        for stream in ctx.streams:  # a .map() over an iterator submits no more of it
+            stream.stop()
         try:
             cancel_unfinished(ctx.submitted, reason)
         except Exception:  # noqa: BLE001 - the state says Cancelled whatever the runner did
@@ -379,6 +383,8 @@ class Flow(Generic[P, R]):
         return st.Cancelled(CancelledRun(reason), message=reason)
 
     def _crash(self, ctx: FlowRunContext, exc: BaseException) -> st.State:
+        for stream in ctx.streams:
+            stream.stop()
         if not isinstance(exc, Exception):  # Ctrl-C, SystemExit, a test runner's timeout: do not wait
             cancel_unfinished(ctx.submitted, f"flow {self.name!r} was interrupted")
             if isinstance(exc, KeyboardInterrupt) and ctx.parent is None:
