@@ -29,7 +29,7 @@ FLOW = textwrap.dedent("""
 
     @task
     def nap(i):
-        threading.Event().wait(0.2)
+        threading.Event().wait(1.0)  # 200 s in all if not cancelled
         return i
 
     @flow(name="long-etl", task_runner=ThreadPoolTaskRunner(max_workers=1),
@@ -84,7 +84,7 @@ def test_cancel_button_cancels_a_running_flow(running_flow, tmp_path):
     out, err = proc.communicate(timeout=60)
     assert "final Cancelled ['Cancelled']" in out, out + err
     counts = get_json(ui.base + f"/api/flow-runs/{fid}")["counts"]
-    assert counts.get("Cancelled", 0) >= 150 and "Running" not in counts, counts
+    assert counts.get("Cancelled", 0) >= 100 and "Running" not in counts, counts
 
 
 def test_cancel_needs_token_and_csrf_and_refuses_unknown(running_flow):
