@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--tree", default=None, help="import daskflow from this checkout")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--ab", action="store_true",
+                        help="only the untagged rows (for quick A/B runs of two checkouts with --tree); no ratios")
     args = parser.parse_args()
     if args.tree:
         sys.path.insert(0, args.tree)
@@ -92,6 +94,8 @@ def main() -> None:
             "daskflow tagged, no limit on the tag": in_flow(other, xs)}
     if hasattr(daskflow, "concurrency"):
         rows[f"daskflow tagged db (limit 1000), {args.limited} runs"] = in_flow(limited, xs[:args.limited])
+    if args.ab:
+        rows = {k: v for k, v in rows.items() if "untagged" in k}
     for fn in rows.values():  # warm up: workers import, first graph
         fn()
     times: dict[str, list[float]] = {name: [] for name in rows}
@@ -104,7 +108,7 @@ def main() -> None:
             if fn is on_threads:
                 cpu.append(time.process_time() - c0)
     med = {name: statistics.median(ts) for name, ts in times.items()}
-    raw = med["raw Dask (batches of 10000)"]
+    raw = med.get("raw Dask (batches of 10000)", float("nan"))
     print(f"N = {args.n}, medians of {args.reps}, load {os.getloadavg()[0]:.1f}, daskflow from "
           f"{os.path.dirname(os.path.dirname(daskflow.__file__))}")
     for name, m in med.items():
