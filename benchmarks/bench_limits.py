@@ -113,7 +113,8 @@ def main() -> None:
           f"{os.path.dirname(os.path.dirname(daskflow.__file__))}")
     for name, m in med.items():
         per = f"{m / args.limited * 1e3:.2f} ms/run" if "limit 1000" in name else f"{m / args.n * 1e6:.2f} µs/elem"
-        print(f"  {name:<44} {m:8.3f} s   {per:>14}   x{m / raw:5.2f} raw Dask")
+        ratio = f"   x{m / raw:5.2f} raw Dask" if raw == raw else ""  # nan (--ab): no raw Dask row
+        print(f"  {name:<44} {m:8.3f} s   {per:>14}{ratio}")
     print(f"  {'threads runner, CPU time of this process':<44} {statistics.median(cpu):8.3f} s")
     if args.json:
         with open(args.json, "w") as f:
