@@ -40,6 +40,8 @@ _HOMES = {
     "create_markdown_artifact": "daskflow.engine.worker.artifacts",
     "create_table_artifact": "daskflow.engine.worker.artifacts",
     "serve": "daskflow.background",
+    "concurrency": "daskflow.engine.worker.limits",
+    "rate_limit": "daskflow.engine.worker.limits",
 }
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
     "TaskRunFuture",
     "allow_failure",
     "as_completed",
+    "concurrency",
     "create_link_artifact",
     "create_markdown_artifact",
     "create_table_artifact",
@@ -56,6 +59,7 @@ __all__ = [
     "flow",
     "get_run_logger",
     "quote",
+    "rate_limit",
     "serve",
     "task",
     "transaction",
@@ -71,6 +75,7 @@ if _TYPE_CHECKING:
     from daskflow.engine.core.inputs import allow_failure, quote, unmapped
     from daskflow.engine.core.retries import exponential_backoff
     from daskflow.engine.worker.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+    from daskflow.engine.worker.limits import concurrency, rate_limit
     from daskflow.engine.worker.logging import get_run_logger
     from daskflow.engine.worker.transactions import transaction
 

@@ -20,6 +20,7 @@
     ├── UnknownRun (KeyError)                  a background run id the server does not know
     ├── MissingTransactionValue (ValueError, KeyError)  txn.get(name) of a value never set
     ├── LockTimeout (TimeoutError)             a transaction's lock was not acquired in time
+    ├── LimitNotDefined (LookupError)          concurrency(..., strict=True) of a limit nobody defined
     ├── MissingContextError (RuntimeError)     get_run_logger() outside of a run
     ├── MissingMainGuard (RuntimeError)        a LocalCluster started by a script without its main guard
     ├── CannotRetry (RuntimeError)             flow-runs retry of a run unknown, still running, or not importable
@@ -28,6 +29,9 @@
     │   ├── UnsafeHome (PermissionError)       the home is writable by others or owned by another user
     │   └── UnusableHome (OSError)             the home is not a directory, or not writable
     └── SchedulerUnreachable (ConnectionError) no Dask scheduler answered at the configured address
+
+    FlowRunCancelRequested (BaseException)     raised inside a flow's body when another process
+                                               cancels the flow run; the flow call raises CancelledRun
 """
 
 from __future__ import annotations
@@ -86,6 +90,15 @@ class CancelledRun(DaskflowError, RuntimeError):
     """A task run was cancelled before it finished."""
 
 
+class FlowRunCancelRequested(BaseException):
+    """Raised in a flow body's thread when its flow run is cancelled from another process.
+
+    A ``BaseException``, as ``KeyboardInterrupt``, so that ``except Exception`` in user code
+    does not swallow it; the engine ends the flow run ``Cancelled`` and the call raises
+    ``CancelledRun``.
+    """
+
+
 class RunnerShutdown(DaskflowError, RuntimeError):
     """A future was used after its task runner was shut down."""
 
@@ -114,6 +127,10 @@ class MissingTransactionValue(DaskflowError, ValueError, KeyError):
 
 class LockTimeout(DaskflowError, TimeoutError):
     """A transaction's lock (``isolation_level=SERIALIZABLE``) was not acquired in time."""
+
+
+class LimitNotDefined(DaskflowError, LookupError):
+    """``concurrency(name, strict=True)`` (or ``rate_limit``) of a limit that is not defined."""
 
 
 class UnknownRun(DaskflowError, KeyError):

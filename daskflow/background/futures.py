@@ -147,6 +147,10 @@ class BackgroundFuture(Generic[R]):
         """
         return self.record()["run_count"]
 
+    def known_to_server(self) -> bool:
+        """Whether the server (or, without one, this host's background store) has this run."""
+        return self.task_run_id in _get([self.task_run_id], self.address)
+
     def cancel(self) -> bool:
         """Cancel the run if no task worker has taken it yet; True if it will not run.
 

@@ -40,9 +40,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from daskflow.cli import artifacts, cache, runs, server, ui
+    from daskflow.cli import artifacts, cache, limits, runs, server, ui
 
-    for module in (cache, runs, server, ui, artifacts):
+    for module in (cache, runs, server, ui, artifacts, limits):
         for command in module.COMMANDS:
             main.add_command(command)
 

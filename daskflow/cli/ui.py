@@ -1,4 +1,4 @@
-"""``daskflow ui``: the read-only web UI over the run store (``daskflow.ui``); never imports distributed."""
+"""``daskflow ui``: the web UI over the run store (``daskflow.ui``), read-only but for Cancel; never imports distributed."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ def ui(host: str, port: int, open_browser: bool, token: str | None) -> None:
     options = ui_options(host, token, str(home))
 
     def started(url: str) -> None:
-        click.echo(f"daskflow UI at {url}  (run store {home / 'runs'}, read-only; Ctrl-C stops it)")
+        click.echo(f"daskflow UI at {url}  (run store {home / 'runs'}, read-only but for Cancel, which needs "
+                   f"this URL's token; Ctrl-C stops it)")
         if open_browser:
             import webbrowser
 

@@ -23,8 +23,9 @@ The function never imports the runner.
 from __future__ import annotations
 
 import abc
+import contextlib
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 
 class Host:
@@ -63,6 +64,12 @@ class Host:
         all await their retry), so the slot is given away however short the wait.
         """
         time.sleep(seconds)
+
+    @contextlib.contextmanager
+    def idle(self) -> Iterator[None]:
+        """A block that waits on something else (a concurrency slot): a host with a bounded
+        pool lets others use the call's slot meanwhile."""
+        yield
 
     def __reduce__(self) -> str:
         return "LOCAL_HOST"

@@ -24,12 +24,13 @@ How a submission becomes Dask work, and why:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import sys
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import dask.config
 
@@ -157,6 +158,20 @@ class WorkerHost(Host):
         from daskflow.runners import ledger
 
         ledger.note(blob)
+
+    @contextlib.contextmanager
+    def idle(self) -> Iterator[None]:
+        """Secede from the worker's pool for the block (the worker starts other tasks), then rejoin."""
+        if not in_dask_task():
+            yield
+            return
+        from distributed import rejoin, secede
+
+        secede()
+        try:
+            yield
+        finally:
+            rejoin()
 
     def sleep(self, seconds: float, idle: bool = False) -> None:
         """Longer waits (any wait of an ``idle`` call) give the worker slot away: the thread

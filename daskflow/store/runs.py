@@ -261,6 +261,15 @@ class RunStore:
         write_counts(txn, db, deltas)
 
     # -- reading ----------------------------------------------------------------------
+    def owner_record(self, key: bytes | str | None) -> dict | None:
+        """The owning process of a record (its ``owner`` field, bytes or hex): host, pid, started, lease."""
+        if isinstance(key, str):
+            key = bytes.fromhex(key)
+        if not key:
+            return None
+        raw = self.env.read(lambda txn: txn.get(key, db=self._db["owners"]))
+        return None if raw is None else unpack(raw)
+
     def _chunks_newest_first(self, txn: Any) -> Iterator[tuple[bytes, dict]]:
         cur = txn.cursor(db=self._db["bytime"])
         if not cur.last():

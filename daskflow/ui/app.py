@@ -23,7 +23,15 @@ objects of ``daskflow.store.queries`` (the CLI's ``-o json`` shapes) as JSON:
 ``/api/runs`` pages with a cursor: the body is the listing, the next page's cursor is in
 the ``X-Next-Cursor`` header (and a ``Link: <...>; rel="next"``), so the body keeps the
 CLI's shape. Store reads run on a thread, off the event loop (on a scheduler that loop
-is the scheduler's). Every handler is GET-only: no request changes a store.
+is the scheduler's). Every handler is GET-only except the one action:
+
+``POST /api/flow-runs/<id>/cancel``  ``daskflow flow-runs cancel ID -o json``
+
+Actions (``UiOptions.action_token``; none on the dashboard mount) need the token
+``daskflow ui`` prints, also on loopback, as the cookie the page opened with ``?token=``
+sets or an ``Authorization: token ...`` header; and a CSRF check: tornado's ``_xsrf``
+double-submit cookie, sent back by the page in an ``X-XSRFToken`` header (a page of
+another origin can read neither), plus an ``Origin`` that, when sent, is this host.
 
 Safety (``UiOptions``): with a ``token``, each request must carry it (``?token=``, an
 ``Authorization: token ...`` header, or the cookie a page with ``?token=`` sets), as
@@ -62,6 +70,7 @@ class UiOptions(NamedTuple):
     local_only: bool = True
     readonly: bool = True  # open the store read-only (a process that never writes it)
     home: str | None = None
+    action_token: str | None = None  # the token actions (cancel) need; None: no actions
 
 
 class Base(web.RequestHandler):
@@ -79,18 +88,20 @@ class Base(web.RequestHandler):
     def prepare(self) -> None:
         if self.options.local_only and _hostname(self.request.host) not in LOOPBACK_NAMES:
             raise web.HTTPError(403, "host %s is not a loopback name", self.request.host)
-        token = self.options.token
-        if token is None:
-            return
         given = self.get_query_argument("token", None)
-        if given is not None and hmac.compare_digest(given, token):
-            self.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/")
-            return
+        for token in {self.options.token, self.options.action_token} - {None}:
+            if given is not None and hmac.compare_digest(given, token):  # type: ignore[arg-type]
+                self.set_cookie(COOKIE, token, httponly=True, samesite="Strict", path="/")  # type: ignore[arg-type]
+                return
+        if self.options.token is not None and not self.carries(self.options.token):
+            raise web.HTTPError(403, "a token is required (?token=... as printed by daskflow ui)")
+
+    def carries(self, token: str) -> bool:
+        """Whether the request carries ``token`` (header or cookie)."""
         header = self.request.headers.get("Authorization", "")
         candidates = [header[6:].strip() if header.lower().startswith("token ") else "",
                       self.get_cookie(COOKIE) or ""]
-        if not any(c and hmac.compare_digest(c, token) for c in candidates):
-            raise web.HTTPError(403, "a token is required (?token=... as printed by daskflow ui)")
+        return any(c and hmac.compare_digest(c, token) for c in candidates)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         reason = self._reason
@@ -113,6 +124,8 @@ class Page(Base):
         suffix = {"flows": "/", "flow": f"/flow-runs/{run_id}", "runs": "/runs", "run": f"/runs/{run_id}"}[self.kind]
         base = path[: len(path) - len(suffix)] if path.endswith(suffix) else self.options.prefix
         text = (ASSETS / "page.html").read_text()
+        if self.options.action_token is not None:
+            self.xsrf_token  # noqa: B018 - sets the _xsrf cookie the page sends back with actions
         for name, value in (("BASE", base), ("KIND", self.kind), ("ID", run_id)):
             text = text.replace("{{" + name + "}}", html.escape(value, quote=True))
         self.set_header("Content-Type", "text/html; charset=utf-8")
@@ -293,6 +306,45 @@ class Artifact(Api):
         return lambda store: self.query("artifact")(store, ref)
 
 
+class CancelFlowRun(Base):
+    """``POST``: cancel a running flow run, as ``daskflow flow-runs cancel`` does (token + CSRF checked)."""
+
+    WAIT_SECONDS = 10.0
+
+    async def post(self, flow_run_id: str) -> None:
+        self.check_action()
+        from daskflow.store import queries
+
+        try:
+            rec = await asyncio.get_running_loop().run_in_executor(None, self._cancel, flow_run_id)
+        except LookupError as exc:  # CancelRefused too: unknown 404, finished or foreign 409
+            message = str(exc.args[0] if exc.args else exc)
+            raise web.HTTPError(404 if message.startswith("no flow run") or "ambiguous" in message else 409,
+                                "%s", message) from None
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(queries.dumps(rec, indent=None))
+
+    def check_action(self) -> None:
+        token = self.options.action_token
+        if token is None:
+            raise web.HTTPError(403, "actions are off here (daskflow ui serves them, with its token)")
+        if not self.carries(token):
+            raise web.HTTPError(403, "cancel needs the token daskflow ui prints (open the page with ?token=...)")
+        origin = self.request.headers.get("Origin")
+        if origin is not None and urllib.parse.urlsplit(origin).netloc != self.request.host:
+            raise web.HTTPError(403, "cross-origin request refused")
+        self.check_xsrf_cookie()
+
+    def _cancel(self, flow_run_id: str) -> dict:
+        from daskflow import config
+        from daskflow.store import cancels
+        from daskflow.store.runs import open_run_store
+
+        store = open_run_store(self.options.home, create=False, readonly=self.options.readonly)
+        home = self.options.home or config.home_path()
+        return cancels.cancel_flow_run(store, home, flow_run_id, "the daskflow UI", self.WAIT_SECONDS)
+
+
 class Redirect(Base):
     def get(self) -> None:
         self.redirect(self.request.path + "/")
@@ -318,6 +370,7 @@ def routes(options: UiOptions) -> list[tuple[str, type, dict]]:
         (p + "/api/flow-runs", FlowRuns, kw),
         (p + f"/api/flow-runs/{ID}", FlowRun, kw),
         (p + f"/api/flow-runs/{ID}/logs", FlowLogs, kw),
+        (p + f"/api/flow-runs/{ID}/cancel", CancelFlowRun, kw),
         (p + "/api/runs", Runs, kw),
         (p + f"/api/runs/{ID}", Run, kw),
         (p + f"/api/runs/{ID}/logs", RunLogs, kw),

@@ -30,16 +30,20 @@ def is_loopback(host: str) -> bool:
 
 
 def ui_options(host: str, token: str | None = None, home: str | None = None) -> UiOptions:
-    """Options for a UI bound to ``host``: loopback needs no token, any other host gets one."""
+    """Options for a UI bound to ``host``: reads on loopback need no token, any other host gets one;
+    actions (cancel) always need one (the same)."""
     if is_loopback(host):
-        return UiOptions(token=token, local_only=token is None, home=home)
-    return UiOptions(token=token or secrets.token_urlsafe(24), local_only=False, home=home)
+        return UiOptions(token=token, local_only=token is None, home=home,
+                         action_token=token or secrets.token_urlsafe(24))
+    token = token or secrets.token_urlsafe(24)
+    return UiOptions(token=token, local_only=False, home=home, action_token=token)
 
 
 def url_of(host: str, port: int, options: UiOptions) -> str:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     shown = f"[{shown}]" if ":" in shown else shown
-    return f"http://{shown}:{port}/" + (f"?token={options.token}" if options.token else "")
+    token = options.token or options.action_token
+    return f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
 
 
 def serve(host: str, port: int, options: UiOptions, started: Callable[[str], None]) -> None:

@@ -34,6 +34,7 @@ from daskflow.engine.api.returns import resolve_futures_to_states, state_of_retu
 from daskflow.engine.api.self_waits import check_wait_lists
 from daskflow.engine.api.tasks import RESERVED, reserved_message, takes_parameters
 from daskflow.engine.client import resume as keeping
+from daskflow.engine.client.cancels import WATCHER
 from daskflow.engine.client.chunks import Chunk, cancel_unfinished, fetch_all, to_fetch_at_end
 from daskflow.engine.core import states as st
 from daskflow.engine.core.context import FlowRunContext, flow_run_ctx, task_run_ctx
@@ -41,7 +42,7 @@ from daskflow.engine.core.hooks import call_hooks, validate_hooks
 from daskflow.engine.tracking import tracker
 from daskflow.engine.worker import logging as run_logging
 from daskflow.engine.worker.lifecycle import call_with_timeout
-from daskflow.exceptions import FlowRunTimeoutError, ReservedArgumentError
+from daskflow.exceptions import CancelledRun, FlowRunCancelRequested, FlowRunTimeoutError, ReservedArgumentError
 from daskflow.runners.base import TaskRunner
 
 if TYPE_CHECKING:
@@ -283,15 +284,21 @@ class Flow(Generic[P, R]):
         prints = run_logging.log_prints(True) if self.log_prints else None
         final: list[st.State] = []
         interrupted = False
+        ctx.watched = WATCHER.watch(ctx)
         try:
             ctx.flow_run = self._new_run(ctx)
             yield ctx, final
         except BaseException as exc:
-            final.append(self._crash(ctx, exc))
-            interrupted = not isinstance(exc, Exception)
-            if interrupted:
-                raise
+            WATCHER.body_ends(ctx.watched)  # the engine's own code is never interrupted
+            if ctx.cancel_reason is not None and isinstance(exc, (Exception, FlowRunCancelRequested)):
+                final.append(self._cancelled(ctx))  # cancelled from another process: the call raises CancelledRun
+            else:
+                final.append(self._crash(ctx, exc))
+                interrupted = not isinstance(exc, Exception)
+                if interrupted:
+                    raise
         finally:
+            WATCHER.unwatch(ctx.watched)
             if prints is not None:
                 run_logging.capturing_prints.reset(prints)
             keeping.close_scope(ctx.keep)
@@ -309,8 +316,8 @@ class Flow(Generic[P, R]):
             call_hooks(hooks, (self, ctx.flow_run, state), kind, f"flow {self.name!r}")  # type: ignore[arg-type]
 
     def _attempt_failed(self, ctx: FlowRunContext, exc: Exception) -> float | None:
-        """The delay before the next attempt, or None when the run is out of retries."""
-        if ctx.flow_run.run_count > self.retries:  # type: ignore[union-attr]
+        """The delay before the next attempt, or None when the run is out of retries (or cancelled)."""
+        if ctx.flow_run.run_count > self.retries or ctx.cancel_reason is not None:  # type: ignore[union-attr]
             return None
         logger.info("flow %r: attempt %d failed (%s: %s); retrying", self.name,
                     ctx.flow_run.run_count, type(exc).__name__, exc)  # type: ignore[union-attr]
@@ -324,8 +331,11 @@ class Flow(Generic[P, R]):
                 ctx.flow_run.run_count += 1  # type: ignore[union-attr]
                 self._fire("on_running", ctx, st.Running())
                 try:
+                    WATCHER.body_starts(ctx.watched)
                     value = call_with_timeout(self.fn, bound.args, bound.kwargs, timeout, self._timed_out)
+                    WATCHER.body_ends(ctx.watched)  # inside the try: a cancel delivered meanwhile lands here
                 except Exception as exc:
+                    WATCHER.body_ends(ctx.watched)
                     delay = self._attempt_failed(ctx, exc)
                     if delay is None:
                         raise
@@ -334,6 +344,8 @@ class Flow(Generic[P, R]):
                 break
             value = resolve_futures_to_states(value)
             final.append(self._finish(ctx, value))
+            if ctx.cancel_reason is not None:  # cancelled as the body returned: the call raises CancelledRun
+                value = _RAISED
         return self._outcome(final[0], value, return_state)
 
     async def _run_async(self, bound: inspect.BoundArguments, return_state: bool) -> Any:
@@ -357,6 +369,8 @@ class Flow(Generic[P, R]):
                 break
             value = resolve_futures_to_states(value)
             final.append(self._finish(ctx, value))
+            if ctx.cancel_reason is not None:  # cancelled as the body returned: the call raises CancelledRun
+                value = _RAISED
         return self._outcome(final[0], value, return_state)
 
     def _timed_out(self) -> FlowRunTimeoutError:
@@ -373,6 +387,8 @@ class Flow(Generic[P, R]):
 
     def _finish(self, ctx: FlowRunContext, value: Any) -> st.State:
         """Wait for every submitted run, then derive the flow's state from its value."""
+        if ctx.cancel_reason is not None:  # the body ended on its own after a cancel request
+            return self._cancelled(ctx)
         for stream in ctx.streams:
             stream.drain()
         fetch_all(to_fetch_at_end(ctx.submitted), None)
@@ -380,6 +396,17 @@ class Flow(Generic[P, R]):
         state = state_of_return(value)
         self._warn_unresolved(ctx, state)
         return state
+
+    def _cancelled(self, ctx: FlowRunContext) -> st.State:
+        """A flow run cancelled from another process: its runs not final end Cancelled."""
+        reason = ctx.cancel_reason or "cancelled"
+        for stream in ctx.streams:  # a .map() over an iterator submits no more of it
+            stream.stop()
+        try:
+            cancel_unfinished(ctx.submitted, reason)
+        except Exception:  # noqa: BLE001 - the state says Cancelled whatever the runner did
+            logger.debug("could not cancel the runs of flow %r", self.name, exc_info=True)
+        return st.Cancelled(CancelledRun(reason), message=reason)
 
     def _crash(self, ctx: FlowRunContext, exc: BaseException) -> st.State:
         for stream in ctx.streams:

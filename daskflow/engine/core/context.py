@@ -103,6 +103,8 @@ class FlowRunContext:
     shipped: FlowRunInfo | None = None  # made at the first chunk that needs it (``info``)
     keep: Any = None  # an engine.client.resume.KeepScope: how its calls keep their values (None: not kept)
     retry: Any = None  # an engine.client.resume.Resume: this flow run is a retry of an earlier attempt
+    cancel_reason: str | None = None  # set when another process cancelled it (engine.client.cancels)
+    watched: Any = None  # its entry in the cancel watcher
 
     def info(self) -> FlowRunInfo:
         run = self.flow_run

@@ -60,6 +60,7 @@ from daskflow.engine.worker import reports
 from daskflow.engine.worker.checkpoints import Checkpoint, Notes
 from daskflow.engine.worker.hosts import current_host, host_var
 from daskflow.engine.worker.keep import keep_chunk, reuse_kept
+from daskflow.engine.worker.limits import limited_task
 from daskflow.engine.worker.lifecycle import (
     EndsEarly,
     Engine,
@@ -165,6 +166,8 @@ def run_rows(spec: ChunkSpec, deps: list, done: Checkpoint | None = None, host: 
     by one (``run_chunk``'s; a direct call has none).
     """
     task, n = spec.task, spec.n
+    if task.tags:  # once per chunk: a task whose tags name limits holds their slots while bodies run
+        task = limited_task(task)
     res = ChunkResult(task.name, spec.base, spec.start, n, bytearray(n), [None] * n)
     res.started = time.time()
     refs = spec.refs
@@ -356,7 +359,7 @@ def run_one(task: Task, ctx: TaskRunContext, row: tuple, deps: list | None, cach
 
 async def arun_single(spec: ChunkSpec, deps: list) -> ChunkResult:
     """``run_rows`` for the one run of an async task, awaited in the caller's event loop."""
-    task = spec.task
+    task = limited_task(spec.task) if spec.task.tags else spec.task
     res = ChunkResult(task.name, spec.base, 0, 1, bytearray(1), [None])
     res.started = time.time()
     ctx = TaskRunContext(task, spec.base, 0, flow_run_id=spec.flow_run_id, spec=spec, deps=deps)

@@ -201,9 +201,27 @@ function timelineChart(bars) {
 }
 
 const RETRYABLE = new Set(["FAILED", "CRASHED", "CANCELLED"]);  // `daskflow flow-runs retry` resumes these
+// -- the one action: cancel a running flow run (POST; token cookie + CSRF header) ------------------
+let actionNote = null;  // the outcome of the last action, shown until the page is left
+function cookie(name) {
+  const hit = document.cookie.split("; ").find(c => c.startsWith(name + "="));
+  return hit ? decodeURIComponent(hit.slice(name.length + 1)) : "";
+}
+async function cancelFlowRun(ev, redraw) {
+  ev.target.disabled = true;
+  ev.target.textContent = "Cancelling…";
+  try {
+    const res = await fetch(`${BASE}/api/flow-runs/${PAGE_ID}/cancel`, {method: "POST", credentials: "same-origin",
+      headers: {"X-XSRFToken": cookie("_xsrf")}});
+    const body = await res.json();
+    actionNote = res.ok ? `cancel: the flow run is ${body.state}` : `cancel refused: ${body.error || res.statusText}`;
+  } catch (err) { actionNote = "cancel failed: " + err.message; }
+  await redraw();
+}
+const LIVE = ["RUNNING", "PENDING", "SCHEDULED"];
 
 async function flowPage() {
-  await poll(async () => {
+  const draw = async () => {
     const [{body: f}, {body: metrics}, {body: bars}, {body: logs}, {body: arts}] = await Promise.all([
       api(`flow-runs/${PAGE_ID}`), api(`metrics?flow_run=${PAGE_ID}`), api(`timeline?flow_run=${PAGE_ID}`),
       api(`flow-runs/${PAGE_ID}/logs?limit=300`), api(`flow-runs/${PAGE_ID}/artifacts`)]);
@@ -213,7 +231,10 @@ async function flowPage() {
       td(runLink(r)), td(stateBadge(r.state, r.state_type)), td(seconds(r.duration), "num"), td(r.worker || "-", "mono"),
       td(short(r.id), "mono muted")))) : empty("no finished task runs");
     render(
-      h("h1", {}, f.name || "flow run", stateBadge(f.state, f.state_type), h("span", {class: "muted mono"}, f.id)),
+      h("h1", {}, f.name || "flow run", stateBadge(f.state, f.state_type), h("span", {class: "muted mono"}, f.id),
+        LIVE.includes(f.state_type) ? h("button", {class: "action", id: "cancel", onclick: ev => cancelFlowRun(ev, draw)},
+                                        "Cancel") : null),
+      actionNote ? h("p", {class: "note", id: "action-note"}, actionNote) : null,
       h("dl", {class: "fields"},
         h("dt", {}, "start"), h("dd", {}, when(f.start)), h("dt", {}, "duration"), h("dd", {}, span(f.start, f.end)),
         h("dt", {}, "task runs"), h("dd", {}, h("a", {href: `${BASE}/runs?flow_run=${f.id}`}, String(f.task_runs))),
@@ -230,8 +251,9 @@ async function flowPage() {
       h("h2", {}, "Slowest task runs"), slowest,
       h("h2", {}, "Artifacts"), artifactList(arts, true),
       h("h2", {}, "Logs"), logTable(logs, true));
-    return f.state_type === "RUNNING" || f.state_type === "PENDING";
-  });
+    return LIVE.includes(f.state_type);
+  };
+  await poll(draw);
 }
 
 const STATES = ["", "Completed", "Cached", "Failed", "Crashed", "Cancelled", "Running", "Pending", "Retrying",
