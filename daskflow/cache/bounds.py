@@ -74,7 +74,9 @@ class Entry:
     size: int
     written: float | None
     last_read: float | None
-    header: dict | None = None  # the record's header, when the listing read it
+    task_key: str | None = None  # from the record's header ("?": damaged), when the listing read it
+    expires: float | None = None
+    serializer: str | None = None
 
     @property
     def used(self) -> float:

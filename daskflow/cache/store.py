@@ -248,25 +248,29 @@ class LMDBResultStore(ResultStore):
                 total += (s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"]) * s["psize"]
         return total
 
-    def entries(self, headers: bool = False) -> list[bounds.Entry]:
-        """Every entry with its size, write and last read time (and header, with ``headers``)."""
+    def entries(self) -> list[bounds.Entry]:
+        """Every entry with its size, task, write, expiry and last read time (headers read from
+        views of the map, one struct read each: a listing of 10^5 entries copies no value)."""
         db = self.env.db(ENTRIES)
         stamps = self.env.db(READS) if self.env.has_db(READS) else None
+        head, unpack, Entry, names = ser.SUMMARY.unpack_from, _STAMP.unpack, bounds.Entry, ser.SERIALIZERS
+        tasks: dict[bytes, str] = {}  # the task key is the key's middle part: decoded once per task
 
         def read(txn: Any) -> list:
             out = []
-            last = {} if stamps is None else {bytes(k): _STAMP.unpack(v)[0]
-                                              for k, v in txn.cursor(db=stamps).iternext()}
+            last = {} if stamps is None else {bytes(k): unpack(v)[0] for k, v in txn.cursor(db=stamps).iternext()}
             for key, record in txn.cursor(db=db).iternext():
-                try:
-                    header = ser.read_header(record)
-                except ser.DamagedRecord:
-                    header = None
                 key = bytes(key)
-                entry = bounds.Entry(key, len(record), header["c"] if header else None, last.get(key))
-                if headers:
-                    entry.header = header
-                out.append(entry)
+                prefix = key[:-16]
+                task = tasks.get(prefix) or tasks.setdefault(prefix, prefix[3:-1].decode(errors="replace"))
+                try:
+                    magic, _h, created, expires, code, _n, _p, _k = head(record)
+                    serializer = names[code] if magic == ser.MAGIC else None
+                except (struct.error, IndexError):
+                    serializer = None
+                if serializer is None:
+                    created, expires, task, serializer = None, None, "?", "damaged"
+                out.append(Entry(key, len(record), created, last.get(key), task, expires or None, serializer))
             return out
 
         return self.env.read(read, buffers=True)

@@ -62,40 +62,37 @@ def _reading() -> Iterator[Any]:
             close_reader(store)
 
 
-def _entries(task: str | None = None, store: Any = None) -> list[dict]:
-    """Rows of the local store's entries (headers parsed from views of the map, no value copied)."""
+def _entries(task: str | None = None, store: Any = None) -> list:
+    """The local store's entries (``bounds.Entry``), of one task (name or task key) if given."""
     if store is None:
         with _reading() as store:
             return _entries(task, store) if store is not None else []
+    entries = store.entries()
+    if task is not None:
+        entries = [e for e in entries if task in (e.task_key, e.task_key.rsplit("-", 1)[0])]
+    return entries
+
+
+def _storage_entries(storage: Any, task: str | None = None) -> list:
+    """A result storage's records (foreign files ignored; expiry is not read there)."""
+    from daskflow.cache.keys import display
+
+    entries = storage.entries()[0]
+    for e in entries:
+        e.task_key = display(e.key).split("/", 1)[1].rsplit("/", 1)[0]
+    if task is not None:
+        entries = [e for e in entries if task in (e.task_key, e.task_key.rsplit("-", 1)[0])]
+    return entries
+
+
+def _rows(entries: list) -> list[dict]:
+    """The printed form of entries (``-o json`` shape)."""
     from daskflow.cache.keys import display
 
     now = time.time()
-    out = []
-    for e in store.entries(headers=True):
-        header = e.header or {"t": "?", "c": None, "e": None, "s": "damaged"}
-        task_key = header.get("t") or "?"
-        if task is not None and task not in (task_key, task_key.rsplit("-", 1)[0]):
-            continue
-        expires = header.get("e")
-        out.append({"key": display(e.key), "task_key": task_key, "created": header.get("c"),
-                    "last_read": e.last_read, "expires": expires, "expired": expires is not None and expires <= now,
-                    "serializer": header.get("s"), "bytes": e.size, "_raw": e.key, "_used": e.used})
-    return out
-
-
-def _storage_entries(storage: Any, task: str | None = None) -> list[dict]:
-    """Rows of a result storage's records (foreign files ignored; expiry is not read there)."""
-    from daskflow.cache.keys import display
-
-    out = []
-    for e in storage.entries()[0]:
-        name = display(e.key)
-        task_key = name.split("/", 1)[1].rsplit("/", 1)[0]
-        if task is not None and task not in (task_key, task_key.rsplit("-", 1)[0]):
-            continue
-        out.append({"key": name, "task_key": task_key, "created": e.written, "last_read": e.last_read,
-                    "bytes": e.size, "_raw": e.key, "_used": e.used})
-    return out
+    return [{"key": display(e.key), "task_key": e.task_key, "created": e.written, "last_read": e.last_read,
+             "expires": e.expires, "expired": e.expires is not None and e.expires <= now,
+             "serializer": e.serializer, "bytes": e.size} for e in entries]
 
 
 def _open_storage(url: str) -> Any:
@@ -109,31 +106,27 @@ def _open_storage(url: str) -> Any:
 
 
 _SORTS = {  # (key, newest or largest first)
-    "key": (lambda r: r["key"], False),
-    "read": (lambda r: r.get("last_read") or 0.0, True),
-    "written": (lambda r: r.get("created") or 0.0, True),
-    "size": (lambda r: r["bytes"], True),
-    "task": (lambda r: (r["task_key"], r["key"]), False),
+    "key": (lambda e: e.key, False),
+    "read": (lambda e: e.last_read or 0.0, True),
+    "written": (lambda e: e.written or 0.0, True),
+    "size": (lambda e: e.size, True),
+    "task": (lambda e: (e.task_key, e.key), False),
 }
 
 
-def _sorted(rows: list[dict], sort: str, limit: int | None) -> list[dict]:
-    """``limit`` rows in ``sort`` order (a partial sort when a limit is given)."""
+def _sorted(entries: list, sort: str, limit: int | None) -> list:
+    """``limit`` entries in ``sort`` order (a partial sort when a limit is given)."""
     key, reverse = _SORTS[sort]
-    if limit is None or limit >= len(rows):
-        return sorted(rows, key=key, reverse=reverse)
+    if limit is None or limit >= len(entries):
+        return sorted(entries, key=key, reverse=reverse)
     pick = heapq.nlargest if reverse else heapq.nsmallest
-    return pick(limit, rows, key=key)
+    return pick(limit, entries, key=key)
 
 
 def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
     return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def _public(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
 
 
 _RICH_ROWS = 500  # a longer listing is printed as plain columns: rich takes minutes for 10^5 rows
@@ -187,13 +180,13 @@ def ls(task_name: str | None, limit: int | None, sort: str, storage_url: str | N
     Example: daskflow cache ls --sort read --limit 20
     """
     if storage_url is not None:
-        rows = _storage_entries(_open_storage(storage_url), task_name)
+        entries = _storage_entries(_open_storage(storage_url), task_name)
         columns = ["key", "task_key", "created", "last_read", "bytes"]
     else:
-        rows = _entries(task_name)
+        entries = _entries(task_name)
         columns = ["key", "task_key", "created", "last_read", "expires", "bytes"]
-    total = len(rows)
-    rows = _public(_sorted(rows, sort, limit or None))
+    total = len(entries)
+    rows = _rows(_sorted(entries, sort, limit or None))
     if output == "json":
         click.echo(json.dumps(rows, indent=2))
         return
@@ -207,18 +200,20 @@ def ls(task_name: str | None, limit: int | None, sort: str, storage_url: str | N
 def stats(output: str) -> None:
     """Entries, expired entries, bytes per task and on disk."""
     with _reading() as store:
-        rows = _entries(store=store) if store is not None else []
+        entries = _entries(store=store) if store is not None else []
     from daskflow import config
 
     path = store.path if store is not None else config.home_path() / "cache"
     data = path / "data.mdb"
     tasks: dict[str, dict[str, int]] = {}
-    for r in rows:
-        t = tasks.setdefault(r["task_key"], {"entries": 0, "bytes": 0})
+    now = time.time()
+    for e in entries:
+        t = tasks.setdefault(e.task_key, {"entries": 0, "bytes": 0})
         t["entries"] += 1
-        t["bytes"] += r["bytes"]
-    info = {"path": str(path), "entries": len(rows), "expired": sum(r["expired"] for r in rows),
-            "bytes": sum(r["bytes"] for r in rows), "file_bytes": data.stat().st_size if data.exists() else 0,
+        t["bytes"] += e.size
+    info = {"path": str(path), "entries": len(entries),
+            "expired": sum(e.expires is not None and e.expires <= now for e in entries),
+            "bytes": sum(e.size for e in entries), "file_bytes": data.stat().st_size if data.exists() else 0,
             "tasks": tasks}
     if output == "json":
         click.echo(json.dumps(info, indent=2))
@@ -248,7 +243,7 @@ def clear(task_name: str | None, yes: bool, output: str) -> None:
     if task_name is None:
         removed = store.clear()
     else:
-        removed = store.delete([r["_raw"] for r in _entries(task_name, store)])
+        removed = store.delete([e.key for e in _entries(task_name, store)])
     _report({"removed": removed}, output, f"removed {removed} entries")
 
 
@@ -272,16 +267,16 @@ def prune(max_bytes: str | None, older_than: str | None, storage_url: str | None
     cutoff = time.time() - _age(older_than) if older_than is not None else None
     if storage_url is not None:
         storage = _open_storage(storage_url)
-        rows = _storage_entries(storage)
-        old = [r["_raw"] for r in rows if cutoff is not None and r["_used"] < cutoff]
+        old = [e.key for e in _storage_entries(storage) if cutoff is not None and e.used < cutoff]
         removed = storage.delete(old)
         evicted = storage.evict(limit, target=limit) if limit is not None else 0
         _report({"removed": removed, "evicted": evicted}, output,
                 f"removed {removed} old entries, evicted {evicted} least recently read from {storage.spec.url}")
         return
     store = _store()
-    rows = _entries(store=store)
-    gone = [r["_raw"] for r in rows if r["expired"] or (cutoff is not None and r["_used"] < cutoff)]
+    now = time.time()
+    gone = [e.key for e in _entries(store=store)
+            if (e.expires is not None and e.expires <= now) or (cutoff is not None and e.used < cutoff)]
     removed = store.delete(gone)
     evicted = store.evict(limit, target=limit) if limit is not None else 0
     before, after = store.compact()
