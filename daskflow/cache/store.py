@@ -418,9 +418,15 @@ class TieredStore(ResultStore):
         return records
 
     def put_many(self, items: list[tuple[bytes, bytes]], txn_key: str | None = None) -> None:
-        self.storage.put_many(items)
+        hot = self.put_storage(items)
         if self.local is not None:
-            self.local.put_many([(k, r) for k, r in items if len(r) <= self.HOT_BYTES], txn_key=txn_key)
+            self.local.put_many(hot, txn_key=txn_key)
+
+    def put_storage(self, items: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """Write the records to the storage; returns those the local hot tier keeps (the caller
+        writes them, e.g. with a ``transaction()`` block's other records, in one transaction)."""
+        self.storage.put_many(items)
+        return [(k, r) for k, r in items if len(r) <= self.HOT_BYTES]
 
     def delete(self, keys: list[bytes]) -> int:
         return self.local.delete(keys) if self.local is not None else 0
