@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import textwrap
 import uuid
 import warnings
 
@@ -21,6 +18,7 @@ from daskflow.cache.storage import StorageSpec, open_storage
 from daskflow.cache.store import CacheWarning
 from daskflow.cli import main
 from daskflow.runners import ThreadPoolTaskRunner
+from storage_procs import race
 
 
 @pytest.fixture
@@ -150,33 +148,6 @@ def test_a_damaged_blob_is_a_miss_with_one_warning_naming_it(shared_dir, tmp_pat
     assert _count(counter) == 6 + 3  # the damaged ones ran again, and never loaded
 
 
-WRITER = textwrap.dedent("""
-    import sys, numpy as np
-    from daskflow.cache import serialization as ser
-    from daskflow.cache.storage import StorageSpec, open_storage
-    spec = StorageSpec(sys.argv[1], secret_file=sys.argv[2])
-    storage = open_storage(spec)
-    secret = open(sys.argv[2], "rb").read()
-    key = b"v1/race-00000000/" + bytes(16)
-    value = np.full(1 << 20, int(sys.argv[3]), dtype="u1")  # 1 MiB: a write takes a while
-    record = ser.encode(value, "race-00000000", None, None, secret)
-    for _ in range(int(sys.argv[4])):
-        storage.put_many([(key, record)])
-        got = storage.get_many([key])[0]
-        header, loaded = ser.decode(bytearray(got), secret)
-        assert loaded.shape == (1 << 20,) and loaded[0] in (1, 2) and (loaded == loaded[0]).all()
-    print("ok")
-""")
-
-
 def test_two_processes_writing_one_key_both_read_a_complete_value(shared_dir, tmp_path):
-    script = tmp_path / "writer.py"
-    script.write_text(WRITER)
-    url, key = dask.config.get("daskflow.results.storage"), dask.config.get("daskflow.results.secret-file")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    procs = [subprocess.Popen([sys.executable, str(script), url, key, str(v), "40"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for v in (1, 2)]
-    for p in procs:
-        out, err = p.communicate(timeout=120)
-        assert p.returncode == 0 and out.strip() == "ok", err[-2000:]
+    race(dask.config.get("daskflow.results.storage"), "{}", dask.config.get("daskflow.results.secret-file"))
     assert _records(shared_dir) == ["v1/race-00000000/" + "0" * 32]  # no temporary name left behind
