@@ -401,11 +401,34 @@ class TieredStore(ResultStore):
         self.local, self.storage, self.secret = local, storage, secret
 
     def get_many(self, keys: list[bytes]) -> list[bytearray | None]:
+        return self._get(keys, None)[0]
+
+    def load_many(self, keys: list[bytes | None], now: float | None = None, max_bytes: int | None = None) -> Hits:
+        """As ``ResultStore.load_many``; with ``max_bytes`` no larger record is fetched from the
+        storage (a ranged read stops there): the client leaves those to the workers."""
+        wanted = [(i, k) for i, k in enumerate(keys) if k is not None]
+        if not wanted:
+            return Hits()
+        records, large = self._get([k for _, k in wanted], max_bytes)
+        found = self._decode_all([k for _, k in wanted], records, now)
+        hits = Hits({wanted[pos][0]: value for pos, value in found.items()})
+        hits.too_large = large
+        return hits
+
+    def _get(self, keys: list[bytes], max_bytes: int | None) -> tuple[list, int]:
+        """The records of ``keys`` (None: missing, or over ``max_bytes``) and how many were too large."""
         records: list = self.local.get_many(keys) if self.local is not None else [None] * len(keys)
+        large = 0
+        if max_bytes is not None:
+            for i, r in enumerate(records):
+                if r is not None and len(r) > max_bytes:
+                    records[i], large = None, large + 1
         missing = [i for i, r in enumerate(records) if r is None]
         if missing:
             hot = []
-            for i, record in zip(missing, self.storage.get_many([keys[i] for i in missing])):
+            fetched, over = self.storage.get_bounded([keys[i] for i in missing], max_bytes)
+            large += over
+            for i, record in zip(missing, fetched):
                 if record is not None:
                     records[i] = record
                     if len(record) <= self.HOT_BYTES:
@@ -415,7 +438,7 @@ class TieredStore(ResultStore):
         # the storage's read stamps count hot-tier hits too: a record read here every day
         # must not be evicted from the storage other hosts read
         self.storage.note_reads([k for k, r in zip(keys, records) if r is not None])
-        return records
+        return records, large
 
     def put_many(self, items: list[tuple[bytes, bytes]], txn_key: str | None = None) -> None:
         hot = self.put_storage(items)

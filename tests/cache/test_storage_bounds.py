@@ -151,3 +151,17 @@ def test_a_damaged_blob_is_a_miss_with_one_warning_naming_it(shared_dir, tmp_pat
 def test_two_processes_writing_one_key_both_read_a_complete_value(shared_dir, tmp_path):
     race(dask.config.get("daskflow.results.storage"), "{}", dask.config.get("daskflow.results.secret-file"))
     assert _records(shared_dir) == ["v1/race-00000000/" + "0" * 32]  # no temporary name left behind
+
+
+def test_a_client_lookup_never_fetches_a_large_record_from_the_storage(shared_dir, daskflow_home):
+    from daskflow.cache.store import get_store
+
+    store = get_store(None, StorageSpec.from_config(None))  # a storage alone, as a client with a cold home
+    big = ser.encode(bytes(500_000), "big-00000000", None, None, store.secret)
+    small = ser.encode(b"tiny", "big-00000000", None, None, store.secret)
+    keys = [b"v1/big-00000000/" + bytes(15) + bytes([i]) for i in range(2)]
+    store.put_many([(keys[0], big), (keys[1], small)])
+    hits = store.load_many(keys, max_bytes=65_536)  # a ranged read stops past the limit
+    assert hits == {1: b"tiny"} and hits.too_large == 1
+    assert store.storage.get_bounded(keys, 65_536)[1] == 1
+    assert len(store.load_many(keys)) == 2  # a worker (no limit) reads it whole
