@@ -8,7 +8,9 @@ the limit: eviction then runs once per tenth of the limit written, not after eve
 Read times are remembered without a write on the read path. A hit appends its key to an
 in-memory list (``ReadStamps``); the list is written with the batch's time in one go: in
 the next write's own transaction, or in a write of its own once ``READ_BATCH`` keys are
-pending or ``READ_SECONDS`` have passed (checked at the next read), and at exit. Stamps
+pending (``STORAGE_READ_BATCH`` for a storage, so that a map's lookup is stamped before a
+short-lived process exits) or ``READ_SECONDS`` have passed (checked at the next read), and
+at exit (a storage that went away by then costs its bounded timeout). Stamps
 are therefore coarse: a process killed before its flush loses its last reads, and those
 entries look as old as their previous use. That is the price of a read path that never
 writes per hit; it can only make an entry go a little early, never corrupt anything.
@@ -43,7 +45,8 @@ from typing import Iterator
 from daskflow import config
 
 LOW_WATER = 0.9  # an eviction frees down to this fraction of the limit
-READ_BATCH = 4096  # pending read stamps written at once
+READ_BATCH = 4096  # pending read stamps written at once (local store)
+STORAGE_READ_BATCH = 256  # ... in a storage: one small object per 256 reads, cheap beside 256 reads
 READ_SECONDS = 30.0  # ... or once the oldest pending one is this old (checked at the next read)
 ENTRY_OVERHEAD = 64  # bytes an LMDB entry costs beyond its key and record (node, stamp)
 LOGS = "_daskflow/reads"  # read logs of a result storage, under its URL
@@ -107,7 +110,8 @@ def victims(entries: list[Entry], used: float, target: float) -> list[Entry]:
 class ReadStamps:
     """Keys read since the last flush (one list per store; appending is the whole read-path cost)."""
 
-    def __init__(self) -> None:
+    def __init__(self, batch: int = READ_BATCH) -> None:
+        self.batch = batch
         self.keys: list[bytes] = []
         self.since = time.monotonic()
         self.lock = threading.Lock()
@@ -120,7 +124,7 @@ class ReadStamps:
         if not pending:
             self.since = time.monotonic()
         pending.extend(keys)
-        return len(pending) >= READ_BATCH or time.monotonic() - self.since >= READ_SECONDS
+        return len(pending) >= self.batch or time.monotonic() - self.since >= READ_SECONDS
 
     def take(self) -> list[bytes]:
         """The pending keys (each once, in key order), forgotten here."""
