@@ -50,8 +50,7 @@ from daskflow.cache import serialization as ser
 from daskflow.cache.storage import StorageSpec, open_storage
 from daskflow.exceptions import StoreError
 
-ENTRIES, TXNS, READS = "entries", "txns", "reads"  # READS: key -> last read time (f64)
-_STAMP = struct.Struct("<d")
+ENTRIES, TXNS, READS, READ_LOGS = "entries", "txns", "reads", "read-logs"  # see cache/bounds.py
 
 
 class CacheWarning(UserWarning):
@@ -143,7 +142,8 @@ class LMDBResultStore(ResultStore):
         self.home = pathlib.Path(home)
         self.path = self.home / "cache"
         self.secret = ser.load_secret(self.home)
-        self.env = _lmdb.open_env(self.path, dbs=(ENTRIES, TXNS, READS), recover=recover, readonly=readonly)
+        self.env = _lmdb.open_env(self.path, dbs=(ENTRIES, TXNS, READS, READ_LOGS), recover=recover,
+                                  readonly=readonly)
         self.reads = bounds.ReadStamps()
         if not self.env.readonly:
             atexit.register(self._flush_at_exit)
@@ -222,12 +222,16 @@ class LMDBResultStore(ResultStore):
                 pass
 
     def _stamp_writer(self, keys: list[bytes]) -> Any:
-        reads, stamp = self.env.db(READS), _STAMP.pack(time.time())
+        """What a write transaction does with pending read stamps: one log value, folded into
+        per-key stamps once logs pile up (see cache/bounds.py)."""
+        if not keys:
+            return lambda txn: None
+        entries, stamps, logs, now = self.env.db(ENTRIES), self.env.db(READS), self.env.db(READ_LOGS), time.time()
 
         def write(txn: Any) -> None:
-            put = txn.put
-            for key in keys:
-                put(key, stamp, db=reads)
+            bounds.write_log(txn, logs, keys, now)
+            if txn.stat(logs)["entries"] >= bounds.FOLD_LOGS:
+                bounds.fold(txn, entries, stamps, logs)
 
         return write
 
@@ -242,7 +246,7 @@ class LMDBResultStore(ResultStore):
         if txn is None:
             return self.env.read(self.used_bytes)
         total = 0
-        for name in (ENTRIES, READS):
+        for name in (ENTRIES, READS, READ_LOGS):
             if self.env.has_db(name):
                 s = txn.stat(self.env.db(name))
                 total += (s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"]) * s["psize"]
@@ -252,13 +256,13 @@ class LMDBResultStore(ResultStore):
         """Every entry with its size, task, write, expiry and last read time (headers read from
         views of the map, one struct read each: a listing of 10^5 entries copies no value)."""
         db = self.env.db(ENTRIES)
-        stamps = self.env.db(READS) if self.env.has_db(READS) else None
-        head, unpack, Entry, names = ser.SUMMARY.unpack_from, _STAMP.unpack, bounds.Entry, ser.SERIALIZERS
+        stamps = (self.env.db(READS), self.env.db(READ_LOGS)) if self.env.has_db(READ_LOGS) else None
+        head, Entry, names = ser.SUMMARY.unpack_from, bounds.Entry, ser.SERIALIZERS
         tasks: dict[bytes, str] = {}  # the task key is the key's middle part: decoded once per task
 
         def read(txn: Any) -> list:
             out = []
-            last = {} if stamps is None else {bytes(k): unpack(v)[0] for k, v in txn.cursor(db=stamps).iternext()}
+            last = {} if stamps is None else bounds.last_reads(txn, *stamps)
             for key, record in txn.cursor(db=db).iternext():
                 key = bytes(key)
                 prefix = key[:-16]
@@ -292,6 +296,8 @@ class LMDBResultStore(ResultStore):
                 if not gone:
                     break
                 removed += self.delete([e.key for e in gone])
+            dbs = self.env.db(ENTRIES), self.env.db(READS), self.env.db(READ_LOGS)
+            self.env.write(lambda txn: bounds.fold(txn, *dbs))
         return removed
 
     def put_many(self, items: list[tuple[bytes, bytes]], txn_key: str | None = None) -> None:
@@ -361,7 +367,7 @@ class LMDBResultStore(ResultStore):
 
         def write(txn: Any) -> int:
             n = txn.stat(entries)["entries"]
-            for db in (entries, txns, self.env.db(READS)):
+            for db in (entries, txns, self.env.db(READS), self.env.db(READ_LOGS)):
                 txn.drop(db, delete=False)
             return n
 
@@ -382,7 +388,7 @@ class LMDBResultStore(ResultStore):
         os.replace(tmp / "data.mdb", data)
         shutil.rmtree(tmp, ignore_errors=True)
         _stores.pop((str(self.home), os.getpid()), None)
-        self.env = _lmdb.open_env(self.path, dbs=(ENTRIES, TXNS, READS))
+        self.env = _lmdb.open_env(self.path, dbs=(ENTRIES, TXNS, READS, READ_LOGS))
         return before, data.stat().st_size
 
 

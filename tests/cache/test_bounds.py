@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from daskflow.cache import serialization as ser
-from daskflow.cache.store import READS, close_store, get_store
+from daskflow.cache.store import READ_LOGS, READS, close_store, get_store
 
 
 @pytest.fixture
@@ -32,19 +32,26 @@ def _fill(store, n: int, size: int = 2000) -> None:
                                                                     store.secret))))
 
 
-def _stamps(store) -> int:
-    return store.env.read(lambda txn: txn.stat(store.env.db(READS))["entries"])
+def _logs(store) -> int:
+    return store.env.read(lambda txn: txn.stat(store.env.db(READ_LOGS))["entries"])
 
 
 def test_reads_are_stamped_in_batches_not_per_hit(store):
     _fill(store, 50)
     assert len(store.load_many([_key(i) for i in range(10)])) == 10
-    assert _stamps(store) == 0  # the read path wrote nothing
+    assert _logs(store) == 0  # the read path wrote nothing
     assert len(store.reads.keys) == 10
-    _fill(store, 1)  # the next write carries the pending stamps in its own transaction
-    assert _stamps(store) == 10 and store.reads.keys == []
+    _fill(store, 1)  # the next write carries the pending stamps in its own transaction: one log value
+    assert _logs(store) == 1 and store.reads.keys == []
     last = {e.key: e.last_read for e in store.entries()}
     assert all(last[_key(i)] is not None for i in range(10)) and last[_key(20)] is None
+    for _ in range(40):  # logs pile up, then fold into per-key stamps (of entries that exist)
+        store.load_many([_key(30), b"v1/sized-00000000/" + b"gone" * 4])
+        store.flush_reads()
+    assert _logs(store) < 32
+    folded = store.env.read(lambda txn: [bytes(k) for k, _ in txn.cursor(db=store.env.db(READS)).iternext()])
+    assert set(folded) == {_key(i) for i in range(10)} | {_key(30)}
+    assert {e.key: e.last_read for e in store.entries()}[_key(30)] > last[_key(0)]
 
 
 def test_a_write_over_max_bytes_evicts_least_recently_read_to_the_low_water_mark(store):
