@@ -161,6 +161,7 @@ def run_workload(cluster, client, kind: str, n: int, mb: int, backends: list[str
             arrays = client.map(plain_make, range(n), [mb] * n, pure=False)
             return sum(client.gather(client.map(total, arrays, pure=False)))
 
+    os.environ["DASKFLOW_HOME"] = tempfile.mkdtemp(prefix="bench-storage-warm-", dir=base)
     pipeline()  # warm: worker imports, connections (its own home, thrown away)
     raw()
     out: dict = {"raw Dask": {"first": []}}
