@@ -19,6 +19,10 @@ Sections (each beside raw Dask, measured in the same run on the same cluster):
   (``benchmarks/bench_data.py``).
 - ``retries``: 20,000 runs of which 5% fail once, retry delay 0 vs 1 s, beside raw Dask's
   ``retries=`` (``benchmarks/bench_retries.py`` in a subprocess);
+- ``storage``: an INPUTS-cached ``.map()`` of 10^4 small values and of 64 x 50 MB arrays
+  (``--quick``: 16 x 20 MB) on the local LMDB store, ``file://`` and an S3 server (moto,
+  started on 127.0.0.1): first run, rerun, and a rerun from a cold home; raw Dask beside
+  them; ``daskflow cache ls`` on 80,000 entries (``benchmarks/bench_storage.py`` in a subprocess);
 - ``rerun``: sequential flows on the default runner (one embedded cluster per process): a
   fully cached rerun of 10^5 runs, one and two steps, beside the thread runner
   (``benchmarks/bench_rerun.py`` in a subprocess);
@@ -47,7 +51,8 @@ sys.path[:0] = [str(HERE.parent), str(HERE)]
 from bench_map import heavy as heavy_body  # noqa: E402
 from bench_map import median_time, trivial  # noqa: E402
 
-SECTIONS = ("fanout", "heavy", "cache", "graph", "delay", "stream", "data", "retries", "rerun", "resume")
+SECTIONS = ("fanout", "heavy", "cache", "graph", "delay", "stream", "data", "retries", "rerun", "resume",
+            "storage")
 
 
 def fanout(client, cluster, sizes: list[int], reps: int, raw_max: int) -> dict:
@@ -165,6 +170,11 @@ def resume(n: int, reps: int) -> dict:
 def stream(n: int, reps: int) -> dict:
     """bench_stream.py (every row in a fresh subprocess)."""
     return _script_json("bench_stream.py", "-n", str(n), "--reps", str(reps))
+
+
+def storage(quick: bool, reps: int) -> dict:
+    """bench_storage.py (its own LocalCluster(2x1) and S3 server)."""
+    return _script_json("bench_storage.py", *(["--quick"] if quick else []), "--reps", str(reps))
 
 
 def data(sizes: list[int], mb: int, reps: int) -> dict:
@@ -295,6 +305,8 @@ def main() -> None:
         results["rerun"] = rerun(10_000 if args.quick else 100_000, max(args.reps, 5))
     if "resume" in args.sections:
         results["resume"] = resume(10_000 if args.quick else 100_000, args.reps)
+    if "storage" in args.sections:
+        results["storage"] = storage(args.quick, args.reps)
     if "data" in args.sections:
         results["data"] = data([16] if args.quick else [16, 64], 20 if args.quick else 50, args.reps)
 

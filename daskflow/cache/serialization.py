@@ -298,6 +298,22 @@ def _header(record: Any) -> tuple[dict, int]:
     return header, start + _pad(start)
 
 
+SUMMARY = struct.Struct("<4s32xIddBHQH")  # magic, then the header's fixed fields: a listing's one read
+SERIALIZERS = _SERIALIZERS
+
+
+def summary(record: bytes | bytearray | memoryview) -> tuple[float, float | None, str]:
+    """``(created, expires or None, serializer)`` of a record, not verified: for listings of
+    10^5 entries (one struct read, no dict). Raises ``DamagedRecord``."""
+    try:
+        magic, _hlen, created, expires, ser_code, _n, _p, _k = SUMMARY.unpack_from(record)
+        if magic != MAGIC:
+            raise DamagedRecord("not a daskflow cache record")
+        return created, expires or None, _SERIALIZERS[ser_code]
+    except (struct.error, IndexError) as exc:
+        raise DamagedRecord(f"unreadable header: {exc}") from None
+
+
 def read_header(record: bytes | bytearray | memoryview) -> dict:
     """The header of a record (not verified: for listings, never for loading)."""
     return _header(record)[0]

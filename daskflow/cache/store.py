@@ -33,6 +33,7 @@ import atexit
 import os
 import pathlib
 import shutil
+import struct
 import threading
 import time
 import warnings
@@ -44,11 +45,12 @@ import msgpack
 import lmdb
 
 from daskflow import _lmdb, config
+from daskflow.cache import bounds
 from daskflow.cache import serialization as ser
 from daskflow.cache.storage import StorageSpec, open_storage
 from daskflow.exceptions import StoreError
 
-ENTRIES, TXNS = "entries", "txns"
+ENTRIES, TXNS, READS, READ_LOGS = "entries", "txns", "reads", "read-logs"  # see cache/bounds.py
 
 
 class CacheWarning(UserWarning):
@@ -136,11 +138,15 @@ class LMDBResultStore(ResultStore):
         >>> store.put_many([(key, record)])   # doctest: +SKIP
     """
 
-    def __init__(self, home: str | os.PathLike, recover: bool = True) -> None:
+    def __init__(self, home: str | os.PathLike, recover: bool = True, readonly: bool = False) -> None:
         self.home = pathlib.Path(home)
         self.path = self.home / "cache"
         self.secret = ser.load_secret(self.home)
-        self.env = _lmdb.open_env(self.path, dbs=(ENTRIES, TXNS), recover=recover)
+        self.env = _lmdb.open_env(self.path, dbs=(ENTRIES, TXNS, READS, READ_LOGS), recover=recover,
+                                  readonly=readonly)
+        self.reads = bounds.ReadStamps()
+        if not self.env.readonly:
+            atexit.register(self._flush_at_exit)
         if self.env.moved_aside is not None:
             aside, why = self.env.moved_aside
             warnings.warn(f"the result cache {self.path} was damaged ({why}); it was moved aside to {aside} "
@@ -155,7 +161,9 @@ class LMDBResultStore(ResultStore):
             # one copy out of the map, into a bytearray that loaded arrays then share
             return [None if (v := get(k, db=db)) is None else bytearray(v) for k in keys]
 
-        return self._misses_on_error(lambda: self.env.read(read, buffers=True), [None] * len(keys))
+        records = self._misses_on_error(lambda: self.env.read(read, buffers=True), [None] * len(keys))
+        self._note_reads([k for k, r in zip(keys, records) if r is not None])
+        return records
 
     def _misses_on_error(self, read: Any, misses: Any) -> Any:
         """A read that LMDB cannot do (a damaged page) is all misses, with one warning."""
@@ -193,7 +201,104 @@ class LMDBResultStore(ResultStore):
             hits.too_large = large
             return hits
 
-        return self._misses_on_error(lambda: self.env.read(read, buffers=True), Hits())
+        hits = self._misses_on_error(lambda: self.env.read(read, buffers=True), Hits())
+        if hits:
+            self._note_reads([keys[i] for i in hits])
+        return hits
+
+    # -- read stamps and the size limit (see cache/bounds.py) ----------------------------
+    def _note_reads(self, keys: list) -> None:
+        """Remember hits for their read stamps (no write here, unless a batch is due)."""
+        if self.reads.note(keys) and not self.env.readonly:
+            self.flush_reads()
+
+    def flush_reads(self) -> None:
+        """Write the pending read stamps, in one write transaction."""
+        keys = self.reads.take()
+        if keys:
+            try:
+                self.env.write(self._stamp_writer(keys))
+            except lmdb.Error:  # stamps are a hint: lost ones only make entries look older
+                pass
+
+    def _stamp_writer(self, keys: list[bytes]) -> Any:
+        """What a write transaction does with pending read stamps: one log value, folded into
+        per-key stamps once logs pile up (see cache/bounds.py)."""
+        if not keys:
+            return lambda txn: None
+        entries, stamps, logs, now = self.env.db(ENTRIES), self.env.db(READS), self.env.db(READ_LOGS), time.time()
+
+        def write(txn: Any) -> None:
+            bounds.write_log(txn, logs, keys, now)
+            if txn.stat(logs)["entries"] >= bounds.FOLD_LOGS:
+                bounds.fold(txn, entries, stamps, logs)
+
+        return write
+
+    def _flush_at_exit(self) -> None:
+        try:
+            self.flush_reads()
+        except Exception:  # a process going away: its last stamps are lost, nothing else
+            pass
+
+    def used_bytes(self, txn: Any = None) -> int:
+        """Bytes the entries and their stamps occupy (LMDB's page counts: no scan)."""
+        if txn is None:
+            return self.env.read(self.used_bytes)
+        total = 0
+        for name in (ENTRIES, READS, READ_LOGS):
+            if self.env.has_db(name):
+                s = txn.stat(self.env.db(name))
+                total += (s["branch_pages"] + s["leaf_pages"] + s["overflow_pages"]) * s["psize"]
+        return total
+
+    def entries(self) -> list[bounds.Entry]:
+        """Every entry with its size, task, write, expiry and last read time (headers read from
+        views of the map, one struct read each: a listing of 10^5 entries copies no value)."""
+        db = self.env.db(ENTRIES)
+        stamps = (self.env.db(READS), self.env.db(READ_LOGS)) if self.env.has_db(READ_LOGS) else None
+        head, Entry, names = ser.SUMMARY.unpack_from, bounds.Entry, ser.SERIALIZERS
+        tasks: dict[bytes, str] = {}  # the task key is the key's middle part: decoded once per task
+
+        def read(txn: Any) -> list:
+            out = []
+            last = {} if stamps is None else bounds.last_reads(txn, *stamps)
+            for key, record in txn.cursor(db=db).iternext():
+                key = bytes(key)
+                prefix = key[:-16]
+                task = tasks.get(prefix) or tasks.setdefault(prefix, prefix[3:-1].decode(errors="replace"))
+                try:
+                    magic, _h, created, expires, code, _n, _p, _k = head(record)
+                    serializer = names[code] if magic == ser.MAGIC else None
+                except (struct.error, IndexError):
+                    serializer = None
+                if serializer is None:
+                    created, expires, task, serializer = None, None, "?", "damaged"
+                out.append(Entry(key, len(record), created, last.get(key), task, expires or None, serializer))
+            return out
+
+        return self.env.read(read, buffers=True)
+
+    def evict(self, limit: int, target: float | None = None) -> int:
+        """Delete the least recently used entries until the store holds at most ``target`` bytes
+        (default: ``LOW_WATER`` of ``limit``); returns how many went. One process evicts at a
+        time (others return 0)."""
+        target = limit * bounds.LOW_WATER if target is None else target
+        removed = 0
+        with bounds.evicting(self.home / ".cache-evict.lock") as mine:
+            if not mine:
+                return 0
+            for _ in range(4):  # page counts move in steps: measure again after each round
+                used = self.used_bytes()
+                if used <= target:
+                    break
+                gone = bounds.victims(self.entries(), used, target)
+                if not gone:
+                    break
+                removed += self.delete([e.key for e in gone])
+            dbs = self.env.db(ENTRIES), self.env.db(READS), self.env.db(READ_LOGS)
+            self.env.write(lambda txn: bounds.fold(txn, *dbs))
+        return removed
 
     def put_many(self, items: list[tuple[bytes, bytes]], txn_key: str | None = None) -> None:
         if not items and txn_key is None:
@@ -205,18 +310,31 @@ class LMDBResultStore(ResultStore):
         # the sort is stable, so the last record of a repeated key still wins.
         ordered = sorted(items, key=itemgetter(0)) if len(items) > 1 else items
 
-        def write(txn: Any) -> None:
+        stamps = self._stamp_writer(self.reads.take())  # pending read stamps ride along
+        limit = bounds.max_bytes()
+
+        def write(txn: Any) -> int:
             put = txn.put
             for key, record in ordered:
                 put(key, record, db=entries)
             if marker is not None:
                 put(txn_key.encode(), marker, db=txns)  # type: ignore[union-attr]
+            stamps(txn)
+            return self.used_bytes(txn) if limit is not None else 0
 
-        self.env.write(write)
+        used = self.env.write(write)
+        if limit is not None and used > limit:  # amortised: an eviction frees a tenth of the limit
+            self.evict(limit)
 
     def delete(self, keys: list[bytes]) -> int:
-        db = self.env.db(ENTRIES)
-        return self.env.write(lambda txn: sum(1 for k in keys if txn.delete(k, db=db)))
+        db, reads = self.env.db(ENTRIES), self.env.db(READS)
+
+        def write(txn: Any) -> int:
+            for k in keys:
+                txn.delete(k, db=reads)
+            return sum(1 for k in keys if txn.delete(k, db=db))
+
+        return self.env.write(write)
 
     def iterate(self) -> Iterator[tuple[bytes, bytes]]:
         db = self.env.db(ENTRIES)
@@ -249,8 +367,8 @@ class LMDBResultStore(ResultStore):
 
         def write(txn: Any) -> int:
             n = txn.stat(entries)["entries"]
-            txn.drop(entries, delete=False)
-            txn.drop(txns, delete=False)
+            for db in (entries, txns, self.env.db(READS), self.env.db(READ_LOGS)):
+                txn.drop(db, delete=False)
             return n
 
         return self.env.write(write)
@@ -270,7 +388,7 @@ class LMDBResultStore(ResultStore):
         os.replace(tmp / "data.mdb", data)
         shutil.rmtree(tmp, ignore_errors=True)
         _stores.pop((str(self.home), os.getpid()), None)
-        self.env = _lmdb.open_env(self.path, dbs=(ENTRIES, TXNS))
+        self.env = _lmdb.open_env(self.path, dbs=(ENTRIES, TXNS, READS, READ_LOGS))
         return before, data.stat().st_size
 
 
@@ -289,23 +407,55 @@ class TieredStore(ResultStore):
         self.local, self.storage, self.secret = local, storage, secret
 
     def get_many(self, keys: list[bytes]) -> list[bytearray | None]:
+        return self._get(keys, None)[0]
+
+    def load_many(self, keys: list[bytes | None], now: float | None = None, max_bytes: int | None = None) -> Hits:
+        """As ``ResultStore.load_many``; with ``max_bytes`` no larger record is fetched from the
+        storage (a ranged read stops there): the client leaves those to the workers."""
+        wanted = [(i, k) for i, k in enumerate(keys) if k is not None]
+        if not wanted:
+            return Hits()
+        records, large = self._get([k for _, k in wanted], max_bytes)
+        found = self._decode_all([k for _, k in wanted], records, now)
+        hits = Hits({wanted[pos][0]: value for pos, value in found.items()})
+        hits.too_large = large
+        return hits
+
+    def _get(self, keys: list[bytes], max_bytes: int | None) -> tuple[list, int]:
+        """The records of ``keys`` (None: missing, or over ``max_bytes``) and how many were too large."""
         records: list = self.local.get_many(keys) if self.local is not None else [None] * len(keys)
+        large = 0
+        if max_bytes is not None:
+            for i, r in enumerate(records):
+                if r is not None and len(r) > max_bytes:
+                    records[i], large = None, large + 1
         missing = [i for i, r in enumerate(records) if r is None]
         if missing:
             hot = []
-            for i, record in zip(missing, self.storage.get_many([keys[i] for i in missing])):
+            fetched, over = self.storage.get_bounded([keys[i] for i in missing], max_bytes)
+            large += over
+            for i, record in zip(missing, fetched):
                 if record is not None:
                     records[i] = record
                     if len(record) <= self.HOT_BYTES:
                         hot.append((keys[i], record))
             if hot and self.local is not None:
                 self.local.put_many(hot)
-        return records
+        # the storage's read stamps count hot-tier hits too: a record read here every day
+        # must not be evicted from the storage other hosts read
+        self.storage.note_reads([k for k, r in zip(keys, records) if r is not None])
+        return records, large
 
     def put_many(self, items: list[tuple[bytes, bytes]], txn_key: str | None = None) -> None:
-        self.storage.put_many(items)
+        hot = self.put_storage(items)
         if self.local is not None:
-            self.local.put_many([(k, r) for k, r in items if len(r) <= self.HOT_BYTES], txn_key=txn_key)
+            self.local.put_many(hot, txn_key=txn_key)
+
+    def put_storage(self, items: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        """Write the records to the storage; returns those the local hot tier keeps (the caller
+        writes them, e.g. with a ``transaction()`` block's other records, in one transaction)."""
+        self.storage.put_many(items)
+        return [(k, r) for k, r in items if len(r) <= self.HOT_BYTES]
 
     def delete(self, keys: list[bytes]) -> int:
         return self.local.delete(keys) if self.local is not None else 0
@@ -441,7 +591,8 @@ def _open(home: str | os.PathLike) -> ResultStore:
 
 
 def open_existing(home: str | os.PathLike) -> LMDBResultStore | None:
-    """The cache of ``home`` for read-only commands: None when there is none (nothing is created).
+    """The cache of ``home`` for read-only commands, opened read-only (LMDB ``readonly``, unless
+    this process has it open for writing): None when there is none (nothing is created).
 
     Raises ``StoreError`` (``DamagedStore`` for a damaged file) instead of repairing anything.
     """
@@ -450,13 +601,21 @@ def open_existing(home: str | os.PathLike) -> LMDBResultStore | None:
         return None
     key = (str(home), os.getpid())
     store = _stores.get(key)
-    if not isinstance(store, LMDBResultStore):
-        store = _stores[key] = LMDBResultStore(home, recover=False)
-    return store
+    if isinstance(store, LMDBResultStore):  # this process writes it already
+        return store
+    return LMDBResultStore(home, recover=False, readonly=True)
+
+
+def close_reader(store: ResultStore) -> None:
+    """Close a store ``open_existing`` opened read-only (so this process may open it writable later)."""
+    if isinstance(store, LMDBResultStore) and store.env.readonly:
+        _lmdb.close_env(store.path)
 
 
 def close_store(home: str | os.PathLike) -> None:
     """Forget this process's handle (tests; the CLI after replacing files)."""
     store = _stores.pop((str(home), os.getpid()), None)
     if store is not None:
+        if isinstance(store, LMDBResultStore):
+            store.flush_reads()
         _lmdb.close_env(store.path)

@@ -2,18 +2,24 @@
 
 These commands read the LMDB store directly (headers only, parsed from views of the
 map: no value is copied or unpickled) and never import distributed. ``-o json`` prints machine-readable output;
-its timestamps are epoch seconds (UTC floats), as in ``daskflow runs``. ``ls`` and ``stats`` never
-create a cache (none yet: an empty listing, and a note on stderr) and never repair one (a damaged
-file is a one-line error, exit 1; the next run moves it aside). ``clear`` asks first on a terminal
-and needs ``--yes`` elsewhere.
-"""
+its timestamps are epoch seconds (UTC floats), as in ``daskflow runs``. ``ls`` and ``stats`` open the
+store read-only (LMDB ``readonly``), never create a cache (none yet: an empty listing, and a note on
+stderr) and never repair one (a damaged file is a one-line error, exit 1; the next run moves it aside).
+``ls --limit N --sort read|written|size|task`` picks N rows without sorting them all, and a long
+listing is printed as plain columns (rich needs minutes for 10^5 rows). ``clear`` asks first on a
+terminal and needs ``--yes`` elsewhere. ``prune`` deletes expired entries, entries unused for
+``--older-than``, and least recently read ones beyond ``--max-bytes`` (see ``cache/bounds.py``).
+``--storage [URL]`` lists or prunes a result storage instead (its foreign files are ignored)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import functools
+import heapq
 import json
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import click
 
@@ -33,7 +39,7 @@ def _store() -> Any:
 
 
 def _existing() -> Any:
-    """The cache to read, or None (with a note on stderr) when there is none yet."""
+    """The cache to read, opened read-only, or None (with a note on stderr) when there is none yet."""
     from daskflow import config
     from daskflow.cache.store import open_existing
 
@@ -44,44 +50,122 @@ def _existing() -> Any:
     return store
 
 
-def _entries(task: str | None = None, store: Any = None) -> list[dict]:
+@contextlib.contextmanager
+def _reading() -> Iterator[Any]:
+    """The cache to read (or None), closed afterwards when it was opened read-only here."""
+    from daskflow.cache.store import close_reader
+
+    store = _existing()
+    try:
+        yield store
+    finally:
+        if store is not None:
+            close_reader(store)
+
+
+def _entries(task: str | None = None, store: Any = None) -> list:
+    """The local store's entries (``bounds.Entry``), of one task (name or task key) if given."""
+    if store is None:
+        with _reading() as store:
+            return _entries(task, store) if store is not None else []
+    entries = store.entries()
+    if task is not None:
+        entries = [e for e in entries if task in (e.task_key, e.task_key.rsplit("-", 1)[0])]
+    return entries
+
+
+def _storage_entries(storage: Any, task: str | None = None) -> list:
+    """A result storage's records (foreign files ignored; expiry is not read there)."""
     from daskflow.cache.keys import display
 
-    store = store or _existing()
-    if store is None:
-        return []
+    entries = storage.entries()[0]
+    for e in entries:
+        e.task_key = display(e.key).split("/", 1)[1].rsplit("/", 1)[0]
+    if task is not None:
+        entries = [e for e in entries if task in (e.task_key, e.task_key.rsplit("-", 1)[0])]
+    return entries
+
+
+def _rows(entries: list) -> list[dict]:
+    """The printed form of entries (``-o json`` shape)."""
+    from daskflow.cache.keys import display
+
     now = time.time()
-    out = []
-    for key, header, size in store.headers():
-        header = header or {"t": "?", "c": None, "e": None, "s": "damaged"}
-        task_key = header.get("t") or "?"
-        if task is not None and task not in (task_key, task_key.rsplit("-", 1)[0]):
-            continue
-        expires = header.get("e")
-        out.append({"key": display(key), "task_key": task_key, "created": header.get("c"),
-                    "expires": expires, "expired": expires is not None and expires <= now,
-                    "serializer": header.get("s"), "bytes": size, "_raw": key})
-    return out
+    return [{"key": display(e.key), "task_key": e.task_key, "created": e.written, "last_read": e.last_read,
+             "expires": e.expires, "expired": e.expires is not None and e.expires <= now,
+             "serializer": e.serializer, "bytes": e.size} for e in entries]
+
+
+def _open_storage(url: str) -> Any:
+    """The result storage named on the command line ("" or "-": the configured one)."""
+    from daskflow.cache.storage import StorageSpec, open_storage
+
+    spec = StorageSpec.from_config(url if url not in ("", "-") else None)
+    if spec is None:
+        raise click.UsageError("--storage: no URL given and daskflow.results.storage is not set")
+    return open_storage(spec)
+
+
+_SORTS = {  # (key, newest or largest first)
+    "key": (lambda e: e.key, False),
+    "read": (lambda e: e.last_read or 0.0, True),
+    "written": (lambda e: e.written or 0.0, True),
+    "size": (lambda e: e.size, True),
+    "task": (lambda e: (e.task_key, e.key), False),
+}
+
+
+def _sorted(entries: list, sort: str, limit: int | None) -> list:
+    """``limit`` entries in ``sort`` order (a partial sort when a limit is given)."""
+    key, reverse = _SORTS[sort]
+    if limit is None or limit >= len(entries):
+        return sorted(entries, key=key, reverse=reverse)
+    pick = heapq.nlargest if reverse else heapq.nsmallest
+    return pick(limit, entries, key=key)
 
 
 def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="seconds")
+    return _iso_second(int(ts // 1))
 
 
-def _public(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]
+@functools.lru_cache(maxsize=4096)
+def _iso_second(second: int) -> str:
+    """Entries written by one run share their second: 10^5 rows format a few hundred times."""
+    return datetime.datetime.fromtimestamp(second, datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+_RICH_ROWS = 500  # a longer listing is printed as plain columns: rich takes minutes for 10^5 rows
+
+
+def _json_list(rows: list[dict]) -> str:
+    """A JSON list: indented when short; in one C-encoded call when long (``indent`` takes the
+    pure-Python encoder: seconds for 10^5 rows)."""
+    return json.dumps(rows, indent=2) if len(rows) <= _RICH_ROWS else json.dumps(rows)
+
+
+def _cell(row: dict, column: str) -> str:
+    value = row.get(column)
+    if value is None:
+        return ""
+    return _iso(value) if column in ("created", "expires", "last_read") else str(value)
 
 
 def _table(rows: list[dict], columns: list[str]) -> None:
+    if len(rows) > _RICH_ROWS:
+        cells = [[_cell(r, c) for c in columns] for r in rows]
+        widths = [max([len(c)] + [len(line[i]) for line in cells]) for i, c in enumerate(columns)]
+        lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
+        lines.extend("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in cells)
+        click.echo("\n".join(lines))
+        return
     from rich.console import Console
     from rich.table import Table
 
     table = Table(*columns)
     for r in rows:
-        table.add_row(*("" if r.get(c) is None else _iso(r[c]) if c in ("created", "expires") else str(r.get(c))
-                        for c in columns))
+        table.add_row(*(_cell(r, c) for c in columns))
     Console().print(table)
 
 
@@ -90,35 +174,59 @@ def cache() -> None:
     """Inspect and maintain the result cache ($DASKFLOW_HOME/cache)."""
 
 
+storage_option = click.option(
+    "--storage", "storage_url", default=None, is_flag=False, flag_value="", metavar="[URL]",
+    help="The result storage at URL (alone: the configured daskflow.results.storage) instead of the local store.")
+
+
 @cache.command("ls")
 @click.option("--task", "task_name", default=None, help="Only entries of this task (name or task key).")
+@click.option("--limit", type=click.IntRange(min=0), default=None,
+              help="At most this many entries (default: all; 0: all).")
+@click.option("--sort", type=click.Choice(list(_SORTS)), default="key", show_default=True,
+              help="Order: read and written newest first, size largest first, task and key ascending.")
+@storage_option
 @output_option
-def ls(task_name: str | None, output: str) -> None:
-    """List cache entries: key, task, created, expires, size."""
-    rows = _public(_entries(task_name))
-    if output == "json":
-        click.echo(json.dumps(rows, indent=2))
+def ls(task_name: str | None, limit: int | None, sort: str, storage_url: str | None, output: str) -> None:
+    """List cache entries: key, task, created, last read, expires, size.
+
+    Example: daskflow cache ls --sort read --limit 20
+    """
+    if storage_url is not None:
+        entries = _storage_entries(_open_storage(storage_url), task_name)
+        columns = ["key", "task_key", "created", "last_read", "bytes"]
     else:
-        _table(rows, ["key", "task_key", "created", "expires", "bytes"])
+        entries = _entries(task_name)
+        columns = ["key", "task_key", "created", "last_read", "expires", "bytes"]
+    total = len(entries)
+    rows = _rows(_sorted(entries, sort, limit or None))
+    if output == "json":
+        click.echo(_json_list(rows))
+        return
+    _table(rows, columns)
+    if len(rows) < total:
+        click.echo(f"{len(rows)} of {total} entries (--limit)", err=True)
 
 
 @cache.command()
 @output_option
 def stats(output: str) -> None:
     """Entries, expired entries, bytes per task and on disk."""
-    store = _existing()
-    rows = _entries(store=store) if store is not None else []
+    with _reading() as store:
+        entries = _entries(store=store) if store is not None else []
     from daskflow import config
 
     path = store.path if store is not None else config.home_path() / "cache"
     data = path / "data.mdb"
     tasks: dict[str, dict[str, int]] = {}
-    for r in rows:
-        t = tasks.setdefault(r["task_key"], {"entries": 0, "bytes": 0})
+    now = time.time()
+    for e in entries:
+        t = tasks.setdefault(e.task_key, {"entries": 0, "bytes": 0})
         t["entries"] += 1
-        t["bytes"] += r["bytes"]
-    info = {"path": str(path), "entries": len(rows), "expired": sum(r["expired"] for r in rows),
-            "bytes": sum(r["bytes"] for r in rows), "file_bytes": data.stat().st_size if data.exists() else 0,
+        t["bytes"] += e.size
+    info = {"path": str(path), "entries": len(entries),
+            "expired": sum(e.expires is not None and e.expires <= now for e in entries),
+            "bytes": sum(e.size for e in entries), "file_bytes": data.stat().st_size if data.exists() else 0,
             "tasks": tasks}
     if output == "json":
         click.echo(json.dumps(info, indent=2))
@@ -148,19 +256,64 @@ def clear(task_name: str | None, yes: bool, output: str) -> None:
     if task_name is None:
         removed = store.clear()
     else:
-        removed = store.delete([r["_raw"] for r in _entries(task_name, store)])
+        removed = store.delete([e.key for e in _entries(task_name, store)])
     _report({"removed": removed}, output, f"removed {removed} entries")
 
 
 @cache.command()
+@click.option("--max-bytes", "max_bytes", default=None, metavar="SIZE",
+              help="Also delete the least recently read entries until the cache holds at most SIZE "
+                   "(e.g. 5GiB; default: daskflow.cache.max-bytes, if set).")
+@click.option("--older-than", "older_than", default=None, metavar="AGE",
+              help="Also delete entries neither read nor written for AGE (e.g. 30d, 12h).")
+@storage_option
 @output_option
-def prune(output: str) -> None:
-    """Delete expired entries and reclaim their space (run it while no pipeline runs)."""
+def prune(max_bytes: str | None, older_than: str | None, storage_url: str | None, output: str) -> None:
+    """Delete expired entries (and old ones, and enough least recently read ones to fit a size);
+    reclaim their space. Run it while no pipeline runs.
+
+    Example: daskflow cache prune --older-than 30d --max-bytes 5GiB
+    """
+    from daskflow.cache import bounds
+
+    limit = _size(max_bytes) if max_bytes is not None else bounds.max_bytes()
+    cutoff = time.time() - _age(older_than) if older_than is not None else None
+    if storage_url is not None:
+        storage = _open_storage(storage_url)
+        old = [e.key for e in _storage_entries(storage) if cutoff is not None and e.used < cutoff]
+        removed = storage.delete(old)
+        evicted = storage.evict(limit, target=limit) if limit is not None else 0
+        _report({"removed": removed, "evicted": evicted}, output,
+                f"removed {removed} old entries, evicted {evicted} least recently read from {storage.spec.url}")
+        return
     store = _store()
-    removed = store.delete([r["_raw"] for r in _entries(store=store) if r["expired"]])
+    now = time.time()
+    gone = [e.key for e in _entries(store=store)
+            if (e.expires is not None and e.expires <= now) or (cutoff is not None and e.used < cutoff)]
+    removed = store.delete(gone)
+    evicted = store.evict(limit, target=limit) if limit is not None else 0
     before, after = store.compact()
-    _report({"removed": removed, "bytes_before": before, "bytes_after": after}, output,
-            f"removed {removed} expired entries; {before} -> {after} bytes on disk")
+    _report({"removed": removed, "evicted": evicted, "bytes_before": before, "bytes_after": after}, output,
+            f"removed {removed} expired or old entries, evicted {evicted} least recently read; "
+            f"{before} -> {after} bytes on disk")
+
+
+def _size(text: str) -> int:
+    from dask.utils import parse_bytes
+
+    try:
+        return parse_bytes(text)
+    except (ValueError, TypeError):
+        raise click.BadParameter(f"{text!r} is not a size (e.g. 5GiB, 500MB)", param_hint="--max-bytes") from None
+
+
+def _age(text: str) -> float:
+    from dask.utils import parse_timedelta
+
+    try:
+        return float(parse_timedelta(text, default="seconds"))
+    except (ValueError, TypeError, KeyError):
+        raise click.BadParameter(f"{text!r} is not a duration (e.g. 30d, 12h, 90s)", param_hint="--older-than") from None
 
 
 def _report(info: dict, output: str, text: str) -> None:

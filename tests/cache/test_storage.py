@@ -138,3 +138,12 @@ def test_a_missing_bucket_is_one_clear_error_naming_the_url(s3_server, tmp_path,
         with dask.config.set({"daskflow.results.on-storage-error": "warn"}):
             with pytest.warns(CacheWarning, match="runs go on uncached"):
                 assert pipeline() == [0, 1, 4]
+
+
+def test_two_processes_writing_one_key_in_s3_both_read_a_complete_value(shared):
+    import json
+
+    from storage_procs import race
+
+    race(shared, json.dumps(dask.config.get("daskflow.results.storage-options")),
+         dask.config.get("daskflow.results.secret-file"), reps=5)

@@ -70,3 +70,77 @@ def test_cli_cache_commands_do_not_import_distributed(daskflow_home):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     assert "DISTRIBUTED False" in out
     assert '"entries": 4' in out
+
+
+def _big_store(home, n):
+    """A real store of ``n`` entries of two tasks, written with put_many (seconds, not a pipeline)."""
+    from daskflow.cache import serialization as ser
+    from daskflow.cache.store import close_store, get_store
+
+    store = get_store(home)
+    half = n // 2
+    for task_key, lo, hi in (("alpha-0000000a", 0, half), ("beta-0000000b", half, n)):
+        values = [b"x" * (i % 97) for i in range(lo, hi)]
+        keys = [f"v1/{task_key}/".encode() + i.to_bytes(16, "big") for i in range(lo, hi)]
+        store.put_many(list(zip(keys, ser.encode_many(values, task_key, None, None, store.secret))))
+    return store, close_store
+
+
+def test_cli_cache_ls_on_80k_entries_lists_sorts_and_limits(daskflow_home):
+    from daskflow.cache.keys import display
+
+    n = 80_000
+    store, close = _big_store(daskflow_home, n)
+    read = [b"v1/beta-0000000b/" + i.to_bytes(16, "big") for i in (70_001, 79_999)]
+    assert len(store.load_many(read)) == 2
+    store.flush_reads()
+    close(daskflow_home)
+    rows = _json(["cache", "ls", "-o", "json"])
+    assert len(rows) == n and len({r["key"] for r in rows}) == n
+    assert sum(r["task_key"] == "alpha-0000000a" for r in rows) == n // 2
+    by_size = _json(["cache", "ls", "--sort", "size", "--limit", "3", "-o", "json"])
+    assert len(by_size) == 3 and all(r["bytes"] == max(x["bytes"] for x in rows) for r in by_size)
+    by_read = _json(["cache", "ls", "--sort", "read", "--limit", "2", "-o", "json"])
+    assert {r["key"] for r in by_read} == {display(k) for k in read} and all(r["last_read"] for r in by_read)
+    by_task = _json(["cache", "ls", "--sort", "task", "--limit", "1", "--task", "beta", "-o", "json"])
+    assert by_task[0]["task_key"] == "beta-0000000b"
+    table = CliRunner().invoke(main, ["cache", "ls"])  # 80k rows as plain columns
+    assert table.exit_code == 0 and table.output.count("\n") == n + 1
+
+
+def test_cli_cache_ls_opens_the_store_read_only(daskflow_home):
+    _fill()
+    from daskflow.cache.store import close_store
+
+    close_store(daskflow_home)
+    data = daskflow_home / "cache" / "data.mdb"
+    data.chmod(0o400)  # a writable open would fail here
+    try:
+        before = data.stat().st_mtime_ns
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path), DASKFLOW_HOME=str(daskflow_home))
+        out = subprocess.run([sys.executable, "-m", "daskflow", "cache", "ls", "-o", "json"], env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert len(json.loads(out.stdout)) == 4 and data.stat().st_mtime_ns == before
+    finally:
+        data.chmod(0o600)
+
+
+def test_cli_cache_prune_older_than_and_max_bytes(daskflow_home):
+    store, close = _big_store(daskflow_home, 2_000)
+    close(daskflow_home)
+    assert _json(["cache", "prune", "--older-than", "1h", "-o", "json"])["removed"] == 0
+    assert _json(["cache", "prune", "--older-than", "0s", "-o", "json"])["removed"] == 2_000
+    store, close = _big_store(daskflow_home, 2_000)
+    keep = [e.key for e in store.entries()][-100:]
+    store.load_many(keep)
+    store.flush_reads()
+    close(daskflow_home)
+    out = _json(["cache", "prune", "--max-bytes", "60KB", "-o", "json"])
+    assert out["evicted"] > 1_000 and out["bytes_after"] < out["bytes_before"]
+    left = {r["key"] for r in _json(["cache", "ls", "-o", "json"])}
+    from daskflow.cache.keys import display
+
+    assert {display(k) for k in keep} <= left  # the recently read ones stayed
+    bad = CliRunner().invoke(main, ["cache", "prune", "--older-than", "soon"])
+    assert bad.exit_code == 2 and "--older-than" in bad.output and "'soon'" in bad.output

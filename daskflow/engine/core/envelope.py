@@ -169,6 +169,7 @@ class ChunkResult:
     worker: str | None = None
     n_failed: int = 0
     cache_records: list | None = None  # signed records staged in a transaction() block
+    cache_storage: Any = None  # the result storage (a StorageSpec) those records also go to, if any
     cache_returned: Any = None  # a managed.ReturnedCache: fresh results for the client to write
     logs: list | None = None  # run log records not shipped while the chunk ran
     kept: dict[int, st.State] | None = None  # states hooks received: return_state hands back the same
@@ -407,7 +408,8 @@ class ChunkResult:
 
 
 _SPARSE = ("errors", "messages", "tracebacks", "history", "run_counts", "names", "worker", "n_failed",
-           "cache_records", "cache_returned", "logs", "kept", "nbytes", "elsewhere", "recomputed", "resources")
+           "cache_records", "cache_storage", "cache_returned", "logs", "kept", "nbytes", "elsewhere", "recomputed",
+           "resources")
 
 
 class UniformCodes:

@@ -225,6 +225,7 @@ class CacheWork(NoCache):
                                                spec.expires_in, spec.serializer)
         if self.spec.stage:
             res.cache_records = staged
+            res.cache_storage = self.spec.storage if staged else None
             if self.local:
                 txn = current_transaction()
                 if txn is not None:

@@ -230,13 +230,21 @@ class Transaction:
             self.parent._children.append(self)
             return
         records: list = []
+        stored: dict[Any, list] = {}  # result storage -> its records (runs of tasks with result_storage)
         seen: set[int] = set()
         for _, res, _ in runs:
             if res is not None and id(res) not in seen:
                 seen.add(id(res))
-                records.extend(getattr(res, "cache_records", None) or ())
+                storage = getattr(res, "cache_storage", None)
+                (records if storage is None else stored.setdefault(storage, [])).extend(res.cache_records or ())
         if self._staged:
             records.extend(self._staged_records())
+        # Storages first, then the local store in one LMDB transaction with the committed marker:
+        # a block is committed (locally) only once every storage holds its records.
+        from daskflow.cache.store import get_store
+
+        for storage, items in stored.items():
+            records.extend(get_store(self._home, storage).put_storage(items))
         if records or self.key is not None:
             self._store().put_many(records, txn_key=self.key)
         self._settle(COMMITTED)

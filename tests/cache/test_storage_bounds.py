@@ -1,0 +1,167 @@
+"""Result storage on file://: transactions, size limits, listings with foreign files, bad blobs, racing writers."""
+
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+
+import dask.config
+import pytest
+from click.testing import CliRunner
+
+from daskflow import flow, task, transaction, unmapped
+from daskflow.cache import INPUTS
+from daskflow.cache import serialization as ser
+from daskflow.cache.keys import display
+from daskflow.cache.storage import StorageSpec, open_storage
+from daskflow.cache.store import CacheWarning
+from daskflow.cli import main
+from daskflow.runners import ThreadPoolTaskRunner
+from storage_procs import race
+
+
+@pytest.fixture
+def shared_dir(tmp_path):
+    """A file:// result storage and the secret file its users share."""
+    key = tmp_path / "results.key"
+    key.write_bytes(os.urandom(32))
+    key.chmod(0o600)
+    root = tmp_path / "results"
+    with dask.config.set({"daskflow.results.storage": f"file://{root}", "daskflow.results.secret-file": str(key)}):
+        yield root
+
+
+def _records(root) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()
+                  and not str(p.relative_to(root)).startswith("_daskflow"))
+
+
+@task(cache_policy=INPUTS - "counter")
+def cube(x: int, counter: str) -> int:
+    with open(os.path.join(counter, f"{x}-{uuid.uuid4().hex}"), "w"):
+        pass
+    return x ** 3
+
+
+def _count(counter) -> int:
+    return len(os.listdir(counter))
+
+
+def test_a_transaction_commits_its_records_to_the_result_storage(shared_dir, tmp_path, monkeypatch, runner):
+    counter = tmp_path / "count"
+    counter.mkdir()
+
+    @flow(task_runner=runner)
+    def block(n: int, fail: bool):
+        with transaction(key=f"block-{n}-{fail}"):
+            values = cube.map(range(n), unmapped(str(counter))).result()
+            if fail:
+                raise RuntimeError("the block fails")
+        return values
+
+    with pytest.raises(RuntimeError):
+        block(5, True)
+    assert not shared_dir.exists() or _records(shared_dir) == []  # rolled back: nothing stored
+    assert block(12, False) == [x ** 3 for x in range(12)]
+    assert len(_records(shared_dir)) == 12  # committed: every record is in the storage
+    monkeypatch.setenv("DASKFLOW_HOME", str(tmp_path / "colleague"))  # another home, cold
+    ran = _count(counter)
+    assert block(12, False) == [x ** 3 for x in range(12)]
+    assert _count(counter) == ran  # read back from the storage: nothing ran
+
+
+def _fill_storage(storage, n: int, size: int = 1000) -> list[bytes]:
+    keys = [b"v1/sized-00000000/" + i.to_bytes(16, "big") for i in range(n)]
+    records = ser.encode_many([bytes(size)] * n, "sized-00000000", None, None, storage_secret())
+    storage.put_many(list(zip(keys, records)))
+    return keys
+
+
+def storage_secret() -> bytes:
+    return open(dask.config.get("daskflow.results.secret-file"), "rb").read()
+
+
+def test_a_storage_over_max_bytes_evicts_least_recently_read_and_ignores_foreign_files(shared_dir):
+    storage = open_storage(StorageSpec.from_config(None))
+    keys = _fill_storage(storage, 100)
+    (shared_dir / "README.txt").write_text("not a record")  # foreign files: never listed, never deleted
+    (shared_dir / "v1" / "sized-00000000" / "notes").write_text("neither")
+    read = keys[::5]
+    assert all(r is not None for r in storage.get_many(read))
+    storage.note_reads(read)
+    storage.flush_reads()  # one small read log, beside the records
+    entries, logs = storage.entries()
+    assert len(entries) == 100 and len(logs) == 1
+    assert {e.key for e in entries if e.last_read} == set(read)
+    total = sum(e.size for e in entries)
+    with dask.config.set({"daskflow.cache.max-bytes": total // 2}):
+        storage.total = None  # as in a fresh process: the next write lists the storage
+        _fill_storage(storage, 1)  # rewrites key 0 (read): the write checks the size and evicts
+    entries, logs = storage.entries()
+    left = {e.key for e in entries}
+    assert sum(e.size for e in entries) <= total // 2
+    assert set(read) <= left and keys[1] not in left
+    assert (shared_dir / "README.txt").exists() and (shared_dir / "v1" / "sized-00000000" / "notes").exists()
+    assert len(logs) == 1  # folded into one
+
+
+def test_cli_ls_and_prune_on_a_storage(shared_dir):
+    storage = open_storage(StorageSpec.from_config(None))
+    keys = _fill_storage(storage, 30)
+    (shared_dir / "stray.bin").write_bytes(b"x" * 10)
+    result = CliRunner().invoke(main, ["cache", "ls", "--storage", "-o", "json"])
+    assert result.exit_code == 0, result.output
+    import json
+
+    rows = json.loads(result.output)
+    assert sorted(r["key"] for r in rows) == sorted(display(k) for k in keys)
+    assert all(r["task_key"] == "sized-00000000" for r in rows)
+    result = CliRunner().invoke(main, ["cache", "prune", "--storage", "--max-bytes", "10KB", "-o", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["evicted"] >= 20
+    assert sum(e.size for e in storage.entries()[0]) <= 10_000 and (shared_dir / "stray.bin").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "altered"])
+def test_a_damaged_blob_is_a_miss_with_one_warning_naming_it(shared_dir, tmp_path, damage, monkeypatch):
+    counter = tmp_path / "count"
+    counter.mkdir()
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    def pipeline(n):
+        return cube.map(range(n), unmapped(str(counter))).result()
+
+    assert pipeline(6) == [x ** 3 for x in range(6)]
+    names = _records(shared_dir)
+    for name in names[:3]:
+        path = shared_dir / name
+        blob = path.read_bytes()
+        path.write_bytes(blob[:len(blob) // 2] if damage == "truncated" else blob[:-1] + bytes([blob[-1] ^ 1]))
+    monkeypatch.setenv("DASKFLOW_HOME", str(tmp_path / "cold"))  # no hot tier: every read goes to the storage
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert pipeline(6) == [x ** 3 for x in range(6)]
+    damaged = [w for w in seen if issubclass(w.category, CacheWarning) and "damaged" in str(w.message)]
+    assert len(damaged) == 1, [str(w.message) for w in seen]
+    assert "v1/" in str(damaged[0].message) and "2 more" in str(damaged[0].message)
+    assert _count(counter) == 6 + 3  # the damaged ones ran again, and never loaded
+
+
+def test_two_processes_writing_one_key_both_read_a_complete_value(shared_dir, tmp_path):
+    race(dask.config.get("daskflow.results.storage"), "{}", dask.config.get("daskflow.results.secret-file"))
+    assert _records(shared_dir) == ["v1/race-00000000/" + "0" * 32]  # no temporary name left behind
+
+
+def test_a_client_lookup_never_fetches_a_large_record_from_the_storage(shared_dir, daskflow_home):
+    from daskflow.cache.store import get_store
+
+    store = get_store(None, StorageSpec.from_config(None))  # a storage alone, as a client with a cold home
+    big = ser.encode(bytes(500_000), "big-00000000", None, None, store.secret)
+    small = ser.encode(b"tiny", "big-00000000", None, None, store.secret)
+    keys = [b"v1/big-00000000/" + bytes(15) + bytes([i]) for i in range(2)]
+    store.put_many([(keys[0], big), (keys[1], small)])
+    hits = store.load_many(keys, max_bytes=65_536)  # a ranged read stops past the limit
+    assert hits == {1: b"tiny"} and hits.too_large == 1
+    assert store.storage.get_bounded(keys, 65_536)[1] == 1
+    assert len(store.load_many(keys)) == 2  # a worker (no limit) reads it whole
