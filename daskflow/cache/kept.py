@@ -33,7 +33,6 @@ and left to the bucket's lifecycle rules.
 from __future__ import annotations
 
 import os
-import pathlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,10 +40,9 @@ from typing import Any
 
 import xxhash
 
-from daskflow import _lmdb
 from daskflow.cache import serialization as ser
 from daskflow.cache.storage import StorageSpec, open_storage
-from daskflow.cache.store import ENTRIES, TXNS, LMDBResultStore, ResultStore, TieredStore
+from daskflow.cache.store import ENTRIES, LMDBResultStore, ResultStore, TieredStore
 
 __all__ = ["FlowSource", "KeptCalls", "KeptChunk", "KeptRuns", "KeptStore", "chunk_key", "get_kept_store", "load_kept",
            "load_source", "prune_expired", "source_key"]
@@ -100,13 +98,13 @@ class KeptRuns:
 
 
 class KeptStore(LMDBResultStore):
-    """Kept records at ``{home}/kept`` (an ``LMDBResultStore`` in its own environment, no fsync)."""
+    """Kept records at ``{home}/kept`` (an ``LMDBResultStore`` in its own environment, no fsync);
+    ``daskflow.results.keep`` bounds them by age, not the cache's ``max-bytes``."""
+
+    bounded = False
 
     def __init__(self, home: str | os.PathLike) -> None:  # noqa: D107 - LMDBResultStore's, another path
-        self.home = pathlib.Path(home)
-        self.path = self.home / "kept"
-        self.secret = ser.load_secret(self.home)
-        self.env = _lmdb.open_env(self.path, dbs=(ENTRIES, TXNS), recover=True, sync=False)
+        super().__init__(home, name="kept", sync=False)
 
 
 _stores: dict[tuple, ResultStore] = {}

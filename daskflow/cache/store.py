@@ -138,12 +138,15 @@ class LMDBResultStore(ResultStore):
         >>> store.put_many([(key, record)])   # doctest: +SKIP
     """
 
-    def __init__(self, home: str | os.PathLike, recover: bool = True, readonly: bool = False) -> None:
+    bounded = True  # daskflow.cache.max-bytes applies to it
+
+    def __init__(self, home: str | os.PathLike, recover: bool = True, readonly: bool = False, name: str = "cache",
+                 sync: bool = True) -> None:
         self.home = pathlib.Path(home)
-        self.path = self.home / "cache"
+        self.path = self.home / name
         self.secret = ser.load_secret(self.home)
         self.env = _lmdb.open_env(self.path, dbs=(ENTRIES, TXNS, READS, READ_LOGS), recover=recover,
-                                  readonly=readonly)
+                                  readonly=readonly, sync=sync)
         self.reads = bounds.ReadStamps()
         if not self.env.readonly:
             atexit.register(self._flush_at_exit)
@@ -311,7 +314,7 @@ class LMDBResultStore(ResultStore):
         ordered = sorted(items, key=itemgetter(0)) if len(items) > 1 else items
 
         stamps = self._stamp_writer(self.reads.take())  # pending read stamps ride along
-        limit = bounds.max_bytes()
+        limit = bounds.max_bytes() if self.bounded else None
 
         def write(txn: Any) -> int:
             put = txn.put
