@@ -37,6 +37,7 @@ from daskflow.engine.client.chunks import Chunk, cancel_unfinished, fetch_all, t
 from daskflow.engine.core import states as st
 from daskflow.engine.core.context import FlowRunContext, flow_run_ctx, task_run_ctx
 from daskflow.engine.core.hooks import call_hooks, validate_hooks
+from daskflow.engine.core.tracebacks import hide_internal
 from daskflow.engine.tracking import tracker
 from daskflow.engine.worker import logging as run_logging
 from daskflow.engine.worker.lifecycle import call_with_timeout
@@ -216,7 +217,10 @@ class Flow(Generic[P, R]):
         bound.apply_defaults()
         if self.is_async:  # as in Prefect: a coroutine, awaited by the caller
             return self._run_async(bound, return_state)
-        return self._run(bound, return_state)
+        try:
+            return self._run(bound, return_state)
+        except Exception as exc:  # the user's frames, not the engine's (daskflow.tracebacks: full for all)
+            raise hide_internal(exc)  # noqa: B904 - the same exception, its traceback shortened
 
     # -- one flow run -------------------------------------------------------------------
     def _enter(self, parameters: dict[str, Any]) -> tuple[FlowRunContext, bool | str]:

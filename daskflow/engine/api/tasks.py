@@ -25,6 +25,7 @@ import xxhash
 
 from daskflow.engine.core.hooks import call_hooks, validate_hooks
 from daskflow.engine.core.retries import normalize_delays
+from daskflow.engine.core.tracebacks import portable, script_module
 from daskflow.engine.worker.lifecycle import jittered
 from daskflow.exceptions import ReservedArgumentError
 
@@ -115,7 +116,7 @@ class TaskRun:
 
 def compute_task_key(name: str, fn: Callable) -> str:
     """``"{name}-{8 hex}"``: stable across processes and machines for the same function."""
-    qualname = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
+    qualname = f"{script_module(fn)}.{getattr(fn, '__qualname__', repr(fn))}"
     return f"{name}-{xxhash.xxh3_64_hexdigest(f'{name}|{qualname}'.encode())[:8]}"
 
 
@@ -206,7 +207,7 @@ class Task(Generic[P, R]):
         return blob
 
     def __getstate__(self) -> dict:
-        fn = classmethod(self.fn) if self._binds_class else staticmethod(self.fn) if self._static else self.fn
+        fn = classmethod(self.fn) if self._binds_class else staticmethod(self.fn) if self._static else portable(self.fn)
         return {"fn": fn, "options": self.current_options()}
 
     def current_options(self) -> TaskOptions:
@@ -472,7 +473,7 @@ class Task(Generic[P, R]):
         return template.format(**self.parameters_of(args, kwargs))
 
     def _task_run(self, ctx: TaskRunContext, args: tuple, kwargs: dict) -> TaskRun:
-        return TaskRun(ctx.task_run_id, ctx.name or f"{self.name}-{ctx.start + ctx.index}", self.task_key,
+        return TaskRun(ctx.task_run_id, ctx.run_name, self.task_key,
                        ctx.flow_run_id, ctx.run_count, self.parameters_of(args, kwargs))
 
     def fire_hook(self, kind: str, ctx: TaskRunContext, args: tuple, kwargs: dict, state: State) -> None:

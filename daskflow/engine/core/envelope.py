@@ -27,6 +27,7 @@ from daskflow.engine.core import states as st
 from daskflow.engine.core.context import FlowRunInfo, current_flow_run_info
 from daskflow.engine.core.inputs import ATOMS, BROADCAST, MAPPED, Column, Ref
 from daskflow.engine.core.states import describe_error
+from daskflow.engine.core.tracebacks import hide_internal
 from daskflow.exceptions import UpstreamFailed
 from daskflow.ids import run_id
 
@@ -72,6 +73,7 @@ class ChunkSpec:
     host: Any = None  # what the runner hands the runs (a runners.base.Host, pickled by name)
     row: tuple | None = None  # a single run's arguments instead of columns (in-process only)
     flow_run: FlowRunInfo | None = None  # for daskflow.runtime: taken from the submitting context
+    name: str = ""  # a single run's name when its task gives none (a background run's; in-process only)
 
     def __post_init__(self) -> None:
         if self.flow_run is None and self.flow_run_id is not None:
@@ -79,9 +81,9 @@ class ChunkSpec:
 
     @classmethod
     def single(cls, task: Task, base: int, row: tuple, refs: bool = False, wait_refs: tuple[Ref, ...] = (),
-               flow_run_id: str | None = None, start: int = 0) -> ChunkSpec:
+               flow_run_id: str | None = None, start: int = 0, name: str = "") -> ChunkSpec:
         """The spec of run ``start`` of ``base``, whose arguments are ``row`` (one value per parameter)."""
-        return cls(task, base, start, 1, None, refs, wait_refs, flow_run_id, row=row)
+        return cls(task, base, start, 1, None, refs, wait_refs, flow_run_id, row=row, name=name)
 
     def __reduce__(self):
         # The task travels as its pickled bytes (``Task.pickled``): a worker builds each task
@@ -313,7 +315,7 @@ class ChunkResult:
         self.codes[i] = code
         self.n_failed += 1
         if exc is not None:
-            self.errors[i] = exc
+            self.errors[i] = hide_internal(exc)
             self.tracebacks[i] = "".join(traceback.format_exception(exc))
         if message:
             self.messages[i] = message

@@ -13,6 +13,7 @@ import time
 from typing import Any, Generic, TypeVar
 
 from daskflow.engine.core.context import flow_run_ctx, task_run_ctx
+from daskflow.engine.core.tracebacks import hide_internal
 from daskflow.exceptions import CancelledRun, CrashedRun, FailedRun, UnfinishedRun
 from daskflow.ids import run_id
 
@@ -134,7 +135,7 @@ class State(Generic[R]):
         if self.type is StateType.COMPLETED:
             return self.data
         if not self.is_final() or raise_on_failure:
-            raise self.exception()
+            raise hide_internal(self.exception())
         if self.data is not None:
             return self.data
         return self.exception()  # type: ignore[return-value]

@@ -24,6 +24,7 @@ from daskflow import owners
 from daskflow.codes import CODE_OF_NAME, CODE_STATES, COMPLETED, LIVE_STATES, StateEvent
 from daskflow.engine.core.states import describe_error
 from daskflow.store.runs import ChunkUpdate, FlowUpdate, LogLine, chunk_key
+from daskflow.ids import background_run_name
 
 if TYPE_CHECKING:
     from daskflow.engine.client.chunks import Chunk
@@ -288,7 +289,8 @@ def _run_state_ops(record: RunStates) -> list[ChunkUpdate]:
         fields = ops.get(rid)
         if fields is None:
             fields = ops[rid] = {"task": record.task_name, "task_key": record.task_key, "n": 1,
-                                 "flow_run_id": record.flow_run_id, "submitted": ts}
+                                 "flow_run_id": record.flow_run_id, "submitted": ts,
+                                 "names": {0: background_run_name(record.task_name, rid)}}
             if record.worker:
                 fields["worker"] = record.worker
         code = CODE_OF_NAME.get(name)

@@ -29,7 +29,7 @@ def current_task_run() -> TaskRunContext | None:
 
 
 def task_run_name(ctx: TaskRunContext) -> str:
-    return ctx.name or f"{ctx.task.name}-{ctx.start + ctx.index}"
+    return ctx.run_name
 
 
 def task_run_parameters(ctx: TaskRunContext) -> dict[str, Any]:

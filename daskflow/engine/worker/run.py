@@ -162,7 +162,10 @@ def run_rows(spec: ChunkSpec, deps: list, done: Checkpoint | None = None, host: 
             iterables, refs = _iterables(spec.columns, deps, n, refs)
     except UpstreamNotCompleted as exc:
         return ChunkResult.all_failed(task.name, spec.base, spec.start, n, NOT_READY, None, exc.message)
-    ctx = TaskRunContext(task, spec.base, spec.start, flow_run_id=spec.flow_run_id, spec=spec, deps=deps)
+    ctx = TaskRunContext(task, spec.base, spec.start, flow_run_id=spec.flow_run_id, spec=spec, deps=deps,
+                         default_name=spec.name)
+    if spec.name:
+        res.names[0] = spec.name
     token = task_run_ctx.set(ctx)
     sink = run_logging.open_sink()
     prints = run_logging.log_prints(True) if task.options.log_prints else None
@@ -333,7 +336,10 @@ async def arun_single(spec: ChunkSpec, deps: list) -> ChunkResult:
     task = spec.task
     res = ChunkResult(task.name, spec.base, 0, 1, bytearray(1), [None])
     res.started = time.time()
-    ctx = TaskRunContext(task, spec.base, 0, flow_run_id=spec.flow_run_id, spec=spec, deps=deps)
+    ctx = TaskRunContext(task, spec.base, 0, flow_run_id=spec.flow_run_id, spec=spec, deps=deps,
+                         default_name=spec.name)
+    if spec.name:
+        res.names[0] = spec.name
     token = task_run_ctx.set(ctx)
     ends = array("d", [0.0])
     try:
