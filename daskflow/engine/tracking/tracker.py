@@ -497,7 +497,7 @@ def _is_json(value: Any, depth: int = 0) -> bool:
 def console() -> logging.Logger:
     """The ``daskflow.runs`` logger, printing INFO and up on stderr unless logging is configured."""
     if not run_logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
+        handler = run_console.ConsoleHandler()  # sys.stderr at each line: above a live progress bar
         handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | %(message)s", "%H:%M:%S"))
         run_logger.addHandler(handler)
         run_logger.setLevel(logging.INFO)
