@@ -26,7 +26,8 @@
     │   ├── DamagedStore                       an LMDB file is truncated or not LMDB (say how to repair)
     │   ├── UnsafeHome (PermissionError)       the home is writable by others or owned by another user
     │   └── UnusableHome (OSError)             the home is not a directory, or not writable
-    └── SchedulerUnreachable (ConnectionError) no Dask scheduler answered at the configured address
+    ├── SchedulerUnreachable (ConnectionError) no Dask scheduler answered at the configured address
+    └── BadSchedulerAddress (ValueError)       the configured scheduler address cannot be parsed
 """
 
 from __future__ import annotations
@@ -137,6 +138,10 @@ class UnusableHome(StoreError, OSError):
 
 class SchedulerUnreachable(DaskflowError, ConnectionError):
     """No Dask scheduler answered at the configured address within the connect timeout."""
+
+
+class BadSchedulerAddress(DaskflowError, ValueError):
+    """The scheduler address (``DASKFLOW_SCHEDULER_ADDRESS``, ``address=``) is not one Dask can connect to."""
 
 
 class MissingMainGuard(DaskflowError, RuntimeError):
