@@ -146,7 +146,7 @@ def runs_ls(state: str | None, task_name: str | None, flow_run: str | None, limi
 @click.argument("run_id")
 @_output
 def runs_show(run_id: str, output: str) -> None:
-    """One task run: state history with timestamps, durations, retries, cache key, traceback."""
+    """One task run: state history with timestamps, durations, retries, cache key, inputs of a failed run, traceback."""
     row = _lookup("run_detail", run_id)
     if output == "json":
         return _json(row)
@@ -169,6 +169,10 @@ def runs_show(run_id: str, output: str) -> None:
     console.print(table)
     if row.get("error"):
         console.print(f"[red]error:[/] {row['error']}")
+    if row.get("inputs"):  # what a failed run failed on (short reprs; redact_inputs hides values)
+        console.print("inputs:")
+        for name, text in row["inputs"].items():
+            console.print(f"  {name} = {text}", markup=False, highlight=False)
     if row.get("traceback"):
         console.print(row["traceback"], markup=False, highlight=False)
 

@@ -43,13 +43,20 @@ def submitted_at(rec: dict, i: int) -> float | None:
 
 
 def started_at(rec: dict, i: int) -> float | None:
-    starts = packed(rec, "starts")  # direct calls folded into one record did not run back to back
-    if starts is not None and i < len(starts):
+    """When run ``i`` started: its own recorded start, else when the run before it ended.
+
+    Runs of a chunk run back to back, so only run 0 needs a start of its own: ``first``,
+    when the chunk's loop began (the chunk's setup, ``started`` .. ``first``, is no run's
+    time). Runs that did not run back to back (direct calls folded into one record,
+    retries parked while later runs went on) have ``starts``, 0 for a run not timed.
+    """
+    starts = packed(rec, "starts")
+    if starts is not None and i < len(starts) and starts[i]:
         return starts[i]
     ends = ends_of(rec)
     if 0 < i <= len(ends):
         return ends[i - 1]
-    return rec.get("started")
+    return rec.get("first") or rec.get("started")
 
 
 def expand(rec: dict, i: int) -> dict:
@@ -152,8 +159,10 @@ def durations(rec: dict) -> list[float]:
     ends = ends_of(rec)
     if rec.get("codes") is None or not ends:
         return []
+    prev = [rec.get("first") or rec.get("started") or ends[0], *ends[:-1]]
     starts = packed(rec, "starts")
-    prev = list(starts) if starts is not None else [rec.get("started") or ends[0], *ends[:-1]]
+    if starts is not None:
+        prev = [s or p for s, p in zip(starts, prev)]
     return [e - s for s, e in zip(prev, ends)]
 
 

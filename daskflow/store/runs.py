@@ -18,6 +18,8 @@ Databases of the ``$DASKFLOW_HOME/runs`` environment:
 - ``owners``   owner key (16, ``daskflow.owners``) → the owning process and its lease
 - ``owned``    owner key + ``b"c"`` + chunk key, or + ``b"f"`` + flow run id → b"": its non-final records
 - ``artifacts``, ``artkeys``: run artifacts and their index by key (``store/artifacts.py``)
+- ``inputs``   chunk key + index (4) → ``{argument: short repr}`` of a Failed, TimedOut or
+  Crashed run (only those have one: kept apart from the chunk record, which stays compact)
 
 Runs that die with their process. A record created with an ``owner`` field (the tracker
 adds it to flow runs and submitted chunks, never per element) is indexed in ``owned``
@@ -50,7 +52,7 @@ from daskflow.store.rows import chunk_counts, expand, final_message, history, ma
 
 __all__ = ["ChunkUpdate", "FlowUpdate", "LogLine", "RunPage", "RunStore", "open_run_store"]
 
-DBS = ("chunks", "bytime", "flows", "byflow", "logs", "owners", "owned", "artifacts", "artkeys")
+DBS = ("chunks", "bytime", "flows", "byflow", "logs", "owners", "owned", "artifacts", "artkeys", "inputs")
 _FINAL_TYPES = frozenset(cs.type for cs in CODE_STATES.values())
 _FLOW_OWNER = b"\xff" * 8
 _seq = itertools.count()
@@ -160,6 +162,11 @@ class RunStore:
         for op in ops:
             if isinstance(op, ChunkUpdate):
                 key = chunk_key(op.base, op.start)
+                if "inputs" in op.fields:  # failed runs' inputs: their own records, keyed by run
+                    fields = dict(op.fields)
+                    for i, reprs in fields.pop("inputs").items():
+                        txn.put(key + int(i).to_bytes(4, "big"), pack(reprs), db=db["inputs"])
+                    op = op._replace(fields=fields)
                 seen = chunks.get(key)
                 chunks[key] = op if seen is None else ChunkUpdate(op.base, op.start, _merge(seen.fields, op.fields),
                                                                   seen.new)
@@ -358,7 +365,16 @@ class RunStore:
         row["error"] = (final_message(rec, i) or None) if row["state_type"] != "COMPLETED" else None
         row["traceback"] = (rec.get("tracebacks") or {}).get(i)
         row["cache_key"] = (rec.get("cache_keys") or {}).get(i)
+        row["inputs"] = self._inputs(key, i)
         return row
+
+    def _inputs(self, key: bytes, i: int) -> dict[str, str] | None:
+        """The short reprs of a failed run's arguments, if recorded (``inputs``)."""
+        db = self._db.get("inputs")
+        if db is None:  # a store an older version wrote
+            return None
+        raw = self.env.read(lambda txn: txn.get(key + i.to_bytes(4, "big"), db=db))
+        return unpack(raw) if raw is not None else None
 
     def logs(self, prefix: str, tail: int | None = None) -> list[dict]:
         """Log records of a task run (id prefix) or a flow run (full id or prefix), oldest first."""
@@ -461,6 +477,8 @@ class RunStore:
                 _delete_prefix(txn, db["logs"], ck)
                 if "artifacts" in db:
                     _delete_prefix(txn, db["artifacts"], ck)
+                if "inputs" in db:
+                    _delete_prefix(txn, db["inputs"], ck)
             limit = time.time() - older_than
             for key, raw in list(txn.cursor(db=db["flows"])):
                 if (unpack(raw).get("start") or 0) < limit:

@@ -14,7 +14,9 @@ import sys
 import pytest
 
 from daskflow import flow, task
+from daskflow.engine.tracking import tracker
 from daskflow.runners.dask import DaskTaskRunner, close_shared_client
+from daskflow.store.runs import open_run_store
 
 
 def _free_port() -> int:
@@ -76,7 +78,10 @@ def test_a_run_past_the_memory_limit_crashes_alone_and_its_chunk_mates_are_recor
     def pipeline():
         futs = hog.map(range(12), bad=5, chunksize=12)
         futs.wait()
+        ids.extend(f.task_run_id for f in futs)
         return [f.state for f in futs]
+
+    ids: list[str] = []
 
     states = pipeline()
     names = [s.name for s in states]
@@ -86,3 +91,8 @@ def test_a_run_past_the_memory_limit_crashes_alone_and_its_chunk_mates_are_recor
     # runs that finished before the first kill were recorded from checkpoints, not run again
     assert all(ran.count(i) == 1 for i in range(5)), sorted(ran)
     assert ran.count(5) >= 2 and "KilledWorker" in states[5].message
+    # the crashed run says what it was given; its chunk-mates, which completed, keep nothing
+    assert tracker.flush()
+    store = open_run_store()
+    assert store.task_run(ids[5])["inputs"] == {"i": "5", "bad": "5"}
+    assert store.task_run(ids[4])["inputs"] is None

@@ -164,8 +164,11 @@ class ChunkResult:
     history: dict[int, list] = field(default_factory=dict)  # runs with retries
     run_counts: dict[int, int] = field(default_factory=dict)
     names: dict[int, str] = field(default_factory=dict)  # runs named by task_run_name
+    inputs: dict[int, dict[str, str]] = field(default_factory=dict)  # failed runs' arguments, short reprs
     started: float = 0.0
     ends: array = field(default_factory=lambda: array("d"))
+    first: float = 0.0  # when the run loop began, after the chunk's setup: run 0's own start
+    starts: array | None = None  # each run's start, when runs did not run back to back (retries parked)
     worker: str | None = None
     n_failed: int = 0
     cache_records: list | None = None  # signed records staged in a transaction() block
@@ -380,7 +383,7 @@ class ChunkResult:
         return values
 
 
-_SPARSE = ("errors", "messages", "tracebacks", "history", "run_counts", "names", "worker", "n_failed",
+_SPARSE = ("errors", "messages", "tracebacks", "history", "run_counts", "names", "inputs", "first", "starts", "worker", "n_failed",
            "cache_records", "cache_returned", "logs", "kept", "nbytes", "elsewhere", "recomputed")
 
 

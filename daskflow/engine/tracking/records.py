@@ -97,6 +97,9 @@ class Ended(NamedTuple):
     timestamp: float
     worker: str | None
     started: float | None = None  # when its start was not reported on its own
+    first: float = 0.0  # when its run loop began (run 0's start)
+    ends: bytes = b""  # each run's end (float64s), when the worker sent them
+    starts: bytes = b""  # each run's start, for runs that did not run back to back
 
 
 class Logs(NamedTuple):
@@ -138,6 +141,10 @@ def envelope_fields(res: ChunkResult) -> dict:
     fields: dict[str, Any] = {"codes": bytes(res.codes), "ends": res.ends.tobytes(), "live": None}
     if res.started:
         fields["started"] = res.started
+    if res.first:
+        fields["first"] = res.first
+    if res.starts is not None:
+        fields["starts"] = res.starts.tobytes()
     if res.worker:
         fields["worker"] = res.worker
     if res.messages or res.errors:
@@ -151,6 +158,8 @@ def envelope_fields(res: ChunkResult) -> dict:
         fields["run_counts"] = dict(res.run_counts)
     if res.names:
         fields["names"] = dict(res.names)
+    if res.inputs:
+        fields["inputs"] = dict(res.inputs)  # the run store keeps them apart, keyed by run
     return fields
 
 
@@ -185,8 +194,12 @@ def to_store_ops(batch: list[Record]) -> tuple[list[StoreOp], list[list]]:
         elif isinstance(record, Retried):
             ops.append(ChunkUpdate(record.base, record.start, {"events": record.events}))
         elif isinstance(record, Ended):
-            fields = {"codes": record.codes, "ends": array("d", [record.timestamp]).tobytes() * len(record.codes),
-                      "live": None}
+            ends = record.ends or array("d", [record.timestamp]).tobytes() * len(record.codes)
+            fields = {"codes": record.codes, "ends": ends, "live": None}
+            if record.first:
+                fields["first"] = record.first
+            if record.starts:
+                fields["starts"] = record.starts
             if record.started is not None:
                 fields["started"] = record.started
             if record.worker:

@@ -384,7 +384,9 @@ def on_message(msg: Message) -> None:
         _tracker.retrying.pop(key, None)
         codes = msg.run_codes(entry.n)
         _remember_counts(key, codes)
-        _tracker.put(Ended(msg.base, msg.start, bytes(codes), msg.timestamp, msg.worker, msg.started))
+        ends, starts = msg.run_times()
+        _tracker.put(Ended(msg.base, msg.start, bytes(codes), msg.timestamp, msg.worker, msg.started, msg.first,
+                           ends, starts))
 
 
 def on_runner_event(event: tuple[float, Any]) -> None:

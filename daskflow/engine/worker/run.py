@@ -55,6 +55,7 @@ from daskflow.engine.core.returned_states import settle_returned_states
 from daskflow.engine.worker import logging as run_logging
 from daskflow.engine.worker import reports
 from daskflow.engine.worker.checkpoints import Checkpoint, Notes
+from daskflow.engine.worker.current_run import note_failed_inputs
 from daskflow.engine.worker.hosts import current_host, host_var
 from daskflow.engine.worker.lifecycle import (
     EndsEarly,
@@ -184,6 +185,7 @@ def run_rows(spec: ChunkSpec, deps: list, done: Checkpoint | None = None, host: 
             if notes is not None:
                 notes.lo = first
         cache = cache_work(task, res, ctx, deps if refs else None, spec.cache) if task.managed else NO_CACHE
+        res.first = time.time()  # runs are timed from here: the chunk's setup is not run 0's time
         with cache.scope():
             items: Iterable = cache.prepare(enumerate(rows, first), ends)
             if (task.fast_path or (task.plain and cache.resolved)) and not refs:
@@ -194,6 +196,8 @@ def run_rows(spec: ChunkSpec, deps: list, done: Checkpoint | None = None, host: 
                 _run_each(task, items, res, ctx, None if cache.resolved or not refs else deps, cache, notes, ends)
         res.ends = ends
         cache.finish(first)
+        if res.n_failed:
+            note_failed_inputs(res, ctx)
     finally:
         if prints is not None:
             run_logging.capturing_prints.reset(prints)
@@ -271,7 +275,9 @@ def _run_each(task: Task, items: Iterable[tuple[int, tuple]], res: ChunkResult, 
     Checkpoints stop at the first parked run: a run noted finished is final.
     """
     parked: list[Parked] = []
+    starts = res.starts = array("d", bytes(8 * res.n))  # a parked run ends after later ones started
     for i, row in items:
+        starts[i] = time.time()
         ctx.index, ctx.run_count, ctx.name, ctx.final_state = i, 1, "", None
         outcome = run_one(task, ctx, row, deps, cache, parked)
         if outcome is None:
@@ -360,6 +366,8 @@ async def arun_single(spec: ChunkSpec, deps: list) -> ChunkResult:
             ends[i] = time.time()
         res.ends = ends
         cache.finish(0)
+        if res.n_failed:
+            note_failed_inputs(res, ctx)
     except UpstreamNotCompleted as exc:
         res.record(0, (NOT_READY, exc.message, None), 1)
         res.ends = array("d", [time.time()])

@@ -270,6 +270,8 @@ async function runPage() {
       h("h1", {}, r.name, stateBadge(r.state, r.state_type)),
       h("dl", {class: "fields"}, fields.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
       r.error ? [h("h2", {}, "Error"), h("pre", {class: "error"}, r.error)] : null,
+      r.inputs ? [h("h2", {}, "Inputs"), h("dl", {class: "fields inputs"}, Object.entries(r.inputs).map(([k, v]) =>
+        [h("dt", {}, k), h("dd", {}, h("span", {class: "mono"}, v))]))] : null,
       r.traceback ? [h("h2", {}, "Traceback"), h("pre", {}, r.traceback)] : null,
       h("h2", {}, "State history"), history,
       h("h2", {}, "Artifacts"), artifactList(arts, false),
