@@ -234,7 +234,7 @@ def flow_runs_ls(limit: int, output: str) -> None:
 @click.argument("flow_run_id")
 @_output
 def flow_runs_show(flow_run_id: str, output: str) -> None:
-    """One flow run: parameters, counts of its task runs per state, slowest task runs."""
+    """One flow run: parameters, counts of its task runs per state, failures (root causes first), slowest task runs."""
     rec = _lookup("flow_run_detail", flow_run_id)
     if output == "json":
         return _json(rec)
@@ -245,6 +245,13 @@ def flow_runs_show(flow_run_id: str, output: str) -> None:
     for k, v in (rec.get("parameters") or {}).items():
         console.print(f"  {k} = {v}")
     console.print("  task runs: " + _counts(rec["counts"]))
+    if rec.get("failures"):
+        table = Table(title="failures, root causes first")
+        for col in ("id", "name", "state", "message"):
+            table.add_column(col)
+        for r in rec["failures"]:
+            table.add_row(r["id"][:13], r["name"], _state(r), r.get("message") or "")
+        console.print(table)
     if rec["slowest"]:
         table = Table(title="slowest task runs")
         for col in ("id", "name", "state", "duration"):

@@ -174,6 +174,22 @@ def chunk_span(rec: dict) -> tuple[float | None, float | None]:
     return first, (max(ends) if ends and rec.get("codes") is not None else None)
 
 
+_ROOT_CAUSES = frozenset(code for code, cs in CODE_STATES.items() if cs.type in ("FAILED", "CRASHED")
+                         and cs.name != "NotReady")
+_NOT_READY = CODE_OF_NAME["NotReady"]
+
+
+def bad_runs(rec: dict, causes: list[dict], consequences: list[dict], limit: int) -> None:
+    """Add a finished chunk's failed runs (rows with their message): root causes, and NotReady runs."""
+    codes = rec.get("codes")
+    if codes is None or not (set(codes) & (_ROOT_CAUSES | {_NOT_READY})):
+        return
+    for i, code in enumerate(codes):
+        into = causes if code in _ROOT_CAUSES else consequences if code == _NOT_READY else None
+        if into is not None and len(into) < limit * 4:  # enough to keep the earliest after sorting
+            into.append(expand(rec, i))
+
+
 def slowest_runs(rec: dict, k: int) -> list[tuple[float, dict]]:
     spent = durations(rec)
     return [(spent[i], expand(rec, i)) for i in heapq.nlargest(k, range(len(spent)), key=spent.__getitem__)]

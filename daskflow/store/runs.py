@@ -48,7 +48,7 @@ from daskflow.exceptions import DamagedStore
 from daskflow.owners import Lease, Owner, is_alive
 from daskflow.ids import parse_id_prefix, prefix_matches
 from daskflow.store.artifacts import ARTIFACTS_LOGGER, put_artifact
-from daskflow.store.rows import chunk_counts, expand, final_message, history, may_hold, slowest_runs
+from daskflow.store.rows import bad_runs, chunk_counts, expand, final_message, history, may_hold, slowest_runs
 
 __all__ = ["ChunkUpdate", "FlowUpdate", "LogLine", "RunPage", "RunStore", "open_run_store"]
 
@@ -268,7 +268,9 @@ class RunStore:
         earlier page) and expands only the runs it returns, so a page of a store of
         10^6 runs costs what the page holds. ``budget`` (seconds) bounds the walk when a
         rare filter would scan far: the page may then be short, its cursor says where
-        to go on. Rows of a page are sorted by start, newest first.
+        to go on. Rows come in the cursor's own order, which never changes as runs arrive
+        or end: the newest submission first, and a submission's runs last index first
+        (a page re-sorted by start time would interleave with its neighbours' rows).
         """
         state_l = state.lower() if state else None
         wanted = parse_id_prefix(id_prefix) if id_prefix else None
@@ -310,9 +312,7 @@ class RunStore:
                 positioned = cur.prev()
             return RunPage(out, None)
 
-        page = self.env.read(read)
-        page.rows.sort(key=lambda r: r["start"] or r["submitted"] or 0, reverse=True)
-        return page
+        return self.env.read(read)
 
     def run_states(self, run_ids: Iterable[str]) -> dict[str, str]:
         """State names of runs recorded one record per run id (background runs); unknown ids are left out."""
@@ -414,19 +414,28 @@ class RunStore:
             raise LookupError(f"flow run id prefix {prefix!r} is ambiguous; give more digits")
         return dict(matches[0])
 
-    def flow_run(self, prefix: str, slowest: int = 5) -> dict:
-        """One flow run with its task runs' counts per state and its slowest task runs."""
+    def flow_run(self, prefix: str, slowest: int = 5, failures: int = 10) -> dict:
+        """One flow run with its task runs' counts per state, its slowest task runs, and its failures.
+
+        ``failures``: up to that many bad runs, root causes first (Failed, TimedOut, Crashed,
+        earliest end first), then the runs that did not run because of them (NotReady).
+        """
         rec = self.flow_record(prefix)
         counts: dict[str, int] = {}
         durations: list[tuple[float, dict]] = []
+        causes: list[dict] = []
+        consequences: list[dict] = []
         for chunk in self.flow_chunks(rec["id"]):
             for name, count in chunk_counts(chunk).items():
                 counts[name] = counts.get(name, 0) + count
             durations.extend(slowest_runs(chunk, slowest))
+            bad_runs(chunk, causes, consequences, failures)
         durations.sort(key=lambda d: d[0], reverse=True)
         rec["counts"] = counts
         rec["task_runs"] = sum(counts.values())
         rec["slowest"] = [dict(row, duration=d) for d, row in durations[:slowest]]
+        by_end = sorted(causes, key=lambda r: r["end"] or 0) + sorted(consequences, key=lambda r: r["end"] or 0)
+        rec["failures"] = by_end[:failures]
         return rec
 
     def flow_chunks(self, flow_run_id: str) -> list[dict]:
