@@ -18,7 +18,7 @@ from daskflow import allow_failure, flow, task
 from daskflow.engine.tracking import tracker
 from daskflow.runners import ThreadPoolTaskRunner
 from daskflow.store import queries
-from daskflow.store.runs import ChunkUpdate, open_run_store
+from daskflow.store.runs import ChunkUpdate, FlowUpdate, open_run_store
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -161,3 +161,22 @@ def test_the_failed_filter_pages_in_a_stable_order_while_runs_arrive(daskflow_ho
     assert len(seen) == len(set(seen)) == 30  # every failed run of the first ten chunks, once
     fresh = [r["id"] for r in store.task_runs(state="Failed", limit=None)]
     assert [i for i in fresh if i in set(seen)] == seen  # the same order as one listing
+
+
+def test_a_chunks_setup_is_not_its_first_runs_time(daskflow_home):
+    """Run 0 is timed from the chunk's loop (``first``), not from the chunk's start: slowest runs are not each
+    chunk's first run."""
+    store = open_run_store()
+    t0 = time.time()
+    fid = str(uuid.uuid4())
+    store.apply([FlowUpdate(fid, {"name": "setup", "start": t0, "state": "Completed", "state_type": "COMPLETED"})])
+    for k in range(3):  # 1 s of setup, then runs of 0.1 s, and run 2 of chunk 1 takes 0.5 s
+        ends = [t0 + 1.1, t0 + 1.2, t0 + (1.7 if k == 1 else 1.3), t0 + 1.4]
+        store.apply([ChunkUpdate(2000 + k, 0, {"task": "t", "n": 4, "flow_run_id": fid, "submitted": t0,
+                                               "started": t0, "first": t0 + 1.0, "codes": bytes(4),
+                                               "ends": array("d", ends).tobytes()}, new=True)])
+    slowest = store.flow_run(fid, slowest=3)["slowest"]
+    assert slowest[0]["name"] == "t-2" and 0.45 < slowest[0]["duration"] < 0.55, slowest
+    assert all(r["duration"] < 0.55 for r in slowest), slowest  # no run carries the 1 s of setup
+    (metrics,) = queries.task_metrics(store, fid)
+    assert metrics["max"] < 0.55 and 0.05 < metrics["p50"] < 0.15, metrics
