@@ -11,6 +11,11 @@ Rows (each in a fresh subprocess that reports ``ru_maxrss``, the client's peak R
 - ``daskflow as_completed``: ``for f in as_completed(inc.map(range(N))): f.result()``
   inside a ``@flow`` on a LocalCluster(2 workers x 1 thread).
 - ``daskflow iterate``: the same map consumed ``for f in futs: f.result()``.
+- ``daskflow iter_chunks``: ``for part in futs.iter_chunks(): total += sum(part.values)``,
+  which lets each chunk's values go once consumed (O(chunks) on the client).
+- ``daskflow reduce``: ``futs.reduce(operator.add)``.
+- ``daskflow stream ...``: the same two over ``t.map(iter(range(N)))``, a ``MapStream``: chunks
+  are cut as the iterator is read and at most a window of them is submitted at a time.
 - ``raw Dask batches, lists``: raw Dask cannot map 10^7 elements one task each (~2 ms a
   task here: hours), so this row is ``client.map`` over N/10^4 ranges of 10^4 elements
   (one task returns a list comprehension), consumed with
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import operator
 import os
 import pickle
 import resource
@@ -79,12 +85,19 @@ def run_daskflow(n: int, how: str) -> dict:
     def stream() -> tuple[int, float]:
         t_inc.map([0, 1], chunksize=1).result()  # the cluster is up before the clock starts
         t0 = time.perf_counter()
-        futs = t_inc.map(range(n))
+        futs = t_inc.map(iter(range(n)) if how.startswith("stream") else range(n))
         total = 0
-        for f in (as_completed(futs) if how == "as_completed" else futs):
-            total += f.result()
+        if how in ("iter_chunks", "stream_iter_chunks"):
+            for part in futs.iter_chunks():
+                total += sum(part.values)
+        elif how in ("reduce", "stream_reduce"):
+            total = futs.reduce(operator.add)
+        else:
+            for f in (as_completed(futs) if how == "as_completed" else futs):
+                total += f.result()
         wall = time.perf_counter() - t0
-        assert futs[n // 2].result() == n // 2 + 1  # a future read again keeps its value
+        if how in ("as_completed", "iterate"):
+            assert futs[n // 2].result() == n // 2 + 1  # a future read again keeps its value
         return total, wall
 
     total, wall = stream()
@@ -114,6 +127,10 @@ def run_raw(n: int, pickled: bool = False) -> dict:
 ROWS = {"plain loop": ("plain", run_plain),
         "daskflow as_completed": ("as_completed", lambda n: run_daskflow(n, "as_completed")),
         "daskflow iterate": ("iterate", lambda n: run_daskflow(n, "iterate")),
+        "daskflow iter_chunks": ("iter_chunks", lambda n: run_daskflow(n, "iter_chunks")),
+        "daskflow reduce": ("reduce", lambda n: run_daskflow(n, "reduce")),
+        "daskflow stream iter_chunks": ("stream_iter_chunks", lambda n: run_daskflow(n, "stream_iter_chunks")),
+        "daskflow stream reduce": ("stream_reduce", lambda n: run_daskflow(n, "stream_reduce")),
         "raw Dask batches, lists": ("raw", run_raw),
         "raw Dask batches, bytes": ("raw_bytes", lambda n: run_raw(n, pickled=True))}
 
@@ -159,7 +176,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("-n", type=int, default=10_000_000)
     parser.add_argument("--reps", type=int, default=1)
-    parser.add_argument("--rows", help="comma-separated: plain,as_completed,iterate,raw,raw_bytes")
+    parser.add_argument("--rows", help="comma-separated: plain,as_completed,iterate,iter_chunks,reduce,stream_iter_chunks,stream_reduce,raw,raw_bytes")
     parser.add_argument("--child")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--json", help="also write the medians to this file")
@@ -185,7 +202,7 @@ def main() -> None:
         if runs:
             wall = statistics.median(r["wall"] for r in runs)
             rss = statistics.median(r["rss"] for r in runs)
-            print(f"{name:24s} wall {wall:7.2f} s ({wall / args.n * 1e6:.2f} µs/elem)   "
+            print(f"{name:28s} wall {wall:7.2f} s ({wall / args.n * 1e6:.2f} µs/elem)   "
                   f"client peak RSS {rss:6.0f} MiB", flush=True)
             medians["rows"][name] = {"wall_s": wall, "rss_mib": rss}
     if args.json:

@@ -43,7 +43,7 @@ from daskflow.exceptions import DamagedStore
 T = TypeVar("T")
 
 _INITIAL_MAP = 1 << 30  # address space only: the file grows with the data; doubled when full
-_MAX_DBS = 16
+_MAX_DBS = 32  # named databases per environment: the run store alone has 13, other records join it
 _envs: dict[tuple[str, int], Env] = {}
 _lock = threading.Lock()
 

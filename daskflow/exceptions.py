@@ -61,6 +61,11 @@ class UnfinishedRun(DaskflowError, RuntimeError):
     """The result of a run that never reached a final value was requested."""
 
 
+class MissingResult(DaskflowError, RuntimeError):
+    """The value of a finished run is no longer held: a stream (``MapFutures.iter_chunks``,
+    ``MapFutures.reduce``) consumed it and let it go."""
+
+
 class UpstreamFailed(UnfinishedRun):
     """A run did not start because an upstream run it depends on did not complete."""
 

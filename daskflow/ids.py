@@ -61,8 +61,41 @@ def prefix_matches(base: int, start: int, n: int, wanted: int, shift: int) -> It
         if 0 <= i < n:
             yield i
         return
+    # Run ids of a chunk step by STRIDE (mod 2**128): the next one inside the prefix's window
+    # is found in O(log) steps (``first_multiple_in``), not by testing each of the chunk's runs.
+    low, width = wanted << shift, 1 << shift
     value = (base + start * STRIDE) & MASK
-    for i in range(n):
-        if value >> shift == wanted:
-            yield i
-        value = (value + STRIDE) & MASK
+    i = 0
+    while i < n:
+        offset = (low - value) & MASK  # x * STRIDE (mod 2**128) must land in [offset, offset + width)
+        x = 0 if offset == 0 or offset + width > MASK + 1 else first_multiple_in(STRIDE, MASK + 1, offset,
+                                                                                 offset + width - 1, n - i)
+        if x is None or i + x >= n:
+            return
+        yield i + x
+        i += x + 1
+        value = (value + (x + 1) * STRIDE) & MASK
+
+
+def first_multiple_in(a: int, m: int, lo: int, hi: int, below: int | None = None) -> int | None:
+    """The least ``x >= 0`` with ``lo <= a * x % m <= hi`` (``0 <= lo <= hi < m``), or None;
+    None too when that ``x`` is not ``< below``.
+
+    Euclid-like: if no multiple of ``a`` lands in ``[lo, hi]`` before wrapping, the number
+    of wraps ``y`` is itself the least solution of a smaller instance (modulo ``a``), and
+    the least ``x`` follows from it: O(log m) steps, fewer with ``below`` (the bound
+    shrinks with the instance, and the search stops once it allows nothing).
+    """
+    if below is not None and below <= 0:
+        return None
+    if lo == 0:
+        return 0
+    a %= m
+    if a == 0:
+        return None
+    x = -(-lo // a)
+    if a * x <= hi:
+        return x if below is None or x < below else None
+    y_below = None if below is None else ((below - 1) * a - lo) // m + 1
+    y = first_multiple_in(m % a, a, (-hi) % a, (-lo) % a, y_below)
+    return None if y is None else -(-(lo + m * y) // a)

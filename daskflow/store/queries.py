@@ -72,28 +72,16 @@ def run_logs(store: RunStore, run_id: str, tail: int | None = None) -> list[dict
 def flow_run_rows(store: RunStore, limit: int | None = 50) -> list[dict]:
     """Flow runs, newest first, each with its task runs' counts per state (``flow-runs ls``).
 
-    Counting reads every chunk record of a flow run, so the counts of a finished flow
-    run are kept (per process, by store path, flow run id and end time): a page that
-    polls this listing pays again only for the flow runs still going.
+    The counts come from the store's per-flow-run index (``store/indexes.py``), kept as
+    chunks change: the listing reads one small record per flow run, whatever it ran.
     """
     rows = []
     for rec in store.flow_runs(limit):
-        key = (str(store.env.path), rec["id"], rec.get("end"))
-        counts = _final_counts.get(key) if rec.get("end") else None
-        if counts is None:
-            counts = {}
-            for chunk in store.flow_chunks(rec["id"]):
-                for name, n in chunk_counts(chunk).items():
-                    counts[name] = counts.get(name, 0) + n
-            if rec.get("end") and not any(_type_of(n) in LIVE_TYPES for n in counts):
-                _final_counts[key] = counts
-                if len(_final_counts) > 10_000:
-                    _final_counts.pop(next(iter(_final_counts)))
+        counts = store.flow_counts(rec["id"])
         rows.append(dict(rec, counts=dict(counts), task_runs=sum(counts.values())))
     return rows
 
 
-_final_counts: dict[tuple[str, str, float], dict[str, int]] = {}
 LIVE_TYPES = ("PENDING", "SCHEDULED", "RUNNING")
 
 

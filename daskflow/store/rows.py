@@ -13,21 +13,23 @@ from array import array
 
 from daskflow.codes import CODE_OF_NAME, CODE_STATES, run_count_of
 from daskflow.ids import run_id
+from daskflow.store.packing import times
 
 
 def ends_of(rec: dict) -> array:
     ends = rec.get("_ends")
     if ends is None:
         ends = array("d")
-        if rec.get("ends"):
-            ends.frombytes(rec["ends"])
+        raw = times(rec, "ends")
+        if raw:
+            ends.frombytes(raw)
         rec["_ends"] = ends
     return ends
 
 
 def packed(rec: dict, name: str) -> array | None:
     """A per-run packed time array of a direct-call record (``starts``, ``submits``), or None."""
-    raw = rec.get(name)
+    raw = times(rec, name)
     if raw is None:
         return None
     values = rec.get("_" + name)
@@ -103,7 +105,7 @@ def history(rec: dict, i: int) -> list[dict]:
     if not events or events[0][1] not in ("Scheduled", "Pending"):
         # a chunk may start before its future (and submission time) is recorded
         sub = submitted_at(rec, i)
-        pending = min(t for t in (sub, started_at(rec, i) if rec.get("starts") else rec.get("started")) if t) \
+        pending = min(t for t in (sub, started_at(rec, i) if packed(rec, "starts") is not None else rec.get("started")) if t) \
             if sub else None
         out.append({"name": "Pending", "type": "PENDING", "timestamp": pending, "message": ""})
     extra = (rec.get("history") or {}).get(i)
@@ -142,6 +144,25 @@ def may_hold(rec: dict, state_l: str) -> bool:
     return state_l in kinds
 
 
+def runs_in_state(rec: dict, state_l: str, indexes: range) -> range | list[int]:
+    """The indexes among ``indexes`` of a chunk's runs that may be in a state (name or type, lower case).
+
+    Found with ``bytes.find`` on the codes of a final chunk, so a rare state costs what it
+    finds; a live chunk (or one with recorded events) keeps every index, for the caller to check.
+    """
+    codes = rec.get("codes")
+    if codes is None or rec.get("events"):
+        return indexes
+    match = [bytes((c,)) for c, cs in CODE_STATES.items() if state_l in (cs.name.lower(), cs.type.lower())]
+    found: list[int] = []
+    for code in match:
+        at = codes.find(code, indexes.start, indexes.stop)
+        while at >= 0:
+            found.append(at)
+            at = codes.find(code, at + 1, indexes.stop)
+    return sorted(found)
+
+
 def chunk_counts(rec: dict) -> dict[str, int]:
     """How many runs of a chunk are in each state (by name)."""
     codes = rec.get("codes")
@@ -170,7 +191,7 @@ def chunk_span(rec: dict) -> tuple[float | None, float | None]:
     """When a chunk's first run started and, once final, when its last run ended."""
     ends = ends_of(rec)
     starts = packed(rec, "starts")
-    first = starts[0] if starts else rec.get("started") or (ends[0] if ends else rec.get("submitted"))
+    first = starts[0] if starts and starts[0] else rec.get("started") or (ends[0] if ends else rec.get("submitted"))
     return first, (max(ends) if ends and rec.get("codes") is not None else None)
 
 

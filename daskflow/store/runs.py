@@ -20,6 +20,12 @@ Databases of the ``$DASKFLOW_HOME/runs`` environment:
 - ``artifacts``, ``artkeys``: run artifacts and their index by key (``store/artifacts.py``)
 - ``inputs``   chunk key + index (4) → ``{argument: short repr}`` of a Failed, TimedOut or
   Crashed run (only those have one: kept apart from the chunk record, which stays compact)
+- ``odd``, ``flowcounts``, ``flowtime``, ``meta``: chunks with runs not simply Completed,
+  runs per state of each flow run, flow runs by start (``store/indexes.py``)
+
+On disk a chunk record's codes and times are packed (``store/packing.py``): a chunk
+of plain completed runs costs about a byte per run. The history is bounded
+(``daskflow.runs.keep``, ``store/retention.py``).
 
 Runs that die with their process. A record created with an ``owner`` field (the tracker
 adds it to flow runs and submitted chunks, never per element) is indexed in ``owned``
@@ -35,12 +41,12 @@ updates in one LMDB transaction.
 from __future__ import annotations
 
 import itertools
+import os
 import time
 import uuid
 from array import array
 from typing import Any, Iterable, Iterator, NamedTuple
 
-import msgpack
 
 from daskflow import _lmdb, config
 from daskflow.codes import CODE_STATES, CRASHED
@@ -48,11 +54,16 @@ from daskflow.exceptions import DamagedStore
 from daskflow.owners import Lease, Owner, is_alive
 from daskflow.ids import parse_id_prefix, prefix_matches
 from daskflow.store.artifacts import ARTIFACTS_LOGGER, put_artifact
-from daskflow.store.rows import bad_runs, chunk_counts, expand, final_message, history, may_hold, slowest_runs
+from daskflow.store.indexes import (Deltas, build_indexes, flow_counts, index_chunk, index_flow, indexed, time_key,
+                                     write_counts)
+from daskflow.store.packing import pack, pack_chunk, unpack, unpack_chunk
+from daskflow.store import retention
+from daskflow.store.rows import bad_runs, chunk_counts, expand, final_message, history, may_hold, runs_in_state, slowest_runs
 
 __all__ = ["ChunkUpdate", "FlowUpdate", "LogLine", "RunPage", "RunStore", "open_run_store"]
 
-DBS = ("chunks", "bytime", "flows", "byflow", "logs", "owners", "owned", "artifacts", "artkeys", "inputs")
+DBS = ("chunks", "bytime", "flows", "byflow", "logs", "owners", "owned", "artifacts", "artkeys", "odd", "flowcounts",
+       "flowtime", "meta", "inputs")
 _FINAL_TYPES = frozenset(cs.type for cs in CODE_STATES.values())
 _FLOW_OWNER = b"\xff" * 8
 _seq = itertools.count()
@@ -85,20 +96,11 @@ class LogLine(NamedTuple):
     logger: str
 
 
-def pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
-
-
-def unpack(data: bytes) -> Any:
-    return msgpack.unpackb(data, raw=False, strict_map_key=False)
-
-
 def chunk_key(base: int, start: int) -> bytes:
     return base.to_bytes(16, "big") + start.to_bytes(8, "big")
 
 
-def _us(ts: float) -> bytes:
-    return int(max(ts, 0) * 1e6).to_bytes(8, "big")
+_us = time_key
 
 
 def _merge(old: dict, new: dict) -> dict:
@@ -173,8 +175,10 @@ class RunStore:
             elif isinstance(op, FlowUpdate):
                 key = uuid.UUID(op.flow_run_id).bytes
                 raw = txn.get(key, db=db["flows"])
-                rec = dict(op.fields, id=op.flow_run_id) if raw is None else _merge(unpack(raw), op.fields)
+                old = None if raw is None else unpack(raw)
+                rec = dict(op.fields, id=op.flow_run_id) if old is None else _merge(old, op.fields)
                 _index_owned(txn, db["owned"], rec, b"f" + key, rec.get("state_type") not in _FINAL_TYPES)
+                index_flow(txn, db, key, old, rec)
                 txn.put(key, pack(rec), db=db["flows"])
             else:
                 key = (op.owner + op.index.to_bytes(4, "big") + _us(op.timestamp)
@@ -184,9 +188,11 @@ class RunStore:
                     continue
                 txn.put(key, pack({"timestamp": op.timestamp, "level": op.level, "message": op.message,
                                    "logger": op.logger}), db=db["logs"])
+        deltas: Deltas = {}
         for key, op in chunks.items():
             raw = None if op.new else txn.get(key, db=db["chunks"])
-            if raw is None:
+            old = None if raw is None else unpack_chunk(raw)
+            if old is None:
                 rec = dict(op.fields, base=op.base.to_bytes(16, "big"), start=op.start)
                 rec.setdefault("submitted", time.time())
                 txn.put(_us(rec["submitted"]) + key, rec.get("n", 1).to_bytes(4, "big"), db=db["bytime"])
@@ -194,9 +200,11 @@ class RunStore:
                 if fid:
                     txn.put(fid + key, b"", db=db["byflow"])
             else:
-                rec = _merge(unpack(raw), op.fields)
+                rec = _merge(old, op.fields)
             _index_owned(txn, db["owned"], rec, b"c" + key, rec.get("codes") is None)
-            txn.put(key, pack(rec), db=db["chunks"])
+            index_chunk(txn, db, key, old, rec, deltas)
+            txn.put(key, pack_chunk(rec), db=db["chunks"])
+        write_counts(txn, db, deltas)
 
     # -- runs of owners that died -----------------------------------------------------------
     def end_dead_owners(self) -> list[Owner]:
@@ -225,20 +233,25 @@ class RunStore:
                 if not k.startswith(key):
                     break
                 entries.append(bytes(k))
+        deltas: Deltas = {}
         for k in entries:
             kind, rkey = k[16:17], k[17:]
-            table = db["chunks"] if kind == b"c" else db["flows"]
-            raw = txn.get(rkey, db=table)
-            if raw is not None:
-                rec = unpack(raw)
-                if kind == b"c" and rec.get("codes") is None:
-                    rec.update(codes=bytes([CRASHED]) * rec["n"], ends=array("d", [now]).tobytes() * rec["n"],
+            raw = txn.get(rkey, db=db["chunks"] if kind == b"c" else db["flows"])
+            if raw is not None and kind == b"c":
+                old = unpack_chunk(raw)
+                if old.get("codes") is None:
+                    rec = dict(old, codes=bytes([CRASHED]) * old["n"], ends=array("d", [now]).tobytes() * old["n"],
                                live=None, message=message)
-                elif kind == b"f" and rec.get("state_type") not in _FINAL_TYPES:
+                    index_chunk(txn, db, rkey, old, rec, deltas)
+                    txn.put(rkey, pack_chunk(rec), db=db["chunks"])
+            elif raw is not None:
+                rec = unpack(raw)
+                if rec.get("state_type") not in _FINAL_TYPES:
                     rec.update(state="Crashed", state_type="CRASHED", end=now, message=message)
-                txn.put(rkey, pack(rec), db=table)
+                    txn.put(rkey, pack(rec), db=db["flows"])
             txn.delete(k, db=db["owned"])
         txn.delete(key, db=db["owners"])
+        write_counts(txn, db, deltas)
 
     # -- reading ----------------------------------------------------------------------
     def _chunks_newest_first(self, txn: Any) -> Iterator[tuple[bytes, dict]]:
@@ -250,7 +263,7 @@ class RunStore:
             key = cur.key()[8:]
             raw = txn.get(key, db=chunks)
             if raw is not None:
-                yield key, unpack(raw)
+                yield key, unpack_chunk(raw)
             if not cur.prev():
                 return
 
@@ -278,7 +291,9 @@ class RunStore:
 
         def read(txn: Any) -> RunPage:
             out: list[dict] = []
-            cur = txn.cursor(db=self._db["bytime"])
+            # a state other than Completed: only chunks with such runs, from their index (store/indexes.py)
+            rare = state_l is not None and state_l != "completed" and indexed(txn, self._db)
+            cur = txn.cursor(db=self._db["odd" if rare else "bytime"])
             upto = None
             if after:
                 key, upto = _decode_cursor(after)
@@ -293,9 +308,11 @@ class RunStore:
             while positioned:
                 tkey = cur.key()
                 raw = txn.get(tkey[8:], db=self._db["chunks"])
-                rec = None if raw is None else unpack(raw)
+                rec = None if raw is None else unpack_chunk(raw)
                 if rec is not None and _wanted_chunk(rec, task, flow_run_id, state_l):
                     indexes = range(rec["n"] if upto is None else upto)
+                    if state_l:  # from the codes: a failed run among 10^4 costs no 10^4 rows
+                        indexes = runs_in_state(rec, state_l, indexes)
                     if wanted is not None:
                         indexes = [i for i in prefix_matches(int.from_bytes(rec["base"], "big"), rec["start"],
                                                              len(indexes), *wanted)]
@@ -321,7 +338,7 @@ class RunStore:
             for rid in run_ids:
                 raw = txn.get(chunk_key(uuid.UUID(rid).int, 0), db=self._db["chunks"])
                 if raw is not None:
-                    out[rid] = expand(unpack(raw), 0)["state"]
+                    out[rid] = expand(unpack_chunk(raw), 0)["state"]
             return out
 
         return self.env.read(read)
@@ -359,7 +376,10 @@ class RunStore:
     def task_run(self, prefix: str) -> dict:
         """One task run with its state history, error and traceback (``LookupError`` if unknown)."""
         key, i = self.resolve(prefix)
-        rec = unpack(self.env.read(lambda txn: txn.get(key, db=self._db["chunks"])))
+        raw = self.env.read(lambda txn: txn.get(key, db=self._db["chunks"]))
+        if raw is None:  # pruned since it was found
+            raise LookupError(f"no task run with id {prefix!r}")
+        rec = unpack_chunk(raw)
         row = expand(rec, i)
         row["history"] = history(rec, i)
         row["error"] = (final_message(rec, i) or None) if row["state_type"] != "COMPLETED" else None
@@ -398,16 +418,37 @@ class RunStore:
         return records[-tail:] if tail else records
 
     def flow_runs(self, limit: int | None = 50) -> list[dict]:
-        """Flow-run records, newest first."""
+        """Flow-run records, newest first (the newest ``limit`` read from the start index)."""
         def read(txn: Any) -> list[dict]:
-            return [_flow_row(unpack(v)) for _, v in txn.cursor(db=self._db["flows"])]
+            if not limit or not indexed(txn, self._db):
+                return [_flow_row(unpack(v)) for _, v in txn.cursor(db=self._db["flows"])]
+            out: list[dict] = []
+            cur = txn.cursor(db=self._db["flowtime"])
+            positioned = cur.last()
+            while positioned and len(out) < limit:
+                raw = txn.get(cur.key()[8:], db=self._db["flows"])
+                if raw is not None:
+                    out.append(_flow_row(unpack(raw)))
+                positioned = cur.prev()
+            return out
 
         rows = sorted(self.env.read(read), key=lambda r: r.get("start") or 0, reverse=True)
         return rows[:limit] if limit else rows
 
+    def flow_counts(self, flow_run_id: str) -> dict[str, int]:
+        """A flow run's task runs per state name (full id): from the index, else from its chunks."""
+        counts = self.env.read(lambda txn: flow_counts(txn, self._db, flow_run_id))
+        if counts is None:  # a store not indexed yet (opened read-only)
+            counts = {}
+            for chunk in self.flow_chunks(flow_run_id):
+                for name, n in chunk_counts(chunk).items():
+                    counts[name] = counts.get(name, 0) + n
+        return counts
+
     def flow_record(self, prefix: str) -> dict:
         """The record of the flow run whose id starts with ``prefix`` (``LookupError`` if none or several)."""
-        matches = [r for r in self.flow_runs(limit=None) if r["id"].replace("-", "").startswith(prefix.replace("-", ""))]
+        digits = prefix.replace("-", "").lower()
+        matches = self.env.read(lambda txn: _flows_with_prefix(txn, self._db["flows"], digits))
         if not matches:
             raise LookupError(f"no flow run with id {prefix!r}")
         if len(matches) > 1:
@@ -421,13 +462,11 @@ class RunStore:
         earliest end first), then the runs that did not run because of them (NotReady).
         """
         rec = self.flow_record(prefix)
-        counts: dict[str, int] = {}
+        counts = self.flow_counts(rec["id"])
         durations: list[tuple[float, dict]] = []
         causes: list[dict] = []
         consequences: list[dict] = []
         for chunk in self.flow_chunks(rec["id"]):
-            for name, count in chunk_counts(chunk).items():
-                counts[name] = counts.get(name, 0) + count
             durations.extend(slowest_runs(chunk, slowest))
             bad_runs(chunk, causes, consequences, failures)
         durations.sort(key=lambda d: d[0], reverse=True)
@@ -451,52 +490,35 @@ class RunStore:
                         break
                     raw = txn.get(k[16:], db=self._db["chunks"])
                     if raw is not None:
-                        chunks.append(unpack(raw))
+                        chunks.append(unpack_chunk(raw))
             return chunks
 
         return self.env.read(read)
 
     # -- pruning ------------------------------------------------------------------------
-    def prune(self, older_than: float) -> tuple[int, int]:
-        """Delete task runs submitted and flow runs started more than ``older_than`` seconds ago.
+    def prune(self, older_than: float) -> retention.Pruned:
+        """Delete task runs submitted and flow runs started more than ``older_than`` seconds ago,
+        except what a live owner still has in flight (``store/retention.py``).
 
-        Returns ``(task runs, flow runs)`` deleted.
+        Returns ``(task_runs, flow_runs)`` deleted.
         """
-        cutoff = _us(time.time() - older_than)
-        db = self._db
+        return retention.prune(self, older_than)
 
-        def write(txn: Any) -> tuple[int, int]:
-            runs = flows = 0
-            cur = txn.cursor(db=db["bytime"])
-            doomed = []
-            for key, nbytes in cur:
-                if key[:8] >= cutoff:
-                    break
-                doomed.append(key)
-                runs += int.from_bytes(nbytes, "big")
-            for key in doomed:
-                ck = key[8:]
-                raw = txn.get(ck, db=db["chunks"])
-                if raw is not None:
-                    fid = _uuid_bytes(unpack(raw).get("flow_run_id"))
-                    if fid:
-                        txn.delete(fid + ck, db=db["byflow"])
-                txn.delete(ck, db=db["chunks"])
-                txn.delete(key, db=db["bytime"])
-                _delete_prefix(txn, db["logs"], ck)
-                if "artifacts" in db:
-                    _delete_prefix(txn, db["artifacts"], ck)
-                if "inputs" in db:
-                    _delete_prefix(txn, db["inputs"], ck)
-            limit = time.time() - older_than
-            for key, raw in list(txn.cursor(db=db["flows"])):
-                if (unpack(raw).get("start") or 0) < limit:
-                    txn.delete(key, db=db["flows"])
-                    _delete_prefix(txn, db["logs"], key + _FLOW_OWNER)
-                    flows += 1
-            return runs, flows
 
-        return self.env.write(write)
+def _flows_with_prefix(txn: Any, db: Any, digits: str) -> list[dict]:
+    """Flow records whose id (hex digits) starts with ``digits``: a key range, not a scan; at most 2."""
+    try:
+        low = bytes.fromhex((digits + "0" * 32)[:32])
+    except ValueError:
+        return []
+    cur = txn.cursor(db=db)
+    out: list[dict] = []
+    if cur.set_range(low):
+        for key, raw in cur:
+            if not bytes(key).hex().startswith(digits) or len(out) == 2:
+                break
+            out.append(_flow_row(unpack(raw)))
+    return out
 
 
 def _flow_row(rec: dict) -> dict:
@@ -520,15 +542,6 @@ def _uuid_bytes(text: str | None) -> bytes | None:
         return uuid.UUID(text).bytes if text else None
     except ValueError:  # not a flow run id we can index (a hand-made context)
         return None
-
-
-def _delete_prefix(txn: Any, db: Any, prefix: bytes) -> None:
-    cur = txn.cursor(db=db)
-    if not cur.set_range(prefix):
-        return
-    while cur.key().startswith(prefix):
-        if not cur.delete():
-            break
 
 
 class RunPage(NamedTuple):
@@ -576,7 +589,14 @@ def open_run_store(home: str | None = None, create: bool = True, readonly: bool 
     if not create and not (path / "data.mdb").exists():
         raise LookupError(f"no runs recorded under {root}")
     try:
-        return RunStore(_lmdb.open_env(path, dbs=DBS, readonly=readonly))
+        store = RunStore(_lmdb.open_env(path, dbs=DBS, readonly=readonly))
     except DamagedStore as exc:
         raise DamagedStore(exc.path, f"the run store is damaged ({exc.reason}); move it aside to start an "
                                      f"empty one: mv {path} {path}.damaged (or restore it from a backup)") from None
+    if not readonly and (str(path), os.getpid()) not in _indexed:
+        store.env.write(lambda txn: build_indexes(txn, store.dbs))  # once: a store of an older version
+        _indexed.add((str(path), os.getpid()))
+    return store
+
+
+_indexed: set[tuple[str, int]] = set()

@@ -1,10 +1,15 @@
 """Consuming a big ``.map()`` as it completes holds per-chunk envelopes, not per-run objects."""
 
+import json
 import tracemalloc
 
 import pytest
 
+from click.testing import CliRunner
+
 from daskflow import as_completed, flow, task
+from daskflow.cli import main
+from daskflow.exceptions import MappingLengthMismatch
 from daskflow.engine.tracking import tracker
 
 N = 200_000
@@ -79,3 +84,191 @@ def test_as_completed_takes_map_futures_inside_a_list(dask_runner):
         return sorted(got)
 
     assert f() == sorted([*range(1, 1501), 0, 1004])
+
+
+# -- iter_chunks and reduce: the client lets each chunk go once consumed ---------------------
+
+
+@task
+def inc_or_fail(x):
+    if x % 5000 == 7:
+        raise ValueError(f"bad input {x}")
+    return x + 1
+
+
+def test_iter_chunks_yields_every_run_once_and_lets_values_go(runner):
+    from daskflow.exceptions import MissingResult
+
+    @flow(task_runner=runner)
+    def f():
+        futs = inc_or_fail.map(range(20_000))
+        seen, total, failures = set(), 0, {}
+        for part in futs.iter_chunks():
+            seen.update(range(part.start, part.start + len(part.values)))
+            total += sum(v for v in part.values if v is not None)
+            failures.update(part.failures)
+        assert seen == set(range(20_000))
+        bad = {x for x in range(20_000) if x % 5000 == 7}
+        assert set(failures) == bad and all(s.is_failed() for s in failures.values())
+        assert total == sum(x + 1 for x in range(20_000) if x not in bad)
+        # states stay answerable; values are gone, with an error saying who took them
+        assert futs[8].state.is_completed() and futs[7].state.is_failed()
+        with pytest.raises(MissingResult, match=r"iter_chunks\(\)"):
+            futs[8].result()
+        # what each chunk keeps is O(1): no per-run codes, end times or values
+        uniform = [c.result for c in futs.chunks if not c.result.n_failed and c.n > 1]
+        assert uniform and all(type(r.codes).__name__ == "UniformCodes" and len(r.ends) == 1 and r.values is None
+                               for r in uniform)
+
+    f()
+
+
+def test_iter_chunks_records_every_run_in_the_store(dask_runner):
+    @flow(task_runner=dask_runner)
+    def f():
+        for _ in inc_or_fail.map(range(3000)).iter_chunks():
+            pass
+
+    f()
+    assert tracker.flush(30)
+    out = CliRunner().invoke(main, ["runs", "ls", "--state", "Failed", "-o", "json"])
+    assert out.exit_code == 0, out.output
+    assert [r["name"] for r in json.loads(out.output)] == ["inc_or_fail-7"]
+    out = CliRunner().invoke(main, ["runs", "ls", "--limit", "5000", "-o", "json"])
+    assert len(json.loads(out.output)) == 3000
+
+
+folds_here = 0
+
+
+def add_counted(a, b):
+    global folds_here
+    folds_here += 1
+    return a + b
+
+
+@task
+def block(i):
+    import numpy as np
+
+    return np.full(50_000, i, dtype=np.int64)  # 400 KB: over inline-bytes, stays on its worker
+
+
+def test_reduce_folds_large_values_on_the_workers(dask_runner):
+    global folds_here
+
+    @flow(task_runner=dask_runner)
+    def f():
+        futs = block.map(range(24))
+        total = futs.reduce(add_counted)
+        assert int(total.sum()) == sum(range(24)) * 50_000
+        # the chunks' folds ran where the values are: here only the per-chunk folds combine
+        assert folds_here == len(futs.chunks) - 1 < 23
+
+    folds_here = 0
+    f()
+
+
+def test_reduce_in_map_order_with_initial_and_failures(runner):
+    @flow(task_runner=runner)
+    def f():
+        words = task(lambda x: str(x)).map(range(300), chunksize=7)
+        assert words.reduce(lambda a, b: a + b, initial=">") == ">" + "".join(map(str, range(300)))
+        with pytest.raises(ValueError, match="bad input 7"):
+            inc_or_fail.map(range(100)).reduce(lambda a, b: a + b)
+        with pytest.raises(TypeError, match="no runs and no initial"):
+            inc.map([]).reduce(lambda a, b: a + b)
+        assert inc.map([]).reduce(lambda a, b: a + b, initial=5) == 5
+
+    f()
+
+
+# -- MapStream: a .map() over an iterator reads it as it goes -------------------------------
+
+
+def numbers(n, fail_at=None, seen=None):
+    for i in range(n):
+        if i == fail_at:
+            raise RuntimeError("the source broke")
+        if seen is not None:
+            seen.append(i)
+        yield i
+
+
+@task
+def add(x, y):
+    return x + y
+
+
+def test_map_over_a_generator_reads_it_a_window_at_a_time(runner):
+    from daskflow.engine.client.streams import MapStream
+
+    @flow(task_runner=runner)
+    def f():
+        seen: list[int] = []
+        stream = add.map(numbers(50_000, seen=seen), 1, chunksize=100)
+        assert isinstance(stream, MapStream) and seen == []  # nothing read before it is read
+        parts = stream.iter_chunks()
+        first = next(parts)
+        # a window of chunks is submitted (and one more once the first is taken), not the generator
+        assert len(seen) <= (stream.window + 1) * 100 and len(stream._open) <= stream.window
+        total = sum(first.values) + sum(sum(p.values) for p in parts)
+        assert total == sum(range(1, 50_001)) and len(stream) == 50_000
+
+    f()
+
+
+def test_map_stream_reads_like_a_map(runner):
+    @flow(task_runner=runner)
+    def f():
+        # sized arguments beside the iterator are sliced window by window; broadcasts stay whole
+        assert add.map(numbers(3000), range(3000)).result() == [2 * i for i in range(3000)]
+        assert sorted(fut.result() for fut in as_completed(add.map(numbers(500), 10))) == list(range(10, 510))
+        assert [fut.result() for fut in add.map(numbers(300), 1)] == list(range(1, 301))
+        assert add.map(iter(range(10_000)), 0).reduce(lambda a, b: a + b) == sum(range(10_000))
+        with pytest.raises(MappingLengthMismatch, match=r"ended at different lengths \(x=100, y=50\)"):
+            add.map(numbers(100), range(50)).result()
+        with pytest.raises(TypeError, match="no length until it is read through"):
+            len(add.map(numbers(10), 1))
+
+    f()
+
+
+def test_a_generator_that_raises_keeps_the_runs_before_it(runner):
+    @flow(task_runner=runner)
+    def f():
+        stream = add.map(numbers(20_000, fail_at=7_000), 1)
+        done = 0
+        with pytest.raises(RuntimeError, match="the source broke") as info:
+            for part in stream.iter_chunks():
+                done += len(part.values)
+        assert "raised at element 7000" in "".join(info.value.__notes__)
+        assert done + sum(c.n for c in stream._open.values()) <= 7_000
+        stream.wait()  # the runs of the elements read before the error run to the end
+        return done
+
+    f()
+    assert tracker.flush(30)
+    out = CliRunner().invoke(main, ["runs", "ls", "--limit", "100000", "-o", "json"])
+    runs = json.loads(out.output)
+    assert len(runs) == 7_000 and {r["state"] for r in runs} == {"Completed"}
+
+
+def test_stream_nobody_read_runs_through_at_flow_end_and_a_stopped_one_stops(runner):
+    import itertools
+
+    @flow(task_runner=runner)
+    def f():
+        add.map(numbers(4000), 1)  # never read: the flow's end reads it through
+        endless = add.map(itertools.count(), 0)
+        for i, _ in enumerate(endless.iter_chunks()):
+            if i == 2:
+                break  # stopped: nothing more is submitted, the flow ends
+        return endless
+
+    endless = f()
+    assert tracker.flush(30)
+    out = CliRunner().invoke(main, ["runs", "ls", "--limit", "1000000", "-o", "json"])
+    runs = json.loads(out.output)
+    assert len([r for r in runs if r["state"] == "Completed"]) == 4000 + endless._offset
+    assert endless._offset < 10**6

@@ -375,3 +375,29 @@ def test_runs_whose_futures_are_gone_are_recorded_not_fetched_at_flow_end(dask_r
     assert tracker.flush()
     runs = open_run_store().task_runs(task="plus", limit=None)
     assert len(runs) == 22 and {r["state"] for r in runs} == {"Completed"}
+
+
+def test_tracker_final_counts_live_as_long_as_the_chunks_futures():
+    import gc
+
+    held = []
+
+    @task
+    def inc(x):
+        return x + 1
+
+    @flow(task_runner=ThreadPoolTaskRunner(2))
+    def mapped():
+        futs = inc.map(range(200))
+        held.append(futs)
+        return sum(futs.result())
+
+    assert mapped() == sum(range(1, 201))
+    assert tracker.flush()
+    store = open_run_store()
+    keys = [(int.from_bytes(c["base"], "big"), c["start"]) for c in store.flow_chunks(store.flow_runs(1)[0]["id"])]
+    assert sum(c["n"] for c in store.flow_chunks(store.flow_runs(1)[0]["id"])) == 200
+    assert tracker.progress_counts(keys)[0] == 200  # someone holds the futures: their counts are there
+    held.clear()
+    gc.collect()
+    assert tracker.progress_counts(keys) == (0, 0, 0, 0)  # gone with the client's records of the chunks

@@ -352,6 +352,8 @@ class Flow(Generic[P, R]):
 
     def _finish(self, ctx: FlowRunContext, value: Any) -> st.State:
         """Wait for every submitted run, then derive the flow's state from its value."""
+        for stream in ctx.streams:
+            stream.drain()
         fetch_all(to_fetch_at_end(ctx.submitted), None)
         check_wait_lists(ctx)
         state = state_of_return(value)
@@ -359,6 +361,8 @@ class Flow(Generic[P, R]):
         return state
 
     def _crash(self, ctx: FlowRunContext, exc: BaseException) -> st.State:
+        for stream in ctx.streams:
+            stream.stop()
         if not isinstance(exc, Exception):  # Ctrl-C, SystemExit, a test runner's timeout: do not wait
             cancel_unfinished(ctx.submitted, f"flow {self.name!r} was interrupted")
             if isinstance(exc, KeyboardInterrupt) and ctx.parent is None:

@@ -59,8 +59,11 @@ class MapCache:
 
 
 def for_map(task: Task, names: list[str], kinds: dict[str, tuple[str, Any]], n: int,
-            bounds: list[tuple[int, int]], base: int, has_waits: bool, aligned: Any) -> MapCache | None:
-    """Look a map's runs up on the client when its inputs are concrete; plan what to submit."""
+            bounds: list[tuple[int, int]], base: int, has_waits: bool, aligned: Any, offset: int = 0) -> MapCache | None:
+    """Look a map's runs up on the client when its inputs are concrete; plan what to submit.
+
+    ``bounds`` index the columns; run ``i`` of them is map element ``offset + i`` (a window of a
+    ``MapStream``)."""
     if not task.managed:
         return None
     spec = new_spec(task)
@@ -78,7 +81,7 @@ def for_map(task: Task, names: list[str], kinds: dict[str, tuple[str, Any]], n: 
             return cache  # a MapFutures: resolved on the worker
         columns.append(KeyColumn(kind is MAPPED, value))
     try:
-        keys, bad = spec.plan.keys_for(task, columns, n, lambda i: run_id(base, i))
+        keys, bad = spec.plan.keys_for(task, columns, n, lambda i: run_id(base, offset + i))
     except NotConcrete:
         return cache
     if bad is not None:
@@ -101,7 +104,7 @@ def for_map(task: Task, names: list[str], kinds: dict[str, tuple[str, Any]], n: 
             continue
         for s_lo, s_hi, hit in segments:
             if hit:
-                cache.known[s_lo] = cached_envelope(task, base, s_lo, [hits[i] for i in range(s_lo, s_hi)])
+                cache.known[s_lo] = cached_envelope(task, base, offset + s_lo, [hits[i] for i in range(s_lo, s_hi)])
             else:
                 submit.append((s_lo, s_hi))
     cache.bounds = submit

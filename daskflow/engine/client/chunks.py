@@ -96,6 +96,13 @@ class Chunk:
     def resubmitted(self, handle: Any) -> None:
         self.handle = handle
 
+    def released_by(self, reader: str) -> None:
+        """A stream (``reader``) consumed the chunk's values: let them go, here and on the
+        worker they stayed on; its states stay readable (``ChunkResult.released_by``)."""
+        if self.result is not None:
+            self.result = self.result.released_by(reader)
+        self.values_handle = None
+
     # -- reading ------------------------------------------------------------------------
     def done(self) -> bool:
         return self.result is not None or (self.handle is not None and self.handle.done())

@@ -9,6 +9,7 @@ list of a ``.map()`` and makes element futures only when they are asked for, so 
 from __future__ import annotations
 
 import bisect
+import functools
 import queue
 import time
 from collections.abc import Sequence
@@ -199,6 +200,121 @@ class MapFutures(Sequence, Generic[R]):
         fetch_all(self.chunks, None)
         return [c.result.state(i) for c in self.chunks for i in range(c.n)]  # type: ignore[union-attr]
 
+    NO_INITIAL: Any = object()  # reduce() without an initial value
+
+    def iter_chunks(self, timeout: float | None = None) -> Iterator[MapChunk]:
+        """The runs' outcomes a chunk at a time, as chunks complete; each chunk's values are
+        let go once yielded.
+
+        For maps too big to keep: the client holds O(chunks), not O(runs), however many runs
+        stream through. Afterwards every run's state still answers (``futs[i].state``), but a
+        completed run's value is gone: ``futs[i].result()`` raises ``MissingResult``.
+
+        Example:
+            >>> total = 0
+            >>> for part in inc.map(range(10**8)).iter_chunks():  # doctest: +SKIP
+            ...     total += sum(part.values)
+        """
+        return self.iter_chunks_of(in_completion_order(self.chunks, timeout), "MapFutures.iter_chunks()")
+
+    @staticmethod
+    def iter_chunks_of(chunks: Iterable[Chunk], reader: str) -> Iterator[MapChunk]:
+        """``iter_chunks`` over chunks in the order given; ``reader`` is named if a value is
+        asked for afterwards."""
+        for chunk in chunks:
+            res = chunk.outcome()
+            values = res.get_values()
+            failures = {}
+            if res.n_failed:
+                failures = {chunk.start + i: res.state(i) for i, code in enumerate(res.codes) if code not in OK_CODES}
+            chunk.observe()
+            yield MapChunk(chunk.start, values, failures)
+            chunk.released_by(reader)
+
+    def reduce(self, fn: Callable[[Any, Any], Any], initial: Any = NO_INITIAL, timeout: float | None = None) -> Any:
+        """Every run's value folded with ``fn(accumulated, value)``, chunk by chunk where the
+        values are, as chunks complete; raises the first failed run's exception.
+
+        A chunk's values are folded on the worker they stayed on (only the fold travels) or
+        here when they came with its states; the folds are then combined in map order, so
+        ``fn`` must be associative (as for Dask Bag's ``fold``). Like ``iter_chunks``, each
+        chunk's values are let go once folded: a 10^8 sum never holds 10^8 values anywhere.
+
+        Example:
+            >>> inc.map(range(10**8)).reduce(operator.add)  # doctest: +SKIP
+        """
+        return fold_chunks(in_completion_order(self.chunks, timeout), fn, initial)
+
+
+def fold_chunks(chunks: Iterable[Chunk], fn: Callable[[Any, Any], Any], initial: Any) -> Any:
+    """``reduce`` over chunks in the order given (see ``MapFutures.reduce``)."""
+    folds: dict[int, Any] = {}  # chunk start -> the fold of its values
+    remote: list[Chunk] = []  # chunks whose values stayed on a worker: folded there
+    for chunk in chunks:
+        res = chunk.outcome()
+        if res.n_failed:
+            chunk.observe()
+            first = next(i for i, code in enumerate(res.codes) if code not in OK_CODES)
+            res.state(first).value()  # raises the run's exception
+        if res.values is None and res.blob is None and chunk.values_handle is not None:
+            remote.append(chunk)
+            continue
+        folds[chunk.start] = functools.reduce(fn, res.get_values())
+        chunk.observe()
+        chunk.released_by("reduce()")
+    if remote:
+        folds.update(_fold_remote(remote, fn))
+    parts = [folds[start] for start in sorted(folds)]
+    if initial is not MapFutures.NO_INITIAL:
+        parts.insert(0, initial)
+    if not parts:
+        raise TypeError("reduce() of a map with no runs and no initial value")
+    return functools.reduce(fn, parts)
+
+
+def _fold_remote(chunks: list[Chunk], fn: Callable[[Any, Any], Any]) -> dict[int, Any]:
+    """Fold chunks' values on the workers holding them; ``{chunk start: fold}``."""
+    from daskflow.engine.worker.run import fold_values
+
+    out: dict[int, Any] = {}
+    by_runner: dict[int, list[Chunk]] = {}
+    for chunk in chunks:
+        by_runner.setdefault(id(chunk.runner), []).append(chunk)
+    for group in by_runner.values():
+        runner = group[0].runner
+        keys = [f"fold-{chunk.key or run_id(chunk.base, chunk.start)}" for chunk in group]
+        handles = runner.submit_many(fold_values, [fn] * len(group), [c.values_handle for c in group], keys=keys)
+        runner.wait(handles, None)
+        for chunk, fold in zip(group, runner.gather(handles)):
+            if isinstance(fold, BaseException):
+                raise fold
+            out[chunk.start] = fold
+            chunk.observe()
+            chunk.released_by("reduce()")
+    return out
+
+
+class MapChunk(NamedTuple):
+    """One chunk of a ``.map()``'s runs, as ``MapFutures.iter_chunks`` yields it."""
+
+    start: int  # the map index of its first run
+    values: list  # each run's value in map order (None where a run did not complete)
+    failures: dict[int, st.State]  # map index -> final state, for the runs that did not complete
+
+
+def in_completion_order(chunks: list[Chunk], timeout: float | None) -> Iterator[Chunk]:
+    """``chunks`` as their calls finish (one done callback each)."""
+    _check_timeout(timeout)
+    done: queue.SimpleQueue[Chunk] = queue.SimpleQueue()
+    for chunk in chunks:
+        chunk.add_done_callback(done.put)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for left_chunks in range(len(chunks), 0, -1):
+        try:
+            yield done.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            raise TimeoutError(f"{left_chunks} (of {len(chunks)}) chunks unfinished after {timeout}s") from None
+
 
 class RunFuture(Protocol):
     """What ``wait`` and ``as_completed`` need of a future that is not a task-run future.
@@ -325,6 +441,9 @@ def as_completed(futures: Iterable[Any], timeout: float | None = None) -> Iterat
         ...     print(fut.result())
     """
     _check_timeout(timeout)
+    if hasattr(futures, "as_completed"):  # a MapStream: its runs are submitted as they are read
+        yield from futures.as_completed()  # type: ignore[union-attr]
+        return
     groups: dict[int, list[Any]] = {}
     total = _group_by_completion([futures] if isinstance(futures, MapFutures) else futures, groups)
     done: queue.SimpleQueue[int] = queue.SimpleQueue()

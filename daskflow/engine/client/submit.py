@@ -18,6 +18,7 @@ from daskflow.engine.client import chunking
 from daskflow.engine.client.chunks import Chunk, bring_values, eager, fetch_all, submit_chunks
 from daskflow.engine.client.futures import MapFutures, TaskRunFuture
 from daskflow.engine.client.refs import collect_refs
+from daskflow.engine.client.streams import MapStream, is_stream_input
 from daskflow.engine.core.context import current_flow_run_id, flow_run_ctx
 from daskflow.engine.core.envelope import ChunkSpec
 from daskflow.engine.core.inputs import ALIGNED, ATOMS, BROADCAST, MAPPED, Column, allow_failure, quote, unmapped
@@ -176,8 +177,12 @@ def _dep_input(up: Chunk, runner: TaskRunner) -> Any:
 
 
 def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
-               chunksize: int | None) -> MapFutures:
+               chunksize: int | None, base: int | None = None, offset: int = 0) -> MapFutures | MapStream:
     """Submit one run per element, in chunks, as one graph submission.
+
+    A map over an iterator (a generator, say) is a ``MapStream`` instead: it submits its runs
+    as the iterator is consumed, a window at a time, each window through here (``base`` the
+    stream's run base, ``offset`` the map index of the window's first element).
 
     Longer than most: planning columns, chunk bounds, the cache's answers and the
     per-chunk specs share many locals (deps, upstream chunks, refs) that a split would
@@ -187,8 +192,12 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
         raise ValueError(f"task {task.name!r}: chunksize must be an int >= 1, got {chunksize!r}")
     runner = current_runner()
     params = task.bind_params(args, kwargs)
+    given = task.given_params(args, kwargs)
+    if base is None and any(is_stream_input(params[name]) for name in given if name in params):
+        return MapStream(task, params, given, wait_for, chunksize, lambda block, base, offset, size: submit_map(
+            task, (), block, wait_for, size, base, offset))  # type: ignore[return-value]
     names = list(params)
-    kinds, n, aligned = plan_columns(task, params, task.given_params(args, kwargs))
+    kinds, n, aligned = plan_columns(task, params, given)
     if task.managed and not wait_for:
         aligned = _known_upstreams(kinds, aligned)
     if aligned is not None and aligned.chunks and aligned.chunks[0].runner is not runner:
@@ -199,12 +208,12 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
         bounds = chunking.plan(task, n, runner, chunksize)
     plain_broadcasts = {name for name, (kind, value) in kinds.items()
                         if kind is BROADCAST and not _holds_futures(value)}
-    base = new_run_base()
+    base = new_run_base() if base is None else base
     cache = None
     if task.managed:  # cached runs are answered here and not submitted
         from daskflow.engine.client.cache_lookup import for_map
 
-        cache = for_map(task, names, kinds, n, bounds, base, bool(wait_for), aligned)
+        cache = for_map(task, names, kinds, n, bounds, base, bool(wait_for), aligned, offset)
         bounds = cache.bounds  # type: ignore[union-attr]
     specs, dep_lists, keys, up_lists = [], [], [], []
     flow_run_id = current_flow_run_id()
@@ -238,11 +247,11 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
                     part = [collect_refs(v, deps, ups) for v in part]
                     refs = refs or len(ups) > before
                 columns.append(Column(MAPPED, part))
-        specs.append(ChunkSpec(task, base, lo, hi - lo, columns, refs, waits, flow_run_id,
+        specs.append(ChunkSpec(task, base, offset + lo, hi - lo, columns, refs, waits, flow_run_id,
                                cache.spec_for(lo, hi) if cache is not None else None))
         dep_lists.append(_dep_inputs(ups, runner))
         up_lists.append(ups)
-        keys.append(_key(task, base, lo))
+        keys.append(_key(task, base, offset + lo))
     handles = submit_chunks(runner, specs, dep_lists, keys) if specs else []
     chunks = [Chunk.submitted_as(s, h, runner, ups, key) for s, h, ups, key in zip(specs, handles, up_lists, keys)]
     if cache is not None:

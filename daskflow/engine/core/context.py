@@ -96,6 +96,7 @@ class FlowRunContext:
     runner: TaskRunner
     parameters: dict[str, Any]
     submitted: list[Any] = field(default_factory=list)  # futures and future lists
+    streams: list[Any] = field(default_factory=list)  # maps over iterators, read through at the end
     parent: FlowRunContext | None = None
     flow_run: Any = None  # the engine.api.flows.FlowRun record its hooks receive
     wait_lists: dict[int, list[Any]] = field(default_factory=dict)  # id(list given as wait_for) -> its runs

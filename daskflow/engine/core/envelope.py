@@ -11,12 +11,13 @@ is decided by daskflow from the envelope, not by Dask's error propagation.
 from __future__ import annotations
 
 import copy
+import itertools
 import pickle
 import time
 import traceback
 from array import array
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import cloudpickle
 from dask.utils import parse_bytes
@@ -28,7 +29,7 @@ from daskflow.engine.core.context import FlowRunInfo, current_flow_run_info
 from daskflow.engine.core.inputs import ATOMS, BROADCAST, MAPPED, Column, Ref
 from daskflow.engine.core.states import describe_error
 from daskflow.engine.core.tracebacks import hide_internal
-from daskflow.exceptions import UpstreamFailed
+from daskflow.exceptions import MissingResult, UpstreamFailed
 from daskflow.ids import run_id
 
 if TYPE_CHECKING:
@@ -179,6 +180,7 @@ class ChunkResult:
     elsewhere: bool = False  # the values stayed on the worker: this envelope is their summary
     recomputed: bool = False  # an attempt after the values of a completed attempt were lost
     fetch: Any = None  # on the client: how to bring values that stayed on the worker (not pickled)
+    released: str = ""  # on the client: who consumed the values and let them go (``released``)
 
     def __reduce__(self):
         # Only the fields that hold something: a dataclass pickles every field by name.
@@ -203,6 +205,12 @@ class ChunkResult:
                 values = cloudpickle.loads(self.blob)
             elif self.elsewhere and self.fetch is not None:
                 values = self.fetch()
+            elif self.released:
+                raise MissingResult(
+                    f"task {self.task_name!r}: the values of runs {self.run_name(0)!r}..{self.run_name(self.n - 1)!r} "
+                    f"were consumed by {self.released}, which lets each chunk's values go once it yielded them; "
+                    "read them in that loop, or use futs.result() instead"
+                )
             else:
                 values = [None] * self.n
             self.values = values
@@ -228,6 +236,23 @@ class ChunkResult:
         """
         if self.blob is not None or (self.elsewhere and self.fetch is not None):
             self.values = None
+
+    def released_by(self, reader: str) -> ChunkResult:
+        """This envelope once a stream (``reader``) consumed its values: what is left is O(1)
+        for a chunk whose runs all ended alike, plus what its failed or retried runs need.
+
+        States stay answerable (a completed run's value is then a ``MissingResult``); per-run
+        end times give way to the chunk's last one. The original is left as it is: the run
+        store's writer may still hold it.
+        """
+        codes = self.codes
+        if self.n and codes.count(codes[0]) == self.n:
+            codes = UniformCodes(codes[0], self.n)  # type: ignore[assignment]
+        return ChunkResult(self.task_name, self.base, self.start, self.n, codes, None, errors=self.errors,
+                           messages=self.messages, tracebacks=self.tracebacks, history=self.history,
+                           run_counts=self.run_counts, names=self.names, started=self.started,
+                           ends=array("d", self.ends[-1:]), worker=self.worker, n_failed=self.n_failed,
+                           released=reader)
 
     def ok(self, i: int) -> bool:
         return self.codes[i] in OK_CODES
@@ -259,10 +284,11 @@ class ChunkResult:
             return self.kept[i]
         code = self.codes[i]
         type_, name = STATE_OF_CODE[code]
-        ts = self.ends[i] if i < len(self.ends) else time.time()
+        ends = self.ends
+        ts = ends[i] if i < len(ends) else ends[-1] if ends else time.time()
         run = (self.base, self.start + i)
         if code in OK_CODES:
-            if self.values is None and self.blob is None and self.elsewhere:  # read only when asked for
+            if self.values is None and self.blob is None and (self.elsewhere or self.released):  # read when asked
                 return LazyState(type_, name, lambda: self.get_values()[i], timestamp=ts, task_run_id=run)
             return st.State(type_, name, data=self.get_values()[i], timestamp=ts, task_run_id=run)
         exc = self.errors.get(i)
@@ -385,6 +411,35 @@ class ChunkResult:
 
 _SPARSE = ("errors", "messages", "tracebacks", "history", "run_counts", "names", "inputs", "first", "starts", "worker", "n_failed",
            "cache_records", "cache_returned", "logs", "kept", "nbytes", "elsewhere", "recomputed")
+
+
+class UniformCodes:
+    """The state codes of a chunk whose runs all ended alike: one code for ``n`` runs.
+
+    Reads as the ``bytearray`` it replaces does (index, length, iteration, ``count``).
+    """
+
+    __slots__ = ("code", "n")
+
+    def __init__(self, code: int, n: int) -> None:
+        self.code, self.n = code, n
+
+    def __getitem__(self, i: int) -> int:
+        if not -self.n <= i < self.n:
+            raise IndexError("run index out of range")
+        return self.code
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[int]:
+        return itertools.repeat(self.code, self.n)
+
+    def __bytes__(self) -> bytes:
+        return bytes([self.code]) * self.n
+
+    def count(self, code: int) -> int:
+        return self.n if code == self.code else 0
 
 
 def result_from_wire(task_name: str, base: int, start: int, n: int, codes: bytearray, values: list | None,

@@ -18,8 +18,12 @@ nothing is printed from a hot path. Lines go to the ``daskflow.runs`` logger:
 
 Runs outside any flow have no end to wait for: their counts are printed at the end of
 each batch. Names come from the batch's own records (``Submitted`` chunks, ``Finished``
-envelopes, ``FlowChange``), remembered in small bounded maps: log records shipped while
-a chunk runs arrive in later batches than the chunk's submission.
+envelopes, ``FlowChange``), remembered while the chunk or flow run is in flight: log
+records shipped while a chunk runs arrive in later batches than the chunk's submission. A
+name is forgotten one batch after its chunk or flow run ended (log records of the last
+moments may trail the end by a batch), so these maps hold what is in flight, whatever the
+process ran before. (An envelope fetched more than a batch after its chunk's end message
+has lost its flow run: its counts are printed with the batch, as for runs outside flows.)
 
 Lines reach the terminal through ``ConsoleHandler``, which writes to ``sys.stderr`` as it
 is at that moment: while a progress bar is live, that is rich's proxy, which clears the
@@ -37,13 +41,13 @@ from typing import Any, Callable, NamedTuple
 
 from daskflow.codes import CANCELLED, CODE_STATES, NOT_READY, OK_CODES
 from daskflow.engine.core.states import describe_error, error_kind
-from daskflow.engine.tracking.records import DirectCall, Finished, FlowChange, Record, Submitted
+from daskflow.engine.tracking.records import DirectCall, Ended, Finished, FlowChange, Record, Submitted
 from daskflow.ids import run_id
 
 __all__ = ["echo", "ConsoleHandler"]
 
 DETAILED_PER_TASK = 5  # distinct errors of one task printed in full, per flow run
-_REMEMBER = 100_000
+_REMEMBER = 1_000_000  # a backstop only: names are forgotten when their runs end
 _FLOWS_KEPT = 1_000
 _FLOW_OWNER = b"\xff" * 8
 
@@ -83,6 +87,7 @@ class Tally:
 _labels: collections.OrderedDict[tuple[int, int], RunLabel] = collections.OrderedDict()
 _flows: collections.OrderedDict[str, str] = collections.OrderedDict()
 _tallies: collections.OrderedDict[str | None, Tally] = collections.OrderedDict()
+_ending: list[tuple[collections.OrderedDict, Any]] = []  # names of what ended in the previous batch
 
 
 class ConsoleHandler(logging.StreamHandler):
@@ -114,6 +119,9 @@ def _tally(flow_run_id: str | None) -> Tally:
 def _observe(records: list[Record], ended: list[FlowChange]) -> list[tuple[RunLabel, int, Any]]:
     """Learn run and flow names from a batch; its envelopes (label, start, result); the flows that ended."""
     envelopes = []
+    for store, key in _ending:
+        store.pop(key, None)
+    _ending.clear()
     for record in records:
         if isinstance(record, Submitted):
             for c in record.chunks:
@@ -124,11 +132,15 @@ def _observe(records: list[Record], ended: list[FlowChange]) -> list[tuple[RunLa
             flow = record.flow_run_id if isinstance(record, DirectCall) else known.flow_run_id if known else None
             label = RunLabel(res.task_name, dict(res.names), flow)
             _remember(_labels, (res.base, res.start), label)
+            _ending.append((_labels, (res.base, res.start)))
             envelopes.append((label, res.start, res))
+        elif isinstance(record, Ended):
+            _ending.append((_labels, (record.base, record.start)))
         elif isinstance(record, FlowChange):
             if record.fields.get("name"):
                 _remember(_flows, record.flow_run_id, record.fields["name"])
             if "end" in record.fields:
+                _ending.append((_flows, record.flow_run_id))
                 ended.append(record)
     return envelopes
 

@@ -45,6 +45,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, Any, Callable, Iterable, NamedTuple
 
 import dask.config
@@ -69,6 +70,7 @@ from daskflow.engine.tracking.records import (
     to_store_ops,
 )
 from daskflow.exceptions import StoreError
+from daskflow.store import retention
 from daskflow.store.runs import ChunkUpdate, FlowUpdate, open_run_store
 
 if TYPE_CHECKING:
@@ -121,10 +123,13 @@ class _Tracker:
 
     def __init__(self) -> None:
         self.live: dict[ChunkId, LiveChunk] = {}
-        self.counts: collections.OrderedDict[ChunkId, FinalCounts] = collections.OrderedDict()
+        # final counts of the chunks whose client record (``Chunk``) lives: ``_forget`` drops them
+        self.counts: dict[ChunkId, FinalCounts] = {}
         self.retrying: dict[ChunkId, set[int]] = {}
-        # messages of chunks that started before their submission was registered
-        self.early: collections.OrderedDict[ChunkId, list[Message]] = collections.OrderedDict()
+        # messages of chunks that started before their submission was registered, with when
+        # the first arrived: kept EARLY_SECONDS at most (a message of another client's chunk
+        # on the same scheduler is never claimed)
+        self.early: collections.OrderedDict[ChunkId, tuple[float, list[Message]]] = collections.OrderedDict()
         self.ops: collections.deque[tuple[str, Record]] = collections.deque()
         self.lock = threading.Lock()
         # orders registering a chunk against its messages arriving on other threads
@@ -230,17 +235,28 @@ class _Tracker:
         return done.wait(timeout)
 
 
-_opened: set[tuple[str, int]] = set()
+_pruned: dict[tuple[str, int], float] = {}  # (home, pid) -> when this process last applied runs.keep there
 
 
 def _open(home: str) -> Any:
-    """The run store of ``home`` ("" = the configured one); the first open ends dead owners' runs."""
+    """The run store of ``home`` ("" = the configured one); the first open ends dead owners' runs.
+
+    The first open, and then one every ``daskflow.runs.prune-every``, also prunes what is
+    older than ``daskflow.runs.keep``: the history stays bounded without anyone asking.
+    """
     store = open_run_store(home or None)
-    if (home, os.getpid()) not in _opened:
-        _opened.add((home, os.getpid()))
+    key = (home, os.getpid())
+    last = _pruned.get(key)
+    if last is None:
         ended = store.end_dead_owners()
         if ended:
             logger.info("daskflow: ended the unfinished runs of %d process(es) that died, as Crashed", len(ended))
+    if last is None or time.monotonic() - last > retention.prune_every_seconds():
+        _pruned[key] = time.monotonic()
+        pruned = retention.enforce(store)
+        if pruned.task_runs or pruned.flow_runs:
+            logger.info("daskflow: pruned %d task run(s) and %d flow run(s) older than daskflow.runs.keep",
+                        *pruned)
     return store
 
 
@@ -268,9 +284,11 @@ def chunks_submitted(chunks: list[Chunk], flow_run_id: str | None, state: StateE
         _tracker.put(Submitted(chunks, flow_run_id, state))
         for c in chunks:
             live[(c.base, c.start)] = LiveChunk(c.task.name, c.n)
+            # what is kept of a chunk after it ended (its counts) goes with the client's record of it
+            weakref.finalize(c, _forget, (c.base, c.start))
         if early:
             for c in chunks:
-                arrived.extend(early.pop((c.base, c.start), ()))
+                arrived.extend(early.pop((c.base, c.start), (0.0, []))[1])
     for msg in arrived:
         on_message(msg)
     for c in chunks:
@@ -344,13 +362,35 @@ def progress_counts(keys: Iterable[tuple[int, int]]) -> tuple[int, int, int, int
 def _remember_counts(key: tuple[int, int], codes: bytes | bytearray) -> None:
     cached = codes.count(CACHED)
     ok = codes.count(COMPLETED)
-    counts = _tracker.counts
-    counts[key] = FinalCounts(ok, cached, len(codes) - ok - cached)
-    if len(counts) > 100_000:
-        counts.popitem(last=False)
+    _tracker.counts[key] = FinalCounts(ok, cached, len(codes) - ok - cached)
 
 
 # -- messages from the chunk function (Dask events, or direct calls in-process) ------------------
+
+
+EARLY_SECONDS = 30.0
+
+
+def _keep_early(key: ChunkId, msg: Message) -> None:
+    """Keep a message of a chunk not registered yet; forget those that waited too long."""
+    early = _tracker.early
+    now = time.monotonic()
+    entry = early.get(key)
+    if entry is None:
+        early[key] = (now, [msg])
+    else:
+        entry[1].append(msg)
+    while early:
+        first = next(iter(early.values()))
+        if now - first[0] <= EARLY_SECONDS:
+            break
+        early.popitem(last=False)
+
+
+def _forget(key: ChunkId) -> None:
+    """The client's record of a chunk is gone: nobody can ask for its counts any more."""
+    _tracker.counts.pop(key, None)
+    _tracker.retrying.pop(key, None)
 
 
 def on_message(msg: Message) -> None:
@@ -366,10 +406,7 @@ def on_message(msg: Message) -> None:
             with _tracker.registry:
                 entry = _tracker.live.get(key)
                 if entry is None:
-                    early = _tracker.early
-                    early.setdefault(key, []).append(msg)
-                    if len(early) > 10_000:
-                        early.popitem(last=False)
+                    _keep_early(key, msg)
         if entry is None:
             return
     if isinstance(msg, ChunkStarted):

@@ -37,6 +37,7 @@ chunks of ``.map()`` and ``.submit()`` on any runner, direct calls, background r
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import time
 from array import array
@@ -374,3 +375,9 @@ async def arun_single(spec: ChunkSpec, deps: list) -> ChunkResult:
     finally:
         task_run_ctx.reset(token)
     return res
+
+
+def fold_values(fn: Callable[[Any, Any], Any], res: ChunkResult) -> Any:
+    """A chunk's values folded with ``fn``, on the worker they stayed on (``MapFutures.reduce``):
+    only the one value leaves it."""
+    return functools.reduce(fn, res.get_values())

@@ -1,0 +1,94 @@
+"""Many workers: chunk planning and bookkeeping at 32 and 64 one-thread workers.
+
+    python benchmarks/bench_workers.py                   # N = 10^5 runs of time.sleep(0.01), 32 and 64 workers
+    python benchmarks/bench_workers.py -n 20000 --workers 16 32
+
+Each row: a LocalCluster of W one-thread workers in this process (``processes=False``: the
+runs sleep, so threads are enough, and 64 processes would not fit 2 cores), a ``.map()`` of N
+runs of ``time.sleep(0.01)``. Printed: wall time, the ideal ``N x 10 ms / W``, their ratio,
+the number of chunks, and the most Dask tasks the scheduler held at once (sampled every 20 ms).
+Raw Dask beside it: ``client.map`` over the same N/W-sized batches (one task per worker
+share, each sleeping its elements in turn), the floor of this shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import threading
+import time
+
+SLEEP = 0.01
+
+
+def sleepy(x):
+    time.sleep(SLEEP)
+    return x
+
+
+def sleepy_batch(xs):
+    return [sleepy(x) for x in xs]
+
+
+class PeakTasks:
+    """The most tasks the scheduler held at once, sampled on a thread."""
+
+    def __init__(self, scheduler) -> None:
+        self.scheduler, self.peak, self.stop = scheduler, 0, threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    def _sample(self) -> None:
+        while not self.stop.wait(0.02):
+            self.peak = max(self.peak, len(self.scheduler.tasks))
+
+    def close(self) -> int:
+        self.stop.set()
+        self.thread.join()
+        return self.peak
+
+
+def run(n: int, workers: int) -> None:
+    from distributed import Client, LocalCluster
+
+    from daskflow import flow, task
+    from daskflow.runners import DaskTaskRunner
+
+    t_sleepy = task(sleepy)
+    ideal = n * SLEEP / workers
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=False, dashboard_address=":0") as cluster:
+        @flow(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
+        def fan_out() -> tuple[float, int, int]:
+            t_sleepy.map(range(2 * workers), chunksize=1).result()  # warm: the per-run time is known
+            peak = PeakTasks(cluster.scheduler)
+            t0 = time.perf_counter()
+            futs = t_sleepy.map(range(n))
+            futs.wait()
+            wall = time.perf_counter() - t0
+            return wall, len(futs.chunks), peak.close()
+
+        wall, chunks, peak = fan_out()
+        with Client(cluster) as client:
+            size = -(-n // workers)
+            batches = [range(lo, min(lo + size, n)) for lo in range(0, n, size)]
+            t0 = time.perf_counter()
+            client.gather(client.map(sleepy_batch, batches, pure=False))
+            raw = time.perf_counter() - t0
+    print(f"{workers:3d} workers  N={n:,}  daskflow {wall:6.2f} s  ideal {ideal:6.2f} s  "
+          f"ratio {wall / ideal:4.2f}x  chunks {chunks:5d}  peak scheduler tasks {peak:5d} "
+          f"(4 x workers = {4 * workers})   raw Dask batches {raw:6.2f} s ({raw / ideal:4.2f}x)", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("-n", type=int, default=100_000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[32, 64])
+    args = parser.parse_args()
+    os.environ.setdefault("DASKFLOW_HOME", tempfile.mkdtemp(prefix="daskflow-bench-workers-"))
+    for workers in args.workers:
+        run(args.n, workers)
+
+
+if __name__ == "__main__":
+    main()
