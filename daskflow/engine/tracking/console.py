@@ -22,8 +22,8 @@ envelopes, ``FlowChange``), remembered while the chunk or flow run is in flight:
 records shipped while a chunk runs arrive in later batches than the chunk's submission. A
 name is forgotten one batch after its chunk or flow run ended (log records of the last
 moments may trail the end by a batch), so these maps hold what is in flight, whatever the
-process ran before. (An envelope fetched more than a batch after its chunk's end message
-has lost its flow run: its counts are printed with the batch, as for runs outside flows.)
+process ran before. Which flow run a chunk belongs to is kept longer, until that flow run
+ends: an envelope may be fetched well after its chunk's end message.
 
 Lines reach the terminal through ``ConsoleHandler``, which writes to ``sys.stderr`` as it
 is at that moment: while a progress bar is live, that is rich's proxy, which clears the
@@ -88,6 +88,10 @@ _labels: collections.OrderedDict[tuple[int, int], RunLabel] = collections.Ordere
 _flows: collections.OrderedDict[str, str] = collections.OrderedDict()
 _tallies: collections.OrderedDict[str | None, Tally] = collections.OrderedDict()
 _ending: list[tuple[collections.OrderedDict, Any]] = []  # names of what ended in the previous batch
+# The flow run of each chunk in flight, kept past the chunk's end message (its envelope, which the
+# console reads, may come later) until its flow run ends: counts are printed at that end.
+_chunk_flows: collections.OrderedDict[tuple[int, int], str | None] = collections.OrderedDict()
+_flow_chunks: dict[str, list[tuple[int, int]]] = {}
 
 
 class ConsoleHandler(logging.StreamHandler):
@@ -124,12 +128,15 @@ def _observe(records: list[Record], ended: list[FlowChange]) -> list[tuple[RunLa
     _ending.clear()
     for record in records:
         if isinstance(record, Submitted):
+            flow = record.flow_run_id
             for c in record.chunks:
-                _remember(_labels, (c.base, c.start), RunLabel(c.task.name, {}, record.flow_run_id))
+                _remember(_labels, (c.base, c.start), RunLabel(c.task.name, {}, flow))
+                _remember(_chunk_flows, (c.base, c.start), flow)
+            if flow is not None:
+                _flow_chunks.setdefault(flow, []).extend((c.base, c.start) for c in record.chunks)
         elif isinstance(record, (Finished, DirectCall)):
             res = record.result
-            known = _labels.get((res.base, res.start))
-            flow = record.flow_run_id if isinstance(record, DirectCall) else known.flow_run_id if known else None
+            flow = record.flow_run_id if isinstance(record, DirectCall) else _chunk_flows.get((res.base, res.start))
             label = RunLabel(res.task_name, dict(res.names), flow)
             _remember(_labels, (res.base, res.start), label)
             _ending.append((_labels, (res.base, res.start)))
@@ -141,6 +148,8 @@ def _observe(records: list[Record], ended: list[FlowChange]) -> list[tuple[RunLa
                 _remember(_flows, record.flow_run_id, record.fields["name"])
             if "end" in record.fields:
                 _ending.append((_flows, record.flow_run_id))
+                for key in _flow_chunks.pop(record.flow_run_id, ()):
+                    _chunk_flows.pop(key, None)
                 ended.append(record)
     return envelopes
 
