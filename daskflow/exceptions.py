@@ -28,7 +28,8 @@
     │   ├── DamagedStore                       an LMDB file is truncated or not LMDB (say how to repair)
     │   ├── UnsafeHome (PermissionError)       the home is writable by others or owned by another user
     │   └── UnusableHome (OSError)             the home is not a directory, or not writable
-    └── SchedulerUnreachable (ConnectionError) no Dask scheduler answered at the configured address
+    ├── SchedulerUnreachable (ConnectionError) no Dask scheduler answered at the configured address
+    └── BadSchedulerAddress (ValueError)       the configured scheduler address cannot be parsed
 
     FlowRunCancelRequested (BaseException)     raised inside a flow's body when another process
                                                cancels the flow run; the flow call raises CancelledRun
@@ -160,6 +161,10 @@ class UnusableHome(StoreError, OSError):
 
 class SchedulerUnreachable(DaskflowError, ConnectionError):
     """No Dask scheduler answered at the configured address within the connect timeout."""
+
+
+class BadSchedulerAddress(DaskflowError, ValueError):
+    """The scheduler address (``DASKFLOW_SCHEDULER_ADDRESS``, ``address=``) is not one Dask can connect to."""
 
 
 class MissingMainGuard(DaskflowError, RuntimeError):

@@ -28,6 +28,11 @@ def run_id(base: int, index: int = 0) -> str:
     return str(uuid.UUID(int=(base + index * STRIDE) & MASK))
 
 
+def background_run_name(task_name: str, rid: str) -> str:
+    """A ``.delay()`` run's name, ``{task}-{first 8 hex of its id}``: distinct, as Prefect's ``task-<short id>``."""
+    return f"{task_name}-{rid[:8]}"
+
+
 def index_of(base: int, rid: str | int) -> int:
     """The index ``i`` with ``run_id(base, i) == rid`` (any base gives one; check its range)."""
     value = uuid.UUID(rid).int if isinstance(rid, str) else rid

@@ -41,7 +41,7 @@ from daskflow.exceptions import (
     ParameterSerializationError,
     UpstreamFailed,
 )
-from daskflow.ids import new_run_base, run_id
+from daskflow.ids import background_run_name, new_run_base, run_id
 from daskflow.runners import dask_internals
 
 if TYPE_CHECKING:
@@ -270,7 +270,7 @@ def _local_outcome(fut: BackgroundFuture, name: str, type_: str, error: BaseExce
     message = str(error)
     history = [{"name": "Scheduled", "type": "SCHEDULED", "timestamp": now, "message": ""},
                {"name": name, "type": type_, "timestamp": now, "message": message}]
-    record = {"id": fut.task_run_id, "name": fut.task_name, "task_name": fut.task_name, "state": name,
+    record = {"id": fut.task_run_id, "name": background_run_name(fut.task_name, fut.task_run_id), "task_name": fut.task_name, "state": name,
               "state_type": type_, "history": history, "run_count": 0, "error": message, "persisted": False,
               "worker": None}
     return Outcome(record, cloudpickle.dumps(error, protocol=5))

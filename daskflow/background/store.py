@@ -34,6 +34,7 @@ from daskflow import _lmdb, config
 from daskflow.background.records import Outcome, RunChange
 from daskflow.cache import serialization as ser
 from daskflow.exceptions import DamagedStore
+from daskflow.ids import background_run_name
 
 __all__ = ["list_records", "open_store", "queued", "read_records", "reconcile_run_store"]
 
@@ -101,7 +102,7 @@ def new_record(entry: dict) -> dict:
     """The record of a run just enqueued: state Scheduled."""
     ts = entry["submitted"]
     return {
-        "id": entry["id"], "name": f"{entry['task_name']}-{entry['id'][:8]}", "task_key": entry["task_key"],
+        "id": entry["id"], "name": background_run_name(entry["task_name"], entry["id"]), "task_key": entry["task_key"],
         "task_name": entry["task_name"], "flow_run_id": entry.get("flow_run_id"), "state": "Scheduled",
         "state_type": "SCHEDULED", "start": None, "end": None, "run_count": 0, "worker": None,
         "persisted": False, "error": None,

@@ -47,6 +47,7 @@ from daskflow.engine.core.envelope import ChunkSpec
 from daskflow.engine.worker.run import run_rows
 from daskflow.engine.worker.write_batch import WriteBatch, batched_cache_writes
 from daskflow.exceptions import NoBackgroundServer
+from daskflow.ids import background_run_name
 from daskflow.runners import dask_internals
 
 __all__ = ["ChunkEvents", "QueuedRun", "load_target", "run_background_chunk", "serve"]
@@ -187,7 +188,9 @@ def run_one(task: Task, run: QueuedRun, address: str, send: Callable[[Message], 
         send(FinalState(rid, "FAILED", "Failed", time.time(), message, error=traceback.format_exc(), run_count=1,
                         worker=address, result=_dumps_exc(RuntimeError(message))))
         return
-    res = run_rows(ChunkSpec.single(task, uuid.UUID(rid).int, tuple(row), flow_run_id=run.flow_run_id), [])
+    spec = ChunkSpec.single(task, uuid.UUID(rid).int, tuple(row), flow_run_id=run.flow_run_id,
+                            name=background_run_name(task.name, rid))
+    res = run_rows(spec, [])
     code = res.codes[0]
     final = FinalState(rid, CODE_STATES[code].type, CODE_STATES[code].name, res.ends[0] if res.ends else time.time(),
                        run_count=res.run_count(0), worker=address,

@@ -147,7 +147,7 @@ def runs_ls(state: str | None, task_name: str | None, flow_run: str | None, limi
 @click.argument("run_id")
 @_output
 def runs_show(run_id: str, output: str) -> None:
-    """One task run: state history with timestamps, durations, retries, cache key, traceback."""
+    """One task run: state history with timestamps, durations, retries, cache key, inputs of a failed run, traceback."""
     row = _lookup("run_detail", run_id)
     if output == "json":
         return _json(row)
@@ -172,6 +172,10 @@ def runs_show(run_id: str, output: str) -> None:
     console.print(table)
     if row.get("error"):
         console.print(f"[red]error:[/] {row['error']}")
+    if row.get("inputs"):  # what a failed run failed on (short reprs; redact_inputs hides values)
+        console.print("inputs:")
+        for name, text in row["inputs"].items():
+            console.print(f"  {name} = {text}", markup=False, highlight=False)
     if row.get("traceback"):
         console.print(row["traceback"], markup=False, highlight=False)
 
@@ -255,7 +259,7 @@ def flow_runs_ls(limit: int, output: str) -> None:
 @click.argument("flow_run_id")
 @_output
 def flow_runs_show(flow_run_id: str, output: str) -> None:
-    """One flow run: parameters, counts of its task runs per state, slowest task runs."""
+    """One flow run: parameters, counts of its task runs per state, failures (root causes first), slowest task runs."""
     rec = _lookup("flow_run_detail", flow_run_id)
     if output == "json":
         return _json(rec)
@@ -269,6 +273,13 @@ def flow_runs_show(flow_run_id: str, output: str) -> None:
     for r in rec.get("retries") or ():
         console.print(f"  retried {_when(r.get('at'))} (attempt {r.get('attempt')}, was {r.get('previous_state')}): "
                       f"{r.get('state', 'running')}, {r.get('reused', 0)} runs reused")
+    if rec.get("failures"):
+        table = Table(title="failures, root causes first")
+        for col in ("id", "name", "state", "message"):
+            table.add_column(col)
+        for r in rec["failures"]:
+            table.add_row(r["id"][:13], r["name"], _state(r), r.get("message") or "")
+        console.print(table)
     if rec["slowest"]:
         table = Table(title="slowest task runs")
         for col in ("id", "name", "state", "duration"):

@@ -23,7 +23,7 @@ import uuid
 from typing import Any
 
 from daskflow.codes import CODE_OF_NAME, CODE_STATES, LIVE_STATES
-from daskflow.store.rows import chunk_counts, chunk_span, durations, expand, resource_columns
+from daskflow.store.rows import chunk_counts, chunk_span, durations, ends_of, expand, resource_columns, started_at
 from daskflow.store.runs import RunPage, RunStore, chunk_key, unpack
 
 __all__ = ["LEVELS", "dumps", "flow_logs", "flow_run_detail", "flow_run_rows", "public_run", "run_detail",
@@ -193,10 +193,14 @@ def _metric_of(state: str) -> str | None:
 
 
 def timeline(store: RunStore, flow_run_id: str, limit: int = 2000) -> list[dict]:
-    """The chunks of a flow run as bars on workers: ``{task, worker, start, end, runs, failed}``.
+    """The chunks of a flow run as bars on workers: ``{task, worker, start, end, runs, failed, segments}``.
 
     One bar per chunk (the runs one Dask task executed), the latest ``limit`` by start;
     ``end`` is None while the chunk runs, ``worker`` None for direct calls in the client.
+    ``segments`` colour the bar by its runs' states: ``[start, end, state type]`` for each
+    stretch of consecutive runs of one state type (a chunk with one failed run is green,
+    a sliver of red, green), at most ``MAX_SEGMENTS`` (then the shortest merge into
+    their neighbours, failures kept).
     """
     rec = store.flow_record(flow_run_id)
     bars = []
@@ -204,9 +208,33 @@ def timeline(store: RunStore, flow_run_id: str, limit: int = 2000) -> list[dict]
         start, end = chunk_span(chunk)
         counts = chunk_counts(chunk)
         bars.append({"task": chunk.get("task"), "worker": chunk.get("worker"), "start": start, "end": end,
-                     "runs": chunk["n"], "failed": sum(n for s, n in counts.items() if _type_of(s) in _BAD_TYPES)})
+                     "runs": chunk["n"], "failed": sum(n for s, n in counts.items() if _type_of(s) in _BAD_TYPES),
+                     "segments": run_segments(chunk)})
     bars.sort(key=lambda b: b["start"] or 0)
     return bars[-limit:]
+
+
+MAX_SEGMENTS = 40
+
+
+def run_segments(chunk: dict) -> list[list]:
+    """``[start, end, state type]`` stretches of a finished chunk's runs (empty while it runs)."""
+    codes = chunk.get("codes")
+    ends = ends_of(chunk)
+    if codes is None or len(ends) < len(codes):
+        return []
+    out: list[list] = []
+    for i, code in enumerate(codes):
+        kind = CODE_STATES[code].type
+        if out and out[-1][2] == kind:
+            out[-1][1] = max(out[-1][1], ends[i])
+        else:
+            out.append([started_at(chunk, i) or ends[i], ends[i], kind])
+    while len(out) > MAX_SEGMENTS:  # merge the shortest completed stretch into the one before it
+        j = min(range(1, len(out)), key=lambda k: (out[k][2] != "COMPLETED", out[k][1] - out[k][0]))
+        out[j - 1][1] = max(out[j - 1][1], out[j][1])
+        del out[j]
+    return out
 
 
 def run_artifacts(store: RunStore, run_id: str) -> list[dict]:

@@ -47,7 +47,7 @@ BATCH = 1000
 #: Databases of the run store whose records are keyed by a chunk key (24 bytes) + anything: a
 #: pruned chunk's records there go with it. Records kept per run by other parts of daskflow
 #: join by adding their database's name (and to ``runs.DBS``).
-CHUNK_KEYED = ["logs", "artifacts"]
+CHUNK_KEYED = ["logs", "artifacts", "inputs"]
 #: The same for records keyed by a flow run id (16 bytes) + anything.
 FLOW_KEYED = ["flowcounts"]
 _FINAL_TYPES = frozenset(cs.type for cs in CODE_STATES.values())

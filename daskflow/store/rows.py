@@ -45,13 +45,20 @@ def submitted_at(rec: dict, i: int) -> float | None:
 
 
 def started_at(rec: dict, i: int) -> float | None:
-    starts = packed(rec, "starts")  # direct calls folded into one record did not run back to back
-    if starts is not None and i < len(starts):
+    """When run ``i`` started: its own recorded start, else when the run before it ended.
+
+    Runs of a chunk run back to back, so only run 0 needs a start of its own: ``first``,
+    when the chunk's loop began (the chunk's setup, ``started`` .. ``first``, is no run's
+    time). Runs that did not run back to back (direct calls folded into one record,
+    retries parked while later runs went on) have ``starts``, 0 for a run not timed.
+    """
+    starts = packed(rec, "starts")
+    if starts is not None and i < len(starts) and starts[i]:
         return starts[i]
     ends = ends_of(rec)
     if 0 < i <= len(ends):
         return ends[i - 1]
-    return rec.get("started")
+    return rec.get("first") or rec.get("started")
 
 
 def expand(rec: dict, i: int) -> dict:
@@ -173,8 +180,10 @@ def durations(rec: dict) -> list[float]:
     ends = ends_of(rec)
     if rec.get("codes") is None or not ends:
         return []
+    prev = [rec.get("first") or rec.get("started") or ends[0], *ends[:-1]]
     starts = packed(rec, "starts")
-    prev = list(starts) if starts is not None else [rec.get("started") or ends[0], *ends[:-1]]
+    if starts is not None:
+        prev = [s or p for s, p in zip(starts, prev)]
     return [e - s for s, e in zip(prev, ends)]
 
 
@@ -182,8 +191,24 @@ def chunk_span(rec: dict) -> tuple[float | None, float | None]:
     """When a chunk's first run started and, once final, when its last run ended."""
     ends = ends_of(rec)
     starts = packed(rec, "starts")
-    first = starts[0] if starts else rec.get("started") or (ends[0] if ends else rec.get("submitted"))
+    first = starts[0] if starts and starts[0] else rec.get("started") or (ends[0] if ends else rec.get("submitted"))
     return first, (max(ends) if ends and rec.get("codes") is not None else None)
+
+
+_ROOT_CAUSES = frozenset(code for code, cs in CODE_STATES.items() if cs.type in ("FAILED", "CRASHED")
+                         and cs.name != "NotReady")
+_NOT_READY = CODE_OF_NAME["NotReady"]
+
+
+def bad_runs(rec: dict, causes: list[dict], consequences: list[dict], limit: int) -> None:
+    """Add a finished chunk's failed runs (rows with their message): root causes, and NotReady runs."""
+    codes = rec.get("codes")
+    if codes is None or not (set(codes) & (_ROOT_CAUSES | {_NOT_READY})):
+        return
+    for i, code in enumerate(codes):
+        into = causes if code in _ROOT_CAUSES else consequences if code == _NOT_READY else None
+        if into is not None and len(into) < limit * 4:  # enough to keep the earliest after sorting
+            into.append(expand(rec, i))
 
 
 def slowest_runs(rec: dict, k: int) -> list[tuple[float, dict]]:

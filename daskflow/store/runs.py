@@ -19,6 +19,8 @@ Databases of the ``$DASKFLOW_HOME/runs`` environment:
 - ``owned``    owner key + ``b"c"`` + chunk key, or + ``b"f"`` + flow run id → b"": its non-final records
 - ``artifacts``, ``artkeys``: run artifacts and their index by key (``store/artifacts.py``)
 - ``metrics``  counters kept by the writer for ``/metrics`` (``store/metrics.py``)
+- ``inputs``   chunk key + index (4) → ``{argument: short repr}`` of a Failed, TimedOut or
+  Crashed run (only those have one: kept apart from the chunk record, which stays compact)
 - ``odd``, ``flowcounts``, ``flowtime``, ``meta``: chunks with runs not simply Completed,
   runs per state of each flow run, flow runs by start (``store/indexes.py``)
 
@@ -58,13 +60,13 @@ from daskflow.store.indexes import (Deltas, build_indexes, flow_counts, index_ch
                                      write_counts)
 from daskflow.store.packing import pack, pack_chunk, unpack, unpack_chunk
 from daskflow.store import retention
-from daskflow.store.rows import (chunk_counts, expand, final_message, history, may_hold, run_resources, runs_in_state,
-                                 slowest_runs)
+from daskflow.store.rows import (bad_runs, chunk_counts, expand, final_message, history, may_hold, run_resources,
+                                 runs_in_state, slowest_runs)
 
 __all__ = ["ChunkUpdate", "FlowUpdate", "LogLine", "RunPage", "RunStore", "open_run_store"]
 
 DBS = ("chunks", "bytime", "flows", "byflow", "logs", "owners", "owned", "artifacts", "artkeys", "odd", "flowcounts",
-       "flowtime", "meta", "metrics")
+       "flowtime", "meta", "metrics", "inputs")
 _FINAL_TYPES = frozenset(cs.type for cs in CODE_STATES.values())
 _FLOW_OWNER = b"\xff" * 8
 _seq = itertools.count()
@@ -169,6 +171,11 @@ class RunStore:
         for op in ops:
             if isinstance(op, ChunkUpdate):
                 key = chunk_key(op.base, op.start)
+                if "inputs" in op.fields:  # failed runs' inputs: their own records, keyed by run
+                    fields = dict(op.fields)
+                    for i, reprs in fields.pop("inputs").items():
+                        txn.put(key + int(i).to_bytes(4, "big"), pack(reprs), db=db["inputs"])
+                    op = op._replace(fields=fields)
                 seen = chunks.get(key)
                 chunks[key] = op if seen is None else ChunkUpdate(op.base, op.start, _merge(seen.fields, op.fields),
                                                                   seen.new)
@@ -297,7 +304,9 @@ class RunStore:
         earlier page) and expands only the runs it returns, so a page of a store of
         10^6 runs costs what the page holds. ``budget`` (seconds) bounds the walk when a
         rare filter would scan far: the page may then be short, its cursor says where
-        to go on. Rows of a page are sorted by start, newest first.
+        to go on. Rows come in the cursor's own order, which never changes as runs arrive
+        or end: the newest submission first, and a submission's runs last index first
+        (a page re-sorted by start time would interleave with its neighbours' rows).
         """
         state_l = state.lower() if state else None
         wanted = parse_id_prefix(id_prefix) if id_prefix else None
@@ -343,9 +352,7 @@ class RunStore:
                 positioned = cur.prev()
             return RunPage(out, None)
 
-        page = self.env.read(read)
-        page.rows.sort(key=lambda r: r["start"] or r["submitted"] or 0, reverse=True)
-        return page
+        return self.env.read(read)
 
     def run_states(self, run_ids: Iterable[str]) -> dict[str, str]:
         """State names of runs recorded one record per run id (background runs); unknown ids are left out."""
@@ -409,7 +416,16 @@ class RunStore:
         row["traceback"] = (rec.get("tracebacks") or {}).get(i)
         row["cache_key"] = (rec.get("cache_keys") or {}).get(i)
         row["resources"] = run_resources(rec, i, row)
+        row["inputs"] = self._inputs(key, i)
         return row
+
+    def _inputs(self, key: bytes, i: int) -> dict[str, str] | None:
+        """The short reprs of a failed run's arguments, if recorded (``inputs``)."""
+        db = self._db.get("inputs")
+        if db is None:  # a store an older version wrote
+            return None
+        raw = self.env.read(lambda txn: txn.get(key + i.to_bytes(4, "big"), db=db))
+        return unpack(raw) if raw is not None else None
 
     def logs(self, prefix: str, tail: int | None = None) -> list[dict]:
         """Log records of a task run (id prefix) or a flow run (full id or prefix), oldest first."""
@@ -470,17 +486,26 @@ class RunStore:
             raise LookupError(f"flow run id prefix {prefix!r} is ambiguous; give more digits")
         return dict(matches[0])
 
-    def flow_run(self, prefix: str, slowest: int = 5) -> dict:
-        """One flow run with its task runs' counts per state and its slowest task runs."""
+    def flow_run(self, prefix: str, slowest: int = 5, failures: int = 10) -> dict:
+        """One flow run with its task runs' counts per state, its slowest task runs, and its failures.
+
+        ``failures``: up to that many bad runs, root causes first (Failed, TimedOut, Crashed,
+        earliest end first), then the runs that did not run because of them (NotReady).
+        """
         rec = self.flow_record(prefix)
         counts = self.flow_counts(rec["id"])
         durations: list[tuple[float, dict]] = []
+        causes: list[dict] = []
+        consequences: list[dict] = []
         for chunk in self.flow_chunks(rec["id"]):
             durations.extend(slowest_runs(chunk, slowest))
+            bad_runs(chunk, causes, consequences, failures)
         durations.sort(key=lambda d: d[0], reverse=True)
         rec["counts"] = counts
         rec["task_runs"] = sum(counts.values())
         rec["slowest"] = [dict(row, duration=d) for d, row in durations[:slowest]]
+        by_end = sorted(causes, key=lambda r: r["end"] or 0) + sorted(consequences, key=lambda r: r["end"] or 0)
+        rec["failures"] = by_end[:failures]
         return rec
 
     def flow_chunks(self, flow_run_id: str) -> list[dict]:

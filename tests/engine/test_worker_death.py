@@ -14,7 +14,9 @@ import sys
 import pytest
 
 from daskflow import flow, task
+from daskflow.engine.tracking import tracker
 from daskflow.runners.dask import DaskTaskRunner, close_shared_client
+from daskflow.store.runs import open_run_store
 
 
 def _free_port() -> int:
@@ -55,9 +57,6 @@ def small_workers(tmp_path):
 
 
 def test_a_run_past_the_memory_limit_crashes_alone_and_its_chunk_mates_are_recorded(small_workers, tmp_path):
-    from daskflow.engine.tracking import tracker
-    from daskflow.store.runs import open_run_store
-
     log = tmp_path / "ran"
 
     @task
@@ -99,3 +98,7 @@ def test_a_run_past_the_memory_limit_crashes_alone_and_its_chunk_mates_are_recor
     assert res["worker_rss_bytes"] > 0.95 * 300_000_000  # the nanny kills past 95% of the limit
     mate = open_run_store().task_run(ids[8])["resources"]  # ran again after the culprit, with 6..11
     assert mate["resolution"] == "run" and mate["cpu_seconds"] is not None  # 50 ms runs: measured alone
+    # the crashed run says what it was given; its chunk-mates, which completed, keep nothing
+    store = open_run_store()
+    assert store.task_run(ids[5])["inputs"] == {"i": "5", "bad": "5"}
+    assert store.task_run(ids[4])["inputs"] is None

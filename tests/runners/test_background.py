@@ -76,7 +76,20 @@ def test_runtime_in_a_background_run(bg_server):
     got = fut.result(timeout=30)
     assert got == {"id": fut.task_run_id, "name": got["name"], "parameters": {"x": 7}, "run_count": 1,
                    "flow_run_id": None}
-    assert got["name"].startswith("runtime_info")
+    assert got["name"] == f"runtime_info-{fut.task_run_id[:8]}"  # as `daskflow runs ls` names it
+
+
+def test_delayed_runs_get_distinct_names_by_their_short_ids(bg_server):
+    futs = [bg_tasks.runtime_info.delay(i) for i in range(3)]
+    names = [f.result(timeout=30)["name"] for f in futs]
+    assert names == [f"runtime_info-{f.task_run_id[:8]}" for f in futs] and len(set(names)) == 3
+
+    def shown() -> list | None:
+        recs = [_cli_json(bg_server["home"], "runs", "show", f.task_run_id) for f in futs]
+        return recs if all(r and r["state"] == "Completed" for r in recs) else None
+
+    _wait_for(shown, 30)
+    assert [r["name"] for r in shown()] == names
 
 
 def test_delay_runs_on_a_task_worker_with_the_full_lifecycle(bg_server):

@@ -67,7 +67,7 @@ def test_run_page_shows_history_error_traceback_and_logs(ui, tmp_path):
     text = dom(ui.base + f"/runs/{run['id']}", tmp_path)
     for expected in ("load-3", "Failed", "ValueError: bad input 3: not a number", "Traceback", "State history",
                      "Running", "AwaitingRetry", "loading item 3", "run count 2", "resources", "CPU ",
-                     "peak RSS increase"):
+                     "peak RSS increase", "Inputs x 3"):
         assert expected in text, expected
 
 

@@ -37,8 +37,10 @@ from daskflow.engine.client import resume as keeping
 from daskflow.engine.client.cancels import WATCHER
 from daskflow.engine.client.chunks import Chunk, cancel_unfinished, fetch_all, to_fetch_at_end
 from daskflow.engine.core import states as st
+from daskflow.engine.core.states import error_kind
 from daskflow.engine.core.context import FlowRunContext, flow_run_ctx, task_run_ctx
 from daskflow.engine.core.hooks import call_hooks, validate_hooks
+from daskflow.engine.core.tracebacks import hide_internal
 from daskflow.engine.tracking import tracker
 from daskflow.engine.worker import logging as run_logging
 from daskflow.engine.worker.lifecycle import call_with_timeout
@@ -218,7 +220,10 @@ class Flow(Generic[P, R]):
         bound.apply_defaults()
         if self.is_async:  # as in Prefect: a coroutine, awaited by the caller
             return self._run_async(bound, return_state)
-        return self._run(bound, return_state)
+        try:
+            return self._run(bound, return_state)
+        except Exception as exc:  # the user's frames, not the engine's (daskflow.tracebacks: full for all)
+            raise hide_internal(exc)  # noqa: B904 - the same exception, its traceback shortened
 
     def retry(self, flow_run_id: str, return_state: bool = False) -> Any:
         """Run flow run ``flow_run_id`` of this flow again, with its recorded parameters.
@@ -428,14 +433,24 @@ class Flow(Generic[P, R]):
         return st.Failed(exc)
 
     def _warn_unresolved(self, ctx: FlowRunContext, state: st.State | None) -> None:
-        lines = []
+        """One warning for the failed runs nobody read: each distinct error once, with a count and an example run."""
+        kinds: dict[str, list] = {}  # error kind -> [count, example line]
         for chunk in ctx.submitted:
             for i in chunk.unobserved_failures():
                 res = chunk.result
-                lines.append(f"  {res.run_name(i)} ({res.run_id(i)}): {res.describe(i)}")  # type: ignore[union-attr]
-        if lines:
-            shown = "\n".join(lines[:20]) + (f"\n  ... and {len(lines) - 20} more" if len(lines) > 20 else "")
-            logger.warning("flow %r: %d failed task run(s) were never resolved:\n%s", self.name, len(lines), shown)
+                why = res.describe(i)  # type: ignore[union-attr]
+                short = ": ".join(why.split(": ")[:2])  # state and exception type: the console has the text
+                seen = kinds.setdefault(error_kind(f"{res.task_name} {why}"),  # type: ignore[union-attr]
+                                        [0, f"{res.run_name(i)} ({res.run_id(i)}): {short}"])  # type: ignore[union-attr]
+                seen[0] += 1
+        if kinds:
+            total = sum(n for n, _ in kinds.values())
+            shown = [f"  {n} x {example}" if n > 1 else f"  {example}" for n, example in list(kinds.values())[:5]]
+            if len(kinds) > 5:
+                shown.append(f"  ... and {len(kinds) - 5} other errors")
+            tracker.flush(5.0)  # the console's root-cause lines first
+            logger.warning("flow %r: %d failed task run(s) were never resolved (e.g. by .result()):\n%s", self.name,
+                           total, "\n".join(shown))
 
 
 def _retry_started(ctx: FlowRunContext, again: keeping.Resume) -> None:

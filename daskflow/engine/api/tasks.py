@@ -24,7 +24,9 @@ import cloudpickle
 import xxhash
 
 from daskflow.engine.core.hooks import call_hooks, validate_hooks
+from daskflow.engine.core.input_reprs import redacted_names
 from daskflow.engine.core.retries import normalize_delays
+from daskflow.engine.core.tracebacks import portable, script_module
 from daskflow.engine.worker.lifecycle import jittered
 from daskflow.exceptions import ReservedArgumentError
 
@@ -65,6 +67,7 @@ class TaskOptions:
     result_storage: str | None = None  # an fsspec URL for cached results (cache.storage); None: the flow's, or config
     task_run_name: str | Callable | None = None
     log_prints: bool = False
+    redact_inputs: bool | tuple[str, ...] = False  # what a failed run's recorded inputs leave out (True: all)
     on_completion: tuple[Callable, ...] = ()
     on_failure: tuple[Callable, ...] = ()
     on_running: tuple[Callable, ...] = ()
@@ -95,6 +98,13 @@ class TaskOptions:
         for hook in HOOKS:
             object.__setattr__(self, hook, validate_hooks(f"task {name!r}", hook, getattr(self, hook)))
         object.__setattr__(self, "tags", frozenset(self.tags or ()))
+        redact = self.redact_inputs
+        if not isinstance(redact, bool):
+            if isinstance(redact, str):
+                redact = (redact,)
+            if not all(isinstance(r, str) for r in redact):
+                raise TypeError(f"task {name!r}: redact_inputs must be True, False or argument names, got {redact!r}")
+            object.__setattr__(self, "redact_inputs", tuple(redact))
         object.__setattr__(self, "delays", normalize_delays(self.retry_delay_seconds, self.retries, name))
         from daskflow.cache.policies import validate
 
@@ -115,7 +125,7 @@ class TaskRun:
 
 def compute_task_key(name: str, fn: Callable) -> str:
     """``"{name}-{8 hex}"``: stable across processes and machines for the same function."""
-    qualname = f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', repr(fn))}"
+    qualname = f"{script_module(fn)}.{getattr(fn, '__qualname__', repr(fn))}"
     return f"{name}-{xxhash.xxh3_64_hexdigest(f'{name}|{qualname}'.encode())[:8]}"
 
 
@@ -153,6 +163,8 @@ class Task(Generic[P, R]):
             raise ReservedArgumentError(f"task {self.name!r}: {reserved_message(clash)}")
         self._signature = sig
         self.param_names = tuple(sig.parameters)
+        #: what a failed run's recorded inputs leave out (``engine.core.input_reprs``)
+        self.redact = redacted_names(options.redact_inputs, self.name, self.param_names)
         kinds = [p.kind for p in sig.parameters.values()]
         self._positional = all(
             k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD) for k in kinds
@@ -206,7 +218,7 @@ class Task(Generic[P, R]):
         return blob
 
     def __getstate__(self) -> dict:
-        fn = classmethod(self.fn) if self._binds_class else staticmethod(self.fn) if self._static else self.fn
+        fn = classmethod(self.fn) if self._binds_class else staticmethod(self.fn) if self._static else portable(self.fn)
         return {"fn": fn, "options": self.current_options()}
 
     def current_options(self) -> TaskOptions:
@@ -472,7 +484,7 @@ class Task(Generic[P, R]):
         return template.format(**self.parameters_of(args, kwargs))
 
     def _task_run(self, ctx: TaskRunContext, args: tuple, kwargs: dict) -> TaskRun:
-        return TaskRun(ctx.task_run_id, ctx.name or f"{self.name}-{ctx.start + ctx.index}", self.task_key,
+        return TaskRun(ctx.task_run_id, ctx.run_name, self.task_key,
                        ctx.flow_run_id, ctx.run_count, self.parameters_of(args, kwargs))
 
     def fire_hook(self, kind: str, ctx: TaskRunContext, args: tuple, kwargs: dict, state: State) -> None:

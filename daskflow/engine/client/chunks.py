@@ -30,9 +30,11 @@ import cloudpickle
 from daskflow import config
 from daskflow.codes import CANCELLED, CRASHED, NOT_READY, OK_CODES
 from daskflow.engine.client import chunking
+from daskflow.engine.core.context import TaskRunContext
 from daskflow.engine.core.envelope import ChunkResult, ChunkSpec
 from daskflow.engine.tracking import progress, tracker
 from daskflow.engine.worker.checkpoints import Checkpoint, keep_finished_runs
+from daskflow.engine.worker.current_run import note_failed_inputs
 from daskflow.engine.worker.run import run_chunk, run_pickled_chunk
 from daskflow.exceptions import CancelledRun, CrashedRun, RunnerShutdown
 
@@ -563,6 +565,7 @@ class _Eager:
 
 
 eager = _Eager()
+CRASHED_INPUTS_UP_TO = 100  # a crashed chunk of more runs records no inputs (the crash-alone re-run has 1)
 
 
 def lost(chunk: Chunk, exc: BaseException) -> ChunkResult:
@@ -589,4 +592,7 @@ def lost(chunk: Chunk, exc: BaseException) -> ChunkResult:
         # the chunk was seen to start: its runs were attempted once (a chunk reports its start,
         # not each run's, so all of them count)
         res.run_counts = dict.fromkeys(range(chunk.n), 1)
+    if code == CRASHED and chunk.spec is not None and chunk.n <= CRASHED_INPUTS_UP_TO:
+        # what the crashed runs were given (a chunk re-run to find its culprit has one run)
+        note_failed_inputs(res, TaskRunContext(chunk.task, chunk.base, chunk.start, spec=chunk.spec, deps=[]))
     return res

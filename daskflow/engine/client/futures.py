@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Iterator, Na
 from daskflow.codes import OK_CODES
 from daskflow.engine.client.chunks import Chunk, bring_values, fetch_all
 from daskflow.engine.core import states as st
+from daskflow.engine.core.tracebacks import hide_internal
 from daskflow.engine.tracking import tracker
 from daskflow.ids import run_id
 
@@ -104,7 +105,10 @@ class TaskRunFuture(Generic[R]):
         chunk.observe(i)
         if res.kept is None and res.codes[i] in OK_CODES:  # the common case: no State built
             return res.get_values()[i]
-        return res.state(i).value(raise_on_failure)
+        try:
+            return res.state(i).value(raise_on_failure)
+        except Exception as exc:  # raised here, not three engine frames down
+            raise hide_internal(exc)  # noqa: B904 - the same exception
 
     def add_done_callback(self, fn: Callable[[TaskRunFuture[R]], None]) -> None:
         """Call ``fn(future)`` once the run is final (at once if it already is)."""
@@ -183,8 +187,10 @@ class MapFutures(Sequence, Generic[R]):
             chunk.observe()
             res = chunk.outcome()
             if res.n_failed:
-                for i in range(res.n):
-                    out.append(res.state(i).value(raise_on_failure))
+                try:
+                    out.extend(res.state(i).value(raise_on_failure) for i in range(res.n))
+                except Exception as exc:  # raised here, not three engine frames down
+                    raise hide_internal(exc)  # noqa: B904 - the same exception
             else:
                 out.extend(res.get_values())
         return out

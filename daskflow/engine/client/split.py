@@ -97,7 +97,7 @@ def put_run(res: ChunkResult, j: int, one: ChunkResult) -> None:
         res.values[j] = one.get_values()[0]  # type: ignore[index]
     else:
         res.fail(j, code, one.errors.get(0), one.messages.get(0, ""))
-    for name in ("history", "run_counts", "names", "tracebacks"):
+    for name in ("history", "run_counts", "names", "tracebacks", "inputs"):
         if 0 in getattr(one, name):
             getattr(res, name)[j] = getattr(one, name)[0]
     if one.resources:

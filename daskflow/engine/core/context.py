@@ -122,10 +122,16 @@ class TaskRunContext:
     index: int = 0
     flow_run_id: str | None = None
     run_count: int = 1
-    name: str = ""
+    name: str = ""  # set by the task's task_run_name
     final_state: Any = None  # the State the run's hooks received, kept for return_state
     spec: Any = None  # the chunk's ChunkSpec and upstream envelopes: daskflow.runtime reads a run's
     deps: Any = None  # parameters from them when asked (nothing is kept per run)
+    default_name: str = ""  # a background run's ``{task}-{short id}``; else ``{task}-{index}``
+
+    @property
+    def run_name(self) -> str:
+        """The run's name: ``task_run_name``'s, or ``{task}-{short id}`` (background), or ``{task}-{index}``."""
+        return self.name or self.default_name or f"{self.task.name}-{self.start + self.index}"
 
     @property
     def task_run_id(self) -> str:

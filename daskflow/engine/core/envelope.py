@@ -28,6 +28,7 @@ from daskflow.engine.core import states as st
 from daskflow.engine.core.context import FlowRunInfo, current_flow_run_info
 from daskflow.engine.core.inputs import ATOMS, BROADCAST, MAPPED, Column, Ref
 from daskflow.engine.core.states import describe_error
+from daskflow.engine.core.tracebacks import hide_internal
 from daskflow.exceptions import MissingResult, UpstreamFailed
 from daskflow.ids import run_id
 
@@ -74,6 +75,7 @@ class ChunkSpec:
     row: tuple | None = None  # a single run's arguments instead of columns (in-process only)
     flow_run: FlowRunInfo | None = None  # for daskflow.runtime: taken from the submitting context
     kept: Any = None  # an engine.worker.keep.KeepSpec: the chunk keeps its completed values for a retry
+    name: str = ""  # a single run's name when its task gives none (a background run's; in-process only)
 
     def __post_init__(self) -> None:
         if self.flow_run is None and self.flow_run_id is not None:
@@ -81,9 +83,9 @@ class ChunkSpec:
 
     @classmethod
     def single(cls, task: Task, base: int, row: tuple, refs: bool = False, wait_refs: tuple[Ref, ...] = (),
-               flow_run_id: str | None = None, start: int = 0) -> ChunkSpec:
+               flow_run_id: str | None = None, start: int = 0, name: str = "") -> ChunkSpec:
         """The spec of run ``start`` of ``base``, whose arguments are ``row`` (one value per parameter)."""
-        return cls(task, base, start, 1, None, refs, wait_refs, flow_run_id, row=row)
+        return cls(task, base, start, 1, None, refs, wait_refs, flow_run_id, row=row, name=name)
 
     def __reduce__(self):
         # The task travels as its pickled bytes (``Task.pickled``): a worker builds each task
@@ -164,8 +166,11 @@ class ChunkResult:
     history: dict[int, list] = field(default_factory=dict)  # runs with retries
     run_counts: dict[int, int] = field(default_factory=dict)
     names: dict[int, str] = field(default_factory=dict)  # runs named by task_run_name
+    inputs: dict[int, dict[str, str]] = field(default_factory=dict)  # failed runs' arguments, short reprs
     started: float = 0.0
     ends: array = field(default_factory=lambda: array("d"))
+    first: float = 0.0  # when the run loop began, after the chunk's setup: run 0's own start
+    starts: array | None = None  # each run's start, when runs did not run back to back (retries parked)
     worker: str | None = None
     n_failed: int = 0
     cache_records: list | None = None  # signed records staged in a transaction() block
@@ -342,7 +347,7 @@ class ChunkResult:
         self.codes[i] = code
         self.n_failed += 1
         if exc is not None:
-            self.errors[i] = exc
+            self.errors[i] = hide_internal(exc)
             self.tracebacks[i] = "".join(traceback.format_exception(exc))
         if message:
             self.messages[i] = message
@@ -407,9 +412,9 @@ class ChunkResult:
         return values
 
 
-_SPARSE = ("errors", "messages", "tracebacks", "history", "run_counts", "names", "worker", "n_failed",
-           "cache_records", "cache_storage", "cache_returned", "logs", "kept", "nbytes", "elsewhere", "recomputed",
-           "resources")
+_SPARSE = ("errors", "messages", "tracebacks", "history", "run_counts", "names", "inputs", "first", "starts", "worker",
+           "n_failed", "cache_records", "cache_storage", "cache_returned", "logs", "kept", "nbytes", "elsewhere",
+           "recomputed", "resources")
 
 
 class UniformCodes:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import re
 import time
 from typing import Any, Generic, TypeVar
 
 from daskflow.engine.core.context import flow_run_ctx, task_run_ctx
+from daskflow.engine.core.tracebacks import hide_internal
 from daskflow.exceptions import CancelledRun, CrashedRun, FailedRun, UnfinishedRun
 from daskflow.ids import run_id
 
@@ -134,7 +136,7 @@ class State(Generic[R]):
         if self.type is StateType.COMPLETED:
             return self.data
         if not self.is_final() or raise_on_failure:
-            raise self.exception()
+            raise hide_internal(self.exception())
         if self.data is not None:
             return self.data
         return self.exception()  # type: ignore[return-value]
@@ -267,3 +269,15 @@ def _same_data(a: Any, b: Any) -> bool:
 
 def describe_error(exc: BaseException | None) -> str:
     return "" if exc is None else f"{type(exc).__name__}: {exc}"
+
+
+_VARYING = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\d+")
+
+
+def error_kind(text: str) -> str:
+    """What makes two failures "the same error": the text with run ids and numbers blanked.
+
+    ``ValueError: bad row 3`` and ``ValueError: bad row 7`` are one error seen twice; the
+    console and the flow's end report print each kind once, with a count.
+    """
+    return _VARYING.sub("#", text)

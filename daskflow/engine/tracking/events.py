@@ -12,6 +12,7 @@ batch travels as its ``ChunkEnded`` alone, with the start time.
 
 from __future__ import annotations
 
+from array import array
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -45,6 +46,13 @@ class ChunkEnded:
     codes: bytes = b""  # every run's code instead, when that is smaller than the pairs
     summary: bytes = b""  # the pickled envelope without values, when the values stayed on the worker
     resources: dict | None = None  # CPU and memory the runs took (engine/worker/resources.py)
+    first: float = 0.0  # when the chunk's run loop began
+    ends: bytes = b""  # each run's end, float32 seconds after ``first`` (4 bytes a run)
+    starts: bytes = b""  # each run's start likewise (NaN: not timed), when runs did not run back to back
+
+    def run_times(self) -> tuple[bytes, bytes]:
+        """``(ends, starts)`` as float64 epoch seconds, packed (empty when not sent)."""
+        return _absolute(self.ends, self.first), _absolute(self.starts, self.first)
 
     def run_codes(self, n: int) -> bytearray:
         """The final code of each of the chunk's ``n`` runs."""
@@ -62,6 +70,23 @@ class LogsShipped:
 
 
 Message = Union[ChunkStarted, RunRetrying, ChunkEnded, LogsShipped]
+def relative_times(times: array, first: float) -> bytes:
+    """Epoch times as float32 offsets from ``first`` (a zero, "not timed", as NaN): half the bytes."""
+    import numpy as np
+
+    values = np.frombuffer(times, dtype=np.float64)
+    return np.where(values == 0, np.nan, values - first).astype(np.float32).tobytes()
+
+
+def _absolute(raw: bytes, first: float) -> bytes:
+    if not raw:
+        return b""
+    import numpy as np
+
+    values = np.frombuffer(raw, dtype=np.float32).astype(np.float64) + first
+    return np.nan_to_num(values, nan=0.0).tobytes()
+
+
 _KINDS: dict[str, type] = {"started": ChunkStarted, "retrying": RunRetrying, "ended": ChunkEnded,
                            "logs": LogsShipped}
 _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}

@@ -24,6 +24,7 @@ from daskflow import owners
 from daskflow.codes import CODE_OF_NAME, CODE_STATES, COMPLETED, LIVE_STATES, StateEvent
 from daskflow.engine.core.states import describe_error
 from daskflow.store.runs import ChunkUpdate, FlowUpdate, LogLine, chunk_key
+from daskflow.ids import background_run_name
 
 if TYPE_CHECKING:
     from daskflow.engine.client.chunks import Chunk
@@ -97,6 +98,9 @@ class Ended(NamedTuple):
     worker: str | None
     started: float | None = None  # when its start was not reported on its own
     resources: dict | None = None  # CPU and memory the runs took (engine/worker/resources.py)
+    first: float = 0.0  # when its run loop began (run 0's start)
+    ends: bytes = b""  # each run's end (float64s), when the worker sent them
+    starts: bytes = b""  # each run's start, for runs that did not run back to back
 
 
 class Logs(NamedTuple):
@@ -138,6 +142,10 @@ def envelope_fields(res: ChunkResult) -> dict:
     fields: dict[str, Any] = {"codes": bytes(res.codes), "ends": res.ends.tobytes(), "live": None}
     if res.started:
         fields["started"] = res.started
+    if res.first:
+        fields["first"] = res.first
+    if res.starts is not None:
+        fields["starts"] = res.starts.tobytes()
     if res.worker:
         fields["worker"] = res.worker
     if res.messages or res.errors:
@@ -153,6 +161,8 @@ def envelope_fields(res: ChunkResult) -> dict:
         fields["names"] = dict(res.names)
     if res.resources:
         fields["res"] = res.resources
+    if res.inputs:
+        fields["inputs"] = dict(res.inputs)  # the run store keeps them apart, keyed by run
     return fields
 
 
@@ -189,8 +199,12 @@ def to_store_ops(batch: list[Record]) -> tuple[list[StoreOp], list[list]]:
         elif isinstance(record, Retried):
             ops.append(ChunkUpdate(record.base, record.start, {"events": record.events}))
         elif isinstance(record, Ended):
-            fields = {"codes": record.codes, "ends": array("d", [record.timestamp]).tobytes() * len(record.codes),
-                      "live": None}
+            ends = record.ends or array("d", [record.timestamp]).tobytes() * len(record.codes)
+            fields = {"codes": record.codes, "ends": ends, "live": None}
+            if record.first:
+                fields["first"] = record.first
+            if record.starts:
+                fields["starts"] = record.starts
             if record.started is not None:
                 fields["started"] = record.started
             if record.worker:
@@ -295,7 +309,8 @@ def _run_state_ops(record: RunStates) -> list[ChunkUpdate]:
         fields = ops.get(rid)
         if fields is None:
             fields = ops[rid] = {"task": record.task_name, "task_key": record.task_key, "n": 1,
-                                 "flow_run_id": record.flow_run_id, "submitted": ts}
+                                 "flow_run_id": record.flow_run_id, "submitted": ts,
+                                 "names": {0: background_run_name(record.task_name, rid)}}
             if record.worker:
                 fields["worker"] = record.worker
         code = CODE_OF_NAME.get(name)

@@ -421,7 +421,9 @@ def on_message(msg: Message) -> None:
         _tracker.retrying.pop(key, None)
         codes = msg.run_codes(entry.n)
         _remember_counts(key, codes)
-        _tracker.put(Ended(msg.base, msg.start, bytes(codes), msg.timestamp, msg.worker, msg.started, msg.resources))
+        ends, starts = msg.run_times()
+        _tracker.put(Ended(msg.base, msg.start, bytes(codes), msg.timestamp, msg.worker, msg.started,
+                           resources=msg.resources, first=msg.first, ends=ends, starts=starts))
 
 
 def on_runner_event(event: tuple[float, Any]) -> None:
@@ -540,7 +542,7 @@ def _is_json(value: Any, depth: int = 0) -> bool:
 def console() -> logging.Logger:
     """The ``daskflow.runs`` logger, printing INFO and up on stderr unless logging is configured."""
     if not run_logger.handlers and not logging.getLogger().handlers:
-        handler = logging.StreamHandler()
+        handler = run_console.ConsoleHandler()  # sys.stderr at each line: above a live progress bar
         handler.setFormatter(logging.Formatter("%(asctime)s | %(levelname)-7s | %(message)s", "%H:%M:%S"))
         run_logger.addHandler(handler)
         run_logger.setLevel(logging.INFO)

@@ -19,9 +19,13 @@ from daskflow.engine.core.context import (
     flow_run_ctx,
     task_run_ctx,
 )
+from daskflow.codes import CRASHED, FAILED, TIMED_OUT
+from daskflow.engine.core.input_reprs import input_reprs
 from daskflow.engine.core.inputs import ALIGNED, BROADCAST, resolve
 
-__all__ = ["current_task_run", "task_run_name", "task_run_parameters", "flow_run_field"]
+__all__ = ["current_task_run", "task_run_name", "task_run_parameters", "flow_run_field", "note_failed_inputs"]
+
+_NOTED = (FAILED, TIMED_OUT, CRASHED)  # NotReady runs did not run: their inputs are the upstream's failure
 
 
 def current_task_run() -> TaskRunContext | None:
@@ -29,7 +33,7 @@ def current_task_run() -> TaskRunContext | None:
 
 
 def task_run_name(ctx: TaskRunContext) -> str:
-    return ctx.name or f"{ctx.task.name}-{ctx.start + ctx.index}"
+    return ctx.run_name
 
 
 def task_run_parameters(ctx: TaskRunContext) -> dict[str, Any]:
@@ -44,6 +48,23 @@ def task_run_parameters(ctx: TaskRunContext) -> dict[str, Any]:
     row = resolve(row, deps) if deps else row
     args, kwargs = ctx.task.split_row(row)
     return ctx.task.parameters_of(args, kwargs)
+
+
+def note_failed_inputs(res: Any, ctx: TaskRunContext) -> None:
+    """Record a short repr of the arguments of the chunk's failed runs (``res.inputs``), after its loop.
+
+    Rebuilt from the chunk's columns as ``daskflow.runtime`` does, so the loop itself keeps
+    no arguments; a run whose arguments cannot be rebuilt is simply left without.
+    """
+    index = ctx.index
+    for i, code in enumerate(res.codes):
+        if code in _NOTED and i not in res.inputs:
+            ctx.index = i
+            try:
+                res.inputs[i] = input_reprs(task_run_parameters(ctx), ctx.task.redact)
+            except Exception:  # noqa: BLE001, S112 - what failed is recorded anyway; its inputs are extra
+                continue
+    ctx.index = index
 
 
 def _value_at(kind: Any, payload: Any, deps: list, i: int) -> Any:

@@ -116,7 +116,7 @@ def get_run_logger() -> logging.LoggerAdapter:
         flow = flow_run_ctx.get()
         extra = {"daskflow_owner": (chunk_key(ctx.base, ctx.start), ctx.index), "daskflow_sink": _sink.get(),
                  "run_id": ctx.task_run_id, "task_run_id": ctx.task_run_id,
-                 "task_run_name": ctx.name or f"{ctx.task.name}-{ctx.start + ctx.index}",
+                 "task_run_name": ctx.run_name,
                  "task_name": ctx.task.name, **_flow_fields(flow, ctx.flow_run_id)}
         return logging.LoggerAdapter(_logger("daskflow.task_runs"), extra)
     flow = flow_run_ctx.get()

@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from daskflow.codes import StateEvent
-from daskflow.engine.tracking.events import ChunkEnded, ChunkStarted, Message, RunRetrying, batch_to_wire
+from daskflow.engine.tracking.events import ChunkEnded, ChunkStarted, Message, RunRetrying, batch_to_wire, relative_times
 from daskflow.engine.tracking.tracker import TOPIC, on_message
 from daskflow.engine.worker.hosts import current_host
 
@@ -94,6 +94,11 @@ def chunk_ended(res: ChunkResult, host: Host) -> None:
     """The small end event: the codes of runs that did not simply complete, and the time."""
     codes = res.codes
     end = ChunkEnded(res.base, res.start, time.time(), res.worker, [], resources=res.resources)
+    if res.first and len(res.ends) == res.n:  # each run's own time, for the UI while the flow runs
+        end.first = res.first
+        end.ends = relative_times(res.ends, res.first)
+        if res.starts is not None:
+            end.starts = relative_times(res.starts, res.first)
     if res.n_failed or 1 in codes:
         odd = res.n - codes.count(0)
         if odd * 8 > res.n:  # many: the codes themselves (a byte a run) are smaller than the pairs

@@ -58,6 +58,7 @@ from daskflow.engine.core.returned_states import settle_returned_states
 from daskflow.engine.worker import logging as run_logging
 from daskflow.engine.worker import reports
 from daskflow.engine.worker.checkpoints import Checkpoint, Notes
+from daskflow.engine.worker.current_run import note_failed_inputs
 from daskflow.engine.worker.hosts import current_host, host_var
 from daskflow.engine.worker.keep import keep_chunk, reuse_kept
 from daskflow.engine.worker.limits import limited_task
@@ -178,7 +179,10 @@ def run_rows(spec: ChunkSpec, deps: list, done: Checkpoint | None = None, host: 
             iterables, refs = _iterables(spec.columns, deps, n, refs)
     except UpstreamNotCompleted as exc:
         return ChunkResult.all_failed(task.name, spec.base, spec.start, n, NOT_READY, None, exc.message)
-    ctx = TaskRunContext(task, spec.base, spec.start, flow_run_id=spec.flow_run_id, spec=spec, deps=deps)
+    ctx = TaskRunContext(task, spec.base, spec.start, flow_run_id=spec.flow_run_id, spec=spec, deps=deps,
+                         default_name=spec.name)
+    if spec.name:
+        res.names[0] = spec.name
     token = task_run_ctx.set(ctx)
     sink = run_logging.open_sink()
     prints = run_logging.log_prints(True) if task.options.log_prints else None
@@ -200,6 +204,7 @@ def run_rows(spec: ChunkSpec, deps: list, done: Checkpoint | None = None, host: 
         if spec.kept is not None and spec.kept.reuse:
             items = reuse_kept(spec.kept.reuse, items, res, ends)
         cache = cache_work(task, res, ctx, deps if refs else None, spec.cache) if task.managed else NO_CACHE
+        res.first = time.time()  # runs are timed from here: the chunk's setup is not run 0's time
         with cache.scope():
             items = cache.prepare(items, ends)
             if (task.fast_path or (task.plain and cache.resolved)) and not refs:
@@ -212,6 +217,8 @@ def run_rows(spec: ChunkSpec, deps: list, done: Checkpoint | None = None, host: 
         res.ends = ends
         cache.finish(first)
         keep_chunk(spec, res)
+        if res.n_failed:
+            note_failed_inputs(res, ctx)
     finally:
         if prints is not None:
             run_logging.capturing_prints.reset(prints)
@@ -294,7 +301,9 @@ def _run_each(task: Task, items: Iterable[tuple[int, tuple]], res: ChunkResult, 
     Checkpoints stop at the first parked run: a run noted finished is final.
     """
     parked: list[Parked] = []
+    starts = res.starts = array("d", bytes(8 * res.n))  # a parked run ends after later ones started
     for i, row in items:
+        starts[i] = time.time()
         ctx.index, ctx.run_count, ctx.name, ctx.final_state = i, 1, "", None
         outcome = run_one(task, ctx, row, deps, cache, parked)
         if outcome is None:
@@ -362,7 +371,10 @@ async def arun_single(spec: ChunkSpec, deps: list) -> ChunkResult:
     task = limited_task(spec.task) if spec.task.tags else spec.task
     res = ChunkResult(task.name, spec.base, 0, 1, bytearray(1), [None])
     res.started = time.time()
-    ctx = TaskRunContext(task, spec.base, 0, flow_run_id=spec.flow_run_id, spec=spec, deps=deps)
+    ctx = TaskRunContext(task, spec.base, 0, flow_run_id=spec.flow_run_id, spec=spec, deps=deps,
+                         default_name=spec.name)
+    if spec.name:
+        res.names[0] = spec.name
     token = task_run_ctx.set(ctx)
     ends = array("d", [0.0])
     try:
@@ -384,6 +396,8 @@ async def arun_single(spec: ChunkSpec, deps: list) -> ChunkResult:
         res.ends = ends
         cache.finish(0)
         keep_chunk(spec, res)
+        if res.n_failed:
+            note_failed_inputs(res, ctx)
     except UpstreamNotCompleted as exc:
         res.record(0, (NOT_READY, exc.message, None), 1)
         res.ends = array("d", [time.time()])

@@ -67,10 +67,14 @@ function stateBadge(name, type, label) {
 const TYPE_OF = {Completed: "COMPLETED", Cached: "COMPLETED", Failed: "FAILED", NotReady: "FAILED",
   TimedOut: "FAILED", Crashed: "CRASHED", Cancelled: "CANCELLED", Running: "RUNNING", Retrying: "RUNNING",
   Pending: "PENDING", Scheduled: "SCHEDULED", AwaitingRetry: "SCHEDULED"};
-function counts(c) {
+function counts(c, flowRunId) {
   const names = Object.keys(c || {}).sort();
   if (!names.length) return h("span", {class: "muted"}, "none");
-  return h("span", {class: "counts"}, names.map(n => stateBadge(n, TYPE_OF[n] || "PENDING", `${c[n]} ${n}`)));
+  // with a flow run, each count links to those runs (the failed ones above all)
+  return h("span", {class: "counts"}, names.map(n => {
+    const badge = stateBadge(n, TYPE_OF[n] || "PENDING", `${c[n]} ${n}`);
+    return flowRunId ? h("a", {href: `${BASE}/runs?flow_run=${flowRunId}&state=${n}`, class: "count-link"}, badge) : badge;
+  }));
 }
 function short(id) { return id ? id.slice(0, 8) : "-"; }
 function runLink(row) { return h("a", {href: `${BASE}/runs/${row.id}`}, row.name); }
@@ -151,7 +155,7 @@ async function flowsPage() {
     const rows = body.map(f => h("tr", {},
       td(h("a", {href: `${BASE}/flow-runs/${f.id}`}, f.name || "?")), td(stateBadge(f.state, f.state_type)),
       td(when(f.start), "mono"), td(f.end ? span(f.start, f.end) : seconds(Date.now() / 1000 - f.start) + " …", "num"),
-      td(counts(f.counts)), td(f.task_runs, "num"), td(short(f.id), "mono muted")));
+      td(counts(f.counts, f.id)), td(f.task_runs, "num"), td(short(f.id), "mono muted")));
     render(h("h1", {}, "Flow runs"),
       table(["name", "state", "start", "duration#", "task runs per state", "task runs#", "id"], rows));
   });
@@ -163,7 +167,10 @@ function metricsTable(metrics) {
                 "CPU p50#", "CPU p95#", "CPU max#", "memory p50#", "memory p95#", "memory max#"],
     metrics.map(m => h("tr", {},
       td(h("a", {href: `${BASE}/runs?task=${encodeURIComponent(m.task)}&flow_run=${PAGE_ID}`}, m.task)),
-      ...["runs", "completed", "cached", "failed", "retried", "running"].map(k => td(m[k], "num")),
+      ...["runs", "completed", "cached"].map(k => td(m[k], "num")),
+      td(m.failed ? h("a", {href: `${BASE}/runs?task=${encodeURIComponent(m.task)}&flow_run=${PAGE_ID}&state=FAILED`},
+        String(m.failed)) : m.failed, "num"),
+      ...["retried", "running"].map(k => td(m[k], "num")),
       ...["p50", "p95", "max", "total", "cpu_p50", "cpu_p95", "cpu_max"].map(k => td(seconds(m[k]), "num")),
       ...["mem_p50", "mem_p95", "mem_max"].map(k => td(bytes(m[k]), "num")))));
 }
@@ -190,7 +197,14 @@ function timelineChart(bars) {
     const i = lanes.indexOf(b.worker || "client");
     const x0 = x(b.start || now), x1 = Math.max(x(b.end || now), x0 + 1);
     const r = add("rect", {x: x0, y: i * laneH + 4, width: x1 - x0, height: laneH - 8, rx: 2,
-      class: "bar" + (b.failed ? " failed" : "") + (b.end ? "" : " live")});
+      class: "bar" + (b.end ? "" : " live")});
+    // the runs by state: a chunk with one failed run is green with a sliver of red, not all red
+    for (const [s0, s1, kind] of (b.segments || [])) {
+      if (kind === "COMPLETED") continue;
+      const sx0 = Math.max(x(s0), x0), sx1 = Math.min(Math.max(x(s1), sx0 + 1.5), x1);
+      add("rect", {x: sx0, y: i * laneH + 4, width: Math.max(sx1 - sx0, 1.5), height: laneH - 8,
+        class: `seg seg-${kind}`});
+    }
     const t = document.createElementNS(ns, "title");
     t.textContent = `${b.task}: ${b.runs} run(s), ${b.failed} failed, ${span(b.start, b.end || now)}`;
     r.append(t);
@@ -238,7 +252,7 @@ async function flowPage() {
       h("dl", {class: "fields"},
         h("dt", {}, "start"), h("dd", {}, when(f.start)), h("dt", {}, "duration"), h("dd", {}, span(f.start, f.end)),
         h("dt", {}, "task runs"), h("dd", {}, h("a", {href: `${BASE}/runs?flow_run=${f.id}`}, String(f.task_runs))),
-        h("dt", {}, "per state"), h("dd", {}, counts(f.counts)),
+        h("dt", {}, "per state"), h("dd", {}, counts(f.counts, f.id)),
         f.message ? [h("dt", {}, "message"), h("dd", {class: "mono"}, f.message)] : null,
         params.length ? [h("dt", {}, "parameters"), h("dd", {class: "mono"}, params.map(([k, v]) => `${k}=${JSON.stringify(v)}`).join("  "))] : null,
         (f.retries || []).length ? [h("dt", {}, "retries"), h("dd", {}, f.retries.map(r =>
@@ -246,6 +260,10 @@ async function flowPage() {
         RETRYABLE.has(f.state_type) ? [h("dt", {}, "retry"), h("dd", {},
           h("code", {class: "mono"}, `daskflow flow-runs retry ${f.id}`),
           h("span", {class: "muted"}, " reruns what did not complete; completed task runs are reused"))] : null),
+      (f.failures || []).length ? [h("h2", {}, "Failures (root causes first)"),
+        table(["name", "state", "message", "end", "id"], f.failures.map(r => h("tr", {}, td(runLink(r)),
+          td(stateBadge(r.state, r.state_type)), td(h("span", {class: "mono"}, r.message || "")), td(when(r.end), "mono"),
+          td(short(r.id), "mono muted"))))] : null,
       h("h2", {}, "Task metrics"), metricsTable(metrics),
       h("h2", {}, "Timeline of chunks across workers"), timelineChart(bars),
       h("h2", {}, "Slowest task runs"), slowest,
@@ -315,6 +333,8 @@ async function runPage() {
       h("h1", {}, r.name, stateBadge(r.state, r.state_type)),
       h("dl", {class: "fields"}, fields.map(([k, v]) => [h("dt", {}, k), h("dd", {}, v)])),
       r.error ? [h("h2", {}, "Error"), h("pre", {class: "error"}, r.error)] : null,
+      r.inputs ? [h("h2", {}, "Inputs"), h("dl", {class: "fields inputs"}, Object.entries(r.inputs).map(([k, v]) =>
+        [h("dt", {}, k), h("dd", {}, h("span", {class: "mono"}, v))]))] : null,
       r.traceback ? [h("h2", {}, "Traceback"), h("pre", {}, r.traceback)] : null,
       h("h2", {}, "State history"), history,
       h("h2", {}, "Artifacts"), artifactList(arts, false),
