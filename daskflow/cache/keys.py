@@ -160,8 +160,8 @@ def _enc(v: Any, out: list, depth: int = 0) -> None:
         out.append(b"D" + _qualname(t))
         _seq(b"f", [(f.name, getattr(v, f.name)) for f in dataclasses.fields(v)], out, depth)
         return
-    numpy = sys.modules.get("numpy")
-    if numpy is not None and isinstance(v, (numpy.ndarray, numpy.generic)):
+    numpy = sys.modules.get("numpy")  # as loaded already; another thread may still be importing it
+    if numpy is not None and hasattr(numpy, "generic") and isinstance(v, (numpy.ndarray, numpy.generic)):
         _numpy(numpy, v, out, depth)
         return
     pandas = sys.modules.get("pandas")

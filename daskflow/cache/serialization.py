@@ -139,8 +139,8 @@ def _dumps(value: Any, serializer: str, buffers: list) -> bytes:
         return json.dumps(value).encode()
     if serializer == "pickle" or type(value) in _PLAIN:  # cloudpickle's per-call cost is 8x pickle's
         return pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
-    numpy = sys.modules.get("numpy")
-    if numpy is not None and type(value) is numpy.ndarray and not value.dtype.hasobject:
+    # numpy as loaded already (never imported here); getattr: another thread may be importing it
+    if type(value) is getattr(sys.modules.get("numpy"), "ndarray", None) and not value.dtype.hasobject:
         return pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
     return cloudpickle.dumps(value, protocol=5, buffer_callback=buffers.append)
 

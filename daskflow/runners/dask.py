@@ -249,20 +249,23 @@ class DaskTaskRunner(TaskRunner):
         return self._client
 
     def _start(self) -> Client:
-        address = self.scheduler_address()
-        if address:
-            return shared_client(address, self.client_kwargs)
-        if in_dask_task():
-            from distributed import get_client
+        import distributed  # noqa: F401 - its config defaults are loaded before we set one of them
 
-            return get_client()
-        check_main_guard()
-        from distributed import Client, LocalCluster
+        with dask.config.set(message_log()):
+            address = self.scheduler_address()
+            if address:
+                return shared_client(address, self.client_kwargs)
+            if in_dask_task():
+                from distributed import get_client
 
-        with dask.config.set({"distributed.scheduler.http.routes": scheduler_routes()}):  # the daskflow UI too
-            self.cluster = LocalCluster(**self._local_cluster_kwargs())
-        _close_at_exit(self)
-        return Client(self.cluster, set_as_default=False, **self.client_kwargs)
+                return get_client()
+            check_main_guard()
+            from distributed import Client, LocalCluster
+
+            with dask.config.set({"distributed.scheduler.http.routes": scheduler_routes()}):  # the daskflow UI too
+                self.cluster = LocalCluster(**self._local_cluster_kwargs())
+            _close_at_exit(self)
+            return Client(self.cluster, set_as_default=False, **self.client_kwargs)
 
     @property
     def dashboard_link(self) -> str | None:
@@ -472,6 +475,19 @@ def drop_closed_comm(record: Any) -> bool:
 
 
 _with_clusters: weakref.WeakSet[DaskTaskRunner] = weakref.WeakSet()
+
+
+def message_log() -> dict[str, Any]:
+    """Dask's per-connection log of recent messages, sized by ``daskflow.dask-message-log``.
+
+    Dask keeps the last 1,000 messages of each connection for debugging
+    (``distributed.admin.low-level-log-length``); each of ours can hold a submission's graph,
+    so a long stream of submissions (a ``MapStream``) kept up to 1,000 graphs in the client
+    and the scheduler: ~18 bytes per streamed run. Connections opened while starting a runner's
+    client and cluster keep ``dask-message-log`` instead (null: Dask's own setting).
+    """
+    size = config.get("dask-message-log", 16)
+    return {} if size is None else {"distributed.admin.low-level-log-length": int(size)}
 
 
 def _close_at_exit(runner: DaskTaskRunner) -> None:

@@ -71,7 +71,10 @@ class Browser:
     def close(self) -> None:
         ws = getattr(self, "ws", None)
         if ws is not None:
-            ws.close()
+            async def close() -> None:  # inside its loop: the close frame's future belongs to it
+                ws.close()
+
+            self.loop.run_until_complete(close())
             self.loop.close()
         self.proc.kill()
         self.proc.wait(10)

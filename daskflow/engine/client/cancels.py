@@ -99,6 +99,7 @@ class Watcher:
                 self._look(entries)
             except Exception:  # noqa: BLE001 - an unreadable directory now: look again next time
                 logger.debug("could not read cancel requests", exc_info=True)
+            del entries  # not held while waiting: a flow run that ended is let go (its chunks with it)
             self.wake.wait(poll)
             self.wake.clear()
 

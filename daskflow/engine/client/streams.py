@@ -77,9 +77,11 @@ class MapStream:
         self._stopped = False  # a reader stopped early: nothing more is submitted
         threads = current_runner().total_threads()
         self.window = int(config.get("map.stream-window") or 0) or max(2, 4 * threads)
-        ctx = flow_run_ctx.get()
-        if ctx is not None:
-            ctx.streams.append(self)
+        self._ctx = flow_run_ctx.get()
+        self._taken = 0  # chunks taken by readers so far
+        self._next_sweep = 64
+        if self._ctx is not None:
+            self._ctx.streams.append(self)
 
     # -- submitting ---------------------------------------------------------------------
     def _fill(self) -> None:
@@ -149,10 +151,23 @@ class MapStream:
                 if self._open.pop(id(chunk), None) is None:
                     continue  # taken in order by an earlier reader
                 self._fill()
+                self._sweep()
                 yield chunk
         except GeneratorExit:
             self._stopped = True
             raise
+
+    def _sweep(self) -> None:
+        """Drop from the flow run's list the chunks a reader consumed and let go (final, recorded,
+        their failures seen): a stream's client memory is then its window, not its length.
+        Amortised: a sweep once the flow run's list may have doubled."""
+        self._taken += 1
+        ctx = self._ctx
+        if ctx is None or self._taken < self._next_sweep:
+            return
+        ctx.submitted[:] = [c for c in ctx.submitted
+                            if c.result is None or not c.result.released or c.observed is not True]
+        self._next_sweep = self._taken + max(64, len(ctx.submitted))
 
     def _in_order(self) -> Iterator[Chunk]:
         self._fill()
