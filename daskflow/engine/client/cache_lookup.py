@@ -97,12 +97,12 @@ def for_map(task: Task, names: list[str], kinds: dict[str, tuple[str, Any]], n: 
     submit: list[tuple[int, int]] = []
     every = len(hits) == n  # the common rerun: no per-element segment scan
     for lo, hi in bounds:
-        segments = [(lo, hi, True)] if every else _segments(lo, hi, hits)
-        if len(segments) > _MAX_SEGMENTS:
+        parts = [(lo, hi, True)] if every else segments(lo, hi, hits)
+        if len(parts) > _MAX_SEGMENTS:
             submit.append((lo, hi))
             cache._lookup.add(lo)
             continue
-        for s_lo, s_hi, hit in segments:
+        for s_lo, s_hi, hit in parts:
             if hit:
                 cache.known[s_lo] = cached_envelope(task, base, offset + s_lo, [hits[i] for i in range(s_lo, s_hi)])
             else:
@@ -111,14 +111,18 @@ def for_map(task: Task, names: list[str], kinds: dict[str, tuple[str, Any]], n: 
     return cache
 
 
-def _segments(lo: int, hi: int, hits: dict[int, Any]) -> list[tuple[int, int, bool]]:
+def segments(lo: int, hi: int, marked: dict[int, Any], most: int | None = None) -> list[tuple[int, int, bool]]:
+    """``[lo, hi)`` cut into runs of indexes in ``marked`` or not: ``(start, stop, in marked)``;
+    past ``most`` segments it stops early (the caller will not split that finely)."""
     out: list[tuple[int, int, bool]] = []
-    start, state = lo, lo in hits
+    start, state = lo, lo in marked
     for i in range(lo + 1, hi):
-        s = i in hits
+        s = i in marked
         if s != state:
             out.append((start, i, state))
             start, state = i, s
+            if most is not None and len(out) > most:
+                return out
     out.append((start, hi, state))
     return out
 

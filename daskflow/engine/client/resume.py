@@ -226,6 +226,8 @@ def plan_map(task: Task, base: int, bounds: list[tuple[int, int]], reused: dict[
              fixed: bool) -> ReusePlan:
     """Split a map's chunk bounds by what was kept. ``fixed``: the bounds are aligned with an
     upstream map's chunks and must not change (kept runs are then filled in by the chunks)."""
+    from daskflow.engine.client.cache_lookup import segments as cut
+
     plan = ReusePlan([], [], {}, reused)
     count = 0
     for lo, hi in bounds:
@@ -234,7 +236,7 @@ def plan_map(task: Task, base: int, bounds: list[tuple[int, int]], reused: dict[
         if not hit:
             plan.bounds.append((lo, hi))
             continue
-        segments = None if fixed else _segments(lo, hi, reused)
+        segments = None if fixed else cut(lo, hi, reused, _MAX_SEGMENTS)
         if segments is None or len(segments) > _MAX_SEGMENTS:
             plan.bounds.append((lo, hi))
             plan.partial[(lo, hi)] = hit
@@ -246,20 +248,6 @@ def plan_map(task: Task, base: int, bounds: list[tuple[int, int]], reused: dict[
                 plan.bounds.append((s_lo, s_hi))
     flow_run_ctx.get().keep.tally.reused += count  # type: ignore[union-attr]
     return plan
-
-
-def _segments(lo: int, hi: int, kept: dict[int, Any]) -> list[tuple[int, int, bool]]:
-    out: list[tuple[int, int, bool]] = []
-    start, state = lo, lo in kept
-    for i in range(lo + 1, hi):
-        s = i in kept
-        if s != state:
-            out.append((start, i, state))
-            start, state = i, s
-            if len(out) > _MAX_SEGMENTS:
-                return out
-    out.append((start, hi, state))
-    return out
 
 
 # -- the flow run's source ------------------------------------------------------------------
