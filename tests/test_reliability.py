@@ -277,7 +277,7 @@ def test_script_without_main_guard_gets_one_clear_error(tmp_path):
 
 def test_main_guard_check_accepts_guarded_scripts(tmp_path):
     script = _script(tmp_path, """
-        from daskflow.runners.dask import unguarded_main_call
+        from daskflow.runners.main_guard import unguarded_main_call
 
         def main():
             return unguarded_main_call()

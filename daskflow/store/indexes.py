@@ -137,3 +137,13 @@ def _fid(text: str | None) -> bytes | None:
         return uuid.UUID(text).bytes if text else None
     except ValueError:  # not a flow run id (a hand-made context)
         return None
+
+
+def index_owned(txn: Any, db: Any, rec: dict, suffix: bytes, in_flight: bool) -> None:
+    """Keep ``owned`` in step with a record of an owner: indexed while not final."""
+    owner = rec.get("owner")
+    if owner:
+        if in_flight:
+            txn.put(owner + suffix, b"", db=db)
+        else:
+            txn.delete(owner + suffix, db=db)

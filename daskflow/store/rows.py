@@ -256,3 +256,12 @@ def resource_columns(rec: dict) -> tuple[list[float], list[float]] | None:
         if 0 <= index < n:
             cpu[index], mem[index] = run_cpu, float(run_mem)
     return cpu, mem
+
+
+def wanted_chunk(rec: dict, task: str | None, flow_run_id: str | None, state_l: str | None) -> bool:
+    """Whether a chunk record may hold runs a listing filtered by task, flow run and state wants."""
+    if task and task not in (rec.get("task"), rec.get("task_key")):
+        return False
+    if flow_run_id and not (rec.get("flow_run_id") or "").startswith(flow_run_id):
+        return False
+    return not state_l or may_hold(rec, state_l)  # decided from the packed codes, without expanding

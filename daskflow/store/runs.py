@@ -56,12 +56,13 @@ from daskflow.owners import Lease, Owner, is_alive
 from daskflow.ids import parse_id_prefix, prefix_matches
 from daskflow.store import metrics
 from daskflow.store.artifacts import ARTIFACTS_LOGGER, put_artifact
-from daskflow.store.indexes import (Deltas, build_indexes, flow_counts, index_chunk, index_flow, indexed, time_key,
-                                     write_counts)
+from daskflow.store.indexes import (Deltas, build_indexes, flow_counts, index_chunk, index_flow, index_owned, indexed,
+                                     time_key, write_counts)
 from daskflow.store.packing import pack, pack_chunk, unpack, unpack_chunk
 from daskflow.store import retention
-from daskflow.store.rows import (bad_runs, chunk_counts, expand, final_message, history, may_hold, run_resources,
-                                 runs_in_state, slowest_runs)
+from daskflow.store.paging import RunPage, decode_cursor, encode_cursor
+from daskflow.store.rows import (bad_runs, chunk_counts, expand, final_message, history, run_resources,
+                                 runs_in_state, slowest_runs, wanted_chunk)
 
 __all__ = ["ChunkUpdate", "FlowUpdate", "LogLine", "RunPage", "RunStore", "open_run_store"]
 
@@ -184,7 +185,7 @@ class RunStore:
                 raw = txn.get(key, db=db["flows"])
                 old = None if raw is None else unpack(raw)
                 rec = dict(op.fields, id=op.flow_run_id) if old is None else _merge(old, op.fields)
-                _index_owned(txn, db["owned"], rec, b"f" + key, rec.get("state_type") not in _FINAL_TYPES)
+                index_owned(txn, db["owned"], rec, b"f" + key, rec.get("state_type") not in _FINAL_TYPES)
                 index_flow(txn, db, key, old, rec)
                 txn.put(key, pack(rec), db=db["flows"])
             else:
@@ -209,7 +210,7 @@ class RunStore:
             else:
                 rec = _merge(old, op.fields)
             metrics.change(old, rec, delta)
-            _index_owned(txn, db["owned"], rec, b"c" + key, rec.get("codes") is None)
+            index_owned(txn, db["owned"], rec, b"c" + key, rec.get("codes") is None)
             index_chunk(txn, db, key, old, rec, deltas)
             txn.put(key, pack_chunk(rec), db=db["chunks"])
         write_counts(txn, db, deltas)
@@ -319,7 +320,7 @@ class RunStore:
             cur = txn.cursor(db=self._db["odd" if rare else "bytime"])
             upto = None
             if after:
-                key, upto = _decode_cursor(after)
+                key, upto = decode_cursor(after)
                 if not cur.set_range(key):
                     positioned, upto = cur.last(), None
                 elif cur.key() != key:
@@ -332,7 +333,7 @@ class RunStore:
                 tkey = cur.key()
                 raw = txn.get(tkey[8:], db=self._db["chunks"])
                 rec = None if raw is None else unpack_chunk(raw)
-                if rec is not None and _wanted_chunk(rec, task, flow_run_id, state_l):
+                if rec is not None and wanted_chunk(rec, task, flow_run_id, state_l):
                     indexes = range(rec["n"] if upto is None else upto)
                     if state_l:  # from the codes: a failed run among 10^4 costs no 10^4 rows
                         indexes = runs_in_state(rec, state_l, indexes)
@@ -345,10 +346,10 @@ class RunStore:
                             continue
                         out.append(row)
                         if limit is not None and len(out) >= limit:
-                            return RunPage(out, _encode_cursor(tkey, i))
+                            return RunPage(out, encode_cursor(tkey, i))
                 upto = None
                 if deadline is not None and time.monotonic() > deadline:
-                    return RunPage(out, _encode_cursor(tkey, 0))
+                    return RunPage(out, encode_cursor(tkey, 0))
                 positioned = cur.prev()
             return RunPage(out, None)
 
@@ -558,48 +559,11 @@ def _flow_row(rec: dict) -> dict:
     return rec
 
 
-def _index_owned(txn: Any, db: Any, rec: dict, suffix: bytes, in_flight: bool) -> None:
-    """Keep ``owned`` in step with a record of an owner: indexed while not final."""
-    owner = rec.get("owner")
-    if owner:
-        if in_flight:
-            txn.put(owner + suffix, b"", db=db)
-        else:
-            txn.delete(owner + suffix, db=db)
-
-
 def _uuid_bytes(text: str | None) -> bytes | None:
     try:
         return uuid.UUID(text).bytes if text else None
     except ValueError:  # not a flow run id we can index (a hand-made context)
         return None
-
-
-class RunPage(NamedTuple):
-    """A page of task-run rows and the cursor of the next one (None: this was the last)."""
-
-    rows: list[dict]
-    next: str | None
-
-
-def _encode_cursor(time_key: bytes, upto: int) -> str:
-    return f"{time_key.hex()}.{upto}"
-
-
-def _decode_cursor(cursor: str) -> tuple[bytes, int]:
-    try:
-        key, upto = cursor.split(".")
-        return bytes.fromhex(key), int(upto)
-    except ValueError:
-        raise ValueError(f"{cursor!r} is not a page cursor (copy it from an earlier page)") from None
-
-
-def _wanted_chunk(rec: dict, task: str | None, flow_run_id: str | None, state_l: str | None) -> bool:
-    if task and task not in (rec.get("task"), rec.get("task_key")):
-        return False
-    if flow_run_id and not (rec.get("flow_run_id") or "").startswith(flow_run_id):
-        return False
-    return not state_l or may_hold(rec, state_l)  # decided from the packed codes, without expanding
 
 
 # -- expanding a chunk record into per-run rows ---------------------------------------------

@@ -37,7 +37,8 @@ from typing import TYPE_CHECKING, Any, Iterable
 
 from daskflow.cache import kept
 from daskflow.cache.storage import StorageSpec
-from daskflow.cache.store import CacheWarning, reaches_store
+from daskflow.cache.store import CacheWarning
+from daskflow.cache.tokens import reaches_store
 from daskflow.codes import CACHED, OK_CODES
 
 if TYPE_CHECKING:
