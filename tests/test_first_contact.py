@@ -18,7 +18,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def test_the_readme_first_screen_says_how_to_start():
     first = ROOT.joinpath("README.md").read_text().split("## Quickstart")[0]
-    for needed in ("Python 3.11", "git clone", "-m venv", "about 7 minutes", "`bench`", "`dashboard`",
+    for needed in ("Python 3.11", "git clone", "-m venv", "minutes on 2 cores", "`bench`", "`dashboard`",
                    "daskflow ui", "from daskflow.runners import DaskTaskRunner, ThreadPoolTaskRunner"):
         assert needed in first, needed
     assert 'dashboard = ["bokeh' in ROOT.joinpath("pyproject.toml").read_text()
