@@ -63,7 +63,7 @@ def max_bytes() -> int | None:
     value = config.get("cache.max-bytes")
     if value in (None, "", 0, "0"):
         return None
-    from dask.utils import parse_bytes
+    from daskflow.config import parse_bytes
 
     try:
         limit = parse_bytes(value) if isinstance(value, str) else int(value)

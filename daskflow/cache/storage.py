@@ -395,6 +395,6 @@ def _cache_warning() -> type[Warning]:
 
 
 def _seconds(value: Any) -> float:
-    from dask.utils import parse_timedelta
+    from daskflow.config import parse_timedelta
 
     return float(parse_timedelta(value, default="seconds"))

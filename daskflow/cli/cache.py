@@ -299,7 +299,7 @@ def prune(max_bytes: str | None, older_than: str | None, storage_url: str | None
 
 
 def _size(text: str) -> int:
-    from dask.utils import parse_bytes
+    from daskflow.config import parse_bytes
 
     try:
         return parse_bytes(text)
@@ -308,7 +308,7 @@ def _size(text: str) -> int:
 
 
 def _age(text: str) -> float:
-    from dask.utils import parse_timedelta
+    from daskflow.config import parse_timedelta
 
     try:
         return float(parse_timedelta(text, default="seconds"))

@@ -9,3 +9,7 @@ From top to bottom (a room imports only rooms below it; ``pyproject.toml`` state
 - ``tracking``: the tracker, its records and writer, the console, progress;
 - ``core``: states, contexts, inputs, the envelope, hooks.
 """
+
+from daskflow import config as _config
+
+_config.register_defaults()  # the engine runs on dask: `dask.config.get("daskflow....")` sees the defaults

@@ -11,6 +11,8 @@ from daskflow import config
 from daskflow.runners.base import LOCAL_HOST, Host, TaskRunner
 from daskflow.runners.threads import ThreadPoolTaskRunner
 
+config.register_defaults()  # runners live on dask: `dask.config.get("daskflow....")` sees the defaults
+
 if TYPE_CHECKING:
     from daskflow.runners.dask import DaskTaskRunner
 

@@ -28,9 +28,8 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from dask.utils import parse_timedelta
-
 from daskflow import config
+from daskflow.config import parse_timedelta
 from daskflow.codes import CODE_STATES
 from daskflow.owners import Owner, is_alive
 from daskflow.store.indexes import Deltas, index_chunk, index_flow, time_key, write_counts

@@ -32,12 +32,14 @@ def pipeline(n):
 
 
 def cli(*args, check=True):
+    """The command in a fresh interpreter, which must import neither distributed nor dask."""
     code = ("import sys; from daskflow.cli import main\n"
             "try:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
-            "    print('DISTRIBUTED', 'distributed' in sys.modules, file=sys.stderr); raise\n")
+            "    print('DISTRIBUTED', 'distributed' in sys.modules, 'DASK', 'dask' in sys.modules, file=sys.stderr)\n"
+            "    raise\n")
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=os.getcwd()))
-    assert "DISTRIBUTED False" in out.stderr, out.stderr
+    assert "DISTRIBUTED False DASK False" in out.stderr, out.stderr
     if check:
         assert out.returncode == 0, out.stderr
     return out
@@ -91,3 +93,38 @@ def test_cli_runs_prune(recorded):
     assert json.loads(cli("runs", "ls", "-o", "json").stdout) == []
     bad = cli("runs", "prune", "--older-than", "soon", check=False)
     assert bad.returncode != 0 and "not a duration" in bad.stderr
+
+
+_EVERY_READ = """
+import sys
+from daskflow.cli import main
+for line in sys.argv[1:]:
+    try:
+        main(line.split(), standalone_mode=False)
+    except SystemExit as exc:
+        assert not exc.code, (line, exc.code)
+heavy = sorted(m for m in ("dask", "distributed", "numpy") if m in sys.modules)
+print("HEAVY", heavy, file=sys.stderr)
+"""
+
+
+def test_read_only_commands_import_neither_dask_nor_distributed(recorded, daskflow_home):
+    """`daskflow runs ls` and every other read-only command, one after another in one fresh
+    interpreter (a real store and cache): dask is most of a command's start-up (issue 24)."""
+    from daskflow.cache import serialization as ser
+    from daskflow.cache.store import close_store, get_store
+
+    store = get_store(daskflow_home)
+    keys = [b"v1/t-0000000a/" + i.to_bytes(16, "big") for i in range(3)]
+    store.put_many(list(zip(keys, ser.encode_many([1, 2, 3], "t-0000000a", None, None, store.secret))))
+    close_store(daskflow_home)
+    run = json.loads(cli("runs", "ls", "--state", "Failed", "-o", "json").stdout)[0]["id"]
+    flow_run = json.loads(cli("flow-runs", "ls", "-o", "json").stdout)[0]["id"]
+    lines = ["runs ls", "runs ls --state Failed", f"runs show {run}", f"runs logs {run}", "flow-runs ls",
+             f"flow-runs show {flow_run}", "cache ls", "cache ls --sort read --limit 2", "cache stats", "limits ls",
+             "artifacts ls", "runs ls -o json", "flow-runs ls -o json", "cache ls -o json"]
+    out = subprocess.run([sys.executable, "-c", _EVERY_READ, *lines], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    assert out.returncode == 0, out.stderr
+    assert "HEAVY []" in out.stderr, out.stderr
+    assert "maybe-2" in out.stdout and "t-0000000a" in out.stdout  # they did list the store and the cache
