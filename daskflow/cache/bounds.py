@@ -1,4 +1,5 @@
-"""Size limits: the local store and each result storage keep under ``daskflow.cache.max-bytes``.
+"""Size and age limits: the local store and each result storage keep under ``daskflow.cache.max-bytes``;
+the local store keeps no entry unused for longer than ``daskflow.cache.keep``.
 
 The limit (null: unbounded) applies to the local LMDB store and, separately, to every
 result storage. When a write leaves a store over it, the entries *least recently used*
@@ -14,6 +15,18 @@ at exit (a storage that went away by then costs its bounded timeout). Stamps
 are therefore coarse: a process killed before its flush loses its last reads, and those
 entries look as old as their previous use. That is the price of a read path that never
 writes per hit; it can only make an entry go a little early, never corrupt anything.
+
+Age: an entry neither read nor written for ``daskflow.cache.keep`` (default 30 days) is
+deleted by the local store's writers, as the run store's writers apply ``runs.keep``: at a
+process's first write, then every ``daskflow.cache.prune-every`` (1 h). The pass is
+store-wide, not per process: a stamp file (``{home}/.cache-keep.stamp``) records when any
+process last made it, so a LocalCluster's workers starting together scan the store once,
+and one process at a time (the eviction lock). Its cost is one listing of the store (headers
+only). Why a default at all: a cache keyed by ``TASK_SOURCE`` or inputs leaves every entry of
+an edited task unreachable forever, so a store that is only bounded by expiry grows with
+each edit; an entry still in use is read, and a read makes it young again. Prefect keeps
+results until they expire: ``keep: null`` does that. Result storages are pruned by age only
+on demand (``daskflow cache prune --storage --older-than``) or by the bucket's lifecycle rules.
 
 Readers are never hurt by an eviction. LMDB readers see a snapshot: a value being read
 stays whole until the read transaction ends. Object stores delete whole objects, and a
@@ -72,6 +85,45 @@ def max_bytes() -> int | None:
     if limit < 0:
         raise ValueError(f"daskflow.cache.max-bytes: {value!r} must not be negative")
     return limit
+
+
+def keep_seconds() -> float | None:
+    """``daskflow.cache.keep`` in seconds; None when entries are kept until they expire or are evicted."""
+    value = config.get("cache.keep")
+    if value in (None, "", 0, "0"):
+        return None
+    try:
+        seconds = float(config.parse_timedelta(value))
+    except (ValueError, TypeError, KeyError):
+        raise ValueError(f"daskflow.cache.keep: {value!r} is not a duration (e.g. 30d, 12h)") from None
+    return seconds if seconds > 0 else None
+
+
+def prune_every_seconds() -> float:
+    """``daskflow.cache.prune-every`` in seconds (how often writers apply ``cache.keep``)."""
+    return float(config.parse_timedelta(config.get("cache.prune-every", "1h")) or 0)
+
+
+def keep_due(stamp: pathlib.Path, every: float, now: float) -> bool:
+    """Whether no process applied ``cache.keep`` to the store within ``every`` seconds (its stamp file's time)."""
+    try:
+        return now - stamp.stat().st_mtime >= every
+    except OSError:  # never applied (or unreadable: then trying costs a scan, no harm)
+        return True
+
+
+def touch(stamp: pathlib.Path, now: float) -> None:
+    """Record that ``cache.keep`` was applied at ``now`` (a hint: a lost stamp costs one more scan)."""
+    try:
+        stamp.touch(mode=0o600)
+        os.utime(stamp, (now, now))
+    except OSError:
+        pass
+
+
+def unused_since(entries: list[Entry], cutoff: float) -> list[bytes]:
+    """Keys of the entries neither read nor written since ``cutoff`` (epoch seconds)."""
+    return [e.key for e in entries if e.used < cutoff]
 
 
 @dataclass(slots=True)

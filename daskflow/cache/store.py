@@ -141,6 +141,7 @@ class LMDBResultStore(ResultStore):
         self.env = _lmdb.open_env(self.path, dbs=(ENTRIES, TXNS, READS, READ_LOGS), recover=recover,
                                   readonly=readonly, sync=sync)
         self.reads = bounds.ReadStamps()
+        self.next_keep = 0.0  # when (monotonic) this process next applies daskflow.cache.keep
         if not self.env.readonly:
             atexit.register(self._flush_at_exit)
         if self.env.moved_aside is not None:
@@ -306,6 +307,8 @@ class LMDBResultStore(ResultStore):
         # the sort is stable, so the last record of a repeated key still wins.
         ordered = sorted(items, key=itemgetter(0)) if len(items) > 1 else items
 
+        if self.bounded and time.monotonic() >= self.next_keep:
+            self.apply_keep()
         stamps = self._stamp_writer(self.reads.take())  # pending read stamps ride along
         limit = bounds.max_bytes() if self.bounded else None
 
@@ -321,6 +324,22 @@ class LMDBResultStore(ResultStore):
         used = self.env.write(write)
         if limit is not None and used > limit:  # amortised: an eviction frees a tenth of the limit
             self.evict(limit)
+
+    def apply_keep(self) -> int:
+        """Delete the entries unused for ``daskflow.cache.keep`` if no process did within
+        ``cache.prune-every`` (see cache/bounds.py); returns how many went. Called by writes:
+        at this process's first, then once per ``prune-every``."""
+        every = bounds.prune_every_seconds()
+        self.next_keep = time.monotonic() + every
+        keep = bounds.keep_seconds()
+        now, stamp = time.time(), self.home / ".cache-keep.stamp"
+        if keep is None or not bounds.keep_due(stamp, every, now):
+            return 0
+        with bounds.evicting(self.home / ".cache-evict.lock") as mine:
+            if not mine:  # another process prunes or evicts right now
+                return 0
+            bounds.touch(stamp, now)
+            return self.delete(bounds.unused_since(self.entries(), now - keep))
 
     def delete(self, keys: list[bytes]) -> int:
         db, reads = self.env.db(ENTRIES), self.env.db(READS)

@@ -8,7 +8,7 @@ stderr) and never repair one (a damaged file is a one-line error, exit 1; the ne
 ``ls --limit N --sort read|written|size|task`` picks N rows without sorting them all, and a long
 listing is printed as plain columns (rich needs minutes for 10^5 rows). ``clear`` asks first on a
 terminal and needs ``--yes`` elsewhere. ``prune`` deletes expired entries, entries unused for
-``--older-than``, and least recently read ones beyond ``--max-bytes`` (see ``cache/bounds.py``).
+``--older-than`` (default ``daskflow.cache.keep``), and least recently read ones beyond ``--max-bytes`` (see ``cache/bounds.py``).
 ``--storage [URL]`` lists or prunes a result storage instead (its foreign files are ignored)."""
 
 from __future__ import annotations
@@ -265,7 +265,8 @@ def clear(task_name: str | None, yes: bool, output: str) -> None:
               help="Also delete the least recently read entries until the cache holds at most SIZE "
                    "(e.g. 5GiB; default: daskflow.cache.max-bytes, if set).")
 @click.option("--older-than", "older_than", default=None, metavar="AGE",
-              help="Also delete entries neither read nor written for AGE (e.g. 30d, 12h).")
+              help="Also delete entries neither read nor written for AGE (e.g. 30d, 12h; local store "
+                   "default: daskflow.cache.keep, if set).")
 @storage_option
 @output_option
 def prune(max_bytes: str | None, older_than: str | None, storage_url: str | None, output: str) -> None:
@@ -277,8 +278,9 @@ def prune(max_bytes: str | None, older_than: str | None, storage_url: str | None
     from daskflow.cache import bounds
 
     limit = _size(max_bytes) if max_bytes is not None else bounds.max_bytes()
-    cutoff = time.time() - _age(older_than) if older_than is not None else None
-    if storage_url is not None:
+    age = _age(older_than) if older_than is not None else None
+    if storage_url is not None:  # a shared storage is pruned by age only when asked (--older-than)
+        cutoff = time.time() - age if age is not None else None
         storage = _open_storage(storage_url)
         old = [e.key for e in _storage_entries(storage) if cutoff is not None and e.used < cutoff]
         removed = storage.delete(old)
@@ -288,6 +290,8 @@ def prune(max_bytes: str | None, older_than: str | None, storage_url: str | None
         return
     store = _store()
     now = time.time()
+    age = age if age is not None else bounds.keep_seconds()
+    cutoff = now - age if age is not None else None
     gone = [e.key for e in _entries(store=store)
             if (e.expires is not None and e.expires <= now) or (cutoff is not None and e.used < cutoff)]
     removed = store.delete(gone)
