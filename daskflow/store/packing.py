@@ -29,7 +29,7 @@ import struct
 import sys
 import zlib
 from array import array
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
@@ -119,6 +119,54 @@ def unpack_times(packed: bytes) -> bytes:
     out = array("d", (first + u / 1e6 for u in us))
     out[0] = first
     return out.tobytes()
+
+
+_LOW_BIT = bytes(b & 1 for b in range(256))  # a byte -> its lowest bit, for bytes.translate
+
+
+def time_at(packed: bytes, i: int) -> float | None:
+    """Value ``i`` of ``pack_times`` output (None past the end), summing only the deltas up
+    to ``i``: a listing that shows one run of each of 50 chunks of 10^4 runs then sums 50
+    prefixes instead of decoding 500,000 times in Python. Equal to ``unpack_times`` at ``i``.
+    """
+    planes = time_planes(packed)
+    return None if planes is None else time_in(planes, i)
+
+
+class TimePlanes(NamedTuple):
+    """Packed times with their deltas decompressed (still byte-shuffled): ``time_in`` reads them."""
+
+    first: float
+    planes: bytes
+
+
+def time_planes(packed: bytes) -> TimePlanes | None:
+    """``pack_times`` output decompressed once, for several ``time_in`` reads (None: no times)."""
+    if not packed:
+        return None
+    return TimePlanes(struct.unpack("<d", packed[:8])[0], zlib.decompress(packed[8:]))
+
+
+def time_in(times: TimePlanes, i: int) -> float | None:
+    """Value ``i`` of decompressed packed times (``time_at``), None past the end."""
+    first, planes = times
+    n = len(planes) // 8
+    if not 0 <= i < n:
+        return None
+    if i == 0:
+        return first
+    interleaved = bytearray(8 * (i + 1))
+    for k in range(8):
+        interleaved[k::8] = planes[k * n:k * n + i + 1]
+    zigzag = array("Q")
+    zigzag.frombytes(bytes(interleaved))
+    if sys.byteorder == "big":
+        zigzag.byteswap()
+    if not planes[:i + 1].translate(_LOW_BIT).count(1):  # plane 0 holds the low bytes: no odd
+        us = sum(zigzag) >> 1  # zigzag value, so no negative delta (ends in order): halves, summed in C
+    else:
+        us = sum((z >> 1) ^ -(z & 1) for z in zigzag)
+    return first + us / 1e6
 
 
 def _unpack_times_numpy(packed: bytes) -> bytes:

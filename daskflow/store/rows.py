@@ -9,11 +9,31 @@ functions expand a record into the per-run shapes the CLI and the UI show (``run
 from __future__ import annotations
 
 import heapq
+import sys
 from array import array
 
 from daskflow.codes import CODE_OF_NAME, CODE_STATES, run_count_of
 from daskflow.ids import run_id
-from daskflow.store.packing import times
+from daskflow.store.packing import time_in, time_planes, times
+
+_DECODE_AFTER = 4  # reads of single ends of one record before all its ends are decoded at once
+
+
+def end_at(rec: dict, i: int) -> float | None:
+    """Run ``i``'s end (None: none recorded). A listing that shows one or two runs of a chunk
+    sums a prefix of its packed ends instead of decoding them all (``packing.time_at``); a
+    record read more often than that is decoded once (``ends_of``)."""
+    packed_ends = rec.get("zends")
+    reads = rec.get("_end_reads", 0)
+    if "_ends" not in rec and rec.get("ends") is None and packed_ends is not None and reads < _DECODE_AFTER \
+            and "numpy" not in sys.modules:  # with numpy loaded, decoding them all is as cheap
+        rec["_end_reads"] = reads + 1
+        if "_end_planes" not in rec:
+            rec["_end_planes"] = time_planes(packed_ends)
+        planes = rec["_end_planes"]
+        return None if planes is None else time_in(planes, i)
+    ends = ends_of(rec)
+    return ends[i] if 0 <= i < len(ends) else None
 
 
 def ends_of(rec: dict) -> array:
@@ -55,9 +75,9 @@ def started_at(rec: dict, i: int) -> float | None:
     starts = packed(rec, "starts")
     if starts is not None and i < len(starts) and starts[i]:
         return starts[i]
-    ends = ends_of(rec)
-    if 0 < i <= len(ends):
-        return ends[i - 1]
+    before = end_at(rec, i - 1) if i > 0 else None
+    if before is not None:
+        return before
     return rec.get("first") or rec.get("started")
 
 
@@ -70,7 +90,7 @@ def expand(rec: dict, i: int) -> dict:
     end = None
     if codes is not None:
         state_type, state = CODE_STATES[codes[i]]
-        end = ends_of(rec)[i] if i < len(ends_of(rec)) else None
+        end = end_at(rec, i)
         run_count = run_count_of(codes[i], recorded)
         start = started_at(rec, i) if run_count else None
         message = final_message(rec, i) if state_type != "COMPLETED" else ""
@@ -137,9 +157,10 @@ def final_message(rec: dict, i: int) -> str:
 
 def may_hold(rec: dict, state_l: str) -> bool:
     """Whether a chunk may hold runs in a state (name or type, lower case), from its codes."""
-    if rec.get("codes") is None or rec.get("events"):
+    codes = rec.get("codes")
+    if codes is None or rec.get("events"):
         return True
-    names = set(chunk_counts(rec))
+    names = {state.name for code, state in CODE_STATES.items() if code in codes}  # a C scan per code, not per run
     kinds = {n.lower() for n in names} | {CODE_STATES[CODE_OF_NAME[n]].type.lower() for n in names}
     return state_l in kinds
 
