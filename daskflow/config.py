@@ -53,7 +53,10 @@ def get(key: str, default: Any = None) -> Any:
     if dask_config is not None:
         if not _registered:
             register_defaults()
-        return dask_config.get(f"daskflow.{key}", default=default)
+        value = dask_config.get(f"daskflow.{key}", _MISSING)
+        if value is _MISSING:  # e.g. defaults registered inside a dask.config.set that added "daskflow": gone after it
+            return lookup(defaults(), f"daskflow.{key}", default)
+        return value
     global _settings
     if _settings is None:
         _settings = read_settings()

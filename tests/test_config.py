@@ -109,3 +109,15 @@ def _outcome(parse, text):
         return type(value), value
     except Exception as exc:
         return type(exc)
+
+
+def test_defaults_survive_a_dask_config_set_that_added_the_namespace(monkeypatch):
+    """Defaults registered late, inside a ``dask.config.set`` that created ``daskflow``, leave
+    with it when it exits: settings still read daskflow's defaults."""
+    monkeypatch.setitem(dask.config.config, "daskflow", None)
+    monkeypatch.delitem(dask.config.config, "daskflow")
+    with dask.config.set({"daskflow.runs.keep": "1d"}):
+        assert config.get("runs.keep") == "1d"
+    assert "daskflow" not in dask.config.config
+    assert config.get("runs.keep") == "30d" and config.get("map.chunk-seconds") == 0.2
+    assert config.get("no-such-setting", 5) == 5
