@@ -258,20 +258,22 @@ class LMDBResultStore(ResultStore):
         tasks: dict[bytes, str] = {}  # the task key is the key's middle part: decoded once per task
 
         def read(txn: Any) -> list:
-            out = []
+            out: list = []
+            add, magic_ok = out.append, ser.MAGIC  # bound once: 10^5 iterations
             last = {} if stamps is None else bounds.last_reads(txn, *stamps)
+            read_at = last.get
             for key, record in txn.cursor(db=db).iternext():
                 key = bytes(key)
                 prefix = key[:-16]
                 task = tasks.get(prefix) or tasks.setdefault(prefix, prefix[3:-1].decode(errors="replace"))
                 try:
                     magic, _h, created, expires, code, _n, _p, _k = head(record)
-                    serializer = names[code] if magic == ser.MAGIC else None
+                    serializer = names[code] if magic == magic_ok else None
                 except (struct.error, IndexError):
                     serializer = None
                 if serializer is None:
                     created, expires, task, serializer = None, None, "?", "damaged"
-                out.append(Entry(key, len(record), created, last.get(key), task, expires or None, serializer))
+                add(Entry(key, len(record), created, read_at(key), task, expires or None, serializer))
             return out
 
         return self.env.read(read, buffers=True)

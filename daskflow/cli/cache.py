@@ -17,6 +17,7 @@ import contextlib
 import datetime
 import functools
 import heapq
+import itertools
 import json
 import time
 from typing import Any, Iterator
@@ -174,12 +175,13 @@ def _print_columns(columns: list[str], cells: list[list[str]]) -> None:
     """A rich table; plain columns beyond ``_RICH_ROWS`` rows (the same cells, left-aligned)."""
     rows = len(cells[0]) if cells else 0
     if rows > _RICH_ROWS:
-        padded = [list(map(f"{{:<{max(len(c), max(map(len, column), default=0))}}}".format, [c, *column]))
+        padded = [list(map(str.ljust, [c, *column], itertools.repeat(max(len(c), max(map(len, column), default=0)))))
                   for c, column in zip(columns[:-1], cells[:-1])]  # the last column is not padded ...
         lines = map("  ".join, zip(*padded, [columns[-1], *cells[-1]]))
         if any(not v or v[-1].isspace() for v in cells[-1]):  # ... so only a blank end needs stripping
             lines = map(str.rstrip, lines)
-        click.echo("\n".join(lines))
+        text = "\n".join(lines)
+        click.echo(text, color=True if "\x1b" not in text else None)  # nothing to strip: skip click's regex pass
         return
     from rich.console import Console
     from rich.table import Table
