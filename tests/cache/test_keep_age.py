@@ -138,7 +138,7 @@ def test_pruning_by_age_while_another_process_reads(store, daskflow_home, tmp_pa
         old = time.time() - 2 * DAY
         store.put_many(list(zip(keys, ser.encode_many(arrays, "aged-00000000", None, None, store.secret,
                                                       created=old))))
-        reader = subprocess.Popen([sys.executable, str(script), str(daskflow_home), str(n), "200"],
+        reader = subprocess.Popen([sys.executable, str(script), str(daskflow_home), str(n), "100"],
                                   env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:

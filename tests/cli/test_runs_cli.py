@@ -118,8 +118,12 @@ def test_read_only_commands_import_neither_dask_nor_distributed(recorded, daskfl
     keys = [b"v1/t-0000000a/" + i.to_bytes(16, "big") for i in range(3)]
     store.put_many(list(zip(keys, ser.encode_many([1, 2, 3], "t-0000000a", None, None, store.secret))))
     close_store(daskflow_home)
-    run = json.loads(cli("runs", "ls", "--state", "Failed", "-o", "json").stdout)[0]["id"]
-    flow_run = json.loads(cli("flow-runs", "ls", "-o", "json").stdout)[0]["id"]
+    from daskflow.store import queries
+    from daskflow.store.runs import open_run_store
+
+    runs = open_run_store()  # this process recorded them: its own writer's store
+    run = queries.runs_page(runs, state="Failed", limit=1).rows[0]["id"]
+    flow_run = queries.flow_run_rows(runs, 1)[0]["id"]
     lines = ["runs ls", "runs ls --state Failed", f"runs show {run}", f"runs logs {run}", "flow-runs ls",
              f"flow-runs show {flow_run}", "cache ls", "cache ls --sort read --limit 2", "cache stats", "limits ls",
              "artifacts ls", "runs ls -o json", "flow-runs ls -o json", "cache ls -o json"]
