@@ -102,6 +102,7 @@ class KeptStore(LMDBResultStore):
     ``daskflow.results.keep`` bounds them by age, not the cache's ``max-bytes``."""
 
     bounded = False
+    segmented = False
 
     def __init__(self, home: str | os.PathLike) -> None:  # noqa: D107 - LMDBResultStore's, another path
         super().__init__(home, name="kept", sync=False)
