@@ -167,6 +167,9 @@ def run_rows(spec: ChunkSpec, deps: list, done: Checkpoint | None = None, host: 
     by one (``run_chunk``'s; a direct call has none).
     """
     task, n = spec.task, spec.n
+    if (spec.row is not None and task.fast_path and done is None and meter is None and not spec.refs
+            and not spec.wait_refs and not task.tags and not task.options.log_prints):
+        return _run_one_plain(spec)
     if task.tags:  # once per chunk: a task whose tags name limits holds their slots while bodies run
         task = limited_task(task)
     res = ChunkResult(task.name, spec.base, spec.start, n, bytearray(n), [None] * n)
@@ -222,6 +225,35 @@ def run_rows(spec: ChunkSpec, deps: list, done: Checkpoint | None = None, host: 
     finally:
         if prints is not None:
             run_logging.capturing_prints.reset(prints)
+        res.logs = run_logging.close_sink(sink)
+        task_run_ctx.reset(token)
+    return res
+
+
+def _run_one_plain(spec: ChunkSpec) -> ChunkResult:
+    """``run_rows`` of one run of a plain task (no cache, tags, upstream refs, printed logs):
+    a direct call ``t(x)``, without the chunk's machinery (its cost is the whole engine's share)."""
+    task = spec.task
+    res = ChunkResult(task.name, spec.base, spec.start, 1, bytearray(1), [None])
+    res.started = res.first = time.time()
+    ctx = TaskRunContext(task, spec.base, spec.start, flow_run_id=spec.flow_run_id, spec=spec, deps=(),
+                         default_name=spec.name)
+    if spec.name:
+        res.names[0] = spec.name
+    token = task_run_ctx.set(ctx)
+    sink = run_logging.open_sink()
+    try:
+        try:
+            value = res.values[0] = task.fn(*spec.row)  # type: ignore[index, misc]
+        except Exception as exc:
+            value = None
+            res.fail(0, FAILED, exc)
+        res.ends = array("d", (time.time(),))
+        if type(value) is st.State:
+            settle_returned_states(res)
+        if res.n_failed:
+            note_failed_inputs(res, ctx)
+    finally:
         res.logs = run_logging.close_sink(sink)
         task_run_ctx.reset(token)
     return res
