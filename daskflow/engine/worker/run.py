@@ -110,7 +110,7 @@ def run_chunk(spec: ChunkSpec, deps: list[ChunkResult] = ()) -> ChunkResult:  # 
         reports.chunk_starting(spec.base, spec.start, host)
         meter = Meter() if resources.enabled() else None
         try:
-            result = run_rows(spec, list(deps), done=done, host=host, meter=meter)
+            result = run_rows(spec, list(deps), done=done, host=host, meter=meter, keep=False)
         finally:
             used = meter.finish() if meter is not None else None
         result.resources = used
@@ -118,6 +118,7 @@ def run_chunk(spec: ChunkSpec, deps: list[ChunkResult] = ()) -> ChunkResult:  # 
         if before is not None:
             recomputed(result, before, host.address())
         result.seal(inline_bytes() if host.remote() else None)
+        keep_chunk(spec, result)  # after the seal: a chunk's kept values reuse its pickled blob
         reports.chunk_ended(result, host)
         return result
     finally:
@@ -158,13 +159,14 @@ def run_pickled_chunk(spec: bytes, deps: list[ChunkResult] = ()) -> ChunkResult:
 
 
 def run_rows(spec: ChunkSpec, deps: list, done: Checkpoint | None = None, host: Host | None = None,
-             meter: Meter | None = None) -> ChunkResult:
+             meter: Meter | None = None, keep: bool = True) -> ChunkResult:
     """Run the runs of ``spec`` (its columns, or its one ``row``); the envelope, unsealed.
 
     ``deps``: the upstream envelopes its ``Ref``s point into. ``done``: runs an earlier
     attempt finished; they are restored, not run. ``host``: given by ``run_chunk``, whose
     runner keeps checkpoints when ``spec.checkpoints``. ``meter``: measures heavy runs one
-    by one (``run_chunk``'s; a direct call has none).
+    by one (``run_chunk``'s; a direct call has none). ``keep``: keep the completed values for a
+    retry here (``run_chunk`` keeps them itself, once sealed).
     """
     task, n = spec.task, spec.n
     if (spec.row is not None and task.fast_path and done is None and meter is None and not spec.refs
@@ -219,7 +221,8 @@ def run_rows(spec: ChunkSpec, deps: list, done: Checkpoint | None = None, host: 
                           meter)
         res.ends = ends
         cache.finish(first)
-        keep_chunk(spec, res)
+        if keep:
+            keep_chunk(spec, res)
         if res.n_failed:
             note_failed_inputs(res, ctx)
     finally:
