@@ -6,7 +6,7 @@ record holds the values of ~64 consecutive keys of one map with one MAC, so the 
 reads 1/64 as many records and checks 1/64 as many MACs.
 
 Where segments start does not depend on how a run cut its map into chunks: a key whose
-hash has its low ``BITS`` bits zero ends a segment (content-defined, as rsync and restic
+last byte (keys end with a hash) has its low ``BITS`` bits zero ends a segment (content-defined, as rsync and restic
 cut files). The writer (a worker, for the fresh results of a chunk) and a later reader
 (the client, for all the keys of a map) cut the same key sequence at the same keys, so
 they name the same segments, ``v1/segment/<hash of the keys>``, with no index of which
@@ -26,8 +26,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 from typing import Any, Callable
-
-import xxhash
 
 from daskflow.cache import serialization as ser
 
@@ -50,11 +48,11 @@ class Segment:
 
 def cut(keys: list[bytes | None]) -> list[Segment]:
     """The complete segments of ``keys`` (None: a key that cannot be looked up, which no segment holds)."""
-    h = xxhash.xxh3_64_intdigest
+    # A cache key ends with a 16-byte hash (cache.keys): its last byte is as good as a new hash.
     if None in keys:  # -1: a break, the next segment starts after the next boundary
-        ends = [-1 if k is None else i for i, k in enumerate(keys) if k is None or not h(k) & _MASK]
+        ends = [-1 if k is None else i for i, k in enumerate(keys) if k is None or not k[-1] & _MASK]
     else:
-        ends = [i for i, k in enumerate(keys) if not h(k) & _MASK]
+        ends = [i for i, k in enumerate(keys) if not k[-1] & _MASK]
     out, join, blake = [], b"".join, hashlib.blake2b
     prev = None
     for end in ends:
