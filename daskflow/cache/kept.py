@@ -36,8 +36,9 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
+import cloudpickle
 import xxhash
 
 from daskflow.cache import serialization as ser
@@ -53,11 +54,23 @@ _SOURCE = xxhash.xxh3_128_digest(b"flow-source")
 
 @dataclass(slots=True)
 class KeptChunk:
-    """The completed runs of one chunk: their positions in the call and their values."""
+    """The completed runs of one chunk: their positions in the call and their values.
+
+    A chunk whose runs all completed keeps ``positions`` None (``start`` and on) and its
+    values as the chunk's envelope pickled them already (``blob``): not pickled twice.
+    """
 
     call: str
-    positions: list[int]
-    values: list
+    positions: list[int] | None
+    values: list | None
+    start: int = 0
+    blob: bytes | None = None  # the values, pickled (cloudpickle), instead of ``values``
+
+    def items(self) -> Iterable[tuple[int, Any]]:
+        """``(position in the call, value)`` of the kept runs."""
+        values = self.values if self.blob is None else cloudpickle.loads(self.blob)
+        positions = self.positions if self.positions is not None else range(self.start, self.start + len(values))
+        return zip(positions, values)
 
 
 @dataclass(slots=True)
@@ -102,6 +115,7 @@ class KeptStore(LMDBResultStore):
     ``daskflow.results.keep`` bounds them by age, not the cache's ``max-bytes``."""
 
     bounded = False
+    segmented = False
 
     def __init__(self, home: str | os.PathLike) -> None:  # noqa: D107 - LMDBResultStore's, another path
         super().__init__(home, name="kept", sync=False)
@@ -203,7 +217,7 @@ def load_kept(store: ResultStore, flow_run_id: str) -> KeptRuns:
     for value in hits.values():
         if isinstance(value, KeptChunk):
             found = out.calls.setdefault(value.call, {})
-            found.update(zip(value.positions, value.values))
+            found.update(value.items())
             out.records += 1
         elif isinstance(value, KeptCalls):
             for call, kept in zip(value.calls, value.values):

@@ -121,7 +121,8 @@ def _pad(n: int) -> int:
     return -n % _ALIGN
 
 
-_SERIALIZERS = ("cloudpickle", "pickle", "json")
+_SERIALIZERS = ("cloudpickle", "pickle", "json", "segment")  # segment: many pickles (cache/segments.py)
+_SEGMENT = 3
 _HEAD = struct.Struct("<ddBHQH")  # created, expires (0: never), serializer, n buffers, pickle length, key length
 _FULL = struct.Struct("<IddBHQH")  # the header length, then _HEAD
 _BUF = struct.Struct("<QQ")  # offset, length of an out-of-band buffer
@@ -267,7 +268,7 @@ def load_many(records: list, secret: bytes, now: float) -> tuple[dict[int, Any],
         if expires and expires <= now:
             continue
         try:
-            if nbufs or ser_code == 2:
+            if nbufs or ser_code >= 2:
                 hits[pos] = decode(record, b"", verified=True)[1]
             else:
                 start = _FIXED + hlen
@@ -278,6 +279,48 @@ def load_many(records: list, secret: bytes, now: float) -> tuple[dict[int, Any],
         except Exception as exc:
             damaged.append((pos, f"payload cannot be loaded: {type(exc).__name__}: {exc}"))
     return hits, damaged
+
+
+SEGMENT_MEMBER_BYTES = SMALL  # the largest record whose value a segment repeats
+_LENGTHS = struct.Struct("<I")
+
+
+def segment(records: list[bytes], secret: bytes) -> bytes | None:
+    """One record holding the values of ``records`` (this process's own, just encoded), in order;
+    None when one of them cannot be a member (out-of-band buffers, JSON, over
+    ``SEGMENT_MEMBER_BYTES``). Its value loads as the list of the members' values, with one
+    MAC check for all of them: see ``cache.segments``."""
+    payloads, expires, created = [], [], []
+    for record in records:
+        if len(record) > SEGMENT_MEMBER_BYTES:
+            return None
+        hlen, made, expiry, ser_code, nbufs, plen, _klen = _FULL.unpack_from(record, _FIXED - 4)
+        if nbufs or ser_code >= 2:
+            return None
+        start = _FIXED + hlen
+        start += -start % _ALIGN
+        payloads.append(record[start:start + plen])
+        expires.append(expiry)
+        created.append(made)
+    tk = bytes(records[0][_FIXED + _HEAD.size:_FIXED + _HEAD.size + _klen])
+    lengths = struct.pack(f"<I{len(payloads)}I", len(payloads), *map(len, payloads))
+    payload = lengths + b"".join(payloads)
+    expiring = [e for e in expires if e]
+    expiry = min(expiring) if expiring else 0.0  # with its first member to expire
+    header = _HEAD.pack(min(created), expiry, _SEGMENT, 0, len(payload), len(tk)) + tk
+    start = _FIXED + len(header)
+    body = b"".join((_LENGTHS.pack(len(header)), header, bytes(_pad(start)), payload))
+    return MAGIC + mac(secret, body) + body
+
+
+def _load_segment(payload: bytes) -> list:
+    (n,) = _LENGTHS.unpack_from(payload)
+    lengths = struct.unpack_from(f"<{n}I", payload, 4)
+    loads, out, at = pickle.loads, [], 4 + 4 * n
+    for length in lengths:
+        out.append(loads(payload[at:at + length]))
+        at += length
+    return out
 
 
 def _header(record: Any) -> tuple[dict, int]:
@@ -339,6 +382,8 @@ def decode(record: bytearray | memoryview, secret: bytes, verified: bool = False
     try:
         if ser_code == 2:
             value = json.loads(bytes(view[start:start + plen]))
+        elif ser_code == _SEGMENT:
+            value = _load_segment(bytes(view[start:start + plen]))
         elif not nbufs:
             value = pickle.loads(view[start:start + plen])
         else:

@@ -38,7 +38,7 @@ import msgpack
 import lmdb
 
 from daskflow import _lmdb, config
-from daskflow.cache import bounds
+from daskflow.cache import bounds, segments
 from daskflow.cache import serialization as ser
 from daskflow.cache.storage import StorageSpec, open_storage
 from daskflow.exceptions import StoreError
@@ -132,6 +132,7 @@ class LMDBResultStore(ResultStore):
     """
 
     bounded = True  # daskflow.cache.max-bytes applies to it
+    segmented = True  # fresh results of a chunk also go in segment records (cache/segments.py)
 
     def __init__(self, home: str | os.PathLike, recover: bool = True, readonly: bool = False, name: str = "cache",
                  sync: bool = True) -> None:
@@ -183,25 +184,48 @@ class LMDBResultStore(ResultStore):
         small = ser.SMALL
         limit = max_bytes if max_bytes is not None else float("inf")
 
+        now = time.time() if now is None else now
+        seg_keys: list[bytes] = []
+
         def read(txn: Any) -> Hits:
             get = txn.get
+            found, rest = self._segments(lambda k: get(k, db=db), keys, now, seg_keys)
             # Small records are copied to bytes at once: a list of 10^5 live map views
             # (GC-tracked objects) would make the collector scan them again and again.
             records = [None if k is None or (v := get(k, db=db)) is None else bytes(v) if len(v) <= small else v
-                       for k in keys]
+                       for k in rest]
             large = 0
             if limit != float("inf"):
                 for i, v in enumerate(records):
                     if v is not None and len(v) > limit:
                         records[i], large = None, large + 1
-            hits = Hits(self._decode_all(keys, records, now))
+            hits = Hits(self._decode_all(rest, records, now))
+            hits.update(found)
             hits.too_large = large
             return hits
 
         hits = self._misses_on_error(lambda: self.env.read(read, buffers=True), Hits())
         if hits:
-            self._note_reads([keys[i] for i in hits])
+            self._note_reads([keys[i] for i in hits] + seg_keys)
         return hits
+
+    def _segments(self, get: Any, keys: list, now: float, seg_keys: list) -> tuple[dict[int, Any], list]:
+        """Values read from segment records (``cache.segments``), and ``keys`` with None where
+        they were found (``seg_keys`` gets the segments' keys)."""
+        if not self.segmented or len(keys) < segments.MIN_KEYS:
+            return {}, keys
+        found, hit, bad = segments.read(get, keys, self.secret, now)
+        if bad:
+            seg, why = bad[0]
+            warnings.warn(f"damaged cache segment treated as a miss: {seg.key!r}: {why}; its members are "
+                          "read one by one", CacheWarning, stacklevel=4)
+        if not hit:
+            return found, keys
+        rest = list(keys)
+        for seg in hit:
+            rest[seg.lo:seg.hi] = [None] * (seg.hi - seg.lo)
+            seg_keys.append(seg.key)
+        return found, rest
 
     # -- read stamps and the size limit (see cache/bounds.py) ----------------------------
     def _note_reads(self, keys: list) -> None:

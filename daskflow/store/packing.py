@@ -66,6 +66,18 @@ def pack_chunk(rec: dict) -> bytes:
     return msgpack.packb(out, use_bin_type=True)
 
 
+def known_times(old: dict, fields: dict) -> dict:
+    """``fields`` without the per-run times ``old`` holds packed already: the envelope of a
+    chunk carries the times its end event recorded (same runs, same codes, same first end),
+    and packing them again cost the writer ~0.05 us a run. A chunk run again (other times)
+    keeps its new times."""
+    if old.get("codes") is None or fields.get("codes") != old.get("codes"):
+        return fields
+    drop = [name for name in TIME_FIELDS if (raw := fields.get(name)) is not None
+            and (packed := old.get("z" + name)) is not None and raw[:8] == packed[:8]]
+    return {k: v for k, v in fields.items() if k not in drop} if drop else fields
+
+
 def unpack_chunk(data: bytes) -> dict:
     """A chunk record as readers use it: ``codes`` as bytes; times stay packed until asked for."""
     rec = msgpack.unpackb(data, raw=False, strict_map_key=False)

@@ -58,7 +58,7 @@ from daskflow.store import metrics
 from daskflow.store.artifacts import ARTIFACTS_LOGGER, put_artifact
 from daskflow.store.indexes import (Deltas, build_indexes, flow_counts, index_chunk, index_flow, index_owned, indexed,
                                      time_key, write_counts)
-from daskflow.store.packing import pack, pack_chunk, unpack, unpack_chunk
+from daskflow.store.packing import known_times, pack, pack_chunk, unpack, unpack_chunk
 from daskflow.store import retention
 from daskflow.store.paging import RunPage, decode_cursor, encode_cursor
 from daskflow.store.rows import (bad_runs, chunk_counts, expand, final_message, history, run_resources,
@@ -208,7 +208,7 @@ class RunStore:
                 if fid:
                     txn.put(fid + key, b"", db=db["byflow"])
             else:
-                rec = _merge(old, op.fields)
+                rec = _merge(old, known_times(old, op.fields))
             metrics.change(old, rec, delta)
             index_owned(txn, db["owned"], rec, b"c" + key, rec.get("codes") is None)
             index_chunk(txn, db, key, old, rec, deltas)

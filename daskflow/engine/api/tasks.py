@@ -45,6 +45,17 @@ HOOKS = ("on_completion", "on_failure", "on_running", "on_commit", "on_rollback"
 MAX_DELAYS = 50  # as in Prefect
 
 
+_submit: Any = None  # engine.client.submit, loaded on first use: a worker that unpickles a task never imports it
+
+
+def _load_submit() -> Any:
+    global _submit
+    from daskflow.engine.client import submit
+
+    _submit = submit
+    return submit
+
+
 @dataclass(frozen=True)
 class TaskOptions:
     """Every option of a task, validated once, at decoration time."""
@@ -339,11 +350,10 @@ class Task(Generic[P, R]):
 
     def __call__(self, *args: Any, return_state: bool = False, wait_for: Iterable[Any] | None = None,
                  **kwargs: Any) -> Any:
-        from daskflow.engine.client.submit import call_inline, call_inline_async
-
+        submit = _submit or _load_submit()
         if self.is_async and loop_running():
-            return call_inline_async(self, args, kwargs, wait_for, return_state)
-        return call_inline(self, args, kwargs, wait_for, return_state)
+            return submit.call_inline_async(self, args, kwargs, wait_for, return_state)
+        return submit.call_inline(self, args, kwargs, wait_for, return_state)
 
     @overload
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> TaskRunFuture[R]: ...

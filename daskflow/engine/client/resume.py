@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from daskflow import config
+from daskflow.codes import OK_CODES
 from daskflow.engine.core.context import cache_home, flow_run_ctx, task_run_ctx
 from daskflow.engine.worker.keep import KeepSpec
 
@@ -92,15 +93,19 @@ class KeepScope:
     def call(self, task: Task, single: bool) -> tuple[KeepSpec, dict[int, Any] | None]:
         """The keep spec of the next call of ``task``, and what an earlier attempt kept of it."""
         name = self.next_call(task.name)
-        url = task.options.result_storage or self.storage_url
+        spec = self.spec_for(name, task.options.result_storage, single)
+        return spec, (self.kept.calls.get(name) if self.kept is not None else None)
+
+    def spec_for(self, call: str, url: str | None, single: bool) -> KeepSpec:
+        """The keep spec of the call named ``call`` of a task whose result storage is ``url``."""
+        url = url or self.storage_url
         storage = self.storages.get(url, self)
         if storage is self:
             from daskflow.cache.storage import StorageSpec
 
             storage = self.storages[url] = StorageSpec.from_config(url)
-        spec = KeepSpec(self.home, self.token, storage, self.flow_run_id, name, self.attempt, self.keep_seconds,
+        return KeepSpec(self.home, self.token, storage, self.flow_run_id, call, self.attempt, self.keep_seconds,
                         single=single)
-        return spec, (self.kept.calls.get(name) if self.kept is not None else None)
 
 
 def keep_seconds() -> float:
@@ -140,18 +145,39 @@ def close_scope(scope: KeepScope | None) -> None:
         scope.writer = None
 
 
-def keep_direct(keep: KeepSpec, res: ChunkResult) -> None:
+def direct_call(task: Task) -> tuple[KeepScope | None, str]:
+    """The keep scope of a direct call ``t(x)`` made here and the call's name (``None, ""``: not
+    kept). The cheap form of ``for_call`` for the path of every direct call: no spec per call."""
+    ctx = flow_run_ctx.get()
+    if ctx is None or ctx.keep is None or task_run_ctx.get() is not None:
+        return None, ""
+    return ctx.keep, ctx.keep.next_call(task.name)
+
+
+def reused_direct(scope: KeepScope, call: str, task: Task, base: int, start: int) -> ChunkResult | None:
+    """The envelope of a direct call an earlier attempt kept (None: it runs)."""
+    if scope.kept is None:
+        return None
+    return reused_single(task, base, start, scope.kept.calls.get(call))
+
+
+def keep_direct(scope: KeepScope, call: str, task: Task, res: ChunkResult) -> None:
     """Keep the value of a direct call ``t(x)`` that completed here: batched, written every 256
     calls or half second and when the flow run ends (not one write per call)."""
-    from daskflow.codes import OK_CODES
-
-    ctx = flow_run_ctx.get()
-    if ctx is None or ctx.keep is None or res.codes[0] not in OK_CODES or keep.keep_seconds <= 0:
+    if res.codes[0] not in OK_CODES or scope.keep_seconds <= 0:
         return
-    scope = ctx.keep
-    scope.direct.append((keep, res.values[0]))  # type: ignore[index]
+    scope.direct.append(KeptCall(call, task.options.result_storage, res.values[0]))  # type: ignore[index]
     if len(scope.direct) >= 256 or time.monotonic() - scope.flushed > 0.5:
         flush_direct(scope)
+
+
+@dataclass(slots=True)
+class KeptCall:
+    """A direct call's value waiting for its batch's record."""
+
+    call: str
+    storage_url: str | None
+    value: Any
 
 
 def flush_direct(scope: KeepScope) -> None:
@@ -165,10 +191,10 @@ def flush_direct(scope: KeepScope) -> None:
     from daskflow.cache import kept
     from daskflow.cache.store import CacheWarning
 
-    first = batch[0][0]
+    first = scope.spec_for(batch[0].call, batch[0].storage_url, single=True)
     try:
         store = first.store()
-        record = kept.encode(kept.KeptCalls([k.call for k, _ in batch], [v for _, v in batch]), "direct calls",
+        record = kept.encode(kept.KeptCalls([k.call for k in batch], [k.value for k in batch]), "direct calls",
                              first.keep_seconds, store.secret)
         store.put_many([(kept.chunk_key(first.flow_run_id, f"direct:{first.call}", 0, first.attempt), record)])
     except Exception as exc:  # noqa: BLE001 - not kept only means they run again on a retry

@@ -27,6 +27,7 @@ from daskflow.engine.tracking import tracker
 from daskflow.engine.worker.run import arun_single, run_rows
 from daskflow.engine.worker.transactions import current_transaction
 from daskflow.exceptions import MappingLengthMismatch, MappingMissingIterable
+from daskflow.codes import OK_CODES
 from daskflow.ids import MASK, STRIDE, new_run_base, run_id
 
 if TYPE_CHECKING:
@@ -67,8 +68,28 @@ def _prepare_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | 
     return row, waits, envelopes, bool(ups)
 
 
-_direct: list = [0, 0, None]  # pid, base, index counter
-_direct_lock = threading.Lock()
+class _DirectSlots:
+    """One random run base per process and a counter of its direct calls (reset in a forked child)."""
+
+    def __init__(self) -> None:
+        self.base: int | None = None
+        self.counter: Any = None
+        self.lock = threading.Lock()
+
+    def reset(self) -> None:
+        self.base = None
+
+    def next(self) -> tuple[int, int]:
+        if self.base is None:
+            with self.lock:
+                if self.base is None:
+                    self.counter = itertools.count()
+                    self.base = new_run_base()
+        return self.base, next(self.counter)
+
+
+_direct = _DirectSlots()
+os.register_at_fork(after_in_child=_direct.reset)  # not os.getpid() on every call: a syscall here
 
 
 def direct_slot() -> tuple[int, int]:
@@ -77,12 +98,7 @@ def direct_slot() -> tuple[int, int]:
     Run ``index`` of that base has its own id like any run; the tracker writes a burst of
     direct calls of one task as one record (runs ``index .. index+n``) instead of one each.
     """
-    if _direct[0] != os.getpid():
-        with _direct_lock:
-            if _direct[0] != os.getpid():
-                _direct[1:] = [new_run_base(), itertools.count()]
-                _direct[0] = os.getpid()
-    return _direct[1], next(_direct[2])
+    return _direct.next()
 
 
 def submit_index() -> int:
@@ -95,14 +111,17 @@ def call_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None
     """Run one run in the calling thread; return its value (or its final State)."""
     row, waits, envelopes, refs = _prepare_inline(task, args, kwargs, wait_for)
     submitted, flow_run_id = time.time(), current_flow_run_id()
-    base, start = direct_slot()
-    keep, reused = resume.for_call(task, single=True)
-    res = resume.reused_single(task, base, start, reused)
+    base, start = _direct.next()
+    scope, call = resume.direct_call(task)
+    res = resume.reused_direct(scope, call, task, base, start) if scope is not None else None
     if res is None:
         res = run_rows(ChunkSpec.single(task, base, row, refs, waits, flow_run_id, start), envelopes)
-        if keep is not None:
-            resume.keep_direct(keep, res)
-    tracker.inline_finished(task, res, flow_run_id, submitted)
+        if scope is not None:
+            resume.keep_direct(scope, call, task, res)
+    ctx = flow_run_ctx.get()
+    tracker.inline_finished(task, res, flow_run_id, submitted, ctx.home_env if ctx is not None else None)
+    if not return_state and res.kept is None and res.codes[0] in OK_CODES:
+        return res.get_values()[0]  # what ``res.state(0).value()`` gives, without the State
     state = res.state(0)
     return state if return_state else state.value()
 

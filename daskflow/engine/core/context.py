@@ -7,6 +7,8 @@ of building a context per element.
 
 from __future__ import annotations
 
+import os
+
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -105,6 +107,7 @@ class FlowRunContext:
     retry: Any = None  # an engine.client.resume.Resume: this flow run is a retry of an earlier attempt
     cancel_reason: str | None = None  # set when another process cancelled it (engine.client.cancels)
     watched: Any = None  # its entry in the cancel watcher
+    home_env: str = field(default_factory=lambda: os.environ.get("DASKFLOW_HOME", ""))  # as its runs record it
 
     def info(self) -> FlowRunInfo:
         run = self.flow_run

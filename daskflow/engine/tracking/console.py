@@ -243,7 +243,7 @@ def _outcome_lines(envelopes: list[tuple[RunLabel, int, Any]], ended: list[FlowC
     for label, start, res in envelopes:
         if res.history:
             lines.extend(_retry_lines(label, start, res, _tally(label.flow_run_id)))
-        if res.n_failed or any(code not in OK_CODES for code in res.codes):
+        if res.n_failed or sum(res.codes.count(code) for code in OK_CODES) != len(res.codes):  # counted in C
             lines.extend(_failure_lines(label, start, res, _tally(label.flow_run_id)))
     if None in _tallies:  # runs outside any flow: counted per batch
         lines.extend(_summary_lines(_tallies.pop(None)))

@@ -312,8 +312,10 @@ def chunk_finished(chunk: Chunk) -> None:
     _tracker.put(Finished(chunk.base, chunk.start, res))
 
 
-def inline_finished(task: Any, res: ChunkResult, flow_run_id: str | None, submitted: float) -> None:
-    """Record a direct call ``t(x)`` that ran in this thread (one queued op, no live entry)."""
+def inline_finished(task: Any, res: ChunkResult, flow_run_id: str | None, submitted: float,
+                    home: str | None = None) -> None:
+    """Record a direct call ``t(x)`` that ran in this thread (one queued op, no live entry);
+    ``home``: ``$DASKFLOW_HOME`` as the caller's flow run read it (else read here)."""
     # The caller's whole cost: one record on the queue. The writer folds consecutive
     # direct calls of one task (consecutive indexes of ``direct_slot``) into one chunk record.
     if enabled():
@@ -322,7 +324,7 @@ def inline_finished(task: Any, res: ChunkResult, flow_run_id: str | None, submit
         else:  # the common case: the envelope is not kept alive until the writer runs
             record = DirectCallDone(task.name, task.task_key, flow_run_id, submitted, res.base, res.start,
                                     res.codes[0], res.ends[0], res.started)
-        _tracker.ops.append((os.environ.get("DASKFLOW_HOME", ""), record))
+        _tracker.ops.append((os.environ.get("DASKFLOW_HOME", "") if home is None else home, record))
         if _tracker.thread is None:
             _tracker.start()
 

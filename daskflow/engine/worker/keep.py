@@ -95,17 +95,22 @@ def keep_chunk(spec: ChunkSpec, res: ChunkResult) -> None:
     """Write the chunk's completed values in one record (never raises: a value not kept only
     means the run executes again on a retry)."""
     keep: KeepSpec | None = spec.kept
-    if keep is None or res.values is None or keep.keep_seconds <= 0:  # keep 0: a retry reuses, keeps nothing new
+    if keep is None or (res.values is None and res.blob is None) or keep.keep_seconds <= 0:  # keep 0: keeps nothing new
         return
-    codes, values, start = res.codes, res.values, 0 if keep.single else spec.start
-    done = [i for i in range(res.n) if codes[i] in OK_CODES]
-    if not done:
+    codes, start = res.codes, 0 if keep.single else spec.start
+    every = sum(codes.count(code) for code in OK_CODES) == res.n
+    done = None if every else [i for i in range(res.n) if codes[i] in OK_CODES]
+    if not every and not done:
         return
     try:
         store = keep.store()
         if store is None:
             return
-        chunk = kept.KeptChunk(keep.call, [start + i for i in done], [values[i] for i in done])
+        if every:  # the common chunk: its values as its envelope pickled them (``seal``), or the list
+            chunk = kept.KeptChunk(keep.call, None, None if res.blob is not None else res.values, start, res.blob)
+        else:
+            values = res.get_values()
+            chunk = kept.KeptChunk(keep.call, [start + i for i in done], [values[i] for i in done])  # type: ignore[union-attr]
         record = kept.encode(chunk, spec.task.name, keep.keep_seconds, store.secret)
         store.put_many([(kept.chunk_key(keep.flow_run_id, keep.call, start, keep.attempt), record)])
     except Exception as exc:  # noqa: BLE001 - keeping is best effort: the runs are final all the same

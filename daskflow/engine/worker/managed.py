@@ -22,6 +22,7 @@ import warnings
 from array import array
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
+from daskflow.cache import segments
 from daskflow.cache import serialization as ser
 from daskflow.cache.keys import KeyPlan, NotConcrete, Unhashable, display
 from daskflow.cache.locks import FileLockManager, holder_id
@@ -197,6 +198,9 @@ class CacheWork(NoCache):
                                   spec.serializer, self.store.secret)
         bad = [i for i, record in zip(fresh, records) if record is None]
         self.staged.extend((keys[i], record) for i, record in zip(fresh, records) if record is not None)
+        if getattr(self.store, "segmented", False) and len(fresh) >= segments.MIN_KEYS:
+            written = {i: record for i, record in zip(fresh, records) if record is not None}
+            self.staged.extend(segments.build(keys, written, self.store.secret))
         if bad:
             self._warn_unserializable(bad, expires)
 

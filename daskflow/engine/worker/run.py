@@ -110,7 +110,7 @@ def run_chunk(spec: ChunkSpec, deps: list[ChunkResult] = ()) -> ChunkResult:  # 
         reports.chunk_starting(spec.base, spec.start, host)
         meter = Meter() if resources.enabled() else None
         try:
-            result = run_rows(spec, list(deps), done=done, host=host, meter=meter)
+            result = run_rows(spec, list(deps), done=done, host=host, meter=meter, keep=False)
         finally:
             used = meter.finish() if meter is not None else None
         result.resources = used
@@ -118,6 +118,7 @@ def run_chunk(spec: ChunkSpec, deps: list[ChunkResult] = ()) -> ChunkResult:  # 
         if before is not None:
             recomputed(result, before, host.address())
         result.seal(inline_bytes() if host.remote() else None)
+        keep_chunk(spec, result)  # after the seal: a chunk's kept values reuse its pickled blob
         reports.chunk_ended(result, host)
         return result
     finally:
@@ -158,15 +159,19 @@ def run_pickled_chunk(spec: bytes, deps: list[ChunkResult] = ()) -> ChunkResult:
 
 
 def run_rows(spec: ChunkSpec, deps: list, done: Checkpoint | None = None, host: Host | None = None,
-             meter: Meter | None = None) -> ChunkResult:
+             meter: Meter | None = None, keep: bool = True) -> ChunkResult:
     """Run the runs of ``spec`` (its columns, or its one ``row``); the envelope, unsealed.
 
     ``deps``: the upstream envelopes its ``Ref``s point into. ``done``: runs an earlier
     attempt finished; they are restored, not run. ``host``: given by ``run_chunk``, whose
     runner keeps checkpoints when ``spec.checkpoints``. ``meter``: measures heavy runs one
-    by one (``run_chunk``'s; a direct call has none).
+    by one (``run_chunk``'s; a direct call has none). ``keep``: keep the completed values for a
+    retry here (``run_chunk`` keeps them itself, once sealed).
     """
     task, n = spec.task, spec.n
+    if (spec.row is not None and task.fast_path and done is None and meter is None and not spec.refs
+            and not spec.wait_refs and not task.tags and not task.options.log_prints):
+        return _run_one_plain(spec)
     if task.tags:  # once per chunk: a task whose tags name limits holds their slots while bodies run
         task = limited_task(task)
     res = ChunkResult(task.name, spec.base, spec.start, n, bytearray(n), [None] * n)
@@ -216,12 +221,42 @@ def run_rows(spec: ChunkSpec, deps: list, done: Checkpoint | None = None, host: 
                           meter)
         res.ends = ends
         cache.finish(first)
-        keep_chunk(spec, res)
+        if keep:
+            keep_chunk(spec, res)
         if res.n_failed:
             note_failed_inputs(res, ctx)
     finally:
         if prints is not None:
             run_logging.capturing_prints.reset(prints)
+        res.logs = run_logging.close_sink(sink)
+        task_run_ctx.reset(token)
+    return res
+
+
+def _run_one_plain(spec: ChunkSpec) -> ChunkResult:
+    """``run_rows`` of one run of a plain task (no cache, tags, upstream refs, printed logs):
+    a direct call ``t(x)``, without the chunk's machinery (its cost is the whole engine's share)."""
+    task = spec.task
+    res = ChunkResult(task.name, spec.base, spec.start, 1, bytearray(1), [None])
+    res.started = res.first = time.time()
+    ctx = TaskRunContext(task, spec.base, spec.start, flow_run_id=spec.flow_run_id, spec=spec, deps=(),
+                         default_name=spec.name)
+    if spec.name:
+        res.names[0] = spec.name
+    token = task_run_ctx.set(ctx)
+    sink = run_logging.open_sink()
+    try:
+        try:
+            value = res.values[0] = task.fn(*spec.row)  # type: ignore[index, misc]
+        except Exception as exc:
+            value = None
+            res.fail(0, FAILED, exc)
+        res.ends = array("d", (time.time(),))
+        if type(value) is st.State:
+            settle_returned_states(res)
+        if res.n_failed:
+            note_failed_inputs(res, ctx)
+    finally:
         res.logs = run_logging.close_sink(sink)
         task_run_ctx.reset(token)
     return res
