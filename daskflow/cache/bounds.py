@@ -54,7 +54,7 @@ import struct
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import msgpack
 
@@ -142,6 +142,21 @@ class Entry:
     def used(self) -> float:
         """When the entry was last used: read, else written (0: unknown)."""
         return max(self.written or 0.0, self.last_read or 0.0)
+
+
+def apply_keep(home: pathlib.Path, entries: Callable[[], list[Entry]], delete: Callable[[list[bytes]], int]) -> int:
+    """``daskflow.cache.keep`` for the store at ``home`` (its ``entries`` and ``delete``): the
+    entries unused for that long go, if no process of the host did it within
+    ``cache.prune-every`` (a stamp file) and none is evicting right now; returns how many."""
+    every, keep = prune_every_seconds(), keep_seconds()
+    now, stamp = time.time(), home / ".cache-keep.stamp"
+    if keep is None or not keep_due(stamp, every, now):
+        return 0
+    with evicting(home / ".cache-evict.lock") as mine:
+        if not mine:  # another process prunes or evicts right now
+            return 0
+        touch(stamp, now)
+        return delete(unused_since(entries(), now - keep))
 
 
 def victims(entries: list[Entry], used: float, target: float) -> list[Entry]:

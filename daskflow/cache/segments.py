@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from daskflow.cache import serialization as ser
 
-__all__ = ["Segment", "cut", "build", "PREFIX"]
+__all__ = ["Found", "Segment", "cut", "build", "read", "PREFIX"]
 
 PREFIX = b"v1/segment/"
 BITS = 6  # ~64 keys a segment
@@ -80,22 +80,34 @@ def build(keys: list[bytes | None], records: dict[int, bytes], secret: bytes) ->
     return out
 
 
-def read(get: Callable[[bytes], Any], keys: list[bytes | None], secret: bytes,
-         now: float) -> tuple[dict[int, Any], list[Segment], list[tuple[Segment, str]]]:
-    """``(values by position, segments that hit, (segment, why damaged))`` of the segments of
-    ``keys``, read with ``get`` (a read transaction's)."""
-    segs = cut(keys)
+@dataclasses.dataclass
+class Found:
+    """What the segments of a lookup held: ``values`` by position, ``rest`` (the lookup's keys
+    with None where a segment answered: still to read one by one), the keys of the segments
+    that answered, and ``(segment, why)`` of damaged ones."""
+
+    values: dict[int, Any]
+    rest: list[bytes | None]
+    keys: list[bytes]
+    damaged: list[tuple[Segment, str]]
+
+
+def read(get: Callable[[bytes], Any], keys: list[bytes | None], secret: bytes, now: float) -> Found:
+    """The segments of ``keys``, read with ``get`` (a read transaction's)."""
+    segs = cut(keys) if len(keys) >= MIN_KEYS else []
     if not segs:
-        return {}, [], []
+        return Found({}, keys, [], [])
     records = [get(s.key) for s in segs]
     records = [None if r is None else bytes(r) for r in records]
     hits, bad = ser.load_many(records, secret, now)
-    values: dict[int, Any] = {}
-    found = []
+    found = Found({}, keys, [], [(segs[j], why) for j, why in bad])
     for j, members in hits.items():
         seg = segs[j]
         if len(members) != seg.hi - seg.lo:
             continue
-        values.update(zip(range(seg.lo, seg.hi), members))
-        found.append(seg)
-    return values, found, [(segs[j], why) for j, why in bad]
+        if found.rest is keys:
+            found.rest = list(keys)
+        found.values.update(zip(range(seg.lo, seg.hi), members))
+        found.rest[seg.lo:seg.hi] = [None] * (seg.hi - seg.lo)
+        found.keys.append(seg.key)
+    return found

@@ -189,7 +189,9 @@ class LMDBResultStore(ResultStore):
 
         def read(txn: Any) -> Hits:
             get = txn.get
-            found, rest = self._segments(lambda k: get(k, db=db), keys, now, seg_keys)
+            found = self._segments(lambda k: get(k, db=db), keys, now)
+            seg_keys.extend(found.keys)
+            rest = found.rest
             # Small records are copied to bytes at once: a list of 10^5 live map views
             # (GC-tracked objects) would make the collector scan them again and again.
             records = [None if k is None or (v := get(k, db=db)) is None else bytes(v) if len(v) <= small else v
@@ -200,7 +202,7 @@ class LMDBResultStore(ResultStore):
                     if v is not None and len(v) > limit:
                         records[i], large = None, large + 1
             hits = Hits(self._decode_all(rest, records, now))
-            hits.update(found)
+            hits.update(found.values)
             hits.too_large = large
             return hits
 
@@ -209,23 +211,16 @@ class LMDBResultStore(ResultStore):
             self._note_reads([keys[i] for i in hits] + seg_keys)
         return hits
 
-    def _segments(self, get: Any, keys: list, now: float, seg_keys: list) -> tuple[dict[int, Any], list]:
-        """Values read from segment records (``cache.segments``), and ``keys`` with None where
-        they were found (``seg_keys`` gets the segments' keys)."""
-        if not self.segmented or len(keys) < segments.MIN_KEYS:
-            return {}, keys
-        found, hit, bad = segments.read(get, keys, self.secret, now)
-        if bad:
-            seg, why = bad[0]
+    def _segments(self, get: Any, keys: list, now: float) -> segments.Found:
+        """What segment records (``cache.segments``) hold of ``keys``: one warning for damaged ones."""
+        if not self.segmented:
+            return segments.Found({}, keys, [], [])
+        found = segments.read(get, keys, self.secret, now)
+        if found.damaged:
+            seg, why = found.damaged[0]
             warnings.warn(f"damaged cache segment treated as a miss: {seg.key!r}: {why}; its members are "
                           "read one by one", CacheWarning, stacklevel=4)
-        if not hit:
-            return found, keys
-        rest = list(keys)
-        for seg in hit:
-            rest[seg.lo:seg.hi] = [None] * (seg.hi - seg.lo)
-            seg_keys.append(seg.key)
-        return found, rest
+        return found
 
     # -- read stamps and the size limit (see cache/bounds.py) ----------------------------
     def _note_reads(self, keys: list) -> None:
@@ -353,19 +348,10 @@ class LMDBResultStore(ResultStore):
 
     def apply_keep(self) -> int:
         """Delete the entries unused for ``daskflow.cache.keep`` if no process did within
-        ``cache.prune-every`` (see cache/bounds.py); returns how many went. Called by writes:
-        at this process's first, then once per ``prune-every``."""
-        every = bounds.prune_every_seconds()
-        self.next_keep = time.monotonic() + every
-        keep = bounds.keep_seconds()
-        now, stamp = time.time(), self.home / ".cache-keep.stamp"
-        if keep is None or not bounds.keep_due(stamp, every, now):
-            return 0
-        with bounds.evicting(self.home / ".cache-evict.lock") as mine:
-            if not mine:  # another process prunes or evicts right now
-                return 0
-            bounds.touch(stamp, now)
-            return self.delete(bounds.unused_since(self.entries(), now - keep))
+        ``cache.prune-every``; returns how many went. Called by writes: at this process's
+        first, then once per ``prune-every`` (see ``bounds.apply_keep``)."""
+        self.next_keep = time.monotonic() + bounds.prune_every_seconds()
+        return bounds.apply_keep(self.home, self.entries, self.delete)
 
     def delete(self, keys: list[bytes]) -> int:
         db, reads = self.env.db(ENTRIES), self.env.db(READS)
