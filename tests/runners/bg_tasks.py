@@ -99,6 +99,18 @@ def chatty_long(x):
 
 
 @task(persist_result=True)
+def hog(mib):
+    """Hold ``mib`` MiB (every page written) while burning 0.15 s of this thread's CPU."""
+    import numpy as np
+
+    block = np.ones(mib * 2**20 // 8)
+    t0 = time.thread_time()
+    while time.thread_time() - t0 < 0.15:
+        pass
+    return float(block[0])
+
+
+@task(persist_result=True)
 def total(xs):
     return sum(xs)
 

@@ -26,7 +26,7 @@ from daskflow.runners import ThreadPoolTaskRunner
 
 SERVED = ["bg_tasks:add", "bg_tasks:whoami", "bg_tasks:not_persisted", "bg_tasks:boom", "bg_tasks:flaky",
           "bg_tasks:inc", "bg_tasks:cached_square", "bg_tasks:chatty", "bg_tasks:chatty_long",
-          "bg_tasks:total", "bg_tasks:aio_double", "bg_tasks:gated", "bg_tasks:runtime_info"]
+          "bg_tasks:total", "bg_tasks:aio_double", "bg_tasks:hog", "bg_tasks:gated", "bg_tasks:runtime_info"]
 
 
 @pytest.fixture(scope="module")
@@ -178,6 +178,21 @@ def test_background_runs_show_in_daskflow_runs_with_history_worker_and_logs(bg_s
     assert rec["worker"] == fut.record()["worker"] and rec["task_key"] == bg_tasks.chatty.task_key
     logs = _cli_json(bg_server["home"], "runs", "logs", fut.task_run_id)
     assert [r["message"] for r in logs] == ["hello 3"]
+
+
+def test_background_run_records_cpu_time_and_peak_rss_increase(bg_server):
+    fut = bg_tasks.hog.delay(64)
+    assert fut.result(timeout=30) == 1.0
+
+    def show() -> dict | None:
+        rec = _cli_json(bg_server["home"], "runs", "show", fut.task_run_id)
+        return rec if rec and rec["state"] == "Completed" else None
+
+    _wait_for(show, 30)  # the server's run store is written in batches: eventually consistent
+    res = show()["resources"]
+    assert res["resolution"] == "run"
+    assert 0.14 <= res["cpu_seconds"] < res["wall_seconds"] + 0.01
+    assert res["peak_rss_increase_bytes"] >= 48 * 2**20  # 64 MiB held while it ran
 
 
 def test_result_of_a_task_that_does_not_persist_is_a_clear_error(bg_server):

@@ -24,6 +24,7 @@ from daskflow.engine.core.envelope import ChunkSpec
 from daskflow.engine.core.inputs import ALIGNED, ATOMS, BROADCAST, MAPPED, Column, allow_failure, quote, unmapped
 from daskflow.engine.core.states import State
 from daskflow.engine.tracking import tracker
+from daskflow.engine.worker import resources
 from daskflow.engine.worker.run import arun_single, run_rows
 from daskflow.engine.worker.transactions import current_transaction
 from daskflow.exceptions import MappingLengthMismatch, MappingMissingIterable
@@ -98,11 +99,17 @@ def call_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None
     base, start = direct_slot()
     keep, reused = resume.for_call(task, single=True)
     res = resume.reused_single(task, base, start, reused)
+    cost = None
     if res is None:
-        res = run_rows(ChunkSpec.single(task, base, row, refs, waits, flow_run_id, start), envelopes)
+        watch = resources.call_started() if resources.enabled() else None
+        try:
+            res = run_rows(ChunkSpec.single(task, base, row, refs, waits, flow_run_id, start), envelopes)
+        finally:
+            if watch is not None:
+                cost = resources.call_ended(watch, time.time() - submitted)
         if keep is not None:
             resume.keep_direct(keep, res)
-    tracker.inline_finished(task, res, flow_run_id, submitted)
+    tracker.inline_finished(task, res, flow_run_id, submitted, cost)
     state = res.state(0)
     return state if return_state else state.value()
 

@@ -67,6 +67,7 @@ from daskflow.engine.tracking.records import (
     RunStates,
     Started,
     Submitted,
+    cost_record,
     to_store_ops,
 )
 from daskflow.exceptions import StoreError
@@ -77,6 +78,7 @@ if TYPE_CHECKING:
     from daskflow.engine.client.chunks import Chunk
     from daskflow.engine.core import states as st
     from daskflow.engine.core.envelope import ChunkResult
+    from daskflow.engine.worker.resources import CallCost
 
 __all__ = [
     "TOPIC", "chunk_finished", "chunks_submitted", "enabled", "flow_finished", "flow_started", "flush",
@@ -312,16 +314,22 @@ def chunk_finished(chunk: Chunk) -> None:
     _tracker.put(Finished(chunk.base, chunk.start, res))
 
 
-def inline_finished(task: Any, res: ChunkResult, flow_run_id: str | None, submitted: float) -> None:
-    """Record a direct call ``t(x)`` that ran in this thread (one queued op, no live entry)."""
+def inline_finished(task: Any, res: ChunkResult, flow_run_id: str | None, submitted: float,
+                    cost: CallCost | None = None) -> None:
+    """Record a direct call ``t(x)`` that ran in this thread (one queued op, no live entry).
+
+    ``cost``: its CPU time and memory (``resources.call_ended``), when measured.
+    """
     # The caller's whole cost: one record on the queue. The writer folds consecutive
     # direct calls of one task (consecutive indexes of ``direct_slot``) into one chunk record.
     if enabled():
         if not res.is_plain():
+            if cost is not None:
+                res.resources = cost_record(cost)
             record: Record = DirectCall(task.name, task.task_key, flow_run_id, submitted, res)
         else:  # the common case: the envelope is not kept alive until the writer runs
             record = DirectCallDone(task.name, task.task_key, flow_run_id, submitted, res.base, res.start,
-                                    res.codes[0], res.ends[0], res.started)
+                                    res.codes[0], res.ends[0], res.started, cost)
         _tracker.ops.append((os.environ.get("DASKFLOW_HOME", ""), record))
         if _tracker.thread is None:
             _tracker.start()
@@ -486,7 +494,7 @@ def record_logs(records: list[list]) -> None:
 
 def record_states(events: Iterable[tuple[str, str, float, str]], task_name: str, task_key: str | None = None,
                   flow_run_id: str | None = None, worker: str | None = None,
-                  run_counts: dict[str, int] | None = None) -> None:
+                  run_counts: dict[str, int] | None = None, resources: dict[str, dict] | None = None) -> None:
     """Record state events of single runs by run id, e.g. from the background path.
 
     ``events`` holds ``(run_id, state_name, timestamp, message)``: ``Scheduled``,
@@ -494,6 +502,7 @@ def record_states(events: Iterable[tuple[str, str, float, str]], task_name: str,
     (``Completed``, ``Failed``, ``Crashed``, ...). Final names set the run's final state.
     ``run_counts`` (by run id): how many times a final run's body was attempted, as its
     executor counted it (a retried run: 2); read through ``codes.run_count_of``.
+    ``resources`` (by run id): what a final run took (a chunk's ``res`` record of one run).
     Safe to call from any process that can reach ``$DASKFLOW_HOME`` (a task worker,
     the server); the write is batched by this process's writer thread.
 
@@ -501,7 +510,8 @@ def record_states(events: Iterable[tuple[str, str, float, str]], task_name: str,
         >>> record_states([(rid, "Scheduled", time.time(), "")], task_name="email")  # doctest: +SKIP
     """
     if enabled():
-        _tracker.put(RunStates(list(events), task_name, task_key, flow_run_id, worker, run_counts or None))
+        _tracker.put(RunStates(list(events), task_name, task_key, flow_run_id, worker, run_counts or None,
+                               resources or None))
 
 
 def flush(timeout: float | None = 10.0) -> bool:

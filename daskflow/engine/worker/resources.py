@@ -27,6 +27,16 @@ the nanny measured last and the worker's memory limit (``runners/memory_kills.py
 ``{"rss": ..., "killed": limit}`` for a chunk lost whole, or in ``killed_runs``
 (``[[index, rss, limit], ...]``) for a chunk taken apart run by run.
 
+Direct calls ``t(x)`` (``engine/client/submit.py``) have no meter: an object per call
+would cost more than the budget of a trivial call. They measure the same two figures with
+the thread's ``CallWatch`` (``call_started`` / ``call_ended``): CPU time from two
+``thread_time`` calls, and memory from the sampler's readings, which the sampler also
+folds into the peak of every thread's watch; a call that took ``HEAVY_SECONDS`` or more
+takes a fresh reading when it ends, as a heavy run of a chunk does. A light direct call
+makes no system call for memory. The tracker folds a burst of direct calls into one
+chunk record: its ``cpu`` is their sum, ``mem`` the largest, and heavy calls are listed
+in ``runs``; so a light direct call is shown at chunk resolution, like a light mapped run.
+
 CPU time is the running thread's: a body that starts threads or processes of its own
 is not counted. RSS is the whole worker process's: on a worker with several threads,
 chunks running side by side share the increase.
@@ -37,12 +47,14 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any
+import weakref
+from typing import Any, NamedTuple
 
 import dask.config
 import psutil
 
-__all__ = ["HEAVY_SECONDS", "Meter", "enabled", "put_run", "rss"]
+__all__ = ["HEAVY_SECONDS", "CallCost", "CallWatch", "Meter", "call_ended", "call_started", "enabled", "put_run",
+           "rss"]
 
 HEAVY_SECONDS = 0.005
 SAMPLE_SECONDS = 0.05
@@ -124,6 +136,8 @@ class _Sampler:
 
     def __init__(self) -> None:
         self.meters: set[Meter] = set()  # set.add/discard and list(set) are atomic under the GIL
+        self.watches: weakref.WeakSet[CallWatch] = weakref.WeakSet()  # one per thread that made direct calls
+        self.busy = False  # a direct call started since the last reading: stay awake
         self.latest = 0
         self.idle = True
         self.wake = threading.Event()
@@ -134,14 +148,15 @@ class _Sampler:
         """Register ``meter``; the latest reading (a fresh one when the thread was idle)."""
         self.meters.add(meter)
         if self.idle:  # also after a fork (``_forked``): the child has no sampling thread yet
-            self._wake(meter)
+            self.wake_up(meter)
         return self.latest
 
-    def _wake(self, meter: Meter) -> None:
+    def wake_up(self, meter: Meter | None) -> None:
+        """Start sampling now (a thread of this process, started on first use): one fresh reading."""
         with self.lock:
             if self.pid != os.getpid():  # first use, or a forked child: no thread here yet
                 self.pid = os.getpid()
-                self.meters = {meter}  # a forked child runs none of its parent's chunks
+                self.meters = {meter} if meter is not None else set()  # a forked child runs none of its parent's chunks
                 threading.Thread(target=self._run, name="daskflow-rss", daemon=True).start()
             self.latest = rss()
             self.idle = False
@@ -159,9 +174,86 @@ class _Sampler:
             meters = list(self.meters)
             for meter in meters:
                 meter.saw(value)
-            quiet = 0 if meters else quiet + 1
+            for watch in list(self.watches):
+                if value > watch.peak:
+                    watch.peak = value
+            quiet = 0 if meters or self.busy else quiet + 1
+            self.busy = False
             if quiet >= self.IDLE_TICKS and not self.meters:
                 self.idle = True  # (a chunk starting right now finds idle False and is sampled)
+
+
+# -- direct calls ---------------------------------------------------------------------------
+
+
+class CallWatch:
+    """A thread's direct-call marks: where the current call started, and the running peak
+    of the sampler's readings since (the sampler raises ``peak`` of every watch).
+
+    One per thread, reused by every call (no object per call but the ``CallCost``). A
+    direct call inside a direct call (a task calling a task) keeps the enclosing call's
+    marks in ``outer`` and gives them back, its peak included, when it ends.
+    """
+
+    __slots__ = ("peak", "cpu", "rss", "depth", "outer", "__weakref__")
+
+    def __init__(self) -> None:
+        self.peak = self.rss = self.depth = 0
+        self.cpu = 0.0
+        self.outer: list[tuple[float, int, int]] = []  # marks of enclosing calls, innermost last
+
+
+class CallCost(NamedTuple):
+    """What a direct call took: CPU seconds, peak RSS increase, the RSS at its end, and
+    whether it was measured alone (a call of ``HEAVY_SECONDS`` or more)."""
+
+    cpu: float
+    mem: int
+    rss: int
+    heavy: bool
+
+
+_watch = threading.local()
+
+
+def call_started() -> CallWatch:
+    """Mark the start of a direct call in this thread: one ``thread_time``, no memory reading
+    (the sampler's latest is the start), the sampler kept awake while calls are made."""
+    try:
+        watch = _watch.it
+    except AttributeError:
+        watch = _watch.it = CallWatch()
+        _sampler.watches.add(watch)
+    sampler = _sampler
+    sampler.busy = True
+    if sampler.idle:  # the first call in a second or more: wake the sampler (one fresh reading)
+        sampler.wake_up(None)
+    if watch.depth:  # inside another call of this thread: keep its marks
+        watch.outer.append((watch.cpu, watch.rss, watch.peak))
+    watch.depth += 1
+    watch.peak = watch.rss = sampler.latest
+    watch.cpu = time.thread_time()
+    return watch
+
+
+def call_ended(watch: CallWatch, wall: float) -> CallCost:
+    """What the call ``call_started`` marked took; ``wall``: its wall time (a heavy call,
+    ``HEAVY_SECONDS`` or more, takes a fresh memory reading, as a heavy run of a chunk does)."""
+    cpu = time.thread_time() - watch.cpu
+    heavy = wall >= HEAVY_SECONDS
+    if heavy:
+        now = _sampler.latest = rss()
+        if now > watch.peak:
+            watch.peak = now
+    else:
+        now = _sampler.latest
+    peak = watch.peak
+    cost = CallCost(cpu, max(peak - watch.rss, 0), now, heavy)
+    watch.depth -= 1
+    if watch.depth:  # back in the enclosing call: its marks, and the highest peak of both
+        watch.cpu, watch.rss, before = watch.outer.pop()
+        watch.peak = max(before, peak)
+    return cost
 
 
 _sampler = _Sampler()
