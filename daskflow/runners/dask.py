@@ -176,6 +176,28 @@ class WorkerHost(Host):
         finally:
             rejoin()
 
+    def submit_call(self, fn: Callable[..., Any], args: tuple, key: str) -> Any:
+        """A new Dask task of the worker's cluster: the scheduler places it (any worker)."""
+        if not in_dask_task():
+            return super().submit_call(fn, args, key)
+        from distributed import get_client
+
+        return get_client().submit(fn, *args, key=key, pure=False)
+
+    def gather_calls(self, handles: list[Any]) -> list[Any]:
+        if not in_dask_task():
+            return super().gather_calls(handles)
+        from distributed import wait
+
+        wait(handles)
+        out: list[Any] = []
+        for future in handles:
+            try:
+                out.append(future.result())
+            except BaseException as exc:  # noqa: BLE001 - a lost call (worker died, cancelled) is its error
+                out.append(exc)
+        return out
+
     def sleep(self, seconds: float, idle: bool = False) -> None:
         """Longer waits (any wait of an ``idle`` call) give the worker slot away: the thread
         secedes from the worker's pool (the worker starts other tasks at once) and rejoins it
