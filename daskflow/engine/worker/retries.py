@@ -193,7 +193,7 @@ def run_retries(spec: ChunkSpec, runs: list[RetryRun]) -> ChunkResult:
         res.logs = run_logging.close_sink(sink)
         task_run_ctx.reset(token)
         host_var.reset(host_token)
-    return res.seal()
+    return res.seal() if host.remote() else res  # in this process (threads), values need not pickle
 
 
 def _with_row(spec: ChunkSpec, task: Task, run: RetryRun) -> ChunkSpec:
