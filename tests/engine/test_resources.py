@@ -75,9 +75,14 @@ def test_resources_off_records_wall_time_only():
 def test_direct_calls_record_cpu_time_and_peak_rss_increase():
     """``t(x)`` inside a flow: a heavy call is measured alone, light calls by their folded record."""
 
+    @task
+    def bad():
+        raise ValueError("no")
+
     @flow(task_runner=ThreadPoolTaskRunner(1))
     def direct():
         grow(64)
+        assert bad(return_state=True).is_failed()  # a call with more to record than "Completed"
         return [inc(i) for i in range(20)]
 
     assert direct() == list(range(1, 21))
@@ -92,5 +97,7 @@ def test_direct_calls_record_cpu_time_and_peak_rss_increase():
     assert len(light) == 20 and {r["resolution"] for r in light} == {"chunk"}
     assert all(r["cpu_seconds"] > 0 and r["peak_rss_increase_bytes"] is not None and r["worker_rss_bytes"] > 0
                for r in light)
+    [failed] = store.task_runs(task="bad")
+    assert _resources(failed["id"])["cpu_seconds"] > 0
     by_task = {m["task"]: m for m in queries.task_metrics(store, heavy["flow_run_id"])}
     assert by_task["grow"]["cpu_max"] >= 0.14 and by_task["grow"]["mem_max"] >= 48 * MiB

@@ -99,17 +99,17 @@ def call_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None
     base, start = direct_slot()
     keep, reused = resume.for_call(task, single=True)
     res = resume.reused_single(task, base, start, reused)
-    cost = None
+    watch = None
     if res is None:
-        watch = resources.call_started() if resources.enabled() else None
+        watch = resources.call_started()
         try:
             res = run_rows(ChunkSpec.single(task, base, row, refs, waits, flow_run_id, start), envelopes)
         finally:
             if watch is not None:
-                cost = resources.call_ended(watch, time.time() - submitted)
+                resources.call_ended(watch, time.time() - submitted)
         if keep is not None:
             resume.keep_direct(keep, res)
-    tracker.inline_finished(task, res, flow_run_id, submitted, cost)
+    tracker.inline_finished(task, res, flow_run_id, submitted, watch)
     state = res.state(0)
     return state if return_state else state.value()
 

@@ -69,7 +69,10 @@ class DirectCallDone(NamedTuple):
     code: int
     end: float
     started: float
-    cost: Any = None  # its CPU time and memory (``resources.CallCost``), when measured
+    cpu: float | None = None  # CPU seconds, peak RSS increase, RSS at its end, measured alone
+    mem: int = 0  # (>= 5 ms): what ``resources.call_ended`` found; cpu None when not measured
+    rss: int = 0
+    heavy: bool = False
 
 
 class Started(NamedTuple):
@@ -169,7 +172,8 @@ def envelope_fields(res: ChunkResult) -> dict:
 
 
 def cost_record(cost: Any) -> dict:
-    """The ``res`` field of one measured direct call (``resources.CallCost``), as a chunk's."""
+    """The ``res`` field of one measured direct call, as a chunk's (``cost``: a record with
+    ``cpu``, ``mem``, ``rss``, ``heavy``: a ``DirectCallDone`` or a ``resources.CallWatch``)."""
     out: dict[str, Any] = {"cpu": cost.cpu, "mem": cost.mem, "rss": cost.rss}
     if cost.heavy:
         out["runs"] = [[0, cost.cpu, cost.mem]]
@@ -187,8 +191,8 @@ def _fold_cost(into: dict, res: dict | None, at: int) -> None:
         into.setdefault("runs", []).append([at + index, cpu, mem])
 
 
-def _fold_call(into: dict, cost: Any, at: int) -> None:
-    """``_fold_cost`` for one plain direct call's ``CallCost`` (no record made for it)."""
+def _fold_call(into: dict, cost: DirectCallDone, at: int) -> None:
+    """``_fold_cost`` for one plain direct call (no ``res`` record made for it)."""
     into["cpu"] = into.get("cpu", 0.0) + cost.cpu
     into["mem"] = max(into.get("mem", 0), cost.mem)
     into["rss"] = cost.rss
@@ -312,8 +316,8 @@ def _direct_calls_op(group: list[DirectCall | DirectCallDone], logs: list) -> Ch
             ends.append(record.end)
             starts.append(record.started)
             submits.append(record.submitted)
-            if record.cost is not None:
-                _fold_call(cost, record.cost, at)
+            if record.cpu is not None:
+                _fold_call(cost, record, at)
             at += 1
             continue
         res = record.result

@@ -78,7 +78,7 @@ if TYPE_CHECKING:
     from daskflow.engine.client.chunks import Chunk
     from daskflow.engine.core import states as st
     from daskflow.engine.core.envelope import ChunkResult
-    from daskflow.engine.worker.resources import CallCost
+    from daskflow.engine.worker.resources import CallWatch
 
 __all__ = [
     "TOPIC", "chunk_finished", "chunks_submitted", "enabled", "flow_finished", "flow_started", "flush",
@@ -315,21 +315,27 @@ def chunk_finished(chunk: Chunk) -> None:
 
 
 def inline_finished(task: Any, res: ChunkResult, flow_run_id: str | None, submitted: float,
-                    cost: CallCost | None = None) -> None:
+                    watch: CallWatch | None = None) -> None:
     """Record a direct call ``t(x)`` that ran in this thread (one queued op, no live entry).
 
-    ``cost``: its CPU time and memory (``resources.call_ended``), when measured.
+    ``watch``: the thread's ``resources.CallWatch`` holding the call's CPU time and memory,
+    when measured (read here, before the thread's next call changes it).
     """
     # The caller's whole cost: one record on the queue. The writer folds consecutive
     # direct calls of one task (consecutive indexes of ``direct_slot``) into one chunk record.
     if enabled():
         if not res.is_plain():
-            if cost is not None:
-                res.resources = cost_record(cost)
+            if watch is not None:
+                res.resources = cost_record(watch)
             record: Record = DirectCall(task.name, task.task_key, flow_run_id, submitted, res)
         else:  # the common case: the envelope is not kept alive until the writer runs
-            record = DirectCallDone(task.name, task.task_key, flow_run_id, submitted, res.base, res.start,
-                                    res.codes[0], res.ends[0], res.started, cost)
+            if watch is None:
+                record = DirectCallDone(task.name, task.task_key, flow_run_id, submitted, res.base, res.start,
+                                        res.codes[0], res.ends[0], res.started)
+            else:
+                record = DirectCallDone(task.name, task.task_key, flow_run_id, submitted, res.base, res.start,
+                                        res.codes[0], res.ends[0], res.started, watch.cpu, watch.mem, watch.rss,
+                                        watch.heavy)
         _tracker.ops.append((os.environ.get("DASKFLOW_HOME", ""), record))
         if _tracker.thread is None:
             _tracker.start()

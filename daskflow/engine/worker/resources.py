@@ -48,12 +48,13 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, NamedTuple
+from time import thread_time as _thread_time
+from typing import Any
 
 import dask.config
 import psutil
 
-__all__ = ["HEAVY_SECONDS", "CallCost", "CallWatch", "Meter", "call_ended", "call_started", "enabled", "put_run",
+__all__ = ["HEAVY_SECONDS", "CallWatch", "Meter", "call_ended", "call_started", "enabled", "put_run",
            "rss"]
 
 HEAVY_SECONDS = 0.005
@@ -187,38 +188,37 @@ class _Sampler:
 
 
 class CallWatch:
-    """A thread's direct-call marks: where the current call started, and the running peak
-    of the sampler's readings since (the sampler raises ``peak`` of every watch).
+    """A thread's direct-call marks: where the current call started, the running peak of
+    the sampler's readings since (the sampler raises ``peak`` of every watch), and what the
+    last call that ended took (``cpu``, ``mem``, ``rss``, ``heavy``: read by the tracker).
 
-    One per thread, reused by every call (no object per call but the ``CallCost``). A
-    direct call inside a direct call (a task calling a task) keeps the enclosing call's
-    marks in ``outer`` and gives them back, its peak included, when it ends.
+    One per thread, reused by every call: a trivial call makes no object for its
+    measurement. A direct call inside a direct call (a task calling a task) keeps the
+    enclosing call's marks in ``outer`` and gives them back, its peak included, when it ends.
     """
 
-    __slots__ = ("peak", "cpu", "rss", "depth", "outer", "__weakref__")
+    __slots__ = ("peak", "cpu0", "rss0", "depth", "outer", "cpu", "mem", "rss", "heavy", "__weakref__")
 
     def __init__(self) -> None:
-        self.peak = self.rss = self.depth = 0
-        self.cpu = 0.0
+        self.peak = self.rss0 = self.depth = self.mem = self.rss = 0
+        self.cpu0 = self.cpu = 0.0
+        self.heavy = False
         self.outer: list[tuple[float, int, int]] = []  # marks of enclosing calls, innermost last
 
 
-class CallCost(NamedTuple):
-    """What a direct call took: CPU seconds, peak RSS increase, the RSS at its end, and
-    whether it was measured alone (a call of ``HEAVY_SECONDS`` or more)."""
-
-    cpu: float
-    mem: int
-    rss: int
-    heavy: bool
-
-
 _watch = threading.local()
+_config = dask.config.config  # dask.config.set changes this dict in place
 
 
-def call_started() -> CallWatch:
-    """Mark the start of a direct call in this thread: one ``thread_time``, no memory reading
-    (the sampler's latest is the start), the sampler kept awake while calls are made."""
+def call_started() -> CallWatch | None:
+    """Mark the start of a direct call in this thread (None when ``daskflow.resources`` is
+    off): one ``thread_time``, no memory reading (the sampler's latest is the start), the
+    sampler kept awake while calls are made."""
+    try:
+        if not _config["daskflow"]["resources"]:
+            return None
+    except (KeyError, TypeError):
+        pass
     try:
         watch = _watch.it
     except AttributeError:
@@ -229,18 +229,19 @@ def call_started() -> CallWatch:
     if sampler.idle:  # the first call in a second or more: wake the sampler (one fresh reading)
         sampler.wake_up(None)
     if watch.depth:  # inside another call of this thread: keep its marks
-        watch.outer.append((watch.cpu, watch.rss, watch.peak))
+        watch.outer.append((watch.cpu0, watch.rss0, watch.peak))
     watch.depth += 1
-    watch.peak = watch.rss = sampler.latest
-    watch.cpu = time.thread_time()
+    watch.peak = watch.rss0 = sampler.latest
+    watch.cpu0 = _thread_time()
     return watch
 
 
-def call_ended(watch: CallWatch, wall: float) -> CallCost:
-    """What the call ``call_started`` marked took; ``wall``: its wall time (a heavy call,
-    ``HEAVY_SECONDS`` or more, takes a fresh memory reading, as a heavy run of a chunk does)."""
-    cpu = time.thread_time() - watch.cpu
-    heavy = wall >= HEAVY_SECONDS
+def call_ended(watch: CallWatch, wall: float) -> None:
+    """Set what the call ``call_started`` marked took on ``watch`` (``cpu``, ``mem``, ``rss``,
+    ``heavy``); ``wall``: its wall time (a heavy call, ``HEAVY_SECONDS`` or more, takes a
+    fresh memory reading, as a heavy run of a chunk does)."""
+    watch.cpu = _thread_time() - watch.cpu0
+    heavy = watch.heavy = wall >= HEAVY_SECONDS
     if heavy:
         now = _sampler.latest = rss()
         if now > watch.peak:
@@ -248,12 +249,13 @@ def call_ended(watch: CallWatch, wall: float) -> CallCost:
     else:
         now = _sampler.latest
     peak = watch.peak
-    cost = CallCost(cpu, max(peak - watch.rss, 0), now, heavy)
+    grew = peak - watch.rss0
+    watch.mem = grew if grew > 0 else 0
+    watch.rss = now
     watch.depth -= 1
     if watch.depth:  # back in the enclosing call: its marks, and the highest peak of both
-        watch.cpu, watch.rss, before = watch.outer.pop()
-        watch.peak = max(before, peak)
-    return cost
+        watch.cpu0, watch.rss0, before = watch.outer.pop()
+        watch.peak = before if before > peak else peak
 
 
 _sampler = _Sampler()
