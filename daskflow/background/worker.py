@@ -44,8 +44,8 @@ from daskflow.background.records import FinalState, Message, StateChange, to_wir
 from daskflow.codes import CODE_STATES, OK_CODES
 from daskflow.engine.api.tasks import Task
 from daskflow.engine.core.envelope import ChunkSpec
-from daskflow.engine.worker import resources
 from daskflow.engine.worker.resources import Meter
+from daskflow.engine.worker.resources import enabled as measuring
 from daskflow.engine.worker.run import run_rows
 from daskflow.engine.worker.write_batch import WriteBatch, batched_cache_writes
 from daskflow.exceptions import NoBackgroundServer
@@ -192,7 +192,7 @@ def run_one(task: Task, run: QueuedRun, address: str, send: Callable[[Message], 
         return
     spec = ChunkSpec.single(task, uuid.UUID(rid).int, tuple(row), flow_run_id=run.flow_run_id,
                             name=background_run_name(task.name, rid))
-    meter = Meter() if resources.enabled() else None  # a run alone: as a chunk of one (not a hot path)
+    meter = Meter() if measuring() else None  # a run alone: as a chunk of one (not a hot path)
     try:
         res = run_rows(spec, [], meter=meter)
     finally:

@@ -110,6 +110,7 @@ def settle_parked(parked: list[Parked], spec: ChunkSpec, res: ChunkResult, ctx: 
     record their outcomes. Waits off the worker's pool (the worker runs other work meanwhile)."""
     host = current_host()
     calls: list[tuple[list[Parked], Any]] = []
+    here: dict[int, ChunkResult] = {}  # retries the runner could not take, run in place (by call)
     with host.idle():
         while parked:
             wait = parked[0].due - time.monotonic()
@@ -120,9 +121,15 @@ def settle_parked(parked: list[Parked], spec: ChunkSpec, res: ChunkResult, ctx: 
                 due.append(heapq.heappop(parked))
             runs = [RetryRun(p.index, p.args, p.kwargs, p.run_count, p.name, p.history) for p in due]
             key = f"{spec.task.name}-retry-{uuid.uuid4().hex}"
-            calls.append((due, host.submit_call(run_retries, (_retry_spec(spec), runs), key)))
-        got = host.gather_calls([handle for _, handle in calls])
-    for (due, _), result in zip(calls, got):
+            try:
+                calls.append((due, host.submit_call(run_retries, (_retry_spec(spec), runs), key)))
+            except Exception:  # noqa: BLE001 - e.g. an argument that does not pickle: retried where it is
+                here[len(calls)] = run_retries(_retry_spec(spec), runs)
+                calls.append((due, None))
+        sent = host.gather_calls([handle for _, handle in calls if handle is not None])
+    got = iter(sent)
+    for at, (due, handle) in enumerate(calls):
+        result = here[at] if handle is None else next(got)
         for p in due:
             ctx.index, ctx.run_count, ctx.name, ctx.final_state = p.index, p.run_count, p.name, None
             _merge_one(p.index, result, res, ctx, cache, ends, meter)
