@@ -71,6 +71,11 @@ class Host:
         pool lets others use the call's slot meanwhile."""
         yield
 
+    def places_calls(self) -> bool:
+        """Whether ``submit_call`` hands a call to the runner to place (else the caller runs
+        its work in its own thread: this host, a task whose resources a new call would need)."""
+        return False
+
     def submit_call(self, fn: Callable[..., Any], args: tuple, key: str) -> Any:
         """Start ``fn(*args)`` as a new call of the runner, placed where the runner likes (a
         Dask cluster: any worker); a handle for ``gather_calls``. This host runs it now, here."""

@@ -176,6 +176,17 @@ class WorkerHost(Host):
         finally:
             rejoin()
 
+    def places_calls(self) -> bool:
+        """Inside a Dask task that needs no resources. A task that holds resources (a
+        background run: its task worker's) keeps them while it waits, so a new call
+        needing the same could wait for it forever: its work stays in its thread."""
+        if not in_dask_task():
+            return False
+        from distributed import get_worker
+        from distributed.worker import thread_state
+
+        return dask_internals.worker_task_resources(get_worker(), thread_state.key) == {}
+
     def submit_call(self, fn: Callable[..., Any], args: tuple, key: str) -> Any:
         """A new Dask task of the worker's cluster: the scheduler places it (any worker)."""
         if not in_dask_task():

@@ -42,6 +42,20 @@ def flaky(path):
     return n + 1
 
 
+@task(persist_result=True, retries=1, retry_delay_seconds=0.2)
+def flaky_later(path):
+    """Fails its first attempt; retried after a delay (in its task worker's thread, which
+    holds the task's resource)."""
+    from distributed import get_worker
+
+    p = pathlib.Path(path)
+    first = not p.exists()
+    p.write_text("failed once")
+    if first:
+        raise ValueError("the first attempt fails")
+    return get_worker().name
+
+
 @task(persist_result=True)
 def lonely(x):
     """No worker of the shared fixture serves this task."""

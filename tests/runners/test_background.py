@@ -26,7 +26,7 @@ from daskflow.runners import ThreadPoolTaskRunner
 
 SERVED = ["bg_tasks:add", "bg_tasks:whoami", "bg_tasks:not_persisted", "bg_tasks:boom", "bg_tasks:flaky",
           "bg_tasks:inc", "bg_tasks:cached_square", "bg_tasks:chatty", "bg_tasks:chatty_long",
-          "bg_tasks:total", "bg_tasks:aio_double", "bg_tasks:hog", "bg_tasks:gated", "bg_tasks:runtime_info"]
+          "bg_tasks:total", "bg_tasks:aio_double", "bg_tasks:hog", "bg_tasks:flaky_later", "bg_tasks:gated", "bg_tasks:runtime_info"]
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +143,10 @@ def test_delay_failure_and_retries_behave_as_normal_runs(bg_server, tmp_path):
     names = [h["name"] for h in retried.record()["history"]]
     assert names == ["Scheduled", "Pending", "Running", "AwaitingRetry", "Retrying", "Completed"]
     assert retried.record()["run_count"] == 2
+    # with a retry delay: the run holds its task worker's resource, so it is retried where it is
+    later = bg_tasks.flaky_later.delay(str(tmp_path / "later"))
+    assert later.result(timeout=30).startswith("daskflow-task-worker-")
+    assert later.record()["run_count"] == 2
 
 
 def test_delayed_runs_use_the_result_cache(bg_server, tmp_path):

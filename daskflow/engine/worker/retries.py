@@ -24,8 +24,10 @@ records what they return as its runs' outcomes::
 What stays with the chunk: the cache (a retried run's value is written where its chunk
 writes, ``cache.done``), checkpoints, and the chunk's resources (a run retried elsewhere
 is not in its chunk's CPU time). What travels: the task (as the chunk's spec, which
-pickles it once), the retried runs' resolved arguments, and their state so far. On the
-threads runner (``LOCAL_HOST``) the retry call runs in the chunk's thread, as before.
+pickles it once), the retried runs' resolved arguments, and their state so far. Where
+the host cannot place calls (the threads runner; a chunk that holds Dask resources, as a
+background run holds its task worker's: a new call needing them could wait for it
+forever) the runs are retried in the chunk's thread as their delays pass (``_settle_here``).
 A retry call that is lost (its worker died) ends its runs Crashed, naming the cause.
 """
 
@@ -109,6 +111,9 @@ def settle_parked(parked: list[Parked], spec: ChunkSpec, res: ChunkResult, ctx: 
     """Retry the parked runs of a chunk through the runner, each batch once its delay passed;
     record their outcomes. Waits off the worker's pool (the worker runs other work meanwhile)."""
     host = current_host()
+    if not host.places_calls():
+        _settle_here(parked, host, res, ctx, cache, ends, meter)
+        return
     calls: list[tuple[list[Parked], Any]] = []
     here: dict[int, ChunkResult] = {}  # retries the runner could not take, run in place (by call)
     with host.idle():
@@ -133,6 +138,23 @@ def settle_parked(parked: list[Parked], spec: ChunkSpec, res: ChunkResult, ctx: 
         for p in due:
             ctx.index, ctx.run_count, ctx.name, ctx.final_state = p.index, p.run_count, p.name, None
             _merge_one(p.index, result, res, ctx, cache, ends, meter)
+
+
+def _settle_here(parked: list[Parked], host: Any, res: ChunkResult, ctx: TaskRunContext, cache: CacheWork,
+                 ends: array, meter: Meter | None) -> None:
+    """Retry the parked runs in this thread, each once its delay passed (waits off the pool):
+    a host that cannot place calls (threads; a chunk holding resources)."""
+    while parked:
+        p = heapq.heappop(parked)
+        wait = p.due - time.monotonic()
+        if wait > 0:
+            host.sleep(wait, idle=True)
+        ctx.index, ctx.run_count, ctx.name, ctx.final_state = p.index, p.run_count, p.name, None
+        wait, outcome = step_sync(p.engine, ctx.task, p.args, p.kwargs)
+        if outcome is None:
+            park(parked, p.index, wait, p.engine, p.args, p.kwargs, ctx, p.history)
+        else:
+            run_ended(p.index, outcome, res, ctx, cache, ends, meter)
 
 
 def _retry_spec(spec: ChunkSpec) -> ChunkSpec:
