@@ -10,7 +10,9 @@ chunks; the per-chunk psutil samples), the same on the thread runner (the tight 
 per-run check, without a cluster's noise), the same function one run per Dask task
 (``chunksize=1``, the worst case for a per-chunk cost) beside raw ``client.map``, and
 200 runs of 10 ms of CPU (each measured alone); first, the tight loop alone in this
-process (thread CPU time of one chunk of 10^5 runs). Ratios on/off; the load average is printed.
+process (thread CPU time of one chunk of 10^5 runs), and direct calls ``t(x)`` inside a
+flow (per-call cost, on vs off; also the measurement alone, ``call_started``+``call_ended``).
+Ratios on/off; the load average is printed.
 """
 
 from __future__ import annotations
@@ -66,13 +68,53 @@ def loop_cost(n: int, reps: int) -> None:
           f"on/off = {on / off:.3f} ({1e9 * (on - off) / n:.0f} ns a run)", flush=True)
 
 
+def direct_cost(n: int, reps: int) -> None:
+    """Direct calls ``t(x)`` of a trivial task inside a flow run, resources on vs off,
+    interleaved: the per-call cost (thread CPU time per call, the tracker on as users have it)."""
+    import dask.config
+
+    from daskflow import task
+    from daskflow.engine.core.context import FlowRunContext, flow_run_ctx
+    from daskflow.engine.tracking import tracker
+    from daskflow.engine.worker import resources
+    from daskflow.runners import ThreadPoolTaskRunner
+
+    inc = task(trivial)
+    token = flow_run_ctx.set(FlowRunContext(None, "bench", ThreadPoolTaskRunner(1), {}))  # type: ignore[arg-type]
+    times: dict[bool, list[float]] = {True: [], False: []}
+    try:
+        for rep in range(reps):
+            for flag in ((True, False) if rep % 2 == 0 else (False, True)):
+                with dask.config.set({"daskflow.resources": flag}):
+                    t0 = time.thread_time()
+                    for i in range(n):
+                        inc(i)
+                    times[flag].append((time.thread_time() - t0) / n)
+                tracker.flush(60)
+    finally:
+        flow_run_ctx.reset(token)
+    on, off = statistics.median(times[True]), statistics.median(times[False])
+    print(f"{'direct call t(x) in a flow (CPU per call)':42} on {1e6 * on:6.2f} us | off {1e6 * off:6.2f} us | "
+          f"on/off = {on / off:.3f} ({1e9 * (on - off):.0f} ns a call)", flush=True)
+    alone = []
+    for _ in range(reps):
+        t0 = time.thread_time()
+        for _ in range(n):
+            resources.call_ended(resources.call_started(), 0.0)  # type: ignore[arg-type]
+        alone.append((time.thread_time() - t0) / n)
+    print(f"{'  the measurement alone (start + end)':42} {1e9 * statistics.median(alone):.0f} ns a call", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--n-single", type=int, default=2_000)
+    parser.add_argument("--n-direct", type=int, default=20_000)
     args = parser.parse_args()
     os.environ.setdefault("DASKFLOW_HOME", tempfile.mkdtemp(prefix="daskflow-bench-"))
+    print(f"load average at start {os.getloadavg()[0]:.2f} (2 cores shared)")
+    direct_cost(args.n_direct, max(args.reps, 9))
     from distributed import Client, LocalCluster
 
     from daskflow import task
@@ -105,7 +147,6 @@ def main() -> None:
     }
     timed(lambda: inc.map(range(1000)).result())  # warm up: the cluster, the chunk-size model
     timed(lambda: heavy.map(range(20)).result())
-    print(f"load average at start {os.getloadavg()[0]:.2f} (2 cores shared)")
     loop_cost(args.n, max(args.reps, 9))
     for name, call in rows.items():
         call, on_runner = call if isinstance(call, tuple) else (call, runner)

@@ -8,7 +8,8 @@ default chunks; 5% of the runs fail on their first attempt (``retries=3``). Rows
 median of ``--reps`` repetitions, alternating in the same run:
 
 - daskflow, ``retry_delay_seconds=0``;
-- daskflow, ``retry_delay_seconds=1`` (the target: wall <= the delay-0 wall + 2 x the delay);
+- daskflow, ``retry_delay_seconds=1`` (the target: wall <= the delay-0 wall + 2 x the delay;
+  the retries go back through the scheduler, to any worker, as their delays pass);
 - raw Dask: ``client.gather(client.map(f, range(M), retries=3))`` with the same failures
   (Dask retries at once: it has no retry delay), M = min(N, 2,000) (a Dask task per run is
   slow), compared per run.
@@ -18,24 +19,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 
-def flaky(i, run):
-    """Fails once per (repetition, element) for 5% of the elements, per worker process.
+def flaky(i, run, marks):
+    """Fails once per (repetition, element) for 5% of the elements, on whichever worker.
 
-    The memory of failures lives in ``sys.modules`` (a function pickled by value gets a fresh
-    copy of its globals each time it is unpickled); a retry on the other worker may fail once
-    more there (``retries=3`` covers it).
+    The memory of failures is a marker file per (repetition, element) in ``marks`` (one
+    host, one folder): a retry fails no second time on another worker, since retries may run
+    on any worker.
     """
     if i % 20 == 7:
-        import types
-
-        failed = sys.modules.setdefault("_bench_retries_failed", types.ModuleType("_bench_retries_failed"))
-        seen = failed.__dict__.setdefault("seen", set())
-        if (run, i) not in seen:
-            seen.add((run, i))
+        path = os.path.join(marks, f"{run}-{i}")
+        if not os.path.exists(path):
+            open(path, "w").close()
             raise RuntimeError(f"transient failure of {i}")
     return i
 
@@ -47,13 +46,13 @@ def main() -> None:
     parser.add_argument("--delay", type=float, default=1.0)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
-    import os
     import tempfile
 
     os.environ["DASKFLOW_HOME"] = tempfile.mkdtemp(prefix="bench-retries-")
+    marks = tempfile.mkdtemp(prefix="bench-retries-marks-")
     from distributed import Client, LocalCluster
 
-    from daskflow import flow, task
+    from daskflow import flow, task, unmapped
     from daskflow.runners.dask import DaskTaskRunner, close_shared_clients
 
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
@@ -66,7 +65,7 @@ def main() -> None:
 
     @flow(task_runner=runner)
     def pipeline(delay: float, run: int):
-        return tasks[delay].map(range(n), run=run).result()
+        return tasks[delay].map(range(n), run=run, marks=unmapped(marks)).result()
 
     walls: dict[str, list[float]] = {"delay 0": [], f"delay {args.delay:g}": [], "raw Dask": []}
     run = 0
@@ -80,7 +79,7 @@ def main() -> None:
                 walls[name].append(time.perf_counter() - t0)
             run += 1
             t0 = time.perf_counter()
-            assert client.gather(client.map(flaky, range(m), run=run, retries=3, pure=False)) == list(range(m))
+            assert client.gather(client.map(flaky, range(m), run=run, marks=marks, retries=3, pure=False)) == list(range(m))
             walls["raw Dask"].append((time.perf_counter() - t0) * n / m)  # scaled to N runs
             print("  " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in walls.items()), flush=True)
     finally:

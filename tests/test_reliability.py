@@ -1,8 +1,9 @@
 """Chaos on one host: processes that die, Ctrl-C, clusters that go away, scripts without a main guard.
 
 Every test runs real processes (a flow script in ``tmp_path``, the ``daskflow`` CLI, a
-``dask scheduler``), signals them by pid, and reads the run store through the CLI, as a
-user would. Waiting is on files the scripts write, polled with a deadline.
+``dask scheduler``), signals them by pid (or types Ctrl-C on a pseudo-terminal), and reads
+the run store through the CLI, as a user would. Waiting is on files the scripts write,
+polled with a deadline, or on what the terminal shows.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import textwrap
 import time
 
 import psutil
-import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -124,10 +124,9 @@ def test_runs_of_a_killed_flow_process_end_crashed(tmp_path):
     assert not _reap(children, 30), "the flow's LocalCluster processes outlived it"
 
 
-@pytest.mark.parametrize("to", ["pid", "group"])
-def test_ctrl_c_records_finished_runs_cancels_the_rest_and_exits_with_one_line(tmp_path, to):
-    # "group": as a terminal delivers Ctrl-C, to the whole foreground process group (the
-    # LocalCluster's worker processes too); "pid": to the flow's process alone
+def test_ctrl_c_records_finished_runs_cancels_the_rest_and_exits_with_one_line(tmp_path):
+    # SIGINT to the flow's process alone (a `kill -INT`); Ctrl-C typed in a terminal, which
+    # reaches the whole foreground process group, is the next test
     home, marks = tmp_path / "home", tmp_path / "marks"
     marks.mkdir()
     proc = subprocess.Popen([sys.executable, str(_script(tmp_path, SLOW_FLOW)), str(marks), "300", "0.05"],
@@ -135,10 +134,7 @@ def test_ctrl_c_records_finished_runs_cancels_the_rest_and_exits_with_one_line(t
                             start_new_session=True)  # its own process group, as a terminal's job
     _wait_for(lambda: len(list(marks.glob("done-*"))) >= 60, 60, "60 run bodies finished")
     children = _tree(proc)
-    if to == "group":
-        os.killpg(proc.pid, signal.SIGINT)
-    else:
-        os.kill(proc.pid, signal.SIGINT)
+    os.kill(proc.pid, signal.SIGINT)
     # bodies that finished well before the signal (a checkpoint travels a few ms after its body)
     finished_before = {f"slow-{p.name.split('-')[1]}" for p in marks.glob("done-*")
                        if p.stat().st_mtime < time.time() - 0.5}
@@ -160,6 +156,110 @@ def test_ctrl_c_records_finished_runs_cancels_the_rest_and_exits_with_one_line(t
     assert completed > 0 and recorded_completed <= finished
     # every body that had finished before the interrupt is recorded Completed, also inside a
     # chunk that was cut short (its finished runs come from the scheduler's checkpoints)
+    assert finished_before <= recorded_completed, sorted(finished_before - recorded_completed)[:10]
+    assert _cli(home, "flow-runs", "ls")[0]["state"] == "Cancelled"
+    assert not _reap(children, 5), "orphan processes"
+
+
+TERMINAL_FLOW = """
+    import pathlib, sys, time
+    from daskflow import flow, task
+
+    MARKS = pathlib.Path(sys.argv[1])
+
+    @task
+    def slow(i):
+        time.sleep(0.05)
+        (MARKS / f"done-{i}").touch()
+        return i
+
+    @flow
+    def pipeline(n):
+        return slow.map(range(n)).result()
+
+    if __name__ == "__main__":
+        pipeline(300)
+"""
+_ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _screen_lines(out: bytes) -> list[str]:
+    """The terminal's output as lines of text: escape sequences out, ``\r`` redraws split."""
+    text = _ANSI.sub(b"", bytes(out)).decode(errors="replace")
+    return [line for line in re.split(r"[\r\n]+", text) if line.strip()]
+
+
+def _completed_shown(out: bytes) -> int:
+    """The highest "completed N" the progress bar showed."""
+    return max((int(n) for n in re.findall(rb"completed (\d+)", _ANSI.sub(b"", bytes(out)))), default=0)
+
+
+def _read_until(master: int, out: bytearray, done, timeout: float) -> None:
+    """Read the terminal's output into ``out`` until ``done(out)``, or the process closed it."""
+    import select
+
+    deadline = time.monotonic() + timeout
+    while not done(out):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError(f"not seen within {timeout}s; the terminal showed:\n{out.decode(errors='replace')}")
+        ready, _, _ = select.select([master], [], [], left)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: every process holding the terminal has exited
+                return
+            if not chunk:
+                return
+            out += chunk
+
+
+def test_ctrl_c_typed_in_a_terminal_prints_one_line_and_records_finished_runs(tmp_path):
+    # A real pseudo-terminal is the script's controlling terminal; the test types Ctrl-C on it,
+    # and the terminal driver sends SIGINT to the whole foreground process group (the flow's
+    # process and its LocalCluster's workers), as a shell's job gets it.
+    import fcntl
+    import termios
+
+    home, marks = tmp_path / "home", tmp_path / "marks"
+    marks.mkdir()
+    master, slave = os.openpty()
+
+    def controlling_terminal() -> None:  # in the child, after setsid: the pty becomes its terminal
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = subprocess.Popen([sys.executable, str(_script(tmp_path, TERMINAL_FLOW)), str(marks)], env=_env(home),
+                            stdin=slave, stdout=slave, stderr=slave, start_new_session=True,
+                            preexec_fn=controlling_terminal)
+    os.close(slave)
+    out = bytearray()
+    try:
+        _read_until(master, out, lambda o: _completed_shown(o) >= 60, 90)  # the progress bar says so
+        children = _tree(proc)
+        os.write(master, b"\x03")  # Ctrl-C, typed
+        typed = time.time()
+        _read_until(master, out, lambda o: False, 30)  # everything, until the last process lets go
+        assert proc.wait(30) == -signal.SIGINT
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.close(master)
+    text = out.decode(errors="replace")
+    assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
+    lines = [line.replace("^C", "").strip() for line in _screen_lines(out)]  # the terminal echoes ^C
+    lines = [line for line in lines if line and not re.match(r"slow\b.*/300", line)]  # progress bar redraws
+    assert len(lines) == 1, "\n".join(lines[:40])
+    found = re.fullmatch(r"daskflow: flow 'pipeline' interrupted; (\d+) runs completed, (\d+) cancelled", lines[0])
+    assert found, lines[0]
+    completed, cancelled = map(int, found.groups())
+
+    runs = _cli(home, "runs", "ls", "--limit", "1000")
+    states = collections.Counter(r["state"] for r in runs)
+    assert states == {"Completed": completed, "Cancelled": cancelled} and completed + cancelled == 300
+    finished = {f"slow-{p.name.split('-')[1]}" for p in marks.glob("done-*")}
+    finished_before = {f"slow-{p.name.split('-')[1]}" for p in marks.glob("done-*") if p.stat().st_mtime < typed - 0.5}
+    recorded_completed = {r["name"] for r in runs if r["state"] == "Completed"}
+    assert completed >= 60 and recorded_completed <= finished
     assert finished_before <= recorded_completed, sorted(finished_before - recorded_completed)[:10]
     assert _cli(home, "flow-runs", "ls")[0]["state"] == "Cancelled"
     assert not _reap(children, 5), "orphan processes"
@@ -288,3 +388,4 @@ def test_main_guard_check_accepts_guarded_scripts(tmp_path):
     """)
     out = subprocess.run([sys.executable, str(script)], env=_env(tmp_path), capture_output=True, text=True)
     assert out.stdout.split() == ["True", "None"], out.stderr
+

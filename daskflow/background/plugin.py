@@ -585,4 +585,6 @@ def _finish(rec: dict, final: FinalState) -> dict:
     if final.worker:
         rec["worker"] = final.worker
     rec["persisted"] = final.persisted
+    if final.resources:
+        rec["resources"] = final.resources
     return rec

@@ -69,7 +69,8 @@ class FinalState:
     ``history``: the states after its first Running, before this one (retries);
     ``run_count``: how many times its body was attempted (None: what the server has);
     ``result``: the pickled value (``persisted``) or exception; ``logs``: run log
-    records the worker had not shipped yet (the server records them, then drops them).
+    records the worker had not shipped yet (the server records them, then drops them);
+    ``resources``: what the run took on its task worker, as a chunk's ``res`` record.
     """
 
     run_id: str
@@ -84,6 +85,7 @@ class FinalState:
     persisted: bool = False
     history: list[StateEvent] = field(default_factory=list)
     logs: list[list] | None = None
+    resources: dict | None = None  # CPU time and peak RSS increase (engine/worker/resources.py)
 
 
 @dataclass(slots=True)

@@ -127,23 +127,26 @@ def record_states(changes: list[RunChange]) -> None:
     ``changes`` holds a ``RunChange`` per run whose state changed, after the background
     store committed it. A final run's ``run_count`` goes with its states, so that the run
     store counts the attempts the task worker reported (a retried run: 2), as the
-    background record and the run's future do. Without a run store this does nothing
+    background record and the run's future do; so does what it took (``resources``: CPU time
+    and peak RSS increase on its task worker). Without a run store this does nothing
     (the records above are the background runs' own bookkeeping).
     """
     try:
         from daskflow.engine.tracking import tracker
     except ImportError:  # no run store in this build
         return
-    groups: dict[tuple, tuple[list[tuple[str, str, float, str]], dict[str, int]]] = {}
+    groups: dict[tuple, tuple[list[tuple[str, str, float, str]], dict[str, int], dict[str, dict]]] = {}
     for rec, entries in changes:
         key = (rec["task_name"], rec["task_key"], rec.get("flow_run_id"), rec.get("worker"))
-        events, counts = groups.setdefault(key, ([], {}))
+        events, counts, used = groups.setdefault(key, ([], {}, {}))
         events.extend((rec["id"], h["name"], h["timestamp"], h["message"]) for h in entries)
         if is_final(rec):
             counts[rec["id"]] = rec["run_count"]
-    for (task_name, task_key, flow_run_id, worker), (events, counts) in groups.items():
+            if rec.get("resources"):
+                used[rec["id"]] = rec["resources"]
+    for (task_name, task_key, flow_run_id, worker), (events, counts, used) in groups.items():
         tracker.record_states(events, task_name=task_name, task_key=task_key, flow_run_id=flow_run_id,
-                              worker=worker, run_counts=counts)
+                              worker=worker, run_counts=counts, resources=used)
 
 
 def reconcile_run_store(env: _lmdb.Env, requeued: Iterable[str] = ()) -> int:

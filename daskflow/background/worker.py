@@ -44,6 +44,8 @@ from daskflow.background.records import FinalState, Message, StateChange, to_wir
 from daskflow.codes import CODE_STATES, OK_CODES
 from daskflow.engine.api.tasks import Task
 from daskflow.engine.core.envelope import ChunkSpec
+from daskflow.engine.worker.resources import Meter
+from daskflow.engine.worker.resources import enabled as measuring
 from daskflow.engine.worker.run import run_rows
 from daskflow.engine.worker.write_batch import WriteBatch, batched_cache_writes
 from daskflow.exceptions import NoBackgroundServer
@@ -190,11 +192,16 @@ def run_one(task: Task, run: QueuedRun, address: str, send: Callable[[Message], 
         return
     spec = ChunkSpec.single(task, uuid.UUID(rid).int, tuple(row), flow_run_id=run.flow_run_id,
                             name=background_run_name(task.name, rid))
-    res = run_rows(spec, [])
+    meter = Meter() if measuring() else None  # a run alone: as a chunk of one (not a hot path)
+    try:
+        res = run_rows(spec, [], meter=meter)
+    finally:
+        used = meter.finish() if meter is not None else None
     code = res.codes[0]
     final = FinalState(rid, CODE_STATES[code].type, CODE_STATES[code].name, res.ends[0] if res.ends else time.time(),
                        run_count=res.run_count(0), worker=address,
-                       logs=getattr(res, "logs", None) or None)  # run logs not shipped while the run ran
+                       logs=getattr(res, "logs", None) or None,  # run logs not shipped while the run ran
+                       resources=used)
     extra = res.history.get(0)
     if extra:  # retries: every state after the first Running, which was already reported
         final.history = list(extra[1:])

@@ -71,6 +71,24 @@ class Host:
         pool lets others use the call's slot meanwhile."""
         yield
 
+    def places_calls(self) -> bool:
+        """Whether ``submit_call`` hands a call to the runner to place (else the caller runs
+        its work in its own thread: this host, a task whose resources a new call would need)."""
+        return False
+
+    def submit_call(self, fn: Callable[..., Any], args: tuple, key: str) -> Any:
+        """Start ``fn(*args)`` as a new call of the runner, placed where the runner likes (a
+        Dask cluster: any worker); a handle for ``gather_calls``. This host runs it now, here."""
+        try:
+            return fn(*args)
+        except Exception as exc:  # noqa: BLE001 - handed back by gather_calls, as a lost call's error
+            return exc
+
+    def gather_calls(self, handles: list[Any]) -> list[Any]:
+        """The values of calls ``submit_call`` started, or the exception that ended each; call
+        inside ``idle()`` (the wait then holds no slot)."""
+        return list(handles)
+
     def __reduce__(self) -> str:
         return "LOCAL_HOST"
 

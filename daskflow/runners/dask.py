@@ -176,6 +176,39 @@ class WorkerHost(Host):
         finally:
             rejoin()
 
+    def places_calls(self) -> bool:
+        """Inside a Dask task that needs no resources. A task that holds resources (a
+        background run: its task worker's) keeps them while it waits, so a new call
+        needing the same could wait for it forever: its work stays in its thread."""
+        if not in_dask_task():
+            return False
+        from distributed import get_worker
+        from distributed.worker import thread_state
+
+        return dask_internals.worker_task_resources(get_worker(), thread_state.key) == {}
+
+    def submit_call(self, fn: Callable[..., Any], args: tuple, key: str) -> Any:
+        """A new Dask task of the worker's cluster: the scheduler places it (any worker)."""
+        if not in_dask_task():
+            return super().submit_call(fn, args, key)
+        from distributed import get_client
+
+        return get_client().submit(fn, *args, key=key, pure=False)
+
+    def gather_calls(self, handles: list[Any]) -> list[Any]:
+        if not in_dask_task():
+            return super().gather_calls(handles)
+        from distributed import wait
+
+        wait(handles)
+        out: list[Any] = []
+        for future in handles:
+            try:
+                out.append(future.result())
+            except BaseException as exc:  # noqa: BLE001 - a lost call (worker died, cancelled) is its error
+                out.append(exc)
+        return out
+
     def sleep(self, seconds: float, idle: bool = False) -> None:
         """Longer waits (any wait of an ``idle`` call) give the worker slot away: the thread
         secedes from the worker's pool (the worker starts other tasks at once) and rejoins it

@@ -41,7 +41,10 @@ The names, what each buys, and its fallback:
     reruns ask the ledger (``runners.ledger.recall``). There is no public
     equivalent; fallback: ``worker_task_annotations`` answers "unknown" and every
     chunk with checkpoints asks the ledger (one round trip per chunk, on a path that
-    already costs one chunk's work): slower, still correct.
+    already costs one chunk's work): slower, still correct. Also its
+    ``resource_restrictions`` (``worker_task_resources``): a chunk that holds resources
+    (a background run: its task worker's) retries its runs in its own thread, not as new
+    tasks that would wait for what it holds; unknown, the same.
 
 Names no longer used: ``distributed.client._wait`` (``wait_futures`` uses the public
 ``distributed.wait`` under ``client.as_current()``: the same coroutine, no measurable
@@ -355,6 +358,19 @@ def worker_task_annotations(worker: Any, key: Any) -> dict | None:
     try:
         ts = worker.state.tasks.get(key)
         return dict(ts.annotations or {}) if ts is not None else {}
+    except (AttributeError, TypeError) as exc:
+        mark_broken("worker-task-state", exc)
+        return None
+
+
+def worker_task_resources(worker: Any, key: Any) -> dict | None:
+    """The resources task ``key`` needs (``{}``: none), as ``worker`` holds it; ``None`` when
+    that cannot be known."""
+    if not enabled("worker-task-state"):
+        return None
+    try:
+        ts = worker.state.tasks.get(key)
+        return dict(ts.resource_restrictions or {}) if ts is not None else None
     except (AttributeError, TypeError) as exc:
         mark_broken("worker-task-state", exc)
         return None

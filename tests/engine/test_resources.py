@@ -69,3 +69,35 @@ def test_resources_off_records_wall_time_only():
     assert tracker.flush()
     res = _resources(ids[0])
     assert res["resolution"] is None and res["wall_seconds"] >= 0
+
+
+
+def test_direct_calls_record_cpu_time_and_peak_rss_increase():
+    """``t(x)`` inside a flow: a heavy call is measured alone, light calls by their folded record."""
+
+    @task
+    def bad():
+        raise ValueError("no")
+
+    @flow(task_runner=ThreadPoolTaskRunner(1))
+    def direct():
+        grow(64)
+        assert bad(return_state=True).is_failed()  # a call with more to record than "Completed"
+        return [inc(i) for i in range(20)]
+
+    assert direct() == list(range(1, 21))
+    assert tracker.flush()
+    store = open_run_store()
+    [heavy] = store.task_runs(task="grow")
+    res = _resources(heavy["id"])
+    assert res["resolution"] == "run"
+    assert 0.14 <= res["cpu_seconds"] < res["wall_seconds"] + 0.01
+    assert res["peak_rss_increase_bytes"] >= 48 * MiB  # 64 MiB held while it ran
+    light = [_resources(r["id"]) for r in store.task_runs(task="inc")]
+    assert len(light) == 20 and {r["resolution"] for r in light} == {"chunk"}
+    assert all(r["cpu_seconds"] > 0 and r["peak_rss_increase_bytes"] is not None and r["worker_rss_bytes"] > 0
+               for r in light)
+    [failed] = store.task_runs(task="bad")
+    assert _resources(failed["id"])["cpu_seconds"] > 0
+    by_task = {m["task"]: m for m in queries.task_metrics(store, heavy["flow_run_id"])}
+    assert by_task["grow"]["cpu_max"] >= 0.14 and by_task["grow"]["mem_max"] >= 48 * MiB

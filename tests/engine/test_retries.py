@@ -287,3 +287,56 @@ def test_a_run_awaiting_its_retry_holds_up_neither_its_chunk_mates_nor_its_worke
     retries = [float(t) for _, t, kind in entries if kind == "retry"]
     assert len(firsts) == 40 and len(retries) == 8
     assert max(firsts) < min(retries), "a run waiting for its retry held up runs that had not started"
+
+
+def test_a_retry_after_its_delay_runs_on_any_worker(dask_runner, cluster, tmp_path):
+    # The body fails on the first worker it meets, every time. While the run waits out its
+    # delay, the test fills that worker's one thread with a blocker: the retry, handed to the
+    # scheduler when the delay has passed, goes to the other worker and completes there (a
+    # retry kept on the chunk's worker would fail again, and the run would end Failed).
+    from distributed import Client, Event
+
+    mark = tmp_path / "first-worker"
+    tag = tmp_path.name
+
+    @task(retries=1, retry_delay_seconds=2)
+    def picky():
+        from distributed import Event, get_worker
+
+        here = get_worker().address
+        if not mark.exists():
+            mark.write_text(here)
+            Event(f"failed-{tag}").set()
+            raise RuntimeError("the first attempt fails")
+        if here == mark.read_text():
+            raise RuntimeError(f"retried on the worker of the first attempt, {here}")
+        Event(f"retried-{tag}").set()
+        return here
+
+    def block(started, release):
+        from distributed import Event
+
+        Event(started).set()
+        Event(release).wait(60)
+
+    with Client(cluster.scheduler_address, set_as_default=False) as client:
+        failed, retried = Event(f"failed-{tag}", client=client), Event(f"retried-{tag}", client=client)
+        started, release = Event(f"started-{tag}", client=client), Event(f"release-{tag}", client=client)
+
+        @flow(task_runner=dask_runner)
+        def f():
+            fut = picky.submit()
+            assert failed.wait(30), "the first attempt did not run"
+            blocker = client.submit(block, started.name, release.name, workers=[mark.read_text()], pure=False)
+            try:
+                assert started.wait(30), "the blocker did not start on the first worker"
+                assert retried.wait(30), "the retry did not run on the other worker"
+            finally:
+                release.set()
+            blocker.result(timeout=30)
+            return fut.result(), fut.run_count, [s.name for s in fut.history()]
+
+        where, run_count, names = f()
+    assert where != mark.read_text() and where in cluster.scheduler_info["workers"]
+    assert run_count == 2
+    assert names == ["Pending", "Running", "AwaitingRetry", "Retrying", "Completed"]

@@ -42,6 +42,20 @@ def flaky(path):
     return n + 1
 
 
+@task(persist_result=True, retries=1, retry_delay_seconds=0.2)
+def flaky_later(path):
+    """Fails its first attempt; retried after a delay (in its task worker's thread, which
+    holds the task's resource)."""
+    from distributed import get_worker
+
+    p = pathlib.Path(path)
+    first = not p.exists()
+    p.write_text("failed once")
+    if first:
+        raise ValueError("the first attempt fails")
+    return get_worker().name
+
+
 @task(persist_result=True)
 def lonely(x):
     """No worker of the shared fixture serves this task."""
@@ -96,6 +110,18 @@ def chatty_long(x):
     time.sleep(0.3)  # longer than the log flush interval: these records ship while the run executes
     log.info("second %s", x)
     return x
+
+
+@task(persist_result=True)
+def hog(mib):
+    """Hold ``mib`` MiB (every page written) while burning 0.15 s of this thread's CPU."""
+    import numpy as np
+
+    block = np.ones(mib * 2**20 // 8)
+    t0 = time.thread_time()
+    while time.thread_time() - t0 < 0.15:
+        pass
+    return float(block[0])
 
 
 @task(persist_result=True)

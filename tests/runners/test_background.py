@@ -26,7 +26,7 @@ from daskflow.runners import ThreadPoolTaskRunner
 
 SERVED = ["bg_tasks:add", "bg_tasks:whoami", "bg_tasks:not_persisted", "bg_tasks:boom", "bg_tasks:flaky",
           "bg_tasks:inc", "bg_tasks:cached_square", "bg_tasks:chatty", "bg_tasks:chatty_long",
-          "bg_tasks:total", "bg_tasks:aio_double", "bg_tasks:gated", "bg_tasks:runtime_info"]
+          "bg_tasks:total", "bg_tasks:aio_double", "bg_tasks:hog", "bg_tasks:flaky_later", "bg_tasks:gated", "bg_tasks:runtime_info"]
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +143,10 @@ def test_delay_failure_and_retries_behave_as_normal_runs(bg_server, tmp_path):
     names = [h["name"] for h in retried.record()["history"]]
     assert names == ["Scheduled", "Pending", "Running", "AwaitingRetry", "Retrying", "Completed"]
     assert retried.record()["run_count"] == 2
+    # with a retry delay: the run holds its task worker's resource, so it is retried where it is
+    later = bg_tasks.flaky_later.delay(str(tmp_path / "later"))
+    assert later.result(timeout=30).startswith("daskflow-task-worker-")
+    assert later.record()["run_count"] == 2
 
 
 def test_delayed_runs_use_the_result_cache(bg_server, tmp_path):
@@ -178,6 +182,21 @@ def test_background_runs_show_in_daskflow_runs_with_history_worker_and_logs(bg_s
     assert rec["worker"] == fut.record()["worker"] and rec["task_key"] == bg_tasks.chatty.task_key
     logs = _cli_json(bg_server["home"], "runs", "logs", fut.task_run_id)
     assert [r["message"] for r in logs] == ["hello 3"]
+
+
+def test_background_run_records_cpu_time_and_peak_rss_increase(bg_server):
+    fut = bg_tasks.hog.delay(64)
+    assert fut.result(timeout=30) == 1.0
+
+    def show() -> dict | None:
+        rec = _cli_json(bg_server["home"], "runs", "show", fut.task_run_id)
+        return rec if rec and rec["state"] == "Completed" else None
+
+    _wait_for(show, 30)  # the server's run store is written in batches: eventually consistent
+    res = show()["resources"]
+    assert res["resolution"] == "run"
+    assert 0.14 <= res["cpu_seconds"] < res["wall_seconds"] + 0.01
+    assert res["peak_rss_increase_bytes"] >= 48 * 2**20  # 64 MiB held while it ran
 
 
 def test_result_of_a_task_that_does_not_persist_is_a_clear_error(bg_server):

@@ -24,6 +24,7 @@ from daskflow.engine.core.envelope import ChunkSpec
 from daskflow.engine.core.inputs import ALIGNED, ATOMS, BROADCAST, MAPPED, Column, allow_failure, quote, unmapped
 from daskflow.engine.core.states import State
 from daskflow.engine.tracking import tracker
+from daskflow.engine.worker import resources
 from daskflow.engine.worker.run import arun_single, run_rows
 from daskflow.engine.worker.transactions import current_transaction
 from daskflow.exceptions import MappingLengthMismatch, MappingMissingIterable
@@ -114,12 +115,18 @@ def call_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None
     base, start = _direct.next()
     scope, call = resume.direct_call(task)
     res = resume.reused_direct(scope, call, task, base, start) if scope is not None else None
+    watch = None
     if res is None:
-        res = run_rows(ChunkSpec.single(task, base, row, refs, waits, flow_run_id, start), envelopes)
+        watch = resources.call_started()
+        try:
+            res = run_rows(ChunkSpec.single(task, base, row, refs, waits, flow_run_id, start), envelopes)
+        finally:
+            if watch is not None:
+                resources.call_ended(watch, time.time() - submitted)
         if scope is not None:
             resume.keep_direct(scope, call, task, res)
     ctx = flow_run_ctx.get()
-    tracker.inline_finished(task, res, flow_run_id, submitted, ctx.home_env if ctx is not None else None)
+    tracker.inline_finished(task, res, flow_run_id, submitted, watch, ctx.home_env if ctx is not None else None)
     if not return_state and res.kept is None and res.codes[0] in OK_CODES:
         return res.get_values()[0]  # what ``res.state(0).value()`` gives, without the State
     state = res.state(0)

@@ -69,6 +69,10 @@ class DirectCallDone(NamedTuple):
     code: int
     end: float
     started: float
+    cpu: float | None = None  # CPU seconds, peak RSS increase, RSS at its end, measured alone
+    mem: int = 0  # (>= 5 ms): what ``resources.call_ended`` found; cpu None when not measured
+    rss: int = 0
+    heavy: bool = False
 
 
 class Started(NamedTuple):
@@ -121,6 +125,7 @@ class RunStates(NamedTuple):
     flow_run_id: str | None
     worker: str | None
     run_counts: dict[str, int] | None = None  # attempts of final runs, by run id
+    resources: dict[str, dict] | None = None  # what final runs took, by run id (a chunk's ``res``)
 
 
 class FlushMarker(NamedTuple):
@@ -164,6 +169,35 @@ def envelope_fields(res: ChunkResult) -> dict:
     if res.inputs:
         fields["inputs"] = dict(res.inputs)  # the run store keeps them apart, keyed by run
     return fields
+
+
+def cost_record(cost: Any) -> dict:
+    """The ``res`` field of one measured direct call, as a chunk's (``cost``: a record with
+    ``cpu``, ``mem``, ``rss``, ``heavy``: a ``DirectCallDone`` or a ``resources.CallWatch``)."""
+    out: dict[str, Any] = {"cpu": cost.cpu, "mem": cost.mem, "rss": cost.rss}
+    if cost.heavy:
+        out["runs"] = [[0, cost.cpu, cost.mem]]
+    return out
+
+
+def _fold_cost(into: dict, res: dict | None, at: int) -> None:
+    """Add the ``res`` of the direct call(s) at index ``at`` of a folded record to its ``res``."""
+    if not res:
+        return
+    into["cpu"] = into.get("cpu", 0.0) + (res.get("cpu") or 0.0)
+    into["mem"] = max(into.get("mem", 0), res.get("mem") or 0)
+    into["rss"] = res.get("rss")
+    for index, cpu, mem in res.get("runs") or ():
+        into.setdefault("runs", []).append([at + index, cpu, mem])
+
+
+def _fold_call(into: dict, cost: DirectCallDone, at: int) -> None:
+    """``_fold_cost`` for one plain direct call (no ``res`` record made for it)."""
+    into["cpu"] = into.get("cpu", 0.0) + cost.cpu
+    into["mem"] = max(into.get("mem", 0), cost.mem)
+    into["rss"] = cost.rss
+    if cost.heavy:
+        into.setdefault("runs", []).append([at, cost.cpu, cost.mem])
 
 
 def to_store_ops(batch: list[Record]) -> tuple[list[StoreOp], list[list]]:
@@ -274,6 +308,7 @@ def _direct_calls_op(group: list[DirectCall | DirectCallDone], logs: list) -> Ch
     ends, starts, submits = array("d"), array("d"), array("d")
     extra: dict[str, dict] = {}
     owner = chunk_key(head.base, head.start)
+    cost: dict[str, Any] = {}  # the calls' resources, folded as a chunk's (engine/worker/resources.py)
     at = 0
     for record in group:
         if isinstance(record, DirectCallDone):
@@ -281,6 +316,8 @@ def _direct_calls_op(group: list[DirectCall | DirectCallDone], logs: list) -> Ch
             ends.append(record.end)
             starts.append(record.started)
             submits.append(record.submitted)
+            if record.cpu is not None:
+                _fold_call(cost, record, at)
             at += 1
             continue
         res = record.result
@@ -289,8 +326,9 @@ def _direct_calls_op(group: list[DirectCall | DirectCallDone], logs: list) -> Ch
         for _ in range(res.n):
             starts.append(res.started)
             submits.append(record.submitted)
+        _fold_cost(cost, res.resources, at)
         for field, values in envelope_fields(res).items():
-            if type(values) is dict:
+            if field != "res" and type(values) is dict:
                 extra.setdefault(field, {}).update({at + i: v for i, v in values.items()})
         if res.logs:
             logs.extend([owner, at + index, *rest] for _owner, index, *rest in res.logs)
@@ -298,6 +336,8 @@ def _direct_calls_op(group: list[DirectCall | DirectCallDone], logs: list) -> Ch
     fields = dict(extra, codes=bytes(codes), ends=ends.tobytes(), starts=starts.tobytes(),
                   submits=submits.tobytes(), live=None, started=starts[0], task=first.task_name,
                   task_key=first.task_key, n=at, flow_run_id=first.flow_run_id, submitted=first.submitted)
+    if cost:
+        fields["res"] = cost
     return ChunkUpdate(head.base, head.start, fields, new=True)
 
 
@@ -318,6 +358,8 @@ def _run_state_ops(record: RunStates) -> list[ChunkUpdate]:
             fields.update(codes=bytes([code]), ends=array("d", [ts]).tobytes(), live=None)
             if record.run_counts and rid in record.run_counts:
                 fields["run_counts"] = {0: record.run_counts[rid]}
+            if record.resources and rid in record.resources:
+                fields["res"] = record.resources[rid]
             if message and code != COMPLETED:
                 fields["messages"] = {0: message}
         else:

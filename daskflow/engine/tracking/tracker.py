@@ -67,6 +67,7 @@ from daskflow.engine.tracking.records import (
     RunStates,
     Started,
     Submitted,
+    cost_record,
     to_store_ops,
 )
 from daskflow.exceptions import StoreError
@@ -77,6 +78,7 @@ if TYPE_CHECKING:
     from daskflow.engine.client.chunks import Chunk
     from daskflow.engine.core import states as st
     from daskflow.engine.core.envelope import ChunkResult
+    from daskflow.engine.worker.resources import CallWatch
 
 __all__ = [
     "TOPIC", "chunk_finished", "chunks_submitted", "enabled", "flow_finished", "flow_started", "flush",
@@ -313,17 +315,28 @@ def chunk_finished(chunk: Chunk) -> None:
 
 
 def inline_finished(task: Any, res: ChunkResult, flow_run_id: str | None, submitted: float,
-                    home: str | None = None) -> None:
-    """Record a direct call ``t(x)`` that ran in this thread (one queued op, no live entry);
-    ``home``: ``$DASKFLOW_HOME`` as the caller's flow run read it (else read here)."""
+                    watch: CallWatch | None = None, home: str | None = None) -> None:
+    """Record a direct call ``t(x)`` that ran in this thread (one queued op, no live entry).
+
+    ``watch``: the thread's ``resources.CallWatch`` holding the call's CPU time and memory,
+    when measured (read here, before the thread's next call changes it). ``home``:
+    ``$DASKFLOW_HOME`` as the caller's flow run read it (else read here).
+    """
     # The caller's whole cost: one record on the queue. The writer folds consecutive
     # direct calls of one task (consecutive indexes of ``direct_slot``) into one chunk record.
     if enabled():
         if not res.is_plain():
+            if watch is not None:
+                res.resources = cost_record(watch)
             record: Record = DirectCall(task.name, task.task_key, flow_run_id, submitted, res)
         else:  # the common case: the envelope is not kept alive until the writer runs
-            record = DirectCallDone(task.name, task.task_key, flow_run_id, submitted, res.base, res.start,
-                                    res.codes[0], res.ends[0], res.started)
+            if watch is None:
+                record = DirectCallDone(task.name, task.task_key, flow_run_id, submitted, res.base, res.start,
+                                        res.codes[0], res.ends[0], res.started)
+            else:
+                record = DirectCallDone(task.name, task.task_key, flow_run_id, submitted, res.base, res.start,
+                                        res.codes[0], res.ends[0], res.started, watch.cpu, watch.mem, watch.rss,
+                                        watch.heavy)
         _tracker.ops.append((os.environ.get("DASKFLOW_HOME", "") if home is None else home, record))
         if _tracker.thread is None:
             _tracker.start()
@@ -488,7 +501,7 @@ def record_logs(records: list[list]) -> None:
 
 def record_states(events: Iterable[tuple[str, str, float, str]], task_name: str, task_key: str | None = None,
                   flow_run_id: str | None = None, worker: str | None = None,
-                  run_counts: dict[str, int] | None = None) -> None:
+                  run_counts: dict[str, int] | None = None, resources: dict[str, dict] | None = None) -> None:
     """Record state events of single runs by run id, e.g. from the background path.
 
     ``events`` holds ``(run_id, state_name, timestamp, message)``: ``Scheduled``,
@@ -496,6 +509,7 @@ def record_states(events: Iterable[tuple[str, str, float, str]], task_name: str,
     (``Completed``, ``Failed``, ``Crashed``, ...). Final names set the run's final state.
     ``run_counts`` (by run id): how many times a final run's body was attempted, as its
     executor counted it (a retried run: 2); read through ``codes.run_count_of``.
+    ``resources`` (by run id): what a final run took (a chunk's ``res`` record of one run).
     Safe to call from any process that can reach ``$DASKFLOW_HOME`` (a task worker,
     the server); the write is batched by this process's writer thread.
 
@@ -503,7 +517,8 @@ def record_states(events: Iterable[tuple[str, str, float, str]], task_name: str,
         >>> record_states([(rid, "Scheduled", time.time(), "")], task_name="email")  # doctest: +SKIP
     """
     if enabled():
-        _tracker.put(RunStates(list(events), task_name, task_key, flow_run_id, worker, run_counts or None))
+        _tracker.put(RunStates(list(events), task_name, task_key, flow_run_id, worker, run_counts or None,
+                               resources or None))
 
 
 def flush(timeout: float | None = 10.0) -> bool:

@@ -68,19 +68,23 @@ SLEEP = "sleep"
 Engine = Generator[tuple[str, float], tuple[bool, Any], tuple[int, Any, list | None]]
 
 
-def attempts(task: Task, ctx: TaskRunContext, args: tuple, kwargs: dict) -> Engine:
+def attempts(task: Task, ctx: TaskRunContext, args: tuple, kwargs: dict, history: list | None = None) -> Engine:
     """Own one run's lifecycle; yield ``(CALL, timeout)`` or ``(SLEEP, seconds)`` to the driver.
 
     A body that returns a ``State`` sets the run's state: a completed one its value, a
     failed one is retried like a raised exception, a cancelled or crashed one is final.
+    ``history``: the list its states after the first Running go to (the caller's, so a run
+    parked for its retry can be retried elsewhere with them, ``retries.RetryRun``); a run
+    that starts at attempt ``ctx.run_count`` > 1 continues the history it is given.
     """
-    history: list | None = None
+    history = [] if history is None else history
     opts = task.options
     first_start = time.time()
     run = (ctx.base, ctx.start + ctx.index)
     while True:
         if ctx.run_count > 1:
-            history = history or [StateEvent("RUNNING", "Running", first_start)]
+            if not history:
+                history.append(StateEvent("RUNNING", "Running", first_start))
             history.append(StateEvent("RUNNING", "Retrying", time.time(), f"attempt {ctx.run_count}"))
             reports.run_retrying(ctx, history[-1])
         task.fire_hook("on_running", ctx, args, kwargs, st.State(st.StateType.RUNNING, task_run_id=run))
@@ -96,7 +100,7 @@ def attempts(task: Task, ctx: TaskRunContext, args: tuple, kwargs: dict) -> Engi
                 ctx.final_state = returned or st.State(st.StateType.COMPLETED, data=value, task_run_id=run)
             if opts.on_completion:
                 task.fire_hook("on_completion", ctx, args, kwargs, ctx.final_state)
-            return COMPLETED, value, history
+            return COMPLETED, value, history or None
         exc = value
         if code == COMPLETED:
             code = TIMED_OUT if isinstance(exc, TaskRunTimeoutError) else FAILED
@@ -104,7 +108,8 @@ def attempts(task: Task, ctx: TaskRunContext, args: tuple, kwargs: dict) -> Engi
         failed = returned or st.State(type_, name, message=describe_error(exc), data=exc, task_run_id=run)
         if code != CANCELLED and code != CRASHED and ctx.run_count <= opts.retries and task.should_retry(ctx, args, kwargs, failed):
             delay = task.retry_delay_for(ctx.run_count)
-            history = history or [StateEvent("RUNNING", "Running", first_start)]
+            if not history:
+                history.append(StateEvent("RUNNING", "Running", first_start))
             history.append(StateEvent("SCHEDULED", "AwaitingRetry", time.time(),
                                        f"{describe_error(exc)}; retry in {delay:g}s"))
             reports.run_retrying(ctx, history[-1])
@@ -116,7 +121,7 @@ def attempts(task: Task, ctx: TaskRunContext, args: tuple, kwargs: dict) -> Engi
             ctx.final_state = failed
         if opts.on_failure:
             task.fire_hook("on_failure", ctx, args, kwargs, failed)
-        return code, exc, history
+        return code, exc, history or None
 
 
 def drive_sync(engine: Engine, task: Task, args: tuple, kwargs: dict) -> tuple[int, Any, list | None]:

@@ -31,7 +31,7 @@ from daskflow.exceptions import MissingContextError
 if TYPE_CHECKING:
     from daskflow.runners.base import Host
 
-__all__ = ["get_run_logger", "open_sink", "close_sink", "log_prints", "publish"]
+__all__ = ["adopt", "get_run_logger", "open_sink", "close_sink", "log_prints", "publish"]
 
 FLUSH_SECONDS = 0.1
 _FLOW_OWNER = b"\xff" * 8
@@ -167,6 +167,13 @@ def _flow_fields(flow: Any, flow_run_id: str | None) -> dict[str, Any]:
 def open_sink() -> Token:
     """Start collecting the log records of a chunk's runs (called by the chunk function)."""
     return _sink.set(_Sink())
+
+
+def adopt(records: list[list]) -> None:
+    """Add log records made elsewhere (a run retried on another worker) to the open sink."""
+    sink = _sink.get()
+    if sink is not None and records:
+        sink.records.extend(records)
 
 
 def close_sink(token: Token) -> list[list] | None:

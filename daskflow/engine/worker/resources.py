@@ -27,6 +27,16 @@ the nanny measured last and the worker's memory limit (``runners/memory_kills.py
 ``{"rss": ..., "killed": limit}`` for a chunk lost whole, or in ``killed_runs``
 (``[[index, rss, limit], ...]``) for a chunk taken apart run by run.
 
+Direct calls ``t(x)`` (``engine/client/submit.py``) have no meter: an object per call
+would cost more than the budget of a trivial call. They measure the same two figures with
+the thread's ``CallWatch`` (``call_started`` / ``call_ended``): CPU time from two
+``thread_time`` calls, and memory from the sampler's readings, which the sampler also
+folds into the peak of every thread's watch; a call that took ``HEAVY_SECONDS`` or more
+takes a fresh reading when it ends, as a heavy run of a chunk does. A light direct call
+makes no system call for memory. The tracker folds a burst of direct calls into one
+chunk record: its ``cpu`` is their sum, ``mem`` the largest, and heavy calls are listed
+in ``runs``; so a light direct call is shown at chunk resolution, like a light mapped run.
+
 CPU time is the running thread's: a body that starts threads or processes of its own
 is not counted. RSS is the whole worker process's: on a worker with several threads,
 chunks running side by side share the increase.
@@ -37,12 +47,15 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
+from time import thread_time as _thread_time
 from typing import Any
 
 import dask.config
 import psutil
 
-__all__ = ["HEAVY_SECONDS", "Meter", "enabled", "put_run", "rss"]
+__all__ = ["HEAVY_SECONDS", "CallWatch", "Meter", "call_ended", "call_started", "enabled", "put_run",
+           "rss"]
 
 HEAVY_SECONDS = 0.005
 SAMPLE_SECONDS = 0.05
@@ -124,6 +137,8 @@ class _Sampler:
 
     def __init__(self) -> None:
         self.meters: set[Meter] = set()  # set.add/discard and list(set) are atomic under the GIL
+        self.watches: weakref.WeakSet[CallWatch] = weakref.WeakSet()  # one per thread that made direct calls
+        self.busy = False  # a direct call started since the last reading: stay awake
         self.latest = 0
         self.idle = True
         self.wake = threading.Event()
@@ -134,14 +149,15 @@ class _Sampler:
         """Register ``meter``; the latest reading (a fresh one when the thread was idle)."""
         self.meters.add(meter)
         if self.idle:  # also after a fork (``_forked``): the child has no sampling thread yet
-            self._wake(meter)
+            self.wake_up(meter)
         return self.latest
 
-    def _wake(self, meter: Meter) -> None:
+    def wake_up(self, meter: Meter | None) -> None:
+        """Start sampling now (a thread of this process, started on first use): one fresh reading."""
         with self.lock:
             if self.pid != os.getpid():  # first use, or a forked child: no thread here yet
                 self.pid = os.getpid()
-                self.meters = {meter}  # a forked child runs none of its parent's chunks
+                self.meters = {meter} if meter is not None else set()  # a forked child runs none of its parent's chunks
                 threading.Thread(target=self._run, name="daskflow-rss", daemon=True).start()
             self.latest = rss()
             self.idle = False
@@ -159,9 +175,100 @@ class _Sampler:
             meters = list(self.meters)
             for meter in meters:
                 meter.saw(value)
-            quiet = 0 if meters else quiet + 1
+            for watch in list(self.watches):
+                if value > watch.peak:
+                    watch.peak = value
+            quiet = 0 if meters or self.busy else quiet + 1
+            self.busy = False
             if quiet >= self.IDLE_TICKS and not self.meters:
                 self.idle = True  # (a chunk starting right now finds idle False and is sampled)
+
+
+# -- direct calls ---------------------------------------------------------------------------
+
+
+class CallWatch:
+    """A thread's direct-call marks: where the current call started, the running peak of
+    the sampler's readings since (the sampler raises ``peak`` of every watch), and what the
+    last call that ended took (``cpu``, ``mem``, ``rss``, ``heavy``: read by the tracker).
+
+    One per thread, reused by every call: a trivial call makes no object for its
+    measurement. A direct call inside a direct call (a task calling a task) keeps the
+    enclosing call's marks in ``outer`` and gives them back, its peak included, when it ends.
+    """
+
+    __slots__ = ("peak", "cpu0", "rss0", "depth", "outer", "cpu", "mem", "rss", "heavy", "cpu_at", "read_at",
+                 "__weakref__")
+
+    def __init__(self) -> None:
+        self.peak = self.rss0 = self.depth = self.mem = self.rss = 0
+        self.cpu0 = self.cpu = self.cpu_at = self.read_at = 0.0
+        self.heavy = False
+        self.outer: list[tuple[float, int, int]] = []  # marks of enclosing calls, innermost last
+
+
+_watch = threading.local()
+_config = dask.config.config  # dask.config.set changes this dict in place
+
+
+#: A direct call reads its thread's CPU clock when it ends (a system call, 1-2.5 us in this
+#: VM: a tenth of a trivial call's whole engine cost). Its start is the previous call's end
+#: reading when that was at most this many seconds ago (a loop of calls pays one reading a
+#: call, not two): its figure then includes the caller's own code since that call ended.
+CPU_READ_SECONDS = 0.001
+
+
+def call_started() -> CallWatch | None:
+    """Mark the start of a direct call in this thread (None when ``daskflow.resources`` is
+    off): a ``thread_time`` reading unless the last call's end made one within
+    ``CPU_READ_SECONDS``, no memory reading (the sampler's latest is the start), the sampler
+    kept awake while calls are made."""
+    try:
+        if not _config["daskflow"]["resources"]:
+            return None
+    except (KeyError, TypeError):
+        pass
+    try:
+        watch = _watch.it
+    except AttributeError:
+        watch = _watch.it = CallWatch()
+        _sampler.watches.add(watch)
+    sampler = _sampler
+    sampler.busy = True
+    if sampler.idle:  # the first call in a second or more: wake the sampler (one fresh reading)
+        sampler.wake_up(None)
+    if watch.depth:  # inside another call of this thread: keep its marks
+        watch.outer.append((watch.cpu0, watch.rss0, watch.peak))
+    watch.depth += 1
+    watch.peak = watch.rss0 = sampler.latest
+    now = time.time()
+    if now - watch.read_at > CPU_READ_SECONDS:  # else: the reading made at most that long ago
+        watch.cpu_at, watch.read_at = _thread_time(), now
+    watch.cpu0 = watch.cpu_at
+    return watch
+
+
+def call_ended(watch: CallWatch, wall: float) -> None:
+    """Set what the call ``call_started`` marked took on ``watch`` (``cpu``, ``mem``, ``rss``,
+    ``heavy``); ``wall``: its wall time (a heavy call, ``HEAVY_SECONDS`` or more, takes a
+    fresh memory reading, as a heavy run of a chunk does)."""
+    heavy = watch.heavy = wall >= HEAVY_SECONDS
+    cpu = _thread_time()
+    watch.cpu, watch.cpu_at, watch.read_at = cpu - watch.cpu0, cpu, time.time()
+    if heavy:
+        now = _sampler.latest = rss()
+        if now > watch.peak:
+            watch.peak = now
+    else:
+        now = _sampler.latest
+    peak = watch.peak
+    grew = peak - watch.rss0
+    watch.mem = grew if grew > 0 else 0
+    watch.rss = now
+    watch.depth -= 1
+    if watch.depth:  # back in the enclosing call: its marks, and the highest peak of both
+        watch.cpu0, watch.rss0, before = watch.outer.pop()
+        watch.peak = before if before > peak else peak
 
 
 _sampler = _Sampler()

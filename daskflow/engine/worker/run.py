@@ -40,10 +40,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import heapq
 import time
 from array import array
-from dataclasses import dataclass
 from itertools import islice, repeat
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
@@ -64,7 +62,6 @@ from daskflow.engine.worker.keep import keep_chunk, reuse_kept
 from daskflow.engine.worker.limits import limited_task
 from daskflow.engine.worker.lifecycle import (
     EndsEarly,
-    Engine,
     Outcome,
     attempts,
     drive_async,
@@ -75,6 +72,7 @@ from daskflow.engine.worker.lifecycle import (
 from daskflow.engine.worker.managed import NO_CACHE, CacheWork, cache_work
 from daskflow.engine.worker import resources
 from daskflow.engine.worker.resources import HEAVY_SECONDS, Meter
+from daskflow.engine.worker.retries import Parked, park, run_ended, settle_parked
 
 if TYPE_CHECKING:
     from daskflow.engine.api.tasks import Task
@@ -308,22 +306,6 @@ def _run_tight(fn: Callable, items: Iterable[tuple[int, tuple]], res: ChunkResul
         settle_returned_states(res)
 
 
-@dataclass(slots=True)
-class Parked:
-    """A run of the chunk awaiting its retry: its lifecycle, paused until ``due`` (monotonic)."""
-
-    due: float
-    index: int
-    engine: Engine
-    args: tuple
-    kwargs: dict
-    run_count: int
-    name: str
-
-    def __lt__(self, other: Parked) -> bool:  # heap order: the earliest due first
-        return (self.due, self.index) < (other.due, other.index)
-
-
 def _run_each(task: Task, items: Iterable[tuple[int, tuple]], res: ChunkResult, ctx: TaskRunContext,
               deps: list | None, cache: CacheWork, notes: Notes | None, ends: array, meter: Meter | None = None) -> None:
     """Every run through its whole lifecycle (retries, timeouts, hooks), one at a time.
@@ -343,37 +325,11 @@ def _run_each(task: Task, items: Iterable[tuple[int, tuple]], res: ChunkResult, 
         outcome = run_one(task, ctx, row, deps, cache, parked)
         if outcome is None:
             continue
-        now = _ended(i, outcome, res, ctx, cache, ends, meter)
+        now = run_ended(i, outcome, res, ctx, cache, ends, meter)
         if notes is not None and not parked and now >= notes.due:
             notes.reached(i, now, ends)
-    host = current_host() if parked else None
-    while parked:
-        p = heapq.heappop(parked)
-        wait = p.due - time.monotonic()
-        if wait > 0:
-            host.sleep(wait, idle=True)  # type: ignore[union-attr]
-        ctx.index, ctx.run_count, ctx.name, ctx.final_state = p.index, p.run_count, p.name, None
-        wait, outcome = step_sync(p.engine, task, p.args, p.kwargs)
-        if outcome is None:
-            _park(parked, p.index, wait, p.engine, p.args, p.kwargs, ctx)
-        else:
-            _ended(p.index, outcome, res, ctx, cache, ends, meter)
-
-
-def _ended(i: int, outcome: Outcome, res: ChunkResult, ctx: TaskRunContext, cache: CacheWork, ends: array,
-           meter: Meter | None = None) -> float:
-    res.record(i, outcome, ctx.run_count, ctx.name)
-    res.keep(i, ctx.final_state)
-    cache.done(i, outcome)
-    now = ends[i] = time.time()
-    if meter is not None:
-        meter.ended(i, now)
-    return now
-
-
-def _park(parked: list[Parked], i: int, wait: float, engine: Engine, args: tuple, kwargs: dict,
-          ctx: TaskRunContext) -> None:
-    heapq.heappush(parked, Parked(time.monotonic() + wait, i, engine, args, kwargs, ctx.run_count, ctx.name))
+    if parked:  # retried through the runner, on any worker, as their delays pass
+        settle_parked(parked, ctx.spec, res, ctx, cache, ends, meter)
 
 
 def run_one(task: Task, ctx: TaskRunContext, row: tuple, deps: list | None, cache: CacheWork = NO_CACHE,
@@ -390,14 +346,15 @@ def run_one(task: Task, ctx: TaskRunContext, row: tuple, deps: list | None, cach
     hit = cache.hit(ctx, args, kwargs)
     if hit is not None:
         return hit
-    engine = attempts(task, ctx, args, kwargs)
+    history: list = []
+    engine = attempts(task, ctx, args, kwargs, history)
     if task.is_async:
         return asyncio.run(drive_async(engine, task, args, kwargs))
     if parked is None:
         return drive_sync(engine, task, args, kwargs)
     wait, outcome = step_sync(engine, task, args, kwargs)
     if outcome is None:
-        _park(parked, ctx.index, wait, engine, args, kwargs, ctx)
+        park(parked, ctx.index, wait, engine, args, kwargs, ctx, history)
     return outcome
 
 
