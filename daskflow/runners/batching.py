@@ -89,16 +89,18 @@ class GraphBuffer:
         if (window and len(keys) > window) or windows.busy():
             rows = list(zip(*iterables))
             if window and len(keys) > window:
-                tasks = windows.admit(tasks, futures, rows, window)
+                tasks, _ = windows.admit(tasks, futures, rows, window)
             elif any(map(windows.needs, rows)):  # they need calls still held: they wait their turn
-                tasks = windows.admit(tasks, futures, rows, 0)
-        self._hold(tasks, futures, iterables)
+                tasks, _ = windows.admit(tasks, futures, rows, 0)
+        self._hold(tasks, futures, iterables)  # all rows kept until the next graph: some go in it
         return futures
 
-    def send_now(self, tasks: dict[str, Any]) -> None:
-        """Send these calls (and any held for one graph before them) at once, in order."""
+    def send_now(self, tasks: dict[str, Any], rows: list[tuple]) -> None:
+        """Send these calls (and any held for one graph before them) at once, in order; their
+        ``rows`` (argument lists) are kept until then, like those of any held call."""
         with self.lock:
             self.tasks.update(tasks)
+            self.keep.append(rows)
         self.flush()
 
     def _hold(self, tasks: dict[str, Any], futures: list[Future], iterables: tuple[list, ...]) -> None:

@@ -58,11 +58,12 @@ class Window:
 class Windows:
     """The windows of one client's graph buffer (see the module's text).
 
-    ``send(tasks)`` is the buffer's way to send graph nodes now, in the order given;
-    ``future_type`` is Dask's ``Future`` (what held arguments are looked for).
+    ``send(tasks, rows)`` is the buffer's way to send graph nodes now, in the order given,
+    keeping their argument rows until they are sent; ``future_type`` is Dask's ``Future``
+    (what held arguments are looked for).
     """
 
-    def __init__(self, send: Callable[[dict[str, Any]], None], future_type: type) -> None:
+    def __init__(self, send: Callable[[dict[str, Any], list[tuple]], None], future_type: type) -> None:
         self.send = send
         self.future_type = future_type
         self.lock = threading.Lock()
@@ -83,9 +84,10 @@ class Windows:
             out.extend(x.key for x in items if isinstance(x, fut) and x.key in held)
         return tuple(out)
 
-    def admit(self, tasks: dict[str, Any], futures: list[Any], rows: list[tuple], limit: int) -> dict[str, Any]:
+    def admit(self, tasks: dict[str, Any], futures: list[Any], rows: list[tuple], limit: int,
+              ) -> tuple[dict[str, Any], list[tuple]]:
         """Take a burst (``limit`` 0: an unlimited one that waits for held arguments); the graph
-        nodes to send now, the rest held."""
+        nodes to send now and their rows, the rest held."""
         with self.lock:
             window = Window(limit)
             if not limit:
@@ -100,9 +102,11 @@ class Windows:
                 self.held_keys.add(key)
             return self._take()
 
-    def _take(self) -> dict[str, Any]:
-        """Under the lock: the held calls that may go now, oldest window first; slots taken."""
+    def _take(self) -> tuple[dict[str, Any], list[tuple]]:
+        """Under the lock: the held calls that may go now, oldest window first, and their rows
+        (their argument futures must outlive the send); slots taken."""
         out: dict[str, Any] = {}
+        rows: list[tuple] = []
         for window in self.open:
             held = window.held
             while held and window.has_room():
@@ -116,20 +120,21 @@ class Windows:
                 held.popleft()
                 self.held_keys.discard(call.key)
                 out[call.key] = call.task
+                rows.append(call.row)
                 if window.limit:
                     window.in_flight += 1
                     call.future.add_done_callback(self._finisher(window))
         self.open = [w for w in self.open if w.held or w.in_flight]
-        return out
+        return out, rows
 
     def _finisher(self, window: Window) -> Callable[[Any], None]:
         def finished(_: Any) -> None:
             with self.lock:
                 window.in_flight -= 1
-                ready = self._take()
+                ready, rows = self._take()
             if ready:
                 try:
-                    self.send(ready)
+                    self.send(ready, rows)
                 except Exception:  # noqa: BLE001 - the client closed: its futures are cancelled with it
                     logger.debug("daskflow: could not send held calls", exc_info=True)
         return finished

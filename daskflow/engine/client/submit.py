@@ -286,7 +286,7 @@ def map_window(runner: TaskRunner) -> int:
     """How many chunks of a sized ``.map()`` may be on the cluster unfinished at a time
     (``daskflow.map.window``; default four per worker thread, 0: no window)."""
     window = config.get("map.window")
-    return 2 * runner.total_threads() if window is None else int(window)
+    return 2 * runner.total_threads() if window in (None, "") else int(window)
 
 
 def _known_upstreams(kinds: dict[str, Column], aligned: MapFutures | None) -> MapFutures | None:
