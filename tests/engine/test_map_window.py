@@ -22,7 +22,11 @@ UNFINISHED = ("waiting", "queued", "processing", "no-worker")  # sent, not finis
 
 
 def pause(x):
-    time.sleep(0.1)  # half the 0.2 s chunks the planner cuts (daskflow.map.chunk-seconds)
+    time.sleep(0.2)  # the length of chunk the planner cuts (daskflow.map.chunk-seconds)
+    return x
+
+
+def quick(x):
     return x
 
 
@@ -36,6 +40,7 @@ def gated(name):
 
 
 t_pause = task(pause, name="window-probe")
+t_quick = task(quick, name="window-probe")  # the same keys' prefix: what the probe counts
 t_add = task(add)
 t_gated = task(gated, name="window-gated")
 
@@ -56,13 +61,13 @@ class MapOnScheduler(SchedulerPlugin):
         self.unfinished = max(self.unfinished, sum(ts.state in UNFINISHED for ts in mine))
 
 
-def observed_map(cluster, runner, n: int) -> MapOnScheduler:
+def observed_map(cluster, runner, n: int, t=t_pause) -> MapOnScheduler:
     probe = MapOnScheduler(cluster.scheduler, "window-probe-")
     cluster.scheduler.add_plugin(probe)
 
     @flow(task_runner=runner)
     def fan_out():
-        return t_pause.map(range(n), chunksize=1).result()
+        return t.map(range(n), chunksize=1).result()
 
     try:
         assert fan_out() == list(range(n))
@@ -72,27 +77,27 @@ def observed_map(cluster, runner, n: int) -> MapOnScheduler:
 
 
 def test_a_map_of_many_chunks_never_has_more_than_4_per_worker_on_the_scheduler(cluster, dask_runner):
-    probe = observed_map(cluster, dask_runner, 16)
+    probe = observed_map(cluster, dask_runner, 12)
     assert 1 <= probe.unfinished <= 2 * WORKERS  # the window: sent and unfinished
     assert probe.held <= 4 * WORKERS  # with those finished and not yet read (released as read)
 
 
 def test_without_a_window_the_scheduler_holds_the_whole_map(cluster, dask_runner):
     with dask.config.set({"daskflow.map.window": 0}):  # what the probe sees without the window
-        probe = observed_map(cluster, dask_runner, 16)
-    assert probe.held == 16
+        probe = observed_map(cluster, dask_runner, 12, t_quick)
+    assert probe.held == 12
 
 
 def test_chunks_that_need_held_chunks_wait_for_them(dask_runner):
     @flow(task_runner=dask_runner)
     def chained():
-        first = t_pause.map(range(10), chunksize=1)
+        first = t_pause.map(range(6), chunksize=1)
         second = t_pause.map(first, chunksize=1)  # chunk i needs chunk i of ``first``, maybe still held
         total = t_add.submit(second)  # needs every chunk of both
         ended = sorted(f.result() for f in as_completed(second))
         return ended, total.result()
 
-    assert chained() == (list(range(10)), sum(range(10)))
+    assert chained() == (list(range(6)), sum(range(6)))
 
 
 def test_a_held_chunk_cancelled_never_runs(dask_runner):
