@@ -62,6 +62,44 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class RssParts:
+    """The client's resident memory split into anonymous and file-backed pages (``Rss`` and
+    ``Anonymous`` of /proc/self/smaps_rollup), sampled on a thread every 0.2 s: the parts at
+    the largest sample, and each part's largest."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.at_peak: dict[str, float] = {}
+        self.peaks: dict[str, float] = {}
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def read() -> dict[str, float]:
+        try:
+            with open("/proc/self/smaps_rollup") as f:
+                kb = {line.split(":")[0]: int(line.split()[1]) for line in f if line.split()[-1] == "kB"}
+        except OSError:
+            return {}
+        return {"rss": kb["Rss"] / 1024, "anon": kb["Anonymous"] / 1024, "file": (kb["Rss"] - kb["Anonymous"]) / 1024}
+
+    def _sample(self) -> None:
+        while not self.stop.wait(0.2):
+            now = self.read()
+            if now and now["rss"] >= self.at_peak.get("rss", 0):
+                self.at_peak = now
+            for k, v in now.items():
+                self.peaks[k] = max(v, self.peaks.get(k, 0))
+
+    def close(self) -> dict[str, float]:
+        self.stop.set()
+        self.thread.join()
+        return {"anon_at_peak": self.at_peak.get("anon", 0), "file_at_peak": self.at_peak.get("file", 0),
+                "anon_peak": self.peaks.get("anon", 0), "file_peak": self.peaks.get("file", 0)}
+
+
 def cluster_kwargs() -> dict:
     return {"n_workers": 2, "threads_per_worker": 1, "dashboard_address": "127.0.0.1:0"}
 
@@ -84,7 +122,7 @@ def run_daskflow(n: int, how: str) -> dict:
     @flow(task_runner=DaskTaskRunner(cluster_kwargs=cluster_kwargs()))
     def stream() -> tuple[int, float]:
         t_inc.map([0, 1], chunksize=1).result()  # the cluster is up before the clock starts
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         futs = t_inc.map(iter(range(n)) if how.startswith("stream") else range(n))
         total = 0
         if how in ("iter_chunks", "stream_iter_chunks"):
@@ -95,14 +133,14 @@ def run_daskflow(n: int, how: str) -> dict:
         else:
             for f in (as_completed(futs) if how == "as_completed" else futs):
                 total += f.result()
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         if how in ("as_completed", "iterate"):
             assert futs[n // 2].result() == n // 2 + 1  # a future read again keeps its value
-        return total, wall
+        return total, wall, cpu
 
-    total, wall = stream()
+    total, wall, cpu = stream()
     assert total == n * (n + 1) // 2, total
-    return {"wall": wall}
+    return {"wall": wall, "cpu": cpu}  # cpu: every thread of the client process, its scheduler's too
 
 
 def run_raw(n: int, pickled: bool = False) -> dict:
@@ -138,8 +176,10 @@ ROWS = {"plain loop": ("plain", run_plain),
 def child(mode: str, n: int) -> None:
     os.environ["DASKFLOW_HOME"] = tempfile.mkdtemp(prefix="daskflow-bench-stream-")
     fn = next(f for m, f in ROWS.values() if m == mode)
+    parts = RssParts()
     out = fn(n)
     out["rss"] = peak_rss_mib()
+    out.update(parts.close())
     print(json.dumps(out))
 
 
@@ -202,9 +242,15 @@ def main() -> None:
         if runs:
             wall = statistics.median(r["wall"] for r in runs)
             rss = statistics.median(r["rss"] for r in runs)
-            print(f"{name:28s} wall {wall:7.2f} s ({wall / args.n * 1e6:.2f} µs/elem)   "
-                  f"client peak RSS {rss:6.0f} MiB", flush=True)
-            medians["rows"][name] = {"wall_s": wall, "rss_mib": rss}
+            anon = statistics.median(r.get("anon_at_peak", 0) for r in runs)
+            filed = statistics.median(r.get("file_at_peak", 0) for r in runs)
+            cpu = statistics.median(r.get("cpu", float("nan")) for r in runs)
+            print(f"{name:28s} wall {wall:7.2f} s ({wall / args.n * 1e6:.2f} µs/elem, client process CPU "
+                  f"{cpu / args.n * 1e6:.2f} µs/elem)   "
+                  f"client peak RSS {rss:6.0f} MiB (at the peak sample: anonymous {anon:.0f}, "
+                  f"file-backed {filed:.0f})", flush=True)
+            medians["rows"][name] = {"wall_s": wall, "rss_mib": rss, "anon_mib": anon, "file_mib": filed,
+                                     "cpu_us_per_elem": cpu / args.n * 1e6}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(medians, f, indent=2)

@@ -1,6 +1,9 @@
 import multiprocessing
 import os
 import stat
+import sys
+
+import pytest
 
 from daskflow._lmdb import close_env, open_env
 
@@ -82,3 +85,34 @@ def test_concurrent_writers_grow_the_map_once_per_need(tmp_path):
     # 24 x 300 KiB = 7.2 MB of data: doubling once per need ends at 16 MiB, not 2^6 times more
     assert env.env.info()["map_size"] <= 16 << 20
     close_env(tmp_path / "threads")
+
+
+def _resident_kib(file) -> int:
+    """This process's resident KiB of mappings of ``file`` (/proc/self/smaps)."""
+    total, mine = 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            parts = line.split()
+            if "-" in parts[0] and not parts[0].endswith(":"):
+                mine = line.rstrip("\n").endswith(" " + os.path.realpath(file))
+            elif mine and parts[0] == "Rss:":
+                total += int(parts[1])
+    return total
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise and /proc/self/smaps: Linux")
+def test_a_writer_drops_the_map_pages_it_touched(tmp_path):
+    path = tmp_path / "env"
+    env = open_env(path, dbs=("t",))
+    rows = {os.urandom(16): os.urandom(200) for _ in range(20_000)}  # random keys: pages all over the file
+    items = list(rows.items())
+    for lo in range(0, len(items), 1000):
+        env.write(lambda txn, lo=lo: [txn.put(k, v, db=env.db("t")) for k, v in items[lo:lo + 1000]])
+    env.read(lambda txn: sum(1 for _ in txn.cursor(db=env.db("t"))))  # every page touched
+    before = _resident_kib(path / "data.mdb")
+    assert before > 2048  # the file's ~5 MB, resident in this process
+    assert env.drop_resident_pages() > 0
+    assert _resident_kib(path / "data.mdb") < 256
+    key, value = items[12_345]
+    assert env.read(lambda txn: txn.get(key, db=env.db("t"))) == value  # read back from the file
+    close_env(path)

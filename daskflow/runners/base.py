@@ -123,6 +123,12 @@ class TaskRunner(abc.ABC):
         ``keys`` name the calls (unique; Dask shows them on its dashboard).
         """
 
+    def submit_windowed(self, fn: Callable[..., Any], *iterables: list, keys: list[str], window: int) -> list[Any]:
+        """``submit_many`` for a big burst of independent calls (a map's chunks): a runner that
+        can hold calls back keeps at most ``window`` of them sent and unfinished at a time, so
+        its scheduler sees a window, not the whole burst. Others submit them all."""
+        return self.submit_many(fn, *iterables, keys=keys)
+
     @abc.abstractmethod
     def wait(self, handles: list[Any], timeout: float | None) -> None:
         """Block until every handle is done; raise ``TimeoutError`` past ``timeout``."""

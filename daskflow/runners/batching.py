@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from daskflow import config
 from daskflow.runners import dask_internals
+from daskflow.runners.window import Windows
 
 if TYPE_CHECKING:
     from distributed import Client, Future
@@ -68,9 +69,13 @@ class GraphBuffer:
             from distributed import Future
 
             (self.make_task, self.parse), self.future = dask_internals.task_spec(), Future
+        self.windows = Windows(self.send_now, self.future if self.holding else object)
 
-    def submit(self, fn: Callable[..., Any], iterables: tuple[list, ...], keys: list[str]) -> list[Future]:
-        """Hold ``fn(*row)`` for each row of ``iterables``; their futures, made now."""
+    def submit(self, fn: Callable[..., Any], iterables: tuple[list, ...], keys: list[str],
+               window: int = 0) -> list[Future]:
+        """Hold ``fn(*row)`` for each row of ``iterables``; their futures, made now. With a
+        ``window``, at most that many of these calls are sent and unfinished at a time
+        (``runners.window``)."""
         client = self.client
         if not self.holding or client.status in ("closing", "closed"):  # one message per submission
             # (a closed client refuses here, with Dask's own error, as before batching)
@@ -80,6 +85,29 @@ class GraphBuffer:
         make, parse = self.make_task, self.parse
         tasks = {key: make(key, fn, *map(parse, row)) for key, *row in zip(keys, *iterables)}
         futures = [self.future(key, client) for key in keys]
+        windows = self.windows
+        if (window and len(keys) > window) or windows.busy():
+            rows = list(zip(*iterables))
+            if window and len(keys) > window:
+                tasks, _ = windows.admit(tasks, futures, rows, window)
+            elif any(map(windows.needs, rows)):  # they need calls still held: they wait their turn
+                tasks, _ = windows.admit(tasks, futures, rows, 0)
+        self._hold(tasks, futures, iterables)  # all rows kept until the next graph: some go in it
+        return futures
+
+    def send_now(self, tasks: dict[str, Any], rows: list[tuple]) -> None:
+        """Send these calls (and any held for one graph before them) at once, in order; their
+        ``rows`` (argument lists) are kept until then, like those of any held call."""
+        with self.lock:
+            self.tasks.update(tasks)
+            self.keep.append(rows)
+        self.flush()
+
+    def _hold(self, tasks: dict[str, Any], futures: list[Future], iterables: tuple[list, ...]) -> None:
+        """Hold calls for the next graph, sent at once when ``max-calls`` are held, else on a timer."""
+        if not tasks:
+            return
+        client = self.client
         with self.lock:
             self.tasks.update(tasks)
             self.keep.append((futures, iterables))
@@ -90,7 +118,6 @@ class GraphBuffer:
             self.flush()
         elif arm:
             client.loop.add_callback(self._arm)
-        return futures
 
     def _arm(self) -> None:
         from tornado.ioloop import IOLoop
@@ -124,6 +151,7 @@ class GraphBuffer:
         """Forget the held calls (their runner shuts down)."""
         with self.lock:
             self.tasks, self.keep = {}, []
+        self.windows.drop()
 
     def _send(self, tasks: dict[str, Any]) -> dict[str, Future]:
         return dask_internals.graph_submit(self.client, tasks)  # its futures are dropped by the caller

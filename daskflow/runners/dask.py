@@ -335,11 +335,18 @@ class DaskTaskRunner(TaskRunner):
         return self._threads[1]
 
     def submit_many(self, fn: Callable[..., Any], *iterables: list, keys: list[str]) -> list[Any]:
+        return self._buffer().submit(fn, iterables, keys)
+
+    def submit_windowed(self, fn: Callable[..., Any], *iterables: list, keys: list[str], window: int) -> list[Any]:
+        """At most ``window`` of these calls on the scheduler unfinished at a time (``runners.window``)."""
+        return self._buffer().submit(fn, iterables, keys, window)
+
+    def _buffer(self) -> GraphBuffer:
         client = self.client
         held = self._held
         if held is None or held.client is not client:  # the first call, or a client made again
             held = self._held = GraphBuffer(client)
-        return held.submit(fn, iterables, keys)
+        return held
 
     def flush(self) -> None:
         """Send the calls held for one graph now (``runners.batching``)."""

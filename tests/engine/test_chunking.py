@@ -44,6 +44,16 @@ def test_plan_uses_measured_time_per_run():
     assert sizes == {5000}
 
 
+def test_on_many_threads_chunks_get_longer():
+    t = task(name="measured-many")(lambda x: x)
+    chunking._seconds_per_run[t.task_key] = 0.01
+    sizes = {n: {hi - lo for lo, hi in chunking.plan(t, 100_000, ThreadPoolTaskRunner(n))} for n in (2, 8, 64)}
+    assert sizes[2] == sizes[8] == {20}  # 0.2 s of 10 ms runs
+    assert sizes[64] == {160}  # 64 threads / 40 chunks a second: 1.6 s chunks, 625 of them
+    with dask.config.set({"daskflow.map.max-chunks-per-second": None}):
+        assert {hi - lo for lo, hi in chunking.plan(t, 100_000, ThreadPoolTaskRunner(64))} == {20}
+
+
 def test_explicit_chunksize():
     bounds = chunking.plan(inc, 10, ThreadPoolTaskRunner(2), chunksize=4)
     assert bounds == [(0, 4), (4, 8), (8, 10)]

@@ -199,20 +199,22 @@ def fetch_finished(chunks: Iterable[Chunk], timeout: float = 5.0) -> None:
             logger.debug("daskflow: could not fetch finished runs", exc_info=True)
 
 
-def submit_chunks(runner: TaskRunner, specs: list[ChunkSpec], deps: list[list[Any]], keys: list[str]) -> list[Any]:
-    """Submit every chunk in one batch; ``deps[i]`` are handles (or envelopes) chunk i needs."""
+def submit_chunks(runner: TaskRunner, specs: list[ChunkSpec], deps: list[list[Any]], keys: list[str],
+                  window: int = 0) -> list[Any]:
+    """Submit every chunk in one batch; ``deps[i]`` are handles (or envelopes) chunk i needs;
+    at most ``window`` unfinished at a time on the cluster, if given (``submit_windowed``)."""
     if runner not in _attached:
         _attach(runner)
-    host, checkpoints = runner.host, runner.checkpoints
     for spec in specs:  # what the runner hands the runs where they execute
-        spec.host, spec.checkpoints = host, checkpoints
+        spec.host, spec.checkpoints = runner.host, runner.checkpoints
     if runner.serializes:  # pickled here, once each: see run_pickled_chunk
         tasks: dict[int, bytes] = {}
         for spec in specs:  # the chunks of one submission share their task's pickled form
             spec.task_blob = tasks.get(id(spec.task)) or tasks.setdefault(id(spec.task), spec.task.pickled())
-        blobs = [spec.to_bytes() for spec in specs]
-        return runner.submit_many(run_pickled_chunk, blobs, deps, keys=keys)
-    return runner.submit_many(run_chunk, specs, deps, keys=keys)
+    fn, rows = (run_pickled_chunk, [s.to_bytes() for s in specs]) if runner.serializes else (run_chunk, specs)
+    if window and len(specs) > window:
+        return runner.submit_windowed(fn, rows, deps, keys=keys, window=window)
+    return runner.submit_many(fn, rows, deps, keys=keys)
 
 
 def _attach(runner: TaskRunner) -> None:
@@ -224,26 +226,29 @@ def _attach(runner: TaskRunner) -> None:
 
 
 _fetching = threading.Lock()  # the eager fetcher and readers set envelopes one at a time
+SCAN = 256
 
 
 def fetch_many(runner: TaskRunner, chunks: list[Chunk], timeout: float | None) -> None:
     """Wait for the chunks of one runner and set their envelopes (``Chunk.result``)."""
     if runner.closed:
-        raise RunnerShutdown(
-            f"the task runner of these futures ({type(runner).__name__}) was shut down before their "
-            "results were read; read results inside the flow, or return them from it"
-        )
-    deadline = None if timeout is None else time.monotonic() + timeout
+        raise RunnerShutdown(f"the task runner of these futures ({type(runner).__name__}) was shut down before "
+                             "their results were read; read results inside the flow, or return them from it")
+    deadline, head = None if timeout is None else time.monotonic() + timeout, 0
     while True:
-        # A chunk keeps its handle until its envelope is recorded everywhere (cache, tracker),
-        # all under the lock: whoever finds the handle gone finds the record complete.
+        # A chunk keeps its handle until its envelope is recorded everywhere (cache, tracker), all
+        # under the lock: whoever finds the handle gone finds the record complete. The first unfinished
+        # is waited for, then what finished of the next SCAN gathered: released as they come (a window).
         with _fetching:
-            handles = [c.handle for c in chunks if c.handle is not None]
-        if not handles:
+            while head < len(chunks) and chunks[head].handle is None:
+                head += 1
+            front = [c for c in chunks[head:head + SCAN] if c.handle is not None]
+            first = front[0].handle if front else None
+        if first is None:
             break
-        runner.wait(handles, None if deadline is None else max(0.0, deadline - time.monotonic()))
+        runner.wait([first], None if deadline is None else max(0.0, deadline - time.monotonic()))
         with _fetching:  # the eager fetcher may have been first, or submitted some again
-            done = [c for c in chunks if c.handle is not None and c.handle.done()]
+            done = [c for c in front if c.handle is not None and c.handle.done()]
             cut = [c for c in done if c.spec is not None and runner.dropped(c.handle)]
             got = [c for c in done if c not in cut]
             told = [c for c in got if (c.base, c.start) in eager.summaries]
@@ -466,12 +471,11 @@ class _Eager:
     ledger's checkpoints (``engine.worker.checkpoints.Notes``) or the envelope the client kept.
 
     What tells it a chunk finished is the ``ChunkEnded`` message its worker sends anyway
-    (``tracker.on_chunks_ended``, ~100 ms batches): a Dask done callback per future costs
-    a coroutine on the client's event loop and a thread hand-off each, which on a graph of
-    single-run chunks was a third of the client's time. An event can come before Dask
-    tells the client the call finished: such chunks are looked at again every 50 ms.
-    Chunks that end without an event (a lost worker, a cancelled call) are fetched by
-    whoever reads them.
+    (``tracker.on_chunks_ended``, ~100 ms batches): a Dask done callback per future costs a
+    coroutine on the client's event loop and a thread hand-off each, a third of the client's
+    time on a graph of single-run chunks. An event can come before Dask tells the client the
+    call finished: such chunks are looked at again every 50 ms. Chunks that end without an
+    event (a lost worker, a cancelled call) are fetched by whoever reads them.
     """
 
     RECHECK = 0.05
@@ -577,13 +581,11 @@ def lost(chunk: Chunk, exc: BaseException) -> ChunkResult:
         err: BaseException = CancelledRun(f"task {chunk.task.name!r}: the run was cancelled")
     elif cause is not None:
         err = CrashedRun(f"task {chunk.task.name!r}: {cause.message}; Dask gave up on it ({type(exc).__name__})")
-        err.__cause__ = exc
     else:
-        err = CrashedRun(
-            f"task {chunk.task.name!r}: the run crashed outside of the task's code: "
-            f"{type(exc).__name__}: {exc}. If a worker died, check its memory limit and any "
-            "extension that may segfault."
-        )
+        err = CrashedRun(f"task {chunk.task.name!r}: the run crashed outside of the task's code: "
+                         f"{type(exc).__name__}: {exc}. If a worker died, check its memory limit and any "
+                         "extension that may segfault.")
+    if not cancelled:
         err.__cause__ = exc
     res = ChunkResult.all_failed(chunk.task.name, chunk.base, chunk.start, chunk.n, code, err, str(err))
     if cause is not None:  # the memory its worker had when last sampled (engine/worker/resources.py)

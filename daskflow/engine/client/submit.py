@@ -14,6 +14,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterable
 
+from daskflow import config
 from daskflow.engine.client import chunking, resume
 from daskflow.engine.client.chunks import Chunk, bring_values, eager, fetch_all, submit_chunks
 from daskflow.engine.client.futures import MapFutures, TaskRunFuture
@@ -246,6 +247,7 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
     plain_broadcasts = {name for name, (kind, value) in kinds.items()
                         if kind is BROADCAST and not _holds_futures(value)}
     keep, reused = None, None
+    window = 0 if base is not None else map_window(runner)  # a MapStream has its own window
     if base is None:  # a window of a MapStream is not kept for a retry: see engine/client/streams.py
         base = new_run_base()
         keep, reused = resume.for_call(task, single=False)
@@ -296,7 +298,7 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
         dep_lists.append(_dep_inputs(ups, runner))
         up_lists.append(ups)
         keys.append(_key(task, base, offset + lo))
-    handles = submit_chunks(runner, specs, dep_lists, keys) if specs else []
+    handles = submit_chunks(runner, specs, dep_lists, keys, window) if specs else []
     chunks = [Chunk.submitted_as(s, h, runner, ups, key) for s, h, ups, key in zip(specs, handles, up_lists, keys)]
     if cache is not None:
         chunks = cache.merge(task, base, chunks, runner)
@@ -304,6 +306,13 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
         chunks = sorted(chunks + [Chunk.known(task, res, runner) for res in kept.known], key=lambda c: c.start)
     _register(chunks)
     return MapFutures(chunks)
+
+
+def map_window(runner: TaskRunner) -> int:
+    """How many chunks of a sized ``.map()`` may be on the cluster unfinished at a time
+    (``daskflow.map.window``; default four per worker thread, 0: no window)."""
+    window = config.get("map.window")
+    return 2 * runner.total_threads() if window in (None, "") else int(window)
 
 
 def _known_upstreams(kinds: dict[str, Column], aligned: MapFutures | None) -> MapFutures | None:

@@ -39,7 +39,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
-from daskflow.codes import CANCELLED, CODE_STATES, NOT_READY, OK_CODES
+from daskflow.codes import CANCELLED, CODE_STATES, NOT_READY, OK_CODES, all_ok
 from daskflow.engine.core.states import describe_error, error_kind
 from daskflow.engine.tracking.records import DirectCall, Ended, Finished, FlowChange, Record, Submitted
 from daskflow.ids import run_id
@@ -243,7 +243,7 @@ def _outcome_lines(envelopes: list[tuple[RunLabel, int, Any]], ended: list[FlowC
     for label, start, res in envelopes:
         if res.history:
             lines.extend(_retry_lines(label, start, res, _tally(label.flow_run_id)))
-        if res.n_failed or sum(res.codes.count(code) for code in OK_CODES) != len(res.codes):  # counted in C
+        if res.n_failed or not all_ok(res.codes):
             lines.extend(_failure_lines(label, start, res, _tally(label.flow_run_id)))
     if None in _tallies:  # runs outside any flow: counted per batch
         lines.extend(_summary_lines(_tallies.pop(None)))

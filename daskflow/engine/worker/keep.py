@@ -39,7 +39,7 @@ from daskflow.cache import kept
 from daskflow.cache.storage import StorageSpec
 from daskflow.cache.store import CacheWarning
 from daskflow.cache.tokens import reaches_store
-from daskflow.codes import CACHED, OK_CODES
+from daskflow.codes import CACHED, OK_CODES, all_ok
 
 if TYPE_CHECKING:
     from daskflow.engine.core.envelope import ChunkResult, ChunkSpec
@@ -98,7 +98,7 @@ def keep_chunk(spec: ChunkSpec, res: ChunkResult) -> None:
     if keep is None or (res.values is None and res.blob is None) or keep.keep_seconds <= 0:  # keep 0: keeps nothing new
         return
     codes, start = res.codes, 0 if keep.single else spec.start
-    every = sum(codes.count(code) for code in OK_CODES) == res.n
+    every = all_ok(codes)
     done = None if every else [i for i in range(res.n) if codes[i] in OK_CODES]
     if not every and not done:
         return
