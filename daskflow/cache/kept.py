@@ -174,18 +174,7 @@ def list_keys(store: ResultStore, flow_run_id: str) -> list[bytes]:
         keys.update(local.env.read(read))
     storage = getattr(store, "storage", None)
     if storage is not None and not storage.broken:
-        folder = f"{storage.root}/{prefix.decode()}"
-        try:
-            paths = storage.fs.find(folder)
-        except FileNotFoundError:
-            paths = []
-        for path in paths:
-            name = path.rstrip("/").rsplit("/", 1)[-1]
-            if len(name) == 32:  # a foreign or temporary file is not ours: ignored
-                try:
-                    keys.add(prefix + bytes.fromhex(name))
-                except ValueError:
-                    pass
+        keys.update(storage.keys_under(prefix))
     return sorted(keys)
 
 

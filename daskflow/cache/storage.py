@@ -30,6 +30,7 @@ import itertools
 import json
 import os
 import pathlib
+import re
 import threading
 import time
 import uuid
@@ -39,7 +40,7 @@ from typing import Any
 import msgpack
 
 from daskflow import config
-from daskflow.cache import bounds
+from daskflow.cache import bounds, packs
 from daskflow.exceptions import DaskflowError
 
 
@@ -80,6 +81,15 @@ class StorageSpec:
         return ser.load_secret(home)
 
 
+@dataclasses.dataclass(slots=True)
+class Listing:
+    """One listing of a storage: records of their own and packs (with fsspec's info), read logs."""
+
+    singles: dict[bytes, dict]
+    packs: dict[str, dict]
+    logs: list[str]
+
+
 class ObjectStorage:
     """Signed records at ``{url}/{key}`` through fsspec (see the module docstring)."""
 
@@ -109,6 +119,10 @@ class ObjectStorage:
         self.unchecked = 0  # bytes this process wrote since
         self._evicting = threading.Lock()
         self._dirs: set[str] = set()  # directories this process made (or found) for records
+        self.refs: dict[bytes, packs.PackRef] = {}  # where records are, as far as this process knows
+        self.singles: set[bytes] = set()  # keys of records with an object of their own
+        self.headers: dict[str, packs.PackHeader] = {}  # packs indexed here
+        self.damaged: set[str] = set()  # packs found damaged (warned about once)
         self._check()
         atexit.register(self._flush_at_exit)
 
@@ -126,48 +140,226 @@ class ObjectStorage:
             self._failed("reach", exc)
 
     def path(self, key: bytes) -> str:
+        """Where a record of its own lives (a large one, or one written before packs)."""
         # keys.display(key), inlined: this runs once per record of a batch
         return f"{self.root}/{key[:-16].decode()}{key[-16:].hex()}"
 
+    def where(self, key: bytes) -> str | None:
+        """The pack this process found ``key`` in (for warnings), or None."""
+        ref = self.refs.get(key)
+        return ref.pack if ref is not None else None
+
+    # -- reads ---------------------------------------------------------------------------
     def get_many(self, keys: list[bytes]) -> list[bytes | None]:
-        """The records of ``keys`` (None where the storage has none), in one batched read."""
-        if self.broken:
-            return [None] * len(keys)
-        paths = [self.path(k) for k in keys]
-        if self.local:
-            return self._read_files(paths, None)
-        try:
-            found = self.fs.cat(paths, on_error="omit")
-        except FileNotFoundError:
-            found = {}
-        except Exception as exc:  # noqa: BLE001 - unreachable storage: a clear error or a warning
-            self._failed("read from", exc)
-            return [None] * len(keys)
-        return [found.get(p) for p in paths]
+        """The records of ``keys`` (None where the storage has none), in batched reads."""
+        return self.get_bounded(keys, None)[0]
 
     def get_bounded(self, keys: list[bytes], max_bytes: int | None) -> tuple[list[bytes | None], int]:
-        """``get_many``, except that records over ``max_bytes`` are not fetched (a ranged read
-        stops past it; they come back None) and are counted: ``(records, how many too large)``."""
-        if max_bytes is None or self.broken:
-            return self.get_many(keys), 0
-        paths = [self.path(k) for k in keys]
+        """The records of ``keys``, except that records over ``max_bytes`` are not fetched (they
+        come back None) and are counted: ``(records, how many too large)``.
+
+        Keys this process has not seen yet send it to the listing of their task segment (one
+        LIST each), then to the headers of the packs it did not know; records are then read by
+        pack, a few ranged reads (or one whole read) per pack."""
+        if self.broken:
+            return [None] * len(keys), 0
+        refs, singles = self.refs, self.singles
+        heads: dict[str, bytes] = {}  # packs read whole while scanning: no second read
+        unknown = {k[:-16] for k in keys if k not in refs and k not in singles}
+        if unknown and not self._scan_segments(unknown, heads):
+            return [None] * len(keys), 0
+        out: list[bytes | None] = [None] * len(keys)
+        by_pack: dict[str, list[tuple[int, packs.PackRef]]] = {}
+        alone: list[int] = []
+        large = 0
+        limit = max_bytes if max_bytes is not None else float("inf")
+        for pos, key in enumerate(keys):
+            ref = refs.get(key)
+            if ref is not None:
+                if ref.length > limit:
+                    large += 1
+                else:
+                    by_pack.setdefault(ref.pack, []).append((pos, ref))
+            elif key in singles:
+                alone.append(pos)
+        if by_pack:
+            self._read_packs(by_pack, heads, out)
+        if alone:
+            found, over = self._read_singles([self.path(keys[p]) for p in alone], max_bytes)
+            large += over
+            for pos, record in zip(alone, found):
+                out[pos] = record
+        return out, large
+
+    def _scan_segments(self, prefixes: set[bytes], heads: dict[str, bytes]) -> bool:
+        """List each task segment once and learn the packs and single records in it; False if
+        the storage cannot be read (and ``on-storage-error`` is warn)."""
+        try:
+            for prefix in prefixes:
+                seg = prefix.decode()
+                singles, found = self._list_segment(seg)
+                self.singles.update(prefix + d for d in singles)
+                self._learn([p for p in found if p not in self.headers and p not in self.damaged], heads)
+        except Exception as exc:  # noqa: BLE001 - unreachable storage: a clear error or a warning
+            self._failed("read from", exc)
+            return False
+        return True
+
+    def _list_segment(self, seg: str) -> tuple[list[bytes], list[str]]:
+        """The digests of the single records of a segment, and the paths of its packs."""
+        folder = f"{self.root}/{seg}".rstrip("/")
+        if self.local:
+            names = _scandir(folder)
+            found = [f"{folder}/{packs.DIR}/{n}" for n in _scandir(f"{folder}/{packs.DIR}")
+                     if packs.PACK_NAME.fullmatch(f"{seg}{packs.DIR}/{n}")]
+        else:
+            self.fs.invalidate_cache(folder)
+            try:
+                listed = self.fs.find(folder)
+            except FileNotFoundError:
+                listed = []
+            names, found = [], []
+            for path in listed:
+                rest = path[len(folder) + 1:]
+                if rest.startswith(packs.DIR + "/"):
+                    if packs.PACK_NAME.fullmatch(f"{seg}{rest}"):
+                        found.append(path)
+                else:
+                    names.append(rest)
+        singles = [bytes.fromhex(n) for n in names if len(n) == 32 and _HEX.fullmatch(n)]
+        return singles, found
+
+    def _learn(self, paths: list[str], heads: dict[str, bytes]) -> None:
+        """Read the headers of the packs at ``paths`` and index their records; a pack read
+        whole on the way is kept in ``heads``. A damaged one: one warning naming it."""
+        if not paths:
+            return
+        firsts = self._read_ranges([(p, 0, packs.HEAD_READ) for p in paths])
+        longer: list[tuple[str, int, int]] = []
+        for path, head in zip(paths, firsts):
+            if isinstance(head, (bytes, bytearray)):
+                try:
+                    if (n := packs.header_length(head)) > len(head):
+                        longer.append((path, 0, n))  # a header beyond the first read (thousands of records)
+                        continue
+                except packs.DamagedPack:
+                    pass
+            self._index(path, head, heads)
+        for (path, _, _), head in zip(longer, self._read_ranges(longer) if longer else []):
+            self._index(path, head, heads)
+
+    def _index(self, path: str, head: Any, heads: dict[str, bytes]) -> None:
+        if isinstance(head, FileNotFoundError) or head is None:
+            return  # gone since the listing (an eviction): nothing to index
+        if isinstance(head, BaseException):
+            raise head
+        try:
+            header = packs.parse_header(head)
+        except packs.DamagedPack as exc:
+            self._damaged(path, str(exc))
+            return
+        prefix = packs.PACK_NAME.search(path).group(1).encode()  # type: ignore[union-attr]
+        self.headers[path] = header
+        self.refs.update(packs.refs(path, prefix, header))
+        if len(head) >= header.size:
+            heads[path] = head
+
+    def _read_packs(self, by_pack: dict[str, list[tuple[int, packs.PackRef]]], heads: dict[str, bytes],
+                    out: list) -> None:
+        """Fill ``out`` with the records of each pack: from a pack read whole, or ranged reads."""
+        ranges: list[tuple[str, int, int]] = []
+        for path, wanted in by_pack.items():
+            if path not in heads:
+                ranges.extend((path, a, b) for a, b in packs.spans([r for _, r in wanted]))
+        got: dict[tuple[str, int], Any] = {}
+        if ranges:
+            got = {(p, a): blob for (p, a, _b), blob in zip(ranges, self._read_ranges(ranges))}
+        spans = {}
+        for path, a, b in ranges:
+            spans.setdefault(path, []).append((a, b))
+        for path, wanted in by_pack.items():
+            whole = heads.get(path)
+            for pos, ref in wanted:
+                if whole is not None:
+                    out[pos] = whole[ref.offset:ref.end]
+                    continue
+                a = next(a for a, b in spans[path] if a <= ref.offset and ref.end <= b)
+                blob = got[(path, a)]
+                if isinstance(blob, FileNotFoundError):
+                    self.forget(path)  # evicted since it was indexed: a miss
+                    break
+                if isinstance(blob, BaseException):
+                    self._failed("read from", blob)
+                    return
+                record = blob[ref.offset - a:ref.end - a]
+                if len(record) < ref.length:  # a pack is read whole or not at all
+                    self._damaged(path, f"truncated ({len(blob) + a} bytes where its header says "
+                                        f"{self.headers[path].size})")
+                    for p, _ in wanted:
+                        out[p] = None
+                    break
+                out[pos] = record
+
+    def _read_singles(self, paths: list[str], max_bytes: int | None) -> tuple[list[bytes | None], int]:
+        """Records of their own (up to ``max_bytes + 1`` bytes of each, if given)."""
         if self.local:
             found: list = self._read_files(paths, max_bytes)
+        elif max_bytes is None:
+            try:
+                got = self.fs.cat(paths, on_error="omit")
+            except FileNotFoundError:
+                got = {}
+            except Exception as exc:  # noqa: BLE001 - unreachable storage: a clear error or a warning
+                self._failed("read from", exc)
+                return [None] * len(paths), 0
+            found = [got.get(p) for p in paths]
         else:
-            found = self._cat_ranges(paths, max_bytes)
-            if found is None:
-                return [None] * len(keys), 0
+            found = self._cat_ranges(paths, max_bytes) or [None] * len(paths)
         out: list[bytes | None] = []
         large = 0
         for blob in found:
             if isinstance(blob, BaseException) or blob is None:
                 out.append(None)
-            elif len(blob) > max_bytes:
+            elif max_bytes is not None and len(blob) > max_bytes:
                 out.append(None)
                 large += 1
             else:
                 out.append(blob)
         return out, large
+
+    def _read_ranges(self, ranges: list[tuple[str, int, int]]) -> list:
+        """Bytes ``[start, end)`` of each path (fewer at a file's end; an exception where it failed)."""
+        if self.local:
+            out: list = []
+            for path, start, end in ranges:
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except OSError as exc:
+                    out.append(FileNotFoundError(path) if isinstance(exc, (FileNotFoundError, NotADirectoryError))
+                               else exc)
+                    continue
+                try:
+                    out.append(os.pread(fd, end - start, start))
+                finally:
+                    os.close(fd)
+            return out
+        return self.fs.cat_ranges([r[0] for r in ranges], [r[1] for r in ranges], [r[2] for r in ranges],
+                                  on_error="return")
+
+    def _damaged(self, path: str, why: str) -> None:
+        """A pack that cannot be read: forgotten here, one warning naming it (once per process)."""
+        self.forget(path)
+        if path not in self.damaged:
+            self.damaged.add(path)
+            warnings.warn(f"damaged pack in result storage {self.spec.url} treated as a miss: {path}: {why}; its "
+                          "runs execute again", _cache_warning(), stacklevel=5)
+
+    def forget(self, path: str) -> None:
+        """Drop a pack from this process's index (it went, or it is damaged)."""
+        header = self.headers.pop(path, None)
+        if header is not None:
+            for key in [k for k, r in self.refs.items() if r.pack == path]:
+                del self.refs[key]
 
     def _cat_ranges(self, paths: list[str], max_bytes: int) -> list | None:
         try:
@@ -191,31 +383,48 @@ class ObjectStorage:
                 return [None] * len(paths)
         return out
 
+    # -- writes --------------------------------------------------------------------------
     def put_many(self, items: list[tuple[bytes, bytes]]) -> None:
-        """Write records, each atomically (see the module docstring)."""
+        """Write records: a pack per task segment, large ones alone; each object atomically."""
         if not items or self.broken:
             return
-        blobs = {self.path(k): r for k, r in items}
+        blobs: dict[str, list] = {}
+        by_segment: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        for key, record in items:
+            if len(record) >= packs.SINGLE_BYTES:
+                blobs[self.path(key)] = [record]
+            else:
+                by_segment.setdefault(key[:-16], []).append((key, record))
+        written = []
+        for prefix, records in by_segment.items():
+            path = f"{self.root}/{prefix.decode()}{packs.DIR}/{packs.new_name()}"
+            blobs[path] = parts = packs.encode(records)
+            written.append((path, prefix, parts[0]))
         log = self._read_log()
         if log is not None:  # pending read stamps ride along
-            blobs[log[0]] = log[1]
+            blobs[log[0]] = [log[1]]
         try:
             self._put(blobs)
         except Exception as exc:  # noqa: BLE001
             self._failed("write to", exc)
             return
+        for path, prefix, head in written:  # this process knows where its own records are
+            header = packs.parse_header(head)
+            self.headers[path] = header
+            self.refs.update(packs.refs(path, prefix, header))
+        self.singles.update(k for k, r in items if len(r) >= packs.SINGLE_BYTES)
         self._after_write(sum(len(r) for _, r in items))
 
-    def _put(self, blobs: dict[str, bytes]) -> None:
+    def _put(self, blobs: dict[str, list]) -> None:
         if self.local:
-            for path, blob in blobs.items():
-                self._put_file(path, blob)
+            for path, parts in blobs.items():
+                self._put_file(path, parts)
         else:
-            self.fs.pipe({path: bytes(blob) for path, blob in blobs.items()})
+            self.fs.pipe({path: b"".join(parts) for path, parts in blobs.items()})
 
-    def _put_file(self, path: str, record: bytes) -> None:
+    def _put_file(self, path: str, parts: list) -> None:
         """Write under a temporary name of this process, then rename: readers see a whole
-        record or none (no uuid per record: a token per process and a counter)."""
+        object or none (no uuid per object: a token per process and a counter)."""
         parent = os.path.dirname(path)
         if parent not in self._dirs:
             os.makedirs(parent, mode=0o700, exist_ok=True)
@@ -227,9 +436,10 @@ class ObjectStorage:
             os.makedirs(parent, mode=0o700, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            view = memoryview(record)
-            while view:
-                view = view[os.write(fd, view):]
+            for part in parts:
+                view = memoryview(part)
+                while view:
+                    view = view[os.write(fd, view):]
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -256,7 +466,7 @@ class ObjectStorage:
         log = self._read_log()
         if log is not None:
             try:
-                self._put(dict([log]))
+                self._put({log[0]: [log[1]]})
             except Exception:  # noqa: BLE001 - stamps are a hint: lost ones make entries look older
                 pass
 
@@ -273,29 +483,50 @@ class ObjectStorage:
         if self.total is None or self.unchecked >= limit / 10 or self.total + self.unchecked > limit:
             self.evict(limit, check=True)
 
-    def entries(self) -> tuple[list[bounds.Entry], list[str]]:
-        """Every record (foreign files ignored) with size, write and last read time; and the
-        read logs those times came from."""
+    def _list_all(self) -> Listing:
+        """One listing of the whole storage: its records, packs and read logs (foreign files,
+        temporary names and kept values left out)."""
         root = self.root.rstrip("/")
+        if not self.local:
+            self.fs.invalidate_cache(root)
         try:
             found = self.fs.find(root, detail=True)
         except FileNotFoundError:
             found = {}
-        records, logs = [], []
+        out = Listing({}, {}, [])
         for path, info in found.items():
             relative = path[len(root) + 1:] if path.startswith(root + "/") else None
             if relative is None:
                 continue
             if relative.startswith(bounds.LOGS + "/"):
-                logs.append(path)
+                out.logs.append(path)
             elif (key := bounds.record_name(relative)) is not None:
-                records.append(bounds.Entry(key, int(info.get("size") or 0), bounds.info_time(info), None))
-        last = self._read_stamps(logs)
+                out.singles[key] = info
+            elif relative.startswith("v") and packs.PACK_NAME.fullmatch(relative):
+                out.packs[path] = info
+        return out
+
+    def entries(self, listing: Listing | None = None) -> tuple[list[bounds.Entry], list[str]]:
+        """Every record (foreign files ignored) with size, write and last read time, and its
+        pack; and the read logs those times came from."""
+        listing = self._list_all() if listing is None else listing
+        self._learn([p for p in listing.packs if p not in self.headers and p not in self.damaged], {})
+        records = [bounds.Entry(key, int(info.get("size") or 0), bounds.info_time(info), None)
+                   for key, info in listing.singles.items()]
+        for path, info in listing.packs.items():
+            header = self.headers.get(path)
+            if header is None:
+                continue  # damaged (warned about) or gone
+            prefix = packs.PACK_NAME.search(path).group(1).encode()  # type: ignore[union-attr]
+            written = bounds.info_time(info)
+            records.extend(bounds.Entry(prefix + d, n, written, None, pack=path)
+                           for d, n in zip(header.digests, header.lengths))
+        last = self._read_stamps(listing.logs)
         from daskflow.cache.keys import display
 
         for entry in records:
             entry.last_read = last.get(display(entry.key))
-        return records, logs
+        return records, listing.logs
 
     def _read_stamps(self, logs: list[str]) -> dict[str, float]:
         last: dict[str, float] = {}
@@ -312,30 +543,95 @@ class ObjectStorage:
                         last[name] = float(t)
         return last
 
+    def _objects(self, records: list[bounds.Entry]) -> dict[str, list[bounds.Entry]]:
+        """Records by the object holding them (a pack, or their own)."""
+        out: dict[str, list[bounds.Entry]] = {}
+        for e in records:
+            out.setdefault(e.pack or self.path(e.key), []).append(e)
+        return out
+
+    def _remove(self, objects: dict[str, list[bounds.Entry]]) -> int:
+        """Delete whole objects; returns how many records went with them."""
+        if not objects:
+            return 0
+        self.fs.rm(list(objects))
+        for path, records in objects.items():
+            self.forget(path)
+            self.singles.difference_update(e.key for e in records if e.pack is None)
+        return sum(len(v) for v in objects.values())
+
     def delete(self, keys: list[bytes]) -> int:
-        """Remove records; returns how many were asked (object stores do not say which existed)."""
-        if keys:
-            self.fs.rm([self.path(k) for k in keys])
-        return len(keys)
+        """Remove the objects all of whose records are in ``keys`` (a pack goes whole, or
+        stays); returns how many records went."""
+        if not keys:
+            return 0
+        doomed = set(keys)
+        objects = self._objects(self.entries()[0])
+        return self._remove({p: rs for p, rs in objects.items() if all(e.key in doomed for e in rs)})
+
+    def clear(self) -> int:
+        """Delete every cache record (packs, records of their own, read logs; not foreign files
+        nor kept values); returns how many records went."""
+        records, logs = self.entries()
+        removed = self._remove(self._objects(records))
+        if logs:
+            self.fs.rm(logs)
+        self.total = None
+        return removed
+
+    def remove_older(self, folder: str, seconds: float) -> int:
+        """Delete the packs and records under ``{url}/{folder}`` written more than ``seconds``
+        ago (kept values past their window); returns how many objects went."""
+        base = f"{self.root}/{folder}".rstrip("/")
+        if not self.local:
+            self.fs.invalidate_cache(base)
+        try:
+            found = self.fs.find(base, detail=True)
+        except FileNotFoundError:
+            return 0
+        cutoff = time.time() - seconds
+        old = [path for path, info in found.items()
+               if (packs.PACK_NAME.search(path) or _HEX.fullmatch(path.rsplit("/", 1)[-1]))
+               and (bounds.info_time(info) or cutoff) < cutoff]
+        if old:
+            self.fs.rm(old)
+            for path in old:
+                self.forget(path)
+        return len(old)
+
+    def keys_under(self, prefix: bytes) -> list[bytes]:
+        """Keys of the records of one segment (``kept/{flow run}/``): one listing, headers read."""
+        self._scan_segments({prefix}, {})
+        return sorted({k for k in self.refs if k.startswith(prefix)}
+                      | {k for k in self.singles if k.startswith(prefix)})
 
     def evict(self, limit: int, target: float | None = None, check: bool = False) -> int:
-        """Delete the least recently used records until the storage holds at most ``target``
-        bytes (default: ``LOW_WATER`` of ``limit``) and fold the read logs into one.
-        With ``check`` (after a write) nothing happens unless the storage is over ``limit``."""
+        """Delete the least recently used packs (and records of their own) until the storage
+        holds at most ``target`` bytes (default: ``LOW_WATER`` of ``limit``) and fold the read
+        logs into one; returns how many records went. A pack's last use is its most recently
+        read record's. With ``check`` (after a write) nothing happens unless the storage is
+        over ``limit`` (decided from the listing's sizes: no header is read for that)."""
         if not self._evicting.acquire(blocking=False):
             return 0
         try:
-            records, logs = self.entries()
-            total = sum(e.size for e in records)
+            listing = self._list_all()
+            sizes = {p: int(i.get("size") or 0) for p, i in listing.packs.items()}
+            sizes.update((self.path(k), int(i.get("size") or 0)) for k, i in listing.singles.items())
+            total = sum(sizes.values())
             target = limit * bounds.LOW_WATER if target is None else target
             self.total, self.unchecked = total, 0
             if total <= (limit if check else target):
                 return 0
-            gone = bounds.victims(records, total, target)
-            self.delete([e.key for e in gone])
-            self.total = total - sum(e.size for e in gone)
+            records, logs = self.entries(listing)
+            objects = self._objects(records)
+            units = [bounds.Entry(path.encode(), sizes.get(path, 0), max(e.written or 0.0 for e in rs),
+                                  max(e.last_read or 0.0 for e in rs)) for path, rs in objects.items()]
+            doomed = {u.key.decode(): objects[u.key.decode()] for u in bounds.victims(units, total, target)}
+            gone = [e for rs in doomed.values() for e in rs]
+            removed = self._remove(doomed)
+            self.total = total - sum(sizes.get(p, 0) for p in doomed)
             self._fold(records, gone, logs)
-            return len(gone)
+            return removed
         except Exception as exc:  # noqa: BLE001 - an eviction that fails leaves the storage as it was
             warnings.warn(f"result storage {self.spec.url}: could not evict ({type(exc).__name__}: {exc})",
                           _cache_warning(), stacklevel=3)
@@ -353,7 +649,7 @@ class ObjectStorage:
         kept = {display(e.key): e.last_read for e in records if e.key not in dropped and e.last_read}
         name = f"{self.root}/{bounds.LOGS}/{time.time_ns()}-{os.getpid()}-folded"
         if kept:
-            self._put({name: msgpack.packb(kept)})
+            self._put({name: [msgpack.packb(kept)]})
         if logs:
             self.fs.rm(logs)
 
@@ -370,6 +666,7 @@ class ObjectStorage:
         raise StorageUnreachable(message) from exc
 
 
+_HEX = re.compile(r"[0-9a-f]{32}")
 _TOKEN = os.urandom(6).hex()  # temporary names of this process (pids repeat across hosts)
 _COUNTER = itertools.count()
 _opened: dict[tuple[StorageSpec, int], ObjectStorage] = {}
@@ -386,6 +683,15 @@ def open_storage(spec: StorageSpec) -> ObjectStorage:
             if storage is None:
                 storage = _opened[key] = ObjectStorage(spec)
     return storage
+
+
+def _scandir(folder: str) -> list[str]:
+    """Names of the files in a local folder (none if it does not exist)."""
+    try:
+        with os.scandir(folder) as it:
+            return [e.name for e in it if not e.name.endswith(".tmp") and e.is_file()]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def _cache_warning() -> type[Warning]:

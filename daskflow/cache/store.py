@@ -109,9 +109,13 @@ class ResultStore(abc.ABC):
         if bad:
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
             pos, why = min(bad)
-            warnings.warn(f"damaged cache entry treated as a miss: {_display(keys[pos])}: {why}{more}; it "
+            warnings.warn(f"damaged cache entry treated as a miss: {self.describe(keys[pos])}: {why}{more}; it "
                           "will be overwritten when the run completes", CacheWarning, stacklevel=3)
         return hits
+
+    def describe(self, key: bytes) -> str:
+        """A key as a warning names it."""
+        return _display(key)
 
 
 def _display(key: bytes) -> str:
@@ -441,6 +445,10 @@ class TieredStore(ResultStore):
         # must not be evicted from the storage other hosts read
         self.storage.note_reads([k for k, r in zip(keys, records) if r is not None])
         return records, large
+
+    def describe(self, key: bytes) -> str:
+        pack = self.storage.where(key)
+        return _display(key) + (f" (in the pack {pack})" if pack else "")
 
     def put_many(self, items: list[tuple[bytes, bytes]], txn_key: str | None = None) -> None:
         hot = self.put_storage(items)
