@@ -14,7 +14,7 @@ import pytest
 
 from daskflow import flow, task, unmapped
 from daskflow.cache import INPUTS
-from daskflow.cache.storage import StorageUnreachable
+from daskflow.cache.storage import ObjectStorage, StorageSpec, StorageUnreachable
 from daskflow.cache.store import CacheWarning
 
 
@@ -90,8 +90,10 @@ def test_two_homes_share_a_cache_through_s3(on_cluster, shared, tmp_path, monkey
     import s3fs
 
     listed = s3fs.S3FileSystem(**dask.config.get("daskflow.results.storage-options")).find(shared[len("s3://"):])
-    listed = [path for path in listed if "/kept/" not in path]  # values kept for a retry of the flow run: apart
-    assert len(listed) == 300  # written by the workers, one signed record per run
+    listed = [path for path in listed if "/kept/" not in path and "/_daskflow/" not in path]  # kept values: apart
+    assert listed and all("/packs/" in path for path in listed) and len(listed) < 30  # a pack per chunk
+    stored = ObjectStorage(StorageSpec.from_config(None)).entries()[0]  # no index: one listing, the headers
+    assert len({e.key for e in stored}) == 300  # written by the workers, one signed record per run
 
     monkeypatch.setenv("DASKFLOW_HOME", str(tmp_path / "second"))  # a colleague: another home, cold
     values, names = _cached_map(counter)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import time
 import uuid
 import warnings
 
@@ -137,8 +139,6 @@ def test_cli_ls_and_prune_on_a_storage(shared_dir):
     (shared_dir / "stray.bin").write_bytes(b"x" * 10)
     result = CliRunner().invoke(main, ["cache", "ls", "--storage", "-o", "json"])
     assert result.exit_code == 0, result.output
-    import json
-
     rows = json.loads(result.output)
     assert sorted(r["key"] for r in rows) == sorted(display(k) for k in keys)
     assert all(r["task_key"] == "sized-00000000" for r in rows)
@@ -202,3 +202,44 @@ def test_a_client_lookup_never_fetches_a_large_record_from_the_storage(shared_di
     assert hits == {1: b"tiny"} and hits.too_large == 1
     assert store.storage.get_bounded(keys, 65_536)[1] == 1
     assert len(store.load_many(keys)) == 2  # a worker (no limit) reads it whole
+
+
+def test_cli_clear_with_storage_clears_the_storage_too_and_leaves_foreign_files(shared_dir):
+    storage = open_storage(StorageSpec.from_config(None))
+    keys = _fill_storage(storage, 30, per_pack=10)
+    other = [b"v1/other-00000000/" + bytes(15) + bytes([i]) for i in range(3)]
+    storage.put_many(list(zip(other, ser.encode_many([1, 2, 3], "other-00000000", None, None, storage_secret()))))
+    (shared_dir / "stray.bin").write_bytes(b"x")
+    result = CliRunner().invoke(main, ["cache", "clear", "--yes"])  # the local store only, and a note
+    assert result.exit_code == 0 and "was not cleared" in result.output
+    assert len(_stored()) == 33
+    result = CliRunner().invoke(main, ["cache", "clear", "--yes", "--storage", "--task", "other", "-o", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["removed_from_storage"] == 3 and sorted(_stored()) == sorted(keys)
+    result = CliRunner().invoke(main, ["cache", "clear", "--yes", "--storage", "-o", "json"])
+    assert json.loads(result.output)["removed_from_storage"] == 30
+    assert _stored() == [] and _records(shared_dir) == [] and (shared_dir / "stray.bin").exists()
+
+
+def test_kept_values_in_a_storage_older_than_the_keep_window_are_deleted(shared_dir, tmp_path):
+    storage = open_storage(StorageSpec.from_config(None))
+    old = b"kept/0123456789abcdef0123456789abcdef/" + bytes(16)
+    storage.put_many([(old, ser.encode(1, "kept:old", None, None, storage_secret()))])
+    aged = [p for p in (shared_dir / "kept").rglob("*") if p.is_file()]
+    week = time.time() - 8 * 86400
+    for path in aged:
+        os.utime(path, (week, week))
+    counter = tmp_path / "count"
+    counter.mkdir()
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    def pipeline(n):
+        return cube.map(range(n), unmapped(str(counter))).result()
+
+    with dask.config.set({"daskflow.results.keep": "7d"}):
+        assert pipeline(4) == [x ** 3 for x in range(4)]  # a flow run prunes (at most hourly per process)
+    left = [p for p in (shared_dir / "kept").rglob("*") if p.is_file()]
+    assert aged and not any(p.exists() for p in aged)
+    assert left  # this flow run's kept values stay
+    fresh = ObjectStorage(StorageSpec.from_config(None))
+    assert fresh.keys_under(b"kept/0123456789abcdef0123456789abcdef/") == []
