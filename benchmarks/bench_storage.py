@@ -232,7 +232,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="16 x 20 MB arrays instead of 64 x 50 MB")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("-n", type=int, default=10_000, help="small values per map")
-    parser.add_argument("--s3-n", type=int, default=2_000, help="small values per map on the S3 server")
+    parser.add_argument("--s3-n", type=int, default=10_000, help="small values per map on the S3 server")
     parser.add_argument("--skip-large", action="store_true")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()

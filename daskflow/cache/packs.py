@@ -122,6 +122,9 @@ def refs(path: str, prefix: bytes, header: PackHeader) -> dict[bytes, PackRef]:
 def spans(wanted: list[PackRef], gap: int = HEAD_READ) -> list[tuple[int, int]]:
     """Byte ranges of one pack covering ``wanted`` records, joined where they are at most
     ``gap`` apart: reading many records of a pack is one ranged read, a few is a few."""
+    lo, hi = min(r.offset for r in wanted), max(r.end for r in wanted)
+    if hi - lo - sum(r.length for r in wanted) <= gap:  # together (a chunk's records): one read
+        return [(lo, hi)]
     out: list[list[int]] = []
     for ref in sorted(wanted, key=lambda r: r.offset):
         if out and ref.offset - out[-1][1] <= gap:
