@@ -243,3 +243,14 @@ def test_kept_values_in_a_storage_older_than_the_keep_window_are_deleted(shared_
     assert left  # this flow run's kept values stay
     fresh = ObjectStorage(StorageSpec.from_config(None))
     assert fresh.keys_under(b"kept/0123456789abcdef0123456789abcdef/") == []
+
+
+def test_records_of_the_layout_before_packs_still_load(shared_dir):
+    key = b"v1/older-00000000/" + bytes(range(16))
+    old = shared_dir / "v1" / "older-00000000" / bytes(range(16)).hex()  # one object per record, as before
+    old.parent.mkdir(parents=True)
+    old.write_bytes(ser.encode({"a": 1}, "older-00000000", None, None, storage_secret()))
+    fresh = ObjectStorage(StorageSpec.from_config(None))
+    _, value = ser.decode(bytearray(fresh.get_many([key])[0]), storage_secret())
+    assert value == {"a": 1}
+    assert [e.key for e in fresh.entries()[0]] == [key] and fresh.delete([key]) == 1 and not old.exists()
