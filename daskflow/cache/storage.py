@@ -168,11 +168,17 @@ class ObjectStorage:
         Keys this process has not seen yet send it to the listing of their task segment (one
         LIST each), then to the headers of the packs it did not know; records are then read by
         pack, a few ranged reads (or one whole read) per pack."""
+        return self._get_bounded(keys, max_bytes, False)
+
+    def _get_bounded(self, keys: list[bytes], max_bytes: int | None,
+                     rescanned: bool) -> tuple[list[bytes | None], int]:
+        """``get_bounded``; ``rescanned``: the second try of keys whose pack went (listed again)."""
         if self.broken:
             return [None] * len(keys), 0
         refs, singles = self.refs, self.singles
         heads: dict[str, bytes] = {}  # packs read whole while scanning: no second read
-        unknown = {k[:-16] for k in keys if k not in refs and k not in singles}
+        unknown = {k[:-16] for k in keys if k not in refs and k not in singles} if not rescanned else \
+            {k[:-16] for k in keys}
         if unknown and not self._scan_segments(unknown, heads):
             return [None] * len(keys), 0
         out: list[bytes | None] = [None] * len(keys)
@@ -190,7 +196,13 @@ class ObjectStorage:
             elif key in singles:
                 alone.append(pos)
         if by_pack:
-            self._read_packs(by_pack, heads, out)
+            gone = self._read_packs(by_pack, heads, out)
+            if gone and not rescanned:  # a pack went (evicted, rewritten): list again, once
+                again = [pos for path in gone for pos, _ in by_pack[path]]
+                found, more = self._get_bounded([keys[p] for p in again], max_bytes, True)
+                large += more
+                for pos, record in zip(again, found):
+                    out[pos] = record
         if alone:
             found, over = self._read_singles([self.path(keys[p]) for p in alone], max_bytes)
             large += over
@@ -272,9 +284,11 @@ class ObjectStorage:
             heads[path] = head
 
     def _read_packs(self, by_pack: dict[str, list[tuple[int, packs.PackRef]]], heads: dict[str, bytes],
-                    out: list) -> None:
+                    out: list) -> list[str]:
         """Fill ``out`` with the records of each pack: from a pack read whole, or ranged reads
-        (one per pack when the wanted records lie together, as a chunk's do)."""
+        (one per pack when the wanted records lie together, as a chunk's do). Returns the
+        packs that were not there any more."""
+        gone: list[str] = []
         ranges: list[tuple[str, int, int]] = []
         for path, wanted in by_pack.items():
             if path not in heads:
@@ -294,10 +308,11 @@ class ObjectStorage:
             failed = next((b for b in got if isinstance(b, BaseException)), None)
             if isinstance(failed, FileNotFoundError):
                 self.forget(path)  # evicted since it was indexed: a miss
+                gone.append(path)
                 continue
             if failed is not None:
                 self._failed("read from", failed)
-                return
+                return gone
             one = len(starts) == 1
             for pos, ref in wanted:
                 i = 0 if one else bisect.bisect_right(starts, ref.offset) - 1
@@ -309,6 +324,7 @@ class ObjectStorage:
                         out[p] = None
                     break
                 out[pos] = record
+        return gone
 
     def _read_singles(self, paths: list[str], max_bytes: int | None) -> tuple[list[bytes | None], int]:
         """Records of their own (up to ``max_bytes + 1`` bytes of each, if given)."""
@@ -366,10 +382,14 @@ class ObjectStorage:
 
     def forget(self, path: str) -> None:
         """Drop a pack from this process's index (it went, or it is damaged)."""
-        header = self.headers.pop(path, None)
-        if header is not None:
-            for key in [k for k, r in self.refs.items() if r.pack == path]:
-                del self.refs[key]
+        self.headers.pop(path, None)
+        for key in [k for k, r in self.refs.items() if r.pack == path]:
+            del self.refs[key]
+
+    def adopt(self, refs: dict[bytes, tuple[str, int, int]]) -> None:
+        """Take where records are from a local index (a pack that went since: see ``get_bounded``)."""
+        for key, (path, offset, length) in refs.items():
+            self.refs[key] = packs.PackRef(path, offset, length)
 
     def _cat_ranges(self, paths: list[str], max_bytes: int) -> list | None:
         try:

@@ -254,3 +254,26 @@ def test_records_of_the_layout_before_packs_still_load(shared_dir):
     _, value = ser.decode(bytearray(fresh.get_many([key])[0]), storage_secret())
     assert value == {"a": 1}
     assert [e.key for e in fresh.entries()[0]] == [key] and fresh.delete([key]) == 1 and not old.exists()
+
+
+def test_a_cold_process_goes_straight_to_the_pack_its_home_remembers(shared_dir, daskflow_home):
+    from daskflow.cache.store import TieredStore, get_store
+
+    key = b"v1/middle-00000000/" + bytes(range(16))  # 200 kB: too large for the hot tier, in a pack
+    storage = open_storage(StorageSpec.from_config(None))
+    storage.put_many([(key, ser.encode(bytes(200_000), "middle-00000000", None, None, storage_secret()))])
+    local = get_store(daskflow_home)
+
+    def a_new_process() -> TieredStore:  # its own storage handle: nothing known about the packs
+        return TieredStore(local, ObjectStorage(StorageSpec.from_config(None)), storage_secret())
+
+    first = a_new_process()
+    assert first.load_many([key]) == {0: bytes(200_000)} and first.storage.headers  # listed, header read
+    assert local.get_many([key]) == [None]  # not in the hot tier ...
+    second = a_new_process()
+    assert second.load_many([key]) == {0: bytes(200_000)}
+    assert second.storage.headers == {}  # ... but remembered: no listing, no header read
+    second.storage.delete([key])  # the pack goes (as an eviction elsewhere would)
+    storage.put_many([(key, ser.encode(bytes(200_000), "middle-00000000", None, None, storage_secret()))])
+    third = a_new_process()
+    assert third.load_many([key]) == {0: bytes(200_000)}  # the remembered pack is gone: listed again, found
