@@ -142,20 +142,18 @@ def test_a_missing_bucket_is_one_clear_error_naming_the_url(s3_server, tmp_path,
                 assert pipeline() == [0, 1, 4]
 
 
-def test_two_processes_writing_one_key_in_s3_leave_whole_packs_either_read(shared):
+def test_two_processes_writing_one_key_in_s3_both_read_a_complete_value(shared):
     import json
 
-    from storage_procs import KEY, race
-
-    from daskflow.cache import serialization as ser
+    from storage_procs import SIZES, check, race
 
     race(shared, json.dumps(dask.config.get("daskflow.results.storage-options")),
-         dask.config.get("daskflow.results.secret-file"), reps=5, size=100)  # small: a pack per write
+         dask.config.get("daskflow.results.secret-file"), reps=3)
     fresh = ObjectStorage(StorageSpec.from_config(None))  # a reader with no index
-    assert len(fresh.entries()[0]) == 10  # ten whole packs, one record each
+    assert len([e for e in fresh.entries()[0] if e.pack]) == 6  # six whole packs of the small record
     secret = open(dask.config.get("daskflow.results.secret-file"), "rb").read()
-    _, value = ser.decode(bytearray(fresh.get_many([KEY])[0]), secret)
-    assert value.shape == (100,) and value[0] in (1, 2) and (value == value[0]).all()
+    for key, record in zip(SIZES, fresh.get_many(list(SIZES))):
+        check(record, SIZES[key], secret)
 
 
 def test_a_truncated_pack_in_s3_is_a_miss_with_one_warning_and_foreign_objects_are_ignored(shared, tmp_path,
