@@ -34,7 +34,7 @@ import msgpack
 MAGIC = b"DFPACK1\n"
 _HEAD = struct.Struct("<I")
 PREFIX_BYTES = len(MAGIC) + _HEAD.size
-HEAD_READ = 64 * 1024  # the first read of a pack: its header, and the whole of a small pack
+HEAD_READ = 256 * 1024  # the first read of a pack: its header, and the whole of a pack of small records
 SINGLE_BYTES = 1 << 20  # a record this large is an object of its own
 DIR = "packs"
 # {segment}packs/{name}: a cache segment (v1/{task}/) or a kept one (kept/{flow run}/)
