@@ -38,7 +38,8 @@ HEAD_READ = 256 * 1024  # the first read of a pack: its header, and the whole of
 SINGLE_BYTES = 1 << 20  # a record this large is an object of its own
 DIR = "packs"
 # {segment}packs/{name}: a cache segment (v1/{task}/) or a kept one (kept/{flow run}/)
-PACK_NAME = re.compile(r"((?:v\d+|kept)/[^/]+/)packs/([0-9a-f]{16}-[0-9a-f]{12}-\d+-\d+)")
+# (matched against paths relative to the storage's URL: a task's name may hold a "/")
+PACK_NAME = re.compile(r"((?:v\d+|kept)/.+/)packs/([0-9a-f]{16}-[0-9a-f]{12}-\d+-\d+)")
 
 _TOKEN = os.urandom(6).hex()  # pids repeat across hosts: a token per process keeps names apart
 _COUNTER = itertools.count()

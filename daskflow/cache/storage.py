@@ -151,6 +151,11 @@ class ObjectStorage:
         # keys.display(key), inlined: this runs once per record of a batch
         return f"{self.root}/{key[:-16].decode()}{key[-16:].hex()}"
 
+    def _pack_prefix(self, path: str) -> bytes | None:
+        """The key prefix (task segment) of the pack at ``path``, or None if it is not a pack."""
+        found = packs.PACK_NAME.fullmatch(path[len(self.root.rstrip("/")) + 1:])
+        return found.group(1).encode() if found else None
+
     def where(self, key: bytes) -> str | None:
         """The pack this process found ``key`` in (for warnings), or None."""
         ref = self.refs.get(key)
@@ -277,7 +282,9 @@ class ObjectStorage:
         except packs.DamagedPack as exc:
             self._damaged(path, str(exc))
             return
-        prefix = packs.PACK_NAME.search(path).group(1).encode()  # type: ignore[union-attr]
+        prefix = self._pack_prefix(path)
+        if prefix is None:
+            return
         self.headers[path] = header
         self.refs.update(packs.refs(path, prefix, header))
         if len(head) >= header.size:
@@ -542,10 +549,9 @@ class ObjectStorage:
         records = [bounds.Entry(key, int(info.get("size") or 0), bounds.info_time(info), None)
                    for key, info in listing.singles.items()]
         for path, info in listing.packs.items():
-            header = self.headers.get(path)
-            if header is None:
+            header, prefix = self.headers.get(path), self._pack_prefix(path)
+            if header is None or prefix is None:
                 continue  # damaged (warned about) or gone
-            prefix = packs.PACK_NAME.search(path).group(1).encode()  # type: ignore[union-attr]
             written = bounds.info_time(info)
             records.extend(bounds.Entry(prefix + d, n, written, None, pack=path)
                            for d, n in zip(header.digests, header.lengths))
@@ -623,7 +629,7 @@ class ObjectStorage:
             return 0
         cutoff = time.time() - seconds
         old = [path for path, info in found.items()
-               if (packs.PACK_NAME.search(path) or _HEX.fullmatch(path.rsplit("/", 1)[-1]))
+               if (self._pack_prefix(path) or _HEX.fullmatch(path.rsplit("/", 1)[-1]))
                and (bounds.info_time(info) or cutoff) < cutoff]
         if old:
             self.fs.rm(old)

@@ -272,3 +272,12 @@ def test_a_cold_process_goes_straight_to_the_pack_its_home_remembers(shared_dir,
     storage.put_many([(key, ser.encode(bytes(200_000), "middle-00000000", None, None, storage_secret()))])
     third = a_new_process()
     assert third.load_many([key]) == {0: bytes(200_000)}  # the remembered pack is gone: listed again, found
+
+
+def test_a_task_named_with_a_slash_is_found_in_its_packs(shared_dir):
+    key = b"v1/etl/load-00000000/" + bytes(range(16))
+    storage = open_storage(StorageSpec.from_config(None))
+    storage.put_many([(key, ser.encode(7, "etl/load-00000000", None, None, storage_secret()))])
+    fresh = ObjectStorage(StorageSpec.from_config(None))
+    assert ser.decode(bytearray(fresh.get_many([key])[0]), storage_secret())[1] == 7
+    assert [e.key for e in fresh.entries()[0]] == [key]
