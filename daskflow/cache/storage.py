@@ -285,8 +285,7 @@ class ObjectStorage:
         prefix = self._pack_prefix(path)
         if prefix is None:
             return
-        self.headers[path] = header
-        self.refs.update(packs.refs(path, prefix, header))
+        self._indexed(path, prefix, header)
         if len(head) >= header.size:
             heads[path] = head
 
@@ -387,6 +386,15 @@ class ObjectStorage:
             warnings.warn(f"damaged pack in result storage {self.spec.url} treated as a miss: {path}: {why}; its "
                           "runs execute again", _cache_warning(), stacklevel=5)
 
+    def _indexed(self, path: str, prefix: bytes, header: packs.PackHeader) -> None:
+        """Remember a pack's records; past ``MAX_REFS`` the index starts again (it is relearned
+        from listings: a long-lived process's memory stays bounded)."""
+        if len(self.refs) >= MAX_REFS:
+            self.refs.clear()
+            self.headers.clear()
+        self.headers[path] = header
+        self.refs.update(packs.refs(path, prefix, header))
+
     def forget(self, path: str) -> None:
         """Drop a pack from this process's index (it went, or it is damaged)."""
         self.headers.pop(path, None)
@@ -446,9 +454,7 @@ class ObjectStorage:
             self._failed("write to", exc)
             return
         for path, prefix, head in written:  # this process knows where its own records are
-            header = packs.parse_header(head)
-            self.headers[path] = header
-            self.refs.update(packs.refs(path, prefix, header))
+            self._indexed(path, prefix, packs.parse_header(head))
         self.singles.update(k for k, r in items if len(r) >= packs.SINGLE_BYTES)
         self._after_write(sum(len(r) for _, r in items))
 
@@ -705,6 +711,7 @@ class ObjectStorage:
 
 
 _HEX = re.compile(r"[0-9a-f]{32}")
+MAX_REFS = 1 << 19  # records whose place a process remembers (~100 MB), see ObjectStorage._indexed
 _TOKEN = os.urandom(6).hex()  # temporary names of this process (pids repeat across hosts)
 _COUNTER = itertools.count()
 _opened: dict[tuple[StorageSpec, int], ObjectStorage] = {}
