@@ -31,13 +31,11 @@ uncached after one warning. Timeouts are bounded (``daskflow.results.storage-tim
 from __future__ import annotations
 
 import atexit
-import bisect
 import dataclasses
 import itertools
 import json
 import os
 import pathlib
-import re
 import threading
 import time
 import uuid
@@ -48,6 +46,7 @@ import msgpack
 
 from daskflow import config
 from daskflow.cache import bounds, packs
+from daskflow.cache.pack_index import HEX_NAME, PackIndex
 from daskflow.exceptions import DaskflowError
 
 
@@ -97,7 +96,7 @@ class Listing:
     logs: list[str]
 
 
-class ObjectStorage:
+class ObjectStorage(PackIndex):
     """Signed records in packs (and large ones alone) through fsspec (see the module docstring)."""
 
     def __init__(self, spec: StorageSpec) -> None:
@@ -126,10 +125,7 @@ class ObjectStorage:
         self.unchecked = 0  # bytes this process wrote since
         self._evicting = threading.Lock()
         self._dirs: set[str] = set()  # directories this process made (or found) for records
-        self.refs: dict[bytes, packs.PackRef] = {}  # where records are, as far as this process knows
-        self.singles: set[bytes] = set()  # keys of records with an object of their own
-        self.headers: dict[str, packs.PackHeader] = {}  # packs indexed here
-        self.damaged: set[str] = set()  # packs found damaged (warned about once)
+        self.init_index()
         self._check()
         atexit.register(self._flush_at_exit)
 
@@ -150,16 +146,6 @@ class ObjectStorage:
         """Where a record of its own lives (a large one, or one written before packs)."""
         # keys.display(key), inlined: this runs once per record of a batch
         return f"{self.root}/{key[:-16].decode()}{key[-16:].hex()}"
-
-    def _pack_prefix(self, path: str) -> bytes | None:
-        """The key prefix (task segment) of the pack at ``path``, or None if it is not a pack."""
-        found = packs.PACK_NAME.fullmatch(path[len(self.root.rstrip("/")) + 1:])
-        return found.group(1).encode() if found else None
-
-    def where(self, key: bytes) -> str | None:
-        """The pack this process found ``key`` in (for warnings), or None."""
-        ref = self.refs.get(key)
-        return ref.pack if ref is not None else None
 
     # -- reads ---------------------------------------------------------------------------
     def get_many(self, keys: list[bytes]) -> list[bytes | None]:
@@ -215,123 +201,6 @@ class ObjectStorage:
                 out[pos] = record
         return out, large
 
-    def _scan_segments(self, prefixes: set[bytes], heads: dict[str, bytes]) -> bool:
-        """List each task segment once and learn the packs and single records in it; False if
-        the storage cannot be read (and ``on-storage-error`` is warn)."""
-        try:
-            for prefix in prefixes:
-                seg = prefix.decode()
-                singles, found = self._list_segment(seg)
-                self.singles.update(prefix + d for d in singles)
-                self._learn([p for p in found if p not in self.headers and p not in self.damaged], heads)
-        except Exception as exc:  # noqa: BLE001 - unreachable storage: a clear error or a warning
-            self._failed("read from", exc)
-            return False
-        return True
-
-    def _list_segment(self, seg: str) -> tuple[list[bytes], list[str]]:
-        """The digests of the single records of a segment, and the paths of its packs."""
-        folder = f"{self.root}/{seg}".rstrip("/")
-        if self.local:
-            names = _scandir(folder)
-            found = [f"{folder}/{packs.DIR}/{n}" for n in _scandir(f"{folder}/{packs.DIR}")
-                     if packs.PACK_NAME.fullmatch(f"{seg}{packs.DIR}/{n}")]
-        else:
-            self.fs.invalidate_cache(folder)
-            try:
-                listed = self.fs.find(folder)
-            except FileNotFoundError:
-                listed = []
-            names, found = [], []
-            for path in listed:
-                rest = path[len(folder) + 1:]
-                if rest.startswith(packs.DIR + "/"):
-                    if packs.PACK_NAME.fullmatch(f"{seg}{rest}"):
-                        found.append(path)
-                else:
-                    names.append(rest)
-        singles = [bytes.fromhex(n) for n in names if len(n) == 32 and _HEX.fullmatch(n)]
-        return singles, found
-
-    def _learn(self, paths: list[str], heads: dict[str, bytes]) -> None:
-        """Read the headers of the packs at ``paths`` and index their records; a pack read
-        whole on the way is kept in ``heads``. A damaged one: one warning naming it."""
-        if not paths:
-            return
-        firsts = self._read_ranges([(p, 0, packs.HEAD_READ) for p in paths])
-        longer: list[tuple[str, int, int]] = []
-        for path, head in zip(paths, firsts):
-            if isinstance(head, (bytes, bytearray)):
-                try:
-                    if (n := packs.header_length(head)) > len(head):
-                        longer.append((path, 0, n))  # a header beyond the first read (thousands of records)
-                        continue
-                except packs.DamagedPack:
-                    pass
-            self._index(path, head, heads)
-        for (path, _, _), head in zip(longer, self._read_ranges(longer) if longer else []):
-            self._index(path, head, heads)
-
-    def _index(self, path: str, head: Any, heads: dict[str, bytes]) -> None:
-        if isinstance(head, FileNotFoundError) or head is None:
-            return  # gone since the listing (an eviction): nothing to index
-        if isinstance(head, BaseException):
-            raise head
-        try:
-            header = packs.parse_header(head)
-        except packs.DamagedPack as exc:
-            self._damaged(path, str(exc))
-            return
-        prefix = self._pack_prefix(path)
-        if prefix is None:
-            return
-        self._indexed(path, prefix, header)
-        if len(head) >= header.size:
-            heads[path] = head
-
-    def _read_packs(self, by_pack: dict[str, list[tuple[int, packs.PackRef]]], heads: dict[str, bytes],
-                    out: list) -> list[str]:
-        """Fill ``out`` with the records of each pack: from a pack read whole, or ranged reads
-        (one per pack when the wanted records lie together, as a chunk's do). Returns the
-        packs that were not there any more."""
-        gone: list[str] = []
-        ranges: list[tuple[str, int, int]] = []
-        for path, wanted in by_pack.items():
-            if path not in heads:
-                ranges.extend((path, a, b) for a, b in packs.spans([r for _, r in wanted]))
-        blobs: dict[str, tuple[list[int], list]] = {}
-        for (path, start, _end), blob in zip(ranges, self._read_ranges(ranges) if ranges else ()):
-            starts, got = blobs.setdefault(path, ([], []))
-            starts.append(start)
-            got.append(blob)
-        for path, wanted in by_pack.items():
-            whole = heads.get(path)
-            if whole is not None:
-                for pos, ref in wanted:
-                    out[pos] = whole[ref.offset:ref.end]
-                continue
-            starts, got = blobs[path]
-            failed = next((b for b in got if isinstance(b, BaseException)), None)
-            if isinstance(failed, FileNotFoundError):
-                self.forget(path)  # evicted since it was indexed: a miss
-                gone.append(path)
-                continue
-            if failed is not None:
-                self._failed("read from", failed)
-                return gone
-            one = len(starts) == 1
-            for pos, ref in wanted:
-                i = 0 if one else bisect.bisect_right(starts, ref.offset) - 1
-                record = got[i][ref.offset - starts[i]:ref.end - starts[i]]
-                if len(record) < ref.length:  # a pack is read whole or not at all
-                    self._damaged(path, f"truncated ({len(got[-1]) + starts[-1]} bytes where its header says "
-                                        f"{self.headers[path].size})")
-                    for p, _ in wanted:
-                        out[p] = None
-                    break
-                out[pos] = record
-        return gone
-
     def _read_singles(self, paths: list[str], max_bytes: int | None) -> tuple[list[bytes | None], int]:
         """Records of their own (up to ``max_bytes + 1`` bytes of each, if given)."""
         if self.local:
@@ -358,53 +227,6 @@ class ObjectStorage:
             else:
                 out.append(blob)
         return out, large
-
-    def _read_ranges(self, ranges: list[tuple[str, int, int]]) -> list:
-        """Bytes ``[start, end)`` of each path (fewer at a file's end; an exception where it failed)."""
-        if self.local:
-            out: list = []
-            for path, start, end in ranges:
-                try:
-                    fd = os.open(path, os.O_RDONLY)
-                except OSError as exc:
-                    out.append(FileNotFoundError(path) if isinstance(exc, (FileNotFoundError, NotADirectoryError))
-                               else exc)
-                    continue
-                try:
-                    out.append(os.pread(fd, end - start, start))
-                finally:
-                    os.close(fd)
-            return out
-        return self.fs.cat_ranges([r[0] for r in ranges], [r[1] for r in ranges], [r[2] for r in ranges],
-                                  on_error="return")
-
-    def _damaged(self, path: str, why: str) -> None:
-        """A pack that cannot be read: forgotten here, one warning naming it (once per process)."""
-        self.forget(path)
-        if path not in self.damaged:
-            self.damaged.add(path)
-            warnings.warn(f"damaged pack in result storage {self.spec.url} treated as a miss: {path}: {why}; its "
-                          "runs execute again", _cache_warning(), stacklevel=5)
-
-    def _indexed(self, path: str, prefix: bytes, header: packs.PackHeader) -> None:
-        """Remember a pack's records; past ``MAX_REFS`` the index starts again (it is relearned
-        from listings: a long-lived process's memory stays bounded)."""
-        if len(self.refs) >= MAX_REFS:
-            self.refs.clear()
-            self.headers.clear()
-        self.headers[path] = header
-        self.refs.update(packs.refs(path, prefix, header))
-
-    def forget(self, path: str) -> None:
-        """Drop a pack from this process's index (it went, or it is damaged)."""
-        self.headers.pop(path, None)
-        for key in [k for k, r in self.refs.items() if r.pack == path]:
-            del self.refs[key]
-
-    def adopt(self, refs: dict[bytes, tuple[str, int, int]]) -> None:
-        """Take where records are from a local index (a pack that went since: see ``get_bounded``)."""
-        for key, (path, offset, length) in refs.items():
-            self.refs[key] = packs.PackRef(path, offset, length)
 
     def _cat_ranges(self, paths: list[str], max_bytes: int) -> list | None:
         try:
@@ -635,7 +457,7 @@ class ObjectStorage:
             return 0
         cutoff = time.time() - seconds
         old = [path for path, info in found.items()
-               if (self._pack_prefix(path) or _HEX.fullmatch(path.rsplit("/", 1)[-1]))
+               if (self._pack_prefix(path) or HEX_NAME.fullmatch(path.rsplit("/", 1)[-1]))
                and (bounds.info_time(info) or cutoff) < cutoff]
         if old:
             self.fs.rm(old)
@@ -710,8 +532,6 @@ class ObjectStorage:
         raise StorageUnreachable(message) from exc
 
 
-_HEX = re.compile(r"[0-9a-f]{32}")
-MAX_REFS = 1 << 19  # records whose place a process remembers (~100 MB), see ObjectStorage._indexed
 _TOKEN = os.urandom(6).hex()  # temporary names of this process (pids repeat across hosts)
 _COUNTER = itertools.count()
 _opened: dict[tuple[StorageSpec, int], ObjectStorage] = {}
@@ -733,15 +553,6 @@ def open_storage(spec: StorageSpec) -> ObjectStorage:
 def _key(name: str) -> bytes:
     """A key from its text form (``keys.display``'s inverse)."""
     return name[:-32].encode() + bytes.fromhex(name[-32:])
-
-
-def _scandir(folder: str) -> list[str]:
-    """Names of the files in a local folder (none if it does not exist)."""
-    try:
-        with os.scandir(folder) as it:
-            return [e.name for e in it if not e.name.endswith(".tmp") and e.is_file()]
-    except (FileNotFoundError, NotADirectoryError):
-        return []
 
 
 def _cache_warning() -> type[Warning]:
