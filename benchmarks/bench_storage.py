@@ -275,6 +275,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=10_000, help="small values per map")
     parser.add_argument("--s3-n", type=int, default=10_000, help="small values per map on the S3 server")
     parser.add_argument("--skip-large", action="store_true")
+    parser.add_argument("--skip-small", action="store_true", help="only the arrays (and ls) rows")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     from distributed import Client, LocalCluster
@@ -292,12 +293,13 @@ def main() -> None:
     load = os.getloadavg()
     results: dict = {"load_before": load, "reps": args.reps}
     try:
-        results["small"] = {"n": args.n, **run_workload(cluster, client, "small", args.n, 0, backends[:2], args.reps,
-                                                        s3_options, secret_file, base)}
-        # moto answers a request in milliseconds of its own CPU: S3 rows use fewer small values
-        results["small, S3"] = {"n": args.s3_n, **run_workload(cluster, client, "small", args.s3_n, 0,
-                                                               [backends[0], backends[2]], args.reps, s3_options,
-                                                               secret_file, base)}
+        if not args.skip_small:
+            results["small"] = {"n": args.n, **run_workload(cluster, client, "small", args.n, 0, backends[:2], args.reps,
+                                                            s3_options, secret_file, base)}
+            # the S3 rows in a workload of their own (--s3-n: fewer values if moto is slow here)
+            results["small, S3"] = {"n": args.s3_n, **run_workload(cluster, client, "small", args.s3_n, 0,
+                                                                   [backends[0], backends[2]], args.reps, s3_options,
+                                                                   secret_file, base)}
         if not args.skip_large:
             count, mb = (16, 20) if args.quick else (64, 50)
             results["large"] = {"n": count, "mb": mb, **run_workload(cluster, client, "large", count, mb, backends,
@@ -312,8 +314,9 @@ def main() -> None:
         moto.wait(10)
     moto, s3_options = start_s3(base)  # a fresh server: the one above holds the runs' objects
     try:
-        results["lookup"] = {"n": args.n, "chunk": 500,
-                             **bench_lookup(args.n, 500, args.reps, s3_options, secret_file, base)}
+        if not args.skip_small:
+            results["lookup"] = {"n": args.n, "chunk": 500,
+                                 **bench_lookup(args.n, 500, args.reps, s3_options, secret_file, base)}
     finally:
         moto.terminate()
         moto.wait(10)
