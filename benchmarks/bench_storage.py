@@ -12,6 +12,10 @@ Each repetition of each backend starts from an empty home and an empty storage p
 - ``rerun``: the same home again (the local store is the hot tier: small values come from it);
 - ``cold rerun``: another, empty home with the same storage (a colleague, a CI job): every
   value comes from the storage. For the local store alone there is nothing to read it from.
+  Its time per hit includes the whole flow run in a new home (run store, cache created).
+
+``lookup`` rows: the storage lookup alone (``TieredStore.load_many`` of 10^4 small records
+written in packs of 500, by a handle that knows nothing, in front of an empty home), in-process.
 
 Bodies executed in reruns are counted on the workers (they must be 0). Raw Dask
 (``client.map`` + ``gather``, no cache) runs the same work in the same process, between the
@@ -194,6 +198,43 @@ def run_workload(cluster, client, kind: str, n: int, mb: int, backends: list[str
     return med
 
 
+def bench_lookup(n: int, chunk: int, reps: int, s3_options: dict, secret_file: str, base: str) -> dict:
+    """The storage lookup alone, in this process: ``n`` small records written in packs of ``chunk``
+    (as workers write a map's chunks), then looked up by a new process's handle (nothing known:
+    one listing, the pack headers, the packs) in front of an empty home, as a cold rerun's
+    client does. µs per hit, medians of ``reps``; the hot tier's write of the copies included."""
+    import dask.config
+
+    from daskflow.cache import serialization as ser
+    from daskflow.cache.storage import ObjectStorage, StorageSpec
+    from daskflow.cache.store import LMDBResultStore, TieredStore
+
+    secret = open(secret_file, "rb").read()
+    keys = [b"v1/bench-lookup-0000000a/" + i.to_bytes(16, "big") for i in range(n)]
+    items = list(zip(keys, ser.encode_many([x * x + 1 for x in range(n)], "bench-lookup-0000000a", None, None,
+                                           secret)))
+    out = {}
+    for name in ("file://", "S3 (moto)"):
+        times, listing = [], []
+        for _ in range(reps):
+            cfg = backend_config(name, base, s3_options, secret_file)
+            with dask.config.set(cfg):
+                spec = StorageSpec.from_config(None)
+                writer = ObjectStorage(spec)
+                for i in range(0, n, chunk):
+                    writer.put_many(items[i:i + chunk])
+                home = tempfile.mkdtemp(prefix="bench-lookup-", dir=base)
+                store = TieredStore(LMDBResultStore(home), ObjectStorage(spec), secret)
+                t, hits = timed(lambda: store.load_many(keys))
+                assert len(hits) == n
+                times.append(t)
+                again = TieredStore(LMDBResultStore(home), ObjectStorage(spec), secret)  # the same home, warm
+                listing.append(timed(lambda: again.load_many(keys))[0])
+            clean(cfg, s3_options)
+        out[name] = {"cold": statistics.median(times) / n * 1e6, "hot tier": statistics.median(listing) / n * 1e6}
+    return out
+
+
 def bench_ls(n: int, reps: int, base: str) -> dict:
     """``daskflow cache ls`` on a real store of ``n`` entries: subprocess wall times, in-process listing."""
     from daskflow.cache import serialization as ser
@@ -232,8 +273,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="16 x 20 MB arrays instead of 64 x 50 MB")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("-n", type=int, default=10_000, help="small values per map")
-    parser.add_argument("--s3-n", type=int, default=2_000, help="small values per map on the S3 server")
+    parser.add_argument("--s3-n", type=int, default=10_000, help="small values per map on the S3 server")
     parser.add_argument("--skip-large", action="store_true")
+    parser.add_argument("--skip-small", action="store_true", help="only the arrays (and ls) rows")
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
     from distributed import Client, LocalCluster
@@ -251,12 +293,13 @@ def main() -> None:
     load = os.getloadavg()
     results: dict = {"load_before": load, "reps": args.reps}
     try:
-        results["small"] = {"n": args.n, **run_workload(cluster, client, "small", args.n, 0, backends[:2], args.reps,
-                                                        s3_options, secret_file, base)}
-        # moto answers a request in milliseconds of its own CPU: S3 rows use fewer small values
-        results["small, S3"] = {"n": args.s3_n, **run_workload(cluster, client, "small", args.s3_n, 0,
-                                                               [backends[0], backends[2]], args.reps, s3_options,
-                                                               secret_file, base)}
+        if not args.skip_small:
+            results["small"] = {"n": args.n, **run_workload(cluster, client, "small", args.n, 0, backends[:2], args.reps,
+                                                            s3_options, secret_file, base)}
+            # the S3 rows in a workload of their own (--s3-n: fewer values if moto is slow here)
+            results["small, S3"] = {"n": args.s3_n, **run_workload(cluster, client, "small", args.s3_n, 0,
+                                                                   [backends[0], backends[2]], args.reps, s3_options,
+                                                                   secret_file, base)}
         if not args.skip_large:
             count, mb = (16, 20) if args.quick else (64, 50)
             results["large"] = {"n": count, "mb": mb, **run_workload(cluster, client, "large", count, mb, backends,
@@ -267,6 +310,14 @@ def main() -> None:
         close_shared_clients()
         client.close()
         cluster.close()
+        moto.terminate()
+        moto.wait(10)
+    moto, s3_options = start_s3(base)  # a fresh server: the one above holds the runs' objects
+    try:
+        if not args.skip_small:
+            results["lookup"] = {"n": args.n, "chunk": 500,
+                                 **bench_lookup(args.n, 500, args.reps, s3_options, secret_file, base)}
+    finally:
         moto.terminate()
         moto.wait(10)
     results["ls"] = {"entries": 80_000, **bench_ls(80_000, args.reps, base)}
@@ -299,6 +350,11 @@ def report(results: dict) -> None:
             cold_s = f"{cold:.3f} s" if cold is not None else "-"
             print(f"{name:>12} {row['first']:>7.3f} s {row['first'] / local:>6.2f}x {row['first'] / raw:>5.2f}x "
                   f"{row['rerun']:>7.3f} s {cold_s:>11} {per_hit:>12} {row['rerun bodies']:>7}")
+    if "lookup" in results:
+        r = results["lookup"]
+        print(f"\nstorage lookup alone, {r['n']:,} small records in packs of {r['chunk']} (in-process, µs per hit):")
+        for name in ("file://", "S3 (moto)"):
+            print(f"{name:>12} cold home {r[name]['cold']:>7.1f}   hot tier (same home) {r[name]['hot tier']:>6.1f}")
     print(f"\ndaskflow cache ls on {results['ls']['entries']:,} entries:")
     for label, t in results["ls"].items():
         if label != "entries":

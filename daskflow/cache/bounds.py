@@ -137,6 +137,7 @@ class Entry:
     task_key: str | None = None  # from the record's header ("?": damaged), when the listing read it
     expires: float | None = None
     serializer: str | None = None
+    pack: str | None = None  # in a result storage: the pack holding it (None: an object of its own)
 
     @property
     def used(self) -> float:

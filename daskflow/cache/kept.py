@@ -25,9 +25,10 @@ read, or one listing of the storage), checks every signature, and joins them. Th
 run's *source* (entrypoint and pickled parameters, ``FlowSource``) is one more record under
 the same prefix: a retry on another host reads it from the storage.
 
-Expired records are dropped from the local environment by ``prune_expired`` (run at most
-hourly by a process that starts flow runs); in object storage they are ignored by readers
-and left to the bucket's lifecycle rules.
+Expired records are dropped from the local environment by ``prune_expired``, and from the
+result storage by ``prune_storage`` (objects written longer ago than ``daskflow.results.keep``),
+at most hourly per process by a process that starts flow runs. In a result storage a chunk's
+records are in a pack (``cache/packs.py``), under ``kept/{flow run id}/packs/``.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from daskflow.cache.storage import StorageSpec, open_storage
 from daskflow.cache.store import ENTRIES, LMDBResultStore, ResultStore, TieredStore
 
 __all__ = ["FlowSource", "KeptCalls", "KeptChunk", "KeptRuns", "KeptStore", "chunk_key", "get_kept_store", "load_kept",
-           "load_source", "prune_expired", "source_key"]
+           "load_source", "prune_expired", "prune_storage", "source_key"]
 
 PREFIX = b"kept/"
 _SOURCE = xxhash.xxh3_128_digest(b"flow-source")
@@ -188,18 +189,7 @@ def list_keys(store: ResultStore, flow_run_id: str) -> list[bytes]:
         keys.update(local.env.read(read))
     storage = getattr(store, "storage", None)
     if storage is not None and not storage.broken:
-        folder = f"{storage.root}/{prefix.decode()}"
-        try:
-            paths = storage.fs.find(folder)
-        except FileNotFoundError:
-            paths = []
-        for path in paths:
-            name = path.rstrip("/").rsplit("/", 1)[-1]
-            if len(name) == 32:  # a foreign or temporary file is not ours: ignored
-                try:
-                    keys.add(prefix + bytes.fromhex(name))
-                except ValueError:
-                    pass
+        keys.update(storage.keys_under(prefix))
     return sorted(keys)
 
 
@@ -234,6 +224,12 @@ def load_source(store: ResultStore, flow_run_id: str) -> FlowSource | None:
     hits, _bad = ser.load_many(records, store.secret, time.time())
     value = hits.get(0)
     return value if isinstance(value, FlowSource) else None
+
+
+def prune_storage(storage: Any, keep_seconds: float) -> int:
+    """Delete the kept records in a result storage written more than ``keep_seconds`` ago (the
+    keep window: their values have expired); returns how many objects went."""
+    return storage.remove_older(PREFIX.decode().rstrip("/"), keep_seconds)
 
 
 def encode(value: KeptChunk | KeptCalls | FlowSource, name: str, keep_seconds: float, secret: bytes) -> bytes:

@@ -3,11 +3,16 @@
 ``result_storage`` (a task or flow option, or ``daskflow.results.storage``) names a place
 that outlives one machine: ``file:///shared/path``, ``s3://bucket/prefix``, ``gs://...``,
 ``abfs://...``, anything fsspec opens (its backends, s3fs and the like, are extras). A
-record is the same signed blob the local LMDB store holds (``cache.serialization``), at
-``{url}/{key as text}`` — content-addressed: the key is the hash of the task and its
-inputs. The worker that computed a value writes it there itself; a lookup reads the local
-store first (the index and hot tier), then the storage for what it lacks, in one batched
-``cat``. Nothing of a value passes through the client unless the client asks for it.
+record is the same signed blob the local LMDB store holds (``cache.serialization``),
+content-addressed: the key is the hash of the task and its inputs. The worker that computed
+a chunk writes its records there itself, as ONE object per task segment of the keys, a
+pack (``cache/packs.py``: ``{url}/v1/{task_key}/packs/{name}``); a record of 1 MiB or more
+keeps an object of its own at ``{url}/{key as text}`` (the layout before packs, still read).
+A lookup reads the local store first (the index and hot tier), then the storage for what
+it lacks: keys this process has not seen send it to one listing of their task segment and
+the headers of the packs it did not know (``refs``: key -> pack, offset, length, kept for
+the process's life), then to a few ranged reads per pack. Nothing of a value passes through
+the client unless the client asks for it.
 
 Signing. Every reader verifies the record with the secret: the home's ``secret.key``, or
 the file ``daskflow.results.secret-file`` names. People and hosts that share a storage
@@ -15,8 +20,9 @@ share that file (created once with ``python -c "import os; open('key','wb').writ
 mode 0600); a record signed with another secret, truncated or altered is a miss with one
 warning, never loaded.
 
-Writes are atomic per record: object stores put whole objects; on a filesystem a record is
-written under a temporary name and renamed. Two writers of one key: one complete value wins.
+Writes are atomic per object: object stores put whole objects; on a filesystem a pack is
+written under a temporary name and renamed. Two writers of one key write two whole packs;
+a reader takes either (each a complete, signed value).
 A storage that cannot be reached raises ``StorageUnreachable`` naming the URL and the cause,
 at the first write or read; with ``daskflow.results.on-storage-error: warn`` the runs go on
 uncached after one warning. Timeouts are bounded (``daskflow.results.storage-timeout``).
@@ -39,7 +45,8 @@ from typing import Any
 import msgpack
 
 from daskflow import config
-from daskflow.cache import bounds
+from daskflow.cache import bounds, packs
+from daskflow.cache.pack_index import HEX_NAME, PackIndex
 from daskflow.exceptions import DaskflowError
 
 
@@ -80,8 +87,17 @@ class StorageSpec:
         return ser.load_secret(home)
 
 
-class ObjectStorage:
-    """Signed records at ``{url}/{key}`` through fsspec (see the module docstring)."""
+@dataclasses.dataclass(slots=True)
+class Listing:
+    """One listing of a storage: records of their own and packs (with fsspec's info), read logs."""
+
+    singles: dict[bytes, dict]
+    packs: dict[str, dict]
+    logs: list[str]
+
+
+class ObjectStorage(PackIndex):
+    """Signed records in packs (and large ones alone) through fsspec (see the module docstring)."""
 
     def __init__(self, spec: StorageSpec) -> None:
         import fsspec
@@ -109,6 +125,7 @@ class ObjectStorage:
         self.unchecked = 0  # bytes this process wrote since
         self._evicting = threading.Lock()
         self._dirs: set[str] = set()  # directories this process made (or found) for records
+        self.init_index()
         self._check()
         atexit.register(self._flush_at_exit)
 
@@ -126,43 +143,85 @@ class ObjectStorage:
             self._failed("reach", exc)
 
     def path(self, key: bytes) -> str:
+        """Where a record of its own lives (a large one, or one written before packs)."""
         # keys.display(key), inlined: this runs once per record of a batch
         return f"{self.root}/{key[:-16].decode()}{key[-16:].hex()}"
 
+    # -- reads ---------------------------------------------------------------------------
     def get_many(self, keys: list[bytes]) -> list[bytes | None]:
-        """The records of ``keys`` (None where the storage has none), in one batched read."""
-        if self.broken:
-            return [None] * len(keys)
-        paths = [self.path(k) for k in keys]
-        if self.local:
-            return self._read_files(paths, None)
-        try:
-            found = self.fs.cat(paths, on_error="omit")
-        except FileNotFoundError:
-            found = {}
-        except Exception as exc:  # noqa: BLE001 - unreachable storage: a clear error or a warning
-            self._failed("read from", exc)
-            return [None] * len(keys)
-        return [found.get(p) for p in paths]
+        """The records of ``keys`` (None where the storage has none), in batched reads."""
+        return self.get_bounded(keys, None)[0]
 
     def get_bounded(self, keys: list[bytes], max_bytes: int | None) -> tuple[list[bytes | None], int]:
-        """``get_many``, except that records over ``max_bytes`` are not fetched (a ranged read
-        stops past it; they come back None) and are counted: ``(records, how many too large)``."""
-        if max_bytes is None or self.broken:
-            return self.get_many(keys), 0
-        paths = [self.path(k) for k in keys]
+        """The records of ``keys``, except that records over ``max_bytes`` are not fetched (they
+        come back None) and are counted: ``(records, how many too large)``.
+
+        Keys this process has not seen yet send it to the listing of their task segment (one
+        LIST each), then to the headers of the packs it did not know; records are then read by
+        pack, a few ranged reads (or one whole read) per pack."""
+        return self._get_bounded(keys, max_bytes, False)
+
+    def _get_bounded(self, keys: list[bytes], max_bytes: int | None,
+                     rescanned: bool) -> tuple[list[bytes | None], int]:
+        """``get_bounded``; ``rescanned``: the second try of keys whose pack went (listed again)."""
+        if self.broken:
+            return [None] * len(keys), 0
+        refs, singles = self.refs, self.singles
+        heads: dict[str, bytes] = {}  # packs read whole while scanning: no second read
+        unknown = {k[:-16] for k in keys if k not in refs and k not in singles} if not rescanned else \
+            {k[:-16] for k in keys}
+        if unknown and not self._scan_segments(unknown, heads):
+            return [None] * len(keys), 0
+        out: list[bytes | None] = [None] * len(keys)
+        by_pack: dict[str, list[tuple[int, packs.PackRef]]] = {}
+        alone: list[int] = []
+        large = 0
+        limit = max_bytes if max_bytes is not None else float("inf")
+        for pos, key in enumerate(keys):
+            ref = refs.get(key)
+            if ref is not None:
+                if ref.length > limit:
+                    large += 1
+                else:
+                    by_pack.setdefault(ref.pack, []).append((pos, ref))
+            elif key in singles:
+                alone.append(pos)
+        if by_pack:
+            gone = self._read_packs(by_pack, heads, out)
+            if gone and not rescanned:  # a pack went (evicted, rewritten): list again, once
+                again = [pos for path in gone for pos, _ in by_pack[path]]
+                found, more = self._get_bounded([keys[p] for p in again], max_bytes, True)
+                large += more
+                for pos, record in zip(again, found):
+                    out[pos] = record
+        if alone:
+            found, over = self._read_singles([self.path(keys[p]) for p in alone], max_bytes)
+            large += over
+            for pos, record in zip(alone, found):
+                out[pos] = record
+        return out, large
+
+    def _read_singles(self, paths: list[str], max_bytes: int | None) -> tuple[list[bytes | None], int]:
+        """Records of their own (up to ``max_bytes + 1`` bytes of each, if given)."""
         if self.local:
             found: list = self._read_files(paths, max_bytes)
+        elif max_bytes is None:
+            try:
+                got = self.fs.cat(paths, on_error="omit")
+            except FileNotFoundError:
+                got = {}
+            except Exception as exc:  # noqa: BLE001 - unreachable storage: a clear error or a warning
+                self._failed("read from", exc)
+                return [None] * len(paths), 0
+            found = [got.get(p) for p in paths]
         else:
-            found = self._cat_ranges(paths, max_bytes)
-            if found is None:
-                return [None] * len(keys), 0
+            found = self._cat_ranges(paths, max_bytes) or [None] * len(paths)
         out: list[bytes | None] = []
         large = 0
         for blob in found:
             if isinstance(blob, BaseException) or blob is None:
                 out.append(None)
-            elif len(blob) > max_bytes:
+            elif max_bytes is not None and len(blob) > max_bytes:
                 out.append(None)
                 large += 1
             else:
@@ -191,31 +250,46 @@ class ObjectStorage:
                 return [None] * len(paths)
         return out
 
+    # -- writes --------------------------------------------------------------------------
     def put_many(self, items: list[tuple[bytes, bytes]]) -> None:
-        """Write records, each atomically (see the module docstring)."""
+        """Write records: a pack per task segment, large ones alone; each object atomically."""
         if not items or self.broken:
             return
-        blobs = {self.path(k): r for k, r in items}
+        blobs: dict[str, list] = {}
+        by_segment: dict[bytes, list[tuple[bytes, bytes]]] = {}
+        for key, record in items:
+            if len(record) >= packs.SINGLE_BYTES:
+                blobs[self.path(key)] = [record]
+            else:
+                by_segment.setdefault(key[:-16], []).append((key, record))
+        written = []
+        for prefix, records in by_segment.items():
+            path = f"{self.root}/{prefix.decode()}{packs.DIR}/{packs.new_name()}"
+            blobs[path] = parts = packs.encode(records)
+            written.append((path, prefix, parts[0]))
         log = self._read_log()
         if log is not None:  # pending read stamps ride along
-            blobs[log[0]] = log[1]
+            blobs[log[0]] = [log[1]]
         try:
             self._put(blobs)
         except Exception as exc:  # noqa: BLE001
             self._failed("write to", exc)
             return
+        for path, prefix, head in written:  # this process knows where its own records are
+            self._indexed(path, prefix, packs.parse_header(head))
+        self.singles.update(k for k, r in items if len(r) >= packs.SINGLE_BYTES)
         self._after_write(sum(len(r) for _, r in items))
 
-    def _put(self, blobs: dict[str, bytes]) -> None:
+    def _put(self, blobs: dict[str, list]) -> None:
         if self.local:
-            for path, blob in blobs.items():
-                self._put_file(path, blob)
+            for path, parts in blobs.items():
+                self._put_file(path, parts)
         else:
-            self.fs.pipe({path: bytes(blob) for path, blob in blobs.items()})
+            self.fs.pipe({path: b"".join(parts) for path, parts in blobs.items()})
 
-    def _put_file(self, path: str, record: bytes) -> None:
+    def _put_file(self, path: str, parts: list) -> None:
         """Write under a temporary name of this process, then rename: readers see a whole
-        record or none (no uuid per record: a token per process and a counter)."""
+        object or none (no uuid per object: a token per process and a counter)."""
         parent = os.path.dirname(path)
         if parent not in self._dirs:
             os.makedirs(parent, mode=0o700, exist_ok=True)
@@ -227,9 +301,10 @@ class ObjectStorage:
             os.makedirs(parent, mode=0o700, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            view = memoryview(record)
-            while view:
-                view = view[os.write(fd, view):]
+            for part in parts:
+                view = memoryview(part)
+                while view:
+                    view = view[os.write(fd, view):]
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -241,22 +316,20 @@ class ObjectStorage:
             self.flush_reads()
 
     def _read_log(self) -> tuple[str, bytes] | None:
-        """The pending read stamps as one log object: (path, blob), or None."""
+        """The pending read stamps as one log object: (path, blob), or None. The blob is
+        msgpack ``[time, [keys]]`` (no per-key text: ~0.05 µs a key)."""
         keys = self.reads.take()
         if not keys:
             return None
-        from daskflow.cache.keys import display
-
-        now = time.time()
         name = f"{self.root}/{bounds.LOGS}/{time.time_ns()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        return name, msgpack.packb({display(k): now for k in keys})
+        return name, msgpack.packb([time.time(), keys])
 
     def flush_reads(self) -> None:
         """Write the pending read stamps (one small object)."""
         log = self._read_log()
         if log is not None:
             try:
-                self._put(dict([log]))
+                self._put({log[0]: [log[1]]})
             except Exception:  # noqa: BLE001 - stamps are a hint: lost ones make entries look older
                 pass
 
@@ -273,69 +346,158 @@ class ObjectStorage:
         if self.total is None or self.unchecked >= limit / 10 or self.total + self.unchecked > limit:
             self.evict(limit, check=True)
 
-    def entries(self) -> tuple[list[bounds.Entry], list[str]]:
-        """Every record (foreign files ignored) with size, write and last read time; and the
-        read logs those times came from."""
+    def _list_all(self) -> Listing:
+        """One listing of the whole storage: its records, packs and read logs (foreign files,
+        temporary names and kept values left out)."""
         root = self.root.rstrip("/")
+        if not self.local:
+            self.fs.invalidate_cache(root)
         try:
             found = self.fs.find(root, detail=True)
         except FileNotFoundError:
             found = {}
-        records, logs = [], []
+        out = Listing({}, {}, [])
         for path, info in found.items():
             relative = path[len(root) + 1:] if path.startswith(root + "/") else None
             if relative is None:
                 continue
             if relative.startswith(bounds.LOGS + "/"):
-                logs.append(path)
+                out.logs.append(path)
             elif (key := bounds.record_name(relative)) is not None:
-                records.append(bounds.Entry(key, int(info.get("size") or 0), bounds.info_time(info), None))
-        last = self._read_stamps(logs)
-        from daskflow.cache.keys import display
+                out.singles[key] = info
+            elif relative.startswith("v") and packs.PACK_NAME.fullmatch(relative):
+                out.packs[path] = info
+        return out
 
+    def entries(self, listing: Listing | None = None) -> tuple[list[bounds.Entry], list[str]]:
+        """Every record (foreign files ignored) with size, write and last read time, and its
+        pack; and the read logs those times came from."""
+        listing = self._list_all() if listing is None else listing
+        self._learn([p for p in listing.packs if p not in self.headers and p not in self.damaged], {})
+        records = [bounds.Entry(key, int(info.get("size") or 0), bounds.info_time(info), None)
+                   for key, info in listing.singles.items()]
+        for path, info in listing.packs.items():
+            header, prefix = self.headers.get(path), self._pack_prefix(path)
+            if header is None or prefix is None:
+                continue  # damaged (warned about) or gone
+            written = bounds.info_time(info)
+            records.extend(bounds.Entry(prefix + d, n, written, None, pack=path)
+                           for d, n in zip(header.digests, header.lengths))
+        last = self._read_stamps(listing.logs)
         for entry in records:
-            entry.last_read = last.get(display(entry.key))
-        return records, logs
+            entry.last_read = last.get(entry.key)
+        return records, listing.logs
 
-    def _read_stamps(self, logs: list[str]) -> dict[str, float]:
-        last: dict[str, float] = {}
+    def _read_stamps(self, logs: list[str]) -> dict[bytes, float]:
+        """``{key: last read}`` from the read logs: ``[time, [keys]]``, or a folded ``{key text: time}``."""
+        last: dict[bytes, float] = {}
         if not logs:
             return last
         for blob in self.fs.cat(logs, on_error="omit").values():
             try:
                 stamps = msgpack.unpackb(blob)
+                if isinstance(stamps, dict):
+                    pairs = [(_key(name), t) for name, t in stamps.items()]
+                else:
+                    when, keys = stamps
+                    pairs = [(k, when) for k in keys]
             except Exception:  # noqa: BLE001 - a damaged log: its stamps are lost
                 continue
-            if isinstance(stamps, dict):
-                for name, t in stamps.items():
-                    if isinstance(t, (int, float)) and t > last.get(name, 0.0):
-                        last[name] = float(t)
+            get = last.get
+            for key, t in pairs:
+                if isinstance(t, (int, float)) and t > get(key, 0.0):
+                    last[key] = float(t)
         return last
 
+    def _objects(self, records: list[bounds.Entry]) -> dict[str, list[bounds.Entry]]:
+        """Records by the object holding them (a pack, or their own)."""
+        out: dict[str, list[bounds.Entry]] = {}
+        for e in records:
+            out.setdefault(e.pack or self.path(e.key), []).append(e)
+        return out
+
+    def _remove(self, objects: dict[str, list[bounds.Entry]]) -> int:
+        """Delete whole objects; returns how many records went with them."""
+        if not objects:
+            return 0
+        self.fs.rm(list(objects))
+        for path, records in objects.items():
+            self.forget(path)
+            self.singles.difference_update(e.key for e in records if e.pack is None)
+        return sum(len(v) for v in objects.values())
+
     def delete(self, keys: list[bytes]) -> int:
-        """Remove records; returns how many were asked (object stores do not say which existed)."""
-        if keys:
-            self.fs.rm([self.path(k) for k in keys])
-        return len(keys)
+        """Remove the objects all of whose records are in ``keys`` (a pack goes whole, or
+        stays); returns how many records went."""
+        if not keys:
+            return 0
+        doomed = set(keys)
+        objects = self._objects(self.entries()[0])
+        return self._remove({p: rs for p, rs in objects.items() if all(e.key in doomed for e in rs)})
+
+    def clear(self) -> int:
+        """Delete every cache record (packs, records of their own, read logs; not foreign files
+        nor kept values); returns how many records went."""
+        records, logs = self.entries()
+        removed = self._remove(self._objects(records))
+        if logs:
+            self.fs.rm(logs)
+        self.total = None
+        return removed
+
+    def remove_older(self, folder: str, seconds: float) -> int:
+        """Delete the packs and records under ``{url}/{folder}`` written more than ``seconds``
+        ago (kept values past their window); returns how many objects went."""
+        base = f"{self.root}/{folder}".rstrip("/")
+        if not self.local:
+            self.fs.invalidate_cache(base)
+        try:
+            found = self.fs.find(base, detail=True)
+        except FileNotFoundError:
+            return 0
+        cutoff = time.time() - seconds
+        old = [path for path, info in found.items()
+               if (self._pack_prefix(path) or HEX_NAME.fullmatch(path.rsplit("/", 1)[-1]))
+               and (bounds.info_time(info) or cutoff) < cutoff]
+        if old:
+            self.fs.rm(old)
+            for path in old:
+                self.forget(path)
+        return len(old)
+
+    def keys_under(self, prefix: bytes) -> list[bytes]:
+        """Keys of the records of one segment (``kept/{flow run}/``): one listing, headers read."""
+        self._scan_segments({prefix}, {})
+        return sorted({k for k in self.refs if k.startswith(prefix)}
+                      | {k for k in self.singles if k.startswith(prefix)})
 
     def evict(self, limit: int, target: float | None = None, check: bool = False) -> int:
-        """Delete the least recently used records until the storage holds at most ``target``
-        bytes (default: ``LOW_WATER`` of ``limit``) and fold the read logs into one.
-        With ``check`` (after a write) nothing happens unless the storage is over ``limit``."""
+        """Delete the least recently used packs (and records of their own) until the storage
+        holds at most ``target`` bytes (default: ``LOW_WATER`` of ``limit``) and fold the read
+        logs into one; returns how many records went. A pack's last use is its most recently
+        read record's. With ``check`` (after a write) nothing happens unless the storage is
+        over ``limit`` (decided from the listing's sizes: no header is read for that)."""
         if not self._evicting.acquire(blocking=False):
             return 0
         try:
-            records, logs = self.entries()
-            total = sum(e.size for e in records)
+            listing = self._list_all()
+            sizes = {p: int(i.get("size") or 0) for p, i in listing.packs.items()}
+            sizes.update((self.path(k), int(i.get("size") or 0)) for k, i in listing.singles.items())
+            total = sum(sizes.values())
             target = limit * bounds.LOW_WATER if target is None else target
             self.total, self.unchecked = total, 0
             if total <= (limit if check else target):
                 return 0
-            gone = bounds.victims(records, total, target)
-            self.delete([e.key for e in gone])
-            self.total = total - sum(e.size for e in gone)
+            records, logs = self.entries(listing)
+            objects = self._objects(records)
+            units = [bounds.Entry(path.encode(), sizes.get(path, 0), max(e.written or 0.0 for e in rs),
+                                  max(e.last_read or 0.0 for e in rs)) for path, rs in objects.items()]
+            doomed = {u.key.decode(): objects[u.key.decode()] for u in bounds.victims(units, total, target)}
+            gone = [e for rs in doomed.values() for e in rs]
+            removed = self._remove(doomed)
+            self.total = total - sum(sizes.get(p, 0) for p in doomed)
             self._fold(records, gone, logs)
-            return len(gone)
+            return removed
         except Exception as exc:  # noqa: BLE001 - an eviction that fails leaves the storage as it was
             warnings.warn(f"result storage {self.spec.url}: could not evict ({type(exc).__name__}: {exc})",
                           _cache_warning(), stacklevel=3)
@@ -353,7 +515,7 @@ class ObjectStorage:
         kept = {display(e.key): e.last_read for e in records if e.key not in dropped and e.last_read}
         name = f"{self.root}/{bounds.LOGS}/{time.time_ns()}-{os.getpid()}-folded"
         if kept:
-            self._put({name: msgpack.packb(kept)})
+            self._put({name: [msgpack.packb(kept)]})
         if logs:
             self.fs.rm(logs)
 
@@ -386,6 +548,11 @@ def open_storage(spec: StorageSpec) -> ObjectStorage:
             if storage is None:
                 storage = _opened[key] = ObjectStorage(spec)
     return storage
+
+
+def _key(name: str) -> bytes:
+    """A key from its text form (``keys.display``'s inverse)."""
+    return name[:-32].encode() + bytes.fromhex(name[-32:])
 
 
 def _cache_warning() -> type[Warning]:

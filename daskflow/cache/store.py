@@ -44,6 +44,7 @@ from daskflow.cache.storage import StorageSpec, open_storage
 from daskflow.exceptions import StoreError
 
 ENTRIES, TXNS, READS, READ_LOGS = "entries", "txns", "reads", "read-logs"  # see cache/bounds.py
+PACKED = "packed"  # key -> where a result storage holds it: msgpack [pack path, offset, length]
 
 
 class CacheWarning(UserWarning):
@@ -109,9 +110,13 @@ class ResultStore(abc.ABC):
         if bad:
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
             pos, why = min(bad)
-            warnings.warn(f"damaged cache entry treated as a miss: {_display(keys[pos])}: {why}{more}; it "
+            warnings.warn(f"damaged cache entry treated as a miss: {self.describe(keys[pos])}: {why}{more}; it "
                           "will be overwritten when the run completes", CacheWarning, stacklevel=3)
         return hits
+
+    def describe(self, key: bytes) -> str:
+        """A key as a warning names it."""
+        return _display(key)
 
 
 def _display(key: bytes) -> str:
@@ -139,7 +144,7 @@ class LMDBResultStore(ResultStore):
         self.home = pathlib.Path(home)
         self.path = self.home / name
         self.secret = ser.load_secret(self.home)
-        self.env = _lmdb.open_env(self.path, dbs=(ENTRIES, TXNS, READS, READ_LOGS), recover=recover,
+        self.env = _lmdb.open_env(self.path, dbs=(ENTRIES, TXNS, READS, READ_LOGS, PACKED), recover=recover,
                                   readonly=readonly, sync=sync)
         self.reads = bounds.ReadStamps()
         self.next_keep = 0.0  # when (monotonic) this process next applies daskflow.cache.keep
@@ -388,13 +393,42 @@ class LMDBResultStore(ResultStore):
         db = self.env.db(TXNS)
         return self.env.read(lambda txn: txn.get(txn_key.encode(), db=db)) is not None
 
+    # -- where a result storage holds records too large for this hot tier ----------------------
+    def packed(self, keys: list[bytes]) -> dict[bytes, tuple[str, int, int]]:
+        """``{key: (pack path, offset, length)}`` of the keys remembered (see ``remember_packed``)."""
+        if not self.env.has_db(PACKED):
+            return {}
+        db = self.env.db(PACKED)
+
+        def read(txn: Any) -> dict:
+            get = txn.get
+            return {k: tuple(msgpack.unpackb(v)) for k in keys if (v := get(k, db=db)) is not None}
+
+        return self._misses_on_error(lambda: self.env.read(read), {})
+
+    def remember_packed(self, refs: list[tuple[bytes, str, int, int]]) -> None:
+        """Remember where records are in a storage's packs, so that the next process reading
+        them here goes straight to them (no listing, no header)."""
+        if not refs or self.env.readonly:
+            return
+        db = self.env.db(PACKED)
+
+        def write(txn: Any) -> None:
+            for key, path, offset, length in refs:
+                txn.put(key, msgpack.packb([path, offset, length]), db=db)
+
+        try:
+            self.env.write(write)
+        except lmdb.Error:  # a hint: without it the next process lists the storage again
+            pass
+
     def clear(self) -> int:
         """Delete every entry and transaction marker in one write transaction; returns the entry count."""
         entries, txns = self.env.db(ENTRIES), self.env.db(TXNS)
 
         def write(txn: Any) -> int:
             n = txn.stat(entries)["entries"]
-            for db in (entries, txns, self.env.db(READS), self.env.db(READ_LOGS)):
+            for db in (entries, txns, self.env.db(READS), self.env.db(READ_LOGS), self.env.db(PACKED)):
                 txn.drop(db, delete=False)
             return n
 
@@ -415,7 +449,7 @@ class LMDBResultStore(ResultStore):
         os.replace(tmp / "data.mdb", data)
         shutil.rmtree(tmp, ignore_errors=True)
         _stores.pop((str(self.home), os.getpid()), None)
-        self.env = _lmdb.open_env(self.path, dbs=(ENTRIES, TXNS, READS, READ_LOGS))
+        self.env = _lmdb.open_env(self.path, dbs=(ENTRIES, TXNS, READS, READ_LOGS, PACKED))
         return before, data.stat().st_size
 
 
@@ -458,20 +492,45 @@ class TieredStore(ResultStore):
                     records[i], large = None, large + 1
         missing = [i for i, r in enumerate(records) if r is None]
         if missing:
-            hot = []
-            fetched, over = self.storage.get_bounded([keys[i] for i in missing], max_bytes)
+            hot, far = [], []
+            wanted = [keys[i] for i in missing]
+            self._recall(wanted)
+            fetched, over = self.storage.get_bounded(wanted, max_bytes)
             large += over
             for i, record in zip(missing, fetched):
                 if record is not None:
                     records[i] = record
                     if len(record) <= self.HOT_BYTES:
                         hot.append((keys[i], record))
+                    else:
+                        far.append(keys[i])
             if hot and self.local is not None:
                 self.local.put_many(hot)
+            if far:
+                self._remember(far)
         # the storage's read stamps count hot-tier hits too: a record read here every day
         # must not be evicted from the storage other hosts read
         self.storage.note_reads([k for k, r in zip(keys, records) if r is not None])
         return records, large
+
+    def describe(self, key: bytes) -> str:
+        pack = self.storage.where(key)
+        return _display(key) + (f" (in the pack {pack})" if pack else "")
+
+    def _recall(self, keys: list[bytes]) -> None:
+        """Tell the storage where the local index remembers keys it does not know yet to be."""
+        local, storage = self.local, self.storage
+        if not isinstance(local, LMDBResultStore):
+            return
+        unknown = [k for k in keys if k not in storage.refs and k not in storage.singles]
+        if unknown:
+            storage.adopt(local.packed(unknown))
+
+    def _remember(self, keys: list[bytes]) -> None:
+        """Remember in the local index where the storage's packs hold records the hot tier does not."""
+        if isinstance(self.local, LMDBResultStore):
+            refs = self.storage.refs
+            self.local.remember_packed([(k, r.pack, r.offset, r.length) for k in keys if (r := refs.get(k))])
 
     def put_many(self, items: list[tuple[bytes, bytes]], txn_key: str | None = None) -> None:
         hot = self.put_storage(items)

@@ -9,7 +9,8 @@ stderr) and never repair one (a damaged file is a one-line error, exit 1; the ne
 listing is printed as plain columns (rich needs minutes for 10^5 rows). ``clear`` asks first on a
 terminal and needs ``--yes`` elsewhere. ``prune`` deletes expired entries, entries unused for
 ``--older-than`` (default ``daskflow.cache.keep``), and least recently read ones beyond ``--max-bytes`` (see ``cache/bounds.py``).
-``--storage [URL]`` lists or prunes a result storage instead (its foreign files are ignored)."""
+``--storage [URL]`` lists or prunes a result storage instead (its foreign files are ignored), and
+makes ``clear`` clear that storage as well as the local store."""
 
 from __future__ import annotations
 
@@ -262,15 +263,22 @@ def stats(output: str) -> None:
 @cache.command()
 @click.option("--task", "task_name", default=None, help="Only entries of this task (name or task key).")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation (needed when not on a terminal).")
+@click.option("--storage", "storage_url", default=None, is_flag=False, flag_value="", metavar="[URL]",
+              help="Also clear the result storage at URL (alone: the configured daskflow.results.storage): "
+                   "for everyone who shares it.")
 @output_option
-def clear(task_name: str | None, yes: bool, output: str) -> None:
-    """Delete cache entries (all, or one task's); asks first unless --yes.
+def clear(task_name: str | None, yes: bool, storage_url: str | None, output: str) -> None:
+    """Delete cache entries (all, or one task's); asks first unless --yes. With --storage, the
+    result storage's records too (the local store holds copies of them, so both go).
 
     Example: daskflow cache clear --task load --yes
     """
     import sys
 
+    storage = _open_storage(storage_url) if storage_url is not None else None
     what = f"the cache entries of task {task_name!r}" if task_name else "every cache entry"
+    if storage is not None:
+        what += f" (also in the result storage {storage.spec.url}, shared by everyone using it)"
     if not yes:
         if not sys.stdin.isatty():
             raise click.UsageError(f"this deletes {what}: pass --yes to confirm (stdin is not a terminal)")
@@ -280,7 +288,26 @@ def clear(task_name: str | None, yes: bool, output: str) -> None:
         removed = store.clear()
     else:
         removed = store.delete([e.key for e in _entries(task_name, store)])
-    _report({"removed": removed}, output, f"removed {removed} entries")
+    if storage is None:
+        _report({"removed": removed}, output, f"removed {removed} entries")
+        _storage_note()
+        return
+    if task_name is None:
+        stored = storage.clear()
+    else:
+        stored = storage.delete([e.key for e in _storage_entries(storage, task_name)])
+    _report({"removed": removed, "removed_from_storage": stored}, output,
+            f"removed {removed} entries, and {stored} from {storage.spec.url}")
+
+
+def _storage_note() -> None:
+    """Say so when a configured result storage still holds records (they would come back)."""
+    from daskflow import config
+
+    url = config.get("results.storage")
+    if url:
+        click.echo(f"note: the result storage {url} was not cleared (its records are read again on a miss "
+                   "here): add --storage to clear it", err=True)
 
 
 @cache.command()

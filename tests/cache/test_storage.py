@@ -14,7 +14,7 @@ import pytest
 
 from daskflow import flow, task, unmapped
 from daskflow.cache import INPUTS
-from daskflow.cache.storage import StorageUnreachable
+from daskflow.cache.storage import ObjectStorage, StorageSpec, StorageUnreachable
 from daskflow.cache.store import CacheWarning
 
 
@@ -90,8 +90,10 @@ def test_two_homes_share_a_cache_through_s3(on_cluster, shared, tmp_path, monkey
     import s3fs
 
     listed = s3fs.S3FileSystem(**dask.config.get("daskflow.results.storage-options")).find(shared[len("s3://"):])
-    listed = [path for path in listed if "/kept/" not in path]  # values kept for a retry of the flow run: apart
-    assert len(listed) == 300  # written by the workers, one signed record per run
+    listed = [path for path in listed if "/kept/" not in path and "/_daskflow/" not in path]  # kept values: apart
+    assert listed and all("/packs/" in path for path in listed) and len(listed) < 30  # a pack per chunk
+    stored = ObjectStorage(StorageSpec.from_config(None)).entries()[0]  # no index: one listing, the headers
+    assert len({e.key for e in stored}) == 300  # written by the workers, one signed record per run
 
     monkeypatch.setenv("DASKFLOW_HOME", str(tmp_path / "second"))  # a colleague: another home, cold
     values, names = _cached_map(counter)
@@ -143,7 +145,56 @@ def test_a_missing_bucket_is_one_clear_error_naming_the_url(s3_server, tmp_path,
 def test_two_processes_writing_one_key_in_s3_both_read_a_complete_value(shared):
     import json
 
-    from storage_procs import race
+    from storage_procs import SIZES, check, race
 
     race(shared, json.dumps(dask.config.get("daskflow.results.storage-options")),
-         dask.config.get("daskflow.results.secret-file"), reps=5)
+         dask.config.get("daskflow.results.secret-file"), reps=3)
+    fresh = ObjectStorage(StorageSpec.from_config(None))  # a reader with no index
+    assert len([e for e in fresh.entries()[0] if e.pack]) == 6  # six whole packs of the small record
+    secret = open(dask.config.get("daskflow.results.secret-file"), "rb").read()
+    for key, record in zip(SIZES, fresh.get_many(list(SIZES))):
+        check(record, SIZES[key], secret)
+
+
+def test_a_truncated_pack_in_s3_is_a_miss_with_one_warning_and_foreign_objects_are_ignored(shared, tmp_path,
+                                                                                           monkeypatch):
+    import warnings
+
+    import s3fs
+    from click.testing import CliRunner
+
+    from daskflow.cache import packs
+    from daskflow.cli import main
+    from daskflow.runners import ThreadPoolTaskRunner
+
+    counter = tmp_path / "count"
+    counter.mkdir()
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    def pipeline(n):
+        return square.map(range(n), unmapped(str(counter))).result()
+
+    monkeypatch.setenv("DASKFLOW_HOME", str(tmp_path / "first"))
+    assert pipeline(8) == [x * x for x in range(8)]
+    fs = s3fs.S3FileSystem(**dask.config.get("daskflow.results.storage-options"))
+    root = shared[len("s3://"):]
+    pack = sorted(p for p in fs.find(root) if "/packs/" in p and "/kept/" not in p)[0]
+    blob = fs.cat(pack)
+    inside = len(packs.parse_header(blob).lengths)
+    fs.pipe(pack, blob[:-3])  # truncated
+    task_dir = pack.rsplit("/packs/", 1)[0]
+    for foreign in (f"{root}/README.txt", f"{task_dir}/notes", f"{task_dir}/packs/not-a-pack"):
+        fs.pipe(foreign, b"not a record")
+    monkeypatch.setenv("DASKFLOW_HOME", str(tmp_path / "cold"))  # no hot tier: every read goes to the storage
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert pipeline(8) == [x * x for x in range(8)]
+    damaged = [str(w.message) for w in seen if issubclass(w.category, CacheWarning) and "damaged" in str(w.message)]
+    assert len(damaged) == 1 and pack in damaged[0], damaged
+    assert len(os.listdir(counter)) == 8 + inside  # the truncated pack's runs ran again, nothing else did
+    listed = CliRunner().invoke(main, ["cache", "ls", "--storage", "-o", "json"])
+    assert listed.exit_code == 0, listed.output
+    import json
+
+    assert len({r["key"] for r in json.loads(listed.output)}) == 8  # foreign objects: not listed
+    assert all(fs.exists(p) for p in (f"{root}/README.txt", f"{task_dir}/notes", f"{task_dir}/packs/not-a-pack"))

@@ -343,21 +343,27 @@ def _write_source(flow: Flow, flow_run_id: str, parameters: dict[str, Any], scop
         store = kept.get_kept_store(scope.home, StorageSpec.from_config(scope.storage_url))
         store.put_many([(kept.source_key(flow_run_id), kept.encode(source, flow.name, scope.keep_seconds,
                                                                     store.secret))])
-        _prune_now_and_then(scope.home)
+        _prune_now_and_then(scope.home, store, scope.keep_seconds)
     except Exception as exc:  # noqa: BLE001 - the flow run goes on; only a retry is impossible
         warnings.warn(f"flow {flow.name!r}: its parameters could not be recorded for a retry "
                       f"({type(exc).__name__}: {exc})", CacheWarning, stacklevel=2)
 
 
-_pruned: dict[str, float] = {}
+_pruned: dict[Any, float] = {}  # home or result storage -> when it was last pruned
 
 
-def _prune_now_and_then(home: str) -> None:
-    """Drop expired kept records, at most hourly per process and home."""
+def _prune_now_and_then(home: str, store: Any, keep_seconds: float) -> None:
+    """Drop expired kept records, at most hourly per process, home and result storage: the
+    home's, and those in the result storage ``store`` writes to (older than the keep window)."""
+    from daskflow.cache.kept import get_kept_store, prune_expired, prune_storage
+
+    storage = getattr(store, "storage", None)
     now = time.time()
-    if now - _pruned.get(home, 0.0) < 3600:
-        return
-    _pruned[home] = now
-    from daskflow.cache.kept import get_kept_store, prune_expired
-
-    prune_expired(get_kept_store(home))  # type: ignore[arg-type]
+    for where in (home, storage):
+        if where is None or now - _pruned.get(where, 0.0) < 3600:
+            continue
+        _pruned[where] = now
+        if where is home:
+            prune_expired(get_kept_store(home))  # type: ignore[arg-type]
+        else:
+            prune_storage(storage, keep_seconds)
