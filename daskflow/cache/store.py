@@ -1,6 +1,6 @@
 """The result store: signed cache records by key, behind a small interface.
 
-``ResultStore`` is what the engine and the CLI use: ``get_many`` (one read for a whole
+``ResultStore`` (``cache.results``) is what the engine and the CLI use: ``get_many`` (one read for a whole
 chunk or map), ``put_many`` (one atomic write for a chunk or a ``transaction()``
 block, with an optional transaction marker), ``delete`` and ``iterate``. The only
 implementation today is ``LMDBResultStore`` at ``$DASKFLOW_HOME/cache``, shared by the
@@ -16,12 +16,12 @@ both paths; runs go on. A home that cannot hold a cache (unsafe, not a directory
 writable) gives a ``NullStore``: every lookup misses and nothing is written, with one
 warning per process naming the path and the fix. LMDB errors while reading are misses.
 
-Who may open the store at a path: ``cache/tokens.py``.
+Who may open the store at a path: ``cache/tokens.py``. A result storage behind this store:
+``cache/tiered.py``.
 """
 
 from __future__ import annotations
 
-import abc
 import atexit
 import os
 import pathlib
@@ -39,93 +39,14 @@ import lmdb
 
 from daskflow import _lmdb, config
 from daskflow.cache import bounds, segments
+from daskflow.cache.results import CacheWarning, Hits, ResultStore
 from daskflow.cache import serialization as ser
 from daskflow.cache.storage import StorageSpec, open_storage
+from daskflow.cache.tiered import TieredStore
 from daskflow.exceptions import StoreError
 
 ENTRIES, TXNS, READS, READ_LOGS = "entries", "txns", "reads", "read-logs"  # see cache/bounds.py
 PACKED = "packed"  # key -> where a result storage holds it: msgpack [pack path, offset, length]
-
-
-class CacheWarning(UserWarning):
-    """A cache problem that made a run execute (or a value load) without the cache."""
-
-
-class Hits(dict):
-    """``{position: value}`` of a lookup; ``too_large`` counts records left unread because they
-    were over the reader's ``max_bytes`` (a client leaves those to the workers)."""
-
-    too_large = 0
-
-
-class ResultStore(abc.ABC):
-    """Where cache records live. Keys are bytes; records are signed ``serialization`` blobs."""
-
-    @abc.abstractmethod
-    def get_many(self, keys: list[bytes]) -> list[bytearray | None]:
-        """The raw records of ``keys`` (None where missing), read in one transaction."""
-
-    @abc.abstractmethod
-    def put_many(self, items: list[tuple[bytes, bytes]], txn_key: str | None = None) -> None:
-        """Write every record (and the transaction marker) atomically: all or nothing."""
-
-    @abc.abstractmethod
-    def delete(self, keys: list[bytes]) -> int:
-        """Remove records; returns how many existed."""
-
-    @abc.abstractmethod
-    def iterate(self) -> Iterator[tuple[bytes, bytes]]:
-        """Every ``(key, record)``; records are copies, safe to keep."""
-
-    @abc.abstractmethod
-    def is_committed(self, txn_key: str) -> bool:
-        """Whether a ``transaction(key=txn_key)`` block was committed."""
-
-    secret: bytes
-
-    # -- shared: values rather than records -----------------------------------------
-    def load_many(self, keys: list[bytes | None], now: float | None = None, max_bytes: int | None = None) -> Hits:
-        """``{position: value}`` of the keys that hit (fresh, verified, loadable)."""
-        wanted = [(i, k) for i, k in enumerate(keys) if k is not None]
-        if not wanted:
-            return Hits()
-        records = self.get_many([k for _, k in wanted])
-        found = self._decode_all([k for _, k in wanted], records, now)
-        return Hits({wanted[pos][0]: value for pos, value in found.items()})
-
-    def headers(self) -> list[tuple[bytes, dict | None, int]]:
-        """``(key, header or None if unreadable, record size)`` of every entry (for listings)."""
-        out = []
-        for key, record in self.iterate():
-            try:
-                out.append((key, ser.read_header(record), len(record)))
-            except ser.DamagedRecord:
-                out.append((key, None, len(record)))
-        return out
-
-    def _decode_all(self, keys: list, records: list, now: float | None) -> dict[int, Any]:
-        """``{position: value}`` of the verified, fresh ``records`` (aligned with ``keys``)."""
-        now = time.time() if now is None else now
-        hits, bad = ser.load_many(records, self.secret, now)
-        if bad:
-            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
-            pos, why = min(bad)
-            warnings.warn(f"damaged cache entry treated as a miss: {self.describe(keys[pos])}: {why}{more}; it "
-                          "will be overwritten when the run completes", CacheWarning, stacklevel=3)
-        return hits
-
-    def describe(self, key: bytes) -> str:
-        """A key as a warning names it."""
-        return _display(key)
-
-
-def _display(key: bytes) -> str:
-    from daskflow.cache.keys import display
-
-    try:
-        return display(key)
-    except Exception:
-        return repr(key)
 
 
 class LMDBResultStore(ResultStore):
@@ -451,106 +372,6 @@ class LMDBResultStore(ResultStore):
         _stores.pop((str(self.home), os.getpid()), None)
         self.env = _lmdb.open_env(self.path, dbs=(ENTRIES, TXNS, READS, READ_LOGS, PACKED))
         return before, data.stat().st_size
-
-
-class TieredStore(ResultStore):
-    """A result storage (``cache.storage``) behind the local store, which is its hot tier.
-
-    Reads try the local store, then the storage for what it lacks (one batched read);
-    small records found there are copied into the local store. Writes go to the storage,
-    and small records to the local store too (large ones live in the storage only).
-    ``local`` is None on a worker that does not reach the submitter's home.
-    """
-
-    HOT_BYTES = 64 * 1024
-
-    def __init__(self, local: ResultStore | None, storage: Any, secret: bytes) -> None:
-        self.local, self.storage, self.secret = local, storage, secret
-
-    def get_many(self, keys: list[bytes]) -> list[bytearray | None]:
-        return self._get(keys, None)[0]
-
-    def load_many(self, keys: list[bytes | None], now: float | None = None, max_bytes: int | None = None) -> Hits:
-        """As ``ResultStore.load_many``; with ``max_bytes`` no larger record is fetched from the
-        storage (a ranged read stops there): the client leaves those to the workers."""
-        wanted = [(i, k) for i, k in enumerate(keys) if k is not None]
-        if not wanted:
-            return Hits()
-        records, large = self._get([k for _, k in wanted], max_bytes)
-        found = self._decode_all([k for _, k in wanted], records, now)
-        hits = Hits({wanted[pos][0]: value for pos, value in found.items()})
-        hits.too_large = large
-        return hits
-
-    def _get(self, keys: list[bytes], max_bytes: int | None) -> tuple[list, int]:
-        """The records of ``keys`` (None: missing, or over ``max_bytes``) and how many were too large."""
-        records: list = self.local.get_many(keys) if self.local is not None else [None] * len(keys)
-        large = 0
-        if max_bytes is not None:
-            for i, r in enumerate(records):
-                if r is not None and len(r) > max_bytes:
-                    records[i], large = None, large + 1
-        missing = [i for i, r in enumerate(records) if r is None]
-        if missing:
-            hot, far = [], []
-            wanted = [keys[i] for i in missing]
-            self._recall(wanted)
-            fetched, over = self.storage.get_bounded(wanted, max_bytes)
-            large += over
-            for i, record in zip(missing, fetched):
-                if record is not None:
-                    records[i] = record
-                    if len(record) <= self.HOT_BYTES:
-                        hot.append((keys[i], record))
-                    else:
-                        far.append(keys[i])
-            if hot and self.local is not None:
-                self.local.put_many(hot)
-            if far:
-                self._remember(far)
-        # the storage's read stamps count hot-tier hits too: a record read here every day
-        # must not be evicted from the storage other hosts read
-        self.storage.note_reads([k for k, r in zip(keys, records) if r is not None])
-        return records, large
-
-    def describe(self, key: bytes) -> str:
-        pack = self.storage.where(key)
-        return _display(key) + (f" (in the pack {pack})" if pack else "")
-
-    def _recall(self, keys: list[bytes]) -> None:
-        """Tell the storage where the local index remembers keys it does not know yet to be."""
-        local, storage = self.local, self.storage
-        if not isinstance(local, LMDBResultStore):
-            return
-        unknown = [k for k in keys if k not in storage.refs and k not in storage.singles]
-        if unknown:
-            storage.adopt(local.packed(unknown))
-
-    def _remember(self, keys: list[bytes]) -> None:
-        """Remember in the local index where the storage's packs hold records the hot tier does not."""
-        if isinstance(self.local, LMDBResultStore):
-            refs = self.storage.refs
-            self.local.remember_packed([(k, r.pack, r.offset, r.length) for k in keys if (r := refs.get(k))])
-
-    def put_many(self, items: list[tuple[bytes, bytes]], txn_key: str | None = None) -> None:
-        hot = self.put_storage(items)
-        if self.local is not None:
-            self.local.put_many(hot, txn_key=txn_key)
-
-    def put_storage(self, items: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-        """Write the records to the storage; returns those the local hot tier keeps (the caller
-        writes them, e.g. with a ``transaction()`` block's other records, in one transaction)."""
-        self.storage.put_many(items)
-        return [(k, r) for k, r in items if len(r) <= self.HOT_BYTES]
-
-    def delete(self, keys: list[bytes]) -> int:
-        return self.local.delete(keys) if self.local is not None else 0
-
-    def iterate(self) -> Iterator[tuple[bytes, bytes]]:
-        return self.local.iterate() if self.local is not None else iter(())
-
-    def is_committed(self, txn_key: str) -> bool:
-        return self.local is not None and self.local.is_committed(txn_key)
 
 
 class NullStore(ResultStore):
