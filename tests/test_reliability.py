@@ -199,11 +199,13 @@ def _read_until(master: int, out: bytearray, done, timeout: float) -> None:
     import select
 
     deadline = time.monotonic() + timeout
+    poller = select.poll()  # not select(): a long test session may hold descriptors past 1024
+    poller.register(master, select.POLLIN)
     while not done(out):
         left = deadline - time.monotonic()
         if left <= 0:
             raise AssertionError(f"not seen within {timeout}s; the terminal showed:\n{out.decode(errors='replace')}")
-        ready, _, _ = select.select([master], [], [], left)
+        ready = poller.poll(left * 1000)
         if ready:
             try:
                 chunk = os.read(master, 65536)
