@@ -21,13 +21,6 @@ from daskflow.cli import main
 DAY = 86400.0
 
 
-@pytest.fixture
-def store(daskflow_home):
-    s = get_store(daskflow_home)
-    yield s
-    close_store(daskflow_home)
-
-
 def _key(i: int) -> bytes:
     return b"v1/aged-00000000/" + i.to_bytes(16, "big")
 

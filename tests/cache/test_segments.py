@@ -11,7 +11,7 @@ from daskflow import flow, task
 from daskflow.cache import INPUTS
 from daskflow.cache import segments
 from daskflow.cache import serialization as ser
-from daskflow.cache.store import CacheWarning, close_store, get_store
+from daskflow.cache.store import CacheWarning, get_store
 from daskflow.runners import ThreadPoolTaskRunner
 
 
@@ -38,12 +38,6 @@ def test_unhashable_keys_break_segments():
     keys[1000] = None
     assert not any(s.lo <= 1000 < s.hi for s in segments.cut(keys))
     assert len(segments.cut(keys)) >= 10  # the rest still have theirs
-
-
-@pytest.fixture
-def store(daskflow_home):
-    yield get_store(daskflow_home)
-    close_store(daskflow_home)
 
 
 def _written(store, values, keys, expires=None):

@@ -6,14 +6,7 @@ import numpy as np
 import pytest
 
 from daskflow.cache import serialization as ser
-from daskflow.cache.store import CacheWarning, LMDBResultStore, close_store, get_store
-
-
-@pytest.fixture
-def store(daskflow_home):
-    s = get_store(daskflow_home)
-    yield s
-    close_store(daskflow_home)
+from daskflow.cache.store import CacheWarning, LMDBResultStore, get_store
 
 
 def _rec(store, value, expires=None, serializer=None):
