@@ -288,7 +288,7 @@ def main() -> None:
                 results["cache"] = cache(client, cluster, [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000],
                                          args.reps)
         finally:
-            from daskflow.runners.dask import close_shared_clients
+            from daskflow.runners.clients import close_shared_clients
 
             close_shared_clients()
             client.close()

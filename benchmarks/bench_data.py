@@ -87,7 +87,7 @@ def run_daskflow(n: int, mb: int) -> float:
         value = pipeline(n, mb)
         wall = time.perf_counter() - t0
     finally:
-        from daskflow.runners.dask import close_shared_clients
+        from daskflow.runners.clients import close_shared_clients
 
         close_shared_clients()
         client.close()

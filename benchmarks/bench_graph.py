@@ -71,7 +71,8 @@ def measure(reps: int) -> dict:
     from distributed import Client, LocalCluster
 
     from daskflow import flow, task
-    from daskflow.runners.dask import DaskTaskRunner, close_shared_clients
+    from daskflow.runners.clients import close_shared_clients
+    from daskflow.runners.dask import DaskTaskRunner
 
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                            dashboard_address="127.0.0.1:0")

@@ -64,7 +64,8 @@ def main() -> None:
 
     import daskflow
     from daskflow import flow, task
-    from daskflow.runners.dask import DaskTaskRunner, close_shared_clients
+    from daskflow.runners.clients import close_shared_clients
+    from daskflow.runners.dask import DaskTaskRunner
 
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                            dashboard_address=None)

@@ -128,7 +128,7 @@ def main() -> None:
     if args.tracking:
         inc.map([0, 1], chunksize=1)
         tracking_row(lambda fn: in_runner(dask_runner, fn), inc, 100_000, args.reps)
-        from daskflow.runners.dask import close_shared_clients
+        from daskflow.runners.clients import close_shared_clients
 
         close_shared_clients()
         client.close()
@@ -186,7 +186,7 @@ def main() -> None:
     print(f"\ndirect call t(x): {direct * 1e6:.1f} µs vs plain function {plain * 1e6:.2f} µs "
           f"(+{(direct - plain) * 1e6:.1f} µs); tracking off {untracked * 1e6:.1f} µs")
 
-    from daskflow.runners.dask import close_shared_clients
+    from daskflow.runners.clients import close_shared_clients
 
     close_shared_clients()
     client.close()

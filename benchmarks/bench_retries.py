@@ -53,7 +53,8 @@ def main() -> None:
     from distributed import Client, LocalCluster
 
     from daskflow import flow, task, unmapped
-    from daskflow.runners.dask import DaskTaskRunner, close_shared_clients
+    from daskflow.runners.clients import close_shared_clients
+    from daskflow.runners.dask import DaskTaskRunner
 
     cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                            dashboard_address="127.0.0.1:0")

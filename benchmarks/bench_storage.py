@@ -305,7 +305,7 @@ def main() -> None:
             results["large"] = {"n": count, "mb": mb, **run_workload(cluster, client, "large", count, mb, backends,
                                                                      args.reps, s3_options, secret_file, base)}
     finally:
-        from daskflow.runners.dask import close_shared_clients
+        from daskflow.runners.clients import close_shared_clients
 
         close_shared_clients()
         client.close()

@@ -113,7 +113,7 @@ def bench_map(reps: int, n: int) -> None:
                     print(f"  UI closed: {closed[-1]:.2f} s", flush=True)
     finally:
         proc.terminate()
-        from daskflow.runners.dask import close_shared_clients
+        from daskflow.runners.clients import close_shared_clients
 
         close_shared_clients()
         cluster.close()

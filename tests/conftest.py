@@ -38,7 +38,7 @@ def cluster():
         lc = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
                           dashboard_address="127.0.0.1:0")
     yield lc
-    from daskflow.runners.dask import close_shared_clients
+    from daskflow.runners.clients import close_shared_clients
 
     close_shared_clients()
     lc.close()
@@ -103,7 +103,7 @@ def remote_cluster(tmp_path_factory):
         client.close()
         yield address
     finally:
-        from daskflow.runners.dask import close_shared_clients
+        from daskflow.runners.clients import close_shared_clients
 
         close_shared_clients()
         for p in procs[::-1]:

@@ -273,7 +273,7 @@ def test_restarted_background_server_brings_the_run_store_up_to_date(tmp_path, m
 
     from daskflow.background import store
     from daskflow.background.client import disconnect
-    from daskflow.runners.dask import close_shared_client
+    from daskflow.runners.clients import close_shared_client
 
     home = tmp_path / "srv"
     server, address = start_server(home)

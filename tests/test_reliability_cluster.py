@@ -21,7 +21,8 @@ import pytest
 
 from daskflow import flow, task, transaction, unmapped
 from daskflow.cache import INPUTS
-from daskflow.runners.dask import DaskTaskRunner, close_shared_client
+from daskflow.runners.clients import close_shared_client
+from daskflow.runners.dask import DaskTaskRunner
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -64,7 +64,7 @@ class _Link:
     """This process's connection to one server: a client and a buffer of delayed calls."""
 
     def __init__(self, address: str) -> None:
-        from daskflow.runners.dask import shared_client
+        from daskflow.runners.clients import shared_client
 
         try:
             self.client: Client = shared_client(address, {"timeout": config.get("background.connect-timeout")
@@ -144,7 +144,7 @@ def server_link(address: str | None = None) -> _Link:
 
 def disconnect(address: str) -> None:
     """Flush and close this process's connection to the server at ``address`` (if any)."""
-    from daskflow.runners import dask as dask_runner
+    from daskflow.runners import clients
 
     with _links_lock:
         link = _links.pop(address, None)
@@ -153,7 +153,7 @@ def disconnect(address: str) -> None:
             link.flush()
         except Exception:  # noqa: BLE001 - the server may be gone
             pass
-    dask_runner.close_shared_client(address)
+    clients.close_shared_client(address)
 
 
 def _flush_links() -> None:

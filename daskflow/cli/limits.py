@@ -43,7 +43,7 @@ def _scheduler() -> Any:
     address = config.get("scheduler-address")
     if not address:
         return None
-    from daskflow.runners.dask import shared_client
+    from daskflow.runners.clients import shared_client
     from daskflow.runners.slots import DaskSlots
 
     return DaskSlots(shared_client(address))

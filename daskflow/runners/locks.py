@@ -57,7 +57,8 @@ class DaskLockManager(LockManager):
         return self._client().run_on_scheduler(lease_op, op, **kwargs)
 
     def _client(self) -> Any:
-        from daskflow.runners.dask import shared_client, worker_address
+        from daskflow.runners.clients import shared_client
+        from daskflow.runners.dask import worker_address
 
         if worker_address() is not None:  # a worker process (its task threads and the renewer's)
             from distributed import get_client, get_worker

@@ -51,7 +51,7 @@ def test_set_tells_the_configured_scheduler(cluster, daskflow_home):
     assert out.returncode == 0 and "on the scheduler" in out.stdout, out.stderr
     rows = json.loads(cli("limits", "ls", "-o", "json", env=env).stdout)
     assert {"name": "told", "limit": 4, "per_second": None, "in_use": 0} in rows
-    from daskflow.runners.dask import shared_client
+    from daskflow.runners.clients import shared_client
     from daskflow.runners.slots import DaskSlots
 
     assert DaskSlots(shared_client(cluster.scheduler_address)).status()["told"]["limit"] == 4

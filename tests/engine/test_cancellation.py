@@ -104,7 +104,8 @@ def test_worker_death_ends_crashed():
     import dask.config
     from distributed import LocalCluster
 
-    from daskflow.runners.dask import DaskTaskRunner, close_shared_client
+    from daskflow.runners.clients import close_shared_client
+    from daskflow.runners.dask import DaskTaskRunner
 
     @task
     def die():

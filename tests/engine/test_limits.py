@@ -48,7 +48,8 @@ def untagged(folder, i):
 def test_tag_limit_holds_over_200_runs_on_4_workers_x_2_threads(tmp_path):
     from distributed import LocalCluster
 
-    from daskflow.runners.dask import DaskTaskRunner, close_shared_client
+    from daskflow.runners.clients import close_shared_client
+    from daskflow.runners.dask import DaskTaskRunner
 
     set_limit(config.home_path(), "db", 3)
     folder = tmp_path / "running"
@@ -188,7 +189,7 @@ def tagged_remote(folder, i):
 def test_limit_known_only_to_the_scheduler(tmp_path, cluster, dask_runner):
     """A worker whose submitter's home has no limits (another host's case) takes the
     definition the scheduler was given (by `limits set` with DASKFLOW_SCHEDULER_ADDRESS)."""
-    from daskflow.runners.dask import shared_client
+    from daskflow.runners.clients import shared_client
     from daskflow.runners.slots import DaskSlots
 
     assert not (config.home_path() / "limits.json").exists()

@@ -94,7 +94,7 @@ def test_run_lost_with_its_worker_counts_its_attempt_in_both_views(tmp_path):
     import dask.config
     from distributed import LocalCluster
 
-    from daskflow.runners.dask import close_shared_client
+    from daskflow.runners.clients import close_shared_client
 
     with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
         lc = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",

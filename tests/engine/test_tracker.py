@@ -142,7 +142,7 @@ def test_tracker_crashed_mirrored_on_worker_loss():
 
         rid, name = f()
     finally:
-        from daskflow.runners.dask import close_shared_client
+        from daskflow.runners.clients import close_shared_client
 
         close_shared_client(lc.scheduler_address)
         lc.close()

@@ -15,7 +15,8 @@ import pytest
 
 from daskflow import flow, task
 from daskflow.engine.tracking import tracker
-from daskflow.runners.dask import DaskTaskRunner, close_shared_client
+from daskflow.runners.clients import close_shared_client
+from daskflow.runners.dask import DaskTaskRunner
 from daskflow.store.runs import open_run_store
 
 

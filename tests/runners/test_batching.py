@@ -92,7 +92,7 @@ def test_a_call_that_cannot_be_pickled_fails_alone_not_its_batch(dask_runner):
 def test_a_closed_client_refuses_a_call_at_once_not_holds_it(dask_runner):
     from distributed.client import ClosedClientError
 
-    from daskflow.runners.dask import close_shared_client
+    from daskflow.runners.clients import close_shared_client
 
     runner = DaskTaskRunner(address=dask_runner.address)
     runner.submit_many(add, [1], keys=["add-before-close"])

@@ -111,7 +111,7 @@ def test_the_ledger_keeps_a_fetched_result_only_while_an_unfetched_run_needs_it(
     # chunk (its worker died); once every chunk that used it is fetched, nothing needs it.
     @flow(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
     def f():
-        from daskflow.runners.dask import shared_client
+        from daskflow.runners.clients import shared_client
 
         client = shared_client(cluster.scheduler_address)  # the one the flow's runner uses
         a = inc.submit(1)

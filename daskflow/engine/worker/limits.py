@@ -185,7 +185,8 @@ def _scheduler_names() -> frozenset[str]:
 
 def _keeper() -> Any:
     """Where the slots are: the run's Dask scheduler, the configured one, else this process."""
-    from daskflow.runners.dask import DaskTaskRunner, shared_client, worker_address
+    from daskflow.runners.clients import shared_client
+    from daskflow.runners.dask import DaskTaskRunner, worker_address
 
     if worker_address() is not None:
         from distributed import get_client
