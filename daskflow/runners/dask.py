@@ -4,8 +4,8 @@ How a submission becomes Dask work, and why:
 
 - The client is made lazily, on the first submission: with an address (the argument,
   or the ``daskflow.scheduler-address`` setting / ``DASKFLOW_SCHEDULER_ADDRESS``) it
-  connects to a running scheduler through a client shared by every runner of this (``runners.clients``)
-  process with that address, so flows do not pay a connection each; without one it
+  connects to a running scheduler through a client shared by every runner of this
+  process with that address (``runners.clients``), so flows do not pay a connection each; without one it
   starts a ``LocalCluster`` (one single-threaded worker process per core, bound to
   127.0.0.1, a dashboard only if bokeh is installed) that it owns and closes on
   ``shutdown()``. Code already running inside a Dask task uses that worker's client.
