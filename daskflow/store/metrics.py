@@ -56,15 +56,11 @@ def _key(kind: str, task: str, label: str) -> bytes:
 def change(old: dict | None, new: dict, into: Delta) -> None:
     """Add what rewriting chunk record ``old`` as ``new`` changes in the counters.
 
-    The common rewrites change nothing counted (a live chunk starting; the envelope of a
-    chunk whose end event recorded it final already): those cost one comparison.
+    The common rewrites change no run (a live chunk starting; the envelope of a chunk whose
+    end event recorded it final already, its times not packed again: ``packing.known_times``):
+    those cost one comparison, and at most the CPU figure the envelope brought is added.
     """
-    if old is not None and all(old.get(k) == new.get(k) for k in _COUNTED_FIELDS):
-        return
-    if old is not None and old.get("codes") is not None and all(old.get(k) == new.get(k) for k in _SAME_RUNS):
-        # The same runs, ended the same way (the envelope after the chunk's end event): their
-        # durations are those counted already (decoding and bucketing the times again cost
-        # the writer ~0.1 us a run); only the CPU figure may have come with the envelope.
+    if old is not None and all(old.get(k) == new.get(k) for k in _RUN_FIELDS):
         cpu = _cpu(new) - _cpu(old)
         if cpu:
             _bump(into, ("cpu_sum", new.get("task") or "?", ""), cpu)
@@ -77,10 +73,7 @@ def _cpu(rec: dict) -> float:
     return float((rec.get("res") or {}).get("cpu") or 0.0)
 
 
-_SAME_RUNS = ("task", "n", "codes", "run_counts", "caches")
-
-
-_COUNTED_FIELDS = ("task", "n", "codes", "ends", "zends", "starts", "zstarts", "started", "run_counts", "caches", "res")
+_RUN_FIELDS = ("task", "n", "codes", "ends", "zends", "starts", "zstarts", "started", "run_counts", "caches")
 _SMALL = 64  # runs below which plain Python beats numpy's per-call cost
 
 
