@@ -148,10 +148,8 @@ def close_scope(scope: KeepScope | None) -> None:
 def direct_call(task: Task) -> tuple[KeepScope | None, str]:
     """The keep scope of a direct call ``t(x)`` made here and the call's name (``None, ""``: not
     kept). The cheap form of ``for_call`` for the path of every direct call: no spec per call."""
-    ctx = flow_run_ctx.get()
-    if ctx is None or ctx.keep is None or task_run_ctx.get() is not None:
-        return None, ""
-    return ctx.keep, ctx.keep.next_call(task.name)
+    scope = _calling_scope()
+    return (None, "") if scope is None else (scope, scope.next_call(task.name))
 
 
 def reused_direct(scope: KeepScope, call: str, task: Task, base: int, start: int) -> ChunkResult | None:
@@ -207,10 +205,17 @@ def for_call(task: Task, single: bool) -> tuple[KeepSpec | None, dict[int, Any] 
 
     Calls made inside a task run (nested) are not kept: their parent run's value is.
     """
+    scope = _calling_scope()
+    return (None, None) if scope is None else scope.call(task, single)
+
+
+def _calling_scope() -> KeepScope | None:
+    """The keep scope of a call made here: the flow run's, unless values are not kept or the
+    call is made inside a task run (nested: their parent run's value is kept)."""
     ctx = flow_run_ctx.get()
-    if ctx is None or ctx.keep is None or task_run_ctx.get() is not None:
-        return None, None
-    return ctx.keep.call(task, single)
+    if ctx is None or task_run_ctx.get() is not None:
+        return None
+    return ctx.keep
 
 
 def reused_single(task: Task, base: int, start: int, reused: dict[int, Any] | None) -> ChunkResult | None:
