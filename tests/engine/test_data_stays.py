@@ -94,3 +94,33 @@ def test_a_cached_rerun_of_large_values_leaves_them_on_the_workers(on_cluster, t
     assert names == ["Cached"] * 4 and firsts == [0.0, 1.0, 2.0, 3.0]
     assert held == [None] * len(held)  # read from the cache on the workers, not through this process
     assert len(os.listdir(counter)) == 4
+
+
+def test_a_summary_that_comes_before_its_chunk_is_watched_is_used_not_the_values(on_cluster):
+    # On a loaded machine a short chunk can end, and its end event reach the client, while the
+    # submitting thread still waits for the GIL between submitting and watching it; the reader
+    # then gathered its values (the pipeline test saw 460 MiB). The event is kept for ``watch``.
+    from daskflow.engine.client.chunks import Chunk, Eager
+    from daskflow.engine.tracking.events import ChunkEnded
+
+    @flow
+    def pipeline():
+        arrays = array.map(range(2))
+        arrays.wait()
+        return arrays.chunks[0]
+
+    done = pipeline()
+    assert done.result.elsewhere and done.result.values is None
+    eager, queued = Eager(), []
+    eager._queue = queued.extend  # observe what the fetcher would be handed, without a fetcher thread
+    msg = ChunkEnded(done.base, done.start, 0.0, None, [], summary=done.result.to_summary_bytes())
+    eager.on_ended([msg])  # the event first ...
+    again = Chunk(done.task, done.base, done.start, done.n, done.values_handle, done.runner)
+    eager.watch([again])  # ... then the chunk
+    assert queued == [again] and not eager.watched
+    assert eager.summary_of(again).elsewhere  # recorded from the summary: no values travel
+    other = ChunkEnded(done.base + 1, 0, 0.0, None, [], summary=b"s")
+    eager.EARLY_SECONDS = -1.0  # everything kept is stale: another client's events do not pile up
+    eager.on_ended([other])
+    eager.on_ended([ChunkEnded(done.base + 2, 0, 0.0, None, [], summary=b"s")])
+    assert list(eager.early) == [(done.base + 2, 0)]

@@ -13,6 +13,7 @@ from daskflow.exceptions import MappingLengthMismatch
 from daskflow.engine.tracking import tracker
 
 N = 200_000
+DASK_THREADS = [tracemalloc.Filter(False, f"*/{pkg}/*") for pkg in ("distributed", "tornado", "asyncio", "psutil")]
 
 
 @task
@@ -42,8 +43,12 @@ def test_stream_holds_one_chunk_of_values_at_a_time(dask_runner, how):
         tracemalloc.start()
         try:
             base = tracemalloc.get_traced_memory()[0]
+            held_base = sum(t.size for t in tracemalloc.take_snapshot().filter_traces(DASK_THREADS).traces)
             total = _stream(futs, how)
-            held, peak = tracemalloc.get_traced_memory()
+            peak = tracemalloc.get_traced_memory()[1]
+            # what stays allocated, less what Dask's event loop thread holds meanwhile (messages
+            # in flight, its system monitor: up to ~0.4 MB seen on a busy machine)
+            held = sum(t.size for t in tracemalloc.take_snapshot().filter_traces(DASK_THREADS).traces)
         finally:
             tracemalloc.stop()
         assert total == N * (N + 1) // 2
@@ -52,7 +57,7 @@ def test_stream_holds_one_chunk_of_values_at_a_time(dask_runner, how):
         # client's event loop allocates some meanwhile: ~0.75 MB peaks seen).
         assert max(c.n for c in futs.chunks) <= 10_000
         assert peak - base < N * 36 / 4, peak - base
-        assert held - base < N * 36 / 20, held - base
+        assert held - held_base < N * 36 / 20, held - held_base
         assert all(c.result.values is None for c in futs.chunks if c.n > 1)
 
     f()

@@ -461,7 +461,7 @@ def cancel_unfinished(chunks: list[Chunk], reason: str) -> None:
         settle([c for c, _ in ended], [res for _, res in ended])
 
 
-class _Eager:
+class Eager:
     """Fetches envelopes as chunks finish, in batches, told by the workers' events.
 
     A finished chunk's envelope then lives on the client, which releases the Dask result:
@@ -476,13 +476,21 @@ class _Eager:
     time on a graph of single-run chunks. An event can come before Dask tells the client the
     call finished: such chunks are looked at again every 50 ms. Chunks that end without an
     event (a lost worker, a cancelled call) are fetched by whoever reads them.
+
+    An event can also come before its chunk is watched: a short chunk that ends while the
+    submitting thread waits for the GIL between submitting and ``watch``. A summary (values
+    that stayed on the worker) that finds no watched chunk waits in ``early`` for a minute,
+    so that a reader records the chunk from it instead of gathering its values.
     """
 
     RECHECK = 0.05
+    EARLY_SECONDS = 60.0
 
     def __init__(self) -> None:
         self.watched: dict[tuple[int, int], Chunk] = {}  # submitted to Dask, no end event yet
         self.summaries: dict[tuple[int, int], bytes] = {}  # end events of chunks whose values stayed away
+        self.early: dict[tuple[int, int], tuple[float, bytes]] = {}  # such events that came before ``watch``
+        self.watching = threading.Lock()  # ``watch`` and ``on_ended`` agree on which came first
         # settled chunks whose values stayed on a worker: a new attempt of one reports here
         self.elsewhere: weakref.WeakValueDictionary[tuple[int, int], Chunk] = weakref.WeakValueDictionary()
         self.refreshed: collections.deque[tuple[Chunk, bytes]] = collections.deque()
@@ -490,19 +498,24 @@ class _Eager:
         self.wake = threading.Event()
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()
-        self.listening = False
 
     def watch(self, chunks: list[Chunk]) -> None:
-        if not self.listening:
-            self.listening = True
-            tracker.on_chunks_ended(self.on_ended)
-        watched, runner, ends_reported = self.watched, None, False
-        for chunk in chunks:
-            if chunk.runner is not runner:  # one question per runner, not per chunk
-                runner = chunk.runner
-                ends_reported = runner is not None and runner.reports_ends()
-            if ends_reported and chunk.handle is not None:
-                watched[(chunk.base, chunk.start)] = chunk
+        watched, early, runner, ends_reported = self.watched, self.early, None, False
+        came: list[Chunk] = []
+        with self.watching:
+            for chunk in chunks:
+                if chunk.runner is not runner:  # one question per runner, not per chunk
+                    runner = chunk.runner
+                    ends_reported = runner is not None and runner.reports_ends()
+                if ends_reported and chunk.handle is not None:
+                    key = (chunk.base, chunk.start)
+                    if early and key in early:
+                        self.summaries[key] = early.pop(key)[1]
+                        came.append(chunk)
+                    else:
+                        watched[key] = chunk
+        if came:
+            self._queue(came)
 
     def forget(self, chunk: Chunk) -> None:
         key = (chunk.base, chunk.start)
@@ -517,19 +530,31 @@ class _Eager:
         # Called on the client's event loop: only queue; the fetcher thread gathers whatever
         # ended meanwhile in one go, so a burst of finished chunks costs one gather.
         ended = []
-        for msg in msgs:
-            key = (msg.base, msg.start)
-            chunk = self.watched.pop(key, None)
-            if msg.summary:
+        with self.watching:
+            for msg in msgs:
+                key = (msg.base, msg.start)
+                chunk = self.watched.pop(key, None)
+                if msg.summary:
+                    if chunk is not None:
+                        self.summaries[key] = msg.summary
+                    elif key in self.elsewhere:  # a new attempt of a chunk whose values were lost
+                        self.refreshed.append((self.elsewhere[key], msg.summary))
+                        chunk = self.elsewhere[key]
+                    else:  # not watched yet (or another client's): kept a while for ``watch``
+                        self._keep_early(key, msg.summary)
                 if chunk is not None:
-                    self.summaries[key] = msg.summary
-                elif key in self.elsewhere:  # a new attempt of a chunk whose values were lost
-                    self.refreshed.append((self.elsewhere[key], msg.summary))
-                    chunk = self.elsewhere[key]
-            if chunk is not None:
-                ended.append(chunk)
-        if not ended:
-            return
+                    ended.append(chunk)
+        if ended:
+            self._queue(ended)
+
+    def _keep_early(self, key: tuple[int, int], summary: bytes) -> None:
+        now, early = time.monotonic(), self.early
+        if early and next(iter(early.values()))[0] < now - self.EARLY_SECONDS:  # oldest first: drop the stale
+            for old in [k for k, (at, _) in early.items() if at < now - self.EARLY_SECONDS]:
+                del early[old]
+        early[key] = (now, summary)
+
+    def _queue(self, ended: list[Chunk]) -> None:
         self.ready.extend(ended)
         self.wake.set()
         if self.thread is None or not self.thread.is_alive():
@@ -568,7 +593,8 @@ class _Eager:
                     pass
 
 
-eager = _Eager()
+eager = Eager()
+tracker.on_chunks_ended(eager.on_ended)  # from the start: a chunk's event may come before it is watched
 CRASHED_INPUTS_UP_TO = 100  # a crashed chunk of more runs records no inputs (the crash-alone re-run has 1)
 
 
