@@ -29,6 +29,12 @@ Sections (each beside raw Dask, measured in the same run on the same cluster):
 - ``resume``: ``flow-runs retry`` of a 10^5 map with 1% failed runs: bodies executed, µs per
   reused run, beside a flow of the failed runs only and raw Dask (``benchmarks/bench_resume.py``
   in a subprocess).
+- ``scale``: the client's peak RSS and CPU per element of a map consumed as it completes, at
+  10^6, 10^7 and 10^8 elements (``--quick``: 10^5 to 10^7), each in a fresh subprocess beside
+  raw Dask's batches (``benchmarks/bench_stream.py``);
+- ``workers``: N = 10^5 runs of ``time.sleep(0.01)`` on 8, 32 and 64 one-thread workers
+  (``--quick``: 3 x 10^4 on 8 and 32): wall per 10^6 runs against the ideal, beside raw Dask
+  (``benchmarks/bench_workers.py``).
 
 Writes ``benchmarks/results/results.json`` and one PNG per section next to it, each
 titled with the date and the command that made it. Needs ``pip install -e ".[bench]"``.
@@ -52,7 +58,8 @@ from bench_map import heavy as heavy_body  # noqa: E402
 from bench_map import median_time, trivial  # noqa: E402
 
 SECTIONS = ("fanout", "heavy", "cache", "graph", "delay", "stream", "data", "retries", "rerun", "resume",
-            "storage")
+            "storage", "scale", "workers")
+SCALE_ROWS = "stream_iter_chunks,iter_chunks,raw_bytes"  # bench_stream.py's rows the scale section runs
 
 
 def fanout(client, cluster, sizes: list[int], reps: int, raw_max: int) -> dict:
@@ -172,6 +179,21 @@ def stream(n: int, reps: int) -> dict:
     return _script_json("bench_stream.py", "-n", str(n), "--reps", str(reps))
 
 
+def scale(sizes: list[int], reps: int) -> dict:
+    """bench_stream.py at each N (one repetition at the largest: it takes minutes)."""
+    out = {}
+    for n in sizes:
+        got = _script_json("bench_stream.py", "-n", str(n), "--reps", str(reps if n < max(sizes) else 1),
+                           "--rows", SCALE_ROWS)
+        out[str(n)] = got["rows"]
+    return out
+
+
+def workers(n: int, counts: list[int]) -> dict:
+    """bench_workers.py (in-process LocalClusters of one-thread workers)."""
+    return _script_json("bench_workers.py", "-n", str(n), "--workers", *map(str, counts))
+
+
 def storage(quick: bool, reps: int) -> dict:
     """bench_storage.py (its own LocalCluster(2x1) and S3 server)."""
     return _script_json("bench_storage.py", *(["--quick"] if quick else []), "--reps", str(reps))
@@ -244,6 +266,34 @@ def plot(results: dict, out_dir: pathlib.Path, stamp: str) -> list[pathlib.Path]
             ax.set(xticks=list(xs), xticklabels=labels, ylabel=unit)
         wall.legend()
         save(fig, "data", "Three-stage pipeline of large arrays (make → scale → total)")
+    if "scale" in results:
+        fig, (rss, cpu) = plt.subplots(1, 2, figsize=(10, 4))
+        ns = sorted(results["scale"], key=int)
+        rows = sorted({row for n in ns for row in results["scale"][n]})
+        for row in rows:
+            have = [n for n in ns if row in results["scale"][n]]
+            xs = [int(n) for n in have]
+            rss.plot(xs, [results["scale"][n][row]["rss_mib"] for n in have], marker="o", label=row)
+            cpu.plot(xs, [results["scale"][n][row]["cpu_us_per_elem"] for n in have], marker="o", label=row)
+        rss.set(xscale="log", xlabel="N (elements)", ylabel="client peak RSS (MiB)", ylim=(0, None))
+        cpu.set(xscale="log", xlabel="N (elements)", ylabel="client CPU, µs per element", ylim=(0, None))
+        for ax in (rss, cpu):
+            ax.grid(True, which="both", alpha=0.3)
+        rss.legend(fontsize="small")
+        save(fig, "scale", "A map consumed as it completes: the client against N")
+    if "workers" in results:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ws = sorted(results["workers"], key=int)
+        per = {label: [results["workers"][w][key] / results["workers"][w]["n"] * 1e9 for w in ws]
+               for label, key in (("ideal (N x 10 ms / workers)", "ideal_s"), ("raw Dask, one batch a worker", "raw_s"),
+                                  ("raw Dask, as many batches as chunks", "raw_same_s"), ("daskflow .map()", "wall_s"))}
+        for label, ms in per.items():
+            ax.plot([int(w) for w in ws], ms, marker="o", label=label, linestyle="--" if label.startswith("ideal") else "-")
+        ax.set(xscale="log", yscale="log", xlabel="one-thread workers", ylabel="ms per 10^6 runs of sleep(10 ms)")
+        ax.set_xticks([int(w) for w in ws], [w for w in ws])
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize="small")
+        save(fig, "workers", "Many workers: wall per 10^6 runs against the ideal")
     if "delay" in results:
         fig, ax = plt.subplots(figsize=(6, 4))
         d = results["delay"]
@@ -307,6 +357,10 @@ def main() -> None:
         results["resume"] = resume(10_000 if args.quick else 100_000, args.reps)
     if "storage" in args.sections:
         results["storage"] = storage(args.quick, args.reps)
+    if "scale" in args.sections:
+        results["scale"] = scale([10**5, 10**6, 10**7] if args.quick else [10**6, 10**7, 10**8], args.reps)
+    if "workers" in args.sections:
+        results["workers"] = workers(30_000 if args.quick else 100_000, [8, 32] if args.quick else [8, 32, 64])
     if "data" in args.sections:
         results["data"] = data([16] if args.quick else [16, 64], 20 if args.quick else 50, args.reps)
 

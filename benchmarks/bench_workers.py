@@ -22,6 +22,7 @@ default`` keeps Dask's defaults.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import threading
@@ -66,7 +67,7 @@ QUIET_MONITORS = {
 }
 
 
-def run(n: int, workers: int, processes: bool) -> None:
+def run(n: int, workers: int, processes: bool) -> dict:
     from distributed import Client, LocalCluster
 
     from daskflow import flow, task
@@ -104,6 +105,8 @@ def run(n: int, workers: int, processes: bool) -> None:
           f"ratio {wall / ideal:4.2f}x  chunks {chunks:5d}  peak scheduler tasks {peak:5d} "
           f"(4 x workers = {4 * workers})   raw Dask: {workers} batches {raw:6.2f} s ({raw / ideal:4.2f}x), "
           f"{len(batches)} batches {raw_same:6.2f} s ({raw_same / ideal:4.2f}x)", flush=True)
+    return {"n": n, "wall_s": wall, "ideal_s": ideal, "chunks": chunks, "peak_tasks": peak, "raw_s": raw,
+            "raw_same_s": raw_same}
 
 
 def main() -> None:
@@ -112,14 +115,17 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--processes", action="store_true", help="worker processes instead of threads")
     parser.add_argument("--dask-monitors", choices=("quiet", "default"), default="quiet")
+    parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
     os.environ.setdefault("DASKFLOW_HOME", tempfile.mkdtemp(prefix="daskflow-bench-workers-"))
     import dask.config
 
     settings = QUIET_MONITORS if args.dask_monitors == "quiet" else {}
     with dask.config.set(settings):
-        for workers in args.workers:
-            run(args.n, workers, args.processes)
+        rows = {str(workers): run(args.n, workers, args.processes) for workers in args.workers}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
 
 
 if __name__ == "__main__":
