@@ -101,3 +101,33 @@ def test_direct_calls_record_cpu_time_and_peak_rss_increase():
     assert _resources(failed["id"])["cpu_seconds"] > 0
     by_task = {m["task"]: m for m in queries.task_metrics(store, heavy["flow_run_id"])}
     assert by_task["grow"]["cpu_max"] >= 0.14 and by_task["grow"]["mem_max"] >= 48 * MiB
+
+
+def test_light_direct_calls_read_the_cpu_clock_once_a_millisecond_and_their_sum_stays_exact():
+    """The clock is a system call worth a trivial call's budget: a burst of light calls of one
+    task reads it about once a millisecond, and the readings still add up to the burst's CPU."""
+    from daskflow.engine.worker import resources
+
+    def spin(seconds):  # a light call's body: CPU, well under HEAVY_SECONDS
+        t0 = time.thread_time()
+        while time.thread_time() - t0 < seconds:
+            pass
+
+    a, b = object(), object()
+    cpu0 = time.thread_time()
+    readings = total = 0
+    for i in range(400):
+        watch = resources.call_started()
+        spin(0.00005)
+        resources.call_ended(watch, 0.00005, a)
+        readings += watch.cpu > 0
+        total += watch.cpu
+    spent = time.thread_time() - cpu0
+    assert 1 <= readings < 200  # ~20 ms of calls: about one reading a millisecond, the first call's among them
+    assert spent - 0.0015 <= total <= spent  # all but the calls after the last reading
+    watch = resources.call_started()
+    resources.call_ended(watch, 0.00001, b)
+    assert watch.cpu > 0  # another task's call starts a burst: it reads
+    watch = resources.call_started()
+    resources.call_ended(watch, resources.HEAVY_SECONDS, b)
+    assert watch.heavy and watch.cpu > 0  # a heavy call is measured alone

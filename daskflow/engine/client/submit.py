@@ -123,7 +123,7 @@ def call_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None
             res = run_rows(ChunkSpec.single(task, base, row, refs, waits, flow_run_id, start), envelopes)
         finally:
             if watch is not None:
-                resources.call_ended(watch, time.time() - submitted)
+                resources.call_ended(watch, time.time() - submitted, task)
         if scope is not None:
             resume.keep_direct(scope, call, task, res)
     ctx = flow_run_ctx.get()
