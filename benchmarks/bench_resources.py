@@ -2,6 +2,7 @@
 
     python benchmarks/bench_resources.py              # medians of 5, on/off interleaved
     python benchmarks/bench_resources.py --reps 9
+    python benchmarks/bench_resources.py --direct-only   # the direct-call rows alone
 
 One LocalCluster (2 workers x 1 thread). The workers' ``daskflow.resources`` is switched
 between repetitions (``client.run``), so on and off share the cluster, the load and the
@@ -111,10 +112,13 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--n-single", type=int, default=2_000)
     parser.add_argument("--n-direct", type=int, default=20_000)
+    parser.add_argument("--direct-only", action="store_true", help="only the direct-call rows (no cluster)")
     args = parser.parse_args()
     os.environ.setdefault("DASKFLOW_HOME", tempfile.mkdtemp(prefix="daskflow-bench-"))
     print(f"load average at start {os.getloadavg()[0]:.2f} (2 cores shared)")
     direct_cost(args.n_direct, max(args.reps, 9))
+    if args.direct_only:
+        return
     from distributed import Client, LocalCluster
 
     from daskflow import task

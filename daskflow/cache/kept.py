@@ -106,6 +106,13 @@ class KeptRuns:
     calls: dict[str, dict[int, Any]] = field(default_factory=dict)
     source: FlowSource | None = None
     records: int = 0
+    storages: set[str | None] = field(default_factory=set)  # the result storages read (None: the config's)
+
+    def add(self, more: KeptRuns) -> None:
+        """Fold in what another store kept (the runs of tasks with a result storage of their own)."""
+        for call, runs in more.calls.items():
+            self.calls.setdefault(call, {}).update(runs)
+        self.records += more.records
 
     def reused(self) -> int:
         return sum(len(v) for v in self.calls.values())

@@ -323,6 +323,31 @@ def test_keep_zero_keeps_nothing(dirs, daskflow_home):
         pipeline.retry(flow_run_id)
 
 
+def test_direct_calls_of_a_task_with_its_own_result_storage_are_kept_there(dirs, tmp_path):
+    import dask.config
+
+    counter, broken = dirs
+    shared, key = tmp_path / "shared", tmp_path / "shared.key"
+    key.write_bytes(os.urandom(32))
+    stored = step.with_options(name="stored_step", result_storage=f"file://{shared}")
+
+    @flow(task_runner=ThreadPoolTaskRunner(2))
+    def calls(counter: str, broken: str) -> int:  # the two tasks' direct calls interleave
+        return sum(step(x, counter, broken) + stored(x + 100, counter, broken) for x in range(4))
+
+    open(broken, "w").close()
+    with dask.config.set({"daskflow.results.secret-file": str(key)}):
+        assert calls(counter, broken, return_state=True).is_failed()  # step(3) fails; stored(103) never starts
+        tracker.flush()
+        assert any("kept" in str(p) for p in shared.rglob("*") if p.is_file())  # stored's values: in its storage
+        flow_run_id = json.loads(_cli("flow-runs", "ls", "-o", "json").output)[0]["id"]
+        for name in os.listdir(counter):
+            os.unlink(os.path.join(counter, name))
+        os.unlink(broken)
+        assert calls.retry(flow_run_id) == sum(2 * x + 2 * (x + 100) for x in range(4))
+    assert _executed(counter) == [3, 103]  # both tasks' earlier calls were kept, each where it keeps
+
+
 def test_direct_calls_are_kept_in_batches_and_reused(dirs):
     counter, broken = dirs
 

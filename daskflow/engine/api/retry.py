@@ -68,6 +68,7 @@ def prepare(flow: Flow, flow_run_id: str) -> tuple[keeping.Resume, dict[str, Any
         raise CannotRetry(f"flow run {full_id} is a run of flow {record.get('name')!r}, not of {flow.name!r}")
     store = get_kept_store(str(config.home()), StorageSpec.from_config(flow.options.result_storage))
     kept = load_kept(store, full_id)
+    kept.storages.add(flow.options.result_storage)  # tasks keeping elsewhere are read when called
     source = kept.source
     if source is None:
         where = "in this home's run store" if record is not None else "here, nor in the result storage"

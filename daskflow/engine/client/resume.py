@@ -77,7 +77,11 @@ class KeepScope:
     calls: dict[str, int] = field(default_factory=dict)
     storages: dict[str | None, Any] = field(default_factory=dict)
     writer: threading.Thread | None = None
-    direct: list = field(default_factory=list)  # (KeepSpec, value) of direct calls, written in batches
+    # direct calls kept since the last write, written in batches: their names and values, and
+    # the result storage of their tasks (another storage starts another batch)
+    direct_calls: list[str] = field(default_factory=list)
+    direct_values: list = field(default_factory=list)
+    direct_storage: str | None = None
     flushed: float = field(default_factory=time.monotonic)
 
     def next_call(self, name: str) -> str:
@@ -94,7 +98,20 @@ class KeepScope:
         """The keep spec of the next call of ``task``, and what an earlier attempt kept of it."""
         name = self.next_call(task.name)
         spec = self.spec_for(name, task.options.result_storage, single)
-        return spec, (self.kept.calls.get(name) if self.kept is not None else None)
+        return spec, self.kept_of(name, task.options.result_storage)
+
+    def kept_of(self, call: str, url: str | None) -> dict[int, Any] | None:
+        """What earlier attempts kept of ``call``, of a task whose result storage is ``url``: a
+        storage other than the flow's is read the first time one of its tasks is called (its
+        records are signed with its own secret, so the home's copies of them do not load here)."""
+        kept = self.kept
+        if kept is None:
+            return None
+        url = url or self.storage_url
+        if url not in kept.storages:
+            kept.storages.add(url)
+            kept.add(_load_kept(self.home, url, self.flow_run_id))
+        return kept.calls.get(call)
 
     def spec_for(self, call: str, url: str | None, single: bool) -> KeepSpec:
         """The keep spec of the call named ``call`` of a task whose result storage is ``url``."""
@@ -106,6 +123,23 @@ class KeepScope:
             storage = self.storages[url] = StorageSpec.from_config(url)
         return KeepSpec(self.home, self.token, storage, self.flow_run_id, call, self.attempt, self.keep_seconds,
                         single=single)
+
+
+def _load_kept(home: str, url: str | None, flow_run_id: str) -> KeptRuns:
+    """What the flow run kept in the result storage ``url`` (nothing, with a warning, when it
+    cannot be read: those runs execute again)."""
+    import warnings
+
+    from daskflow.cache.kept import KeptRuns, get_kept_store, load_kept
+    from daskflow.cache.storage import StorageSpec
+    from daskflow.cache.store import CacheWarning
+
+    try:
+        return load_kept(get_kept_store(home, StorageSpec.from_config(url)), flow_run_id)
+    except Exception as exc:  # noqa: BLE001 - unreadable: its runs execute again
+        warnings.warn(f"flow run {flow_run_id}: the values kept in result storage {url} could not be read "
+                      f"({type(exc).__name__}: {exc}); those runs execute again", CacheWarning, stacklevel=3)
+        return KeptRuns()
 
 
 def keep_seconds() -> float:
@@ -156,7 +190,7 @@ def reused_direct(scope: KeepScope, call: str, task: Task, base: int, start: int
     """The envelope of a direct call an earlier attempt kept (None: it runs)."""
     if scope.kept is None:
         return None
-    return reused_single(task, base, start, scope.kept.calls.get(call))
+    return reused_single(task, base, start, scope.kept_of(call, task.options.result_storage))
 
 
 def keep_direct(scope: KeepScope, call: str, task: Task, res: ChunkResult) -> None:
@@ -164,36 +198,33 @@ def keep_direct(scope: KeepScope, call: str, task: Task, res: ChunkResult) -> No
     calls or half second and when the flow run ends (not one write per call)."""
     if res.codes[0] not in OK_CODES or scope.keep_seconds <= 0:
         return
-    scope.direct.append(KeptCall(call, task.options.result_storage, res.values[0]))  # type: ignore[index]
-    if len(scope.direct) >= 256 or time.monotonic() - scope.flushed > 0.5:
+    storage = task.options.result_storage
+    if storage != scope.direct_storage:
         flush_direct(scope)
-
-
-@dataclass(slots=True)
-class KeptCall:
-    """A direct call's value waiting for its batch's record."""
-
-    call: str
-    storage_url: str | None
-    value: Any
+        scope.direct_storage = storage
+    calls = scope.direct_calls
+    calls.append(call)
+    scope.direct_values.append(res.values[0])  # type: ignore[index]
+    if len(calls) >= 256 or time.monotonic() - scope.flushed > 0.5:
+        flush_direct(scope)
 
 
 def flush_direct(scope: KeepScope) -> None:
     """One record for the direct calls kept since the last flush (never raises)."""
     scope.flushed = time.monotonic()
-    if not scope.direct:
+    if not scope.direct_calls:
         return
-    batch, scope.direct = scope.direct, []
+    calls, values = scope.direct_calls, scope.direct_values
+    scope.direct_calls, scope.direct_values = [], []
     import warnings
 
     from daskflow.cache import kept
     from daskflow.cache.store import CacheWarning
 
-    first = scope.spec_for(batch[0].call, batch[0].storage_url, single=True)
+    first = scope.spec_for(calls[0], scope.direct_storage, single=True)
     try:
         store = first.store()
-        record = kept.encode(kept.KeptCalls([k.call for k in batch], [k.value for k in batch]), "direct calls",
-                             first.keep_seconds, store.secret)
+        record = kept.encode(kept.KeptCalls(calls, values), "direct calls", first.keep_seconds, store.secret)
         store.put_many([(kept.chunk_key(first.flow_run_id, f"direct:{first.call}", 0, first.attempt), record)])
     except Exception as exc:  # noqa: BLE001 - not kept only means they run again on a retry
         warnings.warn(f"direct calls of flow run {first.flow_run_id} could not be kept for a retry "
