@@ -28,13 +28,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 import cloudpickle
 
 from daskflow import config
-from daskflow.codes import CANCELLED, CRASHED, NOT_READY, OK_CODES
+from daskflow.codes import CANCELLED, NOT_READY, OK_CODES
 from daskflow.engine.client import chunking
-from daskflow.engine.core.context import TaskRunContext
+from daskflow.engine.client.losses import lost
 from daskflow.engine.core.envelope import ChunkResult, ChunkSpec
 from daskflow.engine.tracking import progress, tracker
 from daskflow.engine.worker.checkpoints import Checkpoint, keep_finished_runs
-from daskflow.engine.worker.current_run import note_failed_inputs
 from daskflow.engine.worker.run import run_chunk, run_pickled_chunk
 from daskflow.exceptions import CancelledRun, CrashedRun, RunnerShutdown
 
@@ -595,32 +594,3 @@ class Eager:
 
 eager = Eager()
 tracker.on_chunks_ended(eager.on_ended)  # from the start: a chunk's event may come before it is watched
-CRASHED_INPUTS_UP_TO = 100  # a crashed chunk of more runs records no inputs (the crash-alone re-run has 1)
-
-
-def lost(chunk: Chunk, exc: BaseException) -> ChunkResult:
-    """The envelope of a chunk whose call (not the user's code) ended in error."""
-    cancelled = type(exc).__name__ in ("CancelledError", "FutureCancelledError")
-    code = CANCELLED if cancelled else CRASHED
-    cause = chunk.runner.explain_loss(exc) if chunk.runner is not None and not cancelled else None
-    if cancelled:
-        err: BaseException = CancelledRun(f"task {chunk.task.name!r}: the run was cancelled")
-    elif cause is not None:
-        err = CrashedRun(f"task {chunk.task.name!r}: {cause.message}; Dask gave up on it ({type(exc).__name__})")
-    else:
-        err = CrashedRun(f"task {chunk.task.name!r}: the run crashed outside of the task's code: "
-                         f"{type(exc).__name__}: {exc}. If a worker died, check its memory limit and any "
-                         "extension that may segfault.")
-    if not cancelled:
-        err.__cause__ = exc
-    res = ChunkResult.all_failed(chunk.task.name, chunk.base, chunk.start, chunk.n, code, err, str(err))
-    if cause is not None:  # the memory its worker had when last sampled (engine/worker/resources.py)
-        res.resources = {"rss": cause.rss, "killed": cause.limit or True}
-    if code == CRASHED and tracker.live_state(chunk.base, chunk.start) is not None:
-        # the chunk was seen to start: its runs were attempted once (a chunk reports its start,
-        # not each run's, so all of them count)
-        res.run_counts = dict.fromkeys(range(chunk.n), 1)
-    if code == CRASHED and chunk.spec is not None and chunk.n <= CRASHED_INPUTS_UP_TO:
-        # what the crashed runs were given (a chunk re-run to find its culprit has one run)
-        note_failed_inputs(res, TaskRunContext(chunk.task, chunk.base, chunk.start, spec=chunk.spec, deps=[]))
-    return res

@@ -15,7 +15,8 @@ from array import array
 from typing import TYPE_CHECKING
 
 from daskflow.codes import OK_CODES
-from daskflow.engine.client.chunks import Chunk, lost, submit_chunks
+from daskflow.engine.client.chunks import Chunk, submit_chunks
+from daskflow.engine.client.losses import lost
 from daskflow.engine.core.envelope import ChunkResult, ChunkSpec
 from daskflow.engine.core.inputs import ALIGNED, MAPPED, Column, Ref
 from daskflow.engine.worker import resources
