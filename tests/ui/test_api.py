@@ -11,8 +11,8 @@ import pytest
 from ui_procs import ROOT, env_for, get, get_json, start_ui, stop_ui
 
 
-def test_ui_starts_in_about_a_second(ui):
-    assert ui.started_in < 5.0  # ~1 s on an idle machine; the 2 shared cores get busy in CI
+def test_ui_serves_on_loopback(ui):
+    # how fast it starts is measured in benchmarks/bench_ui.py, not asserted here
     assert ui.url.startswith("http://127.0.0.1:")
 
 
