@@ -36,7 +36,7 @@ from array import array
 from typing import Any, Callable, Iterable, NamedTuple
 
 from daskflow.codes import CACHED, CODE_STATES, NEVER_RAN
-from daskflow.store.packing import times
+from daskflow.store.packing import unpack_times
 
 __all__ = ["BUCKETS", "COUNTED", "Counters", "Delta", "add", "change", "count_all", "read_counters", "tally"]
 
@@ -118,12 +118,12 @@ def _bump(into: Delta, key: tuple[str, str, str], value: float) -> None:
 
 def _histogram(rec: dict, codes: bytes) -> tuple[list[int], float]:
     """Bucket counts and total seconds of the runs that ran (Cached, NotReady and Cancelled did not)."""
-    raw = times(rec, "ends")  # packed on disk (store/packing.py): decoded for a record read back
+    raw = _times(rec, "ends")  # packed on disk (store/packing.py): decoded for a record read back
     if not raw:
         return [], 0.0
     ends = array("d")
     ends.frombytes(bytes(raw))
-    starts = times(rec, "starts")
+    starts = _times(rec, "starts")
     if starts is not None:
         prev = array("d")
         prev.frombytes(bytes(starts))
@@ -141,6 +141,16 @@ def _histogram(rec: dict, codes: bytes) -> tuple[list[int], float]:
         counts[bisect.bisect_left(BUCKETS, spent)] += 1
         total += spent
     return counts, total
+
+
+def _times(rec: dict, name: str) -> Any:
+    """Per-run times ``name`` as packed doubles, decoded from their packed form if need be but not
+    kept in ``rec``: the record is written back with the packed form it came with (decoded
+    times left in it would be packed again)."""
+    raw = rec.get(name)
+    if raw is None and (packed := rec.get("z" + name)) is not None:
+        raw = unpack_times(packed)
+    return raw
 
 
 def _histogram_np(ends: array, prev: array, codes: bytes) -> tuple[list[int], float]:

@@ -3,6 +3,7 @@
 import json
 import tracemalloc
 
+import dask
 import pytest
 
 from click.testing import CliRunner
@@ -37,7 +38,8 @@ def _stream(futs, how):
 def test_stream_holds_one_chunk_of_values_at_a_time(dask_runner, how):
     @flow(task_runner=dask_runner)
     def f():
-        futs = inc.map(range(N))
+        with dask.config.set({"daskflow.map.max-chunksize": 10_000}):  # the bounds below are a chunk's
+            futs = inc.map(range(N))
         futs.wait()  # every envelope is on the client, every record written: what the stream allocates
         assert tracker.flush(30)  # is its own
         tracemalloc.start()
@@ -271,7 +273,8 @@ def test_stream_nobody_read_runs_through_at_flow_end_and_a_stopped_one_stops(run
                 break  # stopped: nothing more is submitted, the flow ends
         return endless
 
-    endless = f()
+    with dask.config.set({"daskflow.map.max-chunksize": 10_000}):  # a window of ~10^5 runs read ahead
+        endless = f()
     assert tracker.flush(30)
     out = CliRunner().invoke(main, ["runs", "ls", "--limit", "1000000", "-o", "json"])
     runs = json.loads(out.output)

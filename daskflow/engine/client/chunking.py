@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from daskflow.engine.core.envelope import ChunkResult
     from daskflow.runners.base import TaskRunner
 
+MAX_CHUNKSIZE = 100_000  # ``map.max-chunksize`` unset
 _seconds_per_run: dict[str, float] = {}
 _lock = threading.Lock()
 
@@ -46,7 +47,7 @@ def plan(task: Task, n: int, runner: TaskRunner, chunksize: int | None = None) -
     if chunksize:
         return [(lo, min(lo + chunksize, n)) for lo in range(0, n, chunksize)]
     threads = runner.total_threads()
-    cap = max(1, min(int(config.get("map.max-chunksize") or 10_000), math.ceil(n / (4 * threads))))
+    cap = max(1, min(int(config.get("map.max-chunksize") or MAX_CHUNKSIZE), math.ceil(n / (4 * threads))))
     per_run = _seconds_per_run.get(task.task_key)
     if per_run is not None:
         size = max(1, min(cap, int(chunk_seconds(threads) / max(per_run, 1e-9))))
@@ -75,7 +76,7 @@ def stream_size(task: Task, previous: int, chunksize: int | None = None) -> int:
     growth from 1 taking the place of a share of a length the stream does not know."""
     if chunksize:
         return chunksize
-    cap = max(1, int(config.get("map.max-chunksize") or 10_000))
+    cap = max(1, int(config.get("map.max-chunksize") or MAX_CHUNKSIZE))
     per_run = _seconds_per_run.get(task.task_key)
     if per_run is None:
         return min(cap, max(1, previous * 2))

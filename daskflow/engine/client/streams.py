@@ -3,7 +3,7 @@
 ``t.map(generator)`` does not read the generator through: it returns a ``MapStream``, which
 cuts chunks as it reads (``chunking.stream_size``) and keeps at most a *window* of chunks
 submitted and not yet consumed (``daskflow.map.stream-window``, default four per worker
-thread). Reading the stream (``iter_chunks``, ``reduce``, iteration, ``result``) submits more.
+thread), of ``daskflow.map.stream-read-ahead`` runs in all at most. Reading the stream (``iter_chunks``, ``reduce``, iteration, ``result``) submits more.
 So a map over 10^8 generated elements never holds them on the client, and the scheduler
 sees a window of Dask tasks, not the whole map. ``range``s and lists need none of this: a
 chunk carries its slice (a ``range`` as its bounds).
@@ -77,6 +77,11 @@ class MapStream:
         self._stopped = False  # a reader stopped early: nothing more is submitted
         threads = current_runner().total_threads()
         self.window = int(config.get("map.stream-window") or 0) or max(2, 4 * threads)
+        # the inputs of the window's chunks stay here until their envelopes come (to submit them
+        # again after a lost connection): at most ``map.stream-read-ahead`` runs' worth, so chunks
+        # of a window of 8 are 25,000 runs at most, not ``map.max-chunksize``'s 10^5
+        ahead = config.get("map.stream-read-ahead")
+        self._most = max(1, int(ahead) // self.window) if ahead and not chunksize else 2**62
         self._ctx = flow_run_ctx.get()
         self._taken = 0  # chunks taken by readers so far
         self._next_sweep = 64
@@ -87,7 +92,7 @@ class MapStream:
     def _fill(self) -> None:
         """Submit chunks until the window is full or the iterator is read through."""
         while not self._exhausted and not self._stopped and len(self._open) < self.window:
-            size = self._size = chunking.stream_size(self.task, self._size, self._chunksize)
+            size = self._size = min(chunking.stream_size(self.task, self._size, self._chunksize), self._most)
             block, count, error = self._read((self.window - len(self._open)) * size)
             if count:
                 futs = self._submit(block, self._base, self._offset, size)

@@ -287,7 +287,9 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
                     refs = True
             else:
                 part = value[lo:hi]
-                if not ATOMS.issuperset(map(type, part)):  # C-speed check for plain values
+                # C-speed check for plain values; a range holds ints only (its slice stays a range,
+                # sent as its bounds: checking its 10^7 ints made each one here)
+                if type(part) is not range and not ATOMS.issuperset(map(type, part)):
                     before = len(ups)
                     part = [collect_refs(v, deps, ups) for v in part]
                     refs = refs or len(ups) > before

@@ -31,6 +31,7 @@ from daskflow.engine.core.states import describe_error
 from daskflow.engine.core.tracebacks import hide_internal
 from daskflow.exceptions import MissingResult, UpstreamFailed
 from daskflow.ids import run_id
+from daskflow.store.packing import PACK_ENDS_FROM, pack_ends, unpack_times
 
 if TYPE_CHECKING:
     from daskflow.engine.api.tasks import Task
@@ -189,8 +190,16 @@ class ChunkResult:
         # Only the fields that hold something: a dataclass pickles every field by name.
         extra = {name: value for name in _SPARSE if (value := getattr(self, name))}
         values = None if self.blob is not None else self.values  # unpickled values travel as their blob
-        return result_from_wire, (self.task_name, self.base, self.start, self.n, self.codes, values, self.blob,
-                                  self.started, self.ends, extra)
+        # end times packed (~1 byte a run, whole microseconds, as the run store keeps them): a chunk of
+        # 10^5 runs is ~0.01 MB on the wire and in Dask's event logs instead of 0.8
+        # 10^5 runs is ~0.1 MB on the wire and in Dask's event logs instead of 0.8; the codes of
+        # runs that all ended alike as the one code
+        ends = pack_ends(self.ends) or self.ends
+        codes: Any = self.codes
+        if self.n >= PACK_ENDS_FROM and type(codes) is not UniformCodes and codes.count(codes[0]) == self.n:
+            codes = codes[0]
+        return result_from_wire, (self.task_name, self.base, self.start, self.n, codes, values, self.blob,
+                                  self.started, ends, extra)
 
     def keep(self, i: int, state: st.State | None) -> None:
         if state is not None:
@@ -446,9 +455,14 @@ class UniformCodes:
         return self.n if code == self.code else 0
 
 
-def result_from_wire(task_name: str, base: int, start: int, n: int, codes: bytearray, values: list | None,
+def result_from_wire(task_name: str, base: int, start: int, n: int, codes: bytearray | int, values: list | None,
                      blob: bytes | None, started: float, ends: array, extra: dict[str, Any]) -> ChunkResult:
     """A ``ChunkResult`` unpickled (see ``ChunkResult.__reduce__``)."""
+    if type(codes) is int:  # every run ended with this code
+        codes = bytearray((codes,)) * n
+    if type(ends) is bytes:  # packed
+        raw, ends = unpack_times(ends), array("d")
+        ends.frombytes(raw)
     res = ChunkResult(task_name, base, start, n, codes, values, blob, started=started, ends=ends)
     for name, value in extra.items():
         setattr(res, name, value)

@@ -42,13 +42,14 @@ class ChunkEnded:
     timestamp: float
     worker: str | None
     odd_codes: list[list[int]]  # [index, code] of runs that did not simply complete
-    started: float | None = None  # set when the ChunkStarted was folded into this message
+    started: float | None = None  # when the chunk's runs began (the envelope's); else the folded ChunkStarted's
     codes: bytes = b""  # every run's code instead, when that is smaller than the pairs
     summary: bytes = b""  # the pickled envelope without values, when the values stayed on the worker
     resources: dict | None = None  # CPU and memory the runs took (engine/worker/resources.py)
     first: float = 0.0  # when the chunk's run loop began
-    ends: bytes = b""  # each run's end, float32 seconds after ``first`` (4 bytes a run)
+    ends: bytes = b""  # each run's end, float32 seconds after ``first`` (4 bytes a run), when not ``zends``
     starts: bytes = b""  # each run's start likewise (NaN: not timed), when runs did not run back to back
+    zends: bytes = b""  # each run's end packed as the run store keeps them (store/packing.py ``pack_ends``)
 
     def run_times(self) -> tuple[bytes, bytes]:
         """``(ends, starts)`` as float64 epoch seconds, packed (empty when not sent)."""
@@ -115,7 +116,7 @@ def batch_to_wire(messages: list[Message]) -> dict[str, Any]:
     for msg in messages:
         if type(msg) is ChunkEnded:
             began = unfolded.pop((msg.base, msg.start), None)
-            if began is not None:
+            if began is not None and msg.started is None:
                 msg.started = began.timestamp
     columns: dict[str, dict[str, list]] = {}
     for msg in messages:

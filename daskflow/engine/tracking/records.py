@@ -105,6 +105,7 @@ class Ended(NamedTuple):
     first: float = 0.0  # when its run loop began (run 0's start)
     ends: bytes = b""  # each run's end (float64s), when the worker sent them
     starts: bytes = b""  # each run's start, for runs that did not run back to back
+    zends: bytes = b""  # each run's end packed as the store keeps them, in place of ``ends``
 
 
 class Logs(NamedTuple):
@@ -233,8 +234,11 @@ def to_store_ops(batch: list[Record]) -> tuple[list[StoreOp], list[list]]:
         elif isinstance(record, Retried):
             ops.append(ChunkUpdate(record.base, record.start, {"events": record.events}))
         elif isinstance(record, Ended):
-            ends = record.ends or array("d", [record.timestamp]).tobytes() * len(record.codes)
-            fields = {"codes": record.codes, "ends": ends, "live": None}
+            fields = {"codes": record.codes, "live": None}
+            if record.zends:  # packed by the worker: written as they are
+                fields["zends"] = record.zends
+            else:
+                fields["ends"] = record.ends or array("d", [record.timestamp]).tobytes() * len(record.codes)
             if record.first:
                 fields["first"] = record.first
             if record.starts:

@@ -438,7 +438,7 @@ def on_message(msg: Message) -> None:
         _remember_counts(key, codes)
         ends, starts = msg.run_times()
         _tracker.put(Ended(msg.base, msg.start, bytes(codes), msg.timestamp, msg.worker, msg.started,
-                           resources=msg.resources, first=msg.first, ends=ends, starts=starts))
+                           resources=msg.resources, first=msg.first, ends=ends, starts=starts, zends=msg.zends))
 
 
 def on_runner_event(event: tuple[float, Any]) -> None:
