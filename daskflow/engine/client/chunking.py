@@ -1,11 +1,22 @@
 """How many runs of a ``.map()`` one Dask task executes.
 
-A chunk should take about ``map.chunk-seconds`` (0.2 s): long enough that Dask's
-1–3 ms per task is noise, short enough that heavy elements still spread over every
-worker; on many worker threads, longer (``chunk_seconds``). The per-run time of each task is measured from the envelopes the client
-reads (a moving average per task key). Before any measurement the chunks of a map
-grow geometrically from 1, and never exceed a quarter of an even share per thread, so
-an unknown, heavy function still keeps every thread busy.
+A chunk should take at least ``map.chunk-seconds`` (0.2 s): long enough that Dask's
+1–3 ms per task is noise; on many worker threads, longer (``chunk_seconds``). The
+per-run time of each task is measured from the envelopes the client reads (a moving
+average per task key). Before any measurement the chunks of a map grow geometrically
+from 1, and never exceed a quarter of an even share per thread, so an unknown, heavy
+function still keeps every thread busy.
+
+Once the time per run is known, chunks are cut as in guided self-scheduling: each takes
+a quarter of an even share per thread *of what is left* (``ceil(left / (4 x threads))``),
+never less than the time target, never more than ``map.max-chunksize`` runs or
+``map.max-chunk-seconds`` (10 s: the first values of a map come back within that). So a map of heavy
+runs starts with a few big chunks and ends with chunks of the target time, which even the
+end out over the threads: the number of chunks grows with the log of the map's length,
+not with the length, and an estimate of the time per run that is off (a warm-up stretched
+by a busy machine measures 10 ms runs at 20-60 ms) changes only the size of the last
+chunks. A map of light runs, where the time target is above the cap, keeps chunks of the
+cap throughout, as before.
 """
 
 from __future__ import annotations
@@ -49,13 +60,30 @@ def plan(task: Task, n: int, runner: TaskRunner, chunksize: int | None = None) -
     cap = max(1, min(int(config.get("map.max-chunksize") or 10_000), math.ceil(n / (4 * threads))))
     per_run = _seconds_per_run.get(task.task_key)
     if per_run is not None:
-        size = max(1, min(cap, int(chunk_seconds(threads) / max(per_run, 1e-9))))
-        return [(lo, min(lo + size, n)) for lo in range(0, n, size)]
+        per_run = max(per_run, 1e-9)
+        floor = max(1, min(cap, int(chunk_seconds(threads) / per_run)))
+        longest = float(config.get("map.max-chunk-seconds") or 0)
+        if longest > 0:
+            cap = max(floor, min(cap, int(longest / per_run)))
+        return guided(n, 4 * threads, floor, cap)
     bounds, lo, size = [], 0, 1
     while lo < n:
         hi = min(lo + size, n)
         bounds.append((lo, hi))
         lo, size = hi, min(cap, size * 2)
+    return bounds
+
+
+def guided(n: int, shares: int, floor: int, cap: int) -> list[tuple[int, int]]:
+    """Guided self-scheduling: chunk bounds over ``range(n)``, each ``1 / shares`` of what is
+    left, between ``floor`` and ``cap`` runs (the module's text says why)."""
+    if floor >= cap:  # light runs: every chunk at the cap
+        return [(lo, min(lo + cap, n)) for lo in range(0, n, cap)]
+    bounds, lo = [], 0
+    while lo < n:
+        size = min(cap, max(floor, -(-(n - lo) // shares)))
+        bounds.append((lo, min(lo + size, n)))
+        lo += size
     return bounds
 
 
