@@ -75,6 +75,30 @@ def test_measured_heavy_runs_are_cut_by_guided_self_scheduling():
     assert len(chunking.plan(t, 100_000, ThreadPoolTaskRunner(32))) < 1000  # uniform: 7,693 chunks
 
 
+def test_time_per_run_is_the_median_of_recent_chunks_weighted_by_runs():
+    """The late-ending chunks of a warm-up (the ones a busy process delayed most) do not set
+    the estimate; a chunk of many runs outweighs many one-run chunks."""
+    from array import array
+
+    from daskflow.engine.core.envelope import ChunkResult
+
+    t = task(name="observed")(lambda x: x)
+
+    def ended(n: int, per_run: float) -> ChunkResult:
+        res = ChunkResult(t.name, 0, 0, n, bytearray(n), [None] * n)
+        res.started = 100.0
+        res.ends = array("d", [100.0 + per_run * (i + 1) for i in range(n)])
+        return res
+
+    for per_run in [0.010] * 20 + [0.060] * 5:  # the slowest end last
+        chunking.observe(t, ended(1, per_run))
+    assert abs(chunking._seconds_per_run[t.task_key] - 0.010) < 1e-9
+    for _ in range(30):
+        chunking.observe(t, ended(1, 0.060))
+    chunking.observe(t, ended(40, 0.012))  # 40 runs against 31 one-run chunks
+    assert abs(chunking._seconds_per_run[t.task_key] - 0.012) < 1e-9
+
+
 def test_measured_chunks_take_at_most_max_chunk_seconds():
     t = task(name="measured-longest")(lambda x: x)
     chunking._seconds_per_run[t.task_key] = 0.01
