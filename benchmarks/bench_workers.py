@@ -2,6 +2,7 @@
 
     python benchmarks/bench_workers.py                   # N = 10^5 runs of time.sleep(0.01), 32 and 64 workers
     python benchmarks/bench_workers.py -n 20000 --workers 16 32
+    python benchmarks/bench_workers.py -n 30000 --workers 32 --timeline   # where the time went, chunk by chunk
 
 Each row: a LocalCluster of W one-thread workers in this process (``processes=False``: the
 runs sleep, so threads are enough, and 64 processes would not fit 2 cores), a ``.map()`` of N
@@ -10,6 +11,11 @@ the number of chunks, and the most Dask tasks the scheduler held at once (sample
 Raw Dask beside it, on the same cluster: ``client.map`` over N/W-sized batches (one task per
 worker share, each sleeping its elements in turn), the floor of this shape, and over batches
 as many as daskflow's chunks (what Dask alone pays for that many tasks).
+
+``--timeline`` adds, from the chunks' envelopes: the wall time per run inside the run loops
+(10 ms is the floor), the idle gaps of each worker between one chunk's last run and the
+next chunk's first, how long the workers waited for their first chunk, and how long before
+the end each worker ran out of chunks (the tail).
 
 Dask's own per-worker monitors are slowed down (``--dask-monitors quiet``, the default): 32
 in-process workers each profiling every 10 ms, sampling the GIL every 1 ms and reading
@@ -67,7 +73,7 @@ QUIET_MONITORS = {
 }
 
 
-def run(n: int, workers: int, processes: bool) -> dict:
+def run(n: int, workers: int, processes: bool, show_timeline: bool = False) -> dict:
     from distributed import Client, LocalCluster
 
     from daskflow import flow, task
@@ -87,9 +93,10 @@ def run(n: int, workers: int, processes: bool) -> dict:
             futs = t_sleepy.map(range(n))
             futs.wait()
             wall = time.perf_counter() - t0
-            return wall, len(futs.chunks), peak.close()
+            lines = timeline(futs.chunks, t0 - time.perf_counter() + time.time(), wall) if show_timeline else []
+            return wall, len(futs.chunks), peak.close(), lines
 
-        wall, chunks, peak = fan_out()
+        wall, chunks, peak, lines = fan_out()
         with Client(cluster) as client:
             size = -(-n // workers)
             batches = [range(lo, min(lo + size, n)) for lo in range(0, n, size)]
@@ -105,8 +112,39 @@ def run(n: int, workers: int, processes: bool) -> dict:
           f"ratio {wall / ideal:4.2f}x  chunks {chunks:5d}  peak scheduler tasks {peak:5d} "
           f"(4 x workers = {4 * workers})   raw Dask: {workers} batches {raw:6.2f} s ({raw / ideal:4.2f}x), "
           f"{len(batches)} batches {raw_same:6.2f} s ({raw_same / ideal:4.2f}x)", flush=True)
+    for line in lines:
+        print("    " + line, flush=True)
     return {"n": n, "wall_s": wall, "ideal_s": ideal, "chunks": chunks, "peak_tasks": peak, "raw_s": raw,
             "raw_same_s": raw_same}
+
+
+def timeline(chunks, t0: float, wall: float) -> list[str]:
+    """Where a map's time went, from its chunks' envelopes (``ChunkResult``: worker, start of
+    the run loop, end of each run): medians and 90th percentiles, in the lines to print."""
+    import statistics
+    from collections import defaultdict
+
+    def spread(xs: list[float]) -> str:
+        xs = sorted(xs)
+        return f"median {statistics.median(xs) * 1000:7.1f} ms, p90 {xs[int(0.9 * (len(xs) - 1))] * 1000:7.1f} ms"
+
+    by_worker = defaultdict(list)
+    for c in chunks:
+        res = c.result
+        by_worker[res.worker].append((res.first, res.ends[-1], res.n))
+    per_run = [(end - first) / n for spans in by_worker.values() for first, end, n in spans]
+    gaps, firsts, tails, busy = [], [], [], []
+    for spans in by_worker.values():
+        spans.sort()
+        gaps += [b[0] - a[1] for a, b in zip(spans, spans[1:])]
+        firsts.append(spans[0][0] - t0)
+        tails.append(t0 + wall - spans[-1][1])
+        busy.append(sum(end - first for first, end, _ in spans))
+    return [f"wall per run in the run loops: {spread(per_run)}",
+            f"idle between chunks on a worker: {spread(gaps or [0.0])}, {sum(gaps):.1f} s in all",
+            f"first chunk started after: {spread(firsts)}; a worker out of chunks before the end: {spread(tails)}",
+            f"busy in run loops per worker: median {statistics.median(busy):.2f} s of {wall:.2f} s, "
+            f"{len(by_worker)} workers"]
 
 
 def main() -> None:
@@ -114,6 +152,7 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=100_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--processes", action="store_true", help="worker processes instead of threads")
+    parser.add_argument("--timeline", action="store_true", help="where the time went, from the chunks' envelopes")
     parser.add_argument("--dask-monitors", choices=("quiet", "default"), default="quiet")
     parser.add_argument("--json", help="also write the rows to this file")
     args = parser.parse_args()
@@ -122,7 +161,7 @@ def main() -> None:
 
     settings = QUIET_MONITORS if args.dask_monitors == "quiet" else {}
     with dask.config.set(settings):
-        rows = {str(workers): run(args.n, workers, args.processes) for workers in args.workers}
+        rows = {str(workers): run(args.n, workers, args.processes, args.timeline) for workers in args.workers}
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2)

@@ -37,7 +37,8 @@ def test_plan_grows_then_caps_for_unmeasured_task():
 def test_plan_uses_measured_time_per_run():
     t = task(name="measured")(lambda x: x)
     chunking._seconds_per_run[t.task_key] = 0.2
-    assert {hi - lo for lo, hi in chunking.plan(t, 32, ThreadPoolTaskRunner(2))} == {1}
+    sizes = [hi - lo for lo, hi in chunking.plan(t, 32, ThreadPoolTaskRunner(2))]
+    assert sizes[0] == 4 and sizes[-1] == 1  # a quarter of a share of what is left, down to 1 run
     chunking._seconds_per_run[t.task_key] = 1e-6
     with dask.config.set({"daskflow.map.max-chunksize": 5000}):
         sizes = {hi - lo for lo, hi in chunking.plan(t, 100_000, ThreadPoolTaskRunner(2))}
@@ -47,11 +48,64 @@ def test_plan_uses_measured_time_per_run():
 def test_on_many_threads_chunks_get_longer():
     t = task(name="measured-many")(lambda x: x)
     chunking._seconds_per_run[t.task_key] = 0.01
-    sizes = {n: {hi - lo for lo, hi in chunking.plan(t, 100_000, ThreadPoolTaskRunner(n))} for n in (2, 8, 64)}
-    assert sizes[2] == sizes[8] == {20}  # 0.2 s of 10 ms runs
-    assert sizes[64] == {160}  # 64 threads / 40 chunks a second: 1.6 s chunks, 625 of them
+    smallest = {n: min(hi - lo for lo, hi in chunking.plan(t, 100_000, ThreadPoolTaskRunner(n))[:-1])
+                for n in (2, 8, 64)}
+    assert smallest[2] == smallest[8] == 20  # 0.2 s of 10 ms runs
+    assert smallest[64] == 160  # 64 threads / 40 chunks a second: 1.6 s chunks at the end
     with dask.config.set({"daskflow.map.max-chunks-per-second": None}):
-        assert {hi - lo for lo, hi in chunking.plan(t, 100_000, ThreadPoolTaskRunner(64))} == {20}
+        assert min(hi - lo for lo, hi in chunking.plan(t, 100_000, ThreadPoolTaskRunner(64))[:-1]) == 20
+
+
+def test_measured_heavy_runs_are_cut_by_guided_self_scheduling():
+    """Chunks of 10 ms runs on 32 threads: the first a quarter of an even share, each then a
+    quarter share of what is left, down to the time target; few chunks, also from an estimate
+    six times too high (a warm-up on a busy machine measured 60 ms)."""
+    t = task(name="measured-guided")(lambda x: x)
+    chunking._seconds_per_run[t.task_key] = 0.01
+    bounds = chunking.plan(t, 100_000, ThreadPoolTaskRunner(32))
+    sizes = [hi - lo for lo, hi in bounds]
+    assert bounds[0][0] == 0 and bounds[-1][1] == 100_000
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    assert sizes[0] == 782  # ceil(100,000 / (4 x 32))
+    assert sizes[1] == 776  # ceil(99,218 / 128)
+    assert all(a >= b for a, b in zip(sizes, sizes[1:]))  # never growing: the end evens out
+    assert set(sizes[-100:-1]) == {80}  # the time target: 0.8 s on 32 threads
+    assert 350 < len(bounds) < 450  # uniform 0.8 s chunks would be 1,250
+    chunking._seconds_per_run[t.task_key] = 0.06
+    assert len(chunking.plan(t, 100_000, ThreadPoolTaskRunner(32))) < 1000  # uniform: 7,693 chunks
+
+
+def test_time_per_run_is_the_median_of_recent_chunks_weighted_by_runs():
+    """The late-ending chunks of a warm-up (the ones a busy process delayed most) do not set
+    the estimate; a chunk of many runs outweighs many one-run chunks."""
+    from array import array
+
+    from daskflow.engine.core.envelope import ChunkResult
+
+    t = task(name="observed")(lambda x: x)
+
+    def ended(n: int, per_run: float) -> ChunkResult:
+        res = ChunkResult(t.name, 0, 0, n, bytearray(n), [None] * n)
+        res.started = 100.0
+        res.ends = array("d", [100.0 + per_run * (i + 1) for i in range(n)])
+        return res
+
+    for per_run in [0.010] * 20 + [0.060] * 5:  # the slowest end last
+        chunking.observe(t, ended(1, per_run))
+    assert abs(chunking._seconds_per_run[t.task_key] - 0.010) < 1e-9
+    for _ in range(30):
+        chunking.observe(t, ended(1, 0.060))
+    chunking.observe(t, ended(40, 0.012))  # 40 runs against 31 one-run chunks
+    assert abs(chunking._seconds_per_run[t.task_key] - 0.012) < 1e-9
+
+
+def test_measured_chunks_take_at_most_max_chunk_seconds():
+    t = task(name="measured-longest")(lambda x: x)
+    chunking._seconds_per_run[t.task_key] = 0.01
+    sizes = [hi - lo for lo, hi in chunking.plan(t, 100_000, ThreadPoolTaskRunner(2))]
+    assert max(sizes) == 1000  # 10 s of 10 ms runs, not the 10,000 cap
+    with dask.config.set({"daskflow.map.max-chunk-seconds": None}):
+        assert max(hi - lo for lo, hi in chunking.plan(t, 100_000, ThreadPoolTaskRunner(2))) == 10_000
 
 
 def test_explicit_chunksize():

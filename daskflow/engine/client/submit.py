@@ -312,7 +312,7 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
 
 def map_window(runner: TaskRunner) -> int:
     """How many chunks of a sized ``.map()`` may be on the cluster unfinished at a time
-    (``daskflow.map.window``; default four per worker thread, 0: no window)."""
+    (``daskflow.map.window``; default two per worker thread, 0: no window)."""
     window = config.get("map.window")
     return 2 * runner.total_threads() if window in (None, "") else int(window)
 

@@ -67,6 +67,8 @@ __all__ = ["HEAVY_SECONDS", "CallWatch", "Meter", "call_ended", "call_started", 
 HEAVY_SECONDS = 0.005
 SAMPLE_SECONDS = 0.05
 _process: list[Any] = [None, 0]  # this process's psutil handle, and the pid it belongs to
+_statm: list[int] = [-1, 0]  # a kept descriptor of /proc/self/statm (Linux), and the pid it belongs to
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def enabled() -> bool:
@@ -78,12 +80,36 @@ def enabled() -> bool:
 
 
 def rss() -> int:
-    """This process's resident set size, in bytes (one psutil call on a kept handle)."""
+    """This process's resident set size, in bytes.
+
+    On Linux one ``pread`` of ``/proc/self/statm`` on a kept descriptor (~4 µs; psutil's
+    ``memory_info`` took 20-60 µs, and every run of 5 ms or more takes a reading: 32 one-thread
+    workers in one process running 10 ms runs spent 13% of the GIL in it); elsewhere one
+    psutil call on a kept handle.
+    """
+    fd, pid = _statm
+    if pid != os.getpid():
+        fd = _open_statm()
+    if fd >= 0:
+        try:
+            return int(os.pread(fd, 128, 0).split()[1]) * _PAGE
+        except (OSError, ValueError, IndexError):
+            _statm[0] = -1
     proc, pid = _process
     if proc is None or pid != os.getpid():
         proc = _process[0] = psutil.Process()
         _process[1] = os.getpid()
     return proc.memory_info().rss
+
+
+def _open_statm() -> int:
+    """Open ``/proc/self/statm`` for this process (-1 where there is none); kept in ``_statm``."""
+    try:
+        fd = os.open("/proc/self/statm", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        fd = -1
+    _statm[0], _statm[1] = fd, os.getpid()
+    return fd
 
 
 class Meter:

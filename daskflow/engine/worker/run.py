@@ -217,6 +217,8 @@ def run_rows(spec: ChunkSpec, deps: list, done: Checkpoint | None = None, host: 
             else:
                 _run_each(task, items, res, ctx, None if cache.resolved or not refs else deps, cache, notes, ends,
                           meter)
+        if notes is not None:
+            notes.finish(ends)
         res.ends = ends
         cache.finish(first)
         if keep:
