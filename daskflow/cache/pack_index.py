@@ -28,12 +28,13 @@ MAX_REFS = 1 << 19  # records whose place a process remembers (~100 MB), see Pac
 
 
 class PackIndex:
-    """The pack index and pack reads of an ``ObjectStorage`` (which provides ``fs``, ``root``,
+    """The pack index and pack reads of an ``ObjectStorage`` (which provides ``fs``, ``root``, ``protocol``,
     ``local``, ``spec`` and ``_failed``)."""
 
     fs: Any
     root: str
     local: bool
+    protocol: str
     spec: Any
 
     def init_index(self) -> None:
@@ -78,11 +79,7 @@ class PackIndex:
             found = [f"{folder}/{packs.DIR}/{n}" for n in _scandir(f"{folder}/{packs.DIR}")
                      if packs.PACK_NAME.fullmatch(f"{seg}{packs.DIR}/{n}")]
         else:
-            self.fs.invalidate_cache(folder)
-            try:
-                listed = self.fs.find(folder)
-            except FileNotFoundError:
-                listed = []
+            listed = self._find(folder)
             names, found = [], []
             for path in listed:
                 rest = path[len(folder) + 1:]
@@ -93,6 +90,18 @@ class PackIndex:
                     names.append(rest)
         singles = [bytes.fromhex(n) for n in names if len(n) == 32 and HEX_NAME.fullmatch(n)]
         return singles, found
+
+    def _find(self, folder: str) -> list[str]:
+        """Every object under ``folder``, freshly listed. On S3 one LIST request: a plain
+        ``find`` of a folder that holds nothing asks twice more whether it is an object."""
+        self.fs.invalidate_cache(folder)
+        try:
+            if self.protocol in ("s3", "s3a") and "/" in folder:
+                parent, name = folder.rsplit("/", 1)
+                return self.fs.find(parent, prefix=name + "/")
+            return self.fs.find(folder)
+        except FileNotFoundError:
+            return []
 
     def _learn(self, paths: list[str], heads: dict[str, bytes]) -> None:
         """Read the headers of the packs at ``paths`` and index their records; a pack read

@@ -93,9 +93,16 @@ class TieredStore(ResultStore):
             self.local.remember_packed([(k, r.pack, r.offset, r.length) for k in keys if (r := refs.get(k))])
 
     def put_many(self, items: list[tuple[bytes, bytes]], txn_key: str | None = None) -> None:
-        hot = self.put_storage(items)
-        if self.local is not None:
-            self.local.put_many(hot, txn_key=txn_key)
+        """Write to the storage and the hot tier at once: the storage's PUTs go out first and
+        the local LMDB write runs while they are under way (a chunk waits for the slower of
+        the two, not for both in a row). A write the storage refuses still raises here, after
+        the local write (which holds valid, signed records: a hot tier may hold more)."""
+        pending = self.storage.start_put(items)
+        try:
+            if self.local is not None:
+                self.local.put_many([(k, r) for k, r in items if len(r) <= self.HOT_BYTES], txn_key=txn_key)
+        finally:
+            pending.wait()
 
     def put_storage(self, items: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """Write the records to the storage; returns those the local hot tier keeps (the caller
