@@ -197,7 +197,7 @@ class ObjectStorage(PackIndex):
         """``get_bounded``; ``rescanned``: the second try of keys whose pack went (listed again)."""
         if self.broken:
             return [None] * len(keys), 0
-        refs, singles = self.refs, self.singles
+        refs, singles, sizes = self.refs, self.singles, self.sizes
         heads: dict[str, bytes] = {}  # packs read whole while scanning: no second read
         unknown = {k[:-16] for k in keys if k not in refs and k not in singles} if not rescanned else \
             {k[:-16] for k in keys}
@@ -216,7 +216,10 @@ class ObjectStorage(PackIndex):
                 else:
                     by_pack.setdefault(ref.pack, []).append((pos, ref))
             elif key in singles:
-                alone.append(pos)
+                if sizes.get(key, 0) > limit:  # its size is known: not a byte of it is read
+                    large += 1
+                else:
+                    alone.append(pos)
         if by_pack:
             gone = self._read_packs(by_pack, heads, out)
             if gone and not rescanned:  # a pack went (evicted, rewritten): list again, once
@@ -317,7 +320,10 @@ class ObjectStorage(PackIndex):
         """After a put: this process knows where its own records are; the size limit is checked."""
         for path, prefix, head in written:
             self._indexed(path, prefix, packs.parse_header(head))
-        self.singles.update(k for k, r in items if len(r) >= packs.SINGLE_BYTES)
+        for key, record in items:
+            if len(record) >= packs.SINGLE_BYTES:
+                self.singles.add(key)
+                self.sizes[key] = len(record)
         self._after_write(sum(len(r) for _, r in items))
 
     def _put(self, blobs: dict[str, list]) -> None:
@@ -486,7 +492,10 @@ class ObjectStorage(PackIndex):
         self.fs.rm(list(objects))
         for path, records in objects.items():
             self.forget(path)
-            self.singles.difference_update(e.key for e in records if e.pack is None)
+            for e in records:
+                if e.pack is None:
+                    self.singles.discard(e.key)
+                    self.sizes.pop(e.key, None)
         return sum(len(v) for v in objects.values())
 
     def delete(self, keys: list[bytes]) -> int:
