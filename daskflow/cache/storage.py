@@ -148,8 +148,7 @@ class ObjectStorage(PackIndex):
         self.total: int | None = None  # bytes of records at the last listing (None: not listed yet)
         self.unchecked = 0  # bytes this process wrote since
         self._evicting = threading.Lock()
-        self._flushing = threading.Lock()
-        self._flusher: threading.Thread | None = None  # the thread writing read stamps, if any
+        self._stamping: concurrent.futures.Future | None = None  # read stamps being written, if any
         self._dirs: set[str] = set()  # directories this process made (or found) for records
         self.init_index()
         self._check()
@@ -368,15 +367,18 @@ class ObjectStorage(PackIndex):
 
     # -- read stamps and the size limit (see cache/bounds.py) ----------------------------
     def note_reads(self, keys: list[bytes]) -> None:
-        """Remember records read (from here or from a local hot tier in front of it); stamps
-        that are due are written by a thread of their own: a lookup never waits for that PUT."""
+        """Remember records read (from here or from a local hot tier in front of it). Stamps
+        that are due go out without waiting: an object store's PUT runs on fsspec's event loop
+        while the lookup goes on (a filesystem's small file is written at once)."""
         if self.reads.note(keys) and not self.broken:
-            with self._flushing:
-                if self._flusher is not None and self._flusher.is_alive():
-                    return  # one write at a time: these stamps ride with the next one
-                self._flusher = threading.Thread(target=self._flush_pending, name="daskflow-read-stamps",
-                                                 daemon=True)
-                self._flusher.start()
+            if self._stamping is not None and not self._stamping.done():
+                return  # one write at a time: these stamps ride with the next one
+            log = self._read_log()
+            if log is not None:
+                try:
+                    self._stamping = self._start({log[0]: [log[1]]})
+                except Exception:  # noqa: BLE001 - stamps are a hint: lost ones make entries look older
+                    pass
 
     def _read_log(self) -> tuple[str, bytes] | None:
         """The pending read stamps as one log object: (path, blob), or None. The blob is
@@ -389,17 +391,17 @@ class ObjectStorage(PackIndex):
 
     def flush_reads(self) -> None:
         """Write the pending read stamps (one small object), after a write under way ends."""
-        flusher = self._flusher
-        if flusher is not None:
-            flusher.join()
-        self._flush_pending()
-
-    def _flush_pending(self) -> None:
+        stamping, self._stamping = self._stamping, None
+        if stamping is not None:
+            try:
+                stamping.result()
+            except Exception:  # noqa: BLE001 - stamps are a hint: lost ones make entries look older
+                pass
         log = self._read_log()
         if log is not None:
             try:
                 self._put({log[0]: [log[1]]})
-            except Exception:  # noqa: BLE001 - stamps are a hint: lost ones make entries look older
+            except Exception:  # noqa: BLE001
                 pass
 
     def _flush_at_exit(self) -> None:
