@@ -1,6 +1,6 @@
 """Result storage: an INPUTS-cached ``.map()`` on the local LMDB store vs ``file://`` vs an S3 server.
 
-    python benchmarks/bench_storage.py                    # 10^4 small values, 64 x 50 MB arrays, medians of 3
+    python benchmarks/bench_storage.py                    # 10^4 small values (medians of 3), 64 x 50 MB arrays (one rep)
     python benchmarks/bench_storage.py --quick            # 10^4 small values, 16 x 20 MB arrays
     python -m benchmarks --sections storage               # the same, from the suite
 
@@ -20,7 +20,10 @@ written in packs of 500, by a handle that knows nothing, in front of an empty ho
 Bodies executed in reruns are counted on the workers (they must be 0). Raw Dask
 (``client.map`` + ``gather``, no cache) runs the same work in the same process, between the
 daskflow rows. The large workload returns each array's sum to the client, so the arrays stay
-on the workers (and in the storage) as a real pipeline's would.
+on the workers (and in the storage) as a real pipeline's would; ``client MB`` is the client's
+resident memory at its highest during a run, over what it was before (the most of any run of
+the row): a value that passed through the client would show as its size. The arrays workload
+moves GBs through moto (a Python server): ``--large-reps`` (default 1) sets its repetitions.
 
 ``ls`` rows: ``daskflow cache ls`` on a real 80,000-entry store (built with ``put_many``),
 each command a fresh subprocess (interpreter start included), and the listing itself in-process.
@@ -70,6 +73,17 @@ def total(a):
     return float(a.sum())
 
 
+def scheduler_tasks(client) -> int:
+    return client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks))
+
+
+def settle(client, before: int, seconds: float = 60) -> None:
+    """Until the scheduler holds no more tasks than ``before`` (raw Dask's are released after its run)."""
+    deadline = time.monotonic() + seconds
+    while scheduler_tasks(client) > before and time.monotonic() < deadline:
+        time.sleep(0.05)  # polling the scheduler with a deadline
+
+
 def bodies(client) -> int:
     return sum(client.run(lambda dask_worker: getattr(dask_worker, "daskflow_bench_bodies", 0)).values())
 
@@ -107,6 +121,43 @@ def timed(fn) -> tuple[float, object]:
     t0 = time.perf_counter()
     out = fn()
     return time.perf_counter() - t0, out
+
+
+class PeakRSS:
+    """The client's resident memory at its highest during a block, over what it was before
+    (sampled every 5 ms by a thread): a 50 MB value passing through the client shows."""
+
+    def __enter__(self) -> PeakRSS:
+        import threading
+
+        import psutil
+
+        self.proc, self.stop = psutil.Process(), threading.Event()
+        self.start = self.peak = self.proc.memory_info().rss
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        self.thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self.stop.wait(0.005):
+            self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.peak = max(self.peak, self.proc.memory_info().rss)
+
+    @property
+    def grew(self) -> float:
+        """MB over the start."""
+        return (self.peak - self.start) / 2**20
+
+
+def timed_rss(fn) -> tuple[float, object, float]:
+    """``timed`` and the client's RSS growth (MB) while ``fn`` ran."""
+    with PeakRSS() as rss:
+        t, out = timed(fn)
+    return t, out, rss.grew
 
 
 def backend_config(name: str, base: str, s3_options: dict, secret_file: str) -> dict:
@@ -170,23 +221,27 @@ def run_workload(cluster, client, kind: str, n: int, mb: int, backends: list[str
     raw()
     out: dict = {"raw Dask": {"first": []}}
     for name in backends:
-        out[name] = {"first": [], "rerun": [], "cold rerun": [], "rerun bodies": 0}
+        out[name] = {"first": [], "rerun": [], "cold rerun": [], "rerun bodies": 0, "client MB": 0.0}
     for _ in range(reps):
+        held = scheduler_tasks(client)
         out["raw Dask"]["first"].append(timed(raw)[0])
+        settle(client, held)  # the row after raw Dask must not pay for the release of its tasks
         for name in backends:
             cfg = backend_config(name, base, s3_options, secret_file)
             row = out[name]
             with dask.config.set(cfg):
                 os.environ["DASKFLOW_HOME"] = tempfile.mkdtemp(prefix="bench-storage-", dir=base)
-                t, first = timed(pipeline)
+                t, first, grew = timed_rss(pipeline)
                 row["first"].append(t)
                 before = bodies(client)
-                t, again = timed(pipeline)
+                t, again, grew2 = timed_rss(pipeline)
                 row["rerun"].append(t)
+                row["client MB"] = max(row["client MB"], grew, grew2)
                 if name != "local LMDB":
                     os.environ["DASKFLOW_HOME"] = tempfile.mkdtemp(prefix="bench-storage-cold-", dir=base)
-                    t, cold = timed(pipeline)
+                    t, cold, grew = timed_rss(pipeline)
                     row["cold rerun"].append(t)
+                    row["client MB"] = max(row["client MB"], grew)
                     assert cold == first
                 row["rerun bodies"] = max(row["rerun bodies"], bodies(client) - before)
                 assert again == first
@@ -272,6 +327,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="16 x 20 MB arrays instead of 64 x 50 MB")
     parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--large-reps", type=int, default=1,
+                        help="repetitions of the arrays workload (one is minutes: GBs through moto)")
     parser.add_argument("-n", type=int, default=10_000, help="small values per map")
     parser.add_argument("--s3-n", type=int, default=10_000, help="small values per map on the S3 server")
     parser.add_argument("--skip-large", action="store_true")
@@ -302,8 +359,9 @@ def main() -> None:
                                                                    secret_file, base)}
         if not args.skip_large:
             count, mb = (16, 20) if args.quick else (64, 50)
-            results["large"] = {"n": count, "mb": mb, **run_workload(cluster, client, "large", count, mb, backends,
-                                                                     args.reps, s3_options, secret_file, base)}
+            results["large"] = {"n": count, "mb": mb, "reps": args.large_reps,
+                                **run_workload(cluster, client, "large", count, mb, backends, args.large_reps,
+                                               s3_options, secret_file, base)}
     finally:
         from daskflow.runners.clients import close_shared_clients
 
@@ -335,12 +393,13 @@ def report(results: dict) -> None:
         if kind not in results:
             continue
         r = results[kind]
-        what = f"{r['n']:,} small values" if kind != "large" else f"{r['n']} x {r['mb']} MB arrays"
+        what = f"{r['n']:,} small values" if kind != "large" else \
+            f"{r['n']} x {r['mb']} MB arrays (medians of {r['reps']})"
         raw = r["raw Dask"]["first"]
         local = r["local LMDB"]["first"]
         print(f"\n{what}: raw Dask {raw:.3f} s")
         print(f"{'backend':>12} {'first':>9} {'/local':>7} {'/raw':>6} {'rerun':>9} {'cold rerun':>11} "
-              f"{'µs/hit cold':>12} {'bodies':>7}")
+              f"{'µs/hit cold':>12} {'bodies':>7} {'client MB':>10}")
         for name in ("local LMDB", "file://", "S3 (moto)"):
             if name not in r:
                 continue
@@ -349,7 +408,8 @@ def report(results: dict) -> None:
             per_hit = f"{cold / r['n'] * 1e6:.1f}" if cold is not None else "-"
             cold_s = f"{cold:.3f} s" if cold is not None else "-"
             print(f"{name:>12} {row['first']:>7.3f} s {row['first'] / local:>6.2f}x {row['first'] / raw:>5.2f}x "
-                  f"{row['rerun']:>7.3f} s {cold_s:>11} {per_hit:>12} {row['rerun bodies']:>7}")
+                  f"{row['rerun']:>7.3f} s {cold_s:>11} {per_hit:>12} {row['rerun bodies']:>7} "
+                  f"{row['client MB']:>10.1f}")
     if "lookup" in results:
         r = results["lookup"]
         print(f"\nstorage lookup alone, {r['n']:,} small records in packs of {r['chunk']} (in-process, µs per hit):")

@@ -28,18 +28,20 @@ MAX_REFS = 1 << 19  # records whose place a process remembers (~100 MB), see Pac
 
 
 class PackIndex:
-    """The pack index and pack reads of an ``ObjectStorage`` (which provides ``fs``, ``root``,
+    """The pack index and pack reads of an ``ObjectStorage`` (which provides ``fs``, ``root``, ``protocol``,
     ``local``, ``spec`` and ``_failed``)."""
 
     fs: Any
     root: str
     local: bool
+    protocol: str
     spec: Any
 
     def init_index(self) -> None:
         """Start knowing nothing (a new handle, or a process that forgets)."""
         self.refs: dict[bytes, packs.PackRef] = {}  # where records are, as far as this process knows
         self.singles: set[bytes] = set()  # keys of records with an object of their own
+        self.sizes: dict[bytes, int] = {}  # their sizes, as listed or written (none read past a reader's limit)
         self.headers: dict[str, packs.PackHeader] = {}  # packs indexed here
         self.damaged: set[str] = set()  # packs found damaged (warned about once)
 
@@ -64,35 +66,43 @@ class PackIndex:
                 seg = prefix.decode()
                 singles, found = self._list_segment(seg)
                 self.singles.update(prefix + d for d in singles)
+                self.sizes.update((prefix + d, n) for d, n in singles.items())
                 self._learn([p for p in found if p not in self.headers and p not in self.damaged], heads)
         except Exception as exc:  # noqa: BLE001 - unreachable storage: a clear error or a warning
             self._failed("read from", exc)
             return False
         return True
 
-    def _list_segment(self, seg: str) -> tuple[list[bytes], list[str]]:
-        """The digests of the single records of a segment, and the paths of its packs."""
+    def _list_segment(self, seg: str) -> tuple[dict[bytes, int], list[str]]:
+        """The digests of the single records of a segment with their sizes, and the paths of its packs."""
         folder = f"{self.root}/{seg}".rstrip("/")
         if self.local:
             names = _scandir(folder)
-            found = [f"{folder}/{packs.DIR}/{n}" for n in _scandir(f"{folder}/{packs.DIR}")
+            found = [f"{folder}/{packs.DIR}/{n}" for n in _scandir(f"{folder}/{packs.DIR}", sizes=False)
                      if packs.PACK_NAME.fullmatch(f"{seg}{packs.DIR}/{n}")]
         else:
-            self.fs.invalidate_cache(folder)
-            try:
-                listed = self.fs.find(folder)
-            except FileNotFoundError:
-                listed = []
-            names, found = [], []
-            for path in listed:
+            names, found = {}, []
+            for path, info in self._find(folder).items():
                 rest = path[len(folder) + 1:]
                 if rest.startswith(packs.DIR + "/"):
                     if packs.PACK_NAME.fullmatch(f"{seg}{rest}"):
                         found.append(path)
                 else:
-                    names.append(rest)
-        singles = [bytes.fromhex(n) for n in names if len(n) == 32 and HEX_NAME.fullmatch(n)]
+                    names[rest] = int(info.get("size") or 0)
+        singles = {bytes.fromhex(n): size for n, size in names.items() if len(n) == 32 and HEX_NAME.fullmatch(n)}
         return singles, found
+
+    def _find(self, folder: str) -> dict[str, dict]:
+        """Every object under ``folder`` with fsspec's info (its size), freshly listed. On S3 one LIST request: a plain
+        ``find`` of a folder that holds nothing asks twice more whether it is an object."""
+        self.fs.invalidate_cache(folder)
+        try:
+            if self.protocol in ("s3", "s3a") and "/" in folder:
+                parent, name = folder.rsplit("/", 1)
+                return self.fs.find(parent, prefix=name + "/", detail=True)
+            return self.fs.find(folder, detail=True)
+        except FileNotFoundError:
+            return {}
 
     def _learn(self, paths: list[str], heads: dict[str, bytes]) -> None:
         """Read the headers of the packs at ``paths`` and index their records; a pack read
@@ -221,13 +231,14 @@ class PackIndex:
                           "runs execute again", _cache_warning(), stacklevel=5)
 
 
-def _scandir(folder: str) -> list[str]:
-    """Names of the files in a local folder (none if it does not exist)."""
+def _scandir(folder: str, sizes: bool = True) -> dict[str, int]:
+    """Names and sizes (0 without ``sizes``: no stat) of the files in a local folder (none if
+    it does not exist)."""
     try:
         with os.scandir(folder) as it:
-            return [e.name for e in it if not e.name.endswith(".tmp") and e.is_file()]
+            return {e.name: e.stat().st_size if sizes else 0 for e in it if not e.name.endswith(".tmp") and e.is_file()}
     except (FileNotFoundError, NotADirectoryError):
-        return []
+        return {}
 
 
 def _cache_warning() -> type[Warning]:

@@ -13,7 +13,7 @@ from typing import Any, Iterator
 
 from daskflow.cache import serialization as ser
 
-__all__ = ["CacheWarning", "Hits", "ResultStore", "display_key"]
+__all__ = ["CacheWarning", "Hits", "ResultStore", "WRITTEN", "display_key"]
 
 
 class CacheWarning(UserWarning):
@@ -27,6 +27,16 @@ class Hits(dict):
     too_large = 0
 
 
+class Written:
+    """A write that has ended: what ``ResultStore.start_many`` answers for a store that writes at once."""
+
+    def wait(self) -> None:
+        """Nothing to wait for."""
+
+
+WRITTEN = Written()
+
+
 class ResultStore(abc.ABC):
     """Where cache records live. Keys are bytes; records are signed ``serialization`` blobs."""
 
@@ -37,6 +47,13 @@ class ResultStore(abc.ABC):
     @abc.abstractmethod
     def put_many(self, items: list[tuple[bytes, bytes]], txn_key: str | None = None) -> None:
         """Write every record (and the transaction marker) atomically: all or nothing."""
+
+    def start_many(self, items: list[tuple[bytes, bytes]]) -> Any:
+        """``put_many`` that may return while the write is under way (a result storage's PUTs):
+        the caller starts other writes meanwhile, then calls ``wait()`` on the answer, which
+        ends the write and raises what ``put_many`` would. Here: written at once."""
+        self.put_many(items)
+        return WRITTEN
 
     @abc.abstractmethod
     def delete(self, keys: list[bytes]) -> int:

@@ -30,7 +30,9 @@ uncached after one warning. Timeouts are bounded (``daskflow.results.storage-tim
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import concurrent.futures
 import dataclasses
 import itertools
 import json
@@ -96,6 +98,27 @@ class Listing:
     logs: list[str]
 
 
+@dataclasses.dataclass(slots=True)
+class PendingPut:
+    """A storage write under way (``ObjectStorage.start_put``): ``wait()`` for it to end."""
+
+    storage: ObjectStorage
+    future: concurrent.futures.Future | None
+    written: list[tuple[str, bytes, bytes]]  # (pack path, task segment, header) of each pack
+    items: list[tuple[bytes, bytes]]
+
+    def wait(self) -> None:
+        """Until the objects are stored; a failed write raises ``StorageUnreachable`` (or warns)."""
+        if self.future is not None:
+            try:
+                self.future.result()
+            except Exception as exc:  # noqa: BLE001
+                self.storage._failed("write to", exc)
+                return
+        if self.items:
+            self.storage._written(self.written, self.items)
+
+
 class ObjectStorage(PackIndex):
     """Signed records in packs (and large ones alone) through fsspec (see the module docstring)."""
 
@@ -117,6 +140,7 @@ class ObjectStorage(PackIndex):
         except ImportError as exc:
             raise StorageUnreachable(f"result storage {spec.url}: {exc} (install the fsspec backend for it, "
                                      f"e.g. pip install 'daskflow[s3]')") from exc
+        self.protocol = protocol
         self.local = protocol in ("file", "local")
         self.warned = False
         self.broken = False  # unreachable, and daskflow.results.on-storage-error is warn: not used
@@ -124,6 +148,7 @@ class ObjectStorage(PackIndex):
         self.total: int | None = None  # bytes of records at the last listing (None: not listed yet)
         self.unchecked = 0  # bytes this process wrote since
         self._evicting = threading.Lock()
+        self._stamping: concurrent.futures.Future | None = None  # read stamps being written, if any
         self._dirs: set[str] = set()  # directories this process made (or found) for records
         self.init_index()
         self._check()
@@ -131,14 +156,19 @@ class ObjectStorage(PackIndex):
 
     def _check(self) -> None:
         """Reach the storage once, when it is first used in this process: a missing bucket or
-        refused credentials are one clear error here, not a miss per lookup."""
+        refused credentials are one clear error here, not a miss per lookup. A bucket found
+        once is not asked again for another prefix in it (a request costs milliseconds)."""
         try:
             if self.local:
                 os.makedirs(self.root, mode=0o700, exist_ok=True)
                 return
             bucket = self.root.split("/", 1)[0]
+            reached = (self.fs, bucket)
+            if reached in _reached:
+                return
             if not self.fs.exists(bucket):
                 raise FileNotFoundError(f"the bucket {bucket!r} does not exist")
+            _reached.add(reached)
         except Exception as exc:  # noqa: BLE001
             self._failed("reach", exc)
 
@@ -166,7 +196,7 @@ class ObjectStorage(PackIndex):
         """``get_bounded``; ``rescanned``: the second try of keys whose pack went (listed again)."""
         if self.broken:
             return [None] * len(keys), 0
-        refs, singles = self.refs, self.singles
+        refs, singles, sizes = self.refs, self.singles, self.sizes
         heads: dict[str, bytes] = {}  # packs read whole while scanning: no second read
         unknown = {k[:-16] for k in keys if k not in refs and k not in singles} if not rescanned else \
             {k[:-16] for k in keys}
@@ -185,7 +215,10 @@ class ObjectStorage(PackIndex):
                 else:
                     by_pack.setdefault(ref.pack, []).append((pos, ref))
             elif key in singles:
-                alone.append(pos)
+                if sizes.get(key, 0) > limit:  # its size is known: not a byte of it is read
+                    large += 1
+                else:
+                    alone.append(pos)
         if by_pack:
             gone = self._read_packs(by_pack, heads, out)
             if gone and not rescanned:  # a pack went (evicted, rewritten): list again, once
@@ -253,8 +286,14 @@ class ObjectStorage(PackIndex):
     # -- writes --------------------------------------------------------------------------
     def put_many(self, items: list[tuple[bytes, bytes]]) -> None:
         """Write records: a pack per task segment, large ones alone; each object atomically."""
+        self.start_put(items).wait()
+
+    def start_put(self, items: list[tuple[bytes, bytes]]) -> PendingPut:
+        """``put_many`` that returns while an object store's PUTs are under way: the caller does
+        other work meanwhile (the hot tier's LMDB write) and then ``wait()``s, which raises or
+        warns as ``put_many`` does. A filesystem storage is written before this returns."""
         if not items or self.broken:
-            return
+            return PendingPut(self, None, [], [])
         blobs: dict[str, list] = {}
         by_segment: dict[bytes, list[tuple[bytes, bytes]]] = {}
         for key, record in items:
@@ -271,21 +310,38 @@ class ObjectStorage(PackIndex):
         if log is not None:  # pending read stamps ride along
             blobs[log[0]] = [log[1]]
         try:
-            self._put(blobs)
+            return PendingPut(self, self._start(blobs), written, items)
         except Exception as exc:  # noqa: BLE001
             self._failed("write to", exc)
-            return
-        for path, prefix, head in written:  # this process knows where its own records are
+            return PendingPut(self, None, [], [])
+
+    def _written(self, written: list[tuple[str, bytes, bytes]], items: list[tuple[bytes, bytes]]) -> None:
+        """After a put: this process knows where its own records are; the size limit is checked."""
+        for path, prefix, head in written:
             self._indexed(path, prefix, packs.parse_header(head))
-        self.singles.update(k for k, r in items if len(r) >= packs.SINGLE_BYTES)
+        for key, record in items:
+            if len(record) >= packs.SINGLE_BYTES:
+                self.singles.add(key)
+                self.sizes[key] = len(record)
         self._after_write(sum(len(r) for _, r in items))
 
     def _put(self, blobs: dict[str, list]) -> None:
+        future = self._start(blobs)
+        if future is not None:
+            future.result()
+
+    def _start(self, blobs: dict[str, list]) -> concurrent.futures.Future | None:
+        """Write ``blobs``: a filesystem's at once (None), an async object store's PUTs started
+        on fsspec's event loop, all at once (their future); another backend's at once."""
         if self.local:
             for path, parts in blobs.items():
                 self._put_file(path, parts)
-        else:
-            self.fs.pipe({path: b"".join(parts) for path, parts in blobs.items()})
+            return None
+        data = {path: b"".join(parts) for path, parts in blobs.items()}
+        if getattr(self.fs, "async_impl", False) and getattr(self.fs, "loop", None) is not None:
+            return asyncio.run_coroutine_threadsafe(self.fs._pipe(data), self.fs.loop)
+        self.fs.pipe(data)
+        return None
 
     def _put_file(self, path: str, parts: list) -> None:
         """Write under a temporary name of this process, then rename: readers see a whole
@@ -311,9 +367,18 @@ class ObjectStorage(PackIndex):
 
     # -- read stamps and the size limit (see cache/bounds.py) ----------------------------
     def note_reads(self, keys: list[bytes]) -> None:
-        """Remember records read (from here or from a local hot tier in front of it)."""
+        """Remember records read (from here or from a local hot tier in front of it). Stamps
+        that are due go out without waiting: an object store's PUT runs on fsspec's event loop
+        while the lookup goes on (a filesystem's small file is written at once)."""
         if self.reads.note(keys) and not self.broken:
-            self.flush_reads()
+            if self._stamping is not None and not self._stamping.done():
+                return  # one write at a time: these stamps ride with the next one
+            log = self._read_log()
+            if log is not None:
+                try:
+                    self._stamping = self._start({log[0]: [log[1]]})
+                except Exception:  # noqa: BLE001 - stamps are a hint: lost ones make entries look older
+                    pass
 
     def _read_log(self) -> tuple[str, bytes] | None:
         """The pending read stamps as one log object: (path, blob), or None. The blob is
@@ -325,12 +390,18 @@ class ObjectStorage(PackIndex):
         return name, msgpack.packb([time.time(), keys])
 
     def flush_reads(self) -> None:
-        """Write the pending read stamps (one small object)."""
+        """Write the pending read stamps (one small object), after a write under way ends."""
+        stamping, self._stamping = self._stamping, None
+        if stamping is not None:
+            try:
+                stamping.result()
+            except Exception:  # noqa: BLE001 - stamps are a hint: lost ones make entries look older
+                pass
         log = self._read_log()
         if log is not None:
             try:
                 self._put({log[0]: [log[1]]})
-            except Exception:  # noqa: BLE001 - stamps are a hint: lost ones make entries look older
+            except Exception:  # noqa: BLE001
                 pass
 
     def _flush_at_exit(self) -> None:
@@ -423,7 +494,10 @@ class ObjectStorage(PackIndex):
         self.fs.rm(list(objects))
         for path, records in objects.items():
             self.forget(path)
-            self.singles.difference_update(e.key for e in records if e.pack is None)
+            for e in records:
+                if e.pack is None:
+                    self.singles.discard(e.key)
+                    self.sizes.pop(e.key, None)
         return sum(len(v) for v in objects.values())
 
     def delete(self, keys: list[bytes]) -> int:
@@ -535,6 +609,7 @@ class ObjectStorage(PackIndex):
 _TOKEN = os.urandom(6).hex()  # temporary names of this process (pids repeat across hosts)
 _COUNTER = itertools.count()
 _opened: dict[tuple[StorageSpec, int], ObjectStorage] = {}
+_reached: set[tuple[Any, str]] = set()  # (fsspec filesystem, bucket) found to exist by this process
 _lock = threading.Lock()
 
 

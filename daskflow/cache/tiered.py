@@ -93,9 +93,22 @@ class TieredStore(ResultStore):
             self.local.remember_packed([(k, r.pack, r.offset, r.length) for k in keys if (r := refs.get(k))])
 
     def put_many(self, items: list[tuple[bytes, bytes]], txn_key: str | None = None) -> None:
-        hot = self.put_storage(items)
+        self.start_many(items, txn_key).wait()
+
+    def start_many(self, items: list[tuple[bytes, bytes]], txn_key: str | None = None) -> Any:
+        """Write to the storage and the hot tier at once: the storage's PUTs go out first and
+        the local LMDB write runs while they are under way; ``wait()`` on the answer ends the
+        PUTs (a chunk waits for the slower of the two writes, not for both in a row). A write
+        the storage refuses raises there, after the local write (which holds valid, signed
+        records: a hot tier may hold more than its storage)."""
+        pending = self.storage.start_put(items)
         if self.local is not None:
-            self.local.put_many(hot, txn_key=txn_key)
+            try:
+                self.local.put_many([(k, r) for k, r in items if len(r) <= self.HOT_BYTES], txn_key=txn_key)
+            except BaseException:
+                pending.wait()
+                raise
+        return pending
 
     def put_storage(self, items: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """Write the records to the storage; returns those the local hot tier keeps (the caller

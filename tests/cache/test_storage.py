@@ -198,3 +198,27 @@ def test_a_truncated_pack_in_s3_is_a_miss_with_one_warning_and_foreign_objects_a
 
     assert len({r["key"] for r in json.loads(listed.output)}) == 8  # foreign objects: not listed
     assert all(fs.exists(p) for p in (f"{root}/README.txt", f"{task_dir}/notes", f"{task_dir}/packs/not-a-pack"))
+
+
+def test_a_fresh_s3_handle_learns_sizes_from_one_listing_and_stamps_reads(shared):
+    """A client lookup with a byte limit counts a large record as too large from the listing's
+    size (none of it read); a segment of a task named with a "/" is found; due read stamps go
+    out while the lookup goes on and are in the storage after ``flush_reads``."""
+    from daskflow.cache import packs
+
+    prefix = b"v1/etl/load-0000000a/"
+    big, small = prefix + b"B" * 16, prefix + b"s" * 16
+    writer = ObjectStorage(StorageSpec.from_config(None))
+    writer.put_many([(big, b"x" * (packs.SINGLE_BYTES + 10)), (small, b"small record")])
+    assert writer.sizes[big] == packs.SINGLE_BYTES + 10  # its own write, remembered
+
+    fresh = ObjectStorage(StorageSpec.from_config(None))  # knows nothing: one listing of the segment
+    records, too_large = fresh.get_bounded([big, small], 64 * 1024)
+    assert records == [None, b"small record"] and too_large == 1
+    assert fresh.sizes[big] == packs.SINGLE_BYTES + 10  # from the listing
+    assert fresh.get_many([big]) == [b"x" * (packs.SINGLE_BYTES + 10)]  # without a limit: read whole
+
+    fresh.note_reads([small] * 300)  # due (over 256 pending): written without waiting
+    fresh.flush_reads()  # waits for that write, writes the rest
+    stamped = {e.key: e.last_read for e in ObjectStorage(StorageSpec.from_config(None)).entries()[0]}
+    assert stamped[small] is not None and stamped[big] is None

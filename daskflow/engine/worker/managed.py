@@ -20,7 +20,7 @@ import logging
 import time
 import warnings
 from array import array
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from daskflow.cache import segments
 from daskflow.cache import serialization as ser
@@ -75,6 +75,9 @@ class NoCache:
     def finish(self, first: int) -> None:
         pass
 
+    def settle(self) -> None:
+        pass
+
 
 NO_CACHE = NoCache()
 
@@ -93,6 +96,8 @@ class CacheWork(NoCache):
     write), ``finish`` (one write, or staging in a transaction block; commit hooks)."""
 
     resolved = True  # ``prepare`` resolves upstream values for the whole chunk
+    defer_write = True  # ``finish`` starts the chunk's write, ``settle`` (after keep_chunk) ends it
+    pending: Any = None  # that write, under way
 
     def __init__(self, task: Task, res: ChunkResult, ctx: TaskRunContext, deps: list | None,
                  spec: CacheSpec | None) -> None:
@@ -240,15 +245,31 @@ class CacheWork(NoCache):
             batch.add(task.name, self.store, staged, self.fire_commits if task.options.on_commit else None)
             return
         if staged:
-            try:
-                self.store.put_many(staged)
-            except StorageUnreachable:
-                raise  # the configured result storage is unusable: one clear error (or, configured so, a warning)
-            except Exception as exc:  # the results stay valid; only the cache misses them
-                warnings.warn(f"task {task.name!r}: {len(staged)} results could not be written to the cache: "
-                              f"{type(exc).__name__}: {exc}", CacheWarning, stacklevel=3)
+            if self.defer_write and not task.options.on_commit:  # ended by ``settle``
+                self.pending = self._guarded(lambda: self.store.start_many(staged))
+                return
+            self._guarded(lambda: self.store.put_many(staged))
         if task.options.on_commit:
             self.fire_commits()
+
+    def settle(self) -> None:
+        """End the chunk's write that ``finish`` started: a result storage's PUT ran meanwhile,
+        beside the kept values' write (``keep_chunk``), instead of before it."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            self._guarded(pending.wait)
+
+    def _guarded(self, write: Callable[[], Any]) -> Any:
+        """``write()``: an unusable result storage raises (or warns, configured so); another
+        failure is a warning (the results stay valid, only the cache misses them)."""
+        try:
+            return write()
+        except StorageUnreachable:
+            raise
+        except Exception as exc:
+            warnings.warn(f"task {self.task.name!r}: {len(self.staged)} results could not be written to the cache: "
+                          f"{type(exc).__name__}: {exc}", CacheWarning, stacklevel=4)
+            return None
 
     def _not_returned(self) -> None:
         """Fresh results too large to ship back to a store this worker cannot reach: they are not
@@ -326,6 +347,8 @@ class SerializableCacheWork(CacheWork):
     ``transaction()`` block (staged, not written) and runs on a worker that does not see
     the store take no lock: the block's own ``isolation_level`` is the way there.
     """
+
+    defer_write = False  # a lock is freed only after its entry is written (``finish`` waits)
 
     def __init__(self, task: Task, res: ChunkResult, ctx: TaskRunContext, deps: list | None,
                  spec: CacheSpec | None) -> None:

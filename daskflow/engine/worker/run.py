@@ -222,7 +222,8 @@ def run_rows(spec: ChunkSpec, deps: list, done: Checkpoint | None = None, host: 
         res.ends = ends
         cache.finish(first)
         if keep:
-            keep_chunk(spec, res)
+            keep_chunk(spec, res)  # its PUT goes out while the cache write's may still run
+        cache.settle()
         if res.n_failed:
             note_failed_inputs(res, ctx)
     finally:
@@ -390,6 +391,7 @@ async def arun_single(spec: ChunkSpec, deps: list) -> ChunkResult:
         res.ends = ends
         cache.finish(0)
         keep_chunk(spec, res)
+        cache.settle()
         if res.n_failed:
             note_failed_inputs(res, ctx)
     except UpstreamNotCompleted as exc:
