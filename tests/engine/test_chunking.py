@@ -103,9 +103,10 @@ def test_measured_chunks_take_at_most_max_chunk_seconds():
     t = task(name="measured-longest")(lambda x: x)
     chunking._seconds_per_run[t.task_key] = 0.01
     sizes = [hi - lo for lo, hi in chunking.plan(t, 100_000, ThreadPoolTaskRunner(2))]
-    assert max(sizes) == 1000  # 10 s of 10 ms runs, not the 10,000 cap
+    assert max(sizes) == 1000  # 10 s of 10 ms runs, not the guided share of 12,500
     with dask.config.set({"daskflow.map.max-chunk-seconds": None}):
-        assert max(hi - lo for lo, hi in chunking.plan(t, 100_000, ThreadPoolTaskRunner(2))) == 10_000
+        # then the first chunk is the guided share: a quarter of an even share per thread
+        assert max(hi - lo for lo, hi in chunking.plan(t, 100_000, ThreadPoolTaskRunner(2))) == 100_000 // (4 * 2)
 
 
 def test_explicit_chunksize():
