@@ -13,8 +13,8 @@ The pipeline, on a LocalCluster(2 workers x 1 thread) started in the measured pr
   inside a ``@flow`` on the same kind of cluster.
 
 ``make`` returns an array of ``--mb`` MB, ``scale`` doubles it, ``total`` sums it to a float.
-Each repetition of each side runs in a fresh subprocess (peak RSS, ``ru_maxrss``, is per
-process), raw and daskflow alternating so both see the same machine; the wall time is the
+Each repetition of each side runs in a fresh subprocess (peak RSS, ``VmHWM``, is per
+process: ``bench_map.peak_rss_mib``), raw and daskflow alternating so both see the same machine; the wall time is the
 pipeline's only (the cluster is started and warmed up first).
 """
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,9 @@ import tempfile
 import time
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_map import peak_rss_mib  # noqa: E402
 
 
 def make(i: int, mb: int) -> np.ndarray:
@@ -99,7 +101,7 @@ def run_daskflow(n: int, mb: int) -> float:
 def one(side: str, n: int, mb: int) -> dict:
     """One repetition of one side in this process: wall seconds and peak RSS (MiB)."""
     wall = run_raw(n, mb) if side == "raw" else run_daskflow(n, mb)
-    return {"wall_s": wall, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"wall_s": wall, "peak_rss_mib": peak_rss_mib()}
 
 
 def _subprocess(side: str, n: int, mb: int) -> dict:

@@ -5,7 +5,7 @@
     python benchmarks/bench_stream.py --reps 3        # medians of 3 runs per row
     python benchmarks/bench_stream.py --profile       # tracemalloc: where the client's memory is
 
-Rows (each in a fresh subprocess that reports ``ru_maxrss``, the client's peak RSS):
+Rows (each in a fresh subprocess that reports its peak RSS, ``VmHWM``: ``bench_map.peak_rss_mib``):
 
 - ``plain loop``: ``for x in range(N): inc(x)`` in one process (no cluster).
 - ``daskflow as_completed``: ``for f in as_completed(inc.map(range(N))): f.result()``
@@ -36,12 +36,14 @@ import json
 import operator
 import os
 import pickle
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_map import peak_rss_mib  # noqa: E402
 
 BATCH = 10_000
 
@@ -56,10 +58,6 @@ def inc_batch(xs):
 
 def inc_batch_pickled(xs):
     return pickle.dumps([x + 1 for x in xs], protocol=5)
-
-
-def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class RssParts:
