@@ -110,12 +110,12 @@ def test_a_held_chunk_cancelled_never_runs(dask_runner):
         cancelled = [futs[i].cancel() for i in range(8, 12)]
         gate.set()
         futs.wait()
-        return cancelled, [f.state.name for f in futs], [f.run_count for f in futs[8:]]
+        return cancelled, [f.state for f in futs], [f.run_count for f in futs[8:]]
 
     try:
         cancelled, states, counts = cancel_the_tail()
     finally:
         client.close()
     assert cancelled == [True] * 4
-    assert states == ["Completed"] * 8 + ["Cancelled"] * 4
+    assert [s.name for s in states] == ["Completed"] * 8 + ["Cancelled"] * 4, [s.message for s in states]
     assert counts == [0] * 4
