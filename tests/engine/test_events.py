@@ -88,3 +88,26 @@ def test_a_big_chunks_envelope_travels_with_packed_ends_and_one_code():
     res.codes[7], res.ends[9] = 2, 0.0  # a failed run; a run without an end: raw, as they are
     back = pickle.loads(cloudpickle.dumps(res, protocol=5))
     assert back.codes == res.codes and back.ends == res.ends
+
+
+def test_an_envelope_that_came_packed_keeps_its_ends_packed_until_a_time_is_read():
+    import pickle
+    import time
+    from array import array
+
+    import cloudpickle
+
+    from daskflow.engine.core.envelope import ChunkResult, PackedEnds
+
+    n, t0 = 1000, time.time()
+    res = ChunkResult("t", 1, 0, n, bytearray(n), None, started=t0)
+    res.ends = array("d", [t0 + 1e-5 * i for i in range(n)])
+    back = pickle.loads(cloudpickle.dumps(res, protocol=5))
+    ends = back.ends
+    assert type(ends) is PackedEnds and len(ends) == n
+    # what a chunk's record and the chunk-size model read: no decoded array kept
+    assert ends[0] == res.ends[0] and abs(ends[-1] - res.ends[-1]) < 1.001e-6 and list(ends[-1:]) == [ends[-1]]
+    assert ends._raw is None
+    assert abs(back.state(500).timestamp - res.ends[500]) < 1.001e-6  # a run's time: decoded then
+    again = pickle.loads(cloudpickle.dumps(back, protocol=5))  # passed on as it came
+    assert again.ends.packed == ends.packed and again.ends.tobytes() == ends.tobytes()

@@ -194,7 +194,7 @@ class ChunkResult:
         # 10^5 runs is ~0.01 MB on the wire and in Dask's event logs instead of 0.8
         # 10^5 runs is ~0.1 MB on the wire and in Dask's event logs instead of 0.8; the codes of
         # runs that all ended alike as the one code
-        ends = pack_ends(self.ends) or self.ends
+        ends = self.ends.packed if type(self.ends) is PackedEnds else pack_ends(self.ends) or self.ends
         codes: Any = self.codes
         if self.n >= PACK_ENDS_FROM and type(codes) is not UniformCodes and codes.count(codes[0]) == self.n:
             codes = codes[0]
@@ -455,14 +455,63 @@ class UniformCodes:
         return self.n if code == self.code else 0
 
 
+class PackedEnds:
+    """A chunk's end times as they came packed (``pack_ends``), decoded when a run's time is read.
+
+    The client holds the envelopes of chunks that ended and that nobody read yet (a reader
+    slower than the cluster holds many): packed, ~1 byte a run instead of 8. The first and
+    last ends (what a chunk's record and its size model read) are known without decoding.
+    Reads as the ``array("d")`` it stands for does (index, slice, length, ``tobytes``).
+    """
+
+    __slots__ = ("packed", "n", "first", "last", "_raw")
+
+    def __init__(self, packed: bytes, n: int) -> None:
+        raw = self._decode(packed)
+        self.packed, self.n, self.first, self.last, self._raw = packed, n, raw[0], raw[-1], None
+
+    @staticmethod
+    def _decode(packed: bytes) -> array:
+        raw = array("d")
+        raw.frombytes(unpack_times(packed))
+        return raw
+
+    def array(self) -> array:
+        """The decoded times (kept once read)."""
+        if self._raw is None:
+            self._raw = self._decode(self.packed)
+        return self._raw
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: Any) -> Any:
+        if type(i) is int:
+            if i == 0 or i == -self.n:
+                return self.first
+            if i == -1 or i == self.n - 1:
+                return self.last
+        elif i == slice(-1, None):
+            return array("d", [self.last])
+        return self.array()[i]
+
+    def __setitem__(self, i: Any, value: Any) -> None:
+        self.array()[i] = value
+
+    def __iter__(self) -> Iterator[float]:
+        return iter(self.array())
+
+    def tobytes(self) -> bytes:
+        return self.array().tobytes()
+
+
 def result_from_wire(task_name: str, base: int, start: int, n: int, codes: bytearray | int, values: list | None,
                      blob: bytes | None, started: float, ends: array, extra: dict[str, Any]) -> ChunkResult:
     """A ``ChunkResult`` unpickled (see ``ChunkResult.__reduce__``)."""
     if type(codes) is int:  # every run ended with this code
         codes = bytearray((codes,)) * n
-    if type(ends) is bytes:  # packed
-        raw, ends = unpack_times(ends), array("d")
-        ends.frombytes(raw)
+    if type(ends) is bytes:  # packed: kept so until a run's time is read
+        ends = PackedEnds(ends, n)
     res = ChunkResult(task_name, base, start, n, codes, values, blob, started=started, ends=ends)
     for name, value in extra.items():
         setattr(res, name, value)

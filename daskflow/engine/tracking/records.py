@@ -145,7 +145,12 @@ TYPE_OF_NAME = {**LIVE_STATES, **{cs.name: cs.type for cs in CODE_STATES.values(
 
 def envelope_fields(res: ChunkResult) -> dict:
     """The final fields of a chunk record from its envelope (packed arrays, text only)."""
-    fields: dict[str, Any] = {"codes": bytes(res.codes), "ends": res.ends.tobytes(), "live": None}
+    fields: dict[str, Any] = {"codes": bytes(res.codes), "live": None}
+    packed = getattr(res.ends, "packed", None)  # as they came from the worker: written as they are
+    if packed is not None:
+        fields["zends"] = packed
+    else:
+        fields["ends"] = res.ends.tobytes()
     if res.started:
         fields["started"] = res.started
     if res.first:
