@@ -113,8 +113,13 @@ def test_light_direct_calls_read_the_cpu_clock_once_a_millisecond_and_their_sum_
         while time.thread_time() - t0 < seconds:
             pass
 
+    def heavy_call(what):  # a heavy call always reads: it brackets the burst
+        watch = resources.call_started()
+        resources.call_ended(watch, resources.HEAVY_SECONDS, what)
+        return watch
+
     a, b = object(), object()
-    cpu0 = time.thread_time()
+    first = heavy_call(b).cpu_at
     readings = total = 0
     for i in range(400):
         watch = resources.call_started()
@@ -122,12 +127,10 @@ def test_light_direct_calls_read_the_cpu_clock_once_a_millisecond_and_their_sum_
         resources.call_ended(watch, 0.00005, a)
         readings += watch.cpu > 0
         total += watch.cpu
-    spent = time.thread_time() - cpu0
+    last = heavy_call(b)  # another task's heavy call: it reads, and takes what the burst left unread
+    assert last.heavy and last.cpu > 0
+    total += last.cpu
     assert 1 <= readings < 200  # ~20 ms of calls: about one reading a millisecond, the first call's among them
-    assert spent - 0.0015 <= total <= spent  # all but the calls after the last reading
-    watch = resources.call_started()
-    resources.call_ended(watch, 0.00001, b)
-    assert watch.cpu > 0  # another task's call starts a burst: it reads
-    watch = resources.call_started()
-    resources.call_ended(watch, resources.HEAVY_SECONDS, b)
-    assert watch.heavy and watch.cpu > 0  # a heavy call is measured alone
+    # the readings add up to the thread's CPU between the brackets, less what the caller's own
+    # pauses between calls took (here a few statements a call)
+    assert last.cpu_at - first - 0.002 <= total <= last.cpu_at - first + 1e-9

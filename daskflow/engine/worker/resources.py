@@ -40,9 +40,11 @@ it is a system call (1-2.5 µs here quiet, ~9 µs on a loaded machine, against ~
 whole trivial call), so a light call reads it only when it is the first of a burst (the
 previous call of this thread was of another task) or the last reading is older than
 ``CPU_READ_SECONDS``. A reading covers every call since the one before and is counted on
-the call that made it: a burst's sum is exact to within a millisecond of CPU (the light
-calls after its last reading count in the thread's next burst, or not at all when the
-caller then pauses for more than a millisecond between calls).
+the call that made it. When the caller pauses (its own code, or the thread waits for the GIL)
+after calls that ended unread, the next call's fresh reading covers both: the unread calls
+get at most their wall time of it (carried to that call), the pause nothing. So a burst's
+sum is the CPU its calls took, but for the unread calls after its last reading (under a
+millisecond's worth), which count in the thread's next burst.
 
 CPU time is the running thread's: a body that starts threads or processes of its own
 is not counted. RSS is the whole worker process's: on a worker with several threads,
@@ -231,11 +233,13 @@ class CallWatch:
     """
 
     __slots__ = ("peak", "cpu0", "rss0", "depth", "outer", "cpu", "mem", "rss", "heavy", "cpu_at", "read_at",
-                 "last", "__weakref__")
+                 "last", "unread", "carried", "__weakref__")
 
     def __init__(self) -> None:
         self.peak = self.rss0 = self.depth = self.mem = self.rss = 0
         self.cpu0 = self.cpu = self.cpu_at = self.read_at = 0.0
+        self.unread = 0.0  # wall time of the calls that ended since the last reading, unread
+        self.carried = 0.0  # their CPU, when a fresh reading at a start found it: counted by the next call
         self.heavy = False
         self.last: object = None  # the task of the thread's last call: another one starts a burst
         self.outer: list[tuple[float, int, int]] = []  # marks of enclosing calls, innermost last
@@ -275,7 +279,11 @@ def call_started() -> CallWatch | None:
     watch.peak = watch.rss0 = sampler.latest
     now = time.time()
     if now - watch.read_at > CPU_READ_SECONDS:  # else: the reading made at most that long ago
-        watch.cpu_at, watch.read_at = _thread_time(), now
+        cpu = _thread_time()
+        if watch.unread:  # calls ended unread, then the caller paused: their share, not the pause's
+            watch.carried += min(cpu - watch.cpu_at, watch.unread)
+            watch.unread = 0.0
+        watch.cpu_at, watch.read_at = cpu, now
     watch.cpu0 = watch.cpu_at
     return watch
 
@@ -290,9 +298,12 @@ def call_ended(watch: CallWatch, wall: float, task: object = None) -> None:
     now = time.time()
     if heavy or task is not watch.last or now - watch.read_at > CPU_READ_SECONDS or watch.depth > 1:
         cpu = _thread_time()
-        watch.cpu, watch.cpu_at, watch.read_at = cpu - watch.cpu0, cpu, now
+        watch.cpu, watch.cpu_at, watch.read_at = cpu - watch.cpu0 + watch.carried, cpu, now
+        watch.unread = 0.0
     else:
-        watch.cpu = 0.0
+        watch.cpu = watch.carried
+        watch.unread += wall
+    watch.carried = 0.0
     watch.last = task
     if heavy:
         now = _sampler.latest = rss()
