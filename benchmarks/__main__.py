@@ -282,18 +282,27 @@ def plot(results: dict, out_dir: pathlib.Path, stamp: str) -> list[pathlib.Path]
         rss.legend(fontsize="small")
         save(fig, "scale", "A map consumed as it completes: the client against N")
     if "workers" in results:
-        fig, ax = plt.subplots(figsize=(7, 4))
+        from matplotlib.ticker import NullFormatter
+
+        fig, (per, ratio) = plt.subplots(1, 2, figsize=(10, 4))
         ws = sorted(results["workers"], key=int)
-        per = {label: [results["workers"][w][key] / results["workers"][w]["n"] * 1e9 for w in ws]
-               for label, key in (("ideal (N x 10 ms / workers)", "ideal_s"), ("raw Dask, one batch a worker", "raw_s"),
-                                  ("raw Dask, as many batches as chunks", "raw_same_s"), ("daskflow .map()", "wall_s"))}
-        for label, ms in per.items():
-            ax.plot([int(w) for w in ws], ms, marker="o", label=label, linestyle="--" if label.startswith("ideal") else "-")
-        ax.set(xscale="log", yscale="log", xlabel="one-thread workers", ylabel="ms per 10^6 runs of sleep(10 ms)")
-        ax.set_xticks([int(w) for w in ws], [w for w in ws])
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize="small")
-        save(fig, "workers", "Many workers: wall per 10^6 runs against the ideal")
+        rows = [results["workers"][w] for w in ws]
+        xs = [int(w) for w in ws]
+        for label, key in (("ideal (N x 10 ms / workers)", "ideal_s"), ("raw Dask, one batch a worker", "raw_s"),
+                           ("raw Dask, as many batches as chunks", "raw_same_s"), ("daskflow .map()", "wall_s")):
+            style = "--" if key == "ideal_s" else "-"
+            per.plot(xs, [r[key] / r["n"] * 1e6 for r in rows], marker="o", label=label, linestyle=style)
+            ratio.plot(xs, [r[key] / r["ideal_s"] for r in rows], marker="o", label=label, linestyle=style)
+        per.set(xscale="log", yscale="log", xlabel="one-thread workers", ylabel="seconds per 10^6 runs of sleep(10 ms)")
+        ratio.set(xscale="log", xlabel="one-thread workers", ylabel="wall / ideal", ylim=(0.9, None))
+        ratio.axhline(1.2, color="gray", linewidth=0.8, linestyle=":")  # the target
+        for ax in (per, ratio):
+            ax.set_xticks(xs, [str(x) for x in xs])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.grid(True, which="both", alpha=0.3)
+        ratio.legend(fontsize="small")
+        n = rows[0]["n"]
+        save(fig, "workers", f"Many workers: N = {n:,} runs of sleep(10 ms), one run per point")
     if "delay" in results:
         fig, ax = plt.subplots(figsize=(6, 4))
         d = results["delay"]
