@@ -168,16 +168,22 @@ def _cli_json(home, *args: str):
     return json.loads(res.stdout) if res.returncode == 0 else None
 
 
+def _completed_record(home, run_id: str) -> dict:
+    """``runs show`` of the run once it reads Completed (the server's run store is written in
+    batches: eventually consistent)."""
+
+    def show() -> dict | None:
+        rec = _cli_json(home, "runs", "show", run_id)
+        return rec if rec and rec["state"] == "Completed" else None
+
+    _wait_for(show, 30)
+    return show()
+
+
 def test_background_runs_show_in_daskflow_runs_with_history_worker_and_logs(bg_server):
     fut = bg_tasks.chatty.delay(3)
     assert fut.result(timeout=30) == 3
-
-    def show() -> dict | None:
-        rec = _cli_json(bg_server["home"], "runs", "show", fut.task_run_id)
-        return rec if rec and rec["state"] == "Completed" else None
-
-    _wait_for(show, 30)  # the server's run store is written in batches: eventually consistent
-    rec = show()
+    rec = _completed_record(bg_server["home"], fut.task_run_id)
     assert [h["name"] for h in rec["history"]] == ["Scheduled", "Pending", "Running", "Completed"]
     assert rec["worker"] == fut.record()["worker"] and rec["task_key"] == bg_tasks.chatty.task_key
     logs = _cli_json(bg_server["home"], "runs", "logs", fut.task_run_id)
@@ -187,13 +193,7 @@ def test_background_runs_show_in_daskflow_runs_with_history_worker_and_logs(bg_s
 def test_background_run_records_cpu_time_and_peak_rss_increase(bg_server):
     fut = bg_tasks.hog.delay(64)
     assert fut.result(timeout=30) == 1.0
-
-    def show() -> dict | None:
-        rec = _cli_json(bg_server["home"], "runs", "show", fut.task_run_id)
-        return rec if rec and rec["state"] == "Completed" else None
-
-    _wait_for(show, 30)  # the server's run store is written in batches: eventually consistent
-    res = show()["resources"]
+    res = _completed_record(bg_server["home"], fut.task_run_id)["resources"]
     assert res["resolution"] == "run"
     assert 0.14 <= res["cpu_seconds"] < res["wall_seconds"] + 0.01
     assert res["peak_rss_increase_bytes"] >= 48 * 2**20  # 64 MiB held while it ran
