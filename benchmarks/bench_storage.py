@@ -261,7 +261,8 @@ def bench_lookup(n: int, chunk: int, reps: int, s3_options: dict, secret_file: s
     import dask.config
 
     from daskflow.cache import serialization as ser
-    from daskflow.cache.storage import ObjectStorage, StorageSpec
+    from daskflow.cache.storage import ObjectStorage
+    from daskflow.cache.storage_spec import StorageSpec
     from daskflow.cache.store import LMDBResultStore, TieredStore
 
     secret = open(secret_file, "rb").read()

@@ -24,6 +24,7 @@
     ├── MissingContextError (RuntimeError)     get_run_logger() outside of a run
     ├── MissingMainGuard (RuntimeError)        a LocalCluster started by a script without its main guard
     ├── CannotRetry (RuntimeError)             flow-runs retry of a run unknown, still running, or not importable
+    ├── StorageUnreachable (OSError)           a result storage could not be written or read
     ├── StoreError (RuntimeError)              a store under $DASKFLOW_HOME cannot be used
     │   ├── DamagedStore                       an LMDB file is truncated or not LMDB (say how to repair)
     │   ├── UnsafeHome (PermissionError)       the home is writable by others or owned by another user
@@ -174,3 +175,7 @@ class MissingMainGuard(DaskflowError, RuntimeError):
 class CannotRetry(DaskflowError, RuntimeError):
     """A flow run cannot be retried: unknown, still running, its code cannot be imported, or its
     parameters were not recorded. Nothing ran."""
+
+
+class StorageUnreachable(DaskflowError, OSError):
+    """The result storage could not be written or read (missing bucket, refused credentials...)."""

@@ -43,7 +43,8 @@ import cloudpickle
 import xxhash
 
 from daskflow.cache import serialization as ser
-from daskflow.cache.storage import StorageSpec, open_storage
+from daskflow.cache.storage import open_storage
+from daskflow.cache.storage_spec import StorageSpec
 from daskflow.cache.store import ENTRIES, LMDBResultStore, ResultStore, TieredStore
 
 __all__ = ["FlowSource", "KeptCalls", "KeptChunk", "KeptRuns", "KeptStore", "chunk_key", "get_kept_store", "load_kept",

@@ -14,11 +14,9 @@ the headers of the packs it did not know (``refs``: key -> pack, offset, length,
 the process's life), then to a few ranged reads per pack. Nothing of a value passes through
 the client unless the client asks for it.
 
-Signing. Every reader verifies the record with the secret: the home's ``secret.key``, or
-the file ``daskflow.results.secret-file`` names. People and hosts that share a storage
-share that file (created once with ``python -c "import os; open('key','wb').write(os.urandom(32))"``,
-mode 0600); a record signed with another secret, truncated or altered is a miss with one
-warning, never loaded.
+Every reader verifies each record with the storage's secret (``cache.storage_spec`` says
+which, and how people who share a storage share it); a record signed with another secret,
+truncated or altered is a miss with one warning, never loaded.
 
 Writes are atomic per object: object stores put whole objects; on a filesystem a pack is
 written under a temporary name and renamed. Two writers of one key write two whole packs;
@@ -37,7 +35,6 @@ import dataclasses
 import itertools
 import json
 import os
-import pathlib
 import threading
 import time
 import uuid
@@ -49,44 +46,8 @@ import msgpack
 from daskflow import config
 from daskflow.cache import bounds, packs
 from daskflow.cache.pack_index import HEX_NAME, PackIndex
-from daskflow.exceptions import DaskflowError
-
-
-class StorageUnreachable(DaskflowError, OSError):
-    """The result storage could not be written or read (missing bucket, refused credentials...)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class StorageSpec:
-    """Where results go: an fsspec URL, its options, and the secret file that signs them.
-
-    Travels in a chunk's cache spec: a worker opens the storage itself.
-    """
-
-    url: str
-    options: str = "{}"  # fsspec's options for the URL, as JSON (hashable, and nested dicts allowed)
-    secret_file: str | None = None
-
-    @classmethod
-    def from_config(cls, url: str | None) -> StorageSpec | None:
-        """The storage ``url`` (or the configured default) with the configured options, or None."""
-        url = url or config.get("results.storage")
-        if not url:
-            return None
-        options = json.dumps(dict(config.get("results.storage-options") or {}), sort_keys=True)
-        return cls(str(url).rstrip("/"), options, config.get("results.secret-file") or None)
-
-    def secret(self, home: str | os.PathLike | None) -> bytes | None:
-        """The signing secret: the secret file's, else the home's (None: neither is readable here)."""
-        from daskflow.cache import serialization as ser
-
-        if self.secret_file:
-            data = pathlib.Path(self.secret_file).expanduser().read_bytes()
-            ser.check_secret(data, self.secret_file)
-            return data
-        if home is None:
-            return None
-        return ser.load_secret(home)
+from daskflow.cache.storage_spec import StorageSpec
+from daskflow.exceptions import StorageUnreachable
 
 
 @dataclasses.dataclass(slots=True)
@@ -128,7 +89,7 @@ class ObjectStorage(PackIndex):
         self.spec = spec
         options = json.loads(spec.options)
         protocol = fsspec.utils.get_protocol(spec.url)
-        timeout = _seconds(config.get("results.storage-timeout", "30s"))
+        timeout = float(config.parse_timedelta(config.get("results.storage-timeout", "30s")))
         if protocol in ("s3", "s3a"):  # bounded: a storage that does not answer is an error, not a hang
             options.setdefault("config_kwargs", {"connect_timeout": timeout, "read_timeout": timeout,
                                                  "retries": {"max_attempts": 2}})
@@ -634,9 +595,3 @@ def _cache_warning() -> type[Warning]:
     from daskflow.cache.store import CacheWarning
 
     return CacheWarning
-
-
-def _seconds(value: Any) -> float:
-    from daskflow.config import parse_timedelta
-
-    return float(parse_timedelta(value, default="seconds"))

@@ -41,7 +41,8 @@ from daskflow import _lmdb, config
 from daskflow.cache import bounds, segments
 from daskflow.cache.results import CacheWarning, Hits, ResultStore
 from daskflow.cache import serialization as ser
-from daskflow.cache.storage import StorageSpec, open_storage
+from daskflow.cache.storage import open_storage
+from daskflow.cache.storage_spec import StorageSpec
 from daskflow.cache.tiered import TieredStore
 from daskflow.exceptions import StoreError
 

@@ -100,7 +100,8 @@ def _rows(entries: list) -> list[dict]:
 
 def _open_storage(url: str) -> Any:
     """The result storage named on the command line ("" or "-": the configured one)."""
-    from daskflow.cache.storage import StorageSpec, open_storage
+    from daskflow.cache.storage import open_storage
+    from daskflow.cache.storage_spec import StorageSpec
 
     spec = StorageSpec.from_config(url if url not in ("", "-") else None)
     if spec is None:

@@ -17,7 +17,8 @@ import sys
 import numpy as np
 
 from daskflow.cache import serialization as ser
-from daskflow.cache.storage import StorageSpec, open_storage
+from daskflow.cache.storage import open_storage
+from daskflow.cache.storage_spec import StorageSpec
 
 KEY = b"v1/race-00000000/" + bytes(16)
 SMALL_KEY = b"v1/race-00000000/" + bytes(15) + b"\x01"

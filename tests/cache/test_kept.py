@@ -65,7 +65,7 @@ def test_retry_from_another_home_reads_source_and_values_from_storage(tmp_path, 
 @pytest.mark.usefixtures("shared")
 def test_kept_records_are_verified_and_foreign_files_ignored(tmp_path):
     """A record signed with another secret is not loaded; a foreign file under the prefix is ignored."""
-    from daskflow.cache.storage import StorageSpec
+    from daskflow.cache.storage_spec import StorageSpec
 
     spec = StorageSpec.from_config(None)
     store = get_kept_store(str(tmp_path / "home"), spec)

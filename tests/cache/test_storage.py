@@ -14,7 +14,9 @@ import pytest
 
 from daskflow import flow, task, unmapped
 from daskflow.cache import INPUTS
-from daskflow.cache.storage import ObjectStorage, StorageSpec, StorageUnreachable
+from daskflow.cache.storage import ObjectStorage
+from daskflow.cache.storage_spec import StorageSpec
+from daskflow.exceptions import StorageUnreachable
 from daskflow.cache.store import CacheWarning
 
 

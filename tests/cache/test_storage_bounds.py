@@ -18,7 +18,8 @@ from daskflow.cache import INPUTS
 from daskflow.cache import packs
 from daskflow.cache import serialization as ser
 from daskflow.cache.keys import display
-from daskflow.cache.storage import ObjectStorage, StorageSpec, open_storage
+from daskflow.cache.storage import ObjectStorage, open_storage
+from daskflow.cache.storage_spec import StorageSpec
 from daskflow.cache.store import CacheWarning
 from daskflow.cli import main
 from daskflow.runners import ThreadPoolTaskRunner

@@ -57,7 +57,7 @@ async def _retry_async(flow: Flow, again: keeping.Resume, parameters: dict, retu
 def prepare(flow: Flow, flow_run_id: str) -> tuple[keeping.Resume, dict[str, Any]]:
     """What a retry needs (checked), or ``CannotRetry`` saying why not."""
     from daskflow.cache.kept import get_kept_store, load_kept
-    from daskflow.cache.storage import StorageSpec
+    from daskflow.cache.storage_spec import StorageSpec
 
     record = flow_run_record(flow_run_id)
     full_id = record["id"] if record is not None else _full_id(flow_run_id)
@@ -107,7 +107,7 @@ def source_of(flow_run_id: str) -> Any:
     """The recorded source (entrypoint, parameters) of a flow run, from this home or the
     configured result storage; None if neither has it."""
     from daskflow.cache.kept import get_kept_store, load_source
-    from daskflow.cache.storage import StorageSpec
+    from daskflow.cache.storage_spec import StorageSpec
 
     record = flow_run_record(flow_run_id)
     full_id = record["id"] if record is not None else _full_id(flow_run_id)

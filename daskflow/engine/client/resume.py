@@ -118,7 +118,7 @@ class KeepScope:
         url = url or self.storage_url
         storage = self.storages.get(url, self)
         if storage is self:
-            from daskflow.cache.storage import StorageSpec
+            from daskflow.cache.storage_spec import StorageSpec
 
             storage = self.storages[url] = StorageSpec.from_config(url)
         return KeepSpec(self.home, self.token, storage, self.flow_run_id, call, self.attempt, self.keep_seconds,
@@ -131,7 +131,7 @@ def _load_kept(home: str, url: str | None, flow_run_id: str) -> KeptRuns:
     import warnings
 
     from daskflow.cache.kept import KeptRuns, get_kept_store, load_kept
-    from daskflow.cache.storage import StorageSpec
+    from daskflow.cache.storage_spec import StorageSpec
     from daskflow.cache.store import CacheWarning
 
     try:
@@ -371,7 +371,7 @@ def _write_source(flow: Flow, flow_run_id: str, parameters: dict[str, Any], scop
     import warnings
 
     from daskflow.cache import kept
-    from daskflow.cache.storage import StorageSpec
+    from daskflow.cache.storage_spec import StorageSpec
     from daskflow.cache.store import CacheWarning
 
     try:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from daskflow.cache.keys import KeyFnFailed, KeyPlan, Unhashable, display, make_plan
-from daskflow.cache.storage import StorageSpec
+from daskflow.cache.storage_spec import StorageSpec
 from daskflow.cache.store import CacheWarning, ResultStore, get_store
 from daskflow.cache.tokens import reaches_store, store_token
 from daskflow.engine.core.context import cache_home, cache_home_var, cache_token_var, current_flow_run_id, flow_run_ctx

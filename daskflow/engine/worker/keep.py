@@ -36,7 +36,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Iterable
 
 from daskflow.cache import kept
-from daskflow.cache.storage import StorageSpec
+from daskflow.cache.storage_spec import StorageSpec
 from daskflow.cache.store import CacheWarning
 from daskflow.cache.tokens import reaches_store
 from daskflow.codes import CACHED, OK_CODES, all_ok

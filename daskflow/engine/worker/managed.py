@@ -26,7 +26,7 @@ from daskflow.cache import segments
 from daskflow.cache import serialization as ser
 from daskflow.cache.keys import KeyPlan, NotConcrete, Unhashable, display
 from daskflow.cache.locks import FileLockManager, holder_id
-from daskflow.cache.storage import StorageUnreachable
+from daskflow.exceptions import StorageUnreachable
 from daskflow.cache.store import CacheWarning
 from daskflow.codes import CACHED, COMPLETED, NOT_READY, OK_CODES
 from daskflow.engine.core import states as st
