@@ -120,7 +120,7 @@ def test_a_summary_that_comes_before_its_chunk_is_watched_is_used_not_the_values
     assert queued == [again] and not eager.watched
     assert eager.summary_of(again).elsewhere  # recorded from the summary: no values travel
     other = ChunkEnded(done.base + 1, 0, 0.0, None, [], summary=b"s")
-    eager.EARLY_SECONDS = -1.0  # everything kept is stale: another client's events do not pile up
+    eager.early.seconds = -1.0  # everything kept is stale: another client's events do not pile up
     eager.on_ended([other])
     eager.on_ended([ChunkEnded(done.base + 2, 0, 0.0, None, [], summary=b"s")])
     assert list(eager.early) == [(done.base + 2, 0)]

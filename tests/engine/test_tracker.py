@@ -401,3 +401,35 @@ def test_tracker_final_counts_live_as_long_as_the_chunks_futures():
     held.clear()
     gc.collect()
     assert tracker.progress_counts(keys) == (0, 0, 0, 0)  # gone with the client's records of the chunks
+
+
+def test_a_start_message_before_its_chunk_is_registered_is_applied_when_it_is():
+    # A worker can report a chunk's start before the submitting thread registered the chunk;
+    # the message waits (``EarlyMessages``) and the registration applies it.
+    from daskflow.engine.client.chunks import Chunk
+    from daskflow.ids import new_run_base
+    from daskflow.engine.tracking.events import ChunkStarted
+
+    @task
+    def one(x):
+        return x
+
+    chunk = Chunk(one, new_run_base(), 0, 1, None, None)
+    tracker.on_message(ChunkStarted(chunk.base, chunk.start, time.time(), "tcp://127.0.0.1:1"))
+    assert tracker.live_state(chunk.base, chunk.start) is None  # not registered: nothing to show yet
+    tracker.chunks_submitted([chunk], None)
+    state = tracker.live_state(chunk.base, chunk.start)
+    assert state is not None and state.name == "Running"
+
+
+def test_early_messages_keep_order_per_chunk_and_drop_what_waited_too_long():
+    from daskflow.engine.core.early import EarlyMessages
+
+    early = EarlyMessages(seconds=60.0)
+    early.keep((1, 0), "started")
+    early.keep((2, 0), "other")
+    early.keep((1, 0), "ended")
+    assert early.take((1, 0)) == ["started", "ended"] and early.take((1, 0)) == []
+    early.seconds = -1.0  # everything kept is stale now: another client's messages do not pile up
+    early.keep((3, 0), "new")
+    assert list(early) == [(3, 0)]

@@ -31,6 +31,7 @@ from daskflow import config
 from daskflow.codes import CANCELLED, NOT_READY, OK_CODES
 from daskflow.engine.client import chunking
 from daskflow.engine.client.losses import lost
+from daskflow.engine.core.early import EarlyMessages
 from daskflow.engine.core.envelope import ChunkResult, ChunkSpec
 from daskflow.engine.tracking import progress, tracker
 from daskflow.engine.worker.checkpoints import Checkpoint, keep_finished_runs
@@ -478,17 +479,17 @@ class Eager:
 
     An event can also come before its chunk is watched: a short chunk that ends while the
     submitting thread waits for the GIL between submitting and ``watch``. A summary (values
-    that stayed on the worker) that finds no watched chunk waits in ``early`` for a minute,
-    so that a reader records the chunk from it instead of gathering its values.
+    that stayed on the worker) that finds no watched chunk waits in ``early``
+    (``EarlyMessages``), so that a reader records the chunk from it instead of gathering its
+    values.
     """
 
     RECHECK = 0.05
-    EARLY_SECONDS = 60.0
 
     def __init__(self) -> None:
         self.watched: dict[tuple[int, int], Chunk] = {}  # submitted to Dask, no end event yet
         self.summaries: dict[tuple[int, int], bytes] = {}  # end events of chunks whose values stayed away
-        self.early: dict[tuple[int, int], tuple[float, bytes]] = {}  # such events that came before ``watch``
+        self.early: EarlyMessages[bytes] = EarlyMessages()  # such summaries that came before ``watch``
         self.watching = threading.Lock()  # ``watch`` and ``on_ended`` agree on which came first
         # settled chunks whose values stayed on a worker: a new attempt of one reports here
         self.elsewhere: weakref.WeakValueDictionary[tuple[int, int], Chunk] = weakref.WeakValueDictionary()
@@ -509,7 +510,7 @@ class Eager:
                 if ends_reported and chunk.handle is not None:
                     key = (chunk.base, chunk.start)
                     if early and key in early:
-                        self.summaries[key] = early.pop(key)[1]
+                        self.summaries[key] = early.take(key)[-1]
                         came.append(chunk)
                     else:
                         watched[key] = chunk
@@ -540,18 +541,11 @@ class Eager:
                         self.refreshed.append((self.elsewhere[key], msg.summary))
                         chunk = self.elsewhere[key]
                     else:  # not watched yet (or another client's): kept a while for ``watch``
-                        self._keep_early(key, msg.summary)
+                        self.early.keep(key, msg.summary)
                 if chunk is not None:
                     ended.append(chunk)
         if ended:
             self._queue(ended)
-
-    def _keep_early(self, key: tuple[int, int], summary: bytes) -> None:
-        now, early = time.monotonic(), self.early
-        if early and next(iter(early.values()))[0] < now - self.EARLY_SECONDS:  # oldest first: drop the stale
-            for old in [k for k, (at, _) in early.items() if at < now - self.EARLY_SECONDS]:
-                del early[old]
-        early[key] = (now, summary)
 
     def _queue(self, ended: list[Chunk]) -> None:
         self.ready.extend(ended)

@@ -52,6 +52,7 @@ import dask.config
 
 from daskflow import config, owners
 from daskflow.codes import CACHED, COMPLETED, StateEvent
+from daskflow.engine.core.early import EarlyMessages
 from daskflow.engine.tracking import console as run_console
 from daskflow.engine.tracking.events import ChunkEnded, ChunkStarted, LogsShipped, Message, RunRetrying, batch_from_wire
 from daskflow.engine.tracking.records import (
@@ -128,10 +129,8 @@ class _Tracker:
         # final counts of the chunks whose client record (``Chunk``) lives: ``_forget`` drops them
         self.counts: dict[ChunkId, FinalCounts] = {}
         self.retrying: dict[ChunkId, set[int]] = {}
-        # messages of chunks that started before their submission was registered, with when
-        # the first arrived: kept EARLY_SECONDS at most (a message of another client's chunk
-        # on the same scheduler is never claimed)
-        self.early: collections.OrderedDict[ChunkId, tuple[float, list[Message]]] = collections.OrderedDict()
+        # messages of chunks that started before their submission was registered
+        self.early: EarlyMessages[Message] = EarlyMessages()
         self.ops: collections.deque[tuple[str, Record]] = collections.deque()
         self.lock = threading.Lock()
         # orders registering a chunk against its messages arriving on other threads
@@ -290,7 +289,7 @@ def chunks_submitted(chunks: list[Chunk], flow_run_id: str | None, state: StateE
             weakref.finalize(c, _forget, (c.base, c.start))
         if early:
             for c in chunks:
-                arrived.extend(early.pop((c.base, c.start), (0.0, []))[1])
+                arrived.extend(early.take((c.base, c.start)))
     for msg in arrived:
         on_message(msg)
     for c in chunks:
@@ -383,25 +382,6 @@ def _remember_counts(key: tuple[int, int], codes: bytes | bytearray) -> None:
 # -- messages from the chunk function (Dask events, or direct calls in-process) ------------------
 
 
-EARLY_SECONDS = 30.0
-
-
-def _keep_early(key: ChunkId, msg: Message) -> None:
-    """Keep a message of a chunk not registered yet; forget those that waited too long."""
-    early = _tracker.early
-    now = time.monotonic()
-    entry = early.get(key)
-    if entry is None:
-        early[key] = (now, [msg])
-    else:
-        entry[1].append(msg)
-    while early:
-        first = next(iter(early.values()))
-        if now - first[0] <= EARLY_SECONDS:
-            break
-        early.popitem(last=False)
-
-
 def _forget(key: ChunkId) -> None:
     """The client's record of a chunk is gone: nobody can ask for its counts any more."""
     _tracker.counts.pop(key, None)
@@ -421,7 +401,7 @@ def on_message(msg: Message) -> None:
             with _tracker.registry:
                 entry = _tracker.live.get(key)
                 if entry is None:
-                    _keep_early(key, msg)
+                    _tracker.early.keep(key, msg)
         if entry is None:
             return
     if isinstance(msg, ChunkStarted):
