@@ -101,11 +101,19 @@ class Cluster:
             client.wait_for_workers(n, timeout=60)
 
     def close(self) -> None:
+        # The workers first, while their scheduler still answers them: a worker stopping
+        # beside a scheduler that is stopping too waits out its connection attempts (10 s).
         close_shared_client(self.address)
-        for p in self.workers + [self.scheduler]:
+        self._stop(self.workers)
+        self._stop([self.scheduler])
+        self.log.close()
+
+    @staticmethod
+    def _stop(procs: list[subprocess.Popen | None]) -> None:
+        for p in procs:
             if p is not None and p.poll() is None:
                 p.terminate()
-        for p in self.workers + [self.scheduler]:
+        for p in procs:
             if p is None:
                 continue
             try:
@@ -113,7 +121,6 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
-        self.log.close()
 
 
 # ---------------------------------------------------------------------------------------
