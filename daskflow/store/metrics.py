@@ -36,7 +36,7 @@ from array import array
 from typing import Any, Callable, Iterable, NamedTuple
 
 from daskflow.codes import CACHED, CODE_STATES, NEVER_RAN
-from daskflow.store.packing import unpack_times
+from daskflow.store.packing import unpack_deltas, unpack_times
 
 __all__ = ["BUCKETS", "COUNTED", "Counters", "Delta", "add", "change", "count_all", "read_counters", "tally"]
 
@@ -118,6 +118,9 @@ def _bump(into: Delta, key: tuple[str, str, str], value: float) -> None:
 
 def _histogram(rec: dict, codes: bytes) -> tuple[list[int], float]:
     """Bucket counts and total seconds of the runs that ran (Cached, NotReady and Cancelled did not)."""
+    packed = rec.get("zends")
+    if packed and rec.get("ends") is None and rec.get("starts") is None and rec.get("zstarts") is None:
+        return _histogram_packed(packed, rec.get("started"), codes)
     raw = _times(rec, "ends")  # packed on disk (store/packing.py): decoded for a record read back
     if not raw:
         return [], 0.0
@@ -159,6 +162,23 @@ def _histogram_np(ends: array, prev: array, codes: bytes) -> tuple[list[int], fl
     n = min(len(ends), len(prev), len(codes))
     spent = np.maximum(np.frombuffer(ends, dtype=np.float64)[:n] - np.frombuffer(prev, dtype=np.float64)[:n], 0.0)
     spent = spent[_RAN[np.frombuffer(codes, dtype=np.uint8)[:n]]]
+    return np.bincount(np.searchsorted(BUCKETS, spent), minlength=len(BUCKETS)).tolist(), float(spent.sum())
+
+
+def _histogram_packed(packed: bytes, started: float | None, codes: bytes) -> tuple[list[int], float]:
+    """``_histogram`` of runs that ran back to back, from their packed ends: a run's duration is
+    the delta the packing keeps (whole microseconds), run 0's its end minus the chunk's start.
+    Summing the deltas back into times and subtracting them again cost the writer ~0.05 us a run."""
+    import numpy as np
+
+    first, deltas = unpack_deltas(packed)
+    spent = deltas / 1e6
+    if not len(spent):
+        return [], 0.0
+    np.maximum(spent, 0.0, out=spent)
+    spent[0] = max(first - (started or first), 0.0)
+    n = min(len(spent), len(codes))
+    spent = spent[:n][_RAN[np.frombuffer(codes, dtype=np.uint8)[:n]]]
     return np.bincount(np.searchsorted(BUCKETS, spent), minlength=len(BUCKETS)).tolist(), float(spent.sum())
 
 
