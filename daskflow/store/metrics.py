@@ -31,12 +31,13 @@ that finds the ``metrics`` database without its ``COUNTED`` mark.
 from __future__ import annotations
 
 import bisect
+import functools
 import struct
 from array import array
 from typing import Any, Callable, Iterable, NamedTuple
 
 from daskflow.codes import CACHED, CODE_STATES, NEVER_RAN
-from daskflow.store.packing import unpack_deltas, unpack_times
+from daskflow.store.packing import time_planes, unpack_deltas, unpack_times
 
 __all__ = ["BUCKETS", "COUNTED", "Counters", "Delta", "add", "change", "count_all", "read_counters", "tally"]
 
@@ -166,20 +167,41 @@ def _histogram_np(ends: array, prev: array, codes: bytes) -> tuple[list[int], fl
 
 
 def _histogram_packed(packed: bytes, started: float | None, codes: bytes) -> tuple[list[int], float]:
-    """``_histogram`` of runs that ran back to back, from their packed ends: a run's duration is
-    the delta the packing keeps (whole microseconds), run 0's its end minus the chunk's start.
-    Summing the deltas back into times and subtracting them again cost the writer ~0.05 us a run."""
+    """``_histogram`` of runs that ran back to back, from their packed ends (``pack_times``): a
+    run's duration is the delta the packing keeps (whole microseconds, compared exactly with
+    the bounds), run 0's its end minus the chunk's start. When every delta is under 128 us
+    and none is negative (trivial runs in order: the high byte planes are zeros), the low
+    plane alone holds them; else they are decoded (``unpack_deltas``). Decoding the ends
+    back into times cost the writer ~0.05 us a run, a fifth of a streamed map's client CPU.
+    """
     import numpy as np
 
-    first, deltas = unpack_deltas(packed)
-    spent = deltas / 1e6
-    if not len(spent):
+    first, planes = time_planes(packed)  # type: ignore[misc]
+    n = min(len(planes) // 8, len(codes))
+    if not n:
         return [], 0.0
-    np.maximum(spent, 0.0, out=spent)
-    spent[0] = max(first - (started or first), 0.0)
-    n = min(len(spent), len(codes))
-    spent = spent[:n][_RAN[np.frombuffer(codes, dtype=np.uint8)[:n]]]
-    return np.bincount(np.searchsorted(BUCKETS, spent), minlength=len(BUCKETS)).tolist(), float(spent.sum())
+    ran = _RAN[np.frombuffer(codes, dtype=np.uint8)[:n]]
+    low = np.frombuffer(planes, dtype=np.uint8, count=n)
+    counts = [0] * len(BUCKETS)
+    if not np.count_nonzero(np.frombuffer(planes, dtype=np.uint8)[len(planes) // 8:]) and not np.count_nonzero(low & 1):
+        us = (low[1:] >> 1)[ran[1:]]
+        counts[0] = len(us)  # under 128 us each: all in the first bucket (1 ms)
+    else:
+        us = np.maximum(unpack_deltas(packed)[1][1:n], 0)[ran[1:]]
+        counts = np.bincount(np.searchsorted(_BOUNDS_US(), us), minlength=len(BUCKETS)).tolist()
+    total = int(us.sum(dtype=np.int64)) / 1e6
+    if ran[0]:
+        spent = max(first - (started or first), 0.0)
+        counts[bisect.bisect_left(BUCKETS, spent)] += 1
+        total += spent
+    return counts, total
+
+
+@functools.cache
+def _BOUNDS_US() -> Any:
+    import numpy as np
+
+    return np.array([round(b * 1e6) if b != float("inf") else np.iinfo(np.int64).max for b in BUCKETS], dtype=np.int64)
 
 
 def _ran_table() -> Any:

@@ -494,7 +494,7 @@ class PackedEnds:
 
     def __reduce__(self) -> tuple:
         if not self.packed:  # changed since it came: as it is now
-            return PackedEnds.packing(self.array()).__reduce__()
+            return PackedEnds.packing(self.array()).__reduce_ex__(5)
         return PackedEnds, (self.packed, self.n, self.first, self.last)
 
     @staticmethod
