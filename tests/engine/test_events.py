@@ -97,7 +97,8 @@ def test_an_envelope_that_came_packed_keeps_its_ends_packed_until_a_time_is_read
 
     import cloudpickle
 
-    from daskflow.engine.core.envelope import ChunkResult, PackedEnds
+    from daskflow.engine.core.compact import PackedEnds
+    from daskflow.engine.core.envelope import ChunkResult
 
     n, t0 = 1000, time.time()
     res = ChunkResult("t", 1, 0, n, bytearray(n), None, started=t0)
@@ -120,7 +121,8 @@ def test_packed_ends_arrive_with_their_first_and_last_and_are_not_decoded_on_arr
     import time
     from array import array
 
-    from daskflow.engine.core.envelope import ChunkResult, PackedEnds
+    from daskflow.engine.core.compact import PackedEnds
+    from daskflow.engine.core.envelope import ChunkResult
 
     n, t0 = 5000, time.time()
     res = ChunkResult("t", 1, 0, n, bytearray(n), None, started=t0)

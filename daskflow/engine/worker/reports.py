@@ -17,7 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from daskflow.codes import StateEvent
-from daskflow.engine.core.envelope import packed_ends
+from daskflow.engine.core.compact import packed_ends
 from daskflow.engine.tracking.events import ChunkEnded, ChunkStarted, Message, RunRetrying, batch_to_wire, relative_times
 from daskflow.engine.tracking.tracker import TOPIC, on_message
 from daskflow.engine.worker.hosts import current_host
