@@ -36,6 +36,7 @@ import json
 import operator
 import os
 import pickle
+import shutil
 import statistics
 import subprocess
 import sys
@@ -172,10 +173,13 @@ ROWS = {"plain loop": ("plain", run_plain),
 
 
 def child(mode: str, n: int) -> None:
-    os.environ["DASKFLOW_HOME"] = tempfile.mkdtemp(prefix="daskflow-bench-stream-")
+    home = os.environ["DASKFLOW_HOME"] = tempfile.mkdtemp(prefix="daskflow-bench-stream-")
     fn = next(f for m, f in ROWS.values() if m == mode)
     parts = RssParts()
-    out = fn(n)
+    try:
+        out = fn(n)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)  # a run store of 10^8 runs is ~0.5 GB
     out["rss"] = peak_rss_mib()
     out.update(parts.close())
     print(json.dumps(out))

@@ -31,12 +31,13 @@ that finds the ``metrics`` database without its ``COUNTED`` mark.
 from __future__ import annotations
 
 import bisect
+import functools
 import struct
 from array import array
 from typing import Any, Callable, Iterable, NamedTuple
 
 from daskflow.codes import CACHED, CODE_STATES, NEVER_RAN
-from daskflow.store.packing import unpack_times
+from daskflow.store.packing import time_planes, unpack_times
 
 __all__ = ["BUCKETS", "COUNTED", "Counters", "Delta", "add", "change", "count_all", "read_counters", "tally"]
 
@@ -118,6 +119,9 @@ def _bump(into: Delta, key: tuple[str, str, str], value: float) -> None:
 
 def _histogram(rec: dict, codes: bytes) -> tuple[list[int], float]:
     """Bucket counts and total seconds of the runs that ran (Cached, NotReady and Cancelled did not)."""
+    packed = rec.get("zends")
+    if packed and rec.get("ends") is None and rec.get("starts") is None and rec.get("zstarts") is None:
+        return _histogram_packed(packed, rec.get("started"), codes)
     raw = _times(rec, "ends")  # packed on disk (store/packing.py): decoded for a record read back
     if not raw:
         return [], 0.0
@@ -160,6 +164,58 @@ def _histogram_np(ends: array, prev: array, codes: bytes) -> tuple[list[int], fl
     spent = np.maximum(np.frombuffer(ends, dtype=np.float64)[:n] - np.frombuffer(prev, dtype=np.float64)[:n], 0.0)
     spent = spent[_RAN[np.frombuffer(codes, dtype=np.uint8)[:n]]]
     return np.bincount(np.searchsorted(BUCKETS, spent), minlength=len(BUCKETS)).tolist(), float(spent.sum())
+
+
+def _histogram_packed(packed: bytes, started: float | None, codes: bytes) -> tuple[list[int], float]:
+    """``_histogram`` of runs that ran back to back, from their packed ends (``pack_times``): a
+    run's duration is the delta the packing keeps (whole microseconds, compared exactly with
+    the bounds), run 0's its end minus the chunk's start.
+
+    The deltas are zigzag-coded and byte-shuffled into 8 planes. Most runs of a busy chunk
+    take under 128 us: their delta is in the low plane alone (high planes zero), and an odd
+    zigzag value is a negative delta (a run that ended before the one before it), counted
+    as 0 s as the times' path does. Only the few runs with a high byte are put together
+    from their 8 bytes. Decoding the ends back into times cost the writer ~0.05 us a run.
+    """
+    import numpy as np
+
+    first, raw = time_planes(packed)  # type: ignore[misc]
+    m = len(raw) // 8
+    n = min(m, len(codes))
+    if not n:
+        return [], 0.0
+    planes = np.frombuffer(raw, dtype=np.uint8).reshape(8, m)[:, :n]
+    ran = _RAN[np.frombuffer(codes, dtype=np.uint8)[:n]]
+    low = planes[0]
+    us = np.where(low & 1, 0, low >> 1).astype(np.int64)
+    big = np.flatnonzero(planes[1:].any(axis=0))  # runs of 128 us or more (or negative)
+    if len(big):
+        z = np.zeros(len(big), dtype=np.uint64)
+        for k in range(8):
+            z |= planes[k, big].astype(np.uint64) << np.uint64(8 * k)
+        us[big] = np.where(z & np.uint64(1), np.uint64(0), z >> np.uint64(1)).astype(np.int64)
+    us[0] = 0  # run 0: from the chunk's start, below
+    ran_us = us[ran]
+    counts = [0] * len(BUCKETS)
+    counts[0] = int(np.count_nonzero(ran)) - int(bool(ran[0]))
+    if len(big):  # the bounds' first is 1 ms: only runs of 128 us or more can be past it
+        long_runs = us[big[ran[big] & (big > 0)]]
+        counts[0] -= len(long_runs)
+        for i, c in enumerate(np.bincount(np.searchsorted(_BOUNDS_US(), long_runs), minlength=len(BUCKETS))):
+            counts[i] += int(c)
+    total = int(ran_us.sum(dtype=np.int64)) / 1e6
+    if ran[0]:
+        spent = max(first - (started or first), 0.0)
+        counts[bisect.bisect_left(BUCKETS, spent)] += 1
+        total += spent
+    return counts, total
+
+
+@functools.cache
+def _BOUNDS_US() -> Any:
+    import numpy as np
+
+    return np.array([round(b * 1e6) if b != float("inf") else np.iinfo(np.int64).max for b in BUCKETS], dtype=np.int64)
 
 
 def _ran_table() -> Any:

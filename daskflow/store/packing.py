@@ -202,10 +202,7 @@ def time_in(times: TimePlanes, i: int) -> float | None:
 def _unpack_times_numpy(packed: bytes) -> bytes:
     import numpy as np
 
-    first = np.frombuffer(packed[:8], dtype="<f8")[0]
-    planes = np.frombuffer(zlib.decompress(packed[8:]), dtype=np.uint8).reshape(8, -1)
-    zigzag = np.ascontiguousarray(planes.T).view("<u8").ravel()
-    deltas = (zigzag >> np.uint64(1)).astype(np.int64) ^ -(zigzag & np.uint64(1)).astype(np.int64)
+    first, deltas = unpack_deltas(packed)
     out = first + np.cumsum(deltas) / 1e6
     out[0] = first
     return out.astype(np.float64).tobytes()
@@ -219,3 +216,15 @@ def times(rec: dict, name: str) -> Any:
         if packed is not None:
             raw = rec[name] = unpack_times(packed)
     return raw
+
+
+def unpack_deltas(packed: bytes) -> tuple[float, Any]:
+    """``pack_times`` output as its first time and the whole microseconds from each time to the
+    next (a numpy ``int64`` array, 0 first): what a histogram of run durations needs, without
+    summing them back into times."""
+    import numpy as np
+
+    first = float(np.frombuffer(packed[:8], dtype="<f8")[0])
+    planes = np.frombuffer(zlib.decompress(packed[8:]), dtype=np.uint8).reshape(8, -1)
+    zigzag = np.ascontiguousarray(planes.T).view("<u8").ravel()
+    return first, (zigzag >> np.uint64(1)).astype(np.int64) ^ -(zigzag & np.uint64(1)).astype(np.int64)

@@ -145,6 +145,27 @@ def test_iter_chunks_records_every_run_in_the_store(dask_runner):
     assert len(json.loads(out.output)) == 3000
 
 
+def test_iter_chunks_lets_values_go_from_the_envelope_the_writer_holds(dask_runner):
+    """The envelope a chunk was recorded with may wait in the tracker's queue while the reader
+    moves on: once read, it keeps its states but not its values (a writer a few batches
+    behind held every chunk's values meanwhile: the client's peak RSS a matter of luck)."""
+
+    @flow(task_runner=dask_runner)
+    def f():
+        futs = inc.map(range(60_000))
+        recorded, total = [], 0
+        for part in futs.iter_chunks():
+            chunk = next(c for c in futs.chunks if c.start == part.start)
+            recorded.append(chunk.result)  # the envelope settle() handed the tracker
+            total += sum(part.values)
+        assert total == sum(range(1, 60_001))
+        assert len(recorded) > 1 and all(r.values is None and r.blob is None for r in recorded)
+        assert all(r.state(0).is_completed() for r in recorded)  # its states still answer (the writer's part)
+
+    f()
+    assert tracker.flush(30)
+
+
 folds_here = 0
 
 

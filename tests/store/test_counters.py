@@ -83,3 +83,33 @@ def test_runs_of_a_dead_owner_count_as_crashed():
     assert [o.host for o in store.end_dead_owners()] == ["expired-host"]
     v = _values(store)
     assert v[("flight", "inc", "")] == 0 and v[("runs", "inc", "Crashed")] == 3
+
+
+def test_durations_read_from_packed_ends_are_those_of_the_decoded_times():
+    """The writer buckets a chunk's durations from its packed deltas (``_histogram_packed``),
+    the decoded times' path kept for records with per-run starts: both agree, on trivial runs
+    (every delta under 128 us: the low byte plane alone) and on mixed ones (a run out of order)."""
+    import random
+
+    from daskflow.codes import CODE_STATES, NEVER_RAN
+    from daskflow.store import metrics, packing
+
+    rng = random.Random(24)
+    for trial in range(60):
+        n, t0 = rng.choice([64, 300, 5000]), time.time()
+        steps = [1e-6, 3e-6, 5e-5] if trial % 2 else [1e-6, 0.0007, 0.0012, 0.05, 0.3, 2.0]
+        ends, x = array("d"), t0
+        for _ in range(n):
+            x += rng.choice(steps) * (0.5 + rng.random() * 0.3) - (1e-4 if rng.random() < 0.01 else 0.0)
+            ends.append(x)
+        codes = bytes(rng.choice(list(CODE_STATES)) for _ in range(n))
+        started = t0 - rng.random() * 0.01
+        packed = packing.pack_times(ends.tobytes())
+        decoded: metrics.Delta = {}
+        metrics.tally({"task": "t", "codes": codes, "ends": packing.unpack_times(packed), "started": started}, decoded)
+        read: metrics.Delta = {}
+        metrics.tally({"task": "t", "codes": codes, "zends": packed, "started": started}, read)
+        total = read.pop(("dur_sum", "t", ""))
+        assert abs(total - decoded.pop(("dur_sum", "t", ""))) < 1e-6 * n
+        assert read == decoded
+        assert sum(v for (kind, _, _), v in read.items() if kind == "dur") == sum(c not in NEVER_RAN for c in codes)

@@ -11,13 +11,12 @@ is decided by daskflow from the envelope, not by Dask's error propagation.
 from __future__ import annotations
 
 import copy
-import itertools
 import pickle
 import time
 import traceback
 from array import array
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 import cloudpickle
 from dask.utils import parse_bytes
@@ -31,7 +30,8 @@ from daskflow.engine.core.states import describe_error
 from daskflow.engine.core.tracebacks import hide_internal
 from daskflow.exceptions import MissingResult, UpstreamFailed
 from daskflow.ids import run_id
-from daskflow.store.packing import PACK_ENDS_FROM, pack_ends, unpack_times
+from daskflow.engine.core.compact import PackedEnds, UniformCodes
+from daskflow.store.packing import PACK_ENDS_FROM
 
 if TYPE_CHECKING:
     from daskflow.engine.api.tasks import Task
@@ -194,7 +194,7 @@ class ChunkResult:
         # 10^5 runs is ~0.01 MB on the wire and in Dask's event logs instead of 0.8
         # 10^5 runs is ~0.1 MB on the wire and in Dask's event logs instead of 0.8; the codes of
         # runs that all ended alike as the one code
-        ends = self.ends.packed if type(self.ends) is PackedEnds else pack_ends(self.ends) or self.ends
+        ends = self.ends if type(self.ends) is PackedEnds and self.ends.packed else PackedEnds.packing(self.ends)
         codes: Any = self.codes
         if self.n >= PACK_ENDS_FROM and type(codes) is not UniformCodes and codes.count(codes[0]) == self.n:
             codes = codes[0]
@@ -254,9 +254,12 @@ class ChunkResult:
         for a chunk whose runs all ended alike, plus what its failed or retried runs need.
 
         States stay answerable (a completed run's value is then a ``MissingResult``); per-run
-        end times give way to the chunk's last one. The original is left as it is: the run
-        store's writer may still hold it.
+        end times give way to the chunk's last one. The original keeps its states (the run
+        store's writer may still hold it, queued) but lets its values go too: a writer a few
+        batches behind held the values of every chunk read meanwhile (10^5 values, ~4 MB
+        each), which made the client's peak RSS a matter of luck.
         """
+        self.values = self.blob = None
         codes = self.codes
         if self.n and codes.count(codes[0]) == self.n:
             codes = UniformCodes(codes[0], self.n)  # type: ignore[assignment]
@@ -387,6 +390,8 @@ class ChunkResult:
                 cloudpickle.dumps(exc)
             except Exception:
                 self.errors[i] = RuntimeError(f"{type(exc).__name__}: {exc} (exception not picklable)")
+        if self.n >= PACK_ENDS_FROM and type(self.ends) is array and len(self.ends) == self.n:
+            self.ends = PackedEnds.packing(self.ends)  # once: its end event, envelope and keep reuse them
         values = self.values
         if values is None:
             return self
@@ -426,91 +431,12 @@ _SPARSE = ("errors", "messages", "tracebacks", "history", "run_counts", "names",
            "recomputed", "resources")
 
 
-class UniformCodes:
-    """The state codes of a chunk whose runs all ended alike: one code for ``n`` runs.
-
-    Reads as the ``bytearray`` it replaces does (index, length, iteration, ``count``).
-    """
-
-    __slots__ = ("code", "n")
-
-    def __init__(self, code: int, n: int) -> None:
-        self.code, self.n = code, n
-
-    def __getitem__(self, i: int) -> int:
-        if not -self.n <= i < self.n:
-            raise IndexError("run index out of range")
-        return self.code
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self) -> Iterator[int]:
-        return itertools.repeat(self.code, self.n)
-
-    def __bytes__(self) -> bytes:
-        return bytes([self.code]) * self.n
-
-    def count(self, code: int) -> int:
-        return self.n if code == self.code else 0
-
-
-class PackedEnds:
-    """A chunk's end times as they came packed (``pack_ends``), decoded when a run's time is read.
-
-    The client holds the envelopes of chunks that ended and that nobody read yet (a reader
-    slower than the cluster holds many): packed, ~1 byte a run instead of 8. The first and
-    last ends (what a chunk's record and its size model read) are known without decoding.
-    Reads as the ``array("d")`` it stands for does (index, slice, length, ``tobytes``).
-    """
-
-    __slots__ = ("packed", "n", "first", "last", "_raw")
-
-    def __init__(self, packed: bytes, n: int) -> None:
-        raw = self._decode(packed)
-        self.packed, self.n, self.first, self.last, self._raw = packed, n, raw[0], raw[-1], None
-
-    @staticmethod
-    def _decode(packed: bytes) -> array:
-        raw = array("d")
-        raw.frombytes(unpack_times(packed))
-        return raw
-
-    def array(self) -> array:
-        """The decoded times (kept once read)."""
-        if self._raw is None:
-            self._raw = self._decode(self.packed)
-        return self._raw
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: Any) -> Any:
-        if type(i) is int:
-            if i == 0 or i == -self.n:
-                return self.first
-            if i == -1 or i == self.n - 1:
-                return self.last
-        elif i == slice(-1, None):
-            return array("d", [self.last])
-        return self.array()[i]
-
-    def __setitem__(self, i: Any, value: Any) -> None:
-        self.array()[i] = value
-
-    def __iter__(self) -> Iterator[float]:
-        return iter(self.array())
-
-    def tobytes(self) -> bytes:
-        return self.array().tobytes()
-
-
 def result_from_wire(task_name: str, base: int, start: int, n: int, codes: bytearray | int, values: list | None,
                      blob: bytes | None, started: float, ends: array, extra: dict[str, Any]) -> ChunkResult:
     """A ``ChunkResult`` unpickled (see ``ChunkResult.__reduce__``)."""
     if type(codes) is int:  # every run ended with this code
         codes = bytearray((codes,)) * n
-    if type(ends) is bytes:  # packed: kept so until a run's time is read
+    if type(ends) is bytes:  # packed by an older sender, without its first and last
         ends = PackedEnds(ends, n)
     res = ChunkResult(task_name, base, start, n, codes, values, blob, started=started, ends=ends)
     for name, value in extra.items():

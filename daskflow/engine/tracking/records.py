@@ -147,7 +147,7 @@ def envelope_fields(res: ChunkResult) -> dict:
     """The final fields of a chunk record from its envelope (packed arrays, text only)."""
     fields: dict[str, Any] = {"codes": bytes(res.codes), "live": None}
     packed = getattr(res.ends, "packed", None)  # as they came from the worker: written as they are
-    if packed is not None:
+    if packed:
         fields["zends"] = packed
     else:
         fields["ends"] = res.ends.tobytes()

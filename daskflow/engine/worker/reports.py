@@ -17,10 +17,10 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from daskflow.codes import StateEvent
+from daskflow.engine.core.compact import packed_ends
 from daskflow.engine.tracking.events import ChunkEnded, ChunkStarted, Message, RunRetrying, batch_to_wire, relative_times
 from daskflow.engine.tracking.tracker import TOPIC, on_message
 from daskflow.engine.worker.hosts import current_host
-from daskflow.store.packing import pack_ends
 
 if TYPE_CHECKING:
     from daskflow.engine.core.envelope import ChunkResult
@@ -100,7 +100,7 @@ def chunk_ended(res: ChunkResult, host: Host) -> None:
                      resources=res.resources)
     if res.first and len(res.ends) == res.n:  # each run's own time, for the UI while the flow runs
         end.first = res.first
-        packed = pack_ends(res.ends)  # ~1 byte a run (a chunk of 10^5 runs: its event ~10 KB, not 400)
+        packed = packed_ends(res.ends)  # ~1 byte a run (a chunk of 10^5 runs: its event ~10 KB, not 400)
         if packed is not None:
             end.zends = packed
         else:
