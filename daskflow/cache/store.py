@@ -261,11 +261,9 @@ class LMDBResultStore(ResultStore):
         limit = bounds.max_bytes() if self.bounded else None
 
         def write(txn: Any) -> int:
-            put = txn.put
-            for key, record in ordered:
-                put(key, record, db=entries)
+            txn.cursor(db=entries).putmulti(ordered)  # one C loop (a Python put per record was half the write)
             if marker is not None:
-                put(txn_key.encode(), marker, db=txns)  # type: ignore[union-attr]
+                txn.put(txn_key.encode(), marker, db=txns)  # type: ignore[union-attr]
             stamps(txn)
             return self.used_bytes(txn) if limit is not None else 0
 
@@ -323,6 +321,8 @@ class LMDBResultStore(ResultStore):
         db = self.env.db(PACKED)
 
         def read(txn: Any) -> dict:
+            if not txn.stat(db)["entries"]:  # nothing remembered (a new home): no get per key
+                return {}
             get = txn.get
             return {k: tuple(msgpack.unpackb(v)) for k in keys if (v := get(k, db=db)) is not None}
 
