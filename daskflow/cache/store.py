@@ -39,7 +39,7 @@ import lmdb
 
 from daskflow import _lmdb, config
 from daskflow.cache import bounds, segments
-from daskflow.cache.results import CacheWarning, Hits, ResultStore
+from daskflow.cache.results import CacheWarning, Hits, ResultStore, gc_paused
 from daskflow.cache import serialization as ser
 from daskflow.cache.storage import open_storage
 from daskflow.cache.storage_spec import StorageSpec
@@ -82,6 +82,8 @@ class LMDBResultStore(ResultStore):
         db = self.env.db(ENTRIES)
 
         def read(txn: Any) -> list:
+            if not txn.stat(db)["entries"]:  # an empty store (a new home's hot tier): no get per key
+                return [None] * len(keys)
             get = txn.get
             # one copy out of the map, into a bytearray that loaded arrays then share
             return [None if (v := get(k, db=db)) is None else bytearray(v) for k in keys]
@@ -133,7 +135,8 @@ class LMDBResultStore(ResultStore):
             hits.too_large = large
             return hits
 
-        hits = self._misses_on_error(lambda: self.env.read(read, buffers=True), Hits())
+        with gc_paused(len(keys)):
+            hits = self._misses_on_error(lambda: self.env.read(read, buffers=True), Hits())
         if hits:
             self._note_reads([keys[i] for i in hits] + seg_keys)
         return hits

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
-from daskflow.cache.results import Hits, ResultStore, display_key
+from daskflow.cache.results import Hits, ResultStore, display_key, gc_paused
 
 __all__ = ["TieredStore"]
 
@@ -33,12 +33,13 @@ class TieredStore(ResultStore):
     def load_many(self, keys: list[bytes | None], now: float | None = None, max_bytes: int | None = None) -> Hits:
         """As ``ResultStore.load_many``; with ``max_bytes`` no larger record is fetched from the
         storage (a ranged read stops there): the client leaves those to the workers."""
-        wanted = [(i, k) for i, k in enumerate(keys) if k is not None]
-        if not wanted:
-            return Hits()
-        records, large = self._get([k for _, k in wanted], max_bytes)
-        found = self._decode_all([k for _, k in wanted], records, now)
-        hits = Hits({wanted[pos][0]: value for pos, value in found.items()})
+        with gc_paused(len(keys)):
+            wanted = [(i, k) for i, k in enumerate(keys) if k is not None]
+            if not wanted:
+                return Hits()
+            records, large = self._get([k for _, k in wanted], max_bytes)
+            found = self._decode_all([k for _, k in wanted], records, now)
+            hits = Hits({wanted[pos][0]: value for pos, value in found.items()})
         hits.too_large = large
         return hits
 
