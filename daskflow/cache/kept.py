@@ -86,11 +86,11 @@ class KeptChunk:
 
     def refs(self) -> Iterable[tuple[int, bytes]]:
         """``(position in the call, cache key)`` of the runs kept as references to the cache."""
-        if not self.ref_keys:
+        keys = getattr(self, "ref_keys", None)  # unset in a record written before references
+        if not keys:
             return ()
-        positions = self.ref_positions if self.ref_positions is not None else \
-            range(self.start, self.start + len(self.ref_keys))
-        return zip(positions, self.ref_keys)
+        positions = self.ref_positions if self.ref_positions is not None else range(self.start, self.start + len(keys))
+        return zip(positions, keys)
 
 
 @dataclass(slots=True)
