@@ -14,7 +14,12 @@ caches, for ``daskflow.results.keep`` (default 7 days), here:
 
 One record per chunk of runs (never one per run): the chunk's completed positions and their
 values, written by the process that computed them (a Dask worker writes its own chunks; a
-value never travels to the client to be kept). Keys::
+value never travels to the client to be kept). A run whose value the chunk's cache write
+holds, or read from the cache (a run of a caching task, in the same home and result storage),
+is kept as a *reference*: its cache key, not a second copy of its value (a 50 MB array is
+written once, and a rerun whose runs all came from the cache writes only their keys). A retry
+reads the referred values from the cache in one batch; a reference whose cache record went
+(evicted, expired) is a miss: that run executes again, never a wrong value. Keys::
 
     kept/{flow run id}/{16-byte digest of (call, first run, attempt)}
 
@@ -45,9 +50,10 @@ import xxhash
 from daskflow.cache import serialization as ser
 from daskflow.cache.storage import open_storage
 from daskflow.cache.storage_spec import StorageSpec
-from daskflow.cache.store import ENTRIES, LMDBResultStore, ResultStore, TieredStore
+from daskflow.cache.store import ENTRIES, LMDBResultStore, ResultStore, TieredStore, get_store
 
-__all__ = ["FlowSource", "KeptCalls", "KeptChunk", "KeptRuns", "KeptStore", "chunk_key", "get_kept_store", "load_kept",
+__all__ = ["FlowSource", "KeptCalls", "KeptChunk", "KeptRuns", "KeptStore", "cache_of", "chunk_key", "get_kept_store",
+           "load_kept",
            "load_source", "prune_expired", "prune_storage", "source_key"]
 
 PREFIX = b"kept/"
@@ -67,12 +73,24 @@ class KeptChunk:
     values: list | None
     start: int = 0
     blob: bytes | None = None  # the values, pickled (cloudpickle), instead of ``values``
+    ref_positions: list[int] | None = None  # runs whose value is in the cache, not here (None: start and on) ...
+    ref_keys: list[bytes] | None = None  # ... under these cache keys
 
     def items(self) -> Iterable[tuple[int, Any]]:
-        """``(position in the call, value)`` of the kept runs."""
+        """``(position in the call, value)`` of the runs kept with their values."""
+        if self.values is None and self.blob is None:
+            return ()
         values = self.values if self.blob is None else cloudpickle.loads(self.blob)
         positions = self.positions if self.positions is not None else range(self.start, self.start + len(values))
         return zip(positions, values)
+
+    def refs(self) -> Iterable[tuple[int, bytes]]:
+        """``(position in the call, cache key)`` of the runs kept as references to the cache."""
+        keys = getattr(self, "ref_keys", None)  # unset in a record written before references
+        if not keys:
+            return ()
+        positions = self.ref_positions if self.ref_positions is not None else range(self.start, self.start + len(keys))
+        return zip(positions, keys)
 
 
 @dataclass(slots=True)
@@ -201,21 +219,25 @@ def list_keys(store: ResultStore, flow_run_id: str) -> list[bytes]:
     return sorted(keys)
 
 
-def load_kept(store: ResultStore, flow_run_id: str) -> KeptRuns:
+def load_kept(store: ResultStore, flow_run_id: str, cache: ResultStore | None = None) -> KeptRuns:
     """Every kept value of the flow run, by call and position, and its source record.
 
     Records are verified before anything is unpickled; a damaged or foreign one is left out
-    (its runs execute again).
+    (its runs execute again). Runs kept as references are read from ``cache`` (default: the
+    result cache of the kept store's home and storage) in one batch; a reference the cache
+    no longer holds is left out (that run executes again).
     """
     keys = list_keys(store, flow_run_id)
     out = KeptRuns()
     if not keys:
         return out
     hits, _bad = ser.load_many(store.get_many(keys), store.secret, time.time())
+    refs: list[tuple[str, int, bytes]] = []
     for value in hits.values():
         if isinstance(value, KeptChunk):
             found = out.calls.setdefault(value.call, {})
             found.update(value.items())
+            refs.extend((value.call, pos, key) for pos, key in value.refs())
             out.records += 1
         elif isinstance(value, KeptCalls):
             for call, kept in zip(value.calls, value.values):
@@ -223,7 +245,28 @@ def load_kept(store: ResultStore, flow_run_id: str) -> KeptRuns:
             out.records += 1
         elif isinstance(value, FlowSource):
             out.source = value
+    if refs:
+        _resolve(refs, cache if cache is not None else cache_of(store), out)
     return out
+
+
+def _resolve(refs: list[tuple[str, int, bytes]], cache: ResultStore | None, out: KeptRuns) -> None:
+    """Read the values kept as references from the cache, in one batch; misses are left out."""
+    if cache is None:
+        return
+    found = cache.load_many([key for _, _, key in refs])
+    for i, value in found.items():
+        call, pos, _key = refs[i]
+        out.calls.setdefault(call, {})[pos] = value
+
+
+def cache_of(store: ResultStore) -> ResultStore | None:
+    """The result cache beside a kept store: the same home's, in front of the same result storage."""
+    local, storage = _local(store), getattr(store, "storage", None)
+    home = local.home if local is not None else None
+    if storage is None:
+        return get_store(home) if home is not None else None
+    return get_store(home, storage.spec)
 
 
 def load_source(store: ResultStore, flow_run_id: str) -> FlowSource | None:

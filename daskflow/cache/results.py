@@ -7,13 +7,17 @@ storage behind a local store. Both build on this.
 from __future__ import annotations
 
 import abc
+import contextlib
+import gc
 import time
 import warnings
 from typing import Any, Iterator
 
 from daskflow.cache import serialization as ser
 
-__all__ = ["CacheWarning", "Hits", "ResultStore", "WRITTEN", "display_key"]
+__all__ = ["CacheWarning", "Hits", "ResultStore", "WRITTEN", "display_key", "gc_paused"]
+
+GC_PAUSE_KEYS = 1024  # lookups of this many keys or more run with the cyclic collector paused
 
 
 class CacheWarning(UserWarning):
@@ -121,3 +125,24 @@ def display_key(key: bytes) -> str:
         return display(key)
     except Exception:
         return repr(key)
+
+
+@contextlib.contextmanager
+def gc_paused(n: int) -> Iterator[None]:
+    """Pause the cyclic garbage collector while a lookup of ``n`` keys builds its values.
+
+    A batch lookup allocates a few objects per key (records, values, index entries) and
+    frees none of them meanwhile: the collector's passes over the young generation find
+    nothing to collect, and its older-generation passes scan every object of the process
+    (a Dask client holds many). Measured on a cold lookup of 10^4 records from a storage: a
+    quarter of its CPU. Reference counting still frees what dies; collection resumes at the
+    end (nested or concurrent pauses leave it to the outermost, which found it enabled).
+    """
+    if n < GC_PAUSE_KEYS or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()

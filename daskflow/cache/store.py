@@ -39,7 +39,7 @@ import lmdb
 
 from daskflow import _lmdb, config
 from daskflow.cache import bounds, segments
-from daskflow.cache.results import CacheWarning, Hits, ResultStore
+from daskflow.cache.results import CacheWarning, Hits, ResultStore, gc_paused
 from daskflow.cache import serialization as ser
 from daskflow.cache.storage import open_storage
 from daskflow.cache.storage_spec import StorageSpec
@@ -48,6 +48,12 @@ from daskflow.exceptions import StoreError
 
 ENTRIES, TXNS, READS, READ_LOGS = "entries", "txns", "reads", "read-logs"  # see cache/bounds.py
 PACKED = "packed"  # key -> where a result storage holds it: msgpack [pack path, offset, length]
+# key -> the size (u64) of a record over LARGE_MARK: a reader with ``max_bytes`` (the client)
+# learns a record is too large for it without reading it. Reading a value of the map, even as a
+# view, maps all of its pages into the reader (an LMDB get of a 20 MB value: +20 MB RssFile).
+LARGE = "large"
+LARGE_MARK = 64 * 1024
+_SIZE = struct.Struct("<Q")
 
 
 class LMDBResultStore(ResultStore):
@@ -66,7 +72,7 @@ class LMDBResultStore(ResultStore):
         self.home = pathlib.Path(home)
         self.path = self.home / name
         self.secret = ser.load_secret(self.home)
-        self.env = _lmdb.open_env(self.path, dbs=(ENTRIES, TXNS, READS, READ_LOGS, PACKED), recover=recover,
+        self.env = _lmdb.open_env(self.path, dbs=(ENTRIES, TXNS, READS, READ_LOGS, PACKED, LARGE), recover=recover,
                                   readonly=readonly, sync=sync)
         self.reads = bounds.ReadStamps()
         self.next_keep = 0.0  # when (monotonic) this process next applies daskflow.cache.keep
@@ -82,6 +88,8 @@ class LMDBResultStore(ResultStore):
         db = self.env.db(ENTRIES)
 
         def read(txn: Any) -> list:
+            if not txn.stat(db)["entries"]:  # an empty store (a new home's hot tier): no get per key
+                return [None] * len(keys)
             get = txn.get
             # one copy out of the map, into a bytearray that loaded arrays then share
             return [None if (v := get(k, db=db)) is None else bytearray(v) for k in keys]
@@ -119,11 +127,14 @@ class LMDBResultStore(ResultStore):
             found = self._segments(lambda k: get(k, db=db), keys, now)
             seg_keys.extend(found.keys)
             rest = found.rest
+            over = self._over(txn, rest, limit)
+            if over:  # records known to be too large: not read (their pages stay out of this process)
+                rest = [None if i in over else k for i, k in enumerate(rest)]
             # Small records are copied to bytes at once: a list of 10^5 live map views
             # (GC-tracked objects) would make the collector scan them again and again.
             records = [None if k is None or (v := get(k, db=db)) is None else bytes(v) if len(v) <= small else v
                        for k in rest]
-            large = 0
+            large = len(over)
             if limit != float("inf"):
                 for i, v in enumerate(records):
                     if v is not None and len(v) > limit:
@@ -133,10 +144,23 @@ class LMDBResultStore(ResultStore):
             hits.too_large = large
             return hits
 
-        hits = self._misses_on_error(lambda: self.env.read(read, buffers=True), Hits())
+        with gc_paused(len(keys)):
+            hits = self._misses_on_error(lambda: self.env.read(read, buffers=True), Hits())
         if hits:
             self._note_reads([keys[i] for i in hits] + seg_keys)
         return hits
+
+    def _over(self, txn: Any, keys: list, limit: float) -> set[int]:
+        """Positions of ``keys`` whose record the LARGE marks say is over ``limit`` (none
+        without a limit, or in a store that never held a record over LARGE_MARK)."""
+        if limit == float("inf") or not self.env.has_db(LARGE):
+            return set()
+        marks = self.env.db(LARGE)
+        if not txn.stat(marks)["entries"]:
+            return set()
+        get, size = txn.get, _SIZE.unpack
+        return {i for i, k in enumerate(keys) if k is not None and (m := get(k, db=marks)) is not None
+                and size(m)[0] > limit}
 
     def _segments(self, get: Any, keys: list, now: float) -> segments.Found:
         """What segment records (``cache.segments``) hold of ``keys``: one warning for damaged ones."""
@@ -260,12 +284,15 @@ class LMDBResultStore(ResultStore):
         stamps = self._stamp_writer(self.reads.take())  # pending read stamps ride along
         limit = bounds.max_bytes() if self.bounded else None
 
+        marks = [(k, _SIZE.pack(len(r))) for k, r in ordered if len(r) > LARGE_MARK]
+        large = self.env.db(LARGE) if marks else None
+
         def write(txn: Any) -> int:
-            put = txn.put
-            for key, record in ordered:
-                put(key, record, db=entries)
+            txn.cursor(db=entries).putmulti(ordered)  # one C loop (a Python put per record was half the write)
+            if marks:
+                txn.cursor(db=large).putmulti(marks)
             if marker is not None:
-                put(txn_key.encode(), marker, db=txns)  # type: ignore[union-attr]
+                txn.put(txn_key.encode(), marker, db=txns)  # type: ignore[union-attr]
             stamps(txn)
             return self.used_bytes(txn) if limit is not None else 0
 
@@ -283,9 +310,13 @@ class LMDBResultStore(ResultStore):
     def delete(self, keys: list[bytes]) -> int:
         db, reads = self.env.db(ENTRIES), self.env.db(READS)
 
+        marks = self.env.db(LARGE) if self.env.has_db(LARGE) else None
+
         def write(txn: Any) -> int:
             for k in keys:
                 txn.delete(k, db=reads)
+                if marks is not None:
+                    txn.delete(k, db=marks)
             return sum(1 for k in keys if txn.delete(k, db=db))
 
         return self.env.write(write)
@@ -323,6 +354,8 @@ class LMDBResultStore(ResultStore):
         db = self.env.db(PACKED)
 
         def read(txn: Any) -> dict:
+            if not txn.stat(db)["entries"]:  # nothing remembered (a new home): no get per key
+                return {}
             get = txn.get
             return {k: tuple(msgpack.unpackb(v)) for k in keys if (v := get(k, db=db)) is not None}
 
@@ -350,7 +383,8 @@ class LMDBResultStore(ResultStore):
 
         def write(txn: Any) -> int:
             n = txn.stat(entries)["entries"]
-            for db in (entries, txns, self.env.db(READS), self.env.db(READ_LOGS), self.env.db(PACKED)):
+            for db in (entries, txns, self.env.db(READS), self.env.db(READ_LOGS), self.env.db(PACKED),
+                       self.env.db(LARGE)):
                 txn.drop(db, delete=False)
             return n
 
@@ -371,7 +405,7 @@ class LMDBResultStore(ResultStore):
         os.replace(tmp / "data.mdb", data)
         shutil.rmtree(tmp, ignore_errors=True)
         _stores.pop((str(self.home), os.getpid()), None)
-        self.env = _lmdb.open_env(self.path, dbs=(ENTRIES, TXNS, READS, READ_LOGS, PACKED))
+        self.env = _lmdb.open_env(self.path, dbs=(ENTRIES, TXNS, READS, READ_LOGS, PACKED, LARGE))
         return before, data.stat().st_size
 
 

@@ -6,9 +6,11 @@ The local LMDB store (``cache.store``) is the index and the hot tier; the storag
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 from typing import Any, Iterator
 
-from daskflow.cache.results import Hits, ResultStore, display_key
+from daskflow.cache.results import Hits, ResultStore, display_key, gc_paused
 
 __all__ = ["TieredStore"]
 
@@ -26,24 +28,45 @@ class TieredStore(ResultStore):
 
     def __init__(self, local: ResultStore | None, storage: Any, secret: bytes) -> None:
         self.local, self.storage, self.secret = local, storage, secret
+        self._copying: concurrent.futures.Future | None = None  # the hot tier's copy of a lookup's records
 
     def get_many(self, keys: list[bytes]) -> list[bytearray | None]:
         return self._get(keys, None)[0]
 
+    def _copy(self, records: list[tuple[bytes, bytes]]) -> None:
+        """Copy records read from the storage into the hot tier without the lookup waiting for
+        it: the copy (a sort, an LMDB write, its fsync) runs on a thread of its own while the
+        lookup verifies and loads the values. One copy at a time; every write or read of the
+        hot tier here waits for it first (``settle``), and so does the process's exit. A copy
+        that fails is lost (the records are still in the storage)."""
+        self.settle()
+        self._copying = _copier().submit(self.local.put_many, records)  # type: ignore[union-attr]
+
+    def settle(self) -> None:
+        """Until the hot tier's copy under way (if any) has ended."""
+        copying, self._copying = self._copying, None
+        if copying is not None:
+            try:
+                copying.result()
+            except Exception:  # noqa: BLE001 - a copy is a hint: the storage holds the records
+                pass
+
     def load_many(self, keys: list[bytes | None], now: float | None = None, max_bytes: int | None = None) -> Hits:
         """As ``ResultStore.load_many``; with ``max_bytes`` no larger record is fetched from the
         storage (a ranged read stops there): the client leaves those to the workers."""
-        wanted = [(i, k) for i, k in enumerate(keys) if k is not None]
-        if not wanted:
-            return Hits()
-        records, large = self._get([k for _, k in wanted], max_bytes)
-        found = self._decode_all([k for _, k in wanted], records, now)
-        hits = Hits({wanted[pos][0]: value for pos, value in found.items()})
+        with gc_paused(len(keys)):
+            wanted = [(i, k) for i, k in enumerate(keys) if k is not None]
+            if not wanted:
+                return Hits()
+            records, large = self._get([k for _, k in wanted], max_bytes)
+            found = self._decode_all([k for _, k in wanted], records, now)
+            hits = Hits({wanted[pos][0]: value for pos, value in found.items()})
         hits.too_large = large
         return hits
 
     def _get(self, keys: list[bytes], max_bytes: int | None) -> tuple[list, int]:
         """The records of ``keys`` (None: missing, or over ``max_bytes``) and how many were too large."""
+        self.settle()
         records: list = self.local.get_many(keys) if self.local is not None else [None] * len(keys)
         large = 0
         if max_bytes is not None:
@@ -65,7 +88,7 @@ class TieredStore(ResultStore):
                     else:
                         far.append(keys[i])
             if hot and self.local is not None:
-                self.local.put_many(hot)
+                self._copy(hot)
             if far:
                 self._remember(far)
         # the storage's read stamps count hot-tier hits too: a record read here every day
@@ -102,6 +125,7 @@ class TieredStore(ResultStore):
         the storage refuses raises there, after the local write (which holds valid, signed
         records: a hot tier may hold more than its storage)."""
         pending = self.storage.start_put(items)
+        self.settle()
         if self.local is not None:
             try:
                 self.local.put_many([(k, r) for k, r in items if len(r) <= self.HOT_BYTES], txn_key=txn_key)
@@ -114,13 +138,32 @@ class TieredStore(ResultStore):
         """Write the records to the storage; returns those the local hot tier keeps (the caller
         writes them, e.g. with a ``transaction()`` block's other records, in one transaction)."""
         self.storage.put_many(items)
+        self.settle()
         return [(k, r) for k, r in items if len(r) <= self.HOT_BYTES]
 
     def delete(self, keys: list[bytes]) -> int:
+        self.settle()
         return self.local.delete(keys) if self.local is not None else 0
 
     def iterate(self) -> Iterator[tuple[bytes, bytes]]:
+        self.settle()
         return self.local.iterate() if self.local is not None else iter(())
 
     def is_committed(self, txn_key: str) -> bool:
+        self.settle()
         return self.local is not None and self.local.is_committed(txn_key)
+
+
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _copier() -> concurrent.futures.ThreadPoolExecutor:
+    """The process's one thread for hot-tier copies (started at the first; its pending copies
+    end before the process exits: ``concurrent.futures`` joins its threads at exit)."""
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="daskflow-hot-tier")
+    return _pool

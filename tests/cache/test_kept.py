@@ -10,11 +10,13 @@ from __future__ import annotations
 import os
 import uuid
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from test_storage import s3_server, shared  # noqa: F401 - the moto server and a storage on it
 
 from daskflow import flow, task, unmapped
+from daskflow.cache import INPUTS
 from daskflow.cache.kept import KeptChunk, chunk_key, encode, get_kept_store, load_kept
 from daskflow.cli import main
 from daskflow.runners import ThreadPoolTaskRunner
@@ -77,3 +79,53 @@ def test_kept_records_are_verified_and_foreign_files_ignored(tmp_path):
     storage.fs.pipe(f"{storage.root}/kept/{flow_run_id}/README.txt", b"not ours")
     kept = load_kept(get_kept_store(None, spec), flow_run_id)  # the storage alone (another host)
     assert kept.calls == {"t#0": {0: "a", 1: "b"}}
+
+
+@task(cache_policy=INPUTS - "counter")
+def cached_array(x: int, counter: str):
+    with open(os.path.join(counter, f"{x}-{uuid.uuid4().hex}"), "w"):
+        pass
+    return np.full(12_500, float(x))  # 100 kB: kept as a reference to its cache record
+
+
+@task
+def total_or_fail(arrays: list, broken: str) -> float:
+    if os.path.exists(broken):
+        raise ValueError("broken")
+    return float(sum(a.sum() for a in arrays))
+
+
+@flow(task_runner=ThreadPoolTaskRunner(2))
+def arrays_pipeline(n: int, counter: str, broken: str) -> float:
+    return total_or_fail(cached_array.map(range(n), unmapped(counter)).result(), broken)
+
+
+@pytest.mark.usefixtures("shared")
+def test_cached_values_are_kept_once_in_storage_and_a_retry_elsewhere_reads_them(tmp_path, monkeypatch):
+    """In a result storage too: the kept values of cached arrays are their keys (the arrays are
+    written once, as cache records); a retry from another home reads them through its cache."""
+    import fsspec
+
+    import dask.config
+
+    counter, broken = tmp_path / "counter", tmp_path / "broken"
+    counter.mkdir()
+    broken.touch()
+    monkeypatch.setenv("DASKFLOW_HOME", str(tmp_path / "host-a"))
+    assert arrays_pipeline(4, str(counter), str(broken), return_state=True).is_failed()
+    from daskflow.engine.tracking import tracker
+    from daskflow.store import open_run_store
+
+    tracker.flush()
+    flow_run_id = open_run_store(create=False).flow_runs()[0]["id"]
+    fs, root = fsspec.core.url_to_fs(dask.config.get("daskflow.results.storage"),
+                                     **dask.config.get("daskflow.results.storage-options"))
+    kept = sum(info["size"] for info in fs.find(f"{root}/kept/{flow_run_id}", detail=True).values())
+    assert 0 < kept < 8_000  # the source and four keys, not 400 kB of arrays
+    for name in os.listdir(counter):
+        os.unlink(os.path.join(counter, name))
+    broken.unlink()
+
+    monkeypatch.setenv("DASKFLOW_HOME", str(tmp_path / "host-b"))  # nothing local: values from the storage
+    assert arrays_pipeline.retry(flow_run_id) == float(sum(x * 12_500 for x in range(4)))
+    assert _executed(counter) == []

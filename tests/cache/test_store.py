@@ -126,3 +126,24 @@ def test_store_one_forged_record_among_many_is_the_only_miss(store):
 def test_store_put_many_last_record_of_a_repeated_key_wins(store):
     store.put_many([(b"b", _rec(store, 1)), (b"a", _rec(store, 2)), (b"b", _rec(store, 3))])
     assert store.load_many([b"a", b"b"]) == {0: 2, 1: 3}
+
+
+def _rss_file_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssFile")) / 1024
+
+
+def test_a_reader_with_max_bytes_leaves_large_records_unread(store):
+    """The client looks up with ``max_bytes``: a record it cannot take is known too large from its
+    mark, not read (reading a value of the map, even as a view, maps all its pages here)."""
+    big, small = b"v1/t-00000000/" + bytes(16), b"v1/t-00000000/" + bytes(range(16))
+    array = np.full(2 * 2**20, 1.5)  # 16 MB
+    store.put_many([(big, ser.encode(array, "t-00000000", None, None, store.secret)),
+                    (small, ser.encode(7, "t-00000000", None, None, store.secret))])
+    before = _rss_file_mb()
+    hits = store.load_many([big, small], max_bytes=64 * 1024)
+    assert hits == {1: 7} and hits.too_large == 1
+    assert _rss_file_mb() - before < 6  # the 16 MB record's pages were not mapped in
+    assert (store.load_many([big])[0] == array).all()  # without a limit: read as before
+    store.delete([big])
+    assert store.load_many([big], max_bytes=64 * 1024).too_large == 0  # its mark went with it

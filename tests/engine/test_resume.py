@@ -16,10 +16,12 @@ import threading
 import time
 import uuid
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from daskflow import flow, task, unmapped
+from daskflow.cache import INPUTS
 from daskflow.cli import main
 from daskflow.engine.tracking import tracker
 from daskflow.exceptions import CannotRetry
@@ -364,3 +366,56 @@ def test_direct_calls_are_kept_in_batches_and_reused(dirs):
     os.unlink(broken)
     assert calls.retry(flow_run_id) == 2 * sum(range(6))
     assert _executed(counter) == [3, 4, 5]  # calls 0-2 were kept (one record for the three)
+
+
+@task(cache_policy=INPUTS)
+def array_part(x: int, counter: str):
+    _mark(counter, x)
+    return np.full(25_000, float(x))  # 200 kB: a record kept as a reference to the cache
+
+
+@task
+def sum_or_fail(arrays: list, broken: str) -> float:
+    if os.path.exists(broken):
+        raise ValueError("broken")
+    return float(sum(a.sum() for a in arrays))
+
+
+def _kept_bytes(home, flow_run_id: str) -> int:
+    from daskflow.cache.kept import KeptStore, flow_prefix
+
+    prefix = flow_prefix(flow_run_id)
+    return sum(len(record) for key, record in KeptStore(home).iterate() if bytes(key).startswith(prefix))
+
+
+@pytest.mark.parametrize("cache_gone", [False, True])
+def test_cached_values_are_kept_as_references_and_a_retry_reads_them_from_the_cache(cache_gone, dirs, daskflow_home,
+                                                                                    dask_runner):
+    """A cached array is written once (the kept value refers to its cache record); a rerun
+    whose runs are Cached keeps only their keys; a retry reads the values from the cache, or,
+    when the cache entries went, runs them again: a miss, never a wrong value."""
+    from daskflow.cache.store import get_store
+
+    counter, broken = dirs
+
+    @flow(task_runner=dask_runner)
+    def arrays(n: int, counter: str, broken: str) -> float:
+        return sum_or_fail(array_part.map(range(n), unmapped(counter)).result(), broken)
+
+    want = float(sum(x * 25_000 for x in range(6)))
+    open(broken, "w").close()
+    assert arrays(6, counter, broken, return_state=True).is_failed()
+    assert arrays(6, counter, broken, return_state=True).is_failed()  # a rerun: every array_part run Cached
+    tracker.flush()
+    runs = json.loads(_cli("flow-runs", "ls", "-o", "json").output)
+    first, rerun = runs[1]["id"], runs[0]["id"]
+    assert _executed(counter) == list(range(6))  # the rerun executed no body
+    for flow_run_id in (first, rerun):  # 6 arrays of 200 kB: kept as six keys, not 1.2 MB again
+        assert 0 < _kept_bytes(daskflow_home, flow_run_id) < 4_000
+    for name in os.listdir(counter):
+        os.unlink(os.path.join(counter, name))
+    os.unlink(broken)
+    if cache_gone:
+        assert get_store(str(daskflow_home)).clear() >= 6
+    assert arrays.retry(first) == want
+    assert _executed(counter) == (list(range(6)) if cache_gone else [])

@@ -185,6 +185,7 @@ class ChunkResult:
     fetch: Any = None  # on the client: how to bring values that stayed on the worker (not pickled)
     resources: dict | None = None  # CPU and memory the runs took (engine/worker/resources.py)
     released: str = ""  # on the client: who consumed the values and let them go (``released``)
+    cache_refs: Any = None  # where it ran: the runs whose value its cache holds (``CacheRefs``; not pickled)
 
     def __reduce__(self):
         # Only the fields that hold something: a dataclass pickles every field by name.

@@ -25,6 +25,10 @@ calls does not pay a commit per call.
 
 When a retry submits a chunk some of whose runs were kept, the chunk's ``reuse`` holds
 their values: they end ``Cached`` without running (``reuse_kept``), the others run.
+
+A run whose value the chunk's own cache holds (a hit, or a fresh record of ``REF_BYTES`` or
+more that the chunk's cache write carries) is kept as its cache key (``CacheRefs``), not as
+a second copy of its value, when the cache and the kept values share home and storage.
 """
 
 from __future__ import annotations
@@ -43,6 +47,20 @@ from daskflow.codes import CACHED, OK_CODES, all_ok
 
 if TYPE_CHECKING:
     from daskflow.engine.core.envelope import ChunkResult, ChunkSpec
+
+
+REF_BYTES = 64 * 1024  # a fresh record this large is kept as a reference to its cache record
+
+
+@dataclass(slots=True)
+class CacheRefs:
+    """The runs of a chunk whose value its cache holds under their keys (read from it, or being
+    written to it), in the cache of ``home`` in front of ``storage``."""
+
+    home: str | None
+    storage: StorageSpec | None
+    positions: list[int] | None  # None: every run of the chunk
+    keys: list[bytes]
 
 
 @dataclass(slots=True)
@@ -106,7 +124,10 @@ def keep_chunk(spec: ChunkSpec, res: ChunkResult) -> None:
         store = keep.store()
         if store is None:
             return
-        if every:  # the common chunk: its values as its envelope pickled them (``seal``), or the list
+        refs = res.cache_refs
+        if refs is not None and (refs.home, refs.storage) == (keep.home, keep.storage):
+            chunk = _with_refs(keep.call, res, refs, start, done)
+        elif every:  # the common chunk: its values as its envelope pickled them (``seal``), or the list
             chunk = kept.KeptChunk(keep.call, None, None if res.blob is not None else res.values, start, res.blob)
         else:
             values = res.get_values()
@@ -119,3 +140,15 @@ def keep_chunk(spec: ChunkSpec, res: ChunkResult) -> None:
             warnings.warn(f"task {spec.task.name!r}: completed values could not be kept for a retry of flow run "
                           f"{keep.flow_run_id} ({type(exc).__name__}: {exc}); a retry runs them again",
                           CacheWarning, stacklevel=2)
+
+
+def _with_refs(call: str, res: ChunkResult, refs: CacheRefs, start: int, done: list[int] | None) -> kept.KeptChunk:
+    """The kept record of a chunk some of whose runs' values are in its cache: their keys, and
+    the values of the other completed runs."""
+    if refs.positions is None:  # every run came from the cache (a rerun's chunk): its keys alone
+        return kept.KeptChunk(call, None, None, start, ref_keys=refs.keys)
+    referred = set(refs.positions)
+    rest = [i for i in (range(res.n) if done is None else done) if i not in referred]
+    values = res.get_values() if rest else []
+    return kept.KeptChunk(call, [start + i for i in rest], [values[i] for i in rest], start,
+                          ref_positions=[start + i for i in refs.positions], ref_keys=refs.keys)

@@ -35,6 +35,7 @@ from daskflow.engine.core.envelope import ChunkResult, Unpicklable, inline_bytes
 from daskflow.engine.core.hooks import fire_commit_hooks
 from daskflow.engine.core.inputs import UpstreamNotCompleted, resolve
 from daskflow.engine.worker.cache_spec import CacheSpec, ReturnedCache, new_spec, run_txn, warn_unhashable
+from daskflow.engine.worker.keep import REF_BYTES, CacheRefs
 from daskflow.engine.worker.logging import get_run_logger
 from daskflow.engine.worker.transactions import current_transaction
 from daskflow.engine.worker.write_batch import current_batch
@@ -244,6 +245,7 @@ class CacheWork(NoCache):
         if batch is not None:  # a caller running single runs in a row writes them together
             batch.add(task.name, self.store, staged, self.fire_commits if task.options.on_commit else None)
             return
+        res.cache_refs = self._refs()
         if staged:
             if self.defer_write and not task.options.on_commit:  # ended by ``settle``
                 self.pending = self._guarded(lambda: self.store.start_many(staged))
@@ -251,6 +253,21 @@ class CacheWork(NoCache):
             self._guarded(lambda: self.store.put_many(staged))
         if task.options.on_commit:
             self.fire_commits()
+
+    def _refs(self) -> CacheRefs | None:
+        """The runs whose value this chunk's cache holds (hits, and fresh records of ``REF_BYTES``
+        or more that its write carries): the kept values refer to them instead of copying them."""
+        res, keys, hits, spec = self.res, self.keys, self.hits, self.spec
+        if self.remote or self.store is None or spec.plan is None:
+            return None
+        if hits and len(hits) == res.n:  # a rerun's chunk: every value came from the cache
+            return CacheRefs(spec.home, spec.storage, None, keys)
+        big = [k for k, r in self.staged if len(r) >= REF_BYTES]
+        if not big and not hits:
+            return None
+        where = {k: i for i, k in enumerate(keys) if k is not None} if big else {}
+        positions = sorted({*hits, *(where[k] for k in big if k in where)})
+        return CacheRefs(spec.home, spec.storage, positions, [keys[i] for i in positions])
 
     def settle(self) -> None:
         """End the chunk's write that ``finish`` started: a result storage's PUT ran meanwhile,
