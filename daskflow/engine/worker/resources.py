@@ -132,7 +132,7 @@ class Meter:
     def __init__(self) -> None:
         self.cpu0 = self.mark_cpu = time.thread_time()
         self.rss0 = self.mark_rss = self.peak = self.mark_peak = 0
-        self.runs: list[list] = []
+        self.runs: list[tuple] = []  # tuples: untracked by the GC once it saw them (lists stayed tracked, one a run)
         self.last = time.time()  # when the previous run ended (for runs measured outside the tight loop)
         self.rss0 = self.mark_rss = self.peak = self.mark_peak = _sampler.start(self)
 
@@ -158,7 +158,7 @@ class Meter:
         else:
             now = _sampler.latest
         self.saw(now)
-        self.runs.append([i, cpu - self.mark_cpu, max(self.mark_peak - self.mark_rss, 0)])
+        self.runs.append((i, cpu - self.mark_cpu, max(self.mark_peak - self.mark_rss, 0)))
         self.mark_cpu, self.mark_rss, self.mark_peak = cpu, now, now
 
     def ended(self, i: int, now: float) -> None:
