@@ -105,6 +105,19 @@ def test_time_per_run_is_the_median_of_recent_chunks_weighted_by_runs():
     assert abs(chunking._seconds_per_run[t.task_key] - 0.012) < 1e-9
 
 
+def test_time_per_run_is_measured_from_the_first_run_not_the_chunks_setup():
+    from array import array
+
+    from daskflow.engine.core.envelope import ChunkResult
+
+    t = task(name="observed-setup")(lambda x: x)
+    for _ in range(3):  # one-run chunks whose setup (before their run loop) took 10 ms
+        res = ChunkResult(t.name, 0, 0, 1, bytearray(1), [None])
+        res.started, res.first, res.ends = 100.0, 100.010, array("d", [100.022])
+        chunking.observe(t, res)
+    assert abs(chunking._seconds_per_run[t.task_key] - 0.012) < 1e-9  # not 22 ms
+
+
 def test_measured_chunks_take_at_most_max_chunk_seconds():
     t = task(name="measured-longest")(lambda x: x)
     chunking._seconds_per_run[t.task_key] = 0.01
