@@ -23,7 +23,7 @@ The figures travel in the envelope (``ChunkResult.resources``) and in the chunk'
 event, as one small record of str keys and lists (Dask events carry nothing else)::
 
     {"cpu": seconds, "mem": peak RSS increase (bytes), "rss": RSS at the end (bytes),
-     "runs": [[index, cpu seconds, peak RSS increase], ...]}   # heavy runs only
+     "runs": [(index, cpu seconds, peak RSS increase), ...]}   # heavy runs only (tuples: see Meter.heavy)
 
 A run whose worker the nanny killed for memory cannot report: the client records the RSS
 the nanny measured last and the worker's memory limit (``runners/memory_kills.py``), as
@@ -132,7 +132,7 @@ class Meter:
     def __init__(self) -> None:
         self.cpu0 = self.mark_cpu = time.thread_time()
         self.rss0 = self.mark_rss = self.peak = self.mark_peak = 0
-        self.runs: list[tuple] = []  # tuples: untracked by the GC once it saw them (lists stayed tracked, one a run)
+        self.runs: list[tuple] = []
         self.last = time.time()  # when the previous run ended (for runs measured outside the tight loop)
         self.rss0 = self.mark_rss = self.peak = self.mark_peak = _sampler.start(self)
 
@@ -150,7 +150,9 @@ class Meter:
         sampler's latest (at most a period old, as its start was): the reading is a system call
         that gives the GIL away, and 64 one-thread workers in one process running 10 ms runs,
         one fresh reading after each, waited for the GIL again after every reading (runs took
-        ~0.5-3 ms longer; the CPU clock's reading keeps the GIL).
+        ~0.5-3 ms longer; the CPU clock's reading keeps the GIL). The run's record is a tuple:
+        the GC stops tracking a tuple of numbers once it has seen it, where a list a run stayed
+        tracked in envelopes and Dask's event log and fed full collections (the GIL held).
         """
         cpu = time.thread_time()
         if took >= FRESH_SECONDS:
