@@ -142,7 +142,8 @@ def timeline(chunks, t0: float, wall: float) -> list[str]:
         busy.append(sum(end - first for first, end, _ in spans))
     return [f"wall per run in the run loops: {spread(per_run)}",
             f"idle between chunks on a worker: {spread(gaps or [0.0])}, {sum(gaps):.1f} s in all",
-            f"first chunk started after: {spread(firsts)}; a worker out of chunks before the end: {spread(tails)}",
+            f"first chunk started after: {spread(firsts)}; a worker out of chunks before the end: {spread(tails)}, "
+            f"least {min(tails) * 1000:.1f} ms (the client's own end)",
             f"busy in run loops per worker: median {statistics.median(busy):.2f} s of {wall:.2f} s, "
             f"{len(by_worker)} workers"]
 

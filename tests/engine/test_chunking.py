@@ -51,7 +51,9 @@ def test_on_many_threads_chunks_get_longer():
     smallest = {n: min(hi - lo for lo, hi in chunking.plan(t, 100_000, ThreadPoolTaskRunner(n))[:-1])
                 for n in (2, 8, 64)}
     assert smallest[2] == smallest[8] == 20  # 0.2 s of 10 ms runs
-    assert smallest[64] == 160  # 64 threads / 40 chunks a second: 1.6 s chunks at the end
+    sizes = [hi - lo for lo, hi in chunking.plan(t, 100_000, ThreadPoolTaskRunner(64))]
+    assert 160 in sizes  # 64 threads / 40 chunks a second: 1.6 s chunks before the last round
+    assert smallest[64] == 40  # whose chunks go down to a quarter of that
     with dask.config.set({"daskflow.map.max-chunks-per-second": None}):
         assert min(hi - lo for lo, hi in chunking.plan(t, 100_000, ThreadPoolTaskRunner(64))[:-1]) == 20
 
@@ -69,8 +71,12 @@ def test_measured_heavy_runs_are_cut_by_guided_self_scheduling():
     assert sizes[0] == 782  # ceil(100,000 / (4 x 32))
     assert sizes[1] == 776  # ceil(99,218 / 128)
     assert all(a >= b for a, b in zip(sizes, sizes[1:]))  # never growing: the end evens out
-    assert set(sizes[-100:-1]) == {80}  # the time target: 0.8 s on 32 threads
-    assert 350 < len(bounds) < 450  # uniform 0.8 s chunks would be 1,250
+    target = sizes.index(80)  # the time target: 0.8 s on 32 threads, down to the last round
+    last = next(i for i, size in enumerate(sizes) if size < 80)
+    assert 100_000 - sum(sizes[:last]) < 32 * 80  # the last round: less left than a chunk a thread
+    assert last - target > 50 and set(sizes[target:last]) == {80}
+    assert set(sizes[-20:-1]) == {20}  # down to 0.2 s (a quarter of the target, map.chunk-seconds)
+    assert 350 < len(bounds) < 500  # uniform 0.8 s chunks would be 1,250
     chunking._seconds_per_run[t.task_key] = 0.06
     assert len(chunking.plan(t, 100_000, ThreadPoolTaskRunner(32))) < 1000  # uniform: 7,693 chunks
 
@@ -97,6 +103,19 @@ def test_time_per_run_is_the_median_of_recent_chunks_weighted_by_runs():
         chunking.observe(t, ended(1, 0.060))
     chunking.observe(t, ended(40, 0.012))  # 40 runs against 31 one-run chunks
     assert abs(chunking._seconds_per_run[t.task_key] - 0.012) < 1e-9
+
+
+def test_time_per_run_is_measured_from_the_first_run_not_the_chunks_setup():
+    from array import array
+
+    from daskflow.engine.core.envelope import ChunkResult
+
+    t = task(name="observed-setup")(lambda x: x)
+    for _ in range(3):  # one-run chunks whose setup (before their run loop) took 10 ms
+        res = ChunkResult(t.name, 0, 0, 1, bytearray(1), [None])
+        res.started, res.first, res.ends = 100.0, 100.010, array("d", [100.022])
+        chunking.observe(t, res)
+    assert abs(chunking._seconds_per_run[t.task_key] - 0.012) < 1e-9  # not 22 ms
 
 
 def test_measured_chunks_take_at_most_max_chunk_seconds():
@@ -171,3 +190,27 @@ def test_adaptive_size_after_measurement(dask_runner):
 
     # measured at well under a microsecond per run: the cap (n / (4 x 2 threads)) applies
     assert f() == 8
+
+
+def test_the_last_round_on_many_threads_ends_together():
+    """The last round of a guided plan is cut into a thread's share of what is left: the
+    threads run out of work within a fraction of the time target of each other, where chunks
+    of the target (1.6 s at 64 threads) left some idle for up to that long (greedy threads
+    taking chunks in order, as Dask's queue hands them out)."""
+    import heapq
+
+    t = task(name="measured-tail")(lambda x: x)
+    chunking._seconds_per_run[t.task_key] = 0.01
+
+    def spread(bounds: list[tuple[int, int]]) -> float:
+        free = [0.0] * 64
+        for lo, hi in bounds:
+            heapq.heappush(free, heapq.heappop(free) + (hi - lo) * 0.01)
+        return max(free) - min(free)
+
+    fine = chunking.plan(t, 100_000, ThreadPoolTaskRunner(64))
+    with dask.config.set({"daskflow.map.chunk-seconds": 1.6}):  # no finer last round: the time target throughout
+        coarse = chunking.plan(t, 100_000, ThreadPoolTaskRunner(64))
+    assert min(hi - lo for lo, hi in coarse[:-1]) == 160
+    assert spread(fine) <= 0.45 < 0.8 <= spread(coarse)
+    assert len(fine) - len(coarse) < 64 * 2  # a few more chunks, all in the last round

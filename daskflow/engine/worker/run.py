@@ -300,7 +300,7 @@ def _run_tight(fn: Callable, items: Iterable[tuple[int, tuple]], res: ChunkResul
             res.fail(i, FAILED, exc)
         now = ends[i] = clock()
         if now - last >= heavy:
-            meter.heavy(i)  # type: ignore[union-attr]
+            meter.heavy(i, now - last)  # type: ignore[union-attr]
         last = now
         if now >= due:
             notes.reached(i, now, ends)  # type: ignore[union-attr]
