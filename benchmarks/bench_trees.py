@@ -15,6 +15,10 @@ with each round's ratio. The probes use only the API both trees have (``@flow``,
   and the wall time.
 - ``map``: ``t.map(range(10**6)).result()`` three times on the same cluster (after a map of
   10^4): the client process's CPU (every thread, its in-process scheduler's too) and wall.
+
+``--features`` measures this tree alone: the direct call of ``direct`` with the features that
+cost it something turned off one by one (``daskflow.resources``, ``daskflow.results.keep``,
+``daskflow.tracking``), the variants alternating within one process, medians of 5.
 """
 
 from __future__ import annotations
@@ -95,6 +99,54 @@ def probe(kind: str) -> dict:
         cluster.close()
 
 
+FEATURES = {
+    "everything on (the default)": {},
+    "daskflow.resources: false": {"daskflow.resources": False},
+    "daskflow.results.keep: 0": {"daskflow.results.keep": 0},
+    "both off": {"daskflow.resources": False, "daskflow.results.keep": 0},
+    "and daskflow.tracking: false": {"daskflow.resources": False, "daskflow.results.keep": 0,
+                                     "daskflow.tracking": False},
+}
+
+
+def features() -> None:
+    """A direct call's cost in this process with each of ``FEATURES``, alternating."""
+    import logging
+
+    import dask.config
+    from distributed import LocalCluster
+
+    from daskflow import flow, task
+    from daskflow.runners import DaskTaskRunner
+
+    logging.getLogger("daskflow").setLevel(logging.WARNING)
+    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                           dashboard_address=None)
+    t, calls = task(inc), 20_000
+
+    @flow(task_runner=DaskTaskRunner(address=cluster.scheduler_address))
+    def direct(k):
+        t0 = time.thread_time()
+        for i in range(k):
+            t(i)
+        return time.thread_time() - t0
+
+    try:
+        direct(200)
+        got: dict[str, dict[str, list[float]]] = {name: {"thread": [], "process": []} for name in FEATURES}
+        for _ in range(5):
+            for name, settings in FEATURES.items():
+                with dask.config.set(settings):
+                    c0 = _process_cpu()
+                    got[name]["thread"].append(direct(calls) / calls * 1e6)
+                    got[name]["process"].append((_process_cpu() - c0) / calls * 1e6)
+        for name, figures in got.items():
+            print(f"  {name:30} thread CPU {statistics.median(figures['thread']):6.2f} µs   "
+                  f"process CPU {statistics.median(figures['process']):6.2f} µs per direct call")
+    finally:
+        cluster.close()
+
+
 def run_probe(tree: str, kind: str) -> dict:
     env = dict(os.environ, PYTHONPATH=tree, DASKFLOW_HOME=tempfile.mkdtemp(prefix="bench-trees-"))
     env.pop("DASKFLOW_SCHEDULER_ADDRESS", None)
@@ -110,8 +162,13 @@ def main() -> None:
     parser.add_argument("--base", default=WAVE1, help="the commit to compare against (default: wave 1)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--kinds", nargs="+", default=["direct", "map"], choices=["direct", "map"])
+    parser.add_argument("--features", action="store_true", help="this tree alone: what each feature costs a direct call")
     parser.add_argument("--probe", choices=["direct", "map"], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.features:
+        os.environ.setdefault("DASKFLOW_HOME", tempfile.mkdtemp(prefix="bench-trees-"))
+        features()
+        return
     if args.probe:
         print(json.dumps(probe(args.probe)))
         return
