@@ -165,6 +165,10 @@ class TaskRunner(abc.ABC):
         handler (then the engine need not poll them)."""
         return False
 
+    def step_aside(self, handle: Any) -> None:
+        """The call ``handle`` waits for retry delays only (it gave its worker slot away): a
+        window of calls need not count it any more (runners with windows)."""
+
     def keep(self, results: list[tuple[Any, bytes]]) -> None:
         """Keep finished results ``(handle, bytes)`` while other calls still need them
         (runners with ``checkpoints``: a call computed again returns the kept result)."""

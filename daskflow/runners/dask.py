@@ -311,6 +311,11 @@ class DaskTaskRunner(TaskRunner):
     def reports_ends(self) -> bool:
         return not in_dask_task()
 
+    def step_aside(self, handle: Any) -> None:
+        held = self._held
+        if held is not None:
+            held.windows.step_aside(handle.key)
+
     def explain_loss(self, exc: BaseException) -> LossCause | None:
         return memory_kills.explain(exc)
 

@@ -12,6 +12,9 @@ finished; the others wait here and go as earlier ones finish.
 - A finished call frees its slot through its Dask future's done callback (one per *sent*
   call of a window, which is a chunk of many runs): the next held calls go through the
   graph buffer at once, in order.
+- A call that only waits for its runs' retry delays (it gave its worker slot away) *steps
+  aside*: its slot is freed at once (``step_aside``), not again when it finishes, so the
+  window's other calls run meanwhile instead of waiting out the delays behind it.
 - Dependencies go first: a call (windowed or not) whose arguments hold the future of a
   call still held here is held too, in submission order, and sent only once what it needs
   was sent. Windows are served oldest first.
@@ -70,6 +73,7 @@ class Windows:
         self.open: list[Window] = []  # oldest first; drained ones are removed
         self.held_keys: set[str] = set()
         self.after: Window | None = None  # unlimited: calls that only wait for held ones
+        self.sent: dict[str, Window] = {}  # calls of limited windows sent and holding a slot
 
     def busy(self) -> bool:
         """Whether any call is held (then new calls are checked for held arguments)."""
@@ -123,23 +127,32 @@ class Windows:
                 rows.append(call.row)
                 if window.limit:
                     window.in_flight += 1
-                    call.future.add_done_callback(self._finisher(window))
+                    self.sent[call.key] = window
+                    call.future.add_done_callback(self._finisher(call.key))
         self.open = [w for w in self.open if w.held or w.in_flight]
         return out, rows
 
-    def _finisher(self, window: Window) -> Callable[[Any], None]:
+    def _finisher(self, key: str) -> Callable[[Any], None]:
         def finished(_: Any) -> None:
-            with self.lock:
-                window.in_flight -= 1
-                ready, rows = self._take()
-            if ready:
-                try:
-                    self.send(ready, rows)
-                except Exception:  # noqa: BLE001 - the client closed: its futures are cancelled with it
-                    logger.debug("daskflow: could not send held calls", exc_info=True)
+            self.step_aside(key)
         return finished
+
+    def step_aside(self, key: str) -> None:
+        """Free the slot of the sent call ``key`` (finished, or waiting for retry delays only)
+        and send what may go now; a call frees its slot once (unknown keys: nothing)."""
+        with self.lock:
+            window = self.sent.pop(key, None)
+            if window is None:
+                return
+            window.in_flight -= 1
+            ready, rows = self._take()
+        if ready:
+            try:
+                self.send(ready, rows)
+            except Exception:  # noqa: BLE001 - the client closed: its futures are cancelled with it
+                logger.debug("daskflow: could not send held calls", exc_info=True)
 
     def drop(self) -> None:
         """Forget every held call (the runner shuts down)."""
         with self.lock:
-            self.open, self.held_keys, self.after = [], set(), None
+            self.open, self.held_keys, self.after, self.sent = [], set(), None, {}

@@ -289,6 +289,37 @@ def test_a_run_awaiting_its_retry_holds_up_neither_its_chunk_mates_nor_its_worke
     assert max(firsts) < min(retries), "a run waiting for its retry held up runs that had not started"
 
 
+def test_a_chunk_waiting_for_retry_delays_only_frees_its_window_slot(dask_runner, tmp_path):
+    # A window of one chunk: a chunk whose only runs left await their retry steps aside, so
+    # the next chunks run their first attempts before any retry (else each chunk waited out
+    # its delay before the next was sent: a map paid the delay once per window's worth).
+    import dask.config
+
+    log = tmp_path / "log"
+
+    @task(retries=1, retry_delay_seconds=1.5)
+    def flaky(i):
+        mark = tmp_path / f"failed-{i}"
+        with open(log, "a") as f:
+            f.write(f"{i} {time.time()!r} {'retry' if mark.exists() else 'first'}\n")
+        if i % 10 == 3 and not mark.exists():
+            mark.write_text("x")
+            raise RuntimeError(f"transient {i}")
+        return i
+
+    @flow(task_runner=dask_runner)
+    def f():
+        return flaky.map(range(40), chunksize=10).result()
+
+    with dask.config.set({"daskflow.map.window": 1}):
+        assert f() == list(range(40))
+    entries = [line.split() for line in log.read_text().splitlines()]
+    firsts = [float(t) for _, t, kind in entries if kind == "first"]
+    retries = [float(t) for _, t, kind in entries if kind == "retry"]
+    assert len(firsts) == 40 and len(retries) == 4
+    assert max(firsts) < min(retries), "a chunk waiting for its retries held the window"
+
+
 def test_a_retry_after_its_delay_runs_on_any_worker(dask_runner, cluster, tmp_path):
     # The body fails on the first worker it meets, every time. While the run waits out its
     # delay, the test fills that worker's one thread with a blocker: the retry, handed to the

@@ -547,6 +547,13 @@ class Eager:
         if ended:
             self._queue(ended)
 
+    def on_aside(self, msgs: list[Any]) -> None:
+        """Chunks waiting for retry delays only: their runner's window sends other calls meanwhile."""
+        for msg in msgs:
+            chunk = self.watched.get((msg.base, msg.start))
+            if chunk is not None and chunk.runner is not None:
+                chunk.runner.step_aside(chunk.handle)
+
     def _queue(self, ended: list[Chunk]) -> None:
         self.ready.extend(ended)
         self.wake.set()
@@ -588,3 +595,4 @@ class Eager:
 
 eager = Eager()
 tracker.on_chunks_ended(eager.on_ended)  # from the start: a chunk's event may come before it is watched
+tracker.on_chunks_aside(eager.on_aside)

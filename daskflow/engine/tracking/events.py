@@ -36,6 +36,15 @@ class RunRetrying:
 
 
 @dataclass(slots=True)
+class ChunkAside:
+    """A chunk has only runs awaiting their retry left: it waits off its worker's pool, and
+    the runner's window need not count it (``TaskRunner.step_aside``)."""
+
+    base: int
+    start: int
+
+
+@dataclass(slots=True)
 class ChunkEnded:
     base: int
     start: int
@@ -70,7 +79,7 @@ class LogsShipped:
     records: list[list]  # [owner (24 bytes), index, timestamp, level, message, logger name]
 
 
-Message = Union[ChunkStarted, RunRetrying, ChunkEnded, LogsShipped]
+Message = Union[ChunkStarted, RunRetrying, ChunkAside, ChunkEnded, LogsShipped]
 def relative_times(times: array, first: float) -> bytes:
     """Epoch times as float32 offsets from ``first`` (a zero, "not timed", as NaN): half the bytes."""
     import numpy as np
@@ -88,8 +97,8 @@ def _absolute(raw: bytes, first: float) -> bytes:
     return np.nan_to_num(values, nan=0.0).tobytes()
 
 
-_KINDS: dict[str, type] = {"started": ChunkStarted, "retrying": RunRetrying, "ended": ChunkEnded,
-                           "logs": LogsShipped}
+_KINDS: dict[str, type] = {"started": ChunkStarted, "retrying": RunRetrying, "aside": ChunkAside,
+                           "ended": ChunkEnded, "logs": LogsShipped}
 _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
 BATCH = "batch"
 

@@ -54,7 +54,15 @@ from daskflow import config, owners
 from daskflow.codes import CACHED, COMPLETED, StateEvent
 from daskflow.engine.core.early import EarlyMessages
 from daskflow.engine.tracking import console as run_console
-from daskflow.engine.tracking.events import ChunkEnded, ChunkStarted, LogsShipped, Message, RunRetrying, batch_from_wire
+from daskflow.engine.tracking.events import (
+    ChunkAside,
+    ChunkEnded,
+    ChunkStarted,
+    LogsShipped,
+    Message,
+    RunRetrying,
+    batch_from_wire,
+)
 from daskflow.engine.tracking.records import (
     DirectCall,
     DirectCallDone,
@@ -83,7 +91,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TOPIC", "chunk_finished", "chunks_submitted", "enabled", "flow_finished", "flow_started", "flush",
-    "ended_completed", "inline_finished", "live_state", "on_chunks_ended", "on_message", "progress_counts", "record_logs", "record_states", "on_runner_event",
+    "ended_completed", "inline_finished", "live_state", "on_chunks_aside", "on_chunks_ended", "on_message", "progress_counts", "record_logs", "record_states", "on_runner_event",
 ]
 
 TOPIC = "daskflow-runs"
@@ -424,19 +432,32 @@ def on_message(msg: Message) -> None:
 def on_runner_event(event: tuple[float, Any]) -> None:
     """A ``(timestamp, payload)`` event the runner's workers sent on ``TOPIC``."""
     try:
-        ended = []
+        ended, aside = [], []
         for msg in batch_from_wire(event[1]):
+            if type(msg) is ChunkAside:
+                aside.append(msg)
+                continue
             on_message(msg)
             if type(msg) is ChunkEnded:
                 ended.append(msg)
         if ended:
             for listener in _end_listeners:
                 listener(ended)
+        if aside:
+            for listener in _aside_listeners:
+                listener(aside)
     except Exception:  # a malformed event must not break the client's event loop
         logger.debug("daskflow: bad tracker event %r", event, exc_info=True)
 
 
 _end_listeners: list[Callable[[list[ChunkEnded]], None]] = []
+_aside_listeners: list[Callable[[list[ChunkAside]], None]] = []
+
+
+def on_chunks_aside(listener: Callable[[list[ChunkAside]], None]) -> None:
+    """Have ``listener`` called (on the client's event loop) with the ``ChunkAside`` messages
+    of chunks that wait for retry delays only."""
+    _aside_listeners.append(listener)
 
 
 def on_chunks_ended(listener: Callable[[list[ChunkEnded]], None]) -> None:

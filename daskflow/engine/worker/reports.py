@@ -18,7 +18,15 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from daskflow.codes import StateEvent
 from daskflow.engine.core.compact import packed_ends
-from daskflow.engine.tracking.events import ChunkEnded, ChunkStarted, Message, RunRetrying, batch_to_wire, relative_times
+from daskflow.engine.tracking.events import (
+    ChunkAside,
+    ChunkEnded,
+    ChunkStarted,
+    Message,
+    RunRetrying,
+    batch_to_wire,
+    relative_times,
+)
 from daskflow.engine.tracking.tracker import TOPIC, on_message
 from daskflow.engine.worker.hosts import current_host
 
@@ -120,6 +128,14 @@ def chunk_ended(res: ChunkResult, host: Host) -> None:
     # leaves now, ahead of Dask's own message that the task finished (one stream, in order).
     end.summary = res.to_summary_bytes()
     report(end, host, at_once=True)
+
+
+def chunk_aside(base: int, start: int) -> None:
+    """The chunk ``(base, start)`` waits for its runs' retry delays only (``retries``): sent at
+    once, so the client's window sends another chunk meanwhile."""
+    host = current_host()
+    if host.remote():
+        report(ChunkAside(base, start), host, at_once=True)
 
 
 def run_retrying(ctx: Any, event: StateEvent) -> None:

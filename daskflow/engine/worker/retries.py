@@ -49,6 +49,7 @@ from daskflow.engine.worker.hosts import current_host, host_var
 from daskflow.engine.worker.lifecycle import Engine, Outcome, attempts, step_sync
 from daskflow.engine.worker.limits import limited_task
 from daskflow.engine.worker.managed import NO_CACHE, CacheWork
+from daskflow.engine.worker.reports import chunk_aside
 
 if TYPE_CHECKING:
     from daskflow.engine.api.tasks import Task
@@ -116,6 +117,7 @@ def settle_parked(parked: list[Parked], spec: ChunkSpec, res: ChunkResult, ctx: 
         return
     calls: list[tuple[list[Parked], Any]] = []
     here: dict[int, ChunkResult] = {}  # retries the runner could not take, run in place (by call)
+    chunk_aside(spec.base, spec.start)  # the client's window sends another chunk meanwhile
     with host.idle():
         while parked:
             wait = parked[0].due - time.monotonic()
