@@ -257,10 +257,15 @@ def test_retries_timeouts_and_hooks_on_remote_scheduler(remote_cluster, tmp_path
     assert hooks.read_text() == "3:Completed\n"
 
 
-def test_a_run_awaiting_its_retry_holds_up_neither_its_chunk_mates_nor_its_worker_slot(dask_runner, tmp_path):
+@pytest.mark.parametrize("window", [None, 1], ids=["default window", "window of one chunk"])
+def test_a_run_awaiting_its_retry_holds_up_neither_its_chunk_mates_nor_its_worker_slot(dask_runner, tmp_path, window):
     # Two single-thread workers; four chunks of 10 runs, two runs of each chunk fail once and
     # wait 1.5 s to retry. Every first attempt (chunk-mates after a waiting run, and the chunks
     # queued behind the first two) runs before any retry; the retried runs keep their history.
+    # With a window of one chunk, a chunk whose only runs left await their retry steps aside,
+    # so the next chunks are sent meanwhile (else the map paid the delay once per window).
+    import dask.config
+
     log = tmp_path / "log"
 
     @task(retries=1, retry_delay_seconds=1.5)
@@ -278,7 +283,8 @@ def test_a_run_awaiting_its_retry_holds_up_neither_its_chunk_mates_nor_its_worke
         futs = flaky.map(range(40), chunksize=10)
         return futs.result(), [fut.run_count for fut in futs], [s.name for s in futs[1].history()]
 
-    values, run_counts, names = f()
+    with dask.config.set({} if window is None else {"daskflow.map.window": window}):
+        values, run_counts, names = f()
     assert values == list(range(40))
     assert run_counts == [2 if i % 5 == 1 else 1 for i in range(40)]
     assert names == ["Pending", "Running", "AwaitingRetry", "Retrying", "Completed"]
@@ -287,37 +293,6 @@ def test_a_run_awaiting_its_retry_holds_up_neither_its_chunk_mates_nor_its_worke
     retries = [float(t) for _, t, kind in entries if kind == "retry"]
     assert len(firsts) == 40 and len(retries) == 8
     assert max(firsts) < min(retries), "a run waiting for its retry held up runs that had not started"
-
-
-def test_a_chunk_waiting_for_retry_delays_only_frees_its_window_slot(dask_runner, tmp_path):
-    # A window of one chunk: a chunk whose only runs left await their retry steps aside, so
-    # the next chunks run their first attempts before any retry (else each chunk waited out
-    # its delay before the next was sent: a map paid the delay once per window's worth).
-    import dask.config
-
-    log = tmp_path / "log"
-
-    @task(retries=1, retry_delay_seconds=1.5)
-    def flaky(i):
-        mark = tmp_path / f"failed-{i}"
-        with open(log, "a") as f:
-            f.write(f"{i} {time.time()!r} {'retry' if mark.exists() else 'first'}\n")
-        if i % 10 == 3 and not mark.exists():
-            mark.write_text("x")
-            raise RuntimeError(f"transient {i}")
-        return i
-
-    @flow(task_runner=dask_runner)
-    def f():
-        return flaky.map(range(40), chunksize=10).result()
-
-    with dask.config.set({"daskflow.map.window": 1}):
-        assert f() == list(range(40))
-    entries = [line.split() for line in log.read_text().splitlines()]
-    firsts = [float(t) for _, t, kind in entries if kind == "first"]
-    retries = [float(t) for _, t, kind in entries if kind == "retry"]
-    assert len(firsts) == 40 and len(retries) == 4
-    assert max(firsts) < min(retries), "a chunk waiting for its retries held the window"
 
 
 def test_a_retry_after_its_delay_runs_on_any_worker(dask_runner, cluster, tmp_path):
