@@ -37,7 +37,7 @@ from array import array
 from typing import Any, Callable, Iterable, NamedTuple
 
 from daskflow.codes import CACHED, CODE_STATES, NEVER_RAN
-from daskflow.store.packing import time_planes, unpack_times
+from daskflow.store.packing import time_planes, times
 
 __all__ = ["BUCKETS", "COUNTED", "Counters", "Delta", "add", "change", "count_all", "read_counters", "tally"]
 
@@ -122,12 +122,12 @@ def _histogram(rec: dict, codes: bytes) -> tuple[list[int], float]:
     packed = rec.get("zends")
     if packed and rec.get("ends") is None and rec.get("starts") is None and rec.get("zstarts") is None:
         return _histogram_packed(packed, rec.get("started"), codes)
-    raw = _times(rec, "ends")  # packed on disk (store/packing.py): decoded for a record read back
+    raw = times(rec, "ends", keep=False)  # packed on disk (store/packing.py): decoded, the record left packed
     if not raw:
         return [], 0.0
     ends = array("d")
     ends.frombytes(bytes(raw))
-    starts = _times(rec, "starts")
+    starts = times(rec, "starts", keep=False)
     if starts is not None:
         prev = array("d")
         prev.frombytes(bytes(starts))
@@ -145,16 +145,6 @@ def _histogram(rec: dict, codes: bytes) -> tuple[list[int], float]:
         counts[bisect.bisect_left(BUCKETS, spent)] += 1
         total += spent
     return counts, total
-
-
-def _times(rec: dict, name: str) -> Any:
-    """Per-run times ``name`` as packed doubles, decoded from their packed form if need be but not
-    kept in ``rec``: the record is written back with the packed form it came with (decoded
-    times left in it would be packed again)."""
-    raw = rec.get(name)
-    if raw is None and (packed := rec.get("z" + name)) is not None:
-        raw = unpack_times(packed)
-    return raw
 
 
 def _histogram_np(ends: array, prev: array, codes: bytes) -> tuple[list[int], float]:

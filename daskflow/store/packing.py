@@ -202,29 +202,26 @@ def time_in(times: TimePlanes, i: int) -> float | None:
 def _unpack_times_numpy(packed: bytes) -> bytes:
     import numpy as np
 
-    first, deltas = unpack_deltas(packed)
+    first = np.frombuffer(packed[:8], dtype="<f8")[0]
+    planes = np.frombuffer(zlib.decompress(packed[8:]), dtype=np.uint8).reshape(8, -1)
+    zigzag = np.ascontiguousarray(planes.T).view("<u8").ravel()
+    deltas = (zigzag >> np.uint64(1)).astype(np.int64) ^ -(zigzag & np.uint64(1)).astype(np.int64)
     out = first + np.cumsum(deltas) / 1e6
     out[0] = first
     return out.astype(np.float64).tobytes()
 
 
-def times(rec: dict, name: str) -> Any:
-    """A record's per-run time array ``name`` as packed doubles (bytes), or None when it has none."""
+def times(rec: dict, name: str, keep: bool = True) -> Any:
+    """A record's per-run time array ``name`` as packed doubles (bytes), or None when it has none.
+
+    Decoded from its packed form if need be, and kept in ``rec`` unless ``keep`` is false (a
+    record written back keeps the packed form it came with: decoded times left in it would be
+    packed again)."""
     raw = rec.get(name)
     if raw is None:
         packed = rec.get("z" + name)
         if packed is not None:
-            raw = rec[name] = unpack_times(packed)
+            raw = unpack_times(packed)
+            if keep:
+                rec[name] = raw
     return raw
-
-
-def unpack_deltas(packed: bytes) -> tuple[float, Any]:
-    """``pack_times`` output as its first time and the whole microseconds from each time to the
-    next (a numpy ``int64`` array, 0 first): what a histogram of run durations needs, without
-    summing them back into times."""
-    import numpy as np
-
-    first = float(np.frombuffer(packed[:8], dtype="<f8")[0])
-    planes = np.frombuffer(zlib.decompress(packed[8:]), dtype=np.uint8).reshape(8, -1)
-    zigzag = np.ascontiguousarray(planes.T).view("<u8").ravel()
-    return first, (zigzag >> np.uint64(1)).astype(np.int64) ^ -(zigzag & np.uint64(1)).astype(np.int64)

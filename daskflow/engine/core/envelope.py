@@ -24,13 +24,13 @@ from dask.utils import parse_bytes
 from daskflow import config
 from daskflow.codes import CODE_STATES, FAILED, NOT_READY, OK_CODES, run_count_of
 from daskflow.engine.core import states as st
+from daskflow.engine.core.compact import PackedEnds, UniformCodes
 from daskflow.engine.core.context import FlowRunInfo, current_flow_run_info
 from daskflow.engine.core.inputs import ATOMS, BROADCAST, MAPPED, Column, Ref
 from daskflow.engine.core.states import describe_error
 from daskflow.engine.core.tracebacks import hide_internal
 from daskflow.exceptions import MissingResult, UpstreamFailed
 from daskflow.ids import run_id
-from daskflow.engine.core.compact import PackedEnds, UniformCodes
 from daskflow.store.packing import PACK_ENDS_FROM
 
 if TYPE_CHECKING:
@@ -192,7 +192,6 @@ class ChunkResult:
         extra = {name: value for name in _SPARSE if (value := getattr(self, name))}
         values = None if self.blob is not None else self.values  # unpickled values travel as their blob
         # end times packed (~1 byte a run, whole microseconds, as the run store keeps them): a chunk of
-        # 10^5 runs is ~0.01 MB on the wire and in Dask's event logs instead of 0.8
         # 10^5 runs is ~0.1 MB on the wire and in Dask's event logs instead of 0.8; the codes of
         # runs that all ended alike as the one code
         ends = self.ends if type(self.ends) is PackedEnds and self.ends.packed else PackedEnds.packing(self.ends)
