@@ -34,6 +34,7 @@ from daskflow.engine.client.losses import lost
 from daskflow.engine.core.early import EarlyMessages
 from daskflow.engine.core.envelope import ChunkResult, ChunkSpec
 from daskflow.engine.tracking import progress, tracker
+from daskflow.engine.tracking.events import ChunkAside, ChunkEnded
 from daskflow.engine.worker.checkpoints import Checkpoint, keep_finished_runs
 from daskflow.engine.worker.run import run_chunk, run_pickled_chunk
 from daskflow.exceptions import CancelledRun, CrashedRun, RunnerShutdown
@@ -471,7 +472,7 @@ class Eager:
     ledger's checkpoints (``engine.worker.checkpoints.Notes``) or the envelope the client kept.
 
     What tells it a chunk finished is the ``ChunkEnded`` message its worker sends anyway
-    (``tracker.on_chunks_ended``, ~100 ms batches): a Dask done callback per future costs a
+    (``tracker.listen``, ~100 ms batches): a Dask done callback per future costs a
     coroutine on the client's event loop and a thread hand-off each, a third of the client's
     time on a graph of single-run chunks. An event can come before Dask tells the client the
     call finished: such chunks are looked at again every 50 ms. Chunks that end without an
@@ -594,5 +595,5 @@ class Eager:
 
 
 eager = Eager()
-tracker.on_chunks_ended(eager.on_ended)  # from the start: a chunk's event may come before it is watched
-tracker.on_chunks_aside(eager.on_aside)
+tracker.listen(ChunkEnded, eager.on_ended)  # from the start: a chunk's event may come before it is watched
+tracker.listen(ChunkAside, eager.on_aside)

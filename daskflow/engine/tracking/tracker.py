@@ -91,7 +91,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TOPIC", "chunk_finished", "chunks_submitted", "enabled", "flow_finished", "flow_started", "flush",
-    "ended_completed", "inline_finished", "live_state", "on_chunks_aside", "on_chunks_ended", "on_message", "progress_counts", "record_logs", "record_states", "on_runner_event",
+    "ended_completed", "inline_finished", "listen", "live_state", "on_message", "progress_counts", "record_logs", "record_states", "on_runner_event",
 ]
 
 TOPIC = "daskflow-runs"
@@ -432,41 +432,31 @@ def on_message(msg: Message) -> None:
 def on_runner_event(event: tuple[float, Any]) -> None:
     """A ``(timestamp, payload)`` event the runner's workers sent on ``TOPIC``."""
     try:
-        ended, aside = [], []
+        heard: dict[type, list[Message]] = {}
         for msg in batch_from_wire(event[1]):
-            if type(msg) is ChunkAside:
-                aside.append(msg)
-                continue
-            on_message(msg)
-            if type(msg) is ChunkEnded:
-                ended.append(msg)
-        if ended:
-            for listener in _end_listeners:
-                listener(ended)
-        if aside:
-            for listener in _aside_listeners:
-                listener(aside)
+            if type(msg) is not ChunkAside:  # a chunk stepping aside changes no state: for listeners only
+                on_message(msg)
+            if type(msg) in _listeners:
+                heard.setdefault(type(msg), []).append(msg)
+        for kind, msgs in heard.items():
+            for listener in _listeners[kind]:
+                listener(msgs)
     except Exception:  # a malformed event must not break the client's event loop
         logger.debug("daskflow: bad tracker event %r", event, exc_info=True)
 
 
-_end_listeners: list[Callable[[list[ChunkEnded]], None]] = []
-_aside_listeners: list[Callable[[list[ChunkAside]], None]] = []
+_listeners: dict[type, list[Callable[[list[Any]], None]]] = {}
 
 
-def on_chunks_aside(listener: Callable[[list[ChunkAside]], None]) -> None:
-    """Have ``listener`` called (on the client's event loop) with the ``ChunkAside`` messages
-    of chunks that wait for retry delays only."""
-    _aside_listeners.append(listener)
-
-
-def on_chunks_ended(listener: Callable[[list[ChunkEnded]], None]) -> None:
-    """Have ``listener`` called with the ``ChunkEnded`` messages of chunks that workers report ended.
+def listen(kind: type, listener: Callable[[list[Any]], None]) -> None:
+    """Have ``listener`` called with the messages of type ``kind`` (``ChunkEnded``: chunks that
+    workers report ended; ``ChunkAside``: chunks that wait for retry delays only) of each
+    event the workers send.
 
     Called on the client's event loop, once per Dask event (a worker's ~100 ms of
     messages), whether tracking is on or off; it must only take note.
     """
-    _end_listeners.append(listener)
+    _listeners.setdefault(kind, []).append(listener)
 
 
 # -- flows, logs and the public API for other recorders ------------------------------------------
