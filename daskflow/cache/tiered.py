@@ -125,14 +125,19 @@ class TieredStore(ResultStore):
         the storage refuses raises there, after the local write (which holds valid, signed
         records: a hot tier may hold more than its storage)."""
         pending = self.storage.start_put(items)
+        try:
+            self.put_hot(items, txn_key)
+        except BaseException:
+            pending.wait()
+            raise
+        return pending
+
+    def put_hot(self, items: list[tuple[bytes, bytes]], txn_key: str | None = None) -> None:
+        """The hot tier's share of a write (records up to ``HOT_BYTES``) alone: the caller writes
+        the storage's itself (``engine.worker.write_behind``: with other chunks', later)."""
         self.settle()
         if self.local is not None:
-            try:
-                self.local.put_many([(k, r) for k, r in items if len(r) <= self.HOT_BYTES], txn_key=txn_key)
-            except BaseException:
-                pending.wait()
-                raise
-        return pending
+            self.local.put_many([(k, r) for k, r in items if len(r) <= self.HOT_BYTES], txn_key=txn_key)
 
     def put_storage(self, items: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """Write the records to the storage; returns those the local hot tier keeps (the caller

@@ -13,7 +13,8 @@ same for its own futures).
 The seam, both ways. The engine asks a runner through the hooks below, never by its
 class: ``attach`` at the first submission (where a runner subscribes this process to its
 workers' events and sets up checkpoints), ``keep``/``notes_of`` for checkpoints,
-``reports_ends`` (whether calls announce their end by events), ``dashboard_links``.
+``reports_ends`` (whether calls announce their end by events), ``dashboard_links``,
+``run_everywhere`` (a function run once in every process that runs calls).
 The other way, a runner hands the function it runs a ``Host`` (in the call's arguments:
 ``host``), as ``dask/local.py`` hands its function what it needs: where the call runs,
 how to send events from there, its checkpoints, and how to wait without holding a slot.
@@ -70,6 +71,11 @@ class Host:
         """A block that waits on something else (a concurrency slot): a host with a bounded
         pool lets others use the call's slot meanwhile."""
         yield
+
+    def others_queued(self) -> bool:
+        """Whether other calls wait to run in this process now, besides the caller (a hint: a
+        call that ends may leave work for later, when it can be done together). Here: no."""
+        return False
 
     def places_calls(self) -> bool:
         """Whether ``submit_call`` hands a call to the runner to place (else the caller runs
@@ -190,6 +196,14 @@ class TaskRunner(abc.ABC):
     def reconnect(self, grace: float) -> bool:
         """Wait up to ``grace`` seconds for a lost connection to come back; True if it did."""
         return False
+
+    def run_everywhere(self, fn: Callable[[], Any]) -> dict[str | None, Any]:
+        """``fn()`` in every process this runner runs calls in, by the address their ``Host``
+        reports (None: this process); where it raised, the exception. Here: this process."""
+        try:
+            return {None: fn()}
+        except Exception as exc:  # noqa: BLE001 - handed back, as a worker's error would be
+            return {None: exc}
 
     def duplicate(self) -> TaskRunner:
         """A fresh, unstarted runner with the same settings (one per flow run)."""

@@ -79,6 +79,11 @@ class WorkerHost(Host):
     def remote(self) -> bool:
         return in_dask_task()
 
+    def others_queued(self) -> bool:
+        from distributed import get_worker
+
+        return bool(dask_internals.worker_others_queued(get_worker())) if in_dask_task() else False
+
     def sender(self) -> Callable[[str, Any], None]:
         from distributed import get_worker
 
@@ -311,6 +316,11 @@ class DaskTaskRunner(TaskRunner):
     def reports_ends(self) -> bool:
         return not in_dask_task()
 
+    def run_everywhere(self, fn: Callable[[], Any]) -> dict[str | None, Any]:
+        """``fn()`` on every worker of the cluster (``client.run``), in a thread of the worker:
+        its event loop keeps serving while ``fn`` waits."""
+        return self.client.run(_in_thread, fn, on_error="return")
+
     def step_aside(self, handle: Any) -> None:
         held = self._held
         if held is not None:
@@ -501,6 +511,12 @@ def _cancellation(handle: Any) -> BaseException:
     from concurrent.futures import CancelledError
 
     return CancelledError(f"{handle.key} was cancelled")
+
+
+async def _in_thread(fn: Callable[[], Any]) -> Any:
+    import asyncio
+
+    return await asyncio.get_running_loop().run_in_executor(None, fn)
 
 
 def quiet_logs() -> None:

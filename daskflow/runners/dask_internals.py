@@ -44,7 +44,11 @@ The names, what each buys, and its fallback:
     already costs one chunk's work): slower, still correct. Also its
     ``resource_restrictions`` (``worker_task_resources``): a chunk that holds resources
     (a background run: its task worker's) retries its runs in its own thread, not as new
-    tasks that would wait for what it holds; unknown, the same.
+    tasks that would wait for what it holds; unknown, the same. And ``worker.state.ready``,
+    ``constrained``, ``executing_count`` (``worker_others_queued``): a chunk that ends when
+    its worker has nothing else queued writes its flow run's waiting storage records at once
+    (``engine.worker.write_behind``); unknown, it writes them at once always (more, smaller
+    writes: slower, still correct).
 
 Names no longer used: ``distributed.client._wait`` (``wait_futures`` uses the public
 ``distributed.wait`` under ``client.as_current()``: the same coroutine, no measurable
@@ -371,6 +375,19 @@ def worker_task_resources(worker: Any, key: Any) -> dict | None:
     try:
         ts = worker.state.tasks.get(key)
         return dict(ts.resource_restrictions or {}) if ts is not None else None
+    except (AttributeError, TypeError) as exc:
+        mark_broken("worker-task-state", exc)
+        return None
+
+
+def worker_others_queued(worker: Any) -> bool | None:
+    """Whether ``worker`` holds tasks waiting to run besides the one calling (ready, or
+    executing on other threads); ``None`` when that cannot be known."""
+    if not enabled("worker-task-state"):
+        return None
+    try:
+        state = worker.state
+        return bool(state.ready) or bool(state.constrained) or state.executing_count > 1
     except (AttributeError, TypeError) as exc:
         mark_broken("worker-task-state", exc)
         return None

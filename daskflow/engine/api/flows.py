@@ -36,6 +36,7 @@ from daskflow.engine.api.tasks import RESERVED, reserved_message, takes_paramete
 from daskflow.engine.client import resume as keeping
 from daskflow.engine.client.cancels import WATCHER
 from daskflow.engine.client.chunks import Chunk, cancel_unfinished, fetch_all, to_fetch_at_end
+from daskflow.engine.client.writes_behind import await_writes
 from daskflow.engine.core import states as st
 from daskflow.engine.core.states import error_kind
 from daskflow.engine.core.context import FlowRunContext, flow_run_ctx, task_run_ctx
@@ -347,8 +348,9 @@ class Flow(Generic[P, R]):
                     time.sleep(delay)
                     continue
                 break
-            value = resolve_futures_to_states(value)
-            final.append(self._finish(ctx, value))
+            returned, value = resolve_futures_to_states(value), _RAISED  # the end may fail (a storage write refused)
+            final.append(self._finish(ctx, returned))
+            value = returned
             if ctx.cancel_reason is not None:  # cancelled as the body returned: the call raises CancelledRun
                 value = _RAISED
         return self._outcome(final[0], value, return_state)
@@ -372,8 +374,9 @@ class Flow(Generic[P, R]):
                     await asyncio.sleep(delay)
                     continue
                 break
-            value = resolve_futures_to_states(value)
-            final.append(self._finish(ctx, value))
+            returned, value = resolve_futures_to_states(value), _RAISED  # the end may fail (a storage write refused)
+            final.append(self._finish(ctx, returned))
+            value = returned
             if ctx.cancel_reason is not None:  # cancelled as the body returned: the call raises CancelledRun
                 value = _RAISED
         return self._outcome(final[0], value, return_state)
@@ -397,6 +400,7 @@ class Flow(Generic[P, R]):
         for stream in ctx.streams:
             stream.drain()
         fetch_all(to_fetch_at_end(ctx.submitted), None)
+        await_writes(ctx)  # a flow run that returned has its results in their storage
         check_wait_lists(ctx)
         state = state_of_return(value)
         self._warn_unresolved(ctx, state)
@@ -425,6 +429,7 @@ class Flow(Generic[P, R]):
             return st.Cancelled(exc, message=f"flow {self.name!r} was interrupted")
         try:
             fetch_all(ctx.submitted, None)
+            await_writes(ctx)
         except Exception:  # the flow's own error is the one to report
             logger.debug("could not wait for runs of failed flow %r", self.name, exc_info=True)
         self._warn_unresolved(ctx, None)

@@ -87,7 +87,7 @@ def one_run_of(spec: ChunkSpec, j: int) -> ChunkSpec:
             columns.append(Column(kind, payload))
     cache = spec.cache.part(j, j + 1, spec.cache.lookup) if spec.cache is not None else None
     return ChunkSpec(spec.task, spec.base, spec.start + j, 1, columns, refs, spec.wait_refs, spec.flow_run_id,
-                     cache, task_blob=spec.task_blob)
+                     cache, task_blob=spec.task_blob, behind=spec.behind)
 
 
 def put_run(res: ChunkResult, j: int, one: ChunkResult) -> None:

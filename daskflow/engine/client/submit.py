@@ -20,6 +20,7 @@ from daskflow.engine.client.chunks import Chunk, bring_values, eager, fetch_all,
 from daskflow.engine.client.futures import MapFutures, TaskRunFuture
 from daskflow.engine.client.refs import collect_refs
 from daskflow.engine.client.streams import MapStream, is_stream_input
+from daskflow.engine.client.writes_behind import may_leave_writes
 from daskflow.engine.core.context import current_flow_run_id, flow_run_ctx
 from daskflow.engine.core.envelope import ChunkSpec
 from daskflow.engine.core.inputs import ALIGNED, ATOMS, BROADCAST, MAPPED, Column, allow_failure, quote, unmapped
@@ -175,7 +176,8 @@ def submit_run(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None)
             chunk = Chunk.known(task, known, runner)
             _register([chunk])
             return TaskRunFuture(chunk, 0)
-    spec = ChunkSpec(task, base, start, 1, columns, refs, waits, current_flow_run_id(), cache, kept=keep)
+    spec = ChunkSpec(task, base, start, 1, columns, refs, waits, current_flow_run_id(), cache, kept=keep,
+                     behind=may_leave_writes(cache, keep))
     key = _key(task, base, start)
     handle = submit_chunks(runner, [spec], [_dep_inputs(ups, runner)], [key])[0]
     chunk = Chunk.submitted_as(spec, handle, runner, ups, key)
@@ -262,6 +264,7 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
         bounds = cache.bounds  # type: ignore[union-attr]
     specs, dep_lists, keys, up_lists = [], [], [], []
     flow_run_id = current_flow_run_id()
+    behind = may_leave_writes(cache.spec if cache is not None else None, keep) if bounds else False
     wait_items = list(wait_for or ())
     for ci, (lo, hi) in enumerate(bounds):
         deps: dict[int, int] = {}
@@ -296,7 +299,7 @@ def submit_map(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None,
                 columns.append(Column(MAPPED, part))
         specs.append(ChunkSpec(task, base, offset + lo, hi - lo, columns, refs, waits, flow_run_id,
                                cache.spec_for(lo, hi) if cache is not None else None,
-                               kept=keep.part(kept.reuse(lo, hi)) if kept is not None else keep))
+                               kept=keep.part(kept.reuse(lo, hi)) if kept is not None else keep, behind=behind))
         dep_lists.append(_dep_inputs(ups, runner))
         up_lists.append(ups)
         keys.append(_key(task, base, offset + lo))

@@ -108,6 +108,7 @@ class FlowRunContext:
     cancel_reason: str | None = None  # set when another process cancelled it (engine.client.cancels)
     watched: Any = None  # its entry in the cancel watcher
     home_env: str = field(default_factory=lambda: os.environ.get("DASKFLOW_HOME", ""))  # as its runs record it
+    writes_behind: bool = False  # chunks may leave storage writes under way: its end waits (``write_behind``)
 
     def info(self) -> FlowRunInfo:
         run = self.flow_run

@@ -77,6 +77,7 @@ class ChunkSpec:
     flow_run: FlowRunInfo | None = None  # for daskflow.runtime: taken from the submitting context
     kept: Any = None  # an engine.worker.keep.KeepSpec: the chunk keeps its completed values for a retry
     name: str = ""  # a single run's name when its task gives none (a background run's; in-process only)
+    behind: bool = False  # its storage writes may end after it: its flow run waits for them (``write_behind``)
 
     def __post_init__(self) -> None:
         if self.flow_run is None and self.flow_run_id is not None:
@@ -93,7 +94,7 @@ class ChunkSpec:
         # once (``spec_from_wire``), not once per chunk.
         return spec_from_wire, (self.task_blob or self.task.pickled(), self.base, self.start, self.n, self.columns,
                                 self.refs, self.wait_refs, self.flow_run_id, self.cache, self.checkpoints,
-                                None, self.host, None, self.flow_run, self.kept)
+                                None, self.host, None, self.flow_run, self.kept, "", self.behind)
 
     def to_bytes(self) -> bytes:
         """The spec pickled for a worker. An argument that cannot be pickled is replaced by an
@@ -186,6 +187,7 @@ class ChunkResult:
     resources: dict | None = None  # CPU and memory the runs took (engine/worker/resources.py)
     released: str = ""  # on the client: who consumed the values and let them go (``released``)
     cache_refs: Any = None  # where it ran: the runs whose value its cache holds (``CacheRefs``; not pickled)
+    behind: bool = False  # its storage writes were still under way on ``worker`` when it ended (``write_behind``)
 
     def __reduce__(self):
         # Only the fields that hold something: a dataclass pickles every field by name.
@@ -428,7 +430,7 @@ class ChunkResult:
 
 _SPARSE = ("errors", "messages", "tracebacks", "history", "run_counts", "names", "inputs", "first", "starts", "worker",
            "n_failed", "cache_records", "cache_storage", "cache_returned", "logs", "kept", "nbytes", "elsewhere",
-           "recomputed", "resources")
+           "recomputed", "resources", "behind")
 
 
 def result_from_wire(task_name: str, base: int, start: int, n: int, codes: bytearray | int, values: list | None,

@@ -44,6 +44,7 @@ from daskflow.cache.storage_spec import StorageSpec
 from daskflow.cache.store import CacheWarning
 from daskflow.cache.tokens import reaches_store
 from daskflow.codes import CACHED, OK_CODES, all_ok
+from daskflow.engine.worker.write_behind import Write
 
 if TYPE_CHECKING:
     from daskflow.engine.core.envelope import ChunkResult, ChunkSpec
@@ -109,9 +110,10 @@ def reuse_kept(reuse: dict[int, Any], items: Iterable[tuple[int, tuple]], res: C
 _warned: set[str] = set()
 
 
-def keep_chunk(spec: ChunkSpec, res: ChunkResult) -> None:
+def keep_chunk(spec: ChunkSpec, res: ChunkResult, writes: list[Write] | None = None) -> None:
     """Write the chunk's completed values in one record (never raises: a value not kept only
-    means the run executes again on a retry)."""
+    means the run executes again on a retry). With ``writes``, the record's copy for a result
+    storage goes there, for the caller to write (the local store is written here)."""
     keep: KeepSpec | None = spec.kept
     if keep is None or (res.values is None and res.blob is None) or keep.keep_seconds <= 0:  # keep 0: keeps nothing new
         return
@@ -133,13 +135,22 @@ def keep_chunk(spec: ChunkSpec, res: ChunkResult) -> None:
             values = res.get_values()
             chunk = kept.KeptChunk(keep.call, [start + i for i in done], [values[i] for i in done])  # type: ignore[union-attr]
         record = kept.encode(chunk, spec.task.name, keep.keep_seconds, store.secret)
-        store.put_many([(kept.chunk_key(keep.flow_run_id, keep.call, start, keep.attempt), record)])
+        items = [(kept.chunk_key(keep.flow_run_id, keep.call, start, keep.attempt), record)]
+        if writes is None or not hasattr(store, "put_hot"):
+            store.put_many(items)
+            return
+        store.put_hot(items)  # the storage's copy goes with the chunk's other writes
+        writes.append(Write(store.storage, items, spec.task.name, False))
     except Exception as exc:  # noqa: BLE001 - keeping is best effort: the runs are final all the same
-        if spec.task.name not in _warned:
-            _warned.add(spec.task.name)
-            warnings.warn(f"task {spec.task.name!r}: completed values could not be kept for a retry of flow run "
-                          f"{keep.flow_run_id} ({type(exc).__name__}: {exc}); a retry runs them again",
-                          CacheWarning, stacklevel=2)
+        _not_kept(spec.task.name, keep.flow_run_id, exc)
+
+
+def _not_kept(task_name: str, flow_run_id: str, exc: BaseException) -> None:
+    if task_name not in _warned:
+        _warned.add(task_name)
+        warnings.warn(f"task {task_name!r}: completed values could not be kept for a retry of flow run "
+                      f"{flow_run_id} ({type(exc).__name__}: {exc}); a retry runs them again",
+                      CacheWarning, stacklevel=3)
 
 
 def _with_refs(call: str, res: ChunkResult, refs: CacheRefs, start: int, done: list[int] | None) -> kept.KeptChunk:

@@ -39,6 +39,7 @@ from daskflow.engine.worker.keep import REF_BYTES, CacheRefs
 from daskflow.engine.worker.logging import get_run_logger
 from daskflow.engine.worker.transactions import current_transaction
 from daskflow.engine.worker.write_batch import current_batch
+from daskflow.engine.worker.write_behind import Write
 from daskflow.ids import run_id
 
 if TYPE_CHECKING:
@@ -79,6 +80,9 @@ class NoCache:
     def settle(self) -> None:
         pass
 
+    def leave_to(self, writes: list[Write]) -> None:
+        pass
+
 
 NO_CACHE = NoCache()
 
@@ -99,6 +103,7 @@ class CacheWork(NoCache):
     resolved = True  # ``prepare`` resolves upstream values for the whole chunk
     defer_write = True  # ``finish`` starts the chunk's write, ``settle`` (after keep_chunk) ends it
     pending: Any = None  # that write, under way
+    writes: list[Write] | None = None  # given (``leave_to``): the storage's share of the write goes there
 
     def __init__(self, task: Task, res: ChunkResult, ctx: TaskRunContext, deps: list | None,
                  spec: CacheSpec | None) -> None:
@@ -247,8 +252,12 @@ class CacheWork(NoCache):
             return
         res.cache_refs = self._refs()
         if staged:
-            if self.defer_write and not task.options.on_commit:  # ended by ``settle``
-                self.pending = self._guarded(lambda: self.store.start_many(staged))
+            if self.defer_write and not task.options.on_commit:
+                if self.writes is not None and hasattr(self.store, "put_hot"):  # ended by the chunk's caller
+                    self._guarded(lambda: self.store.put_hot(staged))
+                    self.writes.append(Write(self.store.storage, staged, task.name, True))
+                    return
+                self.pending = self._guarded(lambda: self.store.start_many(staged))  # ended by ``settle``
                 return
             self._guarded(lambda: self.store.put_many(staged))
         if task.options.on_commit:
@@ -268,6 +277,11 @@ class CacheWork(NoCache):
         where = {k: i for i, k in enumerate(keys) if k is not None} if big else {}
         positions = sorted({*hits, *(where[k] for k in big if k in where)})
         return CacheRefs(spec.home, spec.storage, positions, [keys[i] for i in positions])
+
+    def leave_to(self, writes: list[Write]) -> None:
+        """The storage's share of the chunk's write goes to ``writes``, for the chunk's caller to
+        write (``engine.worker.write_behind``); the local store is written by ``finish``."""
+        self.writes = writes
 
     def settle(self) -> None:
         """End the chunk's write that ``finish`` started: a result storage's PUT ran meanwhile,

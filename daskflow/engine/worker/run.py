@@ -73,6 +73,7 @@ from daskflow.engine.worker.managed import NO_CACHE, CacheWork, cache_work
 from daskflow.engine.worker import resources
 from daskflow.engine.worker.resources import HEAVY_SECONDS, Meter
 from daskflow.engine.worker.retries import Parked, park, run_ended, settle_parked
+from daskflow.engine.worker.write_behind import Write, leave, wait_now
 
 if TYPE_CHECKING:
     from daskflow.engine.api.tasks import Task
@@ -107,8 +108,9 @@ def run_chunk(spec: ChunkSpec, deps: list[ChunkResult] = ()) -> ChunkResult:  # 
             done = Checkpoint.joined(notes, spec.n) if notes and before is None else None
         reports.chunk_starting(spec.base, spec.start, host)
         meter = Meter() if resources.enabled() else None
+        writes: list[Write] | None = [] if spec.behind and spec.flow_run_id is not None else None
         try:
-            result = run_rows(spec, list(deps), done=done, host=host, meter=meter, keep=False)
+            result = run_rows(spec, list(deps), done=done, host=host, meter=meter, keep=False, writes=writes)
         finally:
             used = meter.finish() if meter is not None else None
         result.resources = used
@@ -116,7 +118,12 @@ def run_chunk(spec: ChunkSpec, deps: list[ChunkResult] = ()) -> ChunkResult:  # 
         if before is not None:
             recomputed(result, before, host.address())
         result.seal(inline_bytes() if host.remote() else None)
-        keep_chunk(spec, result)  # after the seal: a chunk's kept values reuse its pickled blob
+        keep_chunk(spec, result, writes)  # after the seal: a chunk's kept values reuse its pickled blob
+        if writes:  # the storage's records of the cache and kept values: left to the flow run's end
+            if leave(spec.flow_run_id, writes, host.others_queued()):  # type: ignore[arg-type]
+                result.behind = True
+            else:
+                wait_now(writes)
         reports.chunk_ended(result, host)
         return result
     finally:
@@ -157,14 +164,15 @@ def run_pickled_chunk(spec: bytes, deps: list[ChunkResult] = ()) -> ChunkResult:
 
 
 def run_rows(spec: ChunkSpec, deps: list, done: Checkpoint | None = None, host: Host | None = None,
-             meter: Meter | None = None, keep: bool = True) -> ChunkResult:
+             meter: Meter | None = None, keep: bool = True, writes: list[Write] | None = None) -> ChunkResult:
     """Run the runs of ``spec`` (its columns, or its one ``row``); the envelope, unsealed.
 
     ``deps``: the upstream envelopes its ``Ref``s point into. ``done``: runs an earlier
     attempt finished; they are restored, not run. ``host``: given by ``run_chunk``, whose
     runner keeps checkpoints when ``spec.checkpoints``. ``meter``: measures heavy runs one
     by one (``run_chunk``'s; a direct call has none). ``keep``: keep the completed values for a
-    retry here (``run_chunk`` keeps them itself, once sealed).
+    retry here (``run_chunk`` keeps them itself, once sealed). ``writes``: the records for a
+    result storage go there, for the caller to write (``run_chunk``, ``write_behind``).
     """
     task, n = spec.task, spec.n
     if (spec.row is not None and task.fast_path and done is None and meter is None and not spec.refs
@@ -207,6 +215,8 @@ def run_rows(spec: ChunkSpec, deps: list, done: Checkpoint | None = None, host: 
         if spec.kept is not None and spec.kept.reuse:
             items = reuse_kept(spec.kept.reuse, items, res, ends)
         cache = cache_work(task, res, ctx, deps if refs else None, spec.cache) if task.managed else NO_CACHE
+        if writes is not None:
+            cache.leave_to(writes)
         res.first = time.time()  # runs are timed from here: the chunk's setup is not run 0's time
         with cache.scope():
             items = cache.prepare(items, ends)
