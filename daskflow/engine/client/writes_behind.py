@@ -43,7 +43,13 @@ def await_writes(ctx: FlowRunContext) -> None:
     if not ctx.writes_behind:
         return
     ctx.writes_behind = False
-    answers = ctx.runner.run_everywhere(functools.partial(drain, ctx.flow_run_id))
+    try:
+        answers = ctx.runner.run_everywhere(functools.partial(drain, ctx.flow_run_id))
+    except Exception as exc:  # noqa: BLE001 - the runs are final: only the storage's copy is in doubt
+        warnings.warn(f"flow run {ctx.flow_run_id}: could not confirm that its results reached their result "
+                      f"storage ({type(exc).__name__}: {exc}); a run in another home may compute some again",
+                      CacheWarning, stacklevel=3)
+        return
     failed = [message for answer in answers.values() if isinstance(answer, list) for message in answer]
     _warn_lost(ctx, {address for address, answer in answers.items() if isinstance(answer, list)})
     if failed:
@@ -51,7 +57,8 @@ def await_writes(ctx: FlowRunContext) -> None:
 
 
 def _warn_lost(ctx: FlowRunContext, answered: set) -> None:
-    """One warning for the chunks whose worker did not answer: their writes may be lost."""
+    """One warning for the chunks whose worker did not answer (gone, or failed to): their
+    writes may be lost."""
     lost: dict[str, list] = {}
     for chunk in ctx.submitted:
         res = getattr(chunk, "result", None)
@@ -61,6 +68,6 @@ def _warn_lost(ctx: FlowRunContext, answered: set) -> None:
         what = ", ".join(f"{len(w)} chunk(s) of task {name!r}" for name, w in lost.items())
         workers = sorted({str(w) for ws in lost.values() for w in ws})
         warnings.warn(f"flow run {ctx.flow_run_id}: the result storage writes of {what} were under way on "
-                      f"{', '.join(workers)}, which is gone: those results may be missing from the storage "
+                      f"{', '.join(workers)}, which did not answer (gone?): those results may be missing from the storage "
                       "(their runs are final; a run in another home computes them again)", CacheWarning,
                       stacklevel=3)
