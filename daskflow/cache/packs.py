@@ -23,12 +23,13 @@ Records of ``SINGLE_BYTES`` or more keep an object of their own, at ``{url}/{key
 from __future__ import annotations
 
 import itertools
+import operator
 import os
 import re
 import struct
 import time
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import msgpack
 
@@ -136,3 +137,24 @@ def spans(wanted: list[PackRef], gap: int = HEAD_READ) -> list[tuple[int, int]]:
         else:
             out.append([ref.offset, ref.end])
     return [(a, b) for a, b in out]
+
+
+def by_segment(items: list[tuple[bytes, bytes]], alone: dict[str, list],
+               path: Callable[[bytes], str]) -> dict[bytes, list[tuple[bytes, bytes]]]:
+    """Small records by task segment (their pack's); large ones into ``alone`` at ``path(key)``.
+    The common write, small records of one task, is found by C loops (no per-record Python)."""
+    first = items[0][0][:-16]
+    if max(map(len, map(_SECOND, items))) < SINGLE_BYTES and \
+            all(map(first.__eq__, map(_PREFIX, map(_FIRST, items)))):
+        return {first: items}
+    out: dict[bytes, list[tuple[bytes, bytes]]] = {}
+    for key, record in items:
+        if len(record) >= SINGLE_BYTES:
+            alone[path(key)] = [record]
+        else:
+            out.setdefault(key[:-16], []).append((key, record))
+    return out
+
+
+_FIRST, _SECOND = operator.itemgetter(0), operator.itemgetter(1)
+_PREFIX = operator.itemgetter(slice(None, -16))

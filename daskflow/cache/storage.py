@@ -256,12 +256,7 @@ class ObjectStorage(PackIndex):
         if not items or self.broken:
             return PendingPut(self, None, [], [])
         blobs: dict[str, list] = {}
-        by_segment: dict[bytes, list[tuple[bytes, bytes]]] = {}
-        for key, record in items:
-            if len(record) >= packs.SINGLE_BYTES:
-                blobs[self.path(key)] = [record]
-            else:
-                by_segment.setdefault(key[:-16], []).append((key, record))
+        by_segment = packs.by_segment(items, blobs, self.path)
         written = []
         for prefix, records in by_segment.items():
             path = f"{self.root}/{prefix.decode()}{packs.DIR}/{packs.new_name()}"
