@@ -40,6 +40,12 @@ class StorageSpec:
         options = json.dumps(dict(config.get("results.storage-options") or {}), sort_keys=True)
         return cls(str(url).rstrip("/"), options, config.get("results.secret-file") or None)
 
+    @property
+    def object_store(self) -> bool:
+        """Whether the URL names an object store (s3://, gs://, ...: a write is a request of
+        milliseconds) rather than a filesystem path (file://, a plain path: a file written now)."""
+        return "://" in self.url and not self.url.startswith(("file://", "local://"))
+
     def secret(self, home: str | os.PathLike | None) -> bytes | None:
         """The signing secret: the secret file's, else the home's (None: neither is readable here)."""
         from daskflow.cache import serialization as ser

@@ -27,12 +27,13 @@ __all__ = ["may_leave_writes", "await_writes"]
 
 def may_leave_writes(cache: Any, keep: Any) -> bool:
     """Whether chunks of a submission may leave their storage writes to the flow run's end:
-    made by a flow run in its own process (not by a task), with a result storage to write
+    made by a flow run in its own process (not by a task), with an object store to write
     (``cache``: its ``CacheSpec``, ``keep``: its ``KeepSpec``). The flow run is told to wait."""
     ctx = flow_run_ctx.get()
     if ctx is None or task_run_ctx.get() is not None:
         return False
-    if getattr(cache, "storage", None) is None and getattr(keep, "storage", None) is None:
+    storages = [s for s in (getattr(cache, "storage", None), getattr(keep, "storage", None)) if s is not None]
+    if not any(s.object_store for s in storages):  # a filesystem's files are written at once: no gain
         return False
     ctx.writes_behind = True
     return True
