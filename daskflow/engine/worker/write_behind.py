@@ -49,6 +49,7 @@ __all__ = ["BEHIND_BYTES", "FLUSH_BYTES", "FLUSH_SECONDS", "Write", "drain", "le
 BEHIND_BYTES = 64 << 20  # the most a process holds waiting or under way (records' bytes)
 FLUSH_BYTES = 8 << 20  # a flow run's records for one storage written once this many wait
 FLUSH_SECONDS = 1.0  # ... or this long after the first of them was left
+_MAX_RUNS = 64  # flow runs with writes remembered here, past which those that ended well are forgotten
 
 
 @dataclass(slots=True)
@@ -149,6 +150,9 @@ def _start(flow_run_id: str, waiting: _Waiting) -> None:
         atexit.register(_write_at_exit)
     pending = _started(waiting.storage, waiting.items)
     _left.setdefault(flow_run_id, []).append(_pool.submit(_end, waiting, pending))
+    if len(_left) > _MAX_RUNS:  # flow runs that never drained here (their client died): forget those that ended well
+        for run in [r for r, fs in _left.items() if all(f.done() and not f.result() for f in fs)]:
+            del _left[run]
 
 
 def _started(storage: Any, items: list[tuple[bytes, bytes]]) -> Any:
