@@ -121,15 +121,13 @@ def test_a_worker_killed_before_its_storage_write_loses_only_that_write(proxied,
         with pytest.warns(CacheWarning, match="may be missing from the storage"):
             values, names = pipeline(True)
         assert values == [x ** 3 for x in range(50)] and set(names) == {"Completed"}
-        assert _cache_packs_via(url) == []
-        ran = len(os.listdir(counter))
+        # Dask may run chunks whose results died with the worker again, on its replacement:
+        # only those executions can have put records in the storage since
+        again = len(os.listdir(counter)) - 50
         monkeypatch.setenv("DASKFLOW_HOME", str(tmp_path / "second"))  # another home: the storage alone
         proxy.forward_held = True
+        before = len(os.listdir(counter))
         values, names = pipeline(False)
-        assert values == [x ** 3 for x in range(50)] and "Cached" not in names
-        assert len(os.listdir(counter)) == ran + 50
-
-
-def _cache_packs_via(url: str) -> list[str]:
-    storage = ObjectStorage(StorageSpec.from_config(url))
-    return [e.pack for e in storage.entries()[0] if e.pack and "/kept/" not in e.pack]
+        assert values == [x ** 3 for x in range(50)]  # never a wrong value
+        assert names.count("Cached") <= again  # the lost write's records were not in the storage ...
+        assert len(os.listdir(counter)) - before == 50 - names.count("Cached")  # ... so their runs ran again
