@@ -196,7 +196,9 @@ class ChunkResult:
         # runs that all ended alike as the one code
         ends = self.ends if type(self.ends) is PackedEnds and self.ends.packed else PackedEnds.packing(self.ends)
         codes: Any = self.codes
-        if self.n >= PACK_ENDS_FROM and type(codes) is not UniformCodes and codes.count(codes[0]) == self.n:
+        if type(codes) is UniformCodes:
+            codes = codes.code
+        elif self.n >= PACK_ENDS_FROM and codes.count(codes[0]) == self.n:
             codes = codes[0]
         return result_from_wire, (self.task_name, self.base, self.start, self.n, codes, values, self.blob,
                                   self.started, ends, extra)
@@ -356,6 +358,8 @@ class ChunkResult:
             self.run_counts[i] = run_count
 
     def fail(self, i: int, code: int, exc: BaseException | None, message: str = "") -> None:
+        if type(self.codes) is UniformCodes:  # one run of a uniform chunk fails after all (a lost run)
+            self.codes = bytearray(bytes(self.codes))
         self.codes[i] = code
         self.n_failed += 1
         if exc is not None:
@@ -434,8 +438,9 @@ _SPARSE = ("errors", "messages", "tracebacks", "history", "run_counts", "names",
 def result_from_wire(task_name: str, base: int, start: int, n: int, codes: bytearray | int, values: list | None,
                      blob: bytes | None, started: float, ends: array, extra: dict[str, Any]) -> ChunkResult:
     """A ``ChunkResult`` unpickled (see ``ChunkResult.__reduce__``)."""
-    if type(codes) is int:  # every run ended with this code
-        codes = bytearray((codes,)) * n
+    if type(codes) is int:  # every run ended with this code: kept as one (a chunk of 10^5 runs
+        # waiting to be read or recorded held 100 KB of codes, ~3 MB for a map's unread chunks)
+        codes = UniformCodes(codes, n)
     if type(ends) is bytes:  # packed by an older sender, without its first and last
         ends = PackedEnds(ends, n)
     res = ChunkResult(task_name, base, start, n, codes, values, blob, started=started, ends=ends)

@@ -330,7 +330,7 @@ def _direct_calls_op(group: list[DirectCall | DirectCallDone], logs: list) -> Ch
             at += 1
             continue
         res = record.result
-        codes += res.codes
+        codes += bytes(res.codes)  # a bytearray, or the UniformCodes of a chunk whose runs ended alike
         ends.extend(res.ends)
         for _ in range(res.n):
             starts.append(res.started)
