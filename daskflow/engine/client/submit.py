@@ -15,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any, Iterable
 
 from daskflow import config
-from daskflow.engine.client import chunking, resume
+from daskflow.engine.client import chunking, direct_keep, resume
 from daskflow.engine.client.chunks import Chunk, bring_values, eager, fetch_all, submit_chunks
 from daskflow.engine.client.futures import MapFutures, TaskRunFuture
 from daskflow.engine.client.refs import collect_refs
@@ -114,18 +114,23 @@ def call_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None
     row, waits, envelopes, refs = _prepare_inline(task, args, kwargs, wait_for)
     submitted, flow_run_id = time.time(), current_flow_run_id()
     base, start = _direct.next()
-    scope, call = resume.direct_call(task)
-    res = resume.reused_direct(scope, call, task, base, start) if scope is not None else None
+    scope = resume.calling_scope()  # the flow run that keeps the call's value for a retry (None: not kept)
+    res = None
+    if scope is not None:
+        number = direct_keep.take(scope, task)
+        if scope.kept is not None:  # a retry: an earlier attempt may have kept this call
+            res = resume.reused_direct(scope, number, task, base, start)
     watch = None
     if res is None:
-        watch = resources.call_started()
+        watch = resources.call_started(submitted)
         try:
             res = run_rows(ChunkSpec.single(task, base, row, refs, waits, flow_run_id, start), envelopes)
         finally:
             if watch is not None:
-                resources.call_ended(watch, time.time() - submitted, task)
+                ended = time.time()
+                resources.call_ended(watch, ended, ended - submitted, task)
         if scope is not None:
-            resume.keep_direct(scope, call, task, res)
+            direct_keep.keep(scope, task, number, res, submitted)
     ctx = flow_run_ctx.get()
     tracker.inline_finished(task, res, flow_run_id, submitted, watch, ctx.home_env if ctx is not None else None)
     if not return_state and res.kept is None and res.codes[0] in OK_CODES:

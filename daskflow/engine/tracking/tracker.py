@@ -321,6 +321,11 @@ def chunk_finished(chunk: Chunk) -> None:
     _tracker.put(Finished(chunk.base, chunk.start, res))
 
 
+#: Builds a record (a NamedTuple) from all its fields without the Python-level ``__new__`` that
+#: NamedTuple generates: 0.2 µs instead of 0.9 for ``DirectCallDone``, on every direct call.
+_new_record = tuple.__new__
+
+
 def inline_finished(task: Any, res: ChunkResult, flow_run_id: str | None, submitted: float,
                     watch: CallWatch | None = None, home: str | None = None) -> None:
     """Record a direct call ``t(x)`` that ran in this thread (one queued op, no live entry).
@@ -338,12 +343,13 @@ def inline_finished(task: Any, res: ChunkResult, flow_run_id: str | None, submit
             record: Record = DirectCall(task.name, task.task_key, flow_run_id, submitted, res)
         else:  # the common case: the envelope is not kept alive until the writer runs
             if watch is None:
-                record = DirectCallDone(task.name, task.task_key, flow_run_id, submitted, res.base, res.start,
-                                        res.codes[0], res.ends[0], res.started)
+                record = _new_record(DirectCallDone, (task.name, task.task_key, flow_run_id, submitted, res.base,
+                                                      res.start, res.codes[0], res.ends[0], res.started, None, 0, 0,
+                                                      False))
             else:
-                record = DirectCallDone(task.name, task.task_key, flow_run_id, submitted, res.base, res.start,
-                                        res.codes[0], res.ends[0], res.started, watch.cpu, watch.mem, watch.rss,
-                                        watch.heavy)
+                record = _new_record(DirectCallDone, (task.name, task.task_key, flow_run_id, submitted, res.base,
+                                                      res.start, res.codes[0], res.ends[0], res.started, watch.cpu,
+                                                      watch.mem, watch.rss, watch.heavy))
         _tracker.ops.append((os.environ.get("DASKFLOW_HOME", "") if home is None else home, record))
         if _tracker.thread is None:
             _tracker.start()
