@@ -62,9 +62,16 @@ def _register(chunks: list[Chunk]) -> None:
 
 
 def _prepare_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None):
+    row = task.row_of(args, kwargs)
+    if not wait_for:
+        for v in row:
+            if type(v) not in ATOMS:
+                break
+        else:  # plain values only (the common call): nothing to look for futures in
+            return row, (), [], False
     deps: dict[int, int] = {}
     ups: list[Chunk] = []
-    row = tuple([v if type(v) in ATOMS else collect_refs(v, deps, ups) for v in task.row_of(args, kwargs)])
+    row = tuple([v if type(v) in ATOMS else collect_refs(v, deps, ups) for v in row])
     waits = tuple(collect_refs(f, deps, ups) for f in wait_for) if wait_for else ()
     envelopes = [c.outcome() for c in ups]
     return row, waits, envelopes, bool(ups)

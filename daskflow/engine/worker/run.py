@@ -238,21 +238,24 @@ def _run_one_plain(spec: ChunkSpec) -> ChunkResult:
     """``run_rows`` of one run of a plain task (no cache, tags, upstream refs, printed logs):
     a direct call ``t(x)``, without the chunk's machinery (its cost is the whole engine's share)."""
     task = spec.task
-    res = ChunkResult(task.name, spec.base, spec.start, 1, bytearray(1), [None])
-    res.started = res.first = time.time()
+    started = time.time()
     ctx = TaskRunContext(task, spec.base, spec.start, flow_run_id=spec.flow_run_id, spec=spec, deps=(),
                          default_name=spec.name)
-    if spec.name:
-        res.names[0] = spec.name
     token = task_run_ctx.set(ctx)
     sink = run_logging.open_sink()
     try:
+        error = None
         try:
-            value = res.values[0] = task.fn(*spec.row)  # type: ignore[index, misc]
+            value = task.fn(*spec.row)  # type: ignore[misc]
         except Exception as exc:
-            value = None
-            res.fail(0, FAILED, exc)
-        res.ends = array("d", (time.time(),))
+            value, error = None, exc
+        # the envelope made once the run ended: with its value and end, not filled in after
+        res = ChunkResult(task.name, spec.base, spec.start, 1, bytearray(1), [value], started=started,
+                          ends=array("d", (time.time(),)), first=started)
+        if spec.name:
+            res.names[0] = spec.name
+        if error is not None:
+            res.fail(0, FAILED, error)
         if type(value) is st.State:
             settle_returned_states(res)
         if res.n_failed:
