@@ -207,15 +207,18 @@ class _Tracker:
     def _drain(self) -> None:
         by_home: dict[str, list[Record]] = {}
         flushes: list[threading.Event] = []
+        pop, last, records = self.ops.popleft, None, []  # (a loop run once per direct call: kept lean)
         while True:
             try:
-                home, record = self.ops.popleft()
+                home, record = pop()
             except IndexError:
                 break
-            if isinstance(record, FlushMarker):
+            if type(record) is FlushMarker:
                 flushes.append(record.done)
-            else:
-                by_home.setdefault(home, []).append(record)
+                continue
+            if home != last:
+                records, last = by_home.setdefault(home, []), home
+            records.append(record)
         try:
             for home, records in by_home.items():
                 ops, logs = to_store_ops(records)
