@@ -20,7 +20,7 @@ from daskflow.engine.client.chunks import Chunk, bring_values, eager, fetch_all,
 from daskflow.engine.client.futures import MapFutures, TaskRunFuture
 from daskflow.engine.client.refs import collect_refs
 from daskflow.engine.client.streams import MapStream, is_stream_input
-from daskflow.engine.core.context import current_flow_run_id, flow_run_ctx
+from daskflow.engine.core.context import current_flow_run_id, flow_run_ctx, task_run_ctx
 from daskflow.engine.core.envelope import ChunkSpec
 from daskflow.engine.core.inputs import ALIGNED, ATOMS, BROADCAST, MAPPED, Column, allow_failure, quote, unmapped
 from daskflow.engine.core.states import State
@@ -119,9 +119,14 @@ def submit_index() -> int:
 def call_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None, return_state: bool) -> Any:
     """Run one run in the calling thread; return its value (or its final State)."""
     row, waits, envelopes, refs = _prepare_inline(task, args, kwargs, wait_for)
-    submitted, flow_run_id = time.time(), current_flow_run_id()
+    submitted = time.time()
+    # the contexts read once (the path of every direct call): the flow run's id as
+    # ``current_flow_run_id`` gives it, the scope that keeps the call's value for a retry as
+    # ``resume.calling_scope`` does (none for a call inside a task run: its parent run's value is kept)
+    flow, run = flow_run_ctx.get(), task_run_ctx.get()
+    flow_run_id = run.flow_run_id if run is not None else flow.flow_run_id if flow is not None else None
+    scope = flow.keep if flow is not None and run is None else None
     base, start = _direct.next()
-    scope = resume.calling_scope()  # the flow run that keeps the call's value for a retry (None: not kept)
     res = None
     if scope is not None:
         number = direct_keep.take(scope, task)
@@ -131,15 +136,16 @@ def call_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None
     if res is None:
         watch = resources.call_started(submitted)
         try:
-            res = run_rows(ChunkSpec.single(task, base, row, refs, waits, flow_run_id, start), envelopes)
+            spec = ChunkSpec.single(task, base, row, refs, waits, flow_run_id, start,
+                                    flow_run=flow.info() if flow is not None else None)
+            res = run_rows(spec, envelopes)
         finally:
             if watch is not None:
                 ended = time.time()
                 resources.call_ended(watch, ended, ended - submitted, task)
         if scope is not None:
             direct_keep.keep(scope, task, number, res, submitted)
-    ctx = flow_run_ctx.get()
-    tracker.inline_finished(task, res, flow_run_id, submitted, watch, ctx.home_env if ctx is not None else None)
+    tracker.inline_finished(task, res, flow_run_id, submitted, watch, flow.home_env if flow is not None else None)
     if not return_state and res.kept is None and res.codes[0] in OK_CODES:
         return res.get_values()[0]  # what ``res.state(0).value()`` gives, without the State
     state = res.state(0)

@@ -84,9 +84,11 @@ class ChunkSpec:
 
     @classmethod
     def single(cls, task: Task, base: int, row: tuple, refs: bool = False, wait_refs: tuple[Ref, ...] = (),
-               flow_run_id: str | None = None, start: int = 0, name: str = "") -> ChunkSpec:
-        """The spec of run ``start`` of ``base``, whose arguments are ``row`` (one value per parameter)."""
-        return cls(task, base, start, 1, None, refs, wait_refs, flow_run_id, row=row, name=name)
+               flow_run_id: str | None = None, start: int = 0, name: str = "",
+               flow_run: FlowRunInfo | None = None) -> ChunkSpec:
+        """The spec of run ``start`` of ``base``, whose arguments are ``row`` (one value per parameter);
+        ``flow_run``: the caller's, when it has it at hand (else looked up)."""
+        return cls(task, base, start, 1, None, refs, wait_refs, flow_run_id, row=row, name=name, flow_run=flow_run)
 
     def __reduce__(self):
         # The task travels as its pickled bytes (``Task.pickled``): a worker builds each task
