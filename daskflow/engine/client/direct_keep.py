@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from daskflow.cache import kept
 from daskflow.cache.store import CacheWarning
 from daskflow.codes import OK_CODES
+from daskflow.engine.core.envelope import PlainRun
 
 if TYPE_CHECKING:
     from daskflow.engine.api.tasks import Task
@@ -62,27 +63,31 @@ def take(scope: KeepScope, task: Task) -> int:
     return scope.next_number(task.name)
 
 
-def keep(scope: KeepScope, task: Task, number: int, res: ChunkResult, now: float) -> None:
+def keep(scope: KeepScope, task: Task, number: int, res: ChunkResult | PlainRun, now: float) -> None:
     """Keep the value of call ``number`` of ``task`` if it completed; hand a batch to the writer
     when one is due (``now``: the call's start, a ``time.time()`` reading)."""
-    burst = scope.burst
-    if burst is not None and burst.task is task and number == burst.first + len(burst.values) and \
-            res.codes[0] in OK_CODES:
-        burst.values.append(res.values[0])  # type: ignore[index]
+    if type(res) is PlainRun:  # the common case: it completed
+        completed, value = True, res.value
     else:
-        _open(scope, task, number, res)
+        completed = res.codes[0] in OK_CODES
+        value = res.values[0] if completed else None  # type: ignore[index]
+    burst = scope.burst
+    if completed and burst is not None and burst.task is task and number == burst.first + len(burst.values):
+        burst.values.append(value)
+    else:
+        _open(scope, task, number, completed, value)
     scope.held += 1
     if scope.held >= BATCH_CALLS or now - scope.flushed > BATCH_SECONDS:
         flush(scope, now)
 
 
-def _open(scope: KeepScope, task: Task, number: int, res: ChunkResult) -> None:
+def _open(scope: KeepScope, task: Task, number: int, completed: bool, value: Any) -> None:
     """Close the open burst; start one at call ``number`` if it completed and values are kept."""
     settle(scope)
-    if res.codes[0] not in OK_CODES or scope.keep_seconds <= 0:
+    if not completed or scope.keep_seconds <= 0:
         return
     scope.burst = Burst(task, scope.prefix + task.name, number, max(number + 1, scope.calls.get(task.name, 0)),
-                        [res.values[0]], task.options.result_storage)  # type: ignore[index]
+                        [value], task.options.result_storage)
 
 
 def settle(scope: KeepScope) -> None:

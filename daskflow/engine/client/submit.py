@@ -21,12 +21,12 @@ from daskflow.engine.client.futures import MapFutures, TaskRunFuture
 from daskflow.engine.client.refs import collect_refs
 from daskflow.engine.client.streams import MapStream, is_stream_input
 from daskflow.engine.core.context import current_flow_run_id, flow_run_ctx, task_run_ctx
-from daskflow.engine.core.envelope import ChunkSpec
+from daskflow.engine.core.envelope import ChunkResult, ChunkSpec, PlainRun
 from daskflow.engine.core.inputs import ALIGNED, ATOMS, BROADCAST, MAPPED, Column, allow_failure, quote, unmapped
 from daskflow.engine.core.states import State
 from daskflow.engine.tracking import tracker
 from daskflow.engine.worker import resources
-from daskflow.engine.worker.run import arun_single, run_rows
+from daskflow.engine.worker.run import arun_single, run_direct
 from daskflow.engine.worker.transactions import current_transaction
 from daskflow.exceptions import MappingLengthMismatch, MappingMissingIterable
 from daskflow.codes import OK_CODES
@@ -127,7 +127,7 @@ def call_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None
     flow_run_id = run.flow_run_id if run is not None else flow.flow_run_id if flow is not None else None
     scope = flow.keep if flow is not None and run is None else None
     base, start = _direct.next()
-    res = None
+    res: ChunkResult | PlainRun | None = None
     if scope is not None:
         number = direct_keep.take(scope, task)
         if scope.kept is not None:  # a retry: an earlier attempt may have kept this call
@@ -138,7 +138,7 @@ def call_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None
         try:
             spec = ChunkSpec.single(task, base, row, refs, waits, flow_run_id, start,
                                     flow_run=flow.info() if flow is not None else None)
-            res = run_rows(spec, envelopes)
+            res = run_direct(spec, envelopes)
         finally:
             if watch is not None:
                 ended = time.time()
@@ -146,6 +146,10 @@ def call_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None
         if scope is not None:
             direct_keep.keep(scope, task, number, res, submitted)
     tracker.inline_finished(task, res, flow_run_id, submitted, watch, flow.home_env if flow is not None else None)
+    if type(res) is PlainRun:  # completed plainly: no envelope was made
+        if not return_state:
+            return res.value
+        res = res.envelope(task.name)
     if not return_state and res.kept is None and res.codes[0] in OK_CODES:
         return res.get_values()[0]  # what ``res.state(0).value()`` gives, without the State
     state = res.state(0)
