@@ -15,7 +15,8 @@ Where data crosses processes (a Dask runner; the threads runner skips the pickli
                                               errors, history, logs) -- never raises
 
 What happens, in order, for every run of a chunk (``run_rows``, the one entry for runs:
-chunks of ``.map()`` and ``.submit()`` on any runner, direct calls, background runs):
+chunks of ``.map()`` and ``.submit()`` on any runner, direct calls, background runs; a
+direct call of a plain task skips the chunk's machinery, ``run_direct``):
 
 1. *Inputs.* The chunk's arguments arrive in its spec as columns (one per parameter:
    a list of per-run values, a value broadcast to every run, or the values of an
