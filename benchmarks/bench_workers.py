@@ -78,6 +78,7 @@ def run(n: int, workers: int, processes: bool, show_timeline: bool = False) -> d
 
     from daskflow import flow, task
     from daskflow.runners import DaskTaskRunner
+    from daskflow.runners.clients import close_shared_client
 
     t_sleepy = task(sleepy)
     ideal = n * SLEEP / workers
@@ -108,6 +109,7 @@ def run(n: int, workers: int, processes: bool, show_timeline: bool = False) -> d
             t0 = time.perf_counter()
             client.gather(client.map(sleepy_batch, batches, pure=False))
             raw_same = time.perf_counter() - t0
+        close_shared_client(cluster.scheduler_address)  # before its cluster: no "Failed to reconnect" later
     print(f"{workers:3d} workers  N={n:,}  daskflow {wall:6.2f} s  ideal {ideal:6.2f} s  "
           f"ratio {wall / ideal:4.2f}x  chunks {chunks:5d}  peak scheduler tasks {peak:5d} "
           f"(4 x workers = {4 * workers})   raw Dask: {workers} batches {raw:6.2f} s ({raw / ideal:4.2f}x), "

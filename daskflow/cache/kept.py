@@ -52,8 +52,8 @@ from daskflow.cache.storage import open_storage
 from daskflow.cache.storage_spec import StorageSpec
 from daskflow.cache.store import ENTRIES, LMDBResultStore, ResultStore, TieredStore, get_store
 
-__all__ = ["FlowSource", "KeptCalls", "KeptChunk", "KeptRuns", "KeptStore", "cache_of", "chunk_key", "get_kept_store",
-           "load_kept",
+__all__ = ["FlowSource", "KeptCallRuns", "KeptCalls", "KeptChunk", "KeptRuns", "KeptStore", "cache_of", "chunk_key",
+           "get_kept_store", "load_kept",
            "load_source", "prune_expired", "prune_storage", "source_key"]
 
 PREFIX = b"kept/"
@@ -95,10 +95,29 @@ class KeptChunk:
 
 @dataclass(slots=True)
 class KeptCalls:
-    """Direct calls of a flow run kept together (each call's one run): their calls and values."""
+    """Direct calls of a flow run kept together (each call's one run): their calls and values.
+    As written before ``KeptCallRuns``: still read."""
 
     calls: list[str]
     values: list
+
+
+@dataclass(slots=True)
+class KeptCallRuns:
+    """Direct calls of a flow run kept together, by runs of consecutive calls of one task: the
+    calls ``{calls[j]}#{firsts[j]}`` and on hold ``values[j]`` (each call's one run). A loop of
+    256 calls of one task is one name, one number and a list of values, not 256 names.
+    """
+
+    calls: list[str]  # a call's name without its number: "{subflow path}{task name}"
+    firsts: list[int]
+    values: list[list]
+
+    def items(self) -> Iterable[tuple[str, Any]]:
+        """``(call, value)`` of every call kept."""
+        for call, first, values in zip(self.calls, self.firsts, self.values):
+            for i, value in enumerate(values, first):
+                yield f"{call}#{i}", value
 
 
 @dataclass(slots=True)
@@ -239,8 +258,9 @@ def load_kept(store: ResultStore, flow_run_id: str, cache: ResultStore | None = 
             found.update(value.items())
             refs.extend((value.call, pos, key) for pos, key in value.refs())
             out.records += 1
-        elif isinstance(value, KeptCalls):
-            for call, kept in zip(value.calls, value.values):
+        elif isinstance(value, (KeptCallRuns, KeptCalls)):
+            pairs = value.items() if isinstance(value, KeptCallRuns) else zip(value.calls, value.values)
+            for call, kept in pairs:
                 out.calls.setdefault(call, {})[0] = kept
             out.records += 1
         elif isinstance(value, FlowSource):
@@ -283,7 +303,8 @@ def prune_storage(storage: Any, keep_seconds: float) -> int:
     return storage.remove_older(PREFIX.decode().rstrip("/"), keep_seconds)
 
 
-def encode(value: KeptChunk | KeptCalls | FlowSource, name: str, keep_seconds: float, secret: bytes) -> bytes:
+def encode(value: KeptChunk | KeptCallRuns | KeptCalls | FlowSource, name: str, keep_seconds: float,
+           secret: bytes) -> bytes:
     """A signed record of ``value``, expiring after ``keep_seconds``."""
     return ser.encode(value, f"kept:{name}", time.time() + keep_seconds, "cloudpickle", secret)
 

@@ -129,10 +129,16 @@ class TaskRunner(abc.ABC):
         ``keys`` name the calls (unique; Dask shows them on its dashboard).
         """
 
-    def submit_windowed(self, fn: Callable[..., Any], *iterables: list, keys: list[str], window: int) -> list[Any]:
+    def submit_windowed(self, fn: Callable[..., Any], *iterables: list, keys: list[str], window: int,
+                        prepare: Callable[[Any], Any] | None = None) -> list[Any]:
         """``submit_many`` for a big burst of independent calls (a map's chunks): a runner that
         can hold calls back keeps at most ``window`` of them sent and unfinished at a time, so
-        its scheduler sees a window, not the whole burst. Others submit them all."""
+        its scheduler sees a window, not the whole burst. Others submit them all.
+
+        ``prepare`` turns each call's first argument into what is submitted (a chunk's spec
+        pickled); a runner that holds calls back applies it when a call goes."""
+        if prepare is not None:
+            iterables = ([prepare(x) for x in iterables[0]], *iterables[1:])
         return self.submit_many(fn, *iterables, keys=keys)
 
     @abc.abstractmethod

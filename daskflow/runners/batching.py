@@ -72,28 +72,45 @@ class GraphBuffer:
         self.windows = Windows(self.send_now, self.future if self.holding else object)
 
     def submit(self, fn: Callable[..., Any], iterables: tuple[list, ...], keys: list[str],
-               window: int = 0) -> list[Future]:
+               window: int = 0, prepare: Callable[[Any], Any] | None = None) -> list[Future]:
         """Hold ``fn(*row)`` for each row of ``iterables``; their futures, made now. With a
         ``window``, at most that many of these calls are sent and unfinished at a time
-        (``runners.window``)."""
+        (``runners.window``). ``prepare`` turns a row's first argument into what is sent,
+        when the call goes (a chunk's spec pickled)."""
         client = self.client
         if not self.holding or client.status in ("closing", "closed"):  # one message per submission
             # (a closed client refuses here, with Dask's own error, as before batching)
+            if prepare is not None:
+                iterables = ([prepare(x) for x in iterables[0]], *iterables[1:])
             if len(keys) == 1:  # client.submit costs about half of a one-element client.map
                 return [client.submit(fn, *(it[0] for it in iterables), key=keys[0], pure=False)]
             return client.map(fn, *iterables, key=keys, pure=False)
-        make, parse = self.make_task, self.parse
-        tasks = {key: make(key, fn, *map(parse, row)) for key, *row in zip(keys, *iterables)}
+        build = self.builder(fn, prepare)
         futures = [self.future(key, client) for key in keys]
         windows = self.windows
-        if (window and len(keys) > window) or windows.busy():
-            rows = list(zip(*iterables))
-            if window and len(keys) > window:
-                tasks, _ = windows.admit(tasks, futures, rows, window)
-            elif any(map(windows.needs, rows)):  # they need calls still held: they wait their turn
-                tasks, _ = windows.admit(tasks, futures, rows, 0)
+        rows = list(zip(*iterables))
+        if window and len(keys) > window:
+            tasks, _ = windows.admit(keys, futures, rows, window, build)
+        elif windows.busy() and any(map(windows.needs, rows)):  # they need calls still held: they wait their turn
+            tasks, _ = windows.admit(keys, futures, rows, 0, build)
+        else:
+            tasks = {key: build(key, row) for key, row in zip(keys, rows)}
         self._hold(tasks, futures, iterables)  # all rows kept until the next graph: some go in it
         return futures
+
+    def builder(self, fn: Callable[..., Any], prepare: Callable[[Any], Any] | None) -> Callable[[str, tuple], Any]:
+        """How a call's graph node is made from its key and row; a row ``prepare`` fails on
+        becomes a call that ends in that error alone."""
+        make, parse = self.make_task, self.parse
+
+        def build(key: str, row: tuple) -> Any:
+            if prepare is not None:
+                try:
+                    row = (prepare(row[0]), *row[1:])
+                except Exception as exc:  # noqa: BLE001 - reported through the call's own future
+                    return make(key, refuse, f"{key}: its arguments could not be serialized ({type(exc).__name__}: {exc})")
+            return make(key, fn, *map(parse, row))
+        return build
 
     def send_now(self, tasks: dict[str, Any], rows: list[tuple]) -> None:
         """Send these calls (and any held for one graph before them) at once, in order; their

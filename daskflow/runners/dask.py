@@ -274,9 +274,11 @@ class DaskTaskRunner(TaskRunner):
     def submit_many(self, fn: Callable[..., Any], *iterables: list, keys: list[str]) -> list[Any]:
         return self._buffer().submit(fn, iterables, keys)
 
-    def submit_windowed(self, fn: Callable[..., Any], *iterables: list, keys: list[str], window: int) -> list[Any]:
-        """At most ``window`` of these calls on the scheduler unfinished at a time (``runners.window``)."""
-        return self._buffer().submit(fn, iterables, keys, window)
+    def submit_windowed(self, fn: Callable[..., Any], *iterables: list, keys: list[str], window: int,
+                        prepare: Callable[[Any], Any] | None = None) -> list[Any]:
+        """At most ``window`` of these calls on the scheduler unfinished at a time (``runners.window``);
+        a held call's first argument goes through ``prepare`` when it is sent."""
+        return self._buffer().submit(fn, iterables, keys, window, prepare)
 
     def _buffer(self) -> GraphBuffer:
         client = self.client

@@ -213,9 +213,13 @@ def _names_changed(exc: BaseException, *names: str) -> bool:
     """Whether ``exc`` (an ``AttributeError``/``TypeError``) is about ``names``: Dask changed them.
 
     Not every such error is: a call whose arguments cannot be pickled raises ``TypeError``
-    too, and is that call's own failure.
+    too, and is that call's own failure. Dask's message for it names the ``LLGExpr`` it could
+    not serialize, which once turned the fast path off for the whole process.
     """
-    return isinstance(exc, (AttributeError, TypeError)) and any(n in str(exc) for n in names)
+    text = str(exc)
+    if "serializ" in text or "pickl" in text:
+        return False
+    return isinstance(exc, (AttributeError, TypeError)) and any(n in text for n in names)
 
 
 # -- waiting -------------------------------------------------------------------------------

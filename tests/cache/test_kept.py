@@ -81,6 +81,23 @@ def test_kept_records_are_verified_and_foreign_files_ignored(tmp_path):
     assert kept.calls == {"t#0": {0: "a", 1: "b"}}
 
 
+def test_direct_calls_kept_by_bursts_and_as_written_before_both_load(tmp_path):
+    """``KeptCallRuns`` (runs of consecutive calls: a name, a first number, the values) and the
+    ``KeptCalls`` records written before it (a name per call) read as the same calls."""
+    from daskflow.cache.kept import KeptCallRuns, KeptCalls
+
+    store = get_kept_store(str(tmp_path / "home"))
+    flow_run_id = str(uuid.uuid4())
+    runs = encode(KeptCallRuns(["t", "sub#0/u"], [0, 5], [["a", "b", None], [7]]), "direct calls", 60, store.secret)
+    older = encode(KeptCalls(["v#0", "v#1"], [1.5, "x"]), "direct calls", 60, store.secret)
+    store.put_many([(chunk_key(flow_run_id, "direct:t#0", 0, "1"), runs),
+                    (chunk_key(flow_run_id, "direct:v#0", 0, "1"), older)])
+    kept = load_kept(store, flow_run_id)
+    assert kept.calls == {"t#0": {0: "a"}, "t#1": {0: "b"}, "t#2": {0: None}, "sub#0/u#5": {0: 7},
+                          "v#0": {0: 1.5}, "v#1": {0: "x"}}
+    assert kept.records == 2
+
+
 @task(cache_policy=INPUTS - "counter")
 def cached_array(x: int, counter: str):
     with open(os.path.join(counter, f"{x}-{uuid.uuid4().hex}"), "w"):

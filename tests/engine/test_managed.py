@@ -48,9 +48,9 @@ class CountingRunner(DaskTaskRunner):
         CountingRunner.submitted += len(keys)
         return super().submit_many(fn, *iterables, keys=keys)
 
-    def submit_windowed(self, fn, *iterables, keys, window):  # a map of more chunks than its window
+    def submit_windowed(self, fn, *iterables, keys, window, prepare=None):  # a map of more chunks than its window
         CountingRunner.submitted += len(keys)
-        return super().submit_windowed(fn, *iterables, keys=keys, window=window)
+        return super().submit_windowed(fn, *iterables, keys=keys, window=window, prepare=prepare)
 
 
 def test_cache_map_rerun_on_client_submits_no_dask_work(cluster, counter):

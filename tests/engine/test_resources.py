@@ -114,17 +114,17 @@ def test_light_direct_calls_read_the_cpu_clock_once_a_millisecond_and_their_sum_
             pass
 
     def heavy_call(what):  # a heavy call always reads: it brackets the burst
-        watch = resources.call_started()
-        resources.call_ended(watch, resources.HEAVY_SECONDS, what)
+        watch = resources.call_started(time.time())
+        resources.call_ended(watch, time.time(), resources.HEAVY_SECONDS, what)
         return watch
 
     a, b = object(), object()
     first = heavy_call(b).cpu_at
     readings = total = 0
     for i in range(400):
-        watch = resources.call_started()
+        watch = resources.call_started(time.time())
         spin(0.00005)
-        resources.call_ended(watch, 0.00005, a)
+        resources.call_ended(watch, time.time(), 0.00005, a)
         readings += watch.cpu > 0
         total += watch.cpu
     last = heavy_call(b)  # another task's heavy call: it reads, and takes what the burst left unread

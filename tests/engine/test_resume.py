@@ -368,6 +368,36 @@ def test_direct_calls_are_kept_in_batches_and_reused(dirs):
     assert _executed(counter) == [3, 4, 5]  # calls 0-2 were kept (one record for the three)
 
 
+def test_direct_calls_kept_in_bursts_keep_their_numbers_across_failures_other_tasks_and_submits(dirs):
+    """Direct calls are kept by bursts of one task (one name and number for many calls): a failed
+    call, a call of another task and a ``.submit()`` of the same task in the middle each end a
+    burst, and more calls than one batch (256) are written in several records; a retry runs
+    exactly the calls that failed."""
+    counter, broken = dirs
+
+    @flow(task_runner=ThreadPoolTaskRunner(2))
+    def bursts(counter: str, broken: str) -> int:
+        states = []
+        for x in range(300):
+            states.append(step(x, counter, broken, return_state=True))  # x % 10 == 3 fails
+            if x % 7 == 0:
+                states.append(plus_one(x, counter, return_state=True))
+            if x == 150:  # takes the next number of ``step`` from the middle of a burst
+                states.append(step.submit(1000, counter, broken).state)
+        return sum(s.result() for s in states)  # raises while calls failed: the flow run fails
+
+    open(broken, "w").close()
+    assert bursts(counter, broken, return_state=True).is_failed()
+    tracker.flush()
+    flow_run_id = json.loads(_cli("flow-runs", "ls", "-o", "json").output)[0]["id"]
+    for name in os.listdir(counter):
+        os.unlink(os.path.join(counter, name))
+    os.unlink(broken)
+    expected = sum(2 * x for x in range(300)) + sum(x + 1 for x in range(0, 300, 7)) + 2000
+    assert bursts.retry(flow_run_id) == expected
+    assert _executed(counter) == list(range(3, 300, 10))  # only the calls that failed ran again
+
+
 @task(cache_policy=INPUTS)
 def array_part(x: int, counter: str):
     _mark(counter, x)

@@ -130,6 +130,22 @@ def test_iter_chunks_yields_every_run_once_and_lets_values_go(runner):
     f()
 
 
+def test_iter_chunks_and_reduce_over_more_chunks_than_are_watched_at_once(runner):
+    from daskflow.engine.client import futures as futures_mod
+
+    n = futures_mod.WATCHED * 3  # the chunks beyond the first WATCHED are watched as earlier ones are read
+
+    @flow(task_runner=runner)
+    def f():
+        futs = inc.map(range(n), chunksize=1)
+        starts = [part.start for part in futs.iter_chunks()]
+        return sorted(starts), inc.map(range(n), chunksize=1).reduce(lambda a, b: a + b)
+
+    starts, total = f()
+    assert starts == list(range(n))
+    assert total == sum(range(1, n + 1))
+
+
 def test_iter_chunks_records_every_run_in_the_store(dask_runner):
     @flow(task_runner=dask_runner)
     def f():

@@ -7,6 +7,8 @@ import threading
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from daskflow import flow, get_run_logger, task
 from daskflow.engine.tracking import tracker
@@ -300,6 +302,50 @@ def test_tracker_many_direct_calls_each_recorded_in_few_records():
     [five] = [r for r in rows if r["state"] == "Completed" and "five" in
               [m["message"] for m in store.logs(r["id"])]]
     assert store.task_run(five["id"][:13])["state"] == "Completed"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.one_of(st.none(), st.floats(0, 1)), st.integers(-5, 10**6), st.booleans(),
+                          st.sampled_from([0, 1, 3])), min_size=2, max_size=40))
+def test_a_burst_of_plain_direct_calls_is_one_record_with_their_folded_resources(calls):
+    """The writer folds a loop of plain direct calls (``DirectCallDone``) into one chunk record:
+    codes, times, and their resources as a chunk's (CPU summed, the largest memory increase,
+    the last RSS, heavy calls listed), however resources were measured call by call."""
+    from array import array
+
+    from daskflow.engine.tracking.records import DirectCallDone, to_store_ops
+
+    base, start = 7, 100
+    run = [DirectCallDone("t", "t-1", "fr", 10.0 + k, base, start + k, code, 20.0 + k, 15.0 + k, cpu,
+                          mem, 1000 + k, heavy) for k, (cpu, mem, heavy, code) in enumerate(calls)]
+    [op], logs = to_store_ops(run)
+    assert logs == [] and op.new and (op.base, op.start) == (base, start)
+    f = op.fields
+    assert f["n"] == len(calls) and f["codes"] == bytes(c[3] for c in calls)
+    assert array("d", f["ends"]).tolist() == [20.0 + k for k in range(len(calls))]
+    assert array("d", f["starts"]).tolist() == [15.0 + k for k in range(len(calls))]
+    assert array("d", f["submits"]).tolist() == [10.0 + k for k in range(len(calls))]
+    assert (f["started"], f["submitted"], f["task"], f["flow_run_id"]) == (15.0, 10.0, "t", "fr")
+    measured = [(k, cpu, mem, heavy) for k, (cpu, mem, heavy, _) in enumerate(calls) if cpu is not None]
+    if not measured:
+        assert "res" not in f
+        return
+    res = f["res"]
+    assert res["cpu"] == pytest.approx(sum(cpu for _, cpu, _, _ in measured))
+    assert res["mem"] == max(0, *(mem for _, _, mem, _ in measured))
+    assert res["rss"] == 1000 + measured[-1][0]
+    assert res.get("runs", []) == [[k, cpu, mem] for k, cpu, mem, heavy in measured if heavy]
+
+
+def test_plain_direct_calls_that_do_not_continue_one_another_are_not_one_record():
+    from daskflow.engine.tracking.records import DirectCallDone, to_store_ops
+
+    run = [DirectCallDone("t", "t-1", "fr", 1.0, 7, 100 + k, 1, 2.0, 1.5) for k in range(3)]
+    run.append(DirectCallDone("u", "u-1", "fr", 1.0, 7, 103, 1, 2.0, 1.5))  # another task
+    run.append(DirectCallDone("t", "t-1", "fr", 1.0, 7, 105, 1, 2.0, 1.5))  # not the next index
+    ops, _ = to_store_ops(run)
+    assert [(op.start, op.fields["n"], op.fields["task"]) for op in ops] == [(100, 3, "t"), (103, 1, "u"),
+                                                                           (105, 1, "t")]
 
 
 @task(task_run_name="load-{day}")

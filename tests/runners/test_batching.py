@@ -87,6 +87,27 @@ def test_a_call_that_cannot_be_pickled_fails_alone_not_its_batch(dask_runner):
     assert runner.gather(good) == [11, 22]
     err = runner.gather([bad])[0]
     assert isinstance(err, TypeError) and "add-bad" in str(err) and "could not be sent" in str(err)
+    assert batching.available()  # one call's arguments are its own failure: the fast path stays on
+
+
+def test_a_windowed_call_is_prepared_when_it_goes_and_a_failed_preparation_fails_it_alone(dask_runner):
+    runner = DaskTaskRunner(address=dask_runner.address)
+    prepared = []
+
+    def prepare(x):
+        prepared.append(x)
+        if x == 5:
+            raise ValueError("five will not pickle")
+        return x
+
+    handles = runner.submit_windowed(add, list(range(8)), keys=[f"add-win-{i}" for i in range(8)], window=2,
+                                     prepare=prepare)
+    assert prepared == [0, 1]  # the held calls wait unprepared
+    runner.wait(handles, 60)
+    assert sorted(prepared) == list(range(8))
+    out = runner.gather(handles)
+    assert out[:5] + out[6:] == [0, 1, 2, 3, 4, 6, 7]
+    assert isinstance(out[5], TypeError) and "add-win-5" in str(out[5]) and "five will not pickle" in str(out[5])
 
 
 def test_a_closed_client_refuses_a_call_at_once_not_holds_it(dask_runner):

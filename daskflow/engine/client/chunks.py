@@ -212,9 +212,10 @@ def submit_chunks(runner: TaskRunner, specs: list[ChunkSpec], deps: list[list[An
         tasks: dict[int, bytes] = {}
         for spec in specs:  # the chunks of one submission share their task's pickled form
             spec.task_blob = tasks.get(id(spec.task)) or tasks.setdefault(id(spec.task), spec.task.pickled())
+    if window and len(specs) > window:  # a held chunk's spec is pickled when it goes
+        fn, prepare = (run_pickled_chunk, ChunkSpec.to_bytes) if runner.serializes else (run_chunk, None)
+        return runner.submit_windowed(fn, specs, deps, keys=keys, window=window, prepare=prepare)
     fn, rows = (run_pickled_chunk, [s.to_bytes() for s in specs]) if runner.serializes else (run_chunk, specs)
-    if window and len(specs) > window:
-        return runner.submit_windowed(fn, rows, deps, keys=keys, window=window)
     return runner.submit_many(fn, rows, deps, keys=keys)
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from daskflow import config
-from daskflow.codes import OK_CODES
+from daskflow.engine.client import direct_keep
 from daskflow.engine.core.context import cache_home, flow_run_ctx, task_run_ctx
 from daskflow.engine.worker.keep import KeepSpec
 
@@ -77,17 +77,24 @@ class KeepScope:
     calls: dict[str, int] = field(default_factory=dict)
     storages: dict[str | None, Any] = field(default_factory=dict)
     writer: threading.Thread | None = None
-    # direct calls kept since the last write, written in batches: their names and values, and
-    # the result storage of their tasks (another storage starts another batch)
-    direct_calls: list[str] = field(default_factory=list)
-    direct_values: list = field(default_factory=list)
-    direct_storage: str | None = None
-    flushed: float = field(default_factory=time.monotonic)
+    # direct calls kept since the last write (``direct_keep``): the open burst of calls of one
+    # task, the closed ones, how many calls since the last write and when it was
+    burst: Any = None
+    bursts: list = field(default_factory=list)
+    held: int = 0
+    flushed: float = field(default_factory=time.time)
+    handed: bool = False  # bursts went to the writer: the flow run's end waits for them
 
-    def next_call(self, name: str) -> str:
+    def next_number(self, name: str) -> int:
+        """The number of the next call of a task (or subflow) named ``name`` in this flow run."""
+        if self.burst is not None:  # the open burst of direct calls gives its numbers back first
+            direct_keep.settle(self)
         k = self.calls.get(name, 0)
         self.calls[name] = k + 1
-        return f"{self.prefix}{name}#{k}"
+        return k
+
+    def next_call(self, name: str) -> str:
+        return f"{self.prefix}{name}#{self.next_number(name)}"
 
     def child(self, flow: Flow) -> KeepScope:
         """The scope of a subflow run called here: its calls are named below this call."""
@@ -173,62 +180,18 @@ def close_scope(scope: KeepScope | None) -> None:
     """Write what direct calls kept, wait for the source record (a flow run that ended has both)."""
     if scope is None:
         return
-    flush_direct(scope)
+    direct_keep.close(scope, time.time())
     if scope.writer is not None:
         scope.writer.join()
         scope.writer = None
 
 
-def direct_call(task: Task) -> tuple[KeepScope | None, str]:
-    """The keep scope of a direct call ``t(x)`` made here and the call's name (``None, ""``: not
-    kept). The cheap form of ``for_call`` for the path of every direct call: no spec per call."""
-    scope = _calling_scope()
-    return (None, "") if scope is None else (scope, scope.next_call(task.name))
-
-
-def reused_direct(scope: KeepScope, call: str, task: Task, base: int, start: int) -> ChunkResult | None:
-    """The envelope of a direct call an earlier attempt kept (None: it runs)."""
+def reused_direct(scope: KeepScope, number: int, task: Task, base: int, start: int) -> ChunkResult | None:
+    """The envelope of direct call ``number`` of ``task`` that an earlier attempt kept (None: it runs)."""
     if scope.kept is None:
         return None
+    call = f"{scope.prefix}{task.name}#{number}"
     return reused_single(task, base, start, scope.kept_of(call, task.options.result_storage))
-
-
-def keep_direct(scope: KeepScope, call: str, task: Task, res: ChunkResult) -> None:
-    """Keep the value of a direct call ``t(x)`` that completed here: batched, written every 256
-    calls or half second and when the flow run ends (not one write per call)."""
-    if res.codes[0] not in OK_CODES or scope.keep_seconds <= 0:
-        return
-    storage = task.options.result_storage
-    if storage != scope.direct_storage:
-        flush_direct(scope)
-        scope.direct_storage = storage
-    calls = scope.direct_calls
-    calls.append(call)
-    scope.direct_values.append(res.values[0])  # type: ignore[index]
-    if len(calls) >= 256 or time.monotonic() - scope.flushed > 0.5:
-        flush_direct(scope)
-
-
-def flush_direct(scope: KeepScope) -> None:
-    """One record for the direct calls kept since the last flush (never raises)."""
-    scope.flushed = time.monotonic()
-    if not scope.direct_calls:
-        return
-    calls, values = scope.direct_calls, scope.direct_values
-    scope.direct_calls, scope.direct_values = [], []
-    import warnings
-
-    from daskflow.cache import kept
-    from daskflow.cache.store import CacheWarning
-
-    first = scope.spec_for(calls[0], scope.direct_storage, single=True)
-    try:
-        store = first.store()
-        record = kept.encode(kept.KeptCalls(calls, values), "direct calls", first.keep_seconds, store.secret)
-        store.put_many([(kept.chunk_key(first.flow_run_id, f"direct:{first.call}", 0, first.attempt), record)])
-    except Exception as exc:  # noqa: BLE001 - not kept only means they run again on a retry
-        warnings.warn(f"direct calls of flow run {first.flow_run_id} could not be kept for a retry "
-                      f"({type(exc).__name__}: {exc})", CacheWarning, stacklevel=2)
 
 
 def for_call(task: Task, single: bool) -> tuple[KeepSpec | None, dict[int, Any] | None]:
@@ -236,11 +199,11 @@ def for_call(task: Task, single: bool) -> tuple[KeepSpec | None, dict[int, Any] 
 
     Calls made inside a task run (nested) are not kept: their parent run's value is.
     """
-    scope = _calling_scope()
+    scope = calling_scope()
     return (None, None) if scope is None else scope.call(task, single)
 
 
-def _calling_scope() -> KeepScope | None:
+def calling_scope() -> KeepScope | None:
     """The keep scope of a call made here: the flow run's, unless values are not kept or the
     call is made inside a task run (nested: their parent run's value is kept)."""
     ctx = flow_run_ctx.get()

@@ -15,19 +15,19 @@ import time
 from typing import TYPE_CHECKING, Any, Iterable
 
 from daskflow import config
-from daskflow.engine.client import chunking, resume
+from daskflow.engine.client import chunking, direct_keep, resume
 from daskflow.engine.client.chunks import Chunk, bring_values, eager, fetch_all, submit_chunks
 from daskflow.engine.client.futures import MapFutures, TaskRunFuture
 from daskflow.engine.client.refs import collect_refs
 from daskflow.engine.client.streams import MapStream, is_stream_input
 from daskflow.engine.client.writes_behind import may_leave_writes
-from daskflow.engine.core.context import current_flow_run_id, flow_run_ctx
-from daskflow.engine.core.envelope import ChunkSpec
+from daskflow.engine.core.context import current_flow_run_id, flow_run_ctx, task_run_ctx
+from daskflow.engine.core.envelope import ChunkResult, ChunkSpec, PlainRun
 from daskflow.engine.core.inputs import ALIGNED, ATOMS, BROADCAST, MAPPED, Column, allow_failure, quote, unmapped
 from daskflow.engine.core.states import State
 from daskflow.engine.tracking import tracker
 from daskflow.engine.worker import resources
-from daskflow.engine.worker.run import arun_single, run_rows
+from daskflow.engine.worker.run import arun_single, run_direct
 from daskflow.engine.worker.transactions import current_transaction
 from daskflow.exceptions import MappingLengthMismatch, MappingMissingIterable
 from daskflow.codes import OK_CODES
@@ -63,9 +63,16 @@ def _register(chunks: list[Chunk]) -> None:
 
 
 def _prepare_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None):
+    row = task.row_of(args, kwargs)
+    if not wait_for:
+        for v in row:
+            if type(v) not in ATOMS:
+                break
+        else:  # plain values only (the common call): nothing to look for futures in
+            return row, (), [], False
     deps: dict[int, int] = {}
     ups: list[Chunk] = []
-    row = tuple([v if type(v) in ATOMS else collect_refs(v, deps, ups) for v in task.row_of(args, kwargs)])
+    row = tuple([v if type(v) in ATOMS else collect_refs(v, deps, ups) for v in row])
     waits = tuple(collect_refs(f, deps, ups) for f in wait_for) if wait_for else ()
     envelopes = [c.outcome() for c in ups]
     return row, waits, envelopes, bool(ups)
@@ -113,22 +120,37 @@ def submit_index() -> int:
 def call_inline(task: Task, args: tuple, kwargs: dict, wait_for: Iterable | None, return_state: bool) -> Any:
     """Run one run in the calling thread; return its value (or its final State)."""
     row, waits, envelopes, refs = _prepare_inline(task, args, kwargs, wait_for)
-    submitted, flow_run_id = time.time(), current_flow_run_id()
+    submitted = time.time()
+    # the contexts read once (the path of every direct call): the flow run's id as
+    # ``current_flow_run_id`` gives it, the scope that keeps the call's value for a retry as
+    # ``resume.calling_scope`` does (none for a call inside a task run: its parent run's value is kept)
+    flow, run = flow_run_ctx.get(), task_run_ctx.get()
+    flow_run_id = run.flow_run_id if run is not None else flow.flow_run_id if flow is not None else None
+    scope = flow.keep if flow is not None and run is None else None
     base, start = _direct.next()
-    scope, call = resume.direct_call(task)
-    res = resume.reused_direct(scope, call, task, base, start) if scope is not None else None
+    res: ChunkResult | PlainRun | None = None
+    if scope is not None:
+        number = direct_keep.take(scope, task)
+        if scope.kept is not None:  # a retry: an earlier attempt may have kept this call
+            res = resume.reused_direct(scope, number, task, base, start)
     watch = None
     if res is None:
-        watch = resources.call_started()
+        watch = resources.call_started(submitted)
         try:
-            res = run_rows(ChunkSpec.single(task, base, row, refs, waits, flow_run_id, start), envelopes)
+            spec = ChunkSpec.single(task, base, row, refs, waits, flow_run_id, start,
+                                    flow_run=flow.info() if flow is not None else None)
+            res = run_direct(spec, envelopes)
         finally:
             if watch is not None:
-                resources.call_ended(watch, time.time() - submitted, task)
+                ended = time.time()
+                resources.call_ended(watch, ended, ended - submitted, task)
         if scope is not None:
-            resume.keep_direct(scope, call, task, res)
-    ctx = flow_run_ctx.get()
-    tracker.inline_finished(task, res, flow_run_id, submitted, watch, ctx.home_env if ctx is not None else None)
+            direct_keep.keep(scope, task, number, res, submitted)
+    tracker.inline_finished(task, res, flow_run_id, submitted, watch, flow.home_env if flow is not None else None)
+    if type(res) is PlainRun:  # completed plainly: no envelope was made
+        if not return_state:
+            return res.value
+        res = res.envelope(task.name)
     if not return_state and res.kept is None and res.codes[0] in OK_CODES:
         return res.get_values()[0]  # what ``res.state(0).value()`` gives, without the State
     state = res.state(0)

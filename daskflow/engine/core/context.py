@@ -111,11 +111,12 @@ class FlowRunContext:
     writes_behind: bool = False  # chunks may leave storage writes under way: its end waits (``write_behind``)
 
     def info(self) -> FlowRunInfo:
-        run = self.flow_run
-        if self.shipped is None or (run is not None and (self.shipped.name, self.shipped.run_count) != (
-                run.name, run.run_count)):
-            self.shipped = FlowRunInfo.of(self)
-        return self.shipped
+        """What chunks ship of this flow run (made again when its name or run count changed).
+        Read by every direct call: the fields compared one by one, no tuples built."""
+        run, shipped = self.flow_run, self.shipped
+        if shipped is None or (run is not None and (shipped.name != run.name or shipped.run_count != run.run_count)):
+            shipped = self.shipped = FlowRunInfo.of(self)
+        return shipped
 
 
 @dataclass(eq=False, slots=True)

@@ -16,13 +16,13 @@ import time
 import traceback
 from array import array
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import cloudpickle
 from dask.utils import parse_bytes
 
 from daskflow import config
-from daskflow.codes import CODE_STATES, FAILED, NOT_READY, OK_CODES, run_count_of
+from daskflow.codes import CODE_STATES, COMPLETED, FAILED, NOT_READY, OK_CODES, run_count_of
 from daskflow.engine.core import states as st
 from daskflow.engine.core.compact import PackedEnds, UniformCodes
 from daskflow.engine.core.context import FlowRunInfo, current_flow_run_info
@@ -85,9 +85,11 @@ class ChunkSpec:
 
     @classmethod
     def single(cls, task: Task, base: int, row: tuple, refs: bool = False, wait_refs: tuple[Ref, ...] = (),
-               flow_run_id: str | None = None, start: int = 0, name: str = "") -> ChunkSpec:
-        """The spec of run ``start`` of ``base``, whose arguments are ``row`` (one value per parameter)."""
-        return cls(task, base, start, 1, None, refs, wait_refs, flow_run_id, row=row, name=name)
+               flow_run_id: str | None = None, start: int = 0, name: str = "",
+               flow_run: FlowRunInfo | None = None) -> ChunkSpec:
+        """The spec of run ``start`` of ``base``, whose arguments are ``row`` (one value per parameter);
+        ``flow_run``: the caller's, when it has it at hand (else looked up)."""
+        return cls(task, base, start, 1, None, refs, wait_refs, flow_run_id, row=row, name=name, flow_run=flow_run)
 
     def __reduce__(self):
         # The task travels as its pickled bytes (``Task.pickled``): a worker builds each task
@@ -198,7 +200,9 @@ class ChunkResult:
         # runs that all ended alike as the one code
         ends = self.ends if type(self.ends) is PackedEnds and self.ends.packed else PackedEnds.packing(self.ends)
         codes: Any = self.codes
-        if self.n >= PACK_ENDS_FROM and type(codes) is not UniformCodes and codes.count(codes[0]) == self.n:
+        if type(codes) is UniformCodes:
+            codes = codes.code
+        elif self.n >= PACK_ENDS_FROM and codes.count(codes[0]) == self.n:
             codes = codes[0]
         return result_from_wire, (self.task_name, self.base, self.start, self.n, codes, values, self.blob,
                                   self.started, ends, extra)
@@ -358,6 +362,8 @@ class ChunkResult:
             self.run_counts[i] = run_count
 
     def fail(self, i: int, code: int, exc: BaseException | None, message: str = "") -> None:
+        if type(self.codes) is UniformCodes:  # one run of a uniform chunk fails after all (a lost run)
+            self.codes = bytearray(bytes(self.codes))
         self.codes[i] = code
         self.n_failed += 1
         if exc is not None:
@@ -436,8 +442,9 @@ _SPARSE = ("errors", "messages", "tracebacks", "history", "run_counts", "names",
 def result_from_wire(task_name: str, base: int, start: int, n: int, codes: bytearray | int, values: list | None,
                      blob: bytes | None, started: float, ends: array, extra: dict[str, Any]) -> ChunkResult:
     """A ``ChunkResult`` unpickled (see ``ChunkResult.__reduce__``)."""
-    if type(codes) is int:  # every run ended with this code
-        codes = bytearray((codes,)) * n
+    if type(codes) is int:  # every run ended with this code: kept as one (a chunk of 10^5 runs
+        # waiting to be read or recorded held 100 KB of codes, ~3 MB for a map's unread chunks)
+        codes = UniformCodes(codes, n)
     if type(ends) is bytes:  # packed by an older sender, without its first and last
         ends = PackedEnds(ends, n)
     res = ChunkResult(task_name, base, start, n, codes, values, blob, started=started, ends=ends)
@@ -450,6 +457,26 @@ def inline_bytes() -> int:
     """``daskflow.results.inline-bytes``: values of a chunk up to this size go to the client
     with its states; larger ones stay on the worker until they are asked for."""
     return parse_bytes(str(config.get("results.inline-bytes", "64KiB")))
+
+
+class PlainRun(NamedTuple):
+    """A direct call ``t(x)`` that completed plainly: its value and times, and no envelope.
+
+    What ``engine.worker.run.run_direct`` returns for the common direct call (a plain task,
+    a completed run, no logs, no State returned): the caller reads the value, the tracker
+    the times; an envelope (``envelope``) is made only for who asks for one (``return_state``).
+    """
+
+    base: int
+    start: int
+    value: Any
+    started: float
+    end: float
+
+    def envelope(self, task_name: str) -> ChunkResult:
+        """The ``ChunkResult`` the run would have had: one completed run."""
+        return ChunkResult(task_name, self.base, self.start, 1, bytearray((COMPLETED,)), [self.value],
+                           started=self.started, ends=array("d", (self.end,)), first=self.started)
 
 
 def measure(values: list) -> int:

@@ -41,7 +41,7 @@ from typing import Any, Callable, NamedTuple
 
 from daskflow.codes import CANCELLED, CODE_STATES, NOT_READY, OK_CODES, all_ok
 from daskflow.engine.core.states import describe_error, error_kind
-from daskflow.engine.tracking.records import DirectCall, Ended, Finished, FlowChange, Record, Submitted
+from daskflow.engine.tracking.records import DirectCall, DirectCallDone, Ended, Finished, FlowChange, Record, Submitted
 from daskflow.ids import run_id
 
 __all__ = ["echo", "ConsoleHandler"]
@@ -127,6 +127,8 @@ def _observe(records: list[Record], ended: list[FlowChange]) -> list[tuple[RunLa
         store.pop(key, None)
     _ending.clear()
     for record in records:
+        if type(record) is DirectCallDone:  # a plain direct call: no name, nothing to print (the most common)
+            continue
         if isinstance(record, Submitted):
             flow = record.flow_run_id
             for c in record.chunks:

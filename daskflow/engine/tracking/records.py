@@ -197,7 +197,7 @@ def _fold_cost(into: dict, res: dict | None, at: int) -> None:
         into.setdefault("runs", []).append([at + index, cpu, mem])
 
 
-def _fold_call(into: dict, cost: DirectCallDone, at: int) -> None:
+def _fold_call(into: dict, cost: DirectCallDone | _Cost, at: int) -> None:
     """``_fold_cost`` for one plain direct call (no ``res`` record made for it)."""
     into["cpu"] = into.get("cpu", 0.0) + cost.cpu
     into["mem"] = max(into.get("mem", 0), cost.mem)
@@ -211,7 +211,18 @@ def to_store_ops(batch: list[Record]) -> tuple[list[StoreOp], list[list]]:
     ops: list[StoreOp] = []
     logs: list[list] = []
     group: list[DirectCall | DirectCallDone] = []  # consecutive direct calls folded into one record
-    for record in batch:
+    i, n = 0, len(batch)
+    while i < n:
+        record = batch[i]
+        i += 1
+        if not group and type(record) is DirectCallDone:  # a loop of plain calls: folded by columns
+            end = _plain_run(batch, i - 1)
+            if end - i >= 1:
+                burst = _burst_op(batch[i - 1:end])
+                if burst is not None:
+                    ops.append(burst)
+                    i = end
+                    continue
         if group and not (isinstance(record, _DIRECT) and _continues(group[-1], record)):
             ops.append(_direct_calls_op(group, logs))
             group = []
@@ -266,6 +277,62 @@ def to_store_ops(batch: list[Record]) -> tuple[list[StoreOp], list[list]]:
     for owner, index, ts, level, message, name in logs:
         ops.append(LogLine(bytes(owner), index, ts, level, message, name))
     return ops, logs
+
+
+def _plain_run(batch: list[Record], i: int) -> int:
+    """The end of the run of ``DirectCallDone`` records that starts at ``batch[i]``."""
+    n = len(batch)
+    while i < n and type(batch[i]) is DirectCallDone:
+        i += 1
+    return i
+
+
+def _burst_op(run: list[DirectCallDone]) -> ChunkUpdate | None:
+    """One new chunk record for plain direct calls that continue one another (None: they do not).
+
+    The writer's share of a loop of direct calls: the records are read as columns (one
+    transposition in C), not call by call, so a call costs the writer about a tenth of a
+    microsecond instead of two. The same record as ``_direct_calls_op`` makes of them.
+    """
+    first, m = run[0], len(run)
+    cols = dict(zip(DirectCallDone._fields, zip(*run)))
+    if (cols["start"] != tuple(range(first.start, first.start + m)) or cols["base"].count(first.base) != m
+            or cols["task_name"].count(first.task_name) != m or cols["task_key"].count(first.task_key) != m
+            or cols["flow_run_id"].count(first.flow_run_id) != m):
+        return None
+    starts = cols["started"]
+    fields = dict(codes=bytes(cols["code"]), ends=array("d", cols["end"]).tobytes(),
+                  starts=array("d", starts).tobytes(), submits=array("d", cols["submitted"]).tobytes(), live=None,
+                  started=starts[0], task=first.task_name, task_key=first.task_key, n=m,
+                  flow_run_id=first.flow_run_id, submitted=first.submitted)
+    cost = _burst_cost(cols["cpu"], cols["mem"], cols["rss"], cols["heavy"])
+    if cost:
+        fields["res"] = cost
+    return ChunkUpdate(first.base, first.start, fields, new=True)
+
+
+def _burst_cost(cpus: tuple, mems: tuple, rsss: tuple, heavy: tuple) -> dict:
+    """The calls' resources folded as a chunk's (``_fold_call`` call by call gives the same)."""
+    unmeasured = cpus.count(None)
+    if unmeasured == len(cpus):
+        return {}
+    if unmeasured:  # resources turned on or off within the burst: the measured calls only
+        cost: dict[str, Any] = {}
+        for at, (cpu, mem, rss, h) in enumerate(zip(cpus, mems, rsss, heavy)):
+            if cpu is not None:
+                _fold_call(cost, _Cost(cpu, mem, rss, h), at)
+        return cost
+    cost = {"cpu": sum(cpus), "mem": max(max(mems), 0), "rss": rsss[-1]}
+    if True in heavy:
+        cost["runs"] = [[at, cpus[at], mems[at]] for at, h in enumerate(heavy) if h]
+    return cost
+
+
+class _Cost(NamedTuple):
+    cpu: float
+    mem: int
+    rss: int
+    heavy: bool
 
 
 class _Span(NamedTuple):
@@ -330,7 +397,7 @@ def _direct_calls_op(group: list[DirectCall | DirectCallDone], logs: list) -> Ch
             at += 1
             continue
         res = record.result
-        codes += res.codes
+        codes += bytes(res.codes)  # a bytearray, or the UniformCodes of a chunk whose runs ended alike
         ends.extend(res.ends)
         for _ in range(res.n):
             starts.append(res.started)

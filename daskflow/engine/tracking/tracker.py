@@ -53,6 +53,7 @@ import dask.config
 from daskflow import config, owners
 from daskflow.codes import CACHED, COMPLETED, StateEvent
 from daskflow.engine.core.early import EarlyMessages
+from daskflow.engine.core.envelope import PlainRun
 from daskflow.engine.tracking import console as run_console
 from daskflow.engine.tracking.events import (
     ChunkAside,
@@ -207,15 +208,18 @@ class _Tracker:
     def _drain(self) -> None:
         by_home: dict[str, list[Record]] = {}
         flushes: list[threading.Event] = []
+        pop, last, records = self.ops.popleft, None, []  # (a loop run once per direct call: kept lean)
         while True:
             try:
-                home, record = self.ops.popleft()
+                home, record = pop()
             except IndexError:
                 break
-            if isinstance(record, FlushMarker):
+            if type(record) is FlushMarker:
                 flushes.append(record.done)
-            else:
-                by_home.setdefault(home, []).append(record)
+                continue
+            if home != last:
+                records, last = by_home.setdefault(home, []), home
+            records.append(record)
         try:
             for home, records in by_home.items():
                 ops, logs = to_store_ops(records)
@@ -321,32 +325,43 @@ def chunk_finished(chunk: Chunk) -> None:
     _tracker.put(Finished(chunk.base, chunk.start, res))
 
 
-def inline_finished(task: Any, res: ChunkResult, flow_run_id: str | None, submitted: float,
+#: Builds a record (a NamedTuple) from all its fields without the Python-level ``__new__`` that
+#: NamedTuple generates: 0.2 µs instead of 0.9 for ``DirectCallDone``, on every direct call.
+_new_record = tuple.__new__
+
+
+def inline_finished(task: Any, res: ChunkResult | PlainRun, flow_run_id: str | None, submitted: float,
                     watch: CallWatch | None = None, home: str | None = None) -> None:
     """Record a direct call ``t(x)`` that ran in this thread (one queued op, no live entry).
 
-    ``watch``: the thread's ``resources.CallWatch`` holding the call's CPU time and memory,
-    when measured (read here, before the thread's next call changes it). ``home``:
-    ``$DASKFLOW_HOME`` as the caller's flow run read it (else read here).
+    ``res``: its envelope, or its ``PlainRun`` (it completed plainly). ``watch``: the thread's
+    ``resources.CallWatch`` holding the call's CPU time and memory, when measured (read here,
+    before the thread's next call changes it). ``home``: ``$DASKFLOW_HOME`` as the caller's
+    flow run read it (else read here).
     """
     # The caller's whole cost: one record on the queue. The writer folds consecutive
     # direct calls of one task (consecutive indexes of ``direct_slot``) into one chunk record.
-    if enabled():
-        if not res.is_plain():
-            if watch is not None:
-                res.resources = cost_record(watch)
-            record: Record = DirectCall(task.name, task.task_key, flow_run_id, submitted, res)
-        else:  # the common case: the envelope is not kept alive until the writer runs
-            if watch is None:
-                record = DirectCallDone(task.name, task.task_key, flow_run_id, submitted, res.base, res.start,
-                                        res.codes[0], res.ends[0], res.started)
-            else:
-                record = DirectCallDone(task.name, task.task_key, flow_run_id, submitted, res.base, res.start,
-                                        res.codes[0], res.ends[0], res.started, watch.cpu, watch.mem, watch.rss,
-                                        watch.heavy)
-        _tracker.ops.append((os.environ.get("DASKFLOW_HOME", "") if home is None else home, record))
-        if _tracker.thread is None:
-            _tracker.start()
+    if not enabled():
+        return
+    if type(res) is PlainRun:  # the common case
+        run: tuple = (res.base, res.start, COMPLETED, res.end, res.started)
+    elif res.is_plain():  # no envelope kept alive until the writer runs
+        run = (res.base, res.start, res.codes[0], res.ends[0], res.started)
+    else:
+        if watch is not None:
+            res.resources = cost_record(watch)
+        run = ()
+    if run:
+        cost = _UNMEASURED if watch is None else (watch.cpu, watch.mem, watch.rss, watch.heavy)
+        record: Record = _new_record(DirectCallDone, (task.name, task.task_key, flow_run_id, submitted, *run, *cost))
+    else:
+        record = DirectCall(task.name, task.task_key, flow_run_id, submitted, res)  # type: ignore[arg-type]
+    _tracker.ops.append((os.environ.get("DASKFLOW_HOME", "") if home is None else home, record))
+    if _tracker.thread is None:
+        _tracker.start()
+
+
+_UNMEASURED = (None, 0, 0, False)  # DirectCallDone's cpu, mem, rss, heavy when resources are off
 
 
 def ended_completed(base: int, start: int) -> bool:

@@ -20,7 +20,7 @@ pair a call with another call's values; such a flow should not be retried (or sh
 those tasks an INPUTS cache policy, which keys on the inputs instead).
 
 Direct calls ``t(x)`` run in the flow's own process, one at a time: they are not kept here
-but batched by their flow run (``engine.client.resume.keep_direct``), so that a loop of direct
+but batched by their flow run (``engine.client.direct_keep``), so that a loop of direct
 calls does not pay a commit per call.
 
 When a retry submits a chunk some of whose runs were kept, the chunk's ``reuse`` holds

@@ -271,11 +271,12 @@ _config = dask.config.config  # dask.config.set changes this dict in place
 CPU_READ_SECONDS = 0.001
 
 
-def call_started() -> CallWatch | None:
+def call_started(now: float) -> CallWatch | None:
     """Mark the start of a direct call in this thread (None when ``daskflow.resources`` is
     off): a ``thread_time`` reading unless the last call's end made one within
     ``CPU_READ_SECONDS``, no memory reading (the sampler's latest is the start), the sampler
-    kept awake while calls are made."""
+    kept awake while calls are made. ``now``: the caller's ``time.time()`` at the call's start
+    (the caller has read the clock already)."""
     try:
         if not _config["daskflow"]["resources"]:
             return None
@@ -294,7 +295,6 @@ def call_started() -> CallWatch | None:
         watch.outer.append((watch.cpu0, watch.rss0, watch.peak))
     watch.depth += 1
     watch.peak = watch.rss0 = sampler.latest
-    now = time.time()
     if now - watch.read_at > CPU_READ_SECONDS:  # else: the reading made at most that long ago
         cpu = _thread_time()
         if watch.unread:  # calls ended unread, then the caller paused: their share, not the pause's
@@ -305,14 +305,26 @@ def call_started() -> CallWatch | None:
     return watch
 
 
-def call_ended(watch: CallWatch, wall: float, task: object = None) -> None:
+def call_ended(watch: CallWatch, now: float, wall: float, task: object = None) -> None:
     """Set what the call ``call_started`` marked took on ``watch`` (``cpu``, ``mem``, ``rss``,
-    ``heavy``); ``wall``: its wall time (a heavy call, ``HEAVY_SECONDS`` or more, takes fresh
-    readings, as a heavy run of a chunk does); ``task``: what was called (a light call of the
-    task called last, within ``CPU_READ_SECONDS`` of the last reading, reads no clock: ``cpu``
-    0, counted by the next reading)."""
+    ``heavy``); ``now``: the caller's ``time.time()`` at its end; ``wall``: its wall time (a
+    heavy call, ``HEAVY_SECONDS`` or more, takes fresh readings, as a heavy run of a chunk
+    does); ``task``: what was called (a light call of the task called last, within
+    ``CPU_READ_SECONDS`` of the last reading, reads no clock: ``cpu`` 0, counted by the next
+    reading)."""
+    if wall < HEAVY_SECONDS and task is watch.last and now - watch.read_at <= CPU_READ_SECONDS and watch.depth == 1:
+        # a light call in a burst, outside any other (most calls of a loop): what the general
+        # path below does for it, in fewer steps
+        watch.heavy = False
+        watch.cpu = watch.carried
+        watch.unread += wall
+        watch.carried = 0.0
+        grew = watch.peak - watch.rss0
+        watch.mem = grew if grew > 0 else 0
+        watch.rss = _sampler.latest
+        watch.depth = 0
+        return
     heavy = watch.heavy = wall >= HEAVY_SECONDS
-    now = time.time()
     if heavy or task is not watch.last or now - watch.read_at > CPU_READ_SECONDS or watch.depth > 1:
         cpu = _thread_time()
         watch.cpu, watch.cpu_at, watch.read_at = cpu - watch.cpu0 + watch.carried, cpu, now

@@ -15,7 +15,8 @@ Where data crosses processes (a Dask runner; the threads runner skips the pickli
                                               errors, history, logs) -- never raises
 
 What happens, in order, for every run of a chunk (``run_rows``, the one entry for runs:
-chunks of ``.map()`` and ``.submit()`` on any runner, direct calls, background runs):
+chunks of ``.map()`` and ``.submit()`` on any runner, direct calls, background runs; a
+direct call of a plain task skips the chunk's machinery, ``run_direct``):
 
 1. *Inputs.* The chunk's arguments arrive in its spec as columns (one per parameter:
    a list of per-run values, a value broadcast to every run, or the values of an
@@ -50,7 +51,7 @@ import cloudpickle
 from daskflow.codes import CACHED, FAILED, NOT_READY, OK_CODES, StateEvent
 from daskflow.engine.core import states as st
 from daskflow.engine.core.context import TaskRunContext, task_run_ctx
-from daskflow.engine.core.envelope import STATE_OF_CODE, ChunkResult, ChunkSpec, inline_bytes
+from daskflow.engine.core.envelope import STATE_OF_CODE, ChunkResult, ChunkSpec, PlainRun, inline_bytes
 from daskflow.engine.core.inputs import ALIGNED, BROADCAST, MAPPED, Column, Ref, UpstreamNotCompleted, resolve
 from daskflow.engine.core.returned_states import settle_returned_states
 from daskflow.engine.worker import logging as run_logging
@@ -175,9 +176,6 @@ def run_rows(spec: ChunkSpec, deps: list, done: Checkpoint | None = None, host: 
     result storage go there, for the caller to write (``run_chunk``, ``write_behind``).
     """
     task, n = spec.task, spec.n
-    if (spec.row is not None and task.fast_path and done is None and meter is None and not spec.refs
-            and not spec.wait_refs and not task.tags and not task.options.log_prints):
-        return _run_one_plain(spec)
     if task.tags:  # once per chunk: a task whose tags name limits holds their slots while bodies run
         task = limited_task(task)
     res = ChunkResult(task.name, spec.base, spec.start, n, bytearray(n), [None] * n)
@@ -244,32 +242,57 @@ def run_rows(spec: ChunkSpec, deps: list, done: Checkpoint | None = None, host: 
     return res
 
 
-def _run_one_plain(spec: ChunkSpec) -> ChunkResult:
-    """``run_rows`` of one run of a plain task (no cache, tags, upstream refs, printed logs):
-    a direct call ``t(x)``, without the chunk's machinery (its cost is the whole engine's share)."""
+def run_direct(spec: ChunkSpec, deps: list) -> ChunkResult | PlainRun:
+    """``run_rows`` for a direct call ``t(x)`` (``spec.row``): a run of a plain task (no cache,
+    tags, upstream refs, printed logs) without the chunk's machinery, whose cost is the whole
+    engine's share of a trivial call. A run that completed plainly (no logs, no State
+    returned) gives a ``PlainRun``, not an envelope: making a ``ChunkResult`` cost as much as
+    the rest of the run."""
     task = spec.task
-    res = ChunkResult(task.name, spec.base, spec.start, 1, bytearray(1), [None])
-    res.started = res.first = time.time()
+    if (not task.fast_path or spec.refs or spec.wait_refs or task.tags or task.options.log_prints):
+        return run_rows(spec, deps)
+    started = time.time()
     ctx = TaskRunContext(task, spec.base, spec.start, flow_run_id=spec.flow_run_id, spec=spec, deps=(),
                          default_name=spec.name)
-    if spec.name:
-        res.names[0] = spec.name
     token = task_run_ctx.set(ctx)
     sink = run_logging.open_sink()
+    res = None
     try:
+        error = None
         try:
-            value = res.values[0] = task.fn(*spec.row)  # type: ignore[index, misc]
+            value = task.fn(*spec.row)  # type: ignore[misc]
         except Exception as exc:
-            value = None
-            res.fail(0, FAILED, exc)
-        res.ends = array("d", (time.time(),))
-        if type(value) is st.State:
-            settle_returned_states(res)
-        if res.n_failed:
-            note_failed_inputs(res, ctx)
+            value, error = None, exc
+        end = time.time()
+        if error is not None or type(value) is st.State or spec.name:
+            res = _one_envelope(spec, value, error, started, end, ctx)
     finally:
-        res.logs = run_logging.close_sink(sink)
+        logs = run_logging.close_sink(sink)
         task_run_ctx.reset(token)
+    if res is None:
+        if logs is None:
+            return _new_plain(PlainRun, (spec.base, spec.start, value, started, end))
+        res = _one_envelope(spec, value, None, started, end, ctx)
+    res.logs = logs
+    return res
+
+
+_new_plain = tuple.__new__  # a NamedTuple from all its fields, without its Python-level __new__
+
+
+def _one_envelope(spec: ChunkSpec, value: Any, error: Exception | None, started: float, end: float,
+                  ctx: TaskRunContext) -> ChunkResult:
+    """The envelope of a direct call's one run that did not end plainly (or has logs)."""
+    res = ChunkResult(spec.task.name, spec.base, spec.start, 1, bytearray(1), [value], started=started,
+                      ends=array("d", (end,)), first=started)
+    if spec.name:
+        res.names[0] = spec.name
+    if error is not None:
+        res.fail(0, FAILED, error)
+    if type(value) is st.State:
+        settle_returned_states(res)
+    if res.n_failed:
+        note_failed_inputs(res, ctx)
     return res
 
 
